@@ -1,0 +1,45 @@
+//! Lifecycle events: what a supervisor, a metrics exporter or a test subscribes to.
+
+use crate::directory::AgentId;
+
+/// How one incarnation of an agent ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It stopped on its own or was asked to stop.
+    Normal,
+    /// A handler, an actor future or a lifecycle hook panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// It was killed without a graceful stop (brutal shutdown or a stop that timed out).
+    Killed,
+}
+
+impl Exit {
+    /// Whether this exit is a failure (anything but `Normal`).
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Exit::Normal)
+    }
+}
+
+/// Something that happened to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// An incarnation started (the first start, or a restart).
+    Started {
+        /// The agent.
+        agent: AgentId,
+        /// How many times it has been started before (0 for the first start).
+        incarnation: u64,
+    },
+    /// An incarnation ended.
+    Exited {
+        /// The agent.
+        agent: AgentId,
+        /// How it ended.
+        exit: Exit,
+        /// Whether the agent is gone for good (unlisted), or waits for its supervisor.
+        final_exit: bool,
+    },
+}

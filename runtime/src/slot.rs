@@ -1,0 +1,443 @@
+//! The state behind an [`AgentRef`](crate::AgentRef): a slot that outlives any one actor
+//! instance, and the future that runs one instance ("incarnation") of the actor.
+//!
+//! The slot holds the current actix address, the admission counter and the agent's state. A
+//! restart builds a fresh actor and swaps the address in the slot, so handles stay valid.
+//! The incarnation future wraps actix's `ContextFut`: it polls it under `catch_unwind`, stops it
+//! on request without going through the mailbox, and reports how it ended.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use actix::dev::channel;
+use actix::dev::ContextFut;
+use actix::{ActorContext, Addr, ArbiterHandle, Context};
+use arc_swap::ArcSwap;
+use futures_util::task::AtomicWaker;
+use tokio::sync::{oneshot, Notify};
+
+use crate::directory::AgentId;
+use crate::error::AgentError;
+use crate::events::{Exit, LifecycleEvent};
+use crate::panic_capture::payload_message;
+use crate::runtime::Shared;
+use crate::Agent;
+
+/// The agent handles messages.
+const RUNNING: u8 = 0;
+/// An incarnation failed and the supervisor has not yet started the next one.
+const RESTARTING: u8 = 1;
+/// The agent is gone for good.
+const STOPPED: u8 = 2;
+/// The agent was halted; it handles nothing until resumed.
+const HALTED: u8 = 3;
+
+/// What a stop request asks of an incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum StopRequest {
+    None = 0,
+    /// `ctx.stop()`: the actor's `stopping` hook may keep it alive.
+    Graceful = 1,
+    /// `ctx.terminate()`: unconditional; `stopped` still runs.
+    Terminate = 2,
+    /// Drop the actor now.
+    Kill = 3,
+}
+
+/// Controls one incarnation: stop requests, its panic message, and whether it has ended.
+pub(crate) struct Control {
+    request: AtomicU8,
+    waker: AtomicWaker,
+    panic: Mutex<Option<String>>,
+    done: AtomicBool,
+    done_notify: Notify,
+}
+
+impl Control {
+    fn new() -> Self {
+        Control {
+            request: AtomicU8::new(StopRequest::None as u8),
+            waker: AtomicWaker::new(),
+            panic: Mutex::new(None),
+            done: AtomicBool::new(false),
+            done_notify: Notify::new(),
+        }
+    }
+
+    /// Asks the incarnation to stop; a stronger request overrides a weaker one.
+    pub(crate) fn request(&self, request: StopRequest) {
+        self.request.fetch_max(request as u8, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    fn requested(&self) -> StopRequest {
+        match self.request.load(Ordering::Acquire) {
+            0 => StopRequest::None,
+            1 => StopRequest::Graceful,
+            2 => StopRequest::Terminate,
+            _ => StopRequest::Kill,
+        }
+    }
+
+    /// Records the panic that ends this incarnation (the first one wins).
+    pub(crate) fn record_panic(&self, message: String) {
+        let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(message);
+    }
+
+    pub(crate) fn panic_message(&self) -> Option<String> {
+        self.panic.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    fn mark_done(&self) {
+        self.done.store(true, Ordering::Release);
+        self.done_notify.notify_waiters();
+    }
+
+    /// Resolves once the incarnation has ended.
+    pub(crate) async fn wait_done(&self) {
+        loop {
+            let notified = self.done_notify.notified();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The part of a slot that does not depend on the actor type.
+pub(crate) struct SlotCore {
+    pub(crate) id: AgentId,
+    /// Start order across the runtime; shutdown stops the highest first.
+    pub(crate) seq: u64,
+    pub(crate) arbiter: usize,
+    limit: usize,
+    in_flight: AtomicUsize,
+    state: AtomicU8,
+    halt_reason: Mutex<String>,
+    incarnations: AtomicU64,
+}
+
+impl SlotCore {
+    /// Admits one more request, or says why not.
+    fn admit(&self) -> Result<(), AgentError> {
+        if self.state.load(Ordering::Acquire) != RUNNING {
+            return Err(self.state_error());
+        }
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(AgentError::Overloaded {
+                agent: self.id.clone(),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The error for a message that the agent, in its present state, did not handle.
+    pub(crate) fn state_error(&self) -> AgentError {
+        let agent = self.id.clone();
+        match self.state.load(Ordering::Acquire) {
+            RESTARTING => AgentError::Restarting { agent },
+            HALTED => AgentError::Halted {
+                agent,
+                reason: self
+                    .halt_reason
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            },
+            _ => AgentError::Stopped { agent },
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.state.load(Ordering::Acquire) == RUNNING
+    }
+}
+
+/// The current incarnation: where to send, and how to stop it.
+pub(crate) struct Live<A: Agent> {
+    pub(crate) addr: Addr<A>,
+    pub(crate) control: Arc<Control>,
+}
+
+/// Everything behind an `AgentRef<A>`.
+pub struct Slot<A: Agent> {
+    pub(crate) core: SlotCore,
+    /// Swapped on restart; read on every message without taking a lock.
+    pub(crate) live: ArcSwap<Live<A>>,
+}
+
+impl<A: Agent> Slot<A> {
+    /// The control of the incarnation running now.
+    pub(crate) fn current_control(&self) -> Arc<Control> {
+        self.live.load().control.clone()
+    }
+
+    /// Counts one request in, or says why not. The returned guard answers the caller once.
+    pub(crate) fn admit<R>(
+        self: &Arc<Self>,
+        reply: Option<oneshot::Sender<Result<R, AgentError>>>,
+    ) -> Result<Admitted<A, R>, AgentError> {
+        self.core.admit()?;
+        Ok(Admitted {
+            slot: self.clone(),
+            reply,
+        })
+    }
+
+    /// The error for an answer that was lost: the handler panicked (its future on a task of its
+    /// own, or the whole actor), or the agent stopped before answering.
+    pub(crate) fn lost_answer(&self, control: &Control) -> AgentError {
+        if let Some(message) = control.panic_message() {
+            return AgentError::Panicked {
+                agent: self.core.id.clone(),
+                message,
+            };
+        }
+        if control.is_done() || control.requested() != StopRequest::None {
+            return self.core.state_error();
+        }
+        // The actor is alive but the answer is gone: only an async handler's future, which actix
+        // polls on a separate task, can lose it that way, by panicking.
+        let message = crate::panic_capture::take_last_panic()
+            .unwrap_or_else(|| "an async handler panicked (message unavailable)".to_owned());
+        control.record_panic(message.clone());
+        control.request(StopRequest::Terminate);
+        AgentError::Panicked {
+            agent: self.core.id.clone(),
+            message,
+        }
+    }
+}
+
+/// One admitted request. It frees its place under the in-flight limit and answers the caller
+/// exactly once: with [`answer`](Self::answer), or, if dropped unanswered (its message was
+/// dropped with a dead mailbox), with the error the agent's state gives.
+pub(crate) struct Admitted<A: Agent, R> {
+    pub(crate) slot: Arc<Slot<A>>,
+    reply: Option<oneshot::Sender<Result<R, AgentError>>>,
+}
+
+impl<A: Agent, R> Admitted<A, R> {
+    /// Frees the place first, so a caller woken by the answer finds it free.
+    pub(crate) fn answer(mut self, answer: Result<R, AgentError>) {
+        let reply = self.reply.take();
+        drop(self);
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+impl<A: Agent, R> Drop for Admitted<A, R> {
+    fn drop(&mut self) {
+        self.slot.core.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(self.slot.core.state_error()));
+        }
+    }
+}
+
+/// A slot without its actor type: what the directory and shutdown work with.
+pub(crate) trait ErasedSlot: Send + Sync + 'static {
+    fn seq(&self) -> u64;
+    fn control(&self) -> Arc<Control>;
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl<A: Agent> ErasedSlot for Slot<A> {
+    fn seq(&self) -> u64 {
+        self.core.seq
+    }
+    fn control(&self) -> Arc<Control> {
+        self.current_control()
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// Asks the running incarnation of an agent to stop and returns its control, to await the end.
+pub(crate) fn request_stop(slot: &dyn ErasedSlot, request: StopRequest) -> Arc<Control> {
+    let control = slot.control();
+    control.request(request);
+    control
+}
+
+/// Creates a slot whose first incarnation starts on `arbiter`.
+pub(crate) fn new_slot<A: Agent>(
+    id: AgentId,
+    seq: u64,
+    arbiter: usize,
+    limit: usize,
+) -> (Arc<Slot<A>>, channel::AddressReceiver<A>) {
+    let (tx, rx) = channel::channel::<A>(limit.min(1024));
+    let slot = Arc::new(Slot {
+        core: SlotCore {
+            id,
+            seq,
+            arbiter,
+            limit,
+            in_flight: AtomicUsize::new(0),
+            state: AtomicU8::new(RUNNING),
+            halt_reason: Mutex::new(String::new()),
+            incarnations: AtomicU64::new(0),
+        },
+        live: ArcSwap::from_pointee(Live {
+            addr: Addr::new(tx),
+            control: Arc::new(Control::new()),
+        }),
+    });
+    (slot, rx)
+}
+
+/// Starts the incarnation whose mailbox is `rx` on `arbiter`: the actor is built there by
+/// `factory` (actors need not be `Send`).
+pub(crate) fn start_incarnation<A, F>(
+    shared: Arc<Shared>,
+    slot: Arc<Slot<A>>,
+    rx: channel::AddressReceiver<A>,
+    arbiter: &ArbiterHandle,
+    factory: F,
+) where
+    A: Agent,
+    F: FnOnce() -> A + Send + 'static,
+{
+    let control = slot.current_control();
+    arbiter.spawn_fn(move || {
+        let incarnation = slot.core.incarnations.fetch_add(1, Ordering::AcqRel);
+        let mut run = Incarnation {
+            fut: None,
+            control,
+            slot,
+            shared,
+            graceful_sent: false,
+        };
+        match catch_unwind(AssertUnwindSafe(factory)) {
+            Ok(actor) => {
+                run.fut = Some(Context::with_receiver(rx).into_future(actor));
+                run.shared.emit(LifecycleEvent::Started {
+                    agent: run.slot.core.id.clone(),
+                    incarnation,
+                });
+                actix::spawn(run);
+            }
+            Err(payload) => {
+                let message = payload_message(&*payload);
+                run.control.record_panic(message.clone());
+                run.finish(Exit::Panicked { message });
+            }
+        }
+    });
+}
+
+/// Runs one incarnation of an actor on its arbiter.
+struct Incarnation<A: Agent> {
+    fut: Option<ContextFut<A, Context<A>>>,
+    control: Arc<Control>,
+    slot: Arc<Slot<A>>,
+    shared: Arc<Shared>,
+    graceful_sent: bool,
+}
+
+impl<A: Agent> Incarnation<A> {
+    /// Records how the incarnation ended. The slot's state is set before the mailbox is dropped,
+    /// so a caller whose message was still queued learns the right reason.
+    fn finish(&mut self, exit: Exit) {
+        let core = &self.slot.core;
+        if core.state.load(Ordering::Acquire) != HALTED {
+            core.state.store(STOPPED, Ordering::Release);
+        }
+        self.shared.directory.remove_slot(&core.id, core.seq);
+        if let Some(fut) = self.fut.take() {
+            // Dropping the context runs the actor's stop hooks; a panic there changes nothing.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
+        }
+        self.control.mark_done();
+        self.shared.emit(LifecycleEvent::Exited {
+            agent: core.id.clone(),
+            exit,
+            final_exit: true,
+        });
+    }
+
+    /// How the incarnation ended when actix reports that it stopped.
+    fn recorded_exit(&self) -> Exit {
+        if let Some(message) = self.control.panic_message() {
+            Exit::Panicked { message }
+        } else if self.control.requested() == StopRequest::Kill {
+            Exit::Killed
+        } else {
+            Exit::Normal
+        }
+    }
+}
+
+impl<A: Agent> Future for Incarnation<A> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.control.waker.register(cx.waker());
+        let Some(fut) = this.fut.as_mut() else {
+            return Poll::Ready(());
+        };
+        match this.control.requested() {
+            StopRequest::Kill => {
+                this.finish(Exit::Killed);
+                return Poll::Ready(());
+            }
+            StopRequest::Terminate => fut.ctx().terminate(),
+            StopRequest::Graceful if !this.graceful_sent => {
+                this.graceful_sent = true;
+                fut.ctx().stop();
+            }
+            _ => {}
+        }
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => {
+                let exit = this.recorded_exit();
+                this.finish(exit);
+                Poll::Ready(())
+            }
+            Err(payload) => {
+                let message = payload_message(&*payload);
+                this.control.record_panic(message.clone());
+                this.finish(Exit::Panicked { message });
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl<A: Agent> Drop for Incarnation<A> {
+    /// The arbiter is stopping with the actor still alive (the runtime was dropped or shut down
+    /// past its timeout): the actor is killed.
+    fn drop(&mut self) {
+        if self.fut.is_some() {
+            self.finish(Exit::Killed);
+        }
+    }
+}
