@@ -14,6 +14,11 @@ pub enum Exit {
     },
     /// It was killed without a graceful stop (brutal shutdown or a stop that timed out).
     Killed,
+    /// It stopped itself as a failure ([`fail`](crate::fail)), e.g. a supervisor escalating.
+    Failed {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Exit {

@@ -45,12 +45,14 @@ mod events;
 mod panic_capture;
 mod runtime;
 mod slot;
+pub mod supervision;
 
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
 pub use directory::{AgentId, Directory};
 pub use envelope::{Envelope, RunId};
 pub use error::{AgentError, RuntimeError, SpawnError};
 pub use events::{Exit, LifecycleEvent};
+pub use slot::fail;
 pub use runtime::{
     Placement, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport, SpawnOptions,
     DEFAULT_IN_FLIGHT_LIMIT,

@@ -13,7 +13,8 @@ use crate::agent_ref::AgentRef;
 use crate::directory::{AgentId, Directory};
 use crate::error::{RuntimeError, SpawnError};
 use crate::events::LifecycleEvent;
-use crate::slot::{new_slot, request_stop, start_incarnation, StopRequest};
+use crate::slot::{new_slot, request_stop, start_incarnation, Slot, StopRequest};
+use crate::supervision::{Child, ExitSink, SupervisedAgent};
 use crate::Agent;
 
 /// The default most requests one agent accepts at once.
@@ -145,6 +146,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn arbiter(&self, index: usize) -> ArbiterHandle {
+        self.arbiters[index].clone()
+    }
+
     pub(crate) fn emit(&self, event: LifecycleEvent) {
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events.send(event);
@@ -244,8 +253,47 @@ impl RuntimeHandle {
         A: Agent,
         F: FnOnce() -> A + Send + 'static,
     {
+        self.spawn_slot(id, options, None, factory).map(AgentRef::from_slot)
+    }
+
+    /// Spawns an agent for a supervisor: `factory` builds a fresh actor for every start and
+    /// restart, and `sink` hears of every exit that the supervisor did not cause. Returns the
+    /// handle for callers and the [`Child`] for the supervisor.
+    pub fn spawn_supervised<A, F>(
+        &self,
+        id: AgentId,
+        options: SpawnOptions,
+        factory: F,
+        sink: ExitSink,
+    ) -> Result<(AgentRef<A>, Arc<dyn Child>), SpawnError>
+    where
+        A: Agent,
+        F: Fn() -> A + Send + Sync + 'static,
+    {
+        let factory: Arc<dyn Fn() -> A + Send + Sync> = Arc::new(factory);
+        let first = factory.clone();
+        let slot = self.spawn_slot(id, options, Some(sink), move || first())?;
+        let child = SupervisedAgent {
+            slot: slot.clone(),
+            factory,
+            shared: self.inner.shared.clone(),
+        };
+        Ok((AgentRef::from_slot(slot), Arc::new(child)))
+    }
+
+    fn spawn_slot<A, F>(
+        &self,
+        id: AgentId,
+        options: SpawnOptions,
+        sink: Option<ExitSink>,
+        factory: F,
+    ) -> Result<Arc<Slot<A>>, SpawnError>
+    where
+        A: Agent,
+        F: FnOnce() -> A + Send + 'static,
+    {
         let shared = &self.inner.shared;
-        if shared.shutting_down.load(Ordering::Acquire) {
+        if shared.is_shutting_down() {
             return Err(SpawnError::ShuttingDown);
         }
         let count = shared.arbiters.len();
@@ -254,12 +302,9 @@ impl RuntimeHandle {
             Placement::Arbiter(index) if index < count => index,
             Placement::Arbiter(index) => return Err(SpawnError::NoSuchArbiter { index, count }),
         };
-        let limit = options
-            .in_flight_limit
-            .unwrap_or(shared.default_limit)
-            .max(1);
+        let limit = options.in_flight_limit.unwrap_or(shared.default_limit).max(1);
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        let (slot, rx) = new_slot::<A>(id.clone(), seq, arbiter, limit);
+        let (slot, rx) = new_slot::<A>(id.clone(), seq, arbiter, limit, sink);
         shared
             .directory
             .insert(id, slot.clone())
@@ -271,7 +316,7 @@ impl RuntimeHandle {
             &shared.arbiters[arbiter],
             factory,
         );
-        Ok(AgentRef::from_slot(slot))
+        Ok(slot)
     }
 
     /// The agents of this runtime, by id.

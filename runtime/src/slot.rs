@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
 
 use actix::dev::channel;
 use actix::dev::ContextFut;
@@ -24,6 +25,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::directory::AgentId;
 use crate::error::AgentError;
 use crate::events::{Exit, LifecycleEvent};
+use crate::supervision::{ChildExit, ExitSink};
 use crate::panic_capture::payload_message;
 use crate::runtime::Shared;
 use crate::Agent;
@@ -50,23 +52,51 @@ pub(crate) enum StopRequest {
     Kill = 3,
 }
 
-/// Controls one incarnation: stop requests, its panic message, and whether it has ended.
+/// What the end of an incarnation means for its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Disposition {
+    /// The agent is gone for good: the slot says `Stopped` and leaves the directory.
+    Final = 0,
+    /// A supervised agent failed or exited: the slot says `Restarting` and the supervisor is told.
+    Report = 1,
+    /// Its supervisor stopped it (to restart it, or to halt it) and has set the slot's state.
+    Quiet = 2,
+}
+
+/// Controls one incarnation: stop requests, how it failed, and whether it has ended.
 pub(crate) struct Control {
     request: AtomicU8,
+    disposition: AtomicU8,
     waker: AtomicWaker,
-    panic: Mutex<Option<String>>,
+    failure: Mutex<Option<Exit>>,
     done: AtomicBool,
     done_notify: Notify,
+    started: Instant,
 }
 
 impl Control {
-    fn new() -> Self {
+    fn new(disposition: Disposition) -> Self {
         Control {
             request: AtomicU8::new(StopRequest::None as u8),
+            disposition: AtomicU8::new(disposition as u8),
             waker: AtomicWaker::new(),
-            panic: Mutex::new(None),
+            failure: Mutex::new(None),
             done: AtomicBool::new(false),
             done_notify: Notify::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn set_disposition(&self, disposition: Disposition) {
+        self.disposition.store(disposition as u8, Ordering::Release);
+    }
+
+    fn disposition(&self) -> Disposition {
+        match self.disposition.load(Ordering::Acquire) {
+            0 => Disposition::Final,
+            1 => Disposition::Report,
+            _ => Disposition::Quiet,
         }
     }
 
@@ -85,14 +115,26 @@ impl Control {
         }
     }
 
-    /// Records the panic that ends this incarnation (the first one wins).
+    /// Records the panic that ends this incarnation (the first failure recorded wins).
     pub(crate) fn record_panic(&self, message: String) {
-        let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(message);
+        self.record_failure(Exit::Panicked { message });
+    }
+
+    /// Records how this incarnation failed (the first failure recorded wins).
+    pub(crate) fn record_failure(&self, exit: Exit) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.get_or_insert(exit);
+    }
+
+    fn failure(&self) -> Option<Exit> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) fn panic_message(&self) -> Option<String> {
-        self.panic.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        match self.failure() {
+            Some(Exit::Panicked { message }) => Some(message),
+            _ => None,
+        }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -127,6 +169,8 @@ pub(crate) struct SlotCore {
     state: AtomicU8,
     halt_reason: Mutex<String>,
     incarnations: AtomicU64,
+    /// The supervisor's inbox, for supervised agents.
+    sink: Option<ExitSink>,
 }
 
 impl SlotCore {
@@ -172,6 +216,36 @@ impl SlotCore {
 
     pub(crate) fn is_running(&self) -> bool {
         self.state.load(Ordering::Acquire) == RUNNING
+    }
+
+    pub(crate) fn set_restarting(&self) {
+        self.state.store(RESTARTING, Ordering::Release);
+    }
+
+    pub(crate) fn set_stopped(&self) {
+        self.state.store(STOPPED, Ordering::Release);
+    }
+
+    pub(crate) fn set_running(&self) {
+        self.state.store(RUNNING, Ordering::Release);
+    }
+
+    pub(crate) fn is_halted(&self) -> bool {
+        self.state.load(Ordering::Acquire) == HALTED
+    }
+
+    pub(crate) fn set_halted(&self, reason: &str) {
+        *self.halt_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        self.state.store(HALTED, Ordering::Release);
+    }
+
+    /// The disposition a new incarnation of this agent starts with.
+    fn default_disposition(&self) -> Disposition {
+        if self.sink.is_some() {
+            Disposition::Report
+        } else {
+            Disposition::Final
+        }
     }
 }
 
@@ -278,9 +352,11 @@ impl<A: Agent> ErasedSlot for Slot<A> {
     }
 }
 
-/// Asks the running incarnation of an agent to stop and returns its control, to await the end.
+/// Asks the running incarnation of an agent to stop for good and returns its control, to await
+/// the end.
 pub(crate) fn request_stop(slot: &dyn ErasedSlot, request: StopRequest) -> Arc<Control> {
     let control = slot.control();
+    control.set_disposition(Disposition::Final);
     control.request(request);
     control
 }
@@ -291,7 +367,13 @@ pub(crate) fn new_slot<A: Agent>(
     seq: u64,
     arbiter: usize,
     limit: usize,
+    sink: Option<ExitSink>,
 ) -> (Arc<Slot<A>>, channel::AddressReceiver<A>) {
+    let disposition = if sink.is_some() {
+        Disposition::Report
+    } else {
+        Disposition::Final
+    };
     let (tx, rx) = channel::channel::<A>(limit.min(1024));
     let slot = Arc::new(Slot {
         core: SlotCore {
@@ -303,13 +385,31 @@ pub(crate) fn new_slot<A: Agent>(
             state: AtomicU8::new(RUNNING),
             halt_reason: Mutex::new(String::new()),
             incarnations: AtomicU64::new(0),
+            sink,
         },
         live: ArcSwap::from_pointee(Live {
             addr: Addr::new(tx),
-            control: Arc::new(Control::new()),
+            control: Arc::new(Control::new(disposition)),
         }),
     });
     (slot, rx)
+}
+
+impl<A: Agent> Slot<A> {
+    /// Gives the slot a fresh mailbox and control for a new incarnation, and returns the mailbox.
+    pub(crate) fn renew(&self) -> channel::AddressReceiver<A> {
+        let (tx, rx) = channel::channel::<A>(self.core.limit.min(1024));
+        let previous = self.live.swap(Arc::new(Live {
+            addr: Addr::new(tx),
+            control: Arc::new(Control::new(self.core.default_disposition())),
+        }));
+        // Never two incarnations at once: one still running is killed quietly.
+        if !previous.control.is_done() {
+            previous.control.set_disposition(Disposition::Quiet);
+            previous.control.request(StopRequest::Kill);
+        }
+        rx
+    }
 }
 
 /// Starts the incarnation whose mailbox is `rx` on `arbiter`: the actor is built there by
@@ -366,10 +466,26 @@ impl<A: Agent> Incarnation<A> {
     /// so a caller whose message was still queued learns the right reason.
     fn finish(&mut self, exit: Exit) {
         let core = &self.slot.core;
-        if core.state.load(Ordering::Acquire) != HALTED {
-            core.state.store(STOPPED, Ordering::Release);
+        let disposition = if self.shared.is_shutting_down() {
+            Disposition::Final
+        } else {
+            self.control.disposition()
+        };
+        match disposition {
+            Disposition::Final => {
+                core.set_stopped();
+                self.shared.directory.remove_slot(&core.id, core.seq);
+            }
+            Disposition::Report => {
+                let _ = core.state.compare_exchange(
+                    RUNNING,
+                    RESTARTING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            Disposition::Quiet => {}
         }
-        self.shared.directory.remove_slot(&core.id, core.seq);
         if let Some(fut) = self.fut.take() {
             // Dropping the context runs the actor's stop hooks; a panic there changes nothing.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
@@ -377,15 +493,22 @@ impl<A: Agent> Incarnation<A> {
         self.control.mark_done();
         self.shared.emit(LifecycleEvent::Exited {
             agent: core.id.clone(),
-            exit,
-            final_exit: true,
+            exit: exit.clone(),
+            final_exit: disposition == Disposition::Final,
         });
+        if let (Disposition::Report, Some(sink)) = (disposition, &core.sink) {
+            sink(ChildExit {
+                agent: core.id.clone(),
+                exit,
+                ran_for: self.control.started.elapsed(),
+            });
+        }
     }
 
     /// How the incarnation ended when actix reports that it stopped.
     fn recorded_exit(&self) -> Exit {
-        if let Some(message) = self.control.panic_message() {
-            Exit::Panicked { message }
+        if let Some(failure) = self.control.failure() {
+            failure
         } else if self.control.requested() == StopRequest::Kill {
             Exit::Killed
         } else {
@@ -415,6 +538,7 @@ impl<A: Agent> Future for Incarnation<A> {
             }
             _ => {}
         }
+        let _current = CurrentControl::enter(&this.control);
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(())) => {
@@ -440,4 +564,37 @@ impl<A: Agent> Drop for Incarnation<A> {
             self.finish(Exit::Killed);
         }
     }
+}
+
+thread_local! {
+    /// The control of the incarnation being polled on this thread, for [`fail`].
+    static CURRENT: std::cell::RefCell<Option<Arc<Control>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Marks an incarnation as the one running on this thread while its actor is polled.
+struct CurrentControl(Option<Arc<Control>>);
+
+impl CurrentControl {
+    fn enter(control: &Arc<Control>) -> Self {
+        CurrentControl(CURRENT.with(|c| c.replace(Some(control.clone()))))
+    }
+}
+
+impl Drop for CurrentControl {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// Stops the agent whose handler (or hook) is running, as a failure: it exits with
+/// [`Exit::Failed`], which its supervisor treats like a crash. A supervisor escalates this way.
+pub fn fail<A: Agent>(ctx: &mut Context<A>, reason: impl Into<String>) {
+    let reason = reason.into();
+    CURRENT.with(|c| {
+        if let Some(control) = &*c.borrow() {
+            control.record_failure(Exit::Failed { reason });
+        }
+    });
+    ctx.terminate();
 }

@@ -1,0 +1,142 @@
+//! What a supervisor needs from the runtime: agents it can restart in place (a fresh actor from
+//! a factory, the same [`AgentRef`](crate::AgentRef)), stop without being told of it, halt and
+//! resume, and whose failures it hears about.
+//!
+//! The restart policy itself (strategies, intensity, backoff) lives in `impresario-supervisor`;
+//! this module is the mechanism.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::directory::AgentId;
+use crate::events::Exit;
+use crate::runtime::Shared;
+use crate::slot::{start_incarnation, Disposition, Slot, StopRequest};
+use crate::Agent;
+
+/// How an incarnation of a supervised agent ended, as its supervisor is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildExit {
+    /// The agent.
+    pub agent: AgentId,
+    /// How it ended.
+    pub exit: Exit,
+    /// How long that incarnation ran (for backoff reset).
+    pub ran_for: Duration,
+}
+
+/// Where a supervised agent's exits are reported. Called on the agent's thread: it should only
+/// forward (e.g. `do_send` to the supervisor actor).
+pub type ExitSink = Arc<dyn Fn(ChildExit) + Send + Sync>;
+
+/// How a supervisor stops a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Kill at once: the actor is dropped (its `stopped` hook still runs).
+    Brutal,
+    /// Stop gracefully, and kill if it has not stopped within this time.
+    Timeout(Duration),
+}
+
+/// A future a [`Child`] returns.
+pub type ChildFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A supervised agent as its supervisor sees it, whatever its actor type.
+pub trait Child: Send + Sync {
+    /// The agent's id.
+    fn id(&self) -> &AgentId;
+    /// Starts a fresh incarnation built by the agent's factory. Calls are accepted again.
+    fn restart(&self);
+    /// Stops the running incarnation without reporting it; until the next `restart`, calls get
+    /// `Restarting`. Resolves once it has ended. Needs a tokio timer (an actix thread has one).
+    fn stop(&self, shutdown: Shutdown) -> ChildFuture;
+    /// Gone for good: the incarnation is killed if alive, the agent leaves the directory at
+    /// once (its id can be reused) and calls get `Stopped`.
+    fn remove(&self);
+    /// Halts it: calls get `Halted(reason)` and the running incarnation is killed, aborting its
+    /// in-flight actor futures, without going through its mailbox. `resume` restarts it.
+    fn halt(&self, reason: &str);
+    /// Restarts a halted agent with a fresh actor; does nothing if it is not halted.
+    fn resume(&self);
+    /// Whether it accepts calls now.
+    fn is_running(&self) -> bool;
+}
+
+/// The [`Child`] behind a supervised `AgentRef<A>`.
+pub(crate) struct SupervisedAgent<A: Agent> {
+    pub(crate) slot: Arc<Slot<A>>,
+    pub(crate) factory: Arc<dyn Fn() -> A + Send + Sync>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<A: Agent> Child for SupervisedAgent<A> {
+    fn id(&self) -> &AgentId {
+        &self.slot.core.id
+    }
+
+    fn restart(&self) {
+        if self.shared.is_shutting_down() {
+            return;
+        }
+        let rx = self.slot.renew();
+        self.slot.core.set_running();
+        let factory = self.factory.clone();
+        let arbiter = &self.shared.arbiter(self.slot.core.arbiter);
+        start_incarnation(
+            self.shared.clone(),
+            self.slot.clone(),
+            rx,
+            arbiter,
+            move || factory(),
+        );
+    }
+
+    fn stop(&self, shutdown: Shutdown) -> ChildFuture {
+        let control = self.slot.current_control();
+        control.set_disposition(Disposition::Quiet);
+        if !self.slot.core.is_halted() {
+            self.slot.core.set_restarting();
+        }
+        Box::pin(async move {
+            match shutdown {
+                Shutdown::Brutal => control.request(StopRequest::Kill),
+                Shutdown::Timeout(grace) => {
+                    control.request(StopRequest::Graceful);
+                    if tokio::time::timeout(grace, control.wait_done()).await.is_err() {
+                        control.request(StopRequest::Kill);
+                    }
+                }
+            }
+            control.wait_done().await;
+        })
+    }
+
+    fn remove(&self) {
+        let control = self.slot.current_control();
+        control.set_disposition(Disposition::Final);
+        self.slot.core.set_stopped();
+        self.shared
+            .directory
+            .remove_slot(&self.slot.core.id, self.slot.core.seq);
+        control.request(StopRequest::Kill);
+    }
+
+    fn halt(&self, reason: &str) {
+        let control = self.slot.current_control();
+        control.set_disposition(Disposition::Quiet);
+        self.slot.core.set_halted(reason);
+        control.request(StopRequest::Kill);
+    }
+
+    fn resume(&self) {
+        if self.slot.core.is_halted() {
+            self.restart();
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.slot.core.is_running()
+    }
+}

@@ -1,0 +1,400 @@
+//! The supervisor actor: starts its children in order, restarts them by policy when they fail,
+//! stops them newest first, and gives up (escalates) past its restart intensity.
+//!
+//! It handles one failure at a time: while it stops siblings and waits out a backoff, its own
+//! mailbox waits too, so decisions never interleave.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use impresario_runtime::supervision::{Child, ChildExit, ChildFuture, ExitSink};
+use impresario_runtime::{agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError};
+use tokio::sync::broadcast;
+
+use crate::events::SupervisorEvent;
+use crate::policy::{Jitter, RestartType, RestartWindow, Strategy};
+use crate::spec::{ChildSpec, SupervisorSpec, Tree};
+
+/// Why a request to a supervisor failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SupervisorError {
+    /// The supervisor gave up (past its restart intensity) and supervises nothing any more.
+    #[error("supervisor {0} has given up after too many restarts; start a new one")]
+    GaveUp(AgentId),
+    /// The child could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// No child with this id.
+    #[error("supervisor has no child named {0}")]
+    NoSuchChild(AgentId),
+    /// The supervisor itself did not answer.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// A supervisor. Start a root one with [`Supervisor::start_root`]; nest one with
+/// [`ChildSpec::supervisor`].
+pub struct Supervisor {
+    id: AgentId,
+    spec: SupervisorSpec,
+    tree: Tree,
+    has_parent: bool,
+    children: Vec<Entry>,
+    window: RestartWindow,
+    jitter: Jitter,
+    gave_up: bool,
+    sink: Option<ExitSink>,
+}
+
+struct Entry {
+    spec: ChildSpec,
+    child: Arc<dyn Child>,
+    /// Restarts since the last backoff reset.
+    attempt: u32,
+}
+
+impl Supervisor {
+    pub(crate) fn new(id: AgentId, spec: SupervisorSpec, tree: Tree, has_parent: bool) -> Self {
+        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (&spec as *const _ as u64);
+        Supervisor {
+            id,
+            spec,
+            tree,
+            has_parent,
+            children: Vec::new(),
+            window: RestartWindow::default(),
+            jitter: Jitter::new(seed),
+            gave_up: false,
+            sink: None,
+        }
+    }
+
+    /// Starts a root supervisor (one with no parent) and its children. Past its intensity a root
+    /// stops its children, emits [`SupervisorEvent::Fatal`] and answers
+    /// [`SupervisorError::GaveUp`]; it never stops the process.
+    pub fn start_root(
+        runtime: &RuntimeHandle,
+        id: AgentId,
+        spec: SupervisorSpec,
+    ) -> Result<SupervisorRef, SpawnError> {
+        let (events, _) = broadcast::channel(1024);
+        let tree = Tree {
+            runtime: runtime.clone(),
+            events,
+        };
+        let (me, root_tree) = (id.clone(), tree.clone());
+        let agent = runtime.spawn(id, move || Supervisor::new(me, spec, root_tree, false))?;
+        Ok(SupervisorRef { agent, tree })
+    }
+
+    fn emit(&self, event: SupervisorEvent) {
+        let _ = self.tree.events.send(event);
+    }
+
+    fn position(&self, id: &AgentId) -> Option<usize> {
+        self.children.iter().position(|e| &e.spec.id == id)
+    }
+
+    fn start_child(&mut self, spec: ChildSpec) -> Result<(), SpawnError> {
+        let sink = self.sink.clone().expect("the sink is set when the supervisor starts");
+        let child = spec.start(&self.tree, sink)?;
+        self.emit(SupervisorEvent::ChildStarted {
+            supervisor: self.id.clone(),
+            child: spec.id.clone(),
+        });
+        self.children.push(Entry {
+            spec,
+            child,
+            attempt: 0,
+        });
+        Ok(())
+    }
+
+    /// Stop futures for the children at `indices`, newest first, each by its shutdown.
+    fn stops(&self, indices: impl DoubleEndedIterator<Item = usize>) -> Vec<ChildFuture> {
+        indices
+            .rev()
+            .map(|i| {
+                let entry = &self.children[i];
+                entry.child.stop(entry.spec.shutdown)
+            })
+            .collect()
+    }
+
+    /// Past the intensity (or unable to start a child): stop every child newest first, then
+    /// escalate to the parent by failing, or, as a root, report `Fatal` and keep answering.
+    fn give_up(&mut self, ctx: &mut Context<Self>, reason: String) {
+        self.gave_up = true;
+        let stops = self.stops(0..self.children.len());
+        ctx.wait(
+            run_in_order(stops)
+                .into_actor(self)
+                .map(move |_, this, ctx| {
+                    for entry in this.children.drain(..).rev() {
+                        entry.child.remove();
+                    }
+                    if this.has_parent {
+                        this.emit(SupervisorEvent::Escalated {
+                            supervisor: this.id.clone(),
+                            reason: reason.clone(),
+                        });
+                        fail(ctx, reason);
+                    } else {
+                        this.emit(SupervisorEvent::Fatal {
+                            supervisor: this.id.clone(),
+                            reason,
+                        });
+                    }
+                }),
+        );
+    }
+
+    fn restart_after_failure(&mut self, ctx: &mut Context<Self>, failed: usize, exit: &ChildExit) {
+        let backoff = self.spec.backoff;
+        let entry = &mut self.children[failed];
+        if exit.ran_for >= backoff.reset_after {
+            entry.attempt = 0;
+        }
+        let delay = backoff.delay(entry.attempt, self.jitter.next_unit());
+        entry.attempt += 1;
+        let attempt = entry.attempt;
+
+        let count = self.children.len();
+        let affected = match self.spec.strategy {
+            Strategy::OneForOne => failed..failed + 1,
+            Strategy::OneForAll => 0..count,
+            Strategy::RestForOne => failed..count,
+        };
+        let siblings = affected.clone().filter(|&i| i != failed);
+        let stops: Vec<ChildFuture> = siblings
+            .rev()
+            .map(|i| {
+                let entry = &self.children[i];
+                entry.child.stop(entry.spec.shutdown)
+            })
+            .collect();
+        let ids: Vec<AgentId> = affected.map(|i| self.children[i].spec.id.clone()).collect();
+        let failed_id = exit.agent.clone();
+        ctx.wait(
+            async move {
+                run_in_order(stops).await;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            .into_actor(self)
+            .map(move |_, this, _| {
+                if this.gave_up {
+                    return;
+                }
+                for id in &ids {
+                    let Some(i) = this.position(id) else { continue };
+                    this.children[i].child.restart();
+                    let attempt = if *id == failed_id { attempt } else { this.children[i].attempt };
+                    this.emit(SupervisorEvent::ChildRestarted {
+                        supervisor: this.id.clone(),
+                        child: id.clone(),
+                        attempt,
+                        backoff: if *id == failed_id { delay } else { Duration::ZERO },
+                    });
+                }
+            }),
+        );
+    }
+}
+
+/// Awaits stop futures one after the other (the order shutdown promises).
+async fn run_in_order(stops: Vec<ChildFuture>) {
+    for stop in stops {
+        stop.await;
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let addr = ctx.address();
+        self.sink = Some(Arc::new(move |exit| addr.do_send(ChildExited(exit))));
+        for spec in self.spec.children.clone() {
+            let id = spec.id.clone();
+            if let Err(e) = self.start_child(spec) {
+                self.give_up(ctx, format!("could not start child {id}: {e}"));
+                return;
+            }
+        }
+    }
+
+    /// Stops the children newest first, each by its shutdown, before stopping itself.
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        if self.children.is_empty() {
+            return Running::Stop;
+        }
+        let stops = self.stops(0..self.children.len());
+        ctx.wait(
+            run_in_order(stops)
+                .into_actor(self)
+                .map(|_, this, ctx| {
+                    for entry in this.children.drain(..).rev() {
+                        entry.child.remove();
+                    }
+                    ctx.stop();
+                }),
+        );
+        Running::Continue
+    }
+
+    /// Killed, or crashed: its children go with it.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for entry in self.children.drain(..).rev() {
+            entry.child.remove();
+        }
+    }
+}
+agent!(Supervisor);
+
+/// A child's exit, as the runtime reports it to the supervisor.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildExited(ChildExit);
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, ChildExited(exit): ChildExited, ctx: &mut Context<Self>) {
+        let Some(index) = self.position(&exit.agent) else {
+            return;
+        };
+        self.emit(SupervisorEvent::ChildExited {
+            supervisor: self.id.clone(),
+            child: exit.agent.clone(),
+            exit: exit.exit.clone(),
+        });
+        if self.gave_up {
+            return;
+        }
+        let restart = match self.children[index].spec.restart {
+            RestartType::Permanent => true,
+            RestartType::Transient => exit.exit.is_failure(),
+            RestartType::Temporary => false,
+        };
+        if !restart {
+            self.children.remove(index).child.remove();
+            return;
+        }
+        let intensity = self.spec.intensity;
+        if !self.window.admit(&intensity, Instant::now()) {
+            let reason = format!(
+                "restart intensity exceeded: more than {} restarts within {:?} (last failure: {} {:?})",
+                intensity.max_restarts, intensity.period, exit.agent, exit.exit
+            );
+            self.give_up(ctx, reason);
+            return;
+        }
+        self.restart_after_failure(ctx, index, &exit);
+    }
+}
+
+/// Starts another child, after the existing ones.
+#[derive(Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub struct StartChild(pub ChildSpec);
+
+impl Handler<StartChild> for Supervisor {
+    type Result = Result<(), SupervisorError>;
+    fn handle(&mut self, StartChild(spec): StartChild, _: &mut Context<Self>) -> Self::Result {
+        if self.gave_up {
+            return Err(SupervisorError::GaveUp(self.id.clone()));
+        }
+        Ok(self.start_child(spec)?)
+    }
+}
+
+/// Stops a child for good (by its shutdown) and forgets it.
+#[derive(Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+pub struct StopChild(pub AgentId);
+
+impl Handler<StopChild> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
+    fn handle(&mut self, StopChild(id): StopChild, _: &mut Context<Self>) -> Self::Result {
+        if self.gave_up {
+            return Box::pin(actix::fut::ready(Err(SupervisorError::GaveUp(self.id.clone()))));
+        }
+        let Some(index) = self.position(&id) else {
+            return Box::pin(actix::fut::ready(Err(SupervisorError::NoSuchChild(id))));
+        };
+        let entry = self.children.remove(index);
+        let stop = entry.child.stop(entry.spec.shutdown);
+        Box::pin(stop.into_actor(self).map(move |_, _, _| {
+            entry.child.remove();
+            Ok(())
+        }))
+    }
+}
+
+/// One child as [`WhichChildren`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// Its id.
+    pub id: AgentId,
+    /// Whether it accepts calls now (false while restarting or halted).
+    pub running: bool,
+}
+
+/// The supervisor's children, in start order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ChildInfo>, SupervisorError>")]
+pub struct WhichChildren;
+
+impl Handler<WhichChildren> for Supervisor {
+    type Result = Result<Vec<ChildInfo>, SupervisorError>;
+    fn handle(&mut self, _: WhichChildren, _: &mut Context<Self>) -> Self::Result {
+        if self.gave_up {
+            return Err(SupervisorError::GaveUp(self.id.clone()));
+        }
+        Ok(self
+            .children
+            .iter()
+            .map(|e| ChildInfo {
+                id: e.spec.id.clone(),
+                running: e.child.is_running(),
+            })
+            .collect())
+    }
+}
+
+/// A handle to a root supervisor and its tree's event stream.
+#[derive(Clone)]
+pub struct SupervisorRef {
+    agent: AgentRef<Supervisor>,
+    tree: Tree,
+}
+
+impl SupervisorRef {
+    /// The supervisor as an agent.
+    pub fn agent(&self) -> &AgentRef<Supervisor> {
+        &self.agent
+    }
+
+    /// Events of every supervisor in this tree from now on.
+    pub fn events(&self) -> broadcast::Receiver<SupervisorEvent> {
+        self.tree.events.subscribe()
+    }
+
+    /// Starts another child under the root.
+    pub async fn start_child(&self, spec: ChildSpec) -> Result<(), SupervisorError> {
+        self.agent.ask(StartChild(spec)).await?
+    }
+
+    /// Stops a child of the root for good.
+    pub async fn stop_child(&self, id: AgentId) -> Result<(), SupervisorError> {
+        self.agent.ask(StopChild(id)).await?
+    }
+
+    /// The root's children, in start order.
+    pub async fn children(&self) -> Result<Vec<ChildInfo>, SupervisorError> {
+        self.agent.ask(WhichChildren).await?
+    }
+}
