@@ -83,43 +83,43 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// Nothing at all.
+    pub const ZERO: Charge = Charge {
+        micro_usd: 0,
+        tokens: 0,
+        model_calls: 0,
+        steps: 0,
+    };
+
     /// A charge of `micro_usd` micro-USD and nothing else.
     pub const fn usd(micro_usd: MicroUsd) -> Self {
         Charge {
             micro_usd,
-            tokens: 0,
-            model_calls: 0,
-            steps: 0,
+            ..Charge::ZERO
         }
     }
 
     /// A charge of `n` tokens and nothing else.
     pub const fn tokens(n: u64) -> Self {
         Charge {
-            micro_usd: 0,
             tokens: n,
-            model_calls: 0,
-            steps: 0,
+            ..Charge::ZERO
         }
     }
 
     /// A charge of `n` model calls and nothing else.
     pub const fn model_calls(n: u64) -> Self {
         Charge {
-            micro_usd: 0,
-            tokens: 0,
             model_calls: n,
-            steps: 0,
+            ..Charge::ZERO
         }
     }
 
     /// A charge of `n` steps and nothing else.
     pub const fn steps(n: u64) -> Self {
         Charge {
-            micro_usd: 0,
-            tokens: 0,
-            model_calls: 0,
             steps: n,
+            ..Charge::ZERO
         }
     }
 
@@ -612,7 +612,7 @@ impl AccountPath {
                     .ancestry()
                     .take_while(|n| !std::ptr::eq(*n, node))
                 {
-                    taken.settle(worst_case, Charge::default(), &self.shared);
+                    taken.settle(worst_case, Charge::ZERO, &self.shared);
                 }
                 self.shared
                     .emit(LedgerEvent::CeilingReached(refusal.clone()));
@@ -672,7 +672,7 @@ impl Reservation {
 
     /// The call failed before the provider billed anything: frees the reservation.
     pub fn release(mut self) {
-        self.finish(Charge::default());
+        self.finish(Charge::ZERO);
     }
 
     /// The call was halted mid-flight: charges what the provider may still bill (usually
@@ -708,7 +708,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.finished {
-            self.finish(Charge::default());
+            self.finish(Charge::ZERO);
         }
     }
 }
@@ -762,7 +762,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.account, AccountId::Tenant("t".into()));
         for id in ids() {
-            assert_eq!(snap(&ledger, id).reserved, Charge::default());
+            assert_eq!(snap(&ledger, id).reserved, Charge::ZERO);
         }
     }
 
@@ -836,7 +836,7 @@ mod tests {
             s,
             Settlement {
                 charged: Charge::usd(60) + Charge::tokens(30),
-                overshoot: Charge::default()
+                overshoot: Charge::ZERO
             }
         );
 
@@ -851,7 +851,7 @@ mod tests {
         for id in ids() {
             let s = snap(&ledger, id);
             assert_eq!(s.spent, Charge::usd(85) + Charge::tokens(30), "{:?}", s.id);
-            assert_eq!(s.reserved, Charge::default(), "{:?}", s.id);
+            assert_eq!(s.reserved, Charge::ZERO, "{:?}", s.id);
         }
     }
 
