@@ -47,16 +47,21 @@ mod runtime;
 mod slot;
 pub mod supervision;
 
+/// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
+pub mod halt;
+/// Cost ledger: reserve, settle and cap spending on a tree of accounts.
+pub mod ledger;
+
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
 pub use directory::{AgentId, Directory};
 pub use envelope::{Envelope, RunId};
 pub use error::{AgentError, RuntimeError, SpawnError};
 pub use events::{Exit, LifecycleEvent};
-pub use slot::fail;
 pub use runtime::{
     Placement, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport, SpawnOptions,
     DEFAULT_IN_FLIGHT_LIMIT,
 };
+pub use slot::fail;
 
 use actix::{Actor, Context, Handler};
 

@@ -253,7 +253,8 @@ impl RuntimeHandle {
         A: Agent,
         F: FnOnce() -> A + Send + 'static,
     {
-        self.spawn_slot(id, options, None, factory).map(AgentRef::from_slot)
+        self.spawn_slot(id, options, None, factory)
+            .map(AgentRef::from_slot)
     }
 
     /// Spawns an agent for a supervisor: `factory` builds a fresh actor for every start and
@@ -302,7 +303,10 @@ impl RuntimeHandle {
             Placement::Arbiter(index) if index < count => index,
             Placement::Arbiter(index) => return Err(SpawnError::NoSuchArbiter { index, count }),
         };
-        let limit = options.in_flight_limit.unwrap_or(shared.default_limit).max(1);
+        let limit = options
+            .in_flight_limit
+            .unwrap_or(shared.default_limit)
+            .max(1);
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let (slot, rx) = new_slot::<A>(id.clone(), seq, arbiter, limit, sink);
         shared

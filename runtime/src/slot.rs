@@ -25,9 +25,9 @@ use tokio::sync::{oneshot, Notify};
 use crate::directory::AgentId;
 use crate::error::AgentError;
 use crate::events::{Exit, LifecycleEvent};
-use crate::supervision::{ChildExit, ExitSink};
 use crate::panic_capture::payload_message;
 use crate::runtime::Shared;
+use crate::supervision::{ChildExit, ExitSink};
 use crate::Agent;
 
 /// The agent handles messages.
@@ -127,7 +127,10 @@ impl Control {
     }
 
     fn failure(&self) -> Option<Exit> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn panic_message(&self) -> Option<String> {

@@ -104,7 +104,10 @@ impl<A: Agent> Child for SupervisedAgent<A> {
                 Shutdown::Brutal => control.request(StopRequest::Kill),
                 Shutdown::Timeout(grace) => {
                     control.request(StopRequest::Graceful);
-                    if tokio::time::timeout(grace, control.wait_done()).await.is_err() {
+                    if tokio::time::timeout(grace, control.wait_done())
+                        .await
+                        .is_err()
+                    {
                         control.request(StopRequest::Kill);
                     }
                 }

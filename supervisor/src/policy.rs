@@ -79,7 +79,10 @@ impl Backoff {
     /// (a number in `[0, 1)`).
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
         let factor = 2u32.saturating_pow(attempt.min(31));
-        let exponential = self.min_backoff.saturating_mul(factor).min(self.max_backoff.max(self.min_backoff));
+        let exponential = self
+            .min_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff.max(self.min_backoff));
         exponential.mul_f64(1.0 + self.random_factor.max(0.0) * unit.clamp(0.0, 1.0))
     }
 }
@@ -145,7 +148,10 @@ mod tests {
 
     #[test]
     fn window_allows_max_restarts_within_the_period_then_refuses() {
-        let intensity = Intensity { max_restarts: 2, period: Duration::from_secs(5) };
+        let intensity = Intensity {
+            max_restarts: 2,
+            period: Duration::from_secs(5),
+        };
         let mut w = RestartWindow::default();
         let t0 = Instant::now();
         assert!(w.admit(&intensity, t0));

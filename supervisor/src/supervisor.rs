@@ -97,7 +97,10 @@ impl Supervisor {
     }
 
     fn start_child(&mut self, spec: ChildSpec) -> Result<(), SpawnError> {
-        let sink = self.sink.clone().expect("the sink is set when the supervisor starts");
+        let sink = self
+            .sink
+            .clone()
+            .expect("the sink is set when the supervisor starts");
         let child = spec.start(&self.tree, sink)?;
         self.emit(SupervisorEvent::ChildStarted {
             supervisor: self.id.clone(),
@@ -191,12 +194,20 @@ impl Supervisor {
                 for id in &ids {
                     let Some(i) = this.position(id) else { continue };
                     this.children[i].child.restart();
-                    let attempt = if *id == failed_id { attempt } else { this.children[i].attempt };
+                    let attempt = if *id == failed_id {
+                        attempt
+                    } else {
+                        this.children[i].attempt
+                    };
                     this.emit(SupervisorEvent::ChildRestarted {
                         supervisor: this.id.clone(),
                         child: id.clone(),
                         attempt,
-                        backoff: if *id == failed_id { delay } else { Duration::ZERO },
+                        backoff: if *id == failed_id {
+                            delay
+                        } else {
+                            Duration::ZERO
+                        },
                     });
                 }
             }),
@@ -232,16 +243,12 @@ impl Actor for Supervisor {
             return Running::Stop;
         }
         let stops = self.stops(0..self.children.len());
-        ctx.wait(
-            run_in_order(stops)
-                .into_actor(self)
-                .map(|_, this, ctx| {
-                    for entry in this.children.drain(..).rev() {
-                        entry.child.remove();
-                    }
-                    ctx.stop();
-                }),
-        );
+        ctx.wait(run_in_order(stops).into_actor(self).map(|_, this, ctx| {
+            for entry in this.children.drain(..).rev() {
+                entry.child.remove();
+            }
+            ctx.stop();
+        }));
         Running::Continue
     }
 
@@ -320,7 +327,9 @@ impl Handler<StopChild> for Supervisor {
     type Result = ResponseActFuture<Self, Result<(), SupervisorError>>;
     fn handle(&mut self, StopChild(id): StopChild, _: &mut Context<Self>) -> Self::Result {
         if self.gave_up {
-            return Box::pin(actix::fut::ready(Err(SupervisorError::GaveUp(self.id.clone()))));
+            return Box::pin(actix::fut::ready(Err(SupervisorError::GaveUp(
+                self.id.clone(),
+            ))));
         }
         let Some(index) = self.position(&id) else {
             return Box::pin(actix::fut::ready(Err(SupervisorError::NoSuchChild(id))));
