@@ -70,7 +70,10 @@ pub(crate) struct Control {
     disposition: AtomicU8,
     waker: AtomicWaker,
     failure: Mutex<Option<Exit>>,
+    /// The actor has been polled once: its `started` hook has run.
+    ready: AtomicBool,
     done: AtomicBool,
+    /// Wakes those waiting for `ready` or `done`.
     done_notify: Notify,
     started: Instant,
 }
@@ -82,6 +85,7 @@ impl Control {
             disposition: AtomicU8::new(disposition as u8),
             waker: AtomicWaker::new(),
             failure: Mutex::new(None),
+            ready: AtomicBool::new(false),
             done: AtomicBool::new(false),
             done_notify: Notify::new(),
             started: Instant::now(),
@@ -147,6 +151,23 @@ impl Control {
     fn mark_done(&self) {
         self.done.store(true, Ordering::Release);
         self.done_notify.notify_waiters();
+    }
+
+    fn mark_ready(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.done_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the actor has started (its `started` hook has run) or has ended.
+    pub(crate) async fn wait_ready(&self) {
+        loop {
+            let notified = self.done_notify.notified();
+            if self.ready.load(Ordering::Acquire) || self.is_done() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Resolves once the incarnation has ended.
@@ -542,7 +563,9 @@ impl<A: Agent> Future for Incarnation<A> {
             _ => {}
         }
         let _current = CurrentControl::enter(&this.control);
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx))) {
+        let polled = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx)));
+        this.control.mark_ready();
+        match polled {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(())) => {
                 let exit = this.recorded_exit();

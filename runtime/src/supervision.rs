@@ -48,7 +48,10 @@ pub trait Child: Send + Sync {
     /// The agent's id.
     fn id(&self) -> &AgentId;
     /// Starts a fresh incarnation built by the agent's factory. Calls are accepted again.
-    fn restart(&self);
+    /// The future resolves once the new actor has started (its `started` hook has run).
+    fn restart(&self) -> ChildFuture;
+    /// Resolves once the running incarnation has started (or ended).
+    fn ready(&self) -> ChildFuture;
     /// Stops the running incarnation without reporting it; until the next `restart`, calls get
     /// `Restarting`. Resolves once it has ended. Needs a tokio timer (an actix thread has one).
     fn stop(&self, shutdown: Shutdown) -> ChildFuture;
@@ -76,9 +79,9 @@ impl<A: Agent> Child for SupervisedAgent<A> {
         &self.slot.core.id
     }
 
-    fn restart(&self) {
+    fn restart(&self) -> ChildFuture {
         if self.shared.is_shutting_down() {
-            return;
+            return Box::pin(std::future::ready(()));
         }
         let rx = self.slot.renew();
         self.slot.core.set_running();
@@ -91,6 +94,12 @@ impl<A: Agent> Child for SupervisedAgent<A> {
             arbiter,
             move || factory(),
         );
+        self.ready()
+    }
+
+    fn ready(&self) -> ChildFuture {
+        let control = self.slot.current_control();
+        Box::pin(async move { control.wait_ready().await })
     }
 
     fn stop(&self, shutdown: Shutdown) -> ChildFuture {
@@ -135,7 +144,7 @@ impl<A: Agent> Child for SupervisedAgent<A> {
 
     fn resume(&self) {
         if self.slot.core.is_halted() {
-            self.restart();
+            drop(self.restart());
         }
     }
 

@@ -4,6 +4,7 @@
 //! It handles one failure at a time: while it stops siblings and waits out a backoff, its own
 //! mailbox waits too, so decisions never interleave.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,12 +97,14 @@ impl Supervisor {
         self.children.iter().position(|e| &e.spec.id == id)
     }
 
-    fn start_child(&mut self, spec: ChildSpec) -> Result<(), SpawnError> {
+    /// Starts a child; the future resolves once it has started.
+    fn start_child(&mut self, spec: ChildSpec) -> Result<ChildFuture, SpawnError> {
         let sink = self
             .sink
             .clone()
             .expect("the sink is set when the supervisor starts");
         let child = spec.start(&self.tree, sink)?;
+        let ready = child.ready();
         self.emit(SupervisorEvent::ChildStarted {
             supervisor: self.id.clone(),
             child: spec.id.clone(),
@@ -111,7 +114,55 @@ impl Supervisor {
             child,
             attempt: 0,
         });
-        Ok(())
+        Ok(ready)
+    }
+
+    /// Starts `specs` one after the other, each once the previous one has started (OTP's order).
+    fn start_in_order(&mut self, ctx: &mut Context<Self>, mut specs: VecDeque<ChildSpec>) {
+        let Some(spec) = specs.pop_front() else {
+            return;
+        };
+        let id = spec.id.clone();
+        match self.start_child(spec) {
+            Ok(ready) => ctx.wait(
+                ready
+                    .into_actor(self)
+                    .map(move |_, this, ctx| this.start_in_order(ctx, specs)),
+            ),
+            Err(e) => self.give_up(ctx, format!("could not start child {id}: {e}")),
+        }
+    }
+
+    /// Restarts the children named by `ids`, each once the previous one has started.
+    fn restart_in_order(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mut ids: VecDeque<AgentId>,
+        failed: Restarted,
+    ) {
+        let Some(id) = ids.pop_front() else {
+            return;
+        };
+        let Some(i) = self.position(&id) else {
+            return self.restart_in_order(ctx, ids, failed);
+        };
+        let ready = self.children[i].child.restart();
+        let (attempt, backoff) = if id == failed.id {
+            (failed.attempt, failed.backoff)
+        } else {
+            (self.children[i].attempt, Duration::ZERO)
+        };
+        self.emit(SupervisorEvent::ChildRestarted {
+            supervisor: self.id.clone(),
+            child: id,
+            attempt,
+            backoff,
+        });
+        ctx.wait(
+            ready
+                .into_actor(self)
+                .map(move |_, this, ctx| this.restart_in_order(ctx, ids, failed)),
+        );
     }
 
     /// Stop futures for the children at `indices`, newest first, each by its shutdown.
@@ -177,8 +228,12 @@ impl Supervisor {
                 entry.child.stop(entry.spec.shutdown)
             })
             .collect();
-        let ids: Vec<AgentId> = affected.map(|i| self.children[i].spec.id.clone()).collect();
-        let failed_id = exit.agent.clone();
+        let ids: VecDeque<AgentId> = affected.map(|i| self.children[i].spec.id.clone()).collect();
+        let failed = Restarted {
+            id: exit.agent.clone(),
+            attempt,
+            backoff: delay,
+        };
         ctx.wait(
             async move {
                 run_in_order(stops).await;
@@ -187,32 +242,20 @@ impl Supervisor {
                 }
             }
             .into_actor(self)
-            .map(move |_, this, _| {
-                if this.gave_up {
-                    return;
-                }
-                for id in &ids {
-                    let Some(i) = this.position(id) else { continue };
-                    this.children[i].child.restart();
-                    let attempt = if *id == failed_id {
-                        attempt
-                    } else {
-                        this.children[i].attempt
-                    };
-                    this.emit(SupervisorEvent::ChildRestarted {
-                        supervisor: this.id.clone(),
-                        child: id.clone(),
-                        attempt,
-                        backoff: if *id == failed_id {
-                            delay
-                        } else {
-                            Duration::ZERO
-                        },
-                    });
+            .map(move |_, this, ctx| {
+                if !this.gave_up {
+                    this.restart_in_order(ctx, ids, failed);
                 }
             }),
         );
     }
+}
+
+/// The failed child of a restart decision, for its `ChildRestarted` event.
+struct Restarted {
+    id: AgentId,
+    attempt: u32,
+    backoff: Duration,
 }
 
 /// Awaits stop futures one after the other (the order shutdown promises).
@@ -228,13 +271,8 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let addr = ctx.address();
         self.sink = Some(Arc::new(move |exit| addr.do_send(ChildExited(exit))));
-        for spec in self.spec.children.clone() {
-            let id = spec.id.clone();
-            if let Err(e) = self.start_child(spec) {
-                self.give_up(ctx, format!("could not start child {id}: {e}"));
-                return;
-            }
-        }
+        let specs = self.spec.children.iter().cloned().collect();
+        self.start_in_order(ctx, specs);
     }
 
     /// Stops the children newest first, each by its shutdown, before stopping itself.
@@ -314,7 +352,9 @@ impl Handler<StartChild> for Supervisor {
         if self.gave_up {
             return Err(SupervisorError::GaveUp(self.id.clone()));
         }
-        Ok(self.start_child(spec)?)
+        // The caller may use the child at once; messages wait in its mailbox until it has started.
+        let _started_later = self.start_child(spec)?;
+        Ok(())
     }
 }
 
