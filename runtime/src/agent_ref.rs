@@ -176,41 +176,62 @@ fn handle<A, M>(
     M: Message + Send + 'static,
     M::Result: Send,
 {
+    // Halted while it waited in the mailbox: it never starts.
+    if admitted.slot.core.is_halted() {
+        let refused = admitted.slot.core.state_error();
+        return admitted.answer(Err(refused));
+    }
     let span = handler_span::<M>(&envelope.span, &admitted.slot.core.id);
     let _entered = span.enter();
     let _scope = envelope.enter_scope();
     let (answer_tx, mut answer_rx) = oneshot::channel::<M::Result>();
+    let deadline = admitted.slot.core.handler_deadline;
+    let began = deadline.map(|_| Instant::now());
     let handled = catch_unwind(AssertUnwindSafe(|| {
         let response = <A as Handler<M>>::handle(agent, msg, ctx);
         response.handle(ctx, Some(answer_tx));
     }));
-    match handled {
-        Err(payload) => {
-            let message = crate::panic_capture::payload_message(&*payload);
-            admitted
-                .slot
-                .current_control()
-                .record_panic(message.clone());
-            actix::ActorContext::terminate(ctx);
-            let agent = admitted.slot.core.id.clone();
-            admitted.answer(Err(AgentError::Panicked { agent, message }));
-        }
-        Ok(()) => match answer_rx.try_recv() {
-            Ok(answer) => admitted.answer(Ok(answer)),
-            // An async answer (a future on the actor or on a task of its own): wait for it on the
-            // arbiter, so a panic in that future is noticed even when nobody awaits the reply.
-            Err(_) => {
-                let control = admitted.slot.current_control();
-                actix::spawn(async move {
-                    let answer = match answer_rx.await {
-                        Ok(answer) => Ok(answer),
-                        Err(_) => Err(admitted.slot.lost_answer(&control)),
-                    };
-                    admitted.answer(answer);
-                });
-            }
-        },
+    if let Err(payload) = handled {
+        let message = crate::panic_capture::payload_message(&*payload);
+        admitted
+            .slot
+            .current_control()
+            .record_panic(message.clone());
+        actix::ActorContext::terminate(ctx);
+        let agent = admitted.slot.core.id.clone();
+        return admitted.answer(Err(AgentError::Panicked { agent, message }));
     }
+    if let Ok(answer) = answer_rx.try_recv() {
+        // A sync handler cannot be interrupted; one that overran fails its agent afterwards.
+        if let (Some(deadline), Some(began)) = (deadline, began) {
+            if began.elapsed() > deadline {
+                admitted.slot.current_control().overran(deadline);
+            }
+        }
+        return admitted.answer(Ok(answer));
+    }
+    // An async answer (a future on the actor or on a task of its own): wait for it on the
+    // arbiter, so a panic in that future is noticed even when nobody awaits the reply, and the
+    // watchdog can cancel it.
+    let control = admitted.slot.current_control();
+    actix::spawn(async move {
+        let answer = match deadline {
+            None => answer_rx
+                .await
+                .map_err(|_| admitted.slot.lost_answer(&control)),
+            Some(deadline) => match tokio::time::timeout(deadline, answer_rx).await {
+                Ok(answer) => answer.map_err(|_| admitted.slot.lost_answer(&control)),
+                Err(_) => {
+                    control.overran(deadline);
+                    Err(AgentError::Timeout {
+                        agent: admitted.slot.core.id.clone(),
+                        after: deadline,
+                    })
+                }
+            },
+        };
+        admitted.answer(answer);
+    });
 }
 
 /// The span a handler runs in: a child of the sender's span. When that span level is disabled,

@@ -308,7 +308,14 @@ impl RuntimeHandle {
             .unwrap_or(shared.default_limit)
             .max(1);
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        let (slot, rx) = new_slot::<A>(id.clone(), seq, arbiter, limit, sink);
+        let (slot, rx) = new_slot::<A>(
+            id.clone(),
+            seq,
+            arbiter,
+            limit,
+            options.handler_deadline,
+            sink,
+        );
         shared
             .directory
             .insert(id, slot.clone())
@@ -502,6 +509,10 @@ pub struct SpawnOptions {
     pub placement: Placement,
     /// Its in-flight limit; `None` uses the runtime's default.
     pub in_flight_limit: Option<usize>,
+    /// Watchdog: a handler still running after this long counts as a failure. An async handler
+    /// is cancelled (the agent is killed; its caller gets `Timeout`); a sync handler cannot be
+    /// interrupted, so the agent fails once it returns. `None`: no watchdog.
+    pub handler_deadline: Option<Duration>,
 }
 
 /// Which arbiter an agent runs on.

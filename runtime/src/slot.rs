@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::dev::channel;
 use actix::dev::ContextFut;
@@ -119,6 +119,14 @@ impl Control {
         }
     }
 
+    /// The watchdog saw a handler run past `deadline`: the incarnation fails and is killed.
+    pub(crate) fn overran(&self, deadline: Duration) {
+        self.record_failure(Exit::Failed {
+            reason: format!("watchdog: a handler ran past its {deadline:?} deadline"),
+        });
+        self.request(StopRequest::Kill);
+    }
+
     /// Records the panic that ends this incarnation (the first failure recorded wins).
     pub(crate) fn record_panic(&self, message: String) {
         self.record_failure(Exit::Panicked { message });
@@ -189,7 +197,12 @@ pub(crate) struct SlotCore {
     pub(crate) seq: u64,
     pub(crate) arbiter: usize,
     limit: usize,
+    /// The watchdog's deadline for one handler, if any.
+    pub(crate) handler_deadline: Option<Duration>,
     in_flight: AtomicUsize,
+    /// A graceful halt waits for the in-flight count to reach zero; only then is `idle` notified.
+    draining: AtomicBool,
+    idle: Notify,
     state: AtomicU8,
     halt_reason: Mutex<String>,
     incarnations: AtomicU64,
@@ -251,7 +264,21 @@ impl SlotCore {
     }
 
     pub(crate) fn set_running(&self) {
+        self.draining.store(false, Ordering::Release);
         self.state.store(RUNNING, Ordering::Release);
+    }
+
+    /// Resolves once no admitted request is left (they finish, or are refused when their turn
+    /// comes because the agent is halted).
+    pub(crate) async fn drained(&self) {
+        self.draining.store(true, Ordering::Release);
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(crate) fn is_halted(&self) -> bool {
@@ -350,9 +377,14 @@ impl<A: Agent, R> Admitted<A, R> {
 
 impl<A: Agent, R> Drop for Admitted<A, R> {
     fn drop(&mut self) {
-        self.slot.core.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let core = &self.slot.core;
+        if core.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && core.draining.load(Ordering::Acquire)
+        {
+            core.idle.notify_waiters();
+        }
         if let Some(reply) = self.reply.take() {
-            let _ = reply.send(Err(self.slot.core.state_error()));
+            let _ = reply.send(Err(core.state_error()));
         }
     }
 }
@@ -391,6 +423,7 @@ pub(crate) fn new_slot<A: Agent>(
     seq: u64,
     arbiter: usize,
     limit: usize,
+    handler_deadline: Option<Duration>,
     sink: Option<ExitSink>,
 ) -> (Arc<Slot<A>>, channel::AddressReceiver<A>) {
     let disposition = if sink.is_some() {
@@ -405,7 +438,10 @@ pub(crate) fn new_slot<A: Agent>(
             seq,
             arbiter,
             limit,
+            handler_deadline,
             in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
             state: AtomicU8::new(RUNNING),
             halt_reason: Mutex::new(String::new()),
             incarnations: AtomicU64::new(0),
@@ -552,7 +588,9 @@ impl<A: Agent> Future for Incarnation<A> {
         };
         match this.control.requested() {
             StopRequest::Kill => {
-                this.finish(Exit::Killed);
+                // A failure recorded before the kill (the watchdog's) is how it ended.
+                let exit = this.control.failure().unwrap_or(Exit::Killed);
+                this.finish(exit);
                 return Poll::Ready(());
             }
             StopRequest::Terminate => fut.ctx().terminate(),

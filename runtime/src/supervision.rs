@@ -58,9 +58,12 @@ pub trait Child: Send + Sync {
     /// Gone for good: the incarnation is killed if alive, the agent leaves the directory at
     /// once (its id can be reused) and calls get `Stopped`.
     fn remove(&self);
-    /// Halts it: calls get `Halted(reason)` and the running incarnation is killed, aborting its
-    /// in-flight actor futures, without going through its mailbox. `resume` restarts it.
-    fn halt(&self, reason: &str);
+    /// Halts it without going through its mailbox: from now on calls get `Halted(reason)`, and
+    /// messages still queued are answered `Halted`. With no `grace`, the running incarnation is
+    /// killed at once, aborting its in-flight actor futures; with a grace period it may finish
+    /// what it is doing (a graceful stop) and is killed when the period runs out. `resume`
+    /// restarts it with a fresh actor.
+    fn halt(&self, reason: &str, grace: Option<Duration>);
     /// Restarts a halted agent with a fresh actor; does nothing if it is not halted.
     fn resume(&self);
     /// Whether it accepts calls now.
@@ -135,11 +138,26 @@ impl<A: Agent> Child for SupervisedAgent<A> {
         control.request(StopRequest::Kill);
     }
 
-    fn halt(&self, reason: &str) {
+    fn halt(&self, reason: &str, grace: Option<Duration>) {
         let control = self.slot.current_control();
         control.set_disposition(Disposition::Quiet);
         self.slot.core.set_halted(reason);
-        control.request(StopRequest::Kill);
+        match grace {
+            None => control.request(StopRequest::Kill),
+            Some(grace) => {
+                // actix's own graceful stop drops in-flight futures, so the runtime drains
+                // instead: queued messages are refused when their turn comes, started ones
+                // finish, then the actor goes; at the deadline it goes regardless. This runs on
+                // the agent's own arbiter, which has a timer.
+                let slot = self.slot.clone();
+                self.shared
+                    .arbiter(self.slot.core.arbiter)
+                    .spawn(async move {
+                        let _ = tokio::time::timeout(grace, slot.core.drained()).await;
+                        control.request(StopRequest::Kill);
+                    });
+            }
+        }
     }
 
     fn resume(&self) {

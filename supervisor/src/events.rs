@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use impresario_runtime::halt::{HaltReason, HaltScope};
 use impresario_runtime::{AgentId, Exit};
 
 /// Something a supervisor did or saw.
@@ -40,6 +41,15 @@ pub enum SupervisorEvent {
         supervisor: AgentId,
         /// Why.
         reason: String,
+    },
+    /// Agents of the tree were halted.
+    Halted {
+        /// What the halt named.
+        scope: HaltScope,
+        /// Why.
+        reason: HaltReason,
+        /// How many agents it reached.
+        agents: usize,
     },
     /// The root supervisor gave up: its children are stopped and it answers `Stopped`.
     Fatal {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use impresario_runtime::supervision::{Child, ExitSink, Shutdown};
 use impresario_runtime::{Agent, AgentId, RuntimeHandle, SpawnError, SpawnOptions};
 use tokio::sync::broadcast;
@@ -14,11 +15,23 @@ use crate::supervisor::Supervisor;
 type Starter =
     dyn Fn(&Tree, ExitSink) -> Result<Arc<dyn Child>, SpawnError> + Send + Sync + 'static;
 
-/// What a supervisor tree shares: the runtime and the event stream.
+/// What a supervisor tree shares: the runtime, the event stream, and every supervised agent
+/// of the tree that is not itself a supervisor, by id (so a halt reaches them without waiting
+/// on any supervisor's mailbox).
 #[derive(Clone)]
 pub(crate) struct Tree {
     pub(crate) runtime: RuntimeHandle,
     pub(crate) events: broadcast::Sender<SupervisorEvent>,
+    pub(crate) agents: Arc<DashMap<AgentId, Arc<dyn Child>>>,
+}
+
+impl Tree {
+    /// A child gone for good: out of the tree's registry, and out of the runtime.
+    pub(crate) fn remove(&self, child: &Arc<dyn Child>) {
+        self.agents
+            .remove_if(child.id(), |_, listed| Arc::ptr_eq(listed, child));
+        child.remove();
+    }
 }
 
 /// One child of a supervisor: its id, how it is (re)started, when it restarts, how it stops.
@@ -30,6 +43,8 @@ pub struct ChildSpec {
     pub restart: RestartType,
     /// How it is stopped.
     pub shutdown: Shutdown,
+    /// Whether it is a supervisor (halts pass over supervisors and reach their agents).
+    pub(crate) is_supervisor: bool,
     start: Arc<Starter>,
 }
 
@@ -66,6 +81,7 @@ impl ChildSpec {
             id,
             restart: RestartType::Permanent,
             shutdown: Shutdown::Timeout(std::time::Duration::from_secs(5)),
+            is_supervisor: false,
             start: Arc::new(move |tree: &Tree, sink: ExitSink| {
                 let factory = factory.clone();
                 tree.runtime
@@ -83,6 +99,7 @@ impl ChildSpec {
             id,
             restart: RestartType::Permanent,
             shutdown: Shutdown::Timeout(std::time::Duration::from_secs(30)),
+            is_supervisor: true,
             start: Arc::new(move |tree: &Tree, sink: ExitSink| {
                 let (spec, tree2, me) = (spec.clone(), tree.clone(), spawn_id.clone());
                 tree.runtime

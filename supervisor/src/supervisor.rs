@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use impresario_runtime::halt::{Halt, HaltMode, HaltScope};
 use impresario_runtime::supervision::{Child, ChildExit, ChildFuture, ExitSink};
 use impresario_runtime::{agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError};
 use tokio::sync::broadcast;
@@ -83,6 +84,7 @@ impl Supervisor {
         let tree = Tree {
             runtime: runtime.clone(),
             events,
+            agents: Arc::default(),
         };
         let (me, root_tree) = (id.clone(), tree.clone());
         let agent = runtime.spawn(id, move || Supervisor::new(me, spec, root_tree, false))?;
@@ -91,6 +93,13 @@ impl Supervisor {
 
     fn emit(&self, event: SupervisorEvent) {
         let _ = self.tree.events.send(event);
+    }
+
+    /// Every child gone for good, newest first.
+    fn remove_all(&mut self) {
+        for entry in self.children.drain(..).rev() {
+            self.tree.remove(&entry.child);
+        }
     }
 
     fn position(&self, id: &AgentId) -> Option<usize> {
@@ -105,6 +114,9 @@ impl Supervisor {
             .expect("the sink is set when the supervisor starts");
         let child = spec.start(&self.tree, sink)?;
         let ready = child.ready();
+        if !spec.is_supervisor {
+            self.tree.agents.insert(spec.id.clone(), child.clone());
+        }
         self.emit(SupervisorEvent::ChildStarted {
             supervisor: self.id.clone(),
             child: spec.id.clone(),
@@ -185,9 +197,7 @@ impl Supervisor {
             run_in_order(stops)
                 .into_actor(self)
                 .map(move |_, this, ctx| {
-                    for entry in this.children.drain(..).rev() {
-                        entry.child.remove();
-                    }
+                    this.remove_all();
                     if this.has_parent {
                         this.emit(SupervisorEvent::Escalated {
                             supervisor: this.id.clone(),
@@ -282,9 +292,7 @@ impl Actor for Supervisor {
         }
         let stops = self.stops(0..self.children.len());
         ctx.wait(run_in_order(stops).into_actor(self).map(|_, this, ctx| {
-            for entry in this.children.drain(..).rev() {
-                entry.child.remove();
-            }
+            this.remove_all();
             ctx.stop();
         }));
         Running::Continue
@@ -292,9 +300,7 @@ impl Actor for Supervisor {
 
     /// Killed, or crashed: its children go with it.
     fn stopped(&mut self, _: &mut Context<Self>) {
-        for entry in self.children.drain(..).rev() {
-            entry.child.remove();
-        }
+        self.remove_all();
     }
 }
 agent!(Supervisor);
@@ -325,7 +331,8 @@ impl Handler<ChildExited> for Supervisor {
             RestartType::Temporary => false,
         };
         if !restart {
-            self.children.remove(index).child.remove();
+            let entry = self.children.remove(index);
+            self.tree.remove(&entry.child);
             return;
         }
         let intensity = self.spec.intensity;
@@ -376,8 +383,8 @@ impl Handler<StopChild> for Supervisor {
         };
         let entry = self.children.remove(index);
         let stop = entry.child.stop(entry.spec.shutdown);
-        Box::pin(stop.into_actor(self).map(move |_, _, _| {
-            entry.child.remove();
+        Box::pin(stop.into_actor(self).map(move |_, this, _| {
+            this.tree.remove(&entry.child);
             Ok(())
         }))
     }
@@ -445,5 +452,52 @@ impl SupervisorRef {
     /// The root's children, in start order.
     pub async fn children(&self) -> Result<Vec<ChildInfo>, SupervisorError> {
         self.agent.ask(WhichChildren).await?
+    }
+
+    /// Halts agents of this tree now, through no mailbox (neither the agents' nor any
+    /// supervisor's): [`HaltScope::All`] halts every agent of the tree (supervisors keep running,
+    /// and restart nothing that is halted),
+    /// [`HaltScope::Agent`] the one whose id reads `kind/key`. Tenant and run scopes match no
+    /// agent here: they halt runs, through their [`HaltToken`](impresario_runtime::halt::HaltToken)s.
+    /// Halted agents answer `AgentError::Halted` with the reason (and detail) and are not
+    /// restarted until [`resume`](Self::resume)d. Returns how many agents were halted.
+    pub fn halt(&self, halt: &Halt) -> usize {
+        let grace = match halt.mode {
+            HaltMode::Immediate => None,
+            HaltMode::Graceful { deadline } => Some(deadline),
+        };
+        let reason = match &halt.detail {
+            Some(detail) => format!("{}: {detail}", halt.reason),
+            None => halt.reason.to_string(),
+        };
+        let targets: Vec<Arc<dyn Child>> = self
+            .tree
+            .agents
+            .iter()
+            .filter(|entry| match &halt.scope {
+                HaltScope::All => true,
+                HaltScope::Agent(name) => entry.key().to_string() == *name,
+                HaltScope::Tenant(_) | HaltScope::Run(_) => false,
+            })
+            .map(|entry| entry.value().clone())
+            .collect();
+        for child in &targets {
+            child.halt(&reason, grace);
+        }
+        let _ = self.tree.events.send(SupervisorEvent::Halted {
+            scope: halt.scope.clone(),
+            reason: halt.reason,
+            agents: targets.len(),
+        });
+        targets.len()
+    }
+
+    /// Restarts a halted agent of this tree with a fresh actor. False if there is no such agent.
+    pub fn resume(&self, id: &AgentId) -> bool {
+        let Some(child) = self.tree.agents.get(id).map(|c| c.value().clone()) else {
+            return false;
+        };
+        child.resume();
+        true
     }
 }
