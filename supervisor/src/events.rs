@@ -1,4 +1,7 @@
 //! What supervisors report: a stream every supervisor of one tree publishes to.
+//!
+//! The events of one supervisor arrive in the order it acted. Events of different supervisors
+//! (a parent and a nested one) run on different threads and may interleave in any order.
 
 use std::time::Duration;
 

@@ -158,12 +158,13 @@ impl Supervisor {
         let Some(i) = self.position(&id) else {
             return self.restart_in_order(ctx, ids, failed);
         };
-        let ready = self.children[i].child.restart();
         let (attempt, backoff) = if id == failed.id {
             (failed.attempt, failed.backoff)
         } else {
             (self.children[i].attempt, Duration::ZERO)
         };
+        // Reported once the restart is under way, so whoever reacts to it can call the child.
+        let ready = self.children[i].child.restart();
         self.emit(SupervisorEvent::ChildRestarted {
             supervisor: self.id.clone(),
             child: id,

@@ -85,11 +85,12 @@ async fn until(
     pred: impl Fn(&SupervisorEvent) -> bool,
 ) -> SupervisorEvent {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut skipped = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Ok(event)) if pred(&event) => return event,
-            Ok(Ok(_)) => continue,
-            other => panic!("expected event did not come: {other:?}"),
+            Ok(Ok(event)) => skipped.push(event),
+            other => panic!("expected event did not come: {other:?}; saw {skipped:#?}"),
         }
     }
 }
