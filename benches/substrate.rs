@@ -92,26 +92,6 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// A single-threaded actix arbiter outside our runtime, for the raw actix baseline.
-fn raw_actix_arbiter() -> (
-    actix::ArbiterHandle,
-    std::thread::JoinHandle<()>,
-    actix::System,
-) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let runner = actix::System::new();
-        tx.send((
-            actix::System::current().arbiter().clone(),
-            actix::System::current(),
-        ))
-        .unwrap();
-        runner.run().unwrap();
-    });
-    let (arbiter, system) = rx.recv().unwrap();
-    (arbiter, thread, system)
-}
-
 fn main() {
     match std::env::var(PART).as_deref() {
         Ok("raw") => return spawn_raw(),
@@ -133,7 +113,7 @@ fn main() {
             .spawn(AgentId::new("echo", "bench"), || Echo)
             .unwrap(),
     );
-    let (arbiter, raw_thread, raw_system) = raw_actix_arbiter();
+    let (arbiter, raw_thread, raw_system) = common::raw_actix_arbiter();
     let actix = Target::Actix(Echo::start_in_arbiter(&arbiter, |_| Echo));
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, oneshot::Sender<u64>)>();
     let server = std::thread::spawn(move || {
@@ -203,7 +183,7 @@ const PART: &str = "IMPRESARIO_BENCH_SPAWN";
 
 /// Spawns 100k raw actix actors on one arbiter of a plain actix System.
 fn spawn_raw() {
-    let (arbiter, _thread, _system) = raw_actix_arbiter();
+    let (arbiter, _thread, _system) = common::raw_actix_arbiter();
     let built = Arc::new(AtomicUsize::new(0));
     let rss_before = rss_bytes();
     let started = Instant::now();

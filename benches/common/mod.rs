@@ -57,3 +57,21 @@ pub fn row(name: &str, median: Duration, baseline: Option<Duration>) {
         None => println!("{name:<58} {:>12}", fmt(median)),
     }
 }
+
+/// A single-threaded actix arbiter in a plain actix System of its own (outside any Impresario
+/// runtime), for raw actix baselines. Stop the System and join the thread when done.
+pub fn raw_actix_arbiter() -> (
+    actix::ArbiterHandle,
+    std::thread::JoinHandle<()>,
+    actix::System,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runner = actix::System::new();
+        let system = actix::System::current();
+        tx.send((system.arbiter().clone(), system)).unwrap();
+        runner.run().unwrap();
+    });
+    let (arbiter, system) = rx.recv().unwrap();
+    (arbiter, thread, system)
+}

@@ -213,8 +213,10 @@ pub(crate) struct SlotCore {
 impl SlotCore {
     /// Admits one more request, or says why not.
     fn admit(&self) -> Result<(), AgentError> {
-        if self.state.load(Ordering::Acquire) != RUNNING {
-            return Err(self.state_error());
+        let state = self.state.load(Ordering::Acquire);
+        if state != RUNNING {
+            // The state seen here, not a second read: it may change in between.
+            return Err(self.error_for(state));
         }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -228,9 +230,15 @@ impl SlotCore {
 
     /// The error for a message that the agent, in its present state, did not handle.
     pub(crate) fn state_error(&self) -> AgentError {
+        self.error_for(self.state.load(Ordering::Acquire))
+    }
+
+    /// The error for an unhandled message when the slot is in `state`. A slot running again
+    /// means a supervisor restarted the agent after the message was lost: retrying is safe.
+    fn error_for(&self, state: u8) -> AgentError {
         let agent = self.id.clone();
-        match self.state.load(Ordering::Acquire) {
-            RESTARTING => AgentError::Restarting { agent },
+        match state {
+            RESTARTING | RUNNING => AgentError::Restarting { agent },
             HALTED => AgentError::Halted {
                 agent,
                 reason: self

@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use actix::prelude::*;
+use common::until;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::{
     agent, AgentError, AgentId, AgentRef, Exit, Runtime, RuntimeHandle, SpawnOptions,
@@ -11,7 +14,6 @@ use impresario_runtime::{
 use impresario_supervisor::{
     ChildSpec, Strategy, Supervisor, SupervisorEvent, SupervisorRef, SupervisorSpec,
 };
-use tokio::sync::broadcast;
 
 #[derive(Default)]
 struct Worker {
@@ -77,21 +79,6 @@ fn halted(agent: &AgentRef<Worker>, reason: &str) -> AgentError {
     AgentError::Halted {
         agent: agent.id().clone(),
         reason: reason.into(),
-    }
-}
-
-async fn until(
-    events: &mut broadcast::Receiver<SupervisorEvent>,
-    pred: impl Fn(&SupervisorEvent) -> bool,
-) -> SupervisorEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut skipped = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(event)) if pred(&event) => return event,
-            Ok(Ok(event)) => skipped.push(event),
-            other => panic!("expected event did not come: {other:?}; saw {skipped:#?}"),
-        }
     }
 }
 

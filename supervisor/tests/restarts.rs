@@ -4,14 +4,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use actix::prelude::*;
+use common::until;
 use impresario_runtime::supervision::Shutdown;
 use impresario_runtime::{agent, AgentError, AgentId, AgentRef, Exit, Runtime, RuntimeHandle};
 use impresario_supervisor::{
     Backoff, ChildSpec, Intensity, RestartType, Strategy, Supervisor, SupervisorError,
     SupervisorEvent, SupervisorRef, SupervisorSpec,
 };
-use tokio::sync::broadcast;
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -98,22 +100,6 @@ fn lookup(rt: &RuntimeHandle, name: &str) -> AgentRef<Worker> {
     rt.directory()
         .lookup(&AgentId::new("worker", name))
         .expect("worker is listed")
-}
-
-/// Waits for the next event matching `pred`, failing after 5 s.
-async fn until(
-    events: &mut broadcast::Receiver<SupervisorEvent>,
-    pred: impl Fn(&SupervisorEvent) -> bool,
-) -> SupervisorEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut skipped = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(event)) if pred(&event) => return event,
-            Ok(Ok(event)) => skipped.push(event),
-            other => panic!("expected event did not come: {other:?}; saw {skipped:#?}"),
-        }
-    }
 }
 
 fn restarted(name: &'static str) -> impl Fn(&SupervisorEvent) -> bool {
@@ -511,5 +497,31 @@ async fn children_are_added_and_removed_at_runtime_and_shutdown_timeouts_kill() 
         .map(|c| c.id.key.to_string())
         .collect();
     assert_eq!(children, ["late"]);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_a_fast_restart_get_restarting_never_stopped() {
+    let rt = runtime();
+    let log = Log::default();
+    let spec = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(Intensity {
+            max_restarts: u32::MAX,
+            period: Duration::from_secs(1),
+        })
+        .child(worker("a", &log));
+    let _root = start(&rt, spec).await;
+    let a = lookup(&rt, "a");
+    for _ in 0..300 {
+        let _ = a.ask(Crash).await;
+        // Asks sent at once may land in the dying mailbox; none may claim the agent stopped.
+        loop {
+            match a.ask(Incr).await {
+                Ok(_) => break,
+                Err(AgentError::Restarting { .. }) => tokio::task::yield_now().await,
+                Err(other) => panic!("a racing call got {other:?}"),
+            }
+        }
+    }
     rt.shutdown(Duration::from_secs(5)).await;
 }
