@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use impresario_runtime::halt::{HaltReason, HaltScope};
+use impresario_runtime::ledger::{AccountId, CeilingReached, Charge, Dimension};
 use impresario_runtime::{AgentId, Exit};
 
 /// Something a supervisor did or saw.
@@ -45,14 +46,36 @@ pub enum SupervisorEvent {
         /// Why.
         reason: String,
     },
-    /// Agents of the tree were halted.
+    /// A halt was delivered: to agents of the tree, or to a run's halt token.
     Halted {
         /// What the halt named.
         scope: HaltScope,
         /// Why.
         reason: HaltReason,
-        /// How many agents it reached.
+        /// How many agents of the tree it reached (0 for a run halted through its token).
         agents: usize,
+    },
+    /// An account's spending crossed a warning fraction of one of its limits.
+    CeilingWarning {
+        /// The account.
+        account: AccountId,
+        /// Which limit.
+        dimension: Dimension,
+        /// The fraction crossed, in percent.
+        fraction_percent: u8,
+        /// Spent in that dimension.
+        spent: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A reservation was refused because it did not fit a ceiling; nothing was sent.
+    CeilingReached(CeilingReached),
+    /// A call cost more than it had reserved (charged in full; the estimate was too low).
+    Overshoot {
+        /// The account charged.
+        account: AccountId,
+        /// By how much.
+        by: Charge,
     },
     /// The root supervisor gave up: its children are stopped and it answers `Stopped`.
     Fatal {

@@ -21,11 +21,13 @@
 //! # Ok(()) }
 //! ```
 
+mod ceiling;
 mod events;
 mod policy;
 mod spec;
 mod supervisor;
 
+pub use ceiling::OnCeiling;
 pub use events::SupervisorEvent;
 pub use impresario_runtime::supervision::Shutdown;
 pub use impresario_runtime::{Exit, LifecycleEvent};

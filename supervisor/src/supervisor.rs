@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use impresario_runtime::halt::{Halt, HaltMode, HaltScope};
+use impresario_runtime::halt::{Halt, HaltMode, HaltScope, Halts};
+use impresario_runtime::ledger::Ledger;
 use impresario_runtime::supervision::{Child, ChildExit, ChildFuture, ExitSink};
 use impresario_runtime::{agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError};
 use tokio::sync::broadcast;
 
+use crate::ceiling::{spawn_watch, OnCeiling};
 use crate::events::SupervisorEvent;
 use crate::policy::{Jitter, RestartType, RestartWindow, Strategy};
 use crate::spec::{ChildSpec, SupervisorSpec, Tree};
@@ -391,6 +393,27 @@ impl Handler<StopChild> for Supervisor {
     }
 }
 
+/// Starts forwarding a ledger's events (see [`SupervisorRef::enforce_ceilings`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WatchLedger {
+    ledger: Ledger,
+    halts: Halts,
+    policy: OnCeiling,
+}
+
+impl Handler<WatchLedger> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, watch: WatchLedger, _: &mut Context<Self>) {
+        spawn_watch(
+            &watch.ledger,
+            watch.halts,
+            watch.policy,
+            self.tree.events.clone(),
+        );
+    }
+}
+
 /// One child as [`WhichChildren`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildInfo {
@@ -491,6 +514,24 @@ impl SupervisorRef {
             agents: targets.len(),
         });
         targets.len()
+    }
+
+    /// Enforces `ledger`'s ceilings for this tree: its warnings, refusals and overshoots appear
+    /// on [`events`](Self::events), and with [`OnCeiling::HaltRun`] a run whose own account
+    /// refuses a reservation is halted through `halts` (reason `cost_ceiling`). A tenant or
+    /// global ceiling refuses each call that would pass it and is reported, but halts nothing.
+    pub async fn enforce_ceilings(
+        &self,
+        ledger: &Ledger,
+        halts: &Halts,
+        policy: OnCeiling,
+    ) -> Result<(), SupervisorError> {
+        let watch = WatchLedger {
+            ledger: ledger.clone(),
+            halts: halts.clone(),
+            policy,
+        };
+        Ok(self.agent.ask(watch).await?)
     }
 
     /// Restarts a halted agent of this tree with a fresh actor. False if there is no such agent.
