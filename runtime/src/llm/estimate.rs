@@ -1,0 +1,175 @@
+//! Token estimates made before a call (to reserve its worst case) and after a call whose
+//! provider reported no usage.
+//!
+//! Models that tiktoken knows (OpenAI's: `gpt-4o*`, `gpt-4.1*`, `gpt-5*`, `o3`, `o4-mini`,
+//! `gpt-oss-*`, ...) are counted with their real tokenizer via `tiktoken-rs`, plus OpenAI's
+//! documented chat framing (3 tokens per message and 3 to prime the reply). Every other model
+//! (Anthropic's tokenizer is not public; local models vary) gets a conservative heuristic:
+//! one token per 3 ASCII bytes and one per non-ASCII character, which is above the real count
+//! for ordinary English, code and CJK text, but is a heuristic: adversarial text can beat it,
+//! and then the ledger records the overshoot at settlement. Tool definitions count as their
+//! JSON text; with the heuristic they also add [`TOOL_PROMPT_OVERHEAD`] tokens for the tool-use
+//! system prompt Anthropic documents.
+
+use serde_json::Value;
+use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
+use tiktoken_rs::CoreBPE;
+
+use super::types::{ChatRequest, Message, ToolCall, Usage};
+
+/// Tokens Anthropic adds for its tool-use system prompt (documented as 313-346 for current
+/// models), added by the heuristic when a request has tools or an output schema.
+pub const TOOL_PROMPT_OVERHEAD: u64 = 350;
+
+/// How an estimate was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EstimateMethod {
+    /// With the model's own tokenizer (tiktoken).
+    Tiktoken,
+    /// With the conservative character heuristic.
+    Heuristic,
+}
+
+/// Estimated prompt size of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputEstimate {
+    /// Prompt tokens, framing included.
+    pub tokens: u64,
+    /// How they were counted.
+    pub method: EstimateMethod,
+}
+
+enum Counter {
+    Bpe(&'static CoreBPE),
+    Heuristic,
+}
+
+impl Counter {
+    fn for_model(model: &str) -> Counter {
+        use tiktoken_rs::*;
+        match get_tokenizer(model) {
+            Some(Tokenizer::O200kBase) => Counter::Bpe(o200k_base_singleton()),
+            Some(Tokenizer::O200kHarmony) => Counter::Bpe(o200k_harmony_singleton()),
+            Some(Tokenizer::Cl100kBase) => Counter::Bpe(cl100k_base_singleton()),
+            Some(Tokenizer::P50kBase) => Counter::Bpe(p50k_base_singleton()),
+            Some(Tokenizer::P50kEdit) => Counter::Bpe(p50k_edit_singleton()),
+            Some(Tokenizer::R50kBase | Tokenizer::Gpt2) => Counter::Bpe(r50k_base_singleton()),
+            None => Counter::Heuristic,
+        }
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        match self {
+            Counter::Bpe(bpe) => bpe.encode_ordinary(text).len() as u64,
+            Counter::Heuristic => heuristic_tokens(text),
+        }
+    }
+
+    fn per_message(&self) -> u64 {
+        match self {
+            Counter::Bpe(_) => 4, // 3 framing tokens + the role
+            Counter::Heuristic => 5,
+        }
+    }
+
+    fn count_json(&self, value: &impl serde::Serialize) -> u64 {
+        self.count(&serde_json::to_string(value).unwrap_or_default())
+    }
+
+    fn count_calls(&self, calls: &[ToolCall]) -> u64 {
+        calls
+            .iter()
+            .map(|c| self.count(&c.name) + self.count_json(&c.arguments) + 5)
+            .sum()
+    }
+}
+
+/// One token per 3 ASCII bytes (rounded up) plus one per non-ASCII character.
+pub fn heuristic_tokens(text: &str) -> u64 {
+    let ascii = text.bytes().filter(u8::is_ascii).count() as u64;
+    let other = text.chars().filter(|c| !c.is_ascii()).count() as u64;
+    ascii.div_ceil(3) + other
+}
+
+/// Estimates the prompt tokens `request` will be billed for.
+pub fn estimate_input(request: &ChatRequest) -> InputEstimate {
+    let counter = Counter::for_model(&request.model);
+    let mut tokens = 3; // reply priming
+    for m in &request.messages {
+        tokens += counter.per_message() + counter.count(m.content());
+        match m {
+            Message::Assistant { tool_calls, .. } => tokens += counter.count_calls(tool_calls),
+            Message::Tool { tool_call_id, .. } => tokens += counter.count(tool_call_id),
+            _ => {}
+        }
+    }
+    for t in &request.tools {
+        tokens += counter.count(&t.name)
+            + counter.count(&t.description)
+            + counter.count_json(&t.parameters)
+            + 10;
+    }
+    if let Some(s) = &request.output_schema {
+        tokens += counter.count(&s.name) + counter.count_json(&s.schema) + 10;
+    }
+    for s in &request.stop {
+        tokens += counter.count(s);
+    }
+    let method = match counter {
+        Counter::Bpe(_) => EstimateMethod::Tiktoken,
+        Counter::Heuristic => {
+            if !request.tools.is_empty() || request.output_schema.is_some() {
+                tokens += TOOL_PROMPT_OVERHEAD;
+            }
+            EstimateMethod::Heuristic
+        }
+    };
+    InputEstimate { tokens, method }
+}
+
+/// The usage of an answer whose provider reported none, marked `estimated`: the request's
+/// input estimate, and the answer's text and tool calls (name, arguments) as output.
+pub fn estimate_usage(request: &ChatRequest, content: &str, calls: &[(&str, &Value)]) -> Usage {
+    let counter = Counter::for_model(&request.model);
+    let calls: u64 = calls
+        .iter()
+        .map(|(name, args)| counter.count(name) + counter.count_json(args))
+        .sum();
+    Usage {
+        input_tokens: estimate_input(request).tokens,
+        output_tokens: counter.count(content) + calls,
+        estimated: true,
+        ..Usage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::types::ChatRequest;
+
+    #[test]
+    fn openai_models_use_tiktoken() {
+        let req = ChatRequest::new("gpt-4o-mini").user("hello world");
+        let e = estimate_input(&req);
+        assert_eq!(e.method, EstimateMethod::Tiktoken);
+        // "hello world" is 2 o200k tokens; + 4 framing + 3 priming
+        assert_eq!(e.tokens, 9);
+    }
+
+    #[test]
+    fn heuristic_is_above_tiktoken_for_ordinary_text() {
+        let text = "The quick brown fox jumps over the lazy dog. \
+                    fn main() { println!(\"{}\", 1 + 2); } // 日本語のテキスト";
+        let real = tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(text)
+            .len() as u64;
+        assert!(
+            heuristic_tokens(text) >= real,
+            "{} < {real}",
+            heuristic_tokens(text)
+        );
+        let req = ChatRequest::new("claude-haiku-4-5").user(text);
+        assert_eq!(estimate_input(&req).method, EstimateMethod::Heuristic);
+    }
+}
