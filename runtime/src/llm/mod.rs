@@ -35,13 +35,21 @@
 
 use futures_util::future::BoxFuture;
 
+mod breaker;
+mod cache;
 mod error;
 pub mod estimate;
 pub mod price;
+mod retry;
+mod router;
 mod types;
 
+pub use breaker::{BreakerConfig, BreakerState};
+pub use cache::{CacheKey, ResponseCache};
 pub use error::{InvalidToolCall, LlmError};
 pub use price::{ModelPrice, PriceError, PriceTable, Rates};
+pub use retry::RetryPolicy;
+pub use router::{Router, Tier};
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, Message, OutputSchema, RateLimitInfo, ToolCall,
     ToolDef, Usage, DEFAULT_MAX_TOKENS,
