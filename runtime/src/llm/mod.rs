@@ -35,18 +35,24 @@
 
 use futures_util::future::BoxFuture;
 
+mod anthropic;
 mod breaker;
 mod cache;
 mod error;
 pub mod estimate;
+mod http;
+mod openai;
 pub mod price;
 mod retry;
 mod router;
 mod types;
 
+pub use anthropic::{Anthropic, AnthropicConfig, ANTHROPIC_VERSION};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{CacheKey, ResponseCache};
 pub use error::{InvalidToolCall, LlmError};
+pub use http::HttpConfig;
+pub use openai::{MaxTokensField, OpenAi, OpenAiConfig};
 pub use price::{ModelPrice, PriceError, PriceTable, Rates};
 pub use retry::RetryPolicy;
 pub use router::{Router, Tier};
