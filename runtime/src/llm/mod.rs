@@ -43,8 +43,10 @@ pub mod estimate;
 mod http;
 mod openai;
 pub mod price;
+mod replay;
 mod retry;
 mod router;
+mod scripted;
 mod types;
 
 pub use anthropic::{Anthropic, AnthropicConfig, ANTHROPIC_VERSION};
@@ -54,8 +56,10 @@ pub use error::{InvalidToolCall, LlmError};
 pub use http::HttpConfig;
 pub use openai::{MaxTokensField, OpenAi, OpenAiConfig};
 pub use price::{ModelPrice, PriceError, PriceTable, Rates};
+pub use replay::{Exchange, Recorder, Recording, Replay, RECORDING_VERSION};
 pub use retry::RetryPolicy;
 pub use router::{Router, Tier};
+pub use scripted::{Scripted, ScriptedCall, ScriptedReply};
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, Message, OutputSchema, RateLimitInfo, ToolCall,
     ToolDef, Usage, DEFAULT_MAX_TOKENS,
