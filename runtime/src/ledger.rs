@@ -1,78 +1,179 @@
-//! TEMP stand-in for the cost ledger being built on `wip/ledger`.
+//! The cost ledger: budgets on a tree of accounts (global > tenant > run > agent), and
+//! reservations that make a paid call fit every ceiling on its path *before* it is sent.
 //!
-//! It has exactly the API the LLM layer codes against, so that branch can compile and test
-//! until the real ledger is merged; on merge, take theirs. Not for production use: one global
-//! mutex, no persistence, no deadlines enforced.
+//! A paid call goes through three steps:
+//! 1. [`Ledger::path`] once per run: the accounts from the run (or agent) up to `Global`.
+//! 2. [`AccountPath::reserve`] with the call's worst case (input estimate + `max_tokens`
+//!    output). It reserves on every account of the path or on none, and fails before any
+//!    request is sent.
+//! 3. [`Reservation::settle`] with the real usage, [`Reservation::release`] if the call failed
+//!    before the provider billed, or [`Reservation::cancel`] with what the provider may still
+//!    bill when the call was halted. Dropping a [`Reservation`] releases it, so no path leaks.
+//!
+//! Money is integer micro-USD ([`MicroUsd`]), never floating point.
+//!
+//! Concurrency: every account has its own small mutex, held for a few additions; there is no
+//! ledger-wide lock. Reserving walks the path leaf to root and rolls back what it took if an
+//! account refuses, so a concurrent reservation may briefly be refused because of capacity
+//! that is about to be given back. That errs on the side of never overspending.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::ops::Add;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-/// Money in integer micro-USD.
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// An amount of money in millionths of a US dollar.
 pub type MicroUsd = u64;
 
-/// Identifies an account in the tree global -> tenant -> run -> agent.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Warning thresholds, in percent of a limit, used by [`Ledger::new`].
+const DEFAULT_WARNING_PERCENTS: [u8; 3] = [50, 80, 100];
+
+/// Events are rare (warnings, refusals, overshoots); a slow subscriber lags rather than
+/// blocking a reservation.
+const EVENT_CAPACITY: usize = 1024;
+
+/// Who is charged: accounts form a tree rooted at `Global`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AccountId {
-    /// The root account.
+    /// The root account: everything spent by this process.
     Global,
-    /// A tenant's account.
+    /// A customer or team.
     Tenant(String),
-    /// A run's account.
+    /// One run (a goal with a budget).
     Run(String),
-    /// An agent's account within a run.
+    /// One agent within a run.
     Agent {
-        /// The run.
+        /// The run the agent belongs to.
         run: String,
-        /// The agent.
+        /// The agent's name within the run.
         agent: String,
     },
 }
 
-/// An amount along every budgeted dimension.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Charge {
-    /// Money.
-    pub micro_usd: u64,
-    /// Tokens.
-    pub tokens: u64,
-    /// Model calls.
-    pub model_calls: u64,
-    /// Steps.
-    pub steps: u64,
-}
-
-impl Charge {
-    fn dims(&self) -> [u64; 4] {
-        [self.micro_usd, self.tokens, self.model_calls, self.steps]
-    }
-    fn add(&mut self, o: Charge) {
-        self.micro_usd += o.micro_usd;
-        self.tokens += o.tokens;
-        self.model_calls += o.model_calls;
-        self.steps += o.steps;
-    }
-    fn sub(&mut self, o: Charge) {
-        self.micro_usd -= o.micro_usd;
-        self.tokens -= o.tokens;
-        self.model_calls -= o.model_calls;
-        self.steps -= o.steps;
-    }
-    fn excess_over(self, o: Charge) -> Charge {
-        Charge {
-            micro_usd: self.micro_usd.saturating_sub(o.micro_usd),
-            tokens: self.tokens.saturating_sub(o.tokens),
-            model_calls: self.model_calls.saturating_sub(o.model_calls),
-            steps: self.steps.saturating_sub(o.steps),
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccountId::Global => f.write_str("global"),
+            AccountId::Tenant(id) => write!(f, "tenant:{id}"),
+            AccountId::Run(id) => write!(f, "run:{id}"),
+            AccountId::Agent { run, agent } => write!(f, "agent:{run}/{agent}"),
         }
     }
 }
 
-/// A budgeted dimension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a call costs (or may cost) in every counted dimension.
+///
+/// Build one with the constructors and `+`, e.g. `Charge::usd(1_200) + Charge::tokens(900)`.
+/// Addition saturates: a charge never wraps around to a small number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    /// Money, in micro-USD.
+    pub micro_usd: MicroUsd,
+    /// Input plus output tokens.
+    pub tokens: u64,
+    /// Number of calls to a model provider.
+    pub model_calls: u64,
+    /// Number of run steps.
+    pub steps: u64,
+}
+
+impl Charge {
+    /// Nothing at all.
+    pub const ZERO: Charge = Charge {
+        micro_usd: 0,
+        tokens: 0,
+        model_calls: 0,
+        steps: 0,
+    };
+
+    /// A charge of `micro_usd` micro-USD and nothing else.
+    pub const fn usd(micro_usd: MicroUsd) -> Self {
+        Charge {
+            micro_usd,
+            ..Charge::ZERO
+        }
+    }
+
+    /// A charge of `n` tokens and nothing else.
+    pub const fn tokens(n: u64) -> Self {
+        Charge {
+            tokens: n,
+            ..Charge::ZERO
+        }
+    }
+
+    /// A charge of `n` model calls and nothing else.
+    pub const fn model_calls(n: u64) -> Self {
+        Charge {
+            model_calls: n,
+            ..Charge::ZERO
+        }
+    }
+
+    /// A charge of `n` steps and nothing else.
+    pub const fn steps(n: u64) -> Self {
+        Charge {
+            steps: n,
+            ..Charge::ZERO
+        }
+    }
+
+    /// Component-wise sum, saturating at `u64::MAX`.
+    pub const fn saturating_add(self, other: Charge) -> Charge {
+        Charge {
+            micro_usd: self.micro_usd.saturating_add(other.micro_usd),
+            tokens: self.tokens.saturating_add(other.tokens),
+            model_calls: self.model_calls.saturating_add(other.model_calls),
+            steps: self.steps.saturating_add(other.steps),
+        }
+    }
+
+    /// Component-wise difference, saturating at zero.
+    pub const fn saturating_sub(self, other: Charge) -> Charge {
+        Charge {
+            micro_usd: self.micro_usd.saturating_sub(other.micro_usd),
+            tokens: self.tokens.saturating_sub(other.tokens),
+            model_calls: self.model_calls.saturating_sub(other.model_calls),
+            steps: self.steps.saturating_sub(other.steps),
+        }
+    }
+
+    /// True when every component is zero.
+    pub const fn is_zero(self) -> bool {
+        self.micro_usd == 0 && self.tokens == 0 && self.model_calls == 0 && self.steps == 0
+    }
+
+    /// The component for `dimension` (zero for [`Dimension::Deadline`], which is not counted).
+    pub const fn get(self, dimension: Dimension) -> u64 {
+        match dimension {
+            Dimension::MicroUsd => self.micro_usd,
+            Dimension::Tokens => self.tokens,
+            Dimension::ModelCalls => self.model_calls,
+            Dimension::Steps => self.steps,
+            Dimension::Deadline => 0,
+        }
+    }
+}
+
+impl Add for Charge {
+    type Output = Charge;
+
+    /// Saturating, like [`Charge::saturating_add`].
+    fn add(self, other: Charge) -> Charge {
+        self.saturating_add(other)
+    }
+}
+
+/// A dimension an account can be limited in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Dimension {
-    /// Money.
+    /// Money, in micro-USD.
     MicroUsd,
     /// Tokens.
     Tokens,
@@ -80,254 +181,851 @@ pub enum Dimension {
     ModelCalls,
     /// Steps.
     Steps,
+    /// Wall-clock deadline.
+    Deadline,
 }
 
-const DIMS: [Dimension; 4] = [
-    Dimension::MicroUsd,
-    Dimension::Tokens,
-    Dimension::ModelCalls,
-    Dimension::Steps,
-];
+impl Dimension {
+    /// The dimensions measured by a [`Charge`], in the order of [`State::warned`].
+    const COUNTED: [Dimension; 4] = [
+        Dimension::MicroUsd,
+        Dimension::Tokens,
+        Dimension::ModelCalls,
+        Dimension::Steps,
+    ];
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dimension::MicroUsd => "micro_usd",
+            Dimension::Tokens => "tokens",
+            Dimension::ModelCalls => "model_calls",
+            Dimension::Steps => "steps",
+            Dimension::Deadline => "deadline",
+        })
+    }
+}
 
 /// Ceilings of one account; `None` means unlimited.
 #[derive(Clone, Debug, Default)]
 pub struct Limits {
-    /// Money ceiling.
-    pub micro_usd: Option<u64>,
-    /// Token ceiling.
+    /// Most money the account may spend, in micro-USD.
+    pub micro_usd: Option<MicroUsd>,
+    /// Most tokens.
     pub tokens: Option<u64>,
-    /// Model-call ceiling.
+    /// Most model calls.
     pub model_calls: Option<u64>,
-    /// Step ceiling.
+    /// Most steps.
     pub steps: Option<u64>,
-    /// Deadline (not enforced by the stand-in).
+    /// No reservation is accepted at or after this instant.
     pub deadline: Option<Instant>,
 }
 
 impl Limits {
-    fn dims(&self) -> [Option<u64>; 4] {
-        [self.micro_usd, self.tokens, self.model_calls, self.steps]
+    /// The ceiling for a counted dimension.
+    fn get(&self, dimension: Dimension) -> Option<u64> {
+        match dimension {
+            Dimension::MicroUsd => self.micro_usd,
+            Dimension::Tokens => self.tokens,
+            Dimension::ModelCalls => self.model_calls,
+            Dimension::Steps => self.steps,
+            Dimension::Deadline => None,
+        }
     }
 }
 
-/// Ledger errors.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// Opening an account whose parent is not open.
-    #[error("parent account {0:?} is not open; open it first")]
-    UnknownParent(AccountId),
-    /// Opening an account twice.
-    #[error("account {0:?} is already open")]
-    AlreadyOpen(AccountId),
-    /// Asking for an account that is not open.
-    #[error("account {0:?} is not open")]
-    UnknownAccount(AccountId),
-}
-
-/// A reservation did not fit under a ceiling.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{account:?}: {dimension:?} limit {limit}, spent {spent}, reserved {reserved}, requested {requested}")]
+/// A reservation was refused because it would not fit under a ceiling.
+///
+/// For [`Dimension::Deadline`] the numeric fields are zero: the deadline has passed, no amount
+/// would fit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{}", refusal_message(self))]
 pub struct CeilingReached {
-    /// The account whose ceiling would be exceeded.
+    /// The account whose ceiling refused the reservation.
     pub account: AccountId,
-    /// Which dimension.
+    /// The limited dimension that did not fit.
     pub dimension: Dimension,
-    /// The ceiling.
+    /// The account's limit in that dimension.
     pub limit: u64,
-    /// Already spent.
+    /// Already spent in that dimension.
     pub spent: u64,
-    /// Currently reserved.
+    /// Reserved by calls still in flight.
     pub reserved: u64,
-    /// Asked for.
+    /// What this reservation asked for.
     pub requested: u64,
 }
 
-struct Entry {
-    parent: Option<AccountId>,
+fn refusal_message(e: &CeilingReached) -> String {
+    if e.dimension == Dimension::Deadline {
+        return format!(
+            "account {} is past its deadline; nothing was sent. \
+             Extend the account's deadline (set_limits) or stop the work",
+            e.account
+        );
+    }
+    format!(
+        "account {} would exceed its {} ceiling: limit {}, spent {}, reserved {}, requested {}; \
+         nothing was sent. Raise the account's limit, or lower max_tokens so the worst case fits",
+        e.account, e.dimension, e.limit, e.spent, e.reserved, e.requested
+    )
+}
+
+/// Something an operator or a supervisor may want to react to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerEvent {
+    /// An account's spending crossed a warning fraction of a limit (fired once per fraction).
+    Warning {
+        /// The account.
+        account: AccountId,
+        /// The dimension whose spending crossed the fraction.
+        dimension: Dimension,
+        /// The fraction crossed, in percent of `limit`.
+        fraction_percent: u8,
+        /// Spent in that dimension after the charge that crossed it.
+        spent: u64,
+        /// The limit in that dimension.
+        limit: u64,
+    },
+    /// A reservation was refused.
+    CeilingReached(CeilingReached),
+    /// A call cost more than it reserved; it was charged in full anyway.
+    Overshoot {
+        /// The leaf account of the path that was charged.
+        account: AccountId,
+        /// How much the actual charge exceeded the reservation.
+        by: Charge,
+    },
+}
+
+/// A misuse of the account tree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// `open` was called for an account that is already open.
+    #[error("account {0} is already open; reuse it (Ledger::account) or close it first")]
+    AlreadyOpen(AccountId),
+    /// An account (or the parent named in `open`) is not open.
+    #[error("account {0} is not open; open it, and its parent first, before using it")]
+    UnknownAccount(AccountId),
+}
+
+/// The mutable part of an account, behind its own mutex.
+#[derive(Default)]
+struct State {
     limits: Limits,
     spent: Charge,
     reserved: Charge,
+    /// Per counted dimension: how many warning fractions have fired. Spending only grows, so
+    /// fractions are crossed in ascending order and a count is enough.
+    warned: [usize; 4],
 }
 
-type Book = Arc<Mutex<HashMap<AccountId, Entry>>>;
-
-/// The ledger: a tree of accounts.
-#[derive(Clone, Default)]
-pub struct Ledger {
-    book: Book,
-}
-
-/// A handle on one account.
-#[derive(Clone)]
-pub struct Account {
+struct Node {
     id: AccountId,
-    book: Book,
+    parent: Option<Arc<Node>>,
+    state: Mutex<State>,
 }
 
-impl Account {
-    /// What this account has spent.
-    pub fn spent(&self) -> Charge {
-        self.book.lock().unwrap()[&self.id].spent
+impl Node {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The critical sections only do arithmetic and cannot leave the state half-updated.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    /// What is reserved on this account right now.
-    pub fn reserved(&self) -> Charge {
-        self.book.lock().unwrap()[&self.id].reserved
+
+    /// Reserves `amount` here if it fits. `now` is read at most once per path, and only when
+    /// some account on it has a deadline.
+    fn try_reserve(&self, amount: Charge, now: &mut Option<Instant>) -> Result<(), CeilingReached> {
+        let mut s = self.lock();
+        if let Some(deadline) = s.limits.deadline {
+            if *now.get_or_insert_with(Instant::now) >= deadline {
+                return Err(self.refusal(Dimension::Deadline, 0, 0, 0, 0));
+            }
+        }
+        for dim in Dimension::COUNTED {
+            if let Some(limit) = s.limits.get(dim) {
+                let (spent, reserved, requested) =
+                    (s.spent.get(dim), s.reserved.get(dim), amount.get(dim));
+                if spent.saturating_add(reserved).saturating_add(requested) > limit {
+                    return Err(self.refusal(dim, limit, spent, reserved, requested));
+                }
+            }
+        }
+        s.reserved = s.reserved + amount;
+        Ok(())
+    }
+
+    fn refusal(
+        &self,
+        dimension: Dimension,
+        limit: u64,
+        spent: u64,
+        reserved: u64,
+        requested: u64,
+    ) -> CeilingReached {
+        CeilingReached {
+            account: self.id.clone(),
+            dimension,
+            limit,
+            spent,
+            reserved,
+            requested,
+        }
+    }
+
+    /// Turns `reserved` into `charge` spent, and fires the warnings that charge crossed.
+    fn settle(&self, reserved: Charge, charge: Charge, shared: &Shared) {
+        let mut s = self.lock();
+        s.reserved = s.reserved.saturating_sub(reserved);
+        if charge.is_zero() {
+            return;
+        }
+        s.spent = s.spent + charge;
+        for (i, dim) in Dimension::COUNTED.into_iter().enumerate() {
+            let Some(limit) = s.limits.get(dim) else {
+                continue;
+            };
+            let spent = s.spent.get(dim);
+            while let Some(&percent) = shared.warning_percents.get(s.warned[i]) {
+                if spent == 0 || u128::from(spent) * 100 < u128::from(limit) * u128::from(percent) {
+                    break;
+                }
+                s.warned[i] += 1;
+                // Sent under the account lock: rare, and the channel's lock never waits on ours.
+                shared.emit(LedgerEvent::Warning {
+                    account: self.id.clone(),
+                    dimension: dim,
+                    fraction_percent: percent,
+                    spent,
+                    limit,
+                });
+            }
+        }
+    }
+
+    /// The nodes from this one up to the root.
+    fn ancestry(&self) -> impl Iterator<Item = &Node> {
+        std::iter::successors(Some(self), |n| n.parent.as_deref())
+    }
+}
+
+/// What every path of one ledger shares.
+struct Shared {
+    events: broadcast::Sender<LedgerEvent>,
+    /// Ascending, deduplicated.
+    warning_percents: Box<[u8]>,
+}
+
+impl Shared {
+    fn emit(&self, event: LedgerEvent) {
+        // No subscriber is not an error: events are for whoever wants them.
+        let _ = self.events.send(event);
+    }
+}
+
+/// The set of accounts of one process. Cheap to clone; clones share the accounts.
+#[derive(Clone)]
+pub struct Ledger {
+    accounts: Arc<DashMap<AccountId, Account>>,
+    shared: Arc<Shared>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new()
     }
 }
 
 impl Ledger {
-    /// An empty ledger.
+    /// A ledger with only the `Global` account (unlimited), warning at 50, 80 and 100 %.
     pub fn new() -> Self {
-        Self::default()
+        Ledger::with_warning_fractions(DEFAULT_WARNING_PERCENTS.to_vec())
     }
 
-    /// Opens an account under `parent`.
+    /// Like [`Ledger::new`], warning when spending crosses each of `percents` (of a limit).
+    /// Values above 100 are allowed: they report overshoot past the ceiling.
+    pub fn with_warning_fractions(mut percents: Vec<u8>) -> Self {
+        percents.sort_unstable();
+        percents.dedup();
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let shared = Arc::new(Shared {
+            events,
+            warning_percents: percents.into(),
+        });
+        let accounts = DashMap::new();
+        let global = Account::new(AccountId::Global, None, Limits::default());
+        accounts.insert(AccountId::Global, global);
+        Ledger {
+            accounts: Arc::new(accounts),
+            shared,
+        }
+    }
+
+    /// Opens account `id` under `parent` (`None` means `Global`) with `limits`.
     pub fn open(
         &self,
         id: AccountId,
         parent: Option<&AccountId>,
         limits: Limits,
     ) -> Result<Account, LedgerError> {
-        let mut book = self.book.lock().unwrap();
-        if book.contains_key(&id) {
-            return Err(LedgerError::AlreadyOpen(id));
-        }
-        if let Some(p) = parent {
-            if !book.contains_key(p) {
-                return Err(LedgerError::UnknownParent(p.clone()));
+        let parent_id = parent.unwrap_or(&AccountId::Global);
+        // Clone the parent out before touching the map again: holding a dashmap guard while
+        // calling `entry` on the same shard would deadlock.
+        let parent = self
+            .account(parent_id)
+            .ok_or_else(|| LedgerError::UnknownAccount(parent_id.clone()))?;
+        match self.accounts.entry(id) {
+            Entry::Occupied(e) => Err(LedgerError::AlreadyOpen(e.key().clone())),
+            Entry::Vacant(e) => {
+                let account = Account::new(e.key().clone(), Some(parent.node), limits);
+                e.insert(account.clone());
+                Ok(account)
             }
         }
-        book.insert(
-            id.clone(),
-            Entry {
-                parent: parent.cloned(),
-                limits,
-                spent: Charge::default(),
-                reserved: Charge::default(),
-            },
-        );
-        Ok(Account {
-            id,
-            book: self.book.clone(),
+    }
+
+    /// The open account `id`, if any.
+    pub fn account(&self, id: &AccountId) -> Option<Account> {
+        self.accounts.get(id).map(|a| a.value().clone())
+    }
+
+    /// The path from `leaf` up to `Global`, to reserve on. Get it once per run and clone it.
+    pub fn path(&self, leaf: &AccountId) -> Result<AccountPath, LedgerError> {
+        let leaf = self
+            .account(leaf)
+            .ok_or_else(|| LedgerError::UnknownAccount(leaf.clone()))?;
+        Ok(AccountPath {
+            leaf,
+            shared: self.shared.clone(),
         })
     }
 
-    /// The path from `leaf` up to the root.
-    pub fn path(&self, leaf: &AccountId) -> Result<AccountPath, LedgerError> {
-        let book = self.book.lock().unwrap();
-        let mut ids = Vec::new();
-        let mut cur = Some(leaf.clone());
-        while let Some(id) = cur {
-            let e = book
-                .get(&id)
-                .ok_or_else(|| LedgerError::UnknownAccount(id.clone()))?;
-            cur = e.parent.clone();
-            ids.push(id);
+    /// Forgets a finished account so its id can no longer be looked up (or can be opened
+    /// again). What it spent stays counted in its parents; paths and reservations already
+    /// taken keep working. `Global` is never closed.
+    pub fn close(&self, id: &AccountId) {
+        if *id != AccountId::Global {
+            self.accounts.remove(id);
         }
-        Ok(AccountPath {
-            ids: Arc::new(ids),
-            book: self.book.clone(),
-        })
+    }
+
+    /// Warnings, refusals and overshoots from now on. A receiver that falls more than 1024
+    /// events behind skips the oldest (see [`broadcast::error::RecvError::Lagged`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<LedgerEvent> {
+        self.shared.events.subscribe()
     }
 }
 
-/// The accounts a charge is reserved on: leaf first, root last.
+/// One account of the tree. Cheap to clone; clones are the same account.
+#[derive(Clone)]
+pub struct Account {
+    node: Arc<Node>,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Account").field(&self.node.id).finish()
+    }
+}
+
+/// An account's state at one moment.
+#[derive(Clone, Debug)]
+pub struct AccountSnapshot {
+    /// The account.
+    pub id: AccountId,
+    /// Its ceilings.
+    pub limits: Limits,
+    /// What settled calls charged it.
+    pub spent: Charge,
+    /// What calls in flight hold on it.
+    pub reserved: Charge,
+}
+
+impl Account {
+    fn new(id: AccountId, parent: Option<Arc<Node>>, limits: Limits) -> Self {
+        let state = Mutex::new(State {
+            limits,
+            ..State::default()
+        });
+        Account {
+            node: Arc::new(Node { id, parent, state }),
+        }
+    }
+
+    /// This account's id.
+    pub fn id(&self) -> &AccountId {
+        &self.node.id
+    }
+
+    /// A consistent copy of the account's limits and counters.
+    pub fn snapshot(&self) -> AccountSnapshot {
+        let s = self.node.lock();
+        AccountSnapshot {
+            id: self.node.id.clone(),
+            limits: s.limits.clone(),
+            spent: s.spent,
+            reserved: s.reserved,
+        }
+    }
+
+    /// Replaces the account's limits. Reservations already taken are kept even if they no
+    /// longer fit. Warnings of a dimension whose limit changed are re-armed.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut s = self.node.lock();
+        for (i, dim) in Dimension::COUNTED.into_iter().enumerate() {
+            if limits.get(dim) != s.limits.get(dim) {
+                s.warned[i] = 0;
+            }
+        }
+        s.limits = limits;
+    }
+}
+
+/// The accounts a call is charged to: a leaf and its ancestors up to `Global`.
+/// Cheap to clone (two reference counts).
 #[derive(Clone)]
 pub struct AccountPath {
-    ids: Arc<Vec<AccountId>>,
-    book: Book,
+    leaf: Account,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for AccountPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AccountPath").field(&self.ids).finish()
+        let ids: Vec<&AccountId> = self.leaf.node.ancestry().map(|n| &n.id).collect();
+        f.debug_tuple("AccountPath").field(&ids).finish()
     }
 }
 
 impl AccountPath {
     /// Reserves `worst_case` on every account of the path, or on none.
+    ///
+    /// An account accepts when `spent + reserved + worst_case <= limit` in every limited
+    /// dimension and its deadline (if any) has not arrived. On refusal nothing stays reserved
+    /// anywhere, a [`LedgerEvent::CeilingReached`] is emitted, and the call must not be sent.
     pub fn reserve(&self, worst_case: Charge) -> Result<Reservation, CeilingReached> {
-        let mut book = self.book.lock().unwrap();
-        for id in self.ids.iter() {
-            let e = &book[id];
-            let (s, r, w) = (e.spent.dims(), e.reserved.dims(), worst_case.dims());
-            for (i, limit) in e.limits.dims().into_iter().enumerate() {
-                if let Some(limit) = limit {
-                    if s[i] + r[i] + w[i] > limit {
-                        return Err(CeilingReached {
-                            account: id.clone(),
-                            dimension: DIMS[i],
-                            limit,
-                            spent: s[i],
-                            reserved: r[i],
-                            requested: w[i],
-                        });
-                    }
+        let mut now = None;
+        for node in self.leaf.node.ancestry() {
+            if let Err(refusal) = node.try_reserve(worst_case, &mut now) {
+                // Give back what the accounts below the refusing one already took.
+                for taken in self
+                    .leaf
+                    .node
+                    .ancestry()
+                    .take_while(|n| !std::ptr::eq(*n, node))
+                {
+                    taken.settle(worst_case, Charge::ZERO, &self.shared);
                 }
+                self.shared
+                    .emit(LedgerEvent::CeilingReached(refusal.clone()));
+                return Err(refusal);
             }
-        }
-        for id in self.ids.iter() {
-            book.get_mut(id).unwrap().reserved.add(worst_case);
         }
         Ok(Reservation {
             path: self.clone(),
             amount: worst_case,
-            open: true,
+            finished: false,
         })
     }
 
-    fn close(&self, amount: Charge, charged: Charge) {
-        let mut book = self.book.lock().unwrap();
-        for id in self.ids.iter() {
-            let e = book.get_mut(id).unwrap();
-            e.reserved.sub(amount);
-            e.spent.add(charged);
-        }
+    /// The account the path starts from (the run or agent).
+    pub fn leaf(&self) -> &Account {
+        &self.leaf
     }
 }
 
-/// Money held for one call until it is settled, released or cancelled. Drop releases.
-#[must_use]
+/// Capacity held on every account of a path for one call in flight.
+///
+/// Finish it with [`settle`](Reservation::settle), [`release`](Reservation::release) or
+/// [`cancel`](Reservation::cancel); if it is dropped unfinished (an early return, a panic, an
+/// aborted future), it is released, so a reservation never leaks.
+#[must_use = "a reservation is released when dropped; settle it with the call's real usage"]
 pub struct Reservation {
     path: AccountPath,
     amount: Charge,
-    open: bool,
+    finished: bool,
 }
 
-/// What a settlement charged.
-#[derive(Clone, Copy, Debug)]
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("leaf", self.path.leaf.id())
+            .field("amount", &self.amount)
+            .finish()
+    }
+}
+
+/// What finishing a reservation charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settlement {
-    /// What was charged.
+    /// Added to `spent` on every account of the path.
     pub charged: Charge,
-    /// The part of `charged` above the reservation.
+    /// The part of `charged` above what was reserved (zero when the worst case held).
     pub overshoot: Charge,
 }
 
 impl Reservation {
-    /// Charges the real usage and frees the reservation.
+    /// The call finished: charges `actual` on every account of the path and frees the
+    /// reservation. If `actual` exceeds what was reserved it is still charged in full (the
+    /// provider billed it) and reported as `overshoot` and a [`LedgerEvent::Overshoot`].
     pub fn settle(mut self, actual: Charge) -> Settlement {
-        self.open = false;
-        self.path.close(self.amount, actual);
-        Settlement {
-            charged: actual,
-            overshoot: actual.excess_over(self.amount),
-        }
+        self.finish(actual)
     }
-    /// Frees the reservation, charging nothing.
+
+    /// The call failed before the provider billed anything: frees the reservation.
     pub fn release(mut self) {
-        self.open = false;
-        self.path.close(self.amount, Charge::default());
+        self.finish(Charge::ZERO);
     }
-    /// Frees the reservation, charging what the provider may still bill.
-    pub fn cancel(self, billable: Charge) -> Settlement {
-        self.settle(billable)
+
+    /// The call was halted mid-flight: charges what the provider may still bill (usually
+    /// the input estimate) and frees the rest.
+    pub fn cancel(mut self, billable: Charge) -> Settlement {
+        self.finish(billable)
+    }
+
+    /// What this reservation holds on every account of its path.
+    pub fn reserved(&self) -> Charge {
+        self.amount
+    }
+
+    fn finish(&mut self, charge: Charge) -> Settlement {
+        self.finished = true;
+        for node in self.path.leaf.node.ancestry() {
+            node.settle(self.amount, charge, &self.path.shared);
+        }
+        let overshoot = charge.saturating_sub(self.amount);
+        if !overshoot.is_zero() {
+            self.path.shared.emit(LedgerEvent::Overshoot {
+                account: self.path.leaf.id().clone(),
+                by: overshoot,
+            });
+        }
+        Settlement {
+            charged: charge,
+            overshoot,
+        }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.open {
-            self.path.close(self.amount, Charge::default());
+        if !self.finished {
+            self.finish(Charge::ZERO);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn usd_limit(micro_usd: u64) -> Limits {
+        Limits {
+            micro_usd: Some(micro_usd),
+            ..Limits::default()
+        }
+    }
+
+    /// Global (unlimited) > tenant:t > run:r, with the given money ceilings.
+    fn tree(tenant: Limits, run: Limits) -> (Ledger, AccountPath) {
+        let ledger = Ledger::new();
+        let t = AccountId::Tenant("t".into());
+        ledger.open(t.clone(), None, tenant).unwrap();
+        ledger
+            .open(AccountId::Run("r".into()), Some(&t), run)
+            .unwrap();
+        let path = ledger.path(&AccountId::Run("r".into())).unwrap();
+        (ledger, path)
+    }
+
+    fn snap(ledger: &Ledger, id: AccountId) -> AccountSnapshot {
+        ledger.account(&id).unwrap().snapshot()
+    }
+
+    fn ids() -> [AccountId; 3] {
+        [
+            AccountId::Run("r".into()),
+            AccountId::Tenant("t".into()),
+            AccountId::Global,
+        ]
+    }
+
+    fn drain(rx: &mut broadcast::Receiver<LedgerEvent>) -> Vec<LedgerEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn refusal_on_an_ancestor_reserves_nothing_anywhere() {
+        // The run could afford it; the tenant cannot.
+        let (ledger, path) = tree(usd_limit(100), usd_limit(1_000));
+        let err = path
+            .reserve(Charge::usd(101) + Charge::tokens(7))
+            .unwrap_err();
+        assert_eq!(err.account, AccountId::Tenant("t".into()));
+        for id in ids() {
+            assert_eq!(snap(&ledger, id).reserved, Charge::ZERO);
+        }
+    }
+
+    #[test]
+    fn ceiling_reached_fields_are_exact() {
+        let (ledger, path) = tree(Limits::default(), usd_limit(1_000));
+        let _ = path
+            .reserve(Charge::usd(400))
+            .unwrap()
+            .settle(Charge::usd(500));
+        let _held = path.reserve(Charge::usd(300)).unwrap();
+        let mut rx = ledger.subscribe();
+        let err = path.reserve(Charge::usd(201)).unwrap_err();
+        let expected = CeilingReached {
+            account: AccountId::Run("r".into()),
+            dimension: Dimension::MicroUsd,
+            limit: 1_000,
+            spent: 500,
+            reserved: 300,
+            requested: 201,
+        };
+        assert_eq!(err, expected);
+        assert_eq!(drain(&mut rx), vec![LedgerEvent::CeilingReached(expected)]);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("run:r") && msg.contains("Raise the account's limit"),
+            "{msg}"
+        );
+        // Exactly at the limit fits.
+        assert!(path.reserve(Charge::usd(200)).is_ok());
+    }
+
+    #[test]
+    fn every_counted_dimension_is_enforced() {
+        let run = Limits {
+            tokens: Some(10),
+            model_calls: Some(1),
+            steps: Some(2),
+            ..Limits::default()
+        };
+        let (_ledger, path) = tree(Limits::default(), run);
+        assert_eq!(
+            path.reserve(Charge::tokens(11)).unwrap_err().dimension,
+            Dimension::Tokens
+        );
+        assert_eq!(
+            path.reserve(Charge::model_calls(2)).unwrap_err().dimension,
+            Dimension::ModelCalls
+        );
+        assert_eq!(
+            path.reserve(Charge::steps(3)).unwrap_err().dimension,
+            Dimension::Steps
+        );
+        assert!(path
+            .reserve(Charge::tokens(10) + Charge::model_calls(1) + Charge::steps(2))
+            .is_ok());
+    }
+
+    #[test]
+    fn settle_release_cancel_and_drop_arithmetic() {
+        let (ledger, path) = tree(usd_limit(10_000), usd_limit(10_000));
+        let held = path.reserve(Charge::usd(100) + Charge::tokens(50)).unwrap();
+        for id in ids() {
+            assert_eq!(
+                snap(&ledger, id).reserved,
+                Charge::usd(100) + Charge::tokens(50)
+            );
+        }
+        let s = held.settle(Charge::usd(60) + Charge::tokens(30));
+        assert_eq!(
+            s,
+            Settlement {
+                charged: Charge::usd(60) + Charge::tokens(30),
+                overshoot: Charge::ZERO
+            }
+        );
+
+        path.reserve(Charge::usd(100)).unwrap().release();
+        let c = path
+            .reserve(Charge::usd(100))
+            .unwrap()
+            .cancel(Charge::usd(25));
+        assert_eq!(c.charged, Charge::usd(25));
+        drop(path.reserve(Charge::usd(100)).unwrap());
+
+        for id in ids() {
+            let s = snap(&ledger, id);
+            assert_eq!(s.spent, Charge::usd(85) + Charge::tokens(30), "{:?}", s.id);
+            assert_eq!(s.reserved, Charge::ZERO, "{:?}", s.id);
+        }
+    }
+
+    #[test]
+    fn overshoot_is_charged_in_full_and_reported() {
+        let (ledger, path) = tree(Limits::default(), usd_limit(1_000));
+        let mut rx = ledger.subscribe();
+        let s = path
+            .reserve(Charge::usd(100))
+            .unwrap()
+            .settle(Charge::usd(130) + Charge::tokens(5));
+        assert_eq!(s.charged, Charge::usd(130) + Charge::tokens(5));
+        assert_eq!(s.overshoot, Charge::usd(30) + Charge::tokens(5));
+        assert_eq!(
+            snap(&ledger, AccountId::Run("r".into())).spent.micro_usd,
+            130
+        );
+        assert_eq!(
+            drain(&mut rx),
+            vec![LedgerEvent::Overshoot {
+                account: AccountId::Run("r".into()),
+                by: s.overshoot
+            }]
+        );
+    }
+
+    #[test]
+    fn warnings_fire_once_per_fraction() {
+        let (ledger, path) = tree(Limits::default(), usd_limit(1_000));
+        let mut rx = ledger.subscribe();
+        let mut fired = Vec::new();
+        // 49.9 %, 50 %, 79 %, 85 % (80 crossed), 85 % again, 100 %.
+        for spend in [499, 1, 290, 60, 0, 150] {
+            let _ = path
+                .reserve(Charge::usd(spend))
+                .unwrap()
+                .settle(Charge::usd(spend));
+            for e in drain(&mut rx) {
+                match e {
+                    LedgerEvent::Warning {
+                        account,
+                        dimension,
+                        fraction_percent,
+                        spent,
+                        limit,
+                    } => {
+                        assert_eq!(
+                            (account, dimension, limit),
+                            (AccountId::Run("r".into()), Dimension::MicroUsd, 1_000)
+                        );
+                        fired.push((fraction_percent, spent));
+                    }
+                    other => panic!("unexpected event {other:?}"),
+                }
+            }
+        }
+        assert_eq!(fired, vec![(50, 500), (80, 850), (100, 1_000)]);
+    }
+
+    #[test]
+    fn raising_a_limit_rearms_its_warnings() {
+        let (ledger, path) = tree(Limits::default(), usd_limit(100));
+        let _ = path
+            .reserve(Charge::usd(100))
+            .unwrap()
+            .settle(Charge::usd(100));
+        let mut rx = ledger.subscribe();
+        path.leaf().set_limits(usd_limit(400));
+        let _ = path
+            .reserve(Charge::usd(100))
+            .unwrap()
+            .settle(Charge::usd(100));
+        let percents: Vec<u8> = drain(&mut rx)
+            .into_iter()
+            .filter_map(|e| match e {
+                LedgerEvent::Warning {
+                    fraction_percent, ..
+                } => Some(fraction_percent),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(percents, vec![50]);
+    }
+
+    #[test]
+    fn passed_deadline_refuses() {
+        let now = Instant::now();
+        let past = now.checked_sub(Duration::from_millis(1)).unwrap_or(now);
+        let (_ledger, path) = tree(
+            Limits {
+                deadline: Some(past),
+                ..Limits::default()
+            },
+            Limits::default(),
+        );
+        let err = path.reserve(Charge::usd(1)).unwrap_err();
+        assert_eq!(
+            (err.account, err.dimension),
+            (AccountId::Tenant("t".into()), Dimension::Deadline)
+        );
+
+        let (_ledger, path) = tree(
+            Limits {
+                deadline: Some(now + Duration::from_secs(60)),
+                ..Limits::default()
+            },
+            Limits::default(),
+        );
+        assert!(path.reserve(Charge::usd(1)).is_ok());
+    }
+
+    #[test]
+    fn open_path_and_close_errors() {
+        let ledger = Ledger::new();
+        let t = AccountId::Tenant("t".into());
+        let r = AccountId::Run("r".into());
+        assert_eq!(
+            ledger
+                .open(AccountId::Global, None, Limits::default())
+                .unwrap_err(),
+            LedgerError::AlreadyOpen(AccountId::Global)
+        );
+        assert_eq!(
+            ledger
+                .open(r.clone(), Some(&t), Limits::default())
+                .unwrap_err(),
+            LedgerError::UnknownAccount(t.clone())
+        );
+        assert_eq!(
+            ledger.path(&r).unwrap_err(),
+            LedgerError::UnknownAccount(r.clone())
+        );
+        ledger.open(t.clone(), None, Limits::default()).unwrap();
+        assert_eq!(
+            ledger.open(t.clone(), None, Limits::default()).unwrap_err(),
+            LedgerError::AlreadyOpen(t.clone())
+        );
+
+        // Closing a run keeps its spend in the tenant, and a path taken earlier still works.
+        ledger.open(r.clone(), Some(&t), usd_limit(50)).unwrap();
+        let path = ledger.path(&r).unwrap();
+        ledger.close(&r);
+        assert!(ledger.account(&r).is_none());
+        let _ = path
+            .reserve(Charge::usd(40))
+            .unwrap()
+            .settle(Charge::usd(40));
+        assert_eq!(snap(&ledger, t.clone()).spent.micro_usd, 40);
+        ledger.close(&AccountId::Global);
+        assert!(ledger.account(&AccountId::Global).is_some());
+    }
+
+    #[test]
+    fn display_forms() {
+        assert_eq!(AccountId::Tenant("acme".into()).to_string(), "tenant:acme");
+        assert_eq!(
+            AccountId::Agent {
+                run: "r1".into(),
+                agent: "planner".into()
+            }
+            .to_string(),
+            "agent:r1/planner"
+        );
+        assert_eq!(
+            Charge::usd(u64::MAX) + Charge::usd(1),
+            Charge::usd(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn reservation_can_cross_threads() {
+        fn send<T: Send + 'static>() {}
+        send::<Reservation>();
+        send::<AccountPath>();
+        send::<Ledger>();
     }
 }

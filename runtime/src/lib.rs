@@ -1,5 +1,7 @@
 //! placeholder
-/// TEMP: stand-in for the cost ledger on `wip/ledger` (take theirs on merge).
+/// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
+pub mod halt;
+/// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
 pub mod llm;

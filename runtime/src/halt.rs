@@ -1,0 +1,618 @@
+//! Halts: stopping work on a tree of cancellation tokens (global > tenant > run > call).
+//!
+//! A [`HaltToken`] is observed by the code doing the work: every LLM call, tool call and wait
+//! selects on it (see [`HaltToken::run`]). Halts never travel through an actor's mailbox, so a
+//! busy actor is stopped as fast as an idle one. Halting a token halts its descendants, never
+//! its ancestors.
+//!
+//! Two strengths, built on two [`CancellationToken`] trees per node:
+//! - *Immediate*: in-flight work is dropped at once ([`HaltToken::is_halted`]).
+//! - *Graceful*: the current step finishes, nothing new starts ([`HaltToken::stop_requested`]);
+//!   when its deadline passes it escalates to immediate.
+//!
+//! [`Halts`] is the registry that finds a token by scope, and gives a halted run a fresh token
+//! when it is resumed from its journal.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Why work was halted; the run reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaltReason {
+    /// A person asked for it.
+    Operator,
+    /// A cost ceiling was reached.
+    CostCeiling,
+    /// A deadline passed.
+    Deadline,
+    /// Too many errors.
+    ErrorBudget,
+    /// The process is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for HaltReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HaltReason::Operator => "operator",
+            HaltReason::CostCeiling => "cost_ceiling",
+            HaltReason::Deadline => "deadline",
+            HaltReason::ErrorBudget => "error_budget",
+            HaltReason::Shutdown => "shutdown",
+        })
+    }
+}
+
+/// How hard to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaltMode {
+    /// Abort in-flight calls now.
+    Immediate,
+    /// Finish the current step, start nothing new; become immediate after `deadline`.
+    Graceful {
+        /// How long the current step may take before it is aborted.
+        deadline: Duration,
+    },
+}
+
+/// What a halt applies to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaltScope {
+    /// Everything in the process.
+    All,
+    /// Every run of a tenant.
+    Tenant(String),
+    /// One run (run ids are unique across tenants).
+    Run(String),
+    /// One agent (agent ids are unique across runs).
+    Agent(String),
+}
+
+impl fmt::Display for HaltScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HaltScope::All => f.write_str("all"),
+            HaltScope::Tenant(id) => write!(f, "tenant {id}"),
+            HaltScope::Run(id) => write!(f, "run {id}"),
+            HaltScope::Agent(id) => write!(f, "agent {id}"),
+        }
+    }
+}
+
+/// A request to stop, as recorded and reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Halt {
+    /// What it applies to.
+    pub scope: HaltScope,
+    /// How hard.
+    pub mode: HaltMode,
+    /// Why.
+    pub reason: HaltReason,
+    /// Free text for people (not for metrics labels).
+    pub detail: Option<String>,
+    /// When it was requested.
+    pub at: SystemTime,
+}
+
+impl Halt {
+    /// A halt requested now, without detail.
+    pub fn new(scope: HaltScope, mode: HaltMode, reason: HaltReason) -> Self {
+        Halt {
+            scope,
+            mode,
+            reason,
+            detail: None,
+            at: SystemTime::now(),
+        }
+    }
+
+    /// The same halt with a human-readable detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    fn is_immediate(&self) -> bool {
+        self.mode == HaltMode::Immediate
+    }
+}
+
+/// Work stopped because it was halted (on purpose: retrying it would defeat the halt).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "halted ({reason}, scope {scope}{detail}); this is deliberate, do not retry: \
+     resume the run (Halts::resume_run) once the cause is dealt with",
+    reason = .halt.reason,
+    scope = .halt.scope,
+    detail = .halt.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+)]
+pub struct Halted {
+    /// The halt that stopped the work.
+    pub halt: Halt,
+}
+
+struct Node {
+    /// Cancelled by any halt: start nothing new.
+    stop: CancellationToken,
+    /// Cancelled by an immediate halt (or an escalated graceful one): drop what is in flight.
+    abort: CancellationToken,
+    /// The halt requested on this node itself, if any.
+    halt: Mutex<Option<Halt>>,
+    parent: Option<HaltToken>,
+}
+
+/// A node of the halt tree. Cheap to clone; clones are the same node. `Send + Sync`.
+#[derive(Clone)]
+pub struct HaltToken {
+    node: Arc<Node>,
+}
+
+impl Default for HaltToken {
+    fn default() -> Self {
+        HaltToken::new()
+    }
+}
+
+impl fmt::Debug for HaltToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HaltToken")
+            .field("stop_requested", &self.stop_requested())
+            .field("halted", &self.is_halted())
+            .finish()
+    }
+}
+
+impl HaltToken {
+    /// A root token (the global one; [`Halts`] owns one).
+    pub fn new() -> Self {
+        HaltToken {
+            node: Arc::new(Node {
+                stop: CancellationToken::new(),
+                abort: CancellationToken::new(),
+                halt: Mutex::new(None),
+                parent: None,
+            }),
+        }
+    }
+
+    /// A token halted whenever this one is (already halted if this one is).
+    pub fn child(&self) -> HaltToken {
+        HaltToken {
+            node: Arc::new(Node {
+                stop: self.node.stop.child_token(),
+                abort: self.node.abort.child_token(),
+                halt: Mutex::new(None),
+                parent: Some(self.clone()),
+            }),
+        }
+    }
+
+    /// Halts this token and its descendants.
+    ///
+    /// The first halt of a node is the one it reports, except that an immediate halt replaces
+    /// a graceful one. A graceful halt escalates to immediate after its deadline: on a tokio
+    /// timer when called inside a tokio runtime (which must have its time driver enabled and
+    /// stay alive that long), else on a short-lived std thread that sleeps until the deadline.
+    pub fn halt(&self, halt: Halt) {
+        let mode = halt.mode;
+        {
+            let mut slot = lock(&self.node.halt);
+            let upgrade = halt.is_immediate() && slot.as_ref().is_some_and(|h| !h.is_immediate());
+            if slot.is_none() || upgrade {
+                *slot = Some(halt);
+            }
+        }
+        // Recorded before cancelling, so whoever wakes up finds the reason.
+        self.node.stop.cancel();
+        match mode {
+            HaltMode::Immediate => self.node.abort.cancel(),
+            HaltMode::Graceful { deadline } if !self.node.abort.is_cancelled() => {
+                escalate_after(self.node.abort.clone(), deadline)
+            }
+            HaltMode::Graceful { .. } => {}
+        }
+    }
+
+    /// True once an immediate halt (or an escalated graceful one) reached this token.
+    pub fn is_halted(&self) -> bool {
+        self.node.abort.is_cancelled()
+    }
+
+    /// True once any halt reached this token: finish the current step, start nothing new.
+    pub fn stop_requested(&self) -> bool {
+        self.node.stop.is_cancelled()
+    }
+
+    /// The halt this token reports, its own or inherited from a halted ancestor: an immediate
+    /// halt wins over a graceful one, then the earliest. `None` if nothing halted it.
+    pub fn halt_info(&self) -> Option<Halt> {
+        let mut best: Option<Halt> = None;
+        for token in std::iter::successors(Some(self), |t| t.node.parent.as_ref()) {
+            if let Some(h) = lock(&token.node.halt).as_ref() {
+                let wins = best.as_ref().is_none_or(|b| {
+                    (h.is_immediate(), std::cmp::Reverse(h.at))
+                        > (b.is_immediate(), std::cmp::Reverse(b.at))
+                });
+                if wins {
+                    best = Some(h.clone());
+                }
+            }
+        }
+        best
+    }
+
+    /// Resolves when this token is halted immediately.
+    pub async fn halted(&self) {
+        self.node.abort.cancelled().await;
+    }
+
+    /// Resolves when any halt (graceful or immediate) reaches this token.
+    pub async fn until_stop_requested(&self) {
+        self.node.stop.cancelled().await;
+    }
+
+    /// Runs `fut` unless an immediate halt arrives first, in which case `fut` is dropped on the
+    /// spot (for an HTTP call, that closes its connection) and the halt is returned.
+    pub async fn run<F: Future>(&self, fut: F) -> Result<F::Output, Halted> {
+        tokio::select! {
+            // A halt that already happened wins over a future that happens to be ready.
+            biased;
+            () = self.node.abort.cancelled() => Err(self.halted_error()),
+            out = fut => Ok(out),
+        }
+    }
+
+    fn halted_error(&self) -> Halted {
+        // Every cancellation goes through `halt`, which records the halt first.
+        let halt = self
+            .halt_info()
+            .expect("a halted token always has a recorded halt");
+        Halted { halt }
+    }
+}
+
+fn escalate_after(abort: CancellationToken, deadline: Duration) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(deadline) => abort.cancel(),
+                    () = abort.cancelled() => {}
+                }
+            });
+        }
+        Err(_) => {
+            let spawned = std::thread::Builder::new()
+                .name("halt-escalation".into())
+                .spawn({
+                    let abort = abort.clone();
+                    move || {
+                        std::thread::sleep(deadline);
+                        abort.cancel();
+                    }
+                });
+            // Without a thread there is no timer: stopping early beats never stopping.
+            if spawned.is_err() {
+                abort.cancel();
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are replaced whole, never left half-written.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A run cannot be resumed while its tenant (or everything) is halted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot resume: {scope} is still halted ({reason}); resume the tenant first \
+     (Halts::resume_tenant), or wait until the global halt is lifted by a restart",
+    scope = .halt.scope,
+    reason = .halt.reason
+)]
+pub struct AncestorHalted {
+    /// The halt still in force on an ancestor.
+    pub halt: Halt,
+}
+
+/// The halt tokens of one process, by scope. Cheap to clone; clones share the tokens.
+#[derive(Clone, Default)]
+pub struct Halts {
+    inner: Arc<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    global: HaltToken,
+    tenants: DashMap<String, HaltToken>,
+    runs: DashMap<String, HaltToken>,
+    /// Agent id -> (its run id, its token).
+    agents: DashMap<String, (String, HaltToken)>,
+}
+
+impl Halts {
+    /// An empty registry with an un-halted global token.
+    pub fn new() -> Self {
+        Halts::default()
+    }
+
+    /// The root token: halting it halts everything.
+    pub fn global(&self) -> HaltToken {
+        self.inner.global.clone()
+    }
+
+    /// The tenant's token, created under the global one if needed.
+    pub fn tenant(&self, tenant: &str) -> HaltToken {
+        if let Some(t) = self.inner.tenants.get(tenant) {
+            return t.clone();
+        }
+        self.inner
+            .tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| self.inner.global.child())
+            .clone()
+    }
+
+    /// The run's token, created under its tenant's if needed.
+    pub fn run(&self, tenant: &str, run_id: &str) -> HaltToken {
+        if let Some(t) = self.inner.runs.get(run_id) {
+            return t.clone();
+        }
+        let parent = self.tenant(tenant);
+        self.inner
+            .runs
+            .entry(run_id.to_owned())
+            .or_insert_with(|| parent.child())
+            .clone()
+    }
+
+    /// The agent's token, created under its run's if needed.
+    pub fn agent(&self, tenant: &str, run_id: &str, agent_id: &str) -> HaltToken {
+        if let Some(a) = self.inner.agents.get(agent_id) {
+            return a.1.clone();
+        }
+        let parent = self.run(tenant, run_id);
+        let entry = self.inner.agents.entry(agent_id.to_owned());
+        entry
+            .or_insert_with(|| (run_id.to_owned(), parent.child()))
+            .1
+            .clone()
+    }
+
+    /// Halts `scope` now. See [`Halts::halt_with`].
+    pub fn halt(&self, scope: HaltScope, mode: HaltMode, reason: HaltReason) -> bool {
+        self.halt_with(Halt::new(scope, mode, reason))
+    }
+
+    /// Halts the token of `halt.scope`. Returns false when the scope names a run or agent
+    /// that has no token (nothing of it is running). A tenant's token is created if needed,
+    /// so the tenant's future runs start halted until [`Halts::resume_tenant`].
+    pub fn halt_with(&self, halt: Halt) -> bool {
+        let token = match &halt.scope {
+            HaltScope::All => Some(self.global()),
+            HaltScope::Tenant(id) => Some(self.tenant(id)),
+            HaltScope::Run(id) => self.inner.runs.get(id).map(|t| t.clone()),
+            HaltScope::Agent(id) => self.inner.agents.get(id).map(|a| a.1.clone()),
+        };
+        // The map guards are dropped above: cancelling wakes tasks that may look up tokens.
+        match token {
+            Some(token) => {
+                token.halt(halt);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A token for resuming a run: its current token if no halt reached it, else a fresh
+    /// un-halted child of its tenant's token that replaces it (the run's old agent tokens are
+    /// dropped; create new ones with [`Halts::agent`]). Anyone still holding the old token
+    /// keeps seeing it halted: that attempt is over, the resumed one continues from the
+    /// journal. Fails while the tenant or the global token is halted.
+    pub fn resume_run(&self, tenant: &str, run_id: &str) -> Result<HaltToken, AncestorHalted> {
+        let parent = self.tenant(tenant);
+        if let Some(halt) = parent.halt_info() {
+            return Err(AncestorHalted { halt });
+        }
+        if let Some(t) = self.inner.runs.get(run_id) {
+            if !t.stop_requested() {
+                return Ok(t.clone());
+            }
+        }
+        let fresh = parent.child();
+        self.inner.runs.insert(run_id.to_owned(), fresh.clone());
+        self.inner.agents.retain(|_, (run, _)| run != run_id);
+        Ok(fresh)
+    }
+
+    /// Lifts a tenant halt: the tenant gets a fresh token, so its new runs start un-halted.
+    /// Its halted runs stay halted until each is resumed with [`Halts::resume_run`].
+    /// Fails while the global token is halted.
+    pub fn resume_tenant(&self, tenant: &str) -> Result<HaltToken, AncestorHalted> {
+        if let Some(halt) = self.inner.global.halt_info() {
+            return Err(AncestorHalted { halt });
+        }
+        let fresh = self.inner.global.child();
+        self.inner.tenants.insert(tenant.to_owned(), fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Forgets a finished run's token and its agents' tokens.
+    pub fn remove_run(&self, run_id: &str) {
+        self.inner.runs.remove(run_id);
+        self.inner.agents.retain(|_, (run, _)| run != run_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn immediate(reason: HaltReason) -> Halt {
+        Halt::new(HaltScope::All, HaltMode::Immediate, reason)
+    }
+
+    #[test]
+    fn parent_halts_child_not_the_reverse() {
+        let root = HaltToken::new();
+        let tenant = root.child();
+        let run = tenant.child();
+        let call = run.child();
+        run.halt(immediate(HaltReason::Operator));
+        assert!(run.is_halted() && call.is_halted() && call.stop_requested());
+        assert!(!tenant.is_halted() && !tenant.stop_requested() && !root.is_halted());
+        assert_eq!(tenant.halt_info(), None);
+        // A child made after the halt is born halted.
+        assert!(run.child().is_halted());
+    }
+
+    #[test]
+    fn halt_info_is_inherited_and_immediate_wins() {
+        let tenant = HaltToken::new();
+        let run = tenant.child();
+        let call = run.child();
+        let graceful = Halt::new(
+            HaltScope::Run("r".into()),
+            HaltMode::Graceful {
+                deadline: Duration::from_secs(60),
+            },
+            HaltReason::Operator,
+        );
+        run.halt(graceful.clone());
+        assert_eq!(call.halt_info(), Some(graceful));
+        assert!(call.stop_requested() && !call.is_halted());
+
+        let ceiling = Halt::new(
+            HaltScope::Tenant("t".into()),
+            HaltMode::Immediate,
+            HaltReason::CostCeiling,
+        )
+        .with_detail("tenant t over 100 USD");
+        tenant.halt(ceiling.clone());
+        assert!(call.is_halted());
+        assert_eq!(call.halt_info(), Some(ceiling));
+    }
+
+    #[tokio::test]
+    async fn graceful_escalates_after_its_deadline_on_tokio() {
+        let token = HaltToken::new().child();
+        let start = Instant::now();
+        token.halt(Halt::new(
+            HaltScope::All,
+            HaltMode::Graceful {
+                deadline: Duration::from_millis(50),
+            },
+            HaltReason::Shutdown,
+        ));
+        assert!(token.stop_requested() && !token.is_halted());
+        tokio::time::timeout(Duration::from_secs(5), token.halted())
+            .await
+            .expect("graceful halt never escalated");
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert_eq!(
+            token.halt_info().map(|h| h.reason),
+            Some(HaltReason::Shutdown)
+        );
+    }
+
+    #[test]
+    fn graceful_escalates_after_its_deadline_without_a_runtime() {
+        let token = HaltToken::new();
+        token.halt(Halt::new(
+            HaltScope::All,
+            HaltMode::Graceful {
+                deadline: Duration::from_millis(20),
+            },
+            HaltReason::Deadline,
+        ));
+        assert!(!token.is_halted());
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while !token.is_halted() {
+            assert!(Instant::now() < give_up, "graceful halt never escalated");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test]
+    async fn run_returns_halted_without_polling_when_already_halted() {
+        let token = HaltToken::new();
+        token.halt(immediate(HaltReason::ErrorBudget));
+        let err = token
+            .run(async { unreachable!("a halted token must not start work") })
+            .await
+            .unwrap_err();
+        assert_eq!(err.halt.reason, HaltReason::ErrorBudget);
+        assert!(err.to_string().contains("do not retry"), "{err}");
+    }
+
+    #[test]
+    fn registry_scopes_and_resume() {
+        let halts = Halts::new();
+        let run = halts.run("acme", "r1");
+        let agent = halts.agent("acme", "r1", "r1/planner");
+        let other = halts.run("other", "r2");
+        assert!(!halts.halt(
+            HaltScope::Run("nope".into()),
+            HaltMode::Immediate,
+            HaltReason::Operator
+        ));
+
+        assert!(halts.halt(
+            HaltScope::Run("r1".into()),
+            HaltMode::Immediate,
+            HaltReason::Operator
+        ));
+        assert!(run.is_halted() && agent.is_halted() && !other.is_halted());
+        assert!(!halts.tenant("acme").stop_requested());
+
+        let resumed = halts.resume_run("acme", "r1").unwrap();
+        assert!(!resumed.is_halted() && resumed.halt_info().is_none());
+        assert!(run.is_halted(), "the old attempt stays halted");
+        assert!(
+            !halts.run("acme", "r1").is_halted(),
+            "lookups now return the fresh token"
+        );
+        assert!(!halts.agent("acme", "r1", "r1/planner").is_halted());
+        // A resumed token is a working child of its tenant.
+        halts.halt(
+            HaltScope::Tenant("acme".into()),
+            HaltMode::Immediate,
+            HaltReason::CostCeiling,
+        );
+        assert!(resumed.is_halted());
+
+        let err = halts.resume_run("acme", "r1").unwrap_err();
+        assert_eq!(err.halt.reason, HaltReason::CostCeiling);
+        halts.resume_tenant("acme").unwrap();
+        assert!(!halts.resume_run("acme", "r1").unwrap().is_halted());
+
+        halts.remove_run("r1");
+        assert!(!halts.halt(
+            HaltScope::Agent("r1/planner".into()),
+            HaltMode::Immediate,
+            HaltReason::Operator
+        ));
+        halts.halt(HaltScope::All, HaltMode::Immediate, HaltReason::Shutdown);
+        assert!(other.is_halted());
+        assert!(halts.resume_tenant("other").is_err());
+    }
+
+    #[test]
+    fn serde_names_are_snake_case() {
+        let json =
+            serde_json::to_string(&(HaltReason::CostCeiling, HaltReason::ErrorBudget)).unwrap();
+        assert_eq!(json, r#"["cost_ceiling","error_budget"]"#);
+    }
+}
