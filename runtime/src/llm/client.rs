@@ -18,7 +18,8 @@
 //!    avoid, fall back to the next model.
 //!
 //! So a refused reservation sends nothing, and every reservation is closed on every path:
-//! after any mix of outcomes the reserved amount returns to zero.
+//! after any mix of outcomes the reserved amount returns to zero. Dropping the call future
+//! while a request is in flight counts as a cancellation (the input estimate is charged).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -247,6 +248,31 @@ impl Bill<'_> {
     }
 }
 
+/// A reservation whose request is in flight. If the call future is dropped while it is (the
+/// caller stopped awaiting it, e.g. under its own timeout or `HaltToken::run`), the request
+/// was aborted just as by a halt, so dropping charges the input estimate like a cancellation.
+struct InFlight<'a> {
+    reservation: Option<Reservation>,
+    bill: &'a Bill<'a>,
+    model: &'a str,
+}
+
+impl InFlight<'_> {
+    fn close(mut self, billing: Billing) {
+        if let Some(r) = self.reservation.take() {
+            self.bill.close(r, billing, self.model);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.bill.close(r, Billing::InputEstimate, self.model);
+        }
+    }
+}
+
 impl Inner {
     fn route(&self, model: &str) -> Result<(&ModelPrice, &dyn ChatModel), LlmError> {
         let price = self.prices.get(model).ok_or_else(|| {
@@ -329,7 +355,11 @@ impl Inner {
                         model: model.to_owned(),
                         retry_in,
                     })?;
-            let reservation = options.account.reserve(bill.worst_case)?;
+            let in_flight = InFlight {
+                reservation: Some(options.account.reserve(bill.worst_case)?),
+                bill: &bill,
+                model,
+            };
             let outcome = tokio::select! {
                 biased;
                 _ = options.halt.cancelled() => Err(LlmError::Cancelled),
@@ -337,7 +367,7 @@ impl Inner {
             };
             let err = match outcome {
                 Ok(mut response) => {
-                    bill.close(reservation, Billing::Usage(response.usage), model);
+                    in_flight.close(Billing::Usage(response.usage));
                     permit.record(Outcome::Success);
                     response.cost_micro_usd = Some(price.cost(&response.usage));
                     response.cache_hit = false;
@@ -348,7 +378,7 @@ impl Inner {
                 }
                 Err(err) => err,
             };
-            bill.close(reservation, err.billing(), model);
+            in_flight.close(err.billing());
             permit.record(if err.is_provider_failure() {
                 Outcome::Failure
             } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. }) {
