@@ -124,8 +124,12 @@ fn memo_count(bpe: &'static CoreBPE, text: &str) -> u64 {
 
 /// One token per 3 ASCII bytes (rounded up) plus one per non-ASCII character.
 pub fn heuristic_tokens(text: &str) -> u64 {
-    let ascii = text.bytes().filter(u8::is_ascii).count() as u64;
-    let other = text.chars().filter(|c| !c.is_ascii()).count() as u64;
+    // One pass over the bytes: a non-ASCII character starts with a byte >= 0xC0.
+    let (mut ascii, mut other) = (0u64, 0u64);
+    for &b in text.as_bytes() {
+        ascii += u64::from(b < 0x80);
+        other += u64::from(b >= 0xC0);
+    }
     ascii.div_ceil(3) + other
 }
 
@@ -205,6 +209,15 @@ mod tests {
         let req = ChatRequest::new("gpt-4o").user(long);
         assert_eq!(estimate_input(&req).tokens, fresh + 4 + 3);
         assert_eq!(estimate_input(&req).tokens, fresh + 4 + 3, "from the memo");
+    }
+
+    #[test]
+    fn heuristic_counts_characters_not_bytes() {
+        assert_eq!(heuristic_tokens("abcdef"), 2);
+        assert_eq!(heuristic_tokens("abcd"), 2);
+        assert_eq!(heuristic_tokens("日本語"), 3, "9 bytes, 3 characters");
+        assert_eq!(heuristic_tokens("é🦀"), 2);
+        assert_eq!(heuristic_tokens(""), 0);
     }
 
     #[test]
