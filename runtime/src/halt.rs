@@ -5,21 +5,26 @@
 //! busy actor is stopped as fast as an idle one. Halting a token halts its descendants, never
 //! its ancestors.
 //!
-//! Two strengths, built on two [`CancellationToken`] trees per node:
-//! - *Immediate*: in-flight work is dropped at once ([`HaltToken::is_halted`]).
+//! Two strengths:
+//! - *Immediate*: in-flight work is dropped at once ([`HaltToken::is_halted`]). Each node owns
+//!   a [`CancellationToken`] that is a child of its parent's, so tokio-util propagates it.
 //! - *Graceful*: the current step finishes, nothing new starts ([`HaltToken::stop_requested`]);
-//!   when its deadline passes it escalates to immediate.
+//!   when its deadline passes it escalates to immediate. It is recorded on the node alone;
+//!   readers look at the node and its ancestors (a tree is 3 or 4 deep). That keeps a single
+//!   tree of linked tokens, so the many short-lived call tokens stay cheap to create, drop
+//!   and halt.
 //!
 //! [`Halts`] is the registry that finds a token by scope, and gives a halted run a fresh token
 //! when it is resumed from its journal.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Why work was halted; the run reports it.
@@ -141,12 +146,15 @@ pub struct Halted {
 }
 
 struct Node {
-    /// Cancelled by any halt: start nothing new.
-    stop: CancellationToken,
     /// Cancelled by an immediate halt (or an escalated graceful one): drop what is in flight.
     abort: CancellationToken,
-    /// The halt requested on this node itself, if any.
-    halt: Mutex<Option<Halt>>,
+    /// The first graceful and the first immediate halt requested on this node itself. Set
+    /// once, then read lock-free by every task that observes the halt. Boxed because a small
+    /// node is cheaper to allocate and free, which happens for every call.
+    graceful: OnceLock<Box<Halt>>,
+    immediate: OnceLock<Box<Halt>>,
+    /// Wakes `until_stop_requested` waiters when `graceful` is set.
+    graceful_set: Notify,
     parent: Option<HaltToken>,
 }
 
@@ -174,51 +182,52 @@ impl fmt::Debug for HaltToken {
 impl HaltToken {
     /// A root token (the global one; [`Halts`] owns one).
     pub fn new() -> Self {
-        HaltToken {
-            node: Arc::new(Node {
-                stop: CancellationToken::new(),
-                abort: CancellationToken::new(),
-                halt: Mutex::new(None),
-                parent: None,
-            }),
-        }
+        HaltToken::with(CancellationToken::new(), None)
     }
 
     /// A token halted whenever this one is (already halted if this one is).
     pub fn child(&self) -> HaltToken {
+        HaltToken::with(self.node.abort.child_token(), Some(self.clone()))
+    }
+
+    fn with(abort: CancellationToken, parent: Option<HaltToken>) -> Self {
+        let node = Node {
+            abort,
+            graceful: OnceLock::new(),
+            immediate: OnceLock::new(),
+            graceful_set: Notify::new(),
+            parent,
+        };
         HaltToken {
-            node: Arc::new(Node {
-                stop: self.node.stop.child_token(),
-                abort: self.node.abort.child_token(),
-                halt: Mutex::new(None),
-                parent: Some(self.clone()),
-            }),
+            node: Arc::new(node),
         }
     }
 
     /// Halts this token and its descendants.
     ///
-    /// The first halt of a node is the one it reports, except that an immediate halt replaces
-    /// a graceful one. A graceful halt escalates to immediate after its deadline: on a tokio
-    /// timer when called inside a tokio runtime (which must have its time driver enabled and
-    /// stay alive that long), else on a short-lived std thread that sleeps until the deadline.
+    /// A node reports its first immediate halt if it had one, else its first graceful one.
+    /// A graceful halt escalates to immediate after its deadline: on a tokio timer when called
+    /// inside a tokio runtime (which must have its time driver enabled and stay alive that
+    /// long), else on a short-lived std thread that sleeps until the deadline.
     pub fn halt(&self, halt: Halt) {
+        let node = &self.node;
         let mode = halt.mode;
-        {
-            let mut slot = lock(&self.node.halt);
-            let upgrade = halt.is_immediate() && slot.as_ref().is_some_and(|h| !h.is_immediate());
-            if slot.is_none() || upgrade {
-                *slot = Some(halt);
-            }
-        }
-        // Recorded before cancelling, so whoever wakes up finds the reason.
-        self.node.stop.cancel();
+        let record = if halt.is_immediate() {
+            &node.immediate
+        } else {
+            &node.graceful
+        };
+        // Recorded before cancelling, so whoever wakes up finds the reason. A later halt of
+        // the same strength still cancels, but the first one stays the reported reason.
+        let _ = record.set(Box::new(halt));
         match mode {
-            HaltMode::Immediate => self.node.abort.cancel(),
-            HaltMode::Graceful { deadline } if !self.node.abort.is_cancelled() => {
-                escalate_after(self.node.abort.clone(), deadline)
+            HaltMode::Immediate => node.abort.cancel(),
+            HaltMode::Graceful { deadline } => {
+                node.graceful_set.notify_waiters();
+                if !node.abort.is_cancelled() {
+                    escalate_after(node.abort.clone(), deadline);
+                }
             }
-            HaltMode::Graceful { .. } => {}
         }
     }
 
@@ -229,21 +238,22 @@ impl HaltToken {
 
     /// True once any halt reached this token: finish the current step, start nothing new.
     pub fn stop_requested(&self) -> bool {
-        self.node.stop.is_cancelled()
+        self.is_halted() || self.lineage().any(|t| t.node.graceful.get().is_some())
     }
 
     /// The halt this token reports, its own or inherited from a halted ancestor: an immediate
     /// halt wins over a graceful one, then the earliest. `None` if nothing halted it.
     pub fn halt_info(&self) -> Option<Halt> {
         let mut best: Option<Halt> = None;
-        for token in std::iter::successors(Some(self), |t| t.node.parent.as_ref()) {
-            if let Some(h) = lock(&token.node.halt).as_ref() {
+        for token in self.lineage() {
+            let node = &token.node;
+            if let Some(h) = node.immediate.get().or(node.graceful.get()) {
                 let wins = best.as_ref().is_none_or(|b| {
                     (h.is_immediate(), std::cmp::Reverse(h.at))
                         > (b.is_immediate(), std::cmp::Reverse(b.at))
                 });
                 if wins {
-                    best = Some(h.clone());
+                    best = Some(Halt::clone(h));
                 }
             }
         }
@@ -257,7 +267,19 @@ impl HaltToken {
 
     /// Resolves when any halt (graceful or immediate) reaches this token.
     pub async fn until_stop_requested(&self) {
-        self.node.stop.cancelled().await;
+        let graceful: Vec<_> = self
+            .lineage()
+            // A `Notified` sees every `notify_waiters` after its creation, so creating them
+            // before the check below means a halt in between still wakes us.
+            .map(|t| Box::pin(t.node.graceful_set.notified()))
+            .collect();
+        if self.stop_requested() {
+            return;
+        }
+        tokio::select! {
+            _ = futures_util::future::select_all(graceful) => {}
+            () = self.halted() => {}
+        }
     }
 
     /// Runs `fut` unless an immediate halt arrives first, in which case `fut` is dropped on the
@@ -269,6 +291,11 @@ impl HaltToken {
             () = self.node.abort.cancelled() => Err(self.halted_error()),
             out = fut => Ok(out),
         }
+    }
+
+    /// This token and its ancestors, nearest first.
+    fn lineage(&self) -> impl Iterator<Item = &HaltToken> {
+        std::iter::successors(Some(self), |t| t.node.parent.as_ref())
     }
 
     fn halted_error(&self) -> Halted {
@@ -306,11 +333,6 @@ fn escalate_after(abort: CancellationToken, deadline: Duration) {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded values are replaced whole, never left half-written.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A run cannot be resumed while its tenant (or everything) is halted.
@@ -525,6 +547,27 @@ mod tests {
             token.halt_info().map(|h| h.reason),
             Some(HaltReason::Shutdown)
         );
+    }
+
+    #[tokio::test]
+    async fn until_stop_requested_wakes_on_either_mode() {
+        let wait = Duration::from_secs(5);
+        for mode in [
+            HaltMode::Immediate,
+            HaltMode::Graceful {
+                deadline: Duration::from_secs(60),
+            },
+        ] {
+            let parent = HaltToken::new();
+            let child = parent.child();
+            let waiter = tokio::spawn(async move { child.until_stop_requested().await });
+            tokio::task::yield_now().await;
+            parent.halt(Halt::new(HaltScope::All, mode, HaltReason::Operator));
+            tokio::time::timeout(wait, waiter)
+                .await
+                .expect("no wake-up")
+                .unwrap();
+        }
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! Concurrency: every account has its own small mutex, held for a few additions; there is no
 //! ledger-wide lock. Reserving walks the path leaf to root and rolls back what it took if an
 //! account refuses, so a concurrent reservation may briefly be refused because of capacity
-//! that is about to be given back. That errs on the side of never overspending.
+//! that is about to be given back. That errs on the side of never overspending. Accounts
+//! shared by many paths (a tenant, and `Global`, which is on every path) are where parallel
+//! calls meet; see BENCHMARKS.md for what that costs.
 
 use std::fmt;
 use std::ops::Add;
