@@ -232,6 +232,8 @@ impl<'a> From<&'a ChatRequest> for Body<'a> {
                 ),
             };
             match messages.last_mut() {
+                // Anthropic rejects empty content: a turn with nothing to say is left out.
+                _ if blocks.is_empty() => {}
                 Some(last) if last.role == role => last.content.extend(blocks),
                 _ => messages.push(WireMessage {
                     role,
@@ -384,5 +386,73 @@ impl Reply {
             cost_micro_usd: None,
             cache_hit: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(body: Value, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        serde_json::from_value::<Reply>(body)
+            .unwrap()
+            .into_response(request)
+    }
+
+    #[test]
+    fn thinking_blocks_are_skipped_and_tool_use_is_returned() {
+        let req = ChatRequest::new("claude-sonnet-4-5").user("hi");
+        let resp = parse(
+            json!({
+                "id": "msg_1",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {"q": "x"}}
+                ],
+                "stop_reason": "tool_use",
+                "usage": {"input_tokens": 5, "output_tokens": 7, "cache_read_input_tokens": null}
+            }),
+            &req,
+        )
+        .unwrap();
+        assert_eq!(resp.content, "Let me look.");
+        assert_eq!(resp.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(resp.tool_calls[0].arguments, json!({"q": "x"}));
+        assert_eq!(resp.usage.input_tokens, 5);
+        assert_eq!(resp.request_id.as_deref(), Some("msg_1"));
+    }
+
+    #[test]
+    fn refusal_is_content_filtered_with_its_usage() {
+        let req = ChatRequest::new("claude-sonnet-4-5").user("hi");
+        let err = parse(
+            json!({"content": [], "stop_reason": "refusal", "usage": {"input_tokens": 9, "output_tokens": 1}}),
+            &req,
+        )
+        .unwrap_err();
+        let LlmError::ContentFiltered { usage: Some(u), .. } = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!((u.input_tokens, u.output_tokens), (9, 1));
+    }
+
+    #[test]
+    fn consecutive_same_role_turns_are_merged_and_empty_text_dropped() {
+        let req = ChatRequest::new("m")
+            .system("a")
+            .system("b")
+            .user("q")
+            .message(Message::tool_result("t1", "r1"))
+            .message(Message::assistant(""));
+        let body = serde_json::to_value(Body::from(&req)).unwrap();
+        assert_eq!(body["system"], "a\n\nb");
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "tool_result", "tool_use_id": "t1", "content": "r1"}]}
+            ])
+        );
     }
 }
