@@ -430,7 +430,7 @@ async fn timeout_is_retried_and_both_attempts_are_charged_honestly() {
     let client = Client::builder()
         .provider(
             "openai",
-            openai_with_timeout(&server, Duration::from_millis(300)),
+            openai_with_timeout(&server, Duration::from_secs(1)),
         )
         .retry(fast_retry(1))
         .build()
