@@ -236,6 +236,14 @@ impl HaltToken {
         self.node.abort.is_cancelled()
     }
 
+    /// A token cancelled when this one is halted immediately (or a graceful halt escalates), for
+    /// code that selects on a plain `CancellationToken`, such as
+    /// [`llm::CallOptions`](crate::llm::CallOptions). Cancelling it directly halts nothing: halts
+    /// go through [`halt`](Self::halt), which records why.
+    pub fn cancellation(&self) -> tokio_util::sync::CancellationToken {
+        self.node.abort.child_token()
+    }
+
     /// True once any halt reached this token: finish the current step, start nothing new.
     pub fn stop_requested(&self) -> bool {
         self.is_halted() || self.lineage().any(|t| t.node.graceful.get().is_some())
@@ -484,6 +492,38 @@ mod tests {
 
     fn immediate(reason: HaltReason) -> Halt {
         Halt::new(HaltScope::All, HaltMode::Immediate, reason)
+    }
+
+    #[test]
+    fn cancellation_follows_immediate_halts_of_the_token_or_its_ancestors_only() {
+        let run = HaltToken::new();
+        let call = run.cancellation();
+        run.halt(Halt::new(
+            HaltScope::Run("r".into()),
+            HaltMode::Graceful {
+                deadline: Duration::from_secs(3600),
+            },
+            HaltReason::Operator,
+        ));
+        assert!(
+            !call.is_cancelled(),
+            "a graceful halt lets the call in flight finish"
+        );
+        let parent = HaltToken::new();
+        let child = parent.child();
+        let call = child.cancellation();
+        call.cancel();
+        assert!(
+            !child.is_halted(),
+            "cancelling the handed-out token halts nothing"
+        );
+        let call = child.cancellation();
+        parent.halt(Halt::new(
+            HaltScope::All,
+            HaltMode::Immediate,
+            HaltReason::Shutdown,
+        ));
+        assert!(call.is_cancelled());
     }
 
     #[test]

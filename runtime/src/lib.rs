@@ -51,6 +51,8 @@ pub mod supervision;
 pub mod halt;
 /// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
+/// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
+pub mod llm;
 
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
 pub use directory::{AgentId, Directory};

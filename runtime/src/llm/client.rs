@@ -1,0 +1,401 @@
+//! `Client`: what agents call. It composes the providers with everything a production call
+//! needs: validation, routing by tier, a fallback chain, the response cache, the circuit
+//! breaker, the ledger reservation, cancellation by the run's halt token, and retries.
+//!
+//! One call, for each model of its chain in turn:
+//!
+//! 1. cache hit (temperature 0, cache enabled): return it, cost 0, nothing reserved or sent;
+//! 2. breaker open: [`LlmError::CircuitOpen`], nothing reserved or sent;
+//! 3. reserve the worst case (input estimate + `max_tokens` output, 1 model call) on the
+//!    caller's account path; refused: [`LlmError::CeilingReached`], nothing sent;
+//! 4. send, racing the halt token (a halt drops the request, which closes its connection);
+//! 5. close the reservation: settle the real usage on success; on failure charge what the
+//!    provider may bill (see `LlmError::billing`): nothing, the input estimate (timeout,
+//!    broken connection, cancellation), the usage it reported, or the whole reservation (a
+//!    2xx body we could not read);
+//! 6. retry transient failures per [`RetryPolicy`] (each attempt reserves again), waiting on
+//!    the halt token too; when retries are exhausted and the error is one another model could
+//!    avoid, fall back to the next model.
+//!
+//! So a refused reservation sends nothing, and every reservation is closed on every path:
+//! after any mix of outcomes the reserved amount returns to zero. Dropping the call future
+//! while a request is in flight counts as a cancellation (the input estimate is charged).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome};
+use super::cache::{CacheKey, ResponseCache};
+use super::error::{Billing, LlmError};
+use super::estimate::estimate_input;
+use super::price::{ModelPrice, PriceTable};
+use super::retry::RetryPolicy;
+use super::router::{Router, Tier};
+use super::types::{ChatRequest, ChatResponse};
+use super::ChatModel;
+use crate::ledger::{AccountPath, Charge, Reservation};
+
+/// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
+/// unstoppable call.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// The accounts the call is reserved on (run -> tenant -> global).
+    pub account: AccountPath,
+    /// The run's halt token; cancelling it aborts the call.
+    pub halt: CancellationToken,
+}
+
+impl CallOptions {
+    /// Options charging `account` and stopped by `halt`.
+    pub fn new(account: AccountPath, halt: CancellationToken) -> Self {
+        CallOptions { account, halt }
+    }
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    providers: HashMap<String, Arc<dyn ChatModel>>,
+    prices: PriceTable,
+    router: Router,
+    fallbacks: HashMap<String, Vec<String>>,
+    retry: RetryPolicy,
+    breaker: BreakerConfig,
+    cache_capacity: Option<usize>,
+}
+
+impl ClientBuilder {
+    /// Registers a provider under `name`; a model is served by the provider named by its
+    /// price entry's `litellm_provider` (`openai`, `anthropic`, or any name you choose).
+    pub fn provider(mut self, name: impl Into<String>, provider: impl ChatModel + 'static) -> Self {
+        self.providers.insert(name.into(), Arc::new(provider));
+        self
+    }
+
+    /// Replaces the price table (the default is [`PriceTable::bundled`]).
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// Sets the models of each tier.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Models to try, in order, when a call to `model` fails in a way another model could
+    /// avoid (see [`LlmError::should_fall_back`]).
+    pub fn fallback<S: Into<String>>(
+        mut self,
+        model: impl Into<String>,
+        fallbacks: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.fallbacks.insert(
+            model.into(),
+            fallbacks.into_iter().map(Into::into).collect(),
+        );
+        self
+    }
+
+    /// Sets the retry policy (the default retries twice with 0.5 s, 1 s backoff).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the circuit breaker settings.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Enables the response cache for deterministic requests, holding `capacity` answers.
+    pub fn cache(mut self, capacity: usize) -> Self {
+        self.cache_capacity = Some(capacity);
+        self
+    }
+
+    /// Checks that every model named by the router and the fallbacks has a price and a
+    /// registered provider, and builds the client.
+    pub fn build(self) -> Result<Client, LlmError> {
+        let inner = Inner {
+            providers: self.providers,
+            prices: self.prices,
+            router: self.router,
+            fallbacks: self.fallbacks,
+            retry: self.retry,
+            breakers: Breakers::new(self.breaker),
+            cache: self.cache_capacity.map(ResponseCache::new),
+        };
+        let named =
+            inner
+                .router
+                .all_models()
+                .chain(inner.fallbacks.iter().flat_map(|(m, f)| {
+                    std::iter::once(m.as_str()).chain(f.iter().map(String::as_str))
+                }));
+        for model in named {
+            inner.route(model)?;
+        }
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+/// The LLM client agents use. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    providers: HashMap<String, Arc<dyn ChatModel>>,
+    prices: PriceTable,
+    router: Router,
+    fallbacks: HashMap<String, Vec<String>>,
+    retry: RetryPolicy,
+    breakers: Breakers,
+    cache: Option<ResponseCache>,
+}
+
+impl Client {
+    /// A builder with the bundled prices, no providers, default retry and breaker, no cache.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
+            providers: HashMap::new(),
+            prices: PriceTable::bundled(),
+            router: Router::default(),
+            fallbacks: HashMap::new(),
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            cache_capacity: None,
+        }
+    }
+
+    /// Calls `request.model`, then its configured fallbacks.
+    pub async fn chat(
+        &self,
+        request: ChatRequest,
+        options: &CallOptions,
+    ) -> Result<ChatResponse, LlmError> {
+        let fallbacks = self.inner.fallbacks.get(&request.model).cloned();
+        let chain = std::iter::once(request.model.clone()).chain(fallbacks.into_iter().flatten());
+        self.inner.call_chain(chain, request, options).await
+    }
+
+    /// Calls the models configured for `tier`, in order (`request.model` is ignored).
+    pub async fn chat_tier(
+        &self,
+        tier: Tier,
+        request: ChatRequest,
+        options: &CallOptions,
+    ) -> Result<ChatResponse, LlmError> {
+        let chain = self.inner.router.models(tier).to_vec();
+        if chain.is_empty() {
+            return Err(LlmError::Config(format!(
+                "no model is configured for tier {tier:?}; set it in the router"
+            )));
+        }
+        self.inner.call_chain(chain, request, options).await
+    }
+
+    /// The circuit breaker state of `model`.
+    pub fn breaker_state(&self, model: &str) -> BreakerState {
+        self.inner.breakers.state(model)
+    }
+
+    /// The price table in use.
+    pub fn prices(&self) -> &PriceTable {
+        &self.inner.prices
+    }
+}
+
+fn charge(micro_usd: u64, tokens: u64) -> Charge {
+    Charge {
+        micro_usd,
+        tokens,
+        model_calls: 1,
+        steps: 0,
+    }
+}
+
+/// What one attempt may cost, computed once per model.
+struct Bill<'a> {
+    price: &'a ModelPrice,
+    worst_case: Charge,
+    input_only: Charge,
+}
+
+impl Bill<'_> {
+    fn close(&self, reservation: Reservation, billing: Billing, model: &str) {
+        let settlement = match billing {
+            Billing::Nothing => return reservation.release(),
+            Billing::InputEstimate => reservation.cancel(self.input_only),
+            Billing::WorstCase => reservation.settle(self.worst_case),
+            Billing::Usage(u) => reservation.settle(charge(self.price.cost(&u), u.total_tokens())),
+        };
+        if settlement.overshoot != Charge::default() {
+            tracing::warn!(
+                model,
+                overshoot_micro_usd = settlement.overshoot.micro_usd,
+                overshoot_tokens = settlement.overshoot.tokens,
+                "call cost more than its reservation (input under-estimated)"
+            );
+        }
+    }
+}
+
+/// A reservation whose request is in flight. If the call future is dropped while it is (the
+/// caller stopped awaiting it, e.g. under its own timeout or `HaltToken::run`), the request
+/// was aborted just as by a halt, so dropping charges the input estimate like a cancellation.
+struct InFlight<'a> {
+    reservation: Option<Reservation>,
+    bill: &'a Bill<'a>,
+    model: &'a str,
+}
+
+impl InFlight<'_> {
+    fn close(mut self, billing: Billing) {
+        if let Some(r) = self.reservation.take() {
+            self.bill.close(r, billing, self.model);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.bill.close(r, Billing::InputEstimate, self.model);
+        }
+    }
+}
+
+impl Inner {
+    fn route(&self, model: &str) -> Result<(&ModelPrice, &dyn ChatModel), LlmError> {
+        let price = self.prices.get(model).ok_or_else(|| {
+            LlmError::Config(format!(
+                "model `{model}` has no price; add it to the price table (LiteLLM format) so its cost can be reserved"
+            ))
+        })?;
+        let provider = self.providers.get(&price.provider).ok_or_else(|| {
+            LlmError::Config(format!(
+                "model `{model}` is served by provider `{}`, which is not registered on the client",
+                price.provider
+            ))
+        })?;
+        Ok((price, provider.as_ref()))
+    }
+
+    async fn call_chain(
+        &self,
+        chain: impl IntoIterator<Item = String>,
+        mut request: ChatRequest,
+        options: &CallOptions,
+    ) -> Result<ChatResponse, LlmError> {
+        request.validate()?;
+        let mut last_error = None;
+        for model in chain {
+            if let Some(err) = &last_error {
+                tracing::warn!(from = %request.model, to = %model, error = %err, "falling back to the next model");
+            }
+            request.model = model;
+            match self.call_model(&request, options).await {
+                Err(e) if e.should_fall_back() => last_error = Some(e),
+                result => return result,
+            }
+        }
+        Err(last_error.expect("a call chain has at least one model"))
+    }
+
+    async fn call_model(
+        &self,
+        request: &ChatRequest,
+        options: &CallOptions,
+    ) -> Result<ChatResponse, LlmError> {
+        let model = request.model.as_str();
+        let (price, provider) = self.route(model)?;
+        if let Some(max) = price.max_output_tokens {
+            if u64::from(request.max_tokens) > max {
+                return Err(LlmError::InvalidRequest {
+                    status: None,
+                    message: format!(
+                        "`max_tokens` {} exceeds the {max} output tokens `{model}` allows",
+                        request.max_tokens
+                    ),
+                });
+            }
+        }
+        let cache_key = self.cache.as_ref().and_then(|_| CacheKey::of(request));
+        if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
+            if let Some(mut hit) = cache.get(key) {
+                hit.cache_hit = true;
+                hit.cost_micro_usd = Some(0);
+                return Ok(hit);
+            }
+        }
+        let input = estimate_input(request).tokens;
+        let max_output = u64::from(request.max_tokens);
+        let bill = Bill {
+            price,
+            worst_case: charge(price.worst_case(input, max_output), input + max_output),
+            input_only: charge(price.input_cost(input), input),
+        };
+        let mut attempt = 0;
+        loop {
+            if options.halt.is_cancelled() {
+                return Err(LlmError::Cancelled);
+            }
+            let permit =
+                self.breakers
+                    .acquire(model)
+                    .map_err(|retry_in| LlmError::CircuitOpen {
+                        model: model.to_owned(),
+                        retry_in,
+                    })?;
+            let in_flight = InFlight {
+                reservation: Some(options.account.reserve(bill.worst_case)?),
+                bill: &bill,
+                model,
+            };
+            let outcome = tokio::select! {
+                biased;
+                _ = options.halt.cancelled() => Err(LlmError::Cancelled),
+                result = provider.chat(request) => result,
+            };
+            let err = match outcome {
+                Ok(mut response) => {
+                    in_flight.close(Billing::Usage(response.usage));
+                    permit.record(Outcome::Success);
+                    response.cost_micro_usd = Some(price.cost(&response.usage));
+                    response.cache_hit = false;
+                    if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
+                        cache.insert(key, response.clone());
+                    }
+                    return Ok(response);
+                }
+                Err(err) => err,
+            };
+            in_flight.close(err.billing());
+            permit.record(if err.is_provider_failure() {
+                Outcome::Failure
+            } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. }) {
+                Outcome::Neutral
+            } else {
+                Outcome::Success
+            });
+            let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
+                return Err(err);
+            };
+            tracing::debug!(model, attempt, ?delay, error = %err, "retrying");
+            tokio::select! {
+                biased;
+                _ = options.halt.cancelled() => return Err(LlmError::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Token estimates made before a call (to reserve its worst case) and after a call whose
+//! provider reported no usage.
+//!
+//! Models that tiktoken knows (OpenAI's: `gpt-4o*`, `gpt-4.1*`, `gpt-5*`, `o3`, `o4-mini`,
+//! `gpt-oss-*`, ...) are counted with their real tokenizer via `tiktoken-rs`, plus OpenAI's
+//! documented chat framing (3 tokens per message and 3 to prime the reply). Every other model
+//! (Anthropic's tokenizer is not public; local models vary) gets a conservative heuristic:
+//! one token per 3 ASCII bytes and one per non-ASCII character, which is above the real count
+//! for ordinary English, code and CJK text, but is a heuristic: adversarial text can beat it,
+//! and then the ledger records the overshoot at settlement. Tool definitions count as their
+//! JSON text; with the heuristic they also add [`TOOL_PROMPT_OVERHEAD`] tokens for the tool-use
+//! system prompt Anthropic documents.
+//!
+//! tiktoken is slow (about 0.1 ms per 1,000 tokens), so counts of texts of 512 bytes or more
+//! are remembered (bounded, per process): a conversation resent at each step is counted once.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{LazyLock, Mutex};
+
+use serde_json::Value;
+use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
+use tiktoken_rs::CoreBPE;
+
+use super::types::{ChatRequest, Message, ToolCall, Usage};
+
+/// Tokens Anthropic adds for its tool-use system prompt (documented as 313-346 for current
+/// models), added by the heuristic when a request has tools or an output schema.
+pub const TOOL_PROMPT_OVERHEAD: u64 = 350;
+
+/// How an estimate was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EstimateMethod {
+    /// With the model's own tokenizer (tiktoken).
+    Tiktoken,
+    /// With the conservative character heuristic.
+    Heuristic,
+}
+
+/// Estimated prompt size of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputEstimate {
+    /// Prompt tokens, framing included.
+    pub tokens: u64,
+    /// How they were counted.
+    pub method: EstimateMethod,
+}
+
+enum Counter {
+    Bpe(&'static CoreBPE),
+    Heuristic,
+}
+
+impl Counter {
+    fn for_model(model: &str) -> Counter {
+        use tiktoken_rs::*;
+        match get_tokenizer(model) {
+            Some(Tokenizer::O200kBase) => Counter::Bpe(o200k_base_singleton()),
+            Some(Tokenizer::O200kHarmony) => Counter::Bpe(o200k_harmony_singleton()),
+            Some(Tokenizer::Cl100kBase) => Counter::Bpe(cl100k_base_singleton()),
+            Some(Tokenizer::P50kBase) => Counter::Bpe(p50k_base_singleton()),
+            Some(Tokenizer::P50kEdit) => Counter::Bpe(p50k_edit_singleton()),
+            Some(Tokenizer::R50kBase | Tokenizer::Gpt2) => Counter::Bpe(r50k_base_singleton()),
+            None => Counter::Heuristic,
+        }
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        match self {
+            Counter::Bpe(bpe) if text.len() >= MEMO_MIN_BYTES => memo_count(bpe, text),
+            Counter::Bpe(bpe) => bpe.encode_ordinary(text).len() as u64,
+            Counter::Heuristic => heuristic_tokens(text),
+        }
+    }
+
+    fn per_message(&self) -> u64 {
+        match self {
+            Counter::Bpe(_) => 4, // 3 framing tokens + the role
+            Counter::Heuristic => 5,
+        }
+    }
+
+    fn count_json(&self, value: &impl serde::Serialize) -> u64 {
+        self.count(&serde_json::to_string(value).unwrap_or_default())
+    }
+
+    fn count_calls(&self, calls: &[ToolCall]) -> u64 {
+        calls
+            .iter()
+            .map(|c| self.count(&c.name) + self.count_json(&c.arguments) + 5)
+            .sum()
+    }
+}
+
+/// Texts at least this long have their tiktoken count remembered.
+const MEMO_MIN_BYTES: usize = 512;
+/// The memo is emptied when it holds this many counts.
+const MEMO_CAPACITY: usize = 4096;
+
+/// Token counts of long texts seen recently, keyed by tokenizer and a 64-bit hash of the text.
+///
+/// tiktoken costs about 0.1 ms per 1,000 tokens, and an agent resends its whole conversation
+/// at every step, so without this the estimate grows with the square of the conversation. A
+/// hash collision would only skew one reservation (settlement uses the provider's usage).
+static MEMO: LazyLock<Mutex<HashMap<(usize, u64), u64>>> = LazyLock::new(Mutex::default);
+
+fn memo_count(bpe: &'static CoreBPE, text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    let key = (std::ptr::from_ref(bpe) as usize, hasher.finish());
+    let lock = || MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&n) = lock().get(&key) {
+        return n;
+    }
+    let n = bpe.encode_ordinary(text).len() as u64;
+    let mut memo = lock();
+    if memo.len() >= MEMO_CAPACITY {
+        memo.clear();
+    }
+    memo.insert(key, n);
+    n
+}
+
+/// One token per 3 ASCII bytes (rounded up) plus one per non-ASCII character.
+pub fn heuristic_tokens(text: &str) -> u64 {
+    // A non-ASCII character starts with a byte >= 0xC0. Counting in u8 over chunks of 255
+    // bytes (so the counters cannot overflow) lets the compiler vectorize: 16x faster than u64
+    // counters on this machine (0.7 us instead of 11 us for 11 KB).
+    let (mut ascii, mut other) = (0u64, 0u64);
+    for chunk in text.as_bytes().chunks(255) {
+        let (mut a, mut o) = (0u8, 0u8);
+        for &b in chunk {
+            a += u8::from(b < 0x80);
+            o += u8::from(b >= 0xC0);
+        }
+        ascii += u64::from(a);
+        other += u64::from(o);
+    }
+    ascii.div_ceil(3) + other
+}
+
+/// Estimates the prompt tokens `request` will be billed for.
+pub fn estimate_input(request: &ChatRequest) -> InputEstimate {
+    let counter = Counter::for_model(&request.model);
+    let mut tokens = 3; // reply priming
+    for m in &request.messages {
+        tokens += counter.per_message() + counter.count(m.content());
+        match m {
+            Message::Assistant { tool_calls, .. } => tokens += counter.count_calls(tool_calls),
+            Message::Tool { tool_call_id, .. } => tokens += counter.count(tool_call_id),
+            _ => {}
+        }
+    }
+    for t in &request.tools {
+        tokens += counter.count(&t.name)
+            + counter.count(&t.description)
+            + counter.count_json(&t.parameters)
+            + 10;
+    }
+    if let Some(s) = &request.output_schema {
+        tokens += counter.count(&s.name) + counter.count_json(&s.schema) + 10;
+    }
+    for s in &request.stop {
+        tokens += counter.count(s);
+    }
+    let method = match counter {
+        Counter::Bpe(_) => EstimateMethod::Tiktoken,
+        Counter::Heuristic => {
+            if !request.tools.is_empty() || request.output_schema.is_some() {
+                tokens += TOOL_PROMPT_OVERHEAD;
+            }
+            EstimateMethod::Heuristic
+        }
+    };
+    InputEstimate { tokens, method }
+}
+
+/// The usage of an answer whose provider reported none, marked `estimated`: the request's
+/// input estimate, and the answer's text and tool calls (name, arguments) as output.
+pub fn estimate_usage(request: &ChatRequest, content: &str, calls: &[(&str, &Value)]) -> Usage {
+    let counter = Counter::for_model(&request.model);
+    let calls: u64 = calls
+        .iter()
+        .map(|(name, args)| counter.count(name) + counter.count_json(args))
+        .sum();
+    Usage {
+        input_tokens: estimate_input(request).tokens,
+        output_tokens: counter.count(content) + calls,
+        estimated: true,
+        ..Usage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::types::ChatRequest;
+
+    #[test]
+    fn openai_models_use_tiktoken() {
+        let req = ChatRequest::new("gpt-4o-mini").user("hello world");
+        let e = estimate_input(&req);
+        assert_eq!(e.method, EstimateMethod::Tiktoken);
+        // "hello world" is 2 o200k tokens; + 4 framing + 3 priming
+        assert_eq!(e.tokens, 9);
+    }
+
+    #[test]
+    fn remembered_counts_equal_fresh_ones() {
+        let long =
+            "Ownership and borrowing make memory safety a compile-time property. ".repeat(20);
+        let fresh = tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(&long)
+            .len() as u64;
+        let req = ChatRequest::new("gpt-4o").user(long);
+        assert_eq!(estimate_input(&req).tokens, fresh + 4 + 3);
+        assert_eq!(estimate_input(&req).tokens, fresh + 4 + 3, "from the memo");
+    }
+
+    #[test]
+    fn heuristic_counts_characters_not_bytes() {
+        assert_eq!(heuristic_tokens("abcdef"), 2);
+        assert_eq!(heuristic_tokens("abcd"), 2);
+        assert_eq!(heuristic_tokens("日本語"), 3, "9 bytes, 3 characters");
+        assert_eq!(heuristic_tokens("é🦀"), 2);
+        assert_eq!(heuristic_tokens(""), 0);
+        let long = "a".repeat(1000) + &"é".repeat(300);
+        assert_eq!(
+            heuristic_tokens(&long),
+            334 + 300,
+            "across chunk boundaries"
+        );
+    }
+
+    #[test]
+    fn heuristic_is_above_tiktoken_for_ordinary_text() {
+        let text = "The quick brown fox jumps over the lazy dog. \
+                    fn main() { println!(\"{}\", 1 + 2); } // 日本語のテキスト";
+        let real = tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(text)
+            .len() as u64;
+        assert!(
+            heuristic_tokens(text) >= real,
+            "{} < {real}",
+            heuristic_tokens(text)
+        );
+        let req = ChatRequest::new("claude-haiku-4-5").user(text);
+        assert_eq!(estimate_input(&req).method, EstimateMethod::Heuristic);
+    }
+}
