@@ -315,7 +315,7 @@ pub(crate) struct Live<A: Agent> {
 }
 
 /// Everything behind an `AgentRef<A>`.
-pub struct Slot<A: Agent> {
+pub(crate) struct Slot<A: Agent> {
     pub(crate) core: SlotCore,
     /// Swapped on restart; read on every message without taking a lock.
     pub(crate) live: ArcSwap<Live<A>>,
