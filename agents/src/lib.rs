@@ -1,7 +1,29 @@
 //! # impresario-agents
 //!
-//! The built-in agents (planner, executor, memory) and run orchestration.
+//! Runs end to end: submit a goal with a budget, and a supervised team (planner, executors,
+//! your own agents) plans, acts and answers, under halts, approvals and cost ceilings.
 //!
-//! Not implemented yet: this crate only re-exports the supervisor crate it builds on.
+//! - [`Orchestrator`] submits runs and returns a [`RunHandle`] (status, events, halt,
+//!   approve/reject, wait).
+//! - The [`planner`] turns goal and history into a [`Plan`] of typed steps validated against a
+//!   JSON schema derived from [`Step`]; the [`executor`] runs tool and model calls.
+//! - [`Tool`]s declare their argument type (the schema), impact, timeout and idempotency.
+//! - [`Team`] adds custom agents, such as a reviewer (critic) that sees every plan first.
+
+pub mod executor;
+mod orchestrator;
+pub mod plan;
+pub mod planner;
+mod run;
+mod team;
+mod tool;
 
 pub use impresario_supervisor as supervisor;
+pub use orchestrator::{Orchestrator, OrchestratorConfig, SubmitError};
+pub use plan::{LoopDetector, LoopKind, Plan, PlanError, Step};
+pub use run::{
+    Autonomy, Budget, FailReason, Models, RunEvent, RunHandle, RunRequest, RunResult, RunState,
+    RunUsage, StepFailure, StepRecord,
+};
+pub use team::{ReviewPlan, Team, Verdict};
+pub use tool::{Impact, RegisteredTool, RegistryError, Tool, ToolContext, ToolError, ToolRegistry};

@@ -18,7 +18,7 @@
 //! when it is resumed from its journal.
 
 use std::fmt;
-use std::future::Future;
+use std::future::IntoFuture;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -292,7 +292,8 @@ impl HaltToken {
 
     /// Runs `fut` unless an immediate halt arrives first, in which case `fut` is dropped on the
     /// spot (for an HTTP call, that closes its connection) and the halt is returned.
-    pub async fn run<F: Future>(&self, fut: F) -> Result<F::Output, Halted> {
+    pub async fn run<F: IntoFuture>(&self, fut: F) -> Result<F::Output, Halted> {
+        let fut = fut.into_future();
         tokio::select! {
             // A halt that already happened wins over a future that happens to be ready.
             biased;

@@ -330,6 +330,21 @@ impl RuntimeHandle {
         Ok(slot)
     }
 
+    /// Runs `future` on one of the runtime's arbiters (round robin), from any thread and any
+    /// executor. The future has the arbiter's tokio timer and can use `actix::spawn`. Returns
+    /// false if the runtime is stopping.
+    pub fn spawn_task<F>(&self, future: F) -> bool
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shared = &self.inner.shared;
+        if shared.is_shutting_down() {
+            return false;
+        }
+        let index = shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len();
+        shared.arbiters[index].spawn(future)
+    }
+
     /// The agents of this runtime, by id.
     pub fn directory(&self) -> &Directory {
         &self.inner.shared.directory

@@ -1,0 +1,243 @@
+//! Plans: the typed steps a planner proposes, the JSON schema derived from them that model
+//! output is validated against, and the loop detector that watches what a run executes.
+
+use std::sync::OnceLock;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Call one of the listed tools with arguments matching its schema.
+    ToolCall {
+        /// The tool's name.
+        tool: String,
+        /// The arguments, a JSON object.
+        arguments: serde_json::Map<String, Value>,
+        /// Why this step helps reach the goal.
+        #[serde(default)]
+        why: String,
+    },
+    /// Ask the model to work something out from what is known so far (no tool).
+    ModelCall {
+        /// The question.
+        prompt: String,
+    },
+    /// The answer to the goal. It ends the run.
+    FinalAnswer {
+        /// The answer.
+        answer: String,
+    },
+}
+
+impl Step {
+    /// A short label for traces: `tool:search`, `model_call`, `final_answer`.
+    pub fn label(&self) -> String {
+        match self {
+            Step::ToolCall { tool, .. } => format!("tool:{tool}"),
+            Step::ModelCall { .. } => "model_call".to_owned(),
+            Step::FinalAnswer { .. } => "final_answer".to_owned(),
+        }
+    }
+
+    /// What makes two steps the same step, for loop detection (tool and canonical arguments).
+    pub fn signature(&self) -> String {
+        match self {
+            // serde_json's Map is ordered by key, so equal arguments serialize equally.
+            Step::ToolCall {
+                tool, arguments, ..
+            } => format!("tool:{tool}:{}", Value::Object(arguments.clone())),
+            Step::ModelCall { prompt } => format!("model:{prompt}"),
+            Step::FinalAnswer { answer } => format!("final:{answer}"),
+        }
+    }
+}
+
+/// A plan: the next steps toward the goal, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// At least one step.
+    #[schemars(length(min = 1))]
+    pub steps: Vec<Step>,
+}
+
+/// Why a model's output is not a valid plan. Its text is what the model is told when asked to
+/// repair its output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Not JSON at all.
+    #[error("the output is not JSON ({0}); answer with only a JSON object")]
+    NotJson(String),
+    /// JSON that does not match the plan schema.
+    #[error("the JSON does not match the plan schema: {}", .0.join("; "))]
+    Schema(Vec<String>),
+}
+
+/// The JSON schema of [`Plan`], derived from the Rust types.
+pub fn plan_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| schemars::schema_for!(Plan).to_value())
+}
+
+fn plan_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        jsonschema::validator_for(plan_schema()).expect("the derived plan schema compiles")
+    })
+}
+
+/// Parses and validates a model's output as a plan. Tolerates a Markdown code fence around the
+/// JSON (models add them); everything else must match the schema.
+pub fn parse_plan(output: &str) -> Result<Plan, PlanError> {
+    let text = strip_fence(output.trim());
+    let value: Value = serde_json::from_str(text).map_err(|e| PlanError::NotJson(e.to_string()))?;
+    let problems: Vec<String> = plan_validator()
+        .iter_errors(&value)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("at {}: {e}", if at.is_empty() { "/" } else { &at })
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(PlanError::Schema(problems));
+    }
+    serde_json::from_value(value).map_err(|e| PlanError::Schema(vec![e.to_string()]))
+}
+
+fn strip_fence(text: &str) -> &str {
+    let Some(rest) = text.strip_prefix("```") else {
+        return text;
+    };
+    let rest = rest.strip_prefix("json").unwrap_or(rest);
+    rest.strip_suffix("```").unwrap_or(rest).trim()
+}
+
+/// A repetition that means the run is not making progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopKind {
+    /// The same step several times in a row.
+    Repeat,
+    /// Two steps alternating: A, B, A, B.
+    Oscillation,
+}
+
+/// Watches the executed steps of a run for loops.
+#[derive(Debug)]
+pub struct LoopDetector {
+    recent: Vec<String>,
+    repeat_limit: usize,
+}
+
+impl LoopDetector {
+    /// A detector that calls `repeat_limit` identical steps in a row a loop (at least 2).
+    pub fn new(repeat_limit: usize) -> Self {
+        LoopDetector {
+            recent: Vec::new(),
+            repeat_limit: repeat_limit.max(2),
+        }
+    }
+
+    /// Records an executed step; says whether the run is now looping.
+    pub fn observe(&mut self, step: &Step) -> Option<LoopKind> {
+        self.recent.push(step.signature());
+        let keep = self.repeat_limit.max(4);
+        if self.recent.len() > keep {
+            self.recent.drain(..self.recent.len() - keep);
+        }
+        let n = self.recent.len();
+        let tail = &self.recent[n.saturating_sub(self.repeat_limit)..];
+        if tail.len() == self.repeat_limit && tail.iter().all(|s| *s == tail[0]) {
+            return Some(LoopKind::Repeat);
+        }
+        if n >= 4 {
+            let (a, b, c, d) = (
+                &self.recent[n - 4],
+                &self.recent[n - 3],
+                &self.recent[n - 2],
+                &self.recent[n - 1],
+            );
+            if a == c && b == d && a != b {
+                return Some(LoopKind::Oscillation);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tool(name: &str, q: &str) -> Step {
+        let Value::Object(arguments) = json!({ "q": q }) else {
+            unreachable!()
+        };
+        Step::ToolCall {
+            tool: name.into(),
+            arguments,
+            why: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_valid_plan_parses_even_inside_a_code_fence() {
+        let text = "```json\n{\"steps\":[{\"type\":\"tool_call\",\"tool\":\"search\",\"arguments\":{\"q\":\"x\"},\"why\":\"look\"},{\"type\":\"final_answer\",\"answer\":\"42\"}]}\n```";
+        let plan = parse_plan(text).unwrap();
+        assert_eq!(plan.steps.len(), 2);
+        assert_eq!(
+            plan.steps[1],
+            Step::FinalAnswer {
+                answer: "42".into()
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_plans_say_what_is_wrong_and_where() {
+        assert!(matches!(
+            parse_plan("steps: none"),
+            Err(PlanError::NotJson(_))
+        ));
+        let Err(PlanError::Schema(problems)) = parse_plan(r#"{"steps":[]}"#) else {
+            panic!("empty plan accepted")
+        };
+        assert!(problems[0].starts_with("at /steps"), "{problems:?}");
+        let Err(PlanError::Schema(problems)) =
+            parse_plan(r#"{"steps":[{"type":"tool_call","tool":"search"}]}"#)
+        else {
+            panic!("missing arguments accepted")
+        };
+        assert!(
+            problems.iter().any(|p| p.contains("arguments")),
+            "{problems:?}"
+        );
+        let Err(PlanError::Schema(problems)) = parse_plan(r#"{"steps":[{"type":"dance"}]}"#) else {
+            panic!("unknown step type accepted")
+        };
+        assert!(problems[0].starts_with("at /steps/0"), "{problems:?}");
+    }
+
+    #[test]
+    fn loops_are_repeats_or_oscillations_and_progress_is_neither() {
+        let mut d = LoopDetector::new(3);
+        assert_eq!(d.observe(&tool("search", "a")), None);
+        assert_eq!(d.observe(&tool("search", "a")), None);
+        assert_eq!(d.observe(&tool("search", "a")), Some(LoopKind::Repeat));
+
+        let mut d = LoopDetector::new(3);
+        for (i, q) in ["a", "b", "a"].iter().enumerate() {
+            assert_eq!(d.observe(&tool("search", q)), None, "step {i}");
+        }
+        assert_eq!(d.observe(&tool("search", "b")), Some(LoopKind::Oscillation));
+
+        let mut d = LoopDetector::new(3);
+        for q in ["a", "b", "c", "d", "e", "a", "c"] {
+            assert_eq!(d.observe(&tool("search", q)), None);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! A run as its submitter sees it: the request, the states it goes through, its events, and the
+//! handle to watch, approve, halt and await it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, Halts};
+use impresario_runtime::ledger::CeilingReached;
+use impresario_runtime::RunId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::plan::{Plan, Step};
+use crate::tool::ToolError;
+
+/// How much a run may do without a person approving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Autonomy {
+    /// Every tool call that changes something (side effect or high impact) waits for approval.
+    Manual,
+    /// Only high-impact tool calls wait for approval.
+    #[default]
+    Conditional,
+    /// Nothing waits.
+    Full,
+}
+
+impl Autonomy {
+    /// Whether a call of this impact waits for approval.
+    pub fn needs_approval(self, impact: crate::tool::Impact) -> bool {
+        use crate::tool::Impact;
+        match self {
+            Autonomy::Manual => impact != Impact::ReadOnly,
+            Autonomy::Conditional => impact == Impact::HighImpact,
+            Autonomy::Full => false,
+        }
+    }
+}
+
+/// What a run may spend. `None` is no limit (the tenant's and global limits still apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Money, in micro-USD.
+    pub micro_usd: Option<u64>,
+    /// Tokens, input and output together.
+    pub tokens: Option<u64>,
+    /// Model calls.
+    pub model_calls: Option<u64>,
+    /// Wall-clock time from submission.
+    pub deadline: Option<Duration>,
+}
+
+impl Budget {
+    /// A budget of `usd` US dollars (converted to micro-USD, rounded down).
+    pub fn usd(usd: f64) -> Self {
+        Budget {
+            micro_usd: Some((usd.max(0.0) * 1e6) as u64),
+            ..Budget::default()
+        }
+    }
+}
+
+/// Which models a run uses (names known to the LLM client's price table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Models {
+    /// Plans and replans.
+    pub planner: String,
+    /// Answers `model_call` steps.
+    pub executor: String,
+    /// Summarizes old steps when the context budget is exceeded.
+    pub summarizer: String,
+}
+
+impl Models {
+    /// One model for everything.
+    pub fn all(model: impl Into<String>) -> Self {
+        let model = model.into();
+        Models {
+            planner: model.clone(),
+            executor: model.clone(),
+            summarizer: model,
+        }
+    }
+}
+
+/// A goal to pursue, under a budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// What to achieve.
+    pub goal: String,
+    /// Whose run it is (its spend counts against the tenant's account).
+    pub tenant: String,
+    /// What it may spend.
+    pub budget: Budget,
+    /// What it may do without approval.
+    pub autonomy: Autonomy,
+    /// Which models it uses.
+    pub models: Models,
+    /// The tools it may use (least privilege): names from the orchestrator's registry.
+    pub tools: Vec<String>,
+    /// The most steps it may execute.
+    pub max_steps: u32,
+    /// How often the planner may be asked to repair invalid output, per plan.
+    pub max_repairs: u32,
+    /// The most bytes of one tool output that enter the model's context (the rest is cut, with
+    /// a marker).
+    pub output_limit: usize,
+}
+
+impl RunRequest {
+    /// A request with the defaults: tenant `default`, no budget limits, conditional autonomy,
+    /// no tools, 20 steps, 2 repairs, 4 KiB of tool output.
+    pub fn new(goal: impl Into<String>, models: Models) -> Self {
+        RunRequest {
+            goal: goal.into(),
+            tenant: "default".into(),
+            budget: Budget::default(),
+            autonomy: Autonomy::default(),
+            models,
+            tools: Vec::new(),
+            max_steps: 20,
+            max_repairs: 2,
+            output_limit: 4096,
+        }
+    }
+
+    /// For this tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = tenant.into();
+        self
+    }
+
+    /// With this budget.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// With this autonomy.
+    pub fn autonomy(mut self, autonomy: Autonomy) -> Self {
+        self.autonomy = autonomy;
+        self
+    }
+
+    /// Allowed to use these tools.
+    pub fn tools<S: Into<String>>(mut self, tools: impl IntoIterator<Item = S>) -> Self {
+        self.tools = tools.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// At most this many steps.
+    pub fn max_steps(mut self, max_steps: u32) -> Self {
+        self.max_steps = max_steps;
+        self
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// It repeated a step, or alternated between two, without progress.
+    LoopDetected,
+    /// It used all its steps without an answer.
+    MaxSteps,
+    /// The planner's output stayed invalid after every allowed repair.
+    InvalidPlan,
+    /// A model call failed in a way no retry or fallback could fix.
+    ModelError,
+    /// One of its agents kept failing (panics past what retries allow).
+    AgentError,
+}
+
+impl std::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&name)
+    }
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunState {
+    /// Submitted, not started.
+    Queued,
+    /// The planner is working on the next plan.
+    Planning,
+    /// Executing a step.
+    Running {
+        /// The step (1-based).
+        step: u32,
+    },
+    /// A step waits for an operator's approval.
+    AwaitingApproval {
+        /// The step.
+        step: u32,
+        /// The tool it would call.
+        tool: String,
+    },
+    /// Finished with an answer.
+    Succeeded {
+        /// The answer.
+        answer: String,
+    },
+    /// Finished without an answer.
+    Failed {
+        /// Why.
+        reason: FailReason,
+        /// Details for a person.
+        detail: String,
+    },
+    /// Stopped by a halt.
+    Halted {
+        /// The halt's reason.
+        reason: HaltReason,
+        /// Its detail, if any.
+        detail: Option<String>,
+    },
+    /// Stopped because its next paid call did not fit a ceiling (nothing was sent).
+    CeilingReached {
+        /// The ceiling.
+        ceiling: CeilingReached,
+    },
+}
+
+impl RunState {
+    /// Whether the run is over.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded { .. }
+                | RunState::Failed { .. }
+                | RunState::Halted { .. }
+                | RunState::CeilingReached { .. }
+        )
+    }
+}
+
+/// Why a step did not produce output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepFailure {
+    /// The tool call failed or was refused.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// The model call failed.
+    #[error("the model call failed: {message}")]
+    Model {
+        /// The model's error.
+        message: String,
+    },
+    /// The executor agent failed (it is restarted by its supervisor).
+    #[error("the executor failed: {message}")]
+    Agent {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// One executed step and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Its number (1-based).
+    pub number: u32,
+    /// What it was.
+    pub step: Step,
+    /// Its output as it entered the model's context, or why it failed.
+    pub outcome: Result<String, StepFailure>,
+}
+
+/// Something that happened in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The state changed.
+    State(RunState),
+    /// A plan was made (revision counts from 1).
+    Planned {
+        /// Which plan.
+        revision: u32,
+        /// The plan.
+        plan: Plan,
+    },
+    /// A reviewer asked for another plan.
+    Revised {
+        /// The plan it rejected.
+        revision: u32,
+        /// Its feedback.
+        feedback: String,
+    },
+    /// A step finished.
+    StepFinished(StepRecord),
+}
+
+/// What a run spent, read from its ledger account when it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunUsage {
+    /// Micro-USD.
+    pub micro_usd: u64,
+    /// Tokens.
+    pub tokens: u64,
+    /// Model calls.
+    pub model_calls: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The run.
+    pub run: RunId,
+    /// Its final state.
+    pub state: RunState,
+    /// Every executed step.
+    pub steps: Vec<StepRecord>,
+    /// What it spent.
+    pub usage: RunUsage,
+}
+
+/// An operator's decision about a step waiting for approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Approve { step: u32 },
+    Reject { step: u32, reason: String },
+}
+
+/// A submitted run: watch it, approve or reject its steps, halt it, await its result.
+#[derive(Clone)]
+pub struct RunHandle {
+    pub(crate) id: RunId,
+    pub(crate) state: watch::Receiver<RunState>,
+    pub(crate) events: broadcast::Sender<RunEvent>,
+    pub(crate) decisions: mpsc::UnboundedSender<Decision>,
+    pub(crate) result: watch::Receiver<Option<Arc<RunResult>>>,
+    pub(crate) halts: Halts,
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn id(&self) -> &RunId {
+        &self.id
+    }
+
+    /// Its state now.
+    pub fn status(&self) -> RunState {
+        self.state.borrow().clone()
+    }
+
+    /// Its events from now on. (A receiver more than 1024 events behind loses the oldest.)
+    pub fn events(&self) -> broadcast::Receiver<RunEvent> {
+        self.events.subscribe()
+    }
+
+    /// Halts it (reason `operator`): `Immediate` aborts its in-flight model and tool calls;
+    /// `Graceful` lets the current step finish and starts no other. False if it already ended.
+    pub fn halt(&self, mode: HaltMode) -> bool {
+        self.halt_with(Halt::new(
+            HaltScope::Run(self.id.to_string()),
+            mode,
+            HaltReason::Operator,
+        ))
+    }
+
+    /// Halts it with a halt of your own (reason, detail).
+    pub fn halt_with(&self, halt: Halt) -> bool {
+        self.halts.halt_with(halt)
+    }
+
+    /// Approves the step waiting for approval.
+    pub fn approve(&self, step: u32) {
+        let _ = self.decisions.send(Decision::Approve { step });
+    }
+
+    /// Rejects the step waiting for approval; the planner is told why and replans.
+    pub fn reject(&self, step: u32, reason: impl Into<String>) {
+        let _ = self.decisions.send(Decision::Reject {
+            step,
+            reason: reason.into(),
+        });
+    }
+
+    /// Waits until it ends.
+    pub async fn wait(&self) -> Arc<RunResult> {
+        let mut result = self.result.clone();
+        loop {
+            if let Some(done) = result.borrow_and_update().clone() {
+                return done;
+            }
+            if result.changed().await.is_err() {
+                // The driver is gone without a result: the runtime shut down under it.
+                return Arc::new(RunResult {
+                    run: self.id.clone(),
+                    state: RunState::Halted {
+                        reason: HaltReason::Shutdown,
+                        detail: Some("the runtime stopped before the run ended".into()),
+                    },
+                    steps: Vec::new(),
+                    usage: RunUsage::default(),
+                });
+            }
+        }
+    }
+}
