@@ -99,7 +99,16 @@ pub fn parse_plan(output: &str) -> Result<Plan, PlanError> {
         .iter_errors(&value)
         .map(|e| {
             let at = e.instance_path().to_string();
-            format!("at {}: {e}", if at.is_empty() { "/" } else { &at })
+            // A step matching none of the step schemas gets only "not valid under oneOf" from
+            // the validator; serde names the missing field or unknown type instead.
+            let step_problem = value
+                .pointer(&at)
+                .filter(|_| at.starts_with("/steps/") && at.matches('/').count() == 2)
+                .and_then(|step| serde_json::from_value::<Step>(step.clone()).err());
+            match step_problem {
+                Some(problem) => format!("at {at}: {problem}"),
+                None => format!("at {}: {e}", if at.is_empty() { "/" } else { &at }),
+            }
         })
         .collect();
     if !problems.is_empty() {
