@@ -13,11 +13,13 @@ pub use impresario_supervisor as supervisor;
 
 pub use impresario_runtime::agent;
 
+pub mod setup;
+
 /// Everything a typical program needs: the runtime, agent handles, actix's actor vocabulary.
 pub mod prelude {
     pub use actix::prelude::{
         Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
-        ResponseActFuture, ResponseFuture, Running, WrapFuture,
+        MessageResult, ResponseActFuture, ResponseFuture, Running, WrapFuture,
     };
     pub use impresario_runtime::{
         agent, Agent, AgentError, AgentId, AgentRef, Envelope, Exit, LifecycleEvent, Placement,

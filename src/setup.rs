@@ -1,0 +1,82 @@
+//! Choosing models the way the examples and the CLI do: a real provider when one is configured
+//! in the environment, otherwise an offline scripted model, so everything runs without a network.
+
+use impresario_agents::Models;
+use impresario_runtime::llm::{
+    Anthropic, Client, LlmError, ModelPrice, OpenAi, OpenAiConfig, PriceTable, Rates, Scripted,
+};
+
+/// The model setup chosen from the environment.
+pub struct ModelSetup {
+    /// The client to call models through.
+    pub client: Client,
+    /// The models runs should use.
+    pub models: Models,
+    /// What was chosen, for a person (`offline (scripted)`, `openai gpt-4o-mini`, ...).
+    pub description: String,
+}
+
+/// The offline model's name in the price table.
+pub const OFFLINE_MODEL: &str = "scripted";
+
+/// Picks, in order: `OPENAI_API_KEY` (OpenAI, `gpt-4o-mini`, or `IMPRESARIO_MODEL`),
+/// `ANTHROPIC_API_KEY` (`claude-haiku-4-5`, or `IMPRESARIO_MODEL`), `OPENAI_BASE_URL` without a
+/// key (an OpenAI-compatible server such as Ollama or vLLM: `IMPRESARIO_MODEL`, default
+/// `llama3.2`, priced at zero), else `offline`: the scripted model (priced at 1 USD per million
+/// input tokens and 2 per million output tokens, so costs show).
+pub fn from_env_or(offline: Scripted) -> Result<ModelSetup, LlmError> {
+    let chosen = std::env::var("IMPRESARIO_MODEL").ok();
+    if std::env::var_os("OPENAI_API_KEY").is_some() {
+        let model = chosen.unwrap_or_else(|| "gpt-4o-mini".into());
+        let client = Client::builder()
+            .provider("openai", OpenAi::from_env()?)
+            .build()?;
+        return Ok(setup(client, &model, format!("openai {model}")));
+    }
+    if std::env::var_os("ANTHROPIC_API_KEY").is_some() {
+        let model = chosen.unwrap_or_else(|| "claude-haiku-4-5".into());
+        let client = Client::builder()
+            .provider("anthropic", Anthropic::from_env()?)
+            .build()?;
+        return Ok(setup(client, &model, format!("anthropic {model}")));
+    }
+    if let Ok(base_url) = std::env::var("OPENAI_BASE_URL") {
+        let model = chosen.unwrap_or_else(|| "llama3.2".into());
+        let mut prices = PriceTable::bundled();
+        prices.insert(model.clone(), ModelPrice::new("local", Rates::default()));
+        let client = Client::builder()
+            .provider(
+                "local",
+                OpenAi::new(OpenAiConfig::compatible(base_url.clone()))?,
+            )
+            .prices(prices)
+            .build()?;
+        return Ok(setup(client, &model, format!("{model} at {base_url}")));
+    }
+    let mut prices = PriceTable::default();
+    let rates = Rates {
+        input: 1_000_000,
+        output: 2_000_000,
+        cache_read: 1_000_000,
+        cache_creation: 1_000_000,
+        reasoning: 2_000_000,
+    };
+    prices.insert(OFFLINE_MODEL, ModelPrice::new("offline", rates));
+    let client = Client::builder()
+        .provider("offline", offline)
+        .prices(prices)
+        .build()?;
+    Ok(setup(
+        client,
+        OFFLINE_MODEL,
+        "offline (scripted model)".into(),
+    ))
+}
+
+fn setup(client: Client, model: &str, description: String) -> ModelSetup {
+    ModelSetup {
+        client,
+        models: Models::all(model),
+        description,
+    }
+}
