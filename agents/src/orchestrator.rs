@@ -15,10 +15,10 @@ use impresario_runtime::ledger::{
     AccountId, AccountPath, CeilingReached, Ledger, LedgerError, Limits,
 };
 use impresario_runtime::llm::{CallOptions, Client, LlmError};
-use impresario_runtime::{AgentError, AgentId, AgentRef, RunId, RuntimeHandle};
+use impresario_runtime::{AgentError, AgentId, AgentRef, Placement, RunId, RuntimeHandle};
 use impresario_supervisor::{
     ChildSpec, OnCeiling, RestartType, StartChild, StopChild, Strategy, Supervisor,
-    SupervisorError, SupervisorRef, SupervisorSpec,
+    SupervisorError, SupervisorRef, SupervisorSpec, WhichChildren,
 };
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
 
@@ -31,6 +31,9 @@ use crate::run::{
 };
 use crate::team::{Review, ReviewPlan, Team, Verdict};
 use crate::tool::{ToolError, ToolRegistry};
+
+/// Events a run's subscriber may fall behind by before it loses the oldest.
+pub const RUN_EVENT_CAPACITY: usize = 64;
 
 /// How the orchestrator runs every run.
 #[derive(Debug, Clone)]
@@ -207,7 +210,10 @@ impl Orchestrator {
         let path = inner.ledger.path(&run_account)?;
         let token = inner.halts.run(&request.tenant, run.as_str());
 
-        let subtree = self.run_subtree(&run, &team);
+        // The run's agents and its driver share one arbiter: their calls cost no thread wake-up.
+        // Runs spread over the arbiters instead.
+        let placement = inner.runtime.next_placement();
+        let subtree = self.run_subtree(&run, &team, placement);
         let tenant = self.tenant_supervisor(&request.tenant).await?;
         if let Err(e) = tenant
             .ask(StartChild(subtree))
@@ -220,12 +226,13 @@ impl Orchestrator {
         }
 
         let (state_tx, state) = watch::channel(RunState::Queued);
-        let (events, _) = broadcast::channel(1024);
+        // A run emits a few events per step; a subscriber that lags further loses the oldest.
+        let (events, _) = broadcast::channel(RUN_EVENT_CAPACITY);
         let (decisions_tx, decisions) = mpsc::unbounded_channel();
         let (result_tx, result) = watch::channel(None);
         if let Some(deadline) = budget.deadline {
             let (halts, id) = (inner.halts.clone(), run.to_string());
-            inner.runtime.spawn_task(async move {
+            inner.runtime.spawn_task(placement, async move {
                 tokio::time::sleep(deadline).await;
                 halts.halt(
                     HaltScope::Run(id),
@@ -234,6 +241,7 @@ impl Orchestrator {
                 );
             });
         }
+        let allowed: Arc<[String]> = request.tools.clone().into();
         let driver = Driver {
             orchestrator: self.clone(),
             reviewers: team
@@ -241,7 +249,7 @@ impl Orchestrator {
                 .iter()
                 .filter_map(|m| m.review.clone().map(|r| (m.id(&run), r)))
                 .collect(),
-            allowed: request.tools.clone().into(),
+            allowed: allowed.clone(),
             run: run.clone(),
             request,
             path,
@@ -253,8 +261,10 @@ impl Orchestrator {
             history: Vec::new(),
             last_ceiling: None,
             next_executor: 0,
+            planner_prompt: crate::planner::system_prompt(&team_tools(&inner.tools, &allowed))
+                .into(),
         };
-        inner.runtime.spawn_task(async move {
+        inner.runtime.spawn_task(placement, async move {
             let result = driver.drive().await;
             let _ = result_tx.send(Some(Arc::new(result)));
         });
@@ -307,13 +317,15 @@ impl Orchestrator {
     }
 
     /// The supervision subtree of one run: planner, executors, custom agents.
-    fn run_subtree(&self, run: &RunId, team: &Team) -> ChildSpec {
+    fn run_subtree(&self, run: &RunId, team: &Team, placement: Placement) -> ChildSpec {
         let inner = &self.inner;
         let client = inner.client.clone();
-        let mut spec = SupervisorSpec::new(Strategy::OneForOne).child(ChildSpec::agent(
-            AgentId::new("planner", run.to_string()),
-            move || Planner::new(client.clone()),
-        ));
+        let mut spec = SupervisorSpec::new(Strategy::OneForOne).child(
+            ChildSpec::agent(AgentId::new("planner", run.to_string()), move || {
+                Planner::new(client.clone())
+            })
+            .placement(placement),
+        );
         for i in 0..inner.config.executors_per_run.max(1) {
             let (client, tools) = (inner.client.clone(), inner.tools.clone());
             spec = spec.child(ChildSpec::agent(executor_id(run, i), move || {
@@ -321,9 +333,11 @@ impl Orchestrator {
             }));
         }
         for member in &team.members {
-            spec = spec.child(member.child_spec(run));
+            spec = spec.child(member.child_spec(run).placement(placement));
         }
-        ChildSpec::supervisor(run_supervisor_id(run), spec).restart(RestartType::Temporary)
+        ChildSpec::supervisor(run_supervisor_id(run), spec)
+            .restart(RestartType::Temporary)
+            .placement(placement)
     }
 
     async fn tenant_supervisor(
@@ -385,6 +399,8 @@ struct Driver {
     history: Vec<String>,
     last_ceiling: Option<CeilingReached>,
     next_executor: usize,
+    /// The planner's instructions for this run (schema and tools), built once.
+    planner_prompt: Arc<str>,
 }
 
 /// The run is over, in this state.
@@ -539,20 +555,14 @@ impl Driver {
     /// Asks the planner (retrying if it crashed: planning reads only), mapping failures to ends.
     async fn plan(&mut self, feedback: Option<String>) -> Result<Plan, End> {
         let inner = self.orchestrator.inner.clone();
-        let planner = self
-            .agent::<Planner>(AgentId::new("planner", self.run.to_string()))
-            .await?;
-        let tools = self
-            .allowed
-            .iter()
-            .filter_map(|name| inner.tools.get(name).map(|t| t.definition()))
-            .collect::<Vec<_>>();
+        let planner = self.agent::<Planner>(AgentId::new("planner", self.run.to_string()))?;
+        let system = self.planner_prompt.clone();
         let mut attempt = 0;
         loop {
             let request = MakePlan {
                 model: self.request.models.planner.clone(),
                 goal: self.request.goal.clone(),
-                tools: tools.clone(),
+                system: system.clone(),
                 history: self.history.clone(),
                 feedback: feedback.clone(),
                 max_repairs: self.request.max_repairs,
@@ -653,16 +663,18 @@ impl Driver {
         loop {
             let index = self.next_executor % inner.config.executors_per_run.max(1);
             self.next_executor += 1;
-            let executor = self
-                .agent::<Executor>(executor_id(&self.run, index))
-                .await?;
+            let executor = self.agent::<Executor>(executor_id(&self.run, index))?;
             let request = ExecuteStep {
                 run: self.run.clone(),
                 number,
                 step: step.clone(),
                 allowed: self.allowed.clone(),
                 model: self.request.models.executor.clone(),
-                history: self.history.clone(),
+                // Only a model call reads the history; a tool call does not need a copy.
+                history: match step {
+                    Step::ModelCall { .. } => self.history.clone(),
+                    _ => Vec::new(),
+                },
                 output_limit: self.request.output_limit,
                 halt: self.token.clone(),
                 options: self.options(),
@@ -714,39 +726,40 @@ impl Driver {
         }
     }
 
-    /// Waits until the run supervisor has started every agent of the team (it starts them one
-    /// after the other), so no plan goes unreviewed for want of a reviewer.
+    /// Waits until the run supervisor has started every agent of the team, so no plan goes
+    /// unreviewed for want of a reviewer. A supervisor starts its children one after the other
+    /// before it handles any message, so its answer to `WhichChildren` marks the moment.
     async fn await_team(&self) -> Result<(), End> {
-        let inner = &self.orchestrator.inner;
-        let mut ids = vec![AgentId::new("planner", self.run.to_string())];
-        ids.extend((0..inner.config.executors_per_run.max(1)).map(|i| executor_id(&self.run, i)));
-        ids.extend(self.reviewers.iter().map(|(id, _)| id.clone()));
-        let directory = inner.runtime.directory();
-        for _ in 0..200 {
-            if ids.iter().all(|id| directory.contains(id)) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Err(End(RunState::Failed {
-            reason: FailReason::AgentError,
-            detail: "the run's agents did not start within a second".into(),
-        }))
+        let directory = self.orchestrator.inner.runtime.directory();
+        let started = match directory.lookup::<Supervisor>(&run_supervisor_id(&self.run)) {
+            Some(supervisor) => self
+                .call(supervisor.ask(WhichChildren))
+                .await?
+                .map_err(SupervisorError::from)
+                .and_then(|children| children),
+            None => Err(SupervisorError::NoSuchChild(run_supervisor_id(&self.run))),
+        };
+        started.map(drop).map_err(|e| {
+            End(RunState::Failed {
+                reason: FailReason::AgentError,
+                detail: format!("the run's agents did not start: {e}"),
+            })
+        })
     }
 
-    /// The agent `id` of this run, waiting briefly for the run supervisor to start it.
-    async fn agent<A: impresario_runtime::Agent>(&self, id: AgentId) -> Result<AgentRef<A>, End> {
-        let directory = self.orchestrator.inner.runtime.directory();
-        for _ in 0..200 {
-            if let Some(agent) = directory.lookup::<A>(&id) {
-                return Ok(agent);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Err(End(RunState::Failed {
-            reason: FailReason::AgentError,
-            detail: format!("agent {id} did not start"),
-        }))
+    /// The agent `id` of this run (started: see `await_team`).
+    fn agent<A: impresario_runtime::Agent>(&self, id: AgentId) -> Result<AgentRef<A>, End> {
+        self.orchestrator
+            .inner
+            .runtime
+            .directory()
+            .lookup::<A>(&id)
+            .ok_or_else(|| {
+                End(RunState::Failed {
+                    reason: FailReason::AgentError,
+                    detail: format!("agent {id} is gone"),
+                })
+            })
     }
 
     /// Records the end: usage from the ledger, the subtree stopped, the account and token closed.
@@ -783,6 +796,14 @@ impl Driver {
             usage,
         }
     }
+}
+
+/// The definitions of the allowed tools, as the planner shows them to the model.
+fn team_tools(tools: &ToolRegistry, allowed: &[String]) -> Vec<impresario_runtime::llm::ToolDef> {
+    allowed
+        .iter()
+        .filter_map(|name| tools.get(name).map(|t| t.definition()))
+        .collect()
 }
 
 fn tool_name(step: &Step) -> Option<&str> {

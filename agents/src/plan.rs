@@ -49,7 +49,10 @@ impl Step {
             // serde_json's Map is ordered by key, so equal arguments serialize equally.
             Step::ToolCall {
                 tool, arguments, ..
-            } => format!("tool:{tool}:{}", Value::Object(arguments.clone())),
+            } => format!(
+                "tool:{tool}:{}",
+                serde_json::to_string(arguments).unwrap_or_default()
+            ),
             Step::ModelCall { prompt } => format!("model:{prompt}"),
             Step::FinalAnswer { answer } => format!("final:{answer}"),
         }

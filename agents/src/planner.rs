@@ -5,6 +5,8 @@
 //! It keeps no state between requests: the run's driver owns the history and sends it each time,
 //! so a restarted planner loses nothing.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use impresario_runtime::agent;
 use impresario_runtime::llm::{
@@ -38,8 +40,8 @@ pub struct MakePlan {
     pub model: String,
     /// The goal.
     pub goal: String,
-    /// The tools the run may use.
-    pub tools: Vec<ToolDef>,
+    /// The instructions: the plan schema and the tools the run may use ([`system_prompt`]).
+    pub system: Arc<str>,
     /// What happened so far, oldest first (steps, observations, summaries).
     pub history: Vec<String>,
     /// Why the last plan could not go on (a failed step, a reviewer's feedback), if so.
@@ -82,7 +84,7 @@ impl Handler<MakePlan> for Planner {
         let client = self.client.clone();
         Box::pin(async move {
             let mut request = ChatRequest::new(msg.model.clone())
-                .system(system_prompt(&msg.tools))
+                .system(msg.system.to_string())
                 .user(user_prompt(&msg))
                 .output_schema("plan", plan_schema().clone(), false)
                 .temperature(0.0)
@@ -112,7 +114,9 @@ impl Handler<MakePlan> for Planner {
     }
 }
 
-fn system_prompt(tools: &[ToolDef]) -> String {
+/// The planner's instructions for a run with these tools: the plan schema, the step types, the
+/// rule that tool output is data, and each tool with its argument schema.
+pub fn system_prompt(tools: &[ToolDef]) -> String {
     let mut prompt = String::from(
         "You plan the steps of an agent run toward a goal, in as few steps as possible.\n\
          Answer with only a JSON object {\"steps\": [...]} matching this JSON schema:\n",

@@ -150,6 +150,16 @@ impl Shared {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// The arbiter index a placement names.
+    fn pick(&self, placement: Placement) -> Result<usize, SpawnError> {
+        let count = self.arbiters.len();
+        match placement {
+            Placement::RoundRobin => Ok(self.next_arbiter.fetch_add(1, Ordering::Relaxed) % count),
+            Placement::Arbiter(index) if index < count => Ok(index),
+            Placement::Arbiter(index) => Err(SpawnError::NoSuchArbiter { index, count }),
+        }
+    }
+
     pub(crate) fn arbiter(&self, index: usize) -> ArbiterHandle {
         self.arbiters[index].clone()
     }
@@ -297,12 +307,7 @@ impl RuntimeHandle {
         if shared.is_shutting_down() {
             return Err(SpawnError::ShuttingDown);
         }
-        let count = shared.arbiters.len();
-        let arbiter = match options.placement {
-            Placement::RoundRobin => shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % count,
-            Placement::Arbiter(index) if index < count => index,
-            Placement::Arbiter(index) => return Err(SpawnError::NoSuchArbiter { index, count }),
-        };
+        let arbiter = shared.pick(options.placement)?;
         let limit = options
             .in_flight_limit
             .unwrap_or(shared.default_limit)
@@ -330,10 +335,10 @@ impl RuntimeHandle {
         Ok(slot)
     }
 
-    /// Runs `future` on one of the runtime's arbiters (round robin), from any thread and any
-    /// executor. The future has the arbiter's tokio timer and can use `actix::spawn`. Returns
-    /// false if the runtime is stopping.
-    pub fn spawn_task<F>(&self, future: F) -> bool
+    /// Runs `future` on one of the runtime's arbiters, from any thread and any executor. The
+    /// future has the arbiter's tokio timer and can use `actix::spawn`. Returns false if the
+    /// runtime is stopping or the placement names no arbiter.
+    pub fn spawn_task<F>(&self, placement: Placement, future: F) -> bool
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -341,8 +346,19 @@ impl RuntimeHandle {
         if shared.is_shutting_down() {
             return false;
         }
-        let index = shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len();
-        shared.arbiters[index].spawn(future)
+        match shared.pick(placement) {
+            Ok(index) => shared.arbiters[index].spawn(future),
+            Err(_) => false,
+        }
+    }
+
+    /// The arbiter the next round-robin placement would use, as a fixed placement: to put a
+    /// group of agents and tasks together on one thread.
+    pub fn next_placement(&self) -> Placement {
+        let shared = &self.inner.shared;
+        Placement::Arbiter(
+            shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len(),
+        )
     }
 
     /// The agents of this runtime, by id.

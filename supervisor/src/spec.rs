@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use impresario_runtime::supervision::{Child, ExitSink, Shutdown};
-use impresario_runtime::{Agent, AgentId, RuntimeHandle, SpawnError, SpawnOptions};
+use impresario_runtime::{Agent, AgentId, Placement, RuntimeHandle, SpawnError, SpawnOptions};
 use tokio::sync::broadcast;
 
 use crate::events::SupervisorEvent;
@@ -12,8 +12,10 @@ use crate::policy::{Backoff, Intensity, RestartType, Strategy};
 use crate::supervisor::Supervisor;
 
 /// Starts one child: spawns it under the given exit sink and returns the supervisor's handle.
-type Starter =
-    dyn Fn(&Tree, ExitSink) -> Result<Arc<dyn Child>, SpawnError> + Send + Sync + 'static;
+type Starter = dyn Fn(&Tree, &SpawnOptions, ExitSink) -> Result<Arc<dyn Child>, SpawnError>
+    + Send
+    + Sync
+    + 'static;
 
 /// What a supervisor tree shares: the runtime, the event stream, and every supervised agent
 /// of the tree that is not itself a supervisor, by id (so a halt reaches them without waiting
@@ -43,6 +45,8 @@ pub struct ChildSpec {
     pub restart: RestartType,
     /// How it is stopped.
     pub shutdown: Shutdown,
+    /// Where it runs and its in-flight limit and watchdog.
+    pub options: SpawnOptions,
     /// Whether it is a supervisor (halts pass over supervisors and reach their agents).
     pub(crate) is_supervisor: bool,
     start: Arc<Starter>,
@@ -81,8 +85,9 @@ impl ChildSpec {
             id,
             restart: RestartType::Permanent,
             shutdown: Shutdown::Timeout(std::time::Duration::from_secs(5)),
+            options,
             is_supervisor: false,
-            start: Arc::new(move |tree: &Tree, sink: ExitSink| {
+            start: Arc::new(move |tree: &Tree, options: &SpawnOptions, sink: ExitSink| {
                 let factory = factory.clone();
                 tree.runtime
                     .spawn_supervised(spawn_id.clone(), options.clone(), move || factory(), sink)
@@ -99,13 +104,14 @@ impl ChildSpec {
             id,
             restart: RestartType::Permanent,
             shutdown: Shutdown::Timeout(std::time::Duration::from_secs(30)),
+            options: SpawnOptions::default(),
             is_supervisor: true,
-            start: Arc::new(move |tree: &Tree, sink: ExitSink| {
+            start: Arc::new(move |tree: &Tree, options: &SpawnOptions, sink: ExitSink| {
                 let (spec, tree2, me) = (spec.clone(), tree.clone(), spawn_id.clone());
                 tree.runtime
                     .spawn_supervised(
                         spawn_id.clone(),
-                        SpawnOptions::default(),
+                        options.clone(),
                         move || Supervisor::new(me.clone(), spec.clone(), tree2.clone(), true),
                         sink,
                     )
@@ -126,8 +132,15 @@ impl ChildSpec {
         self
     }
 
+    /// On this arbiter (e.g. beside the agents it talks to most: a call that stays on one
+    /// thread costs no thread wake-up).
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.options.placement = placement;
+        self
+    }
+
     pub(crate) fn start(&self, tree: &Tree, sink: ExitSink) -> Result<Arc<dyn Child>, SpawnError> {
-        (self.start)(tree, sink)
+        (self.start)(tree, &self.options, sink)
     }
 }
 
