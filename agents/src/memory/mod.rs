@@ -5,13 +5,24 @@
 //!   shared by all runs, recalled by relevance: BM25 in process by default ([`rank`]), or the
 //!   cosine similarity of an [`Embedder`]'s vectors.
 //! - [`compact`]: keeps a run's context ([`ContextEntry`] list) within a [`ContextBudget`] by
-//!   having a model summarize its older steps, through the LLM [`Client`](impresario_runtime::llm::Client)
-//!   (so the call is budgeted on the ledger and stopped by the run's halt token).
+//!   having a model summarize its older steps, through the LLM [`Client`] (so the call is
+//!   budgeted on the ledger and stopped by the run's halt token).
 //! - [`MemoryAgent`]: the agent that owns a run's working memory and serves both memories as
 //!   typed messages.
 //!
 //! Not implemented: persistence of long-term memory (records live in the process; the caller
 //! stores and reloads them), eviction or size limits, hybrid BM25 + vector ranking.
+//!
+//! [`WorkingMemory`]: crate::memory::WorkingMemory
+//! [`LongTermMemory`]: crate::memory::LongTermMemory
+//! [`MemoryRecord`]: crate::memory::MemoryRecord
+//! [`rank`]: crate::memory::rank
+//! [`Embedder`]: crate::memory::Embedder
+//! [`compact`]: crate::memory::compact
+//! [`ContextEntry`]: crate::memory::ContextEntry
+//! [`ContextBudget`]: crate::memory::ContextBudget
+//! [`Client`]: impresario_runtime::llm::Client
+//! [`MemoryAgent`]: crate::memory::MemoryAgent
 
 mod agent;
 mod budget;
