@@ -18,6 +18,9 @@ mod run;
 mod team;
 mod tool;
 
+/// Working memory, long-term memory with retrieval, the context budget, and the memory agent.
+pub mod memory;
+
 pub use impresario_supervisor as supervisor;
 pub use orchestrator::{Orchestrator, OrchestratorConfig, SubmitError};
 pub use plan::{LoopDetector, LoopKind, Plan, PlanError, Step};
