@@ -23,6 +23,10 @@ use impresario_supervisor::{
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
 
 use crate::executor::{ExecuteStep, Executor};
+use crate::memory::{
+    compact, ContextBudget, ContextEntry, EntryKind, LongTermMemory, MemoryAgent, MemoryError,
+    MemoryRecord, Outcome, Recall, Remember,
+};
 use crate::plan::{LoopDetector, Plan, Step};
 use crate::planner::{MakePlan, Planned, Planner, PlannerError};
 use crate::run::{
@@ -48,6 +52,11 @@ pub struct OrchestratorConfig {
     pub step_retries: u32,
     /// How many identical steps in a row are a loop.
     pub loop_repeats: usize,
+    /// What runs learn across runs: each run recalls from it when it starts and remembers its
+    /// outcome, and why, when it ends.
+    pub long_term: Arc<LongTermMemory>,
+    /// How many memories of earlier runs a run recalls into its context.
+    pub recall: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -58,6 +67,8 @@ impl Default for OrchestratorConfig {
             max_reviews: 2,
             step_retries: 2,
             loop_repeats: 3,
+            long_term: Arc::default(),
+            recall: 3,
         }
     }
 }
@@ -332,6 +343,13 @@ impl Orchestrator {
                 Executor::new(client.clone(), tools.clone())
             }));
         }
+        let (memory_run, long_term) = (run.clone(), inner.config.long_term.clone());
+        spec = spec.child(
+            ChildSpec::agent(memory_id(run), move || {
+                MemoryAgent::new(memory_run.clone(), long_term.clone())
+            })
+            .placement(placement),
+        );
         for member in &team.members {
             spec = spec.child(member.child_spec(run).placement(placement));
         }
@@ -379,6 +397,10 @@ fn run_supervisor_id(run: &RunId) -> AgentId {
     AgentId::new("run", run.to_string())
 }
 
+fn memory_id(run: &RunId) -> AgentId {
+    AgentId::new("memory", run.to_string())
+}
+
 fn executor_id(run: &RunId, index: usize) -> AgentId {
     AgentId::new("executor", format!("{run}#{index}"))
 }
@@ -396,7 +418,8 @@ struct Driver {
     events: broadcast::Sender<RunEvent>,
     decisions: mpsc::UnboundedReceiver<Decision>,
     steps: Vec<StepRecord>,
-    history: Vec<String>,
+    /// What happened so far, as the planner and model calls see it (compacted by budget).
+    history: Vec<ContextEntry>,
     last_ceiling: Option<CeilingReached>,
     next_executor: usize,
     /// The planner's instructions for this run (schema and tools), built once.
@@ -434,9 +457,11 @@ impl Driver {
         let config = self.orchestrator.inner.config.clone();
         let mut detector = LoopDetector::new(config.loop_repeats);
         let (mut feedback, mut revision, mut reviews, mut number) = (None, 0u32, 0u32, 0u32);
+        self.recall().await?;
         loop {
             self.check_halt()?;
             self.set(RunState::Planning);
+            self.compact().await?;
             let plan = self.plan(feedback.take()).await?;
             revision += 1;
             let _ = self.events.send(RunEvent::Planned {
@@ -474,10 +499,19 @@ impl Driver {
                 }
                 self.set(RunState::Running { step: number });
                 let outcome = self.execute(number, &step).await?;
-                self.history.push(match &outcome {
-                    Ok(output) => format!("step {number} {}: {output}", describe(&step)),
-                    Err(failure) => format!("step {number} {} failed: {failure}", describe(&step)),
-                });
+                self.history.push(ContextEntry::new(
+                    EntryKind::Step,
+                    Some(number),
+                    describe(&step),
+                ));
+                self.history.push(ContextEntry::new(
+                    EntryKind::Observation,
+                    Some(number),
+                    match &outcome {
+                        Ok(output) => output.clone(),
+                        Err(failure) => format!("failed: {failure}"),
+                    },
+                ));
                 let record = StepRecord {
                     number,
                     step: step.clone(),
@@ -552,6 +586,76 @@ impl Driver {
         End(RunState::CeilingReached { ceiling })
     }
 
+    /// Puts what earlier runs learned about this goal into the context, through the run's memory
+    /// agent. A memory that cannot be recalled does not stop the run.
+    async fn recall(&mut self) -> Result<(), End> {
+        let k = self.orchestrator.inner.config.recall;
+        if k == 0 {
+            return Ok(());
+        }
+        let memory = self.agent::<MemoryAgent>(memory_id(&self.run))?;
+        let query = Recall {
+            query: self.request.goal.clone(),
+            k,
+        };
+        match self.call(memory.ask(query)).await? {
+            Ok(Ok(recalled)) => {
+                for found in &recalled {
+                    let r = &found.record;
+                    self.history.push(ContextEntry::new(
+                        EntryKind::Observation,
+                        None,
+                        format!(
+                            "Memory of an earlier run (goal: {}; outcome: {}; why: {}): {}",
+                            r.goal,
+                            r.outcome.as_str(),
+                            r.why,
+                            r.text
+                        ),
+                    ));
+                }
+                let _ = self.events.send(RunEvent::Recalled {
+                    memories: recalled.len(),
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(run = %self.run, error = %e, "could not recall memories"),
+            Err(e) => tracing::warn!(run = %self.run, error = %e, "memory agent failed"),
+        }
+        Ok(())
+    }
+
+    /// Summarizes the oldest steps when the context would exceed the run's budget.
+    async fn compact(&mut self) -> Result<(), End> {
+        let Some(max_tokens) = self.request.context_budget else {
+            return Ok(());
+        };
+        let budget = ContextBudget {
+            max_tokens,
+            keep_recent: 4,
+            model: self.request.models.planner.clone(),
+        };
+        let client = self.orchestrator.inner.client.clone();
+        let summarizer = self.request.models.summarizer.clone();
+        let options = self.options();
+        let mut history = std::mem::take(&mut self.history);
+        let done = compact(&mut history, &budget, &client, &summarizer, &options).await;
+        self.history = history;
+        match done {
+            Ok(Some(compaction)) => {
+                let _ = self.events.send(RunEvent::Compacted(compaction));
+            }
+            Ok(None) => {}
+            Err(MemoryError::Llm(e))
+                if matches!(e, LlmError::CeilingReached(_)) || self.token.is_halted() =>
+            {
+                return Err(self.model_failure(e))
+            }
+            // The context stays as it was (compact loses nothing): the run goes on, larger.
+            Err(e) => tracing::warn!(run = %self.run, error = %e, "context compaction failed"),
+        }
+        Ok(())
+    }
+
     /// Asks the planner (retrying if it crashed: planning reads only), mapping failures to ends.
     async fn plan(&mut self, feedback: Option<String>) -> Result<Plan, End> {
         let inner = self.orchestrator.inner.clone();
@@ -563,7 +667,7 @@ impl Driver {
                 model: self.request.models.planner.clone(),
                 goal: self.request.goal.clone(),
                 system: system.clone(),
-                history: self.history.clone(),
+                history: render(&self.history),
                 feedback: feedback.clone(),
                 max_repairs: self.request.max_repairs,
                 options: self.options(),
@@ -672,7 +776,7 @@ impl Driver {
                 model: self.request.models.executor.clone(),
                 // Only a model call reads the history; a tool call does not need a copy.
                 history: match step {
-                    Step::ModelCall { .. } => self.history.clone(),
+                    Step::ModelCall { .. } => render(&self.history),
                     _ => Vec::new(),
                 },
                 output_limit: self.request.output_limit,
@@ -762,6 +866,60 @@ impl Driver {
             })
     }
 
+    /// Remembers how the run ended, and why, for later runs (through its memory agent).
+    async fn remember(&self, state: &RunState) {
+        let (outcome, why) = match state {
+            RunState::Succeeded { answer } => (Outcome::Succeeded, format!("answered: {answer}")),
+            RunState::Failed { reason, detail } => (Outcome::Failed, format!("{reason}: {detail}")),
+            RunState::Halted { reason, detail } => (
+                Outcome::Halted,
+                format!(
+                    "{reason}{}",
+                    detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            RunState::CeilingReached { ceiling } => (Outcome::Halted, ceiling.to_string()),
+            _ => return,
+        };
+        let steps: Vec<String> = self.steps.iter().map(|s| s.step.label()).collect();
+        let record = MemoryRecord {
+            run: self.run.clone(),
+            goal: self.request.goal.clone(),
+            text: format!(
+                "steps: {}",
+                if steps.is_empty() {
+                    "none".into()
+                } else {
+                    steps.join(", ")
+                }
+            ),
+            outcome,
+            why,
+            tags: self.allowed.to_vec(),
+            at: std::time::SystemTime::now(),
+        };
+        let Some(memory) = self
+            .orchestrator
+            .inner
+            .runtime
+            .directory()
+            .lookup::<MemoryAgent>(&memory_id(&self.run))
+        else {
+            return;
+        };
+        if let Err(e) = memory
+            .ask(Remember { record })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::warn!(run = %self.run, error = %e, "could not remember the run");
+        }
+    }
+
     /// Records the end: usage from the ledger, the subtree stopped, the account and token closed.
     async fn finish(self, state: RunState) -> RunResult {
         let inner = &self.orchestrator.inner;
@@ -778,6 +936,7 @@ impl Driver {
                 }
             })
             .unwrap_or_default();
+        self.remember(&state).await;
         let tenant = inner
             .tenants
             .lock()
@@ -811,6 +970,19 @@ fn tool_name(step: &Step) -> Option<&str> {
         Step::ToolCall { tool, .. } => Some(tool),
         _ => None,
     }
+}
+
+/// The context as text lines, oldest first.
+fn render(history: &[ContextEntry]) -> Vec<String> {
+    history
+        .iter()
+        .map(|entry| match (entry.kind, entry.step) {
+            (EntryKind::Step, Some(n)) => format!("step {n}: {}", entry.text),
+            (EntryKind::Observation, Some(n)) => format!("step {n} result: {}", entry.text),
+            (EntryKind::Summary, Some(n)) => format!("summary of steps up to {n}: {}", entry.text),
+            _ => entry.text.clone(),
+        })
+        .collect()
 }
 
 /// How a step reads in the run's history.

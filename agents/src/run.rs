@@ -106,6 +106,9 @@ pub struct RunRequest {
     /// The most bytes of one tool output that enter the model's context (the rest is cut, with
     /// a marker).
     pub output_limit: usize,
+    /// The most tokens the run's context may take before its oldest steps are summarized by
+    /// the summarizer model (a budgeted call); `None`: never summarize.
+    pub context_budget: Option<usize>,
 }
 
 impl RunRequest {
@@ -122,6 +125,7 @@ impl RunRequest {
             max_steps: 20,
             max_repairs: 2,
             output_limit: 4096,
+            context_budget: None,
         }
     }
 
@@ -152,6 +156,12 @@ impl RunRequest {
     /// At most this many steps.
     pub fn max_steps(mut self, max_steps: u32) -> Self {
         self.max_steps = max_steps;
+        self
+    }
+
+    /// Summarize the oldest steps when the context would exceed `tokens`.
+    pub fn context_budget(mut self, tokens: usize) -> Self {
+        self.context_budget = Some(tokens);
         self
     }
 }
@@ -295,6 +305,13 @@ pub enum RunEvent {
     },
     /// A step finished.
     StepFinished(StepRecord),
+    /// Memories of earlier runs were put into the context.
+    Recalled {
+        /// How many.
+        memories: usize,
+    },
+    /// The oldest steps were summarized to keep the context within its budget.
+    Compacted(crate::memory::Compaction),
 }
 
 /// What a run spent, read from its ledger account when it ended.

@@ -646,3 +646,85 @@ async fn a_custom_critic_joins_the_run_and_sends_a_plan_back() {
     assert_eq!(revised.as_deref(), Some("check a source first"));
     rt.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summarization_triggers_at_the_context_budget_and_is_paid_for() {
+    let summary = ScriptedReply::text("searched a, b and c: nothing new").usage(Usage {
+        input_tokens: 30,
+        output_tokens: 10,
+        ..Usage::default()
+    });
+    let (rt, orchestrator, _) = setup(vec![
+        plan(json!([
+            call("search", json!({ "q": "a" })),
+            call("search", json!({ "q": "b" })),
+            call("search", json!({ "q": "c" }))
+        ])),
+        summary,
+        answer("done"),
+    ])
+    .await;
+    let run = orchestrator
+        .submit(request(&["search"]).context_budget(60))
+        .await
+        .unwrap();
+    let mut events = run.events();
+    let result = run.wait().await;
+    assert_eq!(
+        result.state,
+        RunState::Succeeded {
+            answer: "done".into()
+        }
+    );
+    let mut compacted = None;
+    while let Ok(event) = events.try_recv() {
+        if let RunEvent::Compacted(c) = event {
+            compacted = Some(c);
+        }
+    }
+    let compacted = compacted.expect("the context was summarized");
+    // Six entries (3 steps, 3 results), the last 4 kept: the first 2 became one summary.
+    assert_eq!(compacted.replaced, 2);
+    assert!(compacted.tokens_after < compacted.tokens_before);
+    assert_eq!(compacted.cost_micro_usd, 30 + 20);
+    assert_eq!(
+        result.usage.model_calls, 3,
+        "the summary was a budgeted model call"
+    );
+    assert_eq!(result.usage.micro_usd, 140 + 50 + 140);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_remembers_its_outcome_and_a_later_run_recalls_it() {
+    let (rt, orchestrator, _) = setup(vec![
+        answer("2015"),
+        // Chosen only if the planner's prompt carries the memory of the first run.
+        answer("2015, as remembered").when("Memory of an earlier run"),
+        answer("no memory"),
+    ])
+    .await;
+    let first = orchestrator
+        .submit(request(&[]))
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(
+        first.state,
+        RunState::Succeeded {
+            answer: "2015".into()
+        }
+    );
+    let recalled = orchestrator.supervisor().agent().is_running();
+    assert!(recalled);
+    let run = orchestrator.submit(request(&[])).await.unwrap();
+    let second = run.wait().await;
+    assert_eq!(
+        second.state,
+        RunState::Succeeded {
+            answer: "2015, as remembered".into()
+        }
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
