@@ -257,7 +257,12 @@ fn main() {
     for _ in 0..SAMPLES {
         raw_1.push(raw_sample(&path, Raw::Shared, 1, SEQUENTIAL_APPENDS));
         journal_1.push(journal_sample(&rt, &path, 1, SEQUENTIAL_APPENDS));
-        shared_16.push(raw_sample(&path, Raw::Shared, CONCURRENT, CONCURRENT_APPENDS));
+        shared_16.push(raw_sample(
+            &path,
+            Raw::Shared,
+            CONCURRENT,
+            CONCURRENT_APPENDS,
+        ));
         own_16.push(raw_sample(&path, Raw::Own, CONCURRENT, CONCURRENT_APPENDS));
         journal_16.push(journal_sample(&rt, &path, CONCURRENT, CONCURRENT_APPENDS));
     }

@@ -491,7 +491,10 @@ async fn events_survive_close_and_reopen() {
     // Queued but never awaited: dropping the journal still completes them.
     let pending: Vec<_> = (51..=60).map(|i| journal.append(&run, step(i))).collect();
     drop(pending);
+    assert!(journal.read(&run).unwrap().len() >= 51); // leaves a pooled reader open
     drop(journal);
+    // A clean close folds the WAL into the file.
+    assert!(!dir.file("journal.db-wal").exists());
 
     let journal = SqliteJournal::open(&path).unwrap();
     let events = journal.read(&run).unwrap();
@@ -503,6 +506,7 @@ async fn events_survive_close_and_reopen() {
 /// Child side of the crash test: appends on 4 runs as fast as it can and prints
 /// `ACK <run> <seq>` once each append has resolved, until it is killed.
 #[test]
+#[ignore = "the child process of appends_acknowledged_before_sigkill_survive"]
 fn crash_child() {
     let Ok(path) = std::env::var("IMPRESARIO_JOURNAL_CRASH_CHILD") else {
         return; // only meaningful when started by `appends_acknowledged_before_sigkill_survive`
@@ -539,7 +543,13 @@ fn appends_acknowledged_before_sigkill_survive() {
     let dir = TempDir::new();
     let path = dir.file("journal.db");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("IMPRESARIO_JOURNAL_CRASH_CHILD", &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -240,10 +240,12 @@ pub(crate) fn check_append(
     };
     match (head, event) {
         (None, RunEvent::RunSubmitted { .. }) => {}
-        (None, e) => return refuse(format!(
+        (None, e) => {
+            return refuse(format!(
             "the run has no events and `{}` cannot come first: a run starts with `run_submitted`",
             e.kind()
-        )),
+        ))
+        }
         (Some(h), _) if h.status == RunStatus::Finished => {
             return refuse(format!(
                 "the run finished at event {}; nothing can be appended after `run_finished`",

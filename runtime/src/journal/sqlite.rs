@@ -99,6 +99,12 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // Readers first, so the writer's connection is the last one: closing it checkpoints
+        // the WAL into the file and removes it.
+        self.readers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         // Closing the channel lets the writer finish what is queued, then return.
         self.commands.take();
         if let Some(writer) = self.writer.take() {
