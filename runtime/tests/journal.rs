@@ -597,6 +597,54 @@ fn appends_acknowledged_before_sigkill_survive() {
     }
 }
 
+#[tokio::test]
+async fn a_storage_error_fails_only_its_own_append() {
+    let dir = TempDir::new();
+    let path = dir.file("journal.db");
+    drop(SqliteJournal::open(&path).unwrap());
+    // Make the database itself refuse some inserts, as a full disk or I/O error would.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.body LIKE '%boom%'
+             BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+        )
+        .unwrap();
+    let journal = SqliteJournal::open(&path).unwrap();
+    let run = RunId::new("r");
+    journal.append(&run, submitted("t")).await.unwrap();
+    // Queued together, so that they share a batch.
+    let futures: Vec<_> = (1..=40)
+        .map(|i| {
+            let kind = if i % 10 == 0 { "boom" } else { "llm" };
+            let event = RunEvent::StepStarted {
+                step: i,
+                kind: kind.into(),
+                detail: json!(null),
+            };
+            journal.append(&run, event)
+        })
+        .collect();
+    let mut stored = Vec::new();
+    for (i, future) in (1..=40).zip(futures) {
+        match future.await {
+            Ok(seq) => stored.push((seq, i)),
+            Err(JournalError::Io { cause, .. }) if i % 10 == 0 => {
+                assert!(cause.contains("boom"), "{cause}")
+            }
+            other => panic!("append {i}: {other:?}"),
+        }
+    }
+    assert_eq!(stored.len(), 36);
+    let events = journal.read(&run).unwrap();
+    assert_eq!(events.len(), 37);
+    for (seq, i) in stored {
+        assert!(
+            matches!(events[seq as usize - 1].event, RunEvent::StepStarted { step, .. } if step == i)
+        );
+    }
+}
+
 fn set_user_version(path: &Path, version: i64) {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.pragma_update(None, "user_version", version).unwrap();

@@ -360,26 +360,21 @@ impl Writer {
 
     fn append_batch(&mut self, batch: Vec<Append>) {
         let at_ms = now_ms();
-        match self.write(&batch, at_ms) {
-            Ok(results) => {
-                for (append, result) in batch.into_iter().zip(results) {
-                    let _ = append.reply.send(result);
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                let _ = batch.into_iter().next().map(|a| a.reply.send(Err(e)));
-            }
-            Err(_) => {
-                // A storage error failed the whole transaction (nothing was written): write the
-                // appends one by one, so that each gets its own result.
-                for append in batch {
-                    let result = match self.write(std::slice::from_ref(&append), at_ms) {
-                        Ok(mut results) => results.pop().unwrap_or(Err(JournalError::Closed)),
-                        Err(e) => Err(e),
-                    };
-                    let _ = append.reply.send(result);
-                }
-            }
+        let results = match self.write(&batch, at_ms) {
+            Ok(results) => results,
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            // A storage error failed the whole transaction (nothing was written): write the
+            // appends one by one, so that each gets its own result.
+            Err(_) => batch
+                .iter()
+                .map(|append| {
+                    self.write(std::slice::from_ref(append), at_ms)
+                        .and_then(|mut one| one.pop().unwrap_or(Err(JournalError::Closed)))
+                })
+                .collect(),
+        };
+        for (append, result) in batch.into_iter().zip(results) {
+            let _ = append.reply.send(result);
         }
     }
 
