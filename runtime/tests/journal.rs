@@ -452,11 +452,12 @@ async fn retention_by_count_and_age_keeps_unfinished_runs(journal: Arc<dyn Journ
     assert_eq!(names(), ["active", "halted", "old-3"]);
 
     // By age: only what finished before the cutoff goes; active and halted runs stay.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (Wide margins: "new" must still be younger than max_age when the last call runs.)
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     start("new").await;
     journal.append(&run("new"), finished()).await.unwrap();
     let by_age = RetentionPolicy {
-        max_age: Some(Duration::from_millis(200)),
+        max_age: Some(Duration::from_secs(1)),
         ..RetentionPolicy::default()
     };
     let report = journal.apply_retention(&by_age).await.unwrap();

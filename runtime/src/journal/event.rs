@@ -230,7 +230,7 @@ pub(crate) fn check_append(
     run: &RunId,
     head: Option<&RunHead>,
     event: &RunEvent,
-    key_use: impl FnOnce(&str) -> Result<KeyUse, JournalError>,
+    key_use: impl FnOnce(&str) -> KeyUse,
 ) -> Result<(), JournalError> {
     let refuse = |reason: String| {
         Err(JournalError::Rejected {
@@ -262,7 +262,7 @@ pub(crate) fn check_append(
             return refuse(format!("`{}` has an empty idempotency_key", event.kind()));
         }
         if let RunEvent::ToolResult { .. } = event {
-            let used = key_use(key)?;
+            let used = key_use(key);
             if let Some(seq) = used.result {
                 return refuse(format!(
                     "a tool result for idempotency key `{key}` is already journaled (event {seq})"

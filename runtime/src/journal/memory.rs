@@ -94,7 +94,7 @@ impl MemoryJournal {
                     }
                 }
             }
-            Ok(used)
+            used
         })?;
         let body = serde_json::to_string(&event).map_err(|e| JournalError::Rejected {
             run: run.clone(),

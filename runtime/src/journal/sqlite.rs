@@ -519,7 +519,7 @@ fn insert(
             }
         }
     }
-    if let Err(refused) = check_append(run, head.as_ref(), event, |_| Ok(key_use)) {
+    if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
         return Ok(Err(refused));
     }
     let seq = head.map_or(1, |h| h.last_seq + 1);
