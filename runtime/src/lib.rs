@@ -49,6 +49,8 @@ pub mod supervision;
 
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
+/// The run journal: events durable before they are acknowledged, in SQLite or in memory.
+pub mod journal;
 /// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.

@@ -1,0 +1,430 @@
+//! The events of a run, their stored form, and the checks every journal applies to them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{JournalEntry, JournalError, RunStatus, Seq};
+use crate::halt::Halt;
+use crate::ledger::MicroUsd;
+use crate::llm::{ChatRequest, ChatResponse};
+use crate::RunId;
+
+/// The event encoding this build writes, and the newest it reads.
+///
+/// Every stored event carries the version it was written with. A change that an older build
+/// could not read (a new variant, a new required field, a changed meaning) bumps it; the reader
+/// then upgrades older events while decoding. An event with a newer version is refused with
+/// [`JournalError::NewerEvent`], never guessed at.
+pub const EVENT_VERSION: u32 = 1;
+
+/// One thing that happened in a run, as journaled.
+///
+/// Stored as JSON tagged by `type` (`{"type": "tool_result", ...}`); unknown types and unknown
+/// fields are refused when read back. The planner's and executor's own types live in
+/// `impresario-agents`, which this crate cannot name, so plans, step details and step outcomes
+/// are JSON values here: the agents crate serializes its types into them and validates them when
+/// it reads them back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RunEvent {
+    /// The run was accepted. Always the first event of a run, and only there.
+    RunSubmitted {
+        /// The tenant the run belongs to.
+        tenant: String,
+        /// The goal, as submitted.
+        goal: String,
+        /// The whole submission (budget, autonomy level, options), as the caller sent it.
+        request: Value,
+    },
+    /// The planner produced (or revised) the plan.
+    PlanMade {
+        /// 0 for the first plan, then one more at every replan.
+        revision: u32,
+        /// The plan (the agents crate's type, as JSON).
+        plan: Value,
+    },
+    /// A step began.
+    StepStarted {
+        /// The step number.
+        step: u32,
+        /// What kind of step (`tool`, `llm`, ...), for people and filters.
+        kind: String,
+        /// The step as planned (as JSON).
+        detail: Value,
+    },
+    /// A model call is about to be sent. Replay answers it from the matching [`RunEvent::LlmResponse`].
+    LlmRequest {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step.
+        call: u32,
+        /// The request.
+        request: ChatRequest,
+    },
+    /// A model answered.
+    LlmResponse {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step (as in its [`RunEvent::LlmRequest`]).
+        call: u32,
+        /// The answer, with its usage.
+        response: ChatResponse,
+        /// What the call cost, settled on the ledger.
+        cost_micro_usd: MicroUsd,
+    },
+    /// A tool is about to be called. Journaled before the call, so that a resumed run knows a
+    /// call may have happened and passes the same key to the tool.
+    ToolCallIntent {
+        /// The step it belongs to.
+        step: u32,
+        /// The tool's name.
+        tool: String,
+        /// Unique within the run; the tool uses it to do the work at most once.
+        idempotency_key: String,
+        /// The arguments, already validated against the tool's schema.
+        arguments: Value,
+    },
+    /// A tool call completed. At most one per idempotency key, after that key's intent.
+    ToolResult {
+        /// The step it belongs to.
+        step: u32,
+        /// The key of the [`RunEvent::ToolCallIntent`] it answers.
+        idempotency_key: String,
+        /// What the tool returned.
+        outcome: ToolOutcome,
+    },
+    /// A step waits for a person's approval (a high-impact tool).
+    ApprovalRequested {
+        /// The step waiting.
+        step: u32,
+        /// What would run: the tool's name.
+        tool: String,
+        /// Why approval is needed.
+        reason: String,
+    },
+    /// A person approved or refused a step.
+    ApprovalDecided {
+        /// The step.
+        step: u32,
+        /// `true` to let it run.
+        approved: bool,
+        /// Who decided.
+        by: String,
+        /// Why, when given.
+        reason: Option<String>,
+    },
+    /// The run was halted. It can be resumed, which appends further events.
+    Halted {
+        /// The halt, as requested.
+        halt: Halt,
+    },
+    /// A step ended.
+    StepFinished {
+        /// The step number.
+        step: u32,
+        /// Its result or structured error (as JSON).
+        outcome: Value,
+    },
+    /// The run ended for good. Nothing can be appended after it.
+    RunFinished {
+        /// How it ended.
+        outcome: RunOutcome,
+        /// The answer, or `null`.
+        result: Value,
+        /// Why it ended, for people.
+        reason: Option<String>,
+    },
+}
+
+/// What a tool call returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToolOutcome {
+    /// The tool's result.
+    Ok(Value),
+    /// The tool's error, as text for the planner.
+    Error(String),
+}
+
+impl From<Result<Value, String>> for ToolOutcome {
+    fn from(result: Result<Value, String>) -> Self {
+        match result {
+            Ok(v) => ToolOutcome::Ok(v),
+            Err(e) => ToolOutcome::Error(e),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// It reached its goal.
+    Succeeded,
+    /// It could not.
+    Failed,
+    /// It was stopped for good (for example a halted run that will not be resumed).
+    Cancelled,
+}
+
+impl RunEvent {
+    /// The event's `type` tag, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunEvent::RunSubmitted { .. } => "run_submitted",
+            RunEvent::PlanMade { .. } => "plan_made",
+            RunEvent::StepStarted { .. } => "step_started",
+            RunEvent::LlmRequest { .. } => "llm_request",
+            RunEvent::LlmResponse { .. } => "llm_response",
+            RunEvent::ToolCallIntent { .. } => "tool_call_intent",
+            RunEvent::ToolResult { .. } => "tool_result",
+            RunEvent::ApprovalRequested { .. } => "approval_requested",
+            RunEvent::ApprovalDecided { .. } => "approval_decided",
+            RunEvent::Halted { .. } => "halted",
+            RunEvent::StepFinished { .. } => "step_finished",
+            RunEvent::RunFinished { .. } => "run_finished",
+        }
+    }
+
+    /// The idempotency key of a tool call intent or result.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            RunEvent::ToolCallIntent {
+                idempotency_key, ..
+            }
+            | RunEvent::ToolResult {
+                idempotency_key, ..
+            } => Some(idempotency_key),
+            _ => None,
+        }
+    }
+
+    /// The run's status once this event is appended.
+    pub(crate) fn status_after(&self) -> RunStatus {
+        match self {
+            RunEvent::Halted { .. } => RunStatus::Halted,
+            RunEvent::RunFinished { .. } => RunStatus::Finished,
+            _ => RunStatus::Active,
+        }
+    }
+}
+
+/// The run as the journal has it when an event is appended: `None` if it has no event yet.
+pub(crate) struct RunHead {
+    pub status: RunStatus,
+    pub last_seq: Seq,
+}
+
+/// What the run already holds for an idempotency key.
+#[derive(Default)]
+pub(crate) struct KeyUse {
+    pub intent: bool,
+    pub result: Option<Seq>,
+}
+
+/// The rules every journal enforces on an append (contract 5: refused with the reason, and the
+/// run is left as it was). `key_use` is asked only for a tool result.
+pub(crate) fn check_append(
+    run: &RunId,
+    head: Option<&RunHead>,
+    event: &RunEvent,
+    key_use: impl FnOnce(&str) -> KeyUse,
+) -> Result<(), JournalError> {
+    let refuse = |reason: String| {
+        Err(JournalError::Rejected {
+            run: run.clone(),
+            reason,
+        })
+    };
+    match (head, event) {
+        (None, RunEvent::RunSubmitted { .. }) => {}
+        (None, e) => {
+            return refuse(format!(
+            "the run has no events and `{}` cannot come first: a run starts with `run_submitted`",
+            e.kind()
+        ))
+        }
+        (Some(h), _) if h.status == RunStatus::Finished => {
+            return refuse(format!(
+                "the run finished at event {}; nothing can be appended after `run_finished`",
+                h.last_seq
+            ))
+        }
+        (Some(_), RunEvent::RunSubmitted { .. }) => {
+            return refuse("the run was already submitted (event 1)".into())
+        }
+        (Some(_), _) => {}
+    }
+    if let Some(key) = event.idempotency_key() {
+        if key.is_empty() {
+            return refuse(format!("`{}` has an empty idempotency_key", event.kind()));
+        }
+        if let RunEvent::ToolResult { .. } = event {
+            let used = key_use(key);
+            if let Some(seq) = used.result {
+                return refuse(format!(
+                    "a tool result for idempotency key `{key}` is already journaled (event {seq})"
+                ));
+            }
+            if !used.intent {
+                return refuse(format!(
+                    "tool result for idempotency key `{key}` has no `tool_call_intent` before it"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A stored event, in the columns both journals keep.
+pub(crate) struct StoredEvent<'a> {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub version: i64,
+    pub kind: &'a str,
+    pub body: &'a str,
+}
+
+/// Validates and decodes one stored event of `run`, expected at `expected` (sequence numbers are
+/// gap-free from 1). Every failure names the run, the sequence number and what was wrong.
+pub(crate) fn decode(
+    run: &RunId,
+    expected: Seq,
+    stored: StoredEvent<'_>,
+) -> Result<JournalEntry, JournalError> {
+    let corrupt = |seq: Seq, reason: String| JournalError::Corrupt {
+        run: run.clone(),
+        seq,
+        reason,
+    };
+    let seq = Seq::try_from(stored.seq).map_err(|_| {
+        corrupt(
+            expected,
+            format!("stored sequence number {} is negative", stored.seq),
+        )
+    })?;
+    if seq != expected {
+        return Err(corrupt(
+            expected,
+            format!("event {expected} is missing (the next stored event is {seq})"),
+        ));
+    }
+    let version = u32::try_from(stored.version)
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| {
+            corrupt(
+                seq,
+                format!("event version {} is not valid", stored.version),
+            )
+        })?;
+    if version > EVENT_VERSION {
+        return Err(JournalError::NewerEvent {
+            run: run.clone(),
+            seq,
+            found: version,
+            supported: EVENT_VERSION,
+        });
+    }
+    let event: RunEvent = serde_json::from_str(stored.body)
+        .map_err(|e| corrupt(seq, format!("the event does not decode: {e}")))?;
+    if event.kind() != stored.kind {
+        return Err(corrupt(
+            seq,
+            format!(
+                "stored as `{}` but the event is `{}`",
+                stored.kind,
+                event.kind()
+            ),
+        ));
+    }
+    let at_ms = u64::try_from(stored.at_ms)
+        .map_err(|_| corrupt(seq, format!("timestamp {} is negative", stored.at_ms)))?;
+    Ok(JournalEntry {
+        run: run.clone(),
+        seq,
+        at: UNIX_EPOCH + Duration::from_millis(at_ms),
+        version,
+        event,
+    })
+}
+
+/// Milliseconds since the Unix epoch, the precision journals store.
+pub(crate) fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+/// `at` as milliseconds since the Unix epoch (0 before it).
+pub(crate) fn to_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch as a time.
+pub(crate) fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stored<'a>(seq: i64, version: i64, kind: &'a str, body: &'a str) -> StoredEvent<'a> {
+        StoredEvent {
+            seq,
+            at_ms: 0,
+            version,
+            kind,
+            body,
+        }
+    }
+
+    #[test]
+    fn kind_is_the_serde_tag() {
+        let e = RunEvent::ToolResult {
+            step: 1,
+            idempotency_key: "k".into(),
+            outcome: ToolOutcome::Error("no".into()),
+        };
+        assert_eq!(serde_json::to_value(&e).unwrap()["type"], e.kind());
+    }
+
+    #[test]
+    fn decoding_refuses_unknown_types_fields_and_newer_versions() {
+        let run = RunId::new("r");
+        let ok = json!({"type": "step_finished", "step": 1, "outcome": null}).to_string();
+        assert!(decode(&run, 3, stored(3, 1, "step_finished", &ok)).is_ok());
+
+        let err = decode(&run, 3, stored(3, 1, "teleport", r#"{"type":"teleport"}"#)).unwrap_err();
+        assert!(
+            matches!(&err, JournalError::Corrupt { seq: 3, reason, .. } if reason.contains("unknown variant `teleport`")),
+            "{err}"
+        );
+        let extra =
+            json!({"type": "step_finished", "step": 1, "outcome": null, "x": 1}).to_string();
+        let err = decode(&run, 3, stored(3, 1, "step_finished", &extra)).unwrap_err();
+        assert!(err.to_string().contains("unknown field `x`"), "{err}");
+
+        let err = decode(&run, 3, stored(3, 2, "step_finished", &ok)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JournalError::NewerEvent {
+                    seq: 3,
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = decode(&run, 3, stored(4, 1, "step_finished", &ok)).unwrap_err();
+        assert!(err.to_string().contains("event 3 is missing"), "{err}");
+        let err = decode(&run, 3, stored(3, 1, "halted", &ok)).unwrap_err();
+        assert!(err.to_string().contains("stored as `halted`"), "{err}");
+    }
+}

@@ -1,0 +1,374 @@
+//! The run journal (DESIGN contract 4): every event of a run, durable before the step it records
+//! is acknowledged, so a run can be replayed without network calls and resumed after a crash.
+//!
+//! - [`Journal`] is what the runtime writes to and recovers from. [`SqliteJournal`] (one SQLite
+//!   file in WAL mode, the embedded default) and [`MemoryJournal`] (tests, examples) implement it
+//!   with the same semantics.
+//! - Events are [`RunEvent`]s, stored as versioned JSON ([`EVENT_VERSION`]) with the run, a
+//!   sequence number (gap-free per run, from 1) and a timestamp. Reading back validates every
+//!   event: a newer version, an unknown type, a missing sequence number or bytes that do not
+//!   decode are errors naming the run and the sequence number, never a skip (contract 5).
+//! - **Write-ahead:** [`Journal::append`] returns a future that resolves once the event is
+//!   durable (for SQLite: committed and fsynced). Acknowledge a step only after it resolves. The
+//!   event is queued when `append` is called, so dropping the future does not withdraw it.
+//! - Appends are checked: a run starts with [`RunEvent::RunSubmitted`], nothing follows
+//!   [`RunEvent::RunFinished`], and a [`RunEvent::ToolResult`] needs its intent and is unique per
+//!   idempotency key ([`Journal::find_tool_result`] is what a resumed run asks before calling a
+//!   tool again). A refused append is [`JournalError::Rejected`] and leaves the run as it was.
+//! - **Retention:** [`Journal::apply_retention`] deletes finished (optionally halted) runs by age
+//!   and count, never an active one, and gives the space back to the file system.
+//!
+//! Reads are synchronous: they are short queries on their own connections that never wait for
+//! the writer (WAL). Call them from `spawn_blocking` when reading very large runs in async code.
+//!
+//! ```
+//! # async fn demo() -> Result<(), impresario_runtime::journal::JournalError> {
+//! use impresario_runtime::journal::{Journal, MemoryJournal, RunEvent, RunFilter};
+//! use impresario_runtime::RunId;
+//! use serde_json::json;
+//!
+//! let journal = MemoryJournal::new(); // or SqliteJournal::open("runs.db")?
+//! let run = RunId::generate();
+//! let submitted = RunEvent::RunSubmitted {
+//!     tenant: "acme".into(),
+//!     goal: "say hi".into(),
+//!     request: json!({}),
+//! };
+//! assert_eq!(journal.append(&run, submitted).await?, 1); // durable once this resolves
+//! assert_eq!(journal.read(&run)?.len(), 1);
+//! assert_eq!(journal.runs(&RunFilter::unfinished())?[0].run, run);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
+
+use crate::RunId;
+
+mod event;
+mod memory;
+mod sqlite;
+
+pub use event::{RunEvent, RunOutcome, ToolOutcome, EVENT_VERSION};
+pub use memory::MemoryJournal;
+pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
+
+/// Position of an event in its run: 1 for the first, then gap-free.
+pub type Seq = u64;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// The run.
+    pub run: RunId,
+    /// Its position in the run.
+    pub seq: Seq,
+    /// When it was journaled (millisecond precision).
+    pub at: SystemTime,
+    /// The event version it was written with.
+    pub version: u32,
+    /// The event.
+    pub event: RunEvent,
+}
+
+/// Where a run stands, from its last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Submitted and not halted or finished: after a crash, recovery resumes these.
+    Active,
+    /// The last event is a halt; it can be resumed on request.
+    Halted,
+    /// Ended with [`RunEvent::RunFinished`]; nothing more can be appended.
+    Finished,
+}
+
+impl RunStatus {
+    /// The name stored and shown (`active`, `halted`, `finished`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Active => "active",
+            RunStatus::Halted => "halted",
+            RunStatus::Finished => "finished",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [RunStatus::Active, RunStatus::Halted, RunStatus::Finished]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// A run as listed by [`Journal::runs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The run.
+    pub run: RunId,
+    /// Its tenant, from [`RunEvent::RunSubmitted`].
+    pub tenant: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Sequence number of its last event (= its number of events).
+    pub last_seq: Seq,
+    /// The `type` of its last event ([`RunEvent::kind`]).
+    pub last_event: String,
+    /// When its first event was journaled.
+    pub started_at: SystemTime,
+    /// When its last event was journaled.
+    pub updated_at: SystemTime,
+}
+
+/// Which runs [`Journal::runs`] lists, oldest first. The default lists all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs in one of these states; empty = any.
+    pub statuses: Vec<RunStatus>,
+    /// Only runs of this tenant.
+    pub tenant: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl RunFilter {
+    /// Every run.
+    pub fn all() -> Self {
+        RunFilter::default()
+    }
+
+    /// Runs that are active or halted: what recovery looks at after a crash.
+    pub fn unfinished() -> Self {
+        RunFilter::all()
+            .status(RunStatus::Active)
+            .status(RunStatus::Halted)
+    }
+
+    /// Also lists runs in `status` (the first call restricts the list to it).
+    pub fn status(mut self, status: RunStatus) -> Self {
+        self.statuses.push(status);
+        self
+    }
+
+    /// Only runs of `tenant`.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// At most `limit` runs.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub(crate) fn matches(&self, run: &RunSummary) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&run.status))
+            && self.tenant.as_ref().is_none_or(|t| *t == run.tenant)
+    }
+}
+
+/// Which finished runs [`Journal::apply_retention`] deletes. Active runs are never deleted;
+/// halted ones only with `include_halted`. A run is deleted if either limit says so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Delete runs whose last event is older than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many runs (the most recently ended), delete the others.
+    pub max_finished_runs: Option<usize>,
+    /// Also delete halted runs (which could still be resumed) by the same limits.
+    pub include_halted: bool,
+}
+
+impl RetentionPolicy {
+    /// The runs this policy deletes among `(run, status, last event ms)` at time `now_ms`;
+    /// shared by every journal so they all keep the same runs.
+    pub(crate) fn select(
+        &self,
+        now_ms: i64,
+        runs: impl Iterator<Item = (RunId, RunStatus, i64)>,
+    ) -> Vec<RunId> {
+        let mut candidates: Vec<(i64, RunId)> = runs
+            .filter(|(_, status, _)| {
+                *status == RunStatus::Finished
+                    || (self.include_halted && *status == RunStatus::Halted)
+            })
+            .map(|(id, _, updated)| (updated, id))
+            .collect();
+        // Newest first: the count limit keeps the head of the list.
+        candidates.sort_by(|a, b| b.cmp(a));
+        let cutoff = self
+            .max_age
+            .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
+        let keep = self.max_finished_runs.unwrap_or(usize::MAX);
+        candidates
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (updated, _))| *i >= keep || cutoff.is_some_and(|c| *updated < c))
+            .map(|(_, (_, id))| id)
+            .collect()
+    }
+}
+
+/// What [`Journal::apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Runs deleted.
+    pub runs_deleted: u64,
+    /// Their events.
+    pub events_deleted: u64,
+    /// Size on disk before (database plus WAL); `None` for a journal in memory.
+    pub bytes_before: Option<u64>,
+    /// Size on disk after compaction.
+    pub bytes_after: Option<u64>,
+}
+
+/// Why a journal operation failed. Each variant says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The file was written by a newer Impresario. It was not modified.
+    #[error("journal {path:?} has schema version {found}, this build supports up to {supported}; open it with a newer Impresario (the file was not modified)")]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// The file is not a journal (another SQLite database, or not SQLite at all). It was not
+    /// modified.
+    #[error("{path:?} is not an Impresario journal ({reason}); point the journal at a new file")]
+    NotAJournal {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
+    /// A stored event is invalid: it does not decode, is of an unknown type, or is missing.
+    /// Nothing was skipped; the run cannot be read until the event is repaired or removed.
+    #[error("journal of run {run}, event {seq}: {reason}")]
+    Corrupt {
+        /// The run.
+        run: RunId,
+        /// The event.
+        seq: Seq,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A stored event was written by a newer Impresario.
+    #[error("journal of run {run}, event {seq}: event version {found} is newer than this build reads ({supported}); read it with a newer Impresario")]
+    NewerEvent {
+        /// The run.
+        run: RunId,
+        /// The event.
+        seq: Seq,
+        /// Its version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// The append was refused; the run is unchanged. A bug in the caller, not in storage.
+    #[error("append to run {run} refused: {reason}")]
+    Rejected {
+        /// The run.
+        run: RunId,
+        /// Why.
+        reason: String,
+    },
+    /// Storage failed (disk full, permissions, I/O error). An append that fails with it was not
+    /// journaled.
+    #[error("journal storage failed while {context}: {cause}; check the disk (free space, permissions) and retry")]
+    Io {
+        /// What the journal was doing.
+        context: String,
+        /// The underlying error.
+        cause: String,
+    },
+    /// The journal is closed (dropped, or its writer thread died). An append that gets this may
+    /// or may not be durable: read the run back to find out.
+    #[error("the journal is closed; an append that got this error may or may not be durable: read the run back")]
+    Closed,
+}
+
+/// The future of a journal write: resolves once the write is durable (or failed).
+///
+/// The write was queued when the future was created; dropping the future does not cancel it.
+#[must_use = "an append is durable only once its future resolves: await it before acknowledging the step"]
+pub struct JournalFuture<T>(Pending<T>);
+
+enum Pending<T> {
+    Ready(Option<Result<T, JournalError>>),
+    Waiting(oneshot::Receiver<Result<T, JournalError>>),
+    Boxed(Pin<Box<dyn Future<Output = Result<T, JournalError>> + Send>>),
+}
+
+impl<T> JournalFuture<T> {
+    /// A write that is already done (or failed).
+    pub fn ready(result: Result<T, JournalError>) -> Self {
+        JournalFuture(Pending::Ready(Some(result)))
+    }
+
+    /// Wraps any future, for journal implementations that complete writes asynchronously.
+    pub fn new(future: impl Future<Output = Result<T, JournalError>> + Send + 'static) -> Self {
+        JournalFuture(Pending::Boxed(Box::pin(future)))
+    }
+
+    /// A write completed by a writer thread through `rx`; a dropped sender means it died.
+    pub(crate) fn waiting(rx: oneshot::Receiver<Result<T, JournalError>>) -> Self {
+        JournalFuture(Pending::Waiting(rx))
+    }
+}
+
+// No variant is pinned in place: the result is moved out, the others are `Unpin` already.
+impl<T> Unpin for JournalFuture<T> {}
+
+impl<T> Future for JournalFuture<T> {
+    type Output = Result<T, JournalError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            Pending::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("JournalFuture polled after it completed"),
+            ),
+            Pending::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(JournalError::Closed))),
+            Pending::Boxed(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// A run journal. See the [module documentation](self) for the guarantees every implementation
+/// keeps; `Arc<dyn Journal>` is how the runtime holds one.
+pub trait Journal: Send + Sync {
+    /// Appends `event` to `run` and resolves to its sequence number once it is durable.
+    /// Refused appends resolve to [`JournalError::Rejected`].
+    fn append(&self, run: &RunId, event: RunEvent) -> JournalFuture<Seq>;
+
+    /// Every event of `run` in order, validated; empty if the journal has no such run.
+    fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError>;
+
+    /// The runs `filter` selects, oldest first.
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError>;
+
+    /// The [`RunEvent::ToolResult`] journaled for `idempotency_key` in `run`, if any: a resumed
+    /// run asks this before calling a tool again.
+    fn find_tool_result(
+        &self,
+        run: &RunId,
+        idempotency_key: &str,
+    ) -> Result<Option<JournalEntry>, JournalError>;
+
+    /// Deletes `run` and its events, whatever its status; resolves to whether it existed.
+    fn delete_run(&self, run: &RunId) -> JournalFuture<bool>;
+
+    /// Deletes the runs `policy` selects and compacts the storage.
+    fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport>;
+}

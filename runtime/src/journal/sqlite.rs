@@ -1,0 +1,745 @@
+//! The journal in one SQLite file.
+//!
+//! - WAL with `synchronous = FULL`: a commit returns once the WAL is fsynced, so an append that
+//!   resolved survives a crash of the process *and* of the machine. (`NORMAL` would only sync at
+//!   checkpoints: a power loss could drop acknowledged events, which contract 4 forbids.)
+//! - One writer thread owns the only writing connection. Appends queue on a channel; the writer
+//!   takes every append waiting (up to [`MAX_BATCH`]) into one transaction and completes their
+//!   futures after its COMMIT: group commit, one fsync for many appends.
+//! - Reads use read-only connections of their own, kept in a small pool; under WAL they never
+//!   wait for the writer.
+//! - The schema is versioned in `PRAGMA user_version` and migrated on open; a file with a newer
+//!   version is refused before anything is written to it. `PRAGMA application_id` marks the file
+//!   as a journal, so pointing the journal at some other database fails instead of writing to it.
+//! - Compaction: the file is created with `auto_vacuum = INCREMENTAL`; retention deletes runs,
+//!   then runs `incremental_vacuum` and a truncating WAL checkpoint, so the file shrinks.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{
+    params, params_from_iter, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
+    Transaction, TransactionBehavior,
+};
+use tokio::sync::oneshot;
+
+use super::event::{check_append, decode, from_ms, now_ms, KeyUse, RunHead, StoredEvent};
+use super::{
+    Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
+    RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
+};
+use crate::RunId;
+
+/// Schema migrations: `MIGRATIONS[i]` takes a file from schema version `i` to `i + 1`. Append
+/// new ones; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs and their events.
+    "CREATE TABLE runs (
+        run_id     TEXT PRIMARY KEY NOT NULL,
+        tenant     TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        last_seq   INTEGER NOT NULL,
+        last_kind  TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX runs_by_start ON runs (started_ms, run_id);
+    CREATE TABLE events (
+        run_id   TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        version  INTEGER NOT NULL,
+        kind     TEXT NOT NULL,
+        idem_key TEXT,
+        body     TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE INDEX events_by_key ON events (run_id, idem_key) WHERE idem_key IS NOT NULL;
+    CREATE UNIQUE INDEX one_result_per_key ON events (run_id, idem_key)
+        WHERE kind = 'tool_result';",
+];
+
+/// The schema version this build writes, and the newest it opens.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `PRAGMA application_id` of a journal file ("IMPR").
+const APPLICATION_ID: i32 = 0x494D_5052;
+
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Idle read connections kept open.
+const IDLE_READERS: usize = 4;
+
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The WAL is truncated back to this size after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// A [`Journal`] in one SQLite file (WAL, `synchronous = FULL`, group commit). See the
+/// [module documentation](super) for the guarantees. Clones share the same writer.
+///
+/// Dropping the last clone completes every append already queued, then closes the file.
+#[derive(Clone)]
+pub struct SqliteJournal {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    commands: Option<mpsc::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Readers first, so the writer's connection is the last one: closing it checkpoints
+        // the WAL into the file and removes it.
+        self.readers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        // Closing the channel lets the writer finish what is queued, then return.
+        self.commands.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
+
+enum Command {
+    // Boxed: an event is a few hundred bytes, the other commands a few dozen.
+    Append(Box<Append>),
+    Delete {
+        run: RunId,
+        reply: Reply<bool>,
+    },
+    Retention {
+        policy: RetentionPolicy,
+        reply: Reply<RetentionReport>,
+    },
+}
+
+struct Append {
+    run: RunId,
+    event: RunEvent,
+    body: String,
+    reply: Reply<Seq>,
+}
+
+fn io(context: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
+    move |e| JournalError::Io {
+        context: context.into(),
+        cause: e.to_string(),
+    }
+}
+
+impl SqliteJournal {
+    /// Opens (or creates) the journal at `path`, migrating an older schema.
+    ///
+    /// Fails without modifying the file if it was written by a newer Impresario
+    /// ([`JournalError::NewerSchema`]) or is not a journal ([`JournalError::NotAJournal`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path).map_err(io("opening the journal"))?;
+        let found = check_file(&conn, &path)?;
+        configure(&conn)?;
+        if found < SCHEMA_VERSION {
+            migrate(&mut conn, &path)?;
+        }
+        let (commands, rx) = mpsc::channel();
+        let writer_path = path.clone();
+        let writer = std::thread::Builder::new()
+            .name("impresario-journal".into())
+            .spawn(move || {
+                Writer {
+                    conn,
+                    path: writer_path,
+                }
+                .run(rx)
+            })
+            .map_err(|e| JournalError::Io {
+                context: "starting the journal writer thread".into(),
+                cause: e.to_string(),
+            })?;
+        Ok(SqliteJournal {
+            shared: Arc::new(Shared {
+                path,
+                commands: Some(commands),
+                writer: Some(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn send<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> JournalFuture<T> {
+        let (reply, rx) = oneshot::channel();
+        if let Some(commands) = &self.shared.commands {
+            // If the writer is gone the command (and `reply`) is dropped: `rx` reports `Closed`.
+            let _ = commands.send(command(reply));
+        }
+        JournalFuture::waiting(rx)
+    }
+
+    fn idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.shared
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on a read-only connection from the pool.
+    fn with_reader<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, JournalError> {
+        let pooled = self.idle_readers().pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.shared.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(io("opening a read connection"))?;
+                conn.busy_timeout(BUSY_TIMEOUT)
+                    .map_err(io("opening a read connection"))?;
+                conn
+            }
+        };
+        let out = f(&conn).map_err(io(context));
+        let mut idle = self.idle_readers();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+/// Reads the file's schema version and refuses a newer or foreign file. Only reads.
+fn check_file(conn: &Connection, path: &Path) -> Result<i64, JournalError> {
+    let not_a_journal = |reason: String| JournalError::NotAJournal {
+        path: path.to_owned(),
+        reason,
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => not_a_journal("it is not an SQLite database".into()),
+            _ => io("reading the journal's schema version")(e),
+        })?;
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(io("reading the journal's schema version"))?;
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(io("reading the journal's schema version"))?;
+        if tables > 0 {
+            return Err(not_a_journal(format!(
+                "it is an SQLite database with {tables} schema objects but no journal schema version"
+            )));
+        }
+    } else if app_id != APPLICATION_ID {
+        return Err(not_a_journal(format!(
+            "its application_id is {app_id:#x}, a journal's is {APPLICATION_ID:#x}"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// Durability and space settings of the writing connection.
+fn configure(conn: &Connection) -> Result<(), JournalError> {
+    let err = io("configuring the journal");
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+    // Takes effect only on a file without tables, i.e. a new journal; a no-op afterwards.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(&err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(&err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalError::Io {
+            context: "configuring the journal".into(),
+            cause: format!("the file system does not support WAL (journal_mode is {mode})"),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&err)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+        .map_err(&err)?;
+    Ok(())
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`] in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
+    let err = io("migrating the journal schema");
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    // Read again under the write lock: another process may have migrated it meanwhile.
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(&err)?;
+    if found > SCHEMA_VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(sql).map_err(&err)?;
+    }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(&err)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(&err)?;
+    tx.commit().map_err(&err)
+}
+
+/// The writer thread: owns the only writing connection.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Writer {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
+        let mut next = commands.recv().ok();
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append(first) => {
+                    // Group commit: everything queued while the last commit was syncing.
+                    let mut batch = vec![*first];
+                    while batch.len() < MAX_BATCH {
+                        match commands.try_recv() {
+                            Ok(Command::Append(a)) => batch.push(*a),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.append_batch(batch);
+                }
+                Command::Delete { run, reply } => {
+                    let _ = reply.send(self.delete(&run));
+                }
+                Command::Retention { policy, reply } => {
+                    let _ = reply.send(self.retention(&policy));
+                }
+            }
+            if next.is_none() {
+                next = commands.recv().ok();
+            }
+        }
+    }
+
+    fn append_batch(&mut self, batch: Vec<Append>) {
+        let at_ms = now_ms();
+        let results = match self.write(&batch, at_ms) {
+            Ok(results) => results,
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            // A storage error failed the whole transaction (nothing was written): write the
+            // appends one by one, so that each gets its own result.
+            Err(_) => batch
+                .iter()
+                .map(|append| {
+                    self.write(std::slice::from_ref(append), at_ms)
+                        .and_then(|mut one| one.pop().unwrap_or(Err(JournalError::Closed)))
+                })
+                .collect(),
+        };
+        for (append, result) in batch.into_iter().zip(results) {
+            let _ = append.reply.send(result);
+        }
+    }
+
+    /// Writes `batch` in one transaction. The outer error means nothing was written; an inner
+    /// one is an append refused while the others went in.
+    fn write(
+        &mut self,
+        batch: &[Append],
+        at_ms: i64,
+    ) -> Result<Vec<Result<Seq, JournalError>>, JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(io("starting a write transaction"))?;
+        let results = batch
+            .iter()
+            .map(|append| insert(&tx, append, at_ms).map_err(io("appending an event")))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(io("committing appended events"))?;
+        Ok(results)
+    }
+
+    fn delete(&mut self, run: &RunId) -> Result<bool, JournalError> {
+        let err = io("deleting a run");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let events = tx
+            .execute("DELETE FROM events WHERE run_id = ?1", [run.as_str()])
+            .map_err(&err)?;
+        let runs = tx
+            .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(events + runs > 0)
+    }
+
+    fn retention(&mut self, policy: &RetentionPolicy) -> Result<RetentionReport, JournalError> {
+        let err = io("applying retention");
+        let bytes_before = self.disk_bytes();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let ended = tx
+            .prepare("SELECT run_id, status, updated_ms FROM runs WHERE status != 'active'")
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+                })?
+                .collect::<Result<Vec<(String, String, i64)>, _>>()
+            })
+            .map_err(&err)?;
+        // A status this build does not know is kept: retention never guesses.
+        let doomed = policy.select(
+            now_ms(),
+            ended.into_iter().filter_map(|(id, status, updated)| {
+                Some((RunId::new(id), RunStatus::parse(&status)?, updated))
+            }),
+        );
+        let mut report = RetentionReport::default();
+        for run in &doomed {
+            report.events_deleted += tx
+                .execute("DELETE FROM events WHERE run_id = ?1", [run.as_str()])
+                .map_err(&err)? as u64;
+            report.runs_deleted += tx
+                .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
+                .map_err(&err)? as u64;
+        }
+        tx.commit().map_err(&err)?;
+        self.compact().map_err(io("compacting the journal"))?;
+        report.bytes_before = bytes_before;
+        report.bytes_after = self.disk_bytes();
+        Ok(report)
+    }
+
+    /// Gives free pages back to the file system and folds the WAL into the file.
+    fn compact(&mut self) -> rusqlite::Result<()> {
+        // Each step frees pages; step to the end so the whole free list goes.
+        let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = vacuum.query([])?;
+        while rows.next()?.is_some() {}
+        drop(rows);
+        drop(vacuum);
+        // Fails to truncate (busy) only while a reader is mid-query; the next run catches up.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    }
+
+    /// Size of the database file plus its WAL.
+    fn disk_bytes(&self) -> Option<u64> {
+        let mut wal = OsString::from(self.path.as_os_str());
+        wal.push("-wal");
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        Some(size(&self.path) + size(Path::new(&wal)))
+    }
+}
+
+/// Checks and inserts one append. Outer error: storage failed; inner: the append was refused.
+fn insert(
+    tx: &Transaction<'_>,
+    append: &Append,
+    at_ms: i64,
+) -> rusqlite::Result<Result<Seq, JournalError>> {
+    let Append {
+        run, event, body, ..
+    } = append;
+    let head = tx
+        .prepare_cached("SELECT status, last_seq FROM runs WHERE run_id = ?1")?
+        .query_row([run.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    let head = match head {
+        None => None,
+        Some((status, last_seq)) => match RunStatus::parse(&status) {
+            Some(status) => Some(RunHead {
+                status,
+                last_seq: last_seq as Seq,
+            }),
+            None => {
+                return Ok(Err(JournalError::Corrupt {
+                    run: run.clone(),
+                    seq: last_seq as Seq,
+                    reason: format!(
+                        "the run's stored status `{status}` is not one this build knows"
+                    ),
+                }))
+            }
+        },
+    };
+    let mut key_use = KeyUse::default();
+    if let (RunEvent::ToolResult { .. }, Some(key)) = (event, event.idempotency_key()) {
+        let mut st =
+            tx.prepare_cached("SELECT kind, seq FROM events WHERE run_id = ?1 AND idem_key = ?2")?;
+        let mut rows = st.query(params![run.as_str(), key])?;
+        while let Some(row) = rows.next()? {
+            match row.get_ref(0)?.as_str()? {
+                "tool_result" => key_use.result = Some(row.get::<_, i64>(1)? as Seq),
+                _ => key_use.intent = true,
+            }
+        }
+    }
+    if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
+        return Ok(Err(refused));
+    }
+    let seq = head.map_or(1, |h| h.last_seq + 1);
+    let kind = event.kind();
+    tx.prepare_cached(
+        "INSERT INTO events (run_id, seq, at_ms, version, kind, idem_key, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        run.as_str(),
+        seq as i64,
+        at_ms,
+        EVENT_VERSION,
+        kind,
+        event.idempotency_key(),
+        body
+    ])?;
+    let tenant = match event {
+        RunEvent::RunSubmitted { tenant, .. } => tenant.as_str(),
+        _ => "",
+    };
+    tx.prepare_cached(
+        "INSERT INTO runs (run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,
+             last_seq = excluded.last_seq, last_kind = excluded.last_kind,
+             updated_ms = excluded.updated_ms",
+    )?
+    .execute(params![
+        run.as_str(),
+        tenant,
+        event.status_after().as_str(),
+        seq as i64,
+        kind,
+        at_ms
+    ])?;
+    Ok(Ok(seq))
+}
+
+/// An event row as stored, before validation (any column may hold anything).
+struct RawEvent([SqlValue; 5]);
+
+const EVENT_COLUMNS: &str = "seq, at_ms, version, kind, body";
+
+impl RawEvent {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawEvent([
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        ]))
+    }
+
+    /// Validates and decodes the row as event `expected` of `run`.
+    fn decode(&self, run: &RunId, expected: Seq) -> Result<JournalEntry, JournalError> {
+        let [seq, at_ms, version, kind, body] = &self.0;
+        let corrupt = |column: &str, value: &SqlValue| JournalError::Corrupt {
+            run: run.clone(),
+            seq: expected,
+            reason: format!("column `{column}` holds {value:?}"),
+        };
+        let int = |column: &str, value: &SqlValue| match value {
+            SqlValue::Integer(i) => Ok(*i),
+            other => Err(corrupt(column, other)),
+        };
+        fn text(value: &SqlValue) -> Option<&str> {
+            match value {
+                SqlValue::Text(s) => Some(s),
+                _ => None,
+            }
+        }
+        decode(
+            run,
+            expected,
+            StoredEvent {
+                seq: int("seq", seq)?,
+                at_ms: int("at_ms", at_ms)?,
+                version: int("version", version)?,
+                kind: text(kind).ok_or_else(|| corrupt("kind", kind))?,
+                body: text(body).ok_or_else(|| corrupt("body", body))?,
+            },
+        )
+    }
+
+    fn seq(&self) -> Seq {
+        match self.0[0] {
+            SqlValue::Integer(i) => i as Seq,
+            _ => 0,
+        }
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn append(&self, run: &RunId, event: RunEvent) -> JournalFuture<Seq> {
+        // Serialize here, on the caller's thread, so the writer only writes.
+        let body = match serde_json::to_string(&event) {
+            Ok(body) => body,
+            Err(e) => {
+                return JournalFuture::ready(Err(JournalError::Rejected {
+                    run: run.clone(),
+                    reason: format!("the event does not serialize: {e}"),
+                }))
+            }
+        };
+        let run = run.clone();
+        self.send(|reply| {
+            Command::Append(Box::new(Append {
+                run,
+                event,
+                body,
+                reply,
+            }))
+        })
+    }
+
+    fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
+        let rows = self.with_reader("reading a run", |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE run_id = ?1 ORDER BY seq"
+            ))?
+            .query_map([run.as_str()], RawEvent::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.iter()
+            .enumerate()
+            .map(|(i, row)| row.decode(run, i as Seq + 1))
+            .collect()
+    }
+
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
+        let mut sql = String::from(
+            "SELECT run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms \
+             FROM runs WHERE 1 = 1",
+        );
+        let mut args: Vec<SqlValue> = Vec::new();
+        if !filter.statuses.is_empty() {
+            let marks = vec!["?"; filter.statuses.len()].join(", ");
+            sql.push_str(&format!(" AND status IN ({marks})"));
+            args.extend(
+                filter
+                    .statuses
+                    .iter()
+                    .map(|s| SqlValue::Text(s.as_str().into())),
+            );
+        }
+        if let Some(tenant) = &filter.tenant {
+            sql.push_str(" AND tenant = ?");
+            args.push(SqlValue::Text(tenant.clone()));
+        }
+        sql.push_str(" ORDER BY started_ms, run_id LIMIT ?");
+        args.push(SqlValue::Integer(
+            filter.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(-1)),
+        ));
+        let rows = self.with_reader("listing runs", |conn| {
+            conn.prepare_cached(&sql)?
+                .query_map(params_from_iter(args), |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(
+                |(id, tenant, status, last_seq, last_event, started, updated)| {
+                    let run = RunId::new(id);
+                    let last_seq = last_seq as Seq;
+                    let status =
+                        RunStatus::parse(&status).ok_or_else(|| JournalError::Corrupt {
+                            run: run.clone(),
+                            seq: last_seq,
+                            reason: format!(
+                                "the run's stored status `{status}` is not one this build knows"
+                            ),
+                        })?;
+                    Ok(RunSummary {
+                        run,
+                        tenant,
+                        status,
+                        last_seq,
+                        last_event,
+                        started_at: from_ms(started),
+                        updated_at: from_ms(updated),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    fn find_tool_result(
+        &self,
+        run: &RunId,
+        idempotency_key: &str,
+    ) -> Result<Option<JournalEntry>, JournalError> {
+        let row = self.with_reader("looking up a tool result", |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events \
+                 WHERE run_id = ?1 AND idem_key = ?2 AND kind = 'tool_result'"
+            ))?
+            .query_row(params![run.as_str(), idempotency_key], RawEvent::from_row)
+            .optional()
+        })?;
+        row.map(|row| row.decode(run, row.seq())).transpose()
+    }
+
+    fn delete_run(&self, run: &RunId) -> JournalFuture<bool> {
+        let run = run.clone();
+        self.send(|reply| Command::Delete { run, reply })
+    }
+
+    fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport> {
+        let policy = policy.clone();
+        self.send(|reply| Command::Retention { policy, reply })
+    }
+}
