@@ -1,5 +1,6 @@
-//! A research team: a planner and executors with two tools (a notes search and a calculator)
-//! answer a question under a budget, and the run prints its step trace, tokens and cost.
+//! A research team: a planner and executors with two tools (a notes search and a calculator,
+//! from `impresario::tools`) answer a question under a budget, and the run prints its step
+//! trace, tokens and cost.
 //!
 //! Offline by default (a scripted model plays the planner). With `OPENAI_API_KEY`,
 //! `ANTHROPIC_API_KEY` or an OpenAI-compatible `OPENAI_BASE_URL` set, a real model plans.
@@ -8,90 +9,12 @@
 
 use std::time::Duration;
 
-use impresario::agents::{
-    Budget, Orchestrator, RunEvent, RunRequest, RunState, Tool, ToolContext, ToolRegistry,
-};
+use impresario::agents::{Budget, Orchestrator, RunEvent, RunRequest, RunState, ToolRegistry};
 use impresario::prelude::*;
 use impresario::runtime::llm::{Scripted, ScriptedReply, Usage};
 use impresario::setup;
-use schemars::JsonSchema;
-use serde::Deserialize;
+use impresario::tools::{Calculator, Notes, SearchNotes};
 use serde_json::{json, Value};
-
-const NOTES: &[&str] = &[
-    "Supervisors restart failed agents. By default a supervisor allows 3 restarts within 5 seconds; one more and it escalates to its parent.",
-    "A halt reaches an agent without going through its mailbox, so a long handler cannot delay it.",
-    "Every paid model call reserves its worst-case cost on the run, tenant and global accounts before it is sent.",
-];
-
-#[derive(Deserialize, JsonSchema)]
-struct SearchArgs {
-    /// Words to look for.
-    query: String,
-}
-
-/// Finds the notes sharing the most words with the query.
-struct SearchNotes;
-impl Tool for SearchNotes {
-    type Args = SearchArgs;
-    fn name(&self) -> &str {
-        "search_notes"
-    }
-    fn description(&self) -> &str {
-        "Searches the team's notes about the Impresario runtime; returns the best matching note."
-    }
-    async fn call(&self, args: SearchArgs, _: ToolContext) -> Result<Value, String> {
-        let words: Vec<String> = args
-            .query
-            .to_lowercase()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let score = |note: &str| {
-            words
-                .iter()
-                .filter(|w| note.to_lowercase().contains(w.as_str()))
-                .count()
-        };
-        let best = NOTES
-            .iter()
-            .max_by_key(|note| score(note))
-            .filter(|note| score(note) > 0);
-        best.map(|note| json!(note))
-            .ok_or_else(|| format!("no note mentions {:?}", args.query))
-    }
-}
-
-#[derive(Deserialize, JsonSchema)]
-struct CalcArgs {
-    /// One of add, sub, mul, div.
-    op: String,
-    a: f64,
-    b: f64,
-}
-
-/// Does one arithmetic operation.
-struct Calculator;
-impl Tool for Calculator {
-    type Args = CalcArgs;
-    fn name(&self) -> &str {
-        "calculator"
-    }
-    fn description(&self) -> &str {
-        "Computes a op b for op in add, sub, mul, div."
-    }
-    async fn call(&self, args: CalcArgs, _: ToolContext) -> Result<Value, String> {
-        let value = match args.op.as_str() {
-            "add" => args.a + args.b,
-            "sub" => args.a - args.b,
-            "mul" => args.a * args.b,
-            "div" if args.b != 0.0 => args.a / args.b,
-            "div" => return Err("division by zero".into()),
-            other => return Err(format!("unknown op {other:?}; use add, sub, mul or div")),
-        };
-        Ok(json!(value))
-    }
-}
 
 /// What the offline model answers: plan, search, compute, answer.
 fn offline_script() -> Scripted {
@@ -123,7 +46,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let runtime = Runtime::builder().start()?;
     let mut tools = ToolRegistry::new();
-    tools.register(SearchNotes)?.register(Calculator)?;
+    tools
+        .register(SearchNotes::new(Notes::builtin()))?
+        .register(Calculator)?;
     let team = Orchestrator::start(&runtime, models.client, tools).await?;
 
     let request = RunRequest::new(

@@ -5,7 +5,8 @@
 //! panics turned into answers, and a directory by name. Supervisors restart what fails, halt what
 //! is told to stop and stop what would spend past its ceiling.
 //!
-//! Start with [`prelude`] and `examples/custom_agent.rs`.
+//! Start with [`prelude`] and `examples/research_team.rs`; the `impresario` binary (`serve`,
+//! `run`) is built on [`setup`], [`tools`] and the stand-in [`offline`] model.
 
 pub use impresario_agents as agents;
 pub use impresario_runtime as runtime;
@@ -13,7 +14,9 @@ pub use impresario_supervisor as supervisor;
 
 pub use impresario_runtime::agent;
 
+pub mod offline;
 pub mod setup;
+pub mod tools;
 
 /// Everything a typical program needs: the runtime, agent handles, actix's actor vocabulary.
 pub mod prelude {

@@ -1,9 +1,10 @@
 //! Choosing models the way the examples and the CLI do: a real provider when one is configured
-//! in the environment, otherwise an offline scripted model, so everything runs without a network.
+//! in the environment, otherwise an offline model (a script, or the binary's
+//! [`OfflineModel`](crate::offline::OfflineModel)), so everything runs without a network.
 
 use impresario_agents::Models;
 use impresario_runtime::llm::{
-    Anthropic, Client, LlmError, ModelPrice, OpenAi, OpenAiConfig, PriceTable, Rates, Scripted,
+    Anthropic, ChatModel, Client, LlmError, ModelPrice, OpenAi, OpenAiConfig, PriceTable, Rates,
 };
 
 /// The model setup chosen from the environment.
@@ -12,7 +13,7 @@ pub struct ModelSetup {
     pub client: Client,
     /// The models runs should use.
     pub models: Models,
-    /// What was chosen, for a person (`offline (scripted)`, `openai gpt-4o-mini`, ...).
+    /// What was chosen, for a person (`offline`, `openai gpt-4o-mini`, ...).
     pub description: String,
 }
 
@@ -22,9 +23,8 @@ pub const OFFLINE_MODEL: &str = "scripted";
 /// Picks, in order: `OPENAI_API_KEY` (OpenAI, `gpt-4o-mini`, or `IMPRESARIO_MODEL`),
 /// `ANTHROPIC_API_KEY` (`claude-haiku-4-5`, or `IMPRESARIO_MODEL`), `OPENAI_BASE_URL` without a
 /// key (an OpenAI-compatible server such as Ollama or vLLM: `IMPRESARIO_MODEL`, default
-/// `llama3.2`, priced at zero), else `offline`: the scripted model (priced at 1 USD per million
-/// input tokens and 2 per million output tokens, so costs show).
-pub fn from_env_or(offline: Scripted) -> Result<ModelSetup, LlmError> {
+/// `llama3.2`, priced at zero), else [`offline`]`(offline)`.
+pub fn from_env_or(offline: impl ChatModel + 'static) -> Result<ModelSetup, LlmError> {
     let chosen = std::env::var("IMPRESARIO_MODEL").ok();
     if std::env::var_os("OPENAI_API_KEY").is_some() {
         let model = chosen.unwrap_or_else(|| "gpt-4o-mini".into());
@@ -53,6 +53,13 @@ pub fn from_env_or(offline: Scripted) -> Result<ModelSetup, LlmError> {
             .build()?;
         return Ok(setup(client, &model, format!("{model} at {base_url}")));
     }
+    self::offline(offline)
+}
+
+/// `model` (a script, or [`OfflineModel`](crate::offline::OfflineModel)) under the name
+/// [`OFFLINE_MODEL`], priced at 1 USD per million input tokens and 2 per million output
+/// tokens, so costs show.
+pub fn offline(model: impl ChatModel + 'static) -> Result<ModelSetup, LlmError> {
     let mut prices = PriceTable::default();
     let rates = Rates {
         input: 1_000_000,
@@ -63,14 +70,10 @@ pub fn from_env_or(offline: Scripted) -> Result<ModelSetup, LlmError> {
     };
     prices.insert(OFFLINE_MODEL, ModelPrice::new("offline", rates));
     let client = Client::builder()
-        .provider("offline", offline)
+        .provider("offline", model)
         .prices(prices)
         .build()?;
-    Ok(setup(
-        client,
-        OFFLINE_MODEL,
-        "offline (scripted model)".into(),
-    ))
+    Ok(setup(client, OFFLINE_MODEL, "offline".into()))
 }
 
 fn setup(client: Client, model: &str, description: String) -> ModelSetup {
