@@ -238,7 +238,7 @@ impl Orchestrator {
 
         let (state_tx, state) = watch::channel(RunState::Queued);
         // A run emits a few events per step; a subscriber that lags further loses the oldest.
-        let (events, _) = broadcast::channel(RUN_EVENT_CAPACITY);
+        let (events, first_events) = broadcast::channel(RUN_EVENT_CAPACITY);
         let (decisions_tx, decisions) = mpsc::unbounded_channel();
         let (result_tx, result) = watch::channel(None);
         if let Some(deadline) = budget.deadline {
@@ -283,6 +283,7 @@ impl Orchestrator {
             id: run,
             state,
             events,
+            first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
             decisions: decisions_tx,
             result,
             halts: inner.halts.clone(),

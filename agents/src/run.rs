@@ -351,6 +351,8 @@ pub struct RunHandle {
     pub(crate) id: RunId,
     pub(crate) state: watch::Receiver<RunState>,
     pub(crate) events: broadcast::Sender<RunEvent>,
+    /// Subscribed before the run started; handed out once by `events_from_start`.
+    pub(crate) first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<RunEvent>>>>,
     pub(crate) decisions: mpsc::UnboundedSender<Decision>,
     pub(crate) result: watch::Receiver<Option<Arc<RunResult>>>,
     pub(crate) halts: Halts,
@@ -367,9 +369,21 @@ impl RunHandle {
         self.state.borrow().clone()
     }
 
-    /// Its events from now on. (A receiver more than 1024 events behind loses the oldest.)
+    /// Its events from now on. (A receiver more than 64 events behind loses the oldest.) A
+    /// fast run may emit its first events before `submit` returns: to see every event, use
+    /// [`events_from_start`](Self::events_from_start).
     pub fn events(&self) -> broadcast::Receiver<RunEvent> {
         self.events.subscribe()
+    }
+
+    /// Its events from its first: a receiver subscribed before the run started. Only the first
+    /// call, on this handle or any clone, gets it; later calls get `None`. (It holds the run's
+    /// last 64 events until it is taken.)
+    pub fn events_from_start(&self) -> Option<broadcast::Receiver<RunEvent>> {
+        self.first_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Halts it (reason `operator`): `Immediate` aborts its in-flight model and tool calls;

@@ -207,6 +207,42 @@ async fn a_full_offline_run_succeeds_with_exact_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_start_has_every_event_even_when_taken_after_the_run_ended() {
+    let (rt, orchestrator, _) = setup(vec![
+        plan(json!([call("search", json!({ "q": "rust release" }))])),
+        answer("2015"),
+    ])
+    .await;
+    let run = orchestrator.submit(request(&["search"])).await.unwrap();
+    run.wait().await;
+    let mut events = run.events_from_start().unwrap();
+    assert!(run.clone().events_from_start().is_none(), "handed out once");
+    let mut kinds = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        let value = serde_json::to_value(&event).unwrap();
+        let kind = match &event {
+            RunEvent::State(_) => format!("state:{}", value["state"].as_str().unwrap()),
+            _ => value["event"].as_str().unwrap().to_owned(),
+        };
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "recalled",
+            "state:planning",
+            "planned",
+            "state:running",
+            "step_finished",
+            "state:planning",
+            "planned",
+            "state:succeeded"
+        ]
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_plan_output_is_repaired_and_each_attempt_is_paid_for() {
     let (rt, orchestrator, _) = setup(vec![
         ScriptedReply::text("Sure! Here is my plan: search, then answer.").usage(Usage {
