@@ -1,0 +1,104 @@
+//! The command line: `serve`, `run`, `runs list|show`, `halt`.
+
+mod progress;
+mod remote;
+mod run;
+mod runs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Impresario runs LLM agents as supervised actors. `serve` starts the HTTP control plane;
+/// `run` pursues one goal and shows its progress. Offline by default: without a provider key
+/// in the environment, a stand-in model answers.
+#[derive(Parser)]
+#[command(name = "impresario", version)]
+pub struct Cli {
+    /// Configuration file (TOML; see impresario.example.toml). Every key can also be set as
+    /// IMPRESARIO_<SECTION>__<KEY>, e.g. IMPRESARIO_SERVER__LISTEN.
+    #[arg(long, global = true, env = "IMPRESARIO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP control plane until SIGTERM or Ctrl-C, then drain the running runs.
+    Serve,
+    /// Pursue a goal and show its steps, tokens and cost: on an embedded runtime, or on a
+    /// service with --server.
+    Run(run::RunArgs),
+    /// List or show a service's runs.
+    Runs {
+        #[command(subcommand)]
+        command: runs::RunsCommand,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Halt a run, a tenant's runs, or every run of a service.
+    Halt {
+        #[command(flatten)]
+        halt: runs::HaltArgs,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+}
+
+/// Where the service is.
+#[derive(Args)]
+struct ServiceArgs {
+    /// The service's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "IMPRESARIO_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// The service's bearer token (its server.token).
+    #[arg(long, global = true, env = "IMPRESARIO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServiceArgs {
+    fn service(&self) -> remote::Service {
+        remote::Service::new(&self.server, self.token.clone())
+    }
+}
+
+impl Cli {
+    /// Whether this is `serve` (which logs more).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve)
+    }
+
+    /// Runs the command on the current actix system.
+    pub async fn execute(self) -> ExitCode {
+        let config = match Config::load(self.config.as_deref(), std::env::vars()) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("impresario: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let outcome = match self.command {
+            Command::Serve => crate::service::serve(config).await.map(|()| true),
+            Command::Run(args) => run::run(&config, args).await,
+            Command::Runs { command, service } => runs::runs(&service.service(), command).await,
+            Command::Halt { halt, service } => runs::halt(&service.service(), halt).await,
+        };
+        match outcome {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("impresario: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

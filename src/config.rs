@@ -1,0 +1,608 @@
+//! The binary's configuration: one TOML file (`--config FILE`, optional), every key overridable
+//! by an environment variable named `IMPRESARIO_<SECTION>__<KEY>` (upper case, two underscores
+//! between section and key): `server.listen` is `IMPRESARIO_SERVER__LISTEN`. A list is written
+//! comma-separated in the environment (`IMPRESARIO_RUNS__TOOLS=search_notes,calculator`).
+//!
+//! Unknown keys, in the file or as `IMPRESARIO_*__*` variables, are errors, and so are values of
+//! the wrong type or out of range: every message names the key and its variable.
+//! `impresario.example.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: the HTTP control plane.
+    pub server: Server,
+    /// `[runs]`: defaults of the runs a request leaves open.
+    pub runs: Runs,
+    /// `[models]`: which models runs use.
+    pub models: Models,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Where to listen (`127.0.0.1:8080`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The bearer token every `/v1` request must carry.
+    pub token: Option<String>,
+    /// A file holding the token (instead of `token`; surrounding whitespace is ignored).
+    pub token_file: Option<PathBuf>,
+    /// The largest request body accepted, in bytes (larger ones get 413).
+    pub body_limit_bytes: u64,
+    /// On SIGTERM, how long running runs get to finish their current step before they are
+    /// halted immediately.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            token_file: None,
+            body_limit_bytes: 64 * 1024,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[runs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runs {
+    /// The budget of a run that names none, in US dollars.
+    pub budget_usd: f64,
+    /// The most steps of a run that names no limit.
+    pub max_steps: u64,
+    /// The tools of a run that names none (names from `impresario::tools`).
+    pub tools: Vec<String>,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Runs {
+            budget_usd: 0.50,
+            max_steps: 20,
+            tools: vec!["search_notes".into(), "calculator".into()],
+        }
+    }
+}
+
+/// `[models]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Models {
+    /// `auto`: a real provider when `OPENAI_API_KEY`, `ANTHROPIC_API_KEY` or `OPENAI_BASE_URL`
+    /// is set (model in `IMPRESARIO_MODEL`), else the offline stand-in; `offline`: always the
+    /// offline stand-in.
+    pub provider: String,
+    /// How long each call of the offline stand-in takes, in milliseconds.
+    pub offline_latency_ms: u64,
+}
+
+impl Default for Models {
+    fn default() -> Self {
+        Models {
+            provider: "auto".into(),
+            offline_latency_ms: 0,
+        }
+    }
+}
+
+impl Server {
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// The bearer token, from `token` or `token_file`; serving needs one.
+    pub fn bearer_token(&self) -> Result<String, ConfigError> {
+        let (key, token) = match (&self.token, &self.token_file) {
+            (Some(token), None) => ("server.token", token.trim().to_owned()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("server.token_file", format!("cannot read {path:?}: {e}"))
+                })?;
+                ("server.token_file", text.trim().to_owned())
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "server.token",
+                    "is required to serve: every /v1 request needs a bearer token (or set server.token_file)",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "server.token",
+                    "and server.token_file are both set; keep one",
+                ))
+            }
+        };
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            return Err(invalid(
+                key,
+                format!("the token is shorter than {MIN_TOKEN_CHARS} characters; use a random one (`openssl rand -hex 32`)"),
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// The shortest bearer token accepted.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// The type of a key's value.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A string.
+    Text,
+    /// A socket address as a string (`127.0.0.1:8080`).
+    Address,
+    /// A non-negative integer.
+    Integer,
+    /// A non-negative number.
+    Number,
+    /// A list of strings (comma-separated in the environment).
+    Names,
+    /// One of these strings.
+    Choice(&'static [&'static str]),
+}
+
+/// Every key: section, name, type. A field of [`Config`] missing here cannot be set.
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("server", "listen", Kind::Address),
+    ("server", "token", Kind::Text),
+    ("server", "token_file", Kind::Text),
+    ("server", "body_limit_bytes", Kind::Integer),
+    ("server", "drain_timeout_secs", Kind::Integer),
+    ("runs", "budget_usd", Kind::Number),
+    ("runs", "max_steps", Kind::Integer),
+    ("runs", "tools", Kind::Names),
+    ("models", "provider", Kind::Choice(&["auto", "offline"])),
+    ("models", "offline_latency_ms", Kind::Integer),
+];
+
+/// The prefix of every configuration variable.
+const ENV_PREFIX: &str = "IMPRESARIO_";
+
+/// Why the configuration was refused. Each message names the key and says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the config file {path:?}: {cause}; check the path given to --config")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("the config file {path:?} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key that does not exist (a typo, or a key of another version).
+    #[error(
+        "unknown config key `{key}` ({origin}); the keys are: {}",
+        known_keys()
+    )]
+    UnknownKey {
+        /// The key as written.
+        key: String,
+        /// Where it was written.
+        origin: String,
+    },
+    /// A value of the wrong type or out of range.
+    #[error(
+        "config key `{key}` (environment variable {}): {problem}",
+        env_name(key)
+    )]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong, and what is expected.
+        problem: String,
+    },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+fn known_keys() -> String {
+    KEYS.iter()
+        .map(|(section, key, _)| format!("{section}.{key}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+impl Config {
+    /// Reads `file` (if any), applies the `IMPRESARIO_*__*` variables of `env` over it, and
+    /// checks every key and value.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+                    path: path.to_owned(),
+                    cause,
+                })?;
+                let table: Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                            path: path.to_owned(),
+                            message: e.to_string(),
+                        })?;
+                check_file(&table, path)?;
+                table
+            }
+            None => Table::new(),
+        };
+        for (name, value) in env {
+            apply_env(&mut table, &name, &value)?;
+        }
+        let config = Config::deserialize(Value::Table(table))
+            .map_err(|e| invalid("(config)", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Ranges and relations the types do not say.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.body_limit_bytes == 0 {
+            return Err(invalid(
+                "server.body_limit_bytes",
+                "is 0; allow at least a small JSON body (e.g. 65536)",
+            ));
+        }
+        let budget = self.runs.budget_usd;
+        if !budget.is_finite() || budget < 0.0 {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!("{budget} is not an amount of dollars; use a number such as 0.50"),
+            ));
+        }
+        if self.runs.max_steps == 0 || self.runs.max_steps > u64::from(u32::MAX) {
+            return Err(invalid(
+                "runs.max_steps",
+                format!("{} is out of range; use 1 or more", self.runs.max_steps),
+            ));
+        }
+        for tool in &self.runs.tools {
+            if !impresario::tools::NAMES.contains(&tool.as_str()) {
+                return Err(invalid(
+                    "runs.tools",
+                    format!(
+                        "there is no tool named {tool:?}; the tools are {:?}",
+                        impresario::tools::NAMES
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks every key of the file: known, and of the right type.
+fn check_file(table: &Table, path: &Path) -> Result<(), ConfigError> {
+    let origin = || format!("in {}", path.display());
+    for (section, entries) in table {
+        let Some(entries) = entries.as_table() else {
+            return Err(ConfigError::UnknownKey {
+                key: section.clone(),
+                origin: format!("{}; keys belong to a [section]", origin()),
+            });
+        };
+        for (key, value) in entries {
+            let full = format!("{section}.{key}");
+            let kind = kind_of(section, key).ok_or_else(|| ConfigError::UnknownKey {
+                key: full.clone(),
+                origin: origin(),
+            })?;
+            check_value(kind, value).map_err(|problem| invalid(&full, problem))?;
+        }
+    }
+    Ok(())
+}
+
+fn kind_of(section: &str, key: &str) -> Option<Kind> {
+    KEYS.iter()
+        .find(|(s, k, _)| *s == section && *k == key)
+        .map(|(_, _, kind)| *kind)
+}
+
+fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
+    let ok = match (kind, value) {
+        (Kind::Text, Value::String(_)) => true,
+        (Kind::Address, Value::String(s)) => {
+            return s.parse::<SocketAddr>().map(drop).map_err(|_| {
+                format!("{s:?} is not an address; use IP:PORT such as 127.0.0.1:8080")
+            })
+        }
+        (Kind::Integer, Value::Integer(n)) => *n >= 0,
+        (Kind::Number, Value::Integer(n)) => *n >= 0,
+        (Kind::Number, Value::Float(x)) => *x >= 0.0,
+        (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Choice(choices), Value::String(s)) => {
+            return if choices.contains(&s.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("{s:?} is not one of {choices:?}"))
+            }
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{value} is not {}", describe(kind)))
+    }
+}
+
+fn describe(kind: Kind) -> String {
+    match kind {
+        Kind::Text => "a string".into(),
+        Kind::Address => "an address string (IP:PORT)".into(),
+        Kind::Integer => "a non-negative integer".into(),
+        Kind::Number => "a non-negative number".into(),
+        Kind::Names => "a list of strings".into(),
+        Kind::Choice(choices) => format!("one of {choices:?}"),
+    }
+}
+
+/// Applies one environment variable, if it is a configuration variable (`IMPRESARIO_*__*`).
+fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError> {
+    let Some((section, key)) = name
+        .strip_prefix(ENV_PREFIX)
+        .and_then(|rest| rest.split_once("__"))
+    else {
+        return Ok(());
+    };
+    let (section, key) = (section.to_lowercase(), key.to_lowercase());
+    let full = format!("{section}.{key}");
+    let kind = kind_of(&section, &key).ok_or_else(|| ConfigError::UnknownKey {
+        key: full.clone(),
+        origin: format!("from the environment variable {name}"),
+    })?;
+    let value = match kind {
+        Kind::Text | Kind::Address | Kind::Choice(_) => Value::String(raw.to_owned()),
+        Kind::Integer => raw
+            .trim()
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| invalid(&full, format!("{raw:?} is not {}", describe(kind))))?,
+        Kind::Number => raw
+            .trim()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| invalid(&full, format!("{raw:?} is not {}", describe(kind))))?,
+        Kind::Names => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ),
+    };
+    check_value(kind, &value).map_err(|problem| invalid(&full, problem))?;
+    table
+        .entry(section)
+        .or_insert_with(|| Value::Table(Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| invalid(&full, "its section is not a table in the file"))?
+        .insert(key, value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A file under the system temp dir, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn file(text: &str) -> TempFile {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "impresario-config-test-{}-{n}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn error(file_text: Option<&str>, vars: &[(&str, &str)]) -> String {
+        let f = file_text.map(file);
+        Config::load(f.as_ref().map(|f| f.0.as_path()), env(vars))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_other_variables_are_ignored() {
+        let f = file(
+            "[server]\nlisten = \"127.0.0.1:9000\"\nbody_limit_bytes = 100\n[runs]\ntools = []\n",
+        );
+        let config = Config::load(
+            Some(&f.0),
+            env(&[
+                ("IMPRESARIO_SERVER__LISTEN", "0.0.0.0:7000"),
+                ("IMPRESARIO_RUNS__TOOLS", "calculator, save_note"),
+                ("IMPRESARIO_RUNS__BUDGET_USD", "2"),
+                ("IMPRESARIO_MODEL", "gpt-4o"), // not a config variable: no `__`
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.server.body_limit_bytes, 100);
+        assert_eq!(config.runs.tools, ["calculator", "save_note"]);
+        assert_eq!(config.runs.budget_usd, 2.0);
+        assert_eq!(config.runs.max_steps, Runs::default().max_steps);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name_wherever_they_are_written() {
+        let e = error(Some("[server]\nlisn = \"x\"\n"), &[]);
+        assert!(
+            e.starts_with("unknown config key `server.lisn` (in "),
+            "{e}"
+        );
+        let e = error(Some("[sever]\nlisten = \"127.0.0.1:1\"\n"), &[]);
+        assert!(e.contains("`sever.listen`"), "{e}");
+        let e = error(Some("listen = \"127.0.0.1:1\"\n"), &[]);
+        assert!(e.contains("`listen`"), "{e}");
+        let e = error(None, &[("IMPRESARIO_SERVER__LISN", "x")]);
+        assert!(
+            e.contains("`server.lisn` (from the environment variable IMPRESARIO_SERVER__LISN)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key_and_its_variable() {
+        // (file, environment, the key the error must name)
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (
+                Some("[server]\nlisten = \"localhost\"\n"),
+                &[],
+                "server.listen",
+            ),
+            (
+                Some("[server]\nbody_limit_bytes = \"big\"\n"),
+                &[],
+                "server.body_limit_bytes",
+            ),
+            (
+                Some("[server]\nbody_limit_bytes = 0\n"),
+                &[],
+                "server.body_limit_bytes",
+            ),
+            (
+                None,
+                &[("IMPRESARIO_SERVER__DRAIN_TIMEOUT_SECS", "soon")],
+                "server.drain_timeout_secs",
+            ),
+            (
+                None,
+                &[("IMPRESARIO_RUNS__BUDGET_USD", "-1")],
+                "runs.budget_usd",
+            ),
+            (Some("[runs]\nmax_steps = 0\n"), &[], "runs.max_steps"),
+            (Some("[runs]\ntools = [\"shell\"]\n"), &[], "runs.tools"),
+            (
+                None,
+                &[("IMPRESARIO_MODELS__PROVIDER", "openai")],
+                "models.provider",
+            ),
+        ];
+        for (text, vars, key) in cases {
+            let e = error(*text, vars);
+            let variable = env_name(key);
+            assert!(
+                e.starts_with(&format!(
+                    "config key `{key}` (environment variable {variable}): "
+                )),
+                "{key}: {e}"
+            );
+        }
+        let e = error(Some("[server\n"), &[]);
+        assert!(e.contains("is not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn serving_needs_one_token_of_sixteen_characters_or_more() {
+        let server = |token: Option<&str>, token_file: Option<PathBuf>| Server {
+            token: token.map(str::to_owned),
+            token_file,
+            ..Server::default()
+        };
+        let e = server(None, None).bearer_token().unwrap_err().to_string();
+        assert!(
+            e.contains("`server.token`") && e.contains("is required"),
+            "{e}"
+        );
+        let e = server(Some("short"), None)
+            .bearer_token()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shorter than 16"), "{e}");
+        let f = file("0123456789abcdef\n");
+        assert_eq!(
+            server(None, Some(f.0.clone())).bearer_token().unwrap(),
+            "0123456789abcdef"
+        );
+        let e = server(Some("0123456789abcdef"), Some(f.0.clone()))
+            .bearer_token()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("both set"), "{e}");
+    }
+
+    #[test]
+    fn every_key_is_a_field_and_the_example_file_loads_and_shows_every_key() {
+        let mut table = Table::new();
+        for (section, key, kind) in KEYS {
+            let sample = match kind {
+                Kind::Text => Value::String("0123456789abcdef".into()),
+                Kind::Address => Value::String("127.0.0.1:1".into()),
+                Kind::Integer | Kind::Number => Value::Integer(1),
+                Kind::Names => Value::Array(Vec::new()),
+                Kind::Choice(choices) => Value::String(choices[0].into()),
+            };
+            let entries = table.entry(*section).or_insert(Value::Table(Table::new()));
+            entries
+                .as_table_mut()
+                .unwrap()
+                .insert((*key).into(), sample);
+        }
+        Config::deserialize(Value::Table(table)).unwrap();
+
+        let example = include_str!("../impresario.example.toml");
+        let f = file(example);
+        Config::load(Some(&f.0), Vec::new()).unwrap();
+        for (_, key, _) in KEYS {
+            let shown = example.lines().any(|line| {
+                line.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} = "))
+            });
+            assert!(shown, "{key} is not shown in impresario.example.toml");
+        }
+    }
+}

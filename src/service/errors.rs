@@ -1,0 +1,116 @@
+//! The service's errors: every one answers with a status and a JSON body
+//! `{"error": "<what is wrong and what to do>", "field": "<the request field>" | null}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use impresario::agents::SubmitError;
+use serde_json::json;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 400: the body is not JSON, or not a JSON object.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 422: `field` is missing, unknown or has a bad value.
+    pub fn invalid(field: impl Into<String>, problem: impl std::fmt::Display) -> Self {
+        let field = field.into();
+        ApiError {
+            message: format!("{field}: {problem}"),
+            field: Some(field),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "")
+        }
+    }
+
+    /// 404: no run with this id.
+    pub fn unknown_run(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("no run {id:?} on this service; GET /v1/runs lists the runs"),
+        )
+    }
+
+    /// 404: no such route.
+    pub fn unknown_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "no such route; the API is under /v1 (see the README)",
+        )
+    }
+
+    /// 409: the run is not in a state that allows this.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 401: no bearer token, or the wrong one.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 413: the body is larger than the configured limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes (server.body_limit_bytes)"),
+        )
+    }
+
+    /// 503: the service is draining for shutdown.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is shutting down; submit the run to another instance or retry after the restart",
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(json!({ "error": self.message, "field": self.field }))
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid { field, problem } => ApiError::invalid(field, problem),
+            other => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the run could not be started: {other}; retry later"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `impresario serve`: the HTTP control plane (actix-web) over the embedded runtime.
+//!
+//! Routes (all under the bearer token, see [`routes`]): `POST /v1/runs`, `GET /v1/runs`,
+//! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
+//! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`.
+//!
+//! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
+//! gracefully with reason `shutdown` (each finishes its current step; past
+//! `server.drain_timeout_secs` the halt becomes immediate), their event streams end, the
+//! server stops, and the process exits 0.
+
+mod auth;
+mod body;
+mod errors;
+mod routes;
+mod runs;
+mod sse;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use errors::ApiError;
+use runs::{state_name, Runs};
+
+/// What the handlers share.
+pub struct State {
+    engine: Engine,
+    runs: Runs,
+    token: String,
+    body_limit: usize,
+    draining: AtomicBool,
+}
+
+/// How long a halted run gets to record its end after its drain deadline.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
+pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let token = config.server.bearer_token()?;
+    let engine = Engine::start(&config).await?;
+    let models = engine.models_description.clone();
+    let state = web::Data::new(State {
+        engine,
+        runs: Runs::default(),
+        token,
+        body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
+        draining: AtomicBool::new(false),
+    });
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .configure(routes::configure)
+            .default_service(web::to(|| async {
+                Err::<String, _>(ApiError::unknown_route())
+            }))
+    })
+    // Signals are ours: the runs drain before the server stops.
+    .disable_signals()
+    .shutdown_timeout(DRAIN_GRACE.as_secs())
+    .bind(config.server.listen)
+    .map_err(|e| {
+        format!(
+            "cannot listen on {} (server.listen): {e}",
+            config.server.listen
+        )
+    })?;
+    let address = server.addrs()[0];
+    println!("listening on http://{address}");
+    std::io::stdout().flush()?;
+    tracing::info!(%address, %models, "serving");
+    let server = server.run();
+    let handle = server.handle();
+    let serving = actix_web::rt::spawn(server);
+
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "draining");
+    let ended = drain(&state, config.server.drain_timeout()).await;
+    handle.stop(true).await;
+    serving.await??;
+    state.engine.runtime.shutdown(DRAIN_GRACE).await;
+    eprintln!("impresario: stopped on {signal}; runs at shutdown ended: {ended:?}");
+    Ok(())
+}
+
+/// Refuses new runs, halts the running ones gracefully (reason `shutdown`), and waits until
+/// each recorded its end. Returns how many ended in each state.
+async fn drain(state: &State, timeout: Duration) -> BTreeMap<String, usize> {
+    state.draining.store(true, Ordering::Release);
+    let running: Vec<_> = state
+        .runs
+        .all()
+        .into_iter()
+        .filter(|run| run.result().is_none())
+        .collect();
+    let halt = Halt::new(
+        HaltScope::All,
+        HaltMode::Graceful { deadline: timeout },
+        HaltReason::Shutdown,
+    )
+    .with_detail("the service is shutting down");
+    state.engine.orchestrator.halts().halt_with(halt);
+    let all_ended = futures_util::future::join_all(running.iter().map(|run| run.ended()));
+    if tokio::time::timeout(timeout + DRAIN_GRACE, all_ended)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some runs did not end within the drain timeout");
+    }
+    let mut ended = BTreeMap::new();
+    for run in &running {
+        *ended.entry(state_name(&run.state())).or_insert(0) += 1;
+    }
+    ended
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT), with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the service");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

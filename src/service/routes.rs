@@ -1,0 +1,290 @@
+//! The `/v1` routes. Every one needs the bearer token ([`super::auth`]); bodies are JSON
+//! objects ([`super::body`]); errors are JSON ([`super::errors`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use actix_web::http::header;
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpRequest, HttpResponse};
+use impresario::agents::{Autonomy, Budget, RunEvent, RunState};
+use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::body::{self, Fields};
+use super::errors::ApiError;
+use super::runs::{state_name, Tracked};
+use super::{auth, sse, State};
+
+/// How long a graceful halt that names no `deadline_secs` lets the current step run.
+const GRACEFUL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Adds the `/v1` scope.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config.service(
+        web::scope("/v1")
+            .wrap(from_fn(auth::require_token))
+            .service(
+                web::resource("/runs")
+                    .route(web::post().to(submit))
+                    .route(web::get().to(list)),
+            )
+            .service(web::resource("/runs/{id}").route(web::get().to(show)))
+            .service(web::resource("/runs/{id}/events").route(web::get().to(events)))
+            .service(web::resource("/runs/{id}/halt").route(web::post().to(halt_run)))
+            .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
+            .service(web::resource("/halt").route(web::post().to(halt))),
+    );
+}
+
+type Data = web::Data<State>;
+
+/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?}`
+/// -> 201 `{"id", "state"}`. Missing fields take the configured defaults.
+async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let mut body = body::read(payload, state.body_limit).await?;
+    if state.draining.load(Ordering::Acquire) {
+        return Err(ApiError::shutting_down());
+    }
+    let goal: String = body.require("goal")?;
+    let mut request = state.engine.request(goal.clone());
+    if let Some(tenant) = body.take::<String>("tenant")? {
+        request = request.tenant(tenant);
+    }
+    if let Some(usd) = body.take::<f64>("budget_usd")? {
+        if !usd.is_finite() || usd < 0.0 {
+            return Err(ApiError::invalid("budget_usd", "must be 0 or more dollars"));
+        }
+        request = request.budget(Budget::usd(usd));
+    }
+    if let Some(tools) = body.take::<Vec<String>>("tools")? {
+        request = request.tools(tools);
+    }
+    if let Some(autonomy) = body.take::<Autonomy>("autonomy")? {
+        request = request.autonomy(autonomy);
+    }
+    if let Some(max_steps) = body.take::<u32>("max_steps")? {
+        request = request.max_steps(max_steps);
+    }
+    body.done()?;
+    let tenant = request.tenant.clone();
+    let handle = state.engine.orchestrator.submit(request).await?;
+    let (run, recording) = state.runs.track(handle, tenant, goal);
+    let runtime = &state.engine.runtime;
+    runtime.spawn_task(runtime.next_placement(), recording);
+    let id = run.handle.id().to_string();
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/runs/{id}")))
+        .json(json!({ "id": id, "state": run.state() })))
+}
+
+/// The query of `GET /v1/runs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    tenant: Option<String>,
+}
+
+/// `GET /v1/runs[?tenant=...]` -> `{"runs": [summary, ...]}`, oldest first.
+async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ListQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::invalid("query", e))?;
+    let runs: Vec<Value> = state
+        .runs
+        .all()
+        .iter()
+        .filter(|run| query.tenant.as_ref().is_none_or(|t| *t == run.tenant))
+        .map(|run| summary(&state, run))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+}
+
+/// `GET /v1/runs/{id}` -> the summary plus `steps` (every finished step so far).
+async fn show(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let run = find(&state, &id)?;
+    let steps: Vec<Value> = run
+        .events()
+        .borrow()
+        .iter()
+        .filter_map(|event| match event {
+            RunEvent::StepFinished(record) => serde_json::to_value(record).ok(),
+            _ => None,
+        })
+        .collect();
+    let mut shown = summary(&state, &run);
+    shown["steps"] = Value::Array(steps);
+    Ok(HttpResponse::Ok().json(shown))
+}
+
+/// `GET /v1/runs/{id}/events`: server-sent events ([`sse`]).
+async fn events(
+    state: Data,
+    id: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let run = find(&state, &id)?;
+    // A client reconnecting with `Last-Event-ID: n` continues after event n.
+    let from = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .streaming(sse::stream(run, from)))
+}
+
+/// `POST /v1/runs/{id}/halt`: `{"mode"?: "immediate" | "graceful", "deadline_secs"?, "detail"?}`
+/// -> 202. Immediate by default; 409 if the run already ended.
+async fn halt_run(
+    state: Data,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let run = find(&state, &id)?;
+    let mut body = body::read(payload, state.body_limit).await?;
+    let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
+    body.done()?;
+    if run.result().is_some() || !run.handle.halt_with(halt) {
+        return Err(ApiError::conflict(format!(
+            "run {} already ended ({}); there is nothing to halt",
+            id.as_str(),
+            state_name(&run.state())
+        )));
+    }
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
+}
+
+/// A decision about a step.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum Decision {
+    Approve,
+    Reject,
+}
+
+/// `POST /v1/runs/{id}/approvals/{step}`: `{"decision": "approve" | "reject", "reason"?}` ->
+/// 202; 409 unless that step is the one waiting for approval.
+async fn decide(
+    state: Data,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, step) = path.into_inner();
+    let run = find(&state, &id)?;
+    let step: u32 = step
+        .parse()
+        .map_err(|_| ApiError::invalid("step", format!("{step:?} is not a step number")))?;
+    let mut body = body::read(payload, state.body_limit).await?;
+    let decision: Decision = body.require("decision")?;
+    let reason: Option<String> = body.take("reason")?;
+    body.done()?;
+    match run.state() {
+        RunState::AwaitingApproval { step: waiting, .. } if waiting == step => {}
+        other => {
+            return Err(ApiError::conflict(format!(
+                "step {step} of run {id} is not waiting for approval; the run is {}",
+                state_name(&other)
+            )))
+        }
+    }
+    match decision {
+        Decision::Approve => run.handle.approve(step),
+        Decision::Reject => run.handle.reject(
+            step,
+            reason.unwrap_or_else(|| "rejected by an operator".into()),
+        ),
+    }
+    Ok(HttpResponse::Accepted().json(json!({ "id": id, "step": step })))
+}
+
+/// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
+/// -> 202 `{"scope", "runs"}` (how many of this service's runs were running in the scope).
+/// The halt stays: the tenant's (or everyone's) new runs end halted at once until the service
+/// restarts.
+async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let mut body = body::read(payload, state.body_limit).await?;
+    let tenant: Option<String> = body.take("tenant")?;
+    let all = body.take::<bool>("all")?.unwrap_or(false);
+    let scope = match (tenant, all) {
+        (Some(tenant), false) => HaltScope::Tenant(tenant),
+        (None, true) => HaltScope::All,
+        _ => {
+            return Err(ApiError::invalid(
+                "tenant",
+                "say which runs to halt: {\"tenant\": \"<name>\"} or {\"all\": true}",
+            ))
+        }
+    };
+    let halt = operator_halt(&mut body, scope.clone())?;
+    body.done()?;
+    let running = state
+        .runs
+        .all()
+        .iter()
+        .filter(|run| run.result().is_none())
+        .filter(|run| match &scope {
+            HaltScope::Tenant(tenant) => run.tenant == *tenant,
+            _ => true,
+        })
+        .count();
+    state.engine.orchestrator.halts().halt_with(halt);
+    Ok(HttpResponse::Accepted().json(json!({ "scope": scope.to_string(), "runs": running })))
+}
+
+/// The halt an operator's body asks for (reason `operator`).
+fn operator_halt(body: &mut Fields, scope: HaltScope) -> Result<Halt, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Mode {
+        Immediate,
+        Graceful,
+    }
+    let mode = body.take::<Mode>("mode")?.unwrap_or(Mode::Immediate);
+    let deadline = body.take::<u64>("deadline_secs")?;
+    let mode = match (mode, deadline) {
+        (Mode::Immediate, Some(_)) => {
+            return Err(ApiError::invalid(
+                "deadline_secs",
+                "only applies to \"mode\": \"graceful\"",
+            ))
+        }
+        (Mode::Immediate, None) => HaltMode::Immediate,
+        (Mode::Graceful, secs) => HaltMode::Graceful {
+            deadline: secs.map_or(GRACEFUL_DEADLINE, Duration::from_secs),
+        },
+    };
+    let mut halt = Halt::new(scope, mode, HaltReason::Operator);
+    if let Some(detail) = body.take::<String>("detail")? {
+        halt = halt.with_detail(detail);
+    }
+    Ok(halt)
+}
+
+fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
+    state.runs.get(id).ok_or_else(|| ApiError::unknown_run(id))
+}
+
+/// A run as listed: id, tenant, goal, submission time, state, usage so far.
+fn summary(state: &State, run: &Tracked) -> Value {
+    let usage = match run.result() {
+        Some(result) => result.usage,
+        None => state.engine.usage(run.handle.id()),
+    };
+    let submitted_ms = run
+        .submitted_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "id": run.handle.id(),
+        "tenant": run.tenant,
+        "goal": run.goal,
+        "submitted_at_ms": submitted_ms,
+        "state": run.state(),
+        "usage": usage,
+    })
+}
