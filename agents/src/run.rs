@@ -180,6 +180,10 @@ pub enum FailReason {
     ModelError,
     /// One of its agents kept failing (panics past what retries allow).
     AgentError,
+    /// Resumed or replayed, it did not do what its journal recorded (the detail says where).
+    Diverged,
+    /// Its journal could not be written: it stopped rather than go on unrecorded.
+    JournalError,
 }
 
 impl std::fmt::Display for FailReason {
@@ -351,6 +355,8 @@ pub struct RunHandle {
     pub(crate) id: RunId,
     pub(crate) state: watch::Receiver<RunState>,
     pub(crate) events: broadcast::Sender<RunEvent>,
+    /// Subscribed before the run started: the first `events()` call gets every event.
+    pub(crate) first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<RunEvent>>>>,
     pub(crate) decisions: mpsc::UnboundedSender<Decision>,
     pub(crate) result: watch::Receiver<Option<Arc<RunResult>>>,
     pub(crate) halts: Halts,
@@ -367,9 +373,16 @@ impl RunHandle {
         self.state.borrow().clone()
     }
 
-    /// Its events from now on. (A receiver more than 1024 events behind loses the oldest.)
+    /// Its events. The first call (on any clone of this handle) gets every event since the run
+    /// was submitted; later calls get events from then on. A receiver more than
+    /// [`RUN_EVENT_CAPACITY`](crate::RUN_EVENT_CAPACITY) events behind loses the oldest.
     pub fn events(&self) -> broadcast::Receiver<RunEvent> {
-        self.events.subscribe()
+        let first = self
+            .first_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Halts it (reason `operator`): `Immediate` aborts its in-flight model and tool calls;
