@@ -65,6 +65,8 @@ pub(crate) struct RunLog {
     /// Whether answers served from the journal are charged on the ledger again (a process
     /// that starts over rebuilds its ledger this way).
     pub(crate) charge_replayed: bool,
+    /// The first failure of the walk, kept for the driver (a model call only reports an error).
+    failure: Option<LogError>,
 }
 
 impl RunLog {
@@ -89,12 +91,26 @@ impl RunLog {
             replay_only,
             next_call: 0,
             charge_replayed,
+            failure: None,
         }
+    }
+
+    /// The failure that stopped the walk, if one did.
+    pub(crate) fn take_failure(&mut self) -> Option<LogError> {
+        self.failure.take()
     }
 
     /// Records that the run did `event`: on a resumed run, checks it against the next journaled
     /// event; past the journal, appends it and waits until it is durable.
     pub(crate) async fn record(&mut self, event: Event) -> Result<Recorded, LogError> {
+        let recorded = self.walk(event).await;
+        if let Err(e) = &recorded {
+            self.failure.get_or_insert_with(|| e.clone());
+        }
+        recorded
+    }
+
+    async fn walk(&mut self, event: Event) -> Result<Recorded, LogError> {
         // A halt is not the run's doing: a resumed run passes the halts it had.
         while matches!(self.pending.front(), Some((_, Event::Halted { .. })))
             && !matches!(event, Event::Halted { .. })
@@ -215,15 +231,43 @@ pub fn first_difference(
             first_difference(x, y, format!("{at}/{i}"))
         }),
         (a, b) if a == b => None,
-        (a, b) => Some((if at.is_empty() { "/".into() } else { at }, cut(a), cut(b))),
+        (Value::String(a), Value::String(b)) => {
+            // Long texts (prompts) differ somewhere inside: show both around that place.
+            let offset = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+            let path = if at.is_empty() { "/".into() } else { at };
+            Some((
+                format!("{path} (from char {offset})"),
+                around(a, offset),
+                around(b, offset),
+            ))
+        }
+        (a, b) => Some((
+            if at.is_empty() { "/".into() } else { at },
+            cut(&a.to_string()),
+            cut(&b.to_string()),
+        )),
     }
 }
 
-fn cut(value: &Value) -> String {
-    let text = value.to_string();
+/// Up to 80 characters of `text` from 20 before `offset`.
+fn around(text: &str, offset: usize) -> String {
+    let start = offset.saturating_sub(20);
+    let part: String = text.chars().skip(start).take(80).collect();
+    format!(
+        "{}{part:?}{}",
+        if start > 0 { "..." } else { "" },
+        if text.chars().count() > start + 80 {
+            "..."
+        } else {
+            ""
+        }
+    )
+}
+
+fn cut(text: &str) -> String {
     match text.char_indices().nth(120) {
         Some((end, _)) => format!("{}...", &text[..end]),
-        None => text,
+        None => text.to_owned(),
     }
 }
 

@@ -66,6 +66,9 @@ pub struct OrchestratorConfig {
     pub recall: usize,
     /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
     pub journal: Arc<dyn Journal>,
+    /// Names this orchestrator's supervisors (`supervisor/<name>`, `tenant/<name>:<tenant>`), so
+    /// several can share a runtime. Default `runs`.
+    pub name: String,
 }
 
 impl std::fmt::Debug for OrchestratorConfig {
@@ -78,6 +81,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("loop_repeats", &self.loop_repeats)
             .field("long_term", &self.long_term)
             .field("recall", &self.recall)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +97,7 @@ impl Default for OrchestratorConfig {
             long_term: Arc::default(),
             recall: 3,
             journal: Arc::new(MemoryJournal::new()),
+            name: "runs".into(),
         }
     }
 }
@@ -220,7 +225,7 @@ impl Orchestrator {
     ) -> Result<Self, SubmitError> {
         let root = Supervisor::start_root(
             runtime,
-            AgentId::new("supervisor", "runs"),
+            AgentId::new("supervisor", config.name.clone()),
             SupervisorSpec::new(Strategy::OneForOne),
         )
         .map_err(SupervisorError::from)?;
@@ -603,7 +608,7 @@ impl Orchestrator {
         if let Some(found) = tenants.get(tenant).filter(|s| s.is_running()) {
             return Ok(found.clone());
         }
-        let id = AgentId::new("tenant", tenant.to_owned());
+        let id = AgentId::new("tenant", format!("{}:{tenant}", self.inner.config.name));
         if self
             .inner
             .runtime
@@ -947,6 +952,11 @@ impl Driver {
             {
                 return Err(self.model_failure(e))
             }
+            Err(MemoryError::Llm(_)) if self.log.lock().await.replay_only() => {
+                if let Some(failure) = self.log.lock().await.take_failure() {
+                    return Err(log_failure(failure));
+                }
+            }
             // The context stays as it was (compact loses nothing): the run goes on, larger.
             Err(e) => tracing::warn!(run = %self.run, error = %e, "context compaction failed"),
         }
@@ -980,7 +990,12 @@ impl Driver {
                         detail: format!("{attempts} attempts; last: {last}"),
                     }))
                 }
-                Ok(Err(PlannerError::Model(e))) => return Err(self.model_failure(e)),
+                Ok(Err(PlannerError::Model(e))) => {
+                    if let Some(failure) = self.log.lock().await.take_failure() {
+                        return Err(log_failure(failure));
+                    }
+                    return Err(self.model_failure(e));
+                }
                 Err(e) if retryable(&e) && attempt < inner.config.step_retries => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
@@ -1180,6 +1195,12 @@ impl Driver {
                 Ok(Err(StepFailure::Tool(ToolError::Halted { .. }))) => return Err(self.halted()),
                 Ok(Err(StepFailure::Model { .. })) if self.token.is_halted() => {
                     return Err(self.halted())
+                }
+                Ok(Err(StepFailure::Model { message })) => {
+                    if let Some(failure) = self.log.lock().await.take_failure() {
+                        return Err(log_failure(failure));
+                    }
+                    return Ok(Err(StepFailure::Model { message }));
                 }
                 Ok(Err(failure)) => return Ok(Err(failure)),
                 Err(e) if retryable(&e) && repeatable && attempt < inner.config.step_retries => {
