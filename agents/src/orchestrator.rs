@@ -674,6 +674,15 @@ struct Driver {
 /// The run is over, in this state.
 struct End(RunState);
 
+/// Where an operator's decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// Asked and answered now.
+    Now,
+    /// Served from the journal of a resumed run.
+    Journaled,
+}
+
 impl Driver {
     async fn drive(mut self) -> RunResult {
         let state = match self.await_team().await {
@@ -1089,7 +1098,7 @@ impl Driver {
         let allowed = tool_name(step).is_some_and(|name| self.allowed.iter().any(|a| a == name));
         if let Some(tool) = tool.as_ref().filter(|_| allowed) {
             if self.request.autonomy.needs_approval(tool.impact()) {
-                if let Err(reason) = self.decide(number, tool.name(), "approval").await? {
+                if let (Err(reason), _) = self.decide(number, tool.name(), "approval").await? {
                     return Ok(Err(ToolError::Rejected {
                         tool: tool.name().to_owned(),
                         reason,
@@ -1116,22 +1125,26 @@ impl Driver {
                 arguments: serde_json::Value::Object(arguments.clone()),
             })
             .await?;
-        if intent == Recorded::Replayed {
+        // On a resumed run the journal may know how the call ended; if it does not, the call may
+        // or may not have happened.
+        while intent == Recorded::Replayed {
             let served = self
                 .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if *idempotency_key == key))
                 .await;
             if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
                 return Ok(decode_outcome(outcome));
             }
-            // The journal knows the call was made, not how it ended.
             if self.log.lock().await.replay_only() {
                 return Err(End(RunState::Failed {
                     reason: FailReason::Diverged,
                     detail: format!("the journal ends inside tool call {key}"),
                 }));
             }
-            if !repeatable {
-                if let Err(reason) = self.decide(number, name, "unknown_outcome").await? {
+            if repeatable {
+                break;
+            }
+            match self.decide(number, name, "unknown_outcome").await? {
+                (Err(reason), _) => {
                     let failure: StepFailure = ToolError::Rejected {
                         tool: name.clone(),
                         reason,
@@ -1146,7 +1159,14 @@ impl Driver {
                     .await?;
                     return Ok(outcome);
                 }
-                self.set(RunState::Running { step: number });
+                // A decision taken now: call it again.
+                (Ok(()), Decided::Now) => {
+                    self.set(RunState::Running { step: number });
+                    break;
+                }
+                // A decision from the journal was for an attempt that may itself have run
+                // before the next crash: look for its result, or ask again.
+                (Ok(()), Decided::Journaled) => continue,
             }
         }
         let outcome = self.run_step(number, step, repeatable).await?;
@@ -1226,7 +1246,7 @@ impl Driver {
         number: u32,
         tool: &str,
         reason: &str,
-    ) -> Result<Result<(), String>, End> {
+    ) -> Result<(Result<(), String>, Decided), End> {
         self.record(JournalEvent::ApprovalRequested {
             step: number,
             tool: tool.to_owned(),
@@ -1240,11 +1260,12 @@ impl Driver {
             approved, reason, ..
         }) = served
         {
-            return Ok(if approved {
+            let decision = if approved {
                 Ok(())
             } else {
                 Err(reason.unwrap_or_default())
-            });
+            };
+            return Ok((decision, Decided::Journaled));
         }
         if self.log.lock().await.replay_only() {
             return Err(End(RunState::Failed {
@@ -1260,7 +1281,7 @@ impl Driver {
             reason: decision.clone().err(),
         })
         .await?;
-        Ok(decision)
+        Ok((decision, Decided::Now))
     }
 
     async fn await_approval(&mut self, number: u32, tool: &str) -> Result<Result<(), String>, End> {
