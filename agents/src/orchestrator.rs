@@ -1127,46 +1127,48 @@ impl Driver {
             .await?;
         // On a resumed run the journal may know how the call ended; if it does not, the call may
         // or may not have happened.
-        while intent == Recorded::Replayed {
-            let served = self
-                .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if *idempotency_key == key))
-                .await;
-            if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
-                return Ok(decode_outcome(outcome));
-            }
-            if self.log.lock().await.replay_only() {
-                return Err(End(RunState::Failed {
-                    reason: FailReason::Diverged,
-                    detail: format!("the journal ends inside tool call {key}"),
-                }));
-            }
-            if repeatable {
-                break;
-            }
-            match self.decide(number, name, "unknown_outcome").await? {
-                (Err(reason), _) => {
-                    let failure: StepFailure = ToolError::Rejected {
-                        tool: name.clone(),
-                        reason,
-                    }
-                    .into();
-                    let outcome = Err(failure);
-                    self.record(JournalEvent::ToolResult {
-                        step: number,
-                        idempotency_key: key,
-                        outcome: encode_outcome(&outcome),
-                    })
-                    .await?;
-                    return Ok(outcome);
+        if intent == Recorded::Replayed {
+            loop {
+                let served = self
+                    .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if *idempotency_key == key))
+                    .await;
+                if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
+                    return Ok(decode_outcome(outcome));
                 }
-                // A decision taken now: call it again.
-                (Ok(()), Decided::Now) => {
-                    self.set(RunState::Running { step: number });
+                if self.log.lock().await.replay_only() {
+                    return Err(End(RunState::Failed {
+                        reason: FailReason::Diverged,
+                        detail: format!("the journal ends inside tool call {key}"),
+                    }));
+                }
+                if repeatable {
                     break;
                 }
-                // A decision from the journal was for an attempt that may itself have run
-                // before the next crash: look for its result, or ask again.
-                (Ok(()), Decided::Journaled) => continue,
+                match self.decide(number, name, "unknown_outcome").await? {
+                    (Err(reason), _) => {
+                        let failure: StepFailure = ToolError::Rejected {
+                            tool: name.clone(),
+                            reason,
+                        }
+                        .into();
+                        let outcome = Err(failure);
+                        self.record(JournalEvent::ToolResult {
+                            step: number,
+                            idempotency_key: key,
+                            outcome: encode_outcome(&outcome),
+                        })
+                        .await?;
+                        return Ok(outcome);
+                    }
+                    // A decision taken now: call it again.
+                    (Ok(()), Decided::Now) => {
+                        self.set(RunState::Running { step: number });
+                        break;
+                    }
+                    // A decision from the journal was for an attempt that may itself have run
+                    // before the next crash: look for its result, or ask again.
+                    (Ok(()), Decided::Journaled) => continue,
+                }
             }
         }
         let outcome = self.run_step(number, step, repeatable).await?;
