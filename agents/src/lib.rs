@@ -11,6 +11,7 @@
 //! - [`Team`] adds custom agents, such as a reviewer (critic) that sees every plan first.
 
 pub mod executor;
+mod journaling;
 mod orchestrator;
 pub mod plan;
 pub mod planner;
@@ -22,7 +23,10 @@ mod tool;
 pub mod memory;
 
 pub use impresario_supervisor as supervisor;
-pub use orchestrator::{Orchestrator, OrchestratorConfig, SubmitError};
+pub use journaling::{first_difference, Divergence, ModelGateway};
+pub use orchestrator::{
+    Orchestrator, OrchestratorConfig, ReplayReport, ResumeError, SubmitError, RUN_EVENT_CAPACITY,
+};
 pub use plan::{LoopDetector, LoopKind, Plan, PlanError, Step};
 pub use run::{
     Autonomy, Budget, FailReason, Models, RunEvent, RunHandle, RunRequest, RunResult, RunState,

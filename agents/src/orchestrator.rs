@@ -10,7 +10,12 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope, HaltToken, Halts};
+use dashmap::DashMap;
+use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken, Halts};
+use impresario_runtime::journal::{
+    Journal, JournalError, MemoryJournal, RunEvent as JournalEvent, RunFilter, RunOutcome,
+    RunStatus, RunSummary, ToolOutcome,
+};
 use impresario_runtime::ledger::{
     AccountId, AccountPath, CeilingReached, Ledger, LedgerError, Limits,
 };
@@ -20,11 +25,13 @@ use impresario_supervisor::{
     ChildSpec, OnCeiling, RestartType, StartChild, StopChild, Strategy, Supervisor,
     SupervisorError, SupervisorRef, SupervisorSpec, WhichChildren,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
 
-use crate::executor::{ExecuteStep, Executor};
+use crate::executor::{idempotency_key, ExecuteStep, Executor};
+use crate::journaling::{Divergence, LogError, ModelGateway, Recorded, RunLog};
 use crate::memory::{
-    compact, ContextBudget, ContextEntry, EntryKind, LongTermMemory, MemoryAgent, MemoryError,
+    compact_via, ContextBudget, ContextEntry, EntryKind, LongTermMemory, MemoryAgent, MemoryError,
     MemoryRecord, Outcome, Recall, Remember,
 };
 use crate::plan::{LoopDetector, Plan, Step};
@@ -40,7 +47,7 @@ use crate::tool::{ToolError, ToolRegistry};
 pub const RUN_EVENT_CAPACITY: usize = 64;
 
 /// How the orchestrator runs every run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OrchestratorConfig {
     /// Executor agents per run.
     pub executors_per_run: usize,
@@ -57,6 +64,26 @@ pub struct OrchestratorConfig {
     pub long_term: Arc<LongTermMemory>,
     /// How many memories of earlier runs a run recalls into its context.
     pub recall: usize,
+    /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
+    pub journal: Arc<dyn Journal>,
+    /// Names this orchestrator's supervisors (`supervisor/<name>`, `tenant/<name>:<tenant>`), so
+    /// several can share a runtime. Default `runs`.
+    pub name: String,
+}
+
+impl std::fmt::Debug for OrchestratorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestratorConfig")
+            .field("executors_per_run", &self.executors_per_run)
+            .field("on_ceiling", &self.on_ceiling)
+            .field("max_reviews", &self.max_reviews)
+            .field("step_retries", &self.step_retries)
+            .field("loop_repeats", &self.loop_repeats)
+            .field("long_term", &self.long_term)
+            .field("recall", &self.recall)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -69,6 +96,8 @@ impl Default for OrchestratorConfig {
             loop_repeats: 3,
             long_term: Arc::default(),
             recall: 3,
+            journal: Arc::new(MemoryJournal::new()),
+            name: "runs".into(),
         }
     }
 }
@@ -90,6 +119,54 @@ pub enum SubmitError {
     /// The run's agents could not be started.
     #[error("could not start the run's agents: {0}")]
     Supervisor(#[from] SupervisorError),
+    /// The journal refused the run (it is not durable, so it was not started).
+    #[error("the journal refused the run: {0}")]
+    Journal(String),
+}
+
+impl From<JournalError> for SubmitError {
+    fn from(e: JournalError) -> Self {
+        SubmitError::Journal(e.to_string())
+    }
+}
+
+/// Why a run could not be resumed or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The journal has no such run.
+    #[error("the journal has no run {0}")]
+    Unknown(RunId),
+    /// It is running in this process.
+    #[error("run {0} is running; halt it before resuming or replaying it")]
+    Running(RunId),
+    /// Its tenant (or everything) is halted.
+    #[error("cannot resume: {0}")]
+    TenantHalted(String),
+    /// Its journal cannot be used.
+    #[error("the run's journal cannot be used: {0}")]
+    BadJournal(String),
+    /// Reading the journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Starting it again failed.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// The run.
+    pub run: RunId,
+    /// Journaled events after its submission.
+    pub events: usize,
+    /// The first place the run now behaves differently, if any.
+    pub divergence: Option<Divergence>,
+    /// Whether the replay reached the end the journal recorded (false for a run that was cut off
+    /// or halted: it replays up to there).
+    pub complete: bool,
+    /// The state the replay ended in.
+    pub state: RunState,
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> SubmitError {
@@ -113,6 +190,9 @@ struct Inner {
     halts: Halts,
     root: SupervisorRef,
     tenants: Mutex<HashMap<String, AgentRef<Supervisor>>>,
+    /// Runs of this process that have not ended.
+    live: DashMap<RunId, RunHandle>,
+    journal: Arc<dyn Journal>,
     config: OrchestratorConfig,
 }
 
@@ -145,7 +225,7 @@ impl Orchestrator {
     ) -> Result<Self, SubmitError> {
         let root = Supervisor::start_root(
             runtime,
-            AgentId::new("supervisor", "runs"),
+            AgentId::new("supervisor", config.name.clone()),
             SupervisorSpec::new(Strategy::OneForOne),
         )
         .map_err(SupervisorError::from)?;
@@ -161,6 +241,8 @@ impl Orchestrator {
                 halts,
                 root,
                 tenants: Mutex::default(),
+                live: DashMap::new(),
+                journal: config.journal.clone(),
                 config,
             }),
         })
@@ -192,10 +274,162 @@ impl Orchestrator {
         request: RunRequest,
         team: Team,
     ) -> Result<RunHandle, SubmitError> {
-        let inner = &self.inner;
         self.validate(&request)?;
         let run = RunId::generate();
+        // Write-ahead: the run is durable before it is acknowledged.
+        let submitted = JournalEvent::RunSubmitted {
+            tenant: request.tenant.clone(),
+            goal: request.goal.clone(),
+            request: serde_json::to_value(&request)
+                .map_err(|e| invalid("request", e.to_string()))?,
+        };
+        self.inner.journal.append(&run, submitted).await?;
+        let log = RunLog::new(self.inner.journal.clone(), run.clone());
+        self.launch(run, request, team, log).await
+    }
 
+    /// A run of this process that has not ended yet.
+    pub fn run(&self, id: &RunId) -> Option<RunHandle> {
+        self.inner.live.get(id).map(|h| h.clone())
+    }
+
+    /// The journaled runs `filter` selects (of this process and earlier ones).
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
+        self.inner.journal.runs(filter)
+    }
+
+    /// The journal runs are written to.
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.inner.journal
+    }
+
+    /// Resumes a run from its journal: a halted one, or one a crash cut off. The run is driven
+    /// again from the start: journaled model answers, tool results and decisions are served
+    /// (not repeated, and not paid again unless this process is rebuilding its ledger), then it
+    /// goes on live. A tool call whose outcome the journal does not know is repeated only if
+    /// the tool is idempotent; otherwise the run waits for an operator's decision (approve:
+    /// call it again; reject: the step fails).
+    pub async fn resume(&self, id: &RunId) -> Result<RunHandle, ResumeError> {
+        self.resume_with(id, Team::new()).await
+    }
+
+    /// [`resume`](Self::resume) with the run's custom agents.
+    pub async fn resume_with(&self, id: &RunId, team: Team) -> Result<RunHandle, ResumeError> {
+        if self.inner.live.contains_key(id) {
+            return Err(ResumeError::Running(id.clone()));
+        }
+        let (request, recorded) = self.journaled(id)?;
+        let token = self
+            .inner
+            .halts
+            .resume_run(&request.tenant, id.as_str())
+            .map_err(|e| ResumeError::TenantHalted(e.to_string()))?;
+        drop(token);
+        // A ledger that still has the run's account (halted in this process) keeps what it
+        // spent; a new one (after a restart) is rebuilt from the journaled costs.
+        let rebuild = self
+            .inner
+            .ledger
+            .account(&AccountId::Run(id.to_string()))
+            .is_none();
+        let log = RunLog::resumed(
+            self.inner.journal.clone(),
+            id.clone(),
+            recorded,
+            false,
+            rebuild,
+        );
+        Ok(self.launch(id.clone(), request, team, log).await?)
+    }
+
+    /// Resumes every run the journal says was cut off (not halted, not finished): call it when
+    /// the service starts.
+    pub async fn recover(&self) -> Result<Vec<RunHandle>, ResumeError> {
+        let mut resumed = Vec::new();
+        for summary in self.runs(&RunFilter::all().status(RunStatus::Active))? {
+            if !self.inner.live.contains_key(&summary.run) {
+                resumed.push(self.resume(&summary.run).await?);
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Re-executes a run from its journal with no network and no tool call: everything it needs
+    /// must be served by the journal. Reports the first place where the code now behaves
+    /// differently, if any: build regression ("golden") tests from recorded runs with it.
+    pub async fn replay(&self, id: &RunId) -> Result<ReplayReport, ResumeError> {
+        self.replay_with(id, Team::new()).await
+    }
+
+    /// [`replay`](Self::replay) with the run's custom agents.
+    pub async fn replay_with(&self, id: &RunId, team: Team) -> Result<ReplayReport, ResumeError> {
+        if self.inner.live.contains_key(id) {
+            return Err(ResumeError::Running(id.clone()));
+        }
+        let (request, recorded) = self.journaled(id)?;
+        let events = recorded.len();
+        let finished = recorded
+            .iter()
+            .any(|(_, e)| matches!(e, JournalEvent::RunFinished { .. }));
+        let log = RunLog::resumed(
+            self.inner.journal.clone(),
+            id.clone(),
+            recorded,
+            true,
+            false,
+        );
+        let handle = self.launch(id.clone(), request, team, log).await?;
+        let result = handle.wait().await;
+        let (divergence, complete) = match &result.state {
+            RunState::Failed {
+                reason: FailReason::Diverged,
+                detail,
+            } => match serde_json::from_str::<Divergence>(detail) {
+                Ok(divergence) => (Some(divergence), false),
+                // The journal ended first: a run that was cut off or halted replays up to there.
+                Err(_) => (None, !finished),
+            },
+            _ => (None, true),
+        };
+        Ok(ReplayReport {
+            run: id.clone(),
+            events,
+            divergence,
+            complete,
+            state: result.state.clone(),
+        })
+    }
+
+    /// The request and the events after `RunSubmitted` of a journaled, unfinished run.
+    fn journaled(&self, id: &RunId) -> Result<(RunRequest, Vec<(u64, JournalEvent)>), ResumeError> {
+        let entries = self.inner.journal.read(id)?;
+        let mut events = entries.into_iter().map(|e| (e.seq, e.event));
+        let request = match events.next() {
+            Some((_, JournalEvent::RunSubmitted { request, .. })) => serde_json::from_value::<
+                RunRequest,
+            >(request)
+            .map_err(|e| {
+                ResumeError::BadJournal(format!("the submitted request does not read back: {e}"))
+            })?,
+            Some(_) => {
+                return Err(ResumeError::BadJournal(
+                    "the first event is not run_submitted".into(),
+                ))
+            }
+            None => return Err(ResumeError::Unknown(id.clone())),
+        };
+        Ok((request, events.collect()))
+    }
+
+    /// Opens the run's account and halt token, starts its subtree and its driver.
+    async fn launch(
+        &self,
+        run: RunId,
+        request: RunRequest,
+        team: Team,
+        log: RunLog,
+    ) -> Result<RunHandle, SubmitError> {
+        let inner = &self.inner;
         let tenant_account = AccountId::Tenant(request.tenant.clone());
         if inner.ledger.account(&tenant_account).is_none() {
             match inner
@@ -215,9 +449,13 @@ impl Orchestrator {
             deadline: budget.deadline.map(|d| Instant::now() + d),
         };
         let run_account = AccountId::Run(run.to_string());
-        inner
+        match inner
             .ledger
-            .open(run_account.clone(), Some(&tenant_account), limits)?;
+            .open(run_account.clone(), Some(&tenant_account), limits)
+        {
+            Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let path = inner.ledger.path(&run_account)?;
         let token = inner.halts.run(&request.tenant, run.as_str());
 
@@ -253,6 +491,17 @@ impl Orchestrator {
             });
         }
         let allowed: Arc<[String]> = request.tools.clone().into();
+        let log = Arc::new(Mutex::new(log));
+        let handle = RunHandle {
+            id: run.clone(),
+            state,
+            events: events.clone(),
+            first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
+            decisions: decisions_tx,
+            result,
+            halts: inner.halts.clone(),
+        };
+        inner.live.insert(run.clone(), handle.clone());
         let driver = Driver {
             orchestrator: self.clone(),
             reviewers: team
@@ -261,12 +510,14 @@ impl Orchestrator {
                 .filter_map(|m| m.review.clone().map(|r| (m.id(&run), r)))
                 .collect(),
             allowed: allowed.clone(),
-            run: run.clone(),
+            gateway: ModelGateway::new(inner.client.clone(), log.clone()),
+            log,
+            run,
             request,
             path,
             token,
             state: state_tx,
-            events: events.clone(),
+            events,
             decisions,
             steps: Vec::new(),
             history: Vec::new(),
@@ -279,15 +530,7 @@ impl Orchestrator {
             let result = driver.drive().await;
             let _ = result_tx.send(Some(Arc::new(result)));
         });
-        Ok(RunHandle {
-            id: run,
-            state,
-            events,
-            first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
-            decisions: decisions_tx,
-            result,
-            halts: inner.halts.clone(),
-        })
+        Ok(handle)
     }
 
     /// Checks a request at the boundary: every problem named by its field.
@@ -331,18 +574,16 @@ impl Orchestrator {
     /// The supervision subtree of one run: planner, executors, custom agents.
     fn run_subtree(&self, run: &RunId, team: &Team, placement: Placement) -> ChildSpec {
         let inner = &self.inner;
-        let client = inner.client.clone();
         let mut spec = SupervisorSpec::new(Strategy::OneForOne).child(
-            ChildSpec::agent(AgentId::new("planner", run.to_string()), move || {
-                Planner::new(client.clone())
-            })
-            .placement(placement),
+            ChildSpec::agent(AgentId::new("planner", run.to_string()), Planner::default)
+                .placement(placement),
         );
         for i in 0..inner.config.executors_per_run.max(1) {
-            let (client, tools) = (inner.client.clone(), inner.tools.clone());
-            spec = spec.child(ChildSpec::agent(executor_id(run, i), move || {
-                Executor::new(client.clone(), tools.clone())
-            }));
+            let tools = inner.tools.clone();
+            spec = spec.child(
+                ChildSpec::agent(executor_id(run, i), move || Executor::new(tools.clone()))
+                    .placement(placement),
+            );
         }
         let (memory_run, long_term) = (run.clone(), inner.config.long_term.clone());
         spec = spec.child(
@@ -367,7 +608,7 @@ impl Orchestrator {
         if let Some(found) = tenants.get(tenant).filter(|s| s.is_running()) {
             return Ok(found.clone());
         }
-        let id = AgentId::new("tenant", tenant.to_owned());
+        let id = AgentId::new("tenant", format!("{}:{tenant}", self.inner.config.name));
         if self
             .inner
             .runtime
@@ -409,6 +650,9 @@ fn executor_id(run: &RunId, index: usize) -> AgentId {
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
 struct Driver {
     orchestrator: Orchestrator,
+    /// The run's journal, walked first when resumed.
+    log: Arc<Mutex<RunLog>>,
+    gateway: ModelGateway,
     reviewers: Vec<(AgentId, Arc<Review>)>,
     allowed: Arc<[String]>,
     run: RunId,
@@ -429,6 +673,15 @@ struct Driver {
 
 /// The run is over, in this state.
 struct End(RunState);
+
+/// Where an operator's decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// Asked and answered now.
+    Now,
+    /// Served from the journal of a resumed run.
+    Journaled,
+}
 
 impl Driver {
     async fn drive(mut self) -> RunResult {
@@ -463,14 +716,19 @@ impl Driver {
             self.check_halt()?;
             self.set(RunState::Planning);
             self.compact().await?;
-            let plan = self.plan(feedback.take()).await?;
+            let plan = self.plan(feedback.take(), number).await?;
             revision += 1;
+            self.record(JournalEvent::PlanMade {
+                revision,
+                plan: serde_json::to_value(&plan).unwrap_or_default(),
+            })
+            .await?;
             let _ = self.events.send(RunEvent::Planned {
                 revision,
                 plan: plan.clone(),
             });
             if reviews < config.max_reviews {
-                if let Some(revise) = self.review(&plan).await? {
+                if let Some(revise) = self.review(&plan, number).await? {
                     reviews += 1;
                     let _ = self.events.send(RunEvent::Revised {
                         revision,
@@ -499,7 +757,18 @@ impl Driver {
                     }));
                 }
                 self.set(RunState::Running { step: number });
+                self.record(JournalEvent::StepStarted {
+                    step: number,
+                    kind: step.label(),
+                    detail: serde_json::to_value(&step).unwrap_or_default(),
+                })
+                .await?;
                 let outcome = self.execute(number, &step).await?;
+                self.record(JournalEvent::StepFinished {
+                    step: number,
+                    outcome: serde_json::to_value(&outcome).unwrap_or_default(),
+                })
+                .await?;
                 self.history.push(ContextEntry::new(
                     EntryKind::Step,
                     Some(number),
@@ -529,6 +798,18 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Records what the run did in its journal (write-ahead), or checks it against the journal
+    /// of a resumed run.
+    async fn record(&self, event: JournalEvent) -> Result<Recorded, End> {
+        let recorded = self.log.lock().await.record(event).await;
+        recorded.map_err(log_failure)
+    }
+
+    /// The next journaled event, if it is the one `wanted` describes (served, not repeated).
+    async fn serve(&self, wanted: impl Fn(&JournalEvent) -> bool) -> Option<JournalEvent> {
+        self.log.lock().await.serve(wanted)
     }
 
     /// Awaits an agent's answer unless the run is halted first. A ceiling halt comes from the
@@ -594,33 +875,59 @@ impl Driver {
         if k == 0 {
             return Ok(());
         }
-        let memory = self.agent::<MemoryAgent>(memory_id(&self.run))?;
-        let query = Recall {
-            query: self.request.goal.clone(),
-            k,
-        };
-        match self.call(memory.ask(query)).await? {
-            Ok(Ok(recalled)) => {
-                for found in &recalled {
-                    let r = &found.record;
-                    self.history.push(ContextEntry::new(
-                        EntryKind::Observation,
-                        None,
+        // What a resumed run recalled the first time is served: memory may have changed since.
+        let served = self
+            .serve(|e| matches!(e, JournalEvent::StepStarted { kind, .. } if kind == "recall"))
+            .await;
+        let memories: Vec<String> = match served {
+            Some(JournalEvent::StepStarted { detail, .. }) => {
+                serde_json::from_value(detail).unwrap_or_default()
+            }
+            _ => {
+                let memory = self.agent::<MemoryAgent>(memory_id(&self.run))?;
+                let query = Recall {
+                    query: self.request.goal.clone(),
+                    k,
+                };
+                let recalled = match self.call(memory.ask(query)).await? {
+                    Ok(Ok(recalled)) => recalled,
+                    Ok(Err(e)) => {
+                        tracing::warn!(run = %self.run, error = %e, "could not recall memories");
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %self.run, error = %e, "memory agent failed");
+                        Vec::new()
+                    }
+                };
+                let memories: Vec<String> = recalled
+                    .iter()
+                    .map(|found| {
+                        let r = &found.record;
                         format!(
                             "Memory of an earlier run (goal: {}; outcome: {}; why: {}): {}",
                             r.goal,
                             r.outcome.as_str(),
                             r.why,
                             r.text
-                        ),
-                    ));
-                }
-                let _ = self.events.send(RunEvent::Recalled {
-                    memories: recalled.len(),
-                });
+                        )
+                    })
+                    .collect();
+                self.record(JournalEvent::StepStarted {
+                    step: 0,
+                    kind: "recall".into(),
+                    detail: serde_json::to_value(&memories).unwrap_or_default(),
+                })
+                .await?;
+                memories
             }
-            Ok(Err(e)) => tracing::warn!(run = %self.run, error = %e, "could not recall memories"),
-            Err(e) => tracing::warn!(run = %self.run, error = %e, "memory agent failed"),
+        };
+        let _ = self.events.send(RunEvent::Recalled {
+            memories: memories.len(),
+        });
+        for memory in memories {
+            self.history
+                .push(ContextEntry::new(EntryKind::Observation, None, memory));
         }
         Ok(())
     }
@@ -635,11 +942,14 @@ impl Driver {
             keep_recent: 4,
             model: self.request.models.planner.clone(),
         };
-        let client = self.orchestrator.inner.client.clone();
         let summarizer = self.request.models.summarizer.clone();
         let options = self.options();
+        let (gateway, step) = (self.gateway.clone(), self.steps.len() as u32);
         let mut history = std::mem::take(&mut self.history);
-        let done = compact(&mut history, &budget, &client, &summarizer, &options).await;
+        let done = compact_via(&mut history, &budget, &summarizer, |request| async move {
+            gateway.chat(step, request, &options).await
+        })
+        .await;
         self.history = history;
         match done {
             Ok(Some(compaction)) => {
@@ -651,6 +961,11 @@ impl Driver {
             {
                 return Err(self.model_failure(e))
             }
+            Err(MemoryError::Llm(_)) if self.log.lock().await.replay_only() => {
+                if let Some(failure) = self.log.lock().await.take_failure() {
+                    return Err(log_failure(failure));
+                }
+            }
             // The context stays as it was (compact loses nothing): the run goes on, larger.
             Err(e) => tracing::warn!(run = %self.run, error = %e, "context compaction failed"),
         }
@@ -658,7 +973,7 @@ impl Driver {
     }
 
     /// Asks the planner (retrying if it crashed: planning reads only), mapping failures to ends.
-    async fn plan(&mut self, feedback: Option<String>) -> Result<Plan, End> {
+    async fn plan(&mut self, feedback: Option<String>, step: u32) -> Result<Plan, End> {
         let inner = self.orchestrator.inner.clone();
         let planner = self.agent::<Planner>(AgentId::new("planner", self.run.to_string()))?;
         let system = self.planner_prompt.clone();
@@ -672,6 +987,8 @@ impl Driver {
                 feedback: feedback.clone(),
                 max_repairs: self.request.max_repairs,
                 options: self.options(),
+                gateway: self.gateway.clone(),
+                step,
             };
             let answer = self.call(planner.ask(request)).await?;
             match answer {
@@ -682,7 +999,12 @@ impl Driver {
                         detail: format!("{attempts} attempts; last: {last}"),
                     }))
                 }
-                Ok(Err(PlannerError::Model(e))) => return Err(self.model_failure(e)),
+                Ok(Err(PlannerError::Model(e))) => {
+                    if let Some(failure) = self.log.lock().await.take_failure() {
+                        return Err(log_failure(failure));
+                    }
+                    return Err(self.model_failure(e));
+                }
                 Err(e) if retryable(&e) && attempt < inner.config.step_retries => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
@@ -710,31 +1032,53 @@ impl Driver {
     }
 
     /// Asks every reviewer about the plan; the first to send it back wins.
-    async fn review(&mut self, plan: &Plan) -> Result<Option<String>, End> {
+    async fn review(&mut self, plan: &Plan, step: u32) -> Result<Option<String>, End> {
         for (id, review) in self.reviewers.clone() {
-            let request = ReviewPlan {
-                goal: self.request.goal.clone(),
-                plan: plan.clone(),
-            };
-            let verdict = self
-                .token
-                .run(review(&self.orchestrator.inner.runtime, &id, request))
-                .await
-                .map_err(|_| self.halted())?;
-            match verdict {
-                Ok(Verdict::Approve) => {}
-                Ok(Verdict::Revise { feedback }) => return Ok(Some(feedback)),
-                // A reviewer that fails does not block the run; its supervisor restarts it.
-                Err(e) => {
-                    tracing::warn!(run = %self.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed")
+            let reviewer = id.to_string();
+            // A resumed run is served the verdicts it was given: a reviewer may judge differently now.
+            let served = self
+                .serve(|e| matches!(e, JournalEvent::StepStarted { kind, detail, .. } if kind == "review" && detail["reviewer"] == reviewer.as_str()))
+                .await;
+            let verdict = match served {
+                Some(JournalEvent::StepStarted { detail, .. }) => {
+                    serde_json::from_value::<Verdict>(detail["verdict"].clone()).ok()
                 }
+                _ => {
+                    let request = ReviewPlan {
+                        goal: self.request.goal.clone(),
+                        plan: plan.clone(),
+                    };
+                    let asked = self
+                        .token
+                        .run(review(&self.orchestrator.inner.runtime, &id, request))
+                        .await
+                        .map_err(|_| self.halted())?;
+                    let verdict = match asked {
+                        Ok(verdict) => Some(verdict),
+                        // A reviewer that fails does not block the run; its supervisor restarts it.
+                        Err(e) => {
+                            tracing::warn!(run = %self.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed");
+                            None
+                        }
+                    };
+                    self.record(JournalEvent::StepStarted {
+                        step,
+                        kind: "review".into(),
+                        detail: serde_json::json!({ "reviewer": reviewer, "verdict": verdict }),
+                    })
+                    .await?;
+                    verdict
+                }
+            };
+            if let Some(Verdict::Revise { feedback }) = verdict {
+                return Ok(Some(feedback));
             }
         }
         Ok(None)
     }
 
-    /// Runs one step: approval if its impact needs it, then an executor, retrying a crashed
-    /// executor only when the step is safe to repeat.
+    /// Runs one step: approval if its impact needs it; a tool call's intent journaled before it
+    /// runs and its result after; on a resumed run a journaled result is served instead.
     async fn execute(
         &mut self,
         number: u32,
@@ -754,7 +1098,7 @@ impl Driver {
         let allowed = tool_name(step).is_some_and(|name| self.allowed.iter().any(|a| a == name));
         if let Some(tool) = tool.as_ref().filter(|_| allowed) {
             if self.request.autonomy.needs_approval(tool.impact()) {
-                if let Err(reason) = self.await_approval(number, tool.name()).await? {
+                if let (Err(reason), _) = self.decide(number, tool.name(), "approval").await? {
                     return Ok(Err(ToolError::Rejected {
                         tool: tool.name().to_owned(),
                         reason,
@@ -764,6 +1108,88 @@ impl Driver {
                 self.set(RunState::Running { step: number });
             }
         }
+        let Step::ToolCall {
+            tool: name,
+            arguments,
+            ..
+        } = step
+        else {
+            return self.run_step(number, step, repeatable).await;
+        };
+        let key = idempotency_key(&self.run, number);
+        let intent = self
+            .record(JournalEvent::ToolCallIntent {
+                step: number,
+                tool: name.clone(),
+                idempotency_key: key.clone(),
+                arguments: serde_json::Value::Object(arguments.clone()),
+            })
+            .await?;
+        // On a resumed run the journal may know how the call ended; if it does not, the call may
+        // or may not have happened.
+        if intent == Recorded::Replayed {
+            loop {
+                let served = self
+                    .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if *idempotency_key == key))
+                    .await;
+                if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
+                    return Ok(decode_outcome(outcome));
+                }
+                if self.log.lock().await.replay_only() {
+                    return Err(End(RunState::Failed {
+                        reason: FailReason::Diverged,
+                        detail: format!("the journal ends inside tool call {key}"),
+                    }));
+                }
+                if repeatable {
+                    break;
+                }
+                match self.decide(number, name, "unknown_outcome").await? {
+                    (Err(reason), _) => {
+                        let failure: StepFailure = ToolError::Rejected {
+                            tool: name.clone(),
+                            reason,
+                        }
+                        .into();
+                        let outcome = Err(failure);
+                        self.record(JournalEvent::ToolResult {
+                            step: number,
+                            idempotency_key: key,
+                            outcome: encode_outcome(&outcome),
+                        })
+                        .await?;
+                        return Ok(outcome);
+                    }
+                    // A decision taken now: call it again.
+                    (Ok(()), Decided::Now) => {
+                        self.set(RunState::Running { step: number });
+                        break;
+                    }
+                    // A decision from the journal was for an attempt that may itself have run
+                    // before the next crash: look for its result, or ask again.
+                    (Ok(()), Decided::Journaled) => continue,
+                }
+            }
+        }
+        let outcome = self.run_step(number, step, repeatable).await?;
+        self.record(JournalEvent::ToolResult {
+            step: number,
+            idempotency_key: key,
+            outcome: encode_outcome(&outcome),
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Asks an executor to run the step, retrying a crashed executor only when the step is safe
+    /// to repeat.
+    async fn run_step(
+        &mut self,
+        number: u32,
+        step: &Step,
+        repeatable: bool,
+    ) -> Result<Result<String, StepFailure>, End> {
+        let inner = self.orchestrator.inner.clone();
         let mut attempt = 0;
         loop {
             let index = self.next_executor % inner.config.executors_per_run.max(1);
@@ -783,6 +1209,7 @@ impl Driver {
                 output_limit: self.request.output_limit,
                 halt: self.token.clone(),
                 options: self.options(),
+                gateway: self.gateway.clone(),
             };
             let answer = self.call(executor.ask(request)).await?;
             match answer {
@@ -790,6 +1217,12 @@ impl Driver {
                 Ok(Err(StepFailure::Tool(ToolError::Halted { .. }))) => return Err(self.halted()),
                 Ok(Err(StepFailure::Model { .. })) if self.token.is_halted() => {
                     return Err(self.halted())
+                }
+                Ok(Err(StepFailure::Model { message })) => {
+                    if let Some(failure) = self.log.lock().await.take_failure() {
+                        return Err(log_failure(failure));
+                    }
+                    return Ok(Err(StepFailure::Model { message }));
                 }
                 Ok(Err(failure)) => return Ok(Err(failure)),
                 Err(e) if retryable(&e) && repeatable && attempt < inner.config.step_retries => {
@@ -808,8 +1241,51 @@ impl Driver {
         }
     }
 
-    /// Waits for an operator's decision on step `number` (or a halt). `Ok(Err(reason))` is a
-    /// rejection.
+    /// An operator's decision on step `number` (`approval` of a high-impact call, or what to do
+    /// about a call whose outcome is `unknown_outcome`), journaled; served on a resumed run.
+    async fn decide(
+        &mut self,
+        number: u32,
+        tool: &str,
+        reason: &str,
+    ) -> Result<(Result<(), String>, Decided), End> {
+        self.record(JournalEvent::ApprovalRequested {
+            step: number,
+            tool: tool.to_owned(),
+            reason: reason.to_owned(),
+        })
+        .await?;
+        let served = self
+            .serve(|e| matches!(e, JournalEvent::ApprovalDecided { step, .. } if *step == number))
+            .await;
+        if let Some(JournalEvent::ApprovalDecided {
+            approved, reason, ..
+        }) = served
+        {
+            let decision = if approved {
+                Ok(())
+            } else {
+                Err(reason.unwrap_or_default())
+            };
+            return Ok((decision, Decided::Journaled));
+        }
+        if self.log.lock().await.replay_only() {
+            return Err(End(RunState::Failed {
+                reason: FailReason::Diverged,
+                detail: format!("the journal ends waiting for a decision on step {number}"),
+            }));
+        }
+        let decision = self.await_approval(number, tool).await?;
+        self.record(JournalEvent::ApprovalDecided {
+            step: number,
+            approved: decision.is_ok(),
+            by: "operator".into(),
+            reason: decision.clone().err(),
+        })
+        .await?;
+        Ok((decision, Decided::Now))
+    }
+
     async fn await_approval(&mut self, number: u32, tool: &str) -> Result<Result<(), String>, End> {
         self.set(RunState::AwaitingApproval {
             step: number,
@@ -865,6 +1341,45 @@ impl Driver {
                     detail: format!("agent {id} is gone"),
                 })
             })
+    }
+
+    /// Journals how the run ended: finished (no more events), or halted (resumable).
+    async fn journal_end(&self, state: &RunState) {
+        let event = match state {
+            RunState::Succeeded { answer } => JournalEvent::RunFinished {
+                outcome: RunOutcome::Succeeded,
+                result: serde_json::json!({ "answer": answer }),
+                reason: None,
+            },
+            // Nothing more goes into a journal the run could not follow or write.
+            RunState::Failed {
+                reason: FailReason::Diverged | FailReason::JournalError,
+                ..
+            } => return,
+            RunState::Failed { reason, .. } => JournalEvent::RunFinished {
+                outcome: RunOutcome::Failed,
+                result: serde_json::to_value(state).unwrap_or_default(),
+                reason: Some(reason.to_string()),
+            },
+            RunState::CeilingReached { .. } => JournalEvent::RunFinished {
+                outcome: RunOutcome::Failed,
+                result: serde_json::to_value(state).unwrap_or_default(),
+                reason: Some("cost_ceiling".into()),
+            },
+            RunState::Halted { .. } => JournalEvent::Halted {
+                halt: self.token.halt_info().unwrap_or_else(|| {
+                    Halt::new(
+                        HaltScope::Run(self.run.to_string()),
+                        HaltMode::Immediate,
+                        HaltReason::Operator,
+                    )
+                }),
+            },
+            _ => return,
+        };
+        if let Err(e) = self.log.lock().await.append_final(event).await {
+            tracing::warn!(run = %self.run, error = %e, "could not journal how the run ended");
+        }
     }
 
     /// Remembers how the run ended, and why, for later runs (through its memory agent).
@@ -937,7 +1452,11 @@ impl Driver {
                 }
             })
             .unwrap_or_default();
-        self.remember(&state).await;
+        let replay = self.log.lock().await.replay_only();
+        if !replay {
+            self.journal_end(&state).await;
+            self.remember(&state).await;
+        }
         let tenant = inner
             .tenants
             .lock()
@@ -947,8 +1466,13 @@ impl Driver {
         if let Some(tenant) = tenant {
             let _ = tenant.ask(StopChild(run_supervisor_id(&self.run))).await;
         }
-        inner.ledger.close(&account);
-        inner.halts.remove_run(self.run.as_str());
+        // A halted run keeps its account, so resuming it in this process does not pay again for
+        // what it already spent; a replay leaves the ledger as it found it.
+        if !matches!(state, RunState::Halted { .. }) && !replay {
+            inner.ledger.close(&account);
+            inner.halts.remove_run(self.run.as_str());
+        }
+        inner.live.remove(&self.run);
         RunResult {
             run: self.run,
             state,
@@ -956,6 +1480,43 @@ impl Driver {
             usage,
         }
     }
+}
+
+/// A step's outcome as the journal keeps a tool result.
+fn encode_outcome(outcome: &Result<String, StepFailure>) -> ToolOutcome {
+    match outcome {
+        Ok(output) => ToolOutcome::Ok(serde_json::Value::String(output.clone())),
+        Err(failure) => ToolOutcome::Error(serde_json::to_string(failure).unwrap_or_default()),
+    }
+}
+
+/// A journaled tool result as the step's outcome.
+fn decode_outcome(outcome: ToolOutcome) -> Result<String, StepFailure> {
+    match outcome {
+        ToolOutcome::Ok(serde_json::Value::String(output)) => Ok(output),
+        ToolOutcome::Ok(other) => Ok(other.to_string()),
+        ToolOutcome::Error(text) => {
+            Err(serde_json::from_str(&text).unwrap_or(StepFailure::Agent { message: text }))
+        }
+    }
+}
+
+/// A journal that could not be walked or written ends the run: it never goes on unrecorded.
+fn log_failure(error: LogError) -> End {
+    End(match error {
+        LogError::Diverged(divergence) => RunState::Failed {
+            reason: FailReason::Diverged,
+            detail: serde_json::to_string(&divergence).unwrap_or_else(|_| divergence.to_string()),
+        },
+        LogError::Exhausted { .. } => RunState::Failed {
+            reason: FailReason::Diverged,
+            detail: error.to_string(),
+        },
+        LogError::Journal(message) => RunState::Failed {
+            reason: FailReason::JournalError,
+            detail: message,
+        },
+    })
 }
 
 /// The definitions of the allowed tools, as the planner shows them to the model.

@@ -10,22 +10,16 @@ use std::sync::Arc;
 use actix::prelude::*;
 use impresario_runtime::agent;
 use impresario_runtime::llm::{
-    CallOptions, ChatRequest, Client, LlmError, Message as ChatMessage, ToolDef,
+    CallOptions, ChatRequest, LlmError, Message as ChatMessage, ToolDef,
 };
 
+use crate::journaling::ModelGateway;
 use crate::plan::{parse_plan, plan_schema, Plan, PlanError};
 
-/// The planner agent.
-pub struct Planner {
-    client: Client,
-}
-
-impl Planner {
-    /// A planner calling models through `client`.
-    pub fn new(client: Client) -> Self {
-        Planner { client }
-    }
-}
+/// The planner agent. It calls models through the run's [`ModelGateway`], which comes with
+/// each request.
+#[derive(Default)]
+pub struct Planner;
 
 impl Actor for Planner {
     type Context = Context<Self>;
@@ -50,6 +44,10 @@ pub struct MakePlan {
     pub max_repairs: u32,
     /// The run's budget path and halt token.
     pub options: CallOptions,
+    /// The run's journaled way to models.
+    pub gateway: ModelGateway,
+    /// The run's step count when planning (for the journal).
+    pub step: u32,
 }
 
 /// A valid plan and what it took.
@@ -81,7 +79,6 @@ impl Handler<MakePlan> for Planner {
     type Result = ResponseFuture<Result<Planned, PlannerError>>;
 
     fn handle(&mut self, msg: MakePlan, _: &mut Context<Self>) -> Self::Result {
-        let client = self.client.clone();
         Box::pin(async move {
             let mut request = ChatRequest::new(msg.model.clone())
                 .system(msg.system.to_string())
@@ -92,7 +89,10 @@ impl Handler<MakePlan> for Planner {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let response = client.chat(request.clone(), &msg.options).await?;
+                let response = msg
+                    .gateway
+                    .chat(msg.step, request.clone(), &msg.options)
+                    .await?;
                 match parse_plan(&response.content) {
                     Ok(plan) => return Ok(Planned { plan, attempts }),
                     Err(problem) if attempts > msg.max_repairs => {

@@ -180,6 +180,10 @@ pub enum FailReason {
     ModelError,
     /// One of its agents kept failing (panics past what retries allow).
     AgentError,
+    /// Resumed or replayed, it did not do what its journal recorded (the detail says where).
+    Diverged,
+    /// Its journal could not be written: it stopped rather than go on unrecorded.
+    JournalError,
 }
 
 impl std::fmt::Display for FailReason {
@@ -351,7 +355,7 @@ pub struct RunHandle {
     pub(crate) id: RunId,
     pub(crate) state: watch::Receiver<RunState>,
     pub(crate) events: broadcast::Sender<RunEvent>,
-    /// Subscribed before the run started; handed out once by `events_from_start`.
+    /// Subscribed before the run started: the first `events()` call gets every event.
     pub(crate) first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<RunEvent>>>>,
     pub(crate) decisions: mpsc::UnboundedSender<Decision>,
     pub(crate) result: watch::Receiver<Option<Arc<RunResult>>>,
@@ -369,21 +373,16 @@ impl RunHandle {
         self.state.borrow().clone()
     }
 
-    /// Its events from now on. (A receiver more than 64 events behind loses the oldest.) A
-    /// fast run may emit its first events before `submit` returns: to see every event, use
-    /// [`events_from_start`](Self::events_from_start).
+    /// Its events. The first call (on any clone of this handle) gets every event since the run
+    /// was submitted; later calls get events from then on. A receiver more than
+    /// [`RUN_EVENT_CAPACITY`](crate::RUN_EVENT_CAPACITY) events behind loses the oldest.
     pub fn events(&self) -> broadcast::Receiver<RunEvent> {
-        self.events.subscribe()
-    }
-
-    /// Its events from its first: a receiver subscribed before the run started. Only the first
-    /// call, on this handle or any clone, gets it; later calls get `None`. (It holds the run's
-    /// last 64 events until it is taken.)
-    pub fn events_from_start(&self) -> Option<broadcast::Receiver<RunEvent>> {
-        self.first_events
+        let first = self
+            .first_events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .take();
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Halts it (reason `operator`): `Immediate` aborts its in-flight model and tool calls;

@@ -67,7 +67,8 @@ async fn embedded(config: &Config, args: RunArgs) -> Result<bool, Error> {
         request = request.max_steps(max_steps);
     }
     let run = engine.orchestrator.submit(request).await?;
-    let mut events = run.events_from_start().unwrap_or_else(|| run.events());
+    // The first receiver of a run has every event from its start.
+    let mut events = run.events();
     println!("run {} (models: {})", run.id(), engine.models_description);
     let mut progress = Progress::start();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());

@@ -149,7 +149,7 @@ async fn halt_run(
     let mut body = body::read(payload, state.body_limit).await?;
     let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
     body.done()?;
-    if run.result().is_some() || !run.handle.halt_with(halt) {
+    if run.state().is_terminal() || !run.handle.halt_with(halt) {
         return Err(ApiError::conflict(format!(
             "run {} already ended ({}); there is nothing to halt",
             id.as_str(),
@@ -226,7 +226,7 @@ async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiErr
         .runs
         .all()
         .iter()
-        .filter(|run| run.result().is_none())
+        .filter(|run| !run.state().is_terminal())
         .filter(|run| match &scope {
             HaltScope::Tenant(tenant) => run.tenant == *tenant,
             _ => true,

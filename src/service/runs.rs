@@ -88,10 +88,8 @@ impl Runs {
         Arc<Tracked>,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        // Every event from the run's first (a handle fresh from `submit` still has it).
-        let receiver = handle
-            .events_from_start()
-            .unwrap_or_else(|| handle.events());
+        // The first receiver of a run has every event from its start.
+        let receiver = handle.events();
         let tracked = Arc::new(Tracked {
             handle,
             tenant,

@@ -2,7 +2,7 @@
 //! are summarized by a model into one entry.
 
 use impresario_runtime::llm::estimate::estimate_input;
-use impresario_runtime::llm::{CallOptions, ChatRequest, Client, Usage};
+use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError, Usage};
 use serde::{Deserialize, Serialize};
 
 use super::MemoryError;
@@ -123,6 +123,23 @@ pub async fn compact(
     summarizer_model: &str,
     options: &CallOptions,
 ) -> Result<Option<Compaction>, MemoryError> {
+    compact_via(entries, budget, summarizer_model, |request| {
+        client.chat(request, options)
+    })
+    .await
+}
+
+/// [`compact`] with the summarizer call made by `chat` (a run's journaled model gateway, say).
+pub async fn compact_via<F, Fut>(
+    entries: &mut Vec<ContextEntry>,
+    budget: &ContextBudget,
+    summarizer_model: &str,
+    chat: F,
+) -> Result<Option<Compaction>, MemoryError>
+where
+    F: FnOnce(ChatRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<ChatResponse, LlmError>>,
+{
     let max_tokens = budget.max_tokens as u64;
     let tokens_before = estimate_tokens(entries, &budget.model);
     if tokens_before <= max_tokens {
@@ -167,7 +184,7 @@ pub async fn compact(
         .user(user)
         .max_tokens(summary_max_tokens(budget))
         .temperature(0.0);
-    let answer = client.chat(request, options).await?;
+    let answer = chat(request).await?;
     let summary = answer.content.trim();
     if summary.is_empty() {
         return Err(MemoryError::BadInput {

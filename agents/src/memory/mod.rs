@@ -32,7 +32,9 @@ pub mod rank;
 mod working;
 
 pub use agent::{Get, MemoryAgent, Put, Recall, Remember, Remove, Snapshot};
-pub use budget::{compact, estimate_tokens, Compaction, ContextBudget, ContextEntry, EntryKind};
+pub use budget::{
+    compact, compact_via, estimate_tokens, Compaction, ContextBudget, ContextEntry, EntryKind,
+};
 pub use embed::{cosine, Embedder, HashingEmbedder};
 pub use long_term::{LongTermMemory, MemoryRecord, Outcome, Recalled, RecordId};
 pub use working::{Clock, ManualClock, SystemClock, WorkingMemory};

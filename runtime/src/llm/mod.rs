@@ -80,3 +80,14 @@ pub trait ChatModel: Send + Sync {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
 }
+
+/// A shared provider is a provider: one `Arc` can serve several clients (and a test can keep a
+/// handle to inspect it).
+impl<M: ChatModel + ?Sized> ChatModel for std::sync::Arc<M> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        (**self).chat(request)
+    }
+}

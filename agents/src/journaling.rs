@@ -1,0 +1,363 @@
+//! A run's journal as its driver writes it (DESIGN contract 4): every event is durable before
+//! the run goes on. A resumed or replayed run is driven by the same code from the start: its
+//! [`RunLog`] walks the events already journaled, checks that the run does the same again, and
+//! serves what they recorded (model answers, tool results, decisions) instead of repeating
+//! them; past the journal's end a resumed run goes on live, a replay stops.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
+use impresario_runtime::ledger::Charge;
+use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
+use impresario_runtime::RunId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+/// Where a run's behaviour first differs from its journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("the run diverged from its journal at event {seq}: expected {expected}, found {found}")]
+pub struct Divergence {
+    /// The journaled event's sequence number.
+    pub seq: Seq,
+    /// What the journal recorded (kind, and the first differing field and value).
+    pub expected: String,
+    /// What the run did instead.
+    pub found: String,
+}
+
+/// Why a run could not record an event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum LogError {
+    #[error(transparent)]
+    Diverged(#[from] Divergence),
+    /// A replay reached the end of the journal while the run wanted to go on.
+    #[error("the journal ends at event {last}, but the run goes on with {found}")]
+    Exhausted { last: Seq, found: String },
+    #[error("the journal failed: {0}")]
+    Journal(String),
+}
+
+impl From<JournalError> for LogError {
+    fn from(e: JournalError) -> Self {
+        LogError::Journal(e.to_string())
+    }
+}
+
+/// Whether an event was found in the journal or newly appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    Replayed,
+    Appended,
+}
+
+/// One run's journal, as its driver walks and extends it.
+pub(crate) struct RunLog {
+    journal: Arc<dyn Journal>,
+    run: RunId,
+    /// Journaled events not yet walked, with their sequence numbers.
+    pending: VecDeque<(Seq, Event)>,
+    last_seq: Seq,
+    /// A replay never appends: running past the journal is reported.
+    replay_only: bool,
+    next_call: u32,
+    /// Whether answers served from the journal are charged on the ledger again (a process
+    /// that starts over rebuilds its ledger this way).
+    pub(crate) charge_replayed: bool,
+    /// The first failure of the walk, kept for the driver (a model call only reports an error).
+    failure: Option<LogError>,
+}
+
+impl RunLog {
+    /// A log for a new run (nothing journaled beyond `RunSubmitted`).
+    pub(crate) fn new(journal: Arc<dyn Journal>, run: RunId) -> Self {
+        Self::resumed(journal, run, Vec::new(), false, false)
+    }
+
+    /// A log that first walks `recorded` (the run's events after `RunSubmitted`).
+    pub(crate) fn resumed(
+        journal: Arc<dyn Journal>,
+        run: RunId,
+        recorded: Vec<(Seq, Event)>,
+        replay_only: bool,
+        charge_replayed: bool,
+    ) -> Self {
+        RunLog {
+            journal,
+            run,
+            last_seq: recorded.last().map_or(1, |(seq, _)| *seq),
+            pending: recorded.into(),
+            replay_only,
+            next_call: 0,
+            charge_replayed,
+            failure: None,
+        }
+    }
+
+    /// The failure that stopped the walk, if one did.
+    pub(crate) fn take_failure(&mut self) -> Option<LogError> {
+        self.failure.take()
+    }
+
+    /// Records that the run did `event`: on a resumed run, checks it against the next journaled
+    /// event; past the journal, appends it and waits until it is durable.
+    pub(crate) async fn record(&mut self, event: Event) -> Result<Recorded, LogError> {
+        let recorded = self.walk(event).await;
+        if let Err(e) = &recorded {
+            self.failure.get_or_insert_with(|| e.clone());
+        }
+        recorded
+    }
+
+    async fn walk(&mut self, event: Event) -> Result<Recorded, LogError> {
+        // A halt is not the run's doing: a resumed run passes the halts it had.
+        while matches!(self.pending.front(), Some((_, Event::Halted { .. })))
+            && !matches!(event, Event::Halted { .. })
+        {
+            self.pending.pop_front();
+        }
+        match self.pending.pop_front() {
+            Some((seq, expected)) => match difference(&expected, &event) {
+                None => Ok(Recorded::Replayed),
+                Some((expected, found)) => Err(Divergence {
+                    seq,
+                    expected,
+                    found,
+                }
+                .into()),
+            },
+            None if self.replay_only => Err(LogError::Exhausted {
+                last: self.last_seq,
+                found: event.kind().to_owned(),
+            }),
+            None => {
+                self.journal.append(&self.run, event).await?;
+                Ok(Recorded::Appended)
+            }
+        }
+    }
+
+    /// Appends how the run ended, wherever the walk of a resumed run stopped.
+    pub(crate) async fn append_final(&mut self, event: Event) -> Result<Seq, JournalError> {
+        self.journal.append(&self.run, event).await
+    }
+
+    /// Takes the next journaled event if `wanted` says it is the one the run needs (a model
+    /// answer, a tool result, a decision, a recall), so it is served instead of repeated.
+    pub(crate) fn serve(&mut self, wanted: impl Fn(&Event) -> bool) -> Option<Event> {
+        while matches!(self.pending.front(), Some((_, Event::Halted { .. }))) {
+            self.pending.pop_front();
+        }
+        if self.pending.front().is_some_and(|(_, e)| wanted(e)) {
+            return self.pending.pop_front().map(|(_, e)| e);
+        }
+        None
+    }
+
+    /// Whether this is a replay, which must not do anything the journal did not record.
+    pub(crate) fn replay_only(&self) -> bool {
+        self.replay_only
+    }
+
+    fn next_call(&mut self) -> u32 {
+        self.next_call += 1;
+        self.next_call
+    }
+}
+
+/// What makes two events the same event for a resumed run: their kind and what the run decided
+/// (plans, steps, requests, tool arguments), not outcomes it is served. The first difference as
+/// (expected, found), if any.
+fn difference(expected: &Event, found: &Event) -> Option<(String, String)> {
+    if expected.kind() != found.kind() {
+        return Some((expected.kind().to_owned(), found.kind().to_owned()));
+    }
+    let decided = |event: &Event| -> Value {
+        match event {
+            Event::PlanMade { plan, .. } => plan.clone(),
+            Event::StepStarted { step, kind, detail } => {
+                serde_json::json!({ "step": step, "kind": kind, "detail": detail })
+            }
+            Event::LlmRequest { request, .. } => serde_json::to_value(request).unwrap_or_default(),
+            Event::ToolCallIntent {
+                tool,
+                idempotency_key,
+                arguments,
+                ..
+            } => {
+                serde_json::json!({ "tool": tool, "key": idempotency_key, "arguments": arguments })
+            }
+            Event::ApprovalRequested { step, tool, .. } => {
+                serde_json::json!({ "step": step, "tool": tool })
+            }
+            Event::StepFinished { step, .. } => serde_json::json!({ "step": step }),
+            _ => Value::Null,
+        }
+    };
+    first_difference(&decided(expected), &decided(found), String::new()).map(|(path, a, b)| {
+        let kind = expected.kind();
+        (
+            format!("{kind} {path} = {a}"),
+            format!("{kind} {path} = {b}"),
+        )
+    })
+}
+
+/// The first place two JSON values differ, as (JSON pointer, expected, found).
+pub fn first_difference(
+    expected: &Value,
+    found: &Value,
+    at: String,
+) -> Option<(String, String, String)> {
+    match (expected, found) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let (x, y) = (
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(x, y, format!("{at}/{k}"))
+            })
+        }
+        (Value::Array(a), Value::Array(b)) => (0..a.len().max(b.len())).find_map(|i| {
+            let (x, y) = (
+                a.get(i).unwrap_or(&Value::Null),
+                b.get(i).unwrap_or(&Value::Null),
+            );
+            first_difference(x, y, format!("{at}/{i}"))
+        }),
+        (a, b) if a == b => None,
+        (Value::String(a), Value::String(b)) => {
+            // Long texts (prompts) differ somewhere inside: show both around that place.
+            let offset = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+            let path = if at.is_empty() { "/".into() } else { at };
+            Some((
+                format!("{path} (from char {offset})"),
+                around(a, offset),
+                around(b, offset),
+            ))
+        }
+        (a, b) => Some((
+            if at.is_empty() { "/".into() } else { at },
+            cut(&a.to_string()),
+            cut(&b.to_string()),
+        )),
+    }
+}
+
+/// Up to 80 characters of `text` from 20 before `offset`.
+fn around(text: &str, offset: usize) -> String {
+    let start = offset.saturating_sub(20);
+    let part: String = text.chars().skip(start).take(80).collect();
+    format!(
+        "{}{part:?}{}",
+        if start > 0 { "..." } else { "" },
+        if text.chars().count() > start + 80 {
+            "..."
+        } else {
+            ""
+        }
+    )
+}
+
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// How a run's agents call models: through the LLM client, each request and answer journaled
+/// before the run goes on, and served from the journal when the run is resumed or replayed.
+#[derive(Clone)]
+pub struct ModelGateway {
+    client: Client,
+    log: Arc<Mutex<RunLog>>,
+}
+
+impl ModelGateway {
+    pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>) -> Self {
+        ModelGateway { client, log }
+    }
+
+    /// Calls a model for `step` of the run. A journaled answer is served without a network
+    /// call (charged again only when the ledger is being rebuilt after a restart).
+    pub async fn chat(
+        &self,
+        step: u32,
+        request: ChatRequest,
+        options: &CallOptions,
+    ) -> Result<ChatResponse, LlmError> {
+        // One call at a time per run (its driver waits for each step), so holding the log across
+        // the call keeps the journal in the order things happened.
+        let mut log = self.log.lock().await;
+        let call = log.next_call();
+        let recorded = log
+            .record(Event::LlmRequest {
+                step,
+                call,
+                request: request.clone(),
+            })
+            .await
+            .map_err(not_recorded)?;
+        if recorded == Recorded::Replayed {
+            let served =
+                log.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
+            if let Some(Event::LlmResponse {
+                response,
+                cost_micro_usd,
+                ..
+            }) = served
+            {
+                if log.charge_replayed {
+                    let charge = Charge {
+                        micro_usd: cost_micro_usd,
+                        tokens: response.usage.input_tokens + response.usage.output_tokens,
+                        model_calls: 1,
+                        steps: 0,
+                    };
+                    // The truth is charged even past a ceiling lowered since (reported as overshoot).
+                    match options.account.reserve(charge) {
+                        Ok(held) => drop(held.settle(charge)),
+                        Err(_) => drop(
+                            options
+                                .account
+                                .reserve(Charge::default())
+                                .map(|h| h.settle(charge)),
+                        ),
+                    }
+                }
+                return Ok(response);
+            }
+            if log.replay_only() {
+                return Err(LlmError::NotRecorded {
+                    field: format!("call {call}"),
+                    detail:
+                        "the journal has the request but no answer (the run was cut off mid-call)"
+                            .into(),
+                });
+            }
+        }
+        let response = self.client.chat(request, options).await?;
+        log.record(Event::LlmResponse {
+            step,
+            call,
+            response: response.clone(),
+            cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
+        })
+        .await
+        .map_err(not_recorded)?;
+        Ok(response)
+    }
+}
+
+fn not_recorded(e: LogError) -> LlmError {
+    LlmError::NotRecorded {
+        field: "journal".into(),
+        detail: e.to_string(),
+    }
+}
