@@ -24,6 +24,8 @@ pub struct Config {
     pub runs: Runs,
     /// `[models]`: which models runs use.
     pub models: Models,
+    /// `[journal]`: where runs are journaled.
+    pub journal: Journal,
 }
 
 /// `[server]`.
@@ -98,6 +100,33 @@ impl Default for Models {
     }
 }
 
+/// `[journal]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Journal {
+    /// The SQLite file every run is journaled to (created if missing), or `:memory:` to keep
+    /// the journal in memory only (runs are then lost at exit and cannot be replayed later).
+    pub path: String,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal {
+            path: "impresario.db".into(),
+        }
+    }
+}
+
+impl Journal {
+    /// The value of `path` that keeps the journal in memory.
+    pub const IN_MEMORY: &'static str = ":memory:";
+
+    /// The journal file, unless the journal is in memory.
+    pub fn file(&self) -> Option<&Path> {
+        (self.path != Self::IN_MEMORY).then(|| Path::new(&self.path))
+    }
+}
+
 impl Server {
     /// The drain timeout.
     pub fn drain_timeout(&self) -> Duration {
@@ -169,6 +198,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("runs", "tools", Kind::Names),
     ("models", "provider", Kind::Choice(&["auto", "offline"])),
     ("models", "offline_latency_ms", Kind::Integer),
+    ("journal", "path", Kind::Text),
 ];
 
 /// The prefix of every configuration variable.
@@ -270,6 +300,12 @@ impl Config {
 
     /// Ranges and relations the types do not say.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.journal.path.trim().is_empty() {
+            return Err(invalid(
+                "journal.path",
+                "is empty; name a file, or \":memory:\" to keep the journal in memory",
+            ));
+        }
         if self.server.body_limit_bytes == 0 {
             return Err(invalid(
                 "server.body_limit_bytes",

@@ -1,13 +1,15 @@
-//! The embedded runtime as the binary runs it, for `serve` and `run` alike: the models the
-//! configuration picks, the default tools, an orchestrator, and run requests with the
-//! configured defaults.
+//! The embedded runtime as the binary runs it, for `serve`, `run` and `replay` alike: the
+//! models the configuration picks, the default tools, the journal, an orchestrator, and run
+//! requests with the configured defaults.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use impresario::agents::{Budget, Models, Orchestrator, RunRequest, RunUsage};
+use impresario::agents::{Budget, Models, Orchestrator, OrchestratorConfig, RunRequest, RunUsage};
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
-use impresario::runtime::ledger::AccountId;
+use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
+use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::setup;
 
 use crate::config::Config;
@@ -25,9 +27,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the runtime on the current actix system, with the models and tools `config`
-    /// selects.
+    /// Starts the runtime on the current actix system, with the models, tools and journal
+    /// `config` selects.
     pub async fn start(config: &Config) -> Result<Engine, Box<dyn std::error::Error>> {
+        let journal: Arc<dyn Journal> = match config.journal.file() {
+            Some(file) => Arc::new(
+                SqliteJournal::open(file)
+                    .map_err(|e| format!("cannot open the journal (journal.path {file:?}): {e}"))?,
+            ),
+            None => Arc::new(MemoryJournal::new()),
+        };
         let offline =
             OfflineModel::new().latency(Duration::from_millis(config.models.offline_latency_ms));
         let chosen = match config.models.provider.as_str() {
@@ -35,8 +44,17 @@ impl Engine {
             _ => setup::from_env_or(offline)?,
         };
         let runtime = Runtime::builder().attach()?;
-        let orchestrator =
-            Orchestrator::start(&runtime, chosen.client, impresario::tools::registry()?).await?;
+        let orchestrator = Orchestrator::with(
+            &runtime,
+            chosen.client,
+            impresario::tools::registry()?,
+            Ledger::new(),
+            OrchestratorConfig {
+                journal,
+                ..OrchestratorConfig::default()
+            },
+        )
+        .await?;
         Ok(Engine {
             runtime,
             orchestrator,

@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod engine;
+mod journaled;
 mod service;
 
 use std::process::ExitCode;

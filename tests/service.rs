@@ -18,6 +18,7 @@ async fn every_v1_route_needs_the_right_bearer_token() {
         (Method::GET, "/v1/runs/run-1"),
         (Method::GET, "/v1/runs/run-1/events"),
         (Method::POST, "/v1/runs/run-1/halt"),
+        (Method::POST, "/v1/runs/run-1/resume"),
         (Method::POST, "/v1/runs/run-1/approvals/1"),
         (Method::POST, "/v1/halt"),
     ];
@@ -204,6 +205,38 @@ async fn halting_a_run_ends_it_halted_by_the_operator() {
         (422, Some("mode")),
         "{answer}"
     );
+}
+
+#[tokio::test]
+async fn a_halted_run_resumes_from_its_journal_and_only_halted_runs_can() {
+    let server = Server::start("[models]\noffline_latency_ms = 200");
+    let (status, answer) = server.post("/v1/runs/run-nope/resume", json!({})).await;
+    assert_eq!(status, 404, "{answer}");
+
+    let id = server.submit(json!({ "goal": GOAL })).await;
+    server.until(&id, |s| s["state"] == "planning").await;
+    let (status, answer) = server
+        .post(&format!("/v1/runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 409, "running: {answer}");
+    let (status, _) = server.post(&format!("/v1/runs/{id}/halt"), json!({})).await;
+    assert_eq!(status, 202);
+    server.until(&id, |s| s["state"] == "halted").await;
+    let (_, run) = server.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(run["status"], "halted");
+
+    let (status, answer) = server
+        .post(&format!("/v1/runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let events = server.events(&id).await.all().await;
+    assert_eq!(label(events.last().unwrap()), "state:succeeded");
+    let (_, run) = server.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(run["status"], "finished");
+    let (status, answer) = server
+        .post(&format!("/v1/runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 409, "finished: {answer}");
 }
 
 #[tokio::test]

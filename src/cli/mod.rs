@@ -1,7 +1,8 @@
-//! The command line: `serve`, `run`, `runs list|show`, `halt`.
+//! The command line: `serve`, `run`, `runs list|show`, `halt`, `replay`.
 
 mod progress;
 mod remote;
+mod replay;
 mod run;
 mod runs;
 
@@ -33,12 +34,17 @@ enum Command {
     /// Pursue a goal and show its steps, tokens and cost: on an embedded runtime, or on a
     /// service with --server.
     Run(run::RunArgs),
-    /// List or show a service's runs.
+    /// List or show runs: those of the journal file (journal.path), or of a service with
+    /// --server.
     Runs {
         #[command(subcommand)]
         command: runs::RunsCommand,
-        #[command(flatten)]
-        service: ServiceArgs,
+        /// Ask the service at this URL instead of reading the journal file.
+        #[arg(long, global = true, env = "IMPRESARIO_URL")]
+        server: Option<String>,
+        /// The service's bearer token (its server.token).
+        #[arg(long, global = true, env = "IMPRESARIO_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Halt a run, a tenant's runs, or every run of a service.
     Halt {
@@ -46,6 +52,12 @@ enum Command {
         halt: runs::HaltArgs,
         #[command(flatten)]
         service: ServiceArgs,
+    },
+    /// Re-execute a journaled run with no network and no tool call, and report the first
+    /// place where it now behaves differently, if any.
+    Replay {
+        /// The run's id.
+        run: String,
     },
 }
 
@@ -89,8 +101,19 @@ impl Cli {
         let outcome = match self.command {
             Command::Serve => crate::service::serve(config).await.map(|()| true),
             Command::Run(args) => run::run(&config, args).await,
-            Command::Runs { command, service } => runs::runs(&service.service(), command).await,
+            Command::Runs {
+                command,
+                server,
+                token,
+            } => {
+                let source = match server {
+                    Some(url) => runs::Source::Service(remote::Service::new(&url, token)),
+                    None => runs::Source::Journal(config.journal.clone()),
+                };
+                runs::runs(&source, command).await
+            }
             Command::Halt { halt, service } => runs::halt(&service.service(), halt).await,
+            Command::Replay { run } => replay::replay(&config, run).await,
         };
         match outcome {
             Ok(true) => ExitCode::SUCCESS,

@@ -1,9 +1,85 @@
-//! `impresario runs list|show` and `impresario halt`: a service's runs.
+//! `impresario runs list|show` (from the journal file, or a service) and `impresario halt` (a
+//! service's runs).
 
 use clap::{Args, Subcommand};
+use impresario::runtime::journal::{Journal, RunFilter, SqliteJournal};
+use impresario::runtime::RunId;
 use serde_json::{json, Value};
 
 use super::remote::{Error, Service};
+use crate::config;
+use crate::journaled;
+
+/// Where runs are read from.
+pub enum Source {
+    /// A running service.
+    Service(Service),
+    /// The journal file of the configuration.
+    Journal(config::Journal),
+}
+
+impl Source {
+    async fn list(&self, tenant: Option<String>) -> Result<Value, Error> {
+        match self {
+            Source::Service(service) => {
+                let path = match tenant {
+                    Some(tenant) => format!("/runs?tenant={}", encode(&tenant)),
+                    None => "/runs".into(),
+                };
+                service.get(&path).await
+            }
+            Source::Journal(journal) => {
+                let Some(journal) = open(journal)? else {
+                    return Ok(json!({ "runs": [] }));
+                };
+                let mut filter = RunFilter::all();
+                if let Some(tenant) = tenant {
+                    filter = filter.tenant(tenant);
+                }
+                // Local reads are cheap: each run is read whole, for its goal, state and usage.
+                let mut runs = Vec::new();
+                for summary in journal.runs(&filter)? {
+                    let mut listed = journaled::listed(&summary);
+                    if let Some(shown) = journaled::shown(&journal.read(&summary.run)?) {
+                        for key in ["goal", "state", "usage"] {
+                            listed[key] = shown[key].clone();
+                        }
+                    }
+                    runs.push(listed);
+                }
+                Ok(json!({ "runs": runs }))
+            }
+        }
+    }
+
+    async fn show(&self, id: &str) -> Result<Value, Error> {
+        match self {
+            Source::Service(service) => service.get(&format!("/runs/{}", encode(id))).await,
+            Source::Journal(config) => {
+                let entries = match open(config)? {
+                    Some(journal) => journal.read(&RunId::new(id))?,
+                    None => Vec::new(),
+                };
+                journaled::shown(&entries).ok_or_else(|| {
+                    format!("the journal {:?} has no run {id:?}", config.path).into()
+                })
+            }
+        }
+    }
+}
+
+/// The journal file, if there is one (reading must not create it).
+fn open(config: &config::Journal) -> Result<Option<SqliteJournal>, Error> {
+    let Some(file) = config.file() else {
+        return Err("the journal is in memory (journal.path = \":memory:\"), so no run outlives its process; pass --server to ask a service".into());
+    };
+    if !file.exists() {
+        return Ok(None);
+    }
+    Ok(Some(SqliteJournal::open(file).map_err(|e| {
+        format!("cannot open the journal (journal.path {file:?}): {e}")
+    })?))
+}
 
 /// `runs` subcommands.
 #[derive(Subcommand)]
@@ -48,14 +124,10 @@ pub struct HaltArgs {
 }
 
 /// Runs a `runs` subcommand.
-pub async fn runs(service: &Service, command: RunsCommand) -> Result<bool, Error> {
+pub async fn runs(source: &Source, command: RunsCommand) -> Result<bool, Error> {
     match command {
         RunsCommand::List { tenant, json } => {
-            let path = match tenant {
-                Some(tenant) => format!("/runs?tenant={}", encode(&tenant)),
-                None => "/runs".into(),
-            };
-            let listed = service.get(&path).await?;
+            let listed = source.list(tenant).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&listed)?);
                 return Ok(true);
@@ -65,18 +137,22 @@ pub async fn runs(service: &Service, command: RunsCommand) -> Result<bool, Error
                 println!("no runs");
             }
             for run in runs {
+                // The run's state where the service knows it, else the journal's status.
+                let state = run["state"]["state"].as_str().or(run["status"].as_str());
+                let cost = run["usage"]["micro_usd"]
+                    .as_u64()
+                    .map_or("-".into(), |m| format!("${:.6}", m as f64 / 1e6));
                 println!(
-                    "{}  {}  {}  ${:.6}  {}",
+                    "{}  {}  {}  {cost}  {}",
                     text(&run["id"]),
                     text(&run["tenant"]),
-                    text(&run["state"]["state"]),
-                    run["usage"]["micro_usd"].as_u64().unwrap_or(0) as f64 / 1e6,
+                    state.unwrap_or("-"),
                     text(&run["goal"]),
                 );
             }
         }
         RunsCommand::Show { id, json } => {
-            let run = service.get(&format!("/runs/{}", encode(&id))).await?;
+            let run = source.show(&id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&run)?);
                 return Ok(true);
@@ -84,6 +160,7 @@ pub async fn runs(service: &Service, command: RunsCommand) -> Result<bool, Error
             println!("run:    {}", text(&run["id"]));
             println!("tenant: {}", text(&run["tenant"]));
             println!("goal:   {}", text(&run["goal"]));
+            println!("status: {}", text(&run["status"]));
             println!("state:  {}", run["state"]);
             println!(
                 "usage:  {} model calls, {} tokens, ${:.6}",
@@ -96,10 +173,11 @@ pub async fn runs(service: &Service, command: RunsCommand) -> Result<bool, Error
                     (Value::String(ok), _) => ok.split_whitespace().collect::<Vec<_>>().join(" "),
                     (_, failure) => format!("failed: {failure}"),
                 };
-                println!(
-                    "  step {} {}: {outcome}",
-                    step["number"], step["step"]["type"]
-                );
+                let label = match step["step"]["type"].as_str() {
+                    Some("tool_call") => format!("tool:{}", text(&step["step"]["tool"])),
+                    other => other.unwrap_or("-").to_owned(),
+                };
+                println!("  step {} {label}: {outcome}", step["number"]);
             }
         }
     }

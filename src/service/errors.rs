@@ -72,6 +72,11 @@ impl ApiError {
         )
     }
 
+    /// 500: the service failed (its journal, mostly); the message says what.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
     /// 503: the service is draining for shutdown.
     pub fn shutting_down() -> Self {
         Self::new(

@@ -2,12 +2,15 @@
 //!
 //! Routes (all under the bearer token, see [`routes`]): `POST /v1/runs`, `GET /v1/runs`,
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
-//! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`.
+//! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
+//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`.
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
 //! `server.drain_timeout_secs` the halt becomes immediate), their event streams end, the
-//! server stops, and the process exits 0.
+//! server stops, the journal is closed, and the process exits 0. Halted runs stay in the
+//! journal and can be resumed (`POST /v1/runs/{id}/resume`) after the restart; runs a crash
+//! cut off are resumed at start.
 
 mod auth;
 mod body;
@@ -19,10 +22,13 @@ mod sse;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
+use impresario::agents::RunHandle;
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
+use impresario::runtime::journal::RunEvent as Journaled;
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -38,6 +44,16 @@ pub struct State {
     draining: AtomicBool,
 }
 
+impl State {
+    /// Tracks a run just submitted or resumed, and records its events on the runtime.
+    fn track(&self, handle: RunHandle, tenant: String, goal: String) -> Arc<runs::Tracked> {
+        let (run, recording) = self.runs.track(handle, tenant, goal);
+        let runtime = &self.engine.runtime;
+        runtime.spawn_task(runtime.next_placement(), recording);
+        run
+    }
+}
+
 /// How long a halted run gets to record its end after its drain deadline.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -46,6 +62,8 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let token = config.server.bearer_token()?;
     let engine = Engine::start(&config).await?;
     let models = engine.models_description.clone();
+    // Runs a crash cut off go on from the journal (halted ones wait for POST .../resume).
+    let recovered = engine.orchestrator.recover().await?;
     let state = web::Data::new(State {
         engine,
         runs: Runs::default(),
@@ -53,6 +71,15 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
         draining: AtomicBool::new(false),
     });
+    for handle in recovered {
+        let entries = state.engine.orchestrator.journal().read(handle.id())?;
+        let (tenant, goal) = match entries.first().map(|e| &e.event) {
+            Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
+            _ => (String::new(), String::new()),
+        };
+        tracing::info!(run = %handle.id(), "resumed a run cut off by a crash");
+        state.track(handle, tenant, goal);
+    }
     let app_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -86,7 +113,18 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     handle.stop(true).await;
     serving.await??;
     state.engine.runtime.shutdown(DRAIN_GRACE).await;
-    eprintln!("impresario: stopped on {signal}; runs at shutdown ended: {ended:?}");
+    // The last holder of the journal closes it: what is queued is written, the WAL is folded
+    // into the file.
+    let journal = Arc::downgrade(state.engine.orchestrator.journal());
+    drop(state);
+    let journal = if journal.upgrade().is_none() {
+        "closed"
+    } else {
+        "still in use (it closes at exit; every acknowledged event is already durable)"
+    };
+    eprintln!(
+        "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
+    );
     Ok(())
 }
 

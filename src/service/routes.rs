@@ -3,13 +3,15 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
-use impresario::agents::{Autonomy, Budget, RunEvent, RunState};
+use impresario::agents::{Autonomy, Budget, ResumeError, RunEvent, RunState};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
+use impresario::runtime::journal::{RunEvent as Journaled, RunFilter};
+use impresario::runtime::RunId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -17,6 +19,7 @@ use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
 use super::{auth, sse, State};
+use crate::journaled;
 
 /// How long a graceful halt that names no `deadline_secs` lets the current step run.
 const GRACEFUL_DEADLINE: Duration = Duration::from_secs(30);
@@ -34,6 +37,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .service(web::resource("/runs/{id}").route(web::get().to(show)))
             .service(web::resource("/runs/{id}/events").route(web::get().to(events)))
             .service(web::resource("/runs/{id}/halt").route(web::post().to(halt_run)))
+            .service(web::resource("/runs/{id}/resume").route(web::post().to(resume)))
             .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
             .service(web::resource("/halt").route(web::post().to(halt))),
     );
@@ -71,9 +75,7 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
     body.done()?;
     let tenant = request.tenant.clone();
     let handle = state.engine.orchestrator.submit(request).await?;
-    let (run, recording) = state.runs.track(handle, tenant, goal);
-    let runtime = &state.engine.runtime;
-    runtime.spawn_task(runtime.next_placement(), recording);
+    let run = state.track(handle, tenant, goal);
     let id = run.handle.id().to_string();
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/runs/{id}")))
@@ -87,34 +89,61 @@ struct ListQuery {
     tenant: Option<String>,
 }
 
-/// `GET /v1/runs[?tenant=...]` -> `{"runs": [summary, ...]}`, oldest first.
+/// `GET /v1/runs[?tenant=...]` -> `{"runs": [...]}`, oldest first: every journaled run (of
+/// this process and earlier ones, [`journaled::listed`]), with `goal`, `state` and `usage`
+/// for the runs this process started or resumed.
 async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::invalid("query", e))?;
-    let runs: Vec<Value> = state
-        .runs
-        .all()
+    let mut filter = RunFilter::all();
+    if let Some(tenant) = &query.tenant {
+        filter = filter.tenant(tenant.clone());
+    }
+    let journaled = state
+        .engine
+        .orchestrator
+        .runs(&filter)
+        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    let runs: Vec<Value> = journaled
         .iter()
-        .filter(|run| query.tenant.as_ref().is_none_or(|t| *t == run.tenant))
-        .map(|run| summary(&state, run))
+        .map(|summary| {
+            let mut listed = journaled::listed(summary);
+            if let Some(run) = state.runs.get(summary.run.as_str()) {
+                let ours = tracked(&state, &run);
+                for key in ["goal", "status", "state", "usage"] {
+                    listed[key] = ours[key].clone();
+                }
+            }
+            listed
+        })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
 }
 
-/// `GET /v1/runs/{id}` -> the summary plus `steps` (every finished step so far).
+/// `GET /v1/runs/{id}` -> the run ([`journaled::shown`]): as this process runs it, else as
+/// the journal has it.
 async fn show(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let run = find(&state, &id)?;
-    let steps: Vec<Value> = run
-        .events()
-        .borrow()
-        .iter()
-        .filter_map(|event| match event {
-            RunEvent::StepFinished(record) => serde_json::to_value(record).ok(),
-            _ => None,
-        })
-        .collect();
-    let mut shown = summary(&state, &run);
-    shown["steps"] = Value::Array(steps);
+    if let Some(run) = state.runs.get(&id) {
+        let steps: Vec<Value> = run
+            .events()
+            .borrow()
+            .iter()
+            .filter_map(|event| match event {
+                RunEvent::StepFinished(record) => serde_json::to_value(record).ok(),
+                _ => None,
+            })
+            .collect();
+        let mut shown = tracked(&state, &run);
+        shown["steps"] = Value::Array(steps);
+        return Ok(HttpResponse::Ok().json(shown));
+    }
+    let entries = state
+        .engine
+        .orchestrator
+        .journal()
+        .read(&RunId::new(id.as_str()))
+        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    let shown = journaled::shown(&entries).ok_or_else(|| ApiError::unknown_run(&id))?;
     Ok(HttpResponse::Ok().json(shown))
 }
 
@@ -157,6 +186,43 @@ async fn halt_run(
         )));
     }
     Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
+}
+
+/// `POST /v1/runs/{id}/resume` -> 202 `{"id", "state"}`: a halted run, or one a crash cut
+/// off, goes on from its journal (journaled model answers and tool results are served, not
+/// repeated). 404 if the journal has no such run; 409 if it is running or finished.
+async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(Ordering::Acquire) {
+        return Err(ApiError::shutting_down());
+    }
+    let run = RunId::new(id.as_str());
+    let entries = state
+        .engine
+        .orchestrator
+        .journal()
+        .read(&run)
+        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    let (tenant, goal) = match entries.first().map(|e| &e.event) {
+        Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
+        _ => return Err(ApiError::unknown_run(&id)),
+    };
+    if let Some(Journaled::RunFinished { .. }) = entries.last().map(|e| &e.event) {
+        return Err(ApiError::conflict(format!(
+            "run {} finished; only a halted or interrupted run can be resumed",
+            id.as_str()
+        )));
+    }
+    let handle = match state.engine.orchestrator.resume(&run).await {
+        Ok(handle) => handle,
+        Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(&id)),
+        Err(e @ (ResumeError::Running(_) | ResumeError::TenantHalted(_))) => {
+            return Err(ApiError::conflict(e.to_string()))
+        }
+        Err(ResumeError::Submit(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::internal(e.to_string())),
+    };
+    let resumed = state.track(handle, tenant, goal);
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed.state() })))
 }
 
 /// A decision about a step.
@@ -269,22 +335,21 @@ fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
     state.runs.get(id).ok_or_else(|| ApiError::unknown_run(id))
 }
 
-/// A run as listed: id, tenant, goal, submission time, state, usage so far.
-fn summary(state: &State, run: &Tracked) -> Value {
+/// A run this process started or resumed, in the shape of [`journaled::shown`] (without its
+/// steps): its state and usage are live.
+fn tracked(state: &State, run: &Tracked) -> Value {
     let usage = match run.result() {
         Some(result) => result.usage,
         None => state.engine.usage(run.handle.id()),
     };
-    let submitted_ms = run
-        .submitted_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = run.state();
     json!({
         "id": run.handle.id(),
         "tenant": run.tenant,
         "goal": run.goal,
-        "submitted_at_ms": submitted_ms,
-        "state": run.state(),
+        "status": journaled::status_of(&now),
+        "state": now,
         "usage": usage,
+        "submitted_at_ms": journaled::unix_ms(run.submitted_at),
     })
 }

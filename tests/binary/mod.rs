@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -44,16 +45,17 @@ impl Drop for TempDir {
     }
 }
 
-/// The binary, with an empty environment (no provider keys, no IMPRESARIO_ variables).
-pub fn impresario() -> Command {
+/// The binary in `dir` (where its journal, `impresario.db`, goes by default), with an empty
+/// environment (no provider keys, no IMPRESARIO_ variables).
+pub fn impresario(dir: &TempDir) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_impresario"));
-    command.env_clear();
+    command.env_clear().current_dir(&dir.0);
     command
 }
 
-/// Runs a CLI command to its end.
-pub fn cli(args: &[&str]) -> Output {
-    impresario().args(args).output().unwrap()
+/// Runs a CLI command in `dir` to its end.
+pub fn cli(dir: &TempDir, args: &[&str]) -> Output {
+    impresario(dir).args(args).output().unwrap()
 }
 
 /// A running `impresario serve`.
@@ -61,7 +63,8 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    dir: TempDir,
+    /// Its working directory, with its config and its journal (`impresario.db`).
+    pub dir: Arc<TempDir>,
     http: reqwest::Client,
 }
 
@@ -69,13 +72,17 @@ impl Server {
     /// Serves with the offline model, the test token, and `extra` TOML lines appended to
     /// the `[server]` section (more sections may follow).
     pub fn start(extra: &str) -> Server {
-        let dir = TempDir::new();
+        Server::start_in(Arc::new(TempDir::new()), extra)
+    }
+
+    /// [`Server::start`] in `dir` (another server's, to start again on its journal).
+    pub fn start_in(dir: Arc<TempDir>, extra: &str) -> Server {
         let config = dir.write(
             "impresario.toml",
             &format!("[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{extra}\n"),
         );
         let stderr = std::fs::File::create(dir.0.join("stderr")).unwrap();
-        let mut child = impresario()
+        let mut child = impresario(&dir)
             // The offline model whatever the file says (also: an override by the environment).
             .env("IMPRESARIO_MODELS__PROVIDER", "offline")
             .arg("--config")
@@ -168,6 +175,12 @@ impl Server {
             response,
             buffer: Vec::new(),
         }
+    }
+
+    /// Kills it (SIGKILL: a crash) and waits for it to be gone.
+    pub fn crash(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits (30 s at most) for the exit.

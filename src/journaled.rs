@@ -1,0 +1,110 @@
+//! Runs as a journal has them, in the JSON the service answers with and the CLI prints. Shared
+//! by the service (for runs it is not running: earlier ones, other processes') and the CLI
+//! (reading a journal file without a service).
+//!
+//! A listed run: `{"id", "tenant", "status", "last_event", "submitted_at_ms", "updated_at_ms"}`.
+//! A shown run: `{"id", "tenant", "goal", "status", "state", "usage", "submitted_at_ms",
+//! "steps"}`, where `status` is the journal's (`active`, `halted`, `finished`), `state` the
+//! run's end as a `RunState` (`null` while it has none: running, or cut off by a crash), and
+//! `steps` the finished steps as `{"number", "step", "outcome"}`.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use impresario::agents::{RunState, RunUsage};
+use impresario::runtime::journal::{JournalEntry, RunEvent, RunOutcome, RunStatus, RunSummary};
+use serde_json::{json, Value};
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The journal's status of a run in `state` (for a run this process is running).
+pub fn status_of(state: &RunState) -> &'static str {
+    match state {
+        RunState::Halted { .. } => RunStatus::Halted.as_str(),
+        s if s.is_terminal() => RunStatus::Finished.as_str(),
+        _ => RunStatus::Active.as_str(),
+    }
+}
+
+/// A run as listed.
+pub fn listed(summary: &RunSummary) -> Value {
+    json!({
+        "id": summary.run,
+        "tenant": summary.tenant,
+        "status": summary.status.as_str(),
+        "last_event": summary.last_event,
+        "submitted_at_ms": unix_ms(summary.started_at),
+        "updated_at_ms": unix_ms(summary.updated_at),
+    })
+}
+
+/// A run as shown, from its journaled events; `None` if they do not start with its submission.
+pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
+    let first = entries.first()?;
+    let RunEvent::RunSubmitted { tenant, goal, .. } = &first.event else {
+        return None;
+    };
+    let mut usage = RunUsage::default();
+    let mut planned: HashMap<u32, Value> = HashMap::new();
+    let mut steps = Vec::new();
+    let (mut status, mut state) = (RunStatus::Active, Value::Null);
+    for entry in entries {
+        match &entry.event {
+            RunEvent::LlmResponse {
+                response,
+                cost_micro_usd,
+                ..
+            } => {
+                usage.micro_usd += cost_micro_usd;
+                usage.tokens += response.usage.total_tokens();
+                usage.model_calls += 1;
+            }
+            RunEvent::StepStarted { step, detail, .. } => {
+                planned.insert(*step, detail.clone());
+            }
+            RunEvent::StepFinished { step, outcome } => steps.push(json!({
+                "number": step,
+                "step": planned.get(step).cloned().unwrap_or(Value::Null),
+                "outcome": outcome,
+            })),
+            RunEvent::Halted { halt } => {
+                status = RunStatus::Halted;
+                state = json!({ "state": "halted", "reason": halt.reason, "detail": halt.detail });
+            }
+            RunEvent::RunFinished {
+                outcome,
+                result,
+                reason,
+            } => {
+                status = RunStatus::Finished;
+                state = match outcome {
+                    RunOutcome::Succeeded => {
+                        json!({ "state": "succeeded", "answer": result["answer"] })
+                    }
+                    // A failed run journals its whole final state.
+                    _ if result.get("state").is_some() => result.clone(),
+                    _ => json!({ "state": "failed", "reason": reason, "detail": result }),
+                };
+            }
+            // A resumed run goes on after its halt.
+            _ if status == RunStatus::Halted => {
+                (status, state) = (RunStatus::Active, Value::Null);
+            }
+            _ => {}
+        }
+    }
+    Some(json!({
+        "id": first.run,
+        "tenant": tenant,
+        "goal": goal,
+        "status": status.as_str(),
+        "state": state,
+        "usage": usage,
+        "submitted_at_ms": unix_ms(first.at),
+        "steps": steps,
+    }))
+}
