@@ -57,6 +57,19 @@ async fn sigterm_halts_runs_gracefully_closes_the_journal_and_a_restart_resumes_
     let (_, listed) = server.get("/v1/runs").await;
     assert_eq!(listed["runs"][0]["id"], id.as_str());
     assert_eq!(listed["runs"][0]["status"], "halted");
+    // Not running here: shown from the journal, but not watched or halted until resumed.
+    let (status, answer) = server.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (200, &json!("halted")),
+        "{answer}"
+    );
+    let (status, answer) = server.post(&format!("/v1/runs/{id}/halt"), json!({})).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("not running in this process"));
     let (status, answer) = server
         .post(&format!("/v1/runs/{id}/resume"), json!({}))
         .await;

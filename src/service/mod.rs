@@ -28,7 +28,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use impresario::agents::RunHandle;
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
-use impresario::runtime::journal::RunEvent as Journaled;
+use impresario::runtime::journal::{JournalError, RunEvent as Journaled, RunFilter, RunStatus};
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -62,8 +62,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let token = config.server.bearer_token()?;
     let engine = Engine::start(&config).await?;
     let models = engine.models_description.clone();
-    // Runs a crash cut off go on from the journal (halted ones wait for POST .../resume).
-    let recovered = engine.orchestrator.recover().await?;
+    let recovered = recover(&engine).await?;
     let state = web::Data::new(State {
         engine,
         runs: Runs::default(),
@@ -126,6 +125,24 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
     );
     Ok(())
+}
+
+/// Resumes the runs a crash cut off (journaled as active); halted ones wait for
+/// `POST /v1/runs/{id}/resume`. A run that cannot be resumed is logged and left in the journal.
+async fn recover(engine: &Engine) -> Result<Vec<RunHandle>, JournalError> {
+    let mut resumed = Vec::new();
+    for summary in engine
+        .orchestrator
+        .runs(&RunFilter::all().status(RunStatus::Active))?
+    {
+        match engine.orchestrator.resume(&summary.run).await {
+            Ok(handle) => resumed.push(handle),
+            Err(e) => {
+                tracing::error!(run = %summary.run, error = %e, "could not resume a run a crash cut off; it stays in the journal")
+            }
+        }
+    }
+    Ok(resumed)
 }
 
 /// Refuses new runs, halts the running ones gracefully (reason `shutdown`), and waits until

@@ -212,6 +212,11 @@ async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiE
             id.as_str()
         )));
     }
+    // A run that just ended is wound down (agents stopped) before its result is recorded;
+    // until then the orchestrator still counts it as running.
+    if let Some(ours) = state.runs.get(&id).filter(|r| r.state().is_terminal()) {
+        ours.ended().await;
+    }
     let handle = match state.engine.orchestrator.resume(&run).await {
         Ok(handle) => handle,
         Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(&id)),
@@ -331,8 +336,25 @@ fn operator_halt(body: &mut Fields, scope: HaltScope) -> Result<Halt, ApiError> 
     Ok(halt)
 }
 
+/// A run this process started or resumed. 404 if the journal does not know it either; 409 if
+/// it ran in another process (it can be shown, and resumed, but not watched or steered).
 fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
-    state.runs.get(id).ok_or_else(|| ApiError::unknown_run(id))
+    if let Some(run) = state.runs.get(id) {
+        return Ok(run);
+    }
+    let journaled = state
+        .engine
+        .orchestrator
+        .journal()
+        .read(&RunId::new(id))
+        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    match journaled::shown(&journaled) {
+        Some(run) => Err(ApiError::conflict(format!(
+            "run {id} is not running in this process (journal status: {}); GET /v1/runs/{id} shows it, POST /v1/runs/{id}/resume resumes a halted one",
+            run["status"].as_str().unwrap_or("unknown")
+        ))),
+        None => Err(ApiError::unknown_run(id)),
+    }
 }
 
 /// A run this process started or resumed, in the shape of [`journaled::shown`] (without its
