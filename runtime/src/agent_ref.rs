@@ -186,12 +186,13 @@ fn handle<A, M>(
     let _scope = envelope.enter_scope();
     let (answer_tx, mut answer_rx) = oneshot::channel::<M::Result>();
     let deadline = admitted.slot.core.handler_deadline;
-    let began = deadline.map(|_| Instant::now());
+    let began = Instant::now();
     let handled = catch_unwind(AssertUnwindSafe(|| {
         let response = <A as Handler<M>>::handle(agent, msg, ctx);
         response.handle(ctx, Some(answer_tx));
     }));
     if let Err(payload) = handled {
+        admitted.slot.core.metrics.handled(began.elapsed());
         let message = crate::panic_capture::payload_message(&*payload);
         admitted
             .slot
@@ -202,9 +203,11 @@ fn handle<A, M>(
         return admitted.answer(Err(AgentError::Panicked { agent, message }));
     }
     if let Ok(answer) = answer_rx.try_recv() {
+        let took = began.elapsed();
+        admitted.slot.core.metrics.handled(took);
         // A sync handler cannot be interrupted; one that overran fails its agent afterwards.
-        if let (Some(deadline), Some(began)) = (deadline, began) {
-            if began.elapsed() > deadline {
+        if let Some(deadline) = deadline {
+            if took > deadline {
                 admitted.slot.current_control().overran(deadline);
             }
         }
@@ -230,6 +233,7 @@ fn handle<A, M>(
                 }
             },
         };
+        admitted.slot.core.metrics.handled(began.elapsed());
         admitted.answer(answer);
     });
 }

@@ -53,6 +53,7 @@ pub mod halt;
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
 pub mod llm;
+pub mod telemetry;
 
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
 pub use directory::{AgentId, Directory};

@@ -28,6 +28,7 @@ use crate::events::{Exit, LifecycleEvent};
 use crate::panic_capture::payload_message;
 use crate::runtime::Shared;
 use crate::supervision::{ChildExit, ExitSink};
+use crate::telemetry::AgentMetrics;
 use crate::Agent;
 
 /// The agent handles messages.
@@ -208,6 +209,8 @@ pub(crate) struct SlotCore {
     incarnations: AtomicU64,
     /// The supervisor's inbox, for supervised agents.
     sink: Option<ExitSink>,
+    /// The metric handles of the agent's kind.
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 impl SlotCore {
@@ -220,11 +223,13 @@ impl SlotCore {
         }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overloaded();
             return Err(AgentError::Overloaded {
                 agent: self.id.clone(),
                 limit: self.limit,
             });
         }
+        self.metrics.admitted();
         Ok(())
     }
 
@@ -386,6 +391,7 @@ impl<A: Agent, R> Admitted<A, R> {
 impl<A: Agent, R> Drop for Admitted<A, R> {
     fn drop(&mut self) {
         let core = &self.slot.core;
+        core.metrics.released();
         if core.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
             && core.draining.load(Ordering::Acquire)
         {
@@ -433,6 +439,7 @@ pub(crate) fn new_slot<A: Agent>(
     limit: usize,
     handler_deadline: Option<Duration>,
     sink: Option<ExitSink>,
+    metrics: Arc<AgentMetrics>,
 ) -> (Arc<Slot<A>>, channel::AddressReceiver<A>) {
     let disposition = if sink.is_some() {
         Disposition::Report
@@ -454,6 +461,7 @@ pub(crate) fn new_slot<A: Agent>(
             halt_reason: Mutex::new(String::new()),
             incarnations: AtomicU64::new(0),
             sink,
+            metrics,
         },
         live: ArcSwap::from_pointee(Live {
             addr: Addr::new(tx),
@@ -534,6 +542,9 @@ impl<A: Agent> Incarnation<A> {
     /// so a caller whose message was still queued learns the right reason.
     fn finish(&mut self, exit: Exit) {
         let core = &self.slot.core;
+        if let Exit::Panicked { .. } = exit {
+            core.metrics.panicked();
+        }
         let disposition = if self.shared.is_shutting_down() {
             Disposition::Final
         } else {
