@@ -49,6 +49,8 @@ pub mod supervision;
 
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
+/// Liveness, readiness (named checks) and the semantic health check.
+pub mod health;
 /// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
