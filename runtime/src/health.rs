@@ -230,3 +230,85 @@ impl SemanticCheck {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{AccountId, Ledger};
+    use crate::llm::{
+        BreakerConfig, ChatModel, ChatResponse, ModelPrice, PriceTable, Rates, RetryPolicy, Router,
+        Tier,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    /// A provider whose every call fails as a provider failure.
+    struct Down;
+    impl ChatModel for Down {
+        fn chat<'a>(&'a self, _: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+            Box::pin(std::future::ready(Err(LlmError::Transient {
+                status: 503,
+                message: "down".into(),
+                retry_after: None,
+            })))
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_until_every_known_model_is_circuit_open_and_dead_when_stopped() {
+        let mut prices = PriceTable::default();
+        for model in ["m1", "m2"] {
+            prices.insert(model, ModelPrice::new("down", Rates::default()));
+        }
+        let client = Client::builder()
+            .prices(prices)
+            .provider("down", Down)
+            .router(Router::default().with(Tier::Standard, ["m1", "m2"]))
+            .retry(RetryPolicy::none())
+            .breaker(BreakerConfig {
+                failure_threshold: 1,
+                cool_down: Duration::from_secs(60),
+            })
+            .build()
+            .unwrap();
+        let runtime = crate::Runtime::builder().arbiters(1).start().unwrap();
+        let health = Health::new(runtime.clone())
+            .check(ModelsAvailable::new(client.clone()))
+            .check(CheckFn::new("journal_writable", || async { Ok(()) }));
+        assert!(health.liveness().await);
+        assert!(health.readiness().await.ready, "no breaker is open yet");
+
+        let options = CallOptions::new(
+            Ledger::new().path(&AccountId::Global).unwrap(),
+            CancellationToken::new(),
+        );
+        for model in ["m1", "m2"] {
+            let _ = client
+                .chat(ChatRequest::new(model).user("hi"), &options)
+                .await;
+            let readiness = health.readiness().await;
+            assert_eq!(
+                readiness.ready,
+                model == "m1",
+                "after {model}: {readiness:?}"
+            );
+        }
+        let readiness = health.readiness().await;
+        assert_eq!(
+            readiness.checks,
+            vec![
+                CheckResult {
+                    name: "models_available".into(),
+                    ok: false,
+                    detail: Some("every model is circuit-open: m1, m2".into()),
+                },
+                CheckResult {
+                    name: "journal_writable".into(),
+                    ok: true,
+                    detail: None,
+                },
+            ]
+        );
+        runtime.shutdown(Duration::from_secs(5)).await;
+        assert!(!health.liveness().await);
+    }
+}
