@@ -17,12 +17,13 @@ use impresario::runtime::llm::{
     BreakerConfig, BreakerState, CallOptions, ChatModel, ChatRequest, ChatResponse, Client,
     FinishReason, LlmError, ModelPrice, PriceTable, Rates, RetryPolicy, Usage,
 };
-use impresario::runtime::telemetry::names::{self, MetricKind};
+use impresario::runtime::telemetry::names;
 use impresario::runtime::telemetry::{Metrics, MetricsHandle, Prometheus, RunOutcome};
 use impresario::supervisor::{
     ChildSpec, Intensity, Strategy, Supervisor, SupervisorEvent, SupervisorSpec,
 };
-use support::exposition::{self, Exposition, Kind};
+use support::assert_matches_catalog;
+use support::exposition::{self, Exposition};
 use tokio::sync::broadcast;
 
 fn local() -> (Metrics, MetricsHandle) {
@@ -32,45 +33,6 @@ fn local() -> (Metrics, MetricsHandle) {
 fn scrape(handle: &MetricsHandle) -> Exposition {
     let text = handle.render();
     exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
-
-/// Every family rendered is in the catalog, with its type, help text, and only its labels.
-fn assert_matches_catalog(scraped: &Exposition) {
-    for (name, family) in &scraped.families {
-        let def = names::ALL
-            .iter()
-            .find(|d| d.exposition_name() == *name)
-            .unwrap_or_else(|| panic!("{name} is not in the catalog"));
-        let kind = match def.kind {
-            MetricKind::Counter => Kind::Counter,
-            MetricKind::Gauge => Kind::Gauge,
-            MetricKind::Histogram => Kind::Histogram,
-        };
-        assert_eq!(family.kind, kind, "{name}");
-        assert_eq!(family.help.as_deref(), Some(def.help), "{name}");
-        let allowed: Vec<String> = def.labels.iter().map(|l| l.replace('.', "_")).collect();
-        for sample in &family.samples {
-            for key in sample.labels.keys() {
-                assert!(
-                    allowed.contains(key) || key == "le",
-                    "{name} has label {key}"
-                );
-            }
-        }
-        if def.kind == MetricKind::Histogram {
-            for labels in scraped.series_labels(name) {
-                let pairs: Vec<(&str, &str)> = labels
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                let h = scraped.histogram(name, &pairs).unwrap();
-                let bounds: Vec<f64> = h.buckets.iter().map(|b| b.0).collect();
-                let mut expected = def.buckets.to_vec();
-                expected.push(f64::INFINITY);
-                assert_eq!(bounds, expected, "{name} buckets");
-            }
-        }
-    }
 }
 
 #[derive(Message)]
@@ -651,4 +613,168 @@ fn the_exposition_parser_is_strict() {
     ] {
         assert!(exposition::parse(bad).is_err(), "accepted {bad:?}");
     }
+}
+
+/// The catalog metric a PromQL identifier names (`_bucket`, `_sum` and `_count` of a histogram
+/// name its family), with whether `le` is a label of it.
+fn catalog_metric(identifier: &str) -> Option<(&'static names::MetricDef, bool)> {
+    for def in names::ALL {
+        let family = def.exposition_name();
+        if identifier == family {
+            return Some((def, false));
+        }
+        if def.kind == names::MetricKind::Histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                if identifier == format!("{family}{suffix}") {
+                    return Some((def, suffix == "_bucket"));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn sanitized_labels(def: &names::MetricDef) -> Vec<String> {
+    def.labels.iter().map(|l| l.replace('.', "_")).collect()
+}
+
+/// Checks that `expr` names only catalog metrics, and only their labels in its selectors and
+/// `by (...)` lists.
+fn check_promql(expr: &str) -> Result<(), String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let all_labels: Vec<String> = names::ALL
+        .iter()
+        .flat_map(|d| sanitized_labels(d))
+        .collect();
+    let mut metrics = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if !(chars[i].is_ascii_alphabetic() || chars[i] == '_') || (i > 0 && is_ident(chars[i - 1]))
+        {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && is_ident(chars[i]) {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        if let Some((def, bucket)) = catalog_metric(&word) {
+            metrics.push(def);
+            if chars.get(i) == Some(&'{') {
+                let end = chars[i..]
+                    .iter()
+                    .position(|&c| c == '}')
+                    .ok_or("unclosed {")?
+                    + i;
+                let selector: String = chars[i + 1..end].iter().collect();
+                for matcher in selector.split(',').filter(|m| !m.trim().is_empty()) {
+                    let label = matcher.split(['=', '!', '~']).next().unwrap().trim();
+                    if !(sanitized_labels(def).iter().any(|l| l == label)
+                        || (bucket && label == "le"))
+                    {
+                        return Err(format!("{word} has no label {label:?}"));
+                    }
+                }
+                i = end;
+            }
+        } else if (word.starts_with("impresario_") || word.starts_with("gen_ai_"))
+            && !all_labels.contains(&word)
+        {
+            return Err(format!(
+                "{word} is neither a metric nor a label of the catalog"
+            ));
+        }
+    }
+    if metrics.is_empty() {
+        return Err("names no metric".into());
+    }
+    for keyword in ["by (", "without ("] {
+        for (at, _) in expr.match_indices(keyword) {
+            let list = &expr[at + keyword.len()..];
+            let list = &list[..list.find(')').ok_or("unclosed by (")?];
+            for label in list.split(',').map(str::trim) {
+                let known = label == "le"
+                    || metrics
+                        .iter()
+                        .any(|d| sanitized_labels(d).iter().any(|l| l == label));
+                if !known {
+                    return Err(format!("no metric of the expression has label {label:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every `expr` string of a JSON document.
+fn json_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    _ => json_exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| json_exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboards_and_alerts_reference_only_metrics_and_labels_that_exist() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard = std::fs::read_to_string(format!("{root}/dashboards/impresario.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exprs = Vec::new();
+    json_exprs(&dashboard, &mut exprs);
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(exprs.len() >= panels.len(), "every panel has a query");
+
+    let alerts = std::fs::read_to_string(format!("{root}/dashboards/alerts.yml")).unwrap();
+    let mut alert_names = Vec::new();
+    for line in alerts.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            alert_names.push(name.to_owned());
+        } else if let Some(expr) = line.strip_prefix("expr: ") {
+            exprs.push(expr.to_owned());
+        }
+    }
+    assert_eq!(
+        alerts.matches("expr: ").count(),
+        alert_names.len(),
+        "one expression per alert"
+    );
+    for wanted in [
+        "ImpresarioSpendNearCeiling",
+        "ImpresarioBreakerOpen",
+        "ImpresarioRestartStorm",
+        "ImpresarioRunsFailing",
+    ] {
+        assert!(alert_names.iter().any(|n| n == wanted), "no {wanted} alert");
+    }
+
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        check_promql(expr).unwrap_or_else(|e| panic!("{e}: {expr}"));
+        used.extend(
+            names::ALL
+                .iter()
+                .filter(|d| expr.contains(&d.exposition_name()))
+                .map(|d| d.name),
+        );
+    }
+    let unused: Vec<&str> = names::ALL
+        .iter()
+        .map(|d| d.name)
+        .filter(|n| !used.contains(n))
+        .collect();
+    assert!(unused.is_empty(), "metrics shown nowhere: {unused:?}");
+    // The checker itself rejects what it should.
+    assert!(check_promql("rate(impresario_runs_finished_totl[5m])").is_err());
+    assert!(check_promql("sum by (tenant) (impresario_runs_active)").is_err());
+    assert!(check_promql("impresario_llm_retries_total{modle=\"x\"}").is_err());
 }
