@@ -175,6 +175,9 @@ pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>
             .route("/readyz", web::get().to(readyz))
     })
     .workers(2)
+    // Signals are ours (see `main`): actix-server's own handling would stop the whole actix
+    // system, and the runtime's agents with it, before they could finish their work.
+    .disable_signals()
     .bind(config.addr)?;
     let addr = server.addrs()[0];
     let server = server.run();
@@ -285,8 +288,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     println!("listening on http://{} (Ctrl-C stops)", service.addr);
-    service.stopped.await??; // actix-web stops gracefully on Ctrl-C or SIGTERM
+    stop_requested().await;
+    // Take no new requests and finish those in flight, then stop the agents newest first.
+    service.server.stop(true).await;
+    service.stopped.await??;
     let report = service.runtime.shutdown(Duration::from_secs(5)).await;
     println!("stopped: {report:?}");
     Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what an orchestrator sends).
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM can be handled");
+        tokio::select! {
+            _ = actix_web::rt::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = actix_web::rt::signal::ctrl_c().await;
 }
