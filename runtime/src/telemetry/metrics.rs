@@ -122,6 +122,13 @@ impl Metrics {
         }
     }
 
+    /// Whether a recorder receives what is recorded here. With no recorder installed, `metrics`
+    /// falls back to its no-op recorder, the only zero-sized one (a recorder that stores
+    /// anything has a size): then the runtime skips reading the clock for handler durations.
+    fn receives(&self) -> bool {
+        self.recorder.is_some() || metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&dyn Recorder) -> T) -> T {
         match &self.recorder {
             Some(recorder) => f(&**recorder),
@@ -236,6 +243,7 @@ impl Metrics {
     pub(crate) fn agent(&self, kind: &Arc<str>) -> AgentMetrics {
         let labels = || vec![Label::new(label::AGENT_KIND, kind.clone())];
         AgentMetrics {
+            timed: self.receives(),
             handled: self.counter(&names::AGENT_MESSAGES_HANDLED, labels()),
             duration: self.histogram(&names::AGENT_HANDLER_DURATION, labels()),
             in_flight: self.gauge(&names::AGENT_IN_FLIGHT, labels()),
@@ -286,6 +294,8 @@ fn account_kind(account: &AccountId) -> &'static str {
 
 /// The metrics of one agent kind, resolved when the first agent of the kind is spawned.
 pub(crate) struct AgentMetrics {
+    /// Whether handler durations are recorded (false with no recorder: no clock is read).
+    pub(crate) timed: bool,
     handled: Counter,
     duration: Histogram,
     in_flight: Gauge,
@@ -294,10 +304,12 @@ pub(crate) struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    /// A handler ran and answered (or panicked) after `took`.
-    pub(crate) fn handled(&self, took: Duration) {
+    /// A handler ran and answered (or panicked) after `took` (`None` when not [`timed`](Self::timed)).
+    pub(crate) fn handled(&self, took: Option<Duration>) {
         self.handled.increment(1);
-        self.duration.record(took);
+        if let Some(took) = took {
+            self.duration.record(took);
+        }
     }
 
     /// A request was admitted.
@@ -383,5 +395,21 @@ impl ModelMetrics {
             BreakerState::HalfOpen => 1.0,
             BreakerState::Open => 2.0,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handlers_are_timed_only_when_a_recorder_receives_the_time() {
+        // No unit test of this crate installs a global recorder.
+        let kind: Arc<str> = "k".into();
+        assert!(!Metrics::global().agent(&kind).timed);
+        let (metrics, _) = super::super::Prometheus::new().build();
+        assert!(metrics.agent(&kind).timed);
+        let local = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&local, || assert!(Metrics::global().agent(&kind).timed));
     }
 }
