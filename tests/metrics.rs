@@ -35,6 +35,22 @@ fn scrape(handle: &MetricsHandle) -> Exposition {
     exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// Waits (up to 3 s) until the sample `name{labels}` is `wanted`.
+async fn wait_for(handle: &MetricsHandle, name: &str, labels: &[(&str, &str)], wanted: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = scrape(handle).value(name, labels);
+        if now == Some(wanted) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {now:?}, not {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "u64")]
 struct Work(u64);
@@ -98,7 +114,7 @@ async fn agents_count_messages_in_flight_overloads_and_panics() {
     // One slow call fills the agent; the next is refused; in flight is 1 meanwhile.
     let slow = tokio::spawn({
         let worker = worker.clone();
-        async move { worker.ask(Slow(Duration::from_millis(300))).await }
+        async move { worker.ask(Slow(Duration::from_millis(1_500))).await }
     });
     while worker.in_flight() == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -108,12 +124,14 @@ async fn agents_count_messages_in_flight_overloads_and_panics() {
         Err(AgentError::Overloaded { .. })
     ));
     let during = scrape(&handle);
-    assert_eq!(during.value("impresario_agent_in_flight", &kind), Some(1.0));
     assert_eq!(
         during.value("impresario_agent_overloaded_total", &kind),
         Some(1.0)
     );
+    // In flight is sampled every second.
+    wait_for(&handle, "impresario_agent_in_flight", &kind, 1.0).await;
     slow.await.unwrap().unwrap();
+    wait_for(&handle, "impresario_agent_in_flight", &kind, 0.0).await;
 
     let mut lifecycle = rt.subscribe();
     assert!(matches!(

@@ -22,6 +22,9 @@ use crate::Agent;
 /// The default most requests one agent accepts at once.
 pub const DEFAULT_IN_FLIGHT_LIMIT: usize = 1024;
 
+/// How often each agent kind's in-flight gauge is set from its agents' counts.
+const IN_FLIGHT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Entry point: `Runtime::builder()`.
 pub struct Runtime;
 
@@ -238,19 +241,23 @@ impl RuntimeHandle {
         let mut own_threads = thread_ids(&arbiters);
         own_threads.extend(system_thread);
         let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            directory: Directory::default(),
+            events,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            next_seq: AtomicU64::new(0),
+            default_limit: builder.in_flight_limit,
+            shutting_down: AtomicBool::new(false),
+            metrics: builder.metrics.clone(),
+            agent_metrics: DashMap::new(),
+        });
+        if shared.metrics.receives() {
+            control.spawn(sample_in_flight(shared.clone()));
+        }
         RuntimeHandle {
             inner: Arc::new(HandleInner {
-                shared: Arc::new(Shared {
-                    directory: Directory::default(),
-                    events,
-                    arbiters,
-                    next_arbiter: AtomicUsize::new(0),
-                    next_seq: AtomicU64::new(0),
-                    default_limit: builder.in_flight_limit,
-                    shutting_down: AtomicBool::new(false),
-                    metrics: builder.metrics.clone(),
-                    agent_metrics: DashMap::new(),
-                }),
+                shared,
                 control,
                 mode,
                 own_threads,
@@ -478,6 +485,20 @@ impl RuntimeHandle {
                 }
             }
         }
+    }
+}
+
+/// Sets each agent kind's in-flight gauge to the sum over its agents, every second, until the
+/// runtime shuts down. Sampling keeps the gauge off the hot path: updated on every admission
+/// and answer, one gauge per kind would be written by every caller's thread and every agent's.
+async fn sample_in_flight(shared: Arc<Shared>) {
+    while !shared.is_shutting_down() {
+        let counts = shared.directory.in_flight_by_kind();
+        for kind in shared.agent_metrics.iter() {
+            let requests = counts.get(kind.key()).copied().unwrap_or(0);
+            kind.value().in_flight(requests);
+        }
+        tokio::time::sleep(IN_FLIGHT_SAMPLE_INTERVAL).await;
     }
 }
 

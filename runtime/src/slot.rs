@@ -229,7 +229,6 @@ impl SlotCore {
                 limit: self.limit,
             });
         }
-        self.metrics.admitted();
         Ok(())
     }
 
@@ -391,7 +390,6 @@ impl<A: Agent, R> Admitted<A, R> {
 impl<A: Agent, R> Drop for Admitted<A, R> {
     fn drop(&mut self) {
         let core = &self.slot.core;
-        core.metrics.released();
         if core.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
             && core.draining.load(Ordering::Acquire)
         {
@@ -406,6 +404,7 @@ impl<A: Agent, R> Drop for Admitted<A, R> {
 /// A slot without its actor type: what the directory and shutdown work with.
 pub(crate) trait ErasedSlot: Send + Sync + 'static {
     fn seq(&self) -> u64;
+    fn in_flight(&self) -> usize;
     fn control(&self) -> Arc<Control>;
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
@@ -413,6 +412,9 @@ pub(crate) trait ErasedSlot: Send + Sync + 'static {
 impl<A: Agent> ErasedSlot for Slot<A> {
     fn seq(&self) -> u64 {
         self.core.seq
+    }
+    fn in_flight(&self) -> usize {
+        self.core.in_flight()
     }
     fn control(&self) -> Arc<Control> {
         self.current_control()

@@ -125,7 +125,7 @@ impl Metrics {
     /// Whether a recorder receives what is recorded here. With no recorder installed, `metrics`
     /// falls back to its no-op recorder, the only zero-sized one (a recorder that stores
     /// anything has a size): then the runtime skips reading the clock for handler durations.
-    fn receives(&self) -> bool {
+    pub(crate) fn receives(&self) -> bool {
         self.recorder.is_some() || metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
     }
 
@@ -312,14 +312,9 @@ impl AgentMetrics {
         }
     }
 
-    /// A request was admitted.
-    pub(crate) fn admitted(&self) {
-        self.in_flight.increment(1.0);
-    }
-
-    /// An admitted request was answered (or dropped).
-    pub(crate) fn released(&self) {
-        self.in_flight.decrement(1.0);
+    /// Agents of the kind have `requests` admitted and not yet answered, in all.
+    pub(crate) fn in_flight(&self, requests: usize) {
+        self.in_flight.set(requests as f64);
     }
 
     /// A call was refused with `Overloaded`.

@@ -214,10 +214,10 @@ pub const AGENT_HANDLER_DURATION: MetricDef = histogram(
     HANDLER_DURATION_BUCKETS,
 );
 
-/// Requests admitted and not yet answered.
+/// Requests admitted and not yet answered, sampled every second.
 pub const AGENT_IN_FLIGHT: MetricDef = gauge(
     "impresario_agent_in_flight",
-    "Requests admitted and not yet answered, by agent kind.",
+    "Requests admitted and not yet answered (queued or being handled), by agent kind, sampled every second.",
     &[AGENT_KIND],
 );
 
