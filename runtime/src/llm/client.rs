@@ -20,6 +20,10 @@
 //! So a refused reservation sends nothing, and every reservation is closed on every path:
 //! after any mix of outcomes the reserved amount returns to zero. Dropping the call future
 //! while a request is in flight counts as a cancellation (the input estimate is charged).
+//!
+//! Each model of a call runs in a `chat {model}` span and is measured (duration when a request
+//! was sent, reported tokens, money charged, retries, breaker state): see
+//! [`telemetry`](crate::telemetry).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -25,7 +25,9 @@ use crate::directory::AgentId;
 use crate::envelope::RunId;
 use crate::llm::{ChatRequest, ChatResponse, FinishReason, LlmError};
 
-/// The span of a run: `invoke_workflow {name}`, with the run id as `impresario.run.id`.
+/// The span of a run: `invoke_workflow {name}`, with the run id as `impresario.run.id` (a span
+/// attribute, never a metric label). `invoke_workflow` is not among the GenAI conventions'
+/// operation names yet; it names a whole run the way `invoke_agent` names one agent's work.
 pub fn invoke_workflow(name: &str, run: &RunId) -> Span {
     tracing::info_span!(
         "invoke_workflow",
