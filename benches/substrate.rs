@@ -1,7 +1,8 @@
 //! The substrate's cost, against baselines measured in the same run:
 //! `AgentRef::ask` vs raw actix `Addr::send` vs tokio mpsc + oneshot, each called from a foreign
 //! tokio runtime into a single-threaded executor on another thread (the way a service embeds the
-//! runtime); sequential and with 8 concurrent callers. Then spawning 100k agents vs 100k raw
+//! runtime); sequential and with 8 concurrent callers. `AgentRef::ask` is measured twice: with
+//! no metrics recorder installed (the default) and recording into a Prometheus recorder. Then spawning 100k agents vs 100k raw
 //! actix actors: time and resident memory per agent.
 //!
 //! Run: `cargo bench --bench substrate`
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use impresario_runtime::telemetry::Prometheus;
 use impresario_runtime::{agent, AgentId, AgentRef, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,7 +100,7 @@ fn main() {
         Ok("agents") => return spawn_agents(),
         _ => {}
     }
-    const SAMPLES: usize = 11;
+    const SAMPLES: usize = 33;
     const CALLS: usize = 20_000;
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -111,6 +113,17 @@ fn main() {
     let agent = Target::Agent(
         runtime
             .spawn(AgentId::new("echo", "bench"), || Echo)
+            .unwrap(),
+    );
+    let (metrics, scrape) = Prometheus::new().build();
+    let recorded_runtime = Runtime::builder()
+        .arbiters(1)
+        .metrics(metrics)
+        .start()
+        .unwrap();
+    let recorded = Target::Agent(
+        recorded_runtime
+            .spawn(AgentId::new("echo", "recorded"), || Echo)
             .unwrap(),
     );
     let (arbiter, raw_thread, raw_system) = common::raw_actix_arbiter();
@@ -128,24 +141,33 @@ fn main() {
     });
     let tokio_target = Target::Tokio(tx);
 
-    println!("# ask round trip, callers in a foreign tokio runtime (2 workers); median of {SAMPLES} samples of {CALLS} calls");
+    println!("# ask round trip, callers in a foreign tokio runtime (2 workers); median of {SAMPLES} samples of {CALLS} calls, the targets taking turns sample by sample");
     for callers in [1usize, 8] {
-        let measure =
-            |t: &Target| common::sample(SAMPLES, || round_trips(&tokio_rt, t, callers, CALLS));
-        // Interleave the three so drift on a noisy machine hits all alike.
-        let (mut a, mut x, mut k) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..3 {
-            a.extend(measure(&agent));
-            x.extend(measure(&actix));
-            k.extend(measure(&tokio_target));
+        let targets = [&agent, &recorded, &actix, &tokio_target];
+        let mut times: [Vec<Duration>; 4] = Default::default();
+        for sample in 0..SAMPLES {
+            // Each sample starts with another target, so drift on a noisy machine hits all alike.
+            for turn in 0..targets.len() {
+                let t = (sample + turn) % targets.len();
+                times[t].push(round_trips(&tokio_rt, targets[t], callers, CALLS));
+            }
+            // A scrape drains the histogram samples, as a real one every few seconds would.
+            std::hint::black_box(scrape.render());
         }
-        a.sort();
-        x.sort();
-        k.sort();
-        let raw = common::median(&x);
+        let mut paired: Vec<f64> = times[1]
+            .iter()
+            .zip(&times[0])
+            .map(|(m, a)| m.as_secs_f64() / a.as_secs_f64())
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        for t in &mut times {
+            t.sort();
+        }
+        let [a, m, x, k] = &times;
+        let raw = common::median(x);
         common::row(
             &format!("tokio mpsc+oneshot, {callers} caller(s)"),
-            common::median(&k),
+            common::median(k),
             Some(raw),
         );
         common::row(
@@ -155,13 +177,24 @@ fn main() {
         );
         common::row(
             &format!("impresario AgentRef::ask, {callers} caller(s)"),
-            common::median(&a),
+            common::median(a),
             Some(raw),
+        );
+        common::row(
+            &format!("impresario AgentRef::ask, metrics recorded, {callers} caller(s)"),
+            common::median(m),
+            Some(raw),
+        );
+        println!(
+            "{:<58} {:>12.2}x",
+            format!("metrics recorded / not, paired by sample, {callers} caller(s)"),
+            common::median(&paired)
         );
     }
 
-    drop(agent);
+    drop((agent, recorded));
     runtime.shutdown_blocking(Duration::from_secs(5));
+    recorded_runtime.shutdown_blocking(Duration::from_secs(5));
     raw_system.stop();
     raw_thread.join().unwrap();
     drop(tokio_target);

@@ -10,6 +10,7 @@ use impresario::offline::OfflineModel;
 use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
+use impresario::runtime::llm::Client;
 use impresario::setup;
 
 use crate::config::Config;
@@ -20,6 +21,8 @@ pub struct Engine {
     pub runtime: RuntimeHandle,
     /// Submits and drives runs.
     pub orchestrator: Orchestrator,
+    /// The client runs call models through.
+    pub client: Client,
     /// What the models are, for a person (`offline`, `openai gpt-4o-mini`, ...).
     pub models_description: String,
     models: Models,
@@ -44,9 +47,10 @@ impl Engine {
             _ => setup::from_env_or(offline)?,
         };
         let runtime = Runtime::builder().attach()?;
+        let client = chosen.client;
         let orchestrator = Orchestrator::with(
             &runtime,
-            chosen.client,
+            client.clone(),
             impresario::tools::registry()?,
             Ledger::new(),
             OrchestratorConfig {
@@ -58,6 +62,7 @@ impl Engine {
         Ok(Engine {
             runtime,
             orchestrator,
+            client,
             models_description: chosen.description,
             models: chosen.models,
             defaults: config.runs.clone(),

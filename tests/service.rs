@@ -336,3 +336,48 @@ async fn halting_a_tenant_halts_its_runs_and_no_one_elses() {
     assert_eq!(answer, json!({ "scope": "all", "runs": 1 }));
     server.until(&other, |s| s["state"] == "halted").await;
 }
+
+#[tokio::test]
+async fn metrics_liveness_and_readiness_answer_without_the_token() {
+    let server = Server::start("");
+    let id = server
+        .submit(json!({ "goal": "What is 7 plus 5?", "tools": ["calculator"] }))
+        .await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", server.url)).send();
+
+    let response = get("/metrics").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let exposition = response.text().await.unwrap();
+    assert!(
+        exposition.contains("\nimpresario_runs_finished_total{outcome=\"succeeded\"} 1\n"),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("\nimpresario_runs_active 0\n"),
+        "{exposition}"
+    );
+
+    let response = get("/healthz").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok\n");
+    let response = get("/readyz").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let readiness: Value = response.json().await.unwrap();
+    assert_eq!(readiness["ready"], true, "{readiness}");
+    let checks: Vec<&str> = readiness["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        ["models_available", "journal_readable", "accepting_runs"]
+    );
+}

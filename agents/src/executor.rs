@@ -11,8 +11,10 @@ use actix::prelude::*;
 use impresario_runtime::agent;
 use impresario_runtime::halt::HaltToken;
 use impresario_runtime::llm::{CallOptions, ChatRequest};
+use impresario_runtime::telemetry;
 use impresario_runtime::RunId;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::journaling::ModelGateway;
 use crate::plan::Step;
@@ -138,11 +140,18 @@ impl Executor {
             idempotency_key: idempotency_key(&msg.run, msg.number),
             halt: msg.halt.clone(),
         };
+        let span = telemetry::execute_tool(name, &ctx.idempotency_key);
         let call = tool.start(arguments, ctx)?;
         let (halt, name) = (msg.halt.clone(), name.to_owned());
         Ok(async move {
             let timeout = tool.timeout();
-            match tokio::time::timeout(timeout, halt.run(call)).await {
+            let outcome = tokio::time::timeout(timeout, halt.run(call))
+                .instrument(span.clone())
+                .await;
+            if !matches!(outcome, Ok(Ok(Ok(_)))) {
+                telemetry::record_error_type(&span, "tool_error");
+            }
+            match outcome {
                 Ok(Ok(Ok(value))) => Ok(value),
                 Ok(Ok(Err(message))) => Err(ToolError::Failed {
                     tool: name,

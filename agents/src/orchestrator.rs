@@ -20,6 +20,7 @@ use impresario_runtime::ledger::{
     AccountId, AccountPath, CeilingReached, Ledger, LedgerError, Limits,
 };
 use impresario_runtime::llm::{CallOptions, Client, LlmError};
+use impresario_runtime::telemetry::{self, RunOutcome as TelemetryOutcome};
 use impresario_runtime::{AgentError, AgentId, AgentRef, Placement, RunId, RuntimeHandle};
 use impresario_supervisor::{
     ChildSpec, OnCeiling, RestartType, StartChild, StopChild, Strategy, Supervisor,
@@ -27,6 +28,7 @@ use impresario_supervisor::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
+use tracing::Instrument;
 
 use crate::executor::{idempotency_key, ExecuteStep, Executor};
 use crate::journaling::{Divergence, LogError, ModelGateway, Recorded, RunLog};
@@ -502,7 +504,10 @@ impl Orchestrator {
             halts: inner.halts.clone(),
         };
         inner.live.insert(run.clone(), handle.clone());
+        inner.runtime.metrics().run_started();
+        let span = telemetry::invoke_workflow("run", &run);
         let driver = Driver {
+            started: Instant::now(),
             orchestrator: self.clone(),
             reviewers: team
                 .members
@@ -526,10 +531,15 @@ impl Orchestrator {
             planner_prompt: crate::planner::system_prompt(&team_tools(&inner.tools, &allowed))
                 .into(),
         };
-        inner.runtime.spawn_task(placement, async move {
-            let result = driver.drive().await;
-            let _ = result_tx.send(Some(Arc::new(result)));
-        });
+        inner.runtime.spawn_task(
+            placement,
+            async move {
+                let result = driver.drive().await;
+                let _ = result_tx.send(Some(Arc::new(result)));
+            }
+            // The run's span: its agents' spans are children of it, across their threads.
+            .instrument(span),
+        );
         Ok(handle)
     }
 
@@ -650,6 +660,8 @@ fn executor_id(run: &RunId, index: usize) -> AgentId {
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
 struct Driver {
     orchestrator: Orchestrator,
+    /// When it was (re)started, for the run-duration metric.
+    started: Instant,
     /// The run's journal, walked first when resumed.
     log: Arc<Mutex<RunLog>>,
     gateway: ModelGateway,
@@ -990,7 +1002,10 @@ impl Driver {
                 gateway: self.gateway.clone(),
                 step,
             };
-            let answer = self.call(planner.ask(request)).await?;
+            let answer = self
+                .call(planner.ask(request))
+                .instrument(telemetry::invoke_agent(planner.id()))
+                .await?;
             match answer {
                 Ok(Ok(Planned { plan, .. })) => return Ok(plan),
                 Ok(Err(PlannerError::Invalid { attempts, last })) => {
@@ -1211,7 +1226,10 @@ impl Driver {
                 options: self.options(),
                 gateway: self.gateway.clone(),
             };
-            let answer = self.call(executor.ask(request)).await?;
+            let answer = self
+                .call(executor.ask(request))
+                .instrument(telemetry::invoke_agent(executor.id()))
+                .await?;
             match answer {
                 Ok(Ok(output)) => return Ok(Ok(output)),
                 Ok(Err(StepFailure::Tool(ToolError::Halted { .. }))) => return Err(self.halted()),
@@ -1275,7 +1293,11 @@ impl Driver {
                 detail: format!("the journal ends waiting for a decision on step {number}"),
             }));
         }
-        let decision = self.await_approval(number, tool).await?;
+        let metrics = self.orchestrator.inner.runtime.metrics().clone();
+        metrics.approval_requested();
+        let decision = self.await_approval(number, tool).await;
+        metrics.approval_resolved();
+        let decision = decision?;
         self.record(JournalEvent::ApprovalDecided {
             step: number,
             approved: decision.is_ok(),
@@ -1473,6 +1495,15 @@ impl Driver {
             inner.halts.remove_run(self.run.as_str());
         }
         inner.live.remove(&self.run);
+        let outcome = match &state {
+            RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
+            RunState::Halted { .. } => TelemetryOutcome::Halted,
+            _ => TelemetryOutcome::Failed,
+        };
+        inner
+            .runtime
+            .metrics()
+            .run_finished(outcome, self.started.elapsed());
         RunResult {
             run: self.run,
             state,

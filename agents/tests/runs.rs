@@ -765,3 +765,50 @@ async fn a_run_remembers_its_outcome_and_a_later_run_recalls_it() {
     );
     rt.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_record_their_metrics() {
+    use impresario_runtime::telemetry::Prometheus;
+    let (metrics, handle) = Prometheus::new().build();
+    let rt = Runtime::builder()
+        .arbiters(2)
+        .metrics(metrics)
+        .start()
+        .unwrap();
+    let mut tools = ToolRegistry::new();
+    tools.register(Pay(Arc::default())).unwrap();
+    let replies = vec![
+        plan(json!([call("pay", json!({ "amount_cents": 1 }))])),
+        answer("paid"),
+        answer("second"),
+    ];
+    let orchestrator = Orchestrator::start(&rt, client(replies), tools)
+        .await
+        .unwrap();
+    let run = orchestrator.submit(request(&["pay"])).await.unwrap();
+    until_state(&run, |s| matches!(s, RunState::AwaitingApproval { .. })).await;
+    let text = handle.render();
+    assert!(text.contains("impresario_approvals_pending 1"), "{text}");
+    assert!(text.contains("impresario_runs_active 1"), "{text}");
+    run.approve(1);
+    run.wait().await;
+    orchestrator
+        .submit(request(&[]))
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    let text = handle.render();
+    assert!(text.contains("impresario_runs_started_total 2"), "{text}");
+    assert!(
+        text.contains("impresario_runs_finished_total{outcome=\"succeeded\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("impresario_runs_active 0"), "{text}");
+    assert!(text.contains("impresario_approvals_pending 0"), "{text}");
+    assert!(
+        text.contains("impresario_run_duration_seconds_count{outcome=\"succeeded\"} 2"),
+        "{text}"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}

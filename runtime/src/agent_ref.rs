@@ -186,12 +186,15 @@ fn handle<A, M>(
     let _scope = envelope.enter_scope();
     let (answer_tx, mut answer_rx) = oneshot::channel::<M::Result>();
     let deadline = admitted.slot.core.handler_deadline;
-    let began = deadline.map(|_| Instant::now());
+    // The clock is read only when someone uses the time: the watchdog or a metrics recorder.
+    let began = (deadline.is_some() || admitted.slot.core.metrics.timed).then(Instant::now);
+    let took = move || began.map(|b| b.elapsed());
     let handled = catch_unwind(AssertUnwindSafe(|| {
         let response = <A as Handler<M>>::handle(agent, msg, ctx);
         response.handle(ctx, Some(answer_tx));
     }));
     if let Err(payload) = handled {
+        admitted.slot.core.metrics.handled(took());
         let message = crate::panic_capture::payload_message(&*payload);
         admitted
             .slot
@@ -202,9 +205,11 @@ fn handle<A, M>(
         return admitted.answer(Err(AgentError::Panicked { agent, message }));
     }
     if let Ok(answer) = answer_rx.try_recv() {
+        let took = took();
+        admitted.slot.core.metrics.handled(took);
         // A sync handler cannot be interrupted; one that overran fails its agent afterwards.
-        if let (Some(deadline), Some(began)) = (deadline, began) {
-            if began.elapsed() > deadline {
+        if let (Some(deadline), Some(took)) = (deadline, took) {
+            if took > deadline {
                 admitted.slot.current_control().overran(deadline);
             }
         }
@@ -230,6 +235,7 @@ fn handle<A, M>(
                 }
             },
         };
+        admitted.slot.core.metrics.handled(took());
         admitted.answer(answer);
     });
 }

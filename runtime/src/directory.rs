@@ -4,6 +4,7 @@
 //! listed). Lookups are lock-free reads of a `DashMap`.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -103,6 +104,15 @@ impl Directory {
     /// Unlists `id` if it still names this very slot (a newer agent may have taken the id).
     pub(crate) fn remove_slot(&self, id: &AgentId, slot_seq: u64) {
         self.entries.remove_if(id, |_, s| s.seq() == slot_seq);
+    }
+
+    /// Requests in flight, summed by agent kind.
+    pub(crate) fn in_flight_by_kind(&self) -> HashMap<Arc<str>, usize> {
+        let mut sums: HashMap<Arc<str>, usize> = HashMap::new();
+        for entry in self.entries.iter() {
+            *sums.entry(entry.key().kind.clone()).or_default() += entry.value().in_flight();
+        }
+        sums
     }
 
     /// Every listed agent, newest first: the order in which shutdown stops them.

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::telemetry::Metrics;
+
 /// Why work was halted; the run reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -370,12 +372,24 @@ struct Registry {
     runs: DashMap<String, HaltToken>,
     /// Agent id -> (its run id, its token).
     agents: DashMap<String, (String, HaltToken)>,
+    metrics: Metrics,
 }
 
 impl Halts {
     /// An empty registry with an un-halted global token.
     pub fn new() -> Self {
         Halts::default()
+    }
+
+    /// An empty registry that counts the halts it applies in `metrics` (the default counts
+    /// them in [`Metrics::global`]).
+    pub fn with_metrics(metrics: Metrics) -> Self {
+        Halts {
+            inner: Arc::new(Registry {
+                metrics,
+                ..Registry::default()
+            }),
+        }
     }
 
     /// The root token: halting it halts everything.
@@ -439,6 +453,7 @@ impl Halts {
         // The map guards are dropped above: cancelling wakes tasks that may look up tokens.
         match token {
             Some(token) => {
+                self.inner.metrics.halt(&halt.scope, halt.reason);
                 token.halt(halt);
                 true
             }

@@ -49,12 +49,15 @@ pub mod supervision;
 
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
+/// Liveness, readiness (named checks) and the semantic health check.
+pub mod health;
 /// The run journal: events durable before they are acknowledged, in SQLite or in memory.
 pub mod journal;
 /// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
 pub mod llm;
+pub mod telemetry;
 
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
 pub use directory::{AgentId, Directory};

@@ -7,6 +7,7 @@ use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use actix::{Arbiter, ArbiterHandle, System};
+use dashmap::DashMap;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::agent_ref::AgentRef;
@@ -15,10 +16,14 @@ use crate::error::{RuntimeError, SpawnError};
 use crate::events::LifecycleEvent;
 use crate::slot::{new_slot, request_stop, start_incarnation, Slot, StopRequest};
 use crate::supervision::{Child, ExitSink, SupervisedAgent};
+use crate::telemetry::{AgentMetrics, Metrics};
 use crate::Agent;
 
 /// The default most requests one agent accepts at once.
 pub const DEFAULT_IN_FLIGHT_LIMIT: usize = 1024;
+
+/// How often each agent kind's in-flight gauge is set from its agents' counts.
+const IN_FLIGHT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Entry point: `Runtime::builder()`.
 pub struct Runtime;
@@ -31,6 +36,7 @@ impl Runtime {
             arbiters: None,
             in_flight_limit: DEFAULT_IN_FLIGHT_LIMIT,
             name: "impresario".to_owned(),
+            metrics: Metrics::global(),
         }
     }
 }
@@ -41,6 +47,7 @@ pub struct RuntimeBuilder {
     arbiters: Option<usize>,
     in_flight_limit: usize,
     name: String,
+    metrics: Metrics,
 }
 
 impl RuntimeBuilder {
@@ -59,6 +66,13 @@ impl RuntimeBuilder {
     /// The name of the runtime's system thread (`<name>-system`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Where the agents' metrics go (default [`Metrics::global`]). Each agent kind resolves its
+    /// metric handles when its first agent is spawned.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -143,6 +157,9 @@ pub(crate) struct Shared {
     next_seq: AtomicU64,
     default_limit: usize,
     shutting_down: AtomicBool,
+    metrics: Metrics,
+    /// Metric handles by agent kind, resolved once per kind.
+    agent_metrics: DashMap<Arc<str>, Arc<AgentMetrics>>,
 }
 
 impl Shared {
@@ -167,6 +184,17 @@ impl Shared {
     pub(crate) fn emit(&self, event: LifecycleEvent) {
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events.send(event);
+    }
+
+    /// The metric handles of agents of `kind`.
+    fn agent_metrics(&self, kind: &Arc<str>) -> Arc<AgentMetrics> {
+        if let Some(found) = self.agent_metrics.get(kind) {
+            return found.clone();
+        }
+        self.agent_metrics
+            .entry(kind.clone())
+            .or_insert_with(|| Arc::new(self.metrics.agent(kind)))
+            .clone()
     }
 }
 
@@ -223,17 +251,23 @@ impl RuntimeHandle {
         let mut own_threads = thread_ids(&arbiters);
         own_threads.extend(system_thread);
         let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            directory: Directory::default(),
+            events,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            next_seq: AtomicU64::new(0),
+            default_limit: builder.in_flight_limit,
+            shutting_down: AtomicBool::new(false),
+            metrics: builder.metrics.clone(),
+            agent_metrics: DashMap::new(),
+        });
+        if shared.metrics.receives() {
+            control.spawn(sample_in_flight(shared.clone()));
+        }
         RuntimeHandle {
             inner: Arc::new(HandleInner {
-                shared: Arc::new(Shared {
-                    directory: Directory::default(),
-                    events,
-                    arbiters,
-                    next_arbiter: AtomicUsize::new(0),
-                    next_seq: AtomicU64::new(0),
-                    default_limit: builder.in_flight_limit,
-                    shutting_down: AtomicBool::new(false),
-                }),
+                shared,
                 control,
                 mode,
                 own_threads,
@@ -313,6 +347,7 @@ impl RuntimeHandle {
             .unwrap_or(shared.default_limit)
             .max(1);
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let metrics = shared.agent_metrics(&id.kind);
         let (slot, rx) = new_slot::<A>(
             id.clone(),
             seq,
@@ -320,6 +355,7 @@ impl RuntimeHandle {
             limit,
             options.handler_deadline,
             sink,
+            metrics,
         );
         shared
             .directory
@@ -375,6 +411,36 @@ impl RuntimeHandle {
     /// How many arbiters (agent threads) the runtime has.
     pub fn arbiter_count(&self) -> usize {
         self.inner.shared.arbiters.len()
+    }
+
+    /// Where this runtime's metrics go; supervisors and runs record through it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.shared.metrics
+    }
+
+    /// Whether every arbiter (agent thread) runs a trivial job within `timeout`: a liveness
+    /// probe. False once the runtime is shut down, or while a handler blocks an arbiter. Needs a
+    /// tokio timer where it is awaited.
+    pub async fn responsive(&self, timeout: Duration) -> bool {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut answers = Vec::with_capacity(self.inner.shared.arbiters.len());
+        for arbiter in &self.inner.shared.arbiters {
+            let (tx, rx) = oneshot::channel();
+            let answer = move || {
+                let _ = tx.send(());
+            };
+            if !arbiter.spawn_fn(answer) {
+                return false;
+            }
+            answers.push(rx);
+        }
+        let all = futures_util::future::join_all(answers);
+        match tokio::time::timeout(timeout, all).await {
+            Ok(answers) => answers.iter().all(Result::is_ok),
+            Err(_) => false,
+        }
     }
 
     /// Stops every agent in reverse start order, each gracefully and one after the other, until
@@ -450,6 +516,20 @@ impl RuntimeHandle {
                 }
             }
         }
+    }
+}
+
+/// Sets each agent kind's in-flight gauge to the sum over its agents, every second, until the
+/// runtime shuts down. Sampling keeps the gauge off the hot path: updated on every admission
+/// and answer, one gauge per kind would be written by every caller's thread and every agent's.
+async fn sample_in_flight(shared: Arc<Shared>) {
+    while !shared.is_shutting_down() {
+        let counts = shared.directory.in_flight_by_kind();
+        for kind in shared.agent_metrics.iter() {
+            let requests = counts.get(kind.key()).copied().unwrap_or(0);
+            kind.value().in_flight(requests);
+        }
+        tokio::time::sleep(IN_FLIGHT_SAMPLE_INTERVAL).await;
     }
 }
 

@@ -28,6 +28,7 @@ use crate::events::{Exit, LifecycleEvent};
 use crate::panic_capture::payload_message;
 use crate::runtime::Shared;
 use crate::supervision::{ChildExit, ExitSink};
+use crate::telemetry::AgentMetrics;
 use crate::Agent;
 
 /// The agent handles messages.
@@ -208,6 +209,8 @@ pub(crate) struct SlotCore {
     incarnations: AtomicU64,
     /// The supervisor's inbox, for supervised agents.
     sink: Option<ExitSink>,
+    /// The metric handles of the agent's kind.
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 impl SlotCore {
@@ -220,6 +223,7 @@ impl SlotCore {
         }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overloaded();
             return Err(AgentError::Overloaded {
                 agent: self.id.clone(),
                 limit: self.limit,
@@ -400,6 +404,7 @@ impl<A: Agent, R> Drop for Admitted<A, R> {
 /// A slot without its actor type: what the directory and shutdown work with.
 pub(crate) trait ErasedSlot: Send + Sync + 'static {
     fn seq(&self) -> u64;
+    fn in_flight(&self) -> usize;
     fn control(&self) -> Arc<Control>;
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
@@ -407,6 +412,9 @@ pub(crate) trait ErasedSlot: Send + Sync + 'static {
 impl<A: Agent> ErasedSlot for Slot<A> {
     fn seq(&self) -> u64 {
         self.core.seq
+    }
+    fn in_flight(&self) -> usize {
+        self.core.in_flight()
     }
     fn control(&self) -> Arc<Control> {
         self.current_control()
@@ -433,6 +441,7 @@ pub(crate) fn new_slot<A: Agent>(
     limit: usize,
     handler_deadline: Option<Duration>,
     sink: Option<ExitSink>,
+    metrics: Arc<AgentMetrics>,
 ) -> (Arc<Slot<A>>, channel::AddressReceiver<A>) {
     let disposition = if sink.is_some() {
         Disposition::Report
@@ -454,6 +463,7 @@ pub(crate) fn new_slot<A: Agent>(
             halt_reason: Mutex::new(String::new()),
             incarnations: AtomicU64::new(0),
             sink,
+            metrics,
         },
         live: ArcSwap::from_pointee(Live {
             addr: Addr::new(tx),
@@ -534,6 +544,9 @@ impl<A: Agent> Incarnation<A> {
     /// so a caller whose message was still queued learns the right reason.
     fn finish(&mut self, exit: Exit) {
         let core = &self.slot.core;
+        if let Exit::Panicked { .. } = exit {
+            core.metrics.panicked();
+        }
         let disposition = if self.shared.is_shutting_down() {
             Disposition::Final
         } else {

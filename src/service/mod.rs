@@ -3,7 +3,8 @@
 //! Routes (all under the bearer token, see [`routes`]): `POST /v1/runs`, `GET /v1/runs`,
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
-//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`.
+//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`; and, without the token,
+//! `GET /metrics`, `/healthz`, `/readyz` ([`probes`]).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
@@ -15,6 +16,7 @@
 mod auth;
 mod body;
 mod errors;
+mod probes;
 mod routes;
 mod runs;
 mod sse;
@@ -28,7 +30,9 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use impresario::agents::RunHandle;
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
+use impresario::runtime::health::Health;
 use impresario::runtime::journal::{JournalError, RunEvent as Journaled, RunFilter, RunStatus};
+use impresario::runtime::telemetry::{MetricsHandle, Prometheus};
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -41,7 +45,9 @@ pub struct State {
     runs: Runs,
     token: String,
     body_limit: usize,
-    draining: AtomicBool,
+    draining: Arc<AtomicBool>,
+    exposition: MetricsHandle,
+    health: Health,
 }
 
 impl State {
@@ -60,15 +66,20 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let token = config.server.bearer_token()?;
+    // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
+    let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
     let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
+    let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(State {
+        health: probes::health(&engine, draining.clone()),
         engine,
         runs: Runs::default(),
         token,
         body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
-        draining: AtomicBool::new(false),
+        draining,
+        exposition,
     });
     for handle in recovered {
         let entries = state.engine.orchestrator.journal().read(handle.id())?;
@@ -84,6 +95,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         App::new()
             .app_data(app_state.clone())
             .configure(routes::configure)
+            .configure(probes::configure)
             .default_service(web::to(|| async {
                 Err::<String, _>(ApiError::unknown_route())
             }))

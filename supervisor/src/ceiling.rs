@@ -4,6 +4,7 @@
 
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, Halts};
 use impresario_runtime::ledger::{AccountId, Ledger, LedgerEvent};
+use impresario_runtime::telemetry::Metrics;
 use tokio::sync::broadcast;
 
 use crate::events::SupervisorEvent;
@@ -20,12 +21,14 @@ pub enum OnCeiling {
     FailStep,
 }
 
-/// Forwards the ledger's events until the ledger or the event stream goes away.
+/// Forwards the ledger's events until the ledger or the event stream goes away, and counts
+/// warnings and refusals in `metrics` (halts count themselves, in `halts`' metrics).
 pub(crate) async fn watch(
     mut ledger_events: broadcast::Receiver<LedgerEvent>,
     halts: Halts,
     policy: OnCeiling,
     events: broadcast::Sender<SupervisorEvent>,
+    metrics: Metrics,
 ) {
     loop {
         let event = match ledger_events.recv().await {
@@ -42,6 +45,7 @@ pub(crate) async fn watch(
                 spent,
                 limit,
             } => {
+                metrics.ceiling_warning(&account, dimension, fraction_percent);
                 let _ = events.send(SupervisorEvent::CeilingWarning {
                     account,
                     dimension,
@@ -51,6 +55,7 @@ pub(crate) async fn watch(
                 });
             }
             LedgerEvent::CeilingReached(reached) => {
+                metrics.ceiling_reached(&reached.account, reached.dimension);
                 let run = match (&reached.account, policy) {
                     (AccountId::Run(run), OnCeiling::HaltRun) => Some(run.clone()),
                     _ => None,
@@ -86,6 +91,7 @@ pub(crate) fn spawn_watch(
     halts: Halts,
     policy: OnCeiling,
     events: broadcast::Sender<SupervisorEvent>,
+    metrics: Metrics,
 ) {
-    actix::spawn(watch(ledger.subscribe(), halts, policy, events));
+    actix::spawn(watch(ledger.subscribe(), halts, policy, events, metrics));
 }

@@ -12,6 +12,7 @@ use actix::prelude::*;
 use impresario_runtime::halt::{Halt, HaltMode, HaltScope, Halts};
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::supervision::{Child, ChildExit, ChildFuture, ExitSink};
+use impresario_runtime::telemetry::RestartReason;
 use impresario_runtime::{agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError};
 use tokio::sync::broadcast;
 
@@ -160,13 +161,18 @@ impl Supervisor {
         let Some(i) = self.position(&id) else {
             return self.restart_in_order(ctx, ids, failed);
         };
-        let (attempt, backoff) = if id == failed.id {
-            (failed.attempt, failed.backoff)
+        let (attempt, backoff, reason) = if id == failed.id {
+            (failed.attempt, failed.backoff, failed.reason)
         } else {
-            (self.children[i].attempt, Duration::ZERO)
+            (
+                self.children[i].attempt,
+                Duration::ZERO,
+                RestartReason::Sibling,
+            )
         };
         // Reported once the restart is under way, so whoever reacts to it can call the child.
         let ready = self.children[i].child.restart();
+        self.tree.runtime.metrics().restart(&id.kind, reason);
         self.emit(SupervisorEvent::ChildRestarted {
             supervisor: self.id.clone(),
             child: id,
@@ -201,6 +207,7 @@ impl Supervisor {
                 .into_actor(self)
                 .map(move |_, this, ctx| {
                     this.remove_all();
+                    this.tree.runtime.metrics().escalation(!this.has_parent);
                     if this.has_parent {
                         this.emit(SupervisorEvent::Escalated {
                             supervisor: this.id.clone(),
@@ -246,6 +253,7 @@ impl Supervisor {
             id: exit.agent.clone(),
             attempt,
             backoff: delay,
+            reason: RestartReason::of(&exit.exit),
         };
         ctx.wait(
             async move {
@@ -264,11 +272,12 @@ impl Supervisor {
     }
 }
 
-/// The failed child of a restart decision, for its `ChildRestarted` event.
+/// The failed child of a restart decision, for its `ChildRestarted` event and metric.
 struct Restarted {
     id: AgentId,
     attempt: u32,
     backoff: Duration,
+    reason: RestartReason,
 }
 
 /// Awaits stop futures one after the other (the order shutdown promises).
@@ -410,6 +419,7 @@ impl Handler<WatchLedger> for Supervisor {
             watch.halts,
             watch.policy,
             self.tree.events.clone(),
+            self.tree.runtime.metrics().clone(),
         );
     }
 }
@@ -508,6 +518,10 @@ impl SupervisorRef {
         for child in &targets {
             child.halt(&reason, grace);
         }
+        self.tree
+            .runtime
+            .metrics()
+            .agents_halted(halt.reason, targets.len());
         let _ = self.tree.events.send(SupervisorEvent::Halted {
             scope: halt.scope.clone(),
             reason: halt.reason,

@@ -112,28 +112,36 @@ impl ChatModel for Anthropic {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(&Body::from(request))
-                .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))?;
-            let http_request = self
-                .client
-                .post(&self.url)
-                .header(CONTENT_TYPE, "application/json")
-                .header("x-api-key", self.key.clone())
-                .header("anthropic-version", self.version.clone())
-                .body(body);
-            let answer = http::send(http_request, &self.config.http).await?;
-            let reply: Reply = http::parse_json(&answer.body)?;
-            let mut response = reply.into_response(request)?;
-            response.request_id = http::header_str(&answer.headers, "request-id")
-                .map(str::to_owned)
-                .or(response.request_id);
-            response.rate_limit = http::rate_limit(
-                &answer.headers,
-                "anthropic-ratelimit-requests-remaining",
-                "anthropic-ratelimit-tokens-remaining",
-            );
-            Ok(response)
+            let answer = self.send(request).await;
+            // A provider may echo the key in an error body: it must not reach logs or spans.
+            answer.map_err(|e| e.redact(&self.config.api_key))
         })
+    }
+}
+
+impl Anthropic {
+    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let body = serde_json::to_vec(&Body::from(request))
+            .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))?;
+        let http_request = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("x-api-key", self.key.clone())
+            .header("anthropic-version", self.version.clone())
+            .body(body);
+        let answer = http::send(http_request, &self.config.http).await?;
+        let reply: Reply = http::parse_json(&answer.body)?;
+        let mut response = reply.into_response(request)?;
+        response.request_id = http::header_str(&answer.headers, "request-id")
+            .map(str::to_owned)
+            .or(response.request_id);
+        response.rate_limit = http::rate_limit(
+            &answer.headers,
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-tokens-remaining",
+        );
+        Ok(response)
     }
 }
 

@@ -84,6 +84,11 @@ impl Breakers {
         }
     }
 
+    /// The models that have a breaker (every model called so far).
+    pub(crate) fn models(&self) -> Vec<String> {
+        self.states.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Lets a call through, or says how long until a probe will be allowed (zero while a probe
     /// is in flight).
     pub(crate) fn acquire<'a>(&'a self, model: &'a str) -> Result<Permit<'a>, Duration> {

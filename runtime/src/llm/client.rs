@@ -20,11 +20,18 @@
 //! So a refused reservation sends nothing, and every reservation is closed on every path:
 //! after any mix of outcomes the reserved amount returns to zero. Dropping the call future
 //! while a request is in flight counts as a cancellation (the input estimate is charged).
+//!
+//! Each model of a call runs in a `chat {model}` span and is measured (duration when a request
+//! was sent, reported tokens, money charged, retries, breaker state): see
+//! [`telemetry`](crate::telemetry).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
+use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome};
 use super::cache::{CacheKey, ResponseCache};
@@ -36,6 +43,7 @@ use super::router::{Router, Tier};
 use super::types::{ChatRequest, ChatResponse};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Reservation};
+use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
 /// unstoppable call.
@@ -63,6 +71,8 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     breaker: BreakerConfig,
     cache_capacity: Option<usize>,
+    metrics: Metrics,
+    record_content: bool,
 }
 
 impl ClientBuilder {
@@ -117,6 +127,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Where the client's metrics go (default [`Metrics::global`]).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Records prompts and completions on the `chat` spans (`gen_ai.input.messages`,
+    /// `gen_ai.output.messages`). Off by default: they may hold personal or secret data.
+    pub fn record_content(mut self, record: bool) -> Self {
+        self.record_content = record;
+        self
+    }
+
     /// Checks that every model named by the router and the fallbacks has a price and a
     /// registered provider, and builds the client.
     pub fn build(self) -> Result<Client, LlmError> {
@@ -128,6 +151,9 @@ impl ClientBuilder {
             retry: self.retry,
             breakers: Breakers::new(self.breaker),
             cache: self.cache_capacity.map(ResponseCache::new),
+            metrics: self.metrics,
+            record_content: self.record_content,
+            model_metrics: DashMap::new(),
         };
         let named =
             inner
@@ -159,6 +185,10 @@ struct Inner {
     retry: RetryPolicy,
     breakers: Breakers,
     cache: Option<ResponseCache>,
+    metrics: Metrics,
+    record_content: bool,
+    /// Metric handles by model, resolved on its first call.
+    model_metrics: DashMap<String, Arc<ModelMetrics>>,
 }
 
 impl Client {
@@ -172,6 +202,8 @@ impl Client {
             retry: RetryPolicy::default(),
             breaker: BreakerConfig::default(),
             cache_capacity: None,
+            metrics: Metrics::global(),
+            record_content: false,
         }
     }
 
@@ -207,6 +239,30 @@ impl Client {
         self.inner.breakers.state(model)
     }
 
+    /// The breaker state of every model this client knows: those named by the router and the
+    /// fallbacks, and those called so far; by name.
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        let inner = &self.inner;
+        let mut models: BTreeSet<String> = inner.router.all_models().map(str::to_owned).collect();
+        for (model, fallbacks) in &inner.fallbacks {
+            models.insert(model.clone());
+            models.extend(fallbacks.iter().cloned());
+        }
+        models.extend(inner.breakers.models());
+        models
+            .into_iter()
+            .map(|model| {
+                let state = inner.breakers.state(&model);
+                (model, state)
+            })
+            .collect()
+    }
+
+    /// Where the client's metrics go.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// The price table in use.
     pub fn prices(&self) -> &PriceTable {
         &self.inner.prices
@@ -227,16 +283,23 @@ struct Bill<'a> {
     price: &'a ModelPrice,
     worst_case: Charge,
     input_only: Charge,
+    metrics: &'a ModelMetrics,
 }
 
 impl Bill<'_> {
+    /// Closes the reservation as `billing` says, and records the usage the provider reported
+    /// and the money charged.
     fn close(&self, reservation: Reservation, billing: Billing, model: &str) {
         let settlement = match billing {
             Billing::Nothing => return reservation.release(),
             Billing::InputEstimate => reservation.cancel(self.input_only),
             Billing::WorstCase => reservation.settle(self.worst_case),
-            Billing::Usage(u) => reservation.settle(charge(self.price.cost(&u), u.total_tokens())),
+            Billing::Usage(u) => {
+                self.metrics.usage(&u);
+                reservation.settle(charge(self.price.cost(&u), u.total_tokens()))
+            }
         };
+        self.metrics.cost(settlement.charged.micro_usd);
         if settlement.overshoot != Charge::default() {
             tracing::warn!(
                 model,
@@ -310,13 +373,51 @@ impl Inner {
         Err(last_error.expect("a call chain has at least one model"))
     }
 
+    /// The metric handles of `model`.
+    fn model_metrics(&self, provider: &str, model: &str) -> Arc<ModelMetrics> {
+        if let Some(found) = self.model_metrics.get(model) {
+            return found.clone();
+        }
+        self.model_metrics
+            .entry(model.to_owned())
+            .or_insert_with(|| Arc::new(self.metrics.model(provider, model)))
+            .clone()
+    }
+
+    /// One model of a call, in its `chat {model}` span; records the operation's duration when a
+    /// request was sent.
     async fn call_model(
         &self,
         request: &ChatRequest,
         options: &CallOptions,
     ) -> Result<ChatResponse, LlmError> {
+        let (price, provider) = self.route(&request.model)?;
+        let metrics = self.model_metrics(&price.provider, &request.model);
+        let span = chat_span(&price.provider, request, self.record_content);
+        let started = Instant::now();
+        let mut sent = 0;
+        let result = self
+            .attempts(request, options, (price, provider), &metrics, &mut sent)
+            .instrument(span.clone())
+            .await;
+        record_chat(&span, &result, sent, self.record_content);
+        if sent > 0 {
+            let error = result.as_ref().err().map(LlmError::kind);
+            metrics.operation(started.elapsed(), error);
+        }
+        result
+    }
+
+    /// Steps 1 to 6 of the module documentation for one model; counts requests sent in `sent`.
+    async fn attempts(
+        &self,
+        request: &ChatRequest,
+        options: &CallOptions,
+        (price, provider): (&ModelPrice, &dyn ChatModel),
+        metrics: &ModelMetrics,
+        sent: &mut u32,
+    ) -> Result<ChatResponse, LlmError> {
         let model = request.model.as_str();
-        let (price, provider) = self.route(model)?;
         if let Some(max) = price.max_output_tokens {
             if u64::from(request.max_tokens) > max {
                 return Err(LlmError::InvalidRequest {
@@ -342,24 +443,26 @@ impl Inner {
             price,
             worst_case: charge(price.worst_case(input, max_output), input + max_output),
             input_only: charge(price.input_cost(input), input),
+            metrics,
         };
         let mut attempt = 0;
         loop {
             if options.halt.is_cancelled() {
                 return Err(LlmError::Cancelled);
             }
-            let permit =
-                self.breakers
-                    .acquire(model)
-                    .map_err(|retry_in| LlmError::CircuitOpen {
-                        model: model.to_owned(),
-                        retry_in,
-                    })?;
+            let permit = self.breakers.acquire(model).map_err(|retry_in| {
+                metrics.breaker(self.breakers.state(model));
+                LlmError::CircuitOpen {
+                    model: model.to_owned(),
+                    retry_in,
+                }
+            })?;
             let in_flight = InFlight {
                 reservation: Some(options.account.reserve(bill.worst_case)?),
                 bill: &bill,
                 model,
             };
+            *sent += 1;
             let outcome = tokio::select! {
                 biased;
                 _ = options.halt.cancelled() => Err(LlmError::Cancelled),
@@ -369,6 +472,7 @@ impl Inner {
                 Ok(mut response) => {
                     in_flight.close(Billing::Usage(response.usage));
                     permit.record(Outcome::Success);
+                    metrics.breaker(self.breakers.state(model));
                     response.cost_micro_usd = Some(price.cost(&response.usage));
                     response.cache_hit = false;
                     if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
@@ -386,9 +490,11 @@ impl Inner {
             } else {
                 Outcome::Success
             });
+            metrics.breaker(self.breakers.state(model));
             let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
                 return Err(err);
             };
+            metrics.retry(err.status_class());
             tracing::debug!(model, attempt, ?delay, error = %err, "retrying");
             tokio::select! {
                 biased;

@@ -153,6 +153,66 @@ pub(crate) enum Billing {
 }
 
 impl LlmError {
+    /// A stable snake_case name of the error's class, for the `error.type` span attribute and
+    /// metric label (a bounded set: never the message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LlmError::Transient { .. } => "transient",
+            LlmError::Network { .. } => "network",
+            LlmError::Timeout { .. } => "timeout",
+            LlmError::RateLimited { .. } => "rate_limited",
+            LlmError::QuotaExhausted { .. } => "quota_exhausted",
+            LlmError::InvalidRequest { .. } => "invalid_request",
+            LlmError::Auth { .. } => "auth",
+            LlmError::ContextTooLong { .. } => "context_too_long",
+            LlmError::ContentFiltered { .. } => "content_filtered",
+            LlmError::MalformedResponse { .. } => "malformed_response",
+            LlmError::InvalidToolArguments(_) => "invalid_tool_arguments",
+            LlmError::Cancelled => "cancelled",
+            LlmError::CeilingReached(_) => "ceiling_reached",
+            LlmError::CircuitOpen { .. } => "circuit_open",
+            LlmError::NotRecorded { .. } => "not_recorded",
+            LlmError::Config(_) => "config",
+        }
+    }
+
+    /// The class of a retryable failure, for the retries metric: `429`, `4xx` (408, 409),
+    /// `5xx`, `network` or `timeout`; `other` for errors that are never retried.
+    pub(crate) fn status_class(&self) -> &'static str {
+        match self {
+            LlmError::RateLimited { .. } => "429",
+            LlmError::Transient { status, .. } if *status >= 500 => "5xx",
+            LlmError::Transient { .. } => "4xx",
+            LlmError::Network { .. } => "network",
+            LlmError::Timeout { .. } => "timeout",
+            _ => "other",
+        }
+    }
+
+    /// The same error with every occurrence of `secret` (an API key) in its messages replaced,
+    /// so a provider that echoes the key in an error body cannot leak it into logs or spans.
+    pub(crate) fn redact(mut self, secret: &str) -> Self {
+        if secret.is_empty() {
+            return self;
+        }
+        let message = match &mut self {
+            LlmError::Transient { message, .. }
+            | LlmError::Network { message, .. }
+            | LlmError::RateLimited { message, .. }
+            | LlmError::QuotaExhausted { message }
+            | LlmError::InvalidRequest { message, .. }
+            | LlmError::Auth { message, .. }
+            | LlmError::ContextTooLong { message }
+            | LlmError::ContentFiltered { message, .. }
+            | LlmError::MalformedResponse { message, .. } => message,
+            _ => return self,
+        };
+        if message.contains(secret) {
+            *message = message.replace(secret, "<redacted>");
+        }
+        self
+    }
+
     /// Whether trying the same request again could succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -158,29 +158,37 @@ impl ChatModel for OpenAi {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(&self.body(request))
-                .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))?;
-            let mut http_request = self
-                .client
-                .post(&self.url)
-                .header(CONTENT_TYPE, "application/json")
-                .body(body);
-            if let Some(auth) = &self.auth {
-                http_request = http_request.header(AUTHORIZATION, auth.clone());
-            }
-            let answer = http::send(http_request, &self.config.http).await?;
-            let reply: Reply = http::parse_json(&answer.body)?;
-            let mut response = reply.into_response(request)?;
-            response.request_id = http::header_str(&answer.headers, "x-request-id")
-                .map(str::to_owned)
-                .or(response.request_id);
-            response.rate_limit = http::rate_limit(
-                &answer.headers,
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-remaining-tokens",
-            );
-            Ok(response)
+            let answer = self.send(request).await;
+            // A provider may echo the key in an error body: it must not reach logs or spans.
+            answer.map_err(|e| e.redact(self.config.api_key.as_deref().unwrap_or("")))
         })
+    }
+}
+
+impl OpenAi {
+    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let body = serde_json::to_vec(&self.body(request))
+            .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))?;
+        let mut http_request = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(auth) = &self.auth {
+            http_request = http_request.header(AUTHORIZATION, auth.clone());
+        }
+        let answer = http::send(http_request, &self.config.http).await?;
+        let reply: Reply = http::parse_json(&answer.body)?;
+        let mut response = reply.into_response(request)?;
+        response.request_id = http::header_str(&answer.headers, "x-request-id")
+            .map(str::to_owned)
+            .or(response.request_id);
+        response.rate_limit = http::rate_limit(
+            &answer.headers,
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-remaining-tokens",
+        );
+        Ok(response)
     }
 }
 

@@ -1,0 +1,410 @@
+//! Recording: where metrics go ([`Metrics`]) and the typed functions that record them.
+//!
+//! Hot paths resolve their handles once: per agent kind when an agent is spawned
+//! ([`AgentMetrics`], kept in the agent's slot), per model on its first call ([`ModelMetrics`]).
+//! Recording through a handle is an atomic operation, or a branch on a no-op handle when no
+//! recorder is installed. Rare events (restarts, halts, ceilings, runs) look their metric up
+//! each time.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+
+use super::names::{self, label, MetricDef};
+use crate::events::Exit;
+use crate::halt::{HaltReason, HaltScope};
+use crate::ledger::{AccountId, Dimension};
+use crate::llm::{BreakerState, Usage};
+
+const METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Where metrics go. Cheap to clone.
+///
+/// - [`Metrics::global`] (the default everywhere): the recorder the `metrics` crate sees when a
+///   metric is first used, i.e. the global one (install it with
+///   [`Prometheus::install`](super::Prometheus::install) *before* starting the runtime: agents
+///   and models resolve their handles once, and a handle resolved with no recorder stays a
+///   no-op), or a thread-local one if that thread set one.
+/// - [`Metrics::to`]: a recorder of your own, e.g. from
+///   [`Prometheus::build`](super::Prometheus::build). It is used from every thread, so tests
+///   can count exactly without a global recorder, and several runtimes in one process can
+///   export separately.
+///
+/// Pass it to [`RuntimeBuilder::metrics`](crate::RuntimeBuilder::metrics),
+/// [`ClientBuilder::metrics`](crate::llm::ClientBuilder::metrics) and
+/// [`Halts::with_metrics`](crate::halt::Halts::with_metrics).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    recorder: Option<Arc<dyn Recorder + Send + Sync>>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.recorder {
+            None => "Metrics::global",
+            Some(_) => "Metrics::to(<recorder>)",
+        })
+    }
+}
+
+/// How a run ended, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// It reached its goal.
+    Succeeded,
+    /// It gave up or failed.
+    Failed,
+    /// It was halted (operator, cost ceiling, deadline, ...).
+    Halted,
+}
+
+impl RunOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Halted => "halted",
+        }
+    }
+}
+
+/// Why a supervisor restarted an agent, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    /// It panicked.
+    Panicked,
+    /// It failed (`fail`, the watchdog, an escalating child supervisor).
+    Failed,
+    /// It was killed.
+    Killed,
+    /// It stopped normally, and its restart type restarts it anyway.
+    Exited,
+    /// A sibling failed and the strategy restarts it too.
+    Sibling,
+}
+
+impl RestartReason {
+    /// The reason for restarting the agent whose incarnation ended with `exit`.
+    pub fn of(exit: &Exit) -> Self {
+        match exit {
+            Exit::Normal => RestartReason::Exited,
+            Exit::Panicked { .. } => RestartReason::Panicked,
+            Exit::Killed => RestartReason::Killed,
+            Exit::Failed { .. } => RestartReason::Failed,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Panicked => "panicked",
+            RestartReason::Failed => "failed",
+            RestartReason::Killed => "killed",
+            RestartReason::Exited => "exited",
+            RestartReason::Sibling => "sibling",
+        }
+    }
+}
+
+impl Metrics {
+    /// The recorder of the `metrics` crate (see the type's documentation). The default.
+    pub fn global() -> Self {
+        Metrics::default()
+    }
+
+    /// `recorder`, from every thread. Describes every metric of the catalog to it.
+    pub fn to(recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
+        names::describe(&*recorder);
+        Metrics {
+            recorder: Some(recorder),
+        }
+    }
+
+    /// Whether a recorder receives what is recorded here. With no recorder installed, `metrics`
+    /// falls back to its no-op recorder, the only zero-sized one (a recorder that stores
+    /// anything has a size): then the runtime skips reading the clock for handler durations.
+    pub(crate) fn receives(&self) -> bool {
+        self.recorder.is_some() || metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&dyn Recorder) -> T) -> T {
+        match &self.recorder {
+            Some(recorder) => f(&**recorder),
+            None => metrics::with_recorder(f),
+        }
+    }
+
+    fn counter(&self, def: &'static MetricDef, labels: Vec<Label>) -> Counter {
+        self.with(|r| r.register_counter(&Key::from_parts(def.name, labels), &METADATA))
+    }
+
+    fn gauge(&self, def: &'static MetricDef, labels: Vec<Label>) -> Gauge {
+        self.with(|r| r.register_gauge(&Key::from_parts(def.name, labels), &METADATA))
+    }
+
+    fn histogram(&self, def: &'static MetricDef, labels: Vec<Label>) -> Histogram {
+        self.with(|r| r.register_histogram(&Key::from_parts(def.name, labels), &METADATA))
+    }
+
+    /// A run started: counts it and adds it to the active runs.
+    pub fn run_started(&self) {
+        self.counter(&names::RUNS_STARTED, vec![]).increment(1);
+        self.gauge(&names::RUNS_ACTIVE, vec![]).increment(1.0);
+    }
+
+    /// A run ended after `duration`: counts it by outcome, records its duration, and removes it
+    /// from the active runs.
+    pub fn run_finished(&self, outcome: RunOutcome, duration: Duration) {
+        let outcome = || vec![Label::new(label::OUTCOME, outcome.as_str())];
+        self.counter(&names::RUNS_FINISHED, outcome()).increment(1);
+        self.histogram(&names::RUN_DURATION, outcome())
+            .record(duration);
+        self.gauge(&names::RUNS_ACTIVE, vec![]).decrement(1.0);
+    }
+
+    /// A tool call now waits for a person's approval.
+    pub fn approval_requested(&self) {
+        self.gauge(&names::APPROVALS_PENDING, vec![]).increment(1.0);
+    }
+
+    /// A pending approval was granted, refused or abandoned.
+    pub fn approval_resolved(&self) {
+        self.gauge(&names::APPROVALS_PENDING, vec![]).decrement(1.0);
+    }
+
+    /// A supervisor restarted an agent of kind `agent_kind`.
+    pub fn restart(&self, agent_kind: &str, reason: RestartReason) {
+        let labels = vec![
+            Label::new(label::AGENT_KIND, agent_kind.to_owned()),
+            Label::new(label::REASON, reason.as_str()),
+        ];
+        self.counter(&names::SUPERVISOR_RESTARTS, labels)
+            .increment(1);
+    }
+
+    /// A supervisor gave up past its intensity; `root` when it has no parent (fatal).
+    pub fn escalation(&self, root: bool) {
+        let labels = vec![Label::new(label::ROOT, if root { "true" } else { "false" })];
+        self.counter(&names::SUPERVISOR_ESCALATIONS, labels)
+            .increment(1);
+    }
+
+    /// A halt was applied to the halt-token tree.
+    pub fn halt(&self, scope: &HaltScope, reason: HaltReason) {
+        let scope = match scope {
+            HaltScope::All => "all",
+            HaltScope::Tenant(_) => "tenant",
+            HaltScope::Run(_) => "run",
+            HaltScope::Agent(_) => "agent",
+        };
+        let labels = vec![
+            Label::new(label::SCOPE, scope),
+            Label::new(label::REASON, reason.to_string()),
+        ];
+        self.counter(&names::HALTS, labels).increment(1);
+    }
+
+    /// A supervisor halted `count` agents.
+    pub fn agents_halted(&self, reason: HaltReason, count: usize) {
+        let labels = vec![Label::new(label::REASON, reason.to_string())];
+        self.counter(&names::AGENTS_HALTED, labels)
+            .increment(count as u64);
+    }
+
+    /// An account's spending crossed `percent` of its ceiling in `dimension`.
+    pub fn ceiling_warning(&self, account: &AccountId, dimension: Dimension, percent: u8) {
+        let labels = vec![
+            Label::new(label::ACCOUNT_KIND, account_kind(account)),
+            Label::new(label::DIMENSION, dimension.to_string()),
+            Label::new(label::PERCENT, percent.to_string()),
+        ];
+        self.counter(&names::CEILING_WARNINGS, labels).increment(1);
+    }
+
+    /// A reservation was refused by an account's ceiling in `dimension`.
+    pub fn ceiling_reached(&self, account: &AccountId, dimension: Dimension) {
+        let labels = vec![
+            Label::new(label::ACCOUNT_KIND, account_kind(account)),
+            Label::new(label::DIMENSION, dimension.to_string()),
+        ];
+        self.counter(&names::CEILINGS_REACHED, labels).increment(1);
+    }
+
+    /// The semantic health check of `model` answered correctly (`ok`) or not.
+    pub fn semantic_health(&self, model: &str, ok: bool) {
+        let labels = vec![Label::new(label::MODEL, model.to_owned())];
+        self.gauge(&names::SEMANTIC_HEALTH, labels)
+            .set(if ok { 1.0 } else { 0.0 });
+    }
+
+    /// The handles of one agent kind.
+    pub(crate) fn agent(&self, kind: &Arc<str>) -> AgentMetrics {
+        let labels = || vec![Label::new(label::AGENT_KIND, kind.clone())];
+        AgentMetrics {
+            timed: self.receives(),
+            handled: self.counter(&names::AGENT_MESSAGES_HANDLED, labels()),
+            duration: self.histogram(&names::AGENT_HANDLER_DURATION, labels()),
+            in_flight: self.gauge(&names::AGENT_IN_FLIGHT, labels()),
+            overloaded: self.counter(&names::AGENT_OVERLOADED, labels()),
+            panics: self.counter(&names::AGENT_PANICS, labels()),
+        }
+    }
+
+    /// The handles of one model.
+    pub(crate) fn model(&self, provider: &str, model: &str) -> ModelMetrics {
+        let gen_ai = |token_type: Option<&'static str>| {
+            let mut labels = vec![
+                Label::new(label::GEN_AI_OPERATION, "chat"),
+                Label::new(label::GEN_AI_PROVIDER, provider.to_owned()),
+                Label::new(label::GEN_AI_REQUEST_MODEL, model.to_owned()),
+            ];
+            labels.extend(token_type.map(|t| Label::new(label::GEN_AI_TOKEN_TYPE, t)));
+            labels
+        };
+        let ours = || {
+            vec![
+                Label::new(label::PROVIDER, provider.to_owned()),
+                Label::new(label::MODEL, model.to_owned()),
+            ]
+        };
+        ModelMetrics {
+            metrics: self.clone(),
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            duration: self.histogram(&names::GEN_AI_OPERATION_DURATION, gen_ai(None)),
+            input_tokens: self.histogram(&names::GEN_AI_TOKEN_USAGE, gen_ai(Some("input"))),
+            output_tokens: self.histogram(&names::GEN_AI_TOKEN_USAGE, gen_ai(Some("output"))),
+            cost: self.counter(&names::LLM_COST, ours()),
+            breaker: self.gauge(&names::LLM_BREAKER_STATE, ours()),
+        }
+    }
+}
+
+/// `global`, `tenant`, `run` or `agent`: the kind of an account, never its id.
+fn account_kind(account: &AccountId) -> &'static str {
+    match account {
+        AccountId::Global => "global",
+        AccountId::Tenant(_) => "tenant",
+        AccountId::Run(_) => "run",
+        AccountId::Agent { .. } => "agent",
+    }
+}
+
+/// The metrics of one agent kind, resolved when the first agent of the kind is spawned.
+pub(crate) struct AgentMetrics {
+    /// Whether handler durations are recorded (false with no recorder: no clock is read).
+    pub(crate) timed: bool,
+    handled: Counter,
+    duration: Histogram,
+    in_flight: Gauge,
+    overloaded: Counter,
+    panics: Counter,
+}
+
+impl AgentMetrics {
+    /// A handler ran and answered (or panicked) after `took` (`None` when not [`timed`](Self::timed)).
+    pub(crate) fn handled(&self, took: Option<Duration>) {
+        self.handled.increment(1);
+        if let Some(took) = took {
+            self.duration.record(took);
+        }
+    }
+
+    /// Agents of the kind have `requests` admitted and not yet answered, in all.
+    pub(crate) fn in_flight(&self, requests: usize) {
+        self.in_flight.set(requests as f64);
+    }
+
+    /// A call was refused with `Overloaded`.
+    pub(crate) fn overloaded(&self) {
+        self.overloaded.increment(1);
+    }
+
+    /// An incarnation ended in a panic.
+    pub(crate) fn panicked(&self) {
+        self.panics.increment(1);
+    }
+}
+
+/// The metrics of one model, resolved on its first call.
+pub(crate) struct ModelMetrics {
+    metrics: Metrics,
+    provider: String,
+    model: String,
+    duration: Histogram,
+    input_tokens: Histogram,
+    output_tokens: Histogram,
+    cost: Counter,
+    breaker: Gauge,
+}
+
+impl ModelMetrics {
+    /// A model call that sent at least one request took `took`; `error` is the class of its
+    /// failure (see [`LlmError::kind`](crate::llm::LlmError::kind)).
+    pub(crate) fn operation(&self, took: Duration, error: Option<&'static str>) {
+        match error {
+            None => self.duration.record(took),
+            Some(error) => {
+                let labels = vec![
+                    Label::new(label::GEN_AI_OPERATION, "chat"),
+                    Label::new(label::GEN_AI_PROVIDER, self.provider.clone()),
+                    Label::new(label::GEN_AI_REQUEST_MODEL, self.model.clone()),
+                    Label::new(label::ERROR_TYPE, error),
+                ];
+                self.metrics
+                    .histogram(&names::GEN_AI_OPERATION_DURATION, labels)
+                    .record(took);
+            }
+        }
+    }
+
+    /// The provider reported `usage` for an attempt.
+    pub(crate) fn usage(&self, usage: &Usage) {
+        self.input_tokens.record(usage.input_tokens as f64);
+        self.output_tokens.record(usage.output_tokens as f64);
+    }
+
+    /// The ledger charged `micro_usd` for an attempt.
+    pub(crate) fn cost(&self, micro_usd: u64) {
+        self.cost.increment(micro_usd);
+    }
+
+    /// An attempt failed with a retryable error of `status_class` and will be retried.
+    pub(crate) fn retry(&self, status_class: &'static str) {
+        let labels = vec![
+            Label::new(label::PROVIDER, self.provider.clone()),
+            Label::new(label::MODEL, self.model.clone()),
+            Label::new(label::STATUS_CLASS, status_class),
+        ];
+        self.metrics
+            .counter(&names::LLM_RETRIES, labels)
+            .increment(1);
+    }
+
+    /// The model's breaker is now in `state`.
+    pub(crate) fn breaker(&self, state: BreakerState) {
+        self.breaker.set(match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handlers_are_timed_only_when_a_recorder_receives_the_time() {
+        // No unit test of this crate installs a global recorder.
+        let kind: Arc<str> = "k".into();
+        assert!(!Metrics::global().agent(&kind).timed);
+        let (metrics, _) = super::super::Prometheus::new().build();
+        assert!(metrics.agent(&kind).timed);
+        let local = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&local, || assert!(Metrics::global().agent(&kind).timed));
+    }
+}

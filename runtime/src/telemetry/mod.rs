@@ -1,0 +1,31 @@
+//! Telemetry: metrics (the `metrics` facade, exported for Prometheus) and `tracing` spans, with
+//! OpenTelemetry GenAI names where the conventions have them.
+//!
+//! - [`names`]: the catalog of every metric (name, kind, unit, help, labels, buckets).
+//! - [`Metrics`]: where metrics go, and the recording functions for what happens outside the
+//!   runtime's own hot paths (runs, approvals, halts, ceilings, restarts).
+//! - [`Prometheus`]: the exporter; one call installs it and returns a [`MetricsHandle`].
+//! - the span constructors of a run: [`invoke_workflow`], [`invoke_agent`], [`execute_tool`]
+//!   (the LLM client makes the `chat` spans).
+//!
+//! ```no_run
+//! use impresario_runtime::telemetry::Prometheus;
+//! use impresario_runtime::Runtime;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let metrics = Prometheus::new().install()?; // before the runtime: handles resolve at spawn
+//! let runtime = Runtime::builder().start()?;
+//! // serve `metrics.render()` on GET /metrics
+//! # Ok(()) }
+//! ```
+
+mod metrics;
+pub mod names;
+mod prometheus;
+mod spans;
+
+pub(crate) use self::metrics::{AgentMetrics, ModelMetrics};
+pub use self::metrics::{Metrics, RestartReason, RunOutcome};
+pub use prometheus::{ExporterError, MetricsHandle, Prometheus, CONTENT_TYPE};
+pub(crate) use spans::{chat as chat_span, record_chat};
+pub use spans::{execute_tool, invoke_agent, invoke_workflow, record_error_type};
