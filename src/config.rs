@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use impresario::runtime::journal::RetentionPolicy;
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -107,12 +108,22 @@ pub struct Journal {
     /// The SQLite file every run is journaled to (created if missing), or `:memory:` to keep
     /// the journal in memory only (runs are then lost at exit and cannot be replayed later).
     pub path: String,
+    /// Keep at most this many ended runs (the most recent); 0 keeps them all. Halted runs,
+    /// which can still be resumed, and running ones are always kept.
+    pub retain_finished_runs: u64,
+    /// Delete ended runs whose last event is older than this many days; 0: no age limit.
+    pub retain_days: u64,
+    /// How often retention runs (and compacts the file), in seconds; also once at start.
+    pub retention_interval_secs: u64,
 }
 
 impl Default for Journal {
     fn default() -> Self {
         Journal {
             path: "impresario.db".into(),
+            retain_finished_runs: 10_000,
+            retain_days: 30,
+            retention_interval_secs: 3_600,
         }
     }
 }
@@ -124,6 +135,22 @@ impl Journal {
     /// The journal file, unless the journal is in memory.
     pub fn file(&self) -> Option<&Path> {
         (self.path != Self::IN_MEMORY).then(|| Path::new(&self.path))
+    }
+
+    /// The retention policy the keys describe, if they limit anything.
+    pub fn retention(&self) -> Option<RetentionPolicy> {
+        let policy = RetentionPolicy {
+            max_age: (self.retain_days > 0).then(|| Duration::from_secs(self.retain_days * 86_400)),
+            max_finished_runs: (self.retain_finished_runs > 0)
+                .then(|| usize::try_from(self.retain_finished_runs).unwrap_or(usize::MAX)),
+            include_halted: false,
+        };
+        (policy.max_age.is_some() || policy.max_finished_runs.is_some()).then_some(policy)
+    }
+
+    /// How often retention runs.
+    pub fn retention_interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval_secs)
     }
 }
 
@@ -199,6 +226,9 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("models", "provider", Kind::Choice(&["auto", "offline"])),
     ("models", "offline_latency_ms", Kind::Integer),
     ("journal", "path", Kind::Text),
+    ("journal", "retain_finished_runs", Kind::Integer),
+    ("journal", "retain_days", Kind::Integer),
+    ("journal", "retention_interval_secs", Kind::Integer),
 ];
 
 /// The prefix of every configuration variable.
@@ -304,6 +334,12 @@ impl Config {
             return Err(invalid(
                 "journal.path",
                 "is empty; name a file, or \":memory:\" to keep the journal in memory",
+            ));
+        }
+        if self.journal.retention_interval_secs == 0 {
+            return Err(invalid(
+                "journal.retention_interval_secs",
+                "is 0; retention needs an interval (e.g. 3600)",
             ));
         }
         if self.server.body_limit_bytes == 0 {

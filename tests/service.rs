@@ -2,7 +2,7 @@
 
 mod binary;
 
-use binary::{label, Server, TOKEN};
+use binary::{cli, label, Server, TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -379,5 +379,30 @@ async fn metrics_liveness_and_readiness_answer_without_the_token() {
     assert_eq!(
         checks,
         ["models_available", "journal_readable", "accepting_runs"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_journal_from_growing_without_bound() {
+    let server = Server::start("[journal]\nretain_finished_runs = 1\nretention_interval_secs = 1");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = server.submit(json!({ "goal": GOAL })).await;
+        server.until(&id, |s| s["state"] == "succeeded").await;
+        ids.push(id);
+    }
+    // Retention runs every second: within a few, only the newest ended run is left.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        let listed = String::from_utf8(cli(&server.dir, &["runs", "list"]).stdout).unwrap();
+        if listed.lines().count() == 1 || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.starts_with(&ids[2]),
+        "the newest run is kept: {listed}"
     );
 }

@@ -71,6 +71,27 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::start(&config).await?;
     let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
+    if let Some(policy) = config.journal.retention() {
+        let journal = engine.orchestrator.journal().clone();
+        let every = config.journal.retention_interval();
+        // The journal file must not grow without bound: retention deletes old ended runs and
+        // compacts the file, once now and then at every interval.
+        actix_web::rt::spawn(async move {
+            loop {
+                match journal.apply_retention(&policy).await {
+                    Ok(report) if report.runs_deleted > 0 => tracing::info!(
+                        runs = report.runs_deleted,
+                        bytes_before = report.bytes_before,
+                        bytes_after = report.bytes_after,
+                        "journal retention"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "journal retention failed"),
+                }
+                actix_web::rt::time::sleep(every).await;
+            }
+        });
+    }
     let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
