@@ -72,13 +72,20 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
     if let Some(policy) = config.journal.retention() {
-        let journal = engine.orchestrator.journal().clone();
+        // Weak: the last holder of the journal closes it at shutdown, and this task must not
+        // be that holder.
+        let journal = Arc::downgrade(engine.orchestrator.journal());
         let every = config.journal.retention_interval();
         // The journal file must not grow without bound: retention deletes old ended runs and
         // compacts the file, once now and then at every interval.
         actix_web::rt::spawn(async move {
             loop {
-                match journal.apply_retention(&policy).await {
+                let Some(open) = journal.upgrade() else {
+                    return;
+                };
+                let applied = open.apply_retention(&policy).await;
+                drop(open);
+                match applied {
                     Ok(report) if report.runs_deleted > 0 => tracing::info!(
                         runs = report.runs_deleted,
                         bytes_before = report.bytes_before,
