@@ -4,42 +4,43 @@
 //! Run: `cargo run --example embed_in_service` (listens on 127.0.0.1:8080, or `ADDR`), then
 //!
 //! ```sh
-//! curl -X POST 127.0.0.1:8080/runs -d 'Plan a trip to Lisbon'   # an offline run
+//! curl -X POST 127.0.0.1:8080/runs -d 'What is the default restart intensity of a supervisor?'
 //! curl 127.0.0.1:8080/metrics                                    # Prometheus exposition
 //! curl -i 127.0.0.1:8080/healthz ; curl -i 127.0.0.1:8080/readyz
 //! ```
 //!
-//! Everything is offline: the model is a `Scripted` provider with its own price, so every run
-//! costs a few micro-USD of pretend money. A run, for now, is one agent answering the goal with
-//! one model call, under a run budget and a run halt token, inside an `invoke_workflow` span,
-//! counted by the run metrics. When `impresario-agents` lands, `POST /runs` submits a real run
-//! (planner, executor, tools) in its place; the endpoints and the metrics stay as they are.
+//! `POST /runs` submits a real run (planner, executors and the default tools under a run
+//! supervisor, a budget, a halt token, a journal) and answers with its outcome and usage.
+//! Everything is offline: the runs' model is the offline stand-in (`impresario::offline`), priced
+//! like a small hosted model so every run costs a few micro-USD of pretend money, and a scripted
+//! model answers the semantic health check. `impresario serve` is the full control plane; this
+//! is how to embed the runtime in a service of your own.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use impresario::agents::{Autonomy, Budget, Models, Orchestrator, RunRequest, RunState};
+use impresario::offline::OfflineModel;
 use impresario::prelude::*;
-use impresario::runtime::halt::Halts;
 use impresario::runtime::health::{Health, ModelsAvailable, SemanticCheck};
-use impresario::runtime::ledger::{AccountId, AccountPath, Ledger, Limits};
+use impresario::runtime::ledger::AccountId;
 use impresario::runtime::llm::{
-    CallOptions, ChatRequest, ChatResponse, Client, LlmError, ModelPrice, PriceTable, Rates,
-    Scripted, ScriptedReply,
+    CallOptions, ChatRequest, Client, LlmError, ModelPrice, PriceTable, Rates, Scripted,
+    ScriptedReply,
 };
-use impresario::runtime::telemetry::{self, Metrics, MetricsHandle, Prometheus, RunOutcome};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use impresario::runtime::telemetry::{self, MetricsHandle, Prometheus};
 
-/// The offline model, and the provider name it is registered under.
+/// The runs' model (the offline stand-in), and the provider name it is registered under.
 pub const MODEL: &str = "offline-small";
-const PROVIDER: &str = "scripted";
-/// Every run is charged to this tenant (tenants arrive with the control plane).
-const TENANT: &str = "default";
-/// The most one run may spend, in micro-USD.
-const RUN_BUDGET: u64 = 50_000;
-/// The scripted model answers this many runs and this many health checks.
-const SCRIPTED_ANSWERS: usize = 10_000;
+/// The provider serving [`MODEL`].
+pub const PROVIDER: &str = "offline";
+/// The model that answers the semantic health check.
+pub const HEALTH_MODEL: &str = "offline-health";
+/// The most one run may spend.
+const RUN_BUDGET_USD: f64 = 0.05;
+/// The scripted health model answers this many checks.
+const HEALTH_ANSWERS: usize = 10_000;
 /// The semantic health check: a question with a known answer.
 const HEALTH_QUESTION: &str = "What is 2 + 2? Answer with the number only.";
 
@@ -65,61 +66,13 @@ pub struct Service {
 
 /// What the handlers share.
 struct State {
-    assistant: AgentRef<Assistant>,
-    ledger: Ledger,
-    halts: Halts,
-    metrics: Metrics,
+    orchestrator: Orchestrator,
     exposition: MetricsHandle,
     health: Health,
 }
 
-/// Answers a goal with one model call, standing in for a run's agents.
-struct Assistant {
-    id: AgentId,
-    client: Client,
-}
-
-impl Actor for Assistant {
-    type Context = Context<Self>;
-}
-agent!(Assistant);
-
-/// Answer this goal, charging `account` and stopped by `halt`.
-#[derive(Message)]
-#[rtype(result = "Result<ChatResponse, LlmError>")]
-struct Answer {
-    goal: String,
-    account: AccountPath,
-    halt: CancellationToken,
-}
-
-impl Handler<Answer> for Assistant {
-    type Result = ResponseFuture<Result<ChatResponse, LlmError>>;
-
-    fn handle(&mut self, msg: Answer, _: &mut Context<Self>) -> Self::Result {
-        let client = self.client.clone();
-        // Created here, inside the sender's span, so the model call is its child.
-        let span = telemetry::invoke_agent(&self.id);
-        Box::pin(
-            async move {
-                let request = ChatRequest::new(MODEL).user(msg.goal).max_tokens(200);
-                let options = CallOptions::new(msg.account, msg.halt);
-                client.chat(request, &options).await
-            }
-            .instrument(span),
-        )
-    }
-}
-
-/// The offline model: a script of answers, priced like a small hosted model.
+/// The offline models, priced like small hosted ones.
 fn offline_client() -> Result<Client, LlmError> {
-    let health = ScriptedReply::text("4").when("2 + 2");
-    let answer = ScriptedReply::text(
-        "Offline answer: this service runs a scripted model. Register OpenAi::from_env() \
-         to ask a real one.",
-    );
-    let script = std::iter::repeat_n(health, SCRIPTED_ANSWERS)
-        .chain(std::iter::repeat_n(answer, SCRIPTED_ANSWERS));
     let mut prices = PriceTable::bundled();
     let rates = Rates {
         input: 150_000,  // $0.15 per million input tokens
@@ -127,9 +80,12 @@ fn offline_client() -> Result<Client, LlmError> {
         ..Rates::default()
     };
     prices.insert(MODEL, ModelPrice::new(PROVIDER, rates));
+    prices.insert(HEALTH_MODEL, ModelPrice::new("scripted", rates));
+    let health = std::iter::repeat_n(ScriptedReply::text("4"), HEALTH_ANSWERS);
     Client::builder()
         .prices(prices)
-        .provider(PROVIDER, Scripted::new(script))
+        .provider(PROVIDER, OfflineModel::new())
+        .provider("scripted", Scripted::new(health))
         .build()
 }
 
@@ -139,30 +95,24 @@ pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>
     let exposition = Prometheus::new().install()?;
     let runtime = Runtime::builder().attach()?;
     let client = offline_client()?;
-    let (ledger, halts) = (Ledger::new(), Halts::new());
-    let id = AgentId::new("assistant", "main");
-    let assistant = runtime.spawn(id.clone(), {
-        let client = client.clone();
-        move || Assistant { id, client }
-    })?;
-    // The journal will add its "journal writable" check here.
+    let orchestrator =
+        Orchestrator::start(&runtime, client.clone(), impresario::tools::registry()?).await?;
     let health = Health::new(runtime.clone()).check(ModelsAvailable::new(client.clone()));
     let check = SemanticCheck::new(
         client,
-        ChatRequest::new(MODEL).user(HEALTH_QUESTION).max_tokens(5),
+        ChatRequest::new(HEALTH_MODEL)
+            .user(HEALTH_QUESTION)
+            .max_tokens(5),
         "4",
         CallOptions::new(
-            ledger.path(&AccountId::Global)?,
-            halts.global().cancellation(),
+            orchestrator.ledger().path(&AccountId::Global)?,
+            orchestrator.halts().global().cancellation(),
         ),
     );
     check.spawn(config.semantic_check_every);
 
     let state = web::Data::new(State {
-        assistant,
-        ledger,
-        halts,
-        metrics: runtime.metrics().clone(),
+        orchestrator,
         exposition,
         health,
     });
@@ -190,65 +140,31 @@ pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>
     })
 }
 
-/// `POST /runs` with the goal as the body: runs it and answers with the result and its cost.
+/// `POST /runs` with the goal as the body: runs it and answers with its outcome and usage.
 async fn submit_run(state: web::Data<State>, goal: String) -> HttpResponse {
-    let run = RunId::generate();
-    let span = telemetry::invoke_workflow("answer", &run);
-    let started = Instant::now();
-    state.metrics.run_started();
-    let result = run_once(&state, &run, goal).instrument(span).await;
-    let outcome = match &result {
-        Ok(_) => RunOutcome::Succeeded,
-        Err((outcome, _)) => *outcome,
+    let request = RunRequest::new(goal, Models::all(MODEL))
+        .tools(impresario::tools::NAMES.iter().copied())
+        .budget(Budget::usd(RUN_BUDGET_USD))
+        .autonomy(Autonomy::Full);
+    let run = match state.orchestrator.submit(request).await {
+        Ok(run) => run,
+        Err(e) => {
+            return HttpResponse::UnprocessableEntity()
+                .json(serde_json::json!({ "error": e.to_string() }))
+        }
     };
-    state.metrics.run_finished(outcome, started.elapsed());
-    state.halts.remove_run(run.as_str());
-    state.ledger.close(&AccountId::Run(run.to_string()));
-    match result {
-        Ok(answer) => HttpResponse::Ok().json(serde_json::json!({
-            "run": run.as_str(),
-            "answer": answer.content,
-            "input_tokens": answer.usage.input_tokens,
-            "output_tokens": answer.usage.output_tokens,
-            "cost_micro_usd": answer.cost_micro_usd,
-        })),
-        Err((_, error)) => HttpResponse::BadGateway().json(serde_json::json!({
-            "run": run.as_str(),
-            "error": error,
-        })),
-    }
-}
-
-/// One run: its budget and halt token, and the assistant's answer; or how it ended and why.
-async fn run_once(
-    state: &State,
-    run: &RunId,
-    goal: String,
-) -> Result<ChatResponse, (RunOutcome, String)> {
-    let account = AccountId::Run(run.to_string());
-    let limits = Limits {
-        micro_usd: Some(RUN_BUDGET),
-        ..Limits::default()
-    };
-    let failed = |e: &dyn std::fmt::Display| (RunOutcome::Failed, e.to_string());
-    state
-        .ledger
-        .open(account.clone(), None, limits)
-        .map_err(|e| failed(&e))?;
-    let path = state.ledger.path(&account).map_err(|e| failed(&e))?;
-    let halt = state.halts.run(TENANT, run.as_str()).cancellation();
-    let envelope = Envelope::current().with_run(run.clone());
-    let answer = state.assistant.ask(Answer {
-        goal,
-        account: path,
-        halt,
+    let result = run.wait().await;
+    let body = serde_json::json!({
+        "run": result.run.as_str(),
+        "state": result.state,
+        "steps": result.steps.len(),
+        "tokens": result.usage.tokens,
+        "model_calls": result.usage.model_calls,
+        "cost_micro_usd": result.usage.micro_usd,
     });
-    match answer.envelope(envelope).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e @ LlmError::Cancelled)) => Err((RunOutcome::Halted, e.to_string())),
-        Err(e @ AgentError::Halted { .. }) => Err((RunOutcome::Halted, e.to_string())),
-        Ok(Err(e)) => Err(failed(&e)),
-        Err(e) => Err(failed(&e)),
+    match result.state {
+        RunState::Succeeded { .. } => HttpResponse::Ok().json(body),
+        _ => HttpResponse::BadGateway().json(body),
     }
 }
 

@@ -47,7 +47,7 @@ async fn a_run_moves_the_scraped_metrics_by_exactly_what_it_used() {
     assert_eq!(ready["checks"][0]["name"], "models_available");
 
     // The semantic health check asks once at startup; wait for it so it is not counted below.
-    let model = [("model", example::MODEL)];
+    let model = [("model", example::HEALTH_MODEL)];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let before = loop {
         let scraped = scrape(&http, &base).await;
@@ -63,16 +63,21 @@ async fn a_run_moves_the_scraped_metrics_by_exactly_what_it_used() {
 
     let run = http
         .post(format!("{base}/runs"))
-        .body("Plan a weekend in Lisbon")
+        .body("What is the default restart intensity of a supervisor?")
         .send()
         .await
         .unwrap();
     assert_eq!(run.status(), 200);
     let run: serde_json::Value = run.json().await.unwrap();
-    let input = run["input_tokens"].as_f64().unwrap();
-    let output = run["output_tokens"].as_f64().unwrap();
+    let tokens_used = run["tokens"].as_f64().unwrap();
+    let model_calls = run["model_calls"].as_f64().unwrap();
+    let steps = run["steps"].as_f64().unwrap();
     let cost = run["cost_micro_usd"].as_f64().unwrap();
-    assert!(input > 0.0 && output > 0.0 && cost > 0.0, "{run}");
+    assert_eq!(run["state"]["state"], "succeeded", "{run}");
+    assert!(
+        tokens_used > 0.0 && model_calls > 0.0 && steps > 0.0 && cost > 0.0,
+        "{run}"
+    );
 
     let after = scrape(&http, &base).await;
     let counter = |name: &str, labels: &[(&str, &str)]| {
@@ -96,22 +101,27 @@ async fn a_run_moves_the_scraped_metrics_by_exactly_what_it_used() {
     let (runs, seconds) = histogram("impresario_run_duration_seconds", &succeeded);
     assert!(runs == 1.0 && seconds > 0.0);
 
-    // The agent that did it.
-    let assistant = [("agent_kind", "assistant")];
+    // The agents that did it: the planner made every model call, the executors ran every step.
+    let planner = [("agent_kind", "planner")];
     assert_eq!(
-        counter("impresario_agent_messages_handled_total", &assistant),
-        1.0
+        counter("impresario_agent_messages_handled_total", &planner),
+        model_calls
     );
-    let (handled, _) = histogram("impresario_agent_handler_duration_seconds", &assistant);
-    assert_eq!(handled, 1.0);
+    let (handled, _) = histogram("impresario_agent_handler_duration_seconds", &planner);
+    assert_eq!(handled, model_calls);
+    let executor = [("agent_kind", "executor")];
+    assert_eq!(
+        counter("impresario_agent_messages_handled_total", &executor),
+        steps
+    );
     // Sampled every second: absent until the first sample after the agent started, then 0.
-    let in_flight = after.value("impresario_agent_in_flight", &assistant);
+    let in_flight = after.value("impresario_agent_in_flight", &planner);
     assert!(matches!(in_flight, None | Some(0.0)), "{in_flight:?}");
 
-    // Its model call: tokens and cost equal to the run's usage.
+    // Its model calls: tokens and cost equal to the run's usage.
     let gen_ai = [
         ("gen_ai_operation_name", "chat"),
-        ("gen_ai_provider_name", "scripted"),
+        ("gen_ai_provider_name", example::PROVIDER),
         ("gen_ai_request_model", example::MODEL),
     ];
     let tokens = |token_type| {
@@ -119,11 +129,13 @@ async fn a_run_moves_the_scraped_metrics_by_exactly_what_it_used() {
         labels.push(("gen_ai_token_type", token_type));
         histogram("gen_ai_client_token_usage", &labels)
     };
-    assert_eq!(tokens("input"), (1.0, input));
-    assert_eq!(tokens("output"), (1.0, output));
+    let (input_calls, input) = tokens("input");
+    let (output_calls, output) = tokens("output");
+    assert_eq!((input_calls, output_calls), (model_calls, model_calls));
+    assert_eq!(input + output, tokens_used);
     let (calls, _) = histogram("gen_ai_client_operation_duration_seconds", &gen_ai);
-    assert_eq!(calls, 1.0);
-    let ours = [("provider", "scripted"), ("model", example::MODEL)];
+    assert_eq!(calls, model_calls);
+    let ours = [("provider", example::PROVIDER), ("model", example::MODEL)];
     assert_eq!(counter("impresario_llm_cost_micro_usd_total", &ours), cost);
     assert_eq!(
         after.value("impresario_llm_breaker_state", &ours),
