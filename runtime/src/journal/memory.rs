@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::event::{check_append, decode, from_ms, now_ms, KeyUse, RunHead, StoredEvent};
+use super::event::{check_append, from_ms, now_ms, KeyUse, RunHead};
 use super::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
     RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
@@ -25,28 +25,25 @@ struct MemoryRun {
     events: Vec<MemoryEvent>,
 }
 
+/// An event as the memory journal keeps it: typed, so nothing is serialized or parsed (a typed
+/// event in memory cannot be corrupt; the SQLite journal validates what it reads back).
 struct MemoryEvent {
     at_ms: i64,
     kind: &'static str,
     key: Option<String>,
-    body: String,
+    event: RunEvent,
 }
 
 impl MemoryRun {
     fn entry(&self, run: &RunId, index: usize) -> Result<JournalEntry, JournalError> {
         let e = &self.events[index];
-        let seq = index as Seq + 1;
-        decode(
-            run,
-            seq,
-            StoredEvent {
-                seq: seq as i64,
-                at_ms: e.at_ms,
-                version: EVENT_VERSION.into(),
-                kind: e.kind,
-                body: &e.body,
-            },
-        )
+        Ok(JournalEntry {
+            run: run.clone(),
+            seq: index as Seq + 1,
+            at: from_ms(e.at_ms),
+            version: EVENT_VERSION,
+            event: e.event.clone(),
+        })
     }
 
     fn summary(&self, run: &RunId) -> RunSummary {
@@ -96,10 +93,6 @@ impl MemoryJournal {
             }
             used
         })?;
-        let body = serde_json::to_string(&event).map_err(|e| JournalError::Rejected {
-            run: run.clone(),
-            reason: format!("the event does not serialize: {e}"),
-        })?;
         let at_ms = now_ms();
         let entry = runs.entry(run.clone()).or_insert_with(|| MemoryRun {
             tenant: match &event {
@@ -117,7 +110,7 @@ impl MemoryJournal {
             at_ms,
             kind: event.kind(),
             key: event.idempotency_key().map(str::to_owned),
-            body,
+            event,
         });
         Ok(entry.events.len() as Seq)
     }
