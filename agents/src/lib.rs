@@ -10,6 +10,7 @@
 //! - [`Tool`]s declare their argument type (the schema), impact, timeout and idempotency.
 //! - [`Team`] adds custom agents, such as a reviewer (critic) that sees every plan first.
 
+mod driver;
 pub mod executor;
 mod journaling;
 mod orchestrator;
