@@ -32,7 +32,7 @@ use crate::run::{
 use crate::team::{Review, ReviewPlan, Verdict};
 use crate::tool::{ToolError, ToolRegistry};
 
-use crate::orchestrator::{executor_id, memory_id, run_supervisor_id, Orchestrator};
+use crate::orchestrator::{executor_id, memory_id, planner_id, run_supervisor_id, Orchestrator};
 
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
 pub(crate) struct Driver {
@@ -56,8 +56,17 @@ pub(crate) struct Driver {
     pub(crate) history: Vec<ContextEntry>,
     pub(crate) last_ceiling: Option<CeilingReached>,
     pub(crate) next_executor: usize,
+    /// The run's agents, looked up once its team has started (their handles survive restarts).
+    pub(crate) agents: Option<RunAgents>,
     /// The planner's instructions for this run (schema and tools), built once.
     pub(crate) planner_prompt: Arc<str>,
+}
+
+/// The agents of one run's team that the driver calls.
+pub(crate) struct RunAgents {
+    planner: AgentRef<Planner>,
+    executors: Vec<AgentRef<Executor>>,
+    memory: AgentRef<MemoryAgent>,
 }
 
 /// The run is over, in this state.
@@ -273,7 +282,7 @@ impl Driver {
                 serde_json::from_value(detail).unwrap_or_default()
             }
             _ => {
-                let memory = self.agent::<MemoryAgent>(memory_id(&self.run))?;
+                let memory = self.agents()?.memory.clone();
                 let query = Recall {
                     query: self.request.goal.clone(),
                     k,
@@ -364,7 +373,7 @@ impl Driver {
     /// Asks the planner (retrying if it crashed: planning reads only), mapping failures to ends.
     async fn plan(&mut self, feedback: Option<String>, step: u32) -> Result<Plan, End> {
         let inner = self.orchestrator.inner.clone();
-        let planner = self.agent::<Planner>(AgentId::new("planner", self.run.to_string()))?;
+        let planner = self.agents()?.planner.clone();
         let system = self.planner_prompt.clone();
         let mut attempt = 0;
         loop {
@@ -584,9 +593,9 @@ impl Driver {
         let inner = self.orchestrator.inner.clone();
         let mut attempt = 0;
         loop {
-            let index = self.next_executor % inner.config.executors_per_run.max(1);
+            let executors = &self.agents()?.executors;
+            let executor = executors[self.next_executor % executors.len()].clone();
             self.next_executor += 1;
-            let executor = self.agent::<Executor>(executor_id(&self.run, index))?;
             let request = ExecuteStep {
                 run: self.run.clone(),
                 number,
@@ -709,7 +718,7 @@ impl Driver {
     /// Waits until the run supervisor has started every agent of the team, so no plan goes
     /// unreviewed for want of a reviewer. A supervisor starts its children one after the other
     /// before it handles any message, so its answer to `WhichChildren` marks the moment.
-    async fn await_team(&self) -> Result<(), End> {
+    async fn await_team(&mut self) -> Result<(), End> {
         let directory = self.orchestrator.inner.runtime.directory();
         let started = match directory.lookup::<Supervisor>(&run_supervisor_id(&self.run)) {
             Some(supervisor) => self
@@ -719,16 +728,35 @@ impl Driver {
                 .and_then(|children| children),
             None => Err(SupervisorError::NoSuchChild(run_supervisor_id(&self.run))),
         };
-        started.map(drop).map_err(|e| {
+        started.map_err(|e| {
             End(RunState::Failed {
                 reason: FailReason::AgentError,
                 detail: format!("the run's agents did not start: {e}"),
             })
+        })?;
+        let executors = (0..self.orchestrator.inner.config.executors_per_run.max(1))
+            .map(|i| self.lookup(executor_id(&self.run, i)))
+            .collect::<Result<_, _>>()?;
+        self.agents = Some(RunAgents {
+            planner: self.lookup(planner_id(&self.run))?,
+            executors,
+            memory: self.lookup(memory_id(&self.run))?,
+        });
+        Ok(())
+    }
+
+    /// The run's agents (there once `await_team` succeeded, which `drive` makes sure of first).
+    fn agents(&self) -> Result<&RunAgents, End> {
+        self.agents.as_ref().ok_or_else(|| {
+            End(RunState::Failed {
+                reason: FailReason::AgentError,
+                detail: "the run's agents were never started".into(),
+            })
         })
     }
 
-    /// The agent `id` of this run (started: see `await_team`).
-    fn agent<A: impresario_runtime::Agent>(&self, id: AgentId) -> Result<AgentRef<A>, End> {
+    /// Agent `id` of this run, from the directory.
+    fn lookup<A: impresario_runtime::Agent>(&self, id: AgentId) -> Result<AgentRef<A>, End> {
         self.orchestrator
             .inner
             .runtime
@@ -816,13 +844,8 @@ impl Driver {
             tags: self.allowed.to_vec(),
             at: std::time::SystemTime::now(),
         };
-        let Some(memory) = self
-            .orchestrator
-            .inner
-            .runtime
-            .directory()
-            .lookup::<MemoryAgent>(&memory_id(&self.run))
-        else {
+        // A run whose team never started has nothing to remember with.
+        let Some(memory) = self.agents.as_ref().map(|a| a.memory.clone()) else {
             return;
         };
         if let Err(e) = memory

@@ -518,6 +518,7 @@ impl Orchestrator {
             history: Vec::new(),
             last_ceiling: None,
             next_executor: 0,
+            agents: None,
             planner_prompt: crate::planner::system_prompt(&team_tools(&inner.tools, &allowed))
                 .into(),
         };
@@ -574,10 +575,8 @@ impl Orchestrator {
     /// The supervision subtree of one run: planner, executors, custom agents.
     fn run_subtree(&self, run: &RunId, team: &Team, placement: Placement) -> ChildSpec {
         let inner = &self.inner;
-        let mut spec = SupervisorSpec::new(Strategy::OneForOne).child(
-            ChildSpec::agent(AgentId::new("planner", run.to_string()), Planner::default)
-                .placement(placement),
-        );
+        let mut spec = SupervisorSpec::new(Strategy::OneForOne)
+            .child(ChildSpec::agent(planner_id(run), Planner::default).placement(placement));
         for i in 0..inner.config.executors_per_run.max(1) {
             let tools = inner.tools.clone();
             spec = spec.child(
@@ -637,6 +636,10 @@ impl Orchestrator {
 
 pub(crate) fn run_supervisor_id(run: &RunId) -> AgentId {
     AgentId::new("run", run.to_string())
+}
+
+pub(crate) fn planner_id(run: &RunId) -> AgentId {
+    AgentId::new("planner", run.to_string())
 }
 
 pub(crate) fn memory_id(run: &RunId) -> AgentId {

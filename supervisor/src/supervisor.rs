@@ -240,14 +240,7 @@ impl Supervisor {
             Strategy::OneForAll => 0..count,
             Strategy::RestForOne => failed..count,
         };
-        let siblings = affected.clone().filter(|&i| i != failed);
-        let stops: Vec<ChildFuture> = siblings
-            .rev()
-            .map(|i| {
-                let entry = &self.children[i];
-                entry.child.stop(entry.spec.shutdown)
-            })
-            .collect();
+        let stops = self.stops(affected.clone().filter(|&i| i != failed));
         let ids: VecDeque<AgentId> = affected.map(|i| self.children[i].spec.id.clone()).collect();
         let failed = Restarted {
             id: exit.agent.clone(),
