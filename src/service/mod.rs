@@ -15,6 +15,7 @@
 
 mod auth;
 mod body;
+mod cursor;
 mod errors;
 mod probes;
 mod routes;
@@ -44,7 +45,8 @@ pub struct State {
     engine: Engine,
     runs: Runs,
     token: String,
-    body_limit: usize,
+    body_limit: body::Limits,
+    sse_keepalive: Duration,
     draining: Arc<AtomicBool>,
     exposition: MetricsHandle,
     health: Health,
@@ -105,7 +107,11 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         engine,
         runs: Runs::default(),
         token,
-        body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
+        body_limit: body::Limits {
+            bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
+            read_timeout: config.server.body_timeout(),
+        },
+        sse_keepalive: config.server.sse_keepalive(),
         draining,
         exposition,
     });
