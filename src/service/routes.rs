@@ -299,8 +299,8 @@ async fn decide(
 
 /// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
 /// -> 202 `{"scope", "runs"}` (how many of this service's runs were running in the scope).
-/// The halt stays: the tenant's (or everyone's) new runs end halted at once until the service
-/// restarts.
+/// The halt stays: the tenant's (or everyone's) new runs end halted at once until it is lifted
+/// (`POST /v1/halt/lift`) or the service restarts.
 async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     let scope = standing_scope(&mut body, "halt")?;
