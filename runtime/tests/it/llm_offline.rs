@@ -1,8 +1,7 @@
 //! The LLM layer without a network: scripted and replayed providers, the response cache, fallback
 //! chains and configuration checks, all through `Client` and a real ledger.
 
-mod llm_support;
-
+use crate::llm_support::budget;
 use futures_util::future::BoxFuture;
 use impresario_runtime::ledger::Charge;
 use impresario_runtime::llm::{
@@ -10,7 +9,6 @@ use impresario_runtime::llm::{
     ModelPrice, PriceTable, Rates, Recorder, Recording, Replay, RetryPolicy, Scripted,
     ScriptedReply, Usage,
 };
-use llm_support::budget;
 use serde_json::json;
 
 /// Prices for made-up offline models: 1 USD per million tokens in, 2 out.
