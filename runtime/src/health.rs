@@ -322,7 +322,9 @@ mod tests {
         let client = Client::builder()
             .prices(prices)
             .provider("down", Down)
-            .fallback("m1", ["m2"])
+            // Both models known to the client, neither a fallback of the other.
+            .fallback("m1", Vec::<String>::new())
+            .fallback("m2", Vec::<String>::new())
             .retry(RetryPolicy::none())
             .breaker(BreakerConfig {
                 failure_threshold: 1,
