@@ -2,7 +2,7 @@
 //! plays a script of replies (including broken ones: delays, truncated bodies, requests left
 //! hanging, event streams that pause, drop or hang mid-way) and records what it received,
 //! plus budget helpers.
-#![allow(dead_code)] // each test binary uses a subset
+#![allow(dead_code)] // the `it` binary and telemetry_traces each use a subset
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,8 +2,6 @@
 //! deltas in order, usage however the provider reports it, and the cost of every way a stream
 //! ends (completed, stalled, dropped, malformed, halted), retried only before its first delta.
 
-mod llm_support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +11,9 @@ use impresario_runtime::llm::{
     CallOptions, ChatRequest, Client, DeltaSink, FinishReason, Interruption, LlmError, OpenAi,
     OpenAiConfig, PriceTable, RetryPolicy, Usage,
 };
-use llm_support::*;
 use serde_json::json;
+
+use crate::llm_support::*;
 
 /// A sink that keeps every delta, in order.
 fn collect() -> (DeltaSink, Arc<Mutex<Vec<String>>>) {
