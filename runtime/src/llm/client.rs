@@ -488,8 +488,12 @@ impl Inner {
         }
         let bill = Bill::new(price, request, metrics);
         let mut attempt = 0;
+        // The class of the failure being retried: counted once the retry is actually sent (an
+        // open breaker or a ceiling may refuse it first).
+        let mut retrying: Option<&'static str> = None;
         loop {
-            let err = match self.attempt(request, options, provider, &bill, sent).await {
+            let sending = self.attempt(request, options, provider, &bill, sent, retrying.take());
+            let err = match sending.await {
                 Ok(response) => {
                     if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
                         cache.insert(key, response.clone());
@@ -501,7 +505,7 @@ impl Inner {
             let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
                 return Err(err);
             };
-            metrics.retry(err.status_class());
+            retrying = Some(err.status_class());
             tracing::debug!(model = %request.model, attempt, ?delay, error = %err, "retrying");
             tokio::select! {
                 biased;
@@ -514,6 +518,7 @@ impl Inner {
 
     /// One attempt: the breaker's permit, the reservation, the request (streamed when the
     /// options ask) racing the halt token, and the reservation closed as the outcome says.
+    /// `retrying` is the class of the failure this attempt retries, counted once it is sent.
     async fn attempt(
         &self,
         request: &ChatRequest,
@@ -521,6 +526,7 @@ impl Inner {
         provider: &dyn ChatModel,
         bill: &Bill<'_>,
         sent: &mut u32,
+        retrying: Option<&'static str>,
     ) -> Result<ChatResponse, LlmError> {
         if options.halt.is_cancelled() {
             return Err(LlmError::Cancelled);
@@ -541,6 +547,9 @@ impl Inner {
             received: received.clone(),
         };
         *sent += 1;
+        if let Some(status_class) = retrying {
+            bill.metrics.retry(status_class);
+        }
         let send = async {
             match options.deltas {
                 Some(_) => provider.chat_stream(request, &received).await,
