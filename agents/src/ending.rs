@@ -60,10 +60,12 @@ impl RunLease {
         let outcome = match &state {
             RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
             RunState::Halted { .. } => TelemetryOutcome::Halted,
+            RunState::CeilingReached { .. } => TelemetryOutcome::CeilingReached,
             _ => TelemetryOutcome::Failed,
         };
         let metrics = services.runtime.metrics();
         metrics.run_finished(outcome, self.started.elapsed());
+        // Published last: whoever sees the run's end sees it journaled, released and counted.
         let _ = self.events.send(RunEvent::State(state.clone()));
         let _ = self.state.send(state.clone());
         let result = RunResult {
