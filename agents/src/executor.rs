@@ -108,7 +108,9 @@ impl Handler<ExecuteStep> for Executor {
                         message: e.to_string(),
                     })?;
                 Ok(truncate(&response.content, msg.output_limit))
-            }),
+            }
+            // Runs on a task of its own: the model call's span hangs under the sender's span.
+            .in_current_span()),
             Step::FinalAnswer { .. } => Box::pin(async {
                 Err(StepFailure::Agent {
                     message: "a final answer is not executed".into(),

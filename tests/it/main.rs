@@ -8,6 +8,8 @@ mod cli;
 mod metrics;
 mod models;
 mod ops;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod provider;
 mod service;
 mod support;
