@@ -86,6 +86,9 @@ enum Decided {
 
 impl Driver {
     pub(crate) async fn drive(mut self) -> RunResult {
+        if self.request.stream {
+            self.gateway = self.gateway.clone().streaming_to(self.events.clone());
+        }
         let state = match self.await_team().await {
             Ok(()) => self.pursue().await,
             Err(end) => Err(end),

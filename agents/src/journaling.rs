@@ -9,11 +9,15 @@ use std::sync::Arc;
 
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
 use impresario_runtime::ledger::Charge;
-use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
+use impresario_runtime::llm::{
+    CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interrupted, Interruption, LlmError,
+};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::run::RunEvent;
 
 /// Where a run's behaviour first differs from its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -273,19 +277,33 @@ fn cut(text: &str) -> String {
 
 /// How a run's agents call models: through the LLM client, each request and answer journaled
 /// before the run goes on, and served from the journal when the run is resumed or replayed.
+/// A streaming run's answers reach its events as [`RunEvent::Delta`]s while they arrive.
 #[derive(Clone)]
 pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
+    deltas: Option<broadcast::Sender<RunEvent>>,
 }
 
 impl ModelGateway {
+    /// A gateway journaling into `log`, not streaming.
     pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>) -> Self {
-        ModelGateway { client, log }
+        ModelGateway {
+            client,
+            log,
+            deltas: None,
+        }
     }
 
-    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served without a network
-    /// call (charged again only when the ledger is being rebuilt after a restart).
+    /// The same gateway, streaming its calls' text into `events` as [`RunEvent::Delta`]s.
+    pub(crate) fn streaming_to(mut self, events: broadcast::Sender<RunEvent>) -> Self {
+        self.deltas = Some(events);
+        self
+    }
+
+    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served
+    /// without a network call (charged again only when the ledger is being rebuilt after a
+    /// restart). A streamed answer cut short is journaled as `llm_interrupted` with its cost.
     pub async fn chat(
         &self,
         step: u32,
@@ -306,56 +324,113 @@ impl ModelGateway {
             .await
             .map_err(not_recorded)?;
         if recorded == Recorded::Replayed {
-            let served =
-                log.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
-            if let Some(Event::LlmResponse {
-                response,
-                cost_micro_usd,
-                ..
-            }) = served
-            {
-                if log.charge_replayed {
-                    let charge = Charge {
-                        micro_usd: cost_micro_usd,
-                        tokens: response.usage.input_tokens + response.usage.output_tokens,
-                        model_calls: 1,
-                        steps: 0,
-                    };
-                    // The truth is charged even past a ceiling lowered since (reported as overshoot).
-                    match options.account.reserve(charge) {
-                        Ok(held) => drop(held.settle(charge)),
-                        Err(_) => drop(
-                            options
-                                .account
-                                .reserve(Charge::default())
-                                .map(|h| h.settle(charge)),
-                        ),
-                    }
-                }
+            if let Some(response) = served(&mut log, call, options)? {
                 return Ok(response);
             }
-            if log.replay_only() {
-                return Err(LlmError::NotRecorded {
-                    field: format!("call {call}"),
-                    detail:
-                        "the journal has the request but no answer (the run was cut off mid-call)"
-                            .into(),
-                });
-            }
         }
-        let response = self
+        let options = self.streaming(step, options);
+        let answer = self
             .client
-            .chat_with_fallbacks(request, fallbacks, options)
-            .await?;
-        log.record(Event::LlmResponse {
-            step,
-            call,
-            response: response.clone(),
-            cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
-        })
-        .await
-        .map_err(not_recorded)?;
-        Ok(response)
+            .chat_with_fallbacks(request, fallbacks, &options)
+            .await;
+        let event = match &answer {
+            Ok(response) => Event::LlmResponse {
+                step,
+                call,
+                response: response.clone(),
+                cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
+            },
+            Err(LlmError::StreamInterrupted(cut)) => interrupted(step, call, cut),
+            Err(_) => return answer,
+        };
+        log.record(event).await.map_err(not_recorded)?;
+        answer
+    }
+
+    /// `options`, streaming into the run's events when the run streams.
+    fn streaming(&self, step: u32, options: &CallOptions) -> CallOptions {
+        let Some(events) = self.deltas.clone() else {
+            return options.clone();
+        };
+        options.clone().stream_to(DeltaSink::new(move |text: &str| {
+            let _ = events.send(RunEvent::Delta {
+                step,
+                text: text.to_owned(),
+            });
+        }))
+    }
+}
+
+/// The journal's record of a streamed answer cut short.
+fn interrupted(step: u32, call: u32, cut: &Interrupted) -> Event {
+    Event::LlmInterrupted {
+        step,
+        call,
+        content: cut.content.clone(),
+        usage: cut.usage,
+        cost_micro_usd: cut.cost_micro_usd,
+        cause: match &cut.cause {
+            Interruption::Halted => "halted".into(),
+            Interruption::Broken(why) => why.clone(),
+        },
+    }
+}
+
+/// The journaled answer of `call`, if the journal has one; its interrupted attempts (and the
+/// answer) are charged again when the ledger is being rebuilt. A replay without an answer is
+/// an error; a resumed run without one asks again.
+fn served(
+    log: &mut RunLog,
+    call: u32,
+    options: &CallOptions,
+) -> Result<Option<ChatResponse>, LlmError> {
+    let cut_short = |e: &Event| matches!(e, Event::LlmInterrupted { call: c, .. } if *c == call);
+    while let Some(Event::LlmInterrupted {
+        usage,
+        cost_micro_usd,
+        ..
+    }) = log.serve(cut_short)
+    {
+        if log.charge_replayed {
+            recharge(options, cost_micro_usd, usage.total_tokens());
+        }
+    }
+    match log.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call)) {
+        Some(Event::LlmResponse {
+            response,
+            cost_micro_usd,
+            ..
+        }) => {
+            if log.charge_replayed {
+                recharge(options, cost_micro_usd, response.usage.total_tokens());
+            }
+            Ok(Some(response))
+        }
+        _ if log.replay_only() => Err(LlmError::NotRecorded {
+            field: format!("call {call}"),
+            detail: "the journal has the request but no answer (the run was cut off mid-call)"
+                .into(),
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// Charges a journaled call again, even past a ceiling lowered since (reported as overshoot).
+fn recharge(options: &CallOptions, micro_usd: u64, tokens: u64) {
+    let charge = Charge {
+        micro_usd,
+        tokens,
+        model_calls: 1,
+        steps: 0,
+    };
+    match options.account.reserve(charge) {
+        Ok(held) => drop(held.settle(charge)),
+        Err(_) => drop(
+            options
+                .account
+                .reserve(Charge::default())
+                .map(|h| h.settle(charge)),
+        ),
     }
 }
 

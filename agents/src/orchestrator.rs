@@ -35,8 +35,9 @@ use crate::run::{FailReason, RunHandle, RunRequest, RunState};
 use crate::team::Team;
 use crate::tool::ToolRegistry;
 
-/// Events a run's subscriber may fall behind by before it loses the oldest.
-pub const RUN_EVENT_CAPACITY: usize = 64;
+/// Events a run's subscriber may fall behind by before it loses the oldest (room for the
+/// deltas of a streamed answer between two reads).
+pub const RUN_EVENT_CAPACITY: usize = 512;
 
 /// How the orchestrator runs every run.
 #[derive(Clone)]
