@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
-use impresario_runtime::ledger::Charge;
+use impresario_runtime::ledger::{AccountPath, Charge};
 use impresario_runtime::llm::{
     CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interrupted, Interruption, LlmError,
 };
@@ -56,6 +56,24 @@ pub(crate) enum Recorded {
     Appended,
 }
 
+/// What a run does when its walk reaches the end of its journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtJournalEnd {
+    /// Goes on live, appending (a new or resumed run).
+    GoOnLive,
+    /// Stops: a replay must not do anything the journal did not record.
+    Stop,
+}
+
+/// Whether model answers served from the journal are charged on the ledger again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServedAnswers {
+    /// Charged: a process that starts over rebuilds its ledger this way.
+    Charged,
+    /// Free: the ledger already holds what they cost (or a replay leaves it as it was).
+    Free,
+}
+
 /// One run's journal, as its driver walks and extends it.
 pub(crate) struct RunLog {
     journal: Arc<dyn Journal>,
@@ -64,11 +82,10 @@ pub(crate) struct RunLog {
     pending: VecDeque<(Seq, Event)>,
     last_seq: Seq,
     /// A replay never appends: running past the journal is reported.
-    replay_only: bool,
+    at_end: AtJournalEnd,
     next_call: u32,
-    /// Whether answers served from the journal are charged on the ledger again (a process
-    /// that starts over rebuilds its ledger this way).
-    pub(crate) charge_replayed: bool,
+    /// Whether answers served from the journal are charged on the ledger again.
+    served: ServedAnswers,
     /// The first failure of the walk, kept for the driver (a model call only reports an error).
     failure: Option<LogError>,
 }
@@ -76,7 +93,13 @@ pub(crate) struct RunLog {
 impl RunLog {
     /// A log for a new run (nothing journaled beyond `RunSubmitted`).
     pub(crate) fn new(journal: Arc<dyn Journal>, run: RunId) -> Self {
-        Self::resumed(journal, run, Vec::new(), false, false)
+        Self::resumed(
+            journal,
+            run,
+            Vec::new(),
+            AtJournalEnd::GoOnLive,
+            ServedAnswers::Free,
+        )
     }
 
     /// A log that first walks `recorded` (the run's events after `RunSubmitted`).
@@ -84,17 +107,17 @@ impl RunLog {
         journal: Arc<dyn Journal>,
         run: RunId,
         recorded: Vec<(Seq, Event)>,
-        replay_only: bool,
-        charge_replayed: bool,
+        at_end: AtJournalEnd,
+        served: ServedAnswers,
     ) -> Self {
         RunLog {
             journal,
             run,
             last_seq: recorded.last().map_or(1, |(seq, _)| *seq),
             pending: recorded.into(),
-            replay_only,
+            at_end,
             next_call: 0,
-            charge_replayed,
+            served,
             failure: None,
         }
     }
@@ -131,7 +154,7 @@ impl RunLog {
                 }
                 .into()),
             },
-            None if self.replay_only => Err(LogError::Exhausted {
+            None if self.at_end == AtJournalEnd::Stop => Err(LogError::Exhausted {
                 last: self.last_seq,
                 found: event.kind().to_owned(),
             }),
@@ -140,11 +163,6 @@ impl RunLog {
                 Ok(Recorded::Appended)
             }
         }
-    }
-
-    /// Appends how the run ended, wherever the walk of a resumed run stopped.
-    pub(crate) async fn append_final(&mut self, event: Event) -> Result<Seq, JournalError> {
-        self.journal.append(&self.run, event).await
     }
 
     /// Takes the next journaled event if `wanted` says it is the one the run needs (a model
@@ -161,7 +179,13 @@ impl RunLog {
 
     /// Whether this is a replay, which must not do anything the journal did not record.
     pub(crate) fn replay_only(&self) -> bool {
-        self.replay_only
+        self.at_end == AtJournalEnd::Stop
+    }
+
+    /// What this log does at the journal's end, and whether it charges served answers: a
+    /// driver started again after a crash walks the journal the same way, without charging.
+    pub(crate) fn at_end(&self) -> AtJournalEnd {
+        self.at_end
     }
 
     fn next_call(&mut self) -> u32 {
@@ -324,8 +348,8 @@ impl ModelGateway {
             .await
             .map_err(not_recorded)?;
         if recorded == Recorded::Replayed {
-            if let Some(response) = served(&mut log, call, options)? {
-                return Ok(response);
+            if let Some(served) = log.served_answer(call, &options.account) {
+                return served;
             }
         }
         let options = self.streaming(step, options);
@@ -376,61 +400,61 @@ fn interrupted(step: u32, call: u32, cut: &Interrupted) -> Event {
     }
 }
 
-/// The journaled answer of `call`, if the journal has one; its interrupted attempts (and the
-/// answer) are charged again when the ledger is being rebuilt. A replay without an answer is
-/// an error; a resumed run without one asks again.
-fn served(
-    log: &mut RunLog,
-    call: u32,
-    options: &CallOptions,
-) -> Result<Option<ChatResponse>, LlmError> {
-    let cut_short = |e: &Event| matches!(e, Event::LlmInterrupted { call: c, .. } if *c == call);
-    while let Some(Event::LlmInterrupted {
-        usage,
-        cost_micro_usd,
-        ..
-    }) = log.serve(cut_short)
-    {
-        if log.charge_replayed {
-            recharge(options, cost_micro_usd, usage.total_tokens());
+impl RunLog {
+    /// The journaled answer to model call `call` of a resumed run (charged again on `account`
+    /// when the ledger is being rebuilt, with any streamed attempt of it cut short); an error
+    /// when a replay's journal has the request but no answer; `None`: the model must be called.
+    fn served_answer(
+        &mut self,
+        call: u32,
+        account: &AccountPath,
+    ) -> Option<Result<ChatResponse, LlmError>> {
+        let cut_short =
+            |e: &Event| matches!(e, Event::LlmInterrupted { call: c, .. } if *c == call);
+        while let Some(Event::LlmInterrupted {
+            usage,
+            cost_micro_usd,
+            ..
+        }) = self.serve(cut_short)
+        {
+            if self.served == ServedAnswers::Charged {
+                charge_again(account, usage.total_tokens(), cost_micro_usd);
+            }
         }
-    }
-    match log.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call)) {
-        Some(Event::LlmResponse {
+        let served = self.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
+        if let Some(Event::LlmResponse {
             response,
             cost_micro_usd,
             ..
-        }) => {
-            if log.charge_replayed {
-                recharge(options, cost_micro_usd, response.usage.total_tokens());
+        }) = served
+        {
+            if self.served == ServedAnswers::Charged {
+                charge_again(account, response.usage.total_tokens(), cost_micro_usd);
             }
-            Ok(Some(response))
+            return Some(Ok(response));
         }
-        _ if log.replay_only() => Err(LlmError::NotRecorded {
-            field: format!("call {call}"),
-            detail: "the journal has the request but no answer (the run was cut off mid-call)"
-                .into(),
-        }),
-        _ => Ok(None),
+        self.replay_only().then(|| {
+            Err(LlmError::NotRecorded {
+                field: format!("call {call}"),
+                detail: "the journal has the request but no answer (the run was cut off mid-call)"
+                    .into(),
+            })
+        })
     }
 }
 
-/// Charges a journaled call again, even past a ceiling lowered since (reported as overshoot).
-fn recharge(options: &CallOptions, micro_usd: u64, tokens: u64) {
+/// Charges a journaled call on `account` as if it had just been made: the truth is charged
+/// even past a ceiling lowered since (reported as an overshoot).
+fn charge_again(account: &AccountPath, tokens: u64, cost_micro_usd: u64) {
     let charge = Charge {
-        micro_usd,
+        micro_usd: cost_micro_usd,
         tokens,
         model_calls: 1,
         steps: 0,
     };
-    match options.account.reserve(charge) {
+    match account.reserve(charge) {
         Ok(held) => drop(held.settle(charge)),
-        Err(_) => drop(
-            options
-                .account
-                .reserve(Charge::default())
-                .map(|h| h.settle(charge)),
-        ),
+        Err(_) => drop(account.reserve(Charge::default()).map(|h| h.settle(charge))),
     }
 }
 

@@ -7,3 +7,4 @@ mod journaled_runs;
 mod memory;
 mod runs;
 mod streamed_runs;
+mod supervised_driver;
