@@ -487,7 +487,7 @@ impl Driver {
     ) -> Result<Result<String, StepFailure>, End> {
         let inner = self.orchestrator.inner.clone();
         let tool = match step {
-            Step::ToolCall { tool, .. } => inner.tools.get(tool).cloned(),
+            Step::ToolCall { tool, .. } => inner.tools.get(tool),
             _ => None,
         };
         let repeatable = match (step, &tool) {

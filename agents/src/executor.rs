@@ -132,8 +132,7 @@ impl Executor {
         let tool = self
             .tools
             .get(name)
-            .ok_or_else(|| ToolError::Unknown { tool: name.into() })?
-            .clone();
+            .ok_or_else(|| ToolError::Unknown { tool: name.into() })?;
         let ctx = ToolContext {
             run: msg.run.clone(),
             step: msg.number,
