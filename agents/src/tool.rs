@@ -248,14 +248,28 @@ impl RegisteredTool {
         }
     }
 
-    /// Validates, then runs the call (without its timeout or halt: the executor applies those).
-    pub(crate) fn start(
+    /// Validates `args` (nothing runs if they are wrong), then starts the call under the tool's
+    /// timeout and the run's halt (`ctx.halt`): the future ends with the output or a
+    /// [`ToolError`] (`Failed`, `Timeout`, `Halted`).
+    pub fn run(
         &self,
         args: Value,
         ctx: ToolContext,
-    ) -> Result<BoxFuture<'static, Result<Value, String>>, ToolError> {
+    ) -> Result<impl Future<Output = Result<Value, ToolError>> + Send + 'static, ToolError> {
         self.validate(&args)?;
-        Ok((self.call)(args, ctx))
+        let (halt, timeout, tool) = (ctx.halt.clone(), self.timeout, self.name.clone());
+        let call = (self.call)(args, ctx);
+        Ok(async move {
+            match tokio::time::timeout(timeout, halt.run(call)).await {
+                Ok(Ok(Ok(value))) => Ok(value),
+                Ok(Ok(Err(message))) => Err(ToolError::Failed { tool, message }),
+                Ok(Err(_halted)) => Err(ToolError::Halted { tool }),
+                Err(_elapsed) => Err(ToolError::Timeout {
+                    tool,
+                    after_ms: timeout.as_millis() as u64,
+                }),
+            }
+        })
     }
 
     /// The definition a model sees.
@@ -343,7 +357,11 @@ impl ToolRegistry {
     /// Adds a provider's tools. A tool registered in Rust wins over a provider's tool of the
     /// same name.
     pub fn provide(&mut self, provider: Arc<dyn ToolProvider>) -> Result<&mut Self, RegistryError> {
-        if self.providers.iter().any(|p| p.source() == provider.source()) {
+        if self
+            .providers
+            .iter()
+            .any(|p| p.source() == provider.source())
+        {
             return Err(RegistryError::DuplicateSource(provider.source().to_owned()));
         }
         self.providers.push(provider);

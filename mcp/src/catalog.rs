@@ -15,9 +15,8 @@ use crate::config::{Approval, ServerConfig};
 ///   impact, anything else (no annotations included) a side effect.
 /// - [`Approval::Always`] makes every tool high impact, [`Approval::Never`] read-only.
 pub fn classify(annotations: Option<&ToolAnnotations>, approval: Approval) -> (Impact, bool) {
-    let hint = |get: fn(&ToolAnnotations) -> Option<bool>| {
-        annotations.and_then(get).unwrap_or(false)
-    };
+    let hint =
+        |get: fn(&ToolAnnotations) -> Option<bool>| annotations.and_then(get).unwrap_or(false);
     let read_only = hint(|a| a.read_only_hint);
     let destructive = hint(|a| a.destructive_hint);
     let idempotent = read_only || hint(|a| a.idempotent_hint);
@@ -72,11 +71,24 @@ mod tests {
         let read = annotations(serde_json::json!({"readOnlyHint": true}));
         let destroy = annotations(serde_json::json!({"destructiveHint": true}));
         let again = annotations(serde_json::json!({"idempotentHint": true}));
-        let both = annotations(serde_json::json!({"destructiveHint": true, "idempotentHint": true}));
-        assert_eq!(classify(Some(&read), ByAnnotation), (Impact::ReadOnly, true));
-        assert_eq!(classify(Some(&destroy), ByAnnotation), (Impact::HighImpact, false));
-        assert_eq!(classify(Some(&again), ByAnnotation), (Impact::SideEffect, true));
-        assert_eq!(classify(Some(&both), ByAnnotation), (Impact::HighImpact, true));
+        let both =
+            annotations(serde_json::json!({"destructiveHint": true, "idempotentHint": true}));
+        assert_eq!(
+            classify(Some(&read), ByAnnotation),
+            (Impact::ReadOnly, true)
+        );
+        assert_eq!(
+            classify(Some(&destroy), ByAnnotation),
+            (Impact::HighImpact, false)
+        );
+        assert_eq!(
+            classify(Some(&again), ByAnnotation),
+            (Impact::SideEffect, true)
+        );
+        assert_eq!(
+            classify(Some(&both), ByAnnotation),
+            (Impact::HighImpact, true)
+        );
         assert_eq!(classify(None, ByAnnotation), (Impact::SideEffect, false));
         assert_eq!(classify(Some(&read), Always), (Impact::HighImpact, true));
         assert_eq!(classify(Some(&destroy), Never), (Impact::ReadOnly, false));

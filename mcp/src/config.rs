@@ -169,8 +169,13 @@ impl ServerConfig {
             Endpoint::Stdio { command, .. } if command.trim().is_empty() => {
                 return Err(bad("command", "is empty; name the program to spawn".into()))
             }
-            Endpoint::Http { url } if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                return Err(bad("url", format!("{url:?} is not an http:// or https:// URL")))
+            Endpoint::Http { url }
+                if !(url.starts_with("http://") || url.starts_with("https://")) =>
+            {
+                return Err(bad(
+                    "url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ))
             }
             Endpoint::Stdio { .. } if !self.headers.is_empty() => {
                 return Err(bad("headers", "only apply to a server with a url".into()))
@@ -181,10 +186,16 @@ impl ServerConfig {
             _ => {}
         }
         if self.timeout.is_zero() {
-            return Err(bad("timeout_secs", "is 0; give calls at least a second".into()));
+            return Err(bad(
+                "timeout_secs",
+                "is 0; give calls at least a second".into(),
+            ));
         }
         if self.max_output_bytes == 0 {
-            return Err(bad("max_output_bytes", "is 0; a call needs some output".into()));
+            return Err(bad(
+                "max_output_bytes",
+                "is 0; a call needs some output".into(),
+            ));
         }
         Ok(())
     }
@@ -263,13 +274,13 @@ impl TryFrom<ServerEntry> for ServerConfig {
                     problem: "only apply to a server with a command".into(),
                 })
             }
-            (command, _) => {
-                return Err(ConfigError {
-                    server: entry.name,
-                    field: if command.is_some() { "url" } else { "command" }.into(),
-                    problem: "give either `command` (stdio) or `url` (Streamable HTTP), not both or neither".into(),
-                })
-            }
+            (command, _) => return Err(ConfigError {
+                server: entry.name,
+                field: if command.is_some() { "url" } else { "command" }.into(),
+                problem:
+                    "give either `command` (stdio) or `url` (Streamable HTTP), not both or neither"
+                        .into(),
+            }),
         };
         let config = ServerConfig {
             name: entry.name,
@@ -306,7 +317,9 @@ mod tests {
         assert_eq!(ok.approval, Approval::Always);
         assert_eq!(ok.source(), "mcp:files");
         let both = entry(serde_json::json!({"name": "x", "command": "a", "url": "http://h"}));
-        assert!(both.unwrap_err().contains("MCP server \"x\": url give either"));
+        assert!(both
+            .unwrap_err()
+            .contains("MCP server \"x\": url give either"));
         let dotted = entry(serde_json::json!({"name": "a.b", "url": "http://h/mcp"}));
         assert!(dotted.unwrap_err().contains("\"a.b\": name must be"));
         let zero = entry(serde_json::json!({"name": "z", "url": "http://h", "timeout_secs": 0}));

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 
 use impresario_agents::executor::truncate;
-use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation,
-};
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -99,6 +97,10 @@ pub(crate) async fn connect(
             handler.serve(transport).await.map_err(handshake)
         }
         Endpoint::Http { url } => {
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                // Another thread may install one first: either provider is fine.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
             let transport = StreamableHttpClientTransport::from_config(
                 StreamableHttpClientTransportConfig::with_uri(url.as_str())
                     .custom_headers(headers(config)?),

@@ -96,11 +96,15 @@ mod tests {
             output(r, None, 1000).unwrap(),
             json!("hello\n[image content: image/png]")
         );
-        let err = result(json!({"content": [{"type": "text", "text": "no such file"}], "isError": true}));
+        let err =
+            result(json!({"content": [{"type": "text", "text": "no such file"}], "isError": true}));
         assert_eq!(output(err, None, 1000).unwrap_err(), "no such file");
         let big = result(json!({"content": [{"type": "text", "text": "x".repeat(5000)}]}));
         let cut = output(big, None, 100).unwrap();
-        assert!(cut.as_str().unwrap().ends_with("[... truncated: 4900 more bytes]"));
+        assert!(cut
+            .as_str()
+            .unwrap()
+            .ends_with("[... truncated: 4900 more bytes]"));
     }
 
     #[test]
@@ -110,10 +114,16 @@ mod tests {
         }))
         .unwrap();
         let good = result(json!({"content": [], "structuredContent": {"sum": 3}}));
-        assert_eq!(output(good, Some(&schema), 1000).unwrap(), json!({"sum": 3}));
+        assert_eq!(
+            output(good, Some(&schema), 1000).unwrap(),
+            json!({"sum": 3})
+        );
         let bad = result(json!({"content": [], "structuredContent": {"sum": "three"}}));
         let err = output(bad, Some(&schema), 1000).unwrap_err();
         assert!(err.contains("at /sum"), "{err}");
-        assert!(err.contains("does not match the tool's output schema"), "{err}");
+        assert!(
+            err.contains("does not match the tool's output schema"),
+            "{err}"
+        );
     }
 }

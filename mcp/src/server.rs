@@ -263,7 +263,12 @@ impl Shared {
             let output_schema = tool.output_schema.as_ref().and_then(|schema| {
                 jsonschema::validator_for(&Value::Object((**schema).clone())).ok()
             });
-            let call = tool_call(me.clone(), tool.name.to_string(), spec.idempotent, output_schema);
+            let call = tool_call(
+                me.clone(),
+                tool.name.to_string(),
+                spec.idempotent,
+                output_schema,
+            );
             match RegisteredTool::new(spec, call) {
                 Ok(registered) => {
                     tools.insert(registered.name().to_owned(), Arc::new(registered));
@@ -275,7 +280,6 @@ impl Shared {
         }
         Ok(tools)
     }
-
 }
 
 fn tool_call(
@@ -310,7 +314,12 @@ enum Failure {
 impl Shared {
     /// Calls `tool`; if the connection dies mid-call, an idempotent tool is called once more
     /// on the next connection, any other gets an error saying its outcome is unknown.
-    async fn call(&self, tool: &str, args: Value, idempotent: bool) -> Result<CallToolResult, String> {
+    async fn call(
+        &self,
+        tool: &str,
+        args: Value,
+        idempotent: bool,
+    ) -> Result<CallToolResult, String> {
         let arguments = match args {
             Value::Object(map) => map,
             _ => JsonObject::new(),
@@ -338,7 +347,11 @@ impl Shared {
             live = link.wait_for(|l| l.peer.is_some() && l.generation >= generation) => live.map(|l| l.clone()),
             _ = self.stop.cancelled() => return (generation, Err(Failure::Stopped)),
         };
-        let Ok(Link { generation, peer: Some(peer) }) = live else {
+        let Ok(Link {
+            generation,
+            peer: Some(peer),
+        }) = live
+        else {
             return (generation, Err(Failure::Stopped));
         };
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
