@@ -284,12 +284,13 @@ impl ModelGateway {
         ModelGateway { client, log }
     }
 
-    /// Calls a model for `step` of the run. A journaled answer is served without a network
+    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served without a network
     /// call (charged again only when the ledger is being rebuilt after a restart).
     pub async fn chat(
         &self,
         step: u32,
         request: ChatRequest,
+        fallbacks: &[String],
         options: &CallOptions,
     ) -> Result<ChatResponse, LlmError> {
         // One call at a time per run (its driver waits for each step), so holding the log across
@@ -342,7 +343,10 @@ impl ModelGateway {
                 });
             }
         }
-        let response = self.client.chat(request, options).await?;
+        let response = self
+            .client
+            .chat_with_fallbacks(request, fallbacks, options)
+            .await?;
         log.record(Event::LlmResponse {
             step,
             call,

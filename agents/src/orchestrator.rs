@@ -496,6 +496,7 @@ impl Orchestrator {
         inner.live.insert(run.clone(), handle.clone());
         inner.runtime.metrics().run_started();
         let span = telemetry::invoke_workflow("run", &run);
+        let cache_scope = request.tenant.as_str().into();
         let driver = Driver {
             started: Instant::now(),
             orchestrator: self.clone(),
@@ -521,6 +522,7 @@ impl Orchestrator {
             agents: None,
             planner_prompt: crate::planner::system_prompt(&team_tools(&inner.tools, &allowed))
                 .into(),
+            cache_scope,
         };
         inner.runtime.spawn_task(
             placement,
@@ -557,15 +559,11 @@ impl Orchestrator {
             }
         }
         let prices = self.inner.client.prices();
-        for (field, model) in [
-            ("models.planner", &request.models.planner),
-            ("models.executor", &request.models.executor),
-            ("models.summarizer", &request.models.summarizer),
-        ] {
+        for (field, model) in request.models.named() {
             if prices.get(model).is_none() {
                 return Err(invalid(
-                    field,
-                    format!("model {model:?} has no price; add it to the price table"),
+                    "models",
+                    format!("{field}: model {model:?} has no price; add it to the price table"),
                 ));
             }
         }
