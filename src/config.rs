@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use impresario::mcp::{ServerConfig, ServerEntry};
 use impresario::runtime::journal::RetentionPolicy;
 use serde::Deserialize;
 use toml::{Table, Value};
@@ -27,6 +28,17 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
+    /// `[tools]`: tools besides the built-in ones.
+    pub tools: Tools,
+}
+
+/// `[tools]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tools {
+    /// `[[tools.mcp]]`: MCP servers whose tools runs may use, as `<name>.<tool>`. Only in the
+    /// file; checked by [`Config::mcp_servers`].
+    pub mcp: Vec<Table>,
 }
 
 /// `[server]`.
@@ -211,6 +223,8 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// An array of tables (`[[tools.mcp]]`), only in the file.
+    Tables,
 }
 
 /// Every key: section, name, type. A field of [`Config`] missing here cannot be set.
@@ -229,6 +243,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("tools", "mcp", Kind::Tables),
 ];
 
 /// The prefix of every configuration variable.
@@ -273,6 +288,14 @@ pub enum ConfigError {
         /// The key.
         key: String,
         /// What is wrong, and what is expected.
+        problem: String,
+    },
+    /// A `[[tools.mcp]]` entry is wrong.
+    #[error("config key `{key}` (a [[tools.mcp]] table of the file): {problem}")]
+    McpServer {
+        /// The entry (`tools.mcp[1]`).
+        key: String,
+        /// What is wrong, naming the server and the field.
         problem: String,
     },
 }
@@ -361,18 +384,45 @@ impl Config {
                 format!("{} is out of range; use 1 or more", self.runs.max_steps),
             ));
         }
+        let servers = self.mcp_servers()?;
         for tool in &self.runs.tools {
-            if !impresario::tools::NAMES.contains(&tool.as_str()) {
+            let from_mcp = tool
+                .split_once('.')
+                .is_some_and(|(server, _)| servers.iter().any(|s| s.name == server));
+            if !from_mcp && !impresario::tools::NAMES.contains(&tool.as_str()) {
                 return Err(invalid(
                     "runs.tools",
                     format!(
-                        "there is no tool named {tool:?}; the tools are {:?}",
+                        "there is no tool named {tool:?}; the tools are {:?} and <server>.<tool> for each [[tools.mcp]] server",
                         impresario::tools::NAMES
                     ),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The `[[tools.mcp]]` servers, checked: an error names the entry (`tools.mcp[1]`), the
+    /// server and the field.
+    pub fn mcp_servers(&self) -> Result<Vec<ServerConfig>, ConfigError> {
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        for (i, table) in self.tools.mcp.iter().enumerate() {
+            let bad = |problem: String| ConfigError::McpServer {
+                key: format!("tools.mcp[{i}]"),
+                problem,
+            };
+            let entry = ServerEntry::deserialize(Value::Table(table.clone()))
+                .map_err(|e| bad(e.to_string().trim().to_owned()))?;
+            let server = ServerConfig::try_from(entry).map_err(|e| bad(e.to_string()))?;
+            if servers.iter().any(|s| s.name == server.name) {
+                return Err(bad(format!(
+                    "a second server named {:?}; give each its own name",
+                    server.name
+                )));
+            }
+            servers.push(server);
+        }
+        Ok(servers)
     }
 }
 
@@ -416,6 +466,7 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Tables, Value::Array(items)) => items.iter().all(Value::is_table),
         (Kind::Choice(choices), Value::String(s)) => {
             return if choices.contains(&s.as_str()) {
                 Ok(())
@@ -440,6 +491,7 @@ fn describe(kind: Kind) -> String {
         Kind::Number => "a non-negative number".into(),
         Kind::Names => "a list of strings".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
+        Kind::Tables => "an array of tables ([[section.key]])".into(),
     }
 }
 
@@ -458,6 +510,12 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         origin: format!("from the environment variable {name}"),
     })?;
     let value = match kind {
+        Kind::Tables => {
+            return Err(invalid(
+                &full,
+                "is only read from the config file ([[tools.mcp]] tables), not the environment",
+            ))
+        }
         Kind::Text | Kind::Address | Kind::Choice(_) => Value::String(raw.to_owned()),
         Kind::Integer => raw
             .trim()
@@ -655,7 +713,7 @@ mod tests {
                 Kind::Text => Value::String("0123456789abcdef".into()),
                 Kind::Address => Value::String("127.0.0.1:1".into()),
                 Kind::Integer | Kind::Number => Value::Integer(1),
-                Kind::Names => Value::Array(Vec::new()),
+                Kind::Names | Kind::Tables => Value::Array(Vec::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
             };
             let entries = table.entry(*section).or_insert(Value::Table(Table::new()));
@@ -669,12 +727,48 @@ mod tests {
         let example = include_str!("../impresario.example.toml");
         let f = file(example);
         Config::load(Some(&f.0), Vec::new()).unwrap();
-        for (_, key, _) in KEYS {
-            let shown = example.lines().any(|line| {
-                line.trim_start_matches(['#', ' '])
-                    .starts_with(&format!("{key} = "))
-            });
+        for (section, key, kind) in KEYS {
+            let written = match kind {
+                Kind::Tables => format!("[[{section}.{key}]]"),
+                _ => format!("{key} = "),
+            };
+            let shown = example
+                .lines()
+                .any(|line| line.trim_start_matches(['#', ' ']).starts_with(&written));
             assert!(shown, "{key} is not shown in impresario.example.toml");
         }
+    }
+
+    #[test]
+    fn mcp_servers_come_from_the_file_and_a_bad_one_is_named() {
+        let f = file(
+            "[runs]\ntools = [\"calculator\", \"files.read\"]\n\
+             [[tools.mcp]]\nname = \"files\"\ncommand = \"node\"\nargs = [\"s.js\"]\n\
+             [[tools.mcp]]\nname = \"web\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
+             headers = { Authorization = \"WEB_TOKEN\" }\napproval = \"always\"\n",
+        );
+        let config = Config::load(Some(&f.0), Vec::new()).unwrap();
+        let servers = config.mcp_servers().unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].headers["Authorization"], "WEB_TOKEN");
+
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\n[[tools.mcp]]\nname = \"b\"\ncommand = \"x\"\ntimeout_secs = 0\n"),
+            &[],
+        );
+        assert!(e.starts_with("config key `tools.mcp[1]`"), "{e}");
+        assert!(e.contains("MCP server \"b\": timeout_secs is 0"), "{e}");
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\nalow = []\n"),
+            &[],
+        );
+        assert!(
+            e.contains("tools.mcp[0]") && e.contains("unknown field `alow`"),
+            "{e}"
+        );
+        let e = error(None, &[("IMPRESARIO_TOOLS__MCP", "x")]);
+        assert!(e.contains("only read from the config file"), "{e}");
+        let e = error(Some("[runs]\ntools = [\"files.read\"]\n"), &[]);
+        assert!(e.contains("no tool named \"files.read\""), "{e}");
     }
 }

@@ -154,6 +154,8 @@ pub struct ToolSpec {
     pub idempotent: bool,
     /// The JSON schema of its arguments.
     pub schema: Value,
+    /// The tenants whose runs may use it; `None`: every tenant.
+    pub tenants: Option<Vec<String>>,
 }
 
 /// A tool as the registry keeps it: its description, compiled schema and type-erased call.
@@ -165,6 +167,7 @@ pub struct RegisteredTool {
     timeout: Duration,
     idempotent: bool,
     schema: Value,
+    tenants: Option<Vec<String>>,
     validator: jsonschema::Validator,
     call: Arc<ErasedCall>,
 }
@@ -194,6 +197,7 @@ impl RegisteredTool {
             timeout: spec.timeout,
             idempotent: spec.idempotent,
             schema: spec.schema,
+            tenants: spec.tenants,
             validator,
             call,
         })
@@ -210,6 +214,12 @@ impl RegisteredTool {
     /// Where it comes from: [`BUILTIN`] or `mcp:<server>`.
     pub fn source(&self) -> &str {
         &self.source
+    }
+    /// Whether runs of `tenant` may use it.
+    pub fn allows(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|tenants| tenants.iter().any(|t| t == tenant))
     }
     /// Its impact.
     pub fn impact(&self) -> Impact {
@@ -339,6 +349,7 @@ impl ToolRegistry {
             timeout: tool.timeout(),
             idempotent: tool.idempotent(),
             schema: schemars::schema_for!(T::Args).to_value(),
+            tenants: None,
         };
         let tool = Arc::new(tool);
         let call: Arc<ErasedCall> = Arc::new(move |args: Value, ctx: ToolContext| {

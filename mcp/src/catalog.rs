@@ -54,6 +54,7 @@ pub(crate) fn spec(config: &ServerConfig, tool: &Tool) -> ToolSpec {
         timeout: config.timeout,
         idempotent,
         schema: Value::Object((*tool.input_schema).clone()),
+        tenants: config.allow_tenants.clone(),
     }
 }
 

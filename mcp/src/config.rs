@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub approval: Approval,
     /// The most bytes of one call's output kept (the run's output limit then applies).
     pub max_output_bytes: usize,
+    /// The tenants whose runs may use its tools; `None`: every tenant. A run of another
+    /// tenant asking for one is refused when submitted.
+    pub allow_tenants: Option<Vec<String>>,
 }
 
 impl ServerConfig {
@@ -103,6 +106,7 @@ impl ServerConfig {
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
             approval: Approval::ByAnnotation,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            allow_tenants: None,
         }
     }
 
@@ -133,6 +137,12 @@ impl ServerConfig {
     /// Sends header `name` to an HTTP server, its value read from environment variable `var`.
     pub fn header(mut self, name: impl Into<String>, var: impl Into<String>) -> Self {
         self.headers.insert(name.into(), var.into());
+        self
+    }
+
+    /// Only runs of these tenants may use its tools.
+    pub fn allow_tenants<S: Into<String>>(mut self, tenants: impl IntoIterator<Item = S>) -> Self {
+        self.allow_tenants = Some(tenants.into_iter().map(Into::into).collect());
         self
     }
 
@@ -247,6 +257,9 @@ pub struct ServerEntry {
     /// See [`ServerConfig::max_output_bytes`].
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: usize,
+    /// See [`ServerConfig::allow_tenants`].
+    #[serde(default)]
+    pub allow_tenants: Option<Vec<String>>,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -291,6 +304,7 @@ impl TryFrom<ServerEntry> for ServerConfig {
             timeout: Duration::from_secs(entry.timeout_secs),
             approval: entry.approval,
             max_output_bytes: entry.max_output_bytes,
+            allow_tenants: entry.allow_tenants,
         };
         config.validate()?;
         Ok(config)

@@ -8,3 +8,4 @@ mod cli;
 mod metrics;
 mod service;
 mod support;
+mod tools;
