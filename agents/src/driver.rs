@@ -904,6 +904,7 @@ impl Driver {
         let outcome = match &state {
             RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
             RunState::Halted { .. } => TelemetryOutcome::Halted,
+            RunState::CeilingReached { .. } => TelemetryOutcome::CeilingReached,
             _ => TelemetryOutcome::Failed,
         };
         inner

@@ -6,6 +6,7 @@
 mod binary;
 mod cli;
 mod metrics;
+mod ops;
 mod service;
 mod support;
 mod tools;

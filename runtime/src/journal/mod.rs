@@ -123,6 +123,13 @@ pub struct RunSummary {
     pub updated_at: SystemTime,
 }
 
+impl RunSummary {
+    /// Where the run stands in the order of [`Journal::runs`]: its start, then its id.
+    pub fn cursor(&self) -> (SystemTime, RunId) {
+        (self.started_at, self.run.clone())
+    }
+}
+
 /// Which runs [`Journal::runs`] lists, oldest first. The default lists all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
@@ -132,6 +139,9 @@ pub struct RunFilter {
     pub tenant: Option<String>,
     /// At most this many.
     pub limit: Option<usize>,
+    /// Only runs listed after this one: its start and id, the order of the list (a cursor
+    /// for pagination, see [`RunSummary::cursor`]).
+    pub after: Option<(SystemTime, RunId)>,
 }
 
 impl RunFilter {
@@ -165,9 +175,19 @@ impl RunFilter {
         self
     }
 
+    /// Only runs listed after `run` (see [`RunFilter::after`]).
+    pub fn after(mut self, run: &RunSummary) -> Self {
+        self.after = Some(run.cursor());
+        self
+    }
+
     pub(crate) fn matches(&self, run: &RunSummary) -> bool {
         (self.statuses.is_empty() || self.statuses.contains(&run.status))
             && self.tenant.as_ref().is_none_or(|t| *t == run.tenant)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|(at, id)| (run.started_at, &run.run) > (*at, id))
     }
 }
 
@@ -371,4 +391,8 @@ pub trait Journal: Send + Sync {
 
     /// Deletes the runs `policy` selects and compacts the storage.
     fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport>;
+
+    /// Writes durably without changing any run, behind the appends already queued: fails when
+    /// the storage cannot be written (disk full, read-only file). Readiness asks this.
+    fn probe_write(&self) -> JournalFuture<()>;
 }
