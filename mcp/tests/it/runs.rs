@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use impresario_agents::{
-    Autonomy, Models, Orchestrator, OrchestratorConfig, RunEvent, RunRequest, ToolRegistry,
+    Autonomy, ModelMap, Orchestrator, OrchestratorConfig, RunEvent, RunRequest, ToolRegistry,
 };
 use impresario_runtime::journal::{Journal, RunFilter, RunStatus, SqliteJournal};
 use impresario_runtime::ledger::Ledger;
@@ -128,7 +128,7 @@ fn run_child() {
         let (tools, _server) = registry(fault_config(&dir)).await;
         let team = orchestrator(&dir, &rt, tools, mode == "first").await;
         if mode == "first" {
-            let request = RunRequest::new("count once", Models::all("scripted"))
+            let request = RunRequest::new("count once", ModelMap::all("scripted"))
                 .tools(["fault.count", "fault.lookup"])
                 .autonomy(Autonomy::Full);
             let run = team.submit(request).await.expect("the run starts");
