@@ -94,7 +94,6 @@ impl Driver {
             Ok(never) => match never {},
             Err(End(state)) => state,
         };
-        self.set(state.clone());
         self.finish(state).await
     }
 
@@ -911,6 +910,8 @@ impl Driver {
             .runtime
             .metrics()
             .run_finished(outcome, self.started.elapsed());
+        // Published last: whoever sees the run's end sees it journaled, released and counted.
+        self.set(state.clone());
         RunResult {
             run: self.run,
             state,

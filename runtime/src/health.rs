@@ -344,8 +344,9 @@ mod tests {
             CancellationToken::new(),
         );
         for model in ["m1", "m2"] {
+            // No fallback: each call trips only its own model's breaker.
             let _ = client
-                .chat(ChatRequest::new(model).user("hi"), &options)
+                .chat_with_fallbacks(ChatRequest::new(model).user("hi"), &[], &options)
                 .await;
         }
         halts.halt(

@@ -1,5 +1,6 @@
-//! The run journal (DESIGN contract 4): every event of a run, durable before the step it records
-//! is acknowledged, so a run can be replayed without network calls and resumed after a crash.
+//! The run journal (docs/ARCHITECTURE.md, contract 4): every event of a run, durable before the
+//! step it records is acknowledged, so a run can be replayed without network calls and resumed
+//! after a crash.
 //!
 //! - [`Journal`] is what the runtime writes to and recovers from. [`SqliteJournal`] (one SQLite
 //!   file in WAL mode, the embedded default) and [`MemoryJournal`] (tests, examples) implement it
