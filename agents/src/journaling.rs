@@ -9,11 +9,15 @@ use std::sync::Arc;
 
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
 use impresario_runtime::ledger::{AccountPath, Charge};
-use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
+use impresario_runtime::llm::{
+    CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interrupted, Interruption, LlmError,
+};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::run::RunEvent;
 
 /// Where a run's behaviour first differs from its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -297,19 +301,33 @@ fn cut(text: &str) -> String {
 
 /// How a run's agents call models: through the LLM client, each request and answer journaled
 /// before the run goes on, and served from the journal when the run is resumed or replayed.
+/// A streaming run's answers reach its events as [`RunEvent::Delta`]s while they arrive.
 #[derive(Clone)]
 pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
+    deltas: Option<broadcast::Sender<RunEvent>>,
 }
 
 impl ModelGateway {
+    /// A gateway journaling into `log`, not streaming.
     pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>) -> Self {
-        ModelGateway { client, log }
+        ModelGateway {
+            client,
+            log,
+            deltas: None,
+        }
     }
 
-    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served without a network
-    /// call (charged again only when the ledger is being rebuilt after a restart).
+    /// The same gateway, streaming its calls' text into `events` as [`RunEvent::Delta`]s.
+    pub(crate) fn streaming_to(mut self, events: broadcast::Sender<RunEvent>) -> Self {
+        self.deltas = Some(events);
+        self
+    }
+
+    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served
+    /// without a network call (charged again only when the ledger is being rebuilt after a
+    /// restart). A streamed answer cut short is journaled as `llm_interrupted` with its cost.
     pub async fn chat(
         &self,
         step: u32,
@@ -334,31 +352,75 @@ impl ModelGateway {
                 return served;
             }
         }
-        let response = self
+        let options = self.streaming(step, options);
+        let answer = self
             .client
-            .chat_with_fallbacks(request, fallbacks, options)
-            .await?;
-        log.record(Event::LlmResponse {
-            step,
-            call,
-            response: response.clone(),
-            cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
-        })
-        .await
-        .map_err(not_recorded)?;
-        Ok(response)
+            .chat_with_fallbacks(request, fallbacks, &options)
+            .await;
+        let event = match &answer {
+            Ok(response) => Event::LlmResponse {
+                step,
+                call,
+                response: response.clone(),
+                cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
+            },
+            Err(LlmError::StreamInterrupted(cut)) => interrupted(step, call, cut),
+            Err(_) => return answer,
+        };
+        log.record(event).await.map_err(not_recorded)?;
+        answer
+    }
+
+    /// `options`, streaming into the run's events when the run streams.
+    fn streaming(&self, step: u32, options: &CallOptions) -> CallOptions {
+        let Some(events) = self.deltas.clone() else {
+            return options.clone();
+        };
+        options.clone().stream_to(DeltaSink::new(move |text: &str| {
+            let _ = events.send(RunEvent::Delta {
+                step,
+                text: text.to_owned(),
+            });
+        }))
+    }
+}
+
+/// The journal's record of a streamed answer cut short.
+fn interrupted(step: u32, call: u32, cut: &Interrupted) -> Event {
+    Event::LlmInterrupted {
+        step,
+        call,
+        content: cut.content.clone(),
+        usage: cut.usage,
+        cost_micro_usd: cut.cost_micro_usd,
+        cause: match &cut.cause {
+            Interruption::Halted => "halted".into(),
+            Interruption::Broken(why) => why.clone(),
+        },
     }
 }
 
 impl RunLog {
     /// The journaled answer to model call `call` of a resumed run (charged again on `account`
-    /// when the ledger is being rebuilt); an error when a replay's journal has the request but
-    /// no answer; `None`: the model must be called.
+    /// when the ledger is being rebuilt, with any streamed attempt of it cut short); an error
+    /// when a replay's journal has the request but no answer; `None`: the model must be called.
     fn served_answer(
         &mut self,
         call: u32,
         account: &AccountPath,
     ) -> Option<Result<ChatResponse, LlmError>> {
+        let cut_short =
+            |e: &Event| matches!(e, Event::LlmInterrupted { call: c, .. } if *c == call);
+        while let Some(Event::LlmInterrupted {
+            usage,
+            cost_micro_usd,
+            ..
+        }) = self.serve(cut_short)
+        {
+            if self.served == ServedAnswers::Charged {
+                charge_again(account, usage.total_tokens(), cost_micro_usd);
+            }
+        }
         let served = self.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
         if let Some(Event::LlmResponse {
             response,
@@ -367,7 +429,7 @@ impl RunLog {
         }) = served
         {
             if self.served == ServedAnswers::Charged {
-                charge_again(account, &response, cost_micro_usd);
+                charge_again(account, response.usage.total_tokens(), cost_micro_usd);
             }
             return Some(Ok(response));
         }
@@ -381,12 +443,12 @@ impl RunLog {
     }
 }
 
-/// Charges a journaled answer on `account` as if it had just been made: the truth is charged
+/// Charges a journaled call on `account` as if it had just been made: the truth is charged
 /// even past a ceiling lowered since (reported as an overshoot).
-fn charge_again(account: &AccountPath, response: &ChatResponse, cost_micro_usd: u64) {
+fn charge_again(account: &AccountPath, tokens: u64, cost_micro_usd: u64) {
     let charge = Charge {
         micro_usd: cost_micro_usd,
-        tokens: response.usage.input_tokens + response.usage.output_tokens,
+        tokens,
         model_calls: 1,
         steps: 0,
     };

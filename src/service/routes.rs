@@ -47,8 +47,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
 
 type Data = web::Data<State>;
 
-/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?}`
-/// -> 201 `{"id", "state"}`. Missing fields take the configured defaults.
+/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?,
+/// "stream"?}` -> 201 `{"id", "state"}`. Missing fields take the configured defaults; with
+/// `"stream": true` the run's events carry its models' text as `delta` events.
 async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     if state.draining.load(Ordering::Acquire) {
@@ -63,7 +64,12 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
         if !usd.is_finite() || usd < 0.0 {
             return Err(ApiError::invalid("budget_usd", "must be 0 or more dollars"));
         }
-        request = request.budget(Budget::usd(usd));
+        // The money is the request's; the token limit stays the configured one.
+        let tokens = request.budget.tokens;
+        request = request.budget(Budget {
+            tokens,
+            ..Budget::usd(usd)
+        });
     }
     if let Some(tools) = body.take::<Vec<String>>("tools")? {
         request = request.tools(tools);
@@ -73,6 +79,9 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
     }
     if let Some(max_steps) = body.take::<u32>("max_steps")? {
         request = request.max_steps(max_steps);
+    }
+    if let Some(stream) = body.take::<bool>("stream")? {
+        request = request.stream(stream);
     }
     body.done()?;
     let tenant = request.tenant.clone();

@@ -24,11 +24,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 #[derive(Deserialize, JsonSchema)]
-struct Query {
+pub(crate) struct Query {
     q: String,
 }
 
-struct Search;
+pub(crate) struct Search;
 impl Tool for Search {
     type Args = Query;
     fn name(&self) -> &str {
@@ -61,11 +61,11 @@ impl Tool for FirstSlow {
     }
 }
 
-fn plan(steps: Value) -> String {
+pub(crate) fn plan(steps: Value) -> String {
     json!({ "steps": steps }).to_string()
 }
 
-fn search_then_answer() -> [String; 2] {
+pub(crate) fn search_then_answer() -> [String; 2] {
     [
         plan(json!([{ "type": "tool_call", "tool": "search", "arguments": { "q": "rust" } }])),
         plan(json!([{ "type": "final_answer", "answer": "2015" }])),
@@ -132,7 +132,7 @@ async fn fake_openai(answers: Vec<String>) -> (String, Arc<AtomicUsize>) {
 }
 
 /// `local` costs 1 USD per million input tokens and 2 per million output tokens.
-fn prices(provider: &str) -> PriceTable {
+pub(crate) fn prices(provider: &str) -> PriceTable {
     let mut prices = PriceTable::default();
     let rates = Rates {
         input: 1_000_000,

@@ -6,4 +6,5 @@ mod crash_recovery;
 mod journaled_runs;
 mod memory;
 mod runs;
+mod streamed_runs;
 mod supervised_driver;
