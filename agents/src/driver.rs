@@ -865,14 +865,7 @@ impl Driver {
         let usage = inner
             .ledger
             .account(&account)
-            .map(|a| {
-                let spent = a.snapshot().spent;
-                RunUsage {
-                    micro_usd: spent.micro_usd,
-                    tokens: spent.tokens,
-                    model_calls: spent.model_calls,
-                }
-            })
+            .map(|a| RunUsage::from(a.snapshot().spent))
             .unwrap_or_default();
         let replay = self.log.lock().await.replay_only();
         if !replay {

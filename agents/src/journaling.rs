@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
-use impresario_runtime::ledger::Charge;
 use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
@@ -285,7 +284,9 @@ impl ModelGateway {
     }
 
     /// Calls a model for `step` of the run. A journaled answer is served without a network
-    /// call (charged again only when the ledger is being rebuilt after a restart).
+    /// call (charged again only when the ledger is being rebuilt after a restart). What a call
+    /// that brings no answer was charged (a halt, a timeout, an overshoot) is journaled as
+    /// [`Event::LlmAborted`], so the run's usage survives a restart.
     pub async fn chat(
         &self,
         step: u32,
@@ -293,7 +294,8 @@ impl ModelGateway {
         options: &CallOptions,
     ) -> Result<ChatResponse, LlmError> {
         // One call at a time per run (its driver waits for each step), so holding the log across
-        // the call keeps the journal in the order things happened.
+        // the call keeps the journal in the order things happened, and the run account's spend
+        // grows only by this call's charges.
         let mut log = self.log.lock().await;
         let call = log.next_call();
         let recorded = log
@@ -305,32 +307,7 @@ impl ModelGateway {
             .await
             .map_err(not_recorded)?;
         if recorded == Recorded::Replayed {
-            let served =
-                log.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
-            if let Some(Event::LlmResponse {
-                response,
-                cost_micro_usd,
-                ..
-            }) = served
-            {
-                if log.charge_replayed {
-                    let charge = Charge {
-                        micro_usd: cost_micro_usd,
-                        tokens: response.usage.input_tokens + response.usage.output_tokens,
-                        model_calls: 1,
-                        steps: 0,
-                    };
-                    // The truth is charged even past a ceiling lowered since (reported as overshoot).
-                    match options.account.reserve(charge) {
-                        Ok(held) => drop(held.settle(charge)),
-                        Err(_) => drop(
-                            options
-                                .account
-                                .reserve(Charge::default())
-                                .map(|h| h.settle(charge)),
-                        ),
-                    }
-                }
+            if let Some(response) = serve_answer(&mut log, call, options) {
                 return Ok(response);
             }
             if log.replay_only() {
@@ -342,17 +319,49 @@ impl ModelGateway {
                 });
             }
         }
-        let response = self.client.chat(request, options).await?;
-        log.record(Event::LlmResponse {
-            step,
-            call,
-            response: response.clone(),
-            cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
-        })
-        .await
-        .map_err(not_recorded)?;
-        Ok(response)
+        let before = options.account.leaf().snapshot().spent;
+        let result = self.client.chat(request, options).await;
+        let charged = options
+            .account
+            .leaf()
+            .snapshot()
+            .spent
+            .saturating_sub(before);
+        let event = match &result {
+            Ok(response) => Event::LlmResponse {
+                step,
+                call,
+                response: response.clone(),
+                cost_micro_usd: charged.micro_usd,
+            },
+            Err(_) if charged.is_zero() => return result,
+            Err(e) => Event::LlmAborted {
+                step,
+                call,
+                cost_micro_usd: charged.micro_usd,
+                tokens: charged.tokens,
+                error: e.kind().to_owned(),
+            },
+        };
+        log.record(event).await.map_err(not_recorded)?;
+        result
     }
+}
+
+/// Serves call `call`'s journaled answer, if the journal has one, charging (when the ledger is
+/// being rebuilt) its cost and that of the aborted attempts journaled before it.
+fn serve_answer(log: &mut RunLog, call: u32, options: &CallOptions) -> Option<ChatResponse> {
+    let this_call = |e: &Event| matches!(e, Event::LlmResponse { call: c, .. } | Event::LlmAborted { call: c, .. } if *c == call);
+    while let Some(event) = log.serve(this_call) {
+        if log.charge_replayed {
+            // The truth is charged even past a ceiling lowered since.
+            options.account.record(event.charge());
+        }
+        if let Event::LlmResponse { response, .. } = event {
+            return Some(response);
+        }
+    }
+    None
 }
 
 fn not_recorded(e: LogError) -> LlmError {

@@ -14,7 +14,7 @@ use impresario_runtime::journal::{
     Journal, JournalError, MemoryJournal, RunEvent as JournalEvent, RunFilter, RunStatus,
     RunSummary,
 };
-use impresario_runtime::ledger::{AccountId, Ledger, LedgerError, Limits};
+use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, LedgerError, Limits};
 use impresario_runtime::llm::Client;
 use impresario_runtime::telemetry;
 use impresario_runtime::{AgentId, AgentRef, Placement, RunId, RuntimeHandle};
@@ -224,7 +224,7 @@ impl Orchestrator {
         let halts = Halts::new();
         root.enforce_ceilings(&ledger, &halts, config.on_ceiling)
             .await?;
-        Ok(Orchestrator {
+        let orchestrator = Orchestrator {
             inner: Arc::new(Inner {
                 runtime: runtime.clone(),
                 client,
@@ -237,7 +237,39 @@ impl Orchestrator {
                 journal: config.journal.clone(),
                 config,
             }),
-        })
+        };
+        orchestrator.rebuild_spend()?;
+        Ok(orchestrator)
+    }
+
+    /// Charges what the journal says was spent, so that tenant and global ceilings hold across
+    /// restarts: a finished run's spend on its tenant's account; an unfinished run's on its own
+    /// account (opened here, so resuming it does not charge its journaled answers twice).
+    /// Runs the journal no longer holds (deleted by retention) are not counted.
+    fn rebuild_spend(&self) -> Result<(), SubmitError> {
+        let (ledger, journal) = (&self.inner.ledger, &self.inner.journal);
+        for summary in journal.runs(&RunFilter::all())? {
+            let spent = journal
+                .read(&summary.run)?
+                .iter()
+                .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
+            if spent.is_zero() {
+                continue;
+            }
+            let tenant = ledger.tenant(&summary.tenant);
+            let leaf = if summary.status == RunStatus::Finished {
+                tenant.id().clone()
+            } else {
+                let run = AccountId::Run(summary.run.to_string());
+                match ledger.open(run.clone(), Some(tenant.id()), Limits::default()) {
+                    Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                run
+            };
+            ledger.path(&leaf)?.record(spent);
+        }
+        Ok(())
     }
 
     /// The ledger every run reserves on.
@@ -422,33 +454,8 @@ impl Orchestrator {
         log: RunLog,
     ) -> Result<RunHandle, SubmitError> {
         let inner = &self.inner;
-        let tenant_account = AccountId::Tenant(request.tenant.clone());
-        if inner.ledger.account(&tenant_account).is_none() {
-            match inner
-                .ledger
-                .open(tenant_account.clone(), None, Limits::default())
-            {
-                Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
         let budget = &request.budget;
-        let limits = Limits {
-            micro_usd: budget.micro_usd,
-            tokens: budget.tokens,
-            model_calls: budget.model_calls,
-            steps: None,
-            deadline: budget.deadline.map(|d| Instant::now() + d),
-        };
-        let run_account = AccountId::Run(run.to_string());
-        match inner
-            .ledger
-            .open(run_account.clone(), Some(&tenant_account), limits)
-        {
-            Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let path = inner.ledger.path(&run_account)?;
+        let (run_account, path) = self.open_run_account(&run, &request)?;
         let token = inner.halts.run(&request.tenant, run.as_str());
 
         // The run's agents and its driver share one arbiter: their calls cost no thread wake-up.
@@ -534,6 +541,38 @@ impl Orchestrator {
         Ok(handle)
     }
 
+    /// Opens the run's account under its tenant's (opened with the tenant's ceiling), or, when
+    /// it is open already (a run resumed in this process, or rebuilt from the journal), gives
+    /// it the budget again (a deadline counts from now).
+    fn open_run_account(
+        &self,
+        run: &RunId,
+        request: &RunRequest,
+    ) -> Result<(AccountId, AccountPath), SubmitError> {
+        let ledger = &self.inner.ledger;
+        let tenant = ledger.tenant(&request.tenant);
+        let budget = &request.budget;
+        let limits = Limits {
+            micro_usd: budget.micro_usd,
+            tokens: budget.tokens,
+            model_calls: budget.model_calls,
+            steps: None,
+            deadline: budget.deadline.map(|d| Instant::now() + d),
+        };
+        let id = AccountId::Run(run.to_string());
+        match ledger.open(id.clone(), Some(tenant.id()), limits.clone()) {
+            Ok(_) => {}
+            Err(LedgerError::AlreadyOpen(_)) => {
+                if let Some(account) = ledger.account(&id) {
+                    account.set_limits(limits);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let path = ledger.path(&id)?;
+        Ok((id, path))
+    }
+
     /// Checks a request at the boundary: every problem named by its field.
     fn validate(&self, request: &RunRequest) -> Result<(), SubmitError> {
         if request.goal.trim().is_empty() {
@@ -544,6 +583,10 @@ impl Orchestrator {
         }
         if request.max_steps == 0 {
             return Err(invalid("max_steps", "is 0; a run needs at least one step"));
+        }
+        let ceilings = self.inner.ledger.ceilings();
+        if let Err(e) = ceilings.check_run(request.budget.micro_usd) {
+            return Err(invalid("budget_usd", e.to_string()));
         }
         for tool in &request.tools {
             if self.inner.tools.get(tool).is_none() {

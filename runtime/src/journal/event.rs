@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{JournalEntry, JournalError, RunStatus, Seq};
 use crate::halt::Halt;
-use crate::ledger::MicroUsd;
+use crate::ledger::{Charge, MicroUsd};
 use crate::llm::{ChatRequest, ChatResponse};
 use crate::RunId;
 
@@ -17,7 +17,9 @@ use crate::RunId;
 /// could not read (a new variant, a new required field, a changed meaning) bumps it; the reader
 /// then upgrades older events while decoding. An event with a newer version is refused with
 /// [`JournalError::NewerEvent`], never guessed at.
-pub const EVENT_VERSION: u32 = 1;
+///
+/// Version 2 adds [`RunEvent::LlmAborted`]; version 1 events read as they are.
+pub const EVENT_VERSION: u32 = 2;
 
 /// One thing that happened in a run, as journaled.
 ///
@@ -73,6 +75,22 @@ pub enum RunEvent {
         response: ChatResponse,
         /// What the call cost, settled on the ledger.
         cost_micro_usd: MicroUsd,
+    },
+    /// A model call ended without an answer (halted, timed out, refused as malformed, or
+    /// over its reservation) but cost money: what the ledger charged for it, so that the run's
+    /// usage and its tenant's spend survive a restart. A resumed run charges it again when it
+    /// rebuilds its ledger and then makes the call anew.
+    LlmAborted {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step (as in its [`RunEvent::LlmRequest`]).
+        call: u32,
+        /// What the call was charged, in micro-USD.
+        cost_micro_usd: MicroUsd,
+        /// Tokens charged.
+        tokens: u64,
+        /// Why it ended (the error's kind, e.g. `cancelled`, `overshoot`).
+        error: String,
     },
     /// A tool is about to be called. Journaled before the call, so that a resumed run knows a
     /// call may have happened and passes the same key to the tool.
@@ -178,6 +196,7 @@ impl RunEvent {
             RunEvent::StepStarted { .. } => "step_started",
             RunEvent::LlmRequest { .. } => "llm_request",
             RunEvent::LlmResponse { .. } => "llm_response",
+            RunEvent::LlmAborted { .. } => "llm_aborted",
             RunEvent::ToolCallIntent { .. } => "tool_call_intent",
             RunEvent::ToolResult { .. } => "tool_result",
             RunEvent::ApprovalRequested { .. } => "approval_requested",
@@ -198,6 +217,34 @@ impl RunEvent {
                 idempotency_key, ..
             } => Some(idempotency_key),
             _ => None,
+        }
+    }
+
+    /// What this event says the ledger charged (model answers and aborted calls); zero for
+    /// every other event. Summed over a run's events it is the run's spend.
+    pub fn charge(&self) -> Charge {
+        match self {
+            RunEvent::LlmResponse {
+                response,
+                cost_micro_usd,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: response.usage.total_tokens(),
+                model_calls: 1,
+                steps: 0,
+            },
+            RunEvent::LlmAborted {
+                cost_micro_usd,
+                tokens,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: *tokens,
+                model_calls: 1,
+                steps: 0,
+            },
+            _ => Charge::ZERO,
         }
     }
 
