@@ -2,6 +2,7 @@
 //! this binary holds one test): it listens on a free loopback port, runs an offline run, and
 //! its `/metrics`, scraped over HTTP and parsed strictly, moved by exactly what the run used.
 
+#[path = "it/support/mod.rs"]
 mod support;
 
 #[allow(dead_code)] // its `main` is the example's, not ours

@@ -1,5 +1,5 @@
 //! Helpers shared by the facade's integration tests.
-#![allow(dead_code)] // each test binary uses a part
+#![allow(dead_code)] // the `it` binary and embed_in_service each use a part
 
 pub mod exposition;
 

@@ -1,11 +1,9 @@
 //! The `impresario` binary's commands, and `serve`'s start, shutdown and restart, as an
 //! operator meets them: exit codes, what is printed, signals, the journal file.
 
-mod binary;
-
 use std::process::Output;
 
-use binary::{cli, impresario, label, Server, TempDir, TOKEN};
+use crate::binary::{cli, impresario, label, Server, TempDir, TOKEN};
 use serde_json::json;
 
 const GOAL: &str = "What is the default restart intensity of a supervisor?";

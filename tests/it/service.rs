@@ -1,8 +1,6 @@
 //! `impresario serve` end to end: the real binary on a loopback port, spoken to over HTTP.
 
-mod binary;
-
-use binary::{cli, label, Server, TOKEN};
+use crate::binary::{cli, label, Server, TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 

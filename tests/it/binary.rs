@@ -1,7 +1,7 @@
 //! Runs the real `impresario` binary: `serve` on a free loopback port with a temporary config,
 //! and CLI commands. Children are killed if a test fails before it stops them.
 
-#![allow(dead_code)] // each test file uses a different part
+#![allow(dead_code)] // cli and service each use a part
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! Support for the LLM layer's integration tests: a real HTTP/1.1 server on loopback that
 //! plays a script of replies (including broken ones: delays, truncated bodies, requests left
 //! hanging) and records what it received, plus budget helpers.
-#![allow(dead_code)] // each test binary uses a subset
+#![allow(dead_code)] // the `it` binary and telemetry_traces each use a subset
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

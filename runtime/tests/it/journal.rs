@@ -545,7 +545,7 @@ fn appends_acknowledged_before_sigkill_survive() {
     let path = dir.file("journal.db");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "crash_child",
+            "journal::crash_child", // its path in the `it` binary
             "--exact",
             "--ignored",
             "--nocapture",

@@ -2,11 +2,9 @@
 //! sent, warnings and refusals are reported as supervisor events, and by policy the run whose
 //! ceiling was reached is halted with reason `cost_ceiling`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::until;
+use crate::common::until;
 use impresario_runtime::halt::{HaltReason, HaltScope, Halts};
 use impresario_runtime::ledger::{AccountId, Charge, Dimension, Ledger, Limits};
 use impresario_runtime::{AgentId, Runtime};

@@ -2,7 +2,7 @@
 //! anything a Prometheus server would reject or silently misread, and checks what must hold
 //! between lines (one TYPE per family before its samples, contiguous families, well-formed and
 //! cumulative histograms, no duplicate series).
-#![allow(dead_code)] // each test binary uses a part
+#![allow(dead_code)] // the `it` binary and embed_in_service each use a part
 
 use std::collections::{BTreeMap, BTreeSet};
 

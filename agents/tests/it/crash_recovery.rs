@@ -232,7 +232,7 @@ fn crash_recovery_under_repeated_sigkill() {
         Command::new(&exe)
             .args([
                 "--exact",
-                "crash_child",
+                "crash_recovery::crash_child", // its path in the `it` binary
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

@@ -2,17 +2,15 @@
 //! and cost, every failure class the reliability layer handles, the breaker, the fallback
 //! chain, cancellation, and the ledger contract (reserve before sending, nothing left reserved).
 
-mod llm_support;
-
 use std::time::Duration;
 
+use crate::llm_support::*;
 use impresario_runtime::ledger::{Charge, Dimension};
 use impresario_runtime::llm::estimate::estimate_input;
 use impresario_runtime::llm::{
     BreakerConfig, BreakerState, ChatRequest, Client, FinishReason, LlmError, Message, OpenAi,
     OpenAiConfig, PriceTable, RateLimitInfo, RetryPolicy, ToolCall, ToolDef, Usage,
 };
-use llm_support::*;
 use serde_json::json;
 
 fn price(model: &str) -> impresario_runtime::llm::ModelPrice {

@@ -4,10 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
+use crate::common::until;
 use actix::prelude::*;
-use common::until;
 use impresario_runtime::supervision::Shutdown;
 use impresario_runtime::{agent, AgentError, AgentId, AgentRef, Exit, Runtime, RuntimeHandle};
 use impresario_supervisor::{

@@ -3,10 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-mod common;
-
+use crate::common::until;
 use actix::prelude::*;
-use common::until;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::{
     agent, AgentError, AgentId, AgentRef, Exit, Runtime, RuntimeHandle, SpawnOptions,

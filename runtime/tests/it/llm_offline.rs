@@ -1,14 +1,12 @@
 //! The LLM layer without a network: scripted and replayed providers, the response cache, tier
 //! routing and configuration checks, all through `Client` and a real ledger.
 
-mod llm_support;
-
+use crate::llm_support::budget;
 use impresario_runtime::ledger::Charge;
 use impresario_runtime::llm::{
     CallOptions, ChatModel, ChatRequest, Client, FinishReason, LlmError, Message, ModelPrice,
     PriceTable, Rates, Recorder, Recording, Replay, Router, Scripted, ScriptedReply, Tier, Usage,
 };
-use llm_support::budget;
 use serde_json::json;
 
 /// Prices for made-up offline models: 1 USD per million tokens in, 2 out.

@@ -2,13 +2,13 @@
 //! handed to the runtime, clients and halts), so tests count exactly, in parallel, and no test
 //! installs a global recorder. Every scrape is parsed strictly.
 
-mod support;
-
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::support::assert_matches_catalog;
+use crate::support::exposition::{self, Exposition};
 use futures_util::future::BoxFuture;
 use impresario::prelude::*;
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, Halts};
@@ -22,8 +22,6 @@ use impresario::runtime::telemetry::{Metrics, MetricsHandle, Prometheus, RunOutc
 use impresario::supervisor::{
     ChildSpec, Intensity, Strategy, Supervisor, SupervisorEvent, SupervisorSpec,
 };
-use support::assert_matches_catalog;
-use support::exposition::{self, Exposition};
 use tokio::sync::broadcast;
 
 fn local() -> (Metrics, MetricsHandle) {
