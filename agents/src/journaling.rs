@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
 use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
 use impresario_runtime::RunId;
@@ -276,11 +277,13 @@ fn cut(text: &str) -> String {
 pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
+    /// The run's halt token: an overshoot halts the run at once, whichever agent made the call.
+    halt: HaltToken,
 }
 
 impl ModelGateway {
-    pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>) -> Self {
-        ModelGateway { client, log }
+    pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>, halt: HaltToken) -> Self {
+        ModelGateway { client, log, halt }
     }
 
     /// Calls a model for `step` of the run. A journaled answer is served without a network
@@ -327,6 +330,11 @@ impl ModelGateway {
             .snapshot()
             .spent
             .saturating_sub(before);
+        if let Err(e @ LlmError::Overshoot { .. }) = &result {
+            let run = HaltScope::Run(log.run.to_string());
+            let halt = Halt::new(run, HaltMode::Immediate, HaltReason::Overshoot);
+            self.halt.halt(halt.with_detail(e.to_string()));
+        }
         let event = match &result {
             Ok(response) => Event::LlmResponse {
                 step,

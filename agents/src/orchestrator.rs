@@ -512,7 +512,7 @@ impl Orchestrator {
                 .filter_map(|m| m.review.clone().map(|r| (m.id(&run), r)))
                 .collect(),
             allowed: allowed.clone(),
-            gateway: ModelGateway::new(inner.client.clone(), log.clone()),
+            gateway: ModelGateway::new(inner.client.clone(), log.clone(), token.clone()),
             log,
             run,
             request,

@@ -4,5 +4,7 @@
 
 mod crash_recovery;
 mod journaled_runs;
+mod loopback;
 mod memory;
+mod money;
 mod runs;

@@ -40,9 +40,9 @@ use super::estimate::estimate_input;
 use super::price::{ModelPrice, PriceTable};
 use super::retry::RetryPolicy;
 use super::router::{Router, Tier};
-use super::types::{ChatRequest, ChatResponse};
+use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
-use crate::ledger::{AccountPath, Charge, Reservation};
+use crate::ledger::{AccountPath, Charge, Reservation, Settlement};
 use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
@@ -286,12 +286,27 @@ struct Bill<'a> {
     metrics: &'a ModelMetrics,
 }
 
-impl Bill<'_> {
+impl<'a> Bill<'a> {
+    /// The reservation of `request`: its input estimate and `max_tokens` of output.
+    fn of(request: &ChatRequest, price: &'a ModelPrice, metrics: &'a ModelMetrics) -> Self {
+        let input = estimate_input(request).tokens;
+        let max_output = u64::from(request.max_tokens);
+        Bill {
+            price,
+            worst_case: charge(price.worst_case(input, max_output), input + max_output),
+            input_only: charge(price.input_cost(input), input),
+            metrics,
+        }
+    }
+
     /// Closes the reservation as `billing` says, and records the usage the provider reported
-    /// and the money charged.
-    fn close(&self, reservation: Reservation, billing: Billing, model: &str) {
+    /// and the money charged. `None` when nothing was charged.
+    fn close(&self, reservation: Reservation, billing: Billing) -> Option<Settlement> {
         let settlement = match billing {
-            Billing::Nothing => return reservation.release(),
+            Billing::Nothing => {
+                reservation.release();
+                return None;
+            }
             Billing::InputEstimate => reservation.cancel(self.input_only),
             Billing::WorstCase => reservation.settle(self.worst_case),
             Billing::Usage(u) => {
@@ -300,15 +315,50 @@ impl Bill<'_> {
             }
         };
         self.metrics.cost(settlement.charged.micro_usd);
-        if settlement.overshoot != Charge::default() {
-            tracing::warn!(
-                model,
-                overshoot_micro_usd = settlement.overshoot.micro_usd,
-                overshoot_tokens = settlement.overshoot.tokens,
-                "call cost more than its reservation (input under-estimated)"
-            );
-        }
+        Some(settlement)
     }
+
+    /// The error that stops the caller when `settlement` went past the reservation: counted,
+    /// logged, and naming why the usage is impossible when it is.
+    fn overshoot(
+        &self,
+        settlement: Option<Settlement>,
+        impossible: Option<String>,
+        model: &str,
+    ) -> Option<LlmError> {
+        let settlement = settlement.filter(|s| !s.overshoot.is_zero())?;
+        self.metrics.overshoot();
+        tracing::warn!(
+            model,
+            overshoot_micro_usd = settlement.overshoot.micro_usd,
+            overshoot_tokens = settlement.overshoot.tokens,
+            "call cost more than its reservation; charged, the caller must stop"
+        );
+        Some(LlmError::Overshoot {
+            model: model.to_owned(),
+            reserved_micro_usd: self.worst_case.micro_usd,
+            charged_micro_usd: settlement.charged.micro_usd,
+            impossible,
+        })
+    }
+}
+
+/// Why `usage` cannot be true for `request`: more input than the model's context window, or
+/// more output than the `max_tokens` it was sent.
+fn impossible_usage(usage: &Usage, request: &ChatRequest, price: &ModelPrice) -> Option<String> {
+    if let Some(window) = price.max_input_tokens.filter(|w| usage.input_tokens > *w) {
+        return Some(format!(
+            "{} input tokens reported, above the model's context window of {window}",
+            usage.input_tokens
+        ));
+    }
+    let max_tokens = u64::from(request.max_tokens);
+    (usage.output_tokens > max_tokens).then(|| {
+        format!(
+            "{} output tokens reported, above the max_tokens of {max_tokens} sent",
+            usage.output_tokens
+        )
+    })
 }
 
 /// A reservation whose request is in flight. If the call future is dropped while it is (the
@@ -321,18 +371,51 @@ struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    fn close(mut self, billing: Billing) {
-        if let Some(r) = self.reservation.take() {
-            self.bill.close(r, billing, self.model);
+    fn close(&mut self, billing: Billing) -> Option<Settlement> {
+        let r = self.reservation.take()?;
+        self.bill.close(r, billing)
+    }
+
+    /// Settles an answer at its reported usage. Usage above the reservation is an
+    /// [`LlmError::Overshoot`]; usage the request makes impossible is a malformed response.
+    /// Both are charged.
+    fn answered(
+        mut self,
+        request: &ChatRequest,
+        mut response: ChatResponse,
+    ) -> Result<ChatResponse, LlmError> {
+        let usage = response.usage;
+        let impossible = impossible_usage(&usage, request, self.bill.price);
+        let settlement = self.close(Billing::Usage(usage));
+        if let Some(over) = self
+            .bill
+            .overshoot(settlement, impossible.clone(), self.model)
+        {
+            return Err(over);
         }
+        if let Some(problem) = impossible {
+            return Err(LlmError::MalformedResponse {
+                message: format!("the reported usage is impossible: {problem}"),
+                usage: Some(usage),
+            });
+        }
+        response.cost_micro_usd = Some(settlement.map_or(0, |s| s.charged.micro_usd));
+        response.cache_hit = false;
+        Ok(response)
+    }
+
+    /// Charges a failed attempt what the provider may bill; an overshoot replaces the error.
+    fn failed(mut self, err: LlmError) -> LlmError {
+        let settlement = self.close(err.billing());
+        self.bill
+            .overshoot(settlement, None, self.model)
+            .unwrap_or(err)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            self.bill.close(r, Billing::InputEstimate, self.model);
-        }
+        self.close(Billing::InputEstimate);
     }
 }
 
@@ -418,33 +501,12 @@ impl Inner {
         sent: &mut u32,
     ) -> Result<ChatResponse, LlmError> {
         let model = request.model.as_str();
-        if let Some(max) = price.max_output_tokens {
-            if u64::from(request.max_tokens) > max {
-                return Err(LlmError::InvalidRequest {
-                    status: None,
-                    message: format!(
-                        "`max_tokens` {} exceeds the {max} output tokens `{model}` allows",
-                        request.max_tokens
-                    ),
-                });
-            }
-        }
+        check_max_tokens(request, price)?;
         let cache_key = self.cache.as_ref().and_then(|_| CacheKey::of(request));
-        if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
-            if let Some(mut hit) = cache.get(key) {
-                hit.cache_hit = true;
-                hit.cost_micro_usd = Some(0);
-                return Ok(hit);
-            }
+        if let Some(hit) = self.cached(cache_key.as_ref()) {
+            return Ok(hit);
         }
-        let input = estimate_input(request).tokens;
-        let max_output = u64::from(request.max_tokens);
-        let bill = Bill {
-            price,
-            worst_case: charge(price.worst_case(input, max_output), input + max_output),
-            input_only: charge(price.input_cost(input), input),
-            metrics,
-        };
+        let bill = Bill::of(request, price, metrics);
         let mut attempt = 0;
         loop {
             if options.halt.is_cancelled() {
@@ -469,27 +531,18 @@ impl Inner {
                 result = provider.chat(request) => result,
             };
             let err = match outcome {
-                Ok(mut response) => {
-                    in_flight.close(Billing::Usage(response.usage));
+                Ok(response) => {
                     permit.record(Outcome::Success);
                     metrics.breaker(self.breakers.state(model));
-                    response.cost_micro_usd = Some(price.cost(&response.usage));
-                    response.cache_hit = false;
+                    let response = in_flight.answered(request, response)?;
                     if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
                         cache.insert(key, response.clone());
                     }
                     return Ok(response);
                 }
-                Err(err) => err,
+                Err(err) => in_flight.failed(err),
             };
-            in_flight.close(err.billing());
-            permit.record(if err.is_provider_failure() {
-                Outcome::Failure
-            } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. }) {
-                Outcome::Neutral
-            } else {
-                Outcome::Success
-            });
+            permit.record(breaker_outcome(&err));
             metrics.breaker(self.breakers.state(model));
             let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
                 return Err(err);
@@ -503,5 +556,38 @@ impl Inner {
             }
             attempt += 1;
         }
+    }
+
+    /// A cached answer to the request with `key`, marked as such and costing nothing.
+    fn cached(&self, key: Option<&CacheKey>) -> Option<ChatResponse> {
+        let mut hit = self.cache.as_ref()?.get(key?)?;
+        hit.cache_hit = true;
+        hit.cost_micro_usd = Some(0);
+        Some(hit)
+    }
+}
+
+/// Refuses a `max_tokens` above what the model allows (nothing is reserved or sent).
+fn check_max_tokens(request: &ChatRequest, price: &ModelPrice) -> Result<(), LlmError> {
+    match price.max_output_tokens {
+        Some(max) if u64::from(request.max_tokens) > max => Err(LlmError::InvalidRequest {
+            status: None,
+            message: format!(
+                "`max_tokens` {} exceeds the {max} output tokens `{}` allows",
+                request.max_tokens, request.model
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// How a failed attempt counts for the model's circuit breaker.
+fn breaker_outcome(err: &LlmError) -> Outcome {
+    if err.is_provider_failure() {
+        Outcome::Failure
+    } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. }) {
+        Outcome::Neutral
+    } else {
+        Outcome::Success
     }
 }
