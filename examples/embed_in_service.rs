@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use impresario::agents::{Autonomy, Budget, Models, Orchestrator, RunRequest, RunState};
+use impresario::agents::{Autonomy, Budget, ModelMap, Orchestrator, RunRequest, RunState};
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
 use impresario::runtime::health::{Health, ModelsAvailable, SemanticCheck};
@@ -142,7 +142,7 @@ pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>
 
 /// `POST /runs` with the goal as the body: runs it and answers with its outcome and usage.
 async fn submit_run(state: web::Data<State>, goal: String) -> HttpResponse {
-    let request = RunRequest::new(goal, Models::all(MODEL))
+    let request = RunRequest::new(goal, ModelMap::all(MODEL))
         .tools(impresario::tools::NAMES.iter().copied())
         .budget(Budget::usd(RUN_BUDGET_USD))
         .autonomy(Autonomy::Full);

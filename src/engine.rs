@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use impresario::agents::{Budget, Models, Orchestrator, OrchestratorConfig, RunRequest, RunUsage};
+use impresario::agents::{
+    Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage,
+};
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
@@ -25,7 +27,7 @@ pub struct Engine {
     pub client: Client,
     /// What the models are, for a person (`offline`, `openai gpt-4o-mini`, ...).
     pub models_description: String,
-    models: Models,
+    models: ModelMap,
     defaults: crate::config::Runs,
 }
 

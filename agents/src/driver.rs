@@ -23,6 +23,7 @@ use crate::memory::{
     compact_via, ContextBudget, ContextEntry, EntryKind, MemoryAgent, MemoryError, MemoryRecord,
     Outcome, Recall, Remember,
 };
+use crate::models::Role;
 use crate::plan::{LoopDetector, Plan, Step};
 use crate::planner::{MakePlan, Planned, Planner, PlannerError};
 use crate::run::{
@@ -60,6 +61,8 @@ pub(crate) struct Driver {
     pub(crate) agents: Option<RunAgents>,
     /// The planner's instructions for this run (schema and tools), built once.
     pub(crate) planner_prompt: Arc<str>,
+    /// The run's tenant, whose cached model answers it may be served.
+    pub(crate) cache_scope: Arc<str>,
 }
 
 /// The agents of one run's team that the driver calls.
@@ -102,6 +105,7 @@ impl Driver {
 
     fn options(&self) -> CallOptions {
         CallOptions::new(self.path.clone(), self.token.cancellation())
+            .cache_scope(self.cache_scope.clone())
     }
 
     /// The loop: plan, review, execute, until it ends. Only returns by `Err(End)`.
@@ -338,14 +342,16 @@ impl Driver {
         let budget = ContextBudget {
             max_tokens,
             keep_recent: 4,
-            model: self.request.models.planner.clone(),
+            model: self.request.models.choice(Role::Planner).model.clone(),
         };
-        let summarizer = self.request.models.summarizer.clone();
+        let summarizer = self.request.models.choice(Role::Summarizer).clone();
         let options = self.options();
         let (gateway, step) = (self.gateway.clone(), self.steps.len() as u32);
         let mut history = std::mem::take(&mut self.history);
-        let done = compact_via(&mut history, &budget, &summarizer, |request| async move {
-            gateway.chat(step, request, &options).await
+        let model = summarizer.model.as_str();
+        let done = compact_via(&mut history, &budget, model, |request| async move {
+            let fallbacks = &summarizer.fallbacks;
+            gateway.chat(step, request, fallbacks, &options).await
         })
         .await;
         self.history = history;
@@ -378,7 +384,7 @@ impl Driver {
         let mut attempt = 0;
         loop {
             let request = MakePlan {
-                model: self.request.models.planner.clone(),
+                model: self.request.models.choice(Role::Planner).clone(),
                 goal: self.request.goal.clone(),
                 system: system.clone(),
                 history: render(&self.history),
@@ -601,7 +607,7 @@ impl Driver {
                 number,
                 step: step.clone(),
                 allowed: self.allowed.clone(),
-                model: self.request.models.executor.clone(),
+                model: self.request.models.choice(Role::Executor).clone(),
                 // Only a model call reads the history; a tool call does not need a copy.
                 history: match step {
                     Step::ModelCall { .. } => render(&self.history),

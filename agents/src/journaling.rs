@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
+use impresario_runtime::ledger::Charge;
 use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
@@ -286,14 +287,15 @@ impl ModelGateway {
         ModelGateway { client, log, halt }
     }
 
-    /// Calls a model for `step` of the run. A journaled answer is served without a network
-    /// call (charged again only when the ledger is being rebuilt after a restart). What a call
-    /// that brings no answer was charged (a halt, a timeout, an overshoot) is journaled as
-    /// [`Event::LlmAborted`], so the run's usage survives a restart.
+    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served
+    /// without a network call (charged again only when the ledger is being rebuilt after a
+    /// restart). What a call that brings no answer was charged (a halt, a timeout, an
+    /// overshoot) is journaled as [`Event::LlmAborted`], so the run's usage survives a restart.
     pub async fn chat(
         &self,
         step: u32,
         request: ChatRequest,
+        fallbacks: &[String],
         options: &CallOptions,
     ) -> Result<ChatResponse, LlmError> {
         // One call at a time per run (its driver waits for each step), so holding the log across
@@ -323,36 +325,48 @@ impl ModelGateway {
             }
         }
         let before = options.account.leaf().snapshot().spent;
-        let result = self.client.chat(request, options).await;
-        let charged = options
-            .account
-            .leaf()
-            .snapshot()
-            .spent
-            .saturating_sub(before);
+        let result = self
+            .client
+            .chat_with_fallbacks(request, fallbacks, options)
+            .await;
+        let spent = options.account.leaf().snapshot().spent;
+        let charged = spent.saturating_sub(before);
         if let Err(e @ LlmError::Overshoot { .. }) = &result {
             let run = HaltScope::Run(log.run.to_string());
             let halt = Halt::new(run, HaltMode::Immediate, HaltReason::Overshoot);
             self.halt.halt(halt.with_detail(e.to_string()));
         }
-        let event = match &result {
-            Ok(response) => Event::LlmResponse {
-                step,
-                call,
-                response: response.clone(),
-                cost_micro_usd: charged.micro_usd,
-            },
-            Err(_) if charged.is_zero() => return result,
-            Err(e) => Event::LlmAborted {
-                step,
-                call,
-                cost_micro_usd: charged.micro_usd,
-                tokens: charged.tokens,
-                error: e.kind().to_owned(),
-            },
-        };
-        log.record(event).await.map_err(not_recorded)?;
+        if let Some(event) = outcome_event(step, call, &result, charged) {
+            log.record(event).await.map_err(not_recorded)?;
+        }
         result
+    }
+}
+
+/// What the journal keeps of a call made live: its answer and what the call was charged (the
+/// failed attempts before it included), or what a call without an answer was charged (none
+/// if nothing).
+fn outcome_event(
+    step: u32,
+    call: u32,
+    result: &Result<ChatResponse, LlmError>,
+    charged: Charge,
+) -> Option<Event> {
+    match result {
+        Ok(response) => Some(Event::LlmResponse {
+            step,
+            call,
+            response: response.clone(),
+            cost_micro_usd: charged.micro_usd,
+        }),
+        Err(_) if charged.is_zero() => None,
+        Err(e) => Some(Event::LlmAborted {
+            step,
+            call,
+            cost_micro_usd: charged.micro_usd,
+            tokens: charged.tokens,
+            error: e.kind().to_owned(),
+        }),
     }
 }
 

@@ -13,6 +13,7 @@
 mod driver;
 pub mod executor;
 mod journaling;
+mod models;
 mod orchestrator;
 pub mod plan;
 pub mod planner;
@@ -25,13 +26,14 @@ pub mod memory;
 
 pub use impresario_supervisor as supervisor;
 pub use journaling::{first_difference, Divergence, ModelGateway};
+pub use models::{ModelChoice, ModelMap, Role, RoleTiers};
 pub use orchestrator::{
     Orchestrator, OrchestratorConfig, ReplayReport, ResumeError, SubmitError, RUN_EVENT_CAPACITY,
 };
 pub use plan::{LoopDetector, LoopKind, Plan, PlanError, Step};
 pub use run::{
-    Autonomy, Budget, FailReason, Models, RunEvent, RunHandle, RunRequest, RunResult, RunState,
-    RunUsage, StepFailure, StepRecord,
+    Autonomy, Budget, FailReason, RunEvent, RunHandle, RunRequest, RunResult, RunState, RunUsage,
+    StepFailure, StepRecord,
 };
 pub use team::{ReviewPlan, Team, Verdict};
 pub use tool::{Impact, RegisteredTool, RegistryError, Tool, ToolContext, ToolError, ToolRegistry};

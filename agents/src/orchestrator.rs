@@ -454,23 +454,18 @@ impl Orchestrator {
         log: RunLog,
     ) -> Result<RunHandle, SubmitError> {
         let inner = &self.inner;
-        let budget = &request.budget;
         let (run_account, path) = self.open_run_account(&run, &request)?;
         let token = inner.halts.run(&request.tenant, run.as_str());
 
         // The run's agents and its driver share one arbiter: their calls cost no thread wake-up.
         // Runs spread over the arbiters instead.
         let placement = inner.runtime.next_placement();
-        let subtree = self.run_subtree(&run, &team, placement);
-        let tenant = self.tenant_supervisor(&request.tenant).await?;
-        if let Err(e) = tenant
-            .ask(StartChild(subtree))
+        if let Err(e) = self
+            .start_subtree(&run, &team, &request.tenant, placement)
             .await
-            .map_err(SupervisorError::from)
-            .and_then(|r| r)
         {
             inner.ledger.close(&run_account);
-            return Err(e.into());
+            return Err(e);
         }
 
         let (state_tx, state) = watch::channel(RunState::Queued);
@@ -478,16 +473,8 @@ impl Orchestrator {
         let (events, first_events) = broadcast::channel(RUN_EVENT_CAPACITY);
         let (decisions_tx, decisions) = mpsc::unbounded_channel();
         let (result_tx, result) = watch::channel(None);
-        if let Some(deadline) = budget.deadline {
-            let (halts, id) = (inner.halts.clone(), run.to_string());
-            inner.runtime.spawn_task(placement, async move {
-                tokio::time::sleep(deadline).await;
-                halts.halt(
-                    HaltScope::Run(id),
-                    HaltMode::Immediate,
-                    HaltReason::Deadline,
-                );
-            });
+        if let Some(deadline) = request.budget.deadline {
+            self.halt_at(&run, deadline, placement);
         }
         let allowed: Arc<[String]> = request.tools.clone().into();
         let log = Arc::new(Mutex::new(log));
@@ -503,6 +490,7 @@ impl Orchestrator {
         inner.live.insert(run.clone(), handle.clone());
         inner.runtime.metrics().run_started();
         let span = telemetry::invoke_workflow("run", &run);
+        let cache_scope = request.tenant.as_str().into();
         let driver = Driver {
             started: Instant::now(),
             orchestrator: self.clone(),
@@ -528,6 +516,7 @@ impl Orchestrator {
             agents: None,
             planner_prompt: crate::planner::system_prompt(&team_tools(&inner.tools, &allowed))
                 .into(),
+            cache_scope,
         };
         inner.runtime.spawn_task(
             placement,
@@ -539,6 +528,37 @@ impl Orchestrator {
             .instrument(span),
         );
         Ok(handle)
+    }
+
+    /// Starts the run's agents under its tenant's supervisor, on `placement`.
+    async fn start_subtree(
+        &self,
+        run: &RunId,
+        team: &Team,
+        tenant: &str,
+        placement: Placement,
+    ) -> Result<(), SubmitError> {
+        let subtree = self.run_subtree(run, team, placement);
+        let tenant = self.tenant_supervisor(tenant).await?;
+        tenant
+            .ask(StartChild(subtree))
+            .await
+            .map_err(SupervisorError::from)
+            .and_then(|r| r)?;
+        Ok(())
+    }
+
+    /// Halts `run` (reason `deadline`) when `deadline` has passed.
+    fn halt_at(&self, run: &RunId, deadline: std::time::Duration, placement: Placement) {
+        let (halts, id) = (self.inner.halts.clone(), run.to_string());
+        self.inner.runtime.spawn_task(placement, async move {
+            tokio::time::sleep(deadline).await;
+            halts.halt(
+                HaltScope::Run(id),
+                HaltMode::Immediate,
+                HaltReason::Deadline,
+            );
+        });
     }
 
     /// Opens the run's account under its tenant's (opened with the tenant's ceiling), or, when
@@ -600,15 +620,11 @@ impl Orchestrator {
             }
         }
         let prices = self.inner.client.prices();
-        for (field, model) in [
-            ("models.planner", &request.models.planner),
-            ("models.executor", &request.models.executor),
-            ("models.summarizer", &request.models.summarizer),
-        ] {
+        for (field, model) in request.models.named() {
             if prices.get(model).is_none() {
                 return Err(invalid(
-                    field,
-                    format!("model {model:?} has no price; add it to the price table"),
+                    "models",
+                    format!("{field}: model {model:?} has no price; add it to the price table"),
                 ));
             }
         }

@@ -236,8 +236,7 @@ mod tests {
     use super::*;
     use crate::ledger::{AccountId, Ledger};
     use crate::llm::{
-        BreakerConfig, ChatModel, ChatResponse, ModelPrice, PriceTable, Rates, RetryPolicy, Router,
-        Tier,
+        BreakerConfig, ChatModel, ChatResponse, ModelPrice, PriceTable, Rates, RetryPolicy,
     };
     use tokio_util::sync::CancellationToken;
 
@@ -262,7 +261,7 @@ mod tests {
         let client = Client::builder()
             .prices(prices)
             .provider("down", Down)
-            .router(Router::default().with(Tier::Standard, ["m1", "m2"]))
+            .fallback("m1", ["m2"])
             .retry(RetryPolicy::none())
             .breaker(BreakerConfig {
                 failure_threshold: 1,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use impresario_agents::{
-    Autonomy, Impact, Models, Orchestrator, OrchestratorConfig, RunRequest, RunState, Tool,
+    Autonomy, Impact, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, Tool,
     ToolContext, ToolRegistry,
 };
 use impresario_runtime::journal::{Journal, RunEvent, RunFilter, RunStatus, SqliteJournal};
@@ -187,7 +187,7 @@ fn crash_child() {
         // At most 3 runs in flight, so the work is spread over time and kills land mid-run.
         while !open.is_empty() || submitted < RUNS {
             while open.len() < 3 && submitted < RUNS {
-                let request = RunRequest::new(format!("task {submitted}"), Models::all("det"))
+                let request = RunRequest::new(format!("task {submitted}"), ModelMap::all("det"))
                     .tools(["record", "lookup"])
                     .autonomy(Autonomy::Full);
                 open.push(team.submit(request).await.unwrap());

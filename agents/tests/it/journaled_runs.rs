@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impresario_agents::{
-    Models, Orchestrator, OrchestratorConfig, RunRequest, RunState, Tool, ToolContext, ToolRegistry,
+    ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, Tool, ToolContext,
+    ToolRegistry,
 };
 use impresario_runtime::halt::HaltMode;
 use impresario_runtime::journal::{Journal, MemoryJournal, RunFilter, RunStatus};
@@ -105,7 +106,9 @@ async fn every_event_of_a_run_is_journaled_in_order() {
         .unwrap();
     let team = orchestrator(&rt, client, search_tools(), journal.clone()).await;
     let run = team
-        .submit(RunRequest::new("When was Rust released?", Models::all("local")).tools(["search"]))
+        .submit(
+            RunRequest::new("When was Rust released?", ModelMap::all("local")).tools(["search"]),
+        )
         .await
         .unwrap();
     // Write-ahead: the submission is in the journal before submit returned.
@@ -156,7 +159,7 @@ async fn a_recorded_run_replays_with_no_network_and_the_same_outcome() {
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
     let team = orchestrator(&rt, http_client(&url), search_tools(), journal.clone()).await;
     let request =
-        RunRequest::new("When was Rust released?", Models::all("local")).tools(["search"]);
+        RunRequest::new("When was Rust released?", ModelMap::all("local")).tools(["search"]);
     let recorded = team.submit(request).await.unwrap().wait().await;
     assert_eq!(
         recorded.state,
@@ -195,7 +198,7 @@ async fn a_replay_names_the_first_divergence_when_the_code_behaves_differently()
         .unwrap();
     let team = orchestrator(&rt, client.clone(), search_tools(), journal.clone()).await;
     let request =
-        RunRequest::new("When was Rust released?", Models::all("local")).tools(["search"]);
+        RunRequest::new("When was Rust released?", ModelMap::all("local")).tools(["search"]);
     let recorded = team.submit(request).await.unwrap().wait().await;
     assert!(matches!(recorded.state, RunState::Succeeded { .. }));
 
@@ -268,7 +271,7 @@ async fn a_halted_run_resumes_without_repeating_or_repaying_its_model_calls() {
     tools.register(FirstSlow(slow_done, calls.clone())).unwrap();
     let team = orchestrator(&rt, client, tools, journal.clone()).await;
     let run = team
-        .submit(RunRequest::new("Fetch it", Models::all("local")).tools(["fetch"]))
+        .submit(RunRequest::new("Fetch it", ModelMap::all("local")).tools(["fetch"]))
         .await
         .unwrap();
     while !matches!(run.status(), RunState::Running { step: 1 }) {

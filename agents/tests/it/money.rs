@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impresario_agents::{
-    Budget, Models, Orchestrator, OrchestratorConfig, RunRequest, RunResult, RunState, SubmitError,
-    ToolRegistry,
+    Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunResult, RunState,
+    SubmitError, ToolRegistry,
 };
 use impresario_runtime::halt::{HaltMode, HaltReason};
 use impresario_runtime::journal::{Journal, RunEvent, SqliteJournal};
@@ -71,7 +71,7 @@ async fn team(
 }
 
 fn request(tenant: &str) -> RunRequest {
-    RunRequest::new("What is the answer?", Models::all("local"))
+    RunRequest::new("What is the answer?", ModelMap::all("local"))
         .tenant(tenant)
         .budget(Budget::usd(0.5))
 }

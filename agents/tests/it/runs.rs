@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use impresario_agents::{
-    Autonomy, Budget, FailReason, Impact, Models, Orchestrator, ReviewPlan, RunEvent, RunRequest,
+    Autonomy, Budget, FailReason, Impact, ModelMap, Orchestrator, ReviewPlan, RunEvent, RunRequest,
     RunState, StepFailure, Team, Tool, ToolContext, ToolError, ToolRegistry, Verdict,
 };
 use impresario_runtime::halt::{HaltMode, HaltReason};
@@ -21,18 +21,9 @@ use serde_json::{json, Value};
 
 /// `toy` costs 1 USD per million input tokens and 2 per million output tokens.
 fn client(replies: Vec<ScriptedReply>) -> Client {
-    let mut prices = PriceTable::default();
-    let rates = Rates {
-        input: 1_000_000,
-        output: 2_000_000,
-        cache_read: 0,
-        cache_creation: 0,
-        reasoning: 2_000_000,
-    };
-    prices.insert("toy", ModelPrice::new("script", rates));
     Client::builder()
         .provider("script", Scripted::new(replies))
-        .prices(prices)
+        .prices(priced(&[("toy", "script")]))
         .build()
         .unwrap()
 }
@@ -171,7 +162,7 @@ async fn setup(replies: Vec<ScriptedReply>) -> (RuntimeHandle, Orchestrator, Cou
 }
 
 fn request(tools: &[&str]) -> RunRequest {
-    RunRequest::new("When was Rust first released?", Models::all("toy"))
+    RunRequest::new("When was Rust first released?", ModelMap::all("toy"))
         .tools(tools.iter().copied())
 }
 
@@ -622,13 +613,17 @@ async fn max_steps_is_honoured_and_bad_requests_are_refused_by_field() {
         "{err}"
     );
     let err = orchestrator
-        .submit(RunRequest::new("goal", Models::all("unpriced")))
+        .submit(RunRequest::new("goal", ModelMap::all("unpriced")))
         .await
         .err()
         .unwrap();
-    assert!(err.to_string().contains("models.planner"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("models: light.model: model \"unpriced\" has no price"),
+        "{err}"
+    );
     let err = orchestrator
-        .submit(RunRequest::new("  ", Models::all("toy")))
+        .submit(RunRequest::new("  ", ModelMap::all("toy")))
         .await
         .err()
         .unwrap();
@@ -810,6 +805,152 @@ async fn runs_record_their_metrics() {
     assert!(
         text.contains("impresario_run_duration_seconds_count{outcome=\"succeeded\"} 2"),
         "{text}"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A provider that is down: every call fails as one another model could avoid.
+struct Down;
+impl impresario_runtime::llm::ChatModel for Down {
+    fn chat<'a>(
+        &'a self,
+        _: &'a impresario_runtime::llm::ChatRequest,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<impresario_runtime::llm::ChatResponse, impresario_runtime::llm::LlmError>,
+    > {
+        Box::pin(std::future::ready(Err(
+            impresario_runtime::llm::LlmError::Transient {
+                status: 503,
+                message: "down".into(),
+                retry_after: None,
+            },
+        )))
+    }
+}
+
+/// Prices for made-up models: 1 USD per million input tokens, 2 per million output tokens.
+fn priced(models: &[(&str, &str)]) -> PriceTable {
+    let mut prices = PriceTable::default();
+    for (model, provider) in models {
+        let rates = Rates {
+            input: 1_000_000,
+            output: 2_000_000,
+            cache_read: 0,
+            cache_creation: 0,
+            reasoning: 2_000_000,
+        };
+        prices.insert(*model, ModelPrice::new(*provider, rates));
+    }
+    prices
+}
+
+/// The models that answered a run, in order, from its journal.
+fn answered_by(orchestrator: &Orchestrator, run: &impresario_runtime::RunId) -> Vec<String> {
+    orchestrator
+        .journal()
+        .read(run)
+        .unwrap()
+        .into_iter()
+        .filter_map(|entry| match entry.event {
+            impresario_runtime::journal::RunEvent::LlmResponse { response, .. } => {
+                Some(response.model)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_gets_its_tiers_model_and_falls_back_along_its_chain() {
+    use impresario_agents::{ModelChoice, Role};
+    use impresario_runtime::llm::{RetryPolicy, Tier};
+    let client = Client::builder()
+        .provider("down", Down)
+        .provider(
+            "planning",
+            Scripted::new([plan(json!([
+                { "type": "model_call", "prompt": "Which year?" },
+                { "type": "final_answer", "answer": "2015" }
+            ]))]),
+        )
+        .provider("answering", Scripted::new([ScriptedReply::text("2015")]))
+        .prices(priced(&[
+            ("flaky-big", "down"),
+            ("big", "planning"),
+            ("small", "answering"),
+        ]))
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let orchestrator = Orchestrator::start(&rt, client, ToolRegistry::new())
+        .await
+        .unwrap();
+    let models = ModelMap::all("small")
+        .tier(
+            Tier::Heavy,
+            ModelChoice::new("flaky-big").fallbacks(["big"]),
+        )
+        .role(Role::Executor, Tier::Light);
+    let run = orchestrator
+        .submit(RunRequest::new("When was Rust first released?", models))
+        .await
+        .unwrap();
+    let result = run.wait().await;
+    assert_eq!(
+        result.state,
+        RunState::Succeeded {
+            answer: "2015".into()
+        }
+    );
+    // The planner (heavy) fell back from the model that is down; the model call (light) went
+    // to the light tier's model.
+    assert_eq!(answered_by(&orchestrator, run.id()), ["big", "small"]);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_serve_runs_of_their_own_tenant_only() {
+    // Two plans scripted: a third call (a cache miss too many) would fail the run.
+    let client = Client::builder()
+        .provider("script", Scripted::new([answer("2015"), answer("2015")]))
+        .prices(priced(&[("toy", "script")]))
+        .cache(16)
+        .build()
+        .unwrap();
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let config = impresario_agents::OrchestratorConfig {
+        recall: 0, // the same prompt every time: no memories of the earlier runs
+        ..Default::default()
+    };
+    let orchestrator = Orchestrator::with(
+        &rt,
+        client,
+        ToolRegistry::new(),
+        impresario_runtime::ledger::Ledger::new(),
+        config,
+    )
+    .await
+    .unwrap();
+    let mut spent = Vec::new();
+    for tenant in ["acme", "acme", "globex"] {
+        let run = orchestrator
+            .submit(request(&[]).tenant(tenant))
+            .await
+            .unwrap();
+        let result = run.wait().await;
+        assert!(
+            matches!(result.state, RunState::Succeeded { .. }),
+            "{tenant}: {:?}",
+            result.state
+        );
+        spent.push((tenant, result.usage.micro_usd, result.usage.model_calls));
+    }
+    assert_eq!(
+        spent,
+        [("acme", 140, 1), ("acme", 0, 0), ("globex", 140, 1)],
+        "acme's second run is served from the cache; globex is not served acme's answer"
     );
     rt.shutdown(Duration::from_secs(5)).await;
 }

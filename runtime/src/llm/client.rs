@@ -1,5 +1,5 @@
 //! `Client`: what agents call. It composes the providers with everything a production call
-//! needs: validation, routing by tier, a fallback chain, the response cache, the circuit
+//! needs: validation, a fallback chain, the response cache, the circuit
 //! breaker, the ledger reservation, cancellation by the run's halt token, and retries.
 //!
 //! One call, for each model of its chain in turn:
@@ -33,13 +33,12 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome};
+use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome, Permit};
 use super::cache::{CacheKey, ResponseCache};
 use super::error::{Billing, LlmError};
 use super::estimate::estimate_input;
 use super::price::{ModelPrice, PriceTable};
 use super::retry::RetryPolicy;
-use super::router::{Router, Tier};
 use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Reservation, Settlement};
@@ -53,12 +52,25 @@ pub struct CallOptions {
     pub account: AccountPath,
     /// The run's halt token; cancelling it aborts the call.
     pub halt: CancellationToken,
+    /// Whose cached answers the call may be served and may add to (a run's tenant): an answer
+    /// cached under one scope never serves another. `None` is one shared, unscoped cache.
+    pub cache_scope: Option<Arc<str>>,
 }
 
 impl CallOptions {
-    /// Options charging `account` and stopped by `halt`.
+    /// Options charging `account` and stopped by `halt`, in the unscoped cache.
     pub fn new(account: AccountPath, halt: CancellationToken) -> Self {
-        CallOptions { account, halt }
+        CallOptions {
+            account,
+            halt,
+            cache_scope: None,
+        }
+    }
+
+    /// With cached answers scoped to `scope` (a tenant): never served to another scope.
+    pub fn cache_scope(mut self, scope: Arc<str>) -> Self {
+        self.cache_scope = Some(scope);
+        self
     }
 }
 
@@ -66,7 +78,6 @@ impl CallOptions {
 pub struct ClientBuilder {
     providers: HashMap<String, Arc<dyn ChatModel>>,
     prices: PriceTable,
-    router: Router,
     fallbacks: HashMap<String, Vec<String>>,
     retry: RetryPolicy,
     breaker: BreakerConfig,
@@ -86,12 +97,6 @@ impl ClientBuilder {
     /// Replaces the price table (the default is [`PriceTable::bundled`]).
     pub fn prices(mut self, prices: PriceTable) -> Self {
         self.prices = prices;
-        self
-    }
-
-    /// Sets the models of each tier.
-    pub fn router(mut self, router: Router) -> Self {
-        self.router = router;
         self
     }
 
@@ -140,13 +145,12 @@ impl ClientBuilder {
         self
     }
 
-    /// Checks that every model named by the router and the fallbacks has a price and a
+    /// Checks that every model named by the fallbacks has a price and a
     /// registered provider, and builds the client.
     pub fn build(self) -> Result<Client, LlmError> {
         let inner = Inner {
             providers: self.providers,
             prices: self.prices,
-            router: self.router,
             fallbacks: self.fallbacks,
             retry: self.retry,
             breakers: Breakers::new(self.breaker),
@@ -155,13 +159,10 @@ impl ClientBuilder {
             record_content: self.record_content,
             model_metrics: DashMap::new(),
         };
-        let named =
-            inner
-                .router
-                .all_models()
-                .chain(inner.fallbacks.iter().flat_map(|(m, f)| {
-                    std::iter::once(m.as_str()).chain(f.iter().map(String::as_str))
-                }));
+        let named = inner
+            .fallbacks
+            .iter()
+            .flat_map(|(m, f)| std::iter::once(m.as_str()).chain(f.iter().map(String::as_str)));
         for model in named {
             inner.route(model)?;
         }
@@ -180,7 +181,6 @@ pub struct Client {
 struct Inner {
     providers: HashMap<String, Arc<dyn ChatModel>>,
     prices: PriceTable,
-    router: Router,
     fallbacks: HashMap<String, Vec<String>>,
     retry: RetryPolicy,
     breakers: Breakers,
@@ -197,7 +197,6 @@ impl Client {
         ClientBuilder {
             providers: HashMap::new(),
             prices: PriceTable::bundled(),
-            router: Router::default(),
             fallbacks: HashMap::new(),
             retry: RetryPolicy::default(),
             breaker: BreakerConfig::default(),
@@ -218,19 +217,16 @@ impl Client {
         self.inner.call_chain(chain, request, options).await
     }
 
-    /// Calls the models configured for `tier`, in order (`request.model` is ignored).
-    pub async fn chat_tier(
+    /// Calls `request.model`, then each of `fallbacks` in order when a model fails in a way
+    /// another model could avoid (a run's model choice: the fallbacks configured on this
+    /// client for `request.model` are not added).
+    pub async fn chat_with_fallbacks(
         &self,
-        tier: Tier,
         request: ChatRequest,
+        fallbacks: &[String],
         options: &CallOptions,
     ) -> Result<ChatResponse, LlmError> {
-        let chain = self.inner.router.models(tier).to_vec();
-        if chain.is_empty() {
-            return Err(LlmError::Config(format!(
-                "no model is configured for tier {tier:?}; set it in the router"
-            )));
-        }
+        let chain = std::iter::once(request.model.clone()).chain(fallbacks.iter().cloned());
         self.inner.call_chain(chain, request, options).await
     }
 
@@ -239,11 +235,11 @@ impl Client {
         self.inner.breakers.state(model)
     }
 
-    /// The breaker state of every model this client knows: those named by the router and the
-    /// fallbacks, and those called so far; by name.
+    /// The breaker state of every model this client knows: those named by the fallbacks, and
+    /// those called so far; by name.
     pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
         let inner = &self.inner;
-        let mut models: BTreeSet<String> = inner.router.all_models().map(str::to_owned).collect();
+        let mut models = BTreeSet::new();
         for (model, fallbacks) in &inner.fallbacks {
             models.insert(model.clone());
             models.extend(fallbacks.iter().cloned());
@@ -502,7 +498,10 @@ impl Inner {
     ) -> Result<ChatResponse, LlmError> {
         let model = request.model.as_str();
         check_max_tokens(request, price)?;
-        let cache_key = self.cache.as_ref().and_then(|_| CacheKey::of(request));
+        let cache_key = self
+            .cache
+            .as_ref()
+            .and_then(|_| CacheKey::of(options.cache_scope.as_deref(), request));
         if let Some(hit) = self.cached(cache_key.as_ref()) {
             return Ok(hit);
         }
@@ -512,13 +511,7 @@ impl Inner {
             if options.halt.is_cancelled() {
                 return Err(LlmError::Cancelled);
             }
-            let permit = self.breakers.acquire(model).map_err(|retry_in| {
-                metrics.breaker(self.breakers.state(model));
-                LlmError::CircuitOpen {
-                    model: model.to_owned(),
-                    retry_in,
-                }
-            })?;
+            let permit = self.permit(model, metrics)?;
             let in_flight = InFlight {
                 reservation: Some(options.account.reserve(bill.worst_case)?),
                 bill: &bill,
@@ -544,17 +537,44 @@ impl Inner {
             };
             permit.record(breaker_outcome(&err));
             metrics.breaker(self.breakers.state(model));
-            let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
-                return Err(err);
-            };
-            metrics.retry(err.status_class());
-            tracing::debug!(model, attempt, ?delay, error = %err, "retrying");
-            tokio::select! {
-                biased;
-                _ = options.halt.cancelled() => return Err(LlmError::Cancelled),
-                _ = tokio::time::sleep(delay) => {}
-            }
+            self.wait_to_retry(attempt, err, options, metrics).await?;
             attempt += 1;
+        }
+    }
+
+    /// The breaker's permission for one attempt at `model`.
+    fn permit<'a>(
+        &'a self,
+        model: &'a str,
+        metrics: &ModelMetrics,
+    ) -> Result<Permit<'a>, LlmError> {
+        self.breakers.acquire(model).map_err(|retry_in| {
+            metrics.breaker(self.breakers.state(model));
+            LlmError::CircuitOpen {
+                model: model.to_owned(),
+                retry_in,
+            }
+        })
+    }
+
+    /// Waits before retrying after `err`, or gives `err` back when the policy does not retry
+    /// it (or the halt token fires while waiting: `Cancelled`).
+    async fn wait_to_retry(
+        &self,
+        attempt: u32,
+        err: LlmError,
+        options: &CallOptions,
+        metrics: &ModelMetrics,
+    ) -> Result<(), LlmError> {
+        let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
+            return Err(err);
+        };
+        metrics.retry(err.status_class());
+        tracing::debug!(attempt, ?delay, error = %err, "retrying");
+        tokio::select! {
+            biased;
+            _ = options.halt.cancelled() => Err(LlmError::Cancelled),
+            _ = tokio::time::sleep(delay) => Ok(()),
         }
     }
 

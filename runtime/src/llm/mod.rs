@@ -6,7 +6,7 @@
 //! - [`Client`] is what agents call: it reserves the worst-case cost on the run's ledger path
 //!   before sending anything, settles the real usage, races every call against the run's halt
 //!   token, retries transient failures, trips a circuit breaker per model, falls back along a
-//!   chain of models, routes [`Tier`]s to models, and can cache deterministic answers.
+//!   chain of models, and can cache deterministic answers (scoped by tenant).
 //!
 //! Money is integer micro-USD everywhere; see [`price`] for how prices are read and rounded.
 //!
@@ -60,7 +60,7 @@ pub use openai::{MaxTokensField, OpenAi, OpenAiConfig};
 pub use price::{ModelPrice, PriceError, PriceTable, Rates};
 pub use replay::{Exchange, Recorder, Recording, Replay, RECORDING_VERSION};
 pub use retry::RetryPolicy;
-pub use router::{Router, Tier};
+pub use router::Tier;
 pub use scripted::{Scripted, ScriptedCall, ScriptedReply};
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, Message, OutputSchema, RateLimitInfo, ToolCall,

@@ -1,11 +1,13 @@
-//! The LLM layer without a network: scripted and replayed providers, the response cache, tier
-//! routing and configuration checks, all through `Client` and a real ledger.
+//! The LLM layer without a network: scripted and replayed providers, the response cache, fallback
+//! chains and configuration checks, all through `Client` and a real ledger.
 
 use crate::llm_support::budget;
+use futures_util::future::BoxFuture;
 use impresario_runtime::ledger::Charge;
 use impresario_runtime::llm::{
-    CallOptions, ChatModel, ChatRequest, Client, FinishReason, LlmError, Message, ModelPrice,
-    PriceTable, Rates, Recorder, Recording, Replay, Router, Scripted, ScriptedReply, Tier, Usage,
+    CallOptions, ChatModel, ChatRequest, ChatResponse, Client, FinishReason, LlmError, Message,
+    ModelPrice, PriceTable, Rates, Recorder, Recording, Replay, RetryPolicy, Scripted,
+    ScriptedReply, Usage,
 };
 use serde_json::json;
 
@@ -185,50 +187,49 @@ async fn cache_hit_costs_nothing_and_is_marked() {
     );
 }
 
+/// A provider whose every call fails as a provider failure (one another model could avoid).
+struct Down;
+impl ChatModel for Down {
+    fn chat<'a>(&'a self, _: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(std::future::ready(Err(LlmError::Transient {
+            status: 503,
+            message: "down".into(),
+            retry_after: None,
+        })))
+    }
+}
+
 #[tokio::test]
-async fn tiers_route_cheap_work_to_cheap_models() {
+async fn a_call_falls_back_along_the_chain_it_is_given() {
     let client = Client::builder()
-        .provider("cheap", Scripted::new([ScriptedReply::text("from cheap")]))
-        .provider("dear", Scripted::new([ScriptedReply::text("from dear")]))
-        .prices(offline_prices(&[("small", "cheap"), ("large", "dear")]))
-        .router(
-            Router::default()
-                .with(Tier::Light, ["small"])
-                .with(Tier::Heavy, ["large", "small"]),
-        )
+        .provider("down", Down)
+        .provider("up", Scripted::new([ScriptedReply::text("from up")]))
+        .prices(offline_prices(&[("first", "down"), ("second", "up")]))
+        .retry(RetryPolicy::none())
         .build()
         .unwrap();
     let (_, options) = budget(None);
-    let req = ChatRequest::new("ignored").user("hi");
+    let req = ChatRequest::new("first").user("hi");
 
-    let light = client
-        .chat_tier(Tier::Light, req.clone(), &options)
+    let answer = client
+        .chat_with_fallbacks(req.clone(), &["second".to_owned()], &options)
         .await
         .unwrap();
-    let heavy = client
-        .chat_tier(Tier::Heavy, req.clone(), &options)
-        .await
-        .unwrap();
-
     assert_eq!(
-        (light.model.as_str(), light.content.as_str()),
-        ("small", "from cheap")
+        (answer.model.as_str(), answer.content.as_str()),
+        ("second", "from up")
     );
-    assert_eq!(
-        (heavy.model.as_str(), heavy.content.as_str()),
-        ("large", "from dear")
+    let alone = client.chat_with_fallbacks(req, &[], &options).await;
+    assert!(
+        matches!(alone, Err(LlmError::Transient { .. })),
+        "without fallbacks the failure is the first model's: {alone:?}"
     );
-    let err = client
-        .chat_tier(Tier::Standard, req, &options)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("Standard"), "{err}");
 }
 
 #[test]
 fn build_rejects_models_without_price_or_provider() {
     let err = Client::builder()
-        .router(Router::default().with(Tier::Light, ["no-such-model"]))
+        .fallback("no-such-model", Vec::<String>::new())
         .build()
         .err()
         .unwrap();
