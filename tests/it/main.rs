@@ -6,5 +6,6 @@
 mod binary;
 mod cli;
 mod metrics;
+mod ops;
 mod service;
 mod support;

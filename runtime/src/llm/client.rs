@@ -507,6 +507,9 @@ impl Inner {
         }
         let bill = Bill::of(request, price, metrics);
         let mut attempt = 0;
+        // The class of the failure being retried: counted once the retry is actually sent (an
+        // open breaker or a ceiling may refuse it first).
+        let mut retrying: Option<&'static str> = None;
         loop {
             if options.halt.is_cancelled() {
                 return Err(LlmError::Cancelled);
@@ -518,6 +521,9 @@ impl Inner {
                 model,
             };
             *sent += 1;
+            if let Some(status_class) = retrying.take() {
+                metrics.retry(status_class);
+            }
             let outcome = tokio::select! {
                 biased;
                 _ = options.halt.cancelled() => Err(LlmError::Cancelled),
@@ -537,7 +543,7 @@ impl Inner {
             };
             permit.record(breaker_outcome(&err));
             metrics.breaker(self.breakers.state(model));
-            self.wait_to_retry(attempt, err, options, metrics).await?;
+            retrying = Some(self.wait_to_retry(attempt, err, options).await?);
             attempt += 1;
         }
     }
@@ -557,24 +563,23 @@ impl Inner {
         })
     }
 
-    /// Waits before retrying after `err`, or gives `err` back when the policy does not retry
-    /// it (or the halt token fires while waiting: `Cancelled`).
+    /// Waits before retrying after `err` and gives its status class (counted once the retry
+    /// is sent), or gives `err` back when the policy does not retry it (or the halt token
+    /// fires while waiting: `Cancelled`).
     async fn wait_to_retry(
         &self,
         attempt: u32,
         err: LlmError,
         options: &CallOptions,
-        metrics: &ModelMetrics,
-    ) -> Result<(), LlmError> {
+    ) -> Result<&'static str, LlmError> {
         let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
             return Err(err);
         };
-        metrics.retry(err.status_class());
         tracing::debug!(attempt, ?delay, error = %err, "retrying");
         tokio::select! {
             biased;
             _ = options.halt.cancelled() => Err(LlmError::Cancelled),
-            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = tokio::time::sleep(delay) => Ok(err.status_class()),
         }
     }
 
