@@ -9,17 +9,25 @@
 //! 3. reserve the worst case (input estimate + `max_tokens` output, 1 model call) on the
 //!    caller's account path; refused: [`LlmError::CeilingReached`], nothing sent;
 //! 4. send, racing the halt token (a halt drops the request, which closes its connection);
+//!    streamed when the options carry a [`DeltaSink`];
 //! 5. close the reservation: settle the real usage on success; on failure charge what the
 //!    provider may bill (see `LlmError::billing`): nothing, the input estimate (timeout,
 //!    broken connection, cancellation), the usage it reported, or the whole reservation (a
-//!    2xx body we could not read);
+//!    2xx body we could not read). A stream that fails after its first delta (halted,
+//!    dropped, stalled, a bad chunk) becomes [`LlmError::StreamInterrupted`], charged the
+//!    input plus the output received. Reported usage above the reservation is charged and
+//!    returned as [`LlmError::Overshoot`] (the caller must stop spending: the reservation no
+//!    longer bounds its calls); usage the request makes impossible (above the context window
+//!    or `max_tokens`) is a [`LlmError::MalformedResponse`], charged too;
 //! 6. retry transient failures per [`RetryPolicy`] (each attempt reserves again), waiting on
 //!    the halt token too; when retries are exhausted and the error is one another model could
-//!    avoid, fall back to the next model.
+//!    avoid, fall back to the next model. An interrupted stream is neither retried nor sent
+//!    to another model: its output was already delivered.
 //!
 //! So a refused reservation sends nothing, and every reservation is closed on every path:
 //! after any mix of outcomes the reserved amount returns to zero. Dropping the call future
-//! while a request is in flight counts as a cancellation (the input estimate is charged).
+//! while a request is in flight counts as a cancellation (the input estimate is charged, or
+//! what a stream had delivered).
 //!
 //! Each model of a call runs in a `chat {model}` span and is measured (duration when a request
 //! was sent, reported tokens, money charged, retries, breaker state): see
@@ -33,19 +41,20 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome, Permit};
+use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome};
 use super::cache::{CacheKey, ResponseCache};
 use super::error::{Billing, LlmError};
 use super::estimate::estimate_input;
 use super::price::{ModelPrice, PriceTable};
 use super::retry::RetryPolicy;
+use super::stream::{DeltaSink, Interruption, Received};
 use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Reservation, Settlement};
 use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
-/// unstoppable call.
+/// unstoppable call. With a [`DeltaSink`] the call streams.
 #[derive(Debug, Clone)]
 pub struct CallOptions {
     /// The accounts the call is reserved on (run -> tenant -> global).
@@ -55,21 +64,30 @@ pub struct CallOptions {
     /// Whose cached answers the call may be served and may add to (a run's tenant): an answer
     /// cached under one scope never serves another. `None` is one shared, unscoped cache.
     pub cache_scope: Option<Arc<str>>,
+    /// Where the answer's text goes as it arrives; `None`: the call does not stream.
+    pub deltas: Option<DeltaSink>,
 }
 
 impl CallOptions {
-    /// Options charging `account` and stopped by `halt`, in the unscoped cache.
+    /// Options charging `account` and stopped by `halt`, in the unscoped cache, not streaming.
     pub fn new(account: AccountPath, halt: CancellationToken) -> Self {
         CallOptions {
             account,
             halt,
             cache_scope: None,
+            deltas: None,
         }
     }
 
     /// With cached answers scoped to `scope` (a tenant): never served to another scope.
     pub fn cache_scope(mut self, scope: Arc<str>) -> Self {
         self.cache_scope = Some(scope);
+        self
+    }
+
+    /// The same options, streaming the answer's text into `sink`.
+    pub fn stream_to(mut self, sink: DeltaSink) -> Self {
+        self.deltas = Some(sink);
         self
     }
 }
@@ -283,8 +301,7 @@ struct Bill<'a> {
 }
 
 impl<'a> Bill<'a> {
-    /// The reservation of `request`: its input estimate and `max_tokens` of output.
-    fn of(request: &ChatRequest, price: &'a ModelPrice, metrics: &'a ModelMetrics) -> Self {
+    fn new(price: &'a ModelPrice, request: &ChatRequest, metrics: &'a ModelMetrics) -> Self {
         let input = estimate_input(request).tokens;
         let max_output = u64::from(request.max_tokens);
         Bill {
@@ -337,6 +354,33 @@ impl<'a> Bill<'a> {
             impossible,
         })
     }
+
+    /// An answer's outcome once its reservation is settled: usage above the reservation is an
+    /// [`LlmError::Overshoot`], usage the request makes impossible a malformed response (both
+    /// were charged); otherwise the answer with what it cost.
+    fn answered(
+        &self,
+        response: ChatResponse,
+        settlement: Option<Settlement>,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, LlmError> {
+        let usage = response.usage;
+        let impossible = impossible_usage(&usage, request, self.price);
+        if let Some(over) = self.overshoot(settlement, impossible.clone(), &request.model) {
+            return Err(over);
+        }
+        if let Some(problem) = impossible {
+            return Err(LlmError::MalformedResponse {
+                message: format!("the reported usage is impossible: {problem}"),
+                usage: Some(usage),
+            });
+        }
+        Ok(ChatResponse {
+            cost_micro_usd: Some(settlement.map_or(0, |s| s.charged.micro_usd)),
+            cache_hit: false,
+            ..response
+        })
+    }
 }
 
 /// Why `usage` cannot be true for `request`: more input than the model's context window, or
@@ -359,59 +403,59 @@ fn impossible_usage(usage: &Usage, request: &ChatRequest, price: &ModelPrice) ->
 
 /// A reservation whose request is in flight. If the call future is dropped while it is (the
 /// caller stopped awaiting it, e.g. under its own timeout or `HaltToken::run`), the request
-/// was aborted just as by a halt, so dropping charges the input estimate like a cancellation.
+/// was aborted just as by a halt, so dropping charges like a cancellation: the input estimate,
+/// or what a stream had delivered.
 struct InFlight<'a> {
     reservation: Option<Reservation>,
     bill: &'a Bill<'a>,
-    model: &'a str,
+    request: &'a ChatRequest,
+    received: Received,
 }
 
 impl InFlight<'_> {
-    fn close(&mut self, billing: Billing) -> Option<Settlement> {
+    fn close(mut self, billing: Billing) -> Option<Settlement> {
         let r = self.reservation.take()?;
         self.bill.close(r, billing)
-    }
-
-    /// Settles an answer at its reported usage. Usage above the reservation is an
-    /// [`LlmError::Overshoot`]; usage the request makes impossible is a malformed response.
-    /// Both are charged.
-    fn answered(
-        mut self,
-        request: &ChatRequest,
-        mut response: ChatResponse,
-    ) -> Result<ChatResponse, LlmError> {
-        let usage = response.usage;
-        let impossible = impossible_usage(&usage, request, self.bill.price);
-        let settlement = self.close(Billing::Usage(usage));
-        if let Some(over) = self
-            .bill
-            .overshoot(settlement, impossible.clone(), self.model)
-        {
-            return Err(over);
-        }
-        if let Some(problem) = impossible {
-            return Err(LlmError::MalformedResponse {
-                message: format!("the reported usage is impossible: {problem}"),
-                usage: Some(usage),
-            });
-        }
-        response.cost_micro_usd = Some(settlement.map_or(0, |s| s.charged.micro_usd));
-        response.cache_hit = false;
-        Ok(response)
-    }
-
-    /// Charges a failed attempt what the provider may bill; an overshoot replaces the error.
-    fn failed(mut self, err: LlmError) -> LlmError {
-        let settlement = self.close(err.billing());
-        self.bill
-            .overshoot(settlement, None, self.model)
-            .unwrap_or(err)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.close(Billing::InputEstimate);
+        if let Some(r) = self.reservation.take() {
+            let billing = if self.received.started() {
+                Billing::Usage(self.received.partial_usage(self.request))
+            } else {
+                Billing::InputEstimate
+            };
+            self.bill.close(r, billing);
+        }
+    }
+}
+
+/// What a failure says about the provider's health, for its breaker.
+fn breaker_outcome(err: &LlmError) -> Outcome {
+    if err.is_provider_failure() {
+        Outcome::Failure
+    } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. })
+        || matches!(err, LlmError::StreamInterrupted(i) if i.cause == Interruption::Halted)
+    {
+        Outcome::Neutral
+    } else {
+        Outcome::Success
+    }
+}
+
+/// Refuses a request asking for more output than the model allows.
+fn check_max_tokens(price: &ModelPrice, request: &ChatRequest) -> Result<(), LlmError> {
+    match price.max_output_tokens {
+        Some(max) if u64::from(request.max_tokens) > max => Err(LlmError::InvalidRequest {
+            status: None,
+            message: format!(
+                "`max_tokens` {} exceeds the {max} output tokens `{}` allows",
+                request.max_tokens, request.model
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -496,123 +540,125 @@ impl Inner {
         metrics: &ModelMetrics,
         sent: &mut u32,
     ) -> Result<ChatResponse, LlmError> {
-        let model = request.model.as_str();
-        check_max_tokens(request, price)?;
+        check_max_tokens(price, request)?;
         let cache_key = self
             .cache
             .as_ref()
             .and_then(|_| CacheKey::of(options.cache_scope.as_deref(), request));
-        if let Some(hit) = self.cached(cache_key.as_ref()) {
-            return Ok(hit);
+        if let (Some(cache), Some(key)) = (&self.cache, &cache_key) {
+            if let Some(mut hit) = cache.get(key) {
+                hit.cache_hit = true;
+                hit.cost_micro_usd = Some(0);
+                Received::new(options.deltas.clone()).text(&hit.content);
+                return Ok(hit);
+            }
         }
-        let bill = Bill::of(request, price, metrics);
+        let bill = Bill::new(price, request, metrics);
         let mut attempt = 0;
         // The class of the failure being retried: counted once the retry is actually sent (an
         // open breaker or a ceiling may refuse it first).
         let mut retrying: Option<&'static str> = None;
         loop {
-            if options.halt.is_cancelled() {
-                return Err(LlmError::Cancelled);
-            }
-            let permit = self.permit(model, metrics)?;
-            let in_flight = InFlight {
-                reservation: Some(options.account.reserve(bill.worst_case)?),
-                bill: &bill,
-                model,
-            };
-            *sent += 1;
-            if let Some(status_class) = retrying.take() {
-                metrics.retry(status_class);
-            }
-            let outcome = tokio::select! {
-                biased;
-                _ = options.halt.cancelled() => Err(LlmError::Cancelled),
-                result = provider.chat(request) => result,
-            };
-            let err = match outcome {
+            let sending = self.attempt(request, options, provider, &bill, sent, retrying.take());
+            let err = match sending.await {
                 Ok(response) => {
-                    permit.record(Outcome::Success);
-                    metrics.breaker(self.breakers.state(model));
-                    let response = in_flight.answered(request, response)?;
                     if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
                         cache.insert(key, response.clone());
                     }
                     return Ok(response);
                 }
-                Err(err) => in_flight.failed(err),
+                Err(err) => err,
             };
-            permit.record(breaker_outcome(&err));
-            metrics.breaker(self.breakers.state(model));
-            retrying = Some(self.wait_to_retry(attempt, err, options).await?);
+            let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
+                return Err(err);
+            };
+            retrying = Some(err.status_class());
+            tracing::debug!(model = %request.model, attempt, ?delay, error = %err, "retrying");
+            tokio::select! {
+                biased;
+                _ = options.halt.cancelled() => return Err(LlmError::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
             attempt += 1;
         }
     }
 
-    /// The breaker's permission for one attempt at `model`.
-    fn permit<'a>(
-        &'a self,
-        model: &'a str,
-        metrics: &ModelMetrics,
-    ) -> Result<Permit<'a>, LlmError> {
-        self.breakers.acquire(model).map_err(|retry_in| {
-            metrics.breaker(self.breakers.state(model));
+    /// One attempt: the breaker's permit, the reservation, the request (streamed when the
+    /// options ask) racing the halt token, and the reservation closed as the outcome says.
+    /// `retrying` is the class of the failure this attempt retries, counted once it is sent.
+    async fn attempt(
+        &self,
+        request: &ChatRequest,
+        options: &CallOptions,
+        provider: &dyn ChatModel,
+        bill: &Bill<'_>,
+        sent: &mut u32,
+        retrying: Option<&'static str>,
+    ) -> Result<ChatResponse, LlmError> {
+        if options.halt.is_cancelled() {
+            return Err(LlmError::Cancelled);
+        }
+        let model = request.model.as_str();
+        let permit = self.breakers.acquire(model).map_err(|retry_in| {
+            bill.metrics.breaker(self.breakers.state(model));
             LlmError::CircuitOpen {
                 model: model.to_owned(),
                 retry_in,
             }
-        })
-    }
-
-    /// Waits before retrying after `err` and gives its status class (counted once the retry
-    /// is sent), or gives `err` back when the policy does not retry it (or the halt token
-    /// fires while waiting: `Cancelled`).
-    async fn wait_to_retry(
-        &self,
-        attempt: u32,
-        err: LlmError,
-        options: &CallOptions,
-    ) -> Result<&'static str, LlmError> {
-        let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
-            return Err(err);
+        })?;
+        let received = Received::new(options.deltas.clone());
+        let in_flight = InFlight {
+            reservation: Some(options.account.reserve(bill.worst_case)?),
+            bill,
+            request,
+            received: received.clone(),
         };
-        tracing::debug!(attempt, ?delay, error = %err, "retrying");
-        tokio::select! {
+        *sent += 1;
+        if let Some(status_class) = retrying {
+            bill.metrics.retry(status_class);
+        }
+        let send = async {
+            match options.deltas {
+                Some(_) => provider.chat_stream(request, &received).await,
+                None => provider.chat(request).await,
+            }
+        };
+        let outcome = tokio::select! {
             biased;
             _ = options.halt.cancelled() => Err(LlmError::Cancelled),
-            _ = tokio::time::sleep(delay) => Ok(err.status_class()),
+            result = send => result,
+        };
+        let outcome = outcome.map_err(|err| interrupted(err, &received, request, bill.price));
+        let billing = match &outcome {
+            Ok(response) => Billing::Usage(response.usage),
+            Err(err) => err.billing(),
+        };
+        let settlement = in_flight.close(billing);
+        permit.record(
+            outcome
+                .as_ref()
+                .err()
+                .map_or(Outcome::Success, breaker_outcome),
+        );
+        bill.metrics.breaker(self.breakers.state(model));
+        match outcome {
+            Ok(response) => bill.answered(response, settlement, request),
+            // A failure's billed usage (a filtered or malformed answer) may pass it too.
+            Err(err) => Err(bill.overshoot(settlement, None, model).unwrap_or(err)),
         }
     }
-
-    /// A cached answer to the request with `key`, marked as such and costing nothing.
-    fn cached(&self, key: Option<&CacheKey>) -> Option<ChatResponse> {
-        let mut hit = self.cache.as_ref()?.get(key?)?;
-        hit.cache_hit = true;
-        hit.cost_micro_usd = Some(0);
-        Some(hit)
-    }
 }
 
-/// Refuses a `max_tokens` above what the model allows (nothing is reserved or sent).
-fn check_max_tokens(request: &ChatRequest, price: &ModelPrice) -> Result<(), LlmError> {
-    match price.max_output_tokens {
-        Some(max) if u64::from(request.max_tokens) > max => Err(LlmError::InvalidRequest {
-            status: None,
-            message: format!(
-                "`max_tokens` {} exceeds the {max} output tokens `{}` allows",
-                request.max_tokens, request.model
-            ),
-        }),
-        _ => Ok(()),
+/// A failure after a stream's first delta: interrupted, charged what was received.
+fn interrupted(
+    err: LlmError,
+    received: &Received,
+    request: &ChatRequest,
+    price: &ModelPrice,
+) -> LlmError {
+    if !received.started() {
+        return err;
     }
-}
-
-/// How a failed attempt counts for the model's circuit breaker.
-fn breaker_outcome(err: &LlmError) -> Outcome {
-    if err.is_provider_failure() {
-        Outcome::Failure
-    } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. }) {
-        Outcome::Neutral
-    } else {
-        Outcome::Success
-    }
+    let usage = received.partial_usage(request);
+    err.after_first_delta(received.text_so_far(), usage, price.cost(&usage))
 }
