@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
-use impresario_runtime::ledger::Charge;
+use impresario_runtime::ledger::{AccountPath, Charge};
 use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,24 @@ pub(crate) enum Recorded {
     Appended,
 }
 
+/// What a run does when its walk reaches the end of its journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtJournalEnd {
+    /// Goes on live, appending (a new or resumed run).
+    GoOnLive,
+    /// Stops: a replay must not do anything the journal did not record.
+    Stop,
+}
+
+/// Whether model answers served from the journal are charged on the ledger again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServedAnswers {
+    /// Charged: a process that starts over rebuilds its ledger this way.
+    Charged,
+    /// Free: the ledger already holds what they cost (or a replay leaves it as it was).
+    Free,
+}
+
 /// One run's journal, as its driver walks and extends it.
 pub(crate) struct RunLog {
     journal: Arc<dyn Journal>,
@@ -61,11 +79,10 @@ pub(crate) struct RunLog {
     pending: VecDeque<(Seq, Event)>,
     last_seq: Seq,
     /// A replay never appends: running past the journal is reported.
-    replay_only: bool,
+    at_end: AtJournalEnd,
     next_call: u32,
-    /// Whether answers served from the journal are charged on the ledger again (a process
-    /// that starts over rebuilds its ledger this way).
-    pub(crate) charge_replayed: bool,
+    /// Whether answers served from the journal are charged on the ledger again.
+    served: ServedAnswers,
     /// The first failure of the walk, kept for the driver (a model call only reports an error).
     failure: Option<LogError>,
 }
@@ -73,7 +90,13 @@ pub(crate) struct RunLog {
 impl RunLog {
     /// A log for a new run (nothing journaled beyond `RunSubmitted`).
     pub(crate) fn new(journal: Arc<dyn Journal>, run: RunId) -> Self {
-        Self::resumed(journal, run, Vec::new(), false, false)
+        Self::resumed(
+            journal,
+            run,
+            Vec::new(),
+            AtJournalEnd::GoOnLive,
+            ServedAnswers::Free,
+        )
     }
 
     /// A log that first walks `recorded` (the run's events after `RunSubmitted`).
@@ -81,17 +104,17 @@ impl RunLog {
         journal: Arc<dyn Journal>,
         run: RunId,
         recorded: Vec<(Seq, Event)>,
-        replay_only: bool,
-        charge_replayed: bool,
+        at_end: AtJournalEnd,
+        served: ServedAnswers,
     ) -> Self {
         RunLog {
             journal,
             run,
             last_seq: recorded.last().map_or(1, |(seq, _)| *seq),
             pending: recorded.into(),
-            replay_only,
+            at_end,
             next_call: 0,
-            charge_replayed,
+            served,
             failure: None,
         }
     }
@@ -128,7 +151,7 @@ impl RunLog {
                 }
                 .into()),
             },
-            None if self.replay_only => Err(LogError::Exhausted {
+            None if self.at_end == AtJournalEnd::Stop => Err(LogError::Exhausted {
                 last: self.last_seq,
                 found: event.kind().to_owned(),
             }),
@@ -137,11 +160,6 @@ impl RunLog {
                 Ok(Recorded::Appended)
             }
         }
-    }
-
-    /// Appends how the run ended, wherever the walk of a resumed run stopped.
-    pub(crate) async fn append_final(&mut self, event: Event) -> Result<Seq, JournalError> {
-        self.journal.append(&self.run, event).await
     }
 
     /// Takes the next journaled event if `wanted` says it is the one the run needs (a model
@@ -158,7 +176,13 @@ impl RunLog {
 
     /// Whether this is a replay, which must not do anything the journal did not record.
     pub(crate) fn replay_only(&self) -> bool {
-        self.replay_only
+        self.at_end == AtJournalEnd::Stop
+    }
+
+    /// What this log does at the journal's end, and whether it charges served answers: a
+    /// driver started again after a crash walks the journal the same way, without charging.
+    pub(crate) fn at_end(&self) -> AtJournalEnd {
+        self.at_end
     }
 
     fn next_call(&mut self) -> u32 {
@@ -312,16 +336,8 @@ impl ModelGateway {
             .await
             .map_err(not_recorded)?;
         if recorded == Recorded::Replayed {
-            if let Some(response) = serve_answer(&mut log, call, options) {
-                return Ok(response);
-            }
-            if log.replay_only() {
-                return Err(LlmError::NotRecorded {
-                    field: format!("call {call}"),
-                    detail:
-                        "the journal has the request but no answer (the run was cut off mid-call)"
-                            .into(),
-                });
+            if let Some(served) = log.served_answer(call, &options.account) {
+                return served;
             }
         }
         let before = options.account.leaf().snapshot().spent;
@@ -370,20 +386,34 @@ fn outcome_event(
     }
 }
 
-/// Serves call `call`'s journaled answer, if the journal has one, charging (when the ledger is
-/// being rebuilt) its cost and that of the aborted attempts journaled before it.
-fn serve_answer(log: &mut RunLog, call: u32, options: &CallOptions) -> Option<ChatResponse> {
-    let this_call = |e: &Event| matches!(e, Event::LlmResponse { call: c, .. } | Event::LlmAborted { call: c, .. } if *c == call);
-    while let Some(event) = log.serve(this_call) {
-        if log.charge_replayed {
-            // The truth is charged even past a ceiling lowered since.
-            options.account.record(event.charge());
+impl RunLog {
+    /// The journaled answer to model call `call` of a resumed run (charged again on `account`
+    /// when the ledger is being rebuilt, with the aborted attempts journaled before it); an
+    /// error when a replay's journal has the request but no answer; `None`: the model must be
+    /// called.
+    fn served_answer(
+        &mut self,
+        call: u32,
+        account: &AccountPath,
+    ) -> Option<Result<ChatResponse, LlmError>> {
+        let this_call = |e: &Event| matches!(e, Event::LlmResponse { call: c, .. } | Event::LlmAborted { call: c, .. } if *c == call);
+        while let Some(event) = self.serve(this_call) {
+            if self.served == ServedAnswers::Charged {
+                // The truth is charged even past a ceiling lowered since.
+                account.record(event.charge());
+            }
+            if let Event::LlmResponse { response, .. } = event {
+                return Some(Ok(response));
+            }
         }
-        if let Event::LlmResponse { response, .. } = event {
-            return Some(response);
-        }
+        self.replay_only().then(|| {
+            Err(LlmError::NotRecorded {
+                field: format!("call {call}"),
+                detail: "the journal has the request but no answer (the run was cut off mid-call)"
+                    .into(),
+            })
+        })
     }
-    None
 }
 
 fn not_recorded(e: LogError) -> LlmError {

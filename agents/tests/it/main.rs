@@ -8,3 +8,4 @@ mod loopback;
 mod memory;
 mod money;
 mod runs;
+mod supervised_driver;
