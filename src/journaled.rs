@@ -55,7 +55,9 @@ pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
     let (mut status, mut state) = (RunStatus::Active, Value::Null);
     for entry in entries {
         match &entry.event {
-            RunEvent::LlmResponse { .. } | RunEvent::LlmAborted { .. } => {
+            RunEvent::LlmResponse { .. }
+            | RunEvent::LlmInterrupted { .. }
+            | RunEvent::LlmAborted { .. } => {
                 spent = spent + entry.event.charge();
             }
             RunEvent::StepStarted { step, detail, .. } => {

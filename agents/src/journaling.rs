@@ -10,11 +10,15 @@ use std::sync::Arc;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
 use impresario_runtime::ledger::{AccountPath, Charge};
-use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
+use impresario_runtime::llm::{
+    CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interruption, LlmError,
+};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::run::RunEvent;
 
 /// Where a run's behaviour first differs from its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -298,23 +302,38 @@ fn cut(text: &str) -> String {
 
 /// How a run's agents call models: through the LLM client, each request and answer journaled
 /// before the run goes on, and served from the journal when the run is resumed or replayed.
+/// A streaming run's answers reach its events as [`RunEvent::Delta`]s while they arrive.
 #[derive(Clone)]
 pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
+    deltas: Option<broadcast::Sender<RunEvent>>,
     /// The run's halt token: an overshoot halts the run at once, whichever agent made the call.
     halt: HaltToken,
 }
 
 impl ModelGateway {
+    /// A gateway journaling into `log`, not streaming, halting the run through `halt`.
     pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>, halt: HaltToken) -> Self {
-        ModelGateway { client, log, halt }
+        ModelGateway {
+            client,
+            log,
+            deltas: None,
+            halt,
+        }
+    }
+
+    /// The same gateway, streaming its calls' text into `events` as [`RunEvent::Delta`]s.
+    pub(crate) fn streaming_to(mut self, events: broadcast::Sender<RunEvent>) -> Self {
+        self.deltas = Some(events);
+        self
     }
 
     /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served
     /// without a network call (charged again only when the ledger is being rebuilt after a
-    /// restart). What a call that brings no answer was charged (a halt, a timeout, an
-    /// overshoot) is journaled as [`Event::LlmAborted`], so the run's usage survives a restart.
+    /// restart). A streamed answer cut short is journaled as `llm_interrupted`, any other call
+    /// that ends without an answer but was charged (halted, timed out, an overshoot) as
+    /// `llm_aborted`, each with its cost, so the run's usage survives a restart.
     pub async fn chat(
         &self,
         step: u32,
@@ -340,40 +359,65 @@ impl ModelGateway {
                 return served;
             }
         }
+        let options = self.streaming(step, options);
         let before = options.account.leaf().snapshot().spent;
-        let result = self
+        let answer = self
             .client
-            .chat_with_fallbacks(request, fallbacks, options)
+            .chat_with_fallbacks(request, fallbacks, &options)
             .await;
         let spent = options.account.leaf().snapshot().spent;
         let charged = spent.saturating_sub(before);
-        if let Err(e @ LlmError::Overshoot { .. }) = &result {
+        if let Err(e @ LlmError::Overshoot { .. }) = &answer {
             let run = HaltScope::Run(log.run.to_string());
             let halt = Halt::new(run, HaltMode::Immediate, HaltReason::Overshoot);
             self.halt.halt(halt.with_detail(e.to_string()));
         }
-        if let Some(event) = outcome_event(step, call, &result, charged) {
+        if let Some(event) = outcome_event(step, call, &answer, charged) {
             log.record(event).await.map_err(not_recorded)?;
         }
-        result
+        answer
+    }
+
+    /// `options`, streaming into the run's events when the run streams.
+    fn streaming(&self, step: u32, options: &CallOptions) -> CallOptions {
+        let Some(events) = self.deltas.clone() else {
+            return options.clone();
+        };
+        options.clone().stream_to(DeltaSink::new(move |text: &str| {
+            let _ = events.send(RunEvent::Delta {
+                step,
+                text: text.to_owned(),
+            });
+        }))
     }
 }
 
-/// What the journal keeps of a call made live: its answer and what the call was charged (the
-/// failed attempts before it included), or what a call without an answer was charged (none
-/// if nothing).
+/// What the journal keeps of a call made live, with what the ledger charged for it (failed
+/// attempts before it included): its answer; a streamed answer cut short; or, for any other
+/// call without an answer that cost something, its cost (none if nothing was charged).
 fn outcome_event(
     step: u32,
     call: u32,
-    result: &Result<ChatResponse, LlmError>,
+    answer: &Result<ChatResponse, LlmError>,
     charged: Charge,
 ) -> Option<Event> {
-    match result {
+    match answer {
         Ok(response) => Some(Event::LlmResponse {
             step,
             call,
             response: response.clone(),
             cost_micro_usd: charged.micro_usd,
+        }),
+        Err(LlmError::StreamInterrupted(cut)) => Some(Event::LlmInterrupted {
+            step,
+            call,
+            content: cut.content.clone(),
+            usage: cut.usage,
+            cost_micro_usd: charged.micro_usd,
+            cause: match &cut.cause {
+                Interruption::Halted => "halted".into(),
+                Interruption::Broken(why) => why.clone(),
+            },
         }),
         Err(_) if charged.is_zero() => None,
         Err(e) => Some(Event::LlmAborted {
@@ -388,15 +432,19 @@ fn outcome_event(
 
 impl RunLog {
     /// The journaled answer to model call `call` of a resumed run (charged again on `account`
-    /// when the ledger is being rebuilt, with the aborted attempts journaled before it); an
-    /// error when a replay's journal has the request but no answer; `None`: the model must be
-    /// called.
+    /// when the ledger is being rebuilt, with the attempts of it journaled as cut short or
+    /// aborted); an error when a replay's journal has the request but no answer; `None`: the
+    /// model must be called.
     fn served_answer(
         &mut self,
         call: u32,
         account: &AccountPath,
     ) -> Option<Result<ChatResponse, LlmError>> {
-        let this_call = |e: &Event| matches!(e, Event::LlmResponse { call: c, .. } | Event::LlmAborted { call: c, .. } if *c == call);
+        let this_call = |e: &Event| {
+            matches!(e, Event::LlmResponse { call: c, .. }
+                | Event::LlmInterrupted { call: c, .. }
+                | Event::LlmAborted { call: c, .. } if *c == call)
+        };
         while let Some(event) = self.serve(this_call) {
             if self.served == ServedAnswers::Charged {
                 // The truth is charged even past a ceiling lowered since.

@@ -37,8 +37,9 @@ use crate::services::{executor_id, memory_id, planner_id, run_supervisor_id, Ser
 use crate::team::Team;
 use crate::tool::ToolRegistry;
 
-/// Events a run's subscriber may fall behind by before it loses the oldest.
-pub const RUN_EVENT_CAPACITY: usize = 64;
+/// Events a run's subscriber may fall behind by before it loses the oldest (room for the
+/// deltas of a streamed answer between two reads).
+pub const RUN_EVENT_CAPACITY: usize = 512;
 
 /// Why a run was not accepted. Nothing was started.
 #[derive(Debug, thiserror::Error)]

@@ -22,11 +22,11 @@ use serde_json::{json, Value};
 use crate::loopback::{fake_openai, http_client, prices};
 
 #[derive(Deserialize, JsonSchema)]
-struct Query {
+pub(crate) struct Query {
     q: String,
 }
 
-struct Search;
+pub(crate) struct Search;
 impl Tool for Search {
     type Args = Query;
     fn name(&self) -> &str {
@@ -59,11 +59,11 @@ impl Tool for FirstSlow {
     }
 }
 
-fn plan(steps: Value) -> String {
+pub(crate) fn plan(steps: Value) -> String {
     json!({ "steps": steps }).to_string()
 }
 
-fn search_then_answer() -> [String; 2] {
+pub(crate) fn search_then_answer() -> [String; 2] {
     [
         plan(json!([{ "type": "tool_call", "tool": "search", "arguments": { "q": "rust" } }])),
         plan(json!([{ "type": "final_answer", "answer": "2015" }])),

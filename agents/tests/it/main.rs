@@ -8,4 +8,5 @@ mod loopback;
 mod memory;
 mod money;
 mod runs;
+mod streamed_runs;
 mod supervised_driver;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{JournalEntry, JournalError, RunStatus, Seq};
 use crate::halt::Halt;
 use crate::ledger::{Charge, MicroUsd};
-use crate::llm::{ChatRequest, ChatResponse};
+use crate::llm::{ChatRequest, ChatResponse, Usage};
 use crate::RunId;
 
 /// The event encoding this build writes, and the newest it reads.
@@ -18,7 +18,8 @@ use crate::RunId;
 /// then upgrades older events while decoding. An event with a newer version is refused with
 /// [`JournalError::NewerEvent`], never guessed at.
 ///
-/// Version 2 adds [`RunEvent::LlmAborted`]; version 1 events read as they are.
+/// Version 2 added [`RunEvent::LlmInterrupted`] and [`RunEvent::LlmAborted`]; version 1 events
+/// read unchanged.
 pub const EVENT_VERSION: u32 = 2;
 
 /// One thing that happened in a run, as journaled.
@@ -75,6 +76,22 @@ pub enum RunEvent {
         response: ChatResponse,
         /// What the call cost, settled on the ledger.
         cost_micro_usd: MicroUsd,
+    },
+    /// A streamed answer was cut short after its first delta (halted, or broken by the
+    /// provider). Its partial text was delivered and charged; a resumed run asks again.
+    LlmInterrupted {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step (as in its [`RunEvent::LlmRequest`]).
+        call: u32,
+        /// The text delivered before it ended.
+        content: String,
+        /// The tokens charged: input plus the output received.
+        usage: Usage,
+        /// What was charged for them, settled on the ledger.
+        cost_micro_usd: MicroUsd,
+        /// `halted`, or what broke the stream.
+        cause: String,
     },
     /// A model call ended without an answer (halted, timed out, refused as malformed, or
     /// over its reservation) but cost money: what the ledger charged for it, so that the run's
@@ -196,6 +213,7 @@ impl RunEvent {
             RunEvent::StepStarted { .. } => "step_started",
             RunEvent::LlmRequest { .. } => "llm_request",
             RunEvent::LlmResponse { .. } => "llm_response",
+            RunEvent::LlmInterrupted { .. } => "llm_interrupted",
             RunEvent::LlmAborted { .. } => "llm_aborted",
             RunEvent::ToolCallIntent { .. } => "tool_call_intent",
             RunEvent::ToolResult { .. } => "tool_result",
@@ -231,6 +249,16 @@ impl RunEvent {
             } => Charge {
                 micro_usd: *cost_micro_usd,
                 tokens: response.usage.total_tokens(),
+                model_calls: 1,
+                steps: 0,
+            },
+            RunEvent::LlmInterrupted {
+                cost_micro_usd,
+                usage,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: usage.total_tokens(),
                 model_calls: 1,
                 steps: 0,
             },

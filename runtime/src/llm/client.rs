@@ -41,7 +41,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome};
+use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome, Permit};
 use super::cache::{CacheKey, ResponseCache};
 use super::error::{Billing, LlmError};
 use super::estimate::estimate_input;
@@ -583,6 +583,21 @@ impl Inner {
         }
     }
 
+    /// The breaker's permit to send to `model`, or why not.
+    fn permit<'a>(
+        &'a self,
+        model: &'a str,
+        metrics: &ModelMetrics,
+    ) -> Result<Permit<'a>, LlmError> {
+        self.breakers.acquire(model).map_err(|retry_in| {
+            metrics.breaker(self.breakers.state(model));
+            LlmError::CircuitOpen {
+                model: model.to_owned(),
+                retry_in,
+            }
+        })
+    }
+
     /// One attempt: the breaker's permit, the reservation, the request (streamed when the
     /// options ask) racing the halt token, and the reservation closed as the outcome says.
     /// `retrying` is the class of the failure this attempt retries, counted once it is sent.
@@ -599,13 +614,7 @@ impl Inner {
             return Err(LlmError::Cancelled);
         }
         let model = request.model.as_str();
-        let permit = self.breakers.acquire(model).map_err(|retry_in| {
-            bill.metrics.breaker(self.breakers.state(model));
-            LlmError::CircuitOpen {
-                model: model.to_owned(),
-                retry_in,
-            }
-        })?;
+        let permit = self.permit(model, bill.metrics)?;
         let received = Received::new(options.deltas.clone());
         let in_flight = InFlight {
             reservation: Some(options.account.reserve(bill.worst_case)?),
