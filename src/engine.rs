@@ -59,11 +59,13 @@ impl Engine {
             // Connected and listed now: a server that does not start stops the start, named.
             tools.provide(McpServer::start(server).await?)?;
         }
+        let ledger = Ledger::new();
+        ledger.set_ceilings(config.budget.ceilings());
         let orchestrator = Orchestrator::with(
             &runtime,
             client.clone(),
             tools,
-            Ledger::new(),
+            ledger,
             OrchestratorConfig {
                 journal,
                 ..OrchestratorConfig::default()
@@ -99,14 +101,7 @@ impl Engine {
         self.orchestrator
             .ledger()
             .account(&account)
-            .map(|a| {
-                let spent = a.snapshot().spent;
-                RunUsage {
-                    micro_usd: spent.micro_usd,
-                    tokens: spent.tokens,
-                    model_calls: spent.model_calls,
-                }
-            })
+            .map(|a| RunUsage::from(a.snapshot().spent))
             .unwrap_or_default()
     }
 }
