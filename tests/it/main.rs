@@ -13,3 +13,4 @@ mod otlp;
 mod provider;
 mod service;
 mod support;
+mod tools;
