@@ -9,5 +9,6 @@ mod metrics;
 mod models;
 mod ops;
 mod provider;
+mod redaction;
 mod service;
 mod support;
