@@ -151,7 +151,7 @@ mod tests {
         register("short");
         register_url("https://alice:pa55word-xyz@example.com/v1");
         let text = "key sk-unit-test-0123456789; short; pa55word-xyz; \
-                    https://bob:hunter2@h.example/x; Authorization: Bearer abc.def-123456; \
+                    https://bob:hunter2@h.example/x; Authorization: Bearer abc.def-123456; token Bearer q1w2e3r4t5; \
                     Basic YWxpY2U6cGE1NXdvcmQteHl6; {\"api_key\": \"zzzzzzzz\"}; x-api-key: k-1234567";
         let clean = redact(text);
         for secret in [
@@ -159,6 +159,7 @@ mod tests {
             "pa55word-xyz",
             "hunter2",
             "abc.def-123456",
+            "q1w2e3r4t5",
             "YWxpY2U6cGE1NXdvcmQteHl6",
             "zzzzzzzz",
             "k-1234567",
@@ -170,7 +171,7 @@ mod tests {
             "too short to be a registered secret: {clean}"
         );
         assert!(clean.contains("https://<redacted>@h.example/x"), "{clean}");
-        assert!(clean.contains("Bearer <redacted>"), "{clean}");
+        assert!(clean.contains("token Bearer <redacted>"), "{clean}");
     }
 
     #[test]
