@@ -12,3 +12,4 @@ mod provider;
 mod redaction;
 mod service;
 mod support;
+mod tools;
