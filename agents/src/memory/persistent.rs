@@ -30,6 +30,9 @@ const SCHEMA: &str = "
     CREATE VIRTUAL TABLE IF NOT EXISTS memory_text USING fts5 (text, tokenize = 'unicode61');
 ";
 
+/// Recall matches at most this many distinct words of its query (the first ones).
+pub const MAX_QUERY_TERMS: usize = 32;
+
 /// How much long-term memory each tenant keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -126,8 +129,19 @@ impl MemoryDb {
         query: &str,
         k: usize,
     ) -> Result<Vec<Recalled>, MemoryError> {
-        // Every word quoted, any of them matching: no FTS5 syntax reaches the query.
-        let terms: Vec<String> = tokenize(query).map(|t| format!("\"{t}\"")).collect();
+        // Every word quoted, any of them matching: no FTS5 syntax reaches the query. A long
+        // query (a 20 KB goal) is cut to its first distinct words: an OR of thousands of terms
+        // costs seconds per recall.
+        let mut terms: Vec<String> = Vec::new();
+        for term in tokenize(query) {
+            let quoted = format!("\"{term}\"");
+            if !terms.contains(&quoted) {
+                terms.push(quoted);
+            }
+            if terms.len() == MAX_QUERY_TERMS {
+                break;
+            }
+        }
         let conn = self.lock();
         let mut statement = conn
             .prepare_cached(
