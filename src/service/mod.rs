@@ -4,7 +4,8 @@
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
 //! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`; and, without the token,
-//! `GET /metrics`, `/healthz`, `/readyz` ([`probes`]).
+//! `GET /metrics`, `/healthz`, `/readyz` ([`probes`]). The operator console is served at
+//! `/ui` ([`console`]: HTML pages behind a session cookie got by signing in with the token).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
@@ -15,6 +16,7 @@
 
 mod auth;
 mod body;
+mod console;
 mod errors;
 mod probes;
 mod routes;
@@ -48,6 +50,7 @@ pub struct State {
     draining: Arc<AtomicBool>,
     exposition: MetricsHandle,
     health: Health,
+    console: console::Console,
 }
 
 impl State {
@@ -69,61 +72,27 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
-    let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
-    if let Some(policy) = config.journal.retention() {
-        // Weak: the last holder of the journal closes it at shutdown, and this task must not
-        // be that holder.
-        let journal = Arc::downgrade(engine.orchestrator.journal());
-        let every = config.journal.retention_interval();
-        // The journal file must not grow without bound: retention deletes old ended runs and
-        // compacts the file, once now and then at every interval.
-        actix_web::rt::spawn(async move {
-            loop {
-                let Some(open) = journal.upgrade() else {
-                    return;
-                };
-                let applied = open.apply_retention(&policy).await;
-                drop(open);
-                match applied {
-                    Ok(report) if report.runs_deleted > 0 => tracing::info!(
-                        runs = report.runs_deleted,
-                        bytes_before = report.bytes_before,
-                        bytes_after = report.bytes_after,
-                        "journal retention"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "journal retention failed"),
-                }
-                actix_web::rt::time::sleep(every).await;
-            }
-        });
-    }
+    spawn_retention(&config, &engine);
     let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
-        engine,
         runs: Runs::default(),
         token,
         body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
         draining,
         exposition,
+        console: console::Console::start(&engine.runtime),
+        engine,
     });
-    for handle in recovered {
-        let entries = state.engine.orchestrator.journal().read(handle.id())?;
-        let (tenant, goal) = match entries.first().map(|e| &e.event) {
-            Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
-            _ => (String::new(), String::new()),
-        };
-        tracing::info!(run = %handle.id(), "resumed a run cut off by a crash");
-        state.track(handle, tenant, goal);
-    }
+    track_recovered(&state, recovered)?;
     let app_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
             .configure(routes::configure)
             .configure(probes::configure)
+            .configure(console::configure)
             .default_service(web::to(|| async {
                 Err::<String, _>(ApiError::unknown_route())
             }))
@@ -141,7 +110,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let address = server.addrs()[0];
     println!("listening on http://{address}");
     std::io::stdout().flush()?;
-    tracing::info!(%address, %models, "serving");
+    tracing::info!(%address, models = %state.engine.models_description, "serving");
     let server = server.run();
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);
@@ -152,19 +121,70 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     handle.stop(true).await;
     serving.await??;
     state.engine.runtime.shutdown(DRAIN_GRACE).await;
-    // The last holder of the journal closes it: what is queued is written, the WAL is folded
-    // into the file.
-    let journal = Arc::downgrade(state.engine.orchestrator.journal());
-    drop(state);
-    let journal = if journal.upgrade().is_none() {
-        "closed"
-    } else {
-        "still in use (it closes at exit; every acknowledged event is already durable)"
-    };
+    let journal = close_journal(state);
     eprintln!(
         "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
     );
     Ok(())
+}
+
+/// Drops the service's state; the last holder of the journal closes it (what is queued is
+/// written, the WAL is folded into the file). Says whether it closed.
+fn close_journal(state: web::Data<State>) -> &'static str {
+    let journal = Arc::downgrade(state.engine.orchestrator.journal());
+    drop(state);
+    if journal.upgrade().is_none() {
+        "closed"
+    } else {
+        "still in use (it closes at exit; every acknowledged event is already durable)"
+    }
+}
+
+/// Tracks the runs [`recover`] resumed, with their tenant and goal from the journal.
+fn track_recovered(state: &State, recovered: Vec<RunHandle>) -> Result<(), JournalError> {
+    for handle in recovered {
+        let entries = state.engine.orchestrator.journal().read(handle.id())?;
+        let (tenant, goal) = match entries.first().map(|e| &e.event) {
+            Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
+            _ => (String::new(), String::new()),
+        };
+        tracing::info!(run = %handle.id(), "resumed a run cut off by a crash");
+        state.track(handle, tenant, goal);
+    }
+    Ok(())
+}
+
+/// Applies journal retention now and at every interval, when the configuration sets one.
+fn spawn_retention(config: &Config, engine: &Engine) {
+    let Some(policy) = config.journal.retention() else {
+        return;
+    };
+    // Weak: the last holder of the journal closes it at shutdown, and this task must not
+    // be that holder.
+    let journal = Arc::downgrade(engine.orchestrator.journal());
+    let every = config.journal.retention_interval();
+    // The journal file must not grow without bound: retention deletes old ended runs and
+    // compacts the file, once now and then at every interval.
+    actix_web::rt::spawn(async move {
+        loop {
+            let Some(open) = journal.upgrade() else {
+                return;
+            };
+            let applied = open.apply_retention(&policy).await;
+            drop(open);
+            match applied {
+                Ok(report) if report.runs_deleted > 0 => tracing::info!(
+                    runs = report.runs_deleted,
+                    bytes_before = report.bytes_before,
+                    bytes_after = report.bytes_after,
+                    "journal retention"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "journal retention failed"),
+            }
+            actix_web::rt::time::sleep(every).await;
+        }
+    });
 }
 
 /// Resumes the runs a crash cut off (journaled as active); halted ones wait for
