@@ -44,6 +44,11 @@ pub struct Server {
     /// On SIGTERM, how long running runs get to finish their current step before they are
     /// halted immediately.
     pub drain_timeout_secs: u64,
+    /// A request body still arriving after this many seconds gets 408 and its connection is
+    /// closed.
+    pub body_timeout_secs: u64,
+    /// An event stream with nothing to say for this many seconds sends a keep-alive comment.
+    pub sse_keepalive_secs: u64,
 }
 
 impl Default for Server {
@@ -54,6 +59,8 @@ impl Default for Server {
             token_file: None,
             body_limit_bytes: 64 * 1024,
             drain_timeout_secs: 30,
+            body_timeout_secs: 10,
+            sse_keepalive_secs: 15,
         }
     }
 }
@@ -160,6 +167,16 @@ impl Server {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
+    /// How long a request body may take to arrive.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
+
+    /// How often a quiet event stream sends a keep-alive comment.
+    pub fn sse_keepalive(&self) -> Duration {
+        Duration::from_secs(self.sse_keepalive_secs)
+    }
+
     /// The bearer token, from `token` or `token_file`; serving needs one.
     pub fn bearer_token(&self) -> Result<String, ConfigError> {
         let (key, token) = match (&self.token, &self.token_file) {
@@ -220,6 +237,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "token_file", Kind::Text),
     ("server", "body_limit_bytes", Kind::Integer),
     ("server", "drain_timeout_secs", Kind::Integer),
+    ("server", "body_timeout_secs", Kind::Integer),
+    ("server", "sse_keepalive_secs", Kind::Integer),
     ("runs", "budget_usd", Kind::Number),
     ("runs", "max_steps", Kind::Integer),
     ("runs", "tools", Kind::Names),
@@ -341,6 +360,14 @@ impl Config {
                 "journal.retention_interval_secs",
                 "is 0; retention needs an interval (e.g. 3600)",
             ));
+        }
+        for (key, secs) in [
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("server.sse_keepalive_secs", self.server.sse_keepalive_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(key, "is 0; use 1 second or more"));
+            }
         }
         if self.server.body_limit_bytes == 0 {
             return Err(invalid(

@@ -45,7 +45,7 @@ async fn a_run_moves_the_scraped_metrics_by_exactly_what_it_used() {
     assert_eq!(ready.status(), 200);
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(ready["ready"], true);
-    assert_eq!(ready["checks"][0]["name"], "models_available");
+    assert_eq!(ready["checks"][0]["name"], "journal_writable");
 
     // The semantic health check asks once at startup; wait for it so it is not counted below.
     let model = [("model", example::HEALTH_MODEL)];

@@ -94,7 +94,6 @@ impl Driver {
             Ok(never) => match never {},
             Err(End(state)) => state,
         };
-        self.set(state.clone());
         self.finish(state).await
     }
 
@@ -904,12 +903,15 @@ impl Driver {
         let outcome = match &state {
             RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
             RunState::Halted { .. } => TelemetryOutcome::Halted,
+            RunState::CeilingReached { .. } => TelemetryOutcome::CeilingReached,
             _ => TelemetryOutcome::Failed,
         };
         inner
             .runtime
             .metrics()
             .run_finished(outcome, self.started.elapsed());
+        // Published last: whoever sees the run's end sees it journaled, released and counted.
+        self.set(state.clone());
         RunResult {
             run: self.run,
             state,

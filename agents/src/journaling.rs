@@ -1,8 +1,8 @@
-//! A run's journal as its driver writes it (DESIGN contract 4): every event is durable before
-//! the run goes on. A resumed or replayed run is driven by the same code from the start: its
-//! [`RunLog`] walks the events already journaled, checks that the run does the same again, and
-//! serves what they recorded (model answers, tool results, decisions) instead of repeating
-//! them; past the journal's end a resumed run goes on live, a replay stops.
+//! A run's journal as its driver writes it (docs/ARCHITECTURE.md, contract 4): every event is
+//! durable before the run goes on. A resumed or replayed run is driven by the same code from the
+//! start: its [`RunLog`] walks the events already journaled, checks that the run does the same
+//! again, and serves what they recorded (model answers, tool results, decisions) instead of
+//! repeating them; past the journal's end a resumed run goes on live, a replay stops.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -3,9 +3,10 @@
 //! Routes (all under the bearer token, see [`routes`]): `POST /v1/runs`, `GET /v1/runs`,
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
-//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`; and, without the token,
-//! `GET /metrics`, `/healthz`, `/readyz` ([`probes`]). The operator console is served at
-//! `/ui` ([`console`]: HTML pages behind a session cookie got by signing in with the token).
+//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `POST /v1/halt/lift`; and, without
+//! the token, `GET`/`HEAD` `/metrics`, `/healthz`, `/readyz` ([`probes`]). The operator
+//! console is served at `/ui` ([`console`]: HTML pages behind a session cookie got by signing
+//! in with the token).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
@@ -17,6 +18,7 @@
 mod auth;
 mod body;
 mod console;
+mod cursor;
 mod errors;
 mod probes;
 mod routes;
@@ -46,7 +48,8 @@ pub struct State {
     engine: Engine,
     runs: Runs,
     token: String,
-    body_limit: usize,
+    body_limit: body::Limits,
+    sse_keepalive: Duration,
     draining: Arc<AtomicBool>,
     exposition: MetricsHandle,
     health: Health,
@@ -72,19 +75,10 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
+    let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
     spawn_retention(&config, &engine);
-    let draining = Arc::new(AtomicBool::new(false));
-    let state = web::Data::new(State {
-        health: probes::health(&engine, draining.clone()),
-        runs: Runs::default(),
-        token,
-        body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
-        draining,
-        exposition,
-        console: console::Console::start(&engine.runtime),
-        engine,
-    });
+    let state = shared_state(&config, engine, exposition, token);
     track_recovered(&state, recovered)?;
     let app_state = state.clone();
     let server = HttpServer::new(move || {
@@ -110,7 +104,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let address = server.addrs()[0];
     println!("listening on http://{address}");
     std::io::stdout().flush()?;
-    tracing::info!(%address, models = %state.engine.models_description, "serving");
+    tracing::info!(%address, %models, "serving");
     let server = server.run();
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);
@@ -121,40 +115,23 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     handle.stop(true).await;
     serving.await??;
     state.engine.runtime.shutdown(DRAIN_GRACE).await;
-    let journal = close_journal(state);
+    // The last holder of the journal closes it: what is queued is written, the WAL is folded
+    // into the file.
+    let journal = Arc::downgrade(state.engine.orchestrator.journal());
+    drop(state);
+    let journal = if journal.upgrade().is_none() {
+        "closed"
+    } else {
+        "still in use (it closes at exit; every acknowledged event is already durable)"
+    };
     eprintln!(
         "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
     );
     Ok(())
 }
 
-/// Drops the service's state; the last holder of the journal closes it (what is queued is
-/// written, the WAL is folded into the file). Says whether it closed.
-fn close_journal(state: web::Data<State>) -> &'static str {
-    let journal = Arc::downgrade(state.engine.orchestrator.journal());
-    drop(state);
-    if journal.upgrade().is_none() {
-        "closed"
-    } else {
-        "still in use (it closes at exit; every acknowledged event is already durable)"
-    }
-}
-
-/// Tracks the runs [`recover`] resumed, with their tenant and goal from the journal.
-fn track_recovered(state: &State, recovered: Vec<RunHandle>) -> Result<(), JournalError> {
-    for handle in recovered {
-        let entries = state.engine.orchestrator.journal().read(handle.id())?;
-        let (tenant, goal) = match entries.first().map(|e| &e.event) {
-            Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
-            _ => (String::new(), String::new()),
-        };
-        tracing::info!(run = %handle.id(), "resumed a run cut off by a crash");
-        state.track(handle, tenant, goal);
-    }
-    Ok(())
-}
-
-/// Applies journal retention now and at every interval, when the configuration sets one.
+/// Applies journal retention now and then every `journal.retention_interval_secs`, if the
+/// configuration limits anything.
 fn spawn_retention(config: &Config, engine: &Engine) {
     let Some(policy) = config.journal.retention() else {
         return;
@@ -185,6 +162,44 @@ fn spawn_retention(config: &Config, engine: &Engine) {
             actix_web::rt::time::sleep(every).await;
         }
     });
+}
+
+/// What the handlers share, from the configuration and the started engine.
+fn shared_state(
+    config: &Config,
+    engine: Engine,
+    exposition: MetricsHandle,
+    token: String,
+) -> web::Data<State> {
+    let draining = Arc::new(AtomicBool::new(false));
+    web::Data::new(State {
+        health: probes::health(&engine, draining.clone()),
+        runs: Runs::default(),
+        token,
+        body_limit: body::Limits {
+            bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
+            read_timeout: config.server.body_timeout(),
+        },
+        sse_keepalive: config.server.sse_keepalive(),
+        draining,
+        exposition,
+        console: console::Console::start(&engine.runtime),
+        engine,
+    })
+}
+
+/// Tracks the runs recovery resumed, with their tenant and goal from the journal.
+fn track_recovered(state: &State, recovered: Vec<RunHandle>) -> Result<(), JournalError> {
+    for handle in recovered {
+        let entries = state.engine.orchestrator.journal().read(handle.id())?;
+        let (tenant, goal) = match entries.first().map(|e| &e.event) {
+            Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
+            _ => (String::new(), String::new()),
+        };
+        tracing::info!(run = %handle.id(), "resumed a run cut off by a crash");
+        state.track(handle, tenant, goal);
+    }
+    Ok(())
 }
 
 /// Resumes the runs a crash cut off (journaled as active); halted ones wait for

@@ -10,7 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use impresario::agents::{Autonomy, Budget, ResumeError, RunEvent, RunState};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
-use impresario::runtime::journal::{RunEvent as Journaled, RunFilter};
+use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunSummary};
 use impresario::runtime::RunId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
-use super::{auth, sse, State};
+use super::{auth, cursor, sse, State};
 use crate::journaled;
 
 /// How long a graceful halt that names no `deadline_secs` lets the current step run.
@@ -39,7 +39,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .service(web::resource("/runs/{id}/halt").route(web::post().to(halt_run)))
             .service(web::resource("/runs/{id}/resume").route(web::post().to(resume)))
             .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
-            .service(web::resource("/halt").route(web::post().to(halt))),
+            .service(web::resource("/halt").route(web::post().to(halt)))
+            .service(web::resource("/halt/lift").route(web::post().to(lift))),
     );
 }
 
@@ -87,43 +88,64 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     tenant: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
-/// `GET /v1/runs[?tenant=...]` -> `{"runs": [...]}`, oldest first: every journaled run (of
-/// this process and earlier ones, [`journaled::listed`]), with `goal`, `state` and `usage`
-/// for the runs this process started or resumed.
+/// A page of `GET /v1/runs` has this many runs unless `limit` says otherwise.
+const PAGE: usize = 100;
+/// The largest `limit`.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/runs[?tenant=...][&limit=N][&after=CURSOR]` -> `{"runs": [...], "next": CURSOR |
+/// null}`: a page of the journaled runs (of this process and earlier ones,
+/// [`journaled::listed`]), oldest first, with `goal`, `state` and `usage` live for the runs this
+/// process started or resumed. `next` continues after the page's last run (the order is stable:
+/// runs started later come later), `null` on the last page.
 async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::invalid("query", e))?;
-    let mut filter = RunFilter::all();
+    let limit = query.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("{limit} is out of range; use 1 to {MAX_PAGE}"),
+        ));
+    }
+    let mut filter = RunFilter::all().limit(limit + 1);
     if let Some(tenant) = &query.tenant {
         filter = filter.tenant(tenant.clone());
     }
-    let runs = listed_runs(&state, &filter)?;
-    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
-}
-
-/// The runs `filter` selects, oldest first, as `GET /v1/runs` lists them: every journaled run,
-/// with `goal`, `state` and `usage` for the runs this process started or resumed.
-pub(super) fn listed_runs(state: &State, filter: &RunFilter) -> Result<Vec<Value>, ApiError> {
-    let journaled = state
+    if let Some(after) = &query.after {
+        filter.after = Some(cursor::parse(after)?);
+    }
+    let mut journaled = state
         .engine
         .orchestrator
-        .runs(filter)
+        .runs(&filter)
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
-    Ok(journaled
+    let next = (journaled.len() > limit).then(|| {
+        journaled.truncate(limit);
+        journaled.last().map(cursor::of)
+    });
+    let runs: Vec<Value> = journaled
         .iter()
-        .map(|summary| {
-            let mut listed = journaled::listed(summary);
-            if let Some(run) = state.runs.get(summary.run.as_str()) {
-                let ours = tracked(state, &run);
-                for key in ["goal", "status", "state", "usage"] {
-                    listed[key] = ours[key].clone();
-                }
-            }
-            listed
-        })
-        .collect())
+        .map(|summary| listed_run(&state, summary))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": next.flatten() })))
+}
+
+/// A journaled run as `GET /v1/runs` lists it ([`journaled::listed`]), with `goal`, `state`
+/// and `usage` live when this process started or resumed it.
+pub(super) fn listed_run(state: &State, summary: &RunSummary) -> Value {
+    let mut listed = journaled::listed(summary);
+    if let Some(run) = state.runs.get(summary.run.as_str()) {
+        let ours = tracked(state, &run);
+        for key in ["goal", "status", "state", "usage"] {
+            listed[key] = ours[key].clone();
+        }
+    }
+    listed
 }
 
 /// `GET /v1/runs/{id}` -> the run ([`journaled::shown`]): as this process runs it, else as
@@ -170,7 +192,7 @@ async fn events(
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .streaming(sse::stream(run, from)))
+        .streaming(sse::stream(run, from, state.sse_keepalive)))
 }
 
 /// `POST /v1/runs/{id}/halt`: `{"mode"?: "immediate" | "graceful", "deadline_secs"?, "detail"?}`
@@ -305,22 +327,11 @@ pub(super) fn decide_step(
 
 /// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
 /// -> 202 `{"scope", "runs"}` (how many of this service's runs were running in the scope).
-/// The halt stays: the tenant's (or everyone's) new runs end halted at once until the service
-/// restarts.
+/// The halt stays: the tenant's (or everyone's) new runs end halted at once until it is lifted
+/// (`POST /v1/halt/lift`) or the service restarts.
 async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
-    let tenant: Option<String> = body.take("tenant")?;
-    let all = body.take::<bool>("all")?.unwrap_or(false);
-    let scope = match (tenant, all) {
-        (Some(tenant), false) => HaltScope::Tenant(tenant),
-        (None, true) => HaltScope::All,
-        _ => {
-            return Err(ApiError::invalid(
-                "tenant",
-                "say which runs to halt: {\"tenant\": \"<name>\"} or {\"all\": true}",
-            ))
-        }
-    };
+    let scope = standing_scope(&mut body, "halt")?;
     let halt = operator_halt(&mut body, scope.clone())?;
     body.done()?;
     let running = state
@@ -335,6 +346,45 @@ async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiErr
         .count();
     state.engine.orchestrator.halts().halt_with(halt);
     Ok(HttpResponse::Accepted().json(json!({ "scope": scope.to_string(), "runs": running })))
+}
+
+/// `POST /v1/halt/lift`: `{"tenant": "..."}` or `{"all": true}` -> 200 `{"scope", "lifted"}`
+/// (the halt that stood). New runs of the scope start again; the runs the halt stopped stay
+/// halted until each is resumed. Lifting everything keeps each tenant's own halt. 409 if the
+/// scope is not halted, or (for a tenant) while everything is.
+async fn lift(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let mut body = body::read(payload, state.body_limit).await?;
+    let scope = standing_scope(&mut body, "lift")?;
+    body.done()?;
+    let lifted = lift_standing(&state, &scope)?;
+    Ok(HttpResponse::Ok().json(json!({ "scope": scope.to_string(), "lifted": lifted })))
+}
+
+/// Lifts the standing halt of `scope` and logs it; 409 if there is none to lift.
+pub(super) fn lift_standing(state: &State, scope: &HaltScope) -> Result<Halt, ApiError> {
+    let lifted = state
+        .engine
+        .orchestrator
+        .halts()
+        .lift(scope)
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    tracing::info!(scope = %scope, reason = %lifted.reason, "halt lifted by an operator");
+    Ok(lifted)
+}
+
+/// The scope of a standing halt: `{"tenant": "..."}` or `{"all": true}`; `verb` says what the
+/// request does, for the error.
+fn standing_scope(body: &mut Fields, verb: &str) -> Result<HaltScope, ApiError> {
+    let tenant: Option<String> = body.take("tenant")?;
+    let all = body.take::<bool>("all")?.unwrap_or(false);
+    match (tenant, all) {
+        (Some(tenant), false) => Ok(HaltScope::Tenant(tenant)),
+        (None, true) => Ok(HaltScope::All),
+        _ => Err(ApiError::invalid(
+            "tenant",
+            format!("say what to {verb}: {{\"tenant\": \"<name>\"}} or {{\"all\": true}}"),
+        )),
+    }
 }
 
 /// The halt an operator's body asks for (reason `operator`).

@@ -8,5 +8,6 @@ mod browser;
 mod cli;
 mod console;
 mod metrics;
+mod ops;
 mod service;
 mod support;

@@ -568,7 +568,8 @@ fn run_and_approval_metrics_are_counted_as_recorded() {
     }
     assert_eq!(
         s.value("impresario_runs_finished_total", &[("outcome", "failed")]),
-        None
+        Some(0.0),
+        "every outcome exists from the start, at 0 until it happens"
     );
 }
 
@@ -687,8 +688,11 @@ fn check_promql(expr: &str) -> Result<(), String> {
                 let selector: String = chars[i + 1..end].iter().collect();
                 for matcher in selector.split(',').filter(|m| !m.trim().is_empty()) {
                     let label = matcher.split(['=', '!', '~']).next().unwrap().trim();
+                    // `job` and `instance` are the labels Prometheus adds to every target.
                     if !(sanitized_labels(def).iter().any(|l| l == label)
-                        || (bucket && label == "le"))
+                        || (bucket && label == "le")
+                        || label == "job"
+                        || label == "instance")
                     {
                         return Err(format!("{word} has no label {label:?}"));
                     }

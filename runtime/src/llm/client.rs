@@ -445,6 +445,9 @@ impl Inner {
             metrics,
         };
         let mut attempt = 0;
+        // The class of the failure being retried: counted once the retry is actually sent (an
+        // open breaker or a ceiling may refuse it first).
+        let mut retrying: Option<&'static str> = None;
         loop {
             if options.halt.is_cancelled() {
                 return Err(LlmError::Cancelled);
@@ -462,6 +465,9 @@ impl Inner {
                 model,
             };
             *sent += 1;
+            if let Some(status_class) = retrying.take() {
+                metrics.retry(status_class);
+            }
             let outcome = tokio::select! {
                 biased;
                 _ = options.halt.cancelled() => Err(LlmError::Cancelled),
@@ -493,7 +499,7 @@ impl Inner {
             let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
                 return Err(err);
             };
-            metrics.retry(err.status_class());
+            retrying = Some(err.status_class());
             tracing::debug!(model, attempt, ?delay, error = %err, "retrying");
             tokio::select! {
                 biased;

@@ -204,12 +204,7 @@ pub async fn lift_tenant(
     form: web::Form<Action>,
 ) -> Result<HttpResponse, ConsoleError> {
     let (_, tenant) = admin_on_tenant(&state, &request, &form)?;
-    state
-        .engine
-        .orchestrator
-        .halts()
-        .resume_tenant(&tenant)
-        .map_err(|e| ConsoleError::new(StatusCode::CONFLICT, e.to_string()))?;
+    routes::lift_standing(&state, &HaltScope::Tenant(tenant))?;
     Ok(redirect("/ui/tenants").finish())
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use impresario::agents::RunState;
+use impresario::runtime::halt::HaltScope;
 use impresario::runtime::journal::{JournalEntry, RunEvent, RunFilter};
 use impresario::runtime::ledger::AccountId;
 use impresario::runtime::RunId;
@@ -64,7 +65,7 @@ pub async fn runs(state: Data, request: HttpRequest) -> Result<HttpResponse, Con
         journal_filter = journal_filter.tenant(tenant);
     }
     let q = filter.q.trim().to_lowercase();
-    let rows: Vec<RunRow> = routes::listed_runs(&state, &journal_filter)?
+    let rows: Vec<RunRow> = listed(&state, &journal_filter)?
         .iter()
         .rev()
         .filter(|run| {
@@ -82,6 +83,20 @@ pub async fn runs(state: Data, request: HttpRequest) -> Result<HttpResponse, Con
         .collect();
     let body = views::runs(&session, &filter, &rows);
     Ok(html(layout("Runs", Some(&session), Some(Nav::Runs), body)))
+}
+
+/// The journaled runs `filter` selects, oldest first, as `GET /v1/runs` lists them.
+fn listed(state: &State, filter: &RunFilter) -> Result<Vec<Value>, ConsoleError> {
+    let summaries = state.engine.orchestrator.runs(filter).map_err(|e| {
+        ConsoleError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the journal: {e}"),
+        )
+    })?;
+    Ok(summaries
+        .iter()
+        .map(|summary| routes::listed_run(state, summary))
+        .collect())
 }
 
 /// A run's state name (`running`, ...), or its journal status when it has no state.
@@ -180,7 +195,7 @@ pub async fn events(
     }
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
-        .streaming(sse::stream(run, 0)))
+        .streaming(sse::stream(run, 0, state.sse_keepalive)))
 }
 
 /// `/ui/approvals`: every step waiting for a person, across this service's runs.
@@ -231,7 +246,7 @@ pub async fn tenants(state: Data, request: HttpRequest) -> Result<HttpResponse, 
         filter = filter.tenant(own);
     }
     let mut runs: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
-    for run in routes::listed_runs(&state, &filter)? {
+    for run in listed(&state, &filter)? {
         let counts = runs
             .entry(run["tenant"].as_str().unwrap_or_default().to_owned())
             .or_default();
@@ -242,6 +257,7 @@ pub async fn tenants(state: Data, request: HttpRequest) -> Result<HttpResponse, 
         }
     }
     let orchestrator = &state.engine.orchestrator;
+    let standing = orchestrator.halts().standing();
     let rows: Vec<TenantRow> = runs
         .into_iter()
         .map(|(name, runs)| {
@@ -249,7 +265,10 @@ pub async fn tenants(state: Data, request: HttpRequest) -> Result<HttpResponse, 
                 .ledger()
                 .account(&AccountId::Tenant(name.clone()))
                 .map(|a| a.snapshot());
-            let halted = orchestrator.halts().tenant(&name).halt_info();
+            let halted = standing
+                .iter()
+                .find(|h| h.scope == HaltScope::Tenant(name.clone()))
+                .cloned();
             TenantRow {
                 spent: account.as_ref().map_or(0, |a| a.spent.micro_usd),
                 reserved: account.as_ref().map_or(0, |a| a.reserved.micro_usd),
