@@ -12,12 +12,20 @@ async fn sign_in(browser: &Browser, server: &Server, token: &str) {
     browser.goto(&format!("{}/ui", server.url)).await;
     assert_eq!(browser.path().await, "/ui/signin");
     browser.find("#token").await.send_keys(token).await.unwrap();
+    // A marker the next page will not have: the click returns before the page is replaced.
+    browser.js("window.leaving = true; return null").await;
     browser
         .find("section.signin button[type=submit]")
         .await
         .click()
         .await
         .unwrap();
+    browser
+        .until(
+            "the page after signing in",
+            "return window.leaving === undefined && document.readyState === 'complete'",
+        )
+        .await;
 }
 
 /// The value of the browser's session cookie.
