@@ -8,6 +8,8 @@ mod browser;
 mod cli;
 mod console;
 mod metrics;
+mod models;
 mod ops;
+mod provider;
 mod service;
 mod support;
