@@ -15,6 +15,7 @@ use impresario_runtime::journal::{
 };
 use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, LedgerError, Limits};
 use impresario_runtime::llm::Client;
+use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::telemetry;
 use impresario_runtime::{AgentId, Placement, RunId, RuntimeHandle};
 use impresario_supervisor::{
@@ -240,7 +241,10 @@ impl Orchestrator {
             request: serde_json::to_value(&request)
                 .map_err(|e| invalid("request", e.to_string()))?,
         };
-        self.inner.journal.append(&run, submitted).await?;
+        self.inner
+            .journal
+            .append(&run, redact_serialized(submitted))
+            .await?;
         let log = RunLog::new(self.inner.journal.clone(), run.clone());
         self.launch(run, request, team, log).await
     }
@@ -253,6 +257,11 @@ impl Orchestrator {
     /// The journaled runs `filter` selects (of this process and earlier ones).
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
         self.inner.journal.runs(filter)
+    }
+
+    /// The tools runs may ask for.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.inner.tools
     }
 
     /// The journal runs are written to.
@@ -544,12 +553,21 @@ impl Orchestrator {
             return Err(invalid("budget_usd", e.to_string()));
         }
         for tool in &request.tools {
-            if self.inner.tools.get(tool).is_none() {
+            let Some(found) = self.inner.tools.get(tool) else {
                 return Err(invalid(
                     "tools",
                     format!(
                         "no tool named {tool:?} is registered (registered: {:?})",
                         self.inner.tools.names()
+                    ),
+                ));
+            };
+            if !found.allows(&request.tenant) {
+                return Err(invalid(
+                    "tools",
+                    format!(
+                        "tenant {:?} may not use tool {tool:?}; ask for a tool its tenant list allows",
+                        request.tenant
                     ),
                 ));
             }

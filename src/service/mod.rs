@@ -73,6 +73,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let token = config.server.bearer_token()?;
+    impresario::runtime::redact::register(&token);
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;

@@ -11,5 +11,7 @@ mod metrics;
 mod models;
 mod ops;
 mod provider;
+mod redaction;
 mod service;
 mod support;
+mod tools;
