@@ -25,7 +25,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{fmt, quantile};
@@ -33,7 +33,7 @@ use impresario_runtime::ledger::{AccountId, Ledger, Limits};
 use impresario_runtime::llm::{CallOptions, ChatRequest, Client, DeltaSink, OpenAi, OpenAiConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -74,61 +74,19 @@ type Closes = UnboundedReceiver<Instant>;
 /// Starts the server; returns its address and where it reports when a client closed a
 /// halted stream.
 fn start_server() -> (SocketAddr, Closes) {
-    let (addr_tx, addr_rx) = mpsc::channel();
     let (closed_tx, closed_rx) = unbounded_channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            loop {
-                let (conn, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(conn, closed_tx.clone()));
-            }
-        });
-    });
-    (addr_rx.recv().unwrap(), closed_rx)
-}
-
-/// Reads one request; its path, or `None` when the connection is over.
-async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let mut chunk = [0u8; 16 << 10];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    while buf.len() < head_end + length {
-        match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    buf.drain(..head_end + length);
-    head.split(' ').nth(1).map(str::to_owned)
+    let addr = common::loopback_server(move |conn| serve(conn, closed_tx.clone()));
+    (addr, closed_rx)
 }
 
 async fn serve(mut conn: TcpStream, closed: UnboundedSender<Instant>) {
-    conn.set_nodelay(true).unwrap();
     let (first, rest) = stream_parts();
     let mut buf = Vec::with_capacity(16 << 10);
-    while let Some(path) = read_request(&mut conn, &mut buf).await {
+    while let Some(head) = common::read_request(&mut conn, &mut buf).await {
         if conn.write_all(first.as_bytes()).await.is_err() {
             return;
         }
-        if path.starts_with("/halt/") {
+        if head.starts_with("post /halt/") {
             let _ = conn.read(&mut [0u8; 64]).await;
             let _ = closed.send(Instant::now());
             return;
