@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use impresario::agents::ModelChoice;
+use impresario::mcp::{ServerConfig, ServerEntry};
 use impresario::runtime::journal::RetentionPolicy;
+use impresario::runtime::ledger::Ceilings;
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -29,12 +31,110 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
+    /// `[budget]`: money ceilings above the run.
+    pub budget: BudgetCeilings,
     /// `[prices."<model>"]`: prices in LiteLLM's fields (`litellm_provider`,
     /// `input_cost_per_token`, `output_cost_per_token`, ...), over `models.prices_file` and the
     /// bundled table.
     pub prices: BTreeMap<String, Value>,
     /// `[health]`: the semantic health check.
     pub health: HealthCheck,
+    /// `[tools]`: tools besides the built-in ones.
+    pub tools: Tools,
+}
+
+/// `[tools]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tools {
+    /// `[[tools.mcp]]`: MCP servers whose tools runs may use, as `<name>.<tool>`. Only in the
+    /// file; checked by [`Config::mcp_servers`].
+    pub mcp: Vec<Table>,
+}
+
+/// `[budget]`, in US dollars: the global ceiling, the default tenant ceiling, per-tenant
+/// overrides (`[budget.tenants]`, `name = usd`) and the largest budget one run may ask for.
+/// Spend counted against them is rebuilt from the journal at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetCeilings {
+    /// Most the whole service may spend (absent: unlimited).
+    pub global_usd: Option<f64>,
+    /// Most a tenant without an override may spend (absent: unlimited).
+    pub tenant_default_usd: Option<f64>,
+    /// The largest budget a run may ask for; larger requests get 422 naming `budget_usd`.
+    pub max_run_usd: f64,
+    /// Per-tenant ceilings (`acme = 25.0`), overriding `tenant_default_usd`.
+    pub tenants: BTreeMap<String, f64>,
+}
+
+impl Default for BudgetCeilings {
+    fn default() -> Self {
+        BudgetCeilings {
+            global_usd: None,
+            tenant_default_usd: None,
+            max_run_usd: 10.0,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// The largest amount of dollars a key accepts: beyond it a typo is more likely than a budget.
+const MAX_USD: f64 = 1e9;
+
+impl BudgetCeilings {
+    /// The ledger's ceilings (micro-USD).
+    pub fn ceilings(&self) -> Ceilings {
+        Ceilings {
+            global: self.global_usd.map(micro_usd),
+            tenant_default: self.tenant_default_usd.map(micro_usd),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(tenant, usd)| (tenant.clone(), micro_usd(*usd)))
+                .collect(),
+            max_run: Some(micro_usd(self.max_run_usd)),
+        }
+    }
+
+    /// Every amount is finite, at least 0 and at most `MAX_USD`.
+    fn validate(&self, run_budget: f64) -> Result<(), ConfigError> {
+        let named = [
+            ("budget.global_usd".to_owned(), self.global_usd),
+            (
+                "budget.tenant_default_usd".to_owned(),
+                self.tenant_default_usd,
+            ),
+            ("budget.max_run_usd".to_owned(), Some(self.max_run_usd)),
+        ];
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(t, usd)| (format!("budget.tenants.{t}"), Some(*usd)));
+        for (key, usd) in named.into_iter().chain(tenants) {
+            if let Some(usd) = usd.filter(|usd| !(0.0..=MAX_USD).contains(usd)) {
+                return Err(invalid(
+                    &key,
+                    format!("{usd} is not an amount of dollars between 0 and {MAX_USD}"),
+                ));
+            }
+        }
+        if run_budget > self.max_run_usd {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!(
+                    "{run_budget} is above budget.max_run_usd ({})",
+                    self.max_run_usd
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Dollars to micro-USD, rounded down (amounts are validated first).
+fn micro_usd(usd: f64) -> u64 {
+    (usd * 1e6) as u64
 }
 
 /// `[server]`.
@@ -319,6 +419,10 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// An array of tables (`[[tools.mcp]]`), only in the file.
+    Tables,
+    /// A table of non-negative numbers by name (`name=1.5,other=2` in the environment).
+    Amounts,
     /// A model and its fallbacks: `{ model = "m", fallbacks = ["f"] }`, or the list
     /// `["m", "f"]` (comma-separated in the environment).
     Chain,
@@ -359,6 +463,11 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("tools", "mcp", Kind::Tables),
+    ("budget", "global_usd", Kind::Number),
+    ("budget", "tenant_default_usd", Kind::Number),
+    ("budget", "max_run_usd", Kind::Number),
+    ("budget", "tenants", Kind::Amounts),
 ];
 
 /// The prefix of every configuration variable.
@@ -403,6 +512,14 @@ pub enum ConfigError {
         /// The key.
         key: String,
         /// What is wrong, and what is expected.
+        problem: String,
+    },
+    /// A `[[tools.mcp]]` entry is wrong.
+    #[error("config key `{key}` (a [[tools.mcp]] table of the file): {problem}")]
+    McpServer {
+        /// The entry (`tools.mcp[1]`).
+        key: String,
+        /// What is wrong, naming the server and the field.
         problem: String,
     },
 }
@@ -560,18 +677,46 @@ impl Config {
                 format!("{} is out of range; use 1 or more", self.runs.max_steps),
             ));
         }
+        let servers = self.mcp_servers()?;
+        self.budget.validate(budget)?;
         for tool in &self.runs.tools {
-            if !impresario::tools::NAMES.contains(&tool.as_str()) {
+            let from_mcp = tool
+                .split_once('.')
+                .is_some_and(|(server, _)| servers.iter().any(|s| s.name == server));
+            if !from_mcp && !impresario::tools::NAMES.contains(&tool.as_str()) {
                 return Err(invalid(
                     "runs.tools",
                     format!(
-                        "there is no tool named {tool:?}; the tools are {:?}",
+                        "there is no tool named {tool:?}; the tools are {:?} and <server>.<tool> for each [[tools.mcp]] server",
                         impresario::tools::NAMES
                     ),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The `[[tools.mcp]]` servers, checked: an error names the entry (`tools.mcp[1]`), the
+    /// server and the field.
+    pub fn mcp_servers(&self) -> Result<Vec<ServerConfig>, ConfigError> {
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        for (i, table) in self.tools.mcp.iter().enumerate() {
+            let bad = |problem: String| ConfigError::McpServer {
+                key: format!("tools.mcp[{i}]"),
+                problem,
+            };
+            let entry = ServerEntry::deserialize(Value::Table(table.clone()))
+                .map_err(|e| bad(e.to_string().trim().to_owned()))?;
+            let server = ServerConfig::try_from(entry).map_err(|e| bad(e.to_string()))?;
+            if servers.iter().any(|s| s.name == server.name) {
+                return Err(bad(format!(
+                    "a second server named {:?}; give each its own name",
+                    server.name
+                )));
+            }
+            servers.push(server);
+        }
+        Ok(servers)
     }
 }
 
@@ -618,6 +763,10 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Tables, Value::Array(items)) => items.iter().all(Value::is_table),
+        (Kind::Amounts, Value::Table(amounts)) => amounts
+            .values()
+            .all(|v| check_value(Kind::Number, v).is_ok()),
         (Kind::Chain, Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_str),
         (Kind::Chain, Value::Table(t)) => {
             t.get("model").is_some_and(Value::is_str)
@@ -649,7 +798,9 @@ fn describe(kind: Kind) -> String {
         Kind::Integer => "a non-negative integer".into(),
         Kind::Number => "a non-negative number".into(),
         Kind::Names => "a list of strings".into(),
+        Kind::Amounts => "a table of non-negative numbers by name".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
+        Kind::Tables => "an array of tables ([[section.key]])".into(),
         Kind::Chain => "a model and its fallbacks: { model = \"m\", fallbacks = [\"f\"] } or [\"m\", \"f\"]".into(),
         Kind::Price => "a table of LiteLLM price fields (litellm_provider, input_cost_per_token, output_cost_per_token, ...)".into(),
     }
@@ -670,6 +821,12 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         origin: format!("from the environment variable {name}"),
     })?;
     let value = match kind {
+        Kind::Tables => {
+            return Err(invalid(
+                &full,
+                "is only read from the config file ([[tools.mcp]] tables), not the environment",
+            ))
+        }
         Kind::Text | Kind::Address | Kind::Choice(_) => Value::String(raw.to_owned()),
         Kind::Integer => raw
             .trim()
@@ -694,6 +851,7 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
                 .map(|s| Value::String(s.to_owned()))
                 .collect(),
         ),
+        Kind::Amounts => Value::Table(amounts_from_env(raw).map_err(|p| invalid(&full, p))?),
     };
     check_value(kind, &value).map_err(|problem| invalid(&full, problem))?;
     table
@@ -703,6 +861,21 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         .ok_or_else(|| invalid(&full, "its section is not a table in the file"))?
         .insert(key, value);
     Ok(())
+}
+
+/// `name=1.5,other=2` as a table of numbers.
+fn amounts_from_env(raw: &str) -> Result<Table, String> {
+    let mut table = Table::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(name, n)| Some((name.trim(), n.trim().parse::<f64>().ok()?)));
+        let Some((name, amount)) = parsed else {
+            return Err(format!("{item:?} is not NAME=AMOUNT (e.g. acme=25.0)"));
+        };
+        table.insert(name.to_owned(), Value::Float(amount));
+    }
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -917,8 +1090,9 @@ mod tests {
                 Kind::Text => Value::String("0123456789abcdef".into()),
                 Kind::Address => Value::String("127.0.0.1:1".into()),
                 Kind::Integer | Kind::Number => Value::Integer(1),
-                Kind::Names => Value::Array(Vec::new()),
+                Kind::Names | Kind::Tables => Value::Array(Vec::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
+                Kind::Amounts => Value::Table(Table::new()),
                 Kind::Chain | Kind::Price => {
                     let mut choice = Table::new();
                     choice.insert("model".into(), Value::String("m".into()));
@@ -936,12 +1110,99 @@ mod tests {
         let example = include_str!("../impresario.example.toml");
         let f = file(example);
         Config::load(Some(&f.0), Vec::new()).unwrap();
-        for (_, key, _) in KEYS {
-            let shown = example.lines().any(|line| {
-                line.trim_start_matches(['#', ' '])
-                    .starts_with(&format!("{key} = "))
-            });
+        for (section, key, kind) in KEYS {
+            let written = match kind {
+                Kind::Tables => format!("[[{section}.{key}]]"),
+                _ => format!("{key} = "),
+            };
+            let shown = example
+                .lines()
+                .any(|line| line.trim_start_matches(['#', ' ']).starts_with(&written));
             assert!(shown, "{key} is not shown in impresario.example.toml");
         }
+    }
+
+    #[test]
+    fn mcp_servers_come_from_the_file_and_a_bad_one_is_named() {
+        let f = file(
+            "[runs]\ntools = [\"calculator\", \"files.read\"]\n\
+             [[tools.mcp]]\nname = \"files\"\ncommand = \"node\"\nargs = [\"s.js\"]\n\
+             [[tools.mcp]]\nname = \"web\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
+             headers = { Authorization = \"WEB_TOKEN\" }\napproval = \"always\"\n",
+        );
+        let config = Config::load(Some(&f.0), Vec::new()).unwrap();
+        let servers = config.mcp_servers().unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].headers["Authorization"], "WEB_TOKEN");
+
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\n[[tools.mcp]]\nname = \"b\"\ncommand = \"x\"\ntimeout_secs = 0\n"),
+            &[],
+        );
+        assert!(e.starts_with("config key `tools.mcp[1]`"), "{e}");
+        assert!(e.contains("MCP server \"b\": timeout_secs is 0"), "{e}");
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\nalow = []\n"),
+            &[],
+        );
+        assert!(
+            e.contains("tools.mcp[0]") && e.contains("unknown field `alow`"),
+            "{e}"
+        );
+        let e = error(None, &[("IMPRESARIO_TOOLS__MCP", "x")]);
+        assert!(e.contains("only read from the config file"), "{e}");
+        let e = error(Some("[runs]\ntools = [\"files.read\"]\n"), &[]);
+        assert!(e.contains("no tool named \"files.read\""), "{e}");
+    }
+
+    #[test]
+    fn budget_ceilings_from_the_file_and_the_environment() {
+        let f = file(
+            "[budget]\nglobal_usd = 100\ntenant_default_usd = 2.5\n[budget.tenants]\nacme = 25.0\n",
+        );
+        let config =
+            Config::load(Some(&f.0), env(&[("IMPRESARIO_BUDGET__MAX_RUN_USD", "3")])).unwrap();
+        let c = config.budget.ceilings();
+        assert_eq!(
+            (c.global, c.tenant_default, c.max_run),
+            (Some(100_000_000), Some(2_500_000), Some(3_000_000))
+        );
+        assert_eq!(c.tenants.get("acme"), Some(&25_000_000));
+        let config =
+            Config::load(None, env(&[("IMPRESARIO_BUDGET__TENANTS", "a=1, b=0.5")])).unwrap();
+        assert_eq!(config.budget.ceilings().tenants.get("b"), Some(&500_000));
+        assert_eq!(
+            Config::default().budget.ceilings().max_run,
+            Some(10_000_000)
+        );
+    }
+
+    #[test]
+    fn bad_budget_ceilings_are_named() {
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "IMPRESARIO_BUDGET__GLOBAL_USD",
+                "1e300",
+                "budget.global_usd",
+            ),
+            ("IMPRESARIO_BUDGET__TENANTS", "acme", "budget.tenants"),
+            (
+                "IMPRESARIO_BUDGET__TENANTS",
+                "acme=1e300",
+                "budget.tenants.acme",
+            ),
+            ("IMPRESARIO_RUNS__BUDGET_USD", "11", "runs.budget_usd"),
+        ];
+        for (name, value, key) in cases {
+            let e = Config::load(None, env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{name}={value}: {e}");
+        }
+        let f = file("[budget]\ntenants = { acme = -1 }\n");
+        let e = Config::load(Some(&f.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`budget.tenants`"), "{e}");
     }
 }

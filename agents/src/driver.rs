@@ -92,7 +92,11 @@ impl Driver {
     /// A driver of `setup`'s run, walking `log` first.
     pub(crate) fn new(setup: Arc<RunSetup>, log: RunLog) -> Self {
         let log = Arc::new(Mutex::new(log));
-        let mut gateway = ModelGateway::new(setup.services.client.clone(), log.clone());
+        let mut gateway = ModelGateway::new(
+            setup.services.client.clone(),
+            log.clone(),
+            setup.token.clone(),
+        );
         if setup.request.stream {
             gateway = gateway.streaming_to(setup.events.clone());
         }
@@ -567,7 +571,7 @@ impl Driver {
     ) -> Result<Result<String, StepFailure>, Stopped> {
         let inner = self.setup.services.clone();
         let tool = match step {
-            Step::ToolCall { tool, .. } => inner.tools.get(tool).cloned(),
+            Step::ToolCall { tool, .. } => inner.tools.get(tool),
             _ => None,
         };
         let repeatable = match (step, &tool) {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::journal::{Journal, RunEvent as JournalEvent, RunOutcome};
 use impresario_runtime::ledger::{AccountId, Ledger};
+use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::telemetry::RunOutcome as TelemetryOutcome;
 use impresario_runtime::{Placement, RunId};
 use tokio::sync::{broadcast, watch};
@@ -80,14 +81,10 @@ impl RunLease {
 
 /// What run account `account` spent (zero if it is gone).
 fn usage(ledger: &Ledger, account: &AccountId) -> RunUsage {
-    let Some(spent) = ledger.account(account).map(|a| a.snapshot().spent) else {
-        return RunUsage::default();
-    };
-    RunUsage {
-        micro_usd: spent.micro_usd,
-        tokens: spent.tokens,
-        model_calls: spent.model_calls,
-    }
+    ledger
+        .account(account)
+        .map(|a| RunUsage::from(a.snapshot().spent))
+        .unwrap_or_default()
 }
 
 /// The journal event of a run's end: finished (no more events), or halted (resumable); none
@@ -130,7 +127,7 @@ pub(crate) async fn journal_end(
     let Some(event) = end_event(run, state, halt) else {
         return;
     };
-    if let Err(e) = journal.append(run, event).await {
+    if let Err(e) = journal.append(run, redact_serialized(event)).await {
         tracing::warn!(run = %run, error = %e, "could not journal how the run ended");
     }
 }

@@ -7,11 +7,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
 use impresario_runtime::ledger::{AccountPath, Charge};
 use impresario_runtime::llm::{
-    CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interrupted, Interruption, LlmError,
+    CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interruption, LlmError,
 };
+use impresario_runtime::redact::{redact, redact_serialized};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -159,6 +161,7 @@ impl RunLog {
                 found: event.kind().to_owned(),
             }),
             None => {
+                let event = redact_serialized(event);
                 self.journal.append(&self.run, event).await?;
                 Ok(Recorded::Appended)
             }
@@ -307,15 +310,18 @@ pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
     deltas: Option<broadcast::Sender<RunEvent>>,
+    /// The run's halt token: an overshoot halts the run at once, whichever agent made the call.
+    halt: HaltToken,
 }
 
 impl ModelGateway {
-    /// A gateway journaling into `log`, not streaming.
-    pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>) -> Self {
+    /// A gateway journaling into `log`, not streaming, halting the run through `halt`.
+    pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>, halt: HaltToken) -> Self {
         ModelGateway {
             client,
             log,
             deltas: None,
+            halt,
         }
     }
 
@@ -327,7 +333,9 @@ impl ModelGateway {
 
     /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served
     /// without a network call (charged again only when the ledger is being rebuilt after a
-    /// restart). A streamed answer cut short is journaled as `llm_interrupted` with its cost.
+    /// restart). A streamed answer cut short is journaled as `llm_interrupted`, any other call
+    /// that ends without an answer but was charged (halted, timed out, an overshoot) as
+    /// `llm_aborted`, each with its cost, so the run's usage survives a restart.
     pub async fn chat(
         &self,
         step: u32,
@@ -336,7 +344,8 @@ impl ModelGateway {
         options: &CallOptions,
     ) -> Result<ChatResponse, LlmError> {
         // One call at a time per run (its driver waits for each step), so holding the log across
-        // the call keeps the journal in the order things happened.
+        // the call keeps the journal in the order things happened, and the run account's spend
+        // grows only by this call's charges.
         let mut log = self.log.lock().await;
         let call = log.next_call();
         let recorded = log
@@ -353,21 +362,21 @@ impl ModelGateway {
             }
         }
         let options = self.streaming(step, options);
+        let before = options.account.leaf().snapshot().spent;
         let answer = self
             .client
             .chat_with_fallbacks(request, fallbacks, &options)
             .await;
-        let event = match &answer {
-            Ok(response) => Event::LlmResponse {
-                step,
-                call,
-                response: response.clone(),
-                cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
-            },
-            Err(LlmError::StreamInterrupted(cut)) => interrupted(step, call, cut),
-            Err(_) => return answer,
-        };
-        log.record(event).await.map_err(not_recorded)?;
+        let spent = options.account.leaf().snapshot().spent;
+        let charged = spent.saturating_sub(before);
+        if let Err(e @ LlmError::Overshoot { .. }) = &answer {
+            let run = HaltScope::Run(log.run.to_string());
+            let halt = Halt::new(run, HaltMode::Immediate, HaltReason::Overshoot);
+            self.halt.halt(halt.with_detail(e.to_string()));
+        }
+        if let Some(event) = outcome_event(step, call, &answer, charged) {
+            log.record(event).await.map_err(not_recorded)?;
+        }
         answer
     }
 
@@ -379,59 +388,73 @@ impl ModelGateway {
         options.clone().stream_to(DeltaSink::new(move |text: &str| {
             let _ = events.send(RunEvent::Delta {
                 step,
-                text: text.to_owned(),
+                text: redact(text).into_owned(),
             });
         }))
     }
 }
 
-/// The journal's record of a streamed answer cut short.
-fn interrupted(step: u32, call: u32, cut: &Interrupted) -> Event {
-    Event::LlmInterrupted {
-        step,
-        call,
-        content: cut.content.clone(),
-        usage: cut.usage,
-        cost_micro_usd: cut.cost_micro_usd,
-        cause: match &cut.cause {
-            Interruption::Halted => "halted".into(),
-            Interruption::Broken(why) => why.clone(),
-        },
+/// What the journal keeps of a call made live, with what the ledger charged for it (failed
+/// attempts before it included): its answer; a streamed answer cut short; or, for any other
+/// call without an answer that cost something, its cost (none if nothing was charged).
+fn outcome_event(
+    step: u32,
+    call: u32,
+    answer: &Result<ChatResponse, LlmError>,
+    charged: Charge,
+) -> Option<Event> {
+    match answer {
+        Ok(response) => Some(Event::LlmResponse {
+            step,
+            call,
+            response: response.clone(),
+            cost_micro_usd: charged.micro_usd,
+        }),
+        Err(LlmError::StreamInterrupted(cut)) => Some(Event::LlmInterrupted {
+            step,
+            call,
+            content: cut.content.clone(),
+            usage: cut.usage,
+            cost_micro_usd: charged.micro_usd,
+            cause: match &cut.cause {
+                Interruption::Halted => "halted".into(),
+                Interruption::Broken(why) => why.clone(),
+            },
+        }),
+        Err(_) if charged.is_zero() => None,
+        Err(e) => Some(Event::LlmAborted {
+            step,
+            call,
+            cost_micro_usd: charged.micro_usd,
+            tokens: charged.tokens,
+            error: e.kind().to_owned(),
+        }),
     }
 }
 
 impl RunLog {
     /// The journaled answer to model call `call` of a resumed run (charged again on `account`
-    /// when the ledger is being rebuilt, with any streamed attempt of it cut short); an error
-    /// when a replay's journal has the request but no answer; `None`: the model must be called.
+    /// when the ledger is being rebuilt, with the attempts of it journaled as cut short or
+    /// aborted); an error when a replay's journal has the request but no answer; `None`: the
+    /// model must be called.
     fn served_answer(
         &mut self,
         call: u32,
         account: &AccountPath,
     ) -> Option<Result<ChatResponse, LlmError>> {
-        let cut_short =
-            |e: &Event| matches!(e, Event::LlmInterrupted { call: c, .. } if *c == call);
-        while let Some(Event::LlmInterrupted {
-            usage,
-            cost_micro_usd,
-            ..
-        }) = self.serve(cut_short)
-        {
+        let this_call = |e: &Event| {
+            matches!(e, Event::LlmResponse { call: c, .. }
+                | Event::LlmInterrupted { call: c, .. }
+                | Event::LlmAborted { call: c, .. } if *c == call)
+        };
+        while let Some(event) = self.serve(this_call) {
             if self.served == ServedAnswers::Charged {
-                charge_again(account, usage.total_tokens(), cost_micro_usd);
+                // The truth is charged even past a ceiling lowered since.
+                account.record(event.charge());
             }
-        }
-        let served = self.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
-        if let Some(Event::LlmResponse {
-            response,
-            cost_micro_usd,
-            ..
-        }) = served
-        {
-            if self.served == ServedAnswers::Charged {
-                charge_again(account, response.usage.total_tokens(), cost_micro_usd);
+            if let Event::LlmResponse { response, .. } = event {
+                return Some(Ok(response));
             }
-            return Some(Ok(response));
         }
         self.replay_only().then(|| {
             Err(LlmError::NotRecorded {
@@ -440,21 +463,6 @@ impl RunLog {
                     .into(),
             })
         })
-    }
-}
-
-/// Charges a journaled call on `account` as if it had just been made: the truth is charged
-/// even past a ceiling lowered since (reported as an overshoot).
-fn charge_again(account: &AccountPath, tokens: u64, cost_micro_usd: u64) {
-    let charge = Charge {
-        micro_usd: cost_micro_usd,
-        tokens,
-        model_calls: 1,
-        steps: 0,
-    };
-    match account.reserve(charge) {
-        Ok(held) => drop(held.settle(charge)),
-        Err(_) => drop(account.reserve(Charge::default()).map(|h| h.settle(charge))),
     }
 }
 

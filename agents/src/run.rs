@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, Halts};
-use impresario_runtime::ledger::CeilingReached;
+use impresario_runtime::ledger::{CeilingReached, Charge};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -328,6 +328,16 @@ pub struct RunUsage {
     pub tokens: u64,
     /// Model calls.
     pub model_calls: u64,
+}
+
+impl From<Charge> for RunUsage {
+    fn from(spent: Charge) -> Self {
+        RunUsage {
+            micro_usd: spent.micro_usd,
+            tokens: spent.tokens,
+            model_calls: spent.model_calls,
+        }
+    }
 }
 
 /// How a run ended.

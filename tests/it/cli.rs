@@ -167,7 +167,7 @@ fn run_works_offline_then_runs_and_replay_read_its_journal() {
 
     let listed = stdout(&cli(&dir, &["runs", "list"]));
     assert!(
-        listed.starts_with(&format!("{id}  default  succeeded  $0.00"))
+        listed.starts_with(&format!("{id}  default  succeeded  $0.0"))
             && listed.ends_with(&format!("{GOAL}\n")),
         "{listed}"
     );
@@ -235,7 +235,7 @@ async fn the_cli_runs_lists_shows_and_halts_on_a_service() {
     let (code, out, err) = call(&["runs", "list", "--tenant", "acme"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.starts_with(&format!("{id}  acme  succeeded  $0.00")),
+        out.starts_with(&format!("{id}  acme  succeeded  $0.0")),
         "{out}"
     );
     let (_, out, _) = call(&["runs", "list", "--tenant", "nobody"]).await;

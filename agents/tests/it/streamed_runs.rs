@@ -21,7 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
-use crate::journaled_runs::{prices, search_then_answer, Search};
+use crate::journaled_runs::{search_then_answer, Search};
+use crate::loopback::prices;
 
 /// One streamed answer: its text in pieces, then either the end (usage 100 in, 20 out) or a
 /// hang that lasts until the client closes the connection.
