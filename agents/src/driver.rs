@@ -34,6 +34,11 @@ use crate::tool::{ToolError, ToolRegistry};
 
 use crate::orchestrator::{executor_id, memory_id, planner_id, run_supervisor_id, Orchestrator};
 
+/// How often the end of a run that failed on its journal is tried on the journal.
+const FINAL_WRITE_ATTEMPTS: u32 = 3;
+/// The pause between those attempts.
+const FINAL_WRITE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
 pub(crate) struct Driver {
     pub(crate) orchestrator: Orchestrator,
@@ -598,6 +603,7 @@ impl Driver {
             self.next_executor += 1;
             let request = ExecuteStep {
                 run: self.run.clone(),
+                tenant: self.request.tenant.clone(),
                 number,
                 step: step.clone(),
                 allowed: self.allowed.clone(),
@@ -778,11 +784,18 @@ impl Driver {
                 result: serde_json::json!({ "answer": answer }),
                 reason: None,
             },
-            // Nothing more goes into a journal the run could not follow or write.
+            // Nothing more goes into a journal the run could not follow.
             RunState::Failed {
-                reason: FailReason::Diverged | FailReason::JournalError,
+                reason: FailReason::Diverged,
                 ..
             } => return,
+            // A journal that failed a write may take the next one (a lock released, space
+            // freed): the run is recorded as finished, so a restart does not run it again and
+            // a client that resubmitted it does not pay twice.
+            RunState::Failed {
+                reason: FailReason::JournalError,
+                ..
+            } => return self.journal_failure(state).await,
             RunState::Failed { reason, .. } => JournalEvent::RunFinished {
                 outcome: RunOutcome::Failed,
                 result: serde_json::to_value(state).unwrap_or_default(),
@@ -806,6 +819,30 @@ impl Driver {
         };
         if let Err(e) = self.log.lock().await.append_final(event).await {
             tracing::warn!(run = %self.run, error = %e, "could not journal how the run ended");
+        }
+    }
+
+    /// Journals that the run failed with `journal_error`, trying [`FINAL_WRITE_ATTEMPTS`]
+    /// times, [`FINAL_WRITE_PAUSE`] apart. If every attempt fails the journal still shows the
+    /// run as interrupted, and a restart would resume it: the log says so.
+    async fn journal_failure(&self, state: &RunState) {
+        let mut last = None;
+        for attempt in 1..=FINAL_WRITE_ATTEMPTS {
+            let event = JournalEvent::RunFinished {
+                outcome: RunOutcome::Failed,
+                result: serde_json::to_value(state).unwrap_or_default(),
+                reason: Some(FailReason::JournalError.to_string()),
+            };
+            match self.log.lock().await.append_final(event).await {
+                Ok(_) => return,
+                Err(e) => last = Some(e),
+            }
+            if attempt < FINAL_WRITE_ATTEMPTS {
+                tokio::time::sleep(FINAL_WRITE_PAUSE).await;
+            }
+        }
+        if let Some(e) = last {
+            tracing::error!(run = %self.run, error = %e, "could not journal that the run failed on its journal; a restart would resume it");
         }
     }
 

@@ -51,9 +51,6 @@ pub struct OrchestratorConfig {
     pub step_retries: u32,
     /// How many identical steps in a row are a loop.
     pub loop_repeats: usize,
-    /// What runs learn across runs: each run recalls from it when it starts and remembers its
-    /// outcome, and why, when it ends.
-    pub long_term: Arc<LongTermMemory>,
     /// How many memories of earlier runs a run recalls into its context.
     pub recall: usize,
     /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
@@ -71,7 +68,6 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("max_reviews", &self.max_reviews)
             .field("step_retries", &self.step_retries)
             .field("loop_repeats", &self.loop_repeats)
-            .field("long_term", &self.long_term)
             .field("recall", &self.recall)
             .field("name", &self.name)
             .finish_non_exhaustive()
@@ -86,7 +82,6 @@ impl Default for OrchestratorConfig {
             max_reviews: 2,
             step_retries: 2,
             loop_repeats: 3,
-            long_term: Arc::default(),
             recall: 3,
             journal: Arc::new(MemoryJournal::new()),
             name: "runs".into(),
@@ -128,9 +123,13 @@ pub enum ResumeError {
     /// The journal has no such run.
     #[error("the journal has no run {0}")]
     Unknown(RunId),
-    /// It is running in this process.
+    /// It is running in this process (or another resume of it is starting it).
     #[error("run {0} is running; halt it before resuming or replaying it")]
     Running(RunId),
+    /// It finished (whatever its outcome, `journal_error` included): a finished run is never
+    /// run again, so nothing it did is paid or done twice. Submit a new run instead.
+    #[error("run {0} finished; only a halted or interrupted run can be resumed (submit a new run instead)")]
+    Finished(RunId),
     /// Its tenant (or everything) is halted.
     #[error("cannot resume: {0}")]
     TenantHalted(String),
@@ -184,8 +183,26 @@ pub(crate) struct Inner {
     pub(crate) tenants: Mutex<HashMap<String, AgentRef<Supervisor>>>,
     /// Runs of this process that have not ended.
     pub(crate) live: DashMap<RunId, RunHandle>,
+    /// Runs being resumed or replayed right now: one claim per run, so that of concurrent
+    /// resumes exactly one starts it.
+    pub(crate) claimed: DashMap<RunId, ()>,
+    /// What runs learn across runs, one store per tenant: each run recalls from its tenant's
+    /// when it starts and remembers its outcome, and why, there when it ends.
+    pub(crate) long_term: DashMap<String, Arc<LongTermMemory>>,
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) config: OrchestratorConfig,
+}
+
+/// A run claimed by one resume or replay; dropping it lets the next one try.
+struct Claim<'a> {
+    claimed: &'a DashMap<RunId, ()>,
+    run: RunId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.claimed.remove(&self.run);
+    }
 }
 
 impl Orchestrator {
@@ -234,10 +251,21 @@ impl Orchestrator {
                 root,
                 tenants: Mutex::default(),
                 live: DashMap::new(),
+                claimed: DashMap::new(),
+                long_term: DashMap::new(),
                 journal: config.journal.clone(),
                 config,
             }),
         })
+    }
+
+    /// The long-term memory of `tenant`'s runs (in memory; no other tenant's run reads it).
+    pub fn long_term(&self, tenant: &str) -> Arc<LongTermMemory> {
+        self.inner
+            .long_term
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// The ledger every run reserves on.
@@ -305,12 +333,17 @@ impl Orchestrator {
         self.resume_with(id, Team::new()).await
     }
 
-    /// [`resume`](Self::resume) with the run's custom agents.
+    /// [`resume`](Self::resume) with the run's custom agents. Of concurrent resumes of one
+    /// run, exactly one starts it; the others get [`ResumeError::Running`] and change nothing.
     pub async fn resume_with(&self, id: &RunId, team: Team) -> Result<RunHandle, ResumeError> {
-        if self.inner.live.contains_key(id) {
-            return Err(ResumeError::Running(id.clone()));
-        }
+        let _claim = self.claim(id)?;
         let (request, recorded) = self.journaled(id)?;
+        if recorded
+            .iter()
+            .any(|(_, e)| matches!(e, JournalEvent::RunFinished { .. }))
+        {
+            return Err(ResumeError::Finished(id.clone()));
+        }
         let token = self
             .inner
             .halts
@@ -355,9 +388,7 @@ impl Orchestrator {
 
     /// [`replay`](Self::replay) with the run's custom agents.
     pub async fn replay_with(&self, id: &RunId, team: Team) -> Result<ReplayReport, ResumeError> {
-        if self.inner.live.contains_key(id) {
-            return Err(ResumeError::Running(id.clone()));
-        }
+        let claim = self.claim(id)?;
         let (request, recorded) = self.journaled(id)?;
         let events = recorded.len();
         let finished = recorded
@@ -371,6 +402,7 @@ impl Orchestrator {
             false,
         );
         let handle = self.launch(id.clone(), request, team, log).await?;
+        drop(claim);
         let result = handle.wait().await;
         let (divergence, complete) = match &result.state {
             RunState::Failed {
@@ -389,6 +421,23 @@ impl Orchestrator {
             divergence,
             complete,
             state: result.state.clone(),
+        })
+    }
+
+    /// Claims `id` for a resume or a replay until the claim is dropped (once the run is live):
+    /// [`ResumeError::Running`] if it is live or claimed already.
+    fn claim(&self, id: &RunId) -> Result<Claim<'_>, ResumeError> {
+        if self.inner.live.contains_key(id) || self.inner.claimed.insert(id.clone(), ()).is_some() {
+            return Err(ResumeError::Running(id.clone()));
+        }
+        // Launched before this claim was taken, and still live.
+        if self.inner.live.contains_key(id) {
+            self.inner.claimed.remove(id);
+            return Err(ResumeError::Running(id.clone()));
+        }
+        Ok(Claim {
+            claimed: &self.inner.claimed,
+            run: id.clone(),
         })
     }
 
@@ -454,7 +503,7 @@ impl Orchestrator {
         // The run's agents and its driver share one arbiter: their calls cost no thread wake-up.
         // Runs spread over the arbiters instead.
         let placement = inner.runtime.next_placement();
-        let subtree = self.run_subtree(&run, &team, placement);
+        let subtree = self.run_subtree(&run, &request.tenant, &team, placement);
         let tenant = self.tenant_supervisor(&request.tenant).await?;
         if let Err(e) = tenant
             .ask(StartChild(subtree))
@@ -573,7 +622,13 @@ impl Orchestrator {
     }
 
     /// The supervision subtree of one run: planner, executors, custom agents.
-    fn run_subtree(&self, run: &RunId, team: &Team, placement: Placement) -> ChildSpec {
+    fn run_subtree(
+        &self,
+        run: &RunId,
+        tenant: &str,
+        team: &Team,
+        placement: Placement,
+    ) -> ChildSpec {
         let inner = &self.inner;
         let mut spec = SupervisorSpec::new(Strategy::OneForOne)
             .child(ChildSpec::agent(planner_id(run), Planner::default).placement(placement));
@@ -584,7 +639,7 @@ impl Orchestrator {
                     .placement(placement),
             );
         }
-        let (memory_run, long_term) = (run.clone(), inner.config.long_term.clone());
+        let (memory_run, long_term) = (run.clone(), self.long_term(tenant));
         spec = spec.child(
             ChildSpec::agent(memory_id(run), move || {
                 MemoryAgent::new(memory_run.clone(), long_term.clone())
