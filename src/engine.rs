@@ -14,6 +14,7 @@ use impresario::runtime::llm::Client;
 use impresario::setup;
 
 use crate::config::Config;
+use crate::writer_lock::WriterLock;
 
 /// A started runtime with its orchestrator.
 pub struct Engine {
@@ -27,12 +28,19 @@ pub struct Engine {
     pub models_description: String,
     models: Models,
     defaults: crate::config::Runs,
+    /// Held for as long as the engine lives: no other process writes its journal file.
+    _writer: Option<WriterLock>,
 }
 
 impl Engine {
     /// Starts the runtime on the current actix system, with the models, tools and journal
-    /// `config` selects.
+    /// `config` selects. Fails with [`LockError::Held`](crate::writer_lock::LockError) before
+    /// opening the journal file if another process writes it.
     pub async fn start(config: &Config) -> Result<Engine, Box<dyn std::error::Error>> {
+        let writer = match config.journal.file() {
+            Some(file) => Some(WriterLock::acquire(file)?),
+            None => None,
+        };
         let journal: Arc<dyn Journal> = match config.journal.file() {
             Some(file) => Arc::new(
                 SqliteJournal::open(file)
@@ -66,6 +74,7 @@ impl Engine {
             models_description: chosen.description,
             models: chosen.models,
             defaults: config.runs.clone(),
+            _writer: writer,
         })
     }
 

@@ -7,6 +7,7 @@ mod config;
 mod engine;
 mod journaled;
 mod service;
+mod writer_lock;
 
 use std::process::ExitCode;
 
