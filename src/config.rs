@@ -7,6 +7,7 @@
 //! the wrong type or out of range: every message names the key and its variable.
 //! `impresario.example.toml` documents every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
+    /// `[budget]`: ceilings above the run (global, per tenant) and the largest run budget.
+    pub budget: BudgetConfig,
 }
 
 /// `[server]`.
@@ -39,6 +42,8 @@ pub struct Server {
     pub token: Option<String>,
     /// A file holding the token (instead of `token`; surrounding whitespace is ignored).
     pub token_file: Option<PathBuf>,
+    /// More tokens (`[[server.tokens]]`), each an admin's or bound to one tenant.
+    pub tokens: Vec<TokenEntry>,
     /// The largest request body accepted, in bytes (larger ones get 413).
     pub body_limit_bytes: u64,
     /// On SIGTERM, how long running runs get to finish their current step before they are
@@ -52,9 +57,85 @@ impl Default for Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             token_file: None,
+            tokens: Vec::new(),
             body_limit_bytes: 64 * 1024,
             drain_timeout_secs: 30,
         }
+    }
+}
+
+/// One `[[server.tokens]]` entry: whose token it is, and where to read it (never the
+/// token itself, which stays out of the config file).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The tenant the token acts for: it sees and acts on that tenant's runs only.
+    pub tenant: Option<String>,
+    /// `true`: an admin token, which sees and acts on every tenant's runs.
+    pub admin: Option<bool>,
+    /// A file holding the token (surrounding whitespace is ignored).
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the token.
+    pub token_env: Option<String>,
+}
+
+/// `[budget]`: amounts in US dollars; a missing key is no limit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// What all tenants together may spend.
+    pub global_usd: Option<f64>,
+    /// What a tenant not named in `tenants` may spend.
+    pub tenant_default_usd: Option<f64>,
+    /// The largest budget a run may ask for (`budget_usd` above it is refused with 422).
+    pub max_run_usd: Option<f64>,
+    /// `[budget.tenants]`: what a named tenant may spend (`acme = 25.0`).
+    pub tenants: BTreeMap<String, f64>,
+}
+
+/// The largest amount accepted anywhere, in US dollars (a budget, a ceiling): far above any
+/// real one, and far below what micro-USD in a `u64` can hold.
+pub const MAX_USD: f64 = 1e9;
+
+/// `usd` in micro-USD, if it is an amount: finite, not negative, at most [`MAX_USD`].
+pub fn micro_usd(usd: f64) -> Result<u64, String> {
+    if usd.is_finite() && (0.0..=MAX_USD).contains(&usd) {
+        Ok((usd * 1e6).round() as u64)
+    } else {
+        Err(format!(
+            "{usd} is not an amount of dollars; use a number from 0 to {MAX_USD:e} such as 0.50"
+        ))
+    }
+}
+
+impl BudgetConfig {
+    /// Every ceiling and limit, checked: the key of the first bad one is named.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let keys = [
+            ("budget.global_usd", self.global_usd),
+            ("budget.tenant_default_usd", self.tenant_default_usd),
+            ("budget.max_run_usd", self.max_run_usd),
+        ];
+        for (key, usd) in keys {
+            if let Some(usd) = usd {
+                micro_usd(usd).map_err(|problem| invalid(key, problem))?;
+            }
+        }
+        for (tenant, usd) in &self.tenants {
+            micro_usd(*usd)
+                .map_err(|problem| invalid("budget.tenants", format!("{tenant}: {problem}")))?;
+        }
+        Ok(())
+    }
+
+    /// The ceiling of `tenant` in micro-USD, as configured (`None`: no ceiling).
+    pub fn tenant_ceiling(&self, tenant: &str) -> Option<u64> {
+        let usd = self
+            .tenants
+            .get(tenant)
+            .copied()
+            .or(self.tenant_default_usd)?;
+        micro_usd(usd).ok()
     }
 }
 
@@ -160,37 +241,101 @@ impl Server {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
-    /// The bearer token, from `token` or `token_file`; serving needs one.
-    pub fn bearer_token(&self) -> Result<String, ConfigError> {
-        let (key, token) = match (&self.token, &self.token_file) {
-            (Some(token), None) => ("server.token", token.trim().to_owned()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid("server.token_file", format!("cannot read {path:?}: {e}"))
-                })?;
-                ("server.token_file", text.trim().to_owned())
-            }
-            (None, None) => {
+    /// Every bearer token with whose it is: the admin token of `token` or `token_file` (if
+    /// set), then each `[[server.tokens]]` entry's. Serving needs at least one; each must be
+    /// long enough and different from the others.
+    pub fn bearer_tokens(&self) -> Result<Vec<(Access, String)>, ConfigError> {
+        let mut tokens = Vec::new();
+        if let Some((key, token)) = self.admin_token()? {
+            tokens.push((Access::Admin, checked(key, token)?));
+        }
+        for (n, entry) in self.tokens.iter().enumerate() {
+            let key = format!("server.tokens[{n}]");
+            let access = match (&entry.tenant, entry.admin) {
+                (Some(tenant), None) if !tenant.trim().is_empty() => Access::Tenant(tenant.clone()),
+                (None, Some(true)) => Access::Admin,
+                _ => {
+                    return Err(invalid(
+                        &key,
+                        "needs either tenant = \"<name>\" or admin = true",
+                    ))
+                }
+            };
+            let token = match (&entry.token_file, &entry.token_env) {
+                (Some(path), None) => read_token_file(&key, path)?,
+                (None, Some(name)) => std::env::var(name).map_err(|_| {
+                    invalid(
+                        &key,
+                        format!("token_env names {name:?}, which is not set (or not UTF-8)"),
+                    )
+                })?,
+                _ => {
+                    return Err(invalid(
+                        &key,
+                        "reads its token from one of token_file or token_env",
+                    ))
+                }
+            };
+            let token = checked(&key, token.trim().to_owned())?;
+            if tokens.iter().any(|(_, t)| *t == token) {
                 return Err(invalid(
-                    "server.token",
-                    "is required to serve: every /v1 request needs a bearer token (or set server.token_file)",
-                ))
+                    &key,
+                    "has the same token as an earlier one; give each its own",
+                ));
             }
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "server.token",
-                    "and server.token_file are both set; keep one",
-                ))
-            }
-        };
-        if token.chars().count() < MIN_TOKEN_CHARS {
+            tokens.push((access, token));
+        }
+        if tokens.is_empty() {
             return Err(invalid(
-                key,
-                format!("the token is shorter than {MIN_TOKEN_CHARS} characters; use a random one (`openssl rand -hex 32`)"),
+                "server.token",
+                "is required to serve: every /v1 request needs a bearer token (set server.token, server.token_file or [[server.tokens]])",
             ));
         }
-        Ok(token)
+        Ok(tokens)
     }
+
+    /// The admin token of `token` or `token_file`, with the key it came from.
+    fn admin_token(&self) -> Result<Option<(&'static str, String)>, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(token), None) => Ok(Some(("server.token", token.trim().to_owned()))),
+            (None, Some(path)) => Ok(Some((
+                "server.token_file",
+                read_token_file("server.token_file", path)?,
+            ))),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(invalid(
+                "server.token",
+                "and server.token_file are both set; keep one",
+            )),
+        }
+    }
+}
+
+/// Whose a bearer token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// An admin's: every tenant's runs, the tenants' ceilings.
+    Admin,
+    /// One tenant's: that tenant's runs only.
+    Tenant(String),
+}
+
+/// The token in the file at `path` (trimmed).
+fn read_token_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|e| invalid(key, format!("cannot read {path:?}: {e}")))
+}
+
+/// `token`, if it is long enough.
+fn checked(key: &str, token: String) -> Result<String, ConfigError> {
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(invalid(
+            key,
+            format!("the token is shorter than {MIN_TOKEN_CHARS} characters; use a random one (`openssl rand -hex 32`)"),
+        ));
+    }
+    Ok(token)
 }
 
 /// The shortest bearer token accepted.
@@ -211,6 +356,10 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// A list of `[[server.tokens]]` tables (file only: the environment cannot hold one).
+    Tokens,
+    /// A table of names to non-negative numbers (`name=usd,name=usd` in the environment).
+    Amounts,
 }
 
 /// Every key: section, name, type. A field of [`Config`] missing here cannot be set.
@@ -218,6 +367,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "listen", Kind::Address),
     ("server", "token", Kind::Text),
     ("server", "token_file", Kind::Text),
+    ("server", "tokens", Kind::Tokens),
     ("server", "body_limit_bytes", Kind::Integer),
     ("server", "drain_timeout_secs", Kind::Integer),
     ("runs", "budget_usd", Kind::Number),
@@ -229,6 +379,10 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("budget", "global_usd", Kind::Number),
+    ("budget", "tenant_default_usd", Kind::Number),
+    ("budget", "max_run_usd", Kind::Number),
+    ("budget", "tenants", Kind::Amounts),
 ];
 
 /// The prefix of every configuration variable.
@@ -348,13 +502,8 @@ impl Config {
                 "is 0; allow at least a small JSON body (e.g. 65536)",
             ));
         }
-        let budget = self.runs.budget_usd;
-        if !budget.is_finite() || budget < 0.0 {
-            return Err(invalid(
-                "runs.budget_usd",
-                format!("{budget} is not an amount of dollars; use a number such as 0.50"),
-            ));
-        }
+        micro_usd(self.runs.budget_usd).map_err(|problem| invalid("runs.budget_usd", problem))?;
+        self.budget.validate()?;
         if self.runs.max_steps == 0 || self.runs.max_steps > u64::from(u32::MAX) {
             return Err(invalid(
                 "runs.max_steps",
@@ -416,6 +565,12 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Tokens, Value::Array(items)) => return items.iter().try_for_each(check_token),
+        (Kind::Amounts, Value::Table(amounts)) => amounts.values().all(|v| {
+            v.as_float()
+                .or(v.as_integer().map(|n| n as f64))
+                .is_some_and(|x| x >= 0.0)
+        }),
         (Kind::Choice(choices), Value::String(s)) => {
             return if choices.contains(&s.as_str()) {
                 Ok(())
@@ -440,6 +595,47 @@ fn describe(kind: Kind) -> String {
         Kind::Number => "a non-negative number".into(),
         Kind::Names => "a list of strings".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
+        Kind::Tokens => "a list of [[server.tokens]] tables".into(),
+        Kind::Amounts => "a table of names to amounts in dollars (name = 25.0)".into(),
+    }
+}
+
+/// Checks one `[[server.tokens]]` entry: its keys, their types, one owner and one source.
+fn check_token(entry: &Value) -> Result<(), String> {
+    let Some(entry) = entry.as_table() else {
+        return Err(
+            "each entry must be a table: [[server.tokens]] with tenant and token_file".into(),
+        );
+    };
+    for (key, value) in entry {
+        let ok = match key.as_str() {
+            "tenant" | "token_env" => value.is_str(),
+            "token_file" => value.is_str(),
+            "admin" => value.as_bool() == Some(true),
+            _ => return Err(format!("unknown key {key:?} in a [[server.tokens]] entry; the keys are tenant, admin, token_file, token_env")),
+        };
+        if !ok {
+            return Err(format!("{key} = {value} is not valid in a [[server.tokens]] entry (tenant, token_file, token_env: strings; admin: true)"));
+        }
+    }
+    match (entry.contains_key("tenant"), entry.contains_key("admin")) {
+        (true, false) | (false, true) => {}
+        _ => {
+            return Err(
+                "each [[server.tokens]] entry needs either tenant = \"<name>\" or admin = true"
+                    .into(),
+            )
+        }
+    }
+    match (
+        entry.contains_key("token_file"),
+        entry.contains_key("token_env"),
+    ) {
+        (true, false) | (false, true) => Ok(()),
+        _ => Err(
+            "each [[server.tokens]] entry reads its token from one of token_file or token_env"
+                .into(),
+        ),
     }
 }
 
@@ -476,6 +672,13 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
                 .map(|s| Value::String(s.to_owned()))
                 .collect(),
         ),
+        Kind::Amounts => amounts_from_env(raw).map_err(|problem| invalid(&full, problem))?,
+        Kind::Tokens => {
+            return Err(invalid(
+                &full,
+                "cannot be set from the environment; write [[server.tokens]] entries in the config file (each may read its token from a variable with token_env)",
+            ))
+        }
     };
     check_value(kind, &value).map_err(|problem| invalid(&full, problem))?;
     table
@@ -485,6 +688,22 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         .ok_or_else(|| invalid(&full, "its section is not a table in the file"))?
         .insert(key, value);
     Ok(())
+}
+
+/// `name=usd,name=usd` as a table.
+fn amounts_from_env(raw: &str) -> Result<Value, String> {
+    let mut amounts = Table::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, usd) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not name=usd (e.g. acme=25.0)"))?;
+        let usd: f64 = usd
+            .trim()
+            .parse()
+            .map_err(|_| format!("{pair:?}: {usd:?} is not an amount of dollars"))?;
+        amounts.insert(name.trim().to_owned(), Value::Float(usd));
+    }
+    Ok(Value::Table(amounts))
 }
 
 #[cfg(test)]
@@ -625,26 +844,106 @@ mod tests {
             token_file,
             ..Server::default()
         };
-        let e = server(None, None).bearer_token().unwrap_err().to_string();
+        let e = server(None, None).bearer_tokens().unwrap_err().to_string();
         assert!(
             e.contains("`server.token`") && e.contains("is required"),
             "{e}"
         );
         let e = server(Some("short"), None)
-            .bearer_token()
+            .bearer_tokens()
             .unwrap_err()
             .to_string();
         assert!(e.contains("shorter than 16"), "{e}");
         let f = file("0123456789abcdef\n");
         assert_eq!(
-            server(None, Some(f.0.clone())).bearer_token().unwrap(),
-            "0123456789abcdef"
+            server(None, Some(f.0.clone())).bearer_tokens().unwrap(),
+            [(Access::Admin, "0123456789abcdef".to_owned())]
         );
         let e = server(Some("0123456789abcdef"), Some(f.0.clone()))
-            .bearer_token()
+            .bearer_tokens()
             .unwrap_err()
             .to_string();
         assert!(e.contains("both set"), "{e}");
+    }
+
+    #[test]
+    fn tenant_tokens_are_read_from_files_or_the_environment_and_bad_entries_are_named() {
+        let acme = file("acme-token-0123456789\n");
+        let text = format!(
+            "[[server.tokens]]\ntenant = \"acme\"\ntoken_file = {:?}\n\
+             [[server.tokens]]\nadmin = true\ntoken_env = \"IMPRESARIO_TEST_ADMIN_TOKEN_7\"\n",
+            acme.0
+        );
+        let f = file(&text);
+        let config = Config::load(Some(&f.0), Vec::new()).unwrap();
+        std::env::set_var("IMPRESARIO_TEST_ADMIN_TOKEN_7", "admin-token-0123456789");
+        assert_eq!(
+            config.server.bearer_tokens().unwrap(),
+            [
+                (
+                    Access::Tenant("acme".into()),
+                    "acme-token-0123456789".into()
+                ),
+                (Access::Admin, "admin-token-0123456789".into()),
+            ]
+        );
+        let e = error(
+            Some("[[server.tokens]]\ntenant = \"a\"\nadmin = true\ntoken_env = \"X\"\n"),
+            &[],
+        );
+        assert!(
+            e.contains("`server.tokens`") && e.contains("either tenant"),
+            "{e}"
+        );
+        let e = error(Some("[[server.tokens]]\ntenant = \"a\"\n"), &[]);
+        assert!(e.contains("one of token_file or token_env"), "{e}");
+        let e = error(
+            Some("[[server.tokens]]\ntenant = \"a\"\ntoken = \"x\"\n"),
+            &[],
+        );
+        assert!(e.contains("unknown key \"token\""), "{e}");
+        let e = error(None, &[("IMPRESARIO_SERVER__TOKENS", "x")]);
+        assert!(e.contains("cannot be set from the environment"), "{e}");
+        let twice = format!(
+            "[[server.tokens]]\ntenant = \"a\"\ntoken_file = {0:?}\n[[server.tokens]]\ntenant = \"b\"\ntoken_file = {0:?}\n",
+            acme.0
+        );
+        let f = file(&twice);
+        let e = Config::load(Some(&f.0), Vec::new())
+            .unwrap()
+            .server
+            .bearer_tokens()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`server.tokens[1]`") && e.contains("same token"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn budget_ceilings_are_amounts_and_a_bad_one_is_named() {
+        let f = file("[budget]\nglobal_usd = 100\ntenant_default_usd = 2.5\nmax_run_usd = 1\n[budget.tenants]\nacme = 25.0\n");
+        let config = Config::load(
+            Some(&f.0),
+            env(&[("IMPRESARIO_BUDGET__TENANTS", "beta=3,acme=4")]),
+        )
+        .unwrap();
+        assert_eq!(config.budget.tenant_ceiling("acme"), Some(4_000_000));
+        assert_eq!(config.budget.tenant_ceiling("beta"), Some(3_000_000));
+        assert_eq!(config.budget.tenant_ceiling("other"), Some(2_500_000));
+        assert_eq!(config.budget.max_run_usd, Some(1.0));
+        let e = error(Some("[budget]\nglobal_usd = 1e300\n"), &[]);
+        assert!(
+            e.contains("`budget.global_usd`") && e.contains("not an amount"),
+            "{e}"
+        );
+        let e = error(None, &[("IMPRESARIO_BUDGET__MAX_RUN_USD", "NaN")]);
+        assert!(e.contains("`budget.max_run_usd`"), "{e}");
+        let e = error(Some("[budget.tenants]\nacme = -1\n"), &[]);
+        assert!(e.contains("`budget.tenants`"), "{e}");
+        let e = error(None, &[("IMPRESARIO_BUDGET__TENANTS", "acme")]);
+        assert!(e.contains("not name=usd"), "{e}");
     }
 
     #[test]
@@ -655,7 +954,8 @@ mod tests {
                 Kind::Text => Value::String("0123456789abcdef".into()),
                 Kind::Address => Value::String("127.0.0.1:1".into()),
                 Kind::Integer | Kind::Number => Value::Integer(1),
-                Kind::Names => Value::Array(Vec::new()),
+                Kind::Names | Kind::Tokens => Value::Array(Vec::new()),
+                Kind::Amounts => Value::Table(Table::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
             };
             let entries = table.entry(*section).or_insert(Value::Table(Table::new()));
@@ -669,10 +969,12 @@ mod tests {
         let example = include_str!("../impresario.example.toml");
         let f = file(example);
         Config::load(Some(&f.0), Vec::new()).unwrap();
-        for (_, key, _) in KEYS {
+        for (section, key, _) in KEYS {
             let shown = example.lines().any(|line| {
-                line.trim_start_matches(['#', ' '])
-                    .starts_with(&format!("{key} = "))
+                let line = line.trim_start_matches(['#', ' ']);
+                line.starts_with(&format!("{key} = "))
+                    || line.starts_with(&format!("[{section}.{key}]"))
+                    || line.starts_with(&format!("[[{section}.{key}]]"))
             });
             assert!(shown, "{key} is not shown in impresario.example.toml");
         }

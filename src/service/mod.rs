@@ -34,7 +34,7 @@ use impresario::runtime::health::Health;
 use impresario::runtime::journal::{JournalError, RunEvent as Journaled, RunFilter, RunStatus};
 use impresario::runtime::telemetry::{MetricsHandle, Prometheus};
 
-use crate::config::Config;
+use crate::config::{micro_usd, BudgetConfig, Config};
 use crate::engine::Engine;
 use errors::ApiError;
 use runs::{state_name, Runs};
@@ -43,7 +43,8 @@ use runs::{state_name, Runs};
 pub struct State {
     engine: Engine,
     runs: Runs,
-    token: String,
+    tokens: auth::Tokens,
+    budget: BudgetConfig,
     body_limit: usize,
     draining: Arc<AtomicBool>,
     exposition: MetricsHandle,
@@ -58,6 +59,20 @@ impl State {
         runtime.spawn_task(runtime.next_placement(), recording);
         run
     }
+
+    /// 422 naming `budget_usd` unless `usd` is an amount within `budget.max_run_usd`.
+    fn check_run_budget(&self, usd: f64) -> Result<(), ApiError> {
+        let micro = micro_usd(usd).map_err(|problem| ApiError::invalid("budget_usd", problem))?;
+        match self.budget.max_run_usd {
+            Some(max) if micro > micro_usd(max).unwrap_or(u64::MAX) => Err(ApiError::invalid(
+                "budget_usd",
+                format!(
+                    "{usd} is more than the largest run budget, {max} dollars (budget.max_run_usd)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How long a halted run gets to record its end after its drain deadline.
@@ -65,7 +80,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let token = config.server.bearer_token()?;
+    let tokens = config.server.bearer_tokens()?;
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
@@ -104,7 +119,8 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         health: probes::health(&engine, draining.clone()),
         engine,
         runs: Runs::default(),
-        token,
+        tokens: auth::Tokens::new(tokens),
+        budget: config.budget.clone(),
         body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
         draining,
         exposition,

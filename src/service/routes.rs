@@ -15,10 +15,12 @@ use impresario::runtime::RunId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::{self, Caller};
 use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
-use super::{auth, sse, State};
+use super::{sse, State};
+use crate::config::Access;
 use crate::journaled;
 
 /// How long a graceful halt that names no `deadline_secs` lets the current step run.
@@ -44,23 +46,36 @@ pub fn configure(config: &mut web::ServiceConfig) {
 }
 
 type Data = web::Data<State>;
+/// Whose the request is (its bearer token's [`Access`]).
+type Token = web::ReqData<Access>;
 
 /// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?}`
-/// -> 201 `{"id", "state"}`. Missing fields take the configured defaults.
-async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+/// -> 201 `{"id", "state"}`. Missing fields take the configured defaults; a tenant's token
+/// submits for its tenant (naming another is a 422).
+async fn submit(
+    state: Data,
+    token: Token,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
     let goal: String = body.require("goal")?;
     let mut request = state.engine.request(goal.clone());
-    if let Some(tenant) = body.take::<String>("tenant")? {
-        request = request.tenant(tenant);
+    match (body.take::<String>("tenant")?, token.tenant()) {
+        (Some(named), Some(own)) if named != own => {
+            return Err(ApiError::invalid(
+                "tenant",
+                format!("this token is bound to tenant {own:?}; leave tenant out or name {own:?}"),
+            ))
+        }
+        (_, Some(own)) => request = request.tenant(own),
+        (Some(named), None) => request = request.tenant(named),
+        (None, None) => {}
     }
     if let Some(usd) = body.take::<f64>("budget_usd")? {
-        if !usd.is_finite() || usd < 0.0 {
-            return Err(ApiError::invalid("budget_usd", "must be 0 or more dollars"));
-        }
+        state.check_run_budget(usd)?;
         request = request.budget(Budget::usd(usd));
     }
     if let Some(tools) = body.take::<Vec<String>>("tools")? {
@@ -92,12 +107,18 @@ struct ListQuery {
 /// `GET /v1/runs[?tenant=...]` -> `{"runs": [...]}`, oldest first: every journaled run (of
 /// this process and earlier ones, [`journaled::listed`]), with `goal`, `state` and `usage`
 /// for the runs this process started or resumed.
-async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// A tenant's token lists its tenant's runs only.
+async fn list(state: Data, token: Token, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::invalid("query", e))?;
     let mut filter = RunFilter::all();
-    if let Some(tenant) = &query.tenant {
-        filter = filter.tenant(tenant.clone());
+    match (query.tenant.as_deref(), token.tenant()) {
+        // Another tenant's runs are none of this token's.
+        (Some(named), Some(own)) if named != own => {
+            return Ok(HttpResponse::Ok().json(json!({ "runs": [] })))
+        }
+        (_, Some(tenant)) | (Some(tenant), None) => filter = filter.tenant(tenant.to_owned()),
+        (None, None) => {}
     }
     let journaled = state
         .engine
@@ -122,8 +143,11 @@ async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiErro
 
 /// `GET /v1/runs/{id}` -> the run ([`journaled::shown`]): as this process runs it, else as
 /// the journal has it.
-async fn show(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn show(state: Data, token: Token, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     if let Some(run) = state.runs.get(&id) {
+        if !token.sees(&run.tenant) {
+            return Err(ApiError::unknown_run(&id));
+        }
         let steps: Vec<Value> = run
             .events()
             .borrow()
@@ -143,17 +167,20 @@ async fn show(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiErr
         .journal()
         .read(&RunId::new(id.as_str()))
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
-    let shown = journaled::shown(&entries).ok_or_else(|| ApiError::unknown_run(&id))?;
+    let shown = journaled::shown(&entries)
+        .filter(|run| run["tenant"].as_str().is_some_and(|t| token.sees(t)))
+        .ok_or_else(|| ApiError::unknown_run(&id))?;
     Ok(HttpResponse::Ok().json(shown))
 }
 
 /// `GET /v1/runs/{id}/events`: server-sent events ([`sse`]).
 async fn events(
     state: Data,
+    token: Token,
     id: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let run = find(&state, &id)?;
+    let run = find(&state, &token, &id)?;
     // A client reconnecting with `Last-Event-ID: n` continues after event n.
     let from = request
         .headers()
@@ -171,10 +198,11 @@ async fn events(
 /// -> 202. Immediate by default; 409 if the run already ended.
 async fn halt_run(
     state: Data,
+    token: Token,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let run = find(&state, &id)?;
+    let run = find(&state, &token, &id)?;
     let mut body = body::read(payload, state.body_limit).await?;
     let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
     body.done()?;
@@ -191,7 +219,11 @@ async fn halt_run(
 /// `POST /v1/runs/{id}/resume` -> 202 `{"id", "state"}`: a halted run, or one a crash cut
 /// off, goes on from its journal (journaled model answers and tool results are served, not
 /// repeated). 404 if the journal has no such run; 409 if it is running or finished.
-async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn resume(
+    state: Data,
+    token: Token,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
@@ -203,15 +235,11 @@ async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiE
         .read(&run)
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
     let (tenant, goal) = match entries.first().map(|e| &e.event) {
-        Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
+        Some(Journaled::RunSubmitted { tenant, goal, .. }) if token.sees(tenant) => {
+            (tenant.clone(), goal.clone())
+        }
         _ => return Err(ApiError::unknown_run(&id)),
     };
-    if let Some(Journaled::RunFinished { .. }) = entries.last().map(|e| &e.event) {
-        return Err(ApiError::conflict(format!(
-            "run {} finished; only a halted or interrupted run can be resumed",
-            id.as_str()
-        )));
-    }
     // A run that just ended is wound down (agents stopped) before its result is recorded;
     // until then the orchestrator still counts it as running.
     if let Some(ours) = state.runs.get(&id).filter(|r| r.state().is_terminal()) {
@@ -220,9 +248,9 @@ async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiE
     let handle = match state.engine.orchestrator.resume(&run).await {
         Ok(handle) => handle,
         Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(&id)),
-        Err(e @ (ResumeError::Running(_) | ResumeError::TenantHalted(_))) => {
-            return Err(ApiError::conflict(e.to_string()))
-        }
+        Err(
+            e @ (ResumeError::Running(_) | ResumeError::Finished(_) | ResumeError::TenantHalted(_)),
+        ) => return Err(ApiError::conflict(e.to_string())),
         Err(ResumeError::Submit(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::internal(e.to_string())),
     };
@@ -242,11 +270,12 @@ enum Decision {
 /// 202; 409 unless that step is the one waiting for approval.
 async fn decide(
     state: Data,
+    token: Token,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (id, step) = path.into_inner();
-    let run = find(&state, &id)?;
+    let run = find(&state, &token, &id)?;
     let step: u32 = step
         .parse()
         .map_err(|_| ApiError::invalid("step", format!("{step:?} is not a step number")))?;
@@ -276,14 +305,18 @@ async fn decide(
 /// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
 /// -> 202 `{"scope", "runs"}` (how many of this service's runs were running in the scope).
 /// The halt stays: the tenant's (or everyone's) new runs end halted at once until the service
-/// restarts.
-async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+/// restarts. A tenant's token halts its own tenant only; `all` needs an admin token.
+async fn halt(state: Data, token: Token, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     let tenant: Option<String> = body.take("tenant")?;
     let all = body.take::<bool>("all")?.unwrap_or(false);
     let scope = match (tenant, all) {
-        (Some(tenant), false) => HaltScope::Tenant(tenant),
-        (None, true) => HaltScope::All,
+        (Some(tenant), false) if token.sees(&tenant) => HaltScope::Tenant(tenant),
+        (Some(tenant), false) => return Err(ApiError::unknown_tenant(&tenant)),
+        (None, true) => {
+            token.admin("halting every tenant")?;
+            HaltScope::All
+        }
         _ => {
             return Err(ApiError::invalid(
                 "tenant",
@@ -336,11 +369,15 @@ fn operator_halt(body: &mut Fields, scope: HaltScope) -> Result<Halt, ApiError> 
     Ok(halt)
 }
 
-/// A run this process started or resumed. 404 if the journal does not know it either; 409 if
-/// it ran in another process (it can be shown, and resumed, but not watched or steered).
-fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
+/// A run this process started or resumed. 404 if the journal does not know it either, or if
+/// it is another tenant's (its existence is not confirmed); 409 if it ran in another process
+/// (it can be shown, and resumed, but not watched or steered).
+fn find(state: &State, token: &Access, id: &str) -> Result<Arc<Tracked>, ApiError> {
     if let Some(run) = state.runs.get(id) {
-        return Ok(run);
+        return match token.sees(&run.tenant) {
+            true => Ok(run),
+            false => Err(ApiError::unknown_run(id)),
+        };
     }
     let journaled = state
         .engine
@@ -348,7 +385,9 @@ fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
         .journal()
         .read(&RunId::new(id))
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
-    match journaled::shown(&journaled) {
+    match journaled::shown(&journaled)
+        .filter(|run| run["tenant"].as_str().is_some_and(|t| token.sees(t)))
+    {
         Some(run) => Err(ApiError::conflict(format!(
             "run {id} is not running in this process (journal status: {}); GET /v1/runs/{id} shows it, POST /v1/runs/{id}/resume resumes a halted one",
             run["status"].as_str().unwrap_or("unknown")

@@ -77,6 +77,12 @@ impl Server {
 
     /// [`Server::start`] in `dir` (another server's, to start again on its journal).
     pub fn start_in(dir: Arc<TempDir>, extra: &str) -> Server {
+        Server::start_with(dir, extra, &[])
+    }
+
+    /// [`Server::start_in`] with more environment variables (they may override the offline
+    /// provider: `IMPRESARIO_MODELS__PROVIDER=auto` and `OPENAI_BASE_URL`).
+    pub fn start_with(dir: Arc<TempDir>, extra: &str, env: &[(&str, &str)]) -> Server {
         let config = dir.write(
             "impresario.toml",
             &format!("[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{extra}\n"),
@@ -85,6 +91,7 @@ impl Server {
         let mut child = impresario(&dir)
             // The offline model whatever the file says (also: an override by the environment).
             .env("IMPRESARIO_MODELS__PROVIDER", "offline")
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -119,9 +126,30 @@ impl Server {
 
     /// A request to `path` with the token.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request_as(TOKEN, method, path)
+    }
+
+    /// A request to `path` with `token`.
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
+            .bearer_auth(token)
+    }
+
+    /// `method path` with `token` and a JSON body -> (status, JSON body).
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        answer(self.request_as(token, method, path).json(body)).await
     }
 
     /// `GET path` -> (status, JSON body).
@@ -141,8 +169,23 @@ impl Server {
         answer["id"].as_str().unwrap().to_owned()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Polls the run until its state satisfies `done` (10 s at most); returns the state.
     pub async fn until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.until_within(id, Duration::from_secs(10), done).await
+    }
+
+    /// [`Server::until`], `limit` at most.
+    pub async fn until_within(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let (status, run) = self.get(&format!("/v1/runs/{id}")).await;
@@ -150,11 +193,7 @@ impl Server {
             if done(&run["state"]) {
                 return run["state"].clone();
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "run {id} stayed {}",
-                run["state"]
-            );
+            assert!(start.elapsed() < limit, "run {id} stayed {}", run["state"]);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1,0 +1,290 @@
+//! Tenants are a boundary in `impresario serve`: tokens bound to a tenant see and act on that
+//! tenant's runs only, and nothing one tenant's runs hold (goals, tool outputs, notes, memories)
+//! reaches another tenant, through the API or through a prompt. The real binary on loopback,
+//! with a real OpenAI-compatible provider on loopback that records every request it receives.
+
+mod binary;
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use binary::{Server, TempDir};
+use impresario::offline::OfflineModel;
+use impresario::runtime::llm::{ChatModel, ChatRequest, Message, OutputSchema};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ACME: &str = "acme-token-0123456789abcdef";
+const BETA: &str = "beta-token-0123456789abcdef";
+
+/// A service with the admin token, a token of tenant `acme` (from a file) and one of tenant
+/// `beta` (from the environment), plus `extra` config lines after `[server]`'s.
+fn serve(extra: &str, env: &[(&str, &str)]) -> Server {
+    let dir = Arc::new(TempDir::new());
+    let acme = dir.write("acme.token", &format!("{ACME}\n"));
+    let config = format!(
+        "{extra}\n[[server.tokens]]\ntenant = \"acme\"\ntoken_file = {acme:?}\n\
+         [[server.tokens]]\ntenant = \"beta\"\ntoken_env = \"BETA_TOKEN\"\n"
+    );
+    let mut env = env.to_vec();
+    env.push(("BETA_TOKEN", BETA));
+    Server::start_with(dir, &config, &env)
+}
+
+/// Every string `server` answers to `token` on the read routes about `runs`: the list (with and
+/// without a tenant query), each run, each run's events.
+async fn everything_readable(server: &Server, token: &str, runs: &[&str]) -> String {
+    let mut seen = String::new();
+    for path in ["/v1/runs", "/v1/runs?tenant=acme", "/v1/runs?tenant=beta"] {
+        let (_, body) = server.send_as(token, Method::GET, path, &Value::Null).await;
+        seen.push_str(&body.to_string());
+    }
+    for id in runs {
+        let (_, body) = server
+            .send_as(token, Method::GET, &format!("/v1/runs/{id}"), &Value::Null)
+            .await;
+        seen.push_str(&body.to_string());
+        let events = server
+            .request_as(token, Method::GET, &format!("/v1/runs/{id}/events"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        seen.push_str(&events);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_tenant_token_sees_and_acts_on_its_own_tenants_runs_only() {
+    // Slow model calls: the runs are still running while the other tenant pokes at them.
+    let server = serve("[models]\noffline_latency_ms = 400", &[]);
+    let goal = json!({ "goal": "What is the default restart intensity?", "autonomy": "manual" });
+    let (status, created) = server.send_as(ACME, Method::POST, "/v1/runs", &goal).await;
+    assert_eq!(status, 201, "{created}");
+    let acme_run = created["id"].as_str().unwrap().to_owned();
+    let mut other = goal.clone();
+    other["tenant"] = json!("beta");
+    let (status, refused) = server.send_as(ACME, Method::POST, "/v1/runs", &other).await;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("tenant")),
+        "{refused}"
+    );
+
+    let (_, shown) = server.get(&format!("/v1/runs/{acme_run}")).await;
+    assert_eq!(shown["tenant"], "acme", "the token's tenant was forced");
+    let run = format!("/v1/runs/{acme_run}");
+    let steer = [
+        (Method::GET, run.clone()),
+        (Method::GET, format!("{run}/events")),
+        (Method::POST, format!("{run}/halt")),
+        (Method::POST, format!("{run}/resume")),
+        (Method::POST, format!("{run}/approvals/1")),
+    ];
+    for (method, path) in &steer {
+        let body = json!({ "decision": "approve" });
+        let body = if path.ends_with("/1") {
+            body
+        } else {
+            json!({})
+        };
+        let (status, answer) = server.send_as(BETA, method.clone(), path, &body).await;
+        assert_eq!(status, 404, "beta {method} {path}: {answer}");
+        assert!(!answer.to_string().contains("acme"), "{answer}");
+    }
+    let (status, _) = server
+        .send_as(BETA, Method::POST, "/v1/halt", &json!({ "tenant": "acme" }))
+        .await;
+    assert_eq!(status, 404, "beta may not halt acme");
+    let (status, _) = server
+        .send_as(BETA, Method::POST, "/v1/halt", &json!({ "all": true }))
+        .await;
+    assert_eq!(status, 403, "halting everyone is an admin's");
+    let listed = everything_readable(&server, BETA, &[]).await;
+    assert!(!listed.contains(&acme_run), "{listed}");
+
+    // The run was not disturbed by any of it: acme halts it, as its owner may.
+    let (status, answer) = server
+        .send_as(ACME, Method::POST, &format!("{run}/halt"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, listed) = server
+        .send_as(ACME, Method::GET, "/v1/runs", &Value::Null)
+        .await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 1, "{listed}");
+    let (_, listed) = server.get("/v1/runs").await;
+    assert_eq!(
+        listed["runs"][0]["id"],
+        acme_run.as_str(),
+        "the admin sees it"
+    );
+}
+
+#[tokio::test]
+async fn a_run_budget_over_the_limit_is_refused_naming_the_field() {
+    let server = serve("[budget]\nmax_run_usd = 1.0", &[]);
+    for usd in [json!(1e300), json!(-1), json!(1.5), json!("NaN")] {
+        let body = json!({ "goal": "What is 2 plus 2?", "budget_usd": usd });
+        let (status, answer) = server.send_as(ACME, Method::POST, "/v1/runs", &body).await;
+        assert_eq!(status, 422, "{usd}: {answer}");
+        assert_eq!(answer["field"], "budget_usd", "{answer}");
+    }
+    let body = json!({ "goal": "What is 2 plus 2?", "budget_usd": 1.0 });
+    let (status, answer) = server.send_as(ACME, Method::POST, "/v1/runs", &body).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+/// What tenant `acme` keeps secret.
+const SECRET: &str = "SECRET-ACME-7731";
+
+#[tokio::test]
+async fn secrets_of_one_tenant_never_reach_another_tenants_routes_or_prompts() {
+    let provider = Provider::start();
+    let base_url = format!("{}/v1", provider.url);
+    let server = serve(
+        "",
+        &[
+            ("IMPRESARIO_MODELS__PROVIDER", "auto"),
+            ("OPENAI_BASE_URL", &base_url),
+        ],
+    );
+    // acme's goal holds the secret; the model saves it as a note (a tool output says so) and
+    // searches it back; the run remembers its goal and outcome.
+    let acme = json!({
+        "goal": format!("Remember the vault audit code {SECRET} for the vault audit"),
+        "tools": ["save_note", "search_notes"],
+    });
+    let (status, created) = server.send_as(ACME, Method::POST, "/v1/runs", &acme).await;
+    assert_eq!(status, 201, "{created}");
+    let acme_run = created["id"].as_str().unwrap().to_owned();
+    let ended = server.until(&acme_run, |s| s["state"] == "succeeded").await;
+    let (_, shown) = server.get(&format!("/v1/runs/{acme_run}")).await;
+    assert!(
+        shown.to_string().contains(SECRET),
+        "acme's run holds the secret: {ended}"
+    );
+    let before_beta = provider.seen().len();
+    assert!(
+        provider.seen().iter().any(|body| body.contains(SECRET)),
+        "acme's prompts carry the secret, so the check below can fail"
+    );
+
+    // beta asks about the same words: its search and its memory must not find acme's.
+    let beta = json!({ "goal": "What is the vault audit code?", "tools": ["search_notes"] });
+    let (status, created) = server.send_as(BETA, Method::POST, "/v1/runs", &beta).await;
+    assert_eq!(status, 201, "{created}");
+    let beta_run = created["id"].as_str().unwrap().to_owned();
+    server
+        .until(&beta_run, |s| {
+            s["state"].is_string()
+                && s["state"] != "running"
+                && s["state"] != "planning"
+                && s["state"] != "queued"
+        })
+        .await;
+
+    let prompts = provider.seen()[before_beta..].to_vec();
+    assert!(!prompts.is_empty(), "beta's run called the model");
+    for prompt in &prompts {
+        assert!(
+            !prompt.contains(SECRET),
+            "a prompt for beta carried acme's secret: {prompt}"
+        );
+        assert!(
+            !prompt.contains("Remember the vault"),
+            "a prompt for beta carried acme's goal: {prompt}"
+        );
+    }
+    let readable = everything_readable(&server, BETA, &[&beta_run, &acme_run]).await;
+    assert!(readable.contains(&beta_run), "beta reads its own run");
+    assert!(
+        !readable.contains(SECRET),
+        "beta read acme's secret: {readable}"
+    );
+    assert!(
+        !readable.contains("Remember the vault"),
+        "beta read acme's goal: {readable}"
+    );
+}
+
+/// An OpenAI-compatible provider on loopback: answers like the offline stand-in model (it
+/// plans calls of the allowed tools with the goal's words and repeats what they return), and
+/// records the body of every request.
+struct Provider {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Provider {
+    fn start() -> Provider {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let recorded = seen.clone();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(web::Data::new(recorded.clone()))
+                        .route("/v1/chat/completions", web::post().to(chat))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind("127.0.0.1:0")
+                .unwrap();
+                sender.send(server.addrs()[0]).unwrap();
+                server.run().await.unwrap();
+            })
+        });
+        let address = receiver.recv().unwrap();
+        Provider {
+            url: format!("http://{address}"),
+            seen,
+        }
+    }
+
+    /// Every request body so far, in order.
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// `POST /v1/chat/completions`.
+async fn chat(seen: web::Data<Arc<Mutex<Vec<String>>>>, body: String) -> HttpResponse {
+    seen.lock().unwrap().push(body.clone());
+    let wire: Value = serde_json::from_str(&body).unwrap();
+    let mut request = ChatRequest::new(wire["model"].as_str().unwrap_or("llama3.2"));
+    for message in wire["messages"].as_array().into_iter().flatten() {
+        let content = message["content"].as_str().unwrap_or_default().to_owned();
+        request = request.message(match message["role"].as_str() {
+            Some("system") => Message::System { content },
+            Some("user") => Message::User { content },
+            _ => Message::Assistant {
+                content,
+                tool_calls: Vec::new(),
+            },
+        });
+    }
+    let schema = &wire["response_format"]["json_schema"];
+    if let Some(name) = schema["name"].as_str() {
+        request.output_schema = Some(OutputSchema {
+            name: name.to_owned(),
+            schema: schema["schema"].clone(),
+            strict: false,
+        });
+    }
+    let answer = OfflineModel::new().chat(&request).await.unwrap();
+    HttpResponse::Ok().json(json!({
+        "id": "loopback-1",
+        "choices": [{
+            "message": { "role": "assistant", "content": answer.content },
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": answer.usage.input_tokens,
+            "completion_tokens": answer.usage.output_tokens,
+        },
+    }))
+}
