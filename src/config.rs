@@ -504,6 +504,12 @@ impl Config {
         }
         micro_usd(self.runs.budget_usd).map_err(|problem| invalid("runs.budget_usd", problem))?;
         self.budget.validate()?;
+        if let Some(max) = self.budget.max_run_usd.filter(|max| self.runs.budget_usd > *max) {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!("{} is more than budget.max_run_usd ({max}); lower one or raise the other", self.runs.budget_usd),
+            ));
+        }
         if self.runs.max_steps == 0 || self.runs.max_steps > u64::from(u32::MAX) {
             return Err(invalid(
                 "runs.max_steps",

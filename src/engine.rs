@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use impresario::agents::{Budget, Models, Orchestrator, OrchestratorConfig, RunRequest, RunUsage};
+use impresario::agents::{
+    Budget, Models, Orchestrator, OrchestratorConfig, ResumeError, RunHandle, RunRequest, RunUsage,
+    SubmitError,
+};
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
@@ -13,6 +16,7 @@ use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
 use impresario::setup;
 
+use crate::ceilings::Ceilings;
 use crate::config::Config;
 use crate::writer_lock::WriterLock;
 
@@ -22,6 +26,8 @@ pub struct Engine {
     pub runtime: RuntimeHandle,
     /// Submits and drives runs.
     pub orchestrator: Orchestrator,
+    /// The global and tenant ceilings on the orchestrator's ledger.
+    pub ceilings: Ceilings,
     /// The client runs call models through.
     pub client: Client,
     /// What the models are, for a person (`offline`, `openai gpt-4o-mini`, ...).
@@ -67,9 +73,15 @@ impl Engine {
             },
         )
         .await?;
+        let ceilings = Ceilings::load(
+            &config.budget,
+            config.journal.file(),
+            orchestrator.ledger().clone(),
+        )?;
         Ok(Engine {
             runtime,
             orchestrator,
+            ceilings,
             client,
             models_description: chosen.description,
             models: chosen.models,
@@ -84,6 +96,18 @@ impl Engine {
             .budget(Budget::usd(self.defaults.budget_usd))
             .max_steps(self.defaults.max_steps as u32)
             .tools(self.defaults.tools.iter().cloned())
+    }
+
+    /// Submits `request`, its tenant's account opened with its ceiling first.
+    pub async fn submit(&self, request: RunRequest) -> Result<RunHandle, SubmitError> {
+        self.ceilings.open(&request.tenant)?;
+        self.orchestrator.submit(request).await
+    }
+
+    /// Resumes `run` of `tenant`, the tenant's account opened with its ceiling first.
+    pub async fn resume(&self, run: &RunId, tenant: &str) -> Result<RunHandle, ResumeError> {
+        self.ceilings.open(tenant).map_err(SubmitError::from)?;
+        self.orchestrator.resume(run).await
     }
 
     /// What a run has spent so far (zero once it ended: its result has the final figures).

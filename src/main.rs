@@ -2,6 +2,7 @@
 //! `impresario serve` serves runs over HTTP; `impresario run "goal"` pursues one goal with live
 //! progress. See `impresario --help` and the README.
 
+mod ceilings;
 mod cli;
 mod config;
 mod engine;

@@ -29,13 +29,22 @@ async fn a_second_process_on_a_journal_refuses_to_start_naming_the_holder_and_to
         vec!["run", "What is 1 plus 1?"],
         vec!["replay", &id],
     ] {
-        let output = impresario(&server.dir)
+        let mut child = impresario(&server.dir)
             .env("IMPRESARIO_MODELS__PROVIDER", "offline")
             .arg("--config")
             .arg(&config)
             .args(&args)
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        // Refusing is immediate; a process that started anyway is stopped after 10 s.
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(

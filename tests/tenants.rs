@@ -8,7 +8,7 @@ mod binary;
 use std::sync::{Arc, Mutex};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use binary::{Server, TempDir};
+use binary::{Server, TempDir, TOKEN};
 use impresario::offline::OfflineModel;
 use impresario::runtime::llm::{ChatModel, ChatRequest, Message, OutputSchema};
 use reqwest::Method;
@@ -20,7 +20,11 @@ const BETA: &str = "beta-token-0123456789abcdef";
 /// A service with the admin token, a token of tenant `acme` (from a file) and one of tenant
 /// `beta` (from the environment), plus `extra` config lines after `[server]`'s.
 fn serve(extra: &str, env: &[(&str, &str)]) -> Server {
-    let dir = Arc::new(TempDir::new());
+    serve_in(Arc::new(TempDir::new()), extra, env)
+}
+
+/// [`serve`] in `dir` (another service's, to start again on its journal).
+fn serve_in(dir: Arc<TempDir>, extra: &str, env: &[(&str, &str)]) -> Server {
     let acme = dir.write("acme.token", &format!("{ACME}\n"));
     let config = format!(
         "{extra}\n[[server.tokens]]\ntenant = \"acme\"\ntoken_file = {acme:?}\n\
@@ -287,4 +291,44 @@ async fn chat(seen: web::Data<Arc<Mutex<Vec<String>>>>, body: String) -> HttpRes
             "completion_tokens": answer.usage.output_tokens,
         },
     }))
+}
+
+#[tokio::test]
+async fn the_tenant_api_shows_and_sets_ceilings_the_ledger_enforces_and_a_restart_keeps() {
+    let config = "[budget.tenants]\nacme = 5.0";
+    let mut server = serve(config, &[]);
+    let nothing = Value::Null;
+    let (status, acme) = server.send_as(ACME, Method::GET, "/v1/tenants/acme", &nothing).await;
+    assert_eq!(status, 200, "{acme}");
+    assert_eq!(acme["ceiling_micro_usd"], 5_000_000);
+    assert_eq!(acme["runs"], json!({ "active": 0, "halted": 0, "finished": 0 }));
+    let (status, _) = server.send_as(BETA, Method::GET, "/v1/tenants/acme", &nothing).await;
+    assert_eq!(status, 404, "beta does not see acme");
+    let (status, beta) = server.get("/v1/tenants/beta").await;
+    assert_eq!((status, &beta["ceiling_micro_usd"]), (200, &Value::Null), "{beta}");
+
+    let tiny = json!({ "ceiling_usd": 0.000001 });
+    let (status, _) = server.send_as(ACME, Method::PUT, "/v1/tenants/acme", &tiny).await;
+    assert_eq!(status, 403, "a tenant does not set its own ceiling");
+    for bad in [json!({ "ceiling_usd": 1e300 }), json!({ "ceiling_usd": -1 }), json!({})] {
+        let (status, answer) = server.send_as(TOKEN, Method::PUT, "/v1/tenants/acme", &bad).await;
+        assert_eq!((status, answer["field"].as_str()), (422, Some("ceiling_usd")), "{answer}");
+    }
+    let (status, acme) = server.send_as(TOKEN, Method::PUT, "/v1/tenants/acme", &tiny).await;
+    assert_eq!((status, &acme["ceiling_micro_usd"]), (200, &json!(1)), "{acme}");
+
+    // The ledger refuses acme's first model call: it would cost more than one micro-dollar.
+    let goal = json!({ "goal": "What is the default restart intensity?" });
+    let (_, created) = server.send_as(ACME, Method::POST, "/v1/runs", &goal).await;
+    let id = created["id"].as_str().unwrap();
+    let ended = server.until(id, |s| s["state"] != "queued" && s["state"] != "planning" && s["state"] != "running").await;
+    assert_ne!(ended["state"], "succeeded", "{ended}");
+    let (_, acme) = server.send_as(ACME, Method::GET, "/v1/tenants/acme", &nothing).await;
+    assert!(acme["spent_micro_usd"].as_u64().unwrap() <= 1, "{acme}");
+    assert_eq!(acme["runs"]["active"], 0, "{acme}");
+
+    assert!(server.terminate().success());
+    let server = serve_in(server.dir.clone(), config, &[]);
+    let (_, acme) = server.send_as(ACME, Method::GET, "/v1/tenants/acme", &nothing).await;
+    assert_eq!(acme["ceiling_micro_usd"], 1, "the ceiling set by PUT survives the restart");
 }

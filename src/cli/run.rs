@@ -66,7 +66,7 @@ async fn embedded(config: &Config, args: RunArgs) -> Result<bool, Error> {
     if let Some(max_steps) = args.max_steps {
         request = request.max_steps(max_steps);
     }
-    let run = engine.orchestrator.submit(request).await?;
+    let run = engine.submit(request).await?;
     // The first receiver of a run has every event from its start.
     let mut events = run.events();
     println!("run {} (models: {})", run.id(), engine.models_description);

@@ -3,7 +3,8 @@
 //! Routes (all under the bearer token, see [`routes`]): `POST /v1/runs`, `GET /v1/runs`,
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
-//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`; and, without the token,
+//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `GET`/`PUT /v1/tenants/{tenant}`
+//! ([`tenants`]); and, without the token,
 //! `GET /metrics`, `/healthz`, `/readyz` ([`probes`]).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
@@ -20,6 +21,7 @@ mod probes;
 mod routes;
 mod runs;
 mod sse;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -191,7 +193,7 @@ async fn recover(engine: &Engine) -> Result<Vec<RunHandle>, JournalError> {
         .orchestrator
         .runs(&RunFilter::all().status(RunStatus::Active))?
     {
-        match engine.orchestrator.resume(&summary.run).await {
+        match engine.resume(&summary.run, &summary.tenant).await {
             Ok(handle) => resumed.push(handle),
             Err(e) => {
                 tracing::error!(run = %summary.run, error = %e, "could not resume a run a crash cut off; it stays in the journal")

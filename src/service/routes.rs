@@ -19,7 +19,7 @@ use super::auth::{self, Caller};
 use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
-use super::{sse, State};
+use super::{sse, tenants, State};
 use crate::config::Access;
 use crate::journaled;
 
@@ -41,7 +41,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .service(web::resource("/runs/{id}/halt").route(web::post().to(halt_run)))
             .service(web::resource("/runs/{id}/resume").route(web::post().to(resume)))
             .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
-            .service(web::resource("/halt").route(web::post().to(halt))),
+            .service(web::resource("/halt").route(web::post().to(halt)))
+            .configure(tenants::configure),
     );
 }
 
@@ -89,7 +90,7 @@ async fn submit(
     }
     body.done()?;
     let tenant = request.tenant.clone();
-    let handle = state.engine.orchestrator.submit(request).await?;
+    let handle = state.engine.submit(request).await?;
     let run = state.track(handle, tenant, goal);
     let id = run.handle.id().to_string();
     Ok(HttpResponse::Created()
@@ -245,7 +246,7 @@ async fn resume(
     if let Some(ours) = state.runs.get(&id).filter(|r| r.state().is_terminal()) {
         ours.ended().await;
     }
-    let handle = match state.engine.orchestrator.resume(&run).await {
+    let handle = match state.engine.resume(&run, &tenant).await {
         Ok(handle) => handle,
         Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(&id)),
         Err(
