@@ -422,7 +422,7 @@ fn main() {
         "cache key of the 2-message request",
         100_000,
         Box::new(|| {
-            black_box(CacheKey::of(black_box(&cached)));
+            black_box(CacheKey::of(Some("tenant"), black_box(&cached)));
         }),
     );
     let spent = run_account.snapshot();

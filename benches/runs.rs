@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impresario_agents::{
-    plan::parse_plan, Autonomy, Impact, Models, Orchestrator, RunRequest, RunState, Tool,
+    plan::parse_plan, Autonomy, Impact, ModelMap, Orchestrator, RunRequest, RunState, Tool,
     ToolContext, ToolRegistry,
 };
 use impresario_runtime::halt::HaltMode;
@@ -118,7 +118,7 @@ async fn orchestrated(runs: usize, concurrent: usize) -> (Duration, Duration) {
         let batch = concurrent.min(runs - done);
         let mut handles = Vec::with_capacity(batch);
         for _ in 0..batch {
-            let request = RunRequest::new("bench", Models::all("zero"))
+            let request = RunRequest::new("bench", ModelMap::all("zero"))
                 .tools(["noop"])
                 .autonomy(Autonomy::Full);
             handles.push(orchestrator.submit(request).await.unwrap());
@@ -236,7 +236,7 @@ fn main() {
         let before = rss_bytes();
         let mut handles = Vec::new();
         for _ in 0..idle {
-            let request = RunRequest::new("bench", Models::all("zero"))
+            let request = RunRequest::new("bench", ModelMap::all("zero"))
                 .tools(["guarded"])
                 .autonomy(Autonomy::Conditional);
             handles.push(orchestrator.submit(request).await.unwrap());

@@ -20,10 +20,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use impresario::agents::{Autonomy, Budget, Models, Orchestrator, RunRequest, RunState};
+use impresario::agents::{Autonomy, Budget, ModelMap, Orchestrator, RunRequest, RunState};
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
-use impresario::runtime::health::{Health, ModelsAvailable, SemanticCheck};
+use impresario::runtime::health::{Health, JournalWritable, SemanticCheck};
 use impresario::runtime::ledger::AccountId;
 use impresario::runtime::llm::{
     CallOptions, ChatRequest, Client, LlmError, ModelPrice, PriceTable, Rates, Scripted,
@@ -97,7 +97,10 @@ pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>
     let client = offline_client()?;
     let orchestrator =
         Orchestrator::start(&runtime, client.clone(), impresario::tools::registry()?).await?;
-    let health = Health::new(runtime.clone()).check(ModelsAvailable::new(client.clone()));
+    let health = Health::new(runtime.clone())
+        .models(client.clone())
+        .halts(orchestrator.halts().clone())
+        .check(JournalWritable::new(orchestrator.journal().clone()));
     let check = SemanticCheck::new(
         client,
         ChatRequest::new(HEALTH_MODEL)
@@ -142,7 +145,7 @@ pub async fn start(config: Config) -> Result<Service, Box<dyn std::error::Error>
 
 /// `POST /runs` with the goal as the body: runs it and answers with its outcome and usage.
 async fn submit_run(state: web::Data<State>, goal: String) -> HttpResponse {
-    let request = RunRequest::new(goal, Models::all(MODEL))
+    let request = RunRequest::new(goal, ModelMap::all(MODEL))
         .tools(impresario::tools::NAMES.iter().copied())
         .budget(Budget::usd(RUN_BUDGET_USD))
         .autonomy(Autonomy::Full);
@@ -175,12 +178,13 @@ async fn metrics(state: web::Data<State>) -> HttpResponse {
         .body(state.exposition.render())
 }
 
-/// `GET /healthz`: 200 while the runtime's threads answer.
+/// `GET /healthz`: 200 while the runtime answers, else 503; breakers and standing halts as JSON.
 async fn healthz(state: web::Data<State>) -> HttpResponse {
-    if state.health.liveness().await {
-        HttpResponse::Ok().body("ok\n")
+    let detail = state.health.detail().await;
+    if detail.live {
+        HttpResponse::Ok().json(detail)
     } else {
-        HttpResponse::ServiceUnavailable().body("the runtime does not answer\n")
+        HttpResponse::ServiceUnavailable().json(detail)
     }
 }
 

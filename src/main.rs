@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod engine;
 mod journaled;
+mod models;
 mod service;
 mod writer_lock;
 

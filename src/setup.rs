@@ -2,7 +2,7 @@
 //! in the environment, otherwise an offline model (a script, or the binary's
 //! [`OfflineModel`](crate::offline::OfflineModel)), so everything runs without a network.
 
-use impresario_agents::Models;
+use impresario_agents::ModelMap;
 use impresario_runtime::llm::{
     Anthropic, ChatModel, Client, LlmError, ModelPrice, OpenAi, OpenAiConfig, PriceTable, Rates,
 };
@@ -12,7 +12,7 @@ pub struct ModelSetup {
     /// The client to call models through.
     pub client: Client,
     /// The models runs should use.
-    pub models: Models,
+    pub models: ModelMap,
     /// What was chosen, for a person (`offline`, `openai gpt-4o-mini`, ...).
     pub description: String,
 }
@@ -79,7 +79,7 @@ pub fn offline(model: impl ChatModel + 'static) -> Result<ModelSetup, LlmError> 
 fn setup(client: Client, model: &str, description: String) -> ModelSetup {
     ModelSetup {
         client,
-        models: Models::all(model),
+        models: ModelMap::all(model),
         description,
     }
 }

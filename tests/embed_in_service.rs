@@ -2,6 +2,7 @@
 //! this binary holds one test): it listens on a free loopback port, runs an offline run, and
 //! its `/metrics`, scraped over HTTP and parsed strictly, moved by exactly what the run used.
 
+#[path = "it/support/mod.rs"]
 mod support;
 
 #[allow(dead_code)] // its `main` is the example's, not ours
@@ -44,7 +45,7 @@ async fn a_run_moves_the_scraped_metrics_by_exactly_what_it_used() {
     assert_eq!(ready.status(), 200);
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(ready["ready"], true);
-    assert_eq!(ready["checks"][0]["name"], "models_available");
+    assert_eq!(ready["checks"][0]["name"], "journal_writable");
 
     // The semantic health check asks once at startup; wait for it so it is not counted below.
     let model = [("model", example::HEALTH_MODEL)];

@@ -14,6 +14,7 @@ use impresario_runtime::llm::{
 };
 
 use crate::journaling::ModelGateway;
+use crate::models::ModelChoice;
 use crate::plan::{parse_plan, plan_schema, Plan, PlanError};
 
 /// The planner agent. It calls models through the run's [`ModelGateway`], which comes with
@@ -30,8 +31,8 @@ agent!(Planner);
 #[derive(Message)]
 #[rtype(result = "Result<Planned, PlannerError>")]
 pub struct MakePlan {
-    /// The model to plan with.
-    pub model: String,
+    /// The model to plan with, and its fallbacks.
+    pub model: ModelChoice,
     /// The goal.
     pub goal: String,
     /// The instructions: the plan schema and the tools the run may use ([`system_prompt`]).
@@ -80,7 +81,7 @@ impl Handler<MakePlan> for Planner {
 
     fn handle(&mut self, msg: MakePlan, _: &mut Context<Self>) -> Self::Result {
         Box::pin(async move {
-            let mut request = ChatRequest::new(msg.model.clone())
+            let mut request = ChatRequest::new(msg.model.model.clone())
                 .system(msg.system.to_string())
                 .user(user_prompt(&msg))
                 .output_schema("plan", plan_schema().clone(), false)
@@ -91,7 +92,12 @@ impl Handler<MakePlan> for Planner {
                 attempts += 1;
                 let response = msg
                     .gateway
-                    .chat(msg.step, request.clone(), &msg.options)
+                    .chat(
+                        msg.step,
+                        request.clone(),
+                        &msg.model.fallbacks,
+                        &msg.options,
+                    )
                     .await?;
                 match parse_plan(&response.content) {
                     Ok(plan) => return Ok(Planned { plan, attempts }),

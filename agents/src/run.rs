@@ -10,6 +10,7 @@ use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::models::ModelMap;
 use crate::plan::{Plan, Step};
 use crate::tool::ToolError;
 
@@ -61,29 +62,6 @@ impl Budget {
     }
 }
 
-/// Which models a run uses (names known to the LLM client's price table).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Models {
-    /// Plans and replans.
-    pub planner: String,
-    /// Answers `model_call` steps.
-    pub executor: String,
-    /// Summarizes old steps when the context budget is exceeded.
-    pub summarizer: String,
-}
-
-impl Models {
-    /// One model for everything.
-    pub fn all(model: impl Into<String>) -> Self {
-        let model = model.into();
-        Models {
-            planner: model.clone(),
-            executor: model.clone(),
-            summarizer: model,
-        }
-    }
-}
-
 /// A goal to pursue, under a budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
@@ -95,8 +73,9 @@ pub struct RunRequest {
     pub budget: Budget,
     /// What it may do without approval.
     pub autonomy: Autonomy,
-    /// Which models it uses.
-    pub models: Models,
+    /// Which models it uses: the model (and fallbacks) of each tier, and each role's tier.
+    #[serde(deserialize_with = "crate::models::read_journaled")]
+    pub models: ModelMap,
     /// The tools it may use (least privilege): names from the orchestrator's registry.
     pub tools: Vec<String>,
     /// The most steps it may execute.
@@ -114,7 +93,7 @@ pub struct RunRequest {
 impl RunRequest {
     /// A request with the defaults: tenant `default`, no budget limits, conditional autonomy,
     /// no tools, 20 steps, 2 repairs, 4 KiB of tool output.
-    pub fn new(goal: impl Into<String>, models: Models) -> Self {
+    pub fn new(goal: impl Into<String>, models: ModelMap) -> Self {
         RunRequest {
             goal: goal.into(),
             tenant: "default".into(),
@@ -184,6 +163,9 @@ pub enum FailReason {
     Diverged,
     /// Its journal could not be written: it stopped rather than go on unrecorded.
     JournalError,
+    /// Its driver crashed (panicked) more often than its restart policy allows; the detail
+    /// has the last panic's message. Everything the run held was released.
+    Internal,
 }
 
 impl std::fmt::Display for FailReason {

@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::future::IntoFuture;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
@@ -137,7 +137,7 @@ impl Halt {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "halted ({reason}, scope {scope}{detail}); this is deliberate, do not retry: \
-     resume the run (Halts::resume_run) once the cause is dealt with",
+     resume the run once the cause is dealt with",
     reason = .halt.reason,
     scope = .halt.scope,
     detail = .halt.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
@@ -270,6 +270,16 @@ impl HaltToken {
         best
     }
 
+    /// The halt requested on this token itself (not inherited): its immediate one if any, else
+    /// its graceful one.
+    pub fn own_halt(&self) -> Option<Halt> {
+        let node = &self.node;
+        node.immediate
+            .get()
+            .or(node.graceful.get())
+            .map(|h| Halt::clone(h))
+    }
+
     /// Resolves when this token is halted immediately.
     pub async fn halted(&self) {
         self.node.abort.cancelled().await;
@@ -349,14 +359,29 @@ fn escalate_after(abort: CancellationToken, deadline: Duration) {
 /// A run cannot be resumed while its tenant (or everything) is halted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "cannot resume: {scope} is still halted ({reason}); resume the tenant first \
-     (Halts::resume_tenant), or wait until the global halt is lifted by a restart",
+    "{scope} is still halted ({reason}); lift that halt first, then try again",
     scope = .halt.scope,
     reason = .halt.reason
 )]
 pub struct AncestorHalted {
     /// The halt still in force on an ancestor.
     pub halt: Halt,
+}
+
+/// A standing halt could not be lifted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LiftError {
+    /// Only a tenant's or everyone's halt stands; a run's halt ends with the run (resume it).
+    #[error(
+        "only a tenant's or everyone's halt can be lifted, not {0}'s; resume a halted run instead"
+    )]
+    NotStanding(HaltScope),
+    /// Nothing halted that scope.
+    #[error("{0} is not halted; there is nothing to lift")]
+    NotHalted(HaltScope),
+    /// A tenant cannot be lifted while everything is halted.
+    #[error(transparent)]
+    AncestorHalted(#[from] AncestorHalted),
 }
 
 /// The halt tokens of one process, by scope. Cheap to clone; clones share the tokens.
@@ -367,7 +392,8 @@ pub struct Halts {
 
 #[derive(Default)]
 struct Registry {
-    global: HaltToken,
+    /// Replaced when the global halt is lifted; tenants are created under a read lock of it.
+    global: RwLock<HaltToken>,
     tenants: DashMap<String, HaltToken>,
     runs: DashMap<String, HaltToken>,
     /// Agent id -> (its run id, its token).
@@ -394,7 +420,11 @@ impl Halts {
 
     /// The root token: halting it halts everything.
     pub fn global(&self) -> HaltToken {
-        self.inner.global.clone()
+        self.root().clone()
+    }
+
+    fn root(&self) -> RwLockReadGuard<'_, HaltToken> {
+        self.inner.global.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The tenant's token, created under the global one if needed.
@@ -402,10 +432,11 @@ impl Halts {
         if let Some(t) = self.inner.tenants.get(tenant) {
             return t.clone();
         }
+        let global = self.root();
         self.inner
             .tenants
             .entry(tenant.to_owned())
-            .or_insert_with(|| self.inner.global.child())
+            .or_insert_with(|| global.child())
             .clone()
     }
 
@@ -454,7 +485,9 @@ impl Halts {
         match token {
             Some(token) => {
                 self.inner.metrics.halt(&halt.scope, halt.reason);
+                let scope = halt.scope.clone();
                 token.halt(halt);
+                self.count_standing(&scope);
                 true
             }
             None => false,
@@ -486,12 +519,80 @@ impl Halts {
     /// Its halted runs stay halted until each is resumed with [`Halts::resume_run`].
     /// Fails while the global token is halted.
     pub fn resume_tenant(&self, tenant: &str) -> Result<HaltToken, AncestorHalted> {
-        if let Some(halt) = self.inner.global.halt_info() {
+        let global = self.root();
+        if let Some(halt) = global.halt_info() {
             return Err(AncestorHalted { halt });
         }
-        let fresh = self.inner.global.child();
+        let fresh = global.child();
         self.inner.tenants.insert(tenant.to_owned(), fresh.clone());
+        drop(global);
+        self.count_standing(&HaltScope::Tenant(tenant.to_owned()));
         Ok(fresh)
+    }
+
+    /// Lifts the standing halt of `scope` (a tenant, or everything): new runs of the scope start
+    /// un-halted again; runs it halted stay halted until each is resumed. Lifting everything
+    /// keeps the tenants' own halts. Returns the halt that was lifted, counted in
+    /// `impresario_halts_lifted_total`.
+    pub fn lift(&self, scope: &HaltScope) -> Result<Halt, LiftError> {
+        let lifted = match scope {
+            HaltScope::All => self.lift_all()?,
+            HaltScope::Tenant(tenant) => {
+                let halt = self
+                    .inner
+                    .tenants
+                    .get(tenant)
+                    .and_then(|t| t.own_halt())
+                    .ok_or_else(|| LiftError::NotHalted(scope.clone()))?;
+                self.resume_tenant(tenant)?;
+                halt
+            }
+            HaltScope::Run(_) | HaltScope::Agent(_) => {
+                return Err(LiftError::NotStanding(scope.clone()))
+            }
+        };
+        self.inner.metrics.halt_lifted(scope);
+        self.count_standing(scope);
+        Ok(lifted)
+    }
+
+    /// A fresh global token; every tenant gets a fresh child of it that keeps its own halt.
+    fn lift_all(&self) -> Result<Halt, LiftError> {
+        let mut global = self.inner.global.write().unwrap_or_else(|p| p.into_inner());
+        let halt = global
+            .own_halt()
+            .ok_or(LiftError::NotHalted(HaltScope::All))?;
+        *global = HaltToken::new();
+        for mut tenant in self.inner.tenants.iter_mut() {
+            let fresh = global.child();
+            if let Some(own) = tenant.own_halt() {
+                fresh.halt(own);
+            }
+            *tenant = fresh;
+        }
+        Ok(halt)
+    }
+
+    /// The standing halts in force: everyone's, then each tenant's (not inherited ones).
+    pub fn standing(&self) -> Vec<Halt> {
+        let mut halts: Vec<Halt> = self.root().own_halt().into_iter().collect();
+        halts.extend(self.inner.tenants.iter().filter_map(|t| t.own_halt()));
+        halts
+    }
+
+    /// Sets `impresario_halts_in_force` for the kind of `scope`, if it is a standing one.
+    fn count_standing(&self, scope: &HaltScope) {
+        let count = match scope {
+            HaltScope::All => usize::from(self.root().own_halt().is_some()),
+            HaltScope::Tenant(_) => self
+                .inner
+                .tenants
+                .iter()
+                .filter(|t| t.own_halt().is_some())
+                .count(),
+            HaltScope::Run(_) | HaltScope::Agent(_) => return,
+        };
+        self.inner.metrics.halts_in_force(scope, count);
     }
 
     /// Forgets a finished run's token and its agents' tokens.
@@ -706,6 +807,62 @@ mod tests {
         halts.halt(HaltScope::All, HaltMode::Immediate, HaltReason::Shutdown);
         assert!(other.is_halted());
         assert!(halts.resume_tenant("other").is_err());
+    }
+
+    #[test]
+    fn standing_halts_are_lifted_by_scope_and_everything_keeps_tenant_halts() {
+        let (metrics, exposition) = crate::telemetry::Prometheus::new().build();
+        let halts = Halts::with_metrics(metrics);
+        let old_run = halts.run("acme", "r1");
+        let tenant = |t: &str| HaltScope::Tenant(t.into());
+        assert_eq!(
+            halts.lift(&tenant("acme")),
+            Err(LiftError::NotHalted(tenant("acme")))
+        );
+        assert!(matches!(
+            halts.lift(&HaltScope::Run("r1".into())),
+            Err(LiftError::NotStanding(_))
+        ));
+        halts.halt(tenant("beta"), HaltMode::Immediate, HaltReason::CostCeiling);
+        halts.halt(HaltScope::All, HaltMode::Immediate, HaltReason::Operator);
+        assert_eq!(halts.standing().len(), 2);
+        assert!(halts.tenant("acme").is_halted() && halts.run("new", "r2").is_halted());
+        // A tenant cannot be lifted from under a global halt.
+        assert!(matches!(
+            halts.lift(&tenant("beta")),
+            Err(LiftError::AncestorHalted(_))
+        ));
+
+        assert_eq!(
+            halts.lift(&HaltScope::All).unwrap().reason,
+            HaltReason::Operator
+        );
+        assert!(!halts.global().is_halted() && !halts.tenant("acme").is_halted());
+        assert!(
+            !halts.run("acme", "r3").is_halted(),
+            "new runs start un-halted"
+        );
+        assert!(old_run.is_halted(), "what the halt stopped stays stopped");
+        assert!(
+            halts.tenant("beta").is_halted(),
+            "the tenant's own halt stands"
+        );
+        assert_eq!(
+            halts.standing(),
+            vec![halts.tenant("beta").own_halt().unwrap()]
+        );
+        halts.lift(&tenant("beta")).unwrap();
+        assert!(halts.standing().is_empty() && !halts.run("beta", "r4").is_halted());
+
+        let text = exposition.render();
+        for line in [
+            "impresario_halts_lifted_total{scope=\"all\"} 1",
+            "impresario_halts_lifted_total{scope=\"tenant\"} 1",
+            "impresario_halts_in_force{scope=\"all\"} 0",
+            "impresario_halts_in_force{scope=\"tenant\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 
     #[test]

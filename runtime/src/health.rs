@@ -1,14 +1,21 @@
-//! Health: liveness (the runtime's threads answer), readiness (a set of named checks, e.g. "at
-//! least one model is not circuit-open"; the journal will add "journal writable"), and the
-//! semantic health check (a configured question with a known answer, asked of a model now and
-//! then, reported as the `impresario_health_semantic_up` gauge).
+//! Health: liveness (the runtime's threads answer), readiness (named checks of whether the
+//! process can accept work: [`JournalWritable`], not draining, ...), the [`Detail`] operators
+//! read next to liveness (model breakers, standing halts), and the semantic health check (a
+//! configured question with a known answer, asked of a model now and then, reported as the
+//! `impresario_health_semantic_up` gauge).
+//!
+//! Readiness means "send me work": an open breaker or a halt is not in it. A provider outage
+//! opens the breaker on every replica at once, and taking every replica out of a load balancer
+//! would also stop listing, halting and resuming runs; a halt is an operator's decision about
+//! some runs, not a fault of the process. Both show in [`Health::detail`] and in metrics.
 //!
 //! ```no_run
-//! # async fn demo(runtime: impresario_runtime::RuntimeHandle, client: impresario_runtime::llm::Client) {
-//! use impresario_runtime::health::{Health, ModelsAvailable};
+//! # async fn demo(runtime: impresario_runtime::RuntimeHandle, client: impresario_runtime::llm::Client,
+//! #               journal: std::sync::Arc<dyn impresario_runtime::journal::Journal>) {
+//! use impresario_runtime::health::{Health, JournalWritable};
 //!
-//! let health = Health::new(runtime).check(ModelsAvailable::new(client));
-//! let live = health.liveness().await;       // GET /healthz: 200 if true, else 503
+//! let health = Health::new(runtime).models(client).check(JournalWritable::new(journal));
+//! let detail = health.detail().await;       // GET /healthz: 200 if detail.live, else 503
 //! let ready = health.readiness().await;     // GET /readyz: 200 if ready.ready, else 503
 //! # }
 //! ```
@@ -20,6 +27,8 @@ use std::time::Duration;
 use futures_util::future::{join_all, BoxFuture};
 use serde::Serialize;
 
+use crate::halt::{Halt, Halts};
+use crate::journal::Journal;
 use crate::llm::{BreakerState, CallOptions, ChatRequest, Client, LlmError};
 use crate::runtime::RuntimeHandle;
 
@@ -68,36 +77,49 @@ where
     }
 }
 
-/// Ready when at least one model the client knows is not circuit-open (or it knows none yet).
-pub struct ModelsAvailable {
-    client: Client,
+/// Ready when the journal takes a durable write ([`Journal::probe_write`], queued behind the
+/// appends in flight): false when its disk is full or its file cannot be written.
+pub struct JournalWritable {
+    journal: Arc<dyn Journal>,
 }
 
-impl ModelsAvailable {
-    /// The check for `client`'s models.
-    pub fn new(client: Client) -> Self {
-        ModelsAvailable { client }
+impl JournalWritable {
+    /// The check of `journal`.
+    pub fn new(journal: Arc<dyn Journal>) -> Self {
+        JournalWritable { journal }
     }
 }
 
-impl ReadinessCheck for ModelsAvailable {
+impl ReadinessCheck for JournalWritable {
     fn name(&self) -> &str {
-        "models_available"
+        "journal_writable"
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-        let states = self.client.breaker_states();
-        let result = if states.iter().any(|(_, s)| *s != BreakerState::Open) || states.is_empty() {
-            Ok(())
-        } else {
-            let models: Vec<&str> = states.iter().map(|(m, _)| m.as_str()).collect();
-            Err(format!(
-                "every model is circuit-open: {}",
-                models.join(", ")
-            ))
-        };
-        Box::pin(std::future::ready(result))
+        let probe = self.journal.probe_write();
+        Box::pin(async move { probe.await.map_err(|e| e.to_string()) })
     }
+}
+
+/// A model's circuit breaker, as [`Detail`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelState {
+    /// The model.
+    pub model: String,
+    /// `closed`, `half_open` or `open`.
+    pub breaker: &'static str,
+}
+
+/// What operators read on `/healthz`: liveness, and what limits work without making the process
+/// unready.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detail {
+    /// The runtime's threads answer.
+    pub live: bool,
+    /// Every model called so far, with its breaker.
+    pub models: Vec<ModelState>,
+    /// The standing halts (everyone's, tenants'): their new runs end halted until lifted.
+    pub halts: Vec<Halt>,
 }
 
 /// The result of one readiness check.
@@ -127,6 +149,8 @@ pub struct Health {
     runtime: RuntimeHandle,
     checks: Vec<Arc<dyn ReadinessCheck>>,
     timeout: Duration,
+    client: Option<Client>,
+    halts: Option<Halts>,
 }
 
 impl Health {
@@ -136,7 +160,21 @@ impl Health {
             runtime,
             checks: Vec::new(),
             timeout: DEFAULT_CHECK_TIMEOUT,
+            client: None,
+            halts: None,
         }
+    }
+
+    /// Reports the breakers of `client`'s models in [`Health::detail`].
+    pub fn models(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Reports the standing halts of `halts` in [`Health::detail`].
+    pub fn halts(mut self, halts: Halts) -> Self {
+        self.halts = Some(halts);
+        self
     }
 
     /// Adds a readiness check.
@@ -155,6 +193,29 @@ impl Health {
     /// a handler blocks an arbiter, or the runtime stopped. Needs a tokio timer.
     pub async fn liveness(&self) -> bool {
         self.runtime.responsive(self.timeout).await
+    }
+
+    /// Liveness, with the models' breakers and the standing halts.
+    pub async fn detail(&self) -> Detail {
+        let mut models: Vec<ModelState> = self
+            .client
+            .iter()
+            .flat_map(Client::breaker_states)
+            .map(|(model, state)| ModelState {
+                model,
+                breaker: match state {
+                    BreakerState::Closed => "closed",
+                    BreakerState::HalfOpen => "half_open",
+                    BreakerState::Open => "open",
+                },
+            })
+            .collect();
+        models.sort_by(|a, b| a.model.cmp(&b.model));
+        Detail {
+            live: self.liveness().await,
+            models,
+            halts: self.halts.iter().flat_map(Halts::standing).collect(),
+        }
     }
 
     /// Runs every readiness check at once; a check that times out fails.
@@ -236,8 +297,7 @@ mod tests {
     use super::*;
     use crate::ledger::{AccountId, Ledger};
     use crate::llm::{
-        BreakerConfig, ChatModel, ChatResponse, ModelPrice, PriceTable, Rates, RetryPolicy, Router,
-        Tier,
+        BreakerConfig, ChatModel, ChatResponse, ModelPrice, PriceTable, Rates, RetryPolicy,
     };
     use tokio_util::sync::CancellationToken;
 
@@ -254,7 +314,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ready_until_every_known_model_is_circuit_open_and_dead_when_stopped() {
+    async fn breakers_and_halts_show_in_the_detail_not_in_readiness() {
         let mut prices = PriceTable::default();
         for model in ["m1", "m2"] {
             prices.insert(model, ModelPrice::new("down", Rates::default()));
@@ -262,7 +322,9 @@ mod tests {
         let client = Client::builder()
             .prices(prices)
             .provider("down", Down)
-            .router(Router::default().with(Tier::Standard, ["m1", "m2"]))
+            // Both models known to the client, neither a fallback of the other.
+            .fallback("m1", Vec::<String>::new())
+            .fallback("m2", Vec::<String>::new())
             .retry(RetryPolicy::none())
             .breaker(BreakerConfig {
                 failure_threshold: 1,
@@ -271,44 +333,40 @@ mod tests {
             .build()
             .unwrap();
         let runtime = crate::Runtime::builder().arbiters(1).start().unwrap();
+        let halts = Halts::new();
+        let journal: Arc<dyn Journal> = Arc::new(crate::journal::MemoryJournal::new());
         let health = Health::new(runtime.clone())
-            .check(ModelsAvailable::new(client.clone()))
-            .check(CheckFn::new("journal_writable", || async { Ok(()) }));
-        assert!(health.liveness().await);
-        assert!(health.readiness().await.ready, "no breaker is open yet");
-
+            .models(client.clone())
+            .halts(halts.clone())
+            .check(JournalWritable::new(journal));
         let options = CallOptions::new(
             Ledger::new().path(&AccountId::Global).unwrap(),
             CancellationToken::new(),
         );
         for model in ["m1", "m2"] {
+            // No fallback: each call trips only its own model's breaker.
             let _ = client
-                .chat(ChatRequest::new(model).user("hi"), &options)
+                .chat_with_fallbacks(ChatRequest::new(model).user("hi"), &[], &options)
                 .await;
-            let readiness = health.readiness().await;
-            assert_eq!(
-                readiness.ready,
-                model == "m1",
-                "after {model}: {readiness:?}"
-            );
         }
-        let readiness = health.readiness().await;
-        assert_eq!(
-            readiness.checks,
-            vec![
-                CheckResult {
-                    name: "models_available".into(),
-                    ok: false,
-                    detail: Some("every model is circuit-open: m1, m2".into()),
-                },
-                CheckResult {
-                    name: "journal_writable".into(),
-                    ok: true,
-                    detail: None,
-                },
-            ]
+        halts.halt(
+            crate::halt::HaltScope::Tenant("acme".into()),
+            crate::halt::HaltMode::Immediate,
+            crate::halt::HaltReason::Operator,
         );
+        let readiness = health.readiness().await;
+        assert!(readiness.ready, "{readiness:?}");
+        assert_eq!(readiness.checks[0].name, "journal_writable");
+        let detail = health.detail().await;
+        assert!(detail.live);
+        let open = |m: &str| ModelState {
+            model: m.into(),
+            breaker: "open",
+        };
+        assert_eq!(detail.models, vec![open("m1"), open("m2")]);
+        assert_eq!(detail.halts.len(), 1);
+        assert_eq!(detail.halts[0].scope.to_string(), "tenant acme");
         runtime.shutdown(Duration::from_secs(5)).await;
-        assert!(!health.liveness().await);
+        assert!(!health.detail().await.live);
     }
 }

@@ -2,6 +2,7 @@
 //! the runtime's threads) that records every span with its fields and parent, and formats every
 //! event and span, at every level, `log` records included, into a buffer to grep.
 
+#[path = "it/llm_support.rs"]
 mod llm_support;
 
 use std::collections::HashMap;

@@ -22,11 +22,22 @@ impl Source {
     async fn list(&self, tenant: Option<String>) -> Result<Value, Error> {
         match self {
             Source::Service(service) => {
-                let path = match tenant {
-                    Some(tenant) => format!("/runs?tenant={}", encode(&tenant)),
-                    None => "/runs".into(),
+                // Page by page, each continuing at the cursor the last one gave.
+                let base = match tenant {
+                    Some(tenant) => format!("/runs?limit=1000&tenant={}", encode(&tenant)),
+                    None => "/runs?limit=1000".into(),
                 };
-                service.get(&path).await
+                let mut runs = Vec::new();
+                let mut page = service.get(&base).await?;
+                loop {
+                    runs.extend(page["runs"].as_array().cloned().unwrap_or_default());
+                    let Some(next) = page["next"].as_str() else {
+                        return Ok(json!({ "runs": runs }));
+                    };
+                    page = service
+                        .get(&format!("{base}&after={}", encode(next)))
+                        .await?;
+                }
             }
             Source::Journal(journal) => {
                 let Some(journal) = open(journal)? else {

@@ -1,5 +1,8 @@
-//! Request bodies: read under the size limit (413 past it), parsed as a JSON object (400 if it
-//! is not one), then taken field by field so that a bad value is a 422 naming its field.
+//! Request bodies: read under the size limit (413 past it) and the read timeout (408 past it:
+//! a stalled upload does not hold its connection), parsed as a JSON object (400 if it is not
+//! one), then taken field by field so that a bad value is a 422 naming its field.
+
+use std::time::Duration;
 
 use actix_web::web;
 use serde::de::DeserializeOwned;
@@ -10,12 +13,22 @@ use super::errors::ApiError;
 /// The fields of a JSON object body not taken yet.
 pub struct Fields(Map<String, Value>);
 
+/// How much body a request may send, and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Larger bodies get 413 (`server.body_limit_bytes`).
+    pub bytes: usize,
+    /// Bodies still arriving after this get 408 (`server.body_timeout_secs`).
+    pub read_timeout: Duration,
+}
+
 /// Reads the body (an empty body is an empty object).
-pub async fn read(payload: web::Payload, limit: usize) -> Result<Fields, ApiError> {
-    let bytes = payload
-        .to_bytes_limited(limit)
+pub async fn read(payload: web::Payload, limits: Limits) -> Result<Fields, ApiError> {
+    let read = payload.to_bytes_limited(limits.bytes);
+    let bytes = tokio::time::timeout(limits.read_timeout, read)
         .await
-        .map_err(|_| ApiError::too_large(limit))?
+        .map_err(|_| ApiError::body_timeout(limits.read_timeout))?
+        .map_err(|_| ApiError::too_large(limits.bytes))?
         .map_err(|e| ApiError::malformed(format!("could not read the body: {e}")))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Fields(Map::new()));

@@ -87,6 +87,17 @@ impl ApiError {
         )
     }
 
+    /// 408: the body did not arrive within the configured time; the connection is closed.
+    pub fn body_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s (server.body_timeout_secs); send it in one go and retry",
+                after.as_secs()
+            ),
+        )
+    }
+
     /// 500: the service failed (its journal, mostly); the message says what.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -118,6 +129,10 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: this connection cannot carry another request.
+            response.insert_header((header::CONNECTION, "close"));
         }
         response.json(json!({ "error": self.message, "field": self.field }))
     }

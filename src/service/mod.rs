@@ -3,9 +3,9 @@
 //! Routes (all under the bearer token, see [`routes`]): `POST /v1/runs`, `GET /v1/runs`,
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
-//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `GET`/`PUT /v1/tenants/{tenant}`
-//! ([`tenants`]); and, without the token,
-//! `GET /metrics`, `/healthz`, `/readyz` ([`probes`]).
+//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `POST /v1/halt/lift`,
+//! `GET`/`PUT /v1/tenants/{tenant}` ([`tenants`]); and, without the token, `GET`/`HEAD`
+//! `/metrics`, `/healthz`, `/readyz` ([`probes`]).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
@@ -16,10 +16,12 @@
 
 mod auth;
 mod body;
+mod cursor;
 mod errors;
 mod probes;
 mod routes;
 mod runs;
+mod semantic;
 mod sse;
 mod tenants;
 
@@ -36,7 +38,7 @@ use impresario::runtime::health::Health;
 use impresario::runtime::journal::{JournalError, RunEvent as Journaled, RunFilter, RunStatus};
 use impresario::runtime::telemetry::{MetricsHandle, Prometheus};
 
-use crate::config::{micro_usd, BudgetConfig, Config};
+use crate::config::{micro_usd, Access, BudgetConfig, Config};
 use crate::engine::Engine;
 use errors::ApiError;
 use runs::{state_name, Runs};
@@ -47,7 +49,8 @@ pub struct State {
     runs: Runs,
     tokens: auth::Tokens,
     budget: BudgetConfig,
-    body_limit: usize,
+    body_limit: body::Limits,
+    sse_keepalive: Duration,
     draining: Arc<AtomicBool>,
     exposition: MetricsHandle,
     health: Health,
@@ -88,54 +91,10 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::start(&config).await?;
     let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
-    if let Some(policy) = config.journal.retention() {
-        // Weak: the last holder of the journal closes it at shutdown, and this task must not
-        // be that holder.
-        let journal = Arc::downgrade(engine.orchestrator.journal());
-        let every = config.journal.retention_interval();
-        // The journal file must not grow without bound: retention deletes old ended runs and
-        // compacts the file, once now and then at every interval.
-        actix_web::rt::spawn(async move {
-            loop {
-                let Some(open) = journal.upgrade() else {
-                    return;
-                };
-                let applied = open.apply_retention(&policy).await;
-                drop(open);
-                match applied {
-                    Ok(report) if report.runs_deleted > 0 => tracing::info!(
-                        runs = report.runs_deleted,
-                        bytes_before = report.bytes_before,
-                        bytes_after = report.bytes_after,
-                        "journal retention"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "journal retention failed"),
-                }
-                actix_web::rt::time::sleep(every).await;
-            }
-        });
-    }
-    let draining = Arc::new(AtomicBool::new(false));
-    let state = web::Data::new(State {
-        health: probes::health(&engine, draining.clone()),
-        engine,
-        runs: Runs::default(),
-        tokens: auth::Tokens::new(tokens),
-        budget: config.budget.clone(),
-        body_limit: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
-        draining,
-        exposition,
-    });
-    for handle in recovered {
-        let entries = state.engine.orchestrator.journal().read(handle.id())?;
-        let (tenant, goal) = match entries.first().map(|e| &e.event) {
-            Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
-            _ => (String::new(), String::new()),
-        };
-        tracing::info!(run = %handle.id(), "resumed a run cut off by a crash");
-        state.track(handle, tenant, goal);
-    }
+    spawn_retention(&config, &engine);
+    semantic::spawn(&config, &engine)?;
+    let state = shared_state(&config, engine, exposition, tokens);
+    track_recovered(&state, recovered)?;
     let app_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -182,6 +141,78 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
     );
+    Ok(())
+}
+
+/// Applies journal retention now and then every `journal.retention_interval_secs`, if the
+/// configuration limits anything.
+fn spawn_retention(config: &Config, engine: &Engine) {
+    let Some(policy) = config.journal.retention() else {
+        return;
+    };
+    // Weak: the last holder of the journal closes it at shutdown, and this task must not
+    // be that holder.
+    let journal = Arc::downgrade(engine.orchestrator.journal());
+    let every = config.journal.retention_interval();
+    // The journal file must not grow without bound: retention deletes old ended runs and
+    // compacts the file, once now and then at every interval.
+    actix_web::rt::spawn(async move {
+        loop {
+            let Some(open) = journal.upgrade() else {
+                return;
+            };
+            let applied = open.apply_retention(&policy).await;
+            drop(open);
+            match applied {
+                Ok(report) if report.runs_deleted > 0 => tracing::info!(
+                    runs = report.runs_deleted,
+                    bytes_before = report.bytes_before,
+                    bytes_after = report.bytes_after,
+                    "journal retention"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "journal retention failed"),
+            }
+            actix_web::rt::time::sleep(every).await;
+        }
+    });
+}
+
+/// What the handlers share, from the configuration and the started engine.
+fn shared_state(
+    config: &Config,
+    engine: Engine,
+    exposition: MetricsHandle,
+    tokens: Vec<(Access, String)>,
+) -> web::Data<State> {
+    let draining = Arc::new(AtomicBool::new(false));
+    web::Data::new(State {
+        health: probes::health(&engine, draining.clone()),
+        engine,
+        runs: Runs::default(),
+        tokens: auth::Tokens::new(tokens),
+        budget: config.budget.clone(),
+        body_limit: body::Limits {
+            bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
+            read_timeout: config.server.body_timeout(),
+        },
+        sse_keepalive: config.server.sse_keepalive(),
+        draining,
+        exposition,
+    })
+}
+
+/// Tracks the runs recovery resumed, with their tenant and goal from the journal.
+fn track_recovered(state: &State, recovered: Vec<RunHandle>) -> Result<(), JournalError> {
+    for handle in recovered {
+        let entries = state.engine.orchestrator.journal().read(handle.id())?;
+        let (tenant, goal) = match entries.first().map(|e| &e.event) {
+            Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
+            _ => (String::new(), String::new()),
+        };
+        tracing::info!(run = %handle.id(), "resumed a run cut off by a crash");
+        state.track(handle, tenant, goal);
+    }
     Ok(())
 }
 

@@ -1,36 +1,48 @@
-//! `GET /metrics` (Prometheus), `GET /healthz` (liveness), `GET /readyz` (readiness): for
-//! scrapers and orchestrators, so outside `/v1` and without the token. Keep the listen address
-//! private, or filter these paths at the proxy, if that matters.
+//! `GET /metrics` (Prometheus), `GET /healthz` (liveness, with the models' breakers and the
+//! standing halts as JSON detail), `GET /readyz` (readiness: can this process accept work):
+//! for scrapers and orchestrators, so outside `/v1` and without the token; each answers `HEAD`
+//! too. Keep the listen address private, or filter these paths at the proxy, if that matters.
+//!
+//! Readiness is the journal taking a durable write and the service not draining. An open
+//! breaker and a halt are not in it (see [`impresario::runtime::health`] for why).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
-use impresario::runtime::health::{CheckFn, Health, ModelsAvailable};
-use impresario::runtime::journal::{Journal, RunFilter};
+use impresario::runtime::health::{CheckFn, Health, JournalWritable};
 use impresario::runtime::telemetry::CONTENT_TYPE;
 
 use super::State;
 use crate::engine::Engine;
 
-/// Adds the three routes.
+/// Adds the three routes, for `GET` and `HEAD`.
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .route("/metrics", web::get().to(metrics))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(metrics))
+                .route(web::head().to(metrics)),
+        )
+        .service(
+            web::resource("/healthz")
+                .route(web::get().to(healthz))
+                .route(web::head().to(healthz)),
+        )
+        .service(
+            web::resource("/readyz")
+                .route(web::get().to(readyz))
+                .route(web::head().to(readyz)),
+        );
 }
 
-/// The readiness checks: a model is not circuit-open, the journal answers a query, and the
-/// service is not draining for shutdown.
+/// The readiness checks (the journal takes a durable write, the service is not draining for
+/// shutdown), and the detail of `/healthz` (breakers, standing halts).
 pub fn health(engine: &Engine, draining: Arc<AtomicBool>) -> Health {
-    let journal: Arc<dyn Journal> = engine.orchestrator.journal().clone();
     Health::new(engine.runtime.clone())
-        .check(ModelsAvailable::new(engine.client.clone()))
-        .check(CheckFn::new("journal_readable", move || {
-            let answer = journal.runs(&RunFilter::all().limit(1));
-            async move { answer.map(drop).map_err(|e| e.to_string()) }
-        }))
+        .models(engine.client.clone())
+        .halts(engine.orchestrator.halts().clone())
+        .check(JournalWritable::new(engine.orchestrator.journal().clone()))
         .check(CheckFn::new("accepting_runs", move || {
             let draining = draining.load(Ordering::Acquire);
             async move {
@@ -50,12 +62,15 @@ async fn metrics(state: web::Data<State>) -> HttpResponse {
         .body(state.exposition.render())
 }
 
-/// `GET /healthz`: 200 while the runtime's threads answer, else 503.
+/// `GET /healthz`: 200 while the runtime's threads answer, else 503; the body is the JSON
+/// [`Detail`](impresario::runtime::health::Detail) (`live`, `models` with their breakers,
+/// standing `halts`).
 async fn healthz(state: web::Data<State>) -> HttpResponse {
-    if state.health.liveness().await {
-        HttpResponse::Ok().body("ok\n")
+    let detail = state.health.detail().await;
+    if detail.live {
+        HttpResponse::Ok().json(detail)
     } else {
-        HttpResponse::ServiceUnavailable().body("the runtime does not answer\n")
+        HttpResponse::ServiceUnavailable().json(detail)
     }
 }
 

@@ -19,7 +19,7 @@ use super::auth::{self, Caller};
 use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
-use super::{sse, tenants, State};
+use super::{cursor, sse, tenants, State};
 use crate::config::Access;
 use crate::journaled;
 
@@ -42,6 +42,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .service(web::resource("/runs/{id}/resume").route(web::post().to(resume)))
             .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
             .service(web::resource("/halt").route(web::post().to(halt)))
+            .service(web::resource("/halt/lift").route(web::post().to(lift)))
             .configure(tenants::configure),
     );
 }
@@ -77,7 +78,12 @@ async fn submit(
     }
     if let Some(usd) = body.take::<f64>("budget_usd")? {
         state.check_run_budget(usd)?;
-        request = request.budget(Budget::usd(usd));
+        // The money is the request's; the token limit stays the configured one.
+        let tokens = request.budget.tokens;
+        request = request.budget(Budget {
+            tokens,
+            ..Budget::usd(usd)
+        });
     }
     if let Some(tools) = body.take::<Vec<String>>("tools")? {
         request = request.tools(tools);
@@ -103,29 +109,52 @@ async fn submit(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     tenant: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
-/// `GET /v1/runs[?tenant=...]` -> `{"runs": [...]}`, oldest first: every journaled run (of
-/// this process and earlier ones, [`journaled::listed`]), with `goal`, `state` and `usage`
-/// for the runs this process started or resumed.
+/// A page of `GET /v1/runs` has this many runs unless `limit` says otherwise.
+const PAGE: usize = 100;
+/// The largest `limit`.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/runs[?tenant=...][&limit=N][&after=CURSOR]` -> `{"runs": [...], "next": CURSOR |
+/// null}`: a page of the journaled runs (of this process and earlier ones,
+/// [`journaled::listed`]), oldest first, with `goal`, `state` and `usage` live for the runs this
+/// process started or resumed. `next` continues after the page's last run (the order is stable:
+/// runs started later come later), `null` on the last page.
 /// A tenant's token lists its tenant's runs only.
 async fn list(state: Data, token: Token, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::invalid("query", e))?;
-    let mut filter = RunFilter::all();
+    let limit = query.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("{limit} is out of range; use 1 to {MAX_PAGE}"),
+        ));
+    }
+    let mut filter = RunFilter::all().limit(limit + 1);
     match (query.tenant.as_deref(), token.tenant()) {
         // Another tenant's runs are none of this token's.
         (Some(named), Some(own)) if named != own => {
-            return Ok(HttpResponse::Ok().json(json!({ "runs": [] })))
+            return Ok(HttpResponse::Ok().json(json!({ "runs": [], "next": null })))
         }
         (_, Some(tenant)) | (Some(tenant), None) => filter = filter.tenant(tenant.to_owned()),
         (None, None) => {}
     }
-    let journaled = state
+    if let Some(after) = &query.after {
+        filter.after = Some(cursor::parse(after)?);
+    }
+    let mut journaled = state
         .engine
         .orchestrator
         .runs(&filter)
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    let next = (journaled.len() > limit).then(|| {
+        journaled.truncate(limit);
+        journaled.last().map(cursor::of)
+    });
     let runs: Vec<Value> = journaled
         .iter()
         .map(|summary| {
@@ -139,7 +168,7 @@ async fn list(state: Data, token: Token, request: HttpRequest) -> Result<HttpRes
             listed
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": next.flatten() })))
 }
 
 /// `GET /v1/runs/{id}` -> the run ([`journaled::shown`]): as this process runs it, else as
@@ -192,7 +221,7 @@ async fn events(
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .streaming(sse::stream(run, from)))
+        .streaming(sse::stream(run, from, state.sse_keepalive)))
 }
 
 /// `POST /v1/runs/{id}/halt`: `{"mode"?: "immediate" | "graceful", "deadline_secs"?, "detail"?}`
@@ -305,26 +334,13 @@ async fn decide(
 
 /// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
 /// -> 202 `{"scope", "runs"}` (how many of this service's runs were running in the scope).
-/// The halt stays: the tenant's (or everyone's) new runs end halted at once until the service
-/// restarts. A tenant's token halts its own tenant only; `all` needs an admin token.
+/// The halt stays: the tenant's (or everyone's) new runs end halted at once until it is lifted
+/// (`POST /v1/halt/lift`) or the service restarts. A tenant's token halts its own tenant only;
+/// `all` needs an admin token.
 async fn halt(state: Data, token: Token, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
-    let tenant: Option<String> = body.take("tenant")?;
-    let all = body.take::<bool>("all")?.unwrap_or(false);
-    let scope = match (tenant, all) {
-        (Some(tenant), false) if token.sees(&tenant) => HaltScope::Tenant(tenant),
-        (Some(tenant), false) => return Err(ApiError::unknown_tenant(&tenant)),
-        (None, true) => {
-            token.admin("halting every tenant")?;
-            HaltScope::All
-        }
-        _ => {
-            return Err(ApiError::invalid(
-                "tenant",
-                "say which runs to halt: {\"tenant\": \"<name>\"} or {\"all\": true}",
-            ))
-        }
-    };
+    let scope = standing_scope(&mut body, "halt")?;
+    allowed_scope(&token, &scope)?;
     let halt = operator_halt(&mut body, scope.clone())?;
     body.done()?;
     let running = state
@@ -339,6 +355,49 @@ async fn halt(state: Data, token: Token, payload: web::Payload) -> Result<HttpRe
         .count();
     state.engine.orchestrator.halts().halt_with(halt);
     Ok(HttpResponse::Accepted().json(json!({ "scope": scope.to_string(), "runs": running })))
+}
+
+/// `POST /v1/halt/lift`: `{"tenant": "..."}` or `{"all": true}` -> 200 `{"scope", "lifted"}`
+/// (the halt that stood). New runs of the scope start again; the runs the halt stopped stay
+/// halted until each is resumed. Lifting everything keeps each tenant's own halt. 409 if the
+/// scope is not halted, or (for a tenant) while everything is.
+async fn lift(state: Data, token: Token, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    token.admin("lifting a halt")?;
+    let mut body = body::read(payload, state.body_limit).await?;
+    let scope = standing_scope(&mut body, "lift")?;
+    body.done()?;
+    let lifted = state
+        .engine
+        .orchestrator
+        .halts()
+        .lift(&scope)
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    tracing::info!(scope = %scope, reason = %lifted.reason, "halt lifted by an operator");
+    Ok(HttpResponse::Ok().json(json!({ "scope": scope.to_string(), "lifted": lifted })))
+}
+
+/// The scope of a standing halt: `{"tenant": "..."}` or `{"all": true}`; `verb` says what the
+/// request does, for the error.
+fn standing_scope(body: &mut Fields, verb: &str) -> Result<HaltScope, ApiError> {
+    let tenant: Option<String> = body.take("tenant")?;
+    let all = body.take::<bool>("all")?.unwrap_or(false);
+    match (tenant, all) {
+        (Some(tenant), false) => Ok(HaltScope::Tenant(tenant)),
+        (None, true) => Ok(HaltScope::All),
+        _ => Err(ApiError::invalid(
+            "tenant",
+            format!("say what to {verb}: {{\"tenant\": \"<name>\"}} or {{\"all\": true}}"),
+        )),
+    }
+}
+
+/// 404 unless `token` sees the tenant of `scope`; 403 for `all` unless it is an admin's.
+fn allowed_scope(token: &Access, scope: &HaltScope) -> Result<(), ApiError> {
+    match scope {
+        HaltScope::Tenant(tenant) if !token.sees(tenant) => Err(ApiError::unknown_tenant(tenant)),
+        HaltScope::Tenant(_) => Ok(()),
+        _ => token.admin("halting every tenant"),
+    }
 }
 
 /// The halt an operator's body asks for (reason `operator`).

@@ -1,5 +1,6 @@
-//! The run journal (DESIGN contract 4): every event of a run, durable before the step it records
-//! is acknowledged, so a run can be replayed without network calls and resumed after a crash.
+//! The run journal (docs/ARCHITECTURE.md, contract 4): every event of a run, durable before the
+//! step it records is acknowledged, so a run can be replayed without network calls and resumed
+//! after a crash.
 //!
 //! - [`Journal`] is what the runtime writes to and recovers from. [`SqliteJournal`] (one SQLite
 //!   file in WAL mode, the embedded default) and [`MemoryJournal`] (tests, examples) implement it
@@ -123,6 +124,13 @@ pub struct RunSummary {
     pub updated_at: SystemTime,
 }
 
+impl RunSummary {
+    /// Where the run stands in the order of [`Journal::runs`]: its start, then its id.
+    pub fn cursor(&self) -> (SystemTime, RunId) {
+        (self.started_at, self.run.clone())
+    }
+}
+
 /// Which runs [`Journal::runs`] lists, oldest first. The default lists all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
@@ -132,6 +140,9 @@ pub struct RunFilter {
     pub tenant: Option<String>,
     /// At most this many.
     pub limit: Option<usize>,
+    /// Only runs listed after this one: its start and id, the order of the list (a cursor
+    /// for pagination, see [`RunSummary::cursor`]).
+    pub after: Option<(SystemTime, RunId)>,
 }
 
 impl RunFilter {
@@ -165,9 +176,19 @@ impl RunFilter {
         self
     }
 
+    /// Only runs listed after `run` (see [`RunFilter::after`]).
+    pub fn after(mut self, run: &RunSummary) -> Self {
+        self.after = Some(run.cursor());
+        self
+    }
+
     pub(crate) fn matches(&self, run: &RunSummary) -> bool {
         (self.statuses.is_empty() || self.statuses.contains(&run.status))
             && self.tenant.as_ref().is_none_or(|t| *t == run.tenant)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|(at, id)| (run.started_at, &run.run) > (*at, id))
     }
 }
 
@@ -371,4 +392,8 @@ pub trait Journal: Send + Sync {
 
     /// Deletes the runs `policy` selects and compacts the storage.
     fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport>;
+
+    /// Writes durably without changing any run, behind the appends already queued: fails when
+    /// the storage cannot be written (disk full, read-only file). Readiness asks this.
+    fn probe_write(&self) -> JournalFuture<()>;
 }

@@ -27,7 +27,7 @@ use rusqlite::{
 };
 use tokio::sync::oneshot;
 
-use super::event::{check_append, decode, from_ms, now_ms, KeyUse, RunHead, StoredEvent};
+use super::event::{check_append, decode, from_ms, now_ms, to_ms, KeyUse, RunHead, StoredEvent};
 use super::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
     RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
@@ -125,6 +125,9 @@ enum Command {
     Retention {
         policy: RetentionPolicy,
         reply: Reply<RetentionReport>,
+    },
+    Probe {
+        reply: Reply<()>,
     },
 }
 
@@ -351,6 +354,9 @@ impl Writer {
                 Command::Retention { policy, reply } => {
                     let _ = reply.send(self.retention(&policy));
                 }
+                Command::Probe { reply } => {
+                    let _ = reply.send(self.probe());
+                }
             }
             if next.is_none() {
                 next = commands.recv().ok();
@@ -395,6 +401,20 @@ impl Writer {
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().map_err(io("committing appended events"))?;
         Ok(results)
+    }
+
+    /// A durable write that changes nothing: the header's application id, rewritten with its
+    /// own value in a committed transaction (a page goes to the WAL and is synced). It fails
+    /// when the disk is full or the file cannot be written.
+    fn probe(&mut self) -> Result<(), JournalError> {
+        let err = io("probing that the journal can be written");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(&err)?;
+        tx.commit().map_err(&err)
     }
 
     fn delete(&mut self, run: &RunId) -> Result<bool, JournalError> {
@@ -671,6 +691,11 @@ impl Journal for SqliteJournal {
             sql.push_str(" AND tenant = ?");
             args.push(SqlValue::Text(tenant.clone()));
         }
+        if let Some((at, run)) = &filter.after {
+            sql.push_str(" AND (started_ms, run_id) > (?, ?)");
+            args.push(SqlValue::Integer(to_ms(*at)));
+            args.push(SqlValue::Text(run.as_str().into()));
+        }
         sql.push_str(" ORDER BY started_ms, run_id LIMIT ?");
         args.push(SqlValue::Integer(
             filter.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(-1)),
@@ -736,6 +761,10 @@ impl Journal for SqliteJournal {
     fn delete_run(&self, run: &RunId) -> JournalFuture<bool> {
         let run = run.clone();
         self.send(|reply| Command::Delete { run, reply })
+    }
+
+    fn probe_write(&self) -> JournalFuture<()> {
+        self.send(|reply| Command::Probe { reply })
     }
 
     fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport> {

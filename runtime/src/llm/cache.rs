@@ -1,11 +1,12 @@
 //! Opt-in response cache for deterministic requests.
 //!
 //! Only requests with `temperature == Some(0.0)` are cached. The key is a 128-bit hash of the
-//! request's JSON form (model, messages, tools, schema, `max_tokens`, stop), made of two
+//! call's scope (a tenant, from [`CallOptions`](super::CallOptions)) and the request's JSON form
+//! (model, messages, tools, schema, `max_tokens`, stop), made of two
 //! differently seeded std `DefaultHasher`s: stable within one process, which is all an
 //! in-memory cache needs (it is not persisted). The cache holds at most `capacity` answers and
-//! evicts the oldest insertion first. It is per [`Client`](super::Client): a client shared by
-//! tenants shares answers between them (an identical prompt gets the identical answer).
+//! evicts the oldest insertion first. It is per [`Client`](super::Client); an answer cached under
+//! one scope never serves another, so tenants sharing a client do not share answers.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -19,8 +20,9 @@ use super::types::{ChatRequest, ChatResponse};
 pub struct CacheKey(u64, u64);
 
 impl CacheKey {
-    /// The key of `request`, or `None` when it is not deterministic (temperature not 0).
-    pub fn of(request: &ChatRequest) -> Option<CacheKey> {
+    /// The key of `request` in `scope` (a tenant; `None`: unscoped), or `None` when it is not
+    /// deterministic (temperature not 0).
+    pub fn of(scope: Option<&str>, request: &ChatRequest) -> Option<CacheKey> {
         if request.temperature != Some(0.0) {
             return None;
         }
@@ -28,6 +30,7 @@ impl CacheKey {
         let hash = |seed: u8| {
             let mut h = DefaultHasher::new();
             seed.hash(&mut h);
+            scope.hash(&mut h);
             bytes.hash(&mut h);
             h.finish()
         };
@@ -113,11 +116,24 @@ mod tests {
     #[test]
     fn only_deterministic_requests_have_keys() {
         let req = ChatRequest::new("m").user("hi");
-        assert_eq!(CacheKey::of(&req), None);
-        assert_eq!(CacheKey::of(&req.clone().temperature(0.7)), None);
-        let a = CacheKey::of(&req.clone().temperature(0.0)).unwrap();
-        assert_eq!(Some(a), CacheKey::of(&req.clone().temperature(0.0)));
-        assert_ne!(Some(a), CacheKey::of(&req.user("more").temperature(0.0)));
+        assert_eq!(CacheKey::of(None, &req), None);
+        assert_eq!(CacheKey::of(None, &req.clone().temperature(0.7)), None);
+        let a = CacheKey::of(None, &req.clone().temperature(0.0)).unwrap();
+        assert_eq!(Some(a), CacheKey::of(None, &req.clone().temperature(0.0)));
+        let tenant_a = CacheKey::of(Some("a"), &req.clone().temperature(0.0));
+        assert_ne!(
+            tenant_a,
+            CacheKey::of(Some("b"), &req.clone().temperature(0.0))
+        );
+        assert_ne!(
+            tenant_a,
+            Some(a),
+            "a scoped key differs from the unscoped one"
+        );
+        assert_ne!(
+            Some(a),
+            CacheKey::of(None, &req.user("more").temperature(0.0))
+        );
     }
 
     #[test]
@@ -125,7 +141,7 @@ mod tests {
         let cache = ResponseCache::new(2);
         let keys: Vec<_> = ["a", "b", "c"]
             .iter()
-            .map(|u| CacheKey::of(&ChatRequest::new("m").user(*u).temperature(0.0)).unwrap())
+            .map(|u| CacheKey::of(None, &ChatRequest::new("m").user(*u).temperature(0.0)).unwrap())
             .collect();
         for (k, t) in keys.iter().zip(["a", "b", "c"]) {
             cache.insert(*k, answer(t));

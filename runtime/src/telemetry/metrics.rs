@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 
-use super::names::{self, label, MetricDef};
+use super::names::{self, label, MetricDef, MetricKind, Values};
 use crate::events::Exit;
 use crate::halt::{HaltReason, HaltScope};
 use crate::ledger::{AccountId, Dimension};
@@ -59,6 +59,8 @@ pub enum RunOutcome {
     Failed,
     /// It was halted (operator, cost ceiling, deadline, ...).
     Halted,
+    /// Its budget (a ledger ceiling) refused the next call: the budget worked as intended.
+    CeilingReached,
 }
 
 impl RunOutcome {
@@ -67,6 +69,7 @@ impl RunOutcome {
             RunOutcome::Succeeded => "succeeded",
             RunOutcome::Failed => "failed",
             RunOutcome::Halted => "halted",
+            RunOutcome::CeilingReached => "ceiling_reached",
         }
     }
 }
@@ -114,11 +117,58 @@ impl Metrics {
         Metrics::default()
     }
 
-    /// `recorder`, from every thread. Describes every metric of the catalog to it.
+    /// `recorder`, from every thread. Describes every metric of the catalog to it, and creates
+    /// the series of every known label combination at 0 ([`Metrics::register_known`]).
     pub fn to(recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
         names::describe(&*recorder);
-        Metrics {
+        let metrics = Metrics {
             recorder: Some(recorder),
+        };
+        metrics.register_known();
+        metrics
+    }
+
+    /// Creates, at 0, the series of every metric of the catalog whose label values are all
+    /// known ahead ([`Values::Known`]): a counter then exists before its first increment, so
+    /// `rate()` and `increase()` see that increment. Series with an agent kind or a model are
+    /// created when the kind is spawned or the model resolved.
+    pub fn register_known(&self) {
+        for def in names::ALL {
+            self.register_series(def, &[]);
+        }
+    }
+
+    /// Creates the series of `def` for every combination of its known label values, with the
+    /// `fixed` labels as given; does nothing if a label is open and not fixed.
+    fn register_series(&self, def: &'static MetricDef, fixed: &[Label]) {
+        let mut combinations: Vec<Vec<Label>> = vec![Vec::new()];
+        for key in def.labels {
+            let values: Vec<Label> =
+                match (fixed.iter().find(|l| l.key() == *key), def.values_of(key)) {
+                    (Some(given), _) => vec![given.clone()],
+                    (None, Values::Known(values)) => {
+                        values.iter().map(|v| Label::new(*key, *v)).collect()
+                    }
+                    (None, Values::Optional) => continue,
+                    (None, Values::Open) => return,
+                };
+            combinations = combinations
+                .into_iter()
+                .flat_map(|labels| {
+                    values.iter().map(move |value| {
+                        let mut labels = labels.clone();
+                        labels.push(value.clone());
+                        labels
+                    })
+                })
+                .collect();
+        }
+        for labels in combinations {
+            match def.kind {
+                MetricKind::Counter => drop(self.counter(def, labels)),
+                MetricKind::Gauge => drop(self.gauge(def, labels)),
+                MetricKind::Histogram => drop(self.histogram(def, labels)),
+            }
         }
     }
 
@@ -193,17 +243,23 @@ impl Metrics {
 
     /// A halt was applied to the halt-token tree.
     pub fn halt(&self, scope: &HaltScope, reason: HaltReason) {
-        let scope = match scope {
-            HaltScope::All => "all",
-            HaltScope::Tenant(_) => "tenant",
-            HaltScope::Run(_) => "run",
-            HaltScope::Agent(_) => "agent",
-        };
         let labels = vec![
-            Label::new(label::SCOPE, scope),
+            Label::new(label::SCOPE, scope_kind(scope)),
             Label::new(label::REASON, reason.to_string()),
         ];
         self.counter(&names::HALTS, labels).increment(1);
+    }
+
+    /// An operator lifted the standing halt of `scope`.
+    pub fn halt_lifted(&self, scope: &HaltScope) {
+        let labels = vec![Label::new(label::SCOPE, scope_kind(scope))];
+        self.counter(&names::HALTS_LIFTED, labels).increment(1);
+    }
+
+    /// `count` standing halts of `scope`'s kind (`all` or `tenant`) are in force now.
+    pub fn halts_in_force(&self, scope: &HaltScope, count: usize) {
+        let labels = vec![Label::new(label::SCOPE, scope_kind(scope))];
+        self.gauge(&names::HALTS_IN_FORCE, labels).set(count as f64);
     }
 
     /// A supervisor halted `count` agents.
@@ -242,6 +298,7 @@ impl Metrics {
     /// The handles of one agent kind.
     pub(crate) fn agent(&self, kind: &Arc<str>) -> AgentMetrics {
         let labels = || vec![Label::new(label::AGENT_KIND, kind.clone())];
+        self.register_series(&names::SUPERVISOR_RESTARTS, &labels());
         AgentMetrics {
             timed: self.receives(),
             handled: self.counter(&names::AGENT_MESSAGES_HANDLED, labels()),
@@ -269,6 +326,7 @@ impl Metrics {
                 Label::new(label::MODEL, model.to_owned()),
             ]
         };
+        self.register_series(&names::LLM_RETRIES, &ours());
         ModelMetrics {
             metrics: self.clone(),
             provider: provider.to_owned(),
@@ -279,6 +337,16 @@ impl Metrics {
             cost: self.counter(&names::LLM_COST, ours()),
             breaker: self.gauge(&names::LLM_BREAKER_STATE, ours()),
         }
+    }
+}
+
+/// `all`, `tenant`, `run` or `agent`: the kind of a halt's scope, never its id.
+fn scope_kind(scope: &HaltScope) -> &'static str {
+    match scope {
+        HaltScope::All => "all",
+        HaltScope::Tenant(_) => "tenant",
+        HaltScope::Run(_) => "run",
+        HaltScope::Agent(_) => "agent",
     }
 }
 
@@ -371,7 +439,7 @@ impl ModelMetrics {
         self.cost.increment(micro_usd);
     }
 
-    /// An attempt failed with a retryable error of `status_class` and will be retried.
+    /// A retry of a failed attempt of class `status_class` was sent.
     pub(crate) fn retry(&self, status_class: &'static str) {
         let labels = vec![
             Label::new(label::PROVIDER, self.provider.clone()),
@@ -396,6 +464,39 @@ impl ModelMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_known_series_exists_at_zero_before_anything_happens() {
+        let (metrics, exposition) = super::super::Prometheus::new().build();
+        let text = exposition.render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        for line in [
+            "impresario_runs_started_total 0",
+            "impresario_runs_finished_total{outcome=\"ceiling_reached\"} 0",
+            "impresario_halts_total{scope=\"tenant\",reason=\"cost_ceiling\"} 0",
+            "impresario_supervisor_escalations_total{root=\"true\"} 0",
+            "impresario_ceilings_reached_total{account_kind=\"run\",dimension=\"micro_usd\"} 0",
+            "impresario_run_duration_seconds_count{outcome=\"failed\"} 0",
+            "impresario_runs_active 0",
+        ] {
+            assert!(has(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("agent_kind="), "open labels wait until seen");
+        assert!(
+            !text.contains("impresario_health_semantic_up"),
+            "no check ran yet"
+        );
+        // An agent kind and a model bring their own series at 0.
+        let _agent = metrics.agent(&Arc::from("planner"));
+        let _model = metrics.model("openai", "gpt-4o-mini");
+        let text = exposition.render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("impresario_supervisor_restarts_total{agent_kind=\"planner\",reason=\"panicked\"} 0"), "{text}");
+        assert!(has("impresario_llm_retries_total{provider=\"openai\",model=\"gpt-4o-mini\",status_class=\"429\"} 0"), "{text}");
+        metrics.run_finished(RunOutcome::CeilingReached, Duration::from_secs(1));
+        let text = exposition.render();
+        assert!(text.contains("impresario_runs_finished_total{outcome=\"ceiling_reached\"} 1"));
+    }
 
     #[test]
     fn handlers_are_timed_only_when_a_recorder_receives_the_time() {

@@ -50,6 +50,21 @@ pub mod label {
 
 use label::*;
 
+/// The values a label takes, as far as they are known before anything happens: the series of
+/// every combination of known values exist at 0 from the moment a recorder is set up
+/// ([`Metrics::register_known`](super::Metrics::register_known)), so that `rate()` and
+/// `increase()` see the first event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// Exactly these.
+    Known(&'static [&'static str]),
+    /// Known only at run time (agent kinds, models from configuration): the series are created
+    /// at 0 when the agent kind or model is first seen.
+    Open,
+    /// Absent from most series (`error.type` is only on failures): not created ahead of time.
+    Optional,
+}
+
 /// The kind of a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -76,9 +91,26 @@ pub struct MetricDef {
     pub labels: &'static [&'static str],
     /// Bucket upper bounds of a histogram; empty for counters and gauges.
     pub buckets: &'static [f64],
+    /// The values of each label, in the order of `labels`; a label past the end is
+    /// [`Values::Open`].
+    pub values: &'static [Values],
 }
 
 impl MetricDef {
+    /// The same metric with the values of its labels (in the order of `labels`).
+    pub const fn values(self, values: &'static [Values]) -> MetricDef {
+        MetricDef { values, ..self }
+    }
+
+    /// The values of `label` (a key of `labels`).
+    pub fn values_of(&self, label: &str) -> Values {
+        self.labels
+            .iter()
+            .position(|l| *l == label)
+            .and_then(|i| self.values.get(i).copied())
+            .unwrap_or(Values::Open)
+    }
+
     /// The family name in the Prometheus exposition as `with_recommended_naming` renders it:
     /// invalid characters become `_`, then the unit suffix and, on counters, `_total` are
     /// appended unless already there. Histogram samples add `_bucket`, `_sum` and `_count`.
@@ -105,6 +137,39 @@ impl MetricDef {
         name
     }
 }
+
+/// How a run ended (`impresario_runs_finished_total{outcome}`).
+pub const OUTCOMES: Values = Values::Known(&["succeeded", "failed", "halted", "ceiling_reached"]);
+/// Why a supervisor restarted an agent.
+pub const RESTART_REASONS: Values =
+    Values::Known(&["panicked", "failed", "killed", "exited", "sibling"]);
+/// What a halt applied to.
+pub const HALT_SCOPES: Values = Values::Known(&["all", "tenant", "run", "agent"]);
+/// What a lifted (or standing) halt applied to: only these scopes stay in force.
+pub const STANDING_SCOPES: Values = Values::Known(&["all", "tenant"]);
+/// Why work was halted.
+pub const HALT_REASONS: Values = Values::Known(&[
+    "operator",
+    "cost_ceiling",
+    "deadline",
+    "error_budget",
+    "shutdown",
+]);
+/// Whether the supervisor that gave up is a root.
+pub const ROOTS: Values = Values::Known(&["true", "false"]);
+/// Kinds of ledger accounts.
+pub const ACCOUNT_KINDS: Values = Values::Known(&["global", "tenant", "run", "agent"]);
+/// Limited dimensions of an account.
+pub const DIMENSIONS: Values =
+    Values::Known(&["micro_usd", "tokens", "model_calls", "steps", "deadline"]);
+/// The ledger's default warning fractions, in percent.
+pub const PERCENTS: Values = Values::Known(&["50", "80", "100"]);
+/// Classes of retried failures.
+pub const STATUS_CLASSES: Values = Values::Known(&["429", "4xx", "5xx", "network", "timeout"]);
+/// GenAI operations this crate performs.
+pub const OPERATIONS: Values = Values::Known(&["chat"]);
+/// GenAI token types.
+pub const TOKEN_TYPES: Values = Values::Known(&["input", "output"]);
 
 /// `gen_ai.client.operation.duration` buckets, as the GenAI conventions advise (seconds).
 pub const GEN_AI_DURATION_BUCKETS: &[f64] = &[
@@ -140,6 +205,7 @@ const fn counter(
         help,
         labels,
         buckets: &[],
+        values: &[],
     }
 }
 
@@ -155,6 +221,7 @@ const fn gauge(
         help,
         labels,
         buckets: &[],
+        values: &[],
     }
 }
 
@@ -172,6 +239,7 @@ const fn histogram(
         help,
         labels,
         buckets,
+        values: &[],
     }
 }
 
@@ -182,7 +250,8 @@ pub const GEN_AI_OPERATION_DURATION: MetricDef = histogram(
     "Duration of GenAI client operations (one model of a call, retries included), when a request was sent.",
     &[GEN_AI_OPERATION, GEN_AI_PROVIDER, GEN_AI_REQUEST_MODEL, ERROR_TYPE],
     GEN_AI_DURATION_BUCKETS,
-);
+)
+.values(&[OPERATIONS, Values::Open, Values::Open, Values::Optional]);
 
 /// GenAI: tokens a provider reported per call, by `gen_ai.token.type`.
 pub const GEN_AI_TOKEN_USAGE: MetricDef = histogram(
@@ -196,7 +265,8 @@ pub const GEN_AI_TOKEN_USAGE: MetricDef = histogram(
         GEN_AI_TOKEN_TYPE,
     ],
     GEN_AI_TOKEN_BUCKETS,
-);
+)
+.values(&[OPERATIONS, Values::Open, Values::Open, TOKEN_TYPES]);
 
 /// Messages whose handler ran (to an answer, an error or a panic).
 pub const AGENT_MESSAGES_HANDLED: MetricDef = counter(
@@ -240,42 +310,64 @@ pub const SUPERVISOR_RESTARTS: MetricDef = counter(
     "impresario_supervisor_restarts_total",
     "Agents restarted by their supervisor, by agent kind and reason (panicked, failed, killed, exited, sibling).",
     &[AGENT_KIND, REASON],
-);
+)
+.values(&[Values::Open, RESTART_REASONS]);
 
 /// Supervisors that gave up past their restart intensity.
 pub const SUPERVISOR_ESCALATIONS: MetricDef = counter(
     "impresario_supervisor_escalations_total",
     "Supervisors that gave up past their restart intensity: escalated to their parent, or fatal at a root (root=\"true\").",
     &[ROOT],
-);
+)
+.values(&[ROOTS]);
 
 /// Halts applied to the halt-token tree.
 pub const HALTS: MetricDef = counter(
     "impresario_halts_total",
     "Halts applied to the halt-token tree (runs, tenants, everything), by scope and reason.",
     &[SCOPE, REASON],
-);
+)
+.values(&[HALT_SCOPES, HALT_REASONS]);
+
+/// Standing halts lifted by an operator.
+pub const HALTS_LIFTED: MetricDef = counter(
+    "impresario_halts_lifted_total",
+    "Standing halts (a tenant's, or everything) lifted by an operator, by scope.",
+    &[SCOPE],
+)
+.values(&[STANDING_SCOPES]);
+
+/// Standing halts in force now.
+pub const HALTS_IN_FORCE: MetricDef = gauge(
+    "impresario_halts_in_force",
+    "Standing halts in force (new runs of the scope end halted at once until lifted), by scope.",
+    &[SCOPE],
+)
+.values(&[STANDING_SCOPES]);
 
 /// Agents halted by their supervisor.
 pub const AGENTS_HALTED: MetricDef = counter(
     "impresario_agents_halted_total",
     "Agents halted through their supervisor, by reason.",
     &[REASON],
-);
+)
+.values(&[HALT_REASONS]);
 
 /// Spending crossed a warning fraction of a ceiling.
 pub const CEILING_WARNINGS: MetricDef = counter(
     "impresario_ceiling_warnings_total",
     "Accounts whose spending crossed a warning fraction of a ceiling, by account kind, dimension and percent.",
     &[ACCOUNT_KIND, DIMENSION, PERCENT],
-);
+)
+.values(&[ACCOUNT_KINDS, DIMENSIONS, PERCENTS]);
 
 /// Reservations refused by a ceiling.
 pub const CEILINGS_REACHED: MetricDef = counter(
     "impresario_ceilings_reached_total",
     "Reservations refused because they did not fit a ceiling (nothing was sent), by account kind and dimension.",
     &[ACCOUNT_KIND, DIMENSION],
-);
+)
+.values(&[ACCOUNT_KINDS, DIMENSIONS]);
 
 /// Money charged for model calls.
 pub const LLM_COST: MetricDef = counter(
@@ -289,7 +381,8 @@ pub const LLM_RETRIES: MetricDef = counter(
     "impresario_llm_retries_total",
     "Model call attempts retried, by provider, model and status class (429, 4xx, 5xx, network, timeout).",
     &[PROVIDER, MODEL, STATUS_CLASS],
-);
+)
+.values(&[Values::Open, Values::Open, STATUS_CLASSES]);
 
 /// Circuit breaker state per model.
 pub const LLM_BREAKER_STATE: MetricDef = gauge(
@@ -304,9 +397,10 @@ pub const RUNS_STARTED: MetricDef = counter("impresario_runs_started_total", "Ru
 /// Runs finished.
 pub const RUNS_FINISHED: MetricDef = counter(
     "impresario_runs_finished_total",
-    "Runs finished, by outcome (succeeded, failed, halted).",
+    "Runs finished, by outcome (succeeded, failed, halted, ceiling_reached).",
     &[OUTCOME],
-);
+)
+.values(&[OUTCOMES]);
 
 /// How long runs took.
 pub const RUN_DURATION: MetricDef = histogram(
@@ -315,7 +409,8 @@ pub const RUN_DURATION: MetricDef = histogram(
     "Time from the start of a run to its end, by outcome.",
     &[OUTCOME],
     RUN_DURATION_BUCKETS,
-);
+)
+.values(&[OUTCOMES]);
 
 /// Runs in progress.
 pub const RUNS_ACTIVE: MetricDef = gauge(
@@ -350,6 +445,8 @@ pub const ALL: &[&MetricDef] = &[
     &SUPERVISOR_RESTARTS,
     &SUPERVISOR_ESCALATIONS,
     &HALTS,
+    &HALTS_LIFTED,
+    &HALTS_IN_FORCE,
     &AGENTS_HALTED,
     &CEILING_WARNINGS,
     &CEILINGS_REACHED,

@@ -88,6 +88,7 @@ impl Prometheus {
         };
         names::describe(&recorder);
         metrics::set_global_recorder(recorder).map_err(|_| ExporterError::AlreadyInstalled)?;
+        Metrics::global().register_known();
         Ok(MetricsHandle { inner: handle })
     }
 

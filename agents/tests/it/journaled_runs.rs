@@ -1,0 +1,399 @@
+//! Runs through their journal: what is journaled, replay with no network (a real HTTP provider
+//! on loopback sees zero requests), the first divergence when the code changes, and resuming
+//! a halted run without repeating or re-paying its journaled model calls.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use impresario_agents::{
+    ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, Tool, ToolContext,
+    ToolRegistry,
+};
+use impresario_runtime::halt::HaltMode;
+use impresario_runtime::journal::{Journal, MemoryJournal, RunFilter, RunStatus};
+use impresario_runtime::ledger::Ledger;
+use impresario_runtime::llm::{
+    Client, ModelPrice, OpenAi, OpenAiConfig, PriceTable, Rates, Scripted, ScriptedReply, Usage,
+};
+use impresario_runtime::{Runtime, RuntimeHandle};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+#[derive(Deserialize, JsonSchema)]
+struct Query {
+    q: String,
+}
+
+struct Search;
+impl Tool for Search {
+    type Args = Query;
+    fn name(&self) -> &str {
+        "search"
+    }
+    fn description(&self) -> &str {
+        "Searches the notes."
+    }
+    async fn call(&self, args: Query, _: ToolContext) -> Result<Value, String> {
+        Ok(json!(format!("notes about {}: released in 2015", args.q)))
+    }
+}
+
+/// Slow on its first call, fast after: a step a halt interrupts, then a resume completes.
+struct FirstSlow(Arc<AtomicBool>, Arc<AtomicUsize>);
+impl Tool for FirstSlow {
+    type Args = Query;
+    fn name(&self) -> &str {
+        "fetch"
+    }
+    fn description(&self) -> &str {
+        "Fetches a page."
+    }
+    async fn call(&self, _: Query, _: ToolContext) -> Result<Value, String> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        if !self.0.swap(true, Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Ok(json!("page text"))
+    }
+}
+
+fn plan(steps: Value) -> String {
+    json!({ "steps": steps }).to_string()
+}
+
+fn search_then_answer() -> [String; 2] {
+    [
+        plan(json!([{ "type": "tool_call", "tool": "search", "arguments": { "q": "rust" } }])),
+        plan(json!([{ "type": "final_answer", "answer": "2015" }])),
+    ]
+}
+
+/// An OpenAI-compatible server on loopback answering the n-th request with `answers[n]` (the
+/// last one after that), counting every request it sees.
+async fn fake_openai(answers: Vec<String>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (answers, counter) = (answers.clone(), counter.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let content = answers[n.min(answers.len() - 1)].clone();
+                    let reply = json!({
+                        "id": format!("chatcmpl-{n}"), "object": "chat.completion", "model": "local",
+                        "choices": [{ "index": 0, "message": { "role": "assistant", "content": content }, "finish_reason": "stop" }],
+                        "usage": { "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120 }
+                    })
+                    .to_string();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        reply.len()
+                    );
+                    if write.write_all(head.as_bytes()).await.is_err()
+                        || write.write_all(reply.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// `local` costs 1 USD per million input tokens and 2 per million output tokens.
+fn prices(provider: &str) -> PriceTable {
+    let mut prices = PriceTable::default();
+    let rates = Rates {
+        input: 1_000_000,
+        output: 2_000_000,
+        cache_read: 0,
+        cache_creation: 0,
+        reasoning: 0,
+    };
+    prices.insert("local", ModelPrice::new(provider, rates));
+    prices
+}
+
+fn http_client(url: &str) -> Client {
+    Client::builder()
+        .provider("http", OpenAi::new(OpenAiConfig::compatible(url)).unwrap())
+        .prices(prices("http"))
+        .build()
+        .unwrap()
+}
+
+async fn orchestrator(
+    rt: &RuntimeHandle,
+    client: Client,
+    tools: ToolRegistry,
+    journal: Arc<dyn Journal>,
+) -> Orchestrator {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("runs-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let config = OrchestratorConfig {
+        journal,
+        name,
+        ..OrchestratorConfig::default()
+    };
+    Orchestrator::with(rt, client, tools, Ledger::new(), config)
+        .await
+        .unwrap()
+}
+
+fn search_tools() -> ToolRegistry {
+    let mut tools = ToolRegistry::new();
+    tools.register(Search).unwrap();
+    tools
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_of_a_run_is_journaled_in_order() {
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let journal = Arc::new(MemoryJournal::new());
+    let script = Scripted::new(search_then_answer().map(ScriptedReply::text));
+    let client = Client::builder()
+        .provider("script", script)
+        .prices(prices("script"))
+        .build()
+        .unwrap();
+    let team = orchestrator(&rt, client, search_tools(), journal.clone()).await;
+    let run = team
+        .submit(
+            RunRequest::new("When was Rust released?", ModelMap::all("local")).tools(["search"]),
+        )
+        .await
+        .unwrap();
+    // Write-ahead: the submission is in the journal before submit returned.
+    let first = journal.read(run.id()).unwrap();
+    assert_eq!(first[0].event.kind(), "run_submitted");
+    assert_eq!(
+        run.wait().await.state,
+        RunState::Succeeded {
+            answer: "2015".into()
+        }
+    );
+
+    let kinds: Vec<&str> = journal
+        .read(run.id())
+        .unwrap()
+        .iter()
+        .map(|e| e.event.kind())
+        .collect::<Vec<_>>()
+        .leak()
+        .to_vec();
+    assert_eq!(
+        kinds,
+        [
+            "run_submitted",
+            "step_started", // the recall of earlier runs' memories
+            "llm_request",
+            "llm_response",
+            "plan_made",
+            "step_started",
+            "tool_call_intent",
+            "tool_result",
+            "step_finished",
+            "llm_request",
+            "llm_response",
+            "plan_made",
+            "run_finished"
+        ]
+    );
+    let summary = &journal.runs(&RunFilter::all()).unwrap()[0];
+    assert_eq!(summary.status, RunStatus::Finished);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_run_replays_with_no_network_and_the_same_outcome() {
+    let (url, requests) = fake_openai(search_then_answer().to_vec()).await;
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let team = orchestrator(&rt, http_client(&url), search_tools(), journal.clone()).await;
+    let request =
+        RunRequest::new("When was Rust released?", ModelMap::all("local")).tools(["search"]);
+    let recorded = team.submit(request).await.unwrap().wait().await;
+    assert_eq!(
+        recorded.state,
+        RunState::Succeeded {
+            answer: "2015".into()
+        }
+    );
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the recording made two real calls"
+    );
+    assert_eq!(recorded.usage.micro_usd, 2 * (100 + 40));
+
+    let report = team.replay(&recorded.run).await.unwrap();
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the replay sent nothing"
+    );
+    assert_eq!(report.divergence, None);
+    assert!(report.complete);
+    assert_eq!(report.state, recorded.state);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_names_the_first_divergence_when_the_code_behaves_differently() {
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let script = Scripted::new(search_then_answer().map(ScriptedReply::text));
+    let client = Client::builder()
+        .provider("script", script)
+        .prices(prices("script"))
+        .build()
+        .unwrap();
+    let team = orchestrator(&rt, client.clone(), search_tools(), journal.clone()).await;
+    let request =
+        RunRequest::new("When was Rust released?", ModelMap::all("local")).tools(["search"]);
+    let recorded = team.submit(request).await.unwrap().wait().await;
+    assert!(matches!(recorded.state, RunState::Succeeded { .. }));
+
+    // The same run, replayed by code whose search tool is described differently: the planner's
+    // prompt changes, so its first model request no longer matches the journal.
+    struct NewSearch;
+    impl Tool for NewSearch {
+        type Args = Query;
+        fn name(&self) -> &str {
+            "search"
+        }
+        fn description(&self) -> &str {
+            "Searches the notes, newest first."
+        }
+        async fn call(&self, _: Query, _: ToolContext) -> Result<Value, String> {
+            Ok(json!("unused"))
+        }
+    }
+    let mut tools = ToolRegistry::new();
+    tools.register(NewSearch).unwrap();
+    let changed = orchestrator(&rt, client, tools, journal.clone()).await;
+    let report = changed.replay(&recorded.run).await.unwrap();
+    let divergence = report.divergence.expect("the change is reported");
+    assert!(
+        divergence
+            .expected
+            .starts_with("llm_request /messages/0/content (from char"),
+        "{divergence:?}"
+    );
+    assert!(divergence.found.contains("newest first"), "{divergence:?}");
+    assert!(
+        divergence.expected.contains("Searches the notes."),
+        "{divergence:?}"
+    );
+    // run_submitted (1), the recall (2), then the planner's first request (3).
+    assert_eq!(divergence.seq, 3);
+    assert!(!report.complete);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_run_resumes_without_repeating_or_repaying_its_model_calls() {
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let usage = Usage {
+        input_tokens: 100,
+        output_tokens: 20,
+        ..Usage::default()
+    };
+    let script = Arc::new(Scripted::new([
+        ScriptedReply::text(plan(
+            json!([{ "type": "tool_call", "tool": "fetch", "arguments": { "q": "x" } }]),
+        ))
+        .usage(usage),
+        ScriptedReply::text(plan(
+            json!([{ "type": "final_answer", "answer": "fetched" }]),
+        ))
+        .usage(usage),
+    ]));
+    let client = Client::builder()
+        .provider("script", script.clone())
+        .prices(prices("script"))
+        .build()
+        .unwrap();
+    let (slow_done, calls) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut tools = ToolRegistry::new();
+    tools.register(FirstSlow(slow_done, calls.clone())).unwrap();
+    let team = orchestrator(&rt, client, tools, journal.clone()).await;
+    let run = team
+        .submit(RunRequest::new("Fetch it", ModelMap::all("local")).tools(["fetch"]))
+        .await
+        .unwrap();
+    while !matches!(run.status(), RunState::Running { step: 1 }) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    run.halt(HaltMode::Immediate);
+    let halted = run.wait().await;
+    assert!(
+        matches!(halted.state, RunState::Halted { .. }),
+        "{:?}",
+        halted.state
+    );
+    assert_eq!(
+        journal.runs(&RunFilter::all()).unwrap()[0].status,
+        RunStatus::Halted
+    );
+    assert_eq!(script.remaining(), 1, "one plan was made before the halt");
+
+    let resumed = team.resume(run.id()).await.unwrap().wait().await;
+    assert_eq!(
+        resumed.state,
+        RunState::Succeeded {
+            answer: "fetched".into()
+        }
+    );
+    assert_eq!(
+        script.remaining(),
+        0,
+        "only the second plan was asked for: the first was served"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the interrupted read-only fetch ran again"
+    );
+    assert_eq!(
+        resumed.usage.model_calls, 2,
+        "two model calls in all, the first paid once"
+    );
+    assert_eq!(resumed.usage.micro_usd, 2 * 140);
+    rt.shutdown(Duration::from_secs(5)).await;
+}

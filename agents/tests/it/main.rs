@@ -1,0 +1,9 @@
+//! impresario-agents' integration tests, one binary (one link on two cores). Each module is a
+//! former test file. `crash_recovery` re-executes this binary as its child process
+//! (`crash_recovery::crash_child`), so the child is its own process without a binary of its own.
+
+mod crash_recovery;
+mod journaled_runs;
+mod memory;
+mod runs;
+mod supervised_driver;

@@ -1,0 +1,16 @@
+//! impresario-runtime's integration tests, one binary (one link on two cores). Each module is
+//! a former test file. Tests that need a process of their own stay beside this directory:
+//! `drop_without_shutdown` counts the process's threads, `prometheus_listener` installs the
+//! global metrics recorder, `span_parenting` and `telemetry_traces` install a global tracing
+//! subscriber (handlers run on the runtime's threads, so a scoped one would miss them).
+
+mod halt_http;
+mod journal;
+mod ledger_model;
+mod ledger_race;
+mod llm_http;
+mod llm_offline;
+mod llm_stream;
+mod llm_support;
+mod start_modes;
+mod substrate;
