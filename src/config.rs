@@ -123,8 +123,16 @@ pub fn micro_usd(usd: f64) -> Result<u64, String> {
 }
 
 impl BudgetConfig {
-    /// Every ceiling and limit, checked: the key of the first bad one is named.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Every ceiling and limit, and the default run budget (`runs.budget_usd`) against them,
+    /// checked: the key of the first bad one is named.
+    fn validate(&self, run_budget: f64) -> Result<(), ConfigError> {
+        micro_usd(run_budget).map_err(|problem| invalid("runs.budget_usd", problem))?;
+        if let Some(max) = self.max_run_usd.filter(|max| run_budget > *max) {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!("{run_budget} is more than budget.max_run_usd ({max}); lower one or raise the other"),
+            ));
+        }
         let keys = [
             ("budget.global_usd", self.global_usd),
             ("budget.tenant_default_usd", self.tenant_default_usd),
@@ -700,21 +708,7 @@ impl Config {
                 "is 0; allow at least a small JSON body (e.g. 65536)",
             ));
         }
-        micro_usd(self.runs.budget_usd).map_err(|problem| invalid("runs.budget_usd", problem))?;
-        self.budget.validate()?;
-        if let Some(max) = self
-            .budget
-            .max_run_usd
-            .filter(|max| self.runs.budget_usd > *max)
-        {
-            return Err(invalid(
-                "runs.budget_usd",
-                format!(
-                    "{} is more than budget.max_run_usd ({max}); lower one or raise the other",
-                    self.runs.budget_usd
-                ),
-            ));
-        }
+        self.budget.validate(self.runs.budget_usd)?;
         if self.runs.max_steps == 0 || self.runs.max_steps > u64::from(u32::MAX) {
             return Err(invalid(
                 "runs.max_steps",
