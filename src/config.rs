@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use impresario::agents::ModelChoice;
 use impresario::runtime::journal::RetentionPolicy;
+use impresario::runtime::ledger::Ceilings;
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -29,14 +30,111 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
-    /// `[budget]`: ceilings above the run (global, per tenant) and the largest run budget.
-    pub budget: BudgetConfig,
+    /// `[budget]`: money ceilings above the run.
+    pub budget: BudgetCeilings,
     /// `[prices."<model>"]`: prices in LiteLLM's fields (`litellm_provider`,
     /// `input_cost_per_token`, `output_cost_per_token`, ...), over `models.prices_file` and the
     /// bundled table.
     pub prices: BTreeMap<String, Value>,
     /// `[health]`: the semantic health check.
     pub health: HealthCheck,
+}
+
+/// `[budget]`, in US dollars: the global ceiling, the default tenant ceiling, per-tenant
+/// overrides (`[budget.tenants]`, `name = usd`) and the largest budget one run may ask for.
+/// Spend counted against them is rebuilt from the journal at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetCeilings {
+    /// Most the whole service may spend (absent: unlimited).
+    pub global_usd: Option<f64>,
+    /// Most a tenant without an override may spend (absent: unlimited).
+    pub tenant_default_usd: Option<f64>,
+    /// The largest budget a run may ask for; larger requests get 422 naming `budget_usd`.
+    pub max_run_usd: f64,
+    /// Per-tenant ceilings (`acme = 25.0`), overriding `tenant_default_usd`.
+    pub tenants: BTreeMap<String, f64>,
+}
+
+impl Default for BudgetCeilings {
+    fn default() -> Self {
+        BudgetCeilings {
+            global_usd: None,
+            tenant_default_usd: None,
+            max_run_usd: 10.0,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// The largest amount of dollars a key accepts: beyond it a typo is more likely than a budget.
+const MAX_USD: f64 = 1e9;
+
+impl BudgetCeilings {
+    /// The ledger's ceilings (micro-USD).
+    pub fn ceilings(&self) -> Ceilings {
+        Ceilings {
+            global: self.global_usd.map(micro_usd),
+            tenant_default: self.tenant_default_usd.map(micro_usd),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(tenant, usd)| (tenant.clone(), micro_usd(*usd)))
+                .collect(),
+            max_run: Some(micro_usd(self.max_run_usd)),
+        }
+    }
+
+    /// Every amount is finite, at least 0 and at most `MAX_USD`.
+    fn validate(&self, run_budget: f64) -> Result<(), ConfigError> {
+        let named = [
+            ("budget.global_usd".to_owned(), self.global_usd),
+            (
+                "budget.tenant_default_usd".to_owned(),
+                self.tenant_default_usd,
+            ),
+            ("budget.max_run_usd".to_owned(), Some(self.max_run_usd)),
+        ];
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(t, usd)| (format!("budget.tenants.{t}"), Some(*usd)));
+        for (key, usd) in named.into_iter().chain(tenants) {
+            if let Some(usd) = usd.filter(|usd| !(0.0..=MAX_USD).contains(usd)) {
+                return Err(invalid(
+                    &key,
+                    format!("{usd} is not an amount of dollars between 0 and {MAX_USD}"),
+                ));
+            }
+        }
+        if run_budget > self.max_run_usd {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!(
+                    "{run_budget} is above budget.max_run_usd ({})",
+                    self.max_run_usd
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Dollars to micro-USD, rounded down (amounts are validated first).
+fn micro_usd(usd: f64) -> u64 {
+    (usd * 1e6) as u64
+}
+
+/// `usd` in micro-USD if it is an amount a ceiling accepts (finite, 0 to `MAX_USD`), else
+/// what is wrong with it.
+pub fn checked_micro_usd(usd: f64) -> Result<u64, String> {
+    if (0.0..=MAX_USD).contains(&usd) {
+        Ok(micro_usd(usd))
+    } else {
+        Err(format!(
+            "{usd} is not an amount of dollars between 0 and {MAX_USD}"
+        ))
+    }
 }
 
 /// `[server]`.
@@ -91,74 +189,6 @@ pub struct TokenEntry {
     pub token_file: Option<PathBuf>,
     /// An environment variable holding the token.
     pub token_env: Option<String>,
-}
-
-/// `[budget]`: amounts in US dollars; a missing key is no limit.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BudgetConfig {
-    /// What all tenants together may spend.
-    pub global_usd: Option<f64>,
-    /// What a tenant not named in `tenants` may spend.
-    pub tenant_default_usd: Option<f64>,
-    /// The largest budget a run may ask for (`budget_usd` above it is refused with 422).
-    pub max_run_usd: Option<f64>,
-    /// `[budget.tenants]`: what a named tenant may spend (`acme = 25.0`).
-    pub tenants: BTreeMap<String, f64>,
-}
-
-/// The largest amount accepted anywhere, in US dollars (a budget, a ceiling): far above any
-/// real one, and far below what micro-USD in a `u64` can hold.
-pub const MAX_USD: f64 = 1e9;
-
-/// `usd` in micro-USD, if it is an amount: finite, not negative, at most [`MAX_USD`].
-pub fn micro_usd(usd: f64) -> Result<u64, String> {
-    if usd.is_finite() && (0.0..=MAX_USD).contains(&usd) {
-        Ok((usd * 1e6).round() as u64)
-    } else {
-        Err(format!(
-            "{usd} is not an amount of dollars; use a number from 0 to {MAX_USD:e} such as 0.50"
-        ))
-    }
-}
-
-impl BudgetConfig {
-    /// Every ceiling and limit, and the default run budget (`runs.budget_usd`) against them,
-    /// checked: the key of the first bad one is named.
-    fn validate(&self, run_budget: f64) -> Result<(), ConfigError> {
-        micro_usd(run_budget).map_err(|problem| invalid("runs.budget_usd", problem))?;
-        if let Some(max) = self.max_run_usd.filter(|max| run_budget > *max) {
-            return Err(invalid(
-                "runs.budget_usd",
-                format!("{run_budget} is more than budget.max_run_usd ({max}); lower one or raise the other"),
-            ));
-        }
-        let keys = [
-            ("budget.global_usd", self.global_usd),
-            ("budget.tenant_default_usd", self.tenant_default_usd),
-            ("budget.max_run_usd", self.max_run_usd),
-        ];
-        for (key, usd) in keys {
-            if let Some(usd) = usd {
-                micro_usd(usd).map_err(|problem| invalid(key, problem))?;
-            }
-        }
-        for (tenant, usd) in &self.tenants {
-            micro_usd(*usd)
-                .map_err(|problem| invalid("budget.tenants", format!("{tenant}: {problem}")))?;
-        }
-        Ok(())
-    }
-
-    /// The ceiling of `tenant` in micro-USD, as configured (`None`: no ceiling).
-    pub fn tenant_ceiling(&self, tenant: &str) -> Option<u64> {
-        let usd = self
-            .tenants
-            .get(tenant)
-            .copied()
-            .or(self.tenant_default_usd)?;
-        micro_usd(usd).ok()
-    }
 }
 
 /// `[runs]`.
@@ -473,7 +503,7 @@ enum Kind {
     Choice(&'static [&'static str]),
     /// A list of `[[server.tokens]]` tables (file only: the environment cannot hold one).
     Tokens,
-    /// A table of names to non-negative numbers (`name=usd,name=usd` in the environment).
+    /// A table of non-negative numbers by name (`name=1.5,other=2` in the environment).
     Amounts,
     /// A model and its fallbacks: `{ model = "m", fallbacks = ["f"] }`, or the list
     /// `["m", "f"]` (comma-separated in the environment).
@@ -708,13 +738,20 @@ impl Config {
                 "is 0; allow at least a small JSON body (e.g. 65536)",
             ));
         }
-        self.budget.validate(self.runs.budget_usd)?;
+        let budget = self.runs.budget_usd;
+        if !budget.is_finite() || budget < 0.0 {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!("{budget} is not an amount of dollars; use a number such as 0.50"),
+            ));
+        }
         if self.runs.max_steps == 0 || self.runs.max_steps > u64::from(u32::MAX) {
             return Err(invalid(
                 "runs.max_steps",
                 format!("{} is out of range; use 1 or more", self.runs.max_steps),
             ));
         }
+        self.budget.validate(budget)?;
         for tool in &self.runs.tools {
             if !impresario::tools::NAMES.contains(&tool.as_str()) {
                 return Err(invalid(
@@ -774,11 +811,9 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
         (Kind::Tokens, Value::Array(items)) => return items.iter().try_for_each(check_token),
-        (Kind::Amounts, Value::Table(amounts)) => amounts.values().all(|v| {
-            v.as_float()
-                .or(v.as_integer().map(|n| n as f64))
-                .is_some_and(|x| x >= 0.0)
-        }),
+        (Kind::Amounts, Value::Table(amounts)) => amounts
+            .values()
+            .all(|v| check_value(Kind::Number, v).is_ok()),
         (Kind::Chain, Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_str),
         (Kind::Chain, Value::Table(t)) => {
             t.get("model").is_some_and(Value::is_str)
@@ -810,11 +845,11 @@ fn describe(kind: Kind) -> String {
         Kind::Integer => "a non-negative integer".into(),
         Kind::Number => "a non-negative number".into(),
         Kind::Names => "a list of strings".into(),
+        Kind::Amounts => "a table of non-negative numbers by name".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
         Kind::Chain => "a model and its fallbacks: { model = \"m\", fallbacks = [\"f\"] } or [\"m\", \"f\"]".into(),
         Kind::Price => "a table of LiteLLM price fields (litellm_provider, input_cost_per_token, output_cost_per_token, ...)".into(),
         Kind::Tokens => "a list of [[server.tokens]] tables".into(),
-        Kind::Amounts => "a table of names to amounts in dollars (name = 25.0)".into(),
     }
 }
 
@@ -896,7 +931,7 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
                 .map(|s| Value::String(s.to_owned()))
                 .collect(),
         ),
-        Kind::Amounts => amounts_from_env(raw).map_err(|problem| invalid(&full, problem))?,
+        Kind::Amounts => Value::Table(amounts_from_env(raw).map_err(|p| invalid(&full, p))?),
         Kind::Tokens => {
             return Err(invalid(
                 &full,
@@ -914,20 +949,19 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
     Ok(())
 }
 
-/// `name=usd,name=usd` as a table.
-fn amounts_from_env(raw: &str) -> Result<Value, String> {
-    let mut amounts = Table::new();
-    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, usd) = pair
+/// `name=1.5,other=2` as a table of numbers.
+fn amounts_from_env(raw: &str) -> Result<Table, String> {
+    let mut table = Table::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = item
             .split_once('=')
-            .ok_or_else(|| format!("{pair:?} is not name=usd (e.g. acme=25.0)"))?;
-        let usd: f64 = usd
-            .trim()
-            .parse()
-            .map_err(|_| format!("{pair:?}: {usd:?} is not an amount of dollars"))?;
-        amounts.insert(name.trim().to_owned(), Value::Float(usd));
+            .and_then(|(name, n)| Some((name.trim(), n.trim().parse::<f64>().ok()?)));
+        let Some((name, amount)) = parsed else {
+            return Err(format!("{item:?} is not NAME=AMOUNT (e.g. acme=25.0)"));
+        };
+        table.insert(name.to_owned(), Value::Float(amount));
     }
-    Ok(Value::Table(amounts))
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -1190,31 +1224,6 @@ mod tests {
     }
 
     #[test]
-    fn budget_ceilings_are_amounts_and_a_bad_one_is_named() {
-        let f = file("[budget]\nglobal_usd = 100\ntenant_default_usd = 2.5\nmax_run_usd = 1\n[budget.tenants]\nacme = 25.0\n");
-        let config = Config::load(
-            Some(&f.0),
-            env(&[("IMPRESARIO_BUDGET__TENANTS", "beta=3,acme=4")]),
-        )
-        .unwrap();
-        assert_eq!(config.budget.tenant_ceiling("acme"), Some(4_000_000));
-        assert_eq!(config.budget.tenant_ceiling("beta"), Some(3_000_000));
-        assert_eq!(config.budget.tenant_ceiling("other"), Some(2_500_000));
-        assert_eq!(config.budget.max_run_usd, Some(1.0));
-        let e = error(Some("[budget]\nglobal_usd = 1e300\n"), &[]);
-        assert!(
-            e.contains("`budget.global_usd`") && e.contains("not an amount"),
-            "{e}"
-        );
-        let e = error(None, &[("IMPRESARIO_BUDGET__MAX_RUN_USD", "NaN")]);
-        assert!(e.contains("`budget.max_run_usd`"), "{e}");
-        let e = error(Some("[budget.tenants]\nacme = -1\n"), &[]);
-        assert!(e.contains("`budget.tenants`"), "{e}");
-        let e = error(None, &[("IMPRESARIO_BUDGET__TENANTS", "acme")]);
-        assert!(e.contains("not name=usd"), "{e}");
-    }
-
-    #[test]
     fn every_key_is_a_field_and_the_example_file_loads_and_shows_every_key() {
         let mut table = Table::new();
         for (section, key, kind) in KEYS {
@@ -1223,8 +1232,8 @@ mod tests {
                 Kind::Address => Value::String("127.0.0.1:1".into()),
                 Kind::Integer | Kind::Number => Value::Integer(1),
                 Kind::Names | Kind::Tokens => Value::Array(Vec::new()),
-                Kind::Amounts => Value::Table(Table::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
+                Kind::Amounts => Value::Table(Table::new()),
                 Kind::Chain | Kind::Price => {
                     let mut choice = Table::new();
                     choice.insert("model".into(), Value::String("m".into()));
@@ -1251,5 +1260,56 @@ mod tests {
             });
             assert!(shown, "{key} is not shown in impresario.example.toml");
         }
+    }
+
+    #[test]
+    fn budget_ceilings_from_the_file_and_the_environment() {
+        let f = file(
+            "[budget]\nglobal_usd = 100\ntenant_default_usd = 2.5\n[budget.tenants]\nacme = 25.0\n",
+        );
+        let config =
+            Config::load(Some(&f.0), env(&[("IMPRESARIO_BUDGET__MAX_RUN_USD", "3")])).unwrap();
+        let c = config.budget.ceilings();
+        assert_eq!(
+            (c.global, c.tenant_default, c.max_run),
+            (Some(100_000_000), Some(2_500_000), Some(3_000_000))
+        );
+        assert_eq!(c.tenants.get("acme"), Some(&25_000_000));
+        let config =
+            Config::load(None, env(&[("IMPRESARIO_BUDGET__TENANTS", "a=1, b=0.5")])).unwrap();
+        assert_eq!(config.budget.ceilings().tenants.get("b"), Some(&500_000));
+        assert_eq!(
+            Config::default().budget.ceilings().max_run,
+            Some(10_000_000)
+        );
+    }
+
+    #[test]
+    fn bad_budget_ceilings_are_named() {
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "IMPRESARIO_BUDGET__GLOBAL_USD",
+                "1e300",
+                "budget.global_usd",
+            ),
+            ("IMPRESARIO_BUDGET__TENANTS", "acme", "budget.tenants"),
+            (
+                "IMPRESARIO_BUDGET__TENANTS",
+                "acme=1e300",
+                "budget.tenants.acme",
+            ),
+            ("IMPRESARIO_RUNS__BUDGET_USD", "11", "runs.budget_usd"),
+        ];
+        for (name, value, key) in cases {
+            let e = Config::load(None, env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{name}={value}: {e}");
+        }
+        let f = file("[budget]\ntenants = { acme = -1 }\n");
+        let e = Config::load(Some(&f.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`budget.tenants`"), "{e}");
     }
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impresario::agents::{
-    Budget, ModelMap, Orchestrator, OrchestratorConfig, ResumeError, RunHandle, RunRequest,
-    RunUsage, SubmitError,
+    Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage,
 };
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
@@ -15,7 +14,7 @@ use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
 
-use crate::ceilings::Ceilings;
+use crate::ceilings::CeilingOverrides;
 use crate::config::Config;
 use crate::models;
 use crate::writer_lock::WriterLock;
@@ -26,8 +25,8 @@ pub struct Engine {
     pub runtime: RuntimeHandle,
     /// Submits and drives runs.
     pub orchestrator: Orchestrator,
-    /// The global and tenant ceilings on the orchestrator's ledger.
-    pub ceilings: Ceilings,
+    /// Tenant ceilings set over the API, kept beside the journal.
+    pub ceilings: CeilingOverrides,
     /// The client runs call models through.
     pub client: Client,
     /// What the models are, for a person (`offline`, `openai: light gpt-4o-mini, ...`).
@@ -65,22 +64,21 @@ impl Engine {
         } = models::choose(config, offline, config.models.cache_entries)?;
         let runtime = Runtime::builder().attach()?;
         let client = chosen.client;
+        let ledger = Ledger::new();
+        ledger.set_ceilings(config.budget.ceilings());
         let orchestrator = Orchestrator::with(
             &runtime,
             client.clone(),
             impresario::tools::registry()?,
-            Ledger::new(),
+            ledger,
             OrchestratorConfig {
                 journal,
                 ..OrchestratorConfig::default()
             },
         )
         .await?;
-        let ceilings = Ceilings::load(
-            &config.budget,
-            config.journal.file(),
-            orchestrator.ledger().clone(),
-        )?;
+        let ceilings =
+            CeilingOverrides::load(config.journal.file(), orchestrator.ledger().clone())?;
         Ok(Engine {
             runtime,
             orchestrator,
@@ -106,32 +104,13 @@ impl Engine {
             .tools(self.defaults.tools.iter().cloned())
     }
 
-    /// Submits `request`, its tenant's account opened with its ceiling first.
-    pub async fn submit(&self, request: RunRequest) -> Result<RunHandle, SubmitError> {
-        self.ceilings.open(&request.tenant)?;
-        self.orchestrator.submit(request).await
-    }
-
-    /// Resumes `run` of `tenant`, the tenant's account opened with its ceiling first.
-    pub async fn resume(&self, run: &RunId, tenant: &str) -> Result<RunHandle, ResumeError> {
-        self.ceilings.open(tenant).map_err(SubmitError::from)?;
-        self.orchestrator.resume(run).await
-    }
-
     /// What a run has spent so far (zero once it ended: its result has the final figures).
     pub fn usage(&self, run: &RunId) -> RunUsage {
         let account = AccountId::Run(run.to_string());
         self.orchestrator
             .ledger()
             .account(&account)
-            .map(|a| {
-                let spent = a.snapshot().spent;
-                RunUsage {
-                    micro_usd: spent.micro_usd,
-                    tokens: spent.tokens,
-                    model_calls: spent.model_calls,
-                }
-            })
+            .map(|a| RunUsage::from(a.snapshot().spent))
             .unwrap_or_default()
     }
 }

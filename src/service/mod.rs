@@ -38,7 +38,7 @@ use impresario::runtime::health::Health;
 use impresario::runtime::journal::{JournalError, RunEvent as Journaled, RunFilter, RunStatus};
 use impresario::runtime::telemetry::{MetricsHandle, Prometheus};
 
-use crate::config::{micro_usd, Access, BudgetConfig, Config};
+use crate::config::{Access, Config};
 use crate::engine::Engine;
 use errors::ApiError;
 use runs::{state_name, Runs};
@@ -48,7 +48,6 @@ pub struct State {
     engine: Engine,
     runs: Runs,
     tokens: auth::Tokens,
-    budget: BudgetConfig,
     body_limit: body::Limits,
     sse_keepalive: Duration,
     draining: Arc<AtomicBool>,
@@ -63,20 +62,6 @@ impl State {
         let runtime = &self.engine.runtime;
         runtime.spawn_task(runtime.next_placement(), recording);
         run
-    }
-
-    /// 422 naming `budget_usd` unless `usd` is an amount within `budget.max_run_usd`.
-    fn check_run_budget(&self, usd: f64) -> Result<(), ApiError> {
-        let micro = micro_usd(usd).map_err(|problem| ApiError::invalid("budget_usd", problem))?;
-        match self.budget.max_run_usd {
-            Some(max) if micro > micro_usd(max).unwrap_or(u64::MAX) => Err(ApiError::invalid(
-                "budget_usd",
-                format!(
-                    "{usd} is more than the largest run budget, {max} dollars (budget.max_run_usd)"
-                ),
-            )),
-            _ => Ok(()),
-        }
     }
 }
 
@@ -191,7 +176,6 @@ fn shared_state(
         engine,
         runs: Runs::default(),
         tokens: auth::Tokens::new(tokens),
-        budget: config.budget.clone(),
         body_limit: body::Limits {
             bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
             read_timeout: config.server.body_timeout(),
@@ -224,7 +208,7 @@ async fn recover(engine: &Engine) -> Result<Vec<RunHandle>, JournalError> {
         .orchestrator
         .runs(&RunFilter::all().status(RunStatus::Active))?
     {
-        match engine.resume(&summary.run, &summary.tenant).await {
+        match engine.orchestrator.resume(&summary.run).await {
             Ok(handle) => resumed.push(handle),
             Err(e) => {
                 tracing::error!(run = %summary.run, error = %e, "could not resume a run a crash cut off; it stays in the journal")

@@ -20,7 +20,7 @@ use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
 use super::{cursor, sse, tenants, State};
-use crate::config::Access;
+use crate::config::{checked_micro_usd, Access};
 use crate::journaled;
 
 /// How long a graceful halt that names no `deadline_secs` lets the current step run.
@@ -51,9 +51,10 @@ type Data = web::Data<State>;
 /// Whose the request is (its bearer token's [`Access`]).
 type Token = web::ReqData<Access>;
 
-/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?}`
-/// -> 201 `{"id", "state"}`. Missing fields take the configured defaults; a tenant's token
-/// submits for its tenant (naming another is a 422).
+/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?,
+/// "stream"?}` -> 201 `{"id", "state"}`. Missing fields take the configured defaults; with
+/// `"stream": true` the run's events carry its models' text as `delta` events.
+/// A tenant's token submits for its tenant (naming another is a 422).
 async fn submit(
     state: Data,
     token: Token,
@@ -77,7 +78,8 @@ async fn submit(
         (None, None) => {}
     }
     if let Some(usd) = body.take::<f64>("budget_usd")? {
-        state.check_run_budget(usd)?;
+        // Not an amount (negative, 1e300): 422 here; above budget.max_run_usd: 422 on submit.
+        checked_micro_usd(usd).map_err(|problem| ApiError::invalid("budget_usd", problem))?;
         // The money is the request's; the token limit stays the configured one.
         let tokens = request.budget.tokens;
         request = request.budget(Budget {
@@ -94,9 +96,12 @@ async fn submit(
     if let Some(max_steps) = body.take::<u32>("max_steps")? {
         request = request.max_steps(max_steps);
     }
+    if let Some(stream) = body.take::<bool>("stream")? {
+        request = request.stream(stream);
+    }
     body.done()?;
     let tenant = request.tenant.clone();
-    let handle = state.engine.submit(request).await?;
+    let handle = state.engine.orchestrator.submit(request).await?;
     let run = state.track(handle, tenant, goal);
     let id = run.handle.id().to_string();
     Ok(HttpResponse::Created()
@@ -275,7 +280,7 @@ async fn resume(
     if let Some(ours) = state.runs.get(&id).filter(|r| r.state().is_terminal()) {
         ours.ended().await;
     }
-    let handle = match state.engine.resume(&run, &tenant).await {
+    let handle = match state.engine.orchestrator.resume(&run).await {
         Ok(handle) => handle,
         Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(&id)),
         Err(

@@ -1,17 +1,16 @@
 //! `GET /v1/tenants/{tenant}` (the tenant's own token, or an admin's) and
-//! `PUT /v1/tenants/{tenant}` (an admin's): a tenant's ceiling, what it spent and has reserved
-//! on this process's ledger, and its journaled runs by status.
+//! `PUT /v1/tenants/{tenant}` (an admin's): a tenant's ceiling, what it spent (rebuilt from the
+//! journal at start) and has reserved on the ledger, and its journaled runs by status.
 
 use actix_web::{web, HttpResponse};
 use impresario::runtime::journal::{RunFilter, RunStatus};
-use impresario::runtime::ledger::AccountId;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::body;
 use super::errors::ApiError;
 use super::State;
-use crate::config::{micro_usd, Access};
+use crate::config::{checked_micro_usd, Access};
 
 /// Adds the routes (inside the authenticated `/v1` scope).
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -36,8 +35,8 @@ async fn show(
     Ok(HttpResponse::Ok().json(describe(&state, &tenant)?))
 }
 
-/// `PUT /v1/tenants/{tenant}`: `{"ceiling_usd": 25.0}` (or `null`: no ceiling) -> 200 and the
-/// tenant as `GET` shows it. Admin only (403). The ceiling applies at once, to the next
+/// `PUT /v1/tenants/{tenant}`: `{"ceiling_usd": 25.0}` (or `null`: back to the configured
+/// ceiling) -> 200 and the tenant as `GET` shows it. Admin only (403). The ceiling applies at once, to the next
 /// reservation of every run of the tenant, and survives a restart.
 async fn set(
     state: web::Data<State>,
@@ -50,13 +49,13 @@ async fn set(
     if !body.has("ceiling_usd") {
         return Err(ApiError::invalid(
             "ceiling_usd",
-            "is required: an amount of dollars, or null for no ceiling",
+            "is required: an amount of dollars, or null for the configured ceiling",
         ));
     }
     let ceiling = match body.take::<f64>("ceiling_usd")? {
-        Some(usd) => {
-            Some(micro_usd(usd).map_err(|problem| ApiError::invalid("ceiling_usd", problem))?)
-        }
+        Some(usd) => Some(
+            checked_micro_usd(usd).map_err(|problem| ApiError::invalid("ceiling_usd", problem))?,
+        ),
         None => None,
     };
     body.done()?;
@@ -70,15 +69,7 @@ async fn set(
 
 /// The tenant as the routes show it.
 fn describe(state: &State, tenant: &str) -> Result<Value, ApiError> {
-    let account = state
-        .engine
-        .orchestrator
-        .ledger()
-        .account(&AccountId::Tenant(tenant.to_owned()))
-        .map(|a| a.snapshot());
-    let (spent, reserved) = account
-        .as_ref()
-        .map_or((0, 0), |a| (a.spent.micro_usd, a.reserved.micro_usd));
+    let budget = state.engine.orchestrator.ledger().tenant_budget(tenant);
     let runs = state
         .engine
         .orchestrator
@@ -87,9 +78,9 @@ fn describe(state: &State, tenant: &str) -> Result<Value, ApiError> {
     let count = |status: RunStatus| runs.iter().filter(|r| r.status == status).count();
     Ok(json!({
         "tenant": tenant,
-        "ceiling_micro_usd": state.engine.ceilings.ceiling(tenant),
-        "spent_micro_usd": spent,
-        "reserved_micro_usd": reserved,
+        "ceiling_micro_usd": budget.ceiling,
+        "spent_micro_usd": budget.spent,
+        "reserved_micro_usd": budget.reserved,
         "runs": {
             "active": count(RunStatus::Active),
             "halted": count(RunStatus::Halted),
