@@ -13,3 +13,4 @@ mod provider;
 mod service;
 mod support;
 mod tenants;
+mod tools;

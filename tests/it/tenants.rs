@@ -103,6 +103,10 @@ async fn a_tenant_token_sees_and_acts_on_its_own_tenants_runs_only() {
         .send_as(BETA, Method::POST, "/v1/halt", &json!({ "all": true }))
         .await;
     assert_eq!(status, 403, "halting everyone is an admin's");
+    let (status, _) = server
+        .send_as(BETA, Method::GET, "/v1/tools?tenant=acme", &Value::Null)
+        .await;
+    assert_eq!(status, 404, "beta does not list acme's tools");
     let listed = everything_readable(&server, BETA, &[]).await;
     assert!(!listed.contains(&acme_run), "{listed}");
 
