@@ -19,6 +19,8 @@ use impresario::runtime::ledger::Ceilings;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::identity::Identity;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -401,16 +403,18 @@ impl Server {
     /// Every bearer token with whose it is: the admin token of `token` or `token_file` (if
     /// set), then each `[[server.tokens]]` entry's. Serving needs at least one; each must be
     /// long enough and different from the others.
-    pub fn bearer_tokens(&self) -> Result<Vec<(Access, String)>, ConfigError> {
+    pub fn bearer_tokens(&self) -> Result<Vec<(Identity, String)>, ConfigError> {
         let mut tokens = Vec::new();
         if let Some((key, token)) = self.admin_token()? {
-            tokens.push((Access::Admin, checked(key, token)?));
+            tokens.push((Identity::Admin, checked(key, token)?));
         }
         for (n, entry) in self.tokens.iter().enumerate() {
             let key = format!("server.tokens[{n}]");
             let access = match (&entry.tenant, entry.admin) {
-                (Some(tenant), None) if !tenant.trim().is_empty() => Access::Tenant(tenant.clone()),
-                (None, Some(true)) => Access::Admin,
+                (Some(tenant), None) if !tenant.trim().is_empty() => {
+                    Identity::Tenant(tenant.clone())
+                }
+                (None, Some(true)) => Identity::Admin,
                 _ => {
                     return Err(invalid(
                         &key,
@@ -466,15 +470,6 @@ impl Server {
             )),
         }
     }
-}
-
-/// Whose a bearer token is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Access {
-    /// An admin's: every tenant's runs, the tenants' ceilings.
-    Admin,
-    /// One tenant's: that tenant's runs only.
-    Tenant(String),
 }
 
 /// The token in the file at `path` (trimmed).
@@ -1211,7 +1206,7 @@ mod tests {
         let f = file("0123456789abcdef\n");
         assert_eq!(
             server(None, Some(f.0.clone())).bearer_tokens().unwrap(),
-            [(Access::Admin, "0123456789abcdef".to_owned())]
+            [(Identity::Admin, "0123456789abcdef".to_owned())]
         );
         let e = server(Some("0123456789abcdef"), Some(f.0.clone()))
             .bearer_tokens()
@@ -1235,10 +1230,10 @@ mod tests {
             config.server.bearer_tokens().unwrap(),
             [
                 (
-                    Access::Tenant("acme".into()),
+                    Identity::Tenant("acme".into()),
                     "acme-token-0123456789".into()
                 ),
-                (Access::Admin, "admin-token-0123456789".into()),
+                (Identity::Admin, "admin-token-0123456789".into()),
             ]
         );
         let e = error(

@@ -8,6 +8,7 @@ use std::time::Instant;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::journal::{Journal, RunEvent as JournalEvent, RunOutcome};
 use impresario_runtime::ledger::{AccountId, Ledger};
+use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::telemetry::RunOutcome as TelemetryOutcome;
 use impresario_runtime::{Placement, RunId};
 use tokio::sync::{broadcast, watch};
@@ -135,7 +136,7 @@ pub(crate) async fn journal_end(
     state: &RunState,
     halt: Option<Halt>,
 ) {
-    let Some(event) = end_event(run, state, halt) else {
+    let Some(event) = end_event(run, state, halt).map(redact_serialized) else {
         return;
     };
     for attempt in 1..=END_WRITE_ATTEMPTS {

@@ -1,7 +1,7 @@
 //! Bearer-token authentication of every `/v1` route: `Authorization: Bearer <token>`, compared
-//! in constant time with every configured token; anything else is a 401. The token says whose
-//! the request is ([`Access`]): the handlers take it as `web::ReqData<Access>` and scope what
-//! they read and do by it ([`Caller`]).
+//! in constant time with every configured token; anything else is a 401. The token says who
+//! the request is ([`Identity`]): the handlers take it as `web::ReqData<Identity>` and scope
+//! what they read and do by it. The console's sign-in uses the same tokens ([`identity`]).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -12,24 +12,25 @@ use subtle::ConstantTimeEq;
 
 use super::errors::ApiError;
 use super::State;
-use crate::config::Access;
+use crate::identity::Identity;
 
-/// The configured tokens, each with whose it is.
-pub struct Tokens(Vec<(Access, String)>);
+/// The configured tokens, each with who it is.
+pub struct Tokens(Vec<(Identity, String)>);
 
 impl Tokens {
     /// The tokens of the configuration ([`crate::config::Server::bearer_tokens`]).
-    pub fn new(tokens: Vec<(Access, String)>) -> Self {
+    pub fn new(tokens: Vec<(Identity, String)>) -> Self {
         Tokens(tokens)
     }
 
-    /// Whose `given` is, if it is one of the tokens. Every token is compared, each in
-    /// constant time, so the time taken does not say which one came close.
-    fn access(&self, given: &[u8]) -> Option<Access> {
+    /// Who `given` is, if it is one of the tokens. Every token is compared, each in constant
+    /// time, so the time taken does not say which one came close. (The length may show: it is
+    /// not the secret.)
+    fn identity(&self, given: &[u8]) -> Option<Identity> {
         let mut found = None;
-        for (access, token) in &self.0 {
+        for (identity, token) in &self.0 {
             if bool::from(given.ct_eq(token.as_bytes())) {
-                found = Some(access.clone());
+                found = Some(identity.clone());
             }
         }
         found
@@ -37,7 +38,7 @@ impl Tokens {
 }
 
 /// The middleware (`from_fn(require_token)`): 401 without a known token, else the request
-/// goes on with its [`Access`] in its extensions.
+/// goes on with its [`Identity`] in its extensions.
 pub async fn require_token(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -56,47 +57,27 @@ pub async fn require_token(
         )
         .into());
     };
-    match state.tokens.access(given.as_bytes()) {
-        Some(access) => {
-            request.extensions_mut().insert(access);
+    match state.tokens.identity(given.as_bytes()) {
+        Some(identity) => {
+            request.extensions_mut().insert(identity);
             next.call(request).await
         }
         None => Err(ApiError::unauthorized("the bearer token is wrong").into()),
     }
 }
 
-/// What a request's token lets it see and do.
-pub trait Caller {
-    /// Whether it may see and act on `tenant`'s runs.
-    fn sees(&self, tenant: &str) -> bool;
-    /// The tenant it is bound to (`None`: an admin).
-    fn tenant(&self) -> Option<&str>;
-    /// `Ok` for an admin; 403 naming `what` for a tenant's token.
-    fn admin(&self, what: &str) -> Result<(), ApiError>;
+/// Who `token` identifies, if anyone. Used by the console's sign-in.
+pub fn identity(state: &State, token: &str) -> Option<Identity> {
+    state.tokens.identity(token.as_bytes())
 }
 
-impl Caller for Access {
-    fn sees(&self, tenant: &str) -> bool {
-        match self {
-            Access::Admin => true,
-            Access::Tenant(own) => own == tenant,
-        }
-    }
-
-    fn tenant(&self) -> Option<&str> {
-        match self {
-            Access::Admin => None,
-            Access::Tenant(own) => Some(own),
-        }
-    }
-
-    fn admin(&self, what: &str) -> Result<(), ApiError> {
-        match self {
-            Access::Admin => Ok(()),
-            Access::Tenant(_) => Err(ApiError::forbidden(format!(
-                "{what} needs an admin token; this token is bound to one tenant"
-            ))),
-        }
+/// `Ok` for an admin; 403 naming `what` for a tenant's token.
+pub fn require_admin(identity: &Identity, what: &str) -> Result<(), ApiError> {
+    match identity.is_admin() {
+        true => Ok(()),
+        false => Err(ApiError::forbidden(format!(
+            "{what} needs an admin token; this token is bound to one tenant"
+        ))),
     }
 }
 
@@ -105,18 +86,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_token_is_known_only_byte_for_byte_and_says_whose_it_is() {
+    fn a_token_is_known_only_byte_for_byte_and_says_who_it_is() {
         let tokens = Tokens::new(vec![
-            (Access::Admin, "0123456789abcdef".into()),
-            (Access::Tenant("acme".into()), "acme-0123456789ab".into()),
+            (Identity::Admin, "0123456789abcdef".into()),
+            (Identity::Tenant("acme".into()), "acme-0123456789ab".into()),
         ]);
-        assert_eq!(tokens.access(b"0123456789abcdef"), Some(Access::Admin));
+        assert_eq!(tokens.identity(b"0123456789abcdef"), Some(Identity::Admin));
         assert_eq!(
-            tokens.access(b"acme-0123456789ab"),
-            Some(Access::Tenant("acme".into()))
+            tokens.identity(b"acme-0123456789ab"),
+            Some(Identity::Tenant("acme".into()))
         );
-        assert_eq!(tokens.access(b"0123456789abcdeF"), None);
-        assert_eq!(tokens.access(b"0123456789abcde"), None);
-        assert_eq!(tokens.access(b""), None);
+        assert_eq!(tokens.identity(b"0123456789abcdeF"), None);
+        assert_eq!(tokens.identity(b"0123456789abcde"), None);
+        assert_eq!(tokens.identity(b""), None);
     }
 }

@@ -4,8 +4,9 @@
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
 //! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `POST /v1/halt/lift`,
-//! `GET`/`PUT /v1/tenants/{tenant}` ([`tenants`]); and, without the token, `GET`/`HEAD`
-//! `/metrics`, `/healthz`, `/readyz` ([`probes`]).
+//! `GET /v1/tools`, `GET`/`PUT /v1/tenants/{tenant}` ([`tenants`]); and, without the token, `GET`/`HEAD`
+//! `/metrics`, `/healthz`, `/readyz` ([`probes`]). The operator console is served at `/ui`
+//! ([`console`]: HTML pages behind a session cookie got by signing in with a token).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
@@ -16,6 +17,7 @@
 
 mod auth;
 mod body;
+mod console;
 mod cursor;
 mod errors;
 mod probes;
@@ -38,8 +40,9 @@ use impresario::runtime::health::Health;
 use impresario::runtime::journal::{JournalError, RunEvent as Journaled, RunFilter, RunStatus};
 use impresario::runtime::telemetry::{MetricsHandle, Prometheus};
 
-use crate::config::{Access, Config};
+use crate::config::Config;
 use crate::engine::Engine;
+use crate::identity::Identity;
 use errors::ApiError;
 use runs::{state_name, Runs};
 
@@ -53,6 +56,7 @@ pub struct State {
     draining: Arc<AtomicBool>,
     exposition: MetricsHandle,
     health: Health,
+    console: console::Console,
 }
 
 impl State {
@@ -71,6 +75,9 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let tokens = config.server.bearer_tokens()?;
+    for (_, token) in &tokens {
+        impresario::runtime::redact::register(token);
+    }
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
@@ -86,6 +93,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .app_data(app_state.clone())
             .configure(routes::configure)
             .configure(probes::configure)
+            .configure(console::configure)
             .default_service(web::to(|| async {
                 Err::<String, _>(ApiError::unknown_route())
             }))
@@ -168,12 +176,11 @@ fn shared_state(
     config: &Config,
     engine: Engine,
     exposition: MetricsHandle,
-    tokens: Vec<(Access, String)>,
+    tokens: Vec<(Identity, String)>,
 ) -> web::Data<State> {
     let draining = Arc::new(AtomicBool::new(false));
     web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
-        engine,
         runs: Runs::default(),
         tokens: auth::Tokens::new(tokens),
         body_limit: body::Limits {
@@ -183,6 +190,8 @@ fn shared_state(
         sse_keepalive: config.server.sse_keepalive(),
         draining,
         exposition,
+        console: console::Console::start(&engine.runtime),
+        engine,
     })
 }
 

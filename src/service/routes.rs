@@ -10,21 +10,22 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use impresario::agents::{Autonomy, Budget, ResumeError, RunEvent, RunState};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
-use impresario::runtime::journal::{RunEvent as Journaled, RunFilter};
+use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunSummary};
 use impresario::runtime::RunId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{self, Caller};
+use super::auth;
 use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
 use super::{cursor, sse, tenants, State};
-use crate::config::{checked_micro_usd, Access};
+use crate::config::checked_micro_usd;
+use crate::identity::Identity;
 use crate::journaled;
 
 /// How long a graceful halt that names no `deadline_secs` lets the current step run.
-const GRACEFUL_DEADLINE: Duration = Duration::from_secs(30);
+pub(super) const GRACEFUL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Adds the `/v1` scope.
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -49,8 +50,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
 }
 
 type Data = web::Data<State>;
-/// Whose the request is (its bearer token's [`Access`]).
-type Token = web::ReqData<Access>;
+/// Who the request is (its bearer token's [`Identity`]).
+type Token = web::ReqData<Identity>;
 
 /// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?,
 /// "stream"?}` -> 201 `{"id", "state"}`. Missing fields take the configured defaults; with
@@ -163,18 +164,22 @@ async fn list(state: Data, token: Token, request: HttpRequest) -> Result<HttpRes
     });
     let runs: Vec<Value> = journaled
         .iter()
-        .map(|summary| {
-            let mut listed = journaled::listed(summary);
-            if let Some(run) = state.runs.get(summary.run.as_str()) {
-                let ours = tracked(&state, &run);
-                for key in ["goal", "status", "state", "usage"] {
-                    listed[key] = ours[key].clone();
-                }
-            }
-            listed
-        })
+        .map(|summary| listed_run(&state, summary))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": next.flatten() })))
+}
+
+/// A journaled run as `GET /v1/runs` lists it ([`journaled::listed`]), with `goal`, `state`
+/// and `usage` live when this process started or resumed it.
+pub(super) fn listed_run(state: &State, summary: &RunSummary) -> Value {
+    let mut listed = journaled::listed(summary);
+    if let Some(run) = state.runs.get(summary.run.as_str()) {
+        let ours = tracked(state, &run);
+        for key in ["goal", "status", "state", "usage"] {
+            listed[key] = ours[key].clone();
+        }
+    }
+    listed
 }
 
 /// The query of `GET /v1/tools`.
@@ -282,14 +287,20 @@ async fn halt_run(
     let mut body = body::read(payload, state.body_limit).await?;
     let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
     body.done()?;
+    halt_tracked(&run, halt)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
+}
+
+/// Halts a run of this process; 409 if it already ended.
+pub(super) fn halt_tracked(run: &Tracked, halt: Halt) -> Result<(), ApiError> {
     if run.state().is_terminal() || !run.handle.halt_with(halt) {
         return Err(ApiError::conflict(format!(
             "run {} already ended ({}); there is nothing to halt",
-            id.as_str(),
+            run.handle.id(),
             state_name(&run.state())
         )));
     }
-    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
+    Ok(())
 }
 
 /// `POST /v1/runs/{id}/resume` -> 202 `{"id", "state"}`: a halted run, or one a crash cut
@@ -300,10 +311,21 @@ async fn resume(
     token: Token,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let resumed = resume_run(&state, &token, &id).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed.state() })))
+}
+
+/// Resumes a halted (or crash-interrupted) run of a tenant `identity` sees from its journal,
+/// and tracks it; another tenant's run is a 404.
+pub(super) async fn resume_run(
+    state: &State,
+    identity: &Identity,
+    id: &str,
+) -> Result<Arc<Tracked>, ApiError> {
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
-    let run = RunId::new(id.as_str());
+    let run = RunId::new(id);
     let entries = state
         .engine
         .orchestrator
@@ -311,34 +333,35 @@ async fn resume(
         .read(&run)
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
     let (tenant, goal) = match entries.first().map(|e| &e.event) {
-        Some(Journaled::RunSubmitted { tenant, goal, .. }) if token.sees(tenant) => {
+        Some(Journaled::RunSubmitted { tenant, goal, .. }) if identity.sees(tenant) => {
             (tenant.clone(), goal.clone())
         }
-        _ => return Err(ApiError::unknown_run(&id)),
+        _ => return Err(ApiError::unknown_run(id)),
     };
     // A run that just ended is wound down (agents stopped) before its result is recorded;
     // until then the orchestrator still counts it as running.
-    if let Some(ours) = state.runs.get(&id).filter(|r| r.state().is_terminal()) {
+    if let Some(ours) = state.runs.get(id).filter(|r| r.state().is_terminal()) {
         ours.ended().await;
     }
     let handle = match state.engine.orchestrator.resume(&run).await {
         Ok(handle) => handle,
-        Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(&id)),
+        Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(id)),
         Err(
             e @ (ResumeError::Running(_) | ResumeError::Finished(_) | ResumeError::TenantHalted(_)),
         ) => return Err(ApiError::conflict(e.to_string())),
         Err(ResumeError::Submit(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::internal(e.to_string())),
     };
-    let resumed = state.track(handle, tenant, goal);
-    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed.state() })))
+    Ok(state.track(handle, tenant, goal))
 }
 
 /// A decision about a step.
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
-enum Decision {
+pub(super) enum Decision {
+    /// Let it run.
     Approve,
+    /// Refuse it (the run goes on without it).
     Reject,
 }
 
@@ -359,11 +382,23 @@ async fn decide(
     let decision: Decision = body.require("decision")?;
     let reason: Option<String> = body.take("reason")?;
     body.done()?;
+    decide_step(&run, step, decision, reason)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id, "step": step })))
+}
+
+/// Approves or rejects `step` of `run`; 409 unless that step is the one waiting.
+pub(super) fn decide_step(
+    run: &Tracked,
+    step: u32,
+    decision: Decision,
+    reason: Option<String>,
+) -> Result<(), ApiError> {
     match run.state() {
         RunState::AwaitingApproval { step: waiting, .. } if waiting == step => {}
         other => {
             return Err(ApiError::conflict(format!(
-                "step {step} of run {id} is not waiting for approval; the run is {}",
+                "step {step} of run {} is not waiting for approval; the run is {}",
+                run.handle.id(),
                 state_name(&other)
             )))
         }
@@ -375,7 +410,7 @@ async fn decide(
             reason.unwrap_or_else(|| "rejected by an operator".into()),
         ),
     }
-    Ok(HttpResponse::Accepted().json(json!({ "id": id, "step": step })))
+    Ok(())
 }
 
 /// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
@@ -408,18 +443,24 @@ async fn halt(state: Data, token: Token, payload: web::Payload) -> Result<HttpRe
 /// halted until each is resumed. Lifting everything keeps each tenant's own halt. 409 if the
 /// scope is not halted, or (for a tenant) while everything is.
 async fn lift(state: Data, token: Token, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    token.admin("lifting a halt")?;
+    auth::require_admin(&token, "lifting a halt")?;
     let mut body = body::read(payload, state.body_limit).await?;
     let scope = standing_scope(&mut body, "lift")?;
     body.done()?;
+    let lifted = lift_standing(&state, &scope)?;
+    Ok(HttpResponse::Ok().json(json!({ "scope": scope.to_string(), "lifted": lifted })))
+}
+
+/// Lifts the standing halt of `scope` and logs it; 409 if there is none to lift.
+pub(super) fn lift_standing(state: &State, scope: &HaltScope) -> Result<Halt, ApiError> {
     let lifted = state
         .engine
         .orchestrator
         .halts()
-        .lift(&scope)
+        .lift(scope)
         .map_err(|e| ApiError::conflict(e.to_string()))?;
     tracing::info!(scope = %scope, reason = %lifted.reason, "halt lifted by an operator");
-    Ok(HttpResponse::Ok().json(json!({ "scope": scope.to_string(), "lifted": lifted })))
+    Ok(lifted)
 }
 
 /// The scope of a standing halt: `{"tenant": "..."}` or `{"all": true}`; `verb` says what the
@@ -438,11 +479,11 @@ fn standing_scope(body: &mut Fields, verb: &str) -> Result<HaltScope, ApiError> 
 }
 
 /// 404 unless `token` sees the tenant of `scope`; 403 for `all` unless it is an admin's.
-fn allowed_scope(token: &Access, scope: &HaltScope) -> Result<(), ApiError> {
+fn allowed_scope(token: &Identity, scope: &HaltScope) -> Result<(), ApiError> {
     match scope {
         HaltScope::Tenant(tenant) if !token.sees(tenant) => Err(ApiError::unknown_tenant(tenant)),
         HaltScope::Tenant(_) => Ok(()),
-        _ => token.admin("halting every tenant"),
+        _ => auth::require_admin(token, "halting every tenant"),
     }
 }
 
@@ -478,9 +519,9 @@ fn operator_halt(body: &mut Fields, scope: HaltScope) -> Result<Halt, ApiError> 
 /// A run this process started or resumed. 404 if the journal does not know it either, or if
 /// it is another tenant's (its existence is not confirmed); 409 if it ran in another process
 /// (it can be shown, and resumed, but not watched or steered).
-fn find(state: &State, token: &Access, id: &str) -> Result<Arc<Tracked>, ApiError> {
+pub(super) fn find(state: &State, identity: &Identity, id: &str) -> Result<Arc<Tracked>, ApiError> {
     if let Some(run) = state.runs.get(id) {
-        return match token.sees(&run.tenant) {
+        return match identity.sees(&run.tenant) {
             true => Ok(run),
             false => Err(ApiError::unknown_run(id)),
         };
@@ -492,7 +533,7 @@ fn find(state: &State, token: &Access, id: &str) -> Result<Arc<Tracked>, ApiErro
         .read(&RunId::new(id))
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
     match journaled::shown(&journaled)
-        .filter(|run| run["tenant"].as_str().is_some_and(|t| token.sees(t)))
+        .filter(|run| run["tenant"].as_str().is_some_and(|t| identity.sees(t)))
     {
         Some(run) => Err(ApiError::conflict(format!(
             "run {id} is not running in this process (journal status: {}); GET /v1/runs/{id} shows it, POST /v1/runs/{id}/resume resumes a halted one",
@@ -504,7 +545,7 @@ fn find(state: &State, token: &Access, id: &str) -> Result<Arc<Tracked>, ApiErro
 
 /// A run this process started or resumed, in the shape of [`journaled::shown`] (without its
 /// steps): its state and usage are live.
-fn tracked(state: &State, run: &Tracked) -> Value {
+pub(super) fn tracked(state: &State, run: &Tracked) -> Value {
     let usage = match run.result() {
         Some(result) => result.usage,
         None => state.engine.usage(run.handle.id()),

@@ -6,11 +6,12 @@ use actix_web::{web, HttpResponse};
 use impresario::runtime::journal::{RunFilter, RunStatus};
 use serde_json::{json, Value};
 
-use super::auth::Caller;
+use super::auth;
 use super::body;
 use super::errors::ApiError;
 use super::State;
-use crate::config::{checked_micro_usd, Access};
+use crate::config::checked_micro_usd;
+use crate::identity::Identity;
 
 /// Adds the routes (inside the authenticated `/v1` scope).
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -26,7 +27,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
 /// token.
 async fn show(
     state: web::Data<State>,
-    token: web::ReqData<Access>,
+    token: web::ReqData<Identity>,
     tenant: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     if !token.sees(&tenant) {
@@ -40,11 +41,11 @@ async fn show(
 /// reservation of every run of the tenant, and survives a restart.
 async fn set(
     state: web::Data<State>,
-    token: web::ReqData<Access>,
+    token: web::ReqData<Identity>,
     tenant: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    token.admin("setting a tenant's ceiling")?;
+    auth::require_admin(&token, "setting a tenant's ceiling")?;
     let mut body = body::read(payload, state.body_limit).await?;
     if !body.has("ceiling_usd") {
         return Err(ApiError::invalid(
