@@ -1,5 +1,7 @@
 //! One process writes a journal, and runs that ended stay ended: the real binary on loopback
-//! over a real SQLite journal.
+//! over a real SQLite journal. Each test is a defect of issue 11 and failed before the fix: a
+//! second `serve` started on a live journal; of ten resumes one got 503 and the usage was
+//! zeroed; a `journal_error` run was resumed after a restart and succeeded.
 
 use std::time::{Duration, Instant};
 

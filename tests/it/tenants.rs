@@ -2,6 +2,9 @@
 //! tenant's runs only, and nothing one tenant's runs hold (goals, tool outputs, notes, memories)
 //! reaches another tenant, through the API or through a prompt. The real binary on loopback,
 //! with a real OpenAI-compatible provider on loopback that records every request it receives.
+//! Before the fix tenant B's first prompt carried tenant A's goal and outcome (one long-term
+//! memory per process) and its `search_notes` could find A's notes (one notes store per
+//! process): the crossing test failed, at the first (the prompt carrying A's memory).
 
 use std::sync::Arc;
 
