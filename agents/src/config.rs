@@ -6,6 +6,7 @@ use impresario_runtime::journal::{Journal, MemoryJournal};
 use impresario_supervisor::OnCeiling;
 
 use crate::fault::PanicInjection;
+use crate::memory::MemoryDb;
 
 /// How the orchestrator runs every run.
 #[derive(Clone)]
@@ -20,6 +21,9 @@ pub struct OrchestratorConfig {
     pub step_retries: u32,
     /// How many identical steps in a row are a loop.
     pub loop_repeats: usize,
+    /// Where each tenant's long-term memory is kept: a SQLite file with every tenant's records
+    /// apart ([`MemoryDb::tenant`]), or, with `None`, in this process (one store per tenant).
+    pub memory_db: Option<MemoryDb>,
     /// How many memories of earlier runs a run recalls into its context.
     pub recall: usize,
     /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
@@ -58,6 +62,7 @@ impl Default for OrchestratorConfig {
             max_reviews: 2,
             step_retries: 2,
             loop_repeats: 3,
+            memory_db: None,
             recall: 3,
             journal: Arc::new(MemoryJournal::new()),
             driver_restarts: 1,

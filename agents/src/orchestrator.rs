@@ -277,12 +277,19 @@ impl Orchestrator {
         self.inner.journal.runs(filter)
     }
 
-    /// The long-term memory of `tenant`'s runs (in memory; no other tenant's run reads it).
+    /// The long-term memory of `tenant`'s runs (in `OrchestratorConfig::memory_db`, else in
+    /// this process); no other tenant's run reads it.
     pub fn long_term(&self, tenant: &str) -> Arc<LongTermMemory> {
+        let db = &self.inner.config.memory_db;
         self.inner
             .long_term
             .entry(tenant.to_owned())
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(match db {
+                    Some(db) => db.tenant(tenant),
+                    None => LongTermMemory::new(),
+                })
+            })
             .clone()
     }
 
