@@ -349,3 +349,32 @@ async fn an_admin_halts_and_lifts_a_tenant() {
     server.until(&lifted, |s| s["state"] == "succeeded").await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_streaming_runs_model_text_shows_as_it_arrives() {
+    // Each model call takes 1.5 s, then its text arrives as one delta (the offline model).
+    let server = Server::start("[models]\noffline_latency_ms = 1500");
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, TOKEN).await;
+    let id = server
+        .submit(json!({ "goal": "How do trams climb hills?", "tools": ["search_notes"], "stream": true }))
+        .await;
+    browser.goto(&format!("{}/ui/runs/{id}", server.url)).await;
+    browser.find("pre#stream").await;
+    // Record the longest text the streaming panel showed (a refresh replaces it later).
+    browser
+        .js("window.streamed = ''; new MutationObserver(() => { \
+               const s = document.getElementById('stream'); \
+               if (s && s.textContent.length > window.streamed.length) window.streamed = s.textContent; \
+             }).observe(document.getElementById('live'), { subtree: true, childList: true, characterData: true }); \
+             return null")
+        .await;
+    browser
+        .until(
+            "a model's text in the streaming panel",
+            "return window.streamed.includes('\"steps\"')",
+        )
+        .await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    browser.close().await;
+}
