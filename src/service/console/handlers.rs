@@ -225,7 +225,7 @@ pub async fn events(
     let session = signed_in(&state, &request)?;
     let query = web::Query::<EventsQuery>::from_query(request.query_string())
         .map_err(|e| ConsoleError::new(StatusCode::BAD_REQUEST, format!("from: {e}")))?;
-    let run = routes::find(&state, &id)?;
+    let run = routes::find(&state, &session.identity, &id)?;
     if !session.identity.sees(&run.tenant) {
         return Err(not_found(&id));
     }
