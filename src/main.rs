@@ -2,13 +2,16 @@
 //! `impresario serve` serves runs over HTTP; `impresario run "goal"` pursues one goal with live
 //! progress. See `impresario --help` and the README.
 
+mod ceilings;
 mod cli;
 mod config;
 mod engine;
+mod identity;
 mod journaled;
 mod models;
 mod service;
 mod telemetry;
+mod writer_lock;
 
 use std::process::ExitCode;
 

@@ -4,6 +4,7 @@
 //! their names and `gen_ai.*` attributes: `invoke_workflow` > `invoke_agent` > `chat` /
 //! `execute_tool`.
 
+use impresario::runtime::redact::RedactingWriter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -33,7 +34,8 @@ impl Export {
 /// endpoint if one is configured.
 pub fn init(level: LevelFilter, telemetry: &config::Telemetry) -> Result<Export, String> {
     let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        // One redaction layer: no credential the process holds reaches a log line.
+        .with_writer(|| RedactingWriter(std::io::stderr()))
         .with_filter(level);
     #[cfg(feature = "otlp")]
     {

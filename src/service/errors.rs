@@ -4,6 +4,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use impresario::agents::SubmitError;
+use impresario::runtime::redact::redact;
 use serde_json::json;
 
 /// An error answer.
@@ -64,6 +65,21 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
 
+    /// 403: the token may not do this (an admin's operation with a tenant's token).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404: no tenant this token can see by that name.
+    pub fn unknown_tenant(tenant: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no tenant {tenant:?} for this token; a tenant's token sees its own tenant only"
+            ),
+        )
+    }
+
     /// 413: the body is larger than the configured limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -119,7 +135,7 @@ impl ResponseError for ApiError {
             // The rest of the body may still come: this connection cannot carry another request.
             response.insert_header((header::CONNECTION, "close"));
         }
-        response.json(json!({ "error": self.message, "field": self.field }))
+        response.json(json!({ "error": redact(&self.message), "field": self.field }))
     }
 }
 

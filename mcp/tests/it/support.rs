@@ -12,15 +12,7 @@ use serde_json::Value;
 
 /// `server-everything`'s entry point, or a panic saying how to install it.
 pub fn everything_js() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "tests/server-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: run `npm ci --prefix mcp/tests/server-everything` (as .ci/run does)",
-        path.display()
-    );
-    path
+    impresario_mcp::reference_server().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The fault server's binary (an example of this crate, built by `cargo test`).
@@ -82,6 +74,7 @@ pub async fn call(tools: &ToolRegistry, name: &str, args: Value) -> Result<Value
         .unwrap_or_else(|| panic!("no tool {name}; have {:?}", tools.names()));
     let ctx = ToolContext {
         run: RunId::new("test-run"),
+        tenant: "default".into(),
         step: 1,
         idempotency_key: "test-run/step-1".into(),
         halt: HaltToken::new(),
