@@ -801,7 +801,7 @@ impl Driver {
             RunState::Halted { .. } => JournalEvent::Halted {
                 halt: self.token.halt_info().unwrap_or_else(|| {
                     Halt::new(
-                        HaltScope::Run(self.run.to_string()),
+                        HaltScope::Run(self.run.clone()),
                         HaltMode::Immediate,
                         HaltReason::Operator,
                     )
@@ -866,7 +866,7 @@ impl Driver {
     /// Records the end: usage from the ledger, the subtree stopped, the account and token closed.
     async fn finish(self, state: RunState) -> RunResult {
         let inner = &self.orchestrator.inner;
-        let account = AccountId::Run(self.run.to_string());
+        let account = AccountId::Run(self.run.clone());
         let usage = inner
             .ledger
             .account(&account)
@@ -897,7 +897,7 @@ impl Driver {
         // what it already spent; a replay leaves the ledger as it found it.
         if !matches!(state, RunState::Halted { .. }) && !replay {
             inner.ledger.close(&account);
-            inner.halts.remove_run(self.run.as_str());
+            inner.halts.remove_run(&self.run);
         }
         inner.live.remove(&self.run);
         let outcome = match &state {

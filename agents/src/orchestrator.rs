@@ -17,7 +17,7 @@ use impresario_runtime::journal::{
 use impresario_runtime::ledger::{AccountId, Ledger, LedgerError, Limits};
 use impresario_runtime::llm::Client;
 use impresario_runtime::telemetry;
-use impresario_runtime::{AgentId, AgentRef, Placement, RunId, RuntimeHandle};
+use impresario_runtime::{AgentId, AgentRef, Placement, RunId, RuntimeHandle, TenantId};
 use impresario_supervisor::{
     ChildSpec, OnCeiling, RestartType, StartChild, Strategy, Supervisor, SupervisorError,
     SupervisorRef, SupervisorSpec,
@@ -314,7 +314,7 @@ impl Orchestrator {
         let token = self
             .inner
             .halts
-            .resume_run(&request.tenant, id.as_str())
+            .resume_run(&TenantId::new(request.tenant.as_str()), id)
             .map_err(|e| ResumeError::TenantHalted(e.to_string()))?;
         drop(token);
         // A ledger that still has the run's account (halted in this process) keeps what it
@@ -322,7 +322,7 @@ impl Orchestrator {
         let rebuild = self
             .inner
             .ledger
-            .account(&AccountId::Run(id.to_string()))
+            .account(&AccountId::Run(id.clone()))
             .is_none();
         let log = RunLog::resumed(
             self.inner.journal.clone(),
@@ -422,7 +422,8 @@ impl Orchestrator {
         log: RunLog,
     ) -> Result<RunHandle, SubmitError> {
         let inner = &self.inner;
-        let tenant_account = AccountId::Tenant(request.tenant.clone());
+        let tenant = TenantId::new(request.tenant.as_str());
+        let tenant_account = AccountId::Tenant(tenant.clone());
         if inner.ledger.account(&tenant_account).is_none() {
             match inner
                 .ledger
@@ -440,7 +441,7 @@ impl Orchestrator {
             steps: None,
             deadline: budget.deadline.map(|d| Instant::now() + d),
         };
-        let run_account = AccountId::Run(run.to_string());
+        let run_account = AccountId::Run(run.clone());
         match inner
             .ledger
             .open(run_account.clone(), Some(&tenant_account), limits)
@@ -449,7 +450,7 @@ impl Orchestrator {
             Err(e) => return Err(e.into()),
         }
         let path = inner.ledger.path(&run_account)?;
-        let token = inner.halts.run(&request.tenant, run.as_str());
+        let token = inner.halts.run(&tenant, &run);
 
         // The run's agents and its driver share one arbiter: their calls cost no thread wake-up.
         // Runs spread over the arbiters instead.
@@ -472,7 +473,7 @@ impl Orchestrator {
         let (decisions_tx, decisions) = mpsc::unbounded_channel();
         let (result_tx, result) = watch::channel(None);
         if let Some(deadline) = budget.deadline {
-            let (halts, id) = (inner.halts.clone(), run.to_string());
+            let (halts, id) = (inner.halts.clone(), run.clone());
             inner.runtime.spawn_task(placement, async move {
                 tokio::time::sleep(deadline).await;
                 halts.halt(

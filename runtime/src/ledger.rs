@@ -1,8 +1,8 @@
-//! The cost ledger: budgets on a tree of accounts (global > tenant > run > agent), and
+//! The cost ledger: budgets on a tree of accounts (global > tenant > run), and
 //! reservations that make a paid call fit every ceiling on its path *before* it is sent.
 //!
 //! A paid call goes through three steps:
-//! 1. [`Ledger::path`] once per run: the accounts from the run (or agent) up to `Global`.
+//! 1. [`Ledger::path`] once per run: the accounts from the run up to `Global`.
 //! 2. [`AccountPath::reserve`] with the call's worst case (input estimate + `max_tokens`
 //!    output). It reserves on every account of the path or on none, and fails before any
 //!    request is sent.
@@ -29,6 +29,8 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::envelope::{RunId, TenantId};
+
 /// An amount of money in millionths of a US dollar.
 pub type MicroUsd = u64;
 
@@ -45,16 +47,9 @@ pub enum AccountId {
     /// The root account: everything spent by this process.
     Global,
     /// A customer or team.
-    Tenant(String),
+    Tenant(TenantId),
     /// One run (a goal with a budget).
-    Run(String),
-    /// One agent within a run.
-    Agent {
-        /// The run the agent belongs to.
-        run: String,
-        /// The agent's name within the run.
-        agent: String,
-    },
+    Run(RunId),
 }
 
 impl fmt::Display for AccountId {
@@ -63,7 +58,6 @@ impl fmt::Display for AccountId {
             AccountId::Global => f.write_str("global"),
             AccountId::Tenant(id) => write!(f, "tenant:{id}"),
             AccountId::Run(id) => write!(f, "run:{id}"),
-            AccountId::Agent { run, agent } => write!(f, "agent:{run}/{agent}"),
         }
     }
 }
@@ -628,7 +622,7 @@ impl AccountPath {
         })
     }
 
-    /// The account the path starts from (the run or agent).
+    /// The account the path starts from (the run).
     pub fn leaf(&self) -> &Account {
         &self.leaf
     }
@@ -1009,14 +1003,7 @@ mod tests {
     #[test]
     fn display_forms() {
         assert_eq!(AccountId::Tenant("acme".into()).to_string(), "tenant:acme");
-        assert_eq!(
-            AccountId::Agent {
-                run: "r1".into(),
-                agent: "planner".into()
-            }
-            .to_string(),
-            "agent:r1/planner"
-        );
+        assert_eq!(AccountId::Run("r1".into()).to_string(), "run:r1");
         assert_eq!(
             Charge::usd(u64::MAX) + Charge::usd(1),
             Charge::usd(u64::MAX)

@@ -61,7 +61,7 @@ pub mod telemetry;
 
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
 pub use directory::{AgentId, Directory};
-pub use envelope::{Envelope, RunId};
+pub use envelope::{Envelope, RunId, TenantId};
 pub use error::{AgentError, RuntimeError, SpawnError};
 pub use events::{Exit, LifecycleEvent};
 pub use runtime::{

@@ -200,7 +200,7 @@ async fn halt_run(
 ) -> Result<HttpResponse, ApiError> {
     let run = find(&state, &id)?;
     let mut body = body::read(payload, state.body_limit).await?;
-    let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
+    let halt = operator_halt(&mut body, HaltScope::Run(id.as_str().into()))?;
     body.done()?;
     if run.state().is_terminal() || !run.handle.halt_with(halt) {
         return Err(ApiError::conflict(format!(
@@ -312,7 +312,7 @@ async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiErr
         .iter()
         .filter(|run| !run.state().is_terminal())
         .filter(|run| match &scope {
-            HaltScope::Tenant(tenant) => run.tenant == *tenant,
+            HaltScope::Tenant(tenant) => run.tenant == tenant.as_str(),
             _ => true,
         })
         .count();
@@ -344,7 +344,7 @@ fn standing_scope(body: &mut Fields, verb: &str) -> Result<HaltScope, ApiError> 
     let tenant: Option<String> = body.take("tenant")?;
     let all = body.take::<bool>("all")?.unwrap_or(false);
     match (tenant, all) {
-        (Some(tenant), false) => Ok(HaltScope::Tenant(tenant)),
+        (Some(tenant), false) => Ok(HaltScope::Tenant(tenant.into())),
         (None, true) => Ok(HaltScope::All),
         _ => Err(ApiError::invalid(
             "tenant",

@@ -350,13 +350,12 @@ fn scope_kind(scope: &HaltScope) -> &'static str {
     }
 }
 
-/// `global`, `tenant`, `run` or `agent`: the kind of an account, never its id.
+/// `global`, `tenant` or `run`: the kind of an account, never its id.
 fn account_kind(account: &AccountId) -> &'static str {
     match account {
         AccountId::Global => "global",
         AccountId::Tenant(_) => "tenant",
         AccountId::Run(_) => "run",
-        AccountId::Agent { .. } => "agent",
     }
 }
 
