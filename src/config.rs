@@ -7,10 +7,12 @@
 //! the wrong type or out of range: every message names the key and its variable.
 //! `impresario.example.toml` documents every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use impresario::agents::ModelChoice;
 use impresario::runtime::journal::RetentionPolicy;
 use serde::Deserialize;
 use toml::{Table, Value};
@@ -27,6 +29,12 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
+    /// `[prices."<model>"]`: prices in LiteLLM's fields (`litellm_provider`,
+    /// `input_cost_per_token`, `output_cost_per_token`, ...), over `models.prices_file` and the
+    /// bundled table.
+    pub prices: BTreeMap<String, Value>,
+    /// `[health]`: the semantic health check.
+    pub health: HealthCheck,
 }
 
 /// `[server]`.
@@ -75,11 +83,15 @@ pub struct Runs {
     pub max_steps: u64,
     /// The tools of a run that names none (names from `impresario::tools`).
     pub tools: Vec<String>,
+    /// The most tokens (input and output) a run may use; 0: no token limit. With models priced
+    /// at 0 (a local server), this is what caps a run.
+    pub budget_tokens: u64,
 }
 
 impl Default for Runs {
     fn default() -> Self {
         Runs {
+            budget_tokens: 0,
             budget_usd: 0.50,
             max_steps: 20,
             tools: vec!["search_notes".into(), "calculator".into()],
@@ -97,6 +109,27 @@ pub struct Models {
     pub provider: String,
     /// How long each call of the offline stand-in takes, in milliseconds.
     pub offline_latency_ms: u64,
+    /// The model (and fallbacks) of cheap work; unset: `standard`'s.
+    pub light: Option<ModelChoice>,
+    /// The model (and fallbacks) of ordinary work; unset: the provider's default model.
+    pub standard: Option<ModelChoice>,
+    /// The model (and fallbacks) of demanding work; unset: `standard`'s.
+    pub heavy: Option<ModelChoice>,
+    /// The planner's model, instead of its tier's (`heavy`).
+    pub planner: Option<ModelChoice>,
+    /// The executor's model, instead of its tier's (`standard`).
+    pub executor: Option<ModelChoice>,
+    /// The summarizer's model, instead of its tier's (`light`).
+    pub summarizer: Option<ModelChoice>,
+    /// A price file in LiteLLM's `model_prices_and_context_window.json` format, over the
+    /// bundled prices.
+    pub prices_file: Option<PathBuf>,
+    /// Answers kept in the response cache (identical requests answered once); 0: no cache.
+    pub cache_entries: u64,
+    /// The longest one request to a provider may take, in seconds (each retry gets it again).
+    pub request_timeout_secs: u64,
+    /// Retries of a failed call (rate limited, overloaded, timed out) before falling back.
+    pub max_retries: u64,
 }
 
 impl Default for Models {
@@ -104,6 +137,64 @@ impl Default for Models {
         Models {
             provider: "auto".into(),
             offline_latency_ms: 0,
+            light: None,
+            standard: None,
+            heavy: None,
+            planner: None,
+            executor: None,
+            summarizer: None,
+            prices_file: None,
+            cache_entries: 0,
+            request_timeout_secs: 120,
+            max_retries: 2,
+        }
+    }
+}
+
+impl Models {
+    /// The model keys, with what they set: `(key, choice)` for each one given.
+    pub fn chosen(&self) -> Vec<(&'static str, &ModelChoice)> {
+        [
+            ("light", &self.light),
+            ("standard", &self.standard),
+            ("heavy", &self.heavy),
+            ("planner", &self.planner),
+            ("executor", &self.executor),
+            ("summarizer", &self.summarizer),
+        ]
+        .into_iter()
+        .filter_map(|(key, choice)| choice.as_ref().map(|c| (key, c)))
+        .collect()
+    }
+
+    /// The per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// How often `serve` asks the semantic health question, in seconds; 0: never. Never with
+    /// the offline stand-in either (it does not reason).
+    pub semantic_every_secs: u64,
+    /// The question.
+    pub semantic_question: String,
+    /// What a correct answer contains (case-insensitive).
+    pub semantic_expected: String,
+    /// The model asked; empty: the `standard` tier's model.
+    pub semantic_model: String,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            semantic_every_secs: 300,
+            semantic_question: "What is 2 + 2? Answer with the number only.".into(),
+            semantic_expected: "4".into(),
+            semantic_model: String::new(),
         }
     }
 }
@@ -228,6 +319,11 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// A model and its fallbacks: `{ model = "m", fallbacks = ["f"] }`, or the list
+    /// `["m", "f"]` (comma-separated in the environment).
+    Chain,
+    /// A model's prices in LiteLLM's fields (a table; only in the file).
+    Price,
 }
 
 /// Every key: section, name, type. A field of [`Config`] missing here cannot be set.
@@ -242,8 +338,23 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("runs", "budget_usd", Kind::Number),
     ("runs", "max_steps", Kind::Integer),
     ("runs", "tools", Kind::Names),
+    ("runs", "budget_tokens", Kind::Integer),
     ("models", "provider", Kind::Choice(&["auto", "offline"])),
     ("models", "offline_latency_ms", Kind::Integer),
+    ("models", "light", Kind::Chain),
+    ("models", "standard", Kind::Chain),
+    ("models", "heavy", Kind::Chain),
+    ("models", "planner", Kind::Chain),
+    ("models", "executor", Kind::Chain),
+    ("models", "summarizer", Kind::Chain),
+    ("models", "prices_file", Kind::Text),
+    ("models", "cache_entries", Kind::Integer),
+    ("models", "request_timeout_secs", Kind::Integer),
+    ("models", "max_retries", Kind::Integer),
+    ("health", "semantic_every_secs", Kind::Integer),
+    ("health", "semantic_question", Kind::Text),
+    ("health", "semantic_expected", Kind::Text),
+    ("health", "semantic_model", Kind::Text),
     ("journal", "path", Kind::Text),
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
@@ -306,8 +417,26 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 fn known_keys() -> String {
     KEYS.iter()
         .map(|(section, key, _)| format!("{section}.{key}"))
+        .chain(["prices.\"<model>\"".to_owned()])
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Writes every model chain given as a list (`["m", "f"]`) as the table it stands for.
+fn chains_as_tables(table: &mut Table) {
+    let Some(Value::Table(models)) = table.get_mut("models") else {
+        return;
+    };
+    for (key, value) in models.iter_mut() {
+        let chain = matches!(kind_of("models", key), Some(Kind::Chain));
+        if let (true, Value::Array(items)) = (chain, &*value) {
+            let mut items = items.clone().into_iter();
+            let mut choice = Table::new();
+            choice.extend(items.next().map(|m| ("model".to_owned(), m)));
+            choice.insert("fallbacks".into(), Value::Array(items.collect()));
+            *value = Value::Table(choice);
+        }
+    }
 }
 
 fn env_name(key: &str) -> String {
@@ -341,10 +470,52 @@ impl Config {
         for (name, value) in env {
             apply_env(&mut table, &name, &value)?;
         }
+        chains_as_tables(&mut table);
         let config = Config::deserialize(Value::Table(table))
             .map_err(|e| invalid("(config)", e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The `[models]` and `[health]` keys: a role's model and its tier's are not both given,
+    /// timeouts are not 0, a health check that runs knows what to expect.
+    fn validate_models(&self) -> Result<(), ConfigError> {
+        let models = &self.models;
+        for (role, tier) in [
+            ("planner", "heavy"),
+            ("executor", "standard"),
+            ("summarizer", "light"),
+        ] {
+            let given: Vec<&str> = models.chosen().iter().map(|(k, _)| *k).collect();
+            if given.contains(&role) && given.contains(&tier) {
+                return Err(invalid(
+                    &format!("models.{role}"),
+                    format!("and models.{tier} both name the {role}'s model (the {role} works in the {tier} tier); keep one"),
+                ));
+            }
+        }
+        if models.provider == "offline" {
+            if let Some((key, _)) = models.chosen().first() {
+                return Err(invalid(
+                    &format!("models.{key}"),
+                    "names a model, but models.provider is \"offline\" (the offline stand-in answers every call); set provider = \"auto\" or remove the key",
+                ));
+            }
+        }
+        if models.request_timeout_secs == 0 {
+            return Err(invalid(
+                "models.request_timeout_secs",
+                "is 0; allow each request some seconds (e.g. 120)",
+            ));
+        }
+        let health = &self.health;
+        if health.semantic_every_secs > 0 && health.semantic_expected.trim().is_empty() {
+            return Err(invalid(
+                "health.semantic_expected",
+                "is empty, so every answer would pass; say what a correct answer contains, or set health.semantic_every_secs = 0",
+            ));
+        }
+        Ok(())
     }
 
     /// Ranges and relations the types do not say.
@@ -369,6 +540,7 @@ impl Config {
                 return Err(invalid(key, "is 0; use 1 second or more"));
             }
         }
+        self.validate_models()?;
         if self.server.body_limit_bytes == 0 {
             return Err(invalid(
                 "server.body_limit_bytes",
@@ -426,6 +598,9 @@ fn check_file(table: &Table, path: &Path) -> Result<(), ConfigError> {
 }
 
 fn kind_of(section: &str, key: &str) -> Option<Kind> {
+    if section == "prices" {
+        return Some(Kind::Price);
+    }
     KEYS.iter()
         .find(|(s, k, _)| *s == section && *k == key)
         .map(|(_, _, kind)| *kind)
@@ -443,6 +618,14 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Chain, Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_str),
+        (Kind::Chain, Value::Table(t)) => {
+            t.get("model").is_some_and(Value::is_str)
+                && t.keys().all(|k| k == "model" || k == "fallbacks")
+                && t.get("fallbacks")
+                    .is_none_or(|f| f.as_array().is_some_and(|f| f.iter().all(Value::is_str)))
+        }
+        (Kind::Price, Value::Table(_)) => true,
         (Kind::Choice(choices), Value::String(s)) => {
             return if choices.contains(&s.as_str()) {
                 Ok(())
@@ -467,6 +650,8 @@ fn describe(kind: Kind) -> String {
         Kind::Number => "a non-negative number".into(),
         Kind::Names => "a list of strings".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
+        Kind::Chain => "a model and its fallbacks: { model = \"m\", fallbacks = [\"f\"] } or [\"m\", \"f\"]".into(),
+        Kind::Price => "a table of LiteLLM price fields (litellm_provider, input_cost_per_token, output_cost_per_token, ...)".into(),
     }
 }
 
@@ -496,7 +681,13 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
             .parse::<f64>()
             .map(Value::Float)
             .map_err(|_| invalid(&full, format!("{raw:?} is not {}", describe(kind))))?,
-        Kind::Names => Value::Array(
+        Kind::Price => {
+            return Err(invalid(
+                &full,
+                "prices are set in the config file ([prices.\"<model>\"]) or models.prices_file, not in the environment",
+            ))
+        }
+        Kind::Names | Kind::Chain => Value::Array(
             raw.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -646,6 +837,50 @@ mod tests {
     }
 
     #[test]
+    fn models_are_chains_from_the_file_or_the_environment_and_conflicts_are_named() {
+        let f = file(
+            "[models]\nheavy = { model = \"gpt-4o\", fallbacks = [\"claude-sonnet-4-5\"] }\nlight = [\"gpt-5-nano\"]\n[prices.\"my-model\"]\nlitellm_provider = \"local\"\ninput_cost_per_token = 0\noutput_cost_per_token = 0\n",
+        );
+        let vars = [("IMPRESARIO_MODELS__STANDARD", "my-model, gpt-4o-mini")];
+        let config = Config::load(Some(&f.0), env(&vars)).unwrap();
+        let chosen: Vec<(&str, Vec<&str>)> = config
+            .models
+            .chosen()
+            .into_iter()
+            .map(|(key, choice)| (key, choice.chain().collect()))
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                ("light", vec!["gpt-5-nano"]),
+                ("standard", vec!["my-model", "gpt-4o-mini"]),
+                ("heavy", vec!["gpt-4o", "claude-sonnet-4-5"]),
+            ]
+        );
+        assert!(config.prices.contains_key("my-model"));
+
+        let e = error(Some("[models]\nplanner = [\"a\"]\nheavy = [\"b\"]\n"), &[]);
+        assert!(
+            e.contains("`models.planner`") && e.contains("models.heavy both"),
+            "{e}"
+        );
+        let e = error(
+            Some("[models]\nprovider = \"offline\"\nstandard = [\"a\"]\n"),
+            &[],
+        );
+        assert!(
+            e.contains("`models.standard`") && e.contains("offline"),
+            "{e}"
+        );
+        let e = error(Some("[models]\nheavy = { modle = \"a\" }\n"), &[]);
+        assert!(e.starts_with("config key `models.heavy`"), "{e}");
+        let e = error(Some("[models]\nrequest_timeout_secs = 0\n"), &[]);
+        assert!(e.contains("`models.request_timeout_secs`"), "{e}");
+        let e = error(None, &[("IMPRESARIO_PRICES__M", "1")]);
+        assert!(e.contains("not in the environment"), "{e}");
+    }
+
+    #[test]
     fn serving_needs_one_token_of_sixteen_characters_or_more() {
         let server = |token: Option<&str>, token_file: Option<PathBuf>| Server {
             token: token.map(str::to_owned),
@@ -684,6 +919,11 @@ mod tests {
                 Kind::Integer | Kind::Number => Value::Integer(1),
                 Kind::Names => Value::Array(Vec::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
+                Kind::Chain | Kind::Price => {
+                    let mut choice = Table::new();
+                    choice.insert("model".into(), Value::String("m".into()));
+                    Value::Table(choice)
+                }
             };
             let entries = table.entry(*section).or_insert(Value::Table(Table::new()));
             entries

@@ -13,9 +13,9 @@ use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
-use impresario::setup;
 
 use crate::config::Config;
+use crate::models;
 
 /// A started runtime with its orchestrator.
 pub struct Engine {
@@ -25,9 +25,12 @@ pub struct Engine {
     pub orchestrator: Orchestrator,
     /// The client runs call models through.
     pub client: Client,
-    /// What the models are, for a person (`offline`, `openai gpt-4o-mini`, ...).
+    /// What the models are, for a person (`offline`, `openai: light gpt-4o-mini, ...`).
     pub models_description: String,
-    models: ModelMap,
+    /// True when the offline stand-in answers (it does not reason).
+    pub offline: bool,
+    /// The models runs use.
+    pub models: ModelMap,
     defaults: crate::config::Runs,
 }
 
@@ -44,10 +47,10 @@ impl Engine {
         };
         let offline =
             OfflineModel::new().latency(Duration::from_millis(config.models.offline_latency_ms));
-        let chosen = match config.models.provider.as_str() {
-            "offline" => setup::offline(offline)?,
-            _ => setup::from_env_or(offline)?,
-        };
+        let models::Chosen {
+            setup: chosen,
+            offline,
+        } = models::choose(config, offline, config.models.cache_entries)?;
         let runtime = Runtime::builder().attach()?;
         let client = chosen.client;
         let orchestrator = Orchestrator::with(
@@ -66,6 +69,7 @@ impl Engine {
             orchestrator,
             client,
             models_description: chosen.description,
+            offline,
             models: chosen.models,
             defaults: config.runs.clone(),
         })
@@ -73,8 +77,12 @@ impl Engine {
 
     /// A request for `goal` with the configured defaults (budget, steps, tools).
     pub fn request(&self, goal: impl Into<String>) -> RunRequest {
+        let tokens = self.defaults.budget_tokens;
         RunRequest::new(goal, self.models.clone())
-            .budget(Budget::usd(self.defaults.budget_usd))
+            .budget(Budget {
+                tokens: (tokens > 0).then_some(tokens),
+                ..Budget::usd(self.defaults.budget_usd)
+            })
             .max_steps(self.defaults.max_steps as u32)
             .tools(self.defaults.tools.iter().cloned())
     }

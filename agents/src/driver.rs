@@ -5,20 +5,21 @@
 use std::future::IntoFuture;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
-use impresario_runtime::journal::{RunEvent as JournalEvent, RunOutcome, ToolOutcome};
-use impresario_runtime::ledger::{AccountId, AccountPath, CeilingReached};
+use impresario_runtime::halt::HaltReason;
+use impresario_runtime::journal::{RunEvent as JournalEvent, ToolOutcome};
+use impresario_runtime::ledger::CeilingReached;
 use impresario_runtime::llm::{CallOptions, LlmError};
-use impresario_runtime::telemetry::{self, RunOutcome as TelemetryOutcome};
-use impresario_runtime::{AgentError, AgentId, AgentRef, RunId};
-use impresario_supervisor::{StopChild, Supervisor, SupervisorError, WhichChildren};
-use tokio::sync::{broadcast, mpsc, watch, Mutex};
+use impresario_runtime::telemetry;
+use impresario_runtime::{AgentError, AgentId, AgentRef};
+use tokio::sync::Mutex;
 use tracing::Instrument;
 
+use crate::ending::journal_end;
 use crate::executor::{idempotency_key, ExecuteStep, Executor};
-use crate::journaling::{LogError, ModelGateway, Recorded, RunLog};
+use crate::fault::DriverPhase;
+use crate::journaling::{AtJournalEnd, LogError, ModelGateway, Recorded, RunLog};
 use crate::memory::{
     compact_via, ContextBudget, ContextEntry, EntryKind, MemoryAgent, MemoryError, MemoryRecord,
     Outcome, Recall, Remember,
@@ -26,43 +27,26 @@ use crate::memory::{
 use crate::models::Role;
 use crate::plan::{LoopDetector, Plan, Step};
 use crate::planner::{MakePlan, Planned, Planner, PlannerError};
-use crate::run::{
-    Decision, FailReason, RunEvent, RunRequest, RunResult, RunState, RunUsage, StepFailure,
-    StepRecord,
-};
-use crate::team::{Review, ReviewPlan, Verdict};
-use crate::tool::{ToolError, ToolRegistry};
-
-use crate::orchestrator::{executor_id, memory_id, planner_id, run_supervisor_id, Orchestrator};
+use crate::run::{Decision, FailReason, RunEvent, RunState, StepFailure, StepRecord};
+use crate::run_setup::RunSetup;
+use crate::services::{executor_id, memory_id, planner_id};
+use crate::team::{ReviewPlan, Verdict};
+use crate::tool::ToolError;
 
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
 pub(crate) struct Driver {
-    pub(crate) orchestrator: Orchestrator,
-    /// When it was (re)started, for the run-duration metric.
-    pub(crate) started: Instant,
+    /// What every driver of the run shares.
+    setup: Arc<RunSetup>,
     /// The run's journal, walked first when resumed.
-    pub(crate) log: Arc<Mutex<RunLog>>,
-    pub(crate) gateway: ModelGateway,
-    pub(crate) reviewers: Vec<(AgentId, Arc<Review>)>,
-    pub(crate) allowed: Arc<[String]>,
-    pub(crate) run: RunId,
-    pub(crate) request: RunRequest,
-    pub(crate) path: AccountPath,
-    pub(crate) token: HaltToken,
-    pub(crate) state: watch::Sender<RunState>,
-    pub(crate) events: broadcast::Sender<RunEvent>,
-    pub(crate) decisions: mpsc::UnboundedReceiver<Decision>,
-    pub(crate) steps: Vec<StepRecord>,
+    log: Arc<Mutex<RunLog>>,
+    gateway: ModelGateway,
+    steps: Vec<StepRecord>,
     /// What happened so far, as the planner and model calls see it (compacted by budget).
-    pub(crate) history: Vec<ContextEntry>,
-    pub(crate) last_ceiling: Option<CeilingReached>,
-    pub(crate) next_executor: usize,
+    history: Vec<ContextEntry>,
+    last_ceiling: Option<CeilingReached>,
+    next_executor: usize,
     /// The run's agents, looked up once its team has started (their handles survive restarts).
-    pub(crate) agents: Option<RunAgents>,
-    /// The planner's instructions for this run (schema and tools), built once.
-    pub(crate) planner_prompt: Arc<str>,
-    /// The run's tenant, whose cached model answers it may be served.
-    pub(crate) cache_scope: Arc<str>,
+    agents: Option<RunAgents>,
 }
 
 /// The agents of one run's team that the driver calls.
@@ -72,8 +56,10 @@ pub(crate) struct RunAgents {
     memory: AgentRef<MemoryAgent>,
 }
 
-/// The run is over, in this state.
-struct End(RunState);
+/// The run stopped without an answer (failed, halted, or stopped by a ceiling), in this state:
+/// the error side of every part of the driver, so `?` ends the run. An answer is not an error:
+/// [`Driver::pursue`] returns it.
+struct Stopped(RunState);
 
 /// Where an operator's decision came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,126 +70,201 @@ enum Decided {
     Journaled,
 }
 
+/// Where a run's planning stands: what the next plan should know, how many plans and reviews
+/// it took, and the steps executed so far.
+#[derive(Default)]
+struct Pass {
+    feedback: Option<String>,
+    revision: u32,
+    reviews: u32,
+    number: u32,
+}
+
+/// What executing a plan came to.
+enum Progress {
+    /// Its final answer.
+    Answered(String),
+    /// Plan again, knowing this (a failed step), if anything.
+    Replan(Option<String>),
+}
+
 impl Driver {
-    pub(crate) async fn drive(mut self) -> RunResult {
-        let state = match self.await_team().await {
+    /// A driver of `setup`'s run, walking `log` first.
+    pub(crate) fn new(setup: Arc<RunSetup>, log: RunLog) -> Self {
+        let log = Arc::new(Mutex::new(log));
+        Driver {
+            gateway: ModelGateway::new(setup.services.client.clone(), log.clone()),
+            setup,
+            log,
+            steps: Vec::new(),
+            history: Vec::new(),
+            last_ceiling: None,
+            next_executor: 0,
+            agents: None,
+        }
+    }
+
+    /// Drives the run to its end, journals the end, and hands what it held to be released.
+    pub(crate) async fn drive(mut self) {
+        let ended = match self.find_team() {
             Ok(()) => self.pursue().await,
-            Err(end) => Err(end),
+            Err(stopped) => Err(stopped),
         };
-        let state = match state {
-            Ok(never) => match never {},
-            Err(End(state)) => state,
+        let state = match ended {
+            Ok(answer) => RunState::Succeeded { answer },
+            Err(Stopped(state)) => state,
         };
-        self.finish(state).await
+        self.finish(state).await;
     }
 
     fn set(&self, state: RunState) {
-        let _ = self.events.send(RunEvent::State(state.clone()));
-        let _ = self.state.send(state);
+        let _ = self.setup.events.send(RunEvent::State(state.clone()));
+        let _ = self.setup.state.send(state);
     }
 
     fn options(&self) -> CallOptions {
-        CallOptions::new(self.path.clone(), self.token.cancellation())
-            .cache_scope(self.cache_scope.clone())
+        self.setup.options()
     }
 
-    /// The loop: plan, review, execute, until it ends. Only returns by `Err(End)`.
-    async fn pursue(&mut self) -> Result<std::convert::Infallible, End> {
-        let config = self.orchestrator.inner.config.clone();
-        let mut detector = LoopDetector::new(config.loop_repeats);
-        let (mut feedback, mut revision, mut reviews, mut number) = (None, 0u32, 0u32, 0u32);
+    /// The loop: a reviewed plan, then its steps, replanning after a failed step, until the
+    /// final answer or the run stops.
+    async fn pursue(&mut self) -> Result<String, Stopped> {
+        let mut detector = LoopDetector::new(self.setup.services.config.loop_repeats);
+        let mut pass = Pass::default();
         self.recall().await?;
         loop {
-            self.check_halt()?;
-            self.set(RunState::Planning);
-            self.compact().await?;
-            let plan = self.plan(feedback.take(), number).await?;
-            revision += 1;
-            self.record(JournalEvent::PlanMade {
-                revision,
-                plan: serde_json::to_value(&plan).unwrap_or_default(),
-            })
-            .await?;
-            let _ = self.events.send(RunEvent::Planned {
-                revision,
-                plan: plan.clone(),
-            });
-            if reviews < config.max_reviews {
-                if let Some(revise) = self.review(&plan, number).await? {
-                    reviews += 1;
-                    let _ = self.events.send(RunEvent::Revised {
-                        revision,
-                        feedback: revise.clone(),
-                    });
-                    feedback = Some(format!("a reviewer sent the plan back: {revise}"));
-                    continue;
-                }
-            }
-            for step in plan.steps {
-                self.check_halt()?;
-                if let Step::FinalAnswer { answer } = step {
-                    return Err(End(RunState::Succeeded { answer }));
-                }
-                number += 1;
-                if number > self.request.max_steps {
-                    return Err(End(RunState::Failed {
-                        reason: FailReason::MaxSteps,
-                        detail: format!("no answer within {} steps", self.request.max_steps),
-                    }));
-                }
-                if let Some(kind) = detector.observe(&step) {
-                    return Err(End(RunState::Failed {
-                        reason: FailReason::LoopDetected,
-                        detail: format!("{kind:?} at step {number}: {}", step.signature()),
-                    }));
-                }
-                self.set(RunState::Running { step: number });
-                self.record(JournalEvent::StepStarted {
-                    step: number,
-                    kind: step.label(),
-                    detail: serde_json::to_value(&step).unwrap_or_default(),
-                })
-                .await?;
-                let outcome = self.execute(number, &step).await?;
-                self.record(JournalEvent::StepFinished {
-                    step: number,
-                    outcome: serde_json::to_value(&outcome).unwrap_or_default(),
-                })
-                .await?;
-                self.history.push(ContextEntry::new(
-                    EntryKind::Step,
-                    Some(number),
-                    describe(&step),
-                ));
-                self.history.push(ContextEntry::new(
-                    EntryKind::Observation,
-                    Some(number),
-                    match &outcome {
-                        Ok(output) => output.clone(),
-                        Err(failure) => format!("failed: {failure}"),
-                    },
-                ));
-                let record = StepRecord {
-                    number,
-                    step: step.clone(),
-                    outcome: outcome.clone(),
-                };
-                let _ = self.events.send(RunEvent::StepFinished(record.clone()));
-                self.steps.push(record);
-                if let Err(failure) = outcome {
-                    feedback = Some(format!(
-                        "step {number} ({}) failed: {failure}",
-                        step.label()
-                    ));
-                    break;
-                }
+            let plan = self.reviewed_plan(&mut pass).await?;
+            match self.run_plan(plan, &mut detector, &mut pass.number).await? {
+                Progress::Answered(answer) => return Ok(answer),
+                Progress::Replan(feedback) => pass.feedback = feedback,
             }
         }
     }
 
+    /// Plans until a plan passes review (or the run's reviews are used up); every plan is
+    /// journaled and announced.
+    async fn reviewed_plan(&mut self, pass: &mut Pass) -> Result<Plan, Stopped> {
+        loop {
+            self.check_halt()?;
+            self.set(RunState::Planning);
+            self.setup.checkpoint(DriverPhase::Planning);
+            self.compact().await?;
+            let plan = self.plan(pass.feedback.take(), pass.number).await?;
+            pass.revision += 1;
+            let revision = pass.revision;
+            let journaled = serde_json::to_value(&plan).unwrap_or_default();
+            self.record(JournalEvent::PlanMade {
+                revision,
+                plan: journaled,
+            })
+            .await?;
+            let planned = RunEvent::Planned {
+                revision,
+                plan: plan.clone(),
+            };
+            let _ = self.setup.events.send(planned);
+            if pass.reviews >= self.setup.services.config.max_reviews {
+                return Ok(plan);
+            }
+            let Some(feedback) = self.review(&plan, pass.number).await? else {
+                return Ok(plan);
+            };
+            pass.reviews += 1;
+            pass.feedback = Some(format!("a reviewer sent the plan back: {feedback}"));
+            let _ = self
+                .setup
+                .events
+                .send(RunEvent::Revised { revision, feedback });
+        }
+    }
+
+    /// Executes a plan's steps in order, up to its final answer or its first failed step.
+    async fn run_plan(
+        &mut self,
+        plan: Plan,
+        detector: &mut LoopDetector,
+        number: &mut u32,
+    ) -> Result<Progress, Stopped> {
+        for step in plan.steps {
+            self.check_halt()?;
+            if let Step::FinalAnswer { answer } = step {
+                return Ok(Progress::Answered(answer));
+            }
+            *number += 1;
+            self.admit(&step, *number, detector)?;
+            if let Err(failure) = self.step(*number, &step).await? {
+                let label = step.label();
+                let feedback = format!("step {number} ({label}) failed: {failure}");
+                return Ok(Progress::Replan(Some(feedback)));
+            }
+        }
+        Ok(Progress::Replan(None))
+    }
+
+    /// Stops the run if step `number` is one too many, or repeats what it did without progress.
+    fn admit(&self, step: &Step, number: u32, detector: &mut LoopDetector) -> Result<(), Stopped> {
+        let max_steps = self.setup.request.max_steps;
+        if number > max_steps {
+            let detail = format!("no answer within {max_steps} steps");
+            return Err(failed(FailReason::MaxSteps, detail));
+        }
+        if let Some(kind) = detector.observe(step) {
+            let detail = format!("{kind:?} at step {number}: {}", step.signature());
+            return Err(failed(FailReason::LoopDetected, detail));
+        }
+        Ok(())
+    }
+
+    /// Executes step `number`, journaled before and after, and adds it to the run's history.
+    async fn step(
+        &mut self,
+        number: u32,
+        step: &Step,
+    ) -> Result<Result<String, StepFailure>, Stopped> {
+        self.set(RunState::Running { step: number });
+        self.record(JournalEvent::StepStarted {
+            step: number,
+            kind: step.label(),
+            detail: serde_json::to_value(step).unwrap_or_default(),
+        })
+        .await?;
+        self.setup.checkpoint(DriverPhase::Executing);
+        let outcome = self.execute(number, step).await?;
+        self.record(JournalEvent::StepFinished {
+            step: number,
+            outcome: serde_json::to_value(&outcome).unwrap_or_default(),
+        })
+        .await?;
+        let observed = match &outcome {
+            Ok(output) => output.clone(),
+            Err(failure) => format!("failed: {failure}"),
+        };
+        self.history.push(ContextEntry::new(
+            EntryKind::Step,
+            Some(number),
+            describe(step),
+        ));
+        self.history.push(ContextEntry::new(
+            EntryKind::Observation,
+            Some(number),
+            observed,
+        ));
+        let record = StepRecord {
+            number,
+            step: step.clone(),
+            outcome: outcome.clone(),
+        };
+        let _ = self
+            .setup
+            .events
+            .send(RunEvent::StepFinished(record.clone()));
+        self.steps.push(record);
+        Ok(outcome)
+    }
+
     /// Records what the run did in its journal (write-ahead), or checks it against the journal
     /// of a resumed run.
-    async fn record(&self, event: JournalEvent) -> Result<Recorded, End> {
+    async fn record(&self, event: JournalEvent) -> Result<Recorded, Stopped> {
         let recorded = self.log.lock().await.record(event).await;
         recorded.map_err(log_failure)
     }
@@ -216,14 +277,15 @@ impl Driver {
     /// Awaits an agent's answer unless the run is halted first. A ceiling halt comes from the
     /// refusal of a call in flight, whose answer is about to arrive: it gets a moment, so the run
     /// reports the ceiling itself.
-    async fn call<F: IntoFuture>(&self, answer: F) -> Result<F::Output, End> {
+    async fn call<F: IntoFuture>(&self, answer: F) -> Result<F::Output, Stopped> {
         let mut answer = pin!(answer.into_future());
         tokio::select! {
             biased;
             out = &mut answer => return Ok(out),
-            () = self.token.halted() => {}
+            () = self.setup.token.halted() => {}
         }
         if self
+            .setup
             .token
             .halt_info()
             .is_some_and(|h| h.reason == HaltReason::CostCeiling)
@@ -236,23 +298,23 @@ impl Driver {
     }
 
     /// The run's state if its token says to stop (a graceful halt stops between steps).
-    fn check_halt(&self) -> Result<(), End> {
-        if self.token.stop_requested() {
+    fn check_halt(&self) -> Result<(), Stopped> {
+        if self.setup.token.stop_requested() {
             return Err(self.halted());
         }
         Ok(())
     }
 
-    fn halted(&self) -> End {
-        let halt = self.token.halt_info();
+    fn halted(&self) -> Stopped {
+        let halt = self.setup.token.halt_info();
         if let (Some(ceiling), Some(HaltReason::CostCeiling)) =
             (&self.last_ceiling, halt.as_ref().map(|h| h.reason))
         {
-            return End(RunState::CeilingReached {
+            return Stopped(RunState::CeilingReached {
                 ceiling: ceiling.clone(),
             });
         }
-        End(match halt {
+        Stopped(match halt {
             Some(halt) => RunState::Halted {
                 reason: halt.reason,
                 detail: halt.detail,
@@ -264,15 +326,15 @@ impl Driver {
         })
     }
 
-    fn ceiling(&mut self, ceiling: CeilingReached) -> End {
+    fn ceiling(&mut self, ceiling: CeilingReached) -> Stopped {
         self.last_ceiling = Some(ceiling.clone());
-        End(RunState::CeilingReached { ceiling })
+        Stopped(RunState::CeilingReached { ceiling })
     }
 
     /// Puts what earlier runs learned about this goal into the context, through the run's memory
     /// agent. A memory that cannot be recalled does not stop the run.
-    async fn recall(&mut self) -> Result<(), End> {
-        let k = self.orchestrator.inner.config.recall;
+    async fn recall(&mut self) -> Result<(), Stopped> {
+        let k = self.setup.services.config.recall;
         if k == 0 {
             return Ok(());
         }
@@ -287,17 +349,17 @@ impl Driver {
             _ => {
                 let memory = self.agents()?.memory.clone();
                 let query = Recall {
-                    query: self.request.goal.clone(),
+                    query: self.setup.request.goal.clone(),
                     k,
                 };
                 let recalled = match self.call(memory.ask(query)).await? {
                     Ok(Ok(recalled)) => recalled,
                     Ok(Err(e)) => {
-                        tracing::warn!(run = %self.run, error = %e, "could not recall memories");
+                        tracing::warn!(run = %self.setup.run, error = %e, "could not recall memories");
                         Vec::new()
                     }
                     Err(e) => {
-                        tracing::warn!(run = %self.run, error = %e, "memory agent failed");
+                        tracing::warn!(run = %self.setup.run, error = %e, "memory agent failed");
                         Vec::new()
                     }
                 };
@@ -323,7 +385,7 @@ impl Driver {
                 memories
             }
         };
-        let _ = self.events.send(RunEvent::Recalled {
+        let _ = self.setup.events.send(RunEvent::Recalled {
             memories: memories.len(),
         });
         for memory in memories {
@@ -334,16 +396,22 @@ impl Driver {
     }
 
     /// Summarizes the oldest steps when the context would exceed the run's budget.
-    async fn compact(&mut self) -> Result<(), End> {
-        let Some(max_tokens) = self.request.context_budget else {
+    async fn compact(&mut self) -> Result<(), Stopped> {
+        let Some(max_tokens) = self.setup.request.context_budget else {
             return Ok(());
         };
         let budget = ContextBudget {
             max_tokens,
             keep_recent: 4,
-            model: self.request.models.choice(Role::Planner).model.clone(),
+            model: self
+                .setup
+                .request
+                .models
+                .choice(Role::Planner)
+                .model
+                .clone(),
         };
-        let summarizer = self.request.models.choice(Role::Summarizer).clone();
+        let summarizer = self.setup.request.models.choice(Role::Summarizer).clone();
         let options = self.options();
         let (gateway, step) = (self.gateway.clone(), self.steps.len() as u32);
         let mut history = std::mem::take(&mut self.history);
@@ -356,11 +424,11 @@ impl Driver {
         self.history = history;
         match done {
             Ok(Some(compaction)) => {
-                let _ = self.events.send(RunEvent::Compacted(compaction));
+                let _ = self.setup.events.send(RunEvent::Compacted(compaction));
             }
             Ok(None) => {}
             Err(MemoryError::Llm(e))
-                if matches!(e, LlmError::CeilingReached(_)) || self.token.is_halted() =>
+                if matches!(e, LlmError::CeilingReached(_)) || self.setup.token.is_halted() =>
             {
                 return Err(self.model_failure(e))
             }
@@ -370,25 +438,27 @@ impl Driver {
                 }
             }
             // The context stays as it was (compact loses nothing): the run goes on, larger.
-            Err(e) => tracing::warn!(run = %self.run, error = %e, "context compaction failed"),
+            Err(e) => {
+                tracing::warn!(run = %self.setup.run, error = %e, "context compaction failed")
+            }
         }
         Ok(())
     }
 
     /// Asks the planner (retrying if it crashed: planning reads only), mapping failures to ends.
-    async fn plan(&mut self, feedback: Option<String>, step: u32) -> Result<Plan, End> {
-        let inner = self.orchestrator.inner.clone();
+    async fn plan(&mut self, feedback: Option<String>, step: u32) -> Result<Plan, Stopped> {
+        let inner = self.setup.services.clone();
         let planner = self.agents()?.planner.clone();
-        let system = self.planner_prompt.clone();
+        let system = self.setup.planner_prompt.clone();
         let mut attempt = 0;
         loop {
             let request = MakePlan {
-                model: self.request.models.choice(Role::Planner).clone(),
-                goal: self.request.goal.clone(),
+                model: self.setup.request.models.choice(Role::Planner).clone(),
+                goal: self.setup.request.goal.clone(),
                 system: system.clone(),
                 history: render(&self.history),
                 feedback: feedback.clone(),
-                max_repairs: self.request.max_repairs,
+                max_repairs: self.setup.request.max_repairs,
                 options: self.options(),
                 gateway: self.gateway.clone(),
                 step,
@@ -400,7 +470,7 @@ impl Driver {
             match answer {
                 Ok(Ok(Planned { plan, .. })) => return Ok(plan),
                 Ok(Err(PlannerError::Invalid { attempts, last })) => {
-                    return Err(End(RunState::Failed {
+                    return Err(Stopped(RunState::Failed {
                         reason: FailReason::InvalidPlan,
                         detail: format!("{attempts} attempts; last: {last}"),
                     }))
@@ -416,7 +486,7 @@ impl Driver {
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
                 }
                 Err(e) => {
-                    return Err(End(RunState::Failed {
+                    return Err(Stopped(RunState::Failed {
                         reason: FailReason::AgentError,
                         detail: format!("planner: {e}"),
                     }))
@@ -425,12 +495,12 @@ impl Driver {
         }
     }
 
-    fn model_failure(&mut self, error: LlmError) -> End {
+    fn model_failure(&mut self, error: LlmError) -> Stopped {
         match error {
             LlmError::CeilingReached(ceiling) => self.ceiling(ceiling),
             // A cancelled call, or any failure of a halted run, is the halt's doing.
-            _ if self.token.is_halted() => self.halted(),
-            other => End(RunState::Failed {
+            _ if self.setup.token.is_halted() => self.halted(),
+            other => Stopped(RunState::Failed {
                 reason: FailReason::ModelError,
                 detail: other.to_string(),
             }),
@@ -438,8 +508,8 @@ impl Driver {
     }
 
     /// Asks every reviewer about the plan; the first to send it back wins.
-    async fn review(&mut self, plan: &Plan, step: u32) -> Result<Option<String>, End> {
-        for (id, review) in self.reviewers.clone() {
+    async fn review(&mut self, plan: &Plan, step: u32) -> Result<Option<String>, Stopped> {
+        for (id, review) in self.setup.reviewers.clone() {
             let reviewer = id.to_string();
             // A resumed run is served the verdicts it was given: a reviewer may judge differently now.
             let served = self
@@ -451,19 +521,20 @@ impl Driver {
                 }
                 _ => {
                     let request = ReviewPlan {
-                        goal: self.request.goal.clone(),
+                        goal: self.setup.request.goal.clone(),
                         plan: plan.clone(),
                     };
                     let asked = self
+                        .setup
                         .token
-                        .run(review(&self.orchestrator.inner.runtime, &id, request))
+                        .run(review(&self.setup.services.runtime, &id, request))
                         .await
                         .map_err(|_| self.halted())?;
                     let verdict = match asked {
                         Ok(verdict) => Some(verdict),
                         // A reviewer that fails does not block the run; its supervisor restarts it.
                         Err(e) => {
-                            tracing::warn!(run = %self.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed");
+                            tracing::warn!(run = %self.setup.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed");
                             None
                         }
                     };
@@ -489,8 +560,8 @@ impl Driver {
         &mut self,
         number: u32,
         step: &Step,
-    ) -> Result<Result<String, StepFailure>, End> {
-        let inner = self.orchestrator.inner.clone();
+    ) -> Result<Result<String, StepFailure>, Stopped> {
+        let inner = self.setup.services.clone();
         let tool = match step {
             Step::ToolCall { tool, .. } => inner.tools.get(tool).cloned(),
             _ => None,
@@ -501,9 +572,10 @@ impl Driver {
             _ => true,
         };
         // A tool outside the allowlist is refused by the executor; it needs no approval.
-        let allowed = tool_name(step).is_some_and(|name| self.allowed.iter().any(|a| a == name));
+        let allowed =
+            tool_name(step).is_some_and(|name| self.setup.allowed.iter().any(|a| a == name));
         if let Some(tool) = tool.as_ref().filter(|_| allowed) {
-            if self.request.autonomy.needs_approval(tool.impact()) {
+            if self.setup.request.autonomy.needs_approval(tool.impact()) {
                 if let (Err(reason), _) = self.decide(number, tool.name(), "approval").await? {
                     return Ok(Err(ToolError::Rejected {
                         tool: tool.name().to_owned(),
@@ -522,7 +594,7 @@ impl Driver {
         else {
             return self.run_step(number, step, repeatable).await;
         };
-        let key = idempotency_key(&self.run, number);
+        let key = idempotency_key(&self.setup.run, number);
         let intent = self
             .record(JournalEvent::ToolCallIntent {
                 step: number,
@@ -542,7 +614,7 @@ impl Driver {
                     return Ok(decode_outcome(outcome));
                 }
                 if self.log.lock().await.replay_only() {
-                    return Err(End(RunState::Failed {
+                    return Err(Stopped(RunState::Failed {
                         reason: FailReason::Diverged,
                         detail: format!("the journal ends inside tool call {key}"),
                     }));
@@ -594,26 +666,26 @@ impl Driver {
         number: u32,
         step: &Step,
         repeatable: bool,
-    ) -> Result<Result<String, StepFailure>, End> {
-        let inner = self.orchestrator.inner.clone();
+    ) -> Result<Result<String, StepFailure>, Stopped> {
+        let inner = self.setup.services.clone();
         let mut attempt = 0;
         loop {
             let executors = &self.agents()?.executors;
             let executor = executors[self.next_executor % executors.len()].clone();
             self.next_executor += 1;
             let request = ExecuteStep {
-                run: self.run.clone(),
+                run: self.setup.run.clone(),
                 number,
                 step: step.clone(),
-                allowed: self.allowed.clone(),
-                model: self.request.models.choice(Role::Executor).clone(),
+                allowed: self.setup.allowed.clone(),
+                model: self.setup.request.models.choice(Role::Executor).clone(),
                 // Only a model call reads the history; a tool call does not need a copy.
                 history: match step {
                     Step::ModelCall { .. } => render(&self.history),
                     _ => Vec::new(),
                 },
-                output_limit: self.request.output_limit,
-                halt: self.token.clone(),
+                output_limit: self.setup.request.output_limit,
+                halt: self.setup.token.clone(),
                 options: self.options(),
                 gateway: self.gateway.clone(),
             };
@@ -624,7 +696,7 @@ impl Driver {
             match answer {
                 Ok(Ok(output)) => return Ok(Ok(output)),
                 Ok(Err(StepFailure::Tool(ToolError::Halted { .. }))) => return Err(self.halted()),
-                Ok(Err(StepFailure::Model { .. })) if self.token.is_halted() => {
+                Ok(Err(StepFailure::Model { .. })) if self.setup.token.is_halted() => {
                     return Err(self.halted())
                 }
                 Ok(Err(StepFailure::Model { message })) => {
@@ -657,7 +729,7 @@ impl Driver {
         number: u32,
         tool: &str,
         reason: &str,
-    ) -> Result<(Result<(), String>, Decided), End> {
+    ) -> Result<(Result<(), String>, Decided), Stopped> {
         self.record(JournalEvent::ApprovalRequested {
             step: number,
             tool: tool.to_owned(),
@@ -679,15 +751,14 @@ impl Driver {
             return Ok((decision, Decided::Journaled));
         }
         if self.log.lock().await.replay_only() {
-            return Err(End(RunState::Failed {
+            return Err(Stopped(RunState::Failed {
                 reason: FailReason::Diverged,
                 detail: format!("the journal ends waiting for a decision on step {number}"),
             }));
         }
-        let metrics = self.orchestrator.inner.runtime.metrics().clone();
-        metrics.approval_requested();
+        let pending = PendingApproval::new(self.setup.services.runtime.metrics().clone());
         let decision = self.await_approval(number, tool).await;
-        metrics.approval_resolved();
+        drop(pending);
         let decision = decision?;
         self.record(JournalEvent::ApprovalDecided {
             step: number,
@@ -699,15 +770,22 @@ impl Driver {
         Ok((decision, Decided::Now))
     }
 
-    async fn await_approval(&mut self, number: u32, tool: &str) -> Result<Result<(), String>, End> {
+    async fn await_approval(
+        &mut self,
+        number: u32,
+        tool: &str,
+    ) -> Result<Result<(), String>, Stopped> {
         self.set(RunState::AwaitingApproval {
             step: number,
             tool: tool.to_owned(),
         });
+        let setup = self.setup.clone();
+        let mut decisions = setup.decisions.lock().await;
+        self.setup.checkpoint(DriverPhase::AwaitingApproval);
         loop {
             let decision = tokio::select! {
-                decision = self.decisions.recv() => decision,
-                () = self.token.until_stop_requested() => return Err(self.halted()),
+                decision = decisions.recv() => decision,
+                () = self.setup.token.until_stop_requested() => return Err(self.halted()),
             };
             match decision {
                 Some(Decision::Approve { step }) if step == number => return Ok(Ok(())),
@@ -720,40 +798,25 @@ impl Driver {
         }
     }
 
-    /// Waits until the run supervisor has started every agent of the team, so no plan goes
-    /// unreviewed for want of a reviewer. A supervisor starts its children one after the other
-    /// before it handles any message, so its answer to `WhichChildren` marks the moment.
-    async fn await_team(&mut self) -> Result<(), End> {
-        let directory = self.orchestrator.inner.runtime.directory();
-        let started = match directory.lookup::<Supervisor>(&run_supervisor_id(&self.run)) {
-            Some(supervisor) => self
-                .call(supervisor.ask(WhichChildren))
-                .await?
-                .map_err(SupervisorError::from)
-                .and_then(|children| children),
-            None => Err(SupervisorError::NoSuchChild(run_supervisor_id(&self.run))),
-        };
-        started.map_err(|e| {
-            End(RunState::Failed {
-                reason: FailReason::AgentError,
-                detail: format!("the run's agents did not start: {e}"),
-            })
-        })?;
-        let executors = (0..self.orchestrator.inner.config.executors_per_run.max(1))
-            .map(|i| self.lookup(executor_id(&self.run, i)))
+    /// Looks the run's agents up: the driver is the last child of the run's supervisor, which
+    /// starts its children in order, so the others have started.
+    fn find_team(&mut self) -> Result<(), Stopped> {
+        let run = &self.setup.run;
+        let executors = (0..self.setup.services.config.executors_per_run.max(1))
+            .map(|i| self.lookup(executor_id(run, i)))
             .collect::<Result<_, _>>()?;
         self.agents = Some(RunAgents {
-            planner: self.lookup(planner_id(&self.run))?,
+            planner: self.lookup(planner_id(run))?,
             executors,
-            memory: self.lookup(memory_id(&self.run))?,
+            memory: self.lookup(memory_id(run))?,
         });
         Ok(())
     }
 
-    /// The run's agents (there once `await_team` succeeded, which `drive` makes sure of first).
-    fn agents(&self) -> Result<&RunAgents, End> {
+    /// The run's agents (there once `find_team` succeeded, which `drive` makes sure of first).
+    fn agents(&self) -> Result<&RunAgents, Stopped> {
         self.agents.as_ref().ok_or_else(|| {
-            End(RunState::Failed {
+            Stopped(RunState::Failed {
                 reason: FailReason::AgentError,
                 detail: "the run's agents were never started".into(),
             })
@@ -761,57 +824,18 @@ impl Driver {
     }
 
     /// Agent `id` of this run, from the directory.
-    fn lookup<A: impresario_runtime::Agent>(&self, id: AgentId) -> Result<AgentRef<A>, End> {
-        self.orchestrator
-            .inner
+    fn lookup<A: impresario_runtime::Agent>(&self, id: AgentId) -> Result<AgentRef<A>, Stopped> {
+        self.setup
+            .services
             .runtime
             .directory()
             .lookup::<A>(&id)
             .ok_or_else(|| {
-                End(RunState::Failed {
+                Stopped(RunState::Failed {
                     reason: FailReason::AgentError,
                     detail: format!("agent {id} is gone"),
                 })
             })
-    }
-
-    /// Journals how the run ended: finished (no more events), or halted (resumable).
-    async fn journal_end(&self, state: &RunState) {
-        let event = match state {
-            RunState::Succeeded { answer } => JournalEvent::RunFinished {
-                outcome: RunOutcome::Succeeded,
-                result: serde_json::json!({ "answer": answer }),
-                reason: None,
-            },
-            // Nothing more goes into a journal the run could not follow or write.
-            RunState::Failed {
-                reason: FailReason::Diverged | FailReason::JournalError,
-                ..
-            } => return,
-            RunState::Failed { reason, .. } => JournalEvent::RunFinished {
-                outcome: RunOutcome::Failed,
-                result: serde_json::to_value(state).unwrap_or_default(),
-                reason: Some(reason.to_string()),
-            },
-            RunState::CeilingReached { .. } => JournalEvent::RunFinished {
-                outcome: RunOutcome::Failed,
-                result: serde_json::to_value(state).unwrap_or_default(),
-                reason: Some("cost_ceiling".into()),
-            },
-            RunState::Halted { .. } => JournalEvent::Halted {
-                halt: self.token.halt_info().unwrap_or_else(|| {
-                    Halt::new(
-                        HaltScope::Run(self.run.clone()),
-                        HaltMode::Immediate,
-                        HaltReason::Operator,
-                    )
-                }),
-            },
-            _ => return,
-        };
-        if let Err(e) = self.log.lock().await.append_final(event).await {
-            tracing::warn!(run = %self.run, error = %e, "could not journal how the run ended");
-        }
     }
 
     /// Remembers how the run ended, and why, for later runs (through its memory agent).
@@ -834,8 +858,8 @@ impl Driver {
         };
         let steps: Vec<String> = self.steps.iter().map(|s| s.step.label()).collect();
         let record = MemoryRecord {
-            run: self.run.clone(),
-            goal: self.request.goal.clone(),
+            run: self.setup.run.clone(),
+            goal: self.setup.request.goal.clone(),
             text: format!(
                 "steps: {}",
                 if steps.is_empty() {
@@ -846,7 +870,7 @@ impl Driver {
             ),
             outcome,
             why,
-            tags: self.allowed.to_vec(),
+            tags: self.setup.allowed.to_vec(),
             at: std::time::SystemTime::now(),
         };
         // A run whose team never started has nothing to remember with.
@@ -859,66 +883,49 @@ impl Driver {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
         {
-            tracing::warn!(run = %self.run, error = %e, "could not remember the run");
+            tracing::warn!(run = %self.setup.run, error = %e, "could not remember the run");
         }
     }
 
-    /// Records the end: usage from the ledger, the subtree stopped, the account and token closed.
-    async fn finish(self, state: RunState) -> RunResult {
-        let inner = &self.orchestrator.inner;
-        let account = AccountId::Run(self.run.clone());
-        let usage = inner
-            .ledger
-            .account(&account)
-            .map(|a| {
-                let spent = a.snapshot().spent;
-                RunUsage {
-                    micro_usd: spent.micro_usd,
-                    tokens: spent.tokens,
-                    model_calls: spent.model_calls,
-                }
-            })
-            .unwrap_or_default();
-        let replay = self.log.lock().await.replay_only();
-        if !replay {
-            self.journal_end(&state).await;
+    /// Journals the run's end and remembers it (not in a replay), then hands the run's lease
+    /// over to be released (which stops this driver with the run's agents).
+    async fn finish(self, state: RunState) {
+        self.setup.checkpoint(DriverPhase::Finishing);
+        let at_end = self.log.lock().await.at_end();
+        if at_end == AtJournalEnd::GoOnLive {
+            let (journal, run) = (&*self.setup.services.journal, &self.setup.run);
+            journal_end(journal, run, &state, self.setup.token.halt_info()).await;
             self.remember(&state).await;
         }
-        let tenant = inner
-            .tenants
-            .lock()
-            .await
-            .get(&self.request.tenant)
-            .cloned();
-        if let Some(tenant) = tenant {
-            let _ = tenant.ask(StopChild(run_supervisor_id(&self.run))).await;
-        }
-        // A halted run keeps its account, so resuming it in this process does not pay again for
-        // what it already spent; a replay leaves the ledger as it found it.
-        if !matches!(state, RunState::Halted { .. }) && !replay {
-            inner.ledger.close(&account);
-            inner.halts.remove_run(&self.run);
-        }
-        inner.live.remove(&self.run);
-        let outcome = match &state {
-            RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
-            RunState::Halted { .. } => TelemetryOutcome::Halted,
-            RunState::CeilingReached { .. } => TelemetryOutcome::CeilingReached,
-            _ => TelemetryOutcome::Failed,
-        };
-        inner
-            .runtime
-            .metrics()
-            .run_finished(outcome, self.started.elapsed());
-        // Published last: whoever sees the run's end sees it journaled, released and counted.
-        self.set(state.clone());
-        RunResult {
-            run: self.run,
-            state,
-            steps: self.steps,
-            usage,
+        if let Some(lease) = self.setup.take_lease() {
+            lease.release_in_background(state, self.steps, at_end);
         }
     }
+}
+
+/// An approval waited for, counted by the pending-approvals gauge until it is dropped (also
+/// when the driver panics while waiting).
+struct PendingApproval(telemetry::Metrics);
+
+impl PendingApproval {
+    fn new(metrics: telemetry::Metrics) -> Self {
+        metrics.approval_requested();
+        PendingApproval(metrics)
+    }
+}
+
+impl Drop for PendingApproval {
+    fn drop(&mut self) {
+        self.0.approval_resolved();
+    }
+}
+
+/// The run stops as failed, for `reason`.
+fn failed(reason: FailReason, detail: impl Into<String>) -> Stopped {
+    Stopped(RunState::Failed {
+        reason,
+        detail: detail.into(),
+    })
 }
 
 /// A step's outcome as the journal keeps a tool result.
@@ -941,8 +948,8 @@ fn decode_outcome(outcome: ToolOutcome) -> Result<String, StepFailure> {
 }
 
 /// A journal that could not be walked or written ends the run: it never goes on unrecorded.
-fn log_failure(error: LogError) -> End {
-    End(match error {
+fn log_failure(error: LogError) -> Stopped {
+    Stopped(match error {
         LogError::Diverged(divergence) => RunState::Failed {
             reason: FailReason::Diverged,
             detail: serde_json::to_string(&divergence).unwrap_or_else(|_| divergence.to_string()),
@@ -956,17 +963,6 @@ fn log_failure(error: LogError) -> End {
             detail: message,
         },
     })
-}
-
-/// The definitions of the allowed tools, as the planner shows them to the model.
-pub(crate) fn team_tools(
-    tools: &ToolRegistry,
-    allowed: &[String],
-) -> Vec<impresario_runtime::llm::ToolDef> {
-    allowed
-        .iter()
-        .filter_map(|name| tools.get(name).map(|t| t.definition()))
-        .collect()
 }
 
 fn tool_name(step: &Step) -> Option<&str> {

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
-use impresario_runtime::ledger::Charge;
+use impresario_runtime::ledger::{AccountPath, Charge};
 use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,24 @@ pub(crate) enum Recorded {
     Appended,
 }
 
+/// What a run does when its walk reaches the end of its journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtJournalEnd {
+    /// Goes on live, appending (a new or resumed run).
+    GoOnLive,
+    /// Stops: a replay must not do anything the journal did not record.
+    Stop,
+}
+
+/// Whether model answers served from the journal are charged on the ledger again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServedAnswers {
+    /// Charged: a process that starts over rebuilds its ledger this way.
+    Charged,
+    /// Free: the ledger already holds what they cost (or a replay leaves it as it was).
+    Free,
+}
+
 /// One run's journal, as its driver walks and extends it.
 pub(crate) struct RunLog {
     journal: Arc<dyn Journal>,
@@ -60,11 +78,10 @@ pub(crate) struct RunLog {
     pending: VecDeque<(Seq, Event)>,
     last_seq: Seq,
     /// A replay never appends: running past the journal is reported.
-    replay_only: bool,
+    at_end: AtJournalEnd,
     next_call: u32,
-    /// Whether answers served from the journal are charged on the ledger again (a process
-    /// that starts over rebuilds its ledger this way).
-    pub(crate) charge_replayed: bool,
+    /// Whether answers served from the journal are charged on the ledger again.
+    served: ServedAnswers,
     /// The first failure of the walk, kept for the driver (a model call only reports an error).
     failure: Option<LogError>,
 }
@@ -72,7 +89,13 @@ pub(crate) struct RunLog {
 impl RunLog {
     /// A log for a new run (nothing journaled beyond `RunSubmitted`).
     pub(crate) fn new(journal: Arc<dyn Journal>, run: RunId) -> Self {
-        Self::resumed(journal, run, Vec::new(), false, false)
+        Self::resumed(
+            journal,
+            run,
+            Vec::new(),
+            AtJournalEnd::GoOnLive,
+            ServedAnswers::Free,
+        )
     }
 
     /// A log that first walks `recorded` (the run's events after `RunSubmitted`).
@@ -80,17 +103,17 @@ impl RunLog {
         journal: Arc<dyn Journal>,
         run: RunId,
         recorded: Vec<(Seq, Event)>,
-        replay_only: bool,
-        charge_replayed: bool,
+        at_end: AtJournalEnd,
+        served: ServedAnswers,
     ) -> Self {
         RunLog {
             journal,
             run,
             last_seq: recorded.last().map_or(1, |(seq, _)| *seq),
             pending: recorded.into(),
-            replay_only,
+            at_end,
             next_call: 0,
-            charge_replayed,
+            served,
             failure: None,
         }
     }
@@ -127,7 +150,7 @@ impl RunLog {
                 }
                 .into()),
             },
-            None if self.replay_only => Err(LogError::Exhausted {
+            None if self.at_end == AtJournalEnd::Stop => Err(LogError::Exhausted {
                 last: self.last_seq,
                 found: event.kind().to_owned(),
             }),
@@ -136,11 +159,6 @@ impl RunLog {
                 Ok(Recorded::Appended)
             }
         }
-    }
-
-    /// Appends how the run ended, wherever the walk of a resumed run stopped.
-    pub(crate) async fn append_final(&mut self, event: Event) -> Result<Seq, JournalError> {
-        self.journal.append(&self.run, event).await
     }
 
     /// Takes the next journaled event if `wanted` says it is the one the run needs (a model
@@ -157,7 +175,13 @@ impl RunLog {
 
     /// Whether this is a replay, which must not do anything the journal did not record.
     pub(crate) fn replay_only(&self) -> bool {
-        self.replay_only
+        self.at_end == AtJournalEnd::Stop
+    }
+
+    /// What this log does at the journal's end, and whether it charges served answers: a
+    /// driver started again after a crash walks the journal the same way, without charging.
+    pub(crate) fn at_end(&self) -> AtJournalEnd {
+        self.at_end
     }
 
     fn next_call(&mut self) -> u32 {
@@ -306,41 +330,8 @@ impl ModelGateway {
             .await
             .map_err(not_recorded)?;
         if recorded == Recorded::Replayed {
-            let served =
-                log.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
-            if let Some(Event::LlmResponse {
-                response,
-                cost_micro_usd,
-                ..
-            }) = served
-            {
-                if log.charge_replayed {
-                    let charge = Charge {
-                        micro_usd: cost_micro_usd,
-                        tokens: response.usage.input_tokens + response.usage.output_tokens,
-                        model_calls: 1,
-                        steps: 0,
-                    };
-                    // The truth is charged even past a ceiling lowered since (reported as overshoot).
-                    match options.account.reserve(charge) {
-                        Ok(held) => drop(held.settle(charge)),
-                        Err(_) => drop(
-                            options
-                                .account
-                                .reserve(Charge::default())
-                                .map(|h| h.settle(charge)),
-                        ),
-                    }
-                }
-                return Ok(response);
-            }
-            if log.replay_only() {
-                return Err(LlmError::NotRecorded {
-                    field: format!("call {call}"),
-                    detail:
-                        "the journal has the request but no answer (the run was cut off mid-call)"
-                            .into(),
-                });
+            if let Some(served) = log.served_answer(call, &options.account) {
+                return served;
             }
         }
         let response = self
@@ -356,6 +347,52 @@ impl ModelGateway {
         .await
         .map_err(not_recorded)?;
         Ok(response)
+    }
+}
+
+impl RunLog {
+    /// The journaled answer to model call `call` of a resumed run (charged again on `account`
+    /// when the ledger is being rebuilt); an error when a replay's journal has the request but
+    /// no answer; `None`: the model must be called.
+    fn served_answer(
+        &mut self,
+        call: u32,
+        account: &AccountPath,
+    ) -> Option<Result<ChatResponse, LlmError>> {
+        let served = self.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
+        if let Some(Event::LlmResponse {
+            response,
+            cost_micro_usd,
+            ..
+        }) = served
+        {
+            if self.served == ServedAnswers::Charged {
+                charge_again(account, &response, cost_micro_usd);
+            }
+            return Some(Ok(response));
+        }
+        self.replay_only().then(|| {
+            Err(LlmError::NotRecorded {
+                field: format!("call {call}"),
+                detail: "the journal has the request but no answer (the run was cut off mid-call)"
+                    .into(),
+            })
+        })
+    }
+}
+
+/// Charges a journaled answer on `account` as if it had just been made: the truth is charged
+/// even past a ceiling lowered since (reported as an overshoot).
+fn charge_again(account: &AccountPath, response: &ChatResponse, cost_micro_usd: u64) {
+    let charge = Charge {
+        micro_usd: cost_micro_usd,
+        tokens: response.usage.input_tokens + response.usage.output_tokens,
+        model_calls: 1,
+        steps: 0,
+    };
+    match account.reserve(charge) {
+        Ok(held) => drop(held.settle(charge)),
+        Err(_) => drop(account.reserve(Charge::default()).map(|h| h.settle(charge))),
     }
 }
 

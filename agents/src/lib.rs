@@ -10,26 +10,33 @@
 //! - [`Tool`]s declare their argument type (the schema), impact, timeout and idempotency.
 //! - [`Team`] adds custom agents, such as a reviewer (critic) that sees every plan first.
 
+mod config;
 mod driver;
+mod driver_agent;
+mod ending;
 pub mod executor;
+mod fault;
 mod journaling;
 mod models;
 mod orchestrator;
 pub mod plan;
 pub mod planner;
 mod run;
+mod run_setup;
+mod services;
 mod team;
 mod tool;
 
 /// Working memory, long-term memory with retrieval, the context budget, and the memory agent.
 pub mod memory;
 
+pub use config::OrchestratorConfig;
+#[doc(hidden)]
+pub use fault::{DriverPhase, PanicInjection};
 pub use impresario_supervisor as supervisor;
 pub use journaling::{first_difference, Divergence, ModelGateway};
 pub use models::{ModelChoice, ModelMap, Role, RoleTiers};
-pub use orchestrator::{
-    Orchestrator, OrchestratorConfig, ReplayReport, ResumeError, SubmitError, RUN_EVENT_CAPACITY,
-};
+pub use orchestrator::{Orchestrator, ReplayReport, ResumeError, SubmitError, RUN_EVENT_CAPACITY};
 pub use plan::{LoopDetector, LoopKind, Plan, PlanError, Step};
 pub use run::{
     Autonomy, Budget, FailReason, RunEvent, RunHandle, RunRequest, RunResult, RunState, RunUsage,

@@ -1,98 +1,44 @@
 //! Runs end to end: `Orchestrator::submit` validates a request, opens the run's ledger account
-//! and halt token, starts its supervision subtree (a run supervisor owning its planner,
-//! executors and custom agents, under the tenant's supervisor, under the root), and drives it:
-//! plan, review, execute step by step (with approvals), replan on failure, until an answer, a
-//! failure, a halt or a ceiling.
+//! and halt token, and starts its supervision subtree (a run supervisor owning its planner,
+//! executors, memory agent, custom agents and, last, its driver, under the tenant's supervisor,
+//! under the root). The driver ([`crate::driver_agent`]) plans, reviews, executes step by step
+//! (with approvals) and replans on failure, until an answer, a failure, a halt or a ceiling;
+//! resume and replay start the same subtree with a journal to walk first.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope, Halts};
+use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope, HaltToken, Halts};
 use impresario_runtime::journal::{
-    Journal, JournalError, MemoryJournal, RunEvent as JournalEvent, RunFilter, RunStatus,
-    RunSummary,
+    Journal, JournalError, RunEvent as JournalEvent, RunFilter, RunStatus, RunSummary,
 };
-use impresario_runtime::ledger::{AccountId, Ledger, LedgerError, Limits};
+use impresario_runtime::ledger::{AccountId, AccountPath, Ledger, LedgerError, Limits};
 use impresario_runtime::llm::Client;
 use impresario_runtime::telemetry;
-use impresario_runtime::{AgentId, AgentRef, Placement, RunId, RuntimeHandle, TenantId};
+use impresario_runtime::{AgentId, Placement, RunId, RuntimeHandle, TenantId};
 use impresario_supervisor::{
-    ChildSpec, OnCeiling, RestartType, StartChild, Strategy, Supervisor, SupervisorError,
-    SupervisorRef, SupervisorSpec,
+    ChildSpec, RestartType, StartChild, Strategy, Supervisor, SupervisorError, SupervisorRef,
+    SupervisorSpec,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
-use tracing::Instrument;
 
-use crate::driver::{team_tools, Driver};
+use crate::config::OrchestratorConfig;
+use crate::driver_agent::driver_spec;
+use crate::ending::RunLease;
 use crate::executor::Executor;
-use crate::journaling::{Divergence, ModelGateway, RunLog};
-use crate::memory::{LongTermMemory, MemoryAgent};
-use crate::planner::Planner;
+use crate::journaling::{AtJournalEnd, Divergence, RunLog, ServedAnswers};
+use crate::memory::MemoryAgent;
+use crate::planner::{system_prompt, Planner};
 use crate::run::{FailReason, RunHandle, RunRequest, RunState};
+use crate::run_setup::RunSetup;
+use crate::services::{executor_id, memory_id, planner_id, run_supervisor_id, Services};
 use crate::team::Team;
 use crate::tool::ToolRegistry;
 
 /// Events a run's subscriber may fall behind by before it loses the oldest.
 pub const RUN_EVENT_CAPACITY: usize = 64;
-
-/// How the orchestrator runs every run.
-#[derive(Clone)]
-pub struct OrchestratorConfig {
-    /// Executor agents per run.
-    pub executors_per_run: usize,
-    /// What a run's own ceiling does: halt the run, or fail only the step.
-    pub on_ceiling: OnCeiling,
-    /// How often a reviewer may send plans back, per run, before plans run unreviewed.
-    pub max_reviews: u32,
-    /// How often a step is retried after its executor failed (idempotent steps only).
-    pub step_retries: u32,
-    /// How many identical steps in a row are a loop.
-    pub loop_repeats: usize,
-    /// What runs learn across runs: each run recalls from it when it starts and remembers its
-    /// outcome, and why, when it ends.
-    pub long_term: Arc<LongTermMemory>,
-    /// How many memories of earlier runs a run recalls into its context.
-    pub recall: usize,
-    /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
-    pub journal: Arc<dyn Journal>,
-    /// Names this orchestrator's supervisors (`supervisor/<name>`, `tenant/<name>:<tenant>`), so
-    /// several can share a runtime. Default `runs`.
-    pub name: String,
-}
-
-impl std::fmt::Debug for OrchestratorConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrchestratorConfig")
-            .field("executors_per_run", &self.executors_per_run)
-            .field("on_ceiling", &self.on_ceiling)
-            .field("max_reviews", &self.max_reviews)
-            .field("step_retries", &self.step_retries)
-            .field("loop_repeats", &self.loop_repeats)
-            .field("long_term", &self.long_term)
-            .field("recall", &self.recall)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for OrchestratorConfig {
-    fn default() -> Self {
-        OrchestratorConfig {
-            executors_per_run: 2,
-            on_ceiling: OnCeiling::HaltRun,
-            max_reviews: 2,
-            step_retries: 2,
-            loop_repeats: 3,
-            long_term: Arc::default(),
-            recall: 3,
-            journal: Arc::new(MemoryJournal::new()),
-            name: "runs".into(),
-        }
-    }
-}
 
 /// Why a run was not accepted. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -171,21 +117,7 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> SubmitError {
 /// Submits and drives runs. Cheap to clone.
 #[derive(Clone)]
 pub struct Orchestrator {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) runtime: RuntimeHandle,
-    pub(crate) client: Client,
-    pub(crate) tools: ToolRegistry,
-    pub(crate) ledger: Ledger,
-    pub(crate) halts: Halts,
-    pub(crate) root: SupervisorRef,
-    pub(crate) tenants: Mutex<HashMap<String, AgentRef<Supervisor>>>,
-    /// Runs of this process that have not ended.
-    pub(crate) live: DashMap<RunId, RunHandle>,
-    pub(crate) journal: Arc<dyn Journal>,
-    pub(crate) config: OrchestratorConfig,
+    pub(crate) inner: Arc<Services>,
 }
 
 impl Orchestrator {
@@ -225,7 +157,7 @@ impl Orchestrator {
         root.enforce_ceilings(&ledger, &halts, config.on_ceiling)
             .await?;
         Ok(Orchestrator {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Services {
                 runtime: runtime.clone(),
                 client,
                 tools,
@@ -324,12 +256,18 @@ impl Orchestrator {
             .ledger
             .account(&AccountId::Run(id.clone()))
             .is_none();
+        let served = if rebuild {
+            ServedAnswers::Charged
+        } else {
+            ServedAnswers::Free
+        };
+        let journal = self.inner.journal.clone();
         let log = RunLog::resumed(
-            self.inner.journal.clone(),
+            journal,
             id.clone(),
             recorded,
-            false,
-            rebuild,
+            AtJournalEnd::GoOnLive,
+            served,
         );
         Ok(self.launch(id.clone(), request, team, log).await?)
     }
@@ -363,12 +301,13 @@ impl Orchestrator {
         let finished = recorded
             .iter()
             .any(|(_, e)| matches!(e, JournalEvent::RunFinished { .. }));
+        let journal = self.inner.journal.clone();
         let log = RunLog::resumed(
-            self.inner.journal.clone(),
+            journal,
             id.clone(),
             recorded,
-            true,
-            false,
+            AtJournalEnd::Stop,
+            ServedAnswers::Free,
         );
         let handle = self.launch(id.clone(), request, team, log).await?;
         let result = handle.wait().await;
@@ -413,7 +352,7 @@ impl Orchestrator {
         Ok((request, events.collect()))
     }
 
-    /// Opens the run's account and halt token, starts its subtree and its driver.
+    /// Opens the run's account and halt token, and starts its subtree, driver included.
     async fn launch(
         &self,
         run: RunId,
@@ -422,57 +361,18 @@ impl Orchestrator {
         log: RunLog,
     ) -> Result<RunHandle, SubmitError> {
         let inner = &self.inner;
-        let tenant = TenantId::new(request.tenant.as_str());
-        let tenant_account = AccountId::Tenant(tenant.clone());
-        if inner.ledger.account(&tenant_account).is_none() {
-            match inner
-                .ledger
-                .open(tenant_account.clone(), None, Limits::default())
-            {
-                Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let budget = &request.budget;
-        let limits = Limits {
-            micro_usd: budget.micro_usd,
-            tokens: budget.tokens,
-            model_calls: budget.model_calls,
-            steps: None,
-            deadline: budget.deadline.map(|d| Instant::now() + d),
-        };
-        let run_account = AccountId::Run(run.clone());
-        match inner
-            .ledger
-            .open(run_account.clone(), Some(&tenant_account), limits)
-        {
-            Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let path = inner.ledger.path(&run_account)?;
-        let token = inner.halts.run(&tenant, &run);
-
+        let (path, token) = self.open_account(&run, &request)?;
         // The run's agents and its driver share one arbiter: their calls cost no thread wake-up.
         // Runs spread over the arbiters instead.
         let placement = inner.runtime.next_placement();
-        let subtree = self.run_subtree(&run, &team, placement);
-        let tenant = self.tenant_supervisor(&request.tenant).await?;
-        if let Err(e) = tenant
-            .ask(StartChild(subtree))
-            .await
-            .map_err(SupervisorError::from)
-            .and_then(|r| r)
-        {
-            inner.ledger.close(&run_account);
-            return Err(e.into());
-        }
-
-        let (state_tx, state) = watch::channel(RunState::Queued);
-        // A run emits a few events per step; a subscriber that lags further loses the oldest.
-        let (events, first_events) = broadcast::channel(RUN_EVENT_CAPACITY);
-        let (decisions_tx, decisions) = mpsc::unbounded_channel();
-        let (result_tx, result) = watch::channel(None);
-        if let Some(deadline) = budget.deadline {
+        let tenant = match self.inner.tenant_supervisor(&request.tenant).await {
+            Ok(tenant) => tenant,
+            Err(e) => {
+                inner.ledger.close(&AccountId::Run(run.clone()));
+                return Err(e.into());
+            }
+        };
+        if let Some(deadline) = request.budget.deadline {
             let (halts, id) = (inner.halts.clone(), run.clone());
             inner.runtime.spawn_task(placement, async move {
                 tokio::time::sleep(deadline).await;
@@ -483,8 +383,72 @@ impl Orchestrator {
                 );
             });
         }
-        let allowed: Arc<[String]> = request.tools.clone().into();
-        let log = Arc::new(Mutex::new(log));
+        let (setup, handle) = self.setup(run, request, &team, log, (path, token), placement);
+        inner.live.insert(handle.id.clone(), handle.clone());
+        inner.runtime.metrics().run_started();
+        let subtree = self.run_subtree(&setup, &team, placement);
+        let started = tenant.ask(StartChild(subtree)).await;
+        if let Err(e) = started.map_err(SupervisorError::from).and_then(|r| r) {
+            // No driver runs: the run ends here, and what it held is released.
+            if let Some(lease) = setup.take_lease() {
+                let state = RunState::Failed {
+                    reason: FailReason::AgentError,
+                    detail: format!("the run's agents did not start: {e}"),
+                };
+                lease.release_in_background(state, Vec::new(), setup.at_end);
+            }
+            return Err(e.into());
+        }
+        Ok(handle)
+    }
+
+    /// Opens run `run`'s ledger account (under its tenant's) and its halt token.
+    fn open_account(
+        &self,
+        run: &RunId,
+        request: &RunRequest,
+    ) -> Result<(AccountPath, HaltToken), SubmitError> {
+        let ledger = &self.inner.ledger;
+        let tenant = TenantId::new(request.tenant.as_str());
+        let tenant_account = AccountId::Tenant(tenant.clone());
+        let opened = |id: AccountId, parent: Option<&AccountId>, limits| match ledger
+            .open(id, parent, limits)
+        {
+            Ok(_) | Err(LedgerError::AlreadyOpen(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if ledger.account(&tenant_account).is_none() {
+            opened(tenant_account.clone(), None, Limits::default())?;
+        }
+        let budget = &request.budget;
+        let limits = Limits {
+            micro_usd: budget.micro_usd,
+            tokens: budget.tokens,
+            model_calls: budget.model_calls,
+            steps: None,
+            deadline: budget.deadline.map(|d| Instant::now() + d),
+        };
+        let run_account = AccountId::Run(run.clone());
+        opened(run_account.clone(), Some(&tenant_account), limits)?;
+        let path = ledger.path(&run_account)?;
+        Ok((path, self.inner.halts.run(&tenant, run)))
+    }
+
+    /// What every driver of the run shares, and the submitter's handle on the run.
+    fn setup(
+        &self,
+        run: RunId,
+        request: RunRequest,
+        team: &Team,
+        log: RunLog,
+        (path, token): (AccountPath, HaltToken),
+        placement: Placement,
+    ) -> (Arc<RunSetup>, RunHandle) {
+        let (state_tx, state) = watch::channel(RunState::Queued);
+        // A run emits a few events per step; a subscriber that lags further loses the oldest.
+        let (events, first_events) = broadcast::channel(RUN_EVENT_CAPACITY);
+        let (decisions_tx, decisions) = mpsc::unbounded_channel();
+        let (result_tx, result) = watch::channel(None);
         let handle = RunHandle {
             id: run.clone(),
             state,
@@ -492,49 +456,43 @@ impl Orchestrator {
             first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
             decisions: decisions_tx,
             result,
-            halts: inner.halts.clone(),
+            halts: self.inner.halts.clone(),
         };
-        inner.live.insert(run.clone(), handle.clone());
-        inner.runtime.metrics().run_started();
-        let span = telemetry::invoke_workflow("run", &run);
-        let cache_scope = request.tenant.as_str().into();
-        let driver = Driver {
+        let lease = RunLease {
+            services: self.inner.clone(),
+            run: run.clone(),
+            tenant: request.tenant.clone(),
+            placement,
             started: Instant::now(),
-            orchestrator: self.clone(),
+            state: state_tx.clone(),
+            events: events.clone(),
+            result: result_tx,
+        };
+        let allowed: Arc<[String]> = request.tools.clone().into();
+        let setup = RunSetup {
+            services: self.inner.clone(),
             reviewers: team
                 .members
                 .iter()
                 .filter_map(|m| m.review.clone().map(|r| (m.id(&run), r)))
                 .collect(),
-            allowed: allowed.clone(),
-            gateway: ModelGateway::new(inner.client.clone(), log.clone()),
-            log,
+            planner_prompt: system_prompt(&self.inner.tools.definitions(&allowed)).into(),
+            allowed,
+            cache_scope: request.tenant.as_str().into(),
+            span: telemetry::invoke_workflow("run", &run),
+            at_end: log.at_end(),
+            first_log: std::sync::Mutex::new(Some(log)),
             run,
             request,
             path,
             token,
             state: state_tx,
             events,
-            decisions,
-            steps: Vec::new(),
-            history: Vec::new(),
-            last_ceiling: None,
-            next_executor: 0,
-            agents: None,
-            planner_prompt: crate::planner::system_prompt(&team_tools(&inner.tools, &allowed))
-                .into(),
-            cache_scope,
+            decisions: Mutex::new(decisions),
+            crashes: std::sync::Mutex::default(),
+            lease: std::sync::Mutex::new(Some(lease)),
         };
-        inner.runtime.spawn_task(
-            placement,
-            async move {
-                let result = driver.drive().await;
-                let _ = result_tx.send(Some(Arc::new(result)));
-            }
-            // The run's span: its agents' spans are children of it, across their threads.
-            .instrument(span),
-        );
-        Ok(handle)
+        (Arc::new(setup), handle)
     }
 
     /// Checks a request at the boundary: every problem named by its field.
@@ -571,9 +529,10 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// The supervision subtree of one run: planner, executors, custom agents.
-    fn run_subtree(&self, run: &RunId, team: &Team, placement: Placement) -> ChildSpec {
-        let inner = &self.inner;
+    /// The supervision subtree of one run: planner, executors, memory, custom agents, and
+    /// last its driver (so the others have started when it starts).
+    fn run_subtree(&self, setup: &Arc<RunSetup>, team: &Team, placement: Placement) -> ChildSpec {
+        let (inner, run) = (&self.inner, &setup.run);
         let mut spec = SupervisorSpec::new(Strategy::OneForOne)
             .child(ChildSpec::agent(planner_id(run), Planner::default).placement(placement));
         for i in 0..inner.config.executors_per_run.max(1) {
@@ -593,58 +552,9 @@ impl Orchestrator {
         for member in &team.members {
             spec = spec.child(member.child_spec(run).placement(placement));
         }
+        spec = spec.child(driver_spec(setup.clone(), placement));
         ChildSpec::supervisor(run_supervisor_id(run), spec)
             .restart(RestartType::Temporary)
             .placement(placement)
     }
-
-    async fn tenant_supervisor(
-        &self,
-        tenant: &str,
-    ) -> Result<AgentRef<Supervisor>, SupervisorError> {
-        let mut tenants = self.inner.tenants.lock().await;
-        if let Some(found) = tenants.get(tenant).filter(|s| s.is_running()) {
-            return Ok(found.clone());
-        }
-        let id = AgentId::new("tenant", format!("{}:{tenant}", self.inner.config.name));
-        if self
-            .inner
-            .runtime
-            .directory()
-            .lookup::<Supervisor>(&id)
-            .is_none()
-        {
-            self.inner
-                .root
-                .start_child(ChildSpec::supervisor(
-                    id.clone(),
-                    SupervisorSpec::new(Strategy::OneForOne),
-                ))
-                .await?;
-        }
-        let supervisor = self
-            .inner
-            .runtime
-            .directory()
-            .lookup::<Supervisor>(&id)
-            .ok_or(SupervisorError::NoSuchChild(id))?;
-        tenants.insert(tenant.to_owned(), supervisor.clone());
-        Ok(supervisor)
-    }
-}
-
-pub(crate) fn run_supervisor_id(run: &RunId) -> AgentId {
-    AgentId::new("run", run.to_string())
-}
-
-pub(crate) fn planner_id(run: &RunId) -> AgentId {
-    AgentId::new("planner", run.to_string())
-}
-
-pub(crate) fn memory_id(run: &RunId) -> AgentId {
-    AgentId::new("memory", run.to_string())
-}
-
-pub(crate) fn executor_id(run: &RunId, index: usize) -> AgentId {
-    AgentId::new("executor", format!("{run}#{index}"))
 }

@@ -163,6 +163,9 @@ pub enum FailReason {
     Diverged,
     /// Its journal could not be written: it stopped rather than go on unrecorded.
     JournalError,
+    /// Its driver crashed (panicked) more often than its restart policy allows; the detail
+    /// has the last panic's message. Everything the run held was released.
+    Internal,
 }
 
 impl std::fmt::Display for FailReason {

@@ -286,6 +286,14 @@ impl ToolRegistry {
         Ok(self)
     }
 
+    /// The definitions of the `allowed` tools (those registered), as a model is shown them.
+    pub fn definitions(&self, allowed: &[String]) -> Vec<impresario_runtime::llm::ToolDef> {
+        allowed
+            .iter()
+            .filter_map(|name| self.get(name).map(|t| t.definition()))
+            .collect()
+    }
+
     /// The tool named `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<RegisteredTool>> {
         self.tools.get(name)

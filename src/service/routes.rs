@@ -62,7 +62,12 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
         if !usd.is_finite() || usd < 0.0 {
             return Err(ApiError::invalid("budget_usd", "must be 0 or more dollars"));
         }
-        request = request.budget(Budget::usd(usd));
+        // The money is the request's; the token limit stays the configured one.
+        let tokens = request.budget.tokens;
+        request = request.budget(Budget {
+            tokens,
+            ..Budget::usd(usd)
+        });
     }
     if let Some(tools) = body.take::<Vec<String>>("tools")? {
         request = request.tools(tools);

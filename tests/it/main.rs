@@ -6,6 +6,8 @@
 mod binary;
 mod cli;
 mod metrics;
+mod models;
 mod ops;
+mod provider;
 mod service;
 mod support;

@@ -6,3 +6,4 @@ mod crash_recovery;
 mod journaled_runs;
 mod memory;
 mod runs;
+mod supervised_driver;

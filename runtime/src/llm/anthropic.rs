@@ -4,7 +4,8 @@
 //! `tool_use`, `tool_result`), consecutive same-role turns merged. Structured output is done
 //! by forcing a tool whose input schema is the requested schema; its input is returned as the
 //! response text. Usage is normalized: `input_tokens` = input + cache read + cache creation.
-//! Non-streaming only.
+//! Streamed answers follow its SSE events: `message_start` carries the input usage,
+//! `message_delta` the output usage (cumulative: the last report is the truth).
 
 use std::fmt;
 
@@ -16,6 +17,7 @@ use serde_json::Value;
 use super::error::LlmError;
 use super::estimate;
 use super::http::{self, HttpConfig};
+use super::stream::Received;
 use super::types::{ChatRequest, ChatResponse, FinishReason, Message, ToolCall, Usage};
 use super::ChatModel;
 
@@ -117,33 +119,77 @@ impl ChatModel for Anthropic {
             answer.map_err(|e| e.redact(&self.config.api_key))
         })
     }
+
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        received: &'a Received,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let answer = self.send_stream(request, received).await;
+            answer.map_err(|e| e.redact(&self.config.api_key))
+        })
+    }
 }
 
 impl Anthropic {
-    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = serde_json::to_vec(&Body::from(request))
+    /// The HTTP request for `request`, streamed or not.
+    fn post(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, LlmError> {
+        let mut body = Body::from(request);
+        body.stream = stream;
+        let body = serde_json::to_vec(&body)
             .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))?;
-        let http_request = self
+        Ok(self
             .client
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
             .header("x-api-key", self.key.clone())
             .header("anthropic-version", self.version.clone())
-            .body(body);
-        let answer = http::send(http_request, &self.config.http).await?;
+            .body(body))
+    }
+
+    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let answer = http::send(self.post(request, false)?, &self.config.http).await?;
         let reply: Reply = http::parse_json(&answer.body)?;
-        let mut response = reply.into_response(request)?;
-        response.request_id = http::header_str(&answer.headers, "request-id")
-            .map(str::to_owned)
-            .or(response.request_id);
-        response.rate_limit = http::rate_limit(
+        Ok(http::with_headers(
+            reply.into_response(request)?,
             &answer.headers,
-            "anthropic-ratelimit-requests-remaining",
-            "anthropic-ratelimit-tokens-remaining",
-        );
-        Ok(response)
+            &HEADERS,
+        ))
+    }
+
+    async fn send_stream(
+        &self,
+        request: &ChatRequest,
+        received: &Received,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut events = http::open_stream(self.post(request, true)?, &self.config.http).await?;
+        let schema_tool = request.output_schema.as_ref().map(|s| s.name.as_str());
+        let mut streamed = Streamed::default();
+        while let Some(event) = events.next().await? {
+            if streamed.apply(http::parse_event(&event)?, schema_tool, received)? {
+                break;
+            }
+        }
+        let reply = streamed.into_reply()?;
+        Ok(http::with_headers(
+            reply.into_response(request)?,
+            &events.headers,
+            &HEADERS,
+        ))
     }
 }
+
+/// Where this provider names its request id and remaining rate limits.
+const HEADERS: http::HeaderNames = http::HeaderNames {
+    request_id: "request-id",
+    remaining_requests: "anthropic-ratelimit-requests-remaining",
+    remaining_tokens: "anthropic-ratelimit-tokens-remaining",
+};
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -160,6 +206,8 @@ struct Body<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
 }
 
 #[derive(Serialize)]
@@ -204,51 +252,7 @@ const SCHEMA_TOOL_DESCRIPTION: &str =
 
 impl<'a> From<&'a ChatRequest> for Body<'a> {
     fn from(req: &'a ChatRequest) -> Self {
-        let mut system = String::new();
-        let mut messages: Vec<WireMessage<'a>> = Vec::with_capacity(req.messages.len());
-        for m in &req.messages {
-            let (role, blocks) = match m {
-                Message::System { content } => {
-                    if !system.is_empty() {
-                        system.push_str("\n\n");
-                    }
-                    system.push_str(content);
-                    continue;
-                }
-                Message::User { content } => ("user", text_block(content)),
-                Message::Assistant {
-                    content,
-                    tool_calls,
-                } => {
-                    let mut blocks = text_block(content);
-                    blocks.extend(tool_calls.iter().map(|c| Block::ToolUse {
-                        id: &c.id,
-                        name: &c.name,
-                        input: &c.arguments,
-                    }));
-                    ("assistant", blocks)
-                }
-                Message::Tool {
-                    tool_call_id,
-                    content,
-                } => (
-                    "user",
-                    vec![Block::ToolResult {
-                        tool_use_id: tool_call_id,
-                        content,
-                    }],
-                ),
-            };
-            match messages.last_mut() {
-                // Anthropic rejects empty content: a turn with nothing to say is left out.
-                _ if blocks.is_empty() => {}
-                Some(last) if last.role == role => last.content.extend(blocks),
-                _ => messages.push(WireMessage {
-                    role,
-                    content: blocks,
-                }),
-            }
-        }
+        let (system, messages) = conversation(&req.messages);
         let mut tools: Vec<WireTool<'a>> = req
             .tools
             .iter()
@@ -278,8 +282,65 @@ impl<'a> From<&'a ChatRequest> for Body<'a> {
             tool_choice,
             temperature: req.temperature,
             stop_sequences: &req.stop,
+            stream: false,
         }
     }
+}
+
+/// The system text (all system messages joined) and the other messages as turns, consecutive
+/// same-role turns merged.
+fn conversation(all: &[Message]) -> (String, Vec<WireMessage<'_>>) {
+    let mut system = String::new();
+    let mut messages: Vec<WireMessage<'_>> = Vec::with_capacity(all.len());
+    for m in all {
+        let Some((role, blocks)) = turn(m) else {
+            if !system.is_empty() {
+                system.push_str("\n\n");
+            }
+            system.push_str(m.content());
+            continue;
+        };
+        match messages.last_mut() {
+            // Anthropic rejects empty content: a turn with nothing to say is left out.
+            _ if blocks.is_empty() => {}
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => messages.push(WireMessage {
+                role,
+                content: blocks,
+            }),
+        }
+    }
+    (system, messages)
+}
+
+/// A message's role and content blocks; `None` for a system message.
+fn turn(m: &Message) -> Option<(&'static str, Vec<Block<'_>>)> {
+    Some(match m {
+        Message::System { .. } => return None,
+        Message::User { content } => ("user", text_block(content)),
+        Message::Assistant {
+            content,
+            tool_calls,
+        } => {
+            let mut blocks = text_block(content);
+            blocks.extend(tool_calls.iter().map(|c| Block::ToolUse {
+                id: &c.id,
+                name: &c.name,
+                input: &c.arguments,
+            }));
+            ("assistant", blocks)
+        }
+        Message::Tool {
+            tool_call_id,
+            content,
+        } => (
+            "user",
+            vec![Block::ToolResult {
+                tool_use_id: tool_call_id,
+                content,
+            }],
+        ),
+    })
 }
 
 /// Anthropic rejects empty text blocks.
@@ -302,7 +363,7 @@ struct Reply {
     usage: Option<ReplyUsage>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ReplyBlock {
     Text {
@@ -318,7 +379,7 @@ enum ReplyBlock {
     Other,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct ReplyUsage {
     input_tokens: u64,
     output_tokens: u64,
@@ -350,18 +411,7 @@ impl Reply {
             }
         }
         let usage = match self.usage {
-            Some(u) => {
-                let cache_read = u.cache_read_input_tokens.unwrap_or(0);
-                let cache_creation = u.cache_creation_input_tokens.unwrap_or(0);
-                Usage {
-                    input_tokens: u.input_tokens + cache_read + cache_creation,
-                    output_tokens: u.output_tokens,
-                    cache_read_tokens: cache_read,
-                    cache_creation_tokens: cache_creation,
-                    reasoning_tokens: 0,
-                    estimated: false,
-                }
-            }
+            Some(u) => u.normalized(),
             None => {
                 let calls: Vec<(&str, &Value)> = tool_calls
                     .iter()
@@ -370,29 +420,267 @@ impl Reply {
                 estimate::estimate_usage(request, &content, &calls)
             }
         };
-        let finish_reason = match self.stop_reason.as_deref() {
-            _ if structured => FinishReason::Stop,
-            Some("end_turn" | "stop_sequence") | None => FinishReason::Stop,
-            Some("max_tokens") => FinishReason::Length,
-            Some("tool_use") => FinishReason::ToolCalls,
-            Some("refusal") => {
-                return Err(LlmError::ContentFiltered {
-                    message: "stop_reason is refusal".into(),
-                    usage: Some(usage),
-                })
-            }
-            Some(other) => FinishReason::Other(other.to_owned()),
-        };
         Ok(ChatResponse {
             model: request.model.clone(),
             content,
             tool_calls,
-            finish_reason,
+            finish_reason: finish_reason(self.stop_reason.as_deref(), structured, usage)?,
             usage,
             request_id: self.id,
             rate_limit: None,
             cost_micro_usd: None,
             cache_hit: false,
+        })
+    }
+}
+
+fn finish_reason(
+    reason: Option<&str>,
+    structured: bool,
+    usage: Usage,
+) -> Result<FinishReason, LlmError> {
+    Ok(match reason {
+        _ if structured => FinishReason::Stop,
+        Some("end_turn" | "stop_sequence") | None => FinishReason::Stop,
+        Some("max_tokens") => FinishReason::Length,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some("refusal") => {
+            return Err(LlmError::ContentFiltered {
+                message: "stop_reason is refusal".into(),
+                usage: Some(usage),
+            })
+        }
+        Some(other) => FinishReason::Other(other.to_owned()),
+    })
+}
+
+impl ReplyUsage {
+    /// Our usage: `input_tokens` counts the cached prompt too.
+    fn normalized(&self) -> Usage {
+        let cache_read = self.cache_read_input_tokens.unwrap_or(0);
+        let cache_creation = self.cache_creation_input_tokens.unwrap_or(0);
+        Usage {
+            input_tokens: self.input_tokens + cache_read + cache_creation,
+            output_tokens: self.output_tokens,
+            cache_read_tokens: cache_read,
+            cache_creation_tokens: cache_creation,
+            reasoning_tokens: 0,
+            estimated: false,
+        }
+    }
+
+    /// A `message_delta`'s usage applied: its counts are cumulative and replace ours.
+    fn update(&mut self, delta: &DeltaUsage) {
+        self.output_tokens = delta.output_tokens.unwrap_or(self.output_tokens);
+        self.input_tokens = delta.input_tokens.unwrap_or(self.input_tokens);
+        if delta.cache_read_input_tokens.is_some() {
+            self.cache_read_input_tokens = delta.cache_read_input_tokens;
+        }
+        if delta.cache_creation_input_tokens.is_some() {
+            self.cache_creation_input_tokens = delta.cache_creation_input_tokens;
+        }
+    }
+}
+
+/// One event of a streamed answer (its `data`, tagged by `type`).
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: usize,
+        content_block: ReplyBlock,
+    },
+    ContentBlockDelta {
+        index: usize,
+        delta: BlockDelta,
+    },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<DeltaUsage>,
+    },
+    MessageStop {},
+    Error {
+        error: Value,
+    },
+    /// `ping`, `content_block_stop` and events added later.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    usage: Option<ReplyUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    /// Thinking and signature deltas carry nothing we return.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaUsage {
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+/// An `error` event, classified like an error answer with the status its type implies
+/// (`overloaded_error` is a transient 529).
+fn stream_error(error: Value) -> LlmError {
+    let status = match error.get("type").and_then(Value::as_str) {
+        Some("overloaded_error") => 529,
+        Some("rate_limit_error") => 429,
+        Some("api_error") => 500,
+        _ => 400,
+    };
+    let body = serde_json::json!({"type": "error", "error": error}).to_string();
+    LlmError::from_status(status, body.as_bytes(), None)
+}
+
+/// A streamed answer assembled from its events.
+#[derive(Default)]
+struct Streamed {
+    id: Option<String>,
+    /// Content blocks by index, with the JSON text of a tool's input as received.
+    blocks: Vec<(ReplyBlock, String)>,
+    stop_reason: Option<String>,
+    usage: Option<ReplyUsage>,
+    done: bool,
+}
+
+impl Streamed {
+    /// Applies one event; `true` at `message_stop`. An `error` event is classified like an
+    /// error answer (`overloaded_error` is transient).
+    fn apply(
+        &mut self,
+        event: StreamEvent,
+        schema_tool: Option<&str>,
+        received: &Received,
+    ) -> Result<bool, LlmError> {
+        match event {
+            StreamEvent::MessageStart { message } => {
+                self.id = message.id;
+                self.usage = message.usage;
+                self.report_usage(received);
+            }
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => {
+                if self.blocks.len() <= index {
+                    self.blocks
+                        .resize_with(index + 1, || (ReplyBlock::Other, String::new()));
+                }
+                self.blocks[index].0 = content_block;
+            }
+            StreamEvent::ContentBlockDelta { index, delta } => {
+                self.apply_delta(index, delta, schema_tool, received)?
+            }
+            StreamEvent::MessageDelta { delta, usage } => {
+                self.stop_reason = delta.stop_reason.or(self.stop_reason.take());
+                if let (Some(current), Some(delta)) = (&mut self.usage, usage) {
+                    current.update(&delta);
+                }
+                self.report_usage(received);
+            }
+            StreamEvent::MessageStop {} => self.done = true,
+            StreamEvent::Error { error } => return Err(stream_error(error)),
+            StreamEvent::Other => {}
+        }
+        Ok(self.done)
+    }
+
+    /// Tells `received` the usage as reported so far (only when a usage event arrived: the
+    /// report then counts every delta before it).
+    fn report_usage(&self, received: &Received) {
+        if let Some(usage) = &self.usage {
+            received.usage(usage.normalized());
+        }
+    }
+
+    fn apply_delta(
+        &mut self,
+        index: usize,
+        delta: BlockDelta,
+        schema_tool: Option<&str>,
+        received: &Received,
+    ) -> Result<(), LlmError> {
+        let Some((block, json)) = self.blocks.get_mut(index) else {
+            return Err(http::malformed(format!(
+                "content_block_delta for block {index}, which never started"
+            )));
+        };
+        match (block, delta) {
+            (ReplyBlock::Text { text }, BlockDelta::TextDelta { text: part }) => {
+                received.text(&part);
+                text.push_str(&part);
+            }
+            (ReplyBlock::ToolUse { name, .. }, BlockDelta::InputJsonDelta { partial_json }) => {
+                // A structured answer's JSON is the answer's text: it is delivered as such.
+                if Some(name.as_str()) == schema_tool {
+                    received.text(&partial_json);
+                } else {
+                    received.tool_text(&partial_json);
+                }
+                json.push_str(&partial_json);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The answer as a non-streamed reply; a stream cut before `message_stop` is an error.
+    fn into_reply(self) -> Result<Reply, LlmError> {
+        if !self.done {
+            return Err(LlmError::Network {
+                message: "the stream ended before message_stop".into(),
+                request_sent: true,
+            });
+        }
+        let mut content = Vec::with_capacity(self.blocks.len());
+        for (block, json) in self.blocks {
+            content.push(match block {
+                ReplyBlock::ToolUse { id, name, .. } if !json.is_empty() => {
+                    let input = serde_json::from_str(&json).map_err(|e| {
+                        http::malformed(format!("tool `{name}` input is not JSON ({e}): {json:?}"))
+                    })?;
+                    ReplyBlock::ToolUse { id, name, input }
+                }
+                other => other,
+            });
+        }
+        Ok(Reply {
+            id: self.id,
+            content,
+            stop_reason: self.stop_reason,
+            usage: self.usage,
         })
     }
 }

@@ -9,17 +9,22 @@
 //! 3. reserve the worst case (input estimate + `max_tokens` output, 1 model call) on the
 //!    caller's account path; refused: [`LlmError::CeilingReached`], nothing sent;
 //! 4. send, racing the halt token (a halt drops the request, which closes its connection);
+//!    streamed when the options carry a [`DeltaSink`];
 //! 5. close the reservation: settle the real usage on success; on failure charge what the
 //!    provider may bill (see `LlmError::billing`): nothing, the input estimate (timeout,
 //!    broken connection, cancellation), the usage it reported, or the whole reservation (a
-//!    2xx body we could not read);
+//!    2xx body we could not read). A stream that fails after its first delta (halted,
+//!    dropped, stalled, a bad chunk) becomes [`LlmError::StreamInterrupted`], charged the
+//!    input plus the output received;
 //! 6. retry transient failures per [`RetryPolicy`] (each attempt reserves again), waiting on
 //!    the halt token too; when retries are exhausted and the error is one another model could
-//!    avoid, fall back to the next model.
+//!    avoid, fall back to the next model. An interrupted stream is neither retried nor sent
+//!    to another model: its output was already delivered.
 //!
 //! So a refused reservation sends nothing, and every reservation is closed on every path:
 //! after any mix of outcomes the reserved amount returns to zero. Dropping the call future
-//! while a request is in flight counts as a cancellation (the input estimate is charged).
+//! while a request is in flight counts as a cancellation (the input estimate is charged, or
+//! what a stream had delivered).
 //!
 //! Each model of a call runs in a `chat {model}` span and is measured (duration when a request
 //! was sent, reported tokens, money charged, retries, breaker state): see
@@ -39,13 +44,14 @@ use super::error::{Billing, LlmError};
 use super::estimate::estimate_input;
 use super::price::{ModelPrice, PriceTable};
 use super::retry::RetryPolicy;
+use super::stream::{DeltaSink, Interruption, Received};
 use super::types::{ChatRequest, ChatResponse};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Reservation};
 use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
-/// unstoppable call.
+/// unstoppable call. With a [`DeltaSink`] the call streams.
 #[derive(Debug, Clone)]
 pub struct CallOptions {
     /// The accounts the call is reserved on (run -> tenant -> global).
@@ -55,21 +61,30 @@ pub struct CallOptions {
     /// Whose cached answers the call may be served and may add to (a run's tenant): an answer
     /// cached under one scope never serves another. `None` is one shared, unscoped cache.
     pub cache_scope: Option<Arc<str>>,
+    /// Where the answer's text goes as it arrives; `None`: the call does not stream.
+    pub deltas: Option<DeltaSink>,
 }
 
 impl CallOptions {
-    /// Options charging `account` and stopped by `halt`, in the unscoped cache.
+    /// Options charging `account` and stopped by `halt`, in the unscoped cache, not streaming.
     pub fn new(account: AccountPath, halt: CancellationToken) -> Self {
         CallOptions {
             account,
             halt,
             cache_scope: None,
+            deltas: None,
         }
     }
 
     /// With cached answers scoped to `scope` (a tenant): never served to another scope.
     pub fn cache_scope(mut self, scope: Arc<str>) -> Self {
         self.cache_scope = Some(scope);
+        self
+    }
+
+    /// The same options, streaming the answer's text into `sink`.
+    pub fn stream_to(mut self, sink: DeltaSink) -> Self {
+        self.deltas = Some(sink);
         self
     }
 }
@@ -282,7 +297,18 @@ struct Bill<'a> {
     metrics: &'a ModelMetrics,
 }
 
-impl Bill<'_> {
+impl<'a> Bill<'a> {
+    fn new(price: &'a ModelPrice, request: &ChatRequest, metrics: &'a ModelMetrics) -> Self {
+        let input = estimate_input(request).tokens;
+        let max_output = u64::from(request.max_tokens);
+        Bill {
+            price,
+            worst_case: charge(price.worst_case(input, max_output), input + max_output),
+            input_only: charge(price.input_cost(input), input),
+            metrics,
+        }
+    }
+
     /// Closes the reservation as `billing` says, and records the usage the provider reported
     /// and the money charged.
     fn close(&self, reservation: Reservation, billing: Billing, model: &str) {
@@ -309,17 +335,19 @@ impl Bill<'_> {
 
 /// A reservation whose request is in flight. If the call future is dropped while it is (the
 /// caller stopped awaiting it, e.g. under its own timeout or `HaltToken::run`), the request
-/// was aborted just as by a halt, so dropping charges the input estimate like a cancellation.
+/// was aborted just as by a halt, so dropping charges like a cancellation: the input estimate,
+/// or what a stream had delivered.
 struct InFlight<'a> {
     reservation: Option<Reservation>,
     bill: &'a Bill<'a>,
-    model: &'a str,
+    request: &'a ChatRequest,
+    received: Received,
 }
 
 impl InFlight<'_> {
     fn close(mut self, billing: Billing) {
         if let Some(r) = self.reservation.take() {
-            self.bill.close(r, billing, self.model);
+            self.bill.close(r, billing, &self.request.model);
         }
     }
 }
@@ -327,8 +355,40 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
-            self.bill.close(r, Billing::InputEstimate, self.model);
+            let billing = if self.received.started() {
+                Billing::Usage(self.received.partial_usage(self.request))
+            } else {
+                Billing::InputEstimate
+            };
+            self.bill.close(r, billing, &self.request.model);
         }
+    }
+}
+
+/// What a failure says about the provider's health, for its breaker.
+fn breaker_outcome(err: &LlmError) -> Outcome {
+    if err.is_provider_failure() {
+        Outcome::Failure
+    } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. })
+        || matches!(err, LlmError::StreamInterrupted(i) if i.cause == Interruption::Halted)
+    {
+        Outcome::Neutral
+    } else {
+        Outcome::Success
+    }
+}
+
+/// Refuses a request asking for more output than the model allows.
+fn check_max_tokens(price: &ModelPrice, request: &ChatRequest) -> Result<(), LlmError> {
+    match price.max_output_tokens {
+        Some(max) if u64::from(request.max_tokens) > max => Err(LlmError::InvalidRequest {
+            status: None,
+            message: format!(
+                "`max_tokens` {} exceeds the {max} output tokens `{}` allows",
+                request.max_tokens, request.model
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -413,18 +473,7 @@ impl Inner {
         metrics: &ModelMetrics,
         sent: &mut u32,
     ) -> Result<ChatResponse, LlmError> {
-        let model = request.model.as_str();
-        if let Some(max) = price.max_output_tokens {
-            if u64::from(request.max_tokens) > max {
-                return Err(LlmError::InvalidRequest {
-                    status: None,
-                    message: format!(
-                        "`max_tokens` {} exceeds the {max} output tokens `{model}` allows",
-                        request.max_tokens
-                    ),
-                });
-            }
-        }
+        check_max_tokens(price, request)?;
         let cache_key = self
             .cache
             .as_ref()
@@ -433,53 +482,19 @@ impl Inner {
             if let Some(mut hit) = cache.get(key) {
                 hit.cache_hit = true;
                 hit.cost_micro_usd = Some(0);
+                Received::new(options.deltas.clone()).text(&hit.content);
                 return Ok(hit);
             }
         }
-        let input = estimate_input(request).tokens;
-        let max_output = u64::from(request.max_tokens);
-        let bill = Bill {
-            price,
-            worst_case: charge(price.worst_case(input, max_output), input + max_output),
-            input_only: charge(price.input_cost(input), input),
-            metrics,
-        };
+        let bill = Bill::new(price, request, metrics);
         let mut attempt = 0;
         // The class of the failure being retried: counted once the retry is actually sent (an
         // open breaker or a ceiling may refuse it first).
         let mut retrying: Option<&'static str> = None;
         loop {
-            if options.halt.is_cancelled() {
-                return Err(LlmError::Cancelled);
-            }
-            let permit = self.breakers.acquire(model).map_err(|retry_in| {
-                metrics.breaker(self.breakers.state(model));
-                LlmError::CircuitOpen {
-                    model: model.to_owned(),
-                    retry_in,
-                }
-            })?;
-            let in_flight = InFlight {
-                reservation: Some(options.account.reserve(bill.worst_case)?),
-                bill: &bill,
-                model,
-            };
-            *sent += 1;
-            if let Some(status_class) = retrying.take() {
-                metrics.retry(status_class);
-            }
-            let outcome = tokio::select! {
-                biased;
-                _ = options.halt.cancelled() => Err(LlmError::Cancelled),
-                result = provider.chat(request) => result,
-            };
-            let err = match outcome {
-                Ok(mut response) => {
-                    in_flight.close(Billing::Usage(response.usage));
-                    permit.record(Outcome::Success);
-                    metrics.breaker(self.breakers.state(model));
-                    response.cost_micro_usd = Some(price.cost(&response.usage));
-                    response.cache_hit = false;
+            let sending = self.attempt(request, options, provider, &bill, sent, retrying.take());
+            let err = match sending.await {
+                Ok(response) => {
                     if let (Some(cache), Some(key)) = (&self.cache, cache_key) {
                         cache.insert(key, response.clone());
                     }
@@ -487,20 +502,11 @@ impl Inner {
                 }
                 Err(err) => err,
             };
-            in_flight.close(err.billing());
-            permit.record(if err.is_provider_failure() {
-                Outcome::Failure
-            } else if matches!(err, LlmError::Cancelled | LlmError::RateLimited { .. }) {
-                Outcome::Neutral
-            } else {
-                Outcome::Success
-            });
-            metrics.breaker(self.breakers.state(model));
             let Some(delay) = self.retry.delay_before_retry(attempt, &err) else {
                 return Err(err);
             };
             retrying = Some(err.status_class());
-            tracing::debug!(model, attempt, ?delay, error = %err, "retrying");
+            tracing::debug!(model = %request.model, attempt, ?delay, error = %err, "retrying");
             tokio::select! {
                 biased;
                 _ = options.halt.cancelled() => return Err(LlmError::Cancelled),
@@ -509,4 +515,83 @@ impl Inner {
             attempt += 1;
         }
     }
+
+    /// One attempt: the breaker's permit, the reservation, the request (streamed when the
+    /// options ask) racing the halt token, and the reservation closed as the outcome says.
+    /// `retrying` is the class of the failure this attempt retries, counted once it is sent.
+    async fn attempt(
+        &self,
+        request: &ChatRequest,
+        options: &CallOptions,
+        provider: &dyn ChatModel,
+        bill: &Bill<'_>,
+        sent: &mut u32,
+        retrying: Option<&'static str>,
+    ) -> Result<ChatResponse, LlmError> {
+        if options.halt.is_cancelled() {
+            return Err(LlmError::Cancelled);
+        }
+        let model = request.model.as_str();
+        let permit = self.breakers.acquire(model).map_err(|retry_in| {
+            bill.metrics.breaker(self.breakers.state(model));
+            LlmError::CircuitOpen {
+                model: model.to_owned(),
+                retry_in,
+            }
+        })?;
+        let received = Received::new(options.deltas.clone());
+        let in_flight = InFlight {
+            reservation: Some(options.account.reserve(bill.worst_case)?),
+            bill,
+            request,
+            received: received.clone(),
+        };
+        *sent += 1;
+        if let Some(status_class) = retrying {
+            bill.metrics.retry(status_class);
+        }
+        let send = async {
+            match options.deltas {
+                Some(_) => provider.chat_stream(request, &received).await,
+                None => provider.chat(request).await,
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = options.halt.cancelled() => Err(LlmError::Cancelled),
+            result = send => result,
+        };
+        let outcome = outcome.map_err(|err| interrupted(err, &received, request, bill.price));
+        let billing = match &outcome {
+            Ok(response) => Billing::Usage(response.usage),
+            Err(err) => err.billing(),
+        };
+        in_flight.close(billing);
+        permit.record(
+            outcome
+                .as_ref()
+                .err()
+                .map_or(Outcome::Success, breaker_outcome),
+        );
+        bill.metrics.breaker(self.breakers.state(model));
+        outcome.map(|mut response| {
+            response.cost_micro_usd = Some(bill.price.cost(&response.usage));
+            response.cache_hit = false;
+            response
+        })
+    }
+}
+
+/// A failure after a stream's first delta: interrupted, charged what was received.
+fn interrupted(
+    err: LlmError,
+    received: &Received,
+    request: &ChatRequest,
+    price: &ModelPrice,
+) -> LlmError {
+    if !received.started() {
+        return err;
+    }
+    let usage = received.partial_usage(request);
+    err.after_first_delta(received.text_so_far(), usage, price.cost(&usage))
 }

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use super::stream::{Interrupted, Interruption};
 use super::types::Usage;
-use crate::ledger::CeilingReached;
+use crate::ledger::{CeilingReached, MicroUsd};
 
 /// Everything that can go wrong with a model call. Each message says what to do about it;
 /// [`LlmError::is_retryable`] says whether trying again could help.
@@ -94,6 +95,10 @@ pub enum LlmError {
     /// The run's halt token fired; the HTTP request was aborted.
     #[error("the call was cancelled by the run's halt token")]
     Cancelled,
+    /// A streamed answer ended after its first delta: halted, or broken by the provider. It is
+    /// never retried (its output was already delivered); what was received was charged.
+    #[error("{}", interrupted_message(.0))]
+    StreamInterrupted(Box<Interrupted>),
     /// The worst-case cost did not fit under a ceiling; nothing was sent.
     #[error("cost ceiling reached, nothing was sent: {0}; raise the budget, lower max_tokens or use a cheaper model")]
     CeilingReached(#[from] CeilingReached),
@@ -133,6 +138,20 @@ pub struct InvalidToolCall {
     pub usage: Usage,
 }
 
+fn interrupted_message(i: &Interrupted) -> String {
+    let cause = match &i.cause {
+        Interruption::Halted => "was halted".to_owned(),
+        Interruption::Broken(why) => format!("broke ({why})"),
+    };
+    format!(
+        "the streamed answer {cause} after {} characters; the part received was charged ({} input + {} output tokens, {} micro-USD); it is not retried because its output was already delivered: run the step again for a whole answer",
+        i.content.chars().count(),
+        i.usage.input_tokens,
+        i.usage.output_tokens,
+        i.cost_micro_usd
+    )
+}
+
 fn wait_hint(retry_after: Option<Duration>) -> String {
     retry_after
         .map(|d| format!(" (asked to wait {d:?})"))
@@ -169,6 +188,10 @@ impl LlmError {
             LlmError::MalformedResponse { .. } => "malformed_response",
             LlmError::InvalidToolArguments(_) => "invalid_tool_arguments",
             LlmError::Cancelled => "cancelled",
+            LlmError::StreamInterrupted(i) => match i.cause {
+                Interruption::Halted => "stream_halted",
+                Interruption::Broken(_) => "stream_broken",
+            },
             LlmError::CeilingReached(_) => "ceiling_reached",
             LlmError::CircuitOpen { .. } => "circuit_open",
             LlmError::NotRecorded { .. } => "not_recorded",
@@ -205,6 +228,10 @@ impl LlmError {
             | LlmError::ContextTooLong { message }
             | LlmError::ContentFiltered { message, .. }
             | LlmError::MalformedResponse { message, .. } => message,
+            LlmError::StreamInterrupted(i) => match &mut i.cause {
+                Interruption::Broken(message) => message,
+                Interruption::Halted => return self,
+            },
             _ => return self,
         };
         if message.contains(secret) {
@@ -252,10 +279,41 @@ impl LlmError {
 
     /// Whether this failure says the provider is unhealthy (counts toward opening the breaker).
     pub(crate) fn is_provider_failure(&self) -> bool {
-        matches!(
-            self,
-            LlmError::Transient { .. } | LlmError::Network { .. } | LlmError::Timeout { .. }
-        )
+        match self {
+            LlmError::Transient { .. } | LlmError::Network { .. } | LlmError::Timeout { .. } => {
+                true
+            }
+            LlmError::StreamInterrupted(i) => matches!(i.cause, Interruption::Broken(_)),
+            _ => false,
+        }
+    }
+
+    /// This failure of a stream that had already delivered output, as a
+    /// [`LlmError::StreamInterrupted`] charged `usage` (`cost` micro-USD). Failures about a
+    /// complete answer (a refusal, bad tool arguments) stay as they are.
+    pub(crate) fn after_first_delta(self, content: String, usage: Usage, cost: MicroUsd) -> Self {
+        let cause = match self {
+            LlmError::Cancelled => Interruption::Halted,
+            LlmError::Network { message, .. } | LlmError::MalformedResponse { message, .. } => {
+                Interruption::Broken(message)
+            }
+            LlmError::Timeout { after } => {
+                Interruption::Broken(format!("nothing arrived for {after:?}"))
+            }
+            LlmError::Transient {
+                status, message, ..
+            } => Interruption::Broken(format!("error event ({status}): {message}")),
+            LlmError::RateLimited { message, .. } => {
+                Interruption::Broken(format!("rate limited: {message}"))
+            }
+            other => return other,
+        };
+        LlmError::StreamInterrupted(Box::new(Interrupted {
+            cause,
+            content,
+            usage,
+            cost_micro_usd: cost,
+        }))
     }
 
     /// What the provider may bill for this failure.
@@ -274,6 +332,7 @@ impl LlmError {
                 }
             }
             LlmError::InvalidToolArguments(call) => Billing::Usage(call.usage),
+            LlmError::StreamInterrupted(i) => Billing::Usage(i.usage),
             LlmError::ContentFiltered { usage, .. } => {
                 usage.map_or(Billing::Nothing, Billing::Usage)
             }

@@ -176,6 +176,12 @@ pub fn estimate_input(request: &ChatRequest) -> InputEstimate {
     InputEstimate { tokens, method }
 }
 
+/// The tokens of `text` as output of `model` (its tokenizer, or the heuristic): what a
+/// streamed answer cut short is charged for the part received.
+pub fn count_output(model: &str, text: &str) -> u64 {
+    Counter::for_model(model).count(text)
+}
+
 /// The usage of an answer whose provider reported none, marked `estimated`: the request's
 /// input estimate, and the answer's text and tool calls (name, arguments) as output.
 pub fn estimate_usage(request: &ChatRequest, content: &str, calls: &[(&str, &Value)]) -> Usage {

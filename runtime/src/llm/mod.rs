@@ -10,9 +10,14 @@
 //!
 //! Money is integer micro-USD everywhere; see [`price`] for how prices are read and rounded.
 //!
-//! Not implemented: streaming (every call waits for the whole answer, so the "never retry a
-//! stream that already produced output" rule is trivially kept: nothing is ever streamed),
-//! images and other non-text content, Anthropic prompt-caching markers (`cache_control`), the
+//! Streaming: a call whose [`CallOptions`] carry a [`DeltaSink`] streams (both HTTP providers
+//! speak their SSE formats; others deliver their whole answer as one delta). Its text reaches
+//! the sink as it arrives; usage is the provider's (the last report, never a sum). A stream is
+//! retried only before its first delta; cut short after it (halted, dropped, stalled, a bad
+//! chunk) it is an [`LlmError::StreamInterrupted`] charged the input plus the output received
+//! (counted with the tokenizer when the provider had not reported it).
+//!
+//! Not implemented: images and other non-text content, Anthropic prompt-caching markers (`cache_control`), the
 //! HTTP-date form of `retry-after`.
 //!
 //! ```no_run
@@ -48,6 +53,7 @@ mod replay;
 mod retry;
 mod router;
 mod scripted;
+mod stream;
 mod types;
 
 pub use anthropic::{Anthropic, AnthropicConfig, ANTHROPIC_VERSION};
@@ -62,12 +68,13 @@ pub use replay::{Exchange, Recorder, Recording, Replay, RECORDING_VERSION};
 pub use retry::RetryPolicy;
 pub use router::Tier;
 pub use scripted::{Scripted, ScriptedCall, ScriptedReply};
+pub use stream::{DeltaSink, Interrupted, Interruption, Received};
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, Message, OutputSchema, RateLimitInfo, ToolCall,
     ToolDef, Usage, DEFAULT_MAX_TOKENS,
 };
 
-/// A chat model: one request in, one complete answer out.
+/// A chat model: one request in, one complete answer out, optionally streamed.
 ///
 /// Implementations do one attempt; timeouts of that attempt are theirs, everything else
 /// (budget, retries, breaker, fallback, cancellation) is [`Client`]'s. The future must be
@@ -79,6 +86,21 @@ pub trait ChatModel: Send + Sync {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
+
+    /// Sends `request` asking for a streamed answer: pushes each piece into `received` as it
+    /// arrives (text, tool-call text, usage reports) and returns the assembled answer. The
+    /// default calls [`chat`](ChatModel::chat) and delivers the whole text as one delta.
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        received: &'a Received,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let response = self.chat(request).await?;
+            received.text(&response.content);
+            Ok(response)
+        })
+    }
 }
 
 /// A shared provider is a provider: one `Arc` can serve several clients (and a test can keep a
@@ -89,5 +111,13 @@ impl<M: ChatModel + ?Sized> ChatModel for std::sync::Arc<M> {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         (**self).chat(request)
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        received: &'a Received,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        (**self).chat_stream(request, received)
     }
 }

@@ -2,7 +2,9 @@
 //! by base URL, vLLM, Ollama (`http://localhost:11434/v1`), llama.cpp's server, LiteLLM proxy.
 //!
 //! Usage and rate-limit headers are optional: servers that report no usage get an estimate
-//! marked `usage.estimated = true`. Non-streaming only.
+//! marked `usage.estimated = true`. Streamed answers ask for `stream_options.include_usage`
+//! and also accept usage on every chunk (vLLM's `continuous_usage_stats`): the last report is
+//! the usage, never the sum.
 
 use std::fmt;
 
@@ -14,6 +16,7 @@ use serde_json::Value;
 use super::error::{InvalidToolCall, LlmError};
 use super::estimate;
 use super::http::{self, HttpConfig};
+use super::stream::Received;
 use super::types::{ChatRequest, ChatResponse, FinishReason, Message, ToolCall, Usage};
 use super::ChatModel;
 
@@ -116,7 +119,7 @@ impl OpenAi {
         Self::new(config)
     }
 
-    fn body<'a>(&self, req: &'a ChatRequest) -> Body<'a> {
+    fn body<'a>(&self, req: &'a ChatRequest, stream: bool) -> Body<'a> {
         let (max_tokens, max_completion_tokens) = match self.config.max_tokens_field {
             MaxTokensField::MaxTokens => (Some(req.max_tokens), None),
             MaxTokensField::MaxCompletionTokens => (None, Some(req.max_tokens)),
@@ -148,7 +151,35 @@ impl OpenAi {
             max_completion_tokens,
             temperature: req.temperature,
             stop: &req.stop,
+            stream,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
         }
+    }
+
+    /// The HTTP request for `request`, streamed or not.
+    fn post(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, LlmError> {
+        let body = serde_json::to_vec(&self.body(request, stream))
+            .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))?;
+        let mut http_request = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(auth) = &self.auth {
+            http_request = http_request.header(AUTHORIZATION, auth.clone());
+        }
+        Ok(http_request)
+    }
+
+    /// The key to hide from errors (a provider may echo it in an error body).
+    fn secret(&self) -> &str {
+        self.config.api_key.as_deref().unwrap_or("")
     }
 }
 
@@ -160,37 +191,62 @@ impl ChatModel for OpenAi {
         Box::pin(async move {
             let answer = self.send(request).await;
             // A provider may echo the key in an error body: it must not reach logs or spans.
-            answer.map_err(|e| e.redact(self.config.api_key.as_deref().unwrap_or("")))
+            answer.map_err(|e| e.redact(self.secret()))
+        })
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        received: &'a Received,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let answer = self.send_stream(request, received).await;
+            answer.map_err(|e| e.redact(self.secret()))
         })
     }
 }
 
 impl OpenAi {
     async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let body = serde_json::to_vec(&self.body(request))
-            .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))?;
-        let mut http_request = self
-            .client
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
-        if let Some(auth) = &self.auth {
-            http_request = http_request.header(AUTHORIZATION, auth.clone());
-        }
-        let answer = http::send(http_request, &self.config.http).await?;
+        let answer = http::send(self.post(request, false)?, &self.config.http).await?;
         let reply: Reply = http::parse_json(&answer.body)?;
-        let mut response = reply.into_response(request)?;
-        response.request_id = http::header_str(&answer.headers, "x-request-id")
-            .map(str::to_owned)
-            .or(response.request_id);
-        response.rate_limit = http::rate_limit(
+        Ok(http::with_headers(
+            reply.into_response(request)?,
             &answer.headers,
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-remaining-tokens",
-        );
-        Ok(response)
+            &HEADERS,
+        ))
+    }
+
+    async fn send_stream(
+        &self,
+        request: &ChatRequest,
+        received: &Received,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut events = http::open_stream(self.post(request, true)?, &self.config.http).await?;
+        let mut streamed = Streamed::default();
+        while let Some(event) = events.next().await? {
+            if event.data.trim() == "[DONE]" {
+                streamed.done = true;
+                break;
+            }
+            streamed.apply(http::parse_event(&event)?, received)?;
+        }
+        let reply = streamed.into_reply()?;
+        Ok(http::with_headers(
+            reply.into_response(request)?,
+            &events.headers,
+            &HEADERS,
+        ))
     }
 }
+
+/// Where this provider names its request id and remaining rate limits.
+const HEADERS: http::HeaderNames = http::HeaderNames {
+    request_id: "x-request-id",
+    remaining_requests: "x-ratelimit-remaining-requests",
+    remaining_tokens: "x-ratelimit-remaining-tokens",
+};
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -208,6 +264,15 @@ struct Body<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     stop: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Serialize)]
@@ -342,7 +407,7 @@ struct ReplyFunction {
     arguments: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct ReplyUsage {
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -352,13 +417,13 @@ struct ReplyUsage {
     completion_tokens_details: Option<CompletionDetails>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct CompletionDetails {
     #[serde(default)]
     reasoning_tokens: Option<u64>,
@@ -390,51 +455,203 @@ impl Reply {
                 usage: Some(usage),
             });
         }
-        let finish_reason = match choice.finish_reason.as_deref() {
-            Some("stop") | None => FinishReason::Stop,
-            Some("length") => FinishReason::Length,
-            Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
-            Some("content_filter") => {
-                return Err(LlmError::ContentFiltered {
-                    message: "finish_reason is content_filter".into(),
-                    usage: Some(usage),
-                })
-            }
-            Some(other) => FinishReason::Other(other.to_owned()),
-        };
-        let mut tool_calls = Vec::with_capacity(raw_calls.len());
-        for call in raw_calls {
-            let arguments = match call.function.arguments {
-                Value::String(raw) => match serde_json::from_str(&raw) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return Err(LlmError::InvalidToolArguments(Box::new(InvalidToolCall {
-                            tool: call.function.name,
-                            call_id: call.id,
-                            reason: e.to_string(),
-                            raw,
-                            usage,
-                        })))
-                    }
-                },
-                other => other,
-            };
-            tool_calls.push(ToolCall {
-                id: call.id,
-                name: call.function.name,
-                arguments,
-            });
-        }
         Ok(ChatResponse {
             model: request.model.clone(),
             content,
-            tool_calls,
-            finish_reason,
+            finish_reason: finish_reason(choice.finish_reason.as_deref(), usage)?,
+            tool_calls: tool_calls(raw_calls, usage)?,
             usage,
             request_id: self.id,
             rate_limit: None,
             cost_micro_usd: None,
             cache_hit: false,
+        })
+    }
+}
+
+fn finish_reason(reason: Option<&str>, usage: Usage) -> Result<FinishReason, LlmError> {
+    Ok(match reason {
+        Some("stop") | None => FinishReason::Stop,
+        Some("length") => FinishReason::Length,
+        Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
+        Some("content_filter") => {
+            return Err(LlmError::ContentFiltered {
+                message: "finish_reason is content_filter".into(),
+                usage: Some(usage),
+            })
+        }
+        Some(other) => FinishReason::Other(other.to_owned()),
+    })
+}
+
+/// The calls with their arguments parsed (a JSON string per the spec; some servers send an
+/// object); arguments that are not JSON are a billed error naming the call.
+fn tool_calls(raw_calls: Vec<ReplyCall>, usage: Usage) -> Result<Vec<ToolCall>, LlmError> {
+    raw_calls
+        .into_iter()
+        .map(|call| {
+            let arguments = match call.function.arguments {
+                Value::String(raw) => serde_json::from_str(&raw).map_err(|e| {
+                    LlmError::InvalidToolArguments(Box::new(InvalidToolCall {
+                        tool: call.function.name.clone(),
+                        call_id: call.id.clone(),
+                        reason: e.to_string(),
+                        raw,
+                        usage,
+                    }))
+                })?,
+                other => other,
+            };
+            Ok(ToolCall {
+                id: call.id,
+                name: call.function.name,
+                arguments,
+            })
+        })
+        .collect()
+}
+
+/// One chunk of a streamed answer.
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<ReplyUsage>,
+    /// Some servers report a failure mid-stream as a chunk `{"error": {...}}`.
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: Option<ChunkDelta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ChunkCall>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkCall {
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<ChunkFunction>,
+}
+
+#[derive(Deserialize)]
+struct ChunkFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// A streamed answer assembled from its chunks.
+#[derive(Default)]
+struct Streamed {
+    id: Option<String>,
+    content: String,
+    refusal: String,
+    /// Tool calls by index: id, name, arguments as received.
+    calls: Vec<(String, String, String)>,
+    finish_reason: Option<String>,
+    usage: Option<ReplyUsage>,
+    done: bool,
+}
+
+impl Streamed {
+    fn apply(&mut self, chunk: Chunk, received: &Received) -> Result<(), LlmError> {
+        if let Some(error) = chunk.error {
+            let body = serde_json::json!({ "error": error }).to_string();
+            return Err(LlmError::from_status(500, body.as_bytes(), None));
+        }
+        self.id = self.id.take().or(chunk.id);
+        if let Some(usage) = chunk.usage {
+            received.usage(usage.clone().into_usage());
+            self.usage = Some(usage);
+        }
+        for choice in chunk.choices {
+            self.finish_reason = choice.finish_reason.or(self.finish_reason.take());
+            let Some(delta) = choice.delta else { continue };
+            if let Some(text) = delta.content {
+                received.text(&text);
+                self.content.push_str(&text);
+            }
+            self.refusal
+                .push_str(delta.refusal.as_deref().unwrap_or(""));
+            for call in delta.tool_calls.unwrap_or_default() {
+                self.apply_call(call, received);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_call(&mut self, call: ChunkCall, received: &Received) {
+        if self.calls.len() <= call.index {
+            self.calls.resize(call.index + 1, Default::default());
+        }
+        let (id, name, arguments) = &mut self.calls[call.index];
+        if let Some(new_id) = call.id {
+            *id = new_id;
+        }
+        let function = call.function.unwrap_or(ChunkFunction {
+            name: None,
+            arguments: None,
+        });
+        for (part, into) in [(function.name, name), (function.arguments, arguments)] {
+            if let Some(part) = part {
+                received.tool_text(&part);
+                into.push_str(&part);
+            }
+        }
+    }
+
+    /// The answer as a non-streamed reply; a stream cut before its end is an error.
+    fn into_reply(self) -> Result<Reply, LlmError> {
+        if !self.done && self.finish_reason.is_none() {
+            return Err(LlmError::Network {
+                message: "the stream ended before its last chunk (no finish_reason, no [DONE])"
+                    .into(),
+                request_sent: true,
+            });
+        }
+        let tool_calls = self
+            .calls
+            .into_iter()
+            .map(|(id, name, arguments)| ReplyCall {
+                id,
+                function: ReplyFunction {
+                    name,
+                    arguments: Value::String(arguments),
+                },
+            })
+            .collect();
+        Ok(Reply {
+            id: self.id,
+            choices: vec![Choice {
+                message: ReplyMessage {
+                    content: Some(self.content),
+                    tool_calls: Some(tool_calls),
+                    refusal: Some(self.refusal),
+                },
+                finish_reason: self.finish_reason,
+            }],
+            usage: self.usage,
         })
     }
 }

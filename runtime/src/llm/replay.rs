@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::LlmError;
+use super::stream::Received;
 use super::types::{ChatRequest, ChatResponse};
 use super::ChatModel;
 
@@ -120,16 +121,34 @@ impl ChatModel for Recorder {
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
             let response = self.inner.chat(request).await?;
-            self.recording
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entries
-                .push(Exchange {
-                    request: request.clone(),
-                    response: response.clone(),
-                });
-            Ok(response)
+            Ok(self.keep(request, response))
         })
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        received: &'a Received,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let response = self.inner.chat_stream(request, received).await?;
+            Ok(self.keep(request, response))
+        })
+    }
+}
+
+impl Recorder {
+    /// Records an exchange, and returns its answer.
+    fn keep(&self, request: &ChatRequest, response: ChatResponse) -> ChatResponse {
+        self.recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .push(Exchange {
+                request: request.clone(),
+                response: response.clone(),
+            });
+        response
     }
 }
 

@@ -219,59 +219,21 @@ impl ChatRequest {
 
     /// Checks what a provider would reject anyway, naming the field.
     pub fn validate(&self) -> Result<(), LlmError> {
-        let bad = |field: String, problem: &str| {
-            Err(LlmError::InvalidRequest {
-                status: None,
-                message: format!("`{field}` {problem}"),
-            })
-        };
         if self.model.trim().is_empty() {
-            return bad("model".into(), "is empty");
+            return bad("model", "is empty");
         }
         if self.messages.is_empty() {
-            return bad("messages".into(), "is empty; add at least one user message");
+            return bad("messages", "is empty; add at least one user message");
         }
         if self.max_tokens == 0 {
-            return bad("max_tokens".into(), "is 0; it must be at least 1");
+            return bad("max_tokens", "is 0; it must be at least 1");
         }
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
-                return bad("temperature".into(), "must be between 0 and 2");
+                return bad("temperature", "must be between 0 and 2");
             }
         }
-        let name_ok = |n: &str| {
-            (1..=64).contains(&n.len())
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        for (i, tool) in self.tools.iter().enumerate() {
-            if !name_ok(&tool.name) {
-                return bad(
-                    format!("tools[{i}].name"),
-                    "must be 1-64 characters of a-z, A-Z, 0-9, _ or -",
-                );
-            }
-            if !tool.parameters.is_object() {
-                return bad(
-                    format!("tools[{i}].parameters"),
-                    "must be a JSON Schema object",
-                );
-            }
-        }
-        if let Some(s) = &self.output_schema {
-            if !name_ok(&s.name) {
-                return bad(
-                    "output_schema.name".into(),
-                    "must be 1-64 characters of a-z, A-Z, 0-9, _ or -",
-                );
-            }
-            if !s.schema.is_object() {
-                return bad(
-                    "output_schema.schema".into(),
-                    "must be a JSON Schema object",
-                );
-            }
-        }
+        self.validate_tools()?;
         for (i, m) in self.messages.iter().enumerate() {
             if let Message::Tool { tool_call_id, .. } = m {
                 if tool_call_id.is_empty() {
@@ -281,6 +243,42 @@ impl ChatRequest {
         }
         Ok(())
     }
+
+    /// The tools' and the output schema's names and schemas.
+    fn validate_tools(&self) -> Result<(), LlmError> {
+        const NAME_RULE: &str = "must be 1-64 characters of a-z, A-Z, 0-9, _ or -";
+        let name_ok = |n: &str| {
+            (1..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        for (i, tool) in self.tools.iter().enumerate() {
+            if !name_ok(&tool.name) {
+                return bad(format!("tools[{i}].name"), NAME_RULE);
+            }
+            if !tool.parameters.is_object() {
+                return bad(
+                    format!("tools[{i}].parameters"),
+                    "must be a JSON Schema object",
+                );
+            }
+        }
+        match &self.output_schema {
+            Some(s) if !name_ok(&s.name) => bad("output_schema.name", NAME_RULE),
+            Some(s) if !s.schema.is_object() => {
+                bad("output_schema.schema", "must be a JSON Schema object")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A request rejected before sending: `field` and what is wrong with it.
+fn bad(field: impl std::fmt::Display, problem: &str) -> Result<(), LlmError> {
+    Err(LlmError::InvalidRequest {
+        status: None,
+        message: format!("`{field}` {problem}"),
+    })
 }
 
 /// Why the model stopped.

@@ -1,6 +1,7 @@
 //! Support for the LLM layer's integration tests: a real HTTP/1.1 server on loopback that
 //! plays a script of replies (including broken ones: delays, truncated bodies, requests left
-//! hanging) and records what it received, plus budget helpers.
+//! hanging, event streams that pause, drop or hang mid-way) and records what it received,
+//! plus budget helpers.
 #![allow(dead_code)] // the `it` binary and telemetry_traces each use a subset
 
 use std::collections::VecDeque;
@@ -32,6 +33,104 @@ pub enum Reply {
     Truncated { body: String, declared: usize },
     /// Never answers; notes when the client closes the connection.
     Hang,
+    /// 200 `text/event-stream`, chunked, one piece at a time, flushed as it goes.
+    Stream(Vec<Piece>),
+}
+
+/// One step of a streamed reply.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    /// Raw SSE text (one or more whole events), sent as one chunk.
+    Event(String),
+    /// Wait before the next piece.
+    Pause(Duration),
+    /// Close the connection without ending the body.
+    Drop,
+    /// Send nothing more; note when the client closes the connection.
+    Hang,
+}
+
+/// An SSE event with only data: `data: {json}`.
+pub fn data(json: &Value) -> Piece {
+    Piece::Event(format!("data: {json}\n\n"))
+}
+
+/// A named SSE event (Anthropic names each one by its type).
+pub fn named(event: &str, json: &Value) -> Piece {
+    Piece::Event(format!("event: {event}\ndata: {json}\n\n"))
+}
+
+/// An OpenAI chunk carrying one piece of text.
+pub fn openai_delta(text: &str) -> Piece {
+    data(&serde_json::json!({
+        "id": "chatcmpl-s", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
+    }))
+}
+
+/// OpenAI's last chunk with a choice (its finish reason).
+pub fn openai_finish(reason: &str) -> Piece {
+    data(&serde_json::json!({
+        "id": "chatcmpl-s", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]
+    }))
+}
+
+/// OpenAI's usage chunk (`stream_options.include_usage`): no choices.
+pub fn openai_usage(prompt: u64, completion: u64) -> Piece {
+    data(&serde_json::json!({
+        "id": "chatcmpl-s", "object": "chat.completion.chunk", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    }))
+}
+
+/// `data: [DONE]`.
+pub fn done() -> Piece {
+    Piece::Event("data: [DONE]\n\n".into())
+}
+
+/// Anthropic's `message_start` with its input usage.
+pub fn anthropic_start(input: u64) -> Piece {
+    named(
+        "message_start",
+        &serde_json::json!({"type": "message_start", "message": {
+            "id": "msg_s", "type": "message", "role": "assistant", "content": [],
+            "model": "claude-haiku-4-5", "stop_reason": null,
+            "usage": {"input_tokens": input, "output_tokens": 1}
+        }}),
+    )
+}
+
+/// Anthropic's `content_block_start` of a text block.
+pub fn anthropic_text_start(index: usize) -> Piece {
+    named(
+        "content_block_start",
+        &serde_json::json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": "text", "text": ""}}),
+    )
+}
+
+/// Anthropic's `content_block_delta` with text.
+pub fn anthropic_text(index: usize, text: &str) -> Piece {
+    named(
+        "content_block_delta",
+        &serde_json::json!({"type": "content_block_delta", "index": index,
+            "delta": {"type": "text_delta", "text": text}}),
+    )
+}
+
+/// Anthropic's end of a message: `message_delta` (stop reason, cumulative output usage),
+/// `message_stop`.
+pub fn anthropic_end(stop_reason: &str, output: u64) -> Vec<Piece> {
+    vec![
+        named(
+            "message_delta",
+            &serde_json::json!({"type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                "usage": {"output_tokens": output}}),
+        ),
+        named("message_stop", &serde_json::json!({"type": "message_stop"})),
+    ]
 }
 
 impl Reply {
@@ -86,6 +185,7 @@ struct State {
     replies: Mutex<VecDeque<Reply>>,
     seen: Mutex<Vec<Seen>>,
     closed_by_client: AtomicUsize,
+    events_sent: AtomicUsize,
 }
 
 /// A loopback HTTP/1.1 server answering requests with a script of replies, in order.
@@ -126,6 +226,11 @@ impl Server {
             "the server got {} of {n} requests",
             self.count()
         );
+    }
+
+    /// How many stream pieces of kind [`Piece::Event`] were written to clients.
+    pub fn events_sent(&self) -> usize {
+        self.state.events_sent.load(Ordering::SeqCst)
     }
 
     /// Waits (up to 10 s) until a client closed a connection left hanging; `true` if it did.
@@ -223,15 +328,53 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) {
                 let _ = conn.shutdown().await;
                 return;
             }
-            Reply::Hang => {
-                // The request body was read in full: any read result now is the client leaving.
-                let _ = conn.read(&mut chunk).await;
-                state.closed_by_client.fetch_add(1, Ordering::SeqCst);
-                return;
+            Reply::Hang => return hang(conn, &state).await,
+            Reply::Stream(pieces) => {
+                if !stream(&mut conn, pieces, &state).await {
+                    return;
+                }
             }
             Reply::Delayed(..) => unreachable!("delays were unwrapped above"),
         }
     }
+}
+
+/// Waits for the client to close the connection (the request was read in full: any read
+/// result now is the client leaving) and notes it.
+async fn hang(mut conn: TcpStream, state: &State) {
+    let _ = conn.read(&mut [0u8; 64]).await;
+    state.closed_by_client.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Plays a streamed reply; `false` when the connection is over (dropped, hung, broken).
+async fn stream(conn: &mut TcpStream, pieces: Vec<Piece>, state: &State) -> bool {
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    if conn.write_all(head.as_bytes()).await.is_err() {
+        return false;
+    }
+    for piece in pieces {
+        match piece {
+            Piece::Event(text) => {
+                let chunk = format!("{:x}\r\n{text}\r\n", text.len());
+                if conn.write_all(chunk.as_bytes()).await.is_err() || conn.flush().await.is_err() {
+                    return false;
+                }
+                state.events_sent.fetch_add(1, Ordering::SeqCst);
+            }
+            Piece::Pause(d) => tokio::time::sleep(d).await,
+            Piece::Drop => {
+                let _ = conn.shutdown().await;
+                return false;
+            }
+            Piece::Hang => {
+                let _ = conn.read(&mut [0u8; 64]).await;
+                state.closed_by_client.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+        }
+    }
+    conn.write_all(b"0\r\n\r\n").await.is_ok()
 }
 
 /// Timeouts for tests: short enough to fail fast, long enough for a loaded 2-core machine.

@@ -10,6 +10,7 @@ mod ledger_model;
 mod ledger_race;
 mod llm_http;
 mod llm_offline;
+mod llm_stream;
 mod llm_support;
 mod start_modes;
 mod substrate;

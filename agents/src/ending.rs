@@ -1,0 +1,136 @@
+//! How a run ends: its end journaled, then everything it held released, exactly once, by
+//! whichever ending comes first (its driver, its driver's last crash, or its supervisor stopping
+//! with it unfinished).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
+use impresario_runtime::journal::{Journal, RunEvent as JournalEvent, RunOutcome};
+use impresario_runtime::ledger::{AccountId, Ledger};
+use impresario_runtime::telemetry::RunOutcome as TelemetryOutcome;
+use impresario_runtime::{Placement, RunId};
+use tokio::sync::{broadcast, watch};
+
+use crate::journaling::AtJournalEnd;
+use crate::run::{FailReason, RunEvent, RunResult, RunState, RunUsage, StepRecord};
+use crate::services::Services;
+
+/// What a run holds until it ends: its agents, ledger account, halt token, live entry and
+/// active-run metric, and the channels its end is reported on. Released once, by value.
+pub(crate) struct RunLease {
+    pub(crate) services: Arc<Services>,
+    pub(crate) run: RunId,
+    pub(crate) tenant: String,
+    pub(crate) placement: Placement,
+    pub(crate) started: Instant,
+    pub(crate) state: watch::Sender<RunState>,
+    pub(crate) events: broadcast::Sender<RunEvent>,
+    pub(crate) result: watch::Sender<Option<Arc<RunResult>>>,
+}
+
+impl RunLease {
+    /// Releases what the run held and reports `state`, from a task of its own (stopping the
+    /// run's agents stops its driver too).
+    pub(crate) fn release_in_background(
+        self,
+        state: RunState,
+        steps: Vec<StepRecord>,
+        at_end: AtJournalEnd,
+    ) {
+        let runtime = self.services.runtime.clone();
+        let placement = self.placement;
+        runtime.spawn_task(placement, self.release(state, steps, at_end));
+    }
+
+    /// Stops the run's agents; closes its account and drops its halt token (both kept when it
+    /// is halted, so it can resume without paying again; a replay leaves them as they were);
+    /// removes it from the live runs; counts it; then reports its end.
+    async fn release(self, state: RunState, steps: Vec<StepRecord>, at_end: AtJournalEnd) {
+        let services = &self.services;
+        let account = AccountId::Run(self.run.clone());
+        let usage = usage(&services.ledger, &account);
+        services.stop_subtree(&self.tenant, &self.run).await;
+        let resumable = matches!(state, RunState::Halted { .. });
+        if !resumable && at_end == AtJournalEnd::GoOnLive {
+            services.ledger.close(&account);
+            services.halts.remove_run(&self.run);
+        }
+        services.live.remove(&self.run);
+        let outcome = match &state {
+            RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
+            RunState::Halted { .. } => TelemetryOutcome::Halted,
+            RunState::CeilingReached { .. } => TelemetryOutcome::CeilingReached,
+            _ => TelemetryOutcome::Failed,
+        };
+        let metrics = services.runtime.metrics();
+        metrics.run_finished(outcome, self.started.elapsed());
+        // Published last: whoever sees the run's end sees it journaled, released and counted.
+        let _ = self.events.send(RunEvent::State(state.clone()));
+        let _ = self.state.send(state.clone());
+        let result = RunResult {
+            run: self.run,
+            state,
+            steps,
+            usage,
+        };
+        let _ = self.result.send(Some(Arc::new(result)));
+    }
+}
+
+/// What run account `account` spent (zero if it is gone).
+fn usage(ledger: &Ledger, account: &AccountId) -> RunUsage {
+    let Some(spent) = ledger.account(account).map(|a| a.snapshot().spent) else {
+        return RunUsage::default();
+    };
+    RunUsage {
+        micro_usd: spent.micro_usd,
+        tokens: spent.tokens,
+        model_calls: spent.model_calls,
+    }
+}
+
+/// The journal event of a run's end: finished (no more events), or halted (resumable); none
+/// for a journal the run could not follow or write.
+fn end_event(run: &RunId, state: &RunState, halt: Option<Halt>) -> Option<JournalEvent> {
+    let failed = |reason: String| JournalEvent::RunFinished {
+        outcome: RunOutcome::Failed,
+        result: serde_json::to_value(state).unwrap_or_default(),
+        reason: Some(reason),
+    };
+    Some(match state {
+        RunState::Succeeded { answer } => JournalEvent::RunFinished {
+            outcome: RunOutcome::Succeeded,
+            result: serde_json::json!({ "answer": answer }),
+            reason: None,
+        },
+        RunState::Failed {
+            reason: FailReason::Diverged | FailReason::JournalError,
+            ..
+        } => return None,
+        RunState::Failed { reason, .. } => failed(reason.to_string()),
+        RunState::CeilingReached { .. } => failed("cost_ceiling".into()),
+        RunState::Halted { .. } => JournalEvent::Halted {
+            halt: halt.unwrap_or_else(|| {
+                let scope = HaltScope::Run(run.clone());
+                Halt::new(scope, HaltMode::Immediate, HaltReason::Operator)
+            }),
+        },
+        _ => return None,
+    })
+}
+
+/// Journals how the run ended (`halt`: the halt that stopped it, if one did).
+pub(crate) async fn journal_end(
+    journal: &dyn Journal,
+    run: &RunId,
+    state: &RunState,
+    halt: Option<Halt>,
+) {
+    let Some(event) = end_event(run, state, halt) else {
+        return;
+    };
+    if let Err(e) = journal.append(run, event).await {
+        tracing::warn!(run = %run, error = %e, "could not journal how the run ended");
+    }
+}
