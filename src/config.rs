@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use impresario::agents::ModelChoice;
 use impresario::runtime::journal::RetentionPolicy;
+use impresario::runtime::ledger::Ceilings;
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -29,12 +30,99 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
+    /// `[budget]`: money ceilings above the run.
+    pub budget: BudgetCeilings,
     /// `[prices."<model>"]`: prices in LiteLLM's fields (`litellm_provider`,
     /// `input_cost_per_token`, `output_cost_per_token`, ...), over `models.prices_file` and the
     /// bundled table.
     pub prices: BTreeMap<String, Value>,
     /// `[health]`: the semantic health check.
     pub health: HealthCheck,
+}
+
+/// `[budget]`, in US dollars: the global ceiling, the default tenant ceiling, per-tenant
+/// overrides (`[budget.tenants]`, `name = usd`) and the largest budget one run may ask for.
+/// Spend counted against them is rebuilt from the journal at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetCeilings {
+    /// Most the whole service may spend (absent: unlimited).
+    pub global_usd: Option<f64>,
+    /// Most a tenant without an override may spend (absent: unlimited).
+    pub tenant_default_usd: Option<f64>,
+    /// The largest budget a run may ask for; larger requests get 422 naming `budget_usd`.
+    pub max_run_usd: f64,
+    /// Per-tenant ceilings (`acme = 25.0`), overriding `tenant_default_usd`.
+    pub tenants: BTreeMap<String, f64>,
+}
+
+impl Default for BudgetCeilings {
+    fn default() -> Self {
+        BudgetCeilings {
+            global_usd: None,
+            tenant_default_usd: None,
+            max_run_usd: 10.0,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// The largest amount of dollars a key accepts: beyond it a typo is more likely than a budget.
+const MAX_USD: f64 = 1e9;
+
+impl BudgetCeilings {
+    /// The ledger's ceilings (micro-USD).
+    pub fn ceilings(&self) -> Ceilings {
+        Ceilings {
+            global: self.global_usd.map(micro_usd),
+            tenant_default: self.tenant_default_usd.map(micro_usd),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(tenant, usd)| (tenant.as_str().into(), micro_usd(*usd)))
+                .collect(),
+            max_run: Some(micro_usd(self.max_run_usd)),
+        }
+    }
+
+    /// Every amount is finite, at least 0 and at most `MAX_USD`.
+    fn validate(&self, run_budget: f64) -> Result<(), ConfigError> {
+        let named = [
+            ("budget.global_usd".to_owned(), self.global_usd),
+            (
+                "budget.tenant_default_usd".to_owned(),
+                self.tenant_default_usd,
+            ),
+            ("budget.max_run_usd".to_owned(), Some(self.max_run_usd)),
+        ];
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(t, usd)| (format!("budget.tenants.{t}"), Some(*usd)));
+        for (key, usd) in named.into_iter().chain(tenants) {
+            if let Some(usd) = usd.filter(|usd| !(0.0..=MAX_USD).contains(usd)) {
+                return Err(invalid(
+                    &key,
+                    format!("{usd} is not an amount of dollars between 0 and {MAX_USD}"),
+                ));
+            }
+        }
+        if run_budget > self.max_run_usd {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!(
+                    "{run_budget} is above budget.max_run_usd ({})",
+                    self.max_run_usd
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Dollars to micro-USD, rounded down (amounts are validated first).
+fn micro_usd(usd: f64) -> u64 {
+    (usd * 1e6) as u64
 }
 
 /// `[server]`.
@@ -319,6 +407,8 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// A table of non-negative numbers by name (`name=1.5,other=2` in the environment).
+    Amounts,
     /// A model and its fallbacks: `{ model = "m", fallbacks = ["f"] }`, or the list
     /// `["m", "f"]` (comma-separated in the environment).
     Chain,
@@ -359,6 +449,10 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("budget", "global_usd", Kind::Number),
+    ("budget", "tenant_default_usd", Kind::Number),
+    ("budget", "max_run_usd", Kind::Number),
+    ("budget", "tenants", Kind::Amounts),
 ];
 
 /// The prefix of every configuration variable.
@@ -560,6 +654,7 @@ impl Config {
                 format!("{} is out of range; use 1 or more", self.runs.max_steps),
             ));
         }
+        self.budget.validate(budget)?;
         for tool in &self.runs.tools {
             if !impresario::tools::NAMES.contains(&tool.as_str()) {
                 return Err(invalid(
@@ -618,6 +713,9 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Amounts, Value::Table(amounts)) => amounts
+            .values()
+            .all(|v| check_value(Kind::Number, v).is_ok()),
         (Kind::Chain, Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_str),
         (Kind::Chain, Value::Table(t)) => {
             t.get("model").is_some_and(Value::is_str)
@@ -649,6 +747,7 @@ fn describe(kind: Kind) -> String {
         Kind::Integer => "a non-negative integer".into(),
         Kind::Number => "a non-negative number".into(),
         Kind::Names => "a list of strings".into(),
+        Kind::Amounts => "a table of non-negative numbers by name".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
         Kind::Chain => "a model and its fallbacks: { model = \"m\", fallbacks = [\"f\"] } or [\"m\", \"f\"]".into(),
         Kind::Price => "a table of LiteLLM price fields (litellm_provider, input_cost_per_token, output_cost_per_token, ...)".into(),
@@ -694,6 +793,7 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
                 .map(|s| Value::String(s.to_owned()))
                 .collect(),
         ),
+        Kind::Amounts => Value::Table(amounts_from_env(raw).map_err(|p| invalid(&full, p))?),
     };
     check_value(kind, &value).map_err(|problem| invalid(&full, problem))?;
     table
@@ -703,6 +803,21 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         .ok_or_else(|| invalid(&full, "its section is not a table in the file"))?
         .insert(key, value);
     Ok(())
+}
+
+/// `name=1.5,other=2` as a table of numbers.
+fn amounts_from_env(raw: &str) -> Result<Table, String> {
+    let mut table = Table::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(name, n)| Some((name.trim(), n.trim().parse::<f64>().ok()?)));
+        let Some((name, amount)) = parsed else {
+            return Err(format!("{item:?} is not NAME=AMOUNT (e.g. acme=25.0)"));
+        };
+        table.insert(name.to_owned(), Value::Float(amount));
+    }
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -919,6 +1034,7 @@ mod tests {
                 Kind::Integer | Kind::Number => Value::Integer(1),
                 Kind::Names => Value::Array(Vec::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
+                Kind::Amounts => Value::Table(Table::new()),
                 Kind::Chain | Kind::Price => {
                     let mut choice = Table::new();
                     choice.insert("model".into(), Value::String("m".into()));
@@ -943,5 +1059,59 @@ mod tests {
             });
             assert!(shown, "{key} is not shown in impresario.example.toml");
         }
+    }
+
+    #[test]
+    fn budget_ceilings_from_the_file_and_the_environment() {
+        let f = file(
+            "[budget]\nglobal_usd = 100\ntenant_default_usd = 2.5\n[budget.tenants]\nacme = 25.0\n",
+        );
+        let config =
+            Config::load(Some(&f.0), env(&[("IMPRESARIO_BUDGET__MAX_RUN_USD", "3")])).unwrap();
+        let c = config.budget.ceilings();
+        assert_eq!(
+            (c.global, c.tenant_default, c.max_run),
+            (Some(100_000_000), Some(2_500_000), Some(3_000_000))
+        );
+        assert_eq!(c.tenants.get(&"acme".into()), Some(&25_000_000));
+        let config =
+            Config::load(None, env(&[("IMPRESARIO_BUDGET__TENANTS", "a=1, b=0.5")])).unwrap();
+        assert_eq!(
+            config.budget.ceilings().tenants.get(&"b".into()),
+            Some(&500_000)
+        );
+        assert_eq!(
+            Config::default().budget.ceilings().max_run,
+            Some(10_000_000)
+        );
+    }
+
+    #[test]
+    fn bad_budget_ceilings_are_named() {
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "IMPRESARIO_BUDGET__GLOBAL_USD",
+                "1e300",
+                "budget.global_usd",
+            ),
+            ("IMPRESARIO_BUDGET__TENANTS", "acme", "budget.tenants"),
+            (
+                "IMPRESARIO_BUDGET__TENANTS",
+                "acme=1e300",
+                "budget.tenants.acme",
+            ),
+            ("IMPRESARIO_RUNS__BUDGET_USD", "11", "runs.budget_usd"),
+        ];
+        for (name, value, key) in cases {
+            let e = Config::load(None, env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{name}={value}: {e}");
+        }
+        let f = file("[budget]\ntenants = { acme = -1 }\n");
+        let e = Config::load(Some(&f.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`budget.tenants`"), "{e}");
     }
 }

@@ -53,11 +53,13 @@ impl Engine {
         } = models::choose(config, offline, config.models.cache_entries)?;
         let runtime = Runtime::builder().attach()?;
         let client = chosen.client;
+        let ledger = Ledger::new();
+        ledger.set_ceilings(config.budget.ceilings());
         let orchestrator = Orchestrator::with(
             &runtime,
             client.clone(),
             impresario::tools::registry()?,
-            Ledger::new(),
+            ledger,
             OrchestratorConfig {
                 journal,
                 ..OrchestratorConfig::default()
@@ -93,14 +95,7 @@ impl Engine {
         self.orchestrator
             .ledger()
             .account(&account)
-            .map(|a| {
-                let spent = a.snapshot().spent;
-                RunUsage {
-                    micro_usd: spent.micro_usd,
-                    tokens: spent.tokens,
-                    model_calls: spent.model_calls,
-                }
-            })
+            .map(|a| RunUsage::from(a.snapshot().spent))
             .unwrap_or_default()
     }
 }

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use impresario::agents::{RunState, RunUsage};
 use impresario::runtime::journal::{JournalEntry, RunEvent, RunOutcome, RunStatus, RunSummary};
+use impresario::runtime::ledger::Charge;
 use serde_json::{json, Value};
 
 /// Milliseconds since the Unix epoch.
@@ -48,20 +49,16 @@ pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
     let RunEvent::RunSubmitted { tenant, goal, .. } = &first.event else {
         return None;
     };
-    let mut usage = RunUsage::default();
+    let mut spent = Charge::ZERO;
     let mut planned: HashMap<u32, Value> = HashMap::new();
     let mut steps = Vec::new();
     let (mut status, mut state) = (RunStatus::Active, Value::Null);
     for entry in entries {
         match &entry.event {
-            RunEvent::LlmResponse {
-                response,
-                cost_micro_usd,
-                ..
-            } => {
-                usage.micro_usd += cost_micro_usd;
-                usage.tokens += response.usage.total_tokens();
-                usage.model_calls += 1;
+            RunEvent::LlmResponse { .. }
+            | RunEvent::LlmInterrupted { .. }
+            | RunEvent::LlmAborted { .. } => {
+                spent = spent + entry.event.charge();
             }
             RunEvent::StepStarted { step, detail, .. } => {
                 planned.insert(*step, detail.clone());
@@ -103,7 +100,7 @@ pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
         "goal": goal,
         "status": status.as_str(),
         "state": state,
-        "usage": usage,
+        "usage": RunUsage::from(spent),
         "submitted_at_ms": unix_ms(first.at),
         "steps": steps,
     }))

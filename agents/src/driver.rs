@@ -92,8 +92,16 @@ impl Driver {
     /// A driver of `setup`'s run, walking `log` first.
     pub(crate) fn new(setup: Arc<RunSetup>, log: RunLog) -> Self {
         let log = Arc::new(Mutex::new(log));
+        let mut gateway = ModelGateway::new(
+            setup.services.client.clone(),
+            log.clone(),
+            setup.token.clone(),
+        );
+        if setup.request.stream {
+            gateway = gateway.streaming_to(setup.events.clone());
+        }
         Driver {
-            gateway: ModelGateway::new(setup.services.client.clone(), log.clone()),
+            gateway,
             setup,
             log,
             steps: Vec::new(),

@@ -46,8 +46,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
 
 type Data = web::Data<State>;
 
-/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?}`
-/// -> 201 `{"id", "state"}`. Missing fields take the configured defaults.
+/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?,
+/// "stream"?}` -> 201 `{"id", "state"}`. Missing fields take the configured defaults; with
+/// `"stream": true` the run's events carry its models' text as `delta` events.
 async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     if state.draining.load(Ordering::Acquire) {
@@ -77,6 +78,9 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
     }
     if let Some(max_steps) = body.take::<u32>("max_steps")? {
         request = request.max_steps(max_steps);
+    }
+    if let Some(stream) = body.take::<bool>("stream")? {
+        request = request.stream(stream);
     }
     body.done()?;
     let tenant = request.tenant.clone();

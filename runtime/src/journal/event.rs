@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::{JournalEntry, JournalError, RunStatus, Seq};
 use crate::halt::Halt;
-use crate::ledger::MicroUsd;
-use crate::llm::{ChatRequest, ChatResponse};
+use crate::ledger::{Charge, MicroUsd};
+use crate::llm::{ChatRequest, ChatResponse, Usage};
 use crate::RunId;
 
 /// The event encoding this build writes, and the newest it reads.
@@ -17,7 +17,10 @@ use crate::RunId;
 /// could not read (a new variant, a new required field, a changed meaning) bumps it; the reader
 /// then upgrades older events while decoding. An event with a newer version is refused with
 /// [`JournalError::NewerEvent`], never guessed at.
-pub const EVENT_VERSION: u32 = 1;
+///
+/// Version 2 added [`RunEvent::LlmInterrupted`] and [`RunEvent::LlmAborted`]; version 1 events
+/// read unchanged.
+pub const EVENT_VERSION: u32 = 2;
 
 /// One thing that happened in a run, as journaled.
 ///
@@ -73,6 +76,38 @@ pub enum RunEvent {
         response: ChatResponse,
         /// What the call cost, settled on the ledger.
         cost_micro_usd: MicroUsd,
+    },
+    /// A streamed answer was cut short after its first delta (halted, or broken by the
+    /// provider). Its partial text was delivered and charged; a resumed run asks again.
+    LlmInterrupted {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step (as in its [`RunEvent::LlmRequest`]).
+        call: u32,
+        /// The text delivered before it ended.
+        content: String,
+        /// The tokens charged: input plus the output received.
+        usage: Usage,
+        /// What was charged for them, settled on the ledger.
+        cost_micro_usd: MicroUsd,
+        /// `halted`, or what broke the stream.
+        cause: String,
+    },
+    /// A model call ended without an answer (halted, timed out, refused as malformed, or
+    /// over its reservation) but cost money: what the ledger charged for it, so that the run's
+    /// usage and its tenant's spend survive a restart. A resumed run charges it again when it
+    /// rebuilds its ledger and then makes the call anew.
+    LlmAborted {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step (as in its [`RunEvent::LlmRequest`]).
+        call: u32,
+        /// What the call was charged, in micro-USD.
+        cost_micro_usd: MicroUsd,
+        /// Tokens charged.
+        tokens: u64,
+        /// Why it ended (the error's kind, e.g. `cancelled`, `overshoot`).
+        error: String,
     },
     /// A tool is about to be called. Journaled before the call, so that a resumed run knows a
     /// call may have happened and passes the same key to the tool.
@@ -178,6 +213,8 @@ impl RunEvent {
             RunEvent::StepStarted { .. } => "step_started",
             RunEvent::LlmRequest { .. } => "llm_request",
             RunEvent::LlmResponse { .. } => "llm_response",
+            RunEvent::LlmInterrupted { .. } => "llm_interrupted",
+            RunEvent::LlmAborted { .. } => "llm_aborted",
             RunEvent::ToolCallIntent { .. } => "tool_call_intent",
             RunEvent::ToolResult { .. } => "tool_result",
             RunEvent::ApprovalRequested { .. } => "approval_requested",
@@ -198,6 +235,44 @@ impl RunEvent {
                 idempotency_key, ..
             } => Some(idempotency_key),
             _ => None,
+        }
+    }
+
+    /// What this event says the ledger charged (model answers and aborted calls); zero for
+    /// every other event. Summed over a run's events it is the run's spend.
+    pub fn charge(&self) -> Charge {
+        match self {
+            RunEvent::LlmResponse {
+                response,
+                cost_micro_usd,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: response.usage.total_tokens(),
+                model_calls: 1,
+                steps: 0,
+            },
+            RunEvent::LlmInterrupted {
+                cost_micro_usd,
+                usage,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: usage.total_tokens(),
+                model_calls: 1,
+                steps: 0,
+            },
+            RunEvent::LlmAborted {
+                cost_micro_usd,
+                tokens,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: *tokens,
+                model_calls: 1,
+                steps: 0,
+            },
+            _ => Charge::ZERO,
         }
     }
 
@@ -409,16 +484,17 @@ mod tests {
         let err = decode(&run, 3, stored(3, 1, "step_finished", &extra)).unwrap_err();
         assert!(err.to_string().contains("unknown field `x`"), "{err}");
 
-        let err = decode(&run, 3, stored(3, 2, "step_finished", &ok)).unwrap_err();
+        let newer = i64::from(EVENT_VERSION) + 1;
+        let err = decode(&run, 3, stored(3, newer, "step_finished", &ok)).unwrap_err();
         assert!(
             matches!(
                 err,
                 JournalError::NewerEvent {
                     seq: 3,
-                    found: 2,
-                    supported: 1,
+                    found,
+                    supported: EVENT_VERSION,
                     ..
-                }
+                } if i64::from(found) == newer
             ),
             "{err}"
         );
