@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use impresario::agents::ModelChoice;
+use impresario::mcp::{ServerConfig, ServerEntry};
 use impresario::runtime::journal::RetentionPolicy;
 use impresario::runtime::ledger::Ceilings;
 use serde::Deserialize;
@@ -38,6 +39,17 @@ pub struct Config {
     pub prices: BTreeMap<String, Value>,
     /// `[health]`: the semantic health check.
     pub health: HealthCheck,
+    /// `[tools]`: tools besides the built-in ones.
+    pub tools: Tools,
+}
+
+/// `[tools]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tools {
+    /// `[[tools.mcp]]`: MCP servers whose tools runs may use, as `<name>.<tool>`. Only in the
+    /// file; checked by [`Config::mcp_servers`].
+    pub mcp: Vec<Table>,
 }
 
 /// `[budget]`, in US dollars: the global ceiling, the default tenant ceiling, per-tenant
@@ -407,6 +419,8 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// An array of tables (`[[tools.mcp]]`), only in the file.
+    Tables,
     /// A table of non-negative numbers by name (`name=1.5,other=2` in the environment).
     Amounts,
     /// A model and its fallbacks: `{ model = "m", fallbacks = ["f"] }`, or the list
@@ -449,6 +463,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("tools", "mcp", Kind::Tables),
     ("budget", "global_usd", Kind::Number),
     ("budget", "tenant_default_usd", Kind::Number),
     ("budget", "max_run_usd", Kind::Number),
@@ -497,6 +512,14 @@ pub enum ConfigError {
         /// The key.
         key: String,
         /// What is wrong, and what is expected.
+        problem: String,
+    },
+    /// A `[[tools.mcp]]` entry is wrong.
+    #[error("config key `{key}` (a [[tools.mcp]] table of the file): {problem}")]
+    McpServer {
+        /// The entry (`tools.mcp[1]`).
+        key: String,
+        /// What is wrong, naming the server and the field.
         problem: String,
     },
 }
@@ -654,19 +677,46 @@ impl Config {
                 format!("{} is out of range; use 1 or more", self.runs.max_steps),
             ));
         }
+        let servers = self.mcp_servers()?;
         self.budget.validate(budget)?;
         for tool in &self.runs.tools {
-            if !impresario::tools::NAMES.contains(&tool.as_str()) {
+            let from_mcp = tool
+                .split_once('.')
+                .is_some_and(|(server, _)| servers.iter().any(|s| s.name == server));
+            if !from_mcp && !impresario::tools::NAMES.contains(&tool.as_str()) {
                 return Err(invalid(
                     "runs.tools",
                     format!(
-                        "there is no tool named {tool:?}; the tools are {:?}",
+                        "there is no tool named {tool:?}; the tools are {:?} and <server>.<tool> for each [[tools.mcp]] server",
                         impresario::tools::NAMES
                     ),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The `[[tools.mcp]]` servers, checked: an error names the entry (`tools.mcp[1]`), the
+    /// server and the field.
+    pub fn mcp_servers(&self) -> Result<Vec<ServerConfig>, ConfigError> {
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        for (i, table) in self.tools.mcp.iter().enumerate() {
+            let bad = |problem: String| ConfigError::McpServer {
+                key: format!("tools.mcp[{i}]"),
+                problem,
+            };
+            let entry = ServerEntry::deserialize(Value::Table(table.clone()))
+                .map_err(|e| bad(e.to_string().trim().to_owned()))?;
+            let server = ServerConfig::try_from(entry).map_err(|e| bad(e.to_string()))?;
+            if servers.iter().any(|s| s.name == server.name) {
+                return Err(bad(format!(
+                    "a second server named {:?}; give each its own name",
+                    server.name
+                )));
+            }
+            servers.push(server);
+        }
+        Ok(servers)
     }
 }
 
@@ -713,6 +763,7 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Tables, Value::Array(items)) => items.iter().all(Value::is_table),
         (Kind::Amounts, Value::Table(amounts)) => amounts
             .values()
             .all(|v| check_value(Kind::Number, v).is_ok()),
@@ -749,6 +800,7 @@ fn describe(kind: Kind) -> String {
         Kind::Names => "a list of strings".into(),
         Kind::Amounts => "a table of non-negative numbers by name".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
+        Kind::Tables => "an array of tables ([[section.key]])".into(),
         Kind::Chain => "a model and its fallbacks: { model = \"m\", fallbacks = [\"f\"] } or [\"m\", \"f\"]".into(),
         Kind::Price => "a table of LiteLLM price fields (litellm_provider, input_cost_per_token, output_cost_per_token, ...)".into(),
     }
@@ -769,6 +821,12 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         origin: format!("from the environment variable {name}"),
     })?;
     let value = match kind {
+        Kind::Tables => {
+            return Err(invalid(
+                &full,
+                "is only read from the config file ([[tools.mcp]] tables), not the environment",
+            ))
+        }
         Kind::Text | Kind::Address | Kind::Choice(_) => Value::String(raw.to_owned()),
         Kind::Integer => raw
             .trim()
@@ -1032,7 +1090,7 @@ mod tests {
                 Kind::Text => Value::String("0123456789abcdef".into()),
                 Kind::Address => Value::String("127.0.0.1:1".into()),
                 Kind::Integer | Kind::Number => Value::Integer(1),
-                Kind::Names => Value::Array(Vec::new()),
+                Kind::Names | Kind::Tables => Value::Array(Vec::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
                 Kind::Amounts => Value::Table(Table::new()),
                 Kind::Chain | Kind::Price => {
@@ -1052,13 +1110,49 @@ mod tests {
         let example = include_str!("../impresario.example.toml");
         let f = file(example);
         Config::load(Some(&f.0), Vec::new()).unwrap();
-        for (_, key, _) in KEYS {
-            let shown = example.lines().any(|line| {
-                line.trim_start_matches(['#', ' '])
-                    .starts_with(&format!("{key} = "))
-            });
+        for (section, key, kind) in KEYS {
+            let written = match kind {
+                Kind::Tables => format!("[[{section}.{key}]]"),
+                _ => format!("{key} = "),
+            };
+            let shown = example
+                .lines()
+                .any(|line| line.trim_start_matches(['#', ' ']).starts_with(&written));
             assert!(shown, "{key} is not shown in impresario.example.toml");
         }
+    }
+
+    #[test]
+    fn mcp_servers_come_from_the_file_and_a_bad_one_is_named() {
+        let f = file(
+            "[runs]\ntools = [\"calculator\", \"files.read\"]\n\
+             [[tools.mcp]]\nname = \"files\"\ncommand = \"node\"\nargs = [\"s.js\"]\n\
+             [[tools.mcp]]\nname = \"web\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
+             headers = { Authorization = \"WEB_TOKEN\" }\napproval = \"always\"\n",
+        );
+        let config = Config::load(Some(&f.0), Vec::new()).unwrap();
+        let servers = config.mcp_servers().unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].headers["Authorization"], "WEB_TOKEN");
+
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\n[[tools.mcp]]\nname = \"b\"\ncommand = \"x\"\ntimeout_secs = 0\n"),
+            &[],
+        );
+        assert!(e.starts_with("config key `tools.mcp[1]`"), "{e}");
+        assert!(e.contains("MCP server \"b\": timeout_secs is 0"), "{e}");
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\nalow = []\n"),
+            &[],
+        );
+        assert!(
+            e.contains("tools.mcp[0]") && e.contains("unknown field `alow`"),
+            "{e}"
+        );
+        let e = error(None, &[("IMPRESARIO_TOOLS__MCP", "x")]);
+        assert!(e.contains("only read from the config file"), "{e}");
+        let e = error(Some("[runs]\ntools = [\"files.read\"]\n"), &[]);
+        assert!(e.contains("no tool named \"files.read\""), "{e}");
     }
 
     #[test]

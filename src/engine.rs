@@ -1,6 +1,6 @@
 //! The embedded runtime as the binary runs it, for `serve`, `run` and `replay` alike: the
-//! models the configuration picks, the default tools, the journal, an orchestrator, and run
-//! requests with the configured defaults.
+//! models the configuration picks, the default tools and those of the `[[tools.mcp]]` servers,
+//! the journal, an orchestrator, and run requests with the configured defaults.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use impresario::agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage,
 };
+use impresario::mcp::McpServer;
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
@@ -53,12 +54,17 @@ impl Engine {
         } = models::choose(config, offline, config.models.cache_entries)?;
         let runtime = Runtime::builder().attach()?;
         let client = chosen.client;
+        let mut tools = impresario::tools::registry()?;
+        for server in config.mcp_servers()? {
+            // Connected and listed now: a server that does not start stops the start, named.
+            tools.provide(McpServer::start(server).await?)?;
+        }
         let ledger = Ledger::new();
         ledger.set_ceilings(config.budget.ceilings());
         let orchestrator = Orchestrator::with(
             &runtime,
             client.clone(),
-            impresario::tools::registry()?,
+            tools,
             ledger,
             OrchestratorConfig {
                 journal,

@@ -571,7 +571,7 @@ impl Driver {
     ) -> Result<Result<String, StepFailure>, Stopped> {
         let inner = self.setup.services.clone();
         let tool = match step {
-            Step::ToolCall { tool, .. } => inner.tools.get(tool).cloned(),
+            Step::ToolCall { tool, .. } => inner.tools.get(tool),
             _ => None,
         };
         let repeatable = match (step, &tool) {

@@ -255,6 +255,11 @@ impl Orchestrator {
         self.inner.journal.runs(filter)
     }
 
+    /// The tools runs may ask for.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.inner.tools
+    }
+
     /// The journal runs are written to.
     pub fn journal(&self) -> &Arc<dyn Journal> {
         &self.inner.journal
@@ -545,12 +550,21 @@ impl Orchestrator {
             return Err(invalid("budget_usd", e.to_string()));
         }
         for tool in &request.tools {
-            if self.inner.tools.get(tool).is_none() {
+            let Some(found) = self.inner.tools.get(tool) else {
                 return Err(invalid(
                     "tools",
                     format!(
                         "no tool named {tool:?} is registered (registered: {:?})",
                         self.inner.tools.names()
+                    ),
+                ));
+            };
+            if !found.allows(&request.tenant) {
+                return Err(invalid(
+                    "tools",
+                    format!(
+                        "tenant {:?} may not use tool {tool:?}; ask for a tool its tenant list allows",
+                        request.tenant
                     ),
                 ));
             }

@@ -40,7 +40,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .service(web::resource("/runs/{id}/resume").route(web::post().to(resume)))
             .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
             .service(web::resource("/halt").route(web::post().to(halt)))
-            .service(web::resource("/halt/lift").route(web::post().to(lift))),
+            .service(web::resource("/halt/lift").route(web::post().to(lift)))
+            .service(web::resource("/tools").route(web::get().to(tools))),
     );
 }
 
@@ -151,6 +152,40 @@ async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiErro
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": next.flatten() })))
+}
+
+/// The query of `GET /v1/tools`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolsQuery {
+    tenant: Option<String>,
+}
+
+/// `GET /v1/tools[?tenant=]` -> `{"tools": [...]}`: every tool a run may ask for (those runs
+/// of `tenant` may use), with its source (`builtin` or `mcp:<server>`), description, argument
+/// schema, impact and idempotency. MCP tools are listed as their servers list them now.
+async fn tools(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ToolsQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::invalid("query", e))?;
+    let tools: Vec<Value> = state
+        .engine
+        .orchestrator
+        .tools()
+        .list()
+        .iter()
+        .filter(|tool| query.tenant.as_deref().is_none_or(|t| tool.allows(t)))
+        .map(|tool| {
+            json!({
+                "name": tool.name(),
+                "source": tool.source(),
+                "description": tool.description(),
+                "schema": tool.schema(),
+                "impact": tool.impact(),
+                "idempotent": tool.idempotent(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "tools": tools })))
 }
 
 /// `GET /v1/runs/{id}` -> the run ([`journaled::shown`]): as this process runs it, else as

@@ -11,3 +11,4 @@ mod ops;
 mod provider;
 mod service;
 mod support;
+mod tools;
