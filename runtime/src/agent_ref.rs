@@ -19,7 +19,7 @@ use actix::{Actor, Addr, Context, Handler, Message};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use crate::directory::AgentId;
+use crate::agent_id::AgentId;
 use crate::envelope::Envelope;
 use crate::error::AgentError;
 use crate::slot::{request_stop, Admitted, ErasedSlot, Slot, StopRequest};

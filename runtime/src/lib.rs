@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+mod agent_id;
 mod agent_ref;
 mod directory;
 mod envelope;
@@ -59,8 +60,9 @@ pub mod ledger;
 pub mod llm;
 pub mod telemetry;
 
+pub use agent_id::AgentId;
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
-pub use directory::{AgentId, Directory};
+pub use directory::Directory;
 pub use envelope::{Envelope, RunId, TenantId};
 pub use error::{AgentError, RuntimeError, SpawnError};
 pub use events::{Exit, LifecycleEvent};

@@ -13,7 +13,9 @@ use impresario_runtime::halt::{Halt, HaltMode, HaltScope, Halts};
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::supervision::{Child, ChildExit, ChildFuture, ExitSink};
 use impresario_runtime::telemetry::RestartReason;
-use impresario_runtime::{agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError};
+use impresario_runtime::{
+    agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError, SpawnOptions,
+};
 use tokio::sync::broadcast;
 
 use crate::ceiling::{spawn_watch, OnCeiling};
@@ -57,6 +59,26 @@ struct Entry {
     child: Arc<dyn Child>,
     /// Restarts since the last backoff reset.
     attempt: u32,
+}
+
+impl ChildSpec {
+    /// A nested supervisor with its own children and policy. Past its intensity it stops its
+    /// children and fails, which its parent handles like any child failure.
+    pub fn supervisor(id: AgentId, spec: SupervisorSpec) -> Self {
+        let spawn_id = id.clone();
+        let start = move |tree: &Tree, options: &SpawnOptions, sink: ExitSink| {
+            let (spec, tree2, me) = (spec.clone(), tree.clone(), spawn_id.clone());
+            tree.runtime
+                .spawn_supervised(
+                    spawn_id.clone(),
+                    options.clone(),
+                    move || Supervisor::new(me.clone(), spec.clone(), tree2.clone(), true),
+                    sink,
+                )
+                .map(|(_, child)| child)
+        };
+        ChildSpec::started_by(id, true, Arc::new(start))
+    }
 }
 
 impl Supervisor {

@@ -21,7 +21,7 @@
 use tracing::field::Empty;
 use tracing::Span;
 
-use crate::directory::AgentId;
+use crate::agent_id::AgentId;
 use crate::envelope::RunId;
 use crate::llm::{ChatRequest, ChatResponse, FinishReason, LlmError};
 
