@@ -51,12 +51,15 @@ pub mod supervision;
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
 /// Liveness, readiness (named checks) and the semantic health check.
+#[cfg(feature = "llm")]
 pub mod health;
 /// The run journal: events durable before they are acknowledged, in SQLite or in memory.
+#[cfg(feature = "journal")]
 pub mod journal;
 /// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
+#[cfg(feature = "llm")]
 pub mod llm;
 pub mod telemetry;
 

@@ -16,6 +16,7 @@ use super::names::{self, label, MetricDef, MetricKind, Values};
 use crate::events::Exit;
 use crate::halt::{HaltReason, HaltScope};
 use crate::ledger::{AccountId, Dimension};
+#[cfg(feature = "llm")]
 use crate::llm::{BreakerState, Usage};
 
 const METADATA: Metadata<'static> =
@@ -310,6 +311,7 @@ impl Metrics {
     }
 
     /// The handles of one model.
+    #[cfg(feature = "llm")]
     pub(crate) fn model(&self, provider: &str, model: &str) -> ModelMetrics {
         let gen_ai = |token_type: Option<&'static str>| {
             let mut labels = vec![
@@ -397,6 +399,7 @@ impl AgentMetrics {
 }
 
 /// The metrics of one model, resolved on its first call.
+#[cfg(feature = "llm")]
 pub(crate) struct ModelMetrics {
     metrics: Metrics,
     provider: String,
@@ -409,6 +412,7 @@ pub(crate) struct ModelMetrics {
     breaker: Gauge,
 }
 
+#[cfg(feature = "llm")]
 impl ModelMetrics {
     /// A model call that sent at least one request took `took`; `error` is the class of its
     /// failure (see [`LlmError::kind`](crate::llm::LlmError::kind)).
