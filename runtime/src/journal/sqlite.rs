@@ -118,10 +118,6 @@ type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 enum Command {
     // Boxed: an event is a few hundred bytes, the other commands a few dozen.
     Append(Box<Append>),
-    Delete {
-        run: RunId,
-        reply: Reply<bool>,
-    },
     Retention {
         policy: RetentionPolicy,
         reply: Reply<RetentionReport>,
@@ -348,9 +344,6 @@ impl Writer {
                     }
                     self.append_batch(batch);
                 }
-                Command::Delete { run, reply } => {
-                    let _ = reply.send(self.delete(&run));
-                }
                 Command::Retention { policy, reply } => {
                     let _ = reply.send(self.retention(&policy));
                 }
@@ -415,22 +408,6 @@ impl Writer {
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(&err)?;
         tx.commit().map_err(&err)
-    }
-
-    fn delete(&mut self, run: &RunId) -> Result<bool, JournalError> {
-        let err = io("deleting a run");
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let events = tx
-            .execute("DELETE FROM events WHERE run_id = ?1", [run.as_str()])
-            .map_err(&err)?;
-        let runs = tx
-            .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
-            .map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        Ok(events + runs > 0)
     }
 
     fn retention(&mut self, policy: &RetentionPolicy) -> Result<RetentionReport, JournalError> {
@@ -625,13 +602,6 @@ impl RawEvent {
             },
         )
     }
-
-    fn seq(&self) -> Seq {
-        match self.0[0] {
-            SqlValue::Integer(i) => i as Seq,
-            _ => 0,
-        }
-    }
 }
 
 impl Journal for SqliteJournal {
@@ -740,27 +710,6 @@ impl Journal for SqliteJournal {
                 },
             )
             .collect()
-    }
-
-    fn find_tool_result(
-        &self,
-        run: &RunId,
-        idempotency_key: &str,
-    ) -> Result<Option<JournalEntry>, JournalError> {
-        let row = self.with_reader("looking up a tool result", |conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events \
-                 WHERE run_id = ?1 AND idem_key = ?2 AND kind = 'tool_result'"
-            ))?
-            .query_row(params![run.as_str(), idempotency_key], RawEvent::from_row)
-            .optional()
-        })?;
-        row.map(|row| row.decode(run, row.seq())).transpose()
-    }
-
-    fn delete_run(&self, run: &RunId) -> JournalFuture<bool> {
-        let run = run.clone();
-        self.send(|reply| Command::Delete { run, reply })
     }
 
     fn probe_write(&self) -> JournalFuture<()> {
