@@ -48,6 +48,8 @@ mod runtime;
 mod slot;
 pub mod supervision;
 
+/// Exponential backoff and jitter, shared by restarts and retries.
+pub mod backoff;
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
 /// Liveness, readiness (named checks) and the semantic health check.

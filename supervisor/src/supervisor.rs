@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use impresario_runtime::backoff::unit_random;
 use impresario_runtime::halt::{Halt, HaltMode, HaltScope, Halts};
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::supervision::{Child, ChildExit, ChildFuture, ExitSink};
@@ -20,7 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::ceiling::{spawn_watch, OnCeiling};
 use crate::events::SupervisorEvent;
-use crate::policy::{Jitter, RestartType, RestartWindow, Strategy};
+use crate::policy::{RestartType, RestartWindow, Strategy};
 use crate::spec::{ChildSpec, SupervisorSpec, Tree};
 
 /// Why a request to a supervisor failed.
@@ -49,7 +50,6 @@ pub struct Supervisor {
     has_parent: bool,
     children: Vec<Entry>,
     window: RestartWindow,
-    jitter: Jitter,
     gave_up: bool,
     sink: Option<ExitSink>,
 }
@@ -83,7 +83,6 @@ impl ChildSpec {
 
 impl Supervisor {
     pub(crate) fn new(id: AgentId, spec: SupervisorSpec, tree: Tree, has_parent: bool) -> Self {
-        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (&spec as *const _ as u64);
         Supervisor {
             id,
             spec,
@@ -91,7 +90,6 @@ impl Supervisor {
             has_parent,
             children: Vec::new(),
             window: RestartWindow::default(),
-            jitter: Jitter::new(seed),
             gave_up: false,
             sink: None,
         }
@@ -252,7 +250,7 @@ impl Supervisor {
         if exit.ran_for >= backoff.reset_after {
             entry.attempt = 0;
         }
-        let delay = backoff.delay(entry.attempt, self.jitter.next_unit());
+        let delay = backoff.delay(entry.attempt, unit_random());
         entry.attempt += 1;
         let attempt = entry.attempt;
 
