@@ -63,6 +63,8 @@ pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
 #[cfg(feature = "llm")]
 pub mod llm;
+/// One redaction layer for every credential the process holds: logs, journal, errors, responses.
+pub mod redact;
 pub mod telemetry;
 
 pub use agent_id::AgentId;
