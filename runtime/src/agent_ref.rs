@@ -216,7 +216,11 @@ fn panicked<A: Agent, R: Send + 'static>(
     payload: &(dyn std::any::Any + Send),
     began: Option<Instant>,
 ) {
-    admitted.slot.core.metrics.handled(began.map(|b| b.elapsed()));
+    admitted
+        .slot
+        .core
+        .metrics
+        .handled(began.map(|b| b.elapsed()));
     let message = crate::panic_capture::payload_message(payload);
     admitted
         .slot
@@ -253,7 +257,11 @@ fn await_answer<A: Agent, R: Send + 'static>(
                 }
             },
         };
-        admitted.slot.core.metrics.handled(began.map(|b| b.elapsed()));
+        admitted
+            .slot
+            .core
+            .metrics
+            .handled(began.map(|b| b.elapsed()));
         admitted.answer(answer);
     });
 }
