@@ -9,7 +9,6 @@ use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::journal::{Journal, RunEvent as JournalEvent, RunOutcome};
 use impresario_runtime::ledger::{AccountId, Ledger};
 use impresario_runtime::redact::redact_serialized;
-use impresario_runtime::telemetry::RunOutcome as TelemetryOutcome;
 use impresario_runtime::{Placement, RunId};
 use tokio::sync::{broadcast, watch};
 
@@ -59,10 +58,10 @@ impl RunLease {
         }
         services.live.remove(&self.run);
         let outcome = match &state {
-            RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
-            RunState::Halted { .. } => TelemetryOutcome::Halted,
-            RunState::CeilingReached { .. } => TelemetryOutcome::CeilingReached,
-            _ => TelemetryOutcome::Failed,
+            RunState::Succeeded { .. } => RunOutcome::Succeeded,
+            RunState::Halted { .. } => RunOutcome::Halted,
+            RunState::CeilingReached { .. } => RunOutcome::CeilingReached,
+            _ => RunOutcome::Failed,
         };
         let metrics = services.runtime.metrics();
         metrics.run_finished(outcome, self.started.elapsed());

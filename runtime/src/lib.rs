@@ -43,6 +43,7 @@ mod directory;
 mod envelope;
 mod error;
 mod events;
+mod outcome;
 mod panic_capture;
 mod runtime;
 mod slot;
@@ -73,6 +74,7 @@ pub use directory::Directory;
 pub use envelope::{Envelope, RunId, TenantId};
 pub use error::{AgentError, RuntimeError, SpawnError};
 pub use events::{Exit, LifecycleEvent};
+pub use outcome::RunOutcome;
 pub use runtime::{
     Placement, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport, SpawnOptions,
     DEFAULT_IN_FLIGHT_LIMIT,

@@ -9,6 +9,7 @@ use super::{JournalEntry, JournalError, RunStatus, Seq};
 use crate::halt::Halt;
 use crate::ledger::{Charge, MicroUsd};
 use crate::llm::{ChatRequest, ChatResponse, Usage};
+use crate::outcome::RunOutcome;
 use crate::RunId;
 
 /// The event encoding this build writes, and the newest it reads.
@@ -190,18 +191,6 @@ impl From<Result<Value, String>> for ToolOutcome {
             Err(e) => ToolOutcome::Error(e),
         }
     }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunOutcome {
-    /// It reached its goal.
-    Succeeded,
-    /// It could not.
-    Failed,
-    /// It was stopped for good (for example a halted run that will not be resumed).
-    Cancelled,
 }
 
 impl RunEvent {

@@ -55,7 +55,8 @@ mod event;
 mod memory;
 mod sqlite;
 
-pub use event::{RunEvent, RunOutcome, ToolOutcome, EVENT_VERSION};
+pub use crate::outcome::RunOutcome;
+pub use event::{RunEvent, ToolOutcome, EVENT_VERSION};
 pub use memory::MemoryJournal;
 pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
 

@@ -18,6 +18,7 @@ use crate::halt::{HaltReason, HaltScope};
 use crate::ledger::{AccountId, Dimension};
 #[cfg(feature = "llm")]
 use crate::llm::{BreakerState, Usage};
+use crate::outcome::RunOutcome;
 
 const METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -48,30 +49,6 @@ impl fmt::Debug for Metrics {
             None => "Metrics::global",
             Some(_) => "Metrics::to(<recorder>)",
         })
-    }
-}
-
-/// How a run ended, as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// It reached its goal.
-    Succeeded,
-    /// It gave up or failed.
-    Failed,
-    /// It was halted (operator, cost ceiling, deadline, ...).
-    Halted,
-    /// Its budget (a ledger ceiling) refused the next call: the budget worked as intended.
-    CeilingReached,
-}
-
-impl RunOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Halted => "halted",
-            RunOutcome::CeilingReached => "ceiling_reached",
-        }
     }
 }
 

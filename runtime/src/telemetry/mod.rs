@@ -27,7 +27,8 @@ mod spans;
 pub(crate) use self::metrics::AgentMetrics;
 #[cfg(feature = "llm")]
 pub(crate) use self::metrics::ModelMetrics;
-pub use self::metrics::{Metrics, RestartReason, RunOutcome};
+pub use self::metrics::{Metrics, RestartReason};
+pub use crate::outcome::RunOutcome;
 pub use prometheus::{ExporterError, MetricsHandle, Prometheus, CONTENT_TYPE};
 #[cfg(feature = "llm")]
 pub(crate) use spans::{chat as chat_span, record_chat};
