@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use impresario_agents::memory::{LongTermMemory, MemoryDb, Retention};
+use impresario_agents::memory::{MemoryDb, Retention};
 use impresario_agents::{ModelMap, Orchestrator, OrchestratorConfig, RunRequest, ToolRegistry};
 use impresario_runtime::journal::{Journal, RetentionPolicy, SqliteJournal};
 use impresario_runtime::ledger::Ledger;
@@ -66,19 +66,15 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("impresario-rss-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(dir.join("journal.db")).unwrap());
-    let long_term = if in_process {
-        Arc::new(LongTermMemory::new())
-    } else {
-        let db = MemoryDb::open(dir.join("memory.db"), Retention::default()).unwrap();
-        Arc::new(db.tenant("bench"))
-    };
+    let memory_db =
+        (!in_process).then(|| MemoryDb::open(dir.join("memory.db"), Retention::default()).unwrap());
     let runtime = Runtime::builder().start().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let samples = rt.block_on(drive(&runtime, journal, long_term, runs));
+    let samples = rt.block_on(drive(&runtime, journal, memory_db, runs));
     report(in_process, runs, &samples);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -86,12 +82,12 @@ fn main() {
 async fn drive(
     runtime: &impresario_runtime::RuntimeHandle,
     journal: Arc<dyn Journal>,
-    long_term: Arc<LongTermMemory>,
+    memory_db: Option<MemoryDb>,
     runs: usize,
 ) -> Vec<(usize, u64)> {
     let config = OrchestratorConfig {
         journal: journal.clone(),
-        long_term,
+        memory_db,
         ..OrchestratorConfig::default()
     };
     let team = Orchestrator::with(
