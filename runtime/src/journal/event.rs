@@ -9,6 +9,7 @@ use super::{JournalEntry, JournalError, RunStatus, Seq};
 use crate::halt::Halt;
 use crate::ledger::{Charge, MicroUsd};
 use crate::llm::{ChatRequest, ChatResponse, Usage};
+use crate::outcome::RunOutcome;
 use crate::RunId;
 
 /// The event encoding this build writes, and the newest it reads.
@@ -192,18 +193,6 @@ impl From<Result<Value, String>> for ToolOutcome {
     }
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunOutcome {
-    /// It reached its goal.
-    Succeeded,
-    /// It could not.
-    Failed,
-    /// It was stopped for good (for example a halted run that will not be resumed).
-    Cancelled,
-}
-
 impl RunEvent {
     /// The event's `type` tag, as stored.
     pub fn kind(&self) -> &'static str {
@@ -374,6 +363,42 @@ pub(crate) fn decode(
         seq,
         reason,
     };
+    let (seq, version) = numbering(run, expected, &stored)?;
+    let event: RunEvent = serde_json::from_str(stored.body)
+        .map_err(|e| corrupt(seq, format!("the event does not decode: {e}")))?;
+    if event.kind() != stored.kind {
+        return Err(corrupt(
+            seq,
+            format!(
+                "stored as `{}` but the event is `{}`",
+                stored.kind,
+                event.kind()
+            ),
+        ));
+    }
+    let at_ms = u64::try_from(stored.at_ms)
+        .map_err(|_| corrupt(seq, format!("timestamp {} is negative", stored.at_ms)))?;
+    Ok(JournalEntry {
+        run: run.clone(),
+        seq,
+        at: UNIX_EPOCH + Duration::from_millis(at_ms),
+        version,
+        event,
+    })
+}
+
+/// The stored event's sequence number (it must be `expected`) and event version (one this build
+/// reads).
+fn numbering(
+    run: &RunId,
+    expected: Seq,
+    stored: &StoredEvent<'_>,
+) -> Result<(Seq, u32), JournalError> {
+    let corrupt = |seq: Seq, reason: String| JournalError::Corrupt {
+        run: run.clone(),
+        seq,
+        reason,
+    };
     let seq = Seq::try_from(stored.seq).map_err(|_| {
         corrupt(
             expected,
@@ -403,27 +428,7 @@ pub(crate) fn decode(
             supported: EVENT_VERSION,
         });
     }
-    let event: RunEvent = serde_json::from_str(stored.body)
-        .map_err(|e| corrupt(seq, format!("the event does not decode: {e}")))?;
-    if event.kind() != stored.kind {
-        return Err(corrupt(
-            seq,
-            format!(
-                "stored as `{}` but the event is `{}`",
-                stored.kind,
-                event.kind()
-            ),
-        ));
-    }
-    let at_ms = u64::try_from(stored.at_ms)
-        .map_err(|_| corrupt(seq, format!("timestamp {} is negative", stored.at_ms)))?;
-    Ok(JournalEntry {
-        run: run.clone(),
-        seq,
-        at: UNIX_EPOCH + Duration::from_millis(at_ms),
-        version,
-        event,
-    })
+    Ok((seq, version))
 }
 
 /// Milliseconds since the Unix epoch, the precision journals store.
