@@ -30,7 +30,7 @@ use crate::planner::{MakePlan, Planned, Planner, PlannerError};
 use crate::run::{Decision, FailReason, RunEvent, RunState, StepFailure, StepRecord};
 use crate::run_setup::RunSetup;
 use crate::services::{executor_id, memory_id, planner_id};
-use crate::team::{ReviewPlan, Verdict};
+use crate::team::{Review, ReviewPlan, Verdict};
 use crate::tool::ToolError;
 
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
@@ -332,67 +332,66 @@ impl Driver {
     }
 
     /// Puts what earlier runs learned about this goal into the context, through the run's memory
-    /// agent. A memory that cannot be recalled does not stop the run.
+    /// agent. A resumed run is served what it recalled the first time (memory may have changed
+    /// since).
     async fn recall(&mut self) -> Result<(), Stopped> {
-        let k = self.setup.services.config.recall;
-        if k == 0 {
+        if self.setup.services.config.recall == 0 {
             return Ok(());
         }
-        // What a resumed run recalled the first time is served: memory may have changed since.
         let served = self
-            .serve(|e| matches!(e, JournalEvent::StepStarted { kind, .. } if kind == "recall"))
+            .serve(|e| matches!(e, JournalEvent::Recalled { .. }))
             .await;
-        let memories: Vec<String> = match served {
-            Some(JournalEvent::StepStarted { detail, .. }) => {
-                serde_json::from_value(detail).unwrap_or_default()
-            }
+        let memories = match served {
+            Some(JournalEvent::Recalled { memories }) => memories,
             _ => {
-                let memory = self.agents()?.memory.clone();
-                let query = Recall {
-                    query: self.setup.request.goal.clone(),
-                    k,
+                let memories = self.recall_now().await?;
+                let recalled = JournalEvent::Recalled {
+                    memories: memories.clone(),
                 };
-                let recalled = match self.call(memory.ask(query)).await? {
-                    Ok(Ok(recalled)) => recalled,
-                    Ok(Err(e)) => {
-                        tracing::warn!(run = %self.setup.run, error = %e, "could not recall memories");
-                        Vec::new()
-                    }
-                    Err(e) => {
-                        tracing::warn!(run = %self.setup.run, error = %e, "memory agent failed");
-                        Vec::new()
-                    }
-                };
-                let memories: Vec<String> = recalled
-                    .iter()
-                    .map(|found| {
-                        let r = &found.record;
-                        format!(
-                            "Memory of an earlier run (goal: {}; outcome: {}; why: {}): {}",
-                            r.goal,
-                            r.outcome.as_str(),
-                            r.why,
-                            r.text
-                        )
-                    })
-                    .collect();
-                self.record(JournalEvent::StepStarted {
-                    step: 0,
-                    kind: "recall".into(),
-                    detail: serde_json::to_value(&memories).unwrap_or_default(),
-                })
-                .await?;
+                self.record(recalled).await?;
                 memories
             }
         };
-        let _ = self.setup.events.send(RunEvent::Recalled {
-            memories: memories.len(),
-        });
+        let count = memories.len();
+        let _ = self
+            .setup
+            .events
+            .send(RunEvent::Recalled { memories: count });
         for memory in memories {
             self.history
                 .push(ContextEntry::new(EntryKind::Observation, None, memory));
         }
         Ok(())
+    }
+
+    /// Asks the run's memory agent about the goal. A memory that cannot be recalled does not
+    /// stop the run: it recalls nothing.
+    async fn recall_now(&self) -> Result<Vec<String>, Stopped> {
+        let memory = self.agents()?.memory.clone();
+        let query = Recall {
+            query: self.setup.request.goal.clone(),
+            k: self.setup.services.config.recall,
+        };
+        let recalled = match self.call(memory.ask(query)).await? {
+            Ok(Ok(recalled)) => recalled,
+            Ok(Err(e)) => {
+                tracing::warn!(run = %self.setup.run, error = %e, "could not recall memories");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(run = %self.setup.run, error = %e, "memory agent failed");
+                Vec::new()
+            }
+        };
+        let described = recalled.iter().map(|found| {
+            let r = &found.record;
+            let (goal, outcome, why) = (&r.goal, r.outcome.as_str(), &r.why);
+            format!(
+                "Memory of an earlier run (goal: {goal}; outcome: {outcome}; why: {why}): {}",
+                r.text
+            )
+        });
+        Ok(described.collect())
     }
 
     /// Summarizes the oldest steps when the context would exceed the run's budget.
@@ -513,35 +512,20 @@ impl Driver {
             let reviewer = id.to_string();
             // A resumed run is served the verdicts it was given: a reviewer may judge differently now.
             let served = self
-                .serve(|e| matches!(e, JournalEvent::StepStarted { kind, detail, .. } if kind == "review" && detail["reviewer"] == reviewer.as_str()))
+                .serve(
+                    |e| matches!(e, JournalEvent::Reviewed { reviewer: r, .. } if *r == reviewer),
+                )
                 .await;
             let verdict = match served {
-                Some(JournalEvent::StepStarted { detail, .. }) => {
-                    serde_json::from_value::<Verdict>(detail["verdict"].clone()).ok()
+                Some(JournalEvent::Reviewed { verdict, .. }) => {
+                    serde_json::from_value::<Verdict>(verdict).ok()
                 }
                 _ => {
-                    let request = ReviewPlan {
-                        goal: self.setup.request.goal.clone(),
-                        plan: plan.clone(),
-                    };
-                    let asked = self
-                        .setup
-                        .token
-                        .run(review(&self.setup.services.runtime, &id, request))
-                        .await
-                        .map_err(|_| self.halted())?;
-                    let verdict = match asked {
-                        Ok(verdict) => Some(verdict),
-                        // A reviewer that fails does not block the run; its supervisor restarts it.
-                        Err(e) => {
-                            tracing::warn!(run = %self.setup.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed");
-                            None
-                        }
-                    };
-                    self.record(JournalEvent::StepStarted {
+                    let verdict = self.review_now(&id, &*review, plan).await?;
+                    self.record(JournalEvent::Reviewed {
                         step,
-                        kind: "review".into(),
-                        detail: serde_json::json!({ "reviewer": reviewer, "verdict": verdict }),
+                        reviewer,
+                        verdict: serde_json::to_value(&verdict).unwrap_or_default(),
                     })
                     .await?;
                     verdict
@@ -552,6 +536,33 @@ impl Driver {
             }
         }
         Ok(None)
+    }
+
+    /// Asks reviewer `id` about the plan. A reviewer that fails does not block the run (its
+    /// supervisor restarts it): the plan goes unreviewed by it.
+    async fn review_now(
+        &self,
+        id: &AgentId,
+        review: &Review,
+        plan: &Plan,
+    ) -> Result<Option<Verdict>, Stopped> {
+        let request = ReviewPlan {
+            goal: self.setup.request.goal.clone(),
+            plan: plan.clone(),
+        };
+        let asked = self
+            .setup
+            .token
+            .run(review(&self.setup.services.runtime, id, request))
+            .await
+            .map_err(|_| self.halted())?;
+        match asked {
+            Ok(verdict) => Ok(Some(verdict)),
+            Err(e) => {
+                tracing::warn!(run = %self.setup.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed");
+                Ok(None)
+            }
+        }
     }
 
     /// Runs one step: approval if its impact needs it; a tool call's intent journaled before it

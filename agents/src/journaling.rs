@@ -212,6 +212,9 @@ fn difference(expected: &Event, found: &Event) -> Option<(String, String)> {
             } => {
                 serde_json::json!({ "tool": tool, "key": idempotency_key, "arguments": arguments })
             }
+            Event::Reviewed { step, reviewer, .. } => {
+                serde_json::json!({ "step": step, "reviewer": reviewer })
+            }
             Event::ApprovalRequested { step, tool, .. } => {
                 serde_json::json!({ "step": step, "tool": tool })
             }
