@@ -28,7 +28,7 @@ pub struct Engine {
     /// What the models are, for a person (`offline`, `openai gpt-4o-mini`, ...).
     pub models_description: String,
     models: ModelMap,
-    defaults: crate::config::Runs,
+    defaults: crate::config::RunDefaults,
 }
 
 impl Engine {

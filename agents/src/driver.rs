@@ -27,11 +27,11 @@ use crate::memory::{
 use crate::models::Role;
 use crate::plan::{LoopDetector, Plan, Step};
 use crate::planner::{MakePlan, Planned, Planner, PlannerError};
-use crate::run::{Decision, FailReason, RunEvent, RunState, StepFailure, StepRecord};
+use crate::run::{Decision, FailReason, RunState, RunUpdate, StepFailure, StepRecord};
 use crate::run_setup::RunSetup;
 use crate::services::{executor_id, memory_id, planner_id};
 use crate::team::{Review, ReviewPlan, Verdict};
-use crate::tool::ToolError;
+use crate::tool::{RegisteredTool, ToolError};
 
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
 pub(crate) struct Driver {
@@ -68,6 +68,16 @@ enum Decided {
     Now,
     /// Served from the journal of a resumed run.
     Journaled,
+}
+
+/// Whether a step may run again when its outcome is unknown (its executor crashed, or a crash
+/// cut the run off during it): model calls and idempotent tools may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Running it twice does no harm.
+    Safe,
+    /// It may have had an effect that must not happen twice.
+    Unsafe,
 }
 
 /// Where a run's planning stands: what the next plan should know, how many plans and reviews
@@ -118,7 +128,7 @@ impl Driver {
     }
 
     fn set(&self, state: RunState) {
-        let _ = self.setup.events.send(RunEvent::State(state.clone()));
+        let _ = self.setup.events.send(RunUpdate::State(state.clone()));
         let _ = self.setup.state.send(state);
     }
 
@@ -158,7 +168,7 @@ impl Driver {
                 plan: journaled,
             })
             .await?;
-            let planned = RunEvent::Planned {
+            let planned = RunUpdate::Planned {
                 revision,
                 plan: plan.clone(),
             };
@@ -174,7 +184,7 @@ impl Driver {
             let _ = self
                 .setup
                 .events
-                .send(RunEvent::Revised { revision, feedback });
+                .send(RunUpdate::Revised { revision, feedback });
         }
     }
 
@@ -257,7 +267,7 @@ impl Driver {
         let _ = self
             .setup
             .events
-            .send(RunEvent::StepFinished(record.clone()));
+            .send(RunUpdate::StepFinished(record.clone()));
         self.steps.push(record);
         Ok(outcome)
     }
@@ -356,7 +366,7 @@ impl Driver {
         let _ = self
             .setup
             .events
-            .send(RunEvent::Recalled { memories: count });
+            .send(RunUpdate::Recalled { memories: count });
         for memory in memories {
             self.history
                 .push(ContextEntry::new(EntryKind::Observation, None, memory));
@@ -423,7 +433,7 @@ impl Driver {
         self.history = history;
         match done {
             Ok(Some(compaction)) => {
-                let _ = self.setup.events.send(RunEvent::Compacted(compaction));
+                let _ = self.setup.events.send(RunUpdate::Compacted(compaction));
             }
             Ok(None) => {}
             Err(MemoryError::Llm(e))
@@ -572,30 +582,17 @@ impl Driver {
         number: u32,
         step: &Step,
     ) -> Result<Result<String, StepFailure>, Stopped> {
-        let inner = self.setup.services.clone();
         let tool = match step {
-            Step::ToolCall { tool, .. } => inner.tools.get(tool).cloned(),
+            Step::ToolCall { tool, .. } => self.setup.services.tools.get(tool).cloned(),
             _ => None,
         };
-        let repeatable = match (step, &tool) {
-            (Step::ToolCall { .. }, Some(tool)) => tool.idempotent(),
-            (Step::ToolCall { .. }, None) => false,
-            _ => true,
+        let repeat = match (step, &tool) {
+            (Step::ToolCall { .. }, Some(tool)) if tool.idempotent() => Repeat::Safe,
+            (Step::ToolCall { .. }, _) => Repeat::Unsafe,
+            _ => Repeat::Safe,
         };
-        // A tool outside the allowlist is refused by the executor; it needs no approval.
-        let allowed =
-            tool_name(step).is_some_and(|name| self.setup.allowed.iter().any(|a| a == name));
-        if let Some(tool) = tool.as_ref().filter(|_| allowed) {
-            if self.setup.request.autonomy.needs_approval(tool.impact()) {
-                if let (Err(reason), _) = self.decide(number, tool.name(), "approval").await? {
-                    return Ok(Err(ToolError::Rejected {
-                        tool: tool.name().to_owned(),
-                        reason,
-                    }
-                    .into()));
-                }
-                self.set(RunState::Running { step: number });
-            }
+        if let Some(refused) = self.approve(number, step, tool.as_deref()).await? {
+            return Ok(Err(refused));
         }
         let Step::ToolCall {
             tool: name,
@@ -603,7 +600,7 @@ impl Driver {
             ..
         } = step
         else {
-            return self.run_step(number, step, repeatable).await;
+            return self.run_step(number, step, repeat).await;
         };
         let key = idempotency_key(&self.setup.run, number);
         let intent = self
@@ -614,60 +611,95 @@ impl Driver {
                 arguments: serde_json::Value::Object(arguments.clone()),
             })
             .await?;
-        // On a resumed run the journal may know how the call ended; if it does not, the call may
-        // or may not have happened.
         if intent == Recorded::Replayed {
-            loop {
-                let served = self
-                    .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if *idempotency_key == key))
-                    .await;
-                if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
-                    return Ok(decode_outcome(outcome));
-                }
-                if self.log.lock().await.replay_only() {
-                    return Err(Stopped(RunState::Failed {
-                        reason: FailReason::Diverged,
-                        detail: format!("the journal ends inside tool call {key}"),
-                    }));
-                }
-                if repeatable {
-                    break;
-                }
-                match self.decide(number, name, "unknown_outcome").await? {
-                    (Err(reason), _) => {
-                        let failure: StepFailure = ToolError::Rejected {
-                            tool: name.clone(),
-                            reason,
-                        }
-                        .into();
-                        let outcome = Err(failure);
-                        self.record(JournalEvent::ToolResult {
-                            step: number,
-                            idempotency_key: key,
-                            outcome: encode_outcome(&outcome),
-                        })
-                        .await?;
-                        return Ok(outcome);
-                    }
-                    // A decision taken now: call it again.
-                    (Ok(()), Decided::Now) => {
-                        self.set(RunState::Running { step: number });
-                        break;
-                    }
-                    // A decision from the journal was for an attempt that may itself have run
-                    // before the next crash: look for its result, or ask again.
-                    (Ok(()), Decided::Journaled) => continue,
-                }
+            if let Some(outcome) = self.journaled_outcome(number, name, &key, repeat).await? {
+                return Ok(outcome);
             }
         }
-        let outcome = self.run_step(number, step, repeatable).await?;
+        let outcome = self.run_step(number, step, repeat).await?;
+        self.record_result(number, key, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Asks an operator about a tool call whose impact needs approval under the run's autonomy:
+    /// the refusal, if refused. A tool outside the allowlist is refused by the executor; it
+    /// needs no approval.
+    async fn approve(
+        &mut self,
+        number: u32,
+        step: &Step,
+        tool: Option<&RegisteredTool>,
+    ) -> Result<Option<StepFailure>, Stopped> {
+        let allowed =
+            tool_name(step).is_some_and(|name| self.setup.allowed.iter().any(|a| a == name));
+        let autonomy = self.setup.request.autonomy;
+        let Some(tool) = tool.filter(|t| allowed && autonomy.needs_approval(t.impact())) else {
+            return Ok(None);
+        };
+        if let (Err(reason), _) = self.decide(number, tool.name(), "approval").await? {
+            let tool = tool.name().to_owned();
+            return Ok(Some(ToolError::Rejected { tool, reason }.into()));
+        }
+        self.set(RunState::Running { step: number });
+        Ok(None)
+    }
+
+    /// On a resumed run, how tool call `key` ended, if the journal knows. If it does not, the
+    /// call may or may not have happened: an idempotent tool is called again (`None`); for
+    /// another an operator decides (approve: call it again; reject: the step fails, journaled).
+    async fn journaled_outcome(
+        &mut self,
+        number: u32,
+        tool: &str,
+        key: &str,
+        repeat: Repeat,
+    ) -> Result<Option<Result<String, StepFailure>>, Stopped> {
+        loop {
+            let served = self
+                .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if idempotency_key == key))
+                .await;
+            if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
+                return Ok(Some(decode_outcome(outcome)));
+            }
+            if self.log.lock().await.replay_only() {
+                let detail = format!("the journal ends inside tool call {key}");
+                return Err(failed(FailReason::Diverged, detail));
+            }
+            if repeat == Repeat::Safe {
+                return Ok(None);
+            }
+            match self.decide(number, tool, "unknown_outcome").await? {
+                (Err(reason), _) => {
+                    let tool = tool.to_owned();
+                    let outcome = Err(ToolError::Rejected { tool, reason }.into());
+                    self.record_result(number, key.to_owned(), &outcome).await?;
+                    return Ok(Some(outcome));
+                }
+                // A decision taken now: call it again.
+                (Ok(()), Decided::Now) => {
+                    self.set(RunState::Running { step: number });
+                    return Ok(None);
+                }
+                // A decision from the journal was for an attempt that may itself have run
+                // before the next crash: look for its result, or ask again.
+                (Ok(()), Decided::Journaled) => continue,
+            }
+        }
+    }
+
+    /// Journals how tool call `key` of step `number` ended.
+    async fn record_result(
+        &self,
+        number: u32,
+        key: String,
+        outcome: &Result<String, StepFailure>,
+    ) -> Result<Recorded, Stopped> {
         self.record(JournalEvent::ToolResult {
             step: number,
             idempotency_key: key,
-            outcome: encode_outcome(&outcome),
+            outcome: encode_outcome(outcome),
         })
-        .await?;
-        Ok(outcome)
+        .await
     }
 
     /// Asks an executor to run the step, retrying a crashed executor only when the step is safe
@@ -676,7 +708,7 @@ impl Driver {
         &mut self,
         number: u32,
         step: &Step,
-        repeatable: bool,
+        repeat: Repeat,
     ) -> Result<Result<String, StepFailure>, Stopped> {
         let inner = self.setup.services.clone();
         let mut attempt = 0;
@@ -717,12 +749,16 @@ impl Driver {
                     return Ok(Err(StepFailure::Model { message }));
                 }
                 Ok(Err(failure)) => return Ok(Err(failure)),
-                Err(e) if retryable(&e) && repeatable && attempt < inner.config.step_retries => {
+                Err(e)
+                    if retryable(&e)
+                        && repeat == Repeat::Safe
+                        && attempt < inner.config.step_retries =>
+                {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
                 }
                 Err(e) => {
-                    let message = if repeatable {
+                    let message = if repeat == Repeat::Safe {
                         e.to_string()
                     } else {
                         format!("{e}; the tool is not idempotent, so it was not retried (its outcome is unknown)")

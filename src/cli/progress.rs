@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use impresario::agents::{RunEvent, RunState, RunUsage};
+use impresario::agents::{RunState, RunUpdate, RunUsage};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The progress display of one run.
@@ -37,9 +37,9 @@ impl Progress {
     }
 
     /// Shows an event of the run.
-    pub fn event(&mut self, event: &RunEvent) {
+    pub fn event(&mut self, event: &RunUpdate) {
         match event {
-            RunEvent::State(state) => {
+            RunUpdate::State(state) => {
                 self.state = match state {
                     RunState::Running { step } => format!("step {step}"),
                     RunState::AwaitingApproval { step, tool } => {
@@ -48,11 +48,11 @@ impl Progress {
                     other => name(other),
                 };
             }
-            RunEvent::Planned { revision, plan } => {
+            RunUpdate::Planned { revision, plan } => {
                 let steps: Vec<String> = plan.steps.iter().map(|s| s.label()).collect();
                 self.line(format!("  plan {revision}: {}", steps.join(", ")));
             }
-            RunEvent::StepFinished(record) => {
+            RunUpdate::StepFinished(record) => {
                 let outcome = match &record.outcome {
                     Ok(output) => one_line(output),
                     Err(failure) => format!("failed: {failure}"),
@@ -63,10 +63,10 @@ impl Progress {
                     record.step.label()
                 ));
             }
-            RunEvent::Revised { revision, feedback } => {
+            RunUpdate::Revised { revision, feedback } => {
                 self.line(format!("  plan {revision} sent back: {feedback}"));
             }
-            RunEvent::Recalled { .. } | RunEvent::Compacted(_) => {}
+            RunUpdate::Recalled { .. } | RunUpdate::Compacted(_) => {}
         }
         self.redraw();
     }

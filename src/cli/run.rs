@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use impresario::agents::{Budget, RunEvent, RunUsage};
+use impresario::agents::{Budget, RunUpdate, RunUsage};
 use impresario::runtime::halt::HaltMode;
 use serde_json::{json, Value};
 
@@ -79,7 +79,7 @@ async fn embedded(config: &Config, args: RunArgs) -> Result<bool, Error> {
                 Ok(event) => {
                     progress.event(&event);
                     progress.usage(engine.usage(run.id()));
-                    if matches!(&event, RunEvent::State(s) if s.is_terminal()) {
+                    if matches!(&event, RunUpdate::State(s) if s.is_terminal()) {
                         break;
                     }
                 }

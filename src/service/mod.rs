@@ -38,12 +38,12 @@ use impresario::runtime::telemetry::{MetricsHandle, Prometheus};
 use crate::config::Config;
 use crate::engine::Engine;
 use errors::ApiError;
-use runs::{state_name, Runs};
+use runs::{state_name, TrackedRuns};
 
 /// What the handlers share.
 pub struct State {
     engine: Engine,
-    runs: Runs,
+    runs: TrackedRuns,
     token: String,
     body_limit: body::Limits,
     sse_keepalive: Duration,
@@ -170,7 +170,7 @@ fn shared_state(
     web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
         engine,
-        runs: Runs::default(),
+        runs: TrackedRuns::default(),
         token,
         body_limit: body::Limits {
             bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
-use impresario::agents::{Autonomy, Budget, ResumeError, RunEvent, RunState};
+use impresario::agents::{Autonomy, Budget, ResumeError, RunState, RunUpdate};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario::runtime::journal::{RunEvent as Journaled, RunFilter};
 use impresario::runtime::RunId;
@@ -153,7 +153,7 @@ async fn show(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiErr
             .borrow()
             .iter()
             .filter_map(|event| match event {
-                RunEvent::StepFinished(record) => serde_json::to_value(record).ok(),
+                RunUpdate::StepFinished(record) => serde_json::to_value(record).ok(),
                 _ => None,
             })
             .collect();
