@@ -7,11 +7,15 @@
 //! the wrong type or out of range: every message names the key and its variable.
 //! `impresario.example.toml` documents every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use impresario::agents::ModelChoice;
+use impresario::mcp::{ServerConfig, ServerEntry};
 use impresario::runtime::journal::RetentionPolicy;
+use impresario::runtime::ledger::Ceilings;
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -27,6 +31,110 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
+    /// `[budget]`: money ceilings above the run.
+    pub budget: BudgetCeilings,
+    /// `[prices."<model>"]`: prices in LiteLLM's fields (`litellm_provider`,
+    /// `input_cost_per_token`, `output_cost_per_token`, ...), over `models.prices_file` and the
+    /// bundled table.
+    pub prices: BTreeMap<String, Value>,
+    /// `[health]`: the semantic health check.
+    pub health: HealthCheck,
+    /// `[tools]`: tools besides the built-in ones.
+    pub tools: Tools,
+}
+
+/// `[tools]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tools {
+    /// `[[tools.mcp]]`: MCP servers whose tools runs may use, as `<name>.<tool>`. Only in the
+    /// file; checked by [`Config::mcp_servers`].
+    pub mcp: Vec<Table>,
+}
+
+/// `[budget]`, in US dollars: the global ceiling, the default tenant ceiling, per-tenant
+/// overrides (`[budget.tenants]`, `name = usd`) and the largest budget one run may ask for.
+/// Spend counted against them is rebuilt from the journal at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetCeilings {
+    /// Most the whole service may spend (absent: unlimited).
+    pub global_usd: Option<f64>,
+    /// Most a tenant without an override may spend (absent: unlimited).
+    pub tenant_default_usd: Option<f64>,
+    /// The largest budget a run may ask for; larger requests get 422 naming `budget_usd`.
+    pub max_run_usd: f64,
+    /// Per-tenant ceilings (`acme = 25.0`), overriding `tenant_default_usd`.
+    pub tenants: BTreeMap<String, f64>,
+}
+
+impl Default for BudgetCeilings {
+    fn default() -> Self {
+        BudgetCeilings {
+            global_usd: None,
+            tenant_default_usd: None,
+            max_run_usd: 10.0,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// The largest amount of dollars a key accepts: beyond it a typo is more likely than a budget.
+const MAX_USD: f64 = 1e9;
+
+impl BudgetCeilings {
+    /// The ledger's ceilings (micro-USD).
+    pub fn ceilings(&self) -> Ceilings {
+        Ceilings {
+            global: self.global_usd.map(micro_usd),
+            tenant_default: self.tenant_default_usd.map(micro_usd),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(tenant, usd)| (tenant.clone(), micro_usd(*usd)))
+                .collect(),
+            max_run: Some(micro_usd(self.max_run_usd)),
+        }
+    }
+
+    /// Every amount is finite, at least 0 and at most `MAX_USD`.
+    fn validate(&self, run_budget: f64) -> Result<(), ConfigError> {
+        let named = [
+            ("budget.global_usd".to_owned(), self.global_usd),
+            (
+                "budget.tenant_default_usd".to_owned(),
+                self.tenant_default_usd,
+            ),
+            ("budget.max_run_usd".to_owned(), Some(self.max_run_usd)),
+        ];
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(t, usd)| (format!("budget.tenants.{t}"), Some(*usd)));
+        for (key, usd) in named.into_iter().chain(tenants) {
+            if let Some(usd) = usd.filter(|usd| !(0.0..=MAX_USD).contains(usd)) {
+                return Err(invalid(
+                    &key,
+                    format!("{usd} is not an amount of dollars between 0 and {MAX_USD}"),
+                ));
+            }
+        }
+        if run_budget > self.max_run_usd {
+            return Err(invalid(
+                "runs.budget_usd",
+                format!(
+                    "{run_budget} is above budget.max_run_usd ({})",
+                    self.max_run_usd
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Dollars to micro-USD, rounded down (amounts are validated first).
+fn micro_usd(usd: f64) -> u64 {
+    (usd * 1e6) as u64
 }
 
 /// `[server]`.
@@ -75,11 +183,15 @@ pub struct RunDefaults {
     pub max_steps: u64,
     /// The tools of a run that names none (names from `impresario::tools`).
     pub tools: Vec<String>,
+    /// The most tokens (input and output) a run may use; 0: no token limit. With models priced
+    /// at 0 (a local server), this is what caps a run.
+    pub budget_tokens: u64,
 }
 
 impl Default for RunDefaults {
     fn default() -> Self {
         RunDefaults {
+            budget_tokens: 0,
             budget_usd: 0.50,
             max_steps: 20,
             tools: vec!["search_notes".into(), "calculator".into()],
@@ -97,6 +209,27 @@ pub struct Models {
     pub provider: String,
     /// How long each call of the offline stand-in takes, in milliseconds.
     pub offline_latency_ms: u64,
+    /// The model (and fallbacks) of cheap work; unset: `standard`'s.
+    pub light: Option<ModelChoice>,
+    /// The model (and fallbacks) of ordinary work; unset: the provider's default model.
+    pub standard: Option<ModelChoice>,
+    /// The model (and fallbacks) of demanding work; unset: `standard`'s.
+    pub heavy: Option<ModelChoice>,
+    /// The planner's model, instead of its tier's (`heavy`).
+    pub planner: Option<ModelChoice>,
+    /// The executor's model, instead of its tier's (`standard`).
+    pub executor: Option<ModelChoice>,
+    /// The summarizer's model, instead of its tier's (`light`).
+    pub summarizer: Option<ModelChoice>,
+    /// A price file in LiteLLM's `model_prices_and_context_window.json` format, over the
+    /// bundled prices.
+    pub prices_file: Option<PathBuf>,
+    /// Answers kept in the response cache (identical requests answered once); 0: no cache.
+    pub cache_entries: u64,
+    /// The longest one request to a provider may take, in seconds (each retry gets it again).
+    pub request_timeout_secs: u64,
+    /// Retries of a failed call (rate limited, overloaded, timed out) before falling back.
+    pub max_retries: u64,
 }
 
 impl Default for Models {
@@ -104,6 +237,64 @@ impl Default for Models {
         Models {
             provider: "auto".into(),
             offline_latency_ms: 0,
+            light: None,
+            standard: None,
+            heavy: None,
+            planner: None,
+            executor: None,
+            summarizer: None,
+            prices_file: None,
+            cache_entries: 0,
+            request_timeout_secs: 120,
+            max_retries: 2,
+        }
+    }
+}
+
+impl Models {
+    /// The model keys, with what they set: `(key, choice)` for each one given.
+    pub fn chosen(&self) -> Vec<(&'static str, &ModelChoice)> {
+        [
+            ("light", &self.light),
+            ("standard", &self.standard),
+            ("heavy", &self.heavy),
+            ("planner", &self.planner),
+            ("executor", &self.executor),
+            ("summarizer", &self.summarizer),
+        ]
+        .into_iter()
+        .filter_map(|(key, choice)| choice.as_ref().map(|c| (key, c)))
+        .collect()
+    }
+
+    /// The per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// How often `serve` asks the semantic health question, in seconds; 0: never. Never with
+    /// the offline stand-in either (it does not reason).
+    pub semantic_every_secs: u64,
+    /// The question.
+    pub semantic_question: String,
+    /// What a correct answer contains (case-insensitive).
+    pub semantic_expected: String,
+    /// The model asked; empty: the `standard` tier's model.
+    pub semantic_model: String,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            semantic_every_secs: 300,
+            semantic_question: "What is 2 + 2? Answer with the number only.".into(),
+            semantic_expected: "4".into(),
+            semantic_model: String::new(),
         }
     }
 }
@@ -228,6 +419,15 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// An array of tables (`[[tools.mcp]]`), only in the file.
+    Tables,
+    /// A table of non-negative numbers by name (`name=1.5,other=2` in the environment).
+    Amounts,
+    /// A model and its fallbacks: `{ model = "m", fallbacks = ["f"] }`, or the list
+    /// `["m", "f"]` (comma-separated in the environment).
+    Chain,
+    /// A model's prices in LiteLLM's fields (a table; only in the file).
+    Price,
 }
 
 /// Every key: section, name, type. A field of [`Config`] missing here cannot be set.
@@ -242,12 +442,32 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("runs", "budget_usd", Kind::Number),
     ("runs", "max_steps", Kind::Integer),
     ("runs", "tools", Kind::Names),
+    ("runs", "budget_tokens", Kind::Integer),
     ("models", "provider", Kind::Choice(&["auto", "offline"])),
     ("models", "offline_latency_ms", Kind::Integer),
+    ("models", "light", Kind::Chain),
+    ("models", "standard", Kind::Chain),
+    ("models", "heavy", Kind::Chain),
+    ("models", "planner", Kind::Chain),
+    ("models", "executor", Kind::Chain),
+    ("models", "summarizer", Kind::Chain),
+    ("models", "prices_file", Kind::Text),
+    ("models", "cache_entries", Kind::Integer),
+    ("models", "request_timeout_secs", Kind::Integer),
+    ("models", "max_retries", Kind::Integer),
+    ("health", "semantic_every_secs", Kind::Integer),
+    ("health", "semantic_question", Kind::Text),
+    ("health", "semantic_expected", Kind::Text),
+    ("health", "semantic_model", Kind::Text),
     ("journal", "path", Kind::Text),
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("tools", "mcp", Kind::Tables),
+    ("budget", "global_usd", Kind::Number),
+    ("budget", "tenant_default_usd", Kind::Number),
+    ("budget", "max_run_usd", Kind::Number),
+    ("budget", "tenants", Kind::Amounts),
 ];
 
 /// The prefix of every configuration variable.
@@ -294,6 +514,14 @@ pub enum ConfigError {
         /// What is wrong, and what is expected.
         problem: String,
     },
+    /// A `[[tools.mcp]]` entry is wrong.
+    #[error("config key `{key}` (a [[tools.mcp]] table of the file): {problem}")]
+    McpServer {
+        /// The entry (`tools.mcp[1]`).
+        key: String,
+        /// What is wrong, naming the server and the field.
+        problem: String,
+    },
 }
 
 fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
@@ -306,8 +534,26 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 fn known_keys() -> String {
     KEYS.iter()
         .map(|(section, key, _)| format!("{section}.{key}"))
+        .chain(["prices.\"<model>\"".to_owned()])
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Writes every model chain given as a list (`["m", "f"]`) as the table it stands for.
+fn chains_as_tables(table: &mut Table) {
+    let Some(Value::Table(models)) = table.get_mut("models") else {
+        return;
+    };
+    for (key, value) in models.iter_mut() {
+        let chain = matches!(kind_of("models", key), Some(Kind::Chain));
+        if let (true, Value::Array(items)) = (chain, &*value) {
+            let mut items = items.clone().into_iter();
+            let mut choice = Table::new();
+            choice.extend(items.next().map(|m| ("model".to_owned(), m)));
+            choice.insert("fallbacks".into(), Value::Array(items.collect()));
+            *value = Value::Table(choice);
+        }
+    }
 }
 
 fn env_name(key: &str) -> String {
@@ -341,10 +587,52 @@ impl Config {
         for (name, value) in env {
             apply_env(&mut table, &name, &value)?;
         }
+        chains_as_tables(&mut table);
         let config = Config::deserialize(Value::Table(table))
             .map_err(|e| invalid("(config)", e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The `[models]` and `[health]` keys: a role's model and its tier's are not both given,
+    /// timeouts are not 0, a health check that runs knows what to expect.
+    fn validate_models(&self) -> Result<(), ConfigError> {
+        let models = &self.models;
+        for (role, tier) in [
+            ("planner", "heavy"),
+            ("executor", "standard"),
+            ("summarizer", "light"),
+        ] {
+            let given: Vec<&str> = models.chosen().iter().map(|(k, _)| *k).collect();
+            if given.contains(&role) && given.contains(&tier) {
+                return Err(invalid(
+                    &format!("models.{role}"),
+                    format!("and models.{tier} both name the {role}'s model (the {role} works in the {tier} tier); keep one"),
+                ));
+            }
+        }
+        if models.provider == "offline" {
+            if let Some((key, _)) = models.chosen().first() {
+                return Err(invalid(
+                    &format!("models.{key}"),
+                    "names a model, but models.provider is \"offline\" (the offline stand-in answers every call); set provider = \"auto\" or remove the key",
+                ));
+            }
+        }
+        if models.request_timeout_secs == 0 {
+            return Err(invalid(
+                "models.request_timeout_secs",
+                "is 0; allow each request some seconds (e.g. 120)",
+            ));
+        }
+        let health = &self.health;
+        if health.semantic_every_secs > 0 && health.semantic_expected.trim().is_empty() {
+            return Err(invalid(
+                "health.semantic_expected",
+                "is empty, so every answer would pass; say what a correct answer contains, or set health.semantic_every_secs = 0",
+            ));
+        }
+        Ok(())
     }
 
     /// Ranges and relations the types do not say.
@@ -369,6 +657,7 @@ impl Config {
                 return Err(invalid(key, "is 0; use 1 second or more"));
             }
         }
+        self.validate_models()?;
         if self.server.body_limit_bytes == 0 {
             return Err(invalid(
                 "server.body_limit_bytes",
@@ -388,18 +677,46 @@ impl Config {
                 format!("{} is out of range; use 1 or more", self.runs.max_steps),
             ));
         }
+        let servers = self.mcp_servers()?;
+        self.budget.validate(budget)?;
         for tool in &self.runs.tools {
-            if !impresario::tools::NAMES.contains(&tool.as_str()) {
+            let from_mcp = tool
+                .split_once('.')
+                .is_some_and(|(server, _)| servers.iter().any(|s| s.name == server));
+            if !from_mcp && !impresario::tools::NAMES.contains(&tool.as_str()) {
                 return Err(invalid(
                     "runs.tools",
                     format!(
-                        "there is no tool named {tool:?}; the tools are {:?}",
+                        "there is no tool named {tool:?}; the tools are {:?} and <server>.<tool> for each [[tools.mcp]] server",
                         impresario::tools::NAMES
                     ),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The `[[tools.mcp]]` servers, checked: an error names the entry (`tools.mcp[1]`), the
+    /// server and the field.
+    pub fn mcp_servers(&self) -> Result<Vec<ServerConfig>, ConfigError> {
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        for (i, table) in self.tools.mcp.iter().enumerate() {
+            let bad = |problem: String| ConfigError::McpServer {
+                key: format!("tools.mcp[{i}]"),
+                problem,
+            };
+            let entry = ServerEntry::deserialize(Value::Table(table.clone()))
+                .map_err(|e| bad(e.to_string().trim().to_owned()))?;
+            let server = ServerConfig::try_from(entry).map_err(|e| bad(e.to_string()))?;
+            if servers.iter().any(|s| s.name == server.name) {
+                return Err(bad(format!(
+                    "a second server named {:?}; give each its own name",
+                    server.name
+                )));
+            }
+            servers.push(server);
+        }
+        Ok(servers)
     }
 }
 
@@ -426,6 +743,9 @@ fn check_file(table: &Table, path: &Path) -> Result<(), ConfigError> {
 }
 
 fn kind_of(section: &str, key: &str) -> Option<Kind> {
+    if section == "prices" {
+        return Some(Kind::Price);
+    }
     KEYS.iter()
         .find(|(s, k, _)| *s == section && *k == key)
         .map(|(_, _, kind)| *kind)
@@ -443,6 +763,18 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Tables, Value::Array(items)) => items.iter().all(Value::is_table),
+        (Kind::Amounts, Value::Table(amounts)) => amounts
+            .values()
+            .all(|v| check_value(Kind::Number, v).is_ok()),
+        (Kind::Chain, Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_str),
+        (Kind::Chain, Value::Table(t)) => {
+            t.get("model").is_some_and(Value::is_str)
+                && t.keys().all(|k| k == "model" || k == "fallbacks")
+                && t.get("fallbacks")
+                    .is_none_or(|f| f.as_array().is_some_and(|f| f.iter().all(Value::is_str)))
+        }
+        (Kind::Price, Value::Table(_)) => true,
         (Kind::Choice(choices), Value::String(s)) => {
             return if choices.contains(&s.as_str()) {
                 Ok(())
@@ -466,7 +798,11 @@ fn describe(kind: Kind) -> String {
         Kind::Integer => "a non-negative integer".into(),
         Kind::Number => "a non-negative number".into(),
         Kind::Names => "a list of strings".into(),
+        Kind::Amounts => "a table of non-negative numbers by name".into(),
         Kind::Choice(choices) => format!("one of {choices:?}"),
+        Kind::Tables => "an array of tables ([[section.key]])".into(),
+        Kind::Chain => "a model and its fallbacks: { model = \"m\", fallbacks = [\"f\"] } or [\"m\", \"f\"]".into(),
+        Kind::Price => "a table of LiteLLM price fields (litellm_provider, input_cost_per_token, output_cost_per_token, ...)".into(),
     }
 }
 
@@ -485,6 +821,12 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         origin: format!("from the environment variable {name}"),
     })?;
     let value = match kind {
+        Kind::Tables => {
+            return Err(invalid(
+                &full,
+                "is only read from the config file ([[tools.mcp]] tables), not the environment",
+            ))
+        }
         Kind::Text | Kind::Address | Kind::Choice(_) => Value::String(raw.to_owned()),
         Kind::Integer => raw
             .trim()
@@ -496,13 +838,20 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
             .parse::<f64>()
             .map(Value::Float)
             .map_err(|_| invalid(&full, format!("{raw:?} is not {}", describe(kind))))?,
-        Kind::Names => Value::Array(
+        Kind::Price => {
+            return Err(invalid(
+                &full,
+                "prices are set in the config file ([prices.\"<model>\"]) or models.prices_file, not in the environment",
+            ))
+        }
+        Kind::Names | Kind::Chain => Value::Array(
             raw.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(|s| Value::String(s.to_owned()))
                 .collect(),
         ),
+        Kind::Amounts => Value::Table(amounts_from_env(raw).map_err(|p| invalid(&full, p))?),
     };
     check_value(kind, &value).map_err(|problem| invalid(&full, problem))?;
     table
@@ -512,6 +861,21 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         .ok_or_else(|| invalid(&full, "its section is not a table in the file"))?
         .insert(key, value);
     Ok(())
+}
+
+/// `name=1.5,other=2` as a table of numbers.
+fn amounts_from_env(raw: &str) -> Result<Table, String> {
+    let mut table = Table::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(name, n)| Some((name.trim(), n.trim().parse::<f64>().ok()?)));
+        let Some((name, amount)) = parsed else {
+            return Err(format!("{item:?} is not NAME=AMOUNT (e.g. acme=25.0)"));
+        };
+        table.insert(name.to_owned(), Value::Float(amount));
+    }
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -646,6 +1010,50 @@ mod tests {
     }
 
     #[test]
+    fn models_are_chains_from_the_file_or_the_environment_and_conflicts_are_named() {
+        let f = file(
+            "[models]\nheavy = { model = \"gpt-4o\", fallbacks = [\"claude-sonnet-4-5\"] }\nlight = [\"gpt-5-nano\"]\n[prices.\"my-model\"]\nlitellm_provider = \"local\"\ninput_cost_per_token = 0\noutput_cost_per_token = 0\n",
+        );
+        let vars = [("IMPRESARIO_MODELS__STANDARD", "my-model, gpt-4o-mini")];
+        let config = Config::load(Some(&f.0), env(&vars)).unwrap();
+        let chosen: Vec<(&str, Vec<&str>)> = config
+            .models
+            .chosen()
+            .into_iter()
+            .map(|(key, choice)| (key, choice.chain().collect()))
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                ("light", vec!["gpt-5-nano"]),
+                ("standard", vec!["my-model", "gpt-4o-mini"]),
+                ("heavy", vec!["gpt-4o", "claude-sonnet-4-5"]),
+            ]
+        );
+        assert!(config.prices.contains_key("my-model"));
+
+        let e = error(Some("[models]\nplanner = [\"a\"]\nheavy = [\"b\"]\n"), &[]);
+        assert!(
+            e.contains("`models.planner`") && e.contains("models.heavy both"),
+            "{e}"
+        );
+        let e = error(
+            Some("[models]\nprovider = \"offline\"\nstandard = [\"a\"]\n"),
+            &[],
+        );
+        assert!(
+            e.contains("`models.standard`") && e.contains("offline"),
+            "{e}"
+        );
+        let e = error(Some("[models]\nheavy = { modle = \"a\" }\n"), &[]);
+        assert!(e.starts_with("config key `models.heavy`"), "{e}");
+        let e = error(Some("[models]\nrequest_timeout_secs = 0\n"), &[]);
+        assert!(e.contains("`models.request_timeout_secs`"), "{e}");
+        let e = error(None, &[("IMPRESARIO_PRICES__M", "1")]);
+        assert!(e.contains("not in the environment"), "{e}");
+    }
+
+    #[test]
     fn serving_needs_one_token_of_sixteen_characters_or_more() {
         let server = |token: Option<&str>, token_file: Option<PathBuf>| Server {
             token: token.map(str::to_owned),
@@ -682,8 +1090,14 @@ mod tests {
                 Kind::Text => Value::String("0123456789abcdef".into()),
                 Kind::Address => Value::String("127.0.0.1:1".into()),
                 Kind::Integer | Kind::Number => Value::Integer(1),
-                Kind::Names => Value::Array(Vec::new()),
+                Kind::Names | Kind::Tables => Value::Array(Vec::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
+                Kind::Amounts => Value::Table(Table::new()),
+                Kind::Chain | Kind::Price => {
+                    let mut choice = Table::new();
+                    choice.insert("model".into(), Value::String("m".into()));
+                    Value::Table(choice)
+                }
             };
             let entries = table.entry(*section).or_insert(Value::Table(Table::new()));
             entries
@@ -696,12 +1110,99 @@ mod tests {
         let example = include_str!("../impresario.example.toml");
         let f = file(example);
         Config::load(Some(&f.0), Vec::new()).unwrap();
-        for (_, key, _) in KEYS {
-            let shown = example.lines().any(|line| {
-                line.trim_start_matches(['#', ' '])
-                    .starts_with(&format!("{key} = "))
-            });
+        for (section, key, kind) in KEYS {
+            let written = match kind {
+                Kind::Tables => format!("[[{section}.{key}]]"),
+                _ => format!("{key} = "),
+            };
+            let shown = example
+                .lines()
+                .any(|line| line.trim_start_matches(['#', ' ']).starts_with(&written));
             assert!(shown, "{key} is not shown in impresario.example.toml");
         }
+    }
+
+    #[test]
+    fn mcp_servers_come_from_the_file_and_a_bad_one_is_named() {
+        let f = file(
+            "[runs]\ntools = [\"calculator\", \"files.read\"]\n\
+             [[tools.mcp]]\nname = \"files\"\ncommand = \"node\"\nargs = [\"s.js\"]\n\
+             [[tools.mcp]]\nname = \"web\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
+             headers = { Authorization = \"WEB_TOKEN\" }\napproval = \"always\"\n",
+        );
+        let config = Config::load(Some(&f.0), Vec::new()).unwrap();
+        let servers = config.mcp_servers().unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].headers["Authorization"], "WEB_TOKEN");
+
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\n[[tools.mcp]]\nname = \"b\"\ncommand = \"x\"\ntimeout_secs = 0\n"),
+            &[],
+        );
+        assert!(e.starts_with("config key `tools.mcp[1]`"), "{e}");
+        assert!(e.contains("MCP server \"b\": timeout_secs is 0"), "{e}");
+        let e = error(
+            Some("[[tools.mcp]]\nname = \"a\"\nurl = \"http://h\"\nalow = []\n"),
+            &[],
+        );
+        assert!(
+            e.contains("tools.mcp[0]") && e.contains("unknown field `alow`"),
+            "{e}"
+        );
+        let e = error(None, &[("IMPRESARIO_TOOLS__MCP", "x")]);
+        assert!(e.contains("only read from the config file"), "{e}");
+        let e = error(Some("[runs]\ntools = [\"files.read\"]\n"), &[]);
+        assert!(e.contains("no tool named \"files.read\""), "{e}");
+    }
+
+    #[test]
+    fn budget_ceilings_from_the_file_and_the_environment() {
+        let f = file(
+            "[budget]\nglobal_usd = 100\ntenant_default_usd = 2.5\n[budget.tenants]\nacme = 25.0\n",
+        );
+        let config =
+            Config::load(Some(&f.0), env(&[("IMPRESARIO_BUDGET__MAX_RUN_USD", "3")])).unwrap();
+        let c = config.budget.ceilings();
+        assert_eq!(
+            (c.global, c.tenant_default, c.max_run),
+            (Some(100_000_000), Some(2_500_000), Some(3_000_000))
+        );
+        assert_eq!(c.tenants.get("acme"), Some(&25_000_000));
+        let config =
+            Config::load(None, env(&[("IMPRESARIO_BUDGET__TENANTS", "a=1, b=0.5")])).unwrap();
+        assert_eq!(config.budget.ceilings().tenants.get("b"), Some(&500_000));
+        assert_eq!(
+            Config::default().budget.ceilings().max_run,
+            Some(10_000_000)
+        );
+    }
+
+    #[test]
+    fn bad_budget_ceilings_are_named() {
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "IMPRESARIO_BUDGET__GLOBAL_USD",
+                "1e300",
+                "budget.global_usd",
+            ),
+            ("IMPRESARIO_BUDGET__TENANTS", "acme", "budget.tenants"),
+            (
+                "IMPRESARIO_BUDGET__TENANTS",
+                "acme=1e300",
+                "budget.tenants.acme",
+            ),
+            ("IMPRESARIO_RUNS__BUDGET_USD", "11", "runs.budget_usd"),
+        ];
+        for (name, value, key) in cases {
+            let e = Config::load(None, env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{name}={value}: {e}");
+        }
+        let f = file("[budget]\ntenants = { acme = -1 }\n");
+        let e = Config::load(Some(&f.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`budget.tenants`"), "{e}");
     }
 }

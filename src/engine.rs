@@ -1,6 +1,6 @@
 //! The embedded runtime as the binary runs it, for `serve`, `run` and `replay` alike: the
-//! models the configuration picks, the default tools, the journal, an orchestrator, and run
-//! requests with the configured defaults.
+//! models the configuration picks, the default tools and those of the `[[tools.mcp]]` servers,
+//! the journal, an orchestrator, and run requests with the configured defaults.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,14 +8,15 @@ use std::time::Duration;
 use impresario::agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage,
 };
+use impresario::mcp::McpServer;
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
-use impresario::setup;
 
 use crate::config::Config;
+use crate::models;
 
 /// A started runtime with its orchestrator.
 pub struct Engine {
@@ -25,9 +26,12 @@ pub struct Engine {
     pub orchestrator: Orchestrator,
     /// The client runs call models through.
     pub client: Client,
-    /// What the models are, for a person (`offline`, `openai gpt-4o-mini`, ...).
+    /// What the models are, for a person (`offline`, `openai: light gpt-4o-mini, ...`).
     pub models_description: String,
-    models: ModelMap,
+    /// True when the offline stand-in answers (it does not reason).
+    pub offline: bool,
+    /// The models runs use.
+    pub models: ModelMap,
     defaults: crate::config::RunDefaults,
 }
 
@@ -44,17 +48,24 @@ impl Engine {
         };
         let offline =
             OfflineModel::new().latency(Duration::from_millis(config.models.offline_latency_ms));
-        let chosen = match config.models.provider.as_str() {
-            "offline" => setup::offline(offline)?,
-            _ => setup::from_env_or(offline)?,
-        };
+        let models::Chosen {
+            setup: chosen,
+            offline,
+        } = models::choose(config, offline, config.models.cache_entries)?;
         let runtime = Runtime::builder().attach()?;
         let client = chosen.client;
+        let mut tools = impresario::tools::registry()?;
+        for server in config.mcp_servers()? {
+            // Connected and listed now: a server that does not start stops the start, named.
+            tools.provide(McpServer::start(server).await?)?;
+        }
+        let ledger = Ledger::new();
+        ledger.set_ceilings(config.budget.ceilings());
         let orchestrator = Orchestrator::with(
             &runtime,
             client.clone(),
-            impresario::tools::registry()?,
-            Ledger::new(),
+            tools,
+            ledger,
             OrchestratorConfig {
                 journal,
                 ..OrchestratorConfig::default()
@@ -66,6 +77,7 @@ impl Engine {
             orchestrator,
             client,
             models_description: chosen.description,
+            offline,
             models: chosen.models,
             defaults: config.runs.clone(),
         })
@@ -73,8 +85,12 @@ impl Engine {
 
     /// A request for `goal` with the configured defaults (budget, steps, tools).
     pub fn request(&self, goal: impl Into<String>) -> RunRequest {
+        let tokens = self.defaults.budget_tokens;
         RunRequest::new(goal, self.models.clone())
-            .budget(Budget::usd(self.defaults.budget_usd))
+            .budget(Budget {
+                tokens: (tokens > 0).then_some(tokens),
+                ..Budget::usd(self.defaults.budget_usd)
+            })
             .max_steps(self.defaults.max_steps as u32)
             .tools(self.defaults.tools.iter().cloned())
     }
@@ -85,14 +101,7 @@ impl Engine {
         self.orchestrator
             .ledger()
             .account(&account)
-            .map(|a| {
-                let spent = a.snapshot().spent;
-                RunUsage {
-                    micro_usd: spent.micro_usd,
-                    tokens: spent.tokens,
-                    model_calls: spent.model_calls,
-                }
-            })
+            .map(|a| RunUsage::from(a.snapshot().spent))
             .unwrap_or_default()
     }
 }

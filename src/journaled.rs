@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use impresario::agents::{RunState, RunUsage};
 use impresario::runtime::journal::{JournalEntry, RunEvent, RunOutcome, RunStatus, RunSummary};
+use impresario::runtime::ledger::Charge;
 use serde_json::{json, Value};
 
 /// Milliseconds since the Unix epoch.
@@ -58,7 +59,7 @@ pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
         "goal": goal,
         "status": shown.status.as_str(),
         "state": shown.state,
-        "usage": shown.usage,
+        "usage": RunUsage::from(shown.spent),
         "submitted_at_ms": unix_ms(first.at),
         "steps": shown.steps,
     }))
@@ -66,7 +67,8 @@ pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
 
 /// A run as its events so far show it.
 struct Shown {
-    usage: RunUsage,
+    /// What its model calls were charged.
+    spent: Charge,
     /// Each started step's detail, by number.
     planned: HashMap<u32, Value>,
     steps: Vec<Value>,
@@ -78,7 +80,7 @@ struct Shown {
 impl Default for Shown {
     fn default() -> Self {
         Shown {
-            usage: RunUsage::default(),
+            spent: Charge::ZERO,
             planned: HashMap::new(),
             steps: Vec::new(),
             status: RunStatus::Active,
@@ -90,14 +92,10 @@ impl Default for Shown {
 impl Shown {
     fn add(&mut self, event: &RunEvent) {
         match event {
-            RunEvent::LlmResponse {
-                response,
-                cost_micro_usd,
-                ..
-            } => {
-                self.usage.micro_usd += cost_micro_usd;
-                self.usage.tokens += response.usage.total_tokens();
-                self.usage.model_calls += 1;
+            RunEvent::LlmResponse { .. }
+            | RunEvent::LlmInterrupted { .. }
+            | RunEvent::LlmAborted { .. } => {
+                self.spent = self.spent + event.charge();
             }
             RunEvent::StepStarted { step, detail, .. } => {
                 self.planned.insert(*step, detail.clone());

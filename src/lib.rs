@@ -9,6 +9,9 @@
 //! `run`) is built on [`setup`], [`tools`] and the stand-in [`offline`] model.
 
 pub use impresario_agents as agents;
+/// Tools from MCP servers (feature `mcp`, on by default through `cli`).
+#[cfg(feature = "mcp")]
+pub use impresario_mcp as mcp;
 pub use impresario_runtime as runtime;
 pub use impresario_supervisor as supervisor;
 

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod engine;
 mod journaled;
+mod models;
 mod service;
 
 use std::process::ExitCode;

@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn the_registry_holds_every_named_tool() {
         let tools = registry().unwrap();
-        let mut expected = NAMES.to_vec();
+        let mut expected: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
         expected.sort_unstable();
         assert_eq!(tools.names(), expected);
     }

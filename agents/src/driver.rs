@@ -102,8 +102,16 @@ impl Driver {
     /// A driver of `setup`'s run, walking `log` first.
     pub(crate) fn new(setup: Arc<RunSetup>, log: RunLog) -> Self {
         let log = Arc::new(Mutex::new(log));
+        let mut gateway = ModelGateway::new(
+            setup.services.client.clone(),
+            log.clone(),
+            setup.token.clone(),
+        );
+        if setup.request.stream {
+            gateway = gateway.streaming_to(setup.events.clone());
+        }
         Driver {
-            gateway: ModelGateway::new(setup.services.client.clone(), log.clone()),
+            gateway,
             setup,
             log,
             steps: Vec::new(),
@@ -583,7 +591,7 @@ impl Driver {
         step: &Step,
     ) -> Result<Result<String, StepFailure>, Stopped> {
         let tool = match step {
-            Step::ToolCall { tool, .. } => self.setup.services.tools.get(tool).cloned(),
+            Step::ToolCall { tool, .. } => self.setup.services.tools.get(tool),
             _ => None,
         };
         let repeat = match (step, &tool) {

@@ -80,14 +80,10 @@ impl RunLease {
 
 /// What run account `account` spent (zero if it is gone).
 fn usage(ledger: &Ledger, account: &AccountId) -> RunUsage {
-    let Some(spent) = ledger.account(account).map(|a| a.snapshot().spent) else {
-        return RunUsage::default();
-    };
-    RunUsage {
-        micro_usd: spent.micro_usd,
-        tokens: spent.tokens,
-        model_calls: spent.model_calls,
-    }
+    ledger
+        .account(account)
+        .map(|a| RunUsage::from(a.snapshot().spent))
+        .unwrap_or_default()
 }
 
 /// The journal event of a run's end: finished (no more events), or halted (resumable); none

@@ -133,8 +133,7 @@ impl Executor {
         let tool = self
             .tools
             .get(name)
-            .ok_or_else(|| ToolError::Unknown { tool: name.into() })?
-            .clone();
+            .ok_or_else(|| ToolError::Unknown { tool: name.into() })?;
         let ctx = ToolContext {
             run: msg.run.clone(),
             step: msg.number,
@@ -142,30 +141,13 @@ impl Executor {
             halt: msg.halt.clone(),
         };
         let span = telemetry::execute_tool(name, &ctx.idempotency_key);
-        let call = tool.start(arguments, ctx)?;
-        let (halt, name) = (msg.halt.clone(), name.to_owned());
+        let call = tool.run(arguments, ctx)?;
         Ok(async move {
-            let timeout = tool.timeout();
-            let outcome = tokio::time::timeout(timeout, halt.run(call))
-                .instrument(span.clone())
-                .await;
-            if !matches!(outcome, Ok(Ok(Ok(_)))) {
+            let outcome = call.instrument(span.clone()).await;
+            if outcome.is_err() {
                 telemetry::record_error_type(&span, "tool_error");
             }
-            match outcome {
-                Ok(Ok(Ok(value))) => Ok(value),
-                Ok(Ok(Err(message))) => Err(ToolError::Failed {
-                    tool: name,
-                    message,
-                }
-                .into()),
-                Ok(Err(_halted)) => Err(ToolError::Halted { tool: name }.into()),
-                Err(_elapsed) => Err(ToolError::Timeout {
-                    tool: name,
-                    after_ms: timeout.as_millis() as u64,
-                }
-                .into()),
-            }
+            Ok(outcome?)
         })
     }
 }

@@ -7,13 +7,18 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
 use impresario_runtime::ledger::{AccountPath, Charge};
-use impresario_runtime::llm::{CallOptions, ChatRequest, ChatResponse, Client, LlmError};
+use impresario_runtime::llm::{
+    CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interruption, LlmError,
+};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::run::RunUpdate;
 
 /// Where a run's behaviour first differs from its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -300,19 +305,38 @@ fn cut(text: &str) -> String {
 
 /// How a run's agents call models: through the LLM client, each request and answer journaled
 /// before the run goes on, and served from the journal when the run is resumed or replayed.
+/// A streaming run's answers reach its events as [`RunUpdate::Delta`]s while they arrive.
 #[derive(Clone)]
 pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
+    deltas: Option<broadcast::Sender<RunUpdate>>,
+    /// The run's halt token: an overshoot halts the run at once, whichever agent made the call.
+    halt: HaltToken,
 }
 
 impl ModelGateway {
-    pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>) -> Self {
-        ModelGateway { client, log }
+    /// A gateway journaling into `log`, not streaming, halting the run through `halt`.
+    pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>, halt: HaltToken) -> Self {
+        ModelGateway {
+            client,
+            log,
+            deltas: None,
+            halt,
+        }
     }
 
-    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served without a network
-    /// call (charged again only when the ledger is being rebuilt after a restart).
+    /// The same gateway, streaming its calls' text into `events` as [`RunUpdate::Delta`]s.
+    pub(crate) fn streaming_to(mut self, events: broadcast::Sender<RunUpdate>) -> Self {
+        self.deltas = Some(events);
+        self
+    }
+
+    /// Calls a model for `step` of the run (then its `fallbacks`). A journaled answer is served
+    /// without a network call (charged again only when the ledger is being rebuilt after a
+    /// restart). A streamed answer cut short is journaled as `llm_interrupted`, any other call
+    /// that ends without an answer but was charged (halted, timed out, an overshoot) as
+    /// `llm_aborted`, each with its cost, so the run's usage survives a restart.
     pub async fn chat(
         &self,
         step: u32,
@@ -321,7 +345,8 @@ impl ModelGateway {
         options: &CallOptions,
     ) -> Result<ChatResponse, LlmError> {
         // One call at a time per run (its driver waits for each step), so holding the log across
-        // the call keeps the journal in the order things happened.
+        // the call keeps the journal in the order things happened, and the run account's spend
+        // grows only by this call's charges.
         let mut log = self.log.lock().await;
         let call = log.next_call();
         let recorded = log
@@ -337,42 +362,100 @@ impl ModelGateway {
                 return served;
             }
         }
-        let response = self
+        let options = self.streaming(step, options);
+        let before = options.account.leaf().snapshot().spent;
+        let answer = self
             .client
-            .chat_with_fallbacks(request, fallbacks, options)
-            .await?;
-        log.record(Event::LlmResponse {
+            .chat_with_fallbacks(request, fallbacks, &options)
+            .await;
+        let spent = options.account.leaf().snapshot().spent;
+        let charged = spent.saturating_sub(before);
+        if let Err(e @ LlmError::Overshoot { .. }) = &answer {
+            let run = HaltScope::Run(log.run.to_string());
+            let halt = Halt::new(run, HaltMode::Immediate, HaltReason::Overshoot);
+            self.halt.halt(halt.with_detail(e.to_string()));
+        }
+        if let Some(event) = outcome_event(step, call, &answer, charged) {
+            log.record(event).await.map_err(not_recorded)?;
+        }
+        answer
+    }
+
+    /// `options`, streaming into the run's events when the run streams.
+    fn streaming(&self, step: u32, options: &CallOptions) -> CallOptions {
+        let Some(events) = self.deltas.clone() else {
+            return options.clone();
+        };
+        options.clone().stream_to(DeltaSink::new(move |text: &str| {
+            let _ = events.send(RunUpdate::Delta {
+                step,
+                text: text.to_owned(),
+            });
+        }))
+    }
+}
+
+/// What the journal keeps of a call made live, with what the ledger charged for it (failed
+/// attempts before it included): its answer; a streamed answer cut short; or, for any other
+/// call without an answer that cost something, its cost (none if nothing was charged).
+fn outcome_event(
+    step: u32,
+    call: u32,
+    answer: &Result<ChatResponse, LlmError>,
+    charged: Charge,
+) -> Option<Event> {
+    match answer {
+        Ok(response) => Some(Event::LlmResponse {
             step,
             call,
             response: response.clone(),
-            cost_micro_usd: response.cost_micro_usd.unwrap_or(0),
-        })
-        .await
-        .map_err(not_recorded)?;
-        Ok(response)
+            cost_micro_usd: charged.micro_usd,
+        }),
+        Err(LlmError::StreamInterrupted(cut)) => Some(Event::LlmInterrupted {
+            step,
+            call,
+            content: cut.content.clone(),
+            usage: cut.usage,
+            cost_micro_usd: charged.micro_usd,
+            cause: match &cut.cause {
+                Interruption::Halted => "halted".into(),
+                Interruption::Broken(why) => why.clone(),
+            },
+        }),
+        Err(_) if charged.is_zero() => None,
+        Err(e) => Some(Event::LlmAborted {
+            step,
+            call,
+            cost_micro_usd: charged.micro_usd,
+            tokens: charged.tokens,
+            error: e.kind().to_owned(),
+        }),
     }
 }
 
 impl RunLog {
     /// The journaled answer to model call `call` of a resumed run (charged again on `account`
-    /// when the ledger is being rebuilt); an error when a replay's journal has the request but
-    /// no answer; `None`: the model must be called.
+    /// when the ledger is being rebuilt, with the attempts of it journaled as cut short or
+    /// aborted); an error when a replay's journal has the request but no answer; `None`: the
+    /// model must be called.
     fn served_answer(
         &mut self,
         call: u32,
         account: &AccountPath,
     ) -> Option<Result<ChatResponse, LlmError>> {
-        let served = self.serve(|e| matches!(e, Event::LlmResponse { call: c, .. } if *c == call));
-        if let Some(Event::LlmResponse {
-            response,
-            cost_micro_usd,
-            ..
-        }) = served
-        {
+        let this_call = |e: &Event| {
+            matches!(e, Event::LlmResponse { call: c, .. }
+                | Event::LlmInterrupted { call: c, .. }
+                | Event::LlmAborted { call: c, .. } if *c == call)
+        };
+        while let Some(event) = self.serve(this_call) {
             if self.served == ServedAnswers::Charged {
-                charge_again(account, &response, cost_micro_usd);
+                // The truth is charged even past a ceiling lowered since.
+                account.record(event.charge());
             }
-            return Some(Ok(response));
+            if let Event::LlmResponse { response, .. } = event {
+                return Some(Ok(response));
+            }
         }
         self.replay_only().then(|| {
             Err(LlmError::NotRecorded {
@@ -381,21 +464,6 @@ impl RunLog {
                     .into(),
             })
         })
-    }
-}
-
-/// Charges a journaled answer on `account` as if it had just been made: the truth is charged
-/// even past a ceiling lowered since (reported as an overshoot).
-fn charge_again(account: &AccountPath, response: &ChatResponse, cost_micro_usd: u64) {
-    let charge = Charge {
-        micro_usd: cost_micro_usd,
-        tokens: response.usage.input_tokens + response.usage.output_tokens,
-        model_calls: 1,
-        steps: 0,
-    };
-    match account.reserve(charge) {
-        Ok(held) => drop(held.settle(charge)),
-        Err(_) => drop(account.reserve(Charge::default()).map(|h| h.settle(charge))),
     }
 }
 

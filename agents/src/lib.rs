@@ -43,4 +43,7 @@ pub use run::{
     StepFailure, StepRecord,
 };
 pub use team::{ReviewPlan, Team, Verdict};
-pub use tool::{Impact, RegisteredTool, RegistryError, Tool, ToolContext, ToolError, ToolRegistry};
+pub use tool::{
+    ErasedCall, Impact, RegisteredTool, RegistryError, Tool, ToolContext, ToolError, ToolProvider,
+    ToolRegistry, ToolSpec, BUILTIN,
+};

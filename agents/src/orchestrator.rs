@@ -13,7 +13,7 @@ use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope, HaltToken, Halts
 use impresario_runtime::journal::{
     Journal, JournalError, RunEvent as JournalEvent, RunFilter, RunStatus, RunSummary,
 };
-use impresario_runtime::ledger::{AccountId, AccountPath, Ledger, LedgerError, Limits};
+use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, LedgerError, Limits};
 use impresario_runtime::llm::Client;
 use impresario_runtime::telemetry;
 use impresario_runtime::{AgentId, Placement, RunId, RuntimeHandle};
@@ -37,8 +37,9 @@ use crate::services::{executor_id, memory_id, planner_id, run_supervisor_id, Ser
 use crate::team::Team;
 use crate::tool::ToolRegistry;
 
-/// Updates a run's subscriber may fall behind by before it loses the oldest.
-pub const RUN_UPDATE_CAPACITY: usize = 64;
+/// Updates a run's subscriber may fall behind by before it loses the oldest (room for the
+/// deltas of a streamed answer between two reads).
+pub const RUN_UPDATE_CAPACITY: usize = 512;
 
 /// Why a run was not accepted. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +157,7 @@ impl Orchestrator {
         let halts = Halts::new();
         root.enforce_ceilings(&ledger, &halts, config.on_ceiling)
             .await?;
-        Ok(Orchestrator {
+        let orchestrator = Orchestrator {
             inner: Arc::new(Services {
                 runtime: runtime.clone(),
                 client,
@@ -169,7 +170,39 @@ impl Orchestrator {
                 journal: config.journal.clone(),
                 config,
             }),
-        })
+        };
+        orchestrator.rebuild_spend()?;
+        Ok(orchestrator)
+    }
+
+    /// Charges what the journal says was spent, so that tenant and global ceilings hold across
+    /// restarts: a finished run's spend on its tenant's account; an unfinished run's on its own
+    /// account (opened here, so resuming it does not charge its journaled answers twice).
+    /// Runs the journal no longer holds (deleted by retention) are not counted.
+    fn rebuild_spend(&self) -> Result<(), SubmitError> {
+        let (ledger, journal) = (&self.inner.ledger, &self.inner.journal);
+        for summary in journal.runs(&RunFilter::all())? {
+            let spent = journal
+                .read(&summary.run)?
+                .iter()
+                .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
+            if spent.is_zero() {
+                continue;
+            }
+            let tenant = ledger.tenant(&summary.tenant);
+            let leaf = if summary.status == RunStatus::Finished {
+                tenant.id().clone()
+            } else {
+                let run = AccountId::Run(summary.run.to_string());
+                match ledger.open(run.clone(), Some(tenant.id()), Limits::default()) {
+                    Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                run
+            };
+            ledger.path(&leaf)?.record(spent);
+        }
+        Ok(())
     }
 
     /// The ledger every run reserves on.
@@ -220,6 +253,11 @@ impl Orchestrator {
     /// The journaled runs `filter` selects (of this process and earlier ones).
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
         self.inner.journal.runs(filter)
+    }
+
+    /// The tools runs may ask for.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.inner.tools
     }
 
     /// The journal runs are written to.
@@ -402,23 +440,16 @@ impl Orchestrator {
         Ok(handle)
     }
 
-    /// Opens run `run`'s ledger account (under its tenant's) and its halt token.
+    /// Opens run `run`'s ledger account under its tenant's (opened with the tenant's ceiling),
+    /// or, when it is open already (a run resumed in this process, or rebuilt from the
+    /// journal), gives it the budget again (a deadline counts from now); and its halt token.
     fn open_account(
         &self,
         run: &RunId,
         request: &RunRequest,
     ) -> Result<(AccountPath, HaltToken), SubmitError> {
         let ledger = &self.inner.ledger;
-        let tenant_account = AccountId::Tenant(request.tenant.clone());
-        let opened = |id: AccountId, parent: Option<&AccountId>, limits| match ledger
-            .open(id, parent, limits)
-        {
-            Ok(_) | Err(LedgerError::AlreadyOpen(_)) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if ledger.account(&tenant_account).is_none() {
-            opened(tenant_account.clone(), None, Limits::default())?;
-        }
+        let tenant = ledger.tenant(&request.tenant);
         let budget = &request.budget;
         let limits = Limits {
             micro_usd: budget.micro_usd,
@@ -428,7 +459,15 @@ impl Orchestrator {
             deadline: budget.deadline.map(|d| Instant::now() + d),
         };
         let run_account = AccountId::Run(run.to_string());
-        opened(run_account.clone(), Some(&tenant_account), limits)?;
+        match ledger.open(run_account.clone(), Some(tenant.id()), limits.clone()) {
+            Ok(_) => {}
+            Err(LedgerError::AlreadyOpen(_)) => {
+                if let Some(account) = ledger.account(&run_account) {
+                    account.set_limits(limits);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         let path = ledger.path(&run_account)?;
         Ok((path, self.inner.halts.run(&request.tenant, run.as_str())))
     }
@@ -505,13 +544,26 @@ impl Orchestrator {
         if request.max_steps == 0 {
             return Err(invalid("max_steps", "is 0; a run needs at least one step"));
         }
+        let ceilings = self.inner.ledger.ceilings();
+        if let Err(e) = ceilings.check_run(request.budget.micro_usd) {
+            return Err(invalid("budget_usd", e.to_string()));
+        }
         for tool in &request.tools {
-            if self.inner.tools.get(tool).is_none() {
+            let Some(found) = self.inner.tools.get(tool) else {
                 return Err(invalid(
                     "tools",
                     format!(
                         "no tool named {tool:?} is registered (registered: {:?})",
                         self.inner.tools.names()
+                    ),
+                ));
+            };
+            if !found.allows(&request.tenant) {
+                return Err(invalid(
+                    "tools",
+                    format!(
+                        "tenant {:?} may not use tool {tool:?}; ask for a tool its tenant list allows",
+                        request.tenant
                     ),
                 ));
             }

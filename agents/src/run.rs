@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, Halts};
-use impresario_runtime::ledger::CeilingReached;
+use impresario_runtime::ledger::{CeilingReached, Charge};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -88,6 +88,10 @@ pub struct RunRequest {
     /// The most tokens the run's context may take before its oldest steps are summarized by
     /// the summarizer model (a budgeted call); `None`: never summarize.
     pub context_budget: Option<usize>,
+    /// Whether its model calls stream: their text reaches [`RunHandle::events`] as
+    /// [`RunUpdate::Delta`]s while it arrives (the journal keeps only whole answers).
+    #[serde(default)]
+    pub stream: bool,
 }
 
 impl RunRequest {
@@ -105,6 +109,7 @@ impl RunRequest {
             max_repairs: 2,
             output_limit: 4096,
             context_budget: None,
+            stream: false,
         }
     }
 
@@ -141,6 +146,12 @@ impl RunRequest {
     /// Summarize the oldest steps when the context would exceed `tokens`.
     pub fn context_budget(mut self, tokens: usize) -> Self {
         self.context_budget = Some(tokens);
+        self
+    }
+
+    /// Streams its model calls' text as [`RunUpdate::Delta`]s (`true`) or not (the default).
+    pub fn stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
         self
     }
 }
@@ -299,6 +310,14 @@ pub enum RunUpdate {
     },
     /// The oldest steps were summarized to keep the context within its budget.
     Compacted(crate::memory::Compaction),
+    /// A piece of a model's answer as it arrived (a streaming run only). Deltas of one call
+    /// come in order; a receiver that falls behind may miss some, never the journal.
+    Delta {
+        /// The step the call belongs to (the planner's calls: the steps done so far).
+        step: u32,
+        /// The text.
+        text: String,
+    },
 }
 
 /// What a run spent, read from its ledger account when it ended.
@@ -310,6 +329,16 @@ pub struct RunUsage {
     pub tokens: u64,
     /// Model calls.
     pub model_calls: u64,
+}
+
+impl From<Charge> for RunUsage {
+    fn from(spent: Charge) -> Self {
+        RunUsage {
+            micro_usd: spent.micro_usd,
+            tokens: spent.tokens,
+            model_calls: spent.model_calls,
+        }
+    }
 }
 
 /// How a run ended.

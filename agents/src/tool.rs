@@ -129,17 +129,45 @@ pub enum ToolError {
     },
 }
 
-type ErasedCall =
+/// A type-erased tool call: validated JSON arguments in, JSON output or a message out.
+pub type ErasedCall =
     dyn Fn(Value, ToolContext) -> BoxFuture<'static, Result<Value, String>> + Send + Sync;
+
+/// [`RegisteredTool::builtin`]'s source: a tool registered in Rust.
+pub const BUILTIN: &str = "builtin";
+
+/// A tool whose schema is known only at run time (an MCP server lists it, say): everything
+/// [`RegisteredTool::new`] needs besides the call.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// Where it comes from, as `GET /v1/tools` shows it: [`BUILTIN`] or `mcp:<server>`.
+    pub source: String,
+    /// How much harm a call can do.
+    pub impact: Impact,
+    /// How long one call may take.
+    pub timeout: Duration,
+    /// Whether a retry or a resume may call it again.
+    pub idempotent: bool,
+    /// The JSON schema of its arguments.
+    pub schema: Value,
+    /// The tenants whose runs may use it; `None`: every tenant.
+    pub tenants: Option<Vec<String>>,
+}
 
 /// A tool as the registry keeps it: its description, compiled schema and type-erased call.
 pub struct RegisteredTool {
     name: String,
     description: String,
+    source: String,
     impact: Impact,
     timeout: Duration,
     idempotent: bool,
     schema: Value,
+    tenants: Option<Vec<String>>,
     validator: jsonschema::Validator,
     call: Arc<ErasedCall>,
 }
@@ -154,9 +182,44 @@ impl std::fmt::Debug for RegisteredTool {
 }
 
 impl RegisteredTool {
+    /// A tool from a spec and a call; the schema is compiled here.
+    pub fn new(spec: ToolSpec, call: Arc<ErasedCall>) -> Result<Self, RegistryError> {
+        let validator =
+            jsonschema::validator_for(&spec.schema).map_err(|e| RegistryError::BadSchema {
+                tool: spec.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(RegisteredTool {
+            name: spec.name,
+            description: spec.description,
+            source: spec.source,
+            impact: spec.impact,
+            timeout: spec.timeout,
+            idempotent: spec.idempotent,
+            schema: spec.schema,
+            tenants: spec.tenants,
+            validator,
+            call,
+        })
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// What it does.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    /// Where it comes from: [`BUILTIN`] or `mcp:<server>`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    /// Whether runs of `tenant` may use it.
+    pub fn allows(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|tenants| tenants.iter().any(|t| t == tenant))
     }
     /// Its impact.
     pub fn impact(&self) -> Impact {
@@ -195,14 +258,28 @@ impl RegisteredTool {
         }
     }
 
-    /// Validates, then runs the call (without its timeout or halt: the executor applies those).
-    pub(crate) fn start(
+    /// Validates `args` (nothing runs if they are wrong), then starts the call under the tool's
+    /// timeout and the run's halt (`ctx.halt`): the future ends with the output or a
+    /// [`ToolError`] (`Failed`, `Timeout`, `Halted`).
+    pub fn run(
         &self,
         args: Value,
         ctx: ToolContext,
-    ) -> Result<BoxFuture<'static, Result<Value, String>>, ToolError> {
+    ) -> Result<impl Future<Output = Result<Value, ToolError>> + Send + 'static, ToolError> {
         self.validate(&args)?;
-        Ok((self.call)(args, ctx))
+        let (halt, timeout, tool) = (ctx.halt.clone(), self.timeout, self.name.clone());
+        let call = (self.call)(args, ctx);
+        Ok(async move {
+            match tokio::time::timeout(timeout, halt.run(call)).await {
+                Ok(Ok(Ok(value))) => Ok(value),
+                Ok(Ok(Err(message))) => Err(ToolError::Failed { tool, message }),
+                Ok(Err(_halted)) => Err(ToolError::Halted { tool }),
+                Err(_elapsed) => Err(ToolError::Timeout {
+                    tool,
+                    after_ms: timeout.as_millis() as u64,
+                }),
+            }
+        })
     }
 
     /// The definition a model sees.
@@ -215,10 +292,22 @@ impl RegisteredTool {
     }
 }
 
-/// The tools a runtime knows, by name. Cheap to clone.
+/// Tools that come and go while the service runs (an MCP server's, refreshed when it says
+/// its list changed). A [`ToolRegistry`] asks it on every lookup, so a change is seen by the
+/// next run and the next call.
+pub trait ToolProvider: Send + Sync + std::fmt::Debug + 'static {
+    /// Its source, as its tools report it (`mcp:<server>`): unique in a registry.
+    fn source(&self) -> &str;
+    /// Its tools now, by name.
+    fn tools(&self) -> Arc<HashMap<String, Arc<RegisteredTool>>>;
+}
+
+/// The tools a runtime knows, by name: tools registered in Rust and those of
+/// [`ToolProvider`]s. Cheap to clone; clones share the providers.
 #[derive(Clone, Default, Debug)]
 pub struct ToolRegistry {
     tools: HashMap<String, Arc<RegisteredTool>>,
+    providers: Vec<Arc<dyn ToolProvider>>,
 }
 
 /// Why a tool could not be registered.
@@ -227,6 +316,9 @@ pub enum RegistryError {
     /// Two tools with one name.
     #[error("a tool named {0:?} is already registered; tool names must be unique")]
     Duplicate(String),
+    /// Two providers with one source.
+    #[error("tools from {0:?} are already registered; give each source its own name")]
+    DuplicateSource(String),
     /// The derived schema did not compile (a bug in the argument type's `JsonSchema`).
     #[error("the argument schema of tool {tool:?} is not a valid JSON schema: {reason}")]
     BadSchema {
@@ -249,18 +341,16 @@ impl ToolRegistry {
         if self.tools.contains_key(&name) {
             return Err(RegistryError::Duplicate(name));
         }
-        let schema = schemars::schema_for!(T::Args).to_value();
-        let validator =
-            jsonschema::validator_for(&schema).map_err(|e| RegistryError::BadSchema {
-                tool: name.clone(),
-                reason: e.to_string(),
-            })?;
-        let (description, impact, timeout, idempotent) = (
-            tool.description().to_owned(),
-            tool.impact(),
-            tool.timeout(),
-            tool.idempotent(),
-        );
+        let spec = ToolSpec {
+            name: name.clone(),
+            description: tool.description().to_owned(),
+            source: BUILTIN.to_owned(),
+            impact: tool.impact(),
+            timeout: tool.timeout(),
+            idempotent: tool.idempotent(),
+            schema: schemars::schema_for!(T::Args).to_value(),
+            tenants: None,
+        };
         let tool = Arc::new(tool);
         let call: Arc<ErasedCall> = Arc::new(move |args: Value, ctx: ToolContext| {
             let tool = tool.clone();
@@ -270,19 +360,22 @@ impl ToolRegistry {
                 tool.call(args, ctx).await
             })
         });
-        self.tools.insert(
-            name.clone(),
-            Arc::new(RegisteredTool {
-                name,
-                description,
-                impact,
-                timeout,
-                idempotent,
-                schema,
-                validator,
-                call,
-            }),
-        );
+        self.tools
+            .insert(name, Arc::new(RegisteredTool::new(spec, call)?));
+        Ok(self)
+    }
+
+    /// Adds a provider's tools. A tool registered in Rust wins over a provider's tool of the
+    /// same name.
+    pub fn provide(&mut self, provider: Arc<dyn ToolProvider>) -> Result<&mut Self, RegistryError> {
+        if self
+            .providers
+            .iter()
+            .any(|p| p.source() == provider.source())
+        {
+            return Err(RegistryError::DuplicateSource(provider.source().to_owned()));
+        }
+        self.providers.push(provider);
         Ok(self)
     }
 
@@ -294,15 +387,34 @@ impl ToolRegistry {
             .collect()
     }
 
-    /// The tool named `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<RegisteredTool>> {
-        self.tools.get(name)
+    /// The tool named `name`, now.
+    pub fn get(&self, name: &str) -> Option<Arc<RegisteredTool>> {
+        if let Some(tool) = self.tools.get(name) {
+            return Some(tool.clone());
+        }
+        self.providers
+            .iter()
+            .find_map(|p| p.tools().get(name).cloned())
     }
 
-    /// The names of every tool, sorted.
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.tools.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
+    /// Every tool now, sorted by name.
+    pub fn list(&self) -> Vec<Arc<RegisteredTool>> {
+        let mut all: HashMap<String, Arc<RegisteredTool>> = HashMap::new();
+        for provider in &self.providers {
+            for (name, tool) in provider.tools().iter() {
+                all.entry(name.clone()).or_insert_with(|| tool.clone());
+            }
+        }
+        for (name, tool) in &self.tools {
+            all.insert(name.clone(), tool.clone());
+        }
+        let mut list: Vec<Arc<RegisteredTool>> = all.into_values().collect();
+        list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// The names of every tool now, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.list().iter().map(|t| t.name.clone()).collect()
     }
 }

@@ -37,6 +37,9 @@ pub enum HaltReason {
     Operator,
     /// A cost ceiling was reached.
     CostCeiling,
+    /// A model call cost more than its reservation (the provider reported more usage than
+    /// the reservation's upper bound allowed): the budget's guarantee no longer holds.
+    Overshoot,
     /// A deadline passed.
     Deadline,
     /// Too many errors.
@@ -50,6 +53,7 @@ impl fmt::Display for HaltReason {
         f.write_str(match self {
             HaltReason::Operator => "operator",
             HaltReason::CostCeiling => "cost_ceiling",
+            HaltReason::Overshoot => "overshoot",
             HaltReason::Deadline => "deadline",
             HaltReason::ErrorBudget => "error_budget",
             HaltReason::Shutdown => "shutdown",

@@ -19,6 +19,7 @@
 //! shared by many paths (a tenant, and `Global`, which is on every path) are where parallel
 //! calls meet; see BENCHMARKS.md for what that costs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Add;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -273,6 +274,88 @@ fn refusal_message(e: &CeilingReached) -> String {
     )
 }
 
+/// The money ceilings above the run, in micro-USD; `None` means unlimited.
+///
+/// A reservation must fit the run's budget, its tenant's ceiling and the global ceiling
+/// ([`AccountPath::reserve`] checks every account of its path under that account's lock, so
+/// this holds under any concurrency). Set them with [`Ledger::set_ceilings`]; tenant accounts
+/// are opened with them by [`Ledger::tenant`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ceilings {
+    /// Most the whole process may spend.
+    pub global: Option<MicroUsd>,
+    /// Most a tenant without an override may spend.
+    pub tenant_default: Option<MicroUsd>,
+    /// Per-tenant ceilings, overriding `tenant_default`.
+    pub tenants: BTreeMap<String, MicroUsd>,
+    /// The largest budget one run may ask for.
+    pub max_run: Option<MicroUsd>,
+}
+
+impl Ceilings {
+    /// The ceiling of `tenant`: its override, else the default.
+    pub fn tenant(&self, tenant: &str) -> Option<MicroUsd> {
+        self.tenants.get(tenant).copied().or(self.tenant_default)
+    }
+
+    /// Checks a run's requested budget against `max_run`. A run that asks for no budget is
+    /// refused when `max_run` is set: it would be unlimited.
+    pub fn check_run(&self, budget: Option<MicroUsd>) -> Result<(), RunBudgetTooLarge> {
+        match (self.max_run, budget) {
+            (Some(max), Some(asked)) if asked > max => Err(RunBudgetTooLarge {
+                asked: Some(asked),
+                max,
+            }),
+            (Some(max), None) => Err(RunBudgetTooLarge { asked: None, max }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A run asked for more than the largest run budget ([`Ceilings::max_run`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", run_budget_message(self))]
+pub struct RunBudgetTooLarge {
+    /// What the run asked for, in micro-USD (`None`: no budget, i.e. unlimited).
+    pub asked: Option<MicroUsd>,
+    /// The largest run budget, in micro-USD.
+    pub max: MicroUsd,
+}
+
+fn run_budget_message(e: &RunBudgetTooLarge) -> String {
+    let max = format!("{} USD", usd_text(e.max));
+    match e.asked {
+        Some(asked) => format!(
+            "a run budget of {} USD is above the largest run budget, {max}; ask for at most {max}",
+            usd_text(asked)
+        ),
+        None => format!("a run must have a budget of at most {max}; set one"),
+    }
+}
+
+/// `micro_usd` as decimal dollars, exactly (`1_500_000` is `1.5`).
+pub fn usd_text(micro_usd: MicroUsd) -> String {
+    let (whole, frac) = (micro_usd / 1_000_000, micro_usd % 1_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:06}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// A tenant's money, as [`Ledger::tenant_budget`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantBudget {
+    /// The tenant.
+    pub tenant: String,
+    /// Its ceiling in micro-USD (`None`: unlimited).
+    pub ceiling: Option<MicroUsd>,
+    /// What its runs spent (settled calls, aborted calls included).
+    pub spent: MicroUsd,
+    /// What its calls in flight hold.
+    pub reserved: MicroUsd,
+}
+
 /// Something an operator or a supervisor may want to react to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerEvent {
@@ -415,6 +498,8 @@ struct Shared {
     events: broadcast::Sender<LedgerEvent>,
     /// Ascending, deduplicated.
     warning_percents: Box<[u8]>,
+    /// The money ceilings above the run; tenant accounts are opened with them.
+    ceilings: Mutex<Ceilings>,
 }
 
 impl Shared {
@@ -452,6 +537,7 @@ impl Ledger {
         let shared = Arc::new(Shared {
             events,
             warning_percents: percents.into(),
+            ceilings: Mutex::new(Ceilings::default()),
         });
         let accounts = DashMap::new();
         let global = Account::new(AccountId::Global, None, Limits::default());
@@ -508,6 +594,85 @@ impl Ledger {
         if *id != AccountId::Global {
             self.accounts.remove(id);
         }
+    }
+
+    /// Sets the ceilings above the run: the global account's money limit at once, every open
+    /// tenant account's, and those of tenants opened later by [`Ledger::tenant`]. Spending and
+    /// reservations are kept (a ceiling lowered below what was spent refuses every new call).
+    pub fn set_ceilings(&self, ceilings: Ceilings) {
+        let mut current = self.lock_ceilings();
+        *current = ceilings;
+        set_money_limit(&self.global(), current.global);
+        for entry in self.accounts.iter() {
+            if let AccountId::Tenant(tenant) = entry.key() {
+                set_money_limit(entry.value(), current.tenant(tenant));
+            }
+        }
+    }
+
+    /// The ceilings above the run, as last set.
+    pub fn ceilings(&self) -> Ceilings {
+        self.lock_ceilings().clone()
+    }
+
+    /// The account of `tenant`, opened under `Global` with its ceiling on first use. Tenant
+    /// accounts are never closed, so what a tenant spent stays counted.
+    pub fn tenant(&self, tenant: &str) -> Account {
+        let id = AccountId::Tenant(tenant.to_owned());
+        if let Some(found) = self.account(&id) {
+            return found;
+        }
+        let global = self.global().node;
+        // Held while inserting, so a concurrent `set_ceilings` cannot miss this account.
+        let ceilings = self.lock_ceilings();
+        let limits = Limits {
+            micro_usd: ceilings.tenant(tenant),
+            ..Limits::default()
+        };
+        let account = self
+            .accounts
+            .entry(id.clone())
+            .or_insert_with(|| Account::new(id, Some(global), limits))
+            .clone();
+        drop(ceilings);
+        account
+    }
+
+    /// Overrides the ceiling of `tenant` (`None`: back to the default ceiling).
+    pub fn set_tenant_ceiling(&self, tenant: &str, micro_usd: Option<MicroUsd>) {
+        let ceiling = {
+            let mut ceilings = self.lock_ceilings();
+            match micro_usd {
+                Some(limit) => ceilings.tenants.insert(tenant.to_owned(), limit),
+                None => ceilings.tenants.remove(tenant),
+            };
+            ceilings.tenant(tenant)
+        };
+        set_money_limit(&self.tenant(tenant), ceiling);
+    }
+
+    /// What `tenant` may spend, has spent and holds (opening its account if need be).
+    pub fn tenant_budget(&self, tenant: &str) -> TenantBudget {
+        let snapshot = self.tenant(tenant).snapshot();
+        TenantBudget {
+            tenant: tenant.to_owned(),
+            ceiling: snapshot.limits.micro_usd,
+            spent: snapshot.spent.micro_usd,
+            reserved: snapshot.reserved.micro_usd,
+        }
+    }
+
+    fn global(&self) -> Account {
+        self.account(&AccountId::Global)
+            .expect("the global account is never closed")
+    }
+
+    fn lock_ceilings(&self) -> MutexGuard<'_, Ceilings> {
+        // Only plain assignments happen under this lock.
+        self.shared
+            .ceilings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Warnings, refusals and overshoots from now on. A receiver that falls more than 1024
@@ -582,6 +747,13 @@ impl Account {
     }
 }
 
+/// Replaces the money limit of `account`, keeping its other limits.
+fn set_money_limit(account: &Account, micro_usd: Option<MicroUsd>) {
+    let mut limits = account.snapshot().limits;
+    limits.micro_usd = micro_usd;
+    account.set_limits(limits);
+}
+
 /// The accounts a call is charged to: a leaf and its ancestors up to `Global`.
 /// Cheap to clone (two reference counts).
 #[derive(Clone)]
@@ -626,6 +798,15 @@ impl AccountPath {
             amount: worst_case,
             finished: false,
         })
+    }
+
+    /// Charges `spent` on every account of the path without a reservation: for money already
+    /// spent that a new process learns from its journal. No ceiling is checked (the money is
+    /// gone); what exceeds a ceiling shows as spending above it.
+    pub fn record(&self, spent: Charge) {
+        for node in self.leaf.node.ancestry() {
+            node.settle(Charge::ZERO, spent, &self.shared);
+        }
     }
 
     /// The account the path starts from (the run or agent).
@@ -963,6 +1144,143 @@ mod tests {
             Limits::default(),
         );
         assert!(path.reserve(Charge::usd(1)).is_ok());
+    }
+
+    fn ceilings() -> Ceilings {
+        Ceilings {
+            global: Some(1_000),
+            tenant_default: Some(600),
+            tenants: [("big".to_owned(), 900)].into(),
+            max_run: Some(500),
+        }
+    }
+
+    fn run_under(ledger: &Ledger, tenant: &str, run: &str) -> AccountPath {
+        let id = AccountId::Run(run.into());
+        let parent = ledger.tenant(tenant).id().clone();
+        ledger
+            .open(id.clone(), Some(&parent), Limits::default())
+            .unwrap();
+        ledger.path(&id).unwrap()
+    }
+
+    #[test]
+    fn tenant_and_global_ceilings_bound_every_reservation() {
+        let ledger = Ledger::new();
+        ledger.set_ceilings(ceilings());
+        let small = run_under(&ledger, "small", "r1");
+        let err = small.reserve(Charge::usd(601)).unwrap_err();
+        assert_eq!(err.account, AccountId::Tenant("small".into()));
+        let _ = small
+            .reserve(Charge::usd(600))
+            .unwrap()
+            .settle(Charge::usd(600));
+        // The override lets "big" reserve past the default, but not past what global has left.
+        let big = run_under(&ledger, "big", "r2");
+        let err = big.reserve(Charge::usd(401)).unwrap_err();
+        assert_eq!((err.account, err.spent), (AccountId::Global, 600));
+        assert!(big.reserve(Charge::usd(400)).is_ok());
+        assert_eq!(
+            ledger.tenant_budget("small"),
+            TenantBudget {
+                tenant: "small".into(),
+                ceiling: Some(600),
+                spent: 600,
+                reserved: 0
+            }
+        );
+    }
+
+    #[test]
+    fn tenant_ceilings_change_open_accounts_and_later_ones() {
+        let ledger = Ledger::new();
+        let early = run_under(&ledger, "early", "r1");
+        assert!(early.reserve(Charge::usd(10_000)).is_ok(), "no ceiling yet");
+        ledger.set_ceilings(ceilings());
+        assert!(
+            early.reserve(Charge::usd(601)).is_err(),
+            "default applied to an open tenant"
+        );
+        ledger.set_tenant_ceiling("early", Some(50));
+        assert_eq!(ledger.tenant_budget("early").ceiling, Some(50));
+        assert_eq!(ledger.ceilings().tenants.get("early"), Some(&50));
+        ledger.set_tenant_ceiling("early", None);
+        assert_eq!(
+            ledger.tenant_budget("early").ceiling,
+            Some(600),
+            "back to the default"
+        );
+        assert_eq!(ledger.tenant_budget("later").ceiling, Some(600));
+        assert_eq!(ledger.tenant_budget("big").ceiling, Some(900));
+    }
+
+    #[test]
+    fn concurrent_runs_of_one_tenant_never_pass_its_ceiling() {
+        let ledger = Ledger::new();
+        ledger.set_ceilings(Ceilings {
+            tenant_default: Some(1_000),
+            ..Ceilings::default()
+        });
+        let paths: Vec<AccountPath> = (0..8)
+            .map(|i| run_under(&ledger, "t", &format!("r{i}")))
+            .collect();
+        let granted: u64 = std::thread::scope(|scope| {
+            let workers: Vec<_> = paths
+                .iter()
+                .map(|path| {
+                    scope.spawn(move || {
+                        let mut granted = 0;
+                        for _ in 0..100 {
+                            if let Ok(held) = path.reserve(Charge::usd(7)) {
+                                let _ = held.settle(Charge::usd(7));
+                                granted += 1;
+                            }
+                        }
+                        granted
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        let budget = ledger.tenant_budget("t");
+        assert_eq!(budget.spent, granted * 7, "every granted call charged once");
+        assert_eq!(
+            granted,
+            1_000 / 7,
+            "the ceiling is used up to the last whole call"
+        );
+        assert_eq!(budget.reserved, 0);
+    }
+
+    #[test]
+    fn run_budgets_are_checked_against_the_largest() {
+        let c = ceilings();
+        assert!(c.check_run(Some(500)).is_ok());
+        let err = c.check_run(Some(1_500_001)).unwrap_err();
+        assert_eq!(err.to_string(), "a run budget of 1.500001 USD is above the largest run budget, 0.0005 USD; ask for at most 0.0005 USD");
+        assert!(
+            c.check_run(None).is_err(),
+            "an unlimited run is refused when there is a largest"
+        );
+        assert!(Ceilings::default().check_run(None).is_ok());
+        assert_eq!(usd_text(2_000_000), "2");
+    }
+
+    #[test]
+    fn recorded_spend_passes_ceilings_and_counts() {
+        let ledger = Ledger::new();
+        ledger.set_ceilings(Ceilings {
+            tenant_default: Some(100),
+            ..Ceilings::default()
+        });
+        let path = run_under(&ledger, "t", "r");
+        path.record(Charge::usd(150));
+        assert_eq!(ledger.tenant_budget("t").spent, 150);
+        assert_eq!(snap(&ledger, AccountId::Global).spent.micro_usd, 150);
+        assert!(
+            path.reserve(Charge::usd(1)).is_err(),
+            "over the ceiling: nothing fits"
+        );
     }
 
     #[test]

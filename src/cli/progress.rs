@@ -1,7 +1,9 @@
 //! Live progress of a run on the terminal: a spinner with the state, step, tokens and cost,
-//! and a line per plan and per finished step above it. Without a terminal (a pipe, CI) the
-//! spinner is hidden and only the lines are printed.
+//! and a line per plan and per finished step above it; a streaming run's model text is printed
+//! as it arrives (the spinner steps aside meanwhile). Without a terminal (a pipe, CI) the
+//! spinner is hidden and only the lines and the text are printed.
 
+use std::io::Write;
 use std::time::Duration;
 
 use impresario::agents::{RunState, RunUpdate, RunUsage};
@@ -12,20 +14,27 @@ pub struct Progress {
     bar: ProgressBar,
     state: String,
     usage: RunUsage,
+    /// The step whose model text is being printed, while it is (the spinner is cleared).
+    streaming: Option<u32>,
+}
+
+fn spinner() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
 }
 
 impl Progress {
     /// Starts the spinner.
     pub fn start() -> Self {
-        let bar = ProgressBar::new_spinner();
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
-            bar.set_style(style);
-        }
-        bar.enable_steady_tick(Duration::from_millis(120));
         let progress = Progress {
-            bar,
+            bar: spinner(),
             state: "queued".into(),
             usage: RunUsage::default(),
+            streaming: None,
         };
         progress.redraw();
         progress
@@ -36,8 +45,32 @@ impl Progress {
         self.bar.suspend(|| println!("{}", text.as_ref()));
     }
 
+    /// Prints model text as it arrives: the spinner is cleared until the next other event.
+    fn delta(&mut self, step: u32, text: &str) {
+        if self.streaming != Some(step) {
+            self.end_text();
+            self.bar.finish_and_clear();
+            print!("  model (step {step}): ");
+            self.streaming = Some(step);
+        }
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Ends the model text being printed, if any, and brings the spinner back.
+    fn end_text(&mut self) {
+        if self.streaming.take().is_some() {
+            println!();
+            self.bar = spinner();
+        }
+    }
+
     /// Shows an event of the run.
     pub fn event(&mut self, event: &RunUpdate) {
+        if let RunUpdate::Delta { step, text } = event {
+            return self.delta(*step, text);
+        }
+        self.end_text();
         match event {
             RunUpdate::State(state) => {
                 self.state = match state {
@@ -66,7 +99,7 @@ impl Progress {
             RunUpdate::Revised { revision, feedback } => {
                 self.line(format!("  plan {revision} sent back: {feedback}"));
             }
-            RunUpdate::Recalled { .. } | RunUpdate::Compacted(_) => {}
+            RunUpdate::Recalled { .. } | RunUpdate::Compacted(_) | RunUpdate::Delta { .. } => {}
         }
         self.redraw();
     }
@@ -78,7 +111,8 @@ impl Progress {
     }
 
     /// Clears the spinner and prints the outcome; true if the run succeeded.
-    pub fn finish(self, state: &RunState, usage: RunUsage) -> bool {
+    pub fn finish(mut self, state: &RunState, usage: RunUsage) -> bool {
+        self.end_text();
         self.bar.finish_and_clear();
         match state {
             RunState::Succeeded { answer } => println!("answer: {answer}"),

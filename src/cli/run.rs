@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// The service's bearer token (with --server).
     #[arg(long, env = "IMPRESARIO_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Print each model answer whole when it is complete, instead of as it arrives.
+    #[arg(long)]
+    no_stream: bool,
 }
 
 /// Runs the goal; true if it succeeded.
@@ -66,7 +69,10 @@ async fn embedded(config: &Config, args: RunArgs) -> Result<bool, Error> {
     if let Some(max_steps) = args.max_steps {
         request = request.max_steps(max_steps);
     }
-    let run = engine.orchestrator.submit(request).await?;
+    let run = engine
+        .orchestrator
+        .submit(request.stream(!args.no_stream))
+        .await?;
     // The first receiver of a run has every event from its start.
     let mut events = run.events();
     println!("run {} (models: {})", run.id(), engine.models_description);
@@ -102,7 +108,7 @@ async fn embedded(config: &Config, args: RunArgs) -> Result<bool, Error> {
 }
 
 async fn on_service(service: &Service, args: RunArgs) -> Result<bool, Error> {
-    let mut body = json!({ "goal": args.goal });
+    let mut body = json!({ "goal": args.goal, "stream": !args.no_stream });
     if let Some(usd) = args.budget_usd {
         body["budget_usd"] = json!(usd);
     }
@@ -125,7 +131,10 @@ async fn on_service(service: &Service, args: RunArgs) -> Result<bool, Error> {
     let mut events = service.events(&id).await?;
     while let Some(event) = events.next().await? {
         progress.event(&event);
-        progress.usage(usage(&service.get(&format!("/runs/{id}")).await?)?);
+        // Spending changes with calls and steps, not with every piece of text.
+        if !matches!(event, RunUpdate::Delta { .. }) {
+            progress.usage(usage(&service.get(&format!("/runs/{id}")).await?)?);
+        }
     }
     let shown = service.get(&format!("/runs/{id}")).await?;
     let state = serde_json::from_value(shown["state"].clone())

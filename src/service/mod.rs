@@ -20,6 +20,7 @@ mod errors;
 mod probes;
 mod routes;
 mod runs;
+mod semantic;
 mod sse;
 
 use std::collections::BTreeMap;
@@ -74,6 +75,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
     spawn_retention(&config, &engine);
+    semantic::spawn(&config, &engine)?;
     let state = shared_state(&config, engine, exposition, token);
     track_recovered(&state, recovered)?;
     let app_state = state.clone();

@@ -40,14 +40,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .service(web::resource("/runs/{id}/resume").route(web::post().to(resume)))
             .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
             .service(web::resource("/halt").route(web::post().to(halt)))
-            .service(web::resource("/halt/lift").route(web::post().to(lift))),
+            .service(web::resource("/halt/lift").route(web::post().to(lift)))
+            .service(web::resource("/tools").route(web::get().to(tools))),
     );
 }
 
 type Data = web::Data<State>;
 
-/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?}`
-/// -> 201 `{"id", "state"}`. Missing fields take the configured defaults.
+/// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?,
+/// "stream"?}` -> 201 `{"id", "state"}`. Missing fields take the configured defaults; with
+/// `"stream": true` the run's events carry its models' text as `delta` events.
 async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     if state.draining.load(Ordering::Acquire) {
@@ -62,7 +64,12 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
         if !usd.is_finite() || usd < 0.0 {
             return Err(ApiError::invalid("budget_usd", "must be 0 or more dollars"));
         }
-        request = request.budget(Budget::usd(usd));
+        // The money is the request's; the token limit stays the configured one.
+        let tokens = request.budget.tokens;
+        request = request.budget(Budget {
+            tokens,
+            ..Budget::usd(usd)
+        });
     }
     if let Some(tools) = body.take::<Vec<String>>("tools")? {
         request = request.tools(tools);
@@ -72,6 +79,9 @@ async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiE
     }
     if let Some(max_steps) = body.take::<u32>("max_steps")? {
         request = request.max_steps(max_steps);
+    }
+    if let Some(stream) = body.take::<bool>("stream")? {
+        request = request.stream(stream);
     }
     body.done()?;
     let tenant = request.tenant.clone();
@@ -142,6 +152,40 @@ async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiErro
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": next.flatten() })))
+}
+
+/// The query of `GET /v1/tools`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolsQuery {
+    tenant: Option<String>,
+}
+
+/// `GET /v1/tools[?tenant=]` -> `{"tools": [...]}`: every tool a run may ask for (those runs
+/// of `tenant` may use), with its source (`builtin` or `mcp:<server>`), description, argument
+/// schema, impact and idempotency. MCP tools are listed as their servers list them now.
+async fn tools(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ToolsQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::invalid("query", e))?;
+    let tools: Vec<Value> = state
+        .engine
+        .orchestrator
+        .tools()
+        .list()
+        .iter()
+        .filter(|tool| query.tenant.as_deref().is_none_or(|t| tool.allows(t)))
+        .map(|tool| {
+            json!({
+                "name": tool.name(),
+                "source": tool.source(),
+                "description": tool.description(),
+                "schema": tool.schema(),
+                "impact": tool.impact(),
+                "idempotent": tool.idempotent(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "tools": tools })))
 }
 
 /// `GET /v1/runs/{id}` -> the run ([`journaled::shown`]): as this process runs it, else as

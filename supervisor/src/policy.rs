@@ -108,17 +108,19 @@ impl RestartWindow {
     }
 }
 
-/// A small non-cryptographic generator for jitter (splitmix64), seeded per supervisor.
+/// A small non-cryptographic generator for [`Backoff::delay`]'s jitter (splitmix64), seeded per
+/// supervisor (or per anything else restarted with a backoff).
 #[derive(Debug)]
-pub(crate) struct Jitter(u64);
+pub struct Jitter(u64);
 
 impl Jitter {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A generator; different seeds spread restarts apart.
+    pub fn new(seed: u64) -> Self {
         Jitter(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
 
     /// A number in `[0, 1)`.
-    pub(crate) fn next_unit(&mut self) -> f64 {
+    pub fn next_unit(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

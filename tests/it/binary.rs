@@ -77,14 +77,25 @@ impl Server {
 
     /// [`Server::start`] in `dir` (another server's, to start again on its journal).
     pub fn start_in(dir: Arc<TempDir>, extra: &str) -> Server {
+        // The offline model whatever the file says (also: an override by the environment).
+        Server::try_start(dir, extra, &[("IMPRESARIO_MODELS__PROVIDER", "offline")])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Serves in `dir` with `extra` config lines and `env` as its only environment; the error
+    /// is what it printed if it did not start.
+    pub fn try_start(
+        dir: Arc<TempDir>,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let config = dir.write(
             "impresario.toml",
             &format!("[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{extra}\n"),
         );
         let stderr = std::fs::File::create(dir.0.join("stderr")).unwrap();
         let mut child = impresario(&dir)
-            // The offline model whatever the file says (also: an override by the environment).
-            .env("IMPRESARIO_MODELS__PROVIDER", "offline")
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -99,17 +110,24 @@ impl Server {
         let Some(url) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
+            return Err(format!(
                 "the service did not start: {line:?}; stderr: {}",
                 std::fs::read_to_string(dir.0.join("stderr")).unwrap_or_default()
-            );
+            ));
         };
-        Server {
+        Ok(Server {
             url: url.to_owned(),
             child,
             dir,
             http: reqwest::Client::new(),
-        }
+        })
+    }
+
+    /// `GET /metrics`, parsed strictly.
+    pub async fn scrape(&self) -> crate::support::exposition::Exposition {
+        let response = self.http.get(format!("{}/metrics", self.url)).send().await;
+        let text = response.unwrap().text().await.unwrap();
+        crate::support::exposition::parse(&text).unwrap()
     }
 
     /// What it wrote on stderr so far.

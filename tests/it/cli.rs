@@ -2,6 +2,7 @@
 //! operator meets them: exit codes, what is printed, signals, the journal file.
 
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 
 use crate::binary::{cli, impresario, label, Server, TempDir, TOKEN};
 use serde_json::json;
@@ -166,7 +167,7 @@ fn run_works_offline_then_runs_and_replay_read_its_journal() {
 
     let listed = stdout(&cli(&dir, &["runs", "list"]));
     assert!(
-        listed.starts_with(&format!("{id}  default  succeeded  $0.00"))
+        listed.starts_with(&format!("{id}  default  succeeded  $0.0"))
             && listed.ends_with(&format!("{GOAL}\n")),
         "{listed}"
     );
@@ -234,7 +235,7 @@ async fn the_cli_runs_lists_shows_and_halts_on_a_service() {
     let (code, out, err) = call(&["runs", "list", "--tenant", "acme"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.starts_with(&format!("{id}  acme  succeeded  $0.00")),
+        out.starts_with(&format!("{id}  acme  succeeded  $0.0")),
         "{out}"
     );
     let (_, out, _) = call(&["runs", "list", "--tenant", "nobody"]).await;
@@ -277,4 +278,109 @@ async fn the_cli_runs_lists_shows_and_halts_on_a_service() {
         err.contains("401 Unauthorized") && err.contains("IMPRESARIO_TOKEN"),
         "{err}"
     );
+}
+
+/// An OpenAI-compatible server on loopback (a thread per connection) answering every request
+/// with `answer`: streamed in three pieces when the request asks to stream, whole otherwise.
+/// It notes, per request, whether it asked to stream.
+fn compatible_server(answer: &'static str) -> (String, Arc<Mutex<Vec<bool>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let noted = asked.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let noted = noted.clone();
+            std::thread::spawn(move || answer_one(conn, answer, &noted));
+        }
+    });
+    (url, asked)
+}
+
+fn answer_one(conn: std::net::TcpStream, answer: &str, noted: &Mutex<Vec<bool>>) {
+    use std::io::{BufRead, Read, Write};
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let (mut line, mut length) = (String::new(), 0usize);
+    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        line.clear();
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let stream = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["stream"] == true;
+    noted.lock().unwrap().push(stream);
+    let usage = json!({"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120});
+    let mut out = conn;
+    if !stream {
+        let reply = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}], "usage": usage}).to_string();
+        let head = format!("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", reply.len());
+        let _ = out.write_all(format!("{head}{reply}").as_bytes());
+        return;
+    }
+    let third = answer.len() / 3;
+    let mut frames: Vec<String> = [
+        &answer[..third],
+        &answer[third..2 * third],
+        &answer[2 * third..],
+    ]
+    .iter()
+    .map(|p| json!({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]}))
+    .chain([
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        json!({"choices": [], "usage": usage}),
+    ])
+    .map(|event| format!("data: {event}\n\n"))
+    .collect();
+    frames.push("data: [DONE]\n\n".into());
+    let _ = out.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+    for frame in frames {
+        let _ = out.write_all(format!("{:x}\r\n{frame}\r\n", frame.len()).as_bytes());
+        let _ = out.flush();
+    }
+    let _ = out.write_all(b"0\r\n\r\n");
+}
+
+#[test]
+fn run_prints_the_model_text_as_it_streams_unless_told_not_to() {
+    const PLAN: &str =
+        r#"{"steps": [{"type": "final_answer", "answer": "Rust 1.0 shipped in 2015"}]}"#;
+    let (url, asked) = compatible_server(PLAN);
+    let dir = TempDir::new();
+    let run = |extra: &[&str]| {
+        let output = impresario(&dir)
+            .env("OPENAI_BASE_URL", &url)
+            .env("IMPRESARIO_MODEL", "local-model")
+            .args(["run", GOAL])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        stdout(&output)
+    };
+
+    let streamed = run(&[]);
+    assert!(
+        streamed.contains(&format!("  model (step 0): {PLAN}\n")),
+        "{streamed}"
+    );
+    assert!(
+        streamed.contains("answer: Rust 1.0 shipped in 2015"),
+        "{streamed}"
+    );
+    assert_eq!(*asked.lock().unwrap(), [true], "the CLI streams by default");
+
+    let whole = run(&["--no-stream"]);
+    assert!(!whole.contains("model (step"), "{whole}");
+    assert!(
+        whole.contains("answer: Rust 1.0 shipped in 2015"),
+        "{whole}"
+    );
+    assert_eq!(*asked.lock().unwrap(), [true, false]);
 }

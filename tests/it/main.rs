@@ -6,6 +6,9 @@
 mod binary;
 mod cli;
 mod metrics;
+mod models;
 mod ops;
+mod provider;
 mod service;
 mod support;
+mod tools;

@@ -444,10 +444,12 @@ async fn the_llm_client_counts_tokens_cost_retries_and_breaker_state() {
         tokio_util::sync::CancellationToken::new(),
     );
 
-    // A 503, then a 429, then an answer: two retries, one operation, one usage.
+    // A 503, then a 429, then an answer: two retries, one operation, one usage. The prompt is
+    // long enough for the 1,234 input tokens reported (more would be an overshoot).
+    let prompt = format!("hi{}", " there".repeat(220));
     let answer = client
         .chat(
-            ChatRequest::new("steady-1").user("hi").max_tokens(600),
+            ChatRequest::new("steady-1").user(prompt).max_tokens(600),
             &options,
         )
         .await

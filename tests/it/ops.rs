@@ -11,24 +11,13 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::binary::{Server, TempDir, TOKEN};
-use crate::support::exposition::{self, Exposition};
 
 const GOAL: &str = "What is 7 plus 5?";
-
-async fn scrape(server: &Server) -> Exposition {
-    let text = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    exposition::parse(&text).unwrap()
-}
 
 #[tokio::test]
 async fn counters_exist_at_zero_before_the_first_event_and_a_budget_stop_is_ceiling_reached() {
     let server = Server::start("");
-    let before = scrape(&server).await;
+    let before = server.scrape().await;
     let finished = "impresario_runs_finished_total";
     for outcome in ["succeeded", "failed", "halted", "ceiling_reached"] {
         assert_eq!(
@@ -41,13 +30,18 @@ async fn counters_exist_at_zero_before_the_first_event_and_a_budget_stop_is_ceil
     assert_eq!(before.value(escalations, &[("root", "true")]), Some(0.0));
     let lifted = "impresario_halts_lifted_total";
     assert_eq!(before.value(lifted, &[("scope", "all")]), Some(0.0));
+    let semantic = "impresario_health_semantic_up";
+    assert!(
+        !before.families.contains_key(semantic),
+        "no semantic check of the offline model"
+    );
 
     // One micro-dollar cannot pay for the planner's first call: the budget stops the run.
     let id = server
         .submit(json!({ "goal": GOAL, "budget_usd": 0.000001 }))
         .await;
     server.until(&id, |s| s["state"] == "ceiling_reached").await;
-    let after = scrape(&server).await;
+    let after = server.scrape().await;
     assert_eq!(
         after.value(finished, &[("outcome", "ceiling_reached")]),
         Some(1.0)
@@ -83,7 +77,7 @@ async fn probes_answer_head_and_a_halt_shows_in_health_not_in_readiness_until_li
     assert_eq!(status, 200);
     assert_eq!(detail["halts"][0]["scope"], "all", "{detail}");
     let in_force = "impresario_halts_in_force";
-    let scraped = scrape(&server).await;
+    let scraped = server.scrape().await;
     assert_eq!(scraped.value(in_force, &[("scope", "all")]), Some(1.0));
 
     let (status, answer) = server.post("/v1/halt/lift", json!({ "all": true })).await;
@@ -94,7 +88,7 @@ async fn probes_answer_head_and_a_halt_shows_in_health_not_in_readiness_until_li
     server.until(&id, |s| s["state"] == "succeeded").await;
     let (_, detail) = server.get("/healthz").await;
     assert_eq!(detail["halts"], json!([]), "{detail}");
-    let scraped = scrape(&server).await;
+    let scraped = server.scrape().await;
     assert_eq!(scraped.value(in_force, &[("scope", "all")]), Some(0.0));
     let lifted = "impresario_halts_lifted_total";
     assert_eq!(scraped.value(lifted, &[("scope", "all")]), Some(1.0));

@@ -407,3 +407,49 @@ async fn retention_keeps_the_journal_from_growing_without_bound() {
         "the newest run is kept: {listed}"
     );
 }
+
+#[tokio::test]
+async fn a_streaming_run_sends_its_model_text_as_delta_events() {
+    let server = Server::start("");
+    let (status, body) = server
+        .post("/v1/runs", json!({ "goal": GOAL, "stream": "yes" }))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "stream");
+
+    let id = server
+        .submit(json!({ "goal": GOAL, "tools": ["search_notes"], "stream": true }))
+        .await;
+    let events = server.events(&id).await.all().await;
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.kind == "delta")
+        .map(|e| &e.data)
+        .collect();
+    // The offline model does not stream: each answer arrives as one delta.
+    assert_eq!(deltas.len(), 2, "{deltas:?}");
+    assert_eq!(deltas[0]["step"], 0, "the first plan, before any step");
+    assert_eq!(deltas[1]["step"], 1, "the second plan, after step 1");
+    let plans: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.kind == "planned")
+        .map(|e| &e.data["plan"])
+        .collect();
+    for (delta, plan) in deltas.iter().zip(plans) {
+        let text: Value = serde_json::from_str(delta["text"].as_str().unwrap()).unwrap();
+        assert_eq!(&text, plan, "the delta is the planner's answer");
+    }
+    let others: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind != "delta")
+        .map(label)
+        .collect();
+    assert_eq!(others.last().map(String::as_str), Some("state:succeeded"));
+
+    let plain = server.submit(json!({ "goal": GOAL })).await;
+    let events = server.events(&plain).await.all().await;
+    assert!(
+        events.iter().all(|e| e.kind != "delta"),
+        "not asked to stream"
+    );
+}

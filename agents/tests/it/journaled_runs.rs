@@ -13,22 +13,20 @@ use impresario_agents::{
 use impresario_runtime::halt::HaltMode;
 use impresario_runtime::journal::{Journal, MemoryJournal, RunFilter, RunStatus};
 use impresario_runtime::ledger::Ledger;
-use impresario_runtime::llm::{
-    Client, ModelPrice, OpenAi, OpenAiConfig, PriceTable, Rates, Scripted, ScriptedReply, Usage,
-};
+use impresario_runtime::llm::{Client, Scripted, ScriptedReply, Usage};
 use impresario_runtime::{Runtime, RuntimeHandle};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+
+use crate::loopback::{fake_openai, http_client, prices};
 
 #[derive(Deserialize, JsonSchema)]
-struct Query {
+pub(crate) struct Query {
     q: String,
 }
 
-struct Search;
+pub(crate) struct Search;
 impl Tool for Search {
     type Args = Query;
     fn name(&self) -> &str {
@@ -61,96 +59,15 @@ impl Tool for FirstSlow {
     }
 }
 
-fn plan(steps: Value) -> String {
+pub(crate) fn plan(steps: Value) -> String {
     json!({ "steps": steps }).to_string()
 }
 
-fn search_then_answer() -> [String; 2] {
+pub(crate) fn search_then_answer() -> [String; 2] {
     [
         plan(json!([{ "type": "tool_call", "tool": "search", "arguments": { "q": "rust" } }])),
         plan(json!([{ "type": "final_answer", "answer": "2015" }])),
     ]
-}
-
-/// An OpenAI-compatible server on loopback answering the n-th request with `answers[n]` (the
-/// last one after that), counting every request it sees.
-async fn fake_openai(answers: Vec<String>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (answers, counter) = (answers.clone(), counter.clone());
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut reader = BufReader::new(read);
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let content = answers[n.min(answers.len() - 1)].clone();
-                    let reply = json!({
-                        "id": format!("chatcmpl-{n}"), "object": "chat.completion", "model": "local",
-                        "choices": [{ "index": 0, "message": { "role": "assistant", "content": content }, "finish_reason": "stop" }],
-                        "usage": { "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120 }
-                    })
-                    .to_string();
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        reply.len()
-                    );
-                    if write.write_all(head.as_bytes()).await.is_err()
-                        || write.write_all(reply.as_bytes()).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, seen)
-}
-
-/// `local` costs 1 USD per million input tokens and 2 per million output tokens.
-fn prices(provider: &str) -> PriceTable {
-    let mut prices = PriceTable::default();
-    let rates = Rates {
-        input: 1_000_000,
-        output: 2_000_000,
-        cache_read: 0,
-        cache_creation: 0,
-        reasoning: 0,
-    };
-    prices.insert("local", ModelPrice::new(provider, rates));
-    prices
-}
-
-fn http_client(url: &str) -> Client {
-    Client::builder()
-        .provider("http", OpenAi::new(OpenAiConfig::compatible(url)).unwrap())
-        .prices(prices("http"))
-        .build()
-        .unwrap()
 }
 
 async fn orchestrator(

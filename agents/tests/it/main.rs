@@ -4,6 +4,9 @@
 
 mod crash_recovery;
 mod journaled_runs;
+mod loopback;
 mod memory;
+mod money;
 mod runs;
+mod streamed_runs;
 mod supervised_driver;

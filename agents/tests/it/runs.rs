@@ -484,7 +484,8 @@ async fn a_graceful_halt_lets_the_step_finish_and_starts_nothing_new() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ceiling_reached_mid_run_ends_it_with_spent_within_the_ceiling() {
     // The first plan costs 100 + 1000 x 2 = 2,100 micro-USD. A planner call's worst case (the
-    // prompt's input estimate + 1,024 output tokens, about 3,600) fits 5,000 once, not twice.
+    // prompt's input estimate, one token per byte, + 1,024 output tokens: about 6,000) fits
+    // 8,000 once, not twice.
     let expensive = plan(json!([call("search", json!({ "q": "a" }))])).usage(Usage {
         input_tokens: 100,
         output_tokens: 1_000,
@@ -493,7 +494,7 @@ async fn a_ceiling_reached_mid_run_ends_it_with_spent_within_the_ceiling() {
     let (rt, orchestrator, _) = setup(vec![expensive, answer("unreachable")]).await;
     let run = orchestrator
         .submit(request(&["search"]).budget(Budget {
-            micro_usd: Some(5_000),
+            micro_usd: Some(8_000),
             ..Budget::default()
         }))
         .await
@@ -502,7 +503,7 @@ async fn a_ceiling_reached_mid_run_ends_it_with_spent_within_the_ceiling() {
     let RunState::CeilingReached { ceiling } = &result.state else {
         panic!("{:?}", result.state)
     };
-    assert_eq!((ceiling.limit, ceiling.spent), (5_000, 2_100));
+    assert_eq!((ceiling.limit, ceiling.spent), (8_000, 2_100));
     assert!(ceiling.spent + ceiling.requested > ceiling.limit);
     assert_eq!(
         result.usage.micro_usd, 2_100,

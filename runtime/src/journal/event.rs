@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::{JournalEntry, JournalError, RunStatus, Seq};
 use crate::halt::Halt;
-use crate::ledger::MicroUsd;
-use crate::llm::{ChatRequest, ChatResponse};
+use crate::ledger::{Charge, MicroUsd};
+use crate::llm::{ChatRequest, ChatResponse, Usage};
 use crate::RunId;
 
 /// The event encoding this build writes, and the newest it reads.
@@ -18,10 +18,11 @@ use crate::RunId;
 /// then upgrades older events while decoding. An event with a newer version is refused with
 /// [`JournalError::NewerEvent`], never guessed at.
 ///
-/// Version 2 added [`RunEvent::Recalled`] and [`RunEvent::Reviewed`]; version 1 journaled them as
-/// `step_started` events of kind `recall` (step 0) and `review`, which are read as the new
-/// variants.
-pub const EVENT_VERSION: u32 = 2;
+/// Version 2 added [`RunEvent::LlmInterrupted`] and [`RunEvent::LlmAborted`]; version 1 events
+/// read unchanged. Version 3 added [`RunEvent::Recalled`] and [`RunEvent::Reviewed`]; versions 1
+/// and 2 journaled them as `step_started` events of kind `recall` (step 0) and `review`, which
+/// are read as the new variants.
+pub const EVENT_VERSION: u32 = 3;
 
 /// One thing that happened in a run, as journaled.
 ///
@@ -93,6 +94,38 @@ pub enum RunEvent {
         response: ChatResponse,
         /// What the call cost, settled on the ledger.
         cost_micro_usd: MicroUsd,
+    },
+    /// A streamed answer was cut short after its first delta (halted, or broken by the
+    /// provider). Its partial text was delivered and charged; a resumed run asks again.
+    LlmInterrupted {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step (as in its [`RunEvent::LlmRequest`]).
+        call: u32,
+        /// The text delivered before it ended.
+        content: String,
+        /// The tokens charged: input plus the output received.
+        usage: Usage,
+        /// What was charged for them, settled on the ledger.
+        cost_micro_usd: MicroUsd,
+        /// `halted`, or what broke the stream.
+        cause: String,
+    },
+    /// A model call ended without an answer (halted, timed out, refused as malformed, or
+    /// over its reservation) but cost money: what the ledger charged for it, so that the run's
+    /// usage and its tenant's spend survive a restart. A resumed run charges it again when it
+    /// rebuilds its ledger and then makes the call anew.
+    LlmAborted {
+        /// The step it belongs to.
+        step: u32,
+        /// The call's number within the step (as in its [`RunEvent::LlmRequest`]).
+        call: u32,
+        /// What the call was charged, in micro-USD.
+        cost_micro_usd: MicroUsd,
+        /// Tokens charged.
+        tokens: u64,
+        /// Why it ended (the error's kind, e.g. `cancelled`, `overshoot`).
+        error: String,
     },
     /// A tool is about to be called. Journaled before the call, so that a resumed run knows a
     /// call may have happened and passes the same key to the tool.
@@ -200,6 +233,8 @@ impl RunEvent {
             RunEvent::Reviewed { .. } => "reviewed",
             RunEvent::LlmRequest { .. } => "llm_request",
             RunEvent::LlmResponse { .. } => "llm_response",
+            RunEvent::LlmInterrupted { .. } => "llm_interrupted",
+            RunEvent::LlmAborted { .. } => "llm_aborted",
             RunEvent::ToolCallIntent { .. } => "tool_call_intent",
             RunEvent::ToolResult { .. } => "tool_result",
             RunEvent::ApprovalRequested { .. } => "approval_requested",
@@ -220,6 +255,44 @@ impl RunEvent {
                 idempotency_key, ..
             } => Some(idempotency_key),
             _ => None,
+        }
+    }
+
+    /// What this event says the ledger charged (model answers and aborted calls); zero for
+    /// every other event. Summed over a run's events it is the run's spend.
+    pub fn charge(&self) -> Charge {
+        match self {
+            RunEvent::LlmResponse {
+                response,
+                cost_micro_usd,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: response.usage.total_tokens(),
+                model_calls: 1,
+                steps: 0,
+            },
+            RunEvent::LlmInterrupted {
+                cost_micro_usd,
+                usage,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: usage.total_tokens(),
+                model_calls: 1,
+                steps: 0,
+            },
+            RunEvent::LlmAborted {
+                cost_micro_usd,
+                tokens,
+                ..
+            } => Charge {
+                micro_usd: *cost_micro_usd,
+                tokens: *tokens,
+                model_calls: 1,
+                steps: 0,
+            },
+            _ => Charge::ZERO,
         }
     }
 
@@ -346,8 +419,8 @@ pub(crate) fn decode(
             ),
         ));
     }
-    let event = if version < 2 {
-        upgrade_v1(event).map_err(|reason| corrupt(seq, reason))?
+    let event = if version < 3 {
+        upgrade_v2(event).map_err(|reason| corrupt(seq, reason))?
     } else {
         event
     };
@@ -382,17 +455,18 @@ fn version_of(run: &RunId, seq: Seq, stored: i64) -> Result<u32, JournalError> {
     Ok(version)
 }
 
-/// A version 1 event as version 2 has it: recalls and reviews were `step_started` pseudo-steps.
-fn upgrade_v1(event: RunEvent) -> Result<RunEvent, String> {
+/// A version 1 or 2 event as version 3 has it: recalls and reviews were `step_started`
+/// pseudo-steps.
+fn upgrade_v2(event: RunEvent) -> Result<RunEvent, String> {
     match event {
         RunEvent::StepStarted { kind, detail, .. } if kind == "recall" => {
             let memories = serde_json::from_value(detail)
-                .map_err(|e| format!("a version 1 recall's memories do not decode: {e}"))?;
+                .map_err(|e| format!("a version 1 or 2 recall's memories do not decode: {e}"))?;
             Ok(RunEvent::Recalled { memories })
         }
         RunEvent::StepStarted { step, kind, detail } if kind == "review" => {
             let reviewer = detail["reviewer"].as_str().ok_or_else(|| {
-                "a version 1 review has no `reviewer` string in its detail".to_owned()
+                "a version 1 or 2 review has no `reviewer` string in its detail".to_owned()
             })?;
             Ok(RunEvent::Reviewed {
                 step,
@@ -462,16 +536,17 @@ mod tests {
         let err = decode(&run, 3, stored(3, 1, "step_finished", &extra)).unwrap_err();
         assert!(err.to_string().contains("unknown field `x`"), "{err}");
 
-        let err = decode(&run, 3, stored(3, 3, "step_finished", &ok)).unwrap_err();
+        let newer = i64::from(EVENT_VERSION) + 1;
+        let err = decode(&run, 3, stored(3, newer, "step_finished", &ok)).unwrap_err();
         assert!(
             matches!(
                 err,
                 JournalError::NewerEvent {
                     seq: 3,
-                    found: 3,
-                    supported: 2,
+                    found,
+                    supported: EVENT_VERSION,
                     ..
-                }
+                } if i64::from(found) == newer
             ),
             "{err}"
         );
@@ -482,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_recall_and_review_pseudo_steps_read_as_their_own_events() {
+    fn older_recall_and_review_pseudo_steps_read_as_their_own_events() {
         let run = RunId::new("r");
         let recall = json!({"type": "step_started", "step": 0, "kind": "recall", "detail": ["m1"]});
         let read = decode(&run, 2, stored(2, 1, "step_started", &recall.to_string())).unwrap();
@@ -502,8 +577,8 @@ mod tests {
             verdict,
         };
         assert_eq!(read.event, wanted);
-        // A version 2 `step_started` is a step, whatever its kind; a bad version 1 review is named.
-        let read = decode(&run, 2, stored(2, 2, "step_started", &recall.to_string())).unwrap();
+        // A version 3 `step_started` is a step, whatever its kind; a bad version 1 review is named.
+        let read = decode(&run, 2, stored(2, 3, "step_started", &recall.to_string())).unwrap();
         assert_eq!(read.event.kind(), "step_started");
         let bad = json!({"type": "step_started", "step": 3, "kind": "review", "detail": {}});
         let err = decode(&run, 2, stored(2, 1, "step_started", &bad.to_string())).unwrap_err();

@@ -15,7 +15,10 @@
 //!    broken connection, cancellation), the usage it reported, or the whole reservation (a
 //!    2xx body we could not read). A stream that fails after its first delta (halted,
 //!    dropped, stalled, a bad chunk) becomes [`LlmError::StreamInterrupted`], charged the
-//!    input plus the output received;
+//!    input plus the output received. Reported usage above the reservation is charged and
+//!    returned as [`LlmError::Overshoot`] (the caller must stop spending: the reservation no
+//!    longer bounds its calls); usage the request makes impossible (above the context window
+//!    or `max_tokens`) is a [`LlmError::MalformedResponse`], charged too;
 //! 6. retry transient failures per [`RetryPolicy`] (each attempt reserves again), waiting on
 //!    the halt token too; when retries are exhausted and the error is one another model could
 //!    avoid, fall back to the next model. An interrupted stream is neither retried nor sent
@@ -38,16 +41,16 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome};
+use super::breaker::{BreakerConfig, BreakerState, Breakers, Outcome, Permit};
 use super::cache::{CacheKey, ResponseCache};
 use super::error::{Billing, LlmError};
 use super::estimate::estimate_input;
 use super::price::{ModelPrice, PriceTable};
 use super::retry::RetryPolicy;
 use super::stream::{DeltaSink, Interruption, Received};
-use super::types::{ChatRequest, ChatResponse};
+use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
-use crate::ledger::{AccountPath, Charge, Reservation};
+use crate::ledger::{AccountPath, Charge, Reservation, Settlement};
 use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
@@ -310,10 +313,13 @@ impl<'a> Bill<'a> {
     }
 
     /// Closes the reservation as `billing` says, and records the usage the provider reported
-    /// and the money charged.
-    fn close(&self, reservation: Reservation, billing: Billing, model: &str) {
+    /// and the money charged. `None` when nothing was charged.
+    fn close(&self, reservation: Reservation, billing: Billing) -> Option<Settlement> {
         let settlement = match billing {
-            Billing::Nothing => return reservation.release(),
+            Billing::Nothing => {
+                reservation.release();
+                return None;
+            }
             Billing::InputEstimate => reservation.cancel(self.input_only),
             Billing::WorstCase => reservation.settle(self.worst_case),
             Billing::Usage(u) => {
@@ -322,15 +328,77 @@ impl<'a> Bill<'a> {
             }
         };
         self.metrics.cost(settlement.charged.micro_usd);
-        if settlement.overshoot != Charge::default() {
-            tracing::warn!(
-                model,
-                overshoot_micro_usd = settlement.overshoot.micro_usd,
-                overshoot_tokens = settlement.overshoot.tokens,
-                "call cost more than its reservation (input under-estimated)"
-            );
-        }
+        Some(settlement)
     }
+
+    /// The error that stops the caller when `settlement` went past the reservation: counted,
+    /// logged, and naming why the usage is impossible when it is.
+    fn overshoot(
+        &self,
+        settlement: Option<Settlement>,
+        impossible: Option<String>,
+        model: &str,
+    ) -> Option<LlmError> {
+        let settlement = settlement.filter(|s| !s.overshoot.is_zero())?;
+        self.metrics.overshoot();
+        tracing::warn!(
+            model,
+            overshoot_micro_usd = settlement.overshoot.micro_usd,
+            overshoot_tokens = settlement.overshoot.tokens,
+            "call cost more than its reservation; charged, the caller must stop"
+        );
+        Some(LlmError::Overshoot {
+            model: model.to_owned(),
+            reserved_micro_usd: self.worst_case.micro_usd,
+            charged_micro_usd: settlement.charged.micro_usd,
+            impossible,
+        })
+    }
+
+    /// An answer's outcome once its reservation is settled: usage above the reservation is an
+    /// [`LlmError::Overshoot`], usage the request makes impossible a malformed response (both
+    /// were charged); otherwise the answer with what it cost.
+    fn answered(
+        &self,
+        response: ChatResponse,
+        settlement: Option<Settlement>,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, LlmError> {
+        let usage = response.usage;
+        let impossible = impossible_usage(&usage, request, self.price);
+        if let Some(over) = self.overshoot(settlement, impossible.clone(), &request.model) {
+            return Err(over);
+        }
+        if let Some(problem) = impossible {
+            return Err(LlmError::MalformedResponse {
+                message: format!("the reported usage is impossible: {problem}"),
+                usage: Some(usage),
+            });
+        }
+        Ok(ChatResponse {
+            cost_micro_usd: Some(settlement.map_or(0, |s| s.charged.micro_usd)),
+            cache_hit: false,
+            ..response
+        })
+    }
+}
+
+/// Why `usage` cannot be true for `request`: more input than the model's context window, or
+/// more output than the `max_tokens` it was sent.
+fn impossible_usage(usage: &Usage, request: &ChatRequest, price: &ModelPrice) -> Option<String> {
+    if let Some(window) = price.max_input_tokens.filter(|w| usage.input_tokens > *w) {
+        return Some(format!(
+            "{} input tokens reported, above the model's context window of {window}",
+            usage.input_tokens
+        ));
+    }
+    let max_tokens = u64::from(request.max_tokens);
+    (usage.output_tokens > max_tokens).then(|| {
+        format!(
+            "{} output tokens reported, above the max_tokens of {max_tokens} sent",
+            usage.output_tokens
+        )
+    })
 }
 
 /// A reservation whose request is in flight. If the call future is dropped while it is (the
@@ -345,10 +413,9 @@ struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    fn close(mut self, billing: Billing) {
-        if let Some(r) = self.reservation.take() {
-            self.bill.close(r, billing, &self.request.model);
-        }
+    fn close(mut self, billing: Billing) -> Option<Settlement> {
+        let r = self.reservation.take()?;
+        self.bill.close(r, billing)
     }
 }
 
@@ -360,7 +427,7 @@ impl Drop for InFlight<'_> {
             } else {
                 Billing::InputEstimate
             };
-            self.bill.close(r, billing, &self.request.model);
+            self.bill.close(r, billing);
         }
     }
 }
@@ -516,6 +583,21 @@ impl Inner {
         }
     }
 
+    /// The breaker's permit to send to `model`, or why not.
+    fn permit<'a>(
+        &'a self,
+        model: &'a str,
+        metrics: &ModelMetrics,
+    ) -> Result<Permit<'a>, LlmError> {
+        self.breakers.acquire(model).map_err(|retry_in| {
+            metrics.breaker(self.breakers.state(model));
+            LlmError::CircuitOpen {
+                model: model.to_owned(),
+                retry_in,
+            }
+        })
+    }
+
     /// One attempt: the breaker's permit, the reservation, the request (streamed when the
     /// options ask) racing the halt token, and the reservation closed as the outcome says.
     /// `retrying` is the class of the failure this attempt retries, counted once it is sent.
@@ -532,13 +614,7 @@ impl Inner {
             return Err(LlmError::Cancelled);
         }
         let model = request.model.as_str();
-        let permit = self.breakers.acquire(model).map_err(|retry_in| {
-            bill.metrics.breaker(self.breakers.state(model));
-            LlmError::CircuitOpen {
-                model: model.to_owned(),
-                retry_in,
-            }
-        })?;
+        let permit = self.permit(model, bill.metrics)?;
         let received = Received::new(options.deltas.clone());
         let in_flight = InFlight {
             reservation: Some(options.account.reserve(bill.worst_case)?),
@@ -566,7 +642,7 @@ impl Inner {
             Ok(response) => Billing::Usage(response.usage),
             Err(err) => err.billing(),
         };
-        in_flight.close(billing);
+        let settlement = in_flight.close(billing);
         permit.record(
             outcome
                 .as_ref()
@@ -574,11 +650,11 @@ impl Inner {
                 .map_or(Outcome::Success, breaker_outcome),
         );
         bill.metrics.breaker(self.breakers.state(model));
-        outcome.map(|mut response| {
-            response.cost_micro_usd = Some(bill.price.cost(&response.usage));
-            response.cache_hit = false;
-            response
-        })
+        match outcome {
+            Ok(response) => bill.answered(response, settlement, request),
+            // A failure's billed usage (a filtered or malformed answer) may pass it too.
+            Err(err) => Err(bill.overshoot(settlement, None, model).unwrap_or(err)),
+        }
     }
 }
 

@@ -92,6 +92,22 @@ pub enum LlmError {
     /// The model called a tool with arguments that are not valid JSON.
     #[error("the model called tool `{}` (call id `{}`) with arguments that are not valid JSON ({}): {:?}; ask the model to repeat the call with valid JSON arguments", .0.tool, .0.call_id, .0.reason, .0.raw)]
     InvalidToolArguments(Box<InvalidToolCall>),
+    /// The provider reported usage costing more than the call reserved (its input was
+    /// under-estimated, or it answered past its own limits). It was charged what it reported:
+    /// that money is spent. The caller must stop spending (the run halts with reason
+    /// `overshoot`): the reservation no longer bounds what its calls cost.
+    #[error("model `{model}` reported usage costing {charged_micro_usd} micro-USD, above the {reserved_micro_usd} reserved for the call{}; it was charged, stop and check the provider and the token estimate", impossible.as_ref().map(|p| format!(" (the response is malformed: {p})")).unwrap_or_default())]
+    Overshoot {
+        /// The model.
+        model: String,
+        /// What the call reserved (its upper bound).
+        reserved_micro_usd: u64,
+        /// What it was charged.
+        charged_micro_usd: u64,
+        /// Why the reported usage is impossible, when it is (beyond the context window or
+        /// `max_tokens`).
+        impossible: Option<String>,
+    },
     /// The run's halt token fired; the HTTP request was aborted.
     #[error("the call was cancelled by the run's halt token")]
     Cancelled,
@@ -187,6 +203,7 @@ impl LlmError {
             LlmError::ContentFiltered { .. } => "content_filtered",
             LlmError::MalformedResponse { .. } => "malformed_response",
             LlmError::InvalidToolArguments(_) => "invalid_tool_arguments",
+            LlmError::Overshoot { .. } => "overshoot",
             LlmError::Cancelled => "cancelled",
             LlmError::StreamInterrupted(i) => match i.cause {
                 Interruption::Halted => "stream_halted",

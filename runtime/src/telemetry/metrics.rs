@@ -335,6 +335,7 @@ impl Metrics {
             input_tokens: self.histogram(&names::GEN_AI_TOKEN_USAGE, gen_ai(Some("input"))),
             output_tokens: self.histogram(&names::GEN_AI_TOKEN_USAGE, gen_ai(Some("output"))),
             cost: self.counter(&names::LLM_COST, ours()),
+            overshoots: self.counter(&names::LLM_OVERSHOOTS, ours()),
             breaker: self.gauge(&names::LLM_BREAKER_STATE, ours()),
         }
     }
@@ -405,6 +406,7 @@ pub(crate) struct ModelMetrics {
     input_tokens: Histogram,
     output_tokens: Histogram,
     cost: Counter,
+    overshoots: Counter,
     breaker: Gauge,
 }
 
@@ -437,6 +439,11 @@ impl ModelMetrics {
     /// The ledger charged `micro_usd` for an attempt.
     pub(crate) fn cost(&self, micro_usd: u64) {
         self.cost.increment(micro_usd);
+    }
+
+    /// An attempt's reported usage cost more than its reservation.
+    pub(crate) fn overshoot(&self) {
+        self.overshoots.increment(1);
     }
 
     /// A retry of a failed attempt of class `status_class` was sent.

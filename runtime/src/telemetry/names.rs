@@ -376,6 +376,13 @@ pub const LLM_COST: MetricDef = counter(
     &[PROVIDER, MODEL],
 );
 
+/// Model calls whose reported usage cost more than their reservation.
+pub const LLM_OVERSHOOTS: MetricDef = counter(
+    "impresario_llm_overshoots_total",
+    "Model calls whose reported usage cost more than was reserved for them (charged anyway; the run halts with reason overshoot), by provider and model.",
+    &[PROVIDER, MODEL],
+);
+
 /// Retried model call attempts.
 pub const LLM_RETRIES: MetricDef = counter(
     "impresario_llm_retries_total",
@@ -451,6 +458,7 @@ pub const ALL: &[&MetricDef] = &[
     &CEILING_WARNINGS,
     &CEILINGS_REACHED,
     &LLM_COST,
+    &LLM_OVERSHOOTS,
     &LLM_RETRIES,
     &LLM_BREAKER_STATE,
     &RUNS_STARTED,

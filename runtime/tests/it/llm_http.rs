@@ -67,8 +67,10 @@ async fn openai_success_reports_exact_usage_and_cost() {
     .await;
     let client = openai_client(&server, RetryPolicy::none());
     let (account, options) = budget(Some(1_000_000));
+    // Long enough for the 1,000 prompt tokens the server reports (more would be an overshoot).
+    let system = format!("Be brief.{}", " France".repeat(1000));
     let req = ChatRequest::new("gpt-4o-mini")
-        .system("Be brief.")
+        .system(system.clone())
         .user("Capital of France?")
         .max_tokens(600)
         .temperature(0.0)
@@ -118,7 +120,7 @@ async fn openai_success_reports_exact_usage_and_cost() {
     assert_eq!(sent["model"], "gpt-4o-mini");
     assert_eq!(
         sent["messages"],
-        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}])
+        json!([{"role": "system", "content": system}, {"role": "user", "content": "Capital of France?"}])
     );
     assert_eq!(sent["max_completion_tokens"], 600);
     assert!(sent.get("max_tokens").is_none());
@@ -146,8 +148,10 @@ async fn anthropic_success_normalizes_cached_input_and_costs_it() {
         description: "Weather for a city".into(),
         parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
     };
+    // Long enough for the 1,300 input tokens the server reports (more would be an overshoot).
+    let system = format!("You are terse.{}", " x".repeat(500));
     let req = ChatRequest::new("claude-sonnet-4-5")
-        .system("You are terse.")
+        .system(system.clone())
         .user("Weather in Paris?")
         .message(Message::Assistant {
             content: String::new(),
@@ -181,7 +185,7 @@ async fn anthropic_success_normalizes_cached_input_and_costs_it() {
     assert_eq!(seen.header("x-api-key"), Some("sk-ant-test"));
     assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
     let sent = seen.json();
-    assert_eq!(sent["system"], "You are terse.");
+    assert_eq!(sent["system"], system);
     assert_eq!(sent["max_tokens"], 200);
     assert_eq!(
         sent["messages"],

@@ -214,8 +214,9 @@ async fn anthropic_stream_takes_input_from_message_start_and_output_from_message
         .unwrap();
     let (account, options) = budget(None);
     let (options, deltas) = streaming(options);
+    // Long enough (one token per byte) for the 500 input tokens reported: more would overshoot.
     let req = ChatRequest::new("claude-haiku-4-5")
-        .user("Say hello in French")
+        .user(format!("Say hello in French.{}", " Please.".repeat(60)))
         .max_tokens(50);
 
     let resp = client.chat(req, &options).await.unwrap();
@@ -503,8 +504,9 @@ async fn anthropic_halt_mid_stream_charges_reported_input_and_counted_output() {
         .provider("anthropic", anthropic(&server))
         .build()
         .unwrap();
+    // Long enough (one token per byte) for the 321 input tokens reported: more would overshoot.
     let req = ChatRequest::new("claude-haiku-4-5")
-        .user("hi")
+        .user(format!("hi{}", " there".repeat(60)))
         .max_tokens(50);
 
     let (err, account) = halt_after(&server, &client, req, 2).await;
@@ -514,8 +516,8 @@ async fn anthropic_halt_mid_stream_charges_reported_input_and_counted_output() {
     };
     assert_eq!(cut.cause, Interruption::Halted);
     assert_eq!(cut.content, "abcdefghi");
-    // The provider's input count; 9 ASCII bytes of output by the heuristic (1 per 3 bytes).
-    assert_eq!((cut.usage.input_tokens, cut.usage.output_tokens), (321, 3));
+    // The provider's input count; 9 ASCII bytes of output by the bound (1 token per byte).
+    assert_eq!((cut.usage.input_tokens, cut.usage.output_tokens), (321, 9));
     assert_eq!(charged(&account), cost("claude-haiku-4-5", &cut.usage));
 }
 

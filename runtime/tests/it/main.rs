@@ -4,6 +4,7 @@
 //! global metrics recorder, `span_parenting` and `telemetry_traces` install a global tracing
 //! subscriber (handlers run on the runtime's threads, so a scoped one would miss them).
 
+mod budget_contract;
 mod halt_http;
 mod journal;
 mod ledger_model;

@@ -1,0 +1,283 @@
+//! Money that cannot leak or overspend, through whole runs against an OpenAI-compatible
+//! provider on loopback and a SQLite journal: an answer that costs more than its reservation
+//! halts the run (reason `overshoot`) and is charged; the cost of an aborted call and a
+//! tenant's spend survive a restart (rebuilt from the journal), and the ceilings still hold.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use impresario_agents::{
+    Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunResult, RunState,
+    SubmitError, ToolRegistry,
+};
+use impresario_runtime::halt::{HaltMode, HaltReason};
+use impresario_runtime::journal::{Journal, RunEvent, SqliteJournal};
+use impresario_runtime::ledger::{AccountId, Ceilings, Charge, Ledger};
+use impresario_runtime::{RunId, Runtime, RuntimeHandle};
+use serde_json::json;
+
+use crate::loopback::{fake_openai_with, http_client, Answer};
+
+/// A journal file of its own, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!(
+            "impresario-money-{name}-{}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn journal(&self) -> Arc<dyn Journal> {
+        Arc::new(SqliteJournal::open(self.0.join("journal.db")).unwrap())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn answer(text: &str) -> Answer {
+    Answer::new(json!({ "steps": [{ "type": "final_answer", "answer": text }] }).to_string())
+}
+
+/// An orchestrator over `journal` calling the provider at `url`, its ledger with `ceilings`.
+async fn team(
+    rt: &RuntimeHandle,
+    url: &str,
+    journal: Arc<dyn Journal>,
+    ceilings: Ceilings,
+) -> Orchestrator {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ledger = Ledger::new();
+    ledger.set_ceilings(ceilings);
+    let config = OrchestratorConfig {
+        journal,
+        name: format!("money-{}", NEXT.fetch_add(1, Ordering::SeqCst)),
+        ..OrchestratorConfig::default()
+    };
+    Orchestrator::with(rt, http_client(url), ToolRegistry::new(), ledger, config)
+        .await
+        .unwrap()
+}
+
+fn request(tenant: &str) -> RunRequest {
+    RunRequest::new("What is the answer?", ModelMap::all("local"))
+        .tenant(tenant)
+        .budget(Budget::usd(0.5))
+}
+
+/// What the journal says run `run` was charged.
+fn journaled_spend(journal: &dyn Journal, run: &RunId) -> Charge {
+    journal
+        .read(run)
+        .unwrap()
+        .iter()
+        .fold(Charge::ZERO, |sum, e| sum + e.event.charge())
+}
+
+fn run_spend(team: &Orchestrator, run: &RunId) -> Charge {
+    let account = team.ledger().account(&AccountId::Run(run.to_string()));
+    account.expect("the run's account is open").snapshot().spent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_input_than_estimated_halts_the_run_with_overshoot_and_is_charged() {
+    // 1,000,000 prompt tokens for a prompt of a few hundred bytes: $1, twice the run's budget.
+    let (url, requests) = fake_openai_with(vec![answer("42").usage(1_000_000, 20)]).await;
+    let dir = TempDir::new("overshoot");
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let team = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+
+    let result = team.submit(request("acme")).await.unwrap().wait().await;
+
+    match &result.state {
+        RunState::Halted { reason, detail } => {
+            assert_eq!(*reason, HaltReason::Overshoot);
+            assert!(
+                detail.as_deref().is_some_and(|d| d.contains("above the")),
+                "{detail:?}"
+            );
+        }
+        other => panic!("expected a halt for overshoot, got {other:?}"),
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "halted at once: no second call"
+    );
+    assert_eq!(
+        result.usage.micro_usd,
+        1_000_000 + 40,
+        "charged what was reported"
+    );
+    let events = team.journal().read(&result.run).unwrap();
+    let aborted = events.iter().find(|e| e.event.kind() == "llm_aborted");
+    assert!(
+        matches!(&aborted.unwrap().event, RunEvent::LlmAborted { cost_micro_usd: 1_000_040, error, .. } if error == "overshoot"),
+        "{aborted:?}"
+    );
+    assert!(events.iter().any(
+        |e| matches!(&e.event, RunEvent::Halted { halt } if halt.reason == HaltReason::Overshoot)
+    ));
+    assert_eq!(team.ledger().tenant_budget("acme").spent, 1_000_040);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Submits a run whose first model call hangs, waits until that call is journaled, halts it.
+async fn halted_mid_call(team: &Orchestrator) -> Arc<RunResult> {
+    let run = team.submit(request("acme")).await.unwrap();
+    let journal = team.journal().clone();
+    for _ in 0..400 {
+        let entries = journal.read(run.id()).unwrap();
+        if entries.iter().any(|e| e.event.kind() == "llm_request") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The request is journaled before it is sent; give it a moment to reach the server.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run.halt(HaltMode::Immediate);
+    run.wait().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_of_an_aborted_call_survives_a_restart() {
+    let hang = answer("late").after(Duration::from_secs(60));
+    let (url, _) = fake_openai_with(vec![hang, answer("42")]).await;
+    let dir = TempDir::new("aborted");
+
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let first = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+    let halted = halted_mid_call(&first).await;
+    assert!(
+        matches!(
+            halted.state,
+            RunState::Halted {
+                reason: HaltReason::Operator,
+                ..
+            }
+        ),
+        "{:?}",
+        halted.state
+    );
+    let aborted = halted.usage.micro_usd;
+    assert!(aborted > 0, "an aborted call is charged its input estimate");
+    assert_eq!(
+        journaled_spend(first.journal().as_ref(), &halted.run).micro_usd,
+        aborted
+    );
+    drop(first);
+    rt.shutdown(Duration::from_secs(5)).await;
+
+    // A new process: a fresh ledger, rebuilt from the journal.
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let second = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+    assert_eq!(run_spend(&second, &halted.run).micro_usd, aborted);
+    assert_eq!(second.ledger().tenant_budget("acme").spent, aborted);
+    let resumed = second.resume(&halted.run).await.unwrap().wait().await;
+    assert_eq!(
+        resumed.state,
+        RunState::Succeeded {
+            answer: "42".into()
+        }
+    );
+    assert_eq!(
+        resumed.usage.micro_usd,
+        aborted + 100 + 40,
+        "the aborted call, then one answer"
+    );
+    assert_eq!(
+        journaled_spend(second.journal().as_ref(), &halted.run).micro_usd,
+        resumed.usage.micro_usd
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_spend_and_ceiling_survive_a_restart() {
+    let (url, requests) = fake_openai_with(vec![answer("42")]).await;
+    let dir = TempDir::new("tenant");
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let first = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+    let done = first.submit(request("acme")).await.unwrap().wait().await;
+    assert_eq!(
+        done.state,
+        RunState::Succeeded {
+            answer: "42".into()
+        }
+    );
+    let spent = done.usage.micro_usd;
+    assert_eq!(spent, 140);
+    drop(first);
+    rt.shutdown(Duration::from_secs(5)).await;
+
+    // Restarted with a ceiling that leaves acme less than one call's worst case.
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let ceilings = Ceilings {
+        tenants: [("acme".to_owned(), spent + 1)].into(),
+        ..Ceilings::default()
+    };
+    let second = team(&rt, &url, dir.journal(), ceilings).await;
+    let budget = second.ledger().tenant_budget("acme");
+    assert_eq!((budget.spent, budget.ceiling), (spent, Some(spent + 1)));
+    assert_eq!(
+        second.ledger().tenant_budget("other").spent,
+        0,
+        "tenants apart"
+    );
+    let refused = second.submit(request("acme")).await.unwrap().wait().await;
+    match &refused.state {
+        RunState::CeilingReached { ceiling } => {
+            assert_eq!(ceiling.account, AccountId::Tenant("acme".into()));
+            assert_eq!(ceiling.spent, spent);
+        }
+        other => panic!("expected the tenant's ceiling, got {other:?}"),
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "nothing sent past the ceiling"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_budget_above_the_largest_is_refused_naming_the_field() {
+    let (url, requests) = fake_openai_with(vec![answer("42")]).await;
+    let dir = TempDir::new("max-run");
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let ceilings = Ceilings {
+        max_run: Some(10_000_000),
+        ..Ceilings::default()
+    };
+    let team = team(&rt, &url, dir.journal(), ceilings).await;
+    let huge = request("acme").budget(Budget::usd(1e300));
+    match team.submit(huge).await {
+        Err(SubmitError::Invalid { field, problem }) => {
+            assert_eq!(field, "budget_usd");
+            assert!(problem.contains("at most 10 USD"), "{problem}");
+        }
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|r| r.id().clone())
+        ),
+    }
+    assert!(
+        team.runs(&impresario_runtime::journal::RunFilter::all())
+            .unwrap()
+            .is_empty(),
+        "nothing journaled"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 0);
+    rt.shutdown(Duration::from_secs(5)).await;
+}

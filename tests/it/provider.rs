@@ -1,0 +1,128 @@
+//! A loopback HTTP server that speaks the OpenAI chat completions API the way a compatible
+//! provider (LiteLLM's proxy, vLLM, Ollama) does: it records each request body and answers
+//! every call with the same content, or accepts the request and never answers (a hung
+//! provider). It runs until dropped.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the provider behaves.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Answers every call with this assistant content.
+    Answer(String),
+    /// Reads the request, then never answers.
+    Hang,
+}
+
+/// A running provider.
+pub struct Provider {
+    /// Its base URL (`http://127.0.0.1:PORT/v1`), for `OPENAI_BASE_URL`.
+    pub base_url: String,
+    /// Every request body received, in order.
+    pub requests: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Provider {
+    /// Listens on a free loopback port.
+    pub async fn start(behaviour: Behaviour) -> Provider {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(serve(socket, behaviour.clone(), seen.clone()));
+            }
+        });
+        Provider {
+            base_url,
+            requests,
+            task,
+        }
+    }
+
+    /// The `model` of every request so far.
+    pub fn models(&self) -> Vec<String> {
+        let requests = self.requests.lock().unwrap();
+        requests
+            .iter()
+            .map(|r| r["model"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// One connection: requests one after another (keep-alive), each read whole.
+async fn serve(mut socket: TcpStream, behaviour: Behaviour, seen: Arc<Mutex<Vec<Value>>>) {
+    let mut buffer = Vec::new();
+    loop {
+        let Some(body) = read_request(&mut socket, &mut buffer).await else {
+            return;
+        };
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        seen.lock().unwrap().push(request.clone());
+        let content = match &behaviour {
+            Behaviour::Answer(content) => content.clone(),
+            Behaviour::Hang => {
+                // Holds the connection open, unanswered, until the client gives up.
+                let _ = socket.read(&mut [0u8; 1]).await;
+                return;
+            }
+        };
+        let answer = json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": request["model"],
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": content },
+                "finish_reason": "stop"
+            }],
+            "usage": { "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25 }
+        })
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if socket.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one request's head and `content-length` body; `None` when the client closed.
+async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 8192];
+    // Bounded: a request of the client under test is a few kilobytes.
+    for _ in 0..10_000 {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                let body = buffer[end + 4..end + 4 + length].to_vec();
+                buffer.drain(..end + 4 + length);
+                return Some(body);
+            }
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    None
+}
