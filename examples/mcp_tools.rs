@@ -3,12 +3,11 @@
 //!
 //! Offline by default (a scripted model plans: call `everything.get-sum`, then answer). With
 //! `OPENAI_API_KEY`, `ANTHROPIC_API_KEY` or an OpenAI-compatible `OPENAI_BASE_URL` set, a real
-//! model plans instead. Needs node and the server installed once:
-//! `npm ci --prefix mcp/tests/server-everything` (as `.ci/run` does).
+//! model plans instead. Needs node and the server installed once, as `.ci/run` does (see
+//! `impresario::mcp::reference_server`).
 //!
 //! Run: `cargo run --example mcp_tools`
 
-use std::path::Path;
 use std::time::Duration;
 
 use impresario::agents::{Budget, Orchestrator, RunRequest, RunState, ToolRegistry};
@@ -17,9 +16,6 @@ use impresario::prelude::*;
 use impresario::runtime::llm::{Scripted, ScriptedReply};
 use impresario::setup;
 use serde_json::json;
-
-const SERVER: &str =
-    "mcp/tests/server-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js";
 
 /// What the offline model answers: call the MCP tool, then answer with what it returned.
 fn offline_script() -> Scripted {
@@ -35,14 +31,7 @@ fn offline_script() -> Scripted {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join(SERVER);
-    if !server.exists() {
-        return Err(format!(
-            "{} is missing: install it with `npm ci --prefix mcp/tests/server-everything`",
-            server.display()
-        )
-        .into());
-    }
+    let server = impresario::mcp::reference_server()?;
     let models = setup::from_env_or(offline_script())?;
     println!("models: {}", models.description);
 

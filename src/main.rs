@@ -12,6 +12,7 @@ mod service;
 use std::process::ExitCode;
 
 use clap::Parser;
+use impresario::runtime::redact::RedactingWriter;
 use tracing_subscriber::filter::LevelFilter;
 
 fn main() -> ExitCode {
@@ -23,7 +24,8 @@ fn main() -> ExitCode {
         LevelFilter::WARN
     };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // One redaction layer: no credential the process holds reaches a log line.
+        .with_writer(|| RedactingWriter(std::io::stderr()))
         .with_max_level(level)
         .init();
     // One actix system runs the HTTP server (or client) and the embedded runtime's agents.

@@ -51,7 +51,8 @@ pub fn from_env_or(offline: impl ChatModel + 'static) -> Result<ModelSetup, LlmE
             )
             .prices(prices)
             .build()?;
-        return Ok(setup(client, &model, format!("{model} at {base_url}")));
+        let at = impresario_runtime::redact::redact(&base_url).into_owned();
+        return Ok(setup(client, &model, format!("{model} at {at}")));
     }
     self::offline(offline)
 }

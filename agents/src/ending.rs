@@ -8,6 +8,7 @@ use std::time::Instant;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::journal::{Journal, RunEvent as JournalEvent, RunOutcome};
 use impresario_runtime::ledger::{AccountId, Ledger};
+use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::telemetry::RunOutcome as TelemetryOutcome;
 use impresario_runtime::{Placement, RunId};
 use tokio::sync::{broadcast, watch};
@@ -126,7 +127,7 @@ pub(crate) async fn journal_end(
     let Some(event) = end_event(run, state, halt) else {
         return;
     };
-    if let Err(e) = journal.append(run, event).await {
+    if let Err(e) = journal.append(run, redact_serialized(event)).await {
         tracing::warn!(run = %run, error = %e, "could not journal how the run ended");
     }
 }

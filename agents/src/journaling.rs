@@ -13,6 +13,7 @@ use impresario_runtime::ledger::{AccountPath, Charge};
 use impresario_runtime::llm::{
     CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interruption, LlmError,
 };
+use impresario_runtime::redact::{redact, redact_serialized};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -160,6 +161,7 @@ impl RunLog {
                 found: event.kind().to_owned(),
             }),
             None => {
+                let event = redact_serialized(event);
                 self.journal.append(&self.run, event).await?;
                 Ok(Recorded::Appended)
             }
@@ -389,7 +391,7 @@ impl ModelGateway {
         options.clone().stream_to(DeltaSink::new(move |text: &str| {
             let _ = events.send(RunUpdate::Delta {
                 step,
-                text: text.to_owned(),
+                text: redact(text).into_owned(),
             });
         }))
     }

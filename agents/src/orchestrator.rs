@@ -15,6 +15,7 @@ use impresario_runtime::journal::{
 };
 use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, LedgerError, Limits};
 use impresario_runtime::llm::Client;
+use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::telemetry;
 use impresario_runtime::{AgentId, Placement, RunId, RuntimeHandle};
 use impresario_supervisor::{
@@ -240,7 +241,10 @@ impl Orchestrator {
             request: serde_json::to_value(&request)
                 .map_err(|e| invalid("request", e.to_string()))?,
         };
-        self.inner.journal.append(&run, submitted).await?;
+        self.inner
+            .journal
+            .append(&run, redact_serialized(submitted))
+            .await?;
         let log = RunLog::new(self.inner.journal.clone(), run.clone());
         self.launch(run, request, team, log).await
     }

@@ -33,6 +33,7 @@ mod catalog;
 mod config;
 mod connect;
 mod output;
+mod reference;
 mod server;
 
 pub use catalog::classify;
@@ -41,4 +42,5 @@ pub use config::{
     DEFAULT_TIMEOUT_SECS, INHERITED_ENV,
 };
 pub use connect::ConnectError;
+pub use reference::{reference_server, REFERENCE_SERVER_DIR_ENV};
 pub use server::{McpServer, StartError, RESTART_BACKOFF};

@@ -57,6 +57,8 @@ pub mod journal;
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
 pub mod llm;
+/// One redaction layer for every credential the process holds: logs, journal, errors, responses.
+pub mod redact;
 pub mod telemetry;
 
 pub use agent_ref::{AgentRef, Ask, Call, Reply};

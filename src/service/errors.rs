@@ -4,6 +4,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use impresario::agents::SubmitError;
+use impresario::runtime::redact::redact;
 use serde_json::json;
 
 /// An error answer.
@@ -119,7 +120,7 @@ impl ResponseError for ApiError {
             // The rest of the body may still come: this connection cannot carry another request.
             response.insert_header((header::CONNECTION, "close"));
         }
-        response.json(json!({ "error": self.message, "field": self.field }))
+        response.json(json!({ "error": redact(&self.message), "field": self.field }))
     }
 }
 

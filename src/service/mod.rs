@@ -4,7 +4,9 @@
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
 //! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `POST /v1/halt/lift`; and, without
-//! the token, `GET`/`HEAD` `/metrics`, `/healthz`, `/readyz` ([`probes`]).
+//! the token, `GET`/`HEAD` `/metrics`, `/healthz`, `/readyz` ([`probes`]). The operator
+//! console is served at `/ui` ([`console`]: HTML pages behind a session cookie got by signing
+//! in with the token).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
@@ -15,6 +17,7 @@
 
 mod auth;
 mod body;
+mod console;
 mod cursor;
 mod errors;
 mod probes;
@@ -51,6 +54,7 @@ pub struct State {
     draining: Arc<AtomicBool>,
     exposition: MetricsHandle,
     health: Health,
+    console: console::Console,
 }
 
 impl State {
@@ -69,6 +73,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let token = config.server.bearer_token()?;
+    impresario::runtime::redact::register(&token);
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
@@ -84,6 +89,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .app_data(app_state.clone())
             .configure(routes::configure)
             .configure(probes::configure)
+            .configure(console::configure)
             .default_service(web::to(|| async {
                 Err::<String, _>(ApiError::unknown_route())
             }))
@@ -171,7 +177,6 @@ fn shared_state(
     let draining = Arc::new(AtomicBool::new(false));
     web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
-        engine,
         runs: TrackedRuns::default(),
         token,
         body_limit: body::Limits {
@@ -181,6 +186,8 @@ fn shared_state(
         sse_keepalive: config.server.sse_keepalive(),
         draining,
         exposition,
+        console: console::Console::start(&engine.runtime),
+        engine,
     })
 }
 

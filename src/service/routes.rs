@@ -10,7 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use impresario::agents::{Autonomy, Budget, ResumeError, RunState, RunUpdate};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
-use impresario::runtime::journal::{RunEvent as Journaled, RunFilter};
+use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunSummary};
 use impresario::runtime::RunId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,7 +22,7 @@ use super::{auth, cursor, sse, State};
 use crate::journaled;
 
 /// How long a graceful halt that names no `deadline_secs` lets the current step run.
-const GRACEFUL_DEADLINE: Duration = Duration::from_secs(30);
+pub(super) const GRACEFUL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Adds the `/v1` scope.
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -140,18 +140,22 @@ async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiErro
     });
     let runs: Vec<Value> = journaled
         .iter()
-        .map(|summary| {
-            let mut listed = journaled::listed(summary);
-            if let Some(run) = state.runs.get(summary.run.as_str()) {
-                let ours = tracked(&state, &run);
-                for key in ["goal", "status", "state", "usage"] {
-                    listed[key] = ours[key].clone();
-                }
-            }
-            listed
-        })
+        .map(|summary| listed_run(&state, summary))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next": next.flatten() })))
+}
+
+/// A journaled run as `GET /v1/runs` lists it ([`journaled::listed`]), with `goal`, `state`
+/// and `usage` live when this process started or resumed it.
+pub(super) fn listed_run(state: &State, summary: &RunSummary) -> Value {
+    let mut listed = journaled::listed(summary);
+    if let Some(run) = state.runs.get(summary.run.as_str()) {
+        let ours = tracked(state, &run);
+        for key in ["goal", "status", "state", "usage"] {
+            listed[key] = ours[key].clone();
+        }
+    }
+    listed
 }
 
 /// The query of `GET /v1/tools`.
@@ -246,24 +250,36 @@ async fn halt_run(
     let mut body = body::read(payload, state.body_limit).await?;
     let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
     body.done()?;
+    halt_tracked(&run, halt)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
+}
+
+/// Halts a run of this process; 409 if it already ended.
+pub(super) fn halt_tracked(run: &Tracked, halt: Halt) -> Result<(), ApiError> {
     if run.state().is_terminal() || !run.handle.halt_with(halt) {
         return Err(ApiError::conflict(format!(
             "run {} already ended ({}); there is nothing to halt",
-            id.as_str(),
+            run.handle.id(),
             state_name(&run.state())
         )));
     }
-    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
+    Ok(())
 }
 
 /// `POST /v1/runs/{id}/resume` -> 202 `{"id", "state"}`: a halted run, or one a crash cut
 /// off, goes on from its journal (journaled model answers and tool results are served, not
 /// repeated). 404 if the journal has no such run; 409 if it is running or finished.
 async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let resumed = resume_run(&state, &id).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed.state() })))
+}
+
+/// Resumes a halted (or crash-interrupted) run from its journal and tracks it.
+pub(super) async fn resume_run(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
-    let run = RunId::new(id.as_str());
+    let run = RunId::new(id);
     let entries = state
         .engine
         .orchestrator
@@ -272,37 +288,37 @@ async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiE
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
     let (tenant, goal) = match entries.first().map(|e| &e.event) {
         Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
-        _ => return Err(ApiError::unknown_run(&id)),
+        _ => return Err(ApiError::unknown_run(id)),
     };
     if let Some(Journaled::RunFinished { .. }) = entries.last().map(|e| &e.event) {
         return Err(ApiError::conflict(format!(
-            "run {} finished; only a halted or interrupted run can be resumed",
-            id.as_str()
+            "run {id} finished; only a halted or interrupted run can be resumed"
         )));
     }
     // A run that just ended is wound down (agents stopped) before its result is recorded;
     // until then the orchestrator still counts it as running.
-    if let Some(ours) = state.runs.get(&id).filter(|r| r.state().is_terminal()) {
+    if let Some(ours) = state.runs.get(id).filter(|r| r.state().is_terminal()) {
         ours.ended().await;
     }
     let handle = match state.engine.orchestrator.resume(&run).await {
         Ok(handle) => handle,
-        Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(&id)),
+        Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(id)),
         Err(e @ (ResumeError::Running(_) | ResumeError::TenantHalted(_))) => {
             return Err(ApiError::conflict(e.to_string()))
         }
         Err(ResumeError::Submit(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::internal(e.to_string())),
     };
-    let resumed = state.track(handle, tenant, goal);
-    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed.state() })))
+    Ok(state.track(handle, tenant, goal))
 }
 
 /// A decision about a step.
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
-enum Decision {
+pub(super) enum Decision {
+    /// Let it run.
     Approve,
+    /// Refuse it (the run goes on without it).
     Reject,
 }
 
@@ -322,11 +338,23 @@ async fn decide(
     let decision: Decision = body.require("decision")?;
     let reason: Option<String> = body.take("reason")?;
     body.done()?;
+    decide_step(&run, step, decision, reason)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": id, "step": step })))
+}
+
+/// Approves or rejects `step` of `run`; 409 unless that step is the one waiting.
+pub(super) fn decide_step(
+    run: &Tracked,
+    step: u32,
+    decision: Decision,
+    reason: Option<String>,
+) -> Result<(), ApiError> {
     match run.state() {
         RunState::AwaitingApproval { step: waiting, .. } if waiting == step => {}
         other => {
             return Err(ApiError::conflict(format!(
-                "step {step} of run {id} is not waiting for approval; the run is {}",
+                "step {step} of run {} is not waiting for approval; the run is {}",
+                run.handle.id(),
                 state_name(&other)
             )))
         }
@@ -338,7 +366,7 @@ async fn decide(
             reason.unwrap_or_else(|| "rejected by an operator".into()),
         ),
     }
-    Ok(HttpResponse::Accepted().json(json!({ "id": id, "step": step })))
+    Ok(())
 }
 
 /// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
@@ -372,14 +400,20 @@ async fn lift(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiErr
     let mut body = body::read(payload, state.body_limit).await?;
     let scope = standing_scope(&mut body, "lift")?;
     body.done()?;
+    let lifted = lift_standing(&state, &scope)?;
+    Ok(HttpResponse::Ok().json(json!({ "scope": scope.to_string(), "lifted": lifted })))
+}
+
+/// Lifts the standing halt of `scope` and logs it; 409 if there is none to lift.
+pub(super) fn lift_standing(state: &State, scope: &HaltScope) -> Result<Halt, ApiError> {
     let lifted = state
         .engine
         .orchestrator
         .halts()
-        .lift(&scope)
+        .lift(scope)
         .map_err(|e| ApiError::conflict(e.to_string()))?;
     tracing::info!(scope = %scope, reason = %lifted.reason, "halt lifted by an operator");
-    Ok(HttpResponse::Ok().json(json!({ "scope": scope.to_string(), "lifted": lifted })))
+    Ok(lifted)
 }
 
 /// The scope of a standing halt: `{"tenant": "..."}` or `{"all": true}`; `verb` says what the
@@ -428,7 +462,7 @@ fn operator_halt(body: &mut Fields, scope: HaltScope) -> Result<Halt, ApiError> 
 
 /// A run this process started or resumed. 404 if the journal does not know it either; 409 if
 /// it ran in another process (it can be shown, and resumed, but not watched or steered).
-fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
+pub(super) fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
     if let Some(run) = state.runs.get(id) {
         return Ok(run);
     }
@@ -449,7 +483,7 @@ fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
 
 /// A run this process started or resumed, in the shape of [`journaled::shown`] (without its
 /// steps): its state and usage are live.
-fn tracked(state: &State, run: &Tracked) -> Value {
+pub(super) fn tracked(state: &State, run: &Tracked) -> Value {
     let usage = match run.result() {
         Some(result) => result.usage,
         None => state.engine.usage(run.handle.id()),

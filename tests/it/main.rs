@@ -1,14 +1,17 @@
 //! The facade's integration tests, one binary (one link on two cores). Each module is a former
-//! test file; `binary` runs the real `impresario` executable, `support` parses the Prometheus
-//! exposition. `embed_in_service` stays a binary of its own: the example it starts installs
+//! test file; `binary` runs the real `impresario` executable, `browser` drives headless
+//! Chromium over WebDriver, `support` parses the Prometheus exposition. `embed_in_service` stays a binary of its own: the example it starts installs
 //! the global metrics recorder.
 
 mod binary;
+mod browser;
 mod cli;
+mod console;
 mod metrics;
 mod models;
 mod ops;
 mod provider;
+mod redaction;
 mod service;
 mod support;
 mod tools;

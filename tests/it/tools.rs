@@ -1,21 +1,12 @@
 //! `GET /v1/tools` and runs asking for tools, with an MCP server configured as `[[tools.mcp]]`:
 //! the reference server-everything (npm, installed by `.ci/run`) spawned by the service.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
 use crate::binary::Server;
 
 fn everything_server(allow_tenants: &str) -> Server {
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "mcp/tests/server-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-    );
-    assert!(
-        js.exists(),
-        "{} is missing: run `npm ci --prefix mcp/tests/server-everything` (as .ci/run does)",
-        js.display()
-    );
+    let js = impresario::mcp::reference_server().unwrap_or_else(|e| panic!("{e}"));
     Server::start(&format!(
         "[[tools.mcp]]\nname = \"everything\"\ncommand = \"node\"\nargs = [{:?}, \"stdio\"]\n\
          allow = [\"echo\", \"get-sum\"]\nallow_tenants = {allow_tenants}\n",

@@ -86,11 +86,8 @@ fn http_server() -> HttpServer {
         .expect("a free port")
         .port();
     let js = everything_js();
-    let preload = js
-        .ancestors()
-        .nth(5)
-        .expect("tests/server-everything")
-        .join("loopback.cjs");
+    let preload = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/server-everything/loopback.cjs");
     let child = Command::new("node")
         .arg("--require")
         .arg(preload)

@@ -12,15 +12,7 @@ use serde_json::Value;
 
 /// `server-everything`'s entry point, or a panic saying how to install it.
 pub fn everything_js() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "tests/server-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: run `npm ci --prefix mcp/tests/server-everything` (as .ci/run does)",
-        path.display()
-    );
-    path
+    impresario_mcp::reference_server().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The fault server's binary (an example of this crate, built by `cargo test`).

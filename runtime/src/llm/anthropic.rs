@@ -80,6 +80,8 @@ impl fmt::Debug for Anthropic {
 impl Anthropic {
     /// A provider with these settings.
     pub fn new(config: AnthropicConfig) -> Result<Self, LlmError> {
+        crate::redact::register(&config.api_key);
+        crate::redact::register_url(&config.base_url);
         Ok(Anthropic {
             client: http::build_client(&config.http)?,
             url: format!("{}/v1/messages", config.base_url.trim_end_matches('/')),
@@ -116,7 +118,7 @@ impl ChatModel for Anthropic {
         Box::pin(async move {
             let answer = self.send(request).await;
             // A provider may echo the key in an error body: it must not reach logs or spans.
-            answer.map_err(|e| e.redact(&self.config.api_key))
+            answer.map_err(LlmError::redacted)
         })
     }
 
@@ -127,7 +129,7 @@ impl ChatModel for Anthropic {
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
             let answer = self.send_stream(request, received).await;
-            answer.map_err(|e| e.redact(&self.config.api_key))
+            answer.map_err(LlmError::redacted)
         })
     }
 }

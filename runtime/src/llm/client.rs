@@ -51,6 +51,7 @@ use super::stream::{DeltaSink, Interruption, Received};
 use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Reservation, Settlement};
+use crate::redact::redact_serialized;
 use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
@@ -522,7 +523,10 @@ impl Inner {
         let result = self
             .attempts(request, options, (price, provider), &metrics, &mut sent)
             .instrument(span.clone())
-            .await;
+            .await
+            // A provider may echo a credential in an answer or an error: none leaves the layer.
+            .map(redact_serialized)
+            .map_err(LlmError::redacted);
         record_chat(&span, &result, sent, self.record_content);
         if sent > 0 {
             let error = result.as_ref().err().map(LlmError::kind);

@@ -229,12 +229,10 @@ impl LlmError {
         }
     }
 
-    /// The same error with every occurrence of `secret` (an API key) in its messages replaced,
-    /// so a provider that echoes the key in an error body cannot leak it into logs or spans.
-    pub(crate) fn redact(mut self, secret: &str) -> Self {
-        if secret.is_empty() {
-            return self;
-        }
+    /// The same error with every credential in its messages redacted ([`crate::redact`]), so a
+    /// provider that echoes a key, a bearer token, Basic auth or a URL's password in an error
+    /// body cannot leak it into logs, spans, the journal or an API response.
+    pub(crate) fn redacted(mut self) -> Self {
         let message = match &mut self {
             LlmError::Transient { message, .. }
             | LlmError::Network { message, .. }
@@ -244,16 +242,19 @@ impl LlmError {
             | LlmError::Auth { message, .. }
             | LlmError::ContextTooLong { message }
             | LlmError::ContentFiltered { message, .. }
-            | LlmError::MalformedResponse { message, .. } => message,
-            LlmError::StreamInterrupted(i) => match &mut i.cause {
-                Interruption::Broken(message) => message,
-                Interruption::Halted => return self,
-            },
+            | LlmError::MalformedResponse { message, .. }
+            | LlmError::Config(message) => message,
+            LlmError::StreamInterrupted(i) => {
+                crate::redact::redact_in_place(&mut i.content);
+                match &mut i.cause {
+                    Interruption::Broken(message) => message,
+                    Interruption::Halted => return self,
+                }
+            }
+            LlmError::InvalidToolArguments(call) => &mut call.raw,
             _ => return self,
         };
-        if message.contains(secret) {
-            *message = message.replace(secret, "<redacted>");
-        }
+        crate::redact::redact_in_place(message);
         self
     }
 

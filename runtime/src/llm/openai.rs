@@ -94,6 +94,10 @@ impl fmt::Debug for OpenAi {
 impl OpenAi {
     /// A provider with these settings.
     pub fn new(config: OpenAiConfig) -> Result<Self, LlmError> {
+        if let Some(key) = &config.api_key {
+            crate::redact::register(key);
+        }
+        crate::redact::register_url(&config.base_url);
         let auth = match &config.api_key {
             Some(key) => Some(http::secret_header(&format!("Bearer {key}"))?),
             None => None,
@@ -176,11 +180,6 @@ impl OpenAi {
         }
         Ok(http_request)
     }
-
-    /// The key to hide from errors (a provider may echo it in an error body).
-    fn secret(&self) -> &str {
-        self.config.api_key.as_deref().unwrap_or("")
-    }
 }
 
 impl ChatModel for OpenAi {
@@ -191,7 +190,7 @@ impl ChatModel for OpenAi {
         Box::pin(async move {
             let answer = self.send(request).await;
             // A provider may echo the key in an error body: it must not reach logs or spans.
-            answer.map_err(|e| e.redact(self.secret()))
+            answer.map_err(LlmError::redacted)
         })
     }
 
@@ -202,7 +201,7 @@ impl ChatModel for OpenAi {
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
             let answer = self.send_stream(request, received).await;
-            answer.map_err(|e| e.redact(self.secret()))
+            answer.map_err(LlmError::redacted)
         })
     }
 }

@@ -1,0 +1,188 @@
+//! One redaction layer for every credential the process holds, applied wherever text leaves
+//! the process's hands: logs, the journal, error messages and API responses.
+//!
+//! Two kinds of things are replaced by `<redacted>`:
+//! - **registered secrets**: every credential the process is given registers itself
+//!   ([`register`]: provider API keys, the service's bearer token; [`register_url`]: the user
+//!   and password of a URL, and their Basic-auth encoding). Registered secrets shorter than
+//!   [`MIN_SECRET_CHARS`] are refused (they would redact ordinary words);
+//! - **credential shapes**, whoever holds them: `Bearer <token>` and `Basic <credentials>`,
+//!   `user:password@` in URLs, and the values of `api_key`, `x-api-key` and `authorization`
+//!   fields.
+//!
+//! The registry is process-wide (a credential is held by the process, not by one component).
+
+use std::borrow::Cow;
+use std::sync::{LazyLock, PoisonError, RwLock};
+
+use base64::Engine;
+use regex::Regex;
+
+/// What replaces a credential.
+pub const REDACTED: &str = "<redacted>";
+
+/// Shorter registered secrets are refused: they would redact ordinary text.
+pub const MIN_SECRET_CHARS: usize = 8;
+
+static SECRETS: LazyLock<RwLock<Vec<String>>> = LazyLock::new(RwLock::default);
+
+/// `Bearer x`, `Basic x`; `scheme://user:pass@`; `"api_key": "x"`, `x-api-key: x`, `authorization=x`.
+static SHAPES: LazyLock<[(Regex, &str); 3]> = LazyLock::new(|| {
+    let re = |pattern: &str| Regex::new(pattern).expect("a valid pattern");
+    [
+        (
+            re(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}"),
+            "${1}${2}<redacted>",
+        ),
+        (
+            re(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]+(:[^\s/@]*)?@"),
+            "${1}<redacted>@",
+        ),
+        (
+            re(
+                r#"(?i)\b(x-api-key|api[_-]?key|authorization)(["']?\s*[:=]\s*["']?)(?:bearer\s+|basic\s+)?[^\s"',;}]{6,}"#,
+            ),
+            "${1}${2}<redacted>",
+        ),
+    ]
+});
+
+/// Registers a credential the process holds, so it is redacted wherever it appears. Blank or
+/// too short values are ignored (an unset key is not a secret); registering twice is harmless.
+pub fn register(secret: &str) {
+    let secret = secret.trim();
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return;
+    }
+    let mut secrets = SECRETS.write().unwrap_or_else(PoisonError::into_inner);
+    if !secrets.iter().any(|s| s == secret) {
+        secrets.push(secret.to_owned());
+        // Longest first: a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// Registers the credentials inside `url` (`scheme://user:password@host`): the password, the
+/// `user:password` pair and its Basic-auth (base64) form.
+pub fn register_url(url: &str) {
+    let Some((_, rest)) = url.split_once("://") else {
+        return;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return;
+    };
+    register(userinfo);
+    register(&base64::engine::general_purpose::STANDARD.encode(userinfo));
+    if let Some((_, password)) = userinfo.split_once(':') {
+        register(password);
+    }
+}
+
+/// `text` with every registered secret and every credential shape replaced by `<redacted>`;
+/// borrowed when there was nothing to redact.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
+    for secret in SECRETS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        if out.contains(secret.as_str()) {
+            out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
+        }
+    }
+    for (shape, replacement) in SHAPES.iter() {
+        if let Cow::Owned(replaced) = shape.replace_all(&out, *replacement) {
+            out = Cow::Owned(replaced);
+        }
+    }
+    out
+}
+
+/// Redacts `text` in place; true if anything was replaced.
+pub fn redact_in_place(text: &mut String) -> bool {
+    match redact(text) {
+        Cow::Borrowed(_) => false,
+        Cow::Owned(clean) => {
+            *text = clean;
+            true
+        }
+    }
+}
+
+/// A JSON-serializable value with every string redacted (serialized, redacted, read back); the
+/// value itself when there was nothing to redact or it does not read back.
+pub fn redact_serialized<T>(value: T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let Ok(json) = serde_json::to_string(&value) else {
+        return value;
+    };
+    match redact(&json) {
+        Cow::Borrowed(_) => value,
+        Cow::Owned(clean) => serde_json::from_str(&clean).unwrap_or(value),
+    }
+}
+
+/// A writer (for a log subscriber) that redacts each write before passing it to `inner`.
+pub struct RedactingWriter<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_secrets_and_credential_shapes_are_redacted() {
+        register("sk-unit-test-0123456789");
+        register("short");
+        register_url("https://alice:pa55word-xyz@example.com/v1");
+        let text = "key sk-unit-test-0123456789; short; pa55word-xyz; \
+                    https://bob:hunter2@h.example/x; Authorization: Bearer abc.def-123456; token Bearer q1w2e3r4t5; \
+                    Basic YWxpY2U6cGE1NXdvcmQteHl6; {\"api_key\": \"zzzzzzzz\"}; x-api-key: k-1234567";
+        let clean = redact(text);
+        for secret in [
+            "sk-unit-test-0123456789",
+            "pa55word-xyz",
+            "hunter2",
+            "abc.def-123456",
+            "q1w2e3r4t5",
+            "YWxpY2U6cGE1NXdvcmQteHl6",
+            "zzzzzzzz",
+            "k-1234567",
+        ] {
+            assert!(!clean.contains(secret), "{secret} in {clean}");
+        }
+        assert!(
+            clean.contains("short"),
+            "too short to be a registered secret: {clean}"
+        );
+        assert!(clean.contains("https://<redacted>@h.example/x"), "{clean}");
+        assert!(clean.contains("token Bearer <redacted>"), "{clean}");
+    }
+
+    #[test]
+    fn clean_text_is_borrowed_and_values_read_back() {
+        assert!(matches!(redact("nothing to see here"), Cow::Borrowed(_)));
+        register("value-secret-42");
+        let v: serde_json::Value =
+            redact_serialized(serde_json::json!({"a": ["value-secret-42", 1]}));
+        assert_eq!(v, serde_json::json!({"a": ["<redacted>", 1]}));
+        let mut s = String::from("Bearer value-secret-42");
+        assert!(redact_in_place(&mut s));
+        assert_eq!(s, "Bearer <redacted>");
+    }
+}
