@@ -28,8 +28,8 @@ use impresario_runtime::llm::{
     PriceTable, Usage,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
@@ -61,27 +61,11 @@ fn anthropic_body() -> String {
 
 /// A keep-alive HTTP/1.1 server on its own thread, answering by path at once.
 fn start_server() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let (openai, anthropic) = (openai_body(), anthropic_body());
-            loop {
-                let (conn, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(conn, openai.clone(), anthropic.clone()));
-            }
-        });
-    });
-    rx.recv().unwrap()
+    let (openai, anthropic) = (openai_body(), anthropic_body());
+    common::loopback_server(move |conn| serve(conn, openai.clone(), anthropic.clone()))
 }
 
 async fn serve(mut conn: TcpStream, openai: String, anthropic: String) {
-    conn.set_nodelay(true).unwrap();
     let answer = |body: &str| {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: req_bench\r\ncontent-length: {}\r\n\r\n{body}",
@@ -90,36 +74,12 @@ async fn serve(mut conn: TcpStream, openai: String, anthropic: String) {
     };
     let (openai, anthropic) = (answer(&openai), answer(&anthropic));
     let mut buf = Vec::with_capacity(16 << 10);
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = std::str::from_utf8(&buf[..head_end])
-            .unwrap()
-            .to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        while buf.len() < head_end + length {
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+    while let Some(head) = common::read_request(&mut conn, &mut buf).await {
         let reply = if head.starts_with("post /v1/messages") {
             &anthropic
         } else {
             &openai
         };
-        buf.drain(..head_end + length);
         if conn.write_all(reply.as_bytes()).await.is_err() {
             return;
         }

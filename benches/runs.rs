@@ -168,6 +168,7 @@ async fn bare(runs: usize) -> (Duration, Duration) {
             tool.validate(&args).unwrap();
             let ctx = ToolContext {
                 run: impresario_runtime::RunId::new("bare"),
+                tenant: "default".into(),
                 step: 1,
                 idempotency_key: String::new(),
                 halt: halts.global(),

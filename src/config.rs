@@ -19,6 +19,8 @@ use impresario::runtime::ledger::Ceilings;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::identity::Identity;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -137,6 +139,18 @@ fn micro_usd(usd: f64) -> u64 {
     (usd * 1e6) as u64
 }
 
+/// `usd` in micro-USD if it is an amount a ceiling accepts (finite, 0 to `MAX_USD`), else
+/// what is wrong with it.
+pub fn checked_micro_usd(usd: f64) -> Result<u64, String> {
+    if (0.0..=MAX_USD).contains(&usd) {
+        Ok(micro_usd(usd))
+    } else {
+        Err(format!(
+            "{usd} is not an amount of dollars between 0 and {MAX_USD}"
+        ))
+    }
+}
+
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -147,6 +161,8 @@ pub struct Server {
     pub token: Option<String>,
     /// A file holding the token (instead of `token`; surrounding whitespace is ignored).
     pub token_file: Option<PathBuf>,
+    /// More tokens (`[[server.tokens]]`), each an admin's or bound to one tenant.
+    pub tokens: Vec<TokenEntry>,
     /// The largest request body accepted, in bytes (larger ones get 413).
     pub body_limit_bytes: u64,
     /// On SIGTERM, how long running runs get to finish their current step before they are
@@ -165,12 +181,28 @@ impl Default for Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             token_file: None,
+            tokens: Vec::new(),
             body_limit_bytes: 64 * 1024,
             drain_timeout_secs: 30,
             body_timeout_secs: 10,
             sse_keepalive_secs: 15,
         }
     }
+}
+
+/// One `[[server.tokens]]` entry: whose token it is, and where to read it (never the
+/// token itself, which stays out of the config file).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The tenant the token acts for: it sees and acts on that tenant's runs only.
+    pub tenant: Option<String>,
+    /// `true`: an admin token, which sees and acts on every tenant's runs.
+    pub admin: Option<bool>,
+    /// A file holding the token (surrounding whitespace is ignored).
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the token.
+    pub token_env: Option<String>,
 }
 
 /// `[runs]`.
@@ -368,37 +400,94 @@ impl Server {
         Duration::from_secs(self.sse_keepalive_secs)
     }
 
-    /// The bearer token, from `token` or `token_file`; serving needs one.
-    pub fn bearer_token(&self) -> Result<String, ConfigError> {
-        let (key, token) = match (&self.token, &self.token_file) {
-            (Some(token), None) => ("server.token", token.trim().to_owned()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid("server.token_file", format!("cannot read {path:?}: {e}"))
-                })?;
-                ("server.token_file", text.trim().to_owned())
-            }
-            (None, None) => {
+    /// Every bearer token with whose it is: the admin token of `token` or `token_file` (if
+    /// set), then each `[[server.tokens]]` entry's. Serving needs at least one; each must be
+    /// long enough and different from the others.
+    pub fn bearer_tokens(&self) -> Result<Vec<(Identity, String)>, ConfigError> {
+        let mut tokens = Vec::new();
+        if let Some((key, token)) = self.admin_token()? {
+            tokens.push((Identity::Admin, checked(key, token)?));
+        }
+        for (n, entry) in self.tokens.iter().enumerate() {
+            let key = format!("server.tokens[{n}]");
+            let access = match (&entry.tenant, entry.admin) {
+                (Some(tenant), None) if !tenant.trim().is_empty() => {
+                    Identity::Tenant(tenant.clone())
+                }
+                (None, Some(true)) => Identity::Admin,
+                _ => {
+                    return Err(invalid(
+                        &key,
+                        "needs either tenant = \"<name>\" or admin = true",
+                    ))
+                }
+            };
+            let token = match (&entry.token_file, &entry.token_env) {
+                (Some(path), None) => read_token_file(&key, path)?,
+                (None, Some(name)) => std::env::var(name).map_err(|_| {
+                    invalid(
+                        &key,
+                        format!("token_env names {name:?}, which is not set (or not UTF-8)"),
+                    )
+                })?,
+                _ => {
+                    return Err(invalid(
+                        &key,
+                        "reads its token from one of token_file or token_env",
+                    ))
+                }
+            };
+            let token = checked(&key, token.trim().to_owned())?;
+            if tokens.iter().any(|(_, t)| *t == token) {
                 return Err(invalid(
-                    "server.token",
-                    "is required to serve: every /v1 request needs a bearer token (or set server.token_file)",
-                ))
+                    &key,
+                    "has the same token as an earlier one; give each its own",
+                ));
             }
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "server.token",
-                    "and server.token_file are both set; keep one",
-                ))
-            }
-        };
-        if token.chars().count() < MIN_TOKEN_CHARS {
+            tokens.push((access, token));
+        }
+        if tokens.is_empty() {
             return Err(invalid(
-                key,
-                format!("the token is shorter than {MIN_TOKEN_CHARS} characters; use a random one (`openssl rand -hex 32`)"),
+                "server.token",
+                "is required to serve: every /v1 request needs a bearer token (set server.token, server.token_file or [[server.tokens]])",
             ));
         }
-        Ok(token)
+        Ok(tokens)
     }
+
+    /// The admin token of `token` or `token_file`, with the key it came from.
+    fn admin_token(&self) -> Result<Option<(&'static str, String)>, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(token), None) => Ok(Some(("server.token", token.trim().to_owned()))),
+            (None, Some(path)) => Ok(Some((
+                "server.token_file",
+                read_token_file("server.token_file", path)?,
+            ))),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(invalid(
+                "server.token",
+                "and server.token_file are both set; keep one",
+            )),
+        }
+    }
+}
+
+/// The token in the file at `path` (trimmed).
+fn read_token_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|e| invalid(key, format!("cannot read {path:?}: {e}")))
+}
+
+/// `token`, if it is long enough.
+fn checked(key: &str, token: String) -> Result<String, ConfigError> {
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(invalid(
+            key,
+            format!("the token is shorter than {MIN_TOKEN_CHARS} characters; use a random one (`openssl rand -hex 32`)"),
+        ));
+    }
+    Ok(token)
 }
 
 /// The shortest bearer token accepted.
@@ -419,6 +508,8 @@ enum Kind {
     Names,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// A list of `[[server.tokens]]` tables (file only: the environment cannot hold one).
+    Tokens,
     /// An array of tables (`[[tools.mcp]]`), only in the file.
     Tables,
     /// A table of non-negative numbers by name (`name=1.5,other=2` in the environment).
@@ -435,6 +526,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "listen", Kind::Address),
     ("server", "token", Kind::Text),
     ("server", "token_file", Kind::Text),
+    ("server", "tokens", Kind::Tokens),
     ("server", "body_limit_bytes", Kind::Integer),
     ("server", "drain_timeout_secs", Kind::Integer),
     ("server", "body_timeout_secs", Kind::Integer),
@@ -763,6 +855,7 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
         (Kind::Number, Value::Integer(n)) => *n >= 0,
         (Kind::Number, Value::Float(x)) => *x >= 0.0,
         (Kind::Names, Value::Array(items)) => items.iter().all(Value::is_str),
+        (Kind::Tokens, Value::Array(items)) => return items.iter().try_for_each(check_token),
         (Kind::Tables, Value::Array(items)) => items.iter().all(Value::is_table),
         (Kind::Amounts, Value::Table(amounts)) => amounts
             .values()
@@ -803,6 +896,46 @@ fn describe(kind: Kind) -> String {
         Kind::Tables => "an array of tables ([[section.key]])".into(),
         Kind::Chain => "a model and its fallbacks: { model = \"m\", fallbacks = [\"f\"] } or [\"m\", \"f\"]".into(),
         Kind::Price => "a table of LiteLLM price fields (litellm_provider, input_cost_per_token, output_cost_per_token, ...)".into(),
+        Kind::Tokens => "a list of [[server.tokens]] tables".into(),
+    }
+}
+
+/// Checks one `[[server.tokens]]` entry: its keys, their types, one owner and one source.
+fn check_token(entry: &Value) -> Result<(), String> {
+    let Some(entry) = entry.as_table() else {
+        return Err(
+            "each entry must be a table: [[server.tokens]] with tenant and token_file".into(),
+        );
+    };
+    for (key, value) in entry {
+        let ok = match key.as_str() {
+            "tenant" | "token_env" => value.is_str(),
+            "token_file" => value.is_str(),
+            "admin" => value.as_bool() == Some(true),
+            _ => return Err(format!("unknown key {key:?} in a [[server.tokens]] entry; the keys are tenant, admin, token_file, token_env")),
+        };
+        if !ok {
+            return Err(format!("{key} = {value} is not valid in a [[server.tokens]] entry (tenant, token_file, token_env: strings; admin: true)"));
+        }
+    }
+    match (entry.contains_key("tenant"), entry.contains_key("admin")) {
+        (true, false) | (false, true) => {}
+        _ => {
+            return Err(
+                "each [[server.tokens]] entry needs either tenant = \"<name>\" or admin = true"
+                    .into(),
+            )
+        }
+    }
+    match (
+        entry.contains_key("token_file"),
+        entry.contains_key("token_env"),
+    ) {
+        (true, false) | (false, true) => Ok(()),
+        _ => Err(
+            "each [[server.tokens]] entry reads its token from one of token_file or token_env"
+                .into(),
+        ),
     }
 }
 
@@ -821,10 +954,10 @@ fn apply_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError
         origin: format!("from the environment variable {name}"),
     })?;
     let value = match kind {
-        Kind::Tables => {
+        Kind::Tables | Kind::Tokens => {
             return Err(invalid(
                 &full,
-                "is only read from the config file ([[tools.mcp]] tables), not the environment",
+                format!("is only read from the config file ([[{full}]] tables), not the environment"),
             ))
         }
         Kind::Text | Kind::Address | Kind::Choice(_) => Value::String(raw.to_owned()),
@@ -1060,26 +1193,81 @@ mod tests {
             token_file,
             ..Server::default()
         };
-        let e = server(None, None).bearer_token().unwrap_err().to_string();
+        let e = server(None, None).bearer_tokens().unwrap_err().to_string();
         assert!(
             e.contains("`server.token`") && e.contains("is required"),
             "{e}"
         );
         let e = server(Some("short"), None)
-            .bearer_token()
+            .bearer_tokens()
             .unwrap_err()
             .to_string();
         assert!(e.contains("shorter than 16"), "{e}");
         let f = file("0123456789abcdef\n");
         assert_eq!(
-            server(None, Some(f.0.clone())).bearer_token().unwrap(),
-            "0123456789abcdef"
+            server(None, Some(f.0.clone())).bearer_tokens().unwrap(),
+            [(Identity::Admin, "0123456789abcdef".to_owned())]
         );
         let e = server(Some("0123456789abcdef"), Some(f.0.clone()))
-            .bearer_token()
+            .bearer_tokens()
             .unwrap_err()
             .to_string();
         assert!(e.contains("both set"), "{e}");
+    }
+
+    #[test]
+    fn tenant_tokens_are_read_from_files_or_the_environment_and_bad_entries_are_named() {
+        let acme = file("acme-token-0123456789\n");
+        let text = format!(
+            "[[server.tokens]]\ntenant = \"acme\"\ntoken_file = {:?}\n\
+             [[server.tokens]]\nadmin = true\ntoken_env = \"IMPRESARIO_TEST_ADMIN_TOKEN_7\"\n",
+            acme.0
+        );
+        let f = file(&text);
+        let config = Config::load(Some(&f.0), Vec::new()).unwrap();
+        std::env::set_var("IMPRESARIO_TEST_ADMIN_TOKEN_7", "admin-token-0123456789");
+        assert_eq!(
+            config.server.bearer_tokens().unwrap(),
+            [
+                (
+                    Identity::Tenant("acme".into()),
+                    "acme-token-0123456789".into()
+                ),
+                (Identity::Admin, "admin-token-0123456789".into()),
+            ]
+        );
+        let e = error(
+            Some("[[server.tokens]]\ntenant = \"a\"\nadmin = true\ntoken_env = \"X\"\n"),
+            &[],
+        );
+        assert!(
+            e.contains("`server.tokens`") && e.contains("either tenant"),
+            "{e}"
+        );
+        let e = error(Some("[[server.tokens]]\ntenant = \"a\"\n"), &[]);
+        assert!(e.contains("one of token_file or token_env"), "{e}");
+        let e = error(
+            Some("[[server.tokens]]\ntenant = \"a\"\ntoken = \"x\"\n"),
+            &[],
+        );
+        assert!(e.contains("unknown key \"token\""), "{e}");
+        let e = error(None, &[("IMPRESARIO_SERVER__TOKENS", "x")]);
+        assert!(e.contains("only read from the config file"), "{e}");
+        let twice = format!(
+            "[[server.tokens]]\ntenant = \"a\"\ntoken_file = {0:?}\n[[server.tokens]]\ntenant = \"b\"\ntoken_file = {0:?}\n",
+            acme.0
+        );
+        let f = file(&twice);
+        let e = Config::load(Some(&f.0), Vec::new())
+            .unwrap()
+            .server
+            .bearer_tokens()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`server.tokens[1]`") && e.contains("same token"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1090,7 +1278,7 @@ mod tests {
                 Kind::Text => Value::String("0123456789abcdef".into()),
                 Kind::Address => Value::String("127.0.0.1:1".into()),
                 Kind::Integer | Kind::Number => Value::Integer(1),
-                Kind::Names | Kind::Tables => Value::Array(Vec::new()),
+                Kind::Names | Kind::Tokens | Kind::Tables => Value::Array(Vec::new()),
                 Kind::Choice(choices) => Value::String(choices[0].into()),
                 Kind::Amounts => Value::Table(Table::new()),
                 Kind::Chain | Kind::Price => {
@@ -1112,7 +1300,7 @@ mod tests {
         Config::load(Some(&f.0), Vec::new()).unwrap();
         for (section, key, kind) in KEYS {
             let written = match kind {
-                Kind::Tables => format!("[[{section}.{key}]]"),
+                Kind::Tables | Kind::Tokens => format!("[[{section}.{key}]]"),
                 _ => format!("{key} = "),
             };
             let shown = example

@@ -15,8 +15,10 @@ use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
 
+use crate::ceilings::CeilingOverrides;
 use crate::config::Config;
 use crate::models;
+use crate::writer_lock::WriterLock;
 
 /// A started runtime with its orchestrator.
 pub struct Engine {
@@ -24,6 +26,8 @@ pub struct Engine {
     pub runtime: RuntimeHandle,
     /// Submits and drives runs.
     pub orchestrator: Orchestrator,
+    /// Tenant ceilings set over the API, kept beside the journal.
+    pub ceilings: CeilingOverrides,
     /// The client runs call models through.
     pub client: Client,
     /// What the models are, for a person (`offline`, `openai: light gpt-4o-mini, ...`).
@@ -33,12 +37,19 @@ pub struct Engine {
     /// The models runs use.
     pub models: ModelMap,
     defaults: crate::config::RunDefaults,
+    /// Held for as long as the engine lives: no other process writes its journal file.
+    _writer: Option<WriterLock>,
 }
 
 impl Engine {
     /// Starts the runtime on the current actix system, with the models, tools and journal
-    /// `config` selects.
+    /// `config` selects. Fails with [`LockError::Held`](crate::writer_lock::LockError) before
+    /// opening the journal file if another process writes it.
     pub async fn start(config: &Config) -> Result<Engine, Box<dyn std::error::Error>> {
+        let writer = match config.journal.file() {
+            Some(file) => Some(WriterLock::acquire(file)?),
+            None => None,
+        };
         let journal: Arc<dyn Journal> = match config.journal.file() {
             Some(file) => Arc::new(
                 SqliteJournal::open(file)
@@ -72,14 +83,18 @@ impl Engine {
             },
         )
         .await?;
+        let ceilings =
+            CeilingOverrides::load(config.journal.file(), orchestrator.ledger().clone())?;
         Ok(Engine {
             runtime,
             orchestrator,
+            ceilings,
             client,
             models_description: chosen.description,
             offline,
             models: chosen.models,
             defaults: config.runs.clone(),
+            _writer: writer,
         })
     }
 

@@ -2,12 +2,15 @@
 //! `impresario serve` serves runs over HTTP; `impresario run "goal"` pursues one goal with live
 //! progress. See `impresario --help` and the README.
 
+mod ceilings;
 mod cli;
 mod config;
 mod engine;
+mod identity;
 mod journaled;
 mod models;
 mod service;
+mod writer_lock;
 
 use std::process::ExitCode;
 

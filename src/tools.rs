@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use impresario_agents::{Impact, RegistryError, Tool, ToolContext, ToolRegistry};
@@ -32,30 +33,37 @@ const BUILTIN_NOTES: &[&str] = &[
 /// Query words shorter than this are ignored by the search ("a", "is", "the", ...).
 const MIN_WORD: usize = 4;
 
-/// A store of short notes in memory. Clones share it.
+/// A store of short notes in memory, kept apart per tenant: a tenant searches the built-in
+/// notes and its own, never another tenant's. Clones share it.
 #[derive(Clone, Debug, Default)]
-pub struct Notes(Arc<RwLock<Vec<String>>>);
+pub struct Notes {
+    shared: Arc<[String]>,
+    saved: Arc<RwLock<HashMap<String, Vec<String>>>>,
+}
 
 impl Notes {
-    /// A store holding a few notes about the Impresario runtime.
+    /// A store whose every tenant starts with a few notes about the Impresario runtime.
     pub fn builtin() -> Self {
-        Notes(Arc::new(RwLock::new(
-            BUILTIN_NOTES.iter().map(|n| (*n).to_owned()).collect(),
-        )))
+        Notes {
+            shared: BUILTIN_NOTES.iter().map(|n| (*n).to_owned()).collect(),
+            saved: Arc::default(),
+        }
     }
 
-    /// Adds a note; returns how many notes there are now.
-    pub fn add(&self, note: impl Into<String>) -> usize {
-        let mut notes = self.0.write().unwrap_or_else(|p| p.into_inner());
+    /// Adds a note of `tenant`'s; returns how many notes that tenant has now.
+    pub fn add(&self, tenant: &str, note: impl Into<String>) -> usize {
+        let mut saved = self.saved.write().unwrap_or_else(|p| p.into_inner());
+        let notes = saved.entry(tenant.to_owned()).or_default();
         notes.push(note.into());
-        notes.len()
+        self.shared.len() + notes.len()
     }
 
-    /// The note sharing the most words with `query` (a query word matches a note word it is a
-    /// prefix of, so `supervisor` finds `supervisors`), if any shares one.
-    pub fn search(&self, query: &str) -> Option<String> {
+    /// The note of `tenant`'s sharing the most words with `query` (a query word matches a note
+    /// word it is a prefix of, so `supervisor` finds `supervisors`), if any shares one.
+    pub fn search(&self, tenant: &str, query: &str) -> Option<String> {
         let wanted: Vec<String> = words(query).filter(|w| w.len() >= MIN_WORD).collect();
-        let notes = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let saved = self.saved.read().unwrap_or_else(|p| p.into_inner());
+        let own = saved.get(tenant).map(Vec::as_slice).unwrap_or_default();
         let score = |note: &str| {
             let have: Vec<String> = words(note).collect();
             wanted
@@ -65,7 +73,7 @@ impl Notes {
         };
         // The first of equally good notes: `max_by_key` would pick the last.
         let mut best: Option<(usize, &String)> = None;
-        for note in notes.iter() {
+        for note in self.shared.iter().chain(own) {
             let s = score(note);
             if s > 0 && best.is_none_or(|(b, _)| s > b) {
                 best = Some((s, note));
@@ -105,11 +113,11 @@ impl Tool for SearchNotes {
         "search_notes"
     }
     fn description(&self) -> &str {
-        "Searches the team's notes (about the Impresario runtime, and what runs saved); returns the best matching note."
+        "Searches the notes (about the Impresario runtime, and what this tenant's runs saved); returns the best matching note."
     }
-    async fn call(&self, args: SearchArgs, _: ToolContext) -> Result<Value, String> {
+    async fn call(&self, args: SearchArgs, context: ToolContext) -> Result<Value, String> {
         self.0
-            .search(&args.query)
+            .search(&context.tenant, &args.query)
             .map(|note| json!(note))
             .ok_or_else(|| {
                 format!(
@@ -149,11 +157,11 @@ impl Tool for SaveNote {
     fn impact(&self) -> Impact {
         Impact::SideEffect
     }
-    async fn call(&self, args: SaveArgs, _: ToolContext) -> Result<Value, String> {
+    async fn call(&self, args: SaveArgs, context: ToolContext) -> Result<Value, String> {
         if args.text.trim().is_empty() {
             return Err("the note is empty; give it some text".into());
         }
-        let count = self.0.add(args.text);
+        let count = self.0.add(&context.tenant, args.text);
         Ok(json!(format!("saved (note {count})")))
     }
 }
@@ -212,16 +220,31 @@ mod tests {
     #[test]
     fn search_matches_whole_words_and_prefixes_and_skips_short_words() {
         let notes = Notes::builtin();
-        let found = notes.search("What is the default restart intensity of a supervisor?");
+        let found = notes.search(
+            "a",
+            "What is the default restart intensity of a supervisor?",
+        );
         assert!(found.unwrap().contains("3 restarts within 5 seconds"));
         // Only short words in common with every note: nothing.
-        assert_eq!(notes.search("is a the of"), None);
-        assert_eq!(notes.search("Lisbon trip"), None);
-        notes.add("Lisbon has trams.");
+        assert_eq!(notes.search("a", "is a the of"), None);
+        assert_eq!(notes.search("a", "Lisbon trip"), None);
+        notes.add("a", "Lisbon has trams.");
         assert_eq!(
-            notes.search("Lisbon trip").as_deref(),
+            notes.search("a", "Lisbon trip").as_deref(),
             Some("Lisbon has trams.")
         );
+    }
+
+    #[test]
+    fn a_tenant_finds_its_own_notes_and_the_builtin_ones_never_another_tenants() {
+        let notes = Notes::builtin();
+        assert_eq!(notes.add("a", "The vault code is 7731."), 4);
+        assert_eq!(notes.search("b", "vault code"), None);
+        assert_eq!(
+            notes.search("a", "vault code").as_deref(),
+            Some("The vault code is 7731.")
+        );
+        assert!(notes.search("b", "supervisor restarts").is_some());
     }
 
     #[test]

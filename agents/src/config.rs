@@ -6,7 +6,7 @@ use impresario_runtime::journal::{Journal, MemoryJournal};
 use impresario_supervisor::OnCeiling;
 
 use crate::fault::PanicInjection;
-use crate::memory::LongTermMemory;
+use crate::memory::MemoryDb;
 
 /// How the orchestrator runs every run.
 #[derive(Clone)]
@@ -21,9 +21,9 @@ pub struct OrchestratorConfig {
     pub step_retries: u32,
     /// How many identical steps in a row are a loop.
     pub loop_repeats: usize,
-    /// What runs learn across runs: each run recalls from it when it starts and remembers its
-    /// outcome, and why, when it ends.
-    pub long_term: Arc<LongTermMemory>,
+    /// Where each tenant's long-term memory is kept: a SQLite file with every tenant's records
+    /// apart ([`MemoryDb::tenant`]), or, with `None`, in this process (one store per tenant).
+    pub memory_db: Option<MemoryDb>,
     /// How many memories of earlier runs a run recalls into its context.
     pub recall: usize,
     /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
@@ -47,7 +47,6 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("max_reviews", &self.max_reviews)
             .field("step_retries", &self.step_retries)
             .field("loop_repeats", &self.loop_repeats)
-            .field("long_term", &self.long_term)
             .field("recall", &self.recall)
             .field("driver_restarts", &self.driver_restarts)
             .field("name", &self.name)
@@ -63,7 +62,7 @@ impl Default for OrchestratorConfig {
             max_reviews: 2,
             step_retries: 2,
             loop_repeats: 3,
-            long_term: Arc::default(),
+            memory_db: None,
             recall: 3,
             journal: Arc::new(MemoryJournal::new()),
             driver_restarts: 1,

@@ -710,6 +710,27 @@ impl Driver {
         .await
     }
 
+    /// What an executor is asked to run step `number`.
+    fn execute_step(&self, number: u32, step: &Step) -> ExecuteStep {
+        ExecuteStep {
+            run: self.setup.run.clone(),
+            tenant: self.setup.request.tenant.clone(),
+            number,
+            step: step.clone(),
+            allowed: self.setup.allowed.clone(),
+            model: self.setup.request.models.choice(Role::Executor).clone(),
+            // Only a model call reads the history; a tool call does not need a copy.
+            history: match step {
+                Step::ModelCall { .. } => render(&self.history),
+                _ => Vec::new(),
+            },
+            output_limit: self.setup.request.output_limit,
+            halt: self.setup.token.clone(),
+            options: self.options(),
+            gateway: self.gateway.clone(),
+        }
+    }
+
     /// Asks an executor to run the step, retrying a crashed executor only when the step is safe
     /// to repeat.
     async fn run_step(
@@ -724,22 +745,7 @@ impl Driver {
             let executors = &self.agents()?.executors;
             let executor = executors[self.next_executor % executors.len()].clone();
             self.next_executor += 1;
-            let request = ExecuteStep {
-                run: self.setup.run.clone(),
-                number,
-                step: step.clone(),
-                allowed: self.setup.allowed.clone(),
-                model: self.setup.request.models.choice(Role::Executor).clone(),
-                // Only a model call reads the history; a tool call does not need a copy.
-                history: match step {
-                    Step::ModelCall { .. } => render(&self.history),
-                    _ => Vec::new(),
-                },
-                output_limit: self.setup.request.output_limit,
-                halt: self.setup.token.clone(),
-                options: self.options(),
-                gateway: self.gateway.clone(),
-            };
+            let request = self.execute_step(number, step);
             let answer = self
                 .call(executor.ask(request))
                 .instrument(telemetry::invoke_agent(executor.id()))

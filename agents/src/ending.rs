@@ -101,10 +101,14 @@ fn end_event(run: &RunId, state: &RunState, halt: Option<Halt>) -> Option<Journa
             result: serde_json::json!({ "answer": answer }),
             reason: None,
         },
+        // Nothing more goes into a journal the run could not follow.
         RunState::Failed {
-            reason: FailReason::Diverged | FailReason::JournalError,
+            reason: FailReason::Diverged,
             ..
         } => return None,
+        // A journal that failed a write may take the next one (a lock released, space freed):
+        // the run is recorded as finished, so a restart does not run it again and a client
+        // that resubmitted it does not pay twice.
         RunState::Failed { reason, .. } => failed(reason.to_string()),
         RunState::CeilingReached { .. } => failed("cost_ceiling".into()),
         RunState::Halted { .. } => JournalEvent::Halted {
@@ -117,17 +121,31 @@ fn end_event(run: &RunId, state: &RunState, halt: Option<Halt>) -> Option<Journa
     })
 }
 
-/// Journals how the run ended (`halt`: the halt that stopped it, if one did).
+/// How often the end of a run is tried on the journal.
+const END_WRITE_ATTEMPTS: u32 = 3;
+/// The pause between those attempts.
+const END_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Journals how the run ended (`halt`: the halt that stopped it, if one did), trying
+/// [`END_WRITE_ATTEMPTS`] times, [`END_WRITE_PAUSE`] apart: a run that failed on its journal
+/// is ended by the write after the one that failed. If every attempt fails the journal still
+/// shows the run as interrupted, and a restart would resume it: the log says so.
 pub(crate) async fn journal_end(
     journal: &dyn Journal,
     run: &RunId,
     state: &RunState,
     halt: Option<Halt>,
 ) {
-    let Some(event) = end_event(run, state, halt) else {
+    let Some(event) = end_event(run, state, halt).map(redact_serialized) else {
         return;
     };
-    if let Err(e) = journal.append(run, redact_serialized(event)).await {
-        tracing::warn!(run = %run, error = %e, "could not journal how the run ended");
+    for attempt in 1..=END_WRITE_ATTEMPTS {
+        match journal.append(run, event.clone()).await {
+            Ok(_) => return,
+            Err(e) if attempt == END_WRITE_ATTEMPTS => {
+                tracing::error!(run = %run, error = %e, "could not journal how the run ended; a restart would resume it")
+            }
+            Err(_) => tokio::time::sleep(END_WRITE_PAUSE).await,
+        }
     }
 }

@@ -46,6 +46,8 @@ agent!(Executor);
 pub struct ExecuteStep {
     /// The run.
     pub run: RunId,
+    /// The run's tenant (tools keep each tenant's data apart).
+    pub tenant: String,
     /// The step's number.
     pub number: u32,
     /// The step (a tool call or a model call).
@@ -136,6 +138,7 @@ impl Executor {
             .ok_or_else(|| ToolError::Unknown { tool: name.into() })?;
         let ctx = ToolContext {
             run: msg.run.clone(),
+            tenant: msg.tenant.clone(),
             step: msg.number,
             idempotency_key: idempotency_key(&msg.run, msg.number),
             halt: msg.halt.clone(),

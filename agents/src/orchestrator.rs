@@ -30,7 +30,7 @@ use crate::driver_agent::driver_spec;
 use crate::ending::RunLease;
 use crate::executor::Executor;
 use crate::journaling::{AtJournalEnd, Divergence, RunLog, ServedAnswers};
-use crate::memory::MemoryAgent;
+use crate::memory::{LongTermMemory, MemoryAgent};
 use crate::planner::{system_prompt, Planner};
 use crate::run::{FailReason, RunHandle, RunRequest, RunState};
 use crate::run_setup::RunSetup;
@@ -76,9 +76,13 @@ pub enum ResumeError {
     /// The journal has no such run.
     #[error("the journal has no run {0}")]
     Unknown(RunId),
-    /// It is running in this process.
+    /// It is running in this process (or another resume of it is starting it).
     #[error("run {0} is running; halt it before resuming or replaying it")]
     Running(RunId),
+    /// It finished (whatever its outcome, `journal_error` included): a finished run is never
+    /// run again, so nothing it did is paid or done twice. Submit a new run instead.
+    #[error("run {0} finished; only a halted or interrupted run can be resumed (submit a new run instead)")]
+    Finished(RunId),
     /// Its tenant (or everything) is halted.
     #[error("cannot resume: {0}")]
     TenantHalted(String),
@@ -120,6 +124,18 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> SubmitError {
 #[derive(Clone)]
 pub struct Orchestrator {
     pub(crate) inner: Arc<Services>,
+}
+
+/// A run claimed by one resume or replay; dropping it lets the next one try.
+struct Claim<'a> {
+    claimed: &'a DashMap<RunId, ()>,
+    run: RunId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.claimed.remove(&self.run);
+    }
 }
 
 impl Orchestrator {
@@ -168,6 +184,8 @@ impl Orchestrator {
                 root,
                 tenants: Mutex::default(),
                 live: DashMap::new(),
+                claimed: DashMap::new(),
+                long_term: DashMap::new(),
                 journal: config.journal.clone(),
                 config,
             }),
@@ -259,6 +277,40 @@ impl Orchestrator {
         self.inner.journal.runs(filter)
     }
 
+    /// The long-term memory of `tenant`'s runs (in `OrchestratorConfig::memory_db`, else in
+    /// this process); no other tenant's run reads it.
+    pub fn long_term(&self, tenant: &str) -> Arc<LongTermMemory> {
+        let db = &self.inner.config.memory_db;
+        self.inner
+            .long_term
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                Arc::new(match db {
+                    Some(db) => db.tenant(tenant),
+                    None => LongTermMemory::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Claims `id` for a resume or a replay until the claim is dropped (once the run is live):
+    /// [`ResumeError::Running`] if it is live or claimed already.
+    fn claim(&self, id: &RunId) -> Result<Claim<'_>, ResumeError> {
+        let (live, claimed) = (&self.inner.live, &self.inner.claimed);
+        if live.contains_key(id) || claimed.insert(id.clone(), ()).is_some() {
+            return Err(ResumeError::Running(id.clone()));
+        }
+        // Launched by a claim dropped just before this one was taken, and still live.
+        if live.contains_key(id) {
+            claimed.remove(id);
+            return Err(ResumeError::Running(id.clone()));
+        }
+        Ok(Claim {
+            claimed,
+            run: id.clone(),
+        })
+    }
+
     /// The tools runs may ask for.
     pub fn tools(&self) -> &ToolRegistry {
         &self.inner.tools
@@ -279,12 +331,17 @@ impl Orchestrator {
         self.resume_with(id, Team::new()).await
     }
 
-    /// [`resume`](Self::resume) with the run's custom agents.
+    /// [`resume`](Self::resume) with the run's custom agents. Of concurrent resumes of one
+    /// run, exactly one starts it; the others get [`ResumeError::Running`] and change nothing.
     pub async fn resume_with(&self, id: &RunId, team: Team) -> Result<RunHandle, ResumeError> {
-        if self.inner.live.contains_key(id) {
-            return Err(ResumeError::Running(id.clone()));
-        }
+        let _claim = self.claim(id)?;
         let (request, recorded) = self.journaled(id)?;
+        if recorded
+            .iter()
+            .any(|(_, e)| matches!(e, JournalEvent::RunFinished { .. }))
+        {
+            return Err(ResumeError::Finished(id.clone()));
+        }
         let token = self
             .inner
             .halts
@@ -335,9 +392,7 @@ impl Orchestrator {
 
     /// [`replay`](Self::replay) with the run's custom agents.
     pub async fn replay_with(&self, id: &RunId, team: Team) -> Result<ReplayReport, ResumeError> {
-        if self.inner.live.contains_key(id) {
-            return Err(ResumeError::Running(id.clone()));
-        }
+        let claim = self.claim(id)?;
         let (request, recorded) = self.journaled(id)?;
         let events = recorded.len();
         let finished = recorded
@@ -352,6 +407,7 @@ impl Orchestrator {
             ServedAnswers::Free,
         );
         let handle = self.launch(id.clone(), request, team, log).await?;
+        drop(claim);
         let result = handle.wait().await;
         let (divergence, complete) = match &result.state {
             RunState::Failed {
@@ -597,7 +653,7 @@ impl Orchestrator {
                     .placement(placement),
             );
         }
-        let (memory_run, long_term) = (run.clone(), inner.config.long_term.clone());
+        let (memory_run, long_term) = (run.clone(), self.long_term(&setup.request.tenant));
         spec = spec.child(
             ChildSpec::agent(memory_id(run), move || {
                 MemoryAgent::new(memory_run.clone(), long_term.clone())

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::config::OrchestratorConfig;
+use crate::memory::LongTermMemory;
 use crate::run::RunHandle;
 use crate::tool::ToolRegistry;
 
@@ -31,6 +32,12 @@ pub(crate) struct Services {
     pub(crate) tenants: Mutex<HashMap<String, AgentRef<Supervisor>>>,
     /// Runs of this process that have not ended.
     pub(crate) live: DashMap<RunId, RunHandle>,
+    /// Runs being resumed or replayed right now: one claim per run, so that of concurrent
+    /// resumes exactly one starts it.
+    pub(crate) claimed: DashMap<RunId, ()>,
+    /// What runs learn across runs, one store per tenant: each run recalls from its tenant's
+    /// when it starts and remembers its outcome, and why, there when it ends.
+    pub(crate) long_term: DashMap<String, Arc<LongTermMemory>>,
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) config: OrchestratorConfig,
 }

@@ -34,6 +34,9 @@ pub enum Impact {
 pub struct ToolContext {
     /// The run.
     pub run: RunId,
+    /// The run's tenant: a tool that keeps data (notes, files, records) keeps each tenant's
+    /// apart, since tenants are a security boundary.
+    pub tenant: String,
     /// The step of the run.
     pub step: u32,
     /// Same for every attempt of this step's call, so a retried or resumed call can be

@@ -75,3 +75,59 @@ pub fn raw_actix_arbiter() -> (
     let (arbiter, system) = rx.recv().unwrap();
     (arbiter, thread, system)
 }
+
+/// A loopback HTTP/1.1 server on a thread of its own (its own current-thread tokio runtime):
+/// every accepted connection (`TCP_NODELAY`) is handed to `serve` on a task. Returns its address.
+pub fn loopback_server<F>(
+    serve: impl Fn(tokio::net::TcpStream) -> F + Send + 'static,
+) -> std::net::SocketAddr
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                conn.set_nodelay(true).unwrap();
+                tokio::spawn(serve(conn));
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// Reads one request from a keep-alive connection (`buf` keeps what arrived beyond it): its
+/// head, lowercased, or `None` when the connection is over.
+pub async fn read_request(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 16 << 10];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + length {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..head_end + length);
+    Some(head)
+}

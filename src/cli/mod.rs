@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::writer_lock::LockError;
 
 /// Impresario runs LLM agents as supervised actors. `serve` starts the HTTP control plane;
 /// `run` pursues one goal and shows its progress. Offline by default: without a provider key
@@ -120,7 +121,12 @@ impl Cli {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("impresario: {e}");
-                ExitCode::FAILURE
+                // Like a bad configuration: this process must not start at all.
+                if e.downcast_ref::<LockError>().is_some() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     }

@@ -53,6 +53,11 @@ impl Fields {
         }
     }
 
+    /// Whether the field is present (even as `null`).
+    pub fn has(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+
     /// The field, which must be present.
     pub fn require<T: DeserializeOwned>(&mut self, field: &str) -> Result<T, ApiError> {
         self.take(field)?

@@ -65,6 +65,21 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
 
+    /// 403: the token may not do this (an admin's operation with a tenant's token).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404: no tenant this token can see by that name.
+    pub fn unknown_tenant(tenant: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no tenant {tenant:?} for this token; a tenant's token sees its own tenant only"
+            ),
+        )
+    }
+
     /// 413: the body is larger than the configured limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

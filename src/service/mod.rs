@@ -3,10 +3,10 @@
 //! Routes (all under the bearer token, see [`routes`]): `POST /v1/runs`, `GET /v1/runs`,
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
-//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `POST /v1/halt/lift`; and, without
-//! the token, `GET`/`HEAD` `/metrics`, `/healthz`, `/readyz` ([`probes`]). The operator
-//! console is served at `/ui` ([`console`]: HTML pages behind a session cookie got by signing
-//! in with the token).
+//! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `POST /v1/halt/lift`,
+//! `GET /v1/tools`, `GET`/`PUT /v1/tenants/{tenant}` ([`tenants`]); and, without the token, `GET`/`HEAD`
+//! `/metrics`, `/healthz`, `/readyz` ([`probes`]). The operator console is served at `/ui`
+//! ([`console`]: HTML pages behind a session cookie got by signing in with a token).
 //!
 //! On SIGTERM (or Ctrl-C) it drains: new runs are refused (503), running runs are halted
 //! gracefully with reason `shutdown` (each finishes its current step; past
@@ -25,6 +25,7 @@ mod routes;
 mod runs;
 mod semantic;
 mod sse;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -41,6 +42,7 @@ use impresario::runtime::telemetry::{MetricsHandle, Prometheus};
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::identity::Identity;
 use errors::ApiError;
 use runs::{state_name, TrackedRuns};
 
@@ -48,7 +50,7 @@ use runs::{state_name, TrackedRuns};
 pub struct State {
     engine: Engine,
     runs: TrackedRuns,
-    token: String,
+    tokens: auth::Tokens,
     body_limit: body::Limits,
     sse_keepalive: Duration,
     draining: Arc<AtomicBool>,
@@ -72,8 +74,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let token = config.server.bearer_token()?;
-    impresario::runtime::redact::register(&token);
+    let tokens = config.server.bearer_tokens()?;
+    for (_, token) in &tokens {
+        impresario::runtime::redact::register(token);
+    }
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
@@ -81,7 +85,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let recovered = recover(&engine).await?;
     spawn_retention(&config, &engine);
     semantic::spawn(&config, &engine)?;
-    let state = shared_state(&config, engine, exposition, token);
+    let state = shared_state(&config, engine, exposition, tokens);
     track_recovered(&state, recovered)?;
     let app_state = state.clone();
     let server = HttpServer::new(move || {
@@ -172,13 +176,13 @@ fn shared_state(
     config: &Config,
     engine: Engine,
     exposition: MetricsHandle,
-    token: String,
+    tokens: Vec<(Identity, String)>,
 ) -> web::Data<State> {
     let draining = Arc::new(AtomicBool::new(false));
     web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
         runs: TrackedRuns::default(),
-        token,
+        tokens: auth::Tokens::new(tokens),
         body_limit: body::Limits {
             bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),
             read_timeout: config.server.body_timeout(),

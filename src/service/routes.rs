@@ -15,10 +15,13 @@ use impresario::runtime::RunId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth;
 use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
-use super::{auth, cursor, sse, State};
+use super::{cursor, sse, tenants, State};
+use crate::config::checked_micro_usd;
+use crate::identity::Identity;
 use crate::journaled;
 
 /// How long a graceful halt that names no `deadline_secs` lets the current step run.
@@ -41,29 +44,44 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .service(web::resource("/runs/{id}/approvals/{step}").route(web::post().to(decide)))
             .service(web::resource("/halt").route(web::post().to(halt)))
             .service(web::resource("/halt/lift").route(web::post().to(lift)))
-            .service(web::resource("/tools").route(web::get().to(tools))),
+            .service(web::resource("/tools").route(web::get().to(tools)))
+            .configure(tenants::configure),
     );
 }
 
 type Data = web::Data<State>;
+/// Who the request is (its bearer token's [`Identity`]).
+type Token = web::ReqData<Identity>;
 
 /// `POST /v1/runs`: `{"goal", "tenant"?, "budget_usd"?, "tools"?, "autonomy"?, "max_steps"?,
 /// "stream"?}` -> 201 `{"id", "state"}`. Missing fields take the configured defaults; with
 /// `"stream": true` the run's events carry its models' text as `delta` events.
-async fn submit(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+/// A tenant's token submits for its tenant (naming another is a 422).
+async fn submit(
+    state: Data,
+    token: Token,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
     let goal: String = body.require("goal")?;
     let mut request = state.engine.request(goal.clone());
-    if let Some(tenant) = body.take::<String>("tenant")? {
-        request = request.tenant(tenant);
+    match (body.take::<String>("tenant")?, token.tenant()) {
+        (Some(named), Some(own)) if named != own => {
+            return Err(ApiError::invalid(
+                "tenant",
+                format!("this token is bound to tenant {own:?}; leave tenant out or name {own:?}"),
+            ))
+        }
+        (_, Some(own)) => request = request.tenant(own),
+        (Some(named), None) => request = request.tenant(named),
+        (None, None) => {}
     }
     if let Some(usd) = body.take::<f64>("budget_usd")? {
-        if !usd.is_finite() || usd < 0.0 {
-            return Err(ApiError::invalid("budget_usd", "must be 0 or more dollars"));
-        }
+        // Not an amount (negative, 1e300): 422 here; above budget.max_run_usd: 422 on submit.
+        checked_micro_usd(usd).map_err(|problem| ApiError::invalid("budget_usd", problem))?;
         // The money is the request's; the token limit stays the configured one.
         let tokens = request.budget.tokens;
         request = request.budget(Budget {
@@ -112,7 +130,8 @@ const MAX_PAGE: usize = 1000;
 /// [`journaled::listed`]), oldest first, with `goal`, `state` and `usage` live for the runs this
 /// process started or resumed. `next` continues after the page's last run (the order is stable:
 /// runs started later come later), `null` on the last page.
-async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// A tenant's token lists its tenant's runs only.
+async fn list(state: Data, token: Token, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::invalid("query", e))?;
     let limit = query.limit.unwrap_or(PAGE);
@@ -123,8 +142,13 @@ async fn list(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiErro
         ));
     }
     let mut filter = RunFilter::all().limit(limit + 1);
-    if let Some(tenant) = &query.tenant {
-        filter = filter.tenant(tenant.clone());
+    match (query.tenant.as_deref(), token.tenant()) {
+        // Another tenant's runs are none of this token's.
+        (Some(named), Some(own)) if named != own => {
+            return Ok(HttpResponse::Ok().json(json!({ "runs": [], "next": null })))
+        }
+        (_, Some(tenant)) | (Some(tenant), None) => filter = filter.tenant(tenant.to_owned()),
+        (None, None) => {}
     }
     if let Some(after) = &query.after {
         filter.after = Some(cursor::parse(after)?);
@@ -167,10 +191,16 @@ struct ToolsQuery {
 
 /// `GET /v1/tools[?tenant=]` -> `{"tools": [...]}`: every tool a run may ask for (those runs
 /// of `tenant` may use), with its source (`builtin` or `mcp:<server>`), description, argument
-/// schema, impact and idempotency. MCP tools are listed as their servers list them now.
-async fn tools(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<ToolsQuery>::from_query(request.query_string())
+/// schema, impact and idempotency. MCP tools are listed as their servers list them now. A
+/// tenant's token lists its tenant's tools (another tenant: 404).
+async fn tools(state: Data, token: Token, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let mut query = web::Query::<ToolsQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::invalid("query", e))?;
+    match (query.tenant.as_deref(), token.tenant()) {
+        (Some(named), Some(own)) if named != own => return Err(ApiError::unknown_tenant(named)),
+        (_, Some(own)) => query.tenant = Some(own.to_owned()),
+        _ => {}
+    }
     let tools: Vec<Value> = state
         .engine
         .orchestrator
@@ -194,8 +224,11 @@ async fn tools(state: Data, request: HttpRequest) -> Result<HttpResponse, ApiErr
 
 /// `GET /v1/runs/{id}` -> the run ([`journaled::shown`]): as this process runs it, else as
 /// the journal has it.
-async fn show(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn show(state: Data, token: Token, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     if let Some(run) = state.runs.get(&id) {
+        if !token.sees(&run.tenant) {
+            return Err(ApiError::unknown_run(&id));
+        }
         let steps: Vec<Value> = run
             .events()
             .borrow()
@@ -215,17 +248,20 @@ async fn show(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiErr
         .journal()
         .read(&RunId::new(id.as_str()))
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
-    let shown = journaled::shown(&entries).ok_or_else(|| ApiError::unknown_run(&id))?;
+    let shown = journaled::shown(&entries)
+        .filter(|run| run["tenant"].as_str().is_some_and(|t| token.sees(t)))
+        .ok_or_else(|| ApiError::unknown_run(&id))?;
     Ok(HttpResponse::Ok().json(shown))
 }
 
 /// `GET /v1/runs/{id}/events`: server-sent events ([`sse`]).
 async fn events(
     state: Data,
+    token: Token,
     id: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let run = find(&state, &id)?;
+    let run = find(&state, &token, &id)?;
     // A client reconnecting with `Last-Event-ID: n` continues after event n.
     let from = request
         .headers()
@@ -243,10 +279,11 @@ async fn events(
 /// -> 202. Immediate by default; 409 if the run already ended.
 async fn halt_run(
     state: Data,
+    token: Token,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let run = find(&state, &id)?;
+    let run = find(&state, &token, &id)?;
     let mut body = body::read(payload, state.body_limit).await?;
     let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
     body.done()?;
@@ -269,13 +306,22 @@ pub(super) fn halt_tracked(run: &Tracked, halt: Halt) -> Result<(), ApiError> {
 /// `POST /v1/runs/{id}/resume` -> 202 `{"id", "state"}`: a halted run, or one a crash cut
 /// off, goes on from its journal (journaled model answers and tool results are served, not
 /// repeated). 404 if the journal has no such run; 409 if it is running or finished.
-async fn resume(state: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let resumed = resume_run(&state, &id).await?;
+async fn resume(
+    state: Data,
+    token: Token,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let resumed = resume_run(&state, &token, &id).await?;
     Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed.state() })))
 }
 
-/// Resumes a halted (or crash-interrupted) run from its journal and tracks it.
-pub(super) async fn resume_run(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
+/// Resumes a halted (or crash-interrupted) run of a tenant `identity` sees from its journal,
+/// and tracks it; another tenant's run is a 404.
+pub(super) async fn resume_run(
+    state: &State,
+    identity: &Identity,
+    id: &str,
+) -> Result<Arc<Tracked>, ApiError> {
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
@@ -287,14 +333,11 @@ pub(super) async fn resume_run(state: &State, id: &str) -> Result<Arc<Tracked>, 
         .read(&run)
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
     let (tenant, goal) = match entries.first().map(|e| &e.event) {
-        Some(Journaled::RunSubmitted { tenant, goal, .. }) => (tenant.clone(), goal.clone()),
+        Some(Journaled::RunSubmitted { tenant, goal, .. }) if identity.sees(tenant) => {
+            (tenant.clone(), goal.clone())
+        }
         _ => return Err(ApiError::unknown_run(id)),
     };
-    if let Some(Journaled::RunFinished { .. }) = entries.last().map(|e| &e.event) {
-        return Err(ApiError::conflict(format!(
-            "run {id} finished; only a halted or interrupted run can be resumed"
-        )));
-    }
     // A run that just ended is wound down (agents stopped) before its result is recorded;
     // until then the orchestrator still counts it as running.
     if let Some(ours) = state.runs.get(id).filter(|r| r.state().is_terminal()) {
@@ -303,9 +346,9 @@ pub(super) async fn resume_run(state: &State, id: &str) -> Result<Arc<Tracked>, 
     let handle = match state.engine.orchestrator.resume(&run).await {
         Ok(handle) => handle,
         Err(ResumeError::Unknown(_)) => return Err(ApiError::unknown_run(id)),
-        Err(e @ (ResumeError::Running(_) | ResumeError::TenantHalted(_))) => {
-            return Err(ApiError::conflict(e.to_string()))
-        }
+        Err(
+            e @ (ResumeError::Running(_) | ResumeError::Finished(_) | ResumeError::TenantHalted(_)),
+        ) => return Err(ApiError::conflict(e.to_string())),
         Err(ResumeError::Submit(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::internal(e.to_string())),
     };
@@ -326,11 +369,12 @@ pub(super) enum Decision {
 /// 202; 409 unless that step is the one waiting for approval.
 async fn decide(
     state: Data,
+    token: Token,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (id, step) = path.into_inner();
-    let run = find(&state, &id)?;
+    let run = find(&state, &token, &id)?;
     let step: u32 = step
         .parse()
         .map_err(|_| ApiError::invalid("step", format!("{step:?} is not a step number")))?;
@@ -372,10 +416,12 @@ pub(super) fn decide_step(
 /// `POST /v1/halt`: `{"tenant": "..."}` or `{"all": true}`, with the options of a run's halt
 /// -> 202 `{"scope", "runs"}` (how many of this service's runs were running in the scope).
 /// The halt stays: the tenant's (or everyone's) new runs end halted at once until it is lifted
-/// (`POST /v1/halt/lift`) or the service restarts.
-async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+/// (`POST /v1/halt/lift`) or the service restarts. A tenant's token halts its own tenant only;
+/// `all` needs an admin token.
+async fn halt(state: Data, token: Token, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut body = body::read(payload, state.body_limit).await?;
     let scope = standing_scope(&mut body, "halt")?;
+    allowed_scope(&token, &scope)?;
     let halt = operator_halt(&mut body, scope.clone())?;
     body.done()?;
     let running = state
@@ -396,7 +442,8 @@ async fn halt(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiErr
 /// (the halt that stood). New runs of the scope start again; the runs the halt stopped stay
 /// halted until each is resumed. Lifting everything keeps each tenant's own halt. 409 if the
 /// scope is not halted, or (for a tenant) while everything is.
-async fn lift(state: Data, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn lift(state: Data, token: Token, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    auth::require_admin(&token, "lifting a halt")?;
     let mut body = body::read(payload, state.body_limit).await?;
     let scope = standing_scope(&mut body, "lift")?;
     body.done()?;
@@ -431,6 +478,15 @@ fn standing_scope(body: &mut Fields, verb: &str) -> Result<HaltScope, ApiError> 
     }
 }
 
+/// 404 unless `token` sees the tenant of `scope`; 403 for `all` unless it is an admin's.
+fn allowed_scope(token: &Identity, scope: &HaltScope) -> Result<(), ApiError> {
+    match scope {
+        HaltScope::Tenant(tenant) if !token.sees(tenant) => Err(ApiError::unknown_tenant(tenant)),
+        HaltScope::Tenant(_) => Ok(()),
+        _ => auth::require_admin(token, "halting every tenant"),
+    }
+}
+
 /// The halt an operator's body asks for (reason `operator`).
 fn operator_halt(body: &mut Fields, scope: HaltScope) -> Result<Halt, ApiError> {
     #[derive(Deserialize)]
@@ -460,11 +516,15 @@ fn operator_halt(body: &mut Fields, scope: HaltScope) -> Result<Halt, ApiError> 
     Ok(halt)
 }
 
-/// A run this process started or resumed. 404 if the journal does not know it either; 409 if
-/// it ran in another process (it can be shown, and resumed, but not watched or steered).
-pub(super) fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
+/// A run this process started or resumed. 404 if the journal does not know it either, or if
+/// it is another tenant's (its existence is not confirmed); 409 if it ran in another process
+/// (it can be shown, and resumed, but not watched or steered).
+pub(super) fn find(state: &State, identity: &Identity, id: &str) -> Result<Arc<Tracked>, ApiError> {
     if let Some(run) = state.runs.get(id) {
-        return Ok(run);
+        return match identity.sees(&run.tenant) {
+            true => Ok(run),
+            false => Err(ApiError::unknown_run(id)),
+        };
     }
     let journaled = state
         .engine
@@ -472,7 +532,9 @@ pub(super) fn find(state: &State, id: &str) -> Result<Arc<Tracked>, ApiError> {
         .journal()
         .read(&RunId::new(id))
         .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
-    match journaled::shown(&journaled) {
+    match journaled::shown(&journaled)
+        .filter(|run| run["tenant"].as_str().is_some_and(|t| identity.sees(t)))
+    {
         Some(run) => Err(ApiError::conflict(format!(
             "run {id} is not running in this process (journal status: {}); GET /v1/runs/{id} shows it, POST /v1/runs/{id}/resume resumes a halted one",
             run["status"].as_str().unwrap_or("unknown")

@@ -82,6 +82,14 @@ impl Server {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// [`Server::start_in`] with more environment variables (they may override the offline
+    /// provider: `IMPRESARIO_MODELS__PROVIDER=auto` and `OPENAI_BASE_URL`).
+    pub fn start_with(dir: Arc<TempDir>, extra: &str, env: &[(&str, &str)]) -> Server {
+        let mut all = vec![("IMPRESARIO_MODELS__PROVIDER", "offline")];
+        all.extend_from_slice(env);
+        Server::try_start(dir, extra, &all).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Serves in `dir` with `extra` config lines and `env` as its only environment; the error
     /// is what it printed if it did not start.
     pub fn try_start(
@@ -137,9 +145,30 @@ impl Server {
 
     /// A request to `path` with the token.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request_as(TOKEN, method, path)
+    }
+
+    /// A request to `path` with `token`.
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
+            .bearer_auth(token)
+    }
+
+    /// `method path` with `token` and a JSON body -> (status, JSON body).
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        answer(self.request_as(token, method, path).json(body)).await
     }
 
     /// `GET path` -> (status, JSON body).
@@ -159,8 +188,23 @@ impl Server {
         answer["id"].as_str().unwrap().to_owned()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Polls the run until its state satisfies `done` (10 s at most); returns the state.
     pub async fn until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.until_within(id, Duration::from_secs(10), done).await
+    }
+
+    /// [`Server::until`], `limit` at most.
+    pub async fn until_within(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let (status, run) = self.get(&format!("/v1/runs/{id}")).await;
@@ -168,11 +212,7 @@ impl Server {
             if done(&run["state"]) {
                 return run["state"].clone();
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "run {id} stayed {}",
-                run["state"]
-            );
+            assert!(start.elapsed() < limit, "run {id} stayed {}", run["state"]);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1,7 +1,8 @@
 //! A loopback HTTP server that speaks the OpenAI chat completions API the way a compatible
 //! provider (LiteLLM's proxy, vLLM, Ollama) does: it records each request body and answers
-//! every call with the same content, or accepts the request and never answers (a hung
-//! provider). It runs until dropped.
+//! every call with the same content, or like a model (the offline stand-in model's answer to
+//! the request), or accepts the request and never answers (a hung provider). It runs until
+//! dropped.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Behaviour {
     /// Answers every call with this assistant content.
     Answer(String),
+    /// Answers each call as `impresario::offline::OfflineModel` answers it: plans calls of the
+    /// allowed tools with the goal's words, then repeats what they returned.
+    Offline,
     /// Reads the request, then never answers.
     Hang,
 }
@@ -73,6 +77,7 @@ async fn serve(mut socket: TcpStream, behaviour: Behaviour, seen: Arc<Mutex<Vec<
         seen.lock().unwrap().push(request.clone());
         let content = match &behaviour {
             Behaviour::Answer(content) => content.clone(),
+            Behaviour::Offline => offline_answer(&request).await,
             Behaviour::Hang => {
                 // Holds the connection open, unanswered, until the client gives up.
                 let _ = socket.read(&mut [0u8; 1]).await;
@@ -99,6 +104,34 @@ async fn serve(mut socket: TcpStream, behaviour: Behaviour, seen: Arc<Mutex<Vec<
             return;
         }
     }
+}
+
+/// The offline stand-in model's answer to an OpenAI-format request: its messages (role and
+/// text) and its `response_format` schema name (`plan` makes it plan).
+async fn offline_answer(wire: &Value) -> String {
+    use impresario::runtime::llm::{ChatModel, ChatRequest, Message, OutputSchema};
+    let mut request = ChatRequest::new(wire["model"].as_str().unwrap_or_default());
+    for message in wire["messages"].as_array().into_iter().flatten() {
+        let content = message["content"].as_str().unwrap_or_default().to_owned();
+        request = request.message(match message["role"].as_str() {
+            Some("system") => Message::System { content },
+            Some("user") => Message::User { content },
+            _ => Message::Assistant {
+                content,
+                tool_calls: Vec::new(),
+            },
+        });
+    }
+    let schema = &wire["response_format"]["json_schema"];
+    if let Some(name) = schema["name"].as_str() {
+        request.output_schema = Some(OutputSchema {
+            name: name.to_owned(),
+            schema: schema["schema"].clone().into(),
+            strict: false,
+        });
+    }
+    let model = impresario::offline::OfflineModel::new();
+    model.chat(&request).await.unwrap().content
 }
 
 /// Reads one request's head and `content-length` body; `None` when the client closed.

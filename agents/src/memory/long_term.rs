@@ -9,6 +9,7 @@ use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 
 use super::embed::{cosine, Embedder};
+use super::persistent::MemoryDb;
 use super::rank::{tokenize, Bm25Index};
 use super::MemoryError;
 
@@ -126,11 +127,15 @@ struct Store {
 ///
 /// Ties rank the newer record (`at`) first, then the later remembered (higher id).
 ///
-/// Records live in this process only: persisting them (and loading them at start) is up to
-/// the caller, e.g. from the journal.
+/// Built with [`new`](Self::new) or [`with_embedder`](Self::with_embedder), records live in
+/// this process only (embedded use without a file; tests). [`MemoryDb::tenant`] gives one
+/// tenant's memory kept in a SQLite file (BM25 by FTS5, with retention), which survives a
+/// restart.
 pub struct LongTermMemory {
     ranking: Ranking,
     store: RwLock<Store>,
+    /// Records kept in a SQLite file under this tenant instead of `store` (BM25 by FTS5).
+    persistent: Option<(MemoryDb, String)>,
 }
 
 impl fmt::Debug for LongTermMemory {
@@ -167,6 +172,15 @@ impl LongTermMemory {
         LongTermMemory {
             ranking,
             store: RwLock::default(),
+            persistent: None,
+        }
+    }
+
+    /// `tenant`'s records in `db` (see [`MemoryDb::tenant`]).
+    pub(crate) fn persistent(db: MemoryDb, tenant: String) -> Self {
+        LongTermMemory {
+            persistent: Some((db, tenant)),
+            ..Self::new()
         }
     }
 
@@ -193,6 +207,9 @@ impl LongTermMemory {
                 what: "record",
                 problem: "goal, text and why are all blank; there is nothing to remember".into(),
             });
+        }
+        if let Some((db, tenant)) = &self.persistent {
+            return db.insert(tenant, &record);
         }
         let text = record.search_text();
         let vector = match &self.ranking {
@@ -242,6 +259,9 @@ impl LongTermMemory {
         if k == 0 {
             return Ok(Vec::new());
         }
+        if let Some((db, tenant)) = &self.persistent {
+            return db.search(tenant, query, k);
+        }
         let store = self.read();
         let scored: Vec<(u32, f64)> = match &query_vector {
             None => store.bm25.score(query),
@@ -265,7 +285,10 @@ impl LongTermMemory {
 
     /// How many records are stored.
     pub fn len(&self) -> usize {
-        self.read().records.len()
+        match &self.persistent {
+            Some((db, tenant)) => db.count(tenant),
+            None => self.read().records.len(),
+        }
     }
 
     /// Whether no record is stored.

@@ -10,8 +10,11 @@
 //! - [`MemoryAgent`]: the agent that owns a run's working memory and serves both memories as
 //!   typed messages.
 //!
-//! Not implemented: persistence of long-term memory (records live in the process; the caller
-//! stores and reloads them), eviction or size limits, hybrid BM25 + vector ranking.
+//! - [`MemoryDb`]: long-term memory in a SQLite file, each tenant's records apart
+//!   ([`MemoryDb::tenant`]), searched with FTS5, bounded by a [`Retention`] policy.
+//!
+//! Not implemented: embedder ranking over the SQLite file (it ranks by BM25 only), hybrid
+//! BM25 + vector ranking.
 //!
 //! [`WorkingMemory`]: crate::memory::WorkingMemory
 //! [`LongTermMemory`]: crate::memory::LongTermMemory
@@ -23,11 +26,15 @@
 //! [`ContextBudget`]: crate::memory::ContextBudget
 //! [`Client`]: impresario_runtime::llm::Client
 //! [`MemoryAgent`]: crate::memory::MemoryAgent
+//! [`MemoryDb`]: crate::memory::MemoryDb
+//! [`MemoryDb::tenant`]: crate::memory::MemoryDb::tenant
+//! [`Retention`]: crate::memory::Retention
 
 mod agent;
 mod budget;
 mod embed;
 mod long_term;
+mod persistent;
 pub mod rank;
 mod working;
 
@@ -37,6 +44,7 @@ pub use budget::{
 };
 pub use embed::{cosine, Embedder, HashingEmbedder};
 pub use long_term::{LongTermMemory, MemoryRecord, Outcome, Recalled, RecordId};
+pub use persistent::{MemoryDb, Retention};
 pub use working::{Clock, ManualClock, SystemClock, WorkingMemory};
 
 use impresario_runtime::llm::LlmError;
@@ -58,6 +66,9 @@ pub enum MemoryError {
     /// The summarizer's model call failed (halted, over a ceiling, provider error).
     #[error("the summarizer's model call failed, context left unchanged: {0}")]
     Llm(#[from] LlmError),
+    /// The memory file could not be read or written.
+    #[error("the long-term memory file failed: {0}; check its path, permissions and free space")]
+    Storage(String),
     /// Input that cannot be used, named.
     #[error("bad {what}: {problem}")]
     BadInput {

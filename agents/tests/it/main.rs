@@ -6,6 +6,7 @@ mod crash_recovery;
 mod journaled_runs;
 mod loopback;
 mod memory;
+mod memory_db;
 mod money;
 mod runs;
 mod streamed_runs;

@@ -74,6 +74,7 @@ pub async fn call(tools: &ToolRegistry, name: &str, args: Value) -> Result<Value
         .unwrap_or_else(|| panic!("no tool {name}; have {:?}", tools.names()));
     let ctx = ToolContext {
         run: RunId::new("test-run"),
+        tenant: "default".into(),
         step: 1,
         idempotency_key: "test-run/step-1".into(),
         halt: HaltToken::new(),

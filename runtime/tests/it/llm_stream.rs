@@ -535,3 +535,67 @@ async fn ceiling_is_reserved_before_a_streamed_request_is_sent() {
     assert!(deltas.lock().unwrap().is_empty());
     assert_eq!(charged(&account), 0);
 }
+
+#[tokio::test]
+async fn anthropic_streamed_tool_input_is_assembled_and_structured_output_is_the_text() {
+    let tool_start = |index: usize, name: &str| {
+        named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index,
+                "content_block": {"type": "tool_use", "id": format!("toolu_{index}"), "name": name, "input": {}}}),
+        )
+    };
+    let json_delta = |index: usize, part: &str| {
+        named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": part}}),
+        )
+    };
+    let mut tool = vec![
+        anthropic_start(30),
+        tool_start(0, "search"),
+        json_delta(0, "{\"q\": "),
+        json_delta(0, "\"rust\"}"),
+    ];
+    tool.extend(anthropic_end("tool_use", 12));
+    let mut structured = vec![
+        anthropic_start(40),
+        tool_start(0, "plan"),
+        json_delta(0, "{\"steps\": "),
+        json_delta(0, "[]}"),
+    ];
+    structured.extend(anthropic_end("tool_use", 9));
+    let server = Server::start([Reply::Stream(tool), Reply::Stream(structured)]).await;
+    let client = Client::builder()
+        .provider("anthropic", anthropic(&server))
+        .build()
+        .unwrap();
+    let (_, options) = budget(None);
+    let (options, deltas) = streaming(options);
+    let req = ChatRequest::new("claude-haiku-4-5")
+        .user("hi")
+        .max_tokens(50);
+
+    let called = client.chat(req.clone(), &options).await.unwrap();
+    assert_eq!(called.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(called.tool_calls[0].name, "search");
+    assert_eq!(called.tool_calls[0].arguments, json!({"q": "rust"}));
+    assert!(
+        deltas.lock().unwrap().is_empty(),
+        "a tool's input is not text"
+    );
+
+    let schema = json!({"type": "object", "properties": {"steps": {"type": "array"}}});
+    let planned = client
+        .chat(req.output_schema("plan", schema, false), &options)
+        .await
+        .unwrap();
+    assert_eq!(planned.content, "{\"steps\":[]}");
+    assert_eq!(planned.finish_reason, FinishReason::Stop);
+    assert_eq!(
+        *deltas.lock().unwrap(),
+        ["{\"steps\": ", "[]}"],
+        "the answer's JSON as it came"
+    );
+}

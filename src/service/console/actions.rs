@@ -141,7 +141,7 @@ pub async fn resume(
     if !tenant.is_some_and(|t| session.identity.sees(&t)) {
         return Err(not_found(&id));
     }
-    routes::resume_run(&state, &id).await?;
+    routes::resume_run(&state, &session.identity, &id).await?;
     Ok(redirect(&format!("/ui/runs/{id}")).finish())
 }
 
@@ -217,7 +217,7 @@ fn steerable(
     id: &str,
 ) -> Result<(Session, Arc<Tracked>), ConsoleError> {
     let session = authorized(state, request, form)?;
-    let run = routes::find(state, id)?;
+    let run = routes::find(state, &session.identity, id)?;
     if !session.identity.sees(&run.tenant) {
         return Err(not_found(id));
     }

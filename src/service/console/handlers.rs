@@ -189,7 +189,7 @@ pub async fn events(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = signed_in(&state, &request)?;
-    let run = routes::find(&state, &id)?;
+    let run = routes::find(&state, &session.identity, &id)?;
     if !session.identity.sees(&run.tenant) {
         return Err(not_found(&id));
     }

@@ -21,40 +21,7 @@ pub const LIFETIME: Duration = Duration::from_secs(8 * 60 * 60);
 /// The most sessions kept at once; past it the ones closest to expiry go first.
 const MAX_SESSIONS: usize = 10_000;
 
-/// Who a console session acts as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// The service's operator (`server.token`): every tenant.
-    Admin,
-}
-
-impl Identity {
-    /// Whether this identity may see and steer the runs of `tenant`.
-    pub fn sees(&self, _tenant: &str) -> bool {
-        match self {
-            Identity::Admin => true,
-        }
-    }
-
-    /// The only tenant this identity sees, if it is bound to one.
-    pub fn tenant(&self) -> Option<&str> {
-        match self {
-            Identity::Admin => None,
-        }
-    }
-
-    /// Whether it may halt or lift whole tenants.
-    pub fn is_admin(&self) -> bool {
-        matches!(self, Identity::Admin)
-    }
-
-    /// For the page header.
-    pub fn label(&self) -> String {
-        match self {
-            Identity::Admin => "admin".into(),
-        }
-    }
-}
+pub use crate::identity::Identity;
 
 /// A signed-in session.
 #[derive(Debug, Clone)]
