@@ -1,7 +1,8 @@
 // Impresario console: keeps the page's #live region current. The server renders every page
 // (escaping all text); this script only re-reads the same page and swaps in its #live region,
 // parsed with DOMParser (an inert document: nothing in it runs). It never builds markup from
-// data. A run's page refreshes on each of its server-sent events; every page also re-reads
+// data (a streaming run's text is appended with textContent). A run's page refreshes on each
+// of its server-sent events but text deltas; every page also re-reads
 // itself every few seconds. While an input in the region has the focus, the swap waits.
 "use strict";
 (function () {
@@ -42,6 +43,12 @@
     const source = new EventSource(events);
     const kinds = ["state", "planned", "revised", "step_finished", "recalled", "compacted", "message"];
     kinds.forEach((kind) => source.addEventListener(kind, refresh));
+    // A streaming run's text: appended as text (never parsed as markup) until the next refresh
+    // replaces it with the server's copy.
+    source.addEventListener("delta", (event) => {
+      const stream = document.getElementById("stream");
+      if (stream) stream.textContent += JSON.parse(event.data).text;
+    });
     // The stream ends after the run's last state; do not let the browser replay it.
     source.onerror = () => { source.close(); refresh(); };
   }

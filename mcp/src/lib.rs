@@ -43,4 +43,4 @@ pub use config::{
 };
 pub use connect::ConnectError;
 pub use reference::{reference_server, REFERENCE_SERVER_DIR_ENV};
-pub use server::{McpServer, StartError, RESTART_BACKOFF};
+pub use server::{McpServer, StartError, PING_EVERY, PING_TIMEOUT, RESTART_BACKOFF};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use impresario_agents::{ErasedCall, RegisteredTool, ToolContext, ToolProvider};
 use impresario_supervisor::{Backoff, Jitter};
-use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientRequest, JsonObject, PingRequest};
 use rmcp::service::{Peer, ServiceError};
 use rmcp::RoleClient;
 use serde_json::Value;
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog;
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{ConfigError, Endpoint, ServerConfig};
 use crate::connect::{connect, ConnectError, Connection};
 use crate::output::output;
 
@@ -31,6 +31,13 @@ pub const RESTART_BACKOFF: Backoff = Backoff {
     random_factor: 0.2,
     reset_after: Duration::from_secs(30),
 };
+
+/// How often a Streamable HTTP connection is probed with a `ping`: a server that restarted
+/// forgets its sessions, and the transport does not end by itself.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a `ping` may take before the connection is dropped and opened again.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -219,10 +226,20 @@ impl Shared {
         let token = live.cancellation_token();
         let waiting = live.waiting();
         tokio::pin!(waiting);
+        let mut probe =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let http = matches!(self.config.endpoint, Endpoint::Http { .. });
         let outcome = loop {
             tokio::select! {
                 quit = &mut waiting => break Some(format!("{quit:?}")),
                 Some(()) = changes.recv() => self.refresh(&peer).await,
+                _ = probe.tick(), if http => {
+                    if let Err(why) = ping(&peer).await {
+                        token.cancel();
+                        let _ = waiting.await;
+                        break Some(why);
+                    }
+                }
                 _ = self.stop.cancelled() => {
                     token.cancel();
                     let _ = waiting.await;
@@ -279,6 +296,19 @@ impl Shared {
             }
         }
         Ok(tools)
+    }
+}
+
+/// Asks the server for a `ping`, within [`PING_TIMEOUT`].
+async fn ping(peer: &Peer<RoleClient>) -> Result<(), String> {
+    let request = ClientRequest::PingRequest(PingRequest {
+        method: Default::default(),
+        extensions: Default::default(),
+    });
+    match tokio::time::timeout(PING_TIMEOUT, peer.send_request(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(format!("it failed a ping: {error}")),
+        Err(_) => Err(format!("it did not answer a ping within {PING_TIMEOUT:?}")),
     }
 }
 

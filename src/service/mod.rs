@@ -91,9 +91,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
-            .configure(routes::configure)
-            .configure(probes::configure)
-            .configure(console::configure)
+            .configure(every_route)
             .default_service(web::to(|| async {
                 Err::<String, _>(ApiError::unknown_route())
             }))
@@ -207,6 +205,13 @@ fn track_recovered(state: &State, recovered: Vec<RunHandle>) -> Result<(), Journ
         state.track(handle, tenant, goal);
     }
     Ok(())
+}
+
+/// The `/v1` routes, the probes and the console.
+fn every_route(config: &mut web::ServiceConfig) {
+    routes::configure(config);
+    probes::configure(config);
+    console::configure(config);
 }
 
 /// Resumes the runs a crash cut off (journaled as active); halted ones wait for

@@ -349,3 +349,105 @@ async fn an_admin_halts_and_lifts_a_tenant() {
     server.until(&lifted, |s| s["state"] == "succeeded").await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_streaming_runs_model_text_shows_as_it_arrives() {
+    // Each model call takes 1.5 s, then its text arrives as one delta (the offline model).
+    let server = Server::start("[models]\noffline_latency_ms = 1500");
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, TOKEN).await;
+    let id = server
+        .submit(json!({ "goal": "How do trams climb hills?", "tools": ["search_notes"], "stream": true }))
+        .await;
+    browser.goto(&format!("{}/ui/runs/{id}", server.url)).await;
+    browser.find("pre#stream").await;
+    // Record the longest text the streaming panel showed (a refresh replaces it later).
+    browser
+        .js("window.streamed = ''; new MutationObserver(() => { \
+               const s = document.getElementById('stream'); \
+               if (s && s.textContent.length > window.streamed.length) window.streamed = s.textContent; \
+             }).observe(document.getElementById('live'), { subtree: true, childList: true, characterData: true }); \
+             return null")
+        .await;
+    browser
+        .until(
+            "a model's text in the streaming panel",
+            "return window.streamed.includes('\"steps\"')",
+        )
+        .await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_tenants_session_sees_only_its_tenant() {
+    const ACME: &str = "acme-token-0123456789abcdef";
+    let dir = std::sync::Arc::new(crate::binary::TempDir::new());
+    let acme_token = dir.write("acme.token", ACME);
+    let server = Server::start_in(
+        dir,
+        &format!("[[server.tokens]]\ntenant = \"acme\"\ntoken_file = {acme_token:?}\n"),
+    );
+    let ours = server
+        .submit(json!({ "goal": "acme goal: trams", "tenant": "acme", "tools": ["save_note"], "autonomy": "manual" }))
+        .await;
+    let theirs = server
+        .submit(json!({ "goal": "beta secret goal", "tenant": "beta", "tools": ["save_note"], "autonomy": "manual" }))
+        .await;
+    for id in [&ours, &theirs] {
+        server
+            .until(id, |s| s["state"] == "awaiting_approval")
+            .await;
+    }
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, ACME).await;
+    browser.find(&format!("tr[data-run='{ours}']")).await;
+    let everything = [
+        format!("{}/ui/runs", server.url),
+        format!("{}/ui/runs?tenant=beta", server.url),
+        format!("{}/ui/approvals", server.url),
+        format!("{}/ui/tenants", server.url),
+    ];
+    for page in &everything {
+        browser.goto(page).await;
+        let text = browser.text("main").await;
+        assert!(
+            !text.contains("beta") && !text.contains(theirs.as_str()),
+            "{page}: {text}"
+        );
+    }
+    // Another tenant's run: the same answer as a run that does not exist.
+    browser
+        .goto(&format!("{}/ui/runs/{theirs}", server.url))
+        .await;
+    let text = browser.text("main").await;
+    assert!(
+        text.contains("Error 404") && !text.contains("beta"),
+        "{text}"
+    );
+    browser.goto(&format!("{}/ui/approvals", server.url)).await;
+    assert!(browser.text("main").await.contains("acme goal"));
+    // No tenant-wide buttons for a tenant's session; another tenant's run is not found.
+    browser.goto(&format!("{}/ui/tenants", server.url)).await;
+    assert!(browser
+        .text("tr[data-tenant='acme']")
+        .await
+        .contains("acme"));
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('form[action^=\"/ui/tenants/\"]').length")
+            .await,
+        json!(0)
+    );
+    browser.screenshot("tenant-session").await;
+    let session = session_cookie(&browser).await;
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{}/ui/runs/{theirs}", server.url))
+        .header(header::COOKIE, format!("impresario_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 404);
+    browser.close().await;
+}

@@ -8,7 +8,7 @@ use impresario_agents::{Impact, ToolError};
 use impresario_mcp::{McpServer, ServerConfig};
 use serde_json::json;
 
-use crate::support::{call, everything_js, registry};
+use crate::support::{call, eventually, everything_js, registry};
 
 fn stdio() -> ServerConfig {
     let js = everything_js();
@@ -80,11 +80,14 @@ impl Drop for HttpServer {
     }
 }
 
-fn http_server() -> HttpServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
-        .port();
+        .port()
+}
+
+fn http_server(port: u16) -> HttpServer {
     let js = everything_js();
     let preload = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/server-everything/loopback.cjs");
@@ -115,7 +118,7 @@ fn http_server() -> HttpServer {
 
 #[tokio::test]
 async fn streamable_http_lists_and_calls_tools_with_headers_from_the_environment() {
-    let server = http_server();
+    let server = http_server(free_port());
     std::env::set_var("IMPRESARIO_MCP_TEST_TOKEN", "Bearer test-token");
     let config = ServerConfig::http("remote", &server.url)
         .header("Authorization", "IMPRESARIO_MCP_TEST_TOKEN");
@@ -134,4 +137,27 @@ async fn streamable_http_lists_and_calls_tools_with_headers_from_the_environment
         "{err}"
     );
     assert!(err.contains("is not set"), "{err}");
+}
+
+#[tokio::test]
+async fn an_http_server_that_restarts_is_reached_again() {
+    let port = free_port();
+    let first = http_server(port);
+    let (tools, mcp) = registry(ServerConfig::http("remote", &first.url)).await;
+    let sum = |a: i64| call(&tools, "remote.get-sum", json!({"a": a, "b": 1}));
+    assert!(sum(1).await.unwrap().as_str().unwrap().contains('2'));
+    drop(first); // killed: its sessions are gone, and the HTTP transport does not notice
+    let _second = http_server(port);
+    // The next ping (every PING_EVERY) fails; the connection is opened again.
+    let started = Instant::now();
+    while mcp.restarts() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no reconnection"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("the new connection", || mcp.is_connected()).await;
+    let out = sum(41).await.unwrap();
+    assert!(out.as_str().unwrap().contains("42"), "{out}");
 }

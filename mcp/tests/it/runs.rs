@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use impresario_agents::{
-    Autonomy, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUpdate, ToolRegistry,
+    Autonomy, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, RunUpdate,
+    ToolRegistry,
 };
 use impresario_runtime::journal::{Journal, RunFilter, RunStatus, SqliteJournal};
 use impresario_runtime::ledger::Ledger;
@@ -78,7 +79,7 @@ async fn orchestrator(
     dir: &Path,
     rt: &RuntimeHandle,
     tools: ToolRegistry,
-    slow: bool,
+    model: impl ChatModel + 'static,
 ) -> Orchestrator {
     let journal: Arc<dyn Journal> =
         Arc::new(SqliteJournal::open(dir.join("journal.db")).expect("the journal opens"));
@@ -92,7 +93,7 @@ async fn orchestrator(
     let mut prices = PriceTable::default();
     prices.insert("scripted", ModelPrice::new("scripted", rates));
     let client = Client::builder()
-        .provider("scripted", Paced::new(slow))
+        .provider("scripted", model)
         .prices(prices)
         .build()
         .expect("a client");
@@ -126,7 +127,7 @@ fn run_child() {
             .start()
             .expect("the runtime starts");
         let (tools, _server) = registry(fault_config(&dir)).await;
-        let team = orchestrator(&dir, &rt, tools, mode == "first").await;
+        let team = orchestrator(&dir, &rt, tools, Paced::new(mode == "first")).await;
         if mode == "first" {
             let request = RunRequest::new("count once", ModelMap::all("scripted"))
                 .tools(["fault.count", "fault.lookup"])
@@ -225,7 +226,7 @@ fn a_killed_run_resumes_without_repeating_its_mcp_call_and_replays_without_any()
             .start()
             .expect("the runtime starts");
         let (tools, _server) = registry(fault_config(&dir)).await;
-        let team = orchestrator(&dir, &rt, tools, false).await;
+        let team = orchestrator(&dir, &rt, tools, Paced::new(false)).await;
         let report = team.replay(&id).await.expect("the replay runs");
         assert!(report.complete, "{report:?}");
         assert_eq!(report.divergence, None);
@@ -236,4 +237,55 @@ fn a_killed_run_resumes_without_repeating_its_mcp_call_and_replays_without_any()
         after_resume,
         "the replay called the MCP server"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destructive_mcp_tool_waits_for_approval_and_runs_once_approved() {
+    let dir = scratch("approval");
+    let rt = Runtime::builder()
+        .arbiters(1)
+        .start()
+        .expect("the runtime starts");
+    let (tools, _server) = registry(fault_config(&dir)).await;
+    let plan =
+        |steps: serde_json::Value| ScriptedReply::text(json!({ "steps": steps }).to_string());
+    let destroy = json!({"type": "tool_call", "tool": "fault.destroy", "arguments": {}});
+    let answer = json!({"type": "final_answer", "answer": "destroyed"});
+    let script = Scripted::new([
+        plan(json!([answer])).when("called fault.destroy"),
+        plan(json!([destroy])),
+    ]);
+    let team = orchestrator(&dir, &rt, tools, script).await;
+    // Conditional autonomy: high-impact calls (destructiveHint) wait for an operator.
+    let request = RunRequest::new("destroy it", ModelMap::all("scripted"))
+        .tools(["fault.destroy"])
+        .autonomy(Autonomy::Conditional);
+    let run = team.submit(request).await.expect("the run starts");
+    let started = Instant::now();
+    let step = loop {
+        if let RunState::AwaitingApproval { step, tool, .. } = run.status() {
+            assert_eq!(tool, "fault.destroy");
+            break step;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            run.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        calls(&dir).is_empty(),
+        "called before approval: {:?}",
+        calls(&dir)
+    );
+    run.approve(step);
+    let result = run.wait().await;
+    assert!(
+        matches!(&result.state, RunState::Succeeded { .. }),
+        "{:?}",
+        result.state
+    );
+    assert_eq!(calls(&dir), ["destroy"]);
+    rt.shutdown(Duration::from_secs(5)).await;
 }

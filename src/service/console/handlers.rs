@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use impresario::agents::RunState;
+use impresario::agents::{RunState, RunUpdate as AgentEvent};
 use impresario::runtime::halt::HaltScope;
 use impresario::runtime::journal::{JournalEntry, RunEvent, RunFilter};
 use impresario::runtime::ledger::AccountId;
@@ -18,6 +18,7 @@ use super::session::Session;
 use super::views::{self, RunRow, RunView, RunsFilter, TenantRow, Waiting};
 use super::{html, timeline, tree, ConsoleError};
 use crate::journaled;
+use crate::service::runs::Tracked;
 use crate::service::{routes, sse, State};
 
 type Data = web::Data<State>;
@@ -153,6 +154,10 @@ pub async fn run(
         return Err(not_found(&id));
     }
     let live = tracked.as_ref().map(|run| run.state());
+    let (streaming, seen) = match &tracked {
+        Some(run) if !run.state().is_terminal() => streaming(run),
+        _ => (String::new(), 0),
+    };
     let name = state_name(&now);
     let usage = &now["usage"];
     let view = RunView {
@@ -173,6 +178,8 @@ pub async fn run(
         },
         resumable: now["status"] == "halted" && live.as_ref().is_none_or(RunState::is_terminal),
         timeline: timeline::items(&entries),
+        streaming,
+        seen,
         tree: tree::of_run(&state.engine.runtime, &state.console.lives, &id, &tenant),
         tenant,
         state: name,
@@ -181,21 +188,50 @@ pub async fn run(
     Ok(html(layout(&id, Some(&session), Some(Nav::Runs), body)))
 }
 
-/// `/ui/runs/{id}/events`: the run's server-sent events (as `GET /v1/runs/{id}/events`), for
-/// the page's live updates.
+/// The text of the model call streaming now (the deltas after the run's last other event),
+/// and how many events the run has emitted so far.
+fn streaming(run: &Tracked) -> (String, usize) {
+    let events = run.events();
+    let events = events.borrow();
+    let text = events
+        .iter()
+        .rev()
+        .map_while(|event| match event {
+            AgentEvent::Delta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (text, events.len())
+}
+
+/// The query of the console's event stream.
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// The number of events the page already shows.
+    #[serde(default)]
+    from: usize,
+}
+
+/// `/ui/runs/{id}/events[?from=N]`: the run's server-sent events after the first `N` (as
+/// `GET /v1/runs/{id}/events`), for the page's live updates.
 pub async fn events(
     state: Data,
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = signed_in(&state, &request)?;
+    let query = web::Query::<EventsQuery>::from_query(request.query_string())
+        .map_err(|e| ConsoleError::new(StatusCode::BAD_REQUEST, format!("from: {e}")))?;
     let run = routes::find(&state, &session.identity, &id)?;
     if !session.identity.sees(&run.tenant) {
         return Err(not_found(&id));
     }
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
-        .streaming(sse::stream(run, 0, state.sse_keepalive)))
+        .streaming(sse::stream(run, query.from, state.sse_keepalive)))
 }
 
 /// `/ui/approvals`: every step waiting for a person, across this service's runs.

@@ -110,13 +110,17 @@ pub struct RunView {
     pub resumable: bool,
     /// Its timeline.
     pub timeline: Vec<Item>,
+    /// The text of the model call streaming now (a streaming run), empty otherwise.
+    pub streaming: String,
+    /// How many events the run emitted so far (the page's event stream starts after them).
+    pub seen: usize,
     /// Its supervision tree.
     pub tree: Vec<Node>,
 }
 
 /// `/ui/runs/{id}`.
 pub fn run(session: &Session, view: &RunView) -> Markup {
-    let events = format!("/ui/runs/{}/events", view.id);
+    let events = format!("/ui/runs/{}/events?from={}", view.id, view.seen);
     let inner = html! {
         div.summary {
             (badge(&view.state))
@@ -131,7 +135,11 @@ pub fn run(session: &Session, view: &RunView) -> Markup {
             section.timeline {
                 h2 { "Timeline" }
                 ol.timeline { @for item in &view.timeline { (timeline_item(item)) } }
-                p.hint { "Streaming text deltas are not shown: the runtime does not emit them yet." }
+                @if view.haltable {
+                    h2 { "Model text as it arrives" }
+                    pre #stream .stream { (view.streaming) }
+                    p.hint { "Only for runs submitted with \"stream\": true." }
+                }
             }
             section.supervision {
                 h2 { "Supervision" }
