@@ -53,7 +53,7 @@ fn tree(runs: usize) -> Vec<AccountPath> {
     ledger.open(tenant.clone(), None, roomy()).unwrap();
     (0..runs)
         .map(|i| {
-            let run = AccountId::Run(format!("r{i}"));
+            let run = AccountId::Run(format!("r{i}").into());
             ledger.open(run.clone(), Some(&tenant), roomy()).unwrap();
             ledger.path(&run).unwrap()
         })

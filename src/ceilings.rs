@@ -32,7 +32,7 @@ impl CeilingOverrides {
             _ => BTreeMap::new(),
         };
         for (tenant, ceiling) in &set {
-            ledger.set_tenant_ceiling(tenant, *ceiling);
+            ledger.set_tenant_ceiling(&tenant.as_str().into(), *ceiling);
         }
         Ok(CeilingOverrides {
             set: Mutex::new(set),
@@ -51,7 +51,7 @@ impl CeilingOverrides {
             write_atomically(file, &next)?;
         }
         *set = next;
-        self.ledger.set_tenant_ceiling(tenant, ceiling);
+        self.ledger.set_tenant_ceiling(&tenant.into(), ceiling);
         Ok(())
     }
 }

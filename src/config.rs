@@ -93,7 +93,7 @@ impl BudgetCeilings {
             tenants: self
                 .tenants
                 .iter()
-                .map(|(tenant, usd)| (tenant.clone(), micro_usd(*usd)))
+                .map(|(tenant, usd)| (tenant.as_str().into(), micro_usd(*usd)))
                 .collect(),
             max_run: Some(micro_usd(self.max_run_usd)),
         }
@@ -1355,10 +1355,13 @@ mod tests {
             (c.global, c.tenant_default, c.max_run),
             (Some(100_000_000), Some(2_500_000), Some(3_000_000))
         );
-        assert_eq!(c.tenants.get("acme"), Some(&25_000_000));
+        assert_eq!(c.tenants.get(&"acme".into()), Some(&25_000_000));
         let config =
             Config::load(None, env(&[("IMPRESARIO_BUDGET__TENANTS", "a=1, b=0.5")])).unwrap();
-        assert_eq!(config.budget.ceilings().tenants.get("b"), Some(&500_000));
+        assert_eq!(
+            config.budget.ceilings().tenants.get(&"b".into()),
+            Some(&500_000)
+        );
         assert_eq!(
             Config::default().budget.ceilings().max_run,
             Some(10_000_000)

@@ -112,7 +112,7 @@ impl Engine {
 
     /// What a run has spent so far (zero once it ended: its result has the final figures).
     pub fn usage(&self, run: &RunId) -> RunUsage {
-        let account = AccountId::Run(run.to_string());
+        let account = AccountId::Run(run.clone());
         self.orchestrator
             .ledger()
             .account(&account)

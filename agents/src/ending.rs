@@ -9,7 +9,6 @@ use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::journal::{Journal, RunEvent as JournalEvent, RunOutcome};
 use impresario_runtime::ledger::{AccountId, Ledger};
 use impresario_runtime::redact::redact_serialized;
-use impresario_runtime::telemetry::RunOutcome as TelemetryOutcome;
 use impresario_runtime::{Placement, RunId};
 use tokio::sync::{broadcast, watch};
 
@@ -49,20 +48,20 @@ impl RunLease {
     /// removes it from the live runs; counts it; then reports its end.
     async fn release(self, state: RunState, steps: Vec<StepRecord>, at_end: AtJournalEnd) {
         let services = &self.services;
-        let account = AccountId::Run(self.run.to_string());
+        let account = AccountId::Run(self.run.clone());
         let usage = usage(&services.ledger, &account);
         services.stop_subtree(&self.tenant, &self.run).await;
         let resumable = matches!(state, RunState::Halted { .. });
         if !resumable && at_end == AtJournalEnd::GoOnLive {
             services.ledger.close(&account);
-            services.halts.remove_run(self.run.as_str());
+            services.halts.remove_run(&self.run);
         }
         services.live.remove(&self.run);
         let outcome = match &state {
-            RunState::Succeeded { .. } => TelemetryOutcome::Succeeded,
-            RunState::Halted { .. } => TelemetryOutcome::Halted,
-            RunState::CeilingReached { .. } => TelemetryOutcome::CeilingReached,
-            _ => TelemetryOutcome::Failed,
+            RunState::Succeeded { .. } => RunOutcome::Succeeded,
+            RunState::Halted { .. } => RunOutcome::Halted,
+            RunState::CeilingReached { .. } => RunOutcome::CeilingReached,
+            _ => RunOutcome::Failed,
         };
         let metrics = services.runtime.metrics();
         metrics.run_finished(outcome, self.started.elapsed());
@@ -113,7 +112,7 @@ fn end_event(run: &RunId, state: &RunState, halt: Option<Halt>) -> Option<Journa
         RunState::CeilingReached { .. } => failed("cost_ceiling".into()),
         RunState::Halted { .. } => JournalEvent::Halted {
             halt: halt.unwrap_or_else(|| {
-                let scope = HaltScope::Run(run.to_string());
+                let scope = HaltScope::Run(run.clone());
                 Halt::new(scope, HaltMode::Immediate, HaltReason::Operator)
             }),
         },

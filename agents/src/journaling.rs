@@ -373,7 +373,7 @@ impl ModelGateway {
         let spent = options.account.leaf().snapshot().spent;
         let charged = spent.saturating_sub(before);
         if let Err(e @ LlmError::Overshoot { .. }) = &answer {
-            let run = HaltScope::Run(log.run.to_string());
+            let run = HaltScope::Run(log.run.clone());
             let halt = Halt::new(run, HaltMode::Immediate, HaltReason::Overshoot);
             self.halt.halt(halt.with_detail(e.to_string()));
         }

@@ -17,7 +17,7 @@ use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, LedgerE
 use impresario_runtime::llm::Client;
 use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::telemetry;
-use impresario_runtime::{AgentId, Placement, RunId, RuntimeHandle};
+use impresario_runtime::{AgentId, Placement, RunId, RuntimeHandle, TenantId};
 use impresario_supervisor::{
     ChildSpec, RestartType, StartChild, Strategy, Supervisor, SupervisorError, SupervisorRef,
     SupervisorSpec,
@@ -208,11 +208,11 @@ impl Orchestrator {
             if spent.is_zero() {
                 continue;
             }
-            let tenant = ledger.tenant(&summary.tenant);
+            let tenant = ledger.tenant(&TenantId::new(summary.tenant.as_str()));
             let leaf = if summary.status == RunStatus::Finished {
                 tenant.id().clone()
             } else {
-                let run = AccountId::Run(summary.run.to_string());
+                let run = AccountId::Run(summary.run.clone());
                 match ledger.open(run.clone(), Some(tenant.id()), Limits::default()) {
                     Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
                     Err(e) => return Err(e.into()),
@@ -345,7 +345,7 @@ impl Orchestrator {
         let token = self
             .inner
             .halts
-            .resume_run(&request.tenant, id.as_str())
+            .resume_run(&TenantId::new(request.tenant.as_str()), id)
             .map_err(|e| ResumeError::TenantHalted(e.to_string()))?;
         drop(token);
         // A ledger that still has the run's account (halted in this process) keeps what it
@@ -353,7 +353,7 @@ impl Orchestrator {
         let rebuild = self
             .inner
             .ledger
-            .account(&AccountId::Run(id.to_string()))
+            .account(&AccountId::Run(id.clone()))
             .is_none();
         let served = if rebuild {
             ServedAnswers::Charged
@@ -466,12 +466,12 @@ impl Orchestrator {
         let tenant = match self.inner.tenant_supervisor(&request.tenant).await {
             Ok(tenant) => tenant,
             Err(e) => {
-                inner.ledger.close(&AccountId::Run(run.to_string()));
+                inner.ledger.close(&AccountId::Run(run.clone()));
                 return Err(e.into());
             }
         };
         if let Some(deadline) = request.budget.deadline {
-            let (halts, id) = (inner.halts.clone(), run.to_string());
+            let (halts, id) = (inner.halts.clone(), run.clone());
             inner.runtime.spawn_task(placement, async move {
                 tokio::time::sleep(deadline).await;
                 halts.halt(
@@ -509,7 +509,8 @@ impl Orchestrator {
         request: &RunRequest,
     ) -> Result<(AccountPath, HaltToken), SubmitError> {
         let ledger = &self.inner.ledger;
-        let tenant = ledger.tenant(&request.tenant);
+        let tenant_id = TenantId::new(request.tenant.as_str());
+        let tenant = ledger.tenant(&tenant_id);
         let budget = &request.budget;
         let limits = Limits {
             micro_usd: budget.micro_usd,
@@ -518,7 +519,7 @@ impl Orchestrator {
             steps: None,
             deadline: budget.deadline.map(|d| Instant::now() + d),
         };
-        let run_account = AccountId::Run(run.to_string());
+        let run_account = AccountId::Run(run.clone());
         match ledger.open(run_account.clone(), Some(tenant.id()), limits.clone()) {
             Ok(_) => {}
             Err(LedgerError::AlreadyOpen(_)) => {
@@ -529,7 +530,7 @@ impl Orchestrator {
             Err(e) => return Err(e.into()),
         }
         let path = ledger.path(&run_account)?;
-        Ok((path, self.inner.halts.run(&request.tenant, run.as_str())))
+        Ok((path, self.inner.halts.run(&tenant_id, run)))
     }
 
     /// What every driver of the run shares, and the submitter's handle on the run.

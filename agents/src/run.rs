@@ -401,7 +401,7 @@ impl RunHandle {
     /// `Graceful` lets the current step finish and starts no other. False if it already ended.
     pub fn halt(&self, mode: HaltMode) -> bool {
         self.halt_with(Halt::new(
-            HaltScope::Run(self.id.to_string()),
+            HaltScope::Run(self.id.clone()),
             mode,
             HaltReason::Operator,
         ))

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use impresario_agents::{ErasedCall, RegisteredTool, ToolContext, ToolProvider};
-use impresario_supervisor::{Backoff, Jitter};
+use impresario_runtime::backoff::unit_random;
+use impresario_supervisor::Backoff;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientRequest, JsonObject, PingRequest};
 use rmcp::service::{Peer, ServiceError};
 use rmcp::RoleClient;
@@ -179,7 +180,6 @@ async fn supervise(
     changed: mpsc::UnboundedSender<()>,
 ) {
     let server = shared.config.name.clone();
-    let mut jitter = Jitter::new(std::process::id() as u64 ^ server.len() as u64);
     let mut connection = Some(first);
     let mut attempt = 0u32;
     loop {
@@ -194,7 +194,7 @@ async fn supervise(
                 attempt = 0;
             }
         }
-        let delay = RESTART_BACKOFF.delay(attempt, jitter.next_unit());
+        let delay = RESTART_BACKOFF.delay(attempt, unit_random());
         attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

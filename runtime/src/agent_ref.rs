@@ -19,7 +19,7 @@ use actix::{Actor, Addr, Context, Handler, Message};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use crate::directory::AgentId;
+use crate::agent_id::AgentId;
 use crate::envelope::Envelope;
 use crate::error::AgentError;
 use crate::slot::{request_stop, Admitted, ErasedSlot, Slot, StopRequest};
@@ -188,24 +188,15 @@ fn handle<A, M>(
     let deadline = admitted.slot.core.handler_deadline;
     // The clock is read only when someone uses the time: the watchdog or a metrics recorder.
     let began = (deadline.is_some() || admitted.slot.core.metrics.timed).then(Instant::now);
-    let took = move || began.map(|b| b.elapsed());
     let handled = catch_unwind(AssertUnwindSafe(|| {
         let response = <A as Handler<M>>::handle(agent, msg, ctx);
         response.handle(ctx, Some(answer_tx));
     }));
     if let Err(payload) = handled {
-        admitted.slot.core.metrics.handled(took());
-        let message = crate::panic_capture::payload_message(&*payload);
-        admitted
-            .slot
-            .current_control()
-            .record_panic(message.clone());
-        actix::ActorContext::terminate(ctx);
-        let agent = admitted.slot.core.id.clone();
-        return admitted.answer(Err(AgentError::Panicked { agent, message }));
+        return panicked(admitted, ctx, &*payload, began);
     }
     if let Ok(answer) = answer_rx.try_recv() {
-        let took = took();
+        let took = began.map(|b| b.elapsed());
         admitted.slot.core.metrics.handled(took);
         // A sync handler cannot be interrupted; one that overran fails its agent afterwards.
         if let (Some(deadline), Some(took)) = (deadline, took) {
@@ -215,9 +206,40 @@ fn handle<A, M>(
         }
         return admitted.answer(Ok(answer));
     }
-    // An async answer (a future on the actor or on a task of its own): wait for it on the
-    // arbiter, so a panic in that future is noticed even when nobody awaits the reply, and the
-    // watchdog can cancel it.
+    await_answer(admitted, answer_rx, deadline, began);
+}
+
+/// A handler panicked: the agent stops, and the caller is answered `Panicked`.
+fn panicked<A: Agent, R: Send + 'static>(
+    admitted: Admitted<A, R>,
+    ctx: &mut Context<A>,
+    payload: &(dyn std::any::Any + Send),
+    began: Option<Instant>,
+) {
+    admitted
+        .slot
+        .core
+        .metrics
+        .handled(began.map(|b| b.elapsed()));
+    let message = crate::panic_capture::payload_message(payload);
+    admitted
+        .slot
+        .current_control()
+        .record_panic(message.clone());
+    actix::ActorContext::terminate(ctx);
+    let agent = admitted.slot.core.id.clone();
+    admitted.answer(Err(AgentError::Panicked { agent, message }));
+}
+
+/// An async answer (a future on the actor or on a task of its own): waits for it on the
+/// arbiter, so a panic in that future is noticed even when nobody awaits the reply, and the
+/// watchdog can cancel it.
+fn await_answer<A: Agent, R: Send + 'static>(
+    admitted: Admitted<A, R>,
+    answer_rx: oneshot::Receiver<R>,
+    deadline: Option<Duration>,
+    began: Option<Instant>,
+) {
     let control = admitted.slot.current_control();
     actix::spawn(async move {
         let answer = match deadline {
@@ -235,7 +257,11 @@ fn handle<A, M>(
                 }
             },
         };
-        admitted.slot.core.metrics.handled(took());
+        admitted
+            .slot
+            .core
+            .metrics
+            .handled(began.map(|b| b.elapsed()));
         admitted.answer(answer);
     });
 }

@@ -5,49 +5,15 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
+use crate::agent_id::AgentId;
 use crate::agent_ref::AgentRef;
 use crate::slot::{ErasedSlot, Slot};
 use crate::Agent;
-
-/// The name of an agent: its kind (what it is, e.g. `planner`) and a key unique within the kind.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AgentId {
-    /// What the agent is; a bounded set, safe to use as a metric label.
-    pub kind: Arc<str>,
-    /// Which one of its kind.
-    pub key: Arc<str>,
-}
-
-impl AgentId {
-    /// An id from a kind and a key.
-    pub fn new(kind: impl Into<Arc<str>>, key: impl Into<Arc<str>>) -> Self {
-        AgentId {
-            kind: kind.into(),
-            key: key.into(),
-        }
-    }
-
-    /// An id of this kind with a key no other `unique` id in this process has.
-    pub fn unique(kind: impl Into<Arc<str>>) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        AgentId::new(kind, format!("#{n}"))
-    }
-}
-
-impl fmt::Display for AgentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.kind, self.key)
-    }
-}
 
 /// The agents of one runtime, by id.
 #[derive(Default)]

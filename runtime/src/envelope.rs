@@ -45,6 +45,54 @@ impl fmt::Display for RunId {
     }
 }
 
+impl From<&str> for RunId {
+    fn from(id: &str) -> Self {
+        RunId::new(id)
+    }
+}
+
+impl From<String> for RunId {
+    fn from(id: String) -> Self {
+        RunId::new(id)
+    }
+}
+
+/// Identifies a tenant: a customer or team whose runs, budgets and halts are kept apart from
+/// every other tenant's. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(Arc<str>);
+
+impl TenantId {
+    /// Wraps a tenant's name.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        TenantId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for TenantId {
+    fn from(id: &str) -> Self {
+        TenantId::new(id)
+    }
+}
+
+impl From<String> for TenantId {
+    fn from(id: String) -> Self {
+        TenantId::new(id)
+    }
+}
+
 /// The context a message carries: run, step and the sender's span.
 ///
 /// [`AgentRef::ask`](crate::AgentRef::ask) fills it from [`Envelope::current`] unless the caller

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::directory::AgentId;
+use crate::agent_id::AgentId;
 
 /// Why a message to an agent got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

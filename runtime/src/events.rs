@@ -1,6 +1,9 @@
 //! Lifecycle events: what a supervisor, a metrics exporter or a test subscribes to.
 
-use crate::directory::AgentId;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent_id::AgentId;
 
 /// How one incarnation of an agent ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,3 +51,18 @@ pub enum LifecycleEvent {
         final_exit: bool,
     },
 }
+
+/// How an incarnation of a supervised agent ended, as its supervisor is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildExit {
+    /// The agent.
+    pub agent: AgentId,
+    /// How it ended.
+    pub exit: Exit,
+    /// How long that incarnation ran (for backoff reset).
+    pub ran_for: Duration,
+}
+
+/// Where a supervised agent's exits are reported. Called on the agent's thread: it should only
+/// forward (e.g. `do_send` to the supervisor actor).
+pub type ExitSink = Arc<dyn Fn(ChildExit) + Send + Sync>;

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::envelope::{RunId, TenantId};
 use crate::telemetry::Metrics;
 
 /// Why work was halted; the run reports it.
@@ -81,9 +82,9 @@ pub enum HaltScope {
     /// Everything in the process.
     All,
     /// Every run of a tenant.
-    Tenant(String),
+    Tenant(TenantId),
     /// One run (run ids are unique across tenants).
-    Run(String),
+    Run(RunId),
     /// One agent (agent ids are unique across runs).
     Agent(String),
 }
@@ -398,10 +399,8 @@ pub struct Halts {
 struct Registry {
     /// Replaced when the global halt is lifted; tenants are created under a read lock of it.
     global: RwLock<HaltToken>,
-    tenants: DashMap<String, HaltToken>,
-    runs: DashMap<String, HaltToken>,
-    /// Agent id -> (its run id, its token).
-    agents: DashMap<String, (String, HaltToken)>,
+    tenants: DashMap<TenantId, HaltToken>,
+    runs: DashMap<RunId, HaltToken>,
     metrics: Metrics,
 }
 
@@ -432,41 +431,28 @@ impl Halts {
     }
 
     /// The tenant's token, created under the global one if needed.
-    pub fn tenant(&self, tenant: &str) -> HaltToken {
+    pub fn tenant(&self, tenant: &TenantId) -> HaltToken {
         if let Some(t) = self.inner.tenants.get(tenant) {
             return t.clone();
         }
         let global = self.root();
         self.inner
             .tenants
-            .entry(tenant.to_owned())
+            .entry(tenant.clone())
             .or_insert_with(|| global.child())
             .clone()
     }
 
     /// The run's token, created under its tenant's if needed.
-    pub fn run(&self, tenant: &str, run_id: &str) -> HaltToken {
+    pub fn run(&self, tenant: &TenantId, run_id: &RunId) -> HaltToken {
         if let Some(t) = self.inner.runs.get(run_id) {
             return t.clone();
         }
         let parent = self.tenant(tenant);
         self.inner
             .runs
-            .entry(run_id.to_owned())
+            .entry(run_id.clone())
             .or_insert_with(|| parent.child())
-            .clone()
-    }
-
-    /// The agent's token, created under its run's if needed.
-    pub fn agent(&self, tenant: &str, run_id: &str, agent_id: &str) -> HaltToken {
-        if let Some(a) = self.inner.agents.get(agent_id) {
-            return a.1.clone();
-        }
-        let parent = self.run(tenant, run_id);
-        let entry = self.inner.agents.entry(agent_id.to_owned());
-        entry
-            .or_insert_with(|| (run_id.to_owned(), parent.child()))
-            .1
             .clone()
     }
 
@@ -483,7 +469,8 @@ impl Halts {
             HaltScope::All => Some(self.global()),
             HaltScope::Tenant(id) => Some(self.tenant(id)),
             HaltScope::Run(id) => self.inner.runs.get(id).map(|t| t.clone()),
-            HaltScope::Agent(id) => self.inner.agents.get(id).map(|a| a.1.clone()),
+            // Agents are halted through their supervisor (`SupervisorRef::halt`): no token.
+            HaltScope::Agent(_) => None,
         };
         // The map guards are dropped above: cancelling wakes tasks that may look up tokens.
         match token {
@@ -499,11 +486,14 @@ impl Halts {
     }
 
     /// A token for resuming a run: its current token if no halt reached it, else a fresh
-    /// un-halted child of its tenant's token that replaces it (the run's old agent tokens are
-    /// dropped; create new ones with [`Halts::agent`]). Anyone still holding the old token
+    /// un-halted child of its tenant's token that replaces it. Anyone still holding the old token
     /// keeps seeing it halted: that attempt is over, the resumed one continues from the
     /// journal. Fails while the tenant or the global token is halted.
-    pub fn resume_run(&self, tenant: &str, run_id: &str) -> Result<HaltToken, AncestorHalted> {
+    pub fn resume_run(
+        &self,
+        tenant: &TenantId,
+        run_id: &RunId,
+    ) -> Result<HaltToken, AncestorHalted> {
         let parent = self.tenant(tenant);
         if let Some(halt) = parent.halt_info() {
             return Err(AncestorHalted { halt });
@@ -514,23 +504,22 @@ impl Halts {
             }
         }
         let fresh = parent.child();
-        self.inner.runs.insert(run_id.to_owned(), fresh.clone());
-        self.inner.agents.retain(|_, (run, _)| run != run_id);
+        self.inner.runs.insert(run_id.clone(), fresh.clone());
         Ok(fresh)
     }
 
     /// Lifts a tenant halt: the tenant gets a fresh token, so its new runs start un-halted.
     /// Its halted runs stay halted until each is resumed with [`Halts::resume_run`].
     /// Fails while the global token is halted.
-    pub fn resume_tenant(&self, tenant: &str) -> Result<HaltToken, AncestorHalted> {
+    pub fn resume_tenant(&self, tenant: &TenantId) -> Result<HaltToken, AncestorHalted> {
         let global = self.root();
         if let Some(halt) = global.halt_info() {
             return Err(AncestorHalted { halt });
         }
         let fresh = global.child();
-        self.inner.tenants.insert(tenant.to_owned(), fresh.clone());
+        self.inner.tenants.insert(tenant.clone(), fresh.clone());
         drop(global);
-        self.count_standing(&HaltScope::Tenant(tenant.to_owned()));
+        self.count_standing(&HaltScope::Tenant(tenant.clone()));
         Ok(fresh)
     }
 
@@ -599,10 +588,9 @@ impl Halts {
         self.inner.metrics.halts_in_force(scope, count);
     }
 
-    /// Forgets a finished run's token and its agents' tokens.
-    pub fn remove_run(&self, run_id: &str) {
+    /// Forgets a finished run's token.
+    pub fn remove_run(&self, run_id: &RunId) {
         self.inner.runs.remove(run_id);
-        self.inner.agents.retain(|_, (run, _)| run != run_id);
     }
 }
 
@@ -764,9 +752,11 @@ mod tests {
     #[test]
     fn registry_scopes_and_resume() {
         let halts = Halts::new();
-        let run = halts.run("acme", "r1");
-        let agent = halts.agent("acme", "r1", "r1/planner");
-        let other = halts.run("other", "r2");
+        let (acme, other_tenant) = (TenantId::new("acme"), TenantId::new("other"));
+        let r1 = RunId::new("r1");
+        let run = halts.run(&acme, &r1);
+        let call = run.child();
+        let other = halts.run(&other_tenant, &RunId::new("r2"));
         assert!(!halts.halt(
             HaltScope::Run("nope".into()),
             HaltMode::Immediate,
@@ -774,50 +764,60 @@ mod tests {
         ));
 
         assert!(halts.halt(
-            HaltScope::Run("r1".into()),
+            HaltScope::Run(r1.clone()),
             HaltMode::Immediate,
             HaltReason::Operator
         ));
-        assert!(run.is_halted() && agent.is_halted() && !other.is_halted());
-        assert!(!halts.tenant("acme").stop_requested());
+        assert!(run.is_halted() && call.is_halted() && !other.is_halted());
+        assert!(!halts.tenant(&acme).stop_requested());
 
-        let resumed = halts.resume_run("acme", "r1").unwrap();
+        let resumed = halts.resume_run(&acme, &r1).unwrap();
         assert!(!resumed.is_halted() && resumed.halt_info().is_none());
         assert!(run.is_halted(), "the old attempt stays halted");
         assert!(
-            !halts.run("acme", "r1").is_halted(),
+            !halts.run(&acme, &r1).is_halted(),
             "lookups now return the fresh token"
         );
-        assert!(!halts.agent("acme", "r1", "r1/planner").is_halted());
         // A resumed token is a working child of its tenant.
         halts.halt(
-            HaltScope::Tenant("acme".into()),
+            HaltScope::Tenant(acme.clone()),
             HaltMode::Immediate,
             HaltReason::CostCeiling,
         );
         assert!(resumed.is_halted());
 
-        let err = halts.resume_run("acme", "r1").unwrap_err();
+        let err = halts.resume_run(&acme, &r1).unwrap_err();
         assert_eq!(err.halt.reason, HaltReason::CostCeiling);
-        halts.resume_tenant("acme").unwrap();
-        assert!(!halts.resume_run("acme", "r1").unwrap().is_halted());
+        halts.resume_tenant(&acme).unwrap();
+        assert!(!halts.resume_run(&acme, &r1).unwrap().is_halted());
 
-        halts.remove_run("r1");
-        assert!(!halts.halt(
-            HaltScope::Agent("r1/planner".into()),
-            HaltMode::Immediate,
-            HaltReason::Operator
-        ));
+        halts.remove_run(&r1);
+        assert!(
+            !halts.halt(
+                HaltScope::Run(r1.clone()),
+                HaltMode::Immediate,
+                HaltReason::Operator
+            ),
+            "a removed run has no token left to halt"
+        );
+        assert!(
+            !halts.halt(
+                HaltScope::Agent("r1/planner".into()),
+                HaltMode::Immediate,
+                HaltReason::Operator
+            ),
+            "agents are halted through their supervisor, not a token"
+        );
         halts.halt(HaltScope::All, HaltMode::Immediate, HaltReason::Shutdown);
         assert!(other.is_halted());
-        assert!(halts.resume_tenant("other").is_err());
+        assert!(halts.resume_tenant(&other_tenant).is_err());
     }
 
     #[test]
     fn standing_halts_are_lifted_by_scope_and_everything_keeps_tenant_halts() {
         let (metrics, exposition) = crate::telemetry::Prometheus::new().build();
         let halts = Halts::with_metrics(metrics);
-        let old_run = halts.run("acme", "r1");
+        let old_run = halts.run(&"acme".into(), &"r1".into());
         let tenant = |t: &str| HaltScope::Tenant(t.into());
         assert_eq!(
             halts.lift(&tenant("acme")),
@@ -830,7 +830,10 @@ mod tests {
         halts.halt(tenant("beta"), HaltMode::Immediate, HaltReason::CostCeiling);
         halts.halt(HaltScope::All, HaltMode::Immediate, HaltReason::Operator);
         assert_eq!(halts.standing().len(), 2);
-        assert!(halts.tenant("acme").is_halted() && halts.run("new", "r2").is_halted());
+        assert!(
+            halts.tenant(&"acme".into()).is_halted()
+                && halts.run(&"new".into(), &"r2".into()).is_halted()
+        );
         // A tenant cannot be lifted from under a global halt.
         assert!(matches!(
             halts.lift(&tenant("beta")),
@@ -841,22 +844,24 @@ mod tests {
             halts.lift(&HaltScope::All).unwrap().reason,
             HaltReason::Operator
         );
-        assert!(!halts.global().is_halted() && !halts.tenant("acme").is_halted());
+        assert!(!halts.global().is_halted() && !halts.tenant(&"acme".into()).is_halted());
         assert!(
-            !halts.run("acme", "r3").is_halted(),
+            !halts.run(&"acme".into(), &"r3".into()).is_halted(),
             "new runs start un-halted"
         );
         assert!(old_run.is_halted(), "what the halt stopped stays stopped");
         assert!(
-            halts.tenant("beta").is_halted(),
+            halts.tenant(&"beta".into()).is_halted(),
             "the tenant's own halt stands"
         );
         assert_eq!(
             halts.standing(),
-            vec![halts.tenant("beta").own_halt().unwrap()]
+            vec![halts.tenant(&"beta".into()).own_halt().unwrap()]
         );
         halts.lift(&tenant("beta")).unwrap();
-        assert!(halts.standing().is_empty() && !halts.run("beta", "r4").is_halted());
+        assert!(
+            halts.standing().is_empty() && !halts.run(&"beta".into(), &"r4".into()).is_halted()
+        );
 
         let text = exposition.render();
         for line in [

@@ -28,6 +28,7 @@ use futures_util::future::{join_all, BoxFuture};
 use serde::Serialize;
 
 use crate::halt::{Halt, Halts};
+#[cfg(feature = "journal")]
 use crate::journal::Journal;
 use crate::llm::{BreakerState, CallOptions, ChatRequest, Client, LlmError};
 use crate::runtime::RuntimeHandle;
@@ -77,12 +78,14 @@ where
     }
 }
 
+#[cfg(feature = "journal")]
 /// Ready when the journal takes a durable write ([`Journal::probe_write`], queued behind the
 /// appends in flight): false when its disk is full or its file cannot be written.
 pub struct JournalWritable {
     journal: Arc<dyn Journal>,
 }
 
+#[cfg(feature = "journal")]
 impl JournalWritable {
     /// The check of `journal`.
     pub fn new(journal: Arc<dyn Journal>) -> Self {
@@ -90,6 +93,7 @@ impl JournalWritable {
     }
 }
 
+#[cfg(feature = "journal")]
 impl ReadinessCheck for JournalWritable {
     fn name(&self) -> &str {
         "journal_writable"

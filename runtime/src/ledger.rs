@@ -1,8 +1,8 @@
-//! The cost ledger: budgets on a tree of accounts (global > tenant > run > agent), and
+//! The cost ledger: budgets on a tree of accounts (global > tenant > run), and
 //! reservations that make a paid call fit every ceiling on its path *before* it is sent.
 //!
 //! A paid call goes through three steps:
-//! 1. [`Ledger::path`] once per run: the accounts from the run (or agent) up to `Global`.
+//! 1. [`Ledger::path`] once per run: the accounts from the run up to `Global`.
 //! 2. [`AccountPath::reserve`] with the call's worst case (input estimate + `max_tokens`
 //!    output). It reserves on every account of the path or on none, and fails before any
 //!    request is sent.
@@ -30,6 +30,8 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::envelope::{RunId, TenantId};
+
 /// An amount of money in millionths of a US dollar.
 pub type MicroUsd = u64;
 
@@ -46,16 +48,9 @@ pub enum AccountId {
     /// The root account: everything spent by this process.
     Global,
     /// A customer or team.
-    Tenant(String),
+    Tenant(TenantId),
     /// One run (a goal with a budget).
-    Run(String),
-    /// One agent within a run.
-    Agent {
-        /// The run the agent belongs to.
-        run: String,
-        /// The agent's name within the run.
-        agent: String,
-    },
+    Run(RunId),
 }
 
 impl fmt::Display for AccountId {
@@ -64,7 +59,6 @@ impl fmt::Display for AccountId {
             AccountId::Global => f.write_str("global"),
             AccountId::Tenant(id) => write!(f, "tenant:{id}"),
             AccountId::Run(id) => write!(f, "run:{id}"),
-            AccountId::Agent { run, agent } => write!(f, "agent:{run}/{agent}"),
         }
     }
 }
@@ -287,14 +281,14 @@ pub struct Ceilings {
     /// Most a tenant without an override may spend.
     pub tenant_default: Option<MicroUsd>,
     /// Per-tenant ceilings, overriding `tenant_default`.
-    pub tenants: BTreeMap<String, MicroUsd>,
+    pub tenants: BTreeMap<TenantId, MicroUsd>,
     /// The largest budget one run may ask for.
     pub max_run: Option<MicroUsd>,
 }
 
 impl Ceilings {
     /// The ceiling of `tenant`: its override, else the default.
-    pub fn tenant(&self, tenant: &str) -> Option<MicroUsd> {
+    pub fn tenant(&self, tenant: &TenantId) -> Option<MicroUsd> {
         self.tenants.get(tenant).copied().or(self.tenant_default)
     }
 
@@ -347,7 +341,7 @@ pub fn usd_text(micro_usd: MicroUsd) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantBudget {
     /// The tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Its ceiling in micro-USD (`None`: unlimited).
     pub ceiling: Option<MicroUsd>,
     /// What its runs spent (settled calls, aborted calls included).
@@ -617,8 +611,8 @@ impl Ledger {
 
     /// The account of `tenant`, opened under `Global` with its ceiling on first use. Tenant
     /// accounts are never closed, so what a tenant spent stays counted.
-    pub fn tenant(&self, tenant: &str) -> Account {
-        let id = AccountId::Tenant(tenant.to_owned());
+    pub fn tenant(&self, tenant: &TenantId) -> Account {
+        let id = AccountId::Tenant(tenant.clone());
         if let Some(found) = self.account(&id) {
             return found;
         }
@@ -639,11 +633,11 @@ impl Ledger {
     }
 
     /// Overrides the ceiling of `tenant` (`None`: back to the default ceiling).
-    pub fn set_tenant_ceiling(&self, tenant: &str, micro_usd: Option<MicroUsd>) {
+    pub fn set_tenant_ceiling(&self, tenant: &TenantId, micro_usd: Option<MicroUsd>) {
         let ceiling = {
             let mut ceilings = self.lock_ceilings();
             match micro_usd {
-                Some(limit) => ceilings.tenants.insert(tenant.to_owned(), limit),
+                Some(limit) => ceilings.tenants.insert(tenant.clone(), limit),
                 None => ceilings.tenants.remove(tenant),
             };
             ceilings.tenant(tenant)
@@ -652,10 +646,10 @@ impl Ledger {
     }
 
     /// What `tenant` may spend, has spent and holds (opening its account if need be).
-    pub fn tenant_budget(&self, tenant: &str) -> TenantBudget {
+    pub fn tenant_budget(&self, tenant: &TenantId) -> TenantBudget {
         let snapshot = self.tenant(tenant).snapshot();
         TenantBudget {
-            tenant: tenant.to_owned(),
+            tenant: tenant.clone(),
             ceiling: snapshot.limits.micro_usd,
             spent: snapshot.spent.micro_usd,
             reserved: snapshot.reserved.micro_usd,
@@ -809,7 +803,7 @@ impl AccountPath {
         }
     }
 
-    /// The account the path starts from (the run or agent).
+    /// The account the path starts from (the run).
     pub fn leaf(&self) -> &Account {
         &self.leaf
     }
@@ -1150,14 +1144,14 @@ mod tests {
         Ceilings {
             global: Some(1_000),
             tenant_default: Some(600),
-            tenants: [("big".to_owned(), 900)].into(),
+            tenants: [("big".into(), 900)].into(),
             max_run: Some(500),
         }
     }
 
     fn run_under(ledger: &Ledger, tenant: &str, run: &str) -> AccountPath {
         let id = AccountId::Run(run.into());
-        let parent = ledger.tenant(tenant).id().clone();
+        let parent = ledger.tenant(&tenant.into()).id().clone();
         ledger
             .open(id.clone(), Some(&parent), Limits::default())
             .unwrap();
@@ -1181,7 +1175,7 @@ mod tests {
         assert_eq!((err.account, err.spent), (AccountId::Global, 600));
         assert!(big.reserve(Charge::usd(400)).is_ok());
         assert_eq!(
-            ledger.tenant_budget("small"),
+            ledger.tenant_budget(&"small".into()),
             TenantBudget {
                 tenant: "small".into(),
                 ceiling: Some(600),
@@ -1201,17 +1195,17 @@ mod tests {
             early.reserve(Charge::usd(601)).is_err(),
             "default applied to an open tenant"
         );
-        ledger.set_tenant_ceiling("early", Some(50));
-        assert_eq!(ledger.tenant_budget("early").ceiling, Some(50));
-        assert_eq!(ledger.ceilings().tenants.get("early"), Some(&50));
-        ledger.set_tenant_ceiling("early", None);
+        ledger.set_tenant_ceiling(&"early".into(), Some(50));
+        assert_eq!(ledger.tenant_budget(&"early".into()).ceiling, Some(50));
+        assert_eq!(ledger.ceilings().tenants.get(&"early".into()), Some(&50));
+        ledger.set_tenant_ceiling(&"early".into(), None);
         assert_eq!(
-            ledger.tenant_budget("early").ceiling,
+            ledger.tenant_budget(&"early".into()).ceiling,
             Some(600),
             "back to the default"
         );
-        assert_eq!(ledger.tenant_budget("later").ceiling, Some(600));
-        assert_eq!(ledger.tenant_budget("big").ceiling, Some(900));
+        assert_eq!(ledger.tenant_budget(&"later".into()).ceiling, Some(600));
+        assert_eq!(ledger.tenant_budget(&"big".into()).ceiling, Some(900));
     }
 
     #[test]
@@ -1242,7 +1236,7 @@ mod tests {
                 .collect();
             workers.into_iter().map(|w| w.join().unwrap()).sum()
         });
-        let budget = ledger.tenant_budget("t");
+        let budget = ledger.tenant_budget(&"t".into());
         assert_eq!(budget.spent, granted * 7, "every granted call charged once");
         assert_eq!(
             granted,
@@ -1275,7 +1269,7 @@ mod tests {
         });
         let path = run_under(&ledger, "t", "r");
         path.record(Charge::usd(150));
-        assert_eq!(ledger.tenant_budget("t").spent, 150);
+        assert_eq!(ledger.tenant_budget(&"t".into()).spent, 150);
         assert_eq!(snap(&ledger, AccountId::Global).spent.micro_usd, 150);
         assert!(
             path.reserve(Charge::usd(1)).is_err(),
@@ -1327,14 +1321,7 @@ mod tests {
     #[test]
     fn display_forms() {
         assert_eq!(AccountId::Tenant("acme".into()).to_string(), "tenant:acme");
-        assert_eq!(
-            AccountId::Agent {
-                run: "r1".into(),
-                agent: "planner".into()
-            }
-            .to_string(),
-            "agent:r1/planner"
-        );
+        assert_eq!(AccountId::Run("r1".into()).to_string(), "run:r1");
         assert_eq!(
             Charge::usd(u64::MAX) + Charge::usd(1),
             Charge::usd(u64::MAX)

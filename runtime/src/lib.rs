@@ -37,35 +37,44 @@
 //! # Ok(()) }
 //! ```
 
+mod agent_id;
 mod agent_ref;
 mod directory;
 mod envelope;
 mod error;
 mod events;
+mod outcome;
 mod panic_capture;
 mod runtime;
 mod slot;
 pub mod supervision;
 
+/// Exponential backoff and jitter, shared by restarts and retries.
+pub mod backoff;
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
 /// Liveness, readiness (named checks) and the semantic health check.
+#[cfg(feature = "llm")]
 pub mod health;
 /// The run journal: events durable before they are acknowledged, in SQLite or in memory.
+#[cfg(feature = "journal")]
 pub mod journal;
 /// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
+#[cfg(feature = "llm")]
 pub mod llm;
 /// One redaction layer for every credential the process holds: logs, journal, errors, responses.
 pub mod redact;
 pub mod telemetry;
 
+pub use agent_id::AgentId;
 pub use agent_ref::{AgentRef, Ask, Call, Reply};
-pub use directory::{AgentId, Directory};
-pub use envelope::{Envelope, RunId};
+pub use directory::Directory;
+pub use envelope::{Envelope, RunId, TenantId};
 pub use error::{AgentError, RuntimeError, SpawnError};
 pub use events::{Exit, LifecycleEvent};
+pub use outcome::RunOutcome;
 pub use runtime::{
     Placement, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport, SpawnOptions,
     DEFAULT_IN_FLIGHT_LIMIT,

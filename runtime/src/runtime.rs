@@ -10,11 +10,12 @@ use actix::{Arbiter, ArbiterHandle, System};
 use dashmap::DashMap;
 use tokio::sync::{broadcast, oneshot};
 
+use crate::agent_id::AgentId;
 use crate::agent_ref::AgentRef;
-use crate::directory::{AgentId, Directory};
+use crate::directory::Directory;
 use crate::error::{RuntimeError, SpawnError};
 use crate::events::LifecycleEvent;
-use crate::slot::{new_slot, request_stop, start_incarnation, Slot, StopRequest};
+use crate::slot::{new_slot, request_stop, start_incarnation, Host, Slot, StopRequest};
 use crate::supervision::{Child, ExitSink, SupervisedAgent};
 use crate::telemetry::{AgentMetrics, Metrics};
 use crate::Agent;
@@ -198,6 +199,24 @@ impl Shared {
     }
 }
 
+impl Host for Shared {
+    fn is_shutting_down(&self) -> bool {
+        Shared::is_shutting_down(self)
+    }
+
+    fn emit(&self, event: LifecycleEvent) {
+        Shared::emit(self, event)
+    }
+
+    fn unlist(&self, id: &AgentId, seq: u64) {
+        self.directory.remove_slot(id, seq)
+    }
+
+    fn arbiter(&self, index: usize) -> ArbiterHandle {
+        Shared::arbiter(self, index)
+    }
+}
+
 enum Mode {
     Owned {
         system: System,
@@ -321,7 +340,7 @@ impl RuntimeHandle {
         let child = SupervisedAgent {
             slot: slot.clone(),
             factory,
-            shared: self.inner.shared.clone(),
+            host: self.inner.shared.clone(),
         };
         Ok((AgentRef::from_slot(slot), Arc::new(child)))
     }

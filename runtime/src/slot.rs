@@ -22,14 +22,25 @@ use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
 use tokio::sync::{oneshot, Notify};
 
-use crate::directory::AgentId;
+use crate::agent_id::AgentId;
 use crate::error::AgentError;
-use crate::events::{Exit, LifecycleEvent};
+use crate::events::{ChildExit, Exit, ExitSink, LifecycleEvent};
 use crate::panic_capture::payload_message;
-use crate::runtime::Shared;
-use crate::supervision::{ChildExit, ExitSink};
 use crate::telemetry::AgentMetrics;
 use crate::Agent;
+
+/// What an incarnation needs from the runtime that runs it. The runtime's shared state
+/// implements it; this module names only the trait, so it does not depend on the runtime.
+pub(crate) trait Host: Send + Sync {
+    /// Whether the runtime is shutting down (every exit is then final).
+    fn is_shutting_down(&self) -> bool;
+    /// Publishes a lifecycle event to the runtime's subscribers.
+    fn emit(&self, event: LifecycleEvent);
+    /// Unlists agent `id` from the directory if it still names the slot numbered `seq`.
+    fn unlist(&self, id: &AgentId, seq: u64);
+    /// The arbiter numbered `index`.
+    fn arbiter(&self, index: usize) -> ArbiterHandle;
+}
 
 /// The agent handles messages.
 const RUNNING: u8 = 0;
@@ -493,7 +504,7 @@ impl<A: Agent> Slot<A> {
 /// Starts the incarnation whose mailbox is `rx` on `arbiter`: the actor is built there by
 /// `factory` (actors need not be `Send`).
 pub(crate) fn start_incarnation<A, F>(
-    shared: Arc<Shared>,
+    host: Arc<dyn Host>,
     slot: Arc<Slot<A>>,
     rx: channel::AddressReceiver<A>,
     arbiter: &ArbiterHandle,
@@ -509,13 +520,13 @@ pub(crate) fn start_incarnation<A, F>(
             fut: None,
             control,
             slot,
-            shared,
+            host,
             graceful_sent: false,
         };
         match catch_unwind(AssertUnwindSafe(factory)) {
             Ok(actor) => {
                 run.fut = Some(Context::with_receiver(rx).into_future(actor));
-                run.shared.emit(LifecycleEvent::Started {
+                run.host.emit(LifecycleEvent::Started {
                     agent: run.slot.core.id.clone(),
                     incarnation,
                 });
@@ -535,7 +546,7 @@ struct Incarnation<A: Agent> {
     fut: Option<ContextFut<A, Context<A>>>,
     control: Arc<Control>,
     slot: Arc<Slot<A>>,
-    shared: Arc<Shared>,
+    host: Arc<dyn Host>,
     graceful_sent: bool,
 }
 
@@ -547,7 +558,7 @@ impl<A: Agent> Incarnation<A> {
         if let Exit::Panicked { .. } = exit {
             core.metrics.panicked();
         }
-        let disposition = if self.shared.is_shutting_down() {
+        let disposition = if self.host.is_shutting_down() {
             Disposition::Final
         } else {
             self.control.disposition()
@@ -555,7 +566,7 @@ impl<A: Agent> Incarnation<A> {
         match disposition {
             Disposition::Final => {
                 core.set_stopped();
-                self.shared.directory.remove_slot(&core.id, core.seq);
+                self.host.unlist(&core.id, core.seq);
             }
             Disposition::Report => {
                 let _ = core.state.compare_exchange(
@@ -572,7 +583,7 @@ impl<A: Agent> Incarnation<A> {
             let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
         }
         self.control.mark_done();
-        self.shared.emit(LifecycleEvent::Exited {
+        self.host.emit(LifecycleEvent::Exited {
             agent: core.id.clone(),
             exit: exit.clone(),
             final_exit: disposition == Disposition::Final,

@@ -10,26 +10,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::directory::AgentId;
-use crate::events::Exit;
-use crate::runtime::Shared;
-use crate::slot::{start_incarnation, Disposition, Slot, StopRequest};
+use crate::agent_id::AgentId;
+use crate::slot::{start_incarnation, Disposition, Host, Slot, StopRequest};
 use crate::Agent;
 
-/// How an incarnation of a supervised agent ended, as its supervisor is told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildExit {
-    /// The agent.
-    pub agent: AgentId,
-    /// How it ended.
-    pub exit: Exit,
-    /// How long that incarnation ran (for backoff reset).
-    pub ran_for: Duration,
-}
-
-/// Where a supervised agent's exits are reported. Called on the agent's thread: it should only
-/// forward (e.g. `do_send` to the supervisor actor).
-pub type ExitSink = Arc<dyn Fn(ChildExit) + Send + Sync>;
+pub use crate::events::{ChildExit, ExitSink};
 
 /// How a supervisor stops a child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +59,7 @@ pub trait Child: Send + Sync {
 pub(crate) struct SupervisedAgent<A: Agent> {
     pub(crate) slot: Arc<Slot<A>>,
     pub(crate) factory: Arc<dyn Fn() -> A + Send + Sync>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) host: Arc<dyn Host>,
 }
 
 impl<A: Agent> Child for SupervisedAgent<A> {
@@ -83,15 +68,15 @@ impl<A: Agent> Child for SupervisedAgent<A> {
     }
 
     fn restart(&self) -> ChildFuture {
-        if self.shared.is_shutting_down() {
+        if self.host.is_shutting_down() {
             return Box::pin(std::future::ready(()));
         }
         let rx = self.slot.renew();
         self.slot.core.set_running();
         let factory = self.factory.clone();
-        let arbiter = &self.shared.arbiter(self.slot.core.arbiter);
+        let arbiter = &self.host.arbiter(self.slot.core.arbiter);
         start_incarnation(
-            self.shared.clone(),
+            self.host.clone(),
             self.slot.clone(),
             rx,
             arbiter,
@@ -132,9 +117,7 @@ impl<A: Agent> Child for SupervisedAgent<A> {
         let control = self.slot.current_control();
         control.set_disposition(Disposition::Final);
         self.slot.core.set_stopped();
-        self.shared
-            .directory
-            .remove_slot(&self.slot.core.id, self.slot.core.seq);
+        self.host.unlist(&self.slot.core.id, self.slot.core.seq);
         control.request(StopRequest::Kill);
     }
 
@@ -150,12 +133,10 @@ impl<A: Agent> Child for SupervisedAgent<A> {
                 // finish, then the actor goes; at the deadline it goes regardless. This runs on
                 // the agent's own arbiter, which has a timer.
                 let slot = self.slot.clone();
-                self.shared
-                    .arbiter(self.slot.core.arbiter)
-                    .spawn(async move {
-                        let _ = tokio::time::timeout(grace, slot.core.drained()).await;
-                        control.request(StopRequest::Kill);
-                    });
+                self.host.arbiter(self.slot.core.arbiter).spawn(async move {
+                    let _ = tokio::time::timeout(grace, slot.core.drained()).await;
+                    control.request(StopRequest::Kill);
+                });
             }
         }
     }

@@ -285,7 +285,7 @@ async fn halt_run(
 ) -> Result<HttpResponse, ApiError> {
     let run = find(&state, &token, &id)?;
     let mut body = body::read(payload, state.body_limit).await?;
-    let halt = operator_halt(&mut body, HaltScope::Run(id.to_string()))?;
+    let halt = operator_halt(&mut body, HaltScope::Run(id.as_str().into()))?;
     body.done()?;
     halt_tracked(&run, halt)?;
     Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
@@ -430,7 +430,7 @@ async fn halt(state: Data, token: Token, payload: web::Payload) -> Result<HttpRe
         .iter()
         .filter(|run| !run.state().is_terminal())
         .filter(|run| match &scope {
-            HaltScope::Tenant(tenant) => run.tenant == *tenant,
+            HaltScope::Tenant(tenant) => run.tenant == tenant.as_str(),
             _ => true,
         })
         .count();
@@ -469,7 +469,7 @@ fn standing_scope(body: &mut Fields, verb: &str) -> Result<HaltScope, ApiError> 
     let tenant: Option<String> = body.take("tenant")?;
     let all = body.take::<bool>("all")?.unwrap_or(false);
     match (tenant, all) {
-        (Some(tenant), false) => Ok(HaltScope::Tenant(tenant)),
+        (Some(tenant), false) => Ok(HaltScope::Tenant(tenant.into())),
         (None, true) => Ok(HaltScope::All),
         _ => Err(ApiError::invalid(
             "tenant",
@@ -481,7 +481,9 @@ fn standing_scope(body: &mut Fields, verb: &str) -> Result<HaltScope, ApiError> 
 /// 404 unless `token` sees the tenant of `scope`; 403 for `all` unless it is an admin's.
 fn allowed_scope(token: &Identity, scope: &HaltScope) -> Result<(), ApiError> {
     match scope {
-        HaltScope::Tenant(tenant) if !token.sees(tenant) => Err(ApiError::unknown_tenant(tenant)),
+        HaltScope::Tenant(tenant) if !token.sees(tenant.as_str()) => {
+            Err(ApiError::unknown_tenant(tenant.as_str()))
+        }
         HaltScope::Tenant(_) => Ok(()),
         _ => auth::require_admin(token, "halting every tenant"),
     }

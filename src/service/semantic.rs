@@ -12,6 +12,7 @@ use impresario::offline::OfflineModel;
 use impresario::runtime::health::SemanticCheck;
 use impresario::runtime::ledger::{AccountId, Limits};
 use impresario::runtime::llm::{CallOptions, ChatRequest};
+use impresario::runtime::TenantId;
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -47,7 +48,8 @@ pub fn spawn(config: &Config, engine: &Engine) -> Result<bool, String> {
         ));
     }
     let ledger = engine.orchestrator.ledger();
-    let tenant = AccountId::Tenant(HEALTH_TENANT.into());
+    let health_tenant = TenantId::new(HEALTH_TENANT);
+    let tenant = AccountId::Tenant(health_tenant.clone());
     if ledger.account(&tenant).is_none() {
         ledger
             .open(tenant.clone(), None, Limits::default())
@@ -66,7 +68,7 @@ pub fn spawn(config: &Config, engine: &Engine) -> Result<bool, String> {
     actix_web::rt::spawn(async move {
         loop {
             // The tenant's token of the moment: a lifted halt gives it a fresh one.
-            let halt = halts.tenant(HEALTH_TENANT).cancellation();
+            let halt = halts.tenant(&health_tenant).cancellation();
             let options = CallOptions::new(account.clone(), halt);
             let check = SemanticCheck::new(client.clone(), request.clone(), &expected, options);
             if let Err(e) = check.run().await {

@@ -70,7 +70,11 @@ async fn set(
 
 /// The tenant as the routes show it.
 fn describe(state: &State, tenant: &str) -> Result<Value, ApiError> {
-    let budget = state.engine.orchestrator.ledger().tenant_budget(tenant);
+    let budget = state
+        .engine
+        .orchestrator
+        .ledger()
+        .tenant_budget(&tenant.into());
     let runs = state
         .engine
         .orchestrator

@@ -3,7 +3,7 @@
 //! supervisor event stream and, by policy, halts the run whose ceiling was reached.
 
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, Halts};
-use impresario_runtime::ledger::{AccountId, Ledger, LedgerEvent};
+use impresario_runtime::ledger::{AccountId, CeilingReached, Ledger, LedgerEvent};
 use impresario_runtime::telemetry::Metrics;
 use tokio::sync::broadcast;
 
@@ -56,32 +56,43 @@ pub(crate) async fn watch(
             }
             LedgerEvent::CeilingReached(reached) => {
                 metrics.ceiling_reached(&reached.account, reached.dimension);
-                let run = match (&reached.account, policy) {
-                    (AccountId::Run(run), OnCeiling::HaltRun) => Some(run.clone()),
-                    _ => None,
-                };
-                let detail = reached.to_string();
-                let _ = events.send(SupervisorEvent::CeilingReached(reached));
-                if let Some(run) = run {
-                    let halt = Halt::new(
-                        HaltScope::Run(run),
-                        HaltMode::Immediate,
-                        HaltReason::CostCeiling,
-                    )
-                    .with_detail(detail);
-                    if halts.halt_with(halt.clone()) {
-                        let _ = events.send(SupervisorEvent::Halted {
-                            scope: halt.scope,
-                            reason: halt.reason,
-                            agents: 0,
-                        });
-                    }
-                }
+                ceiling_reached(reached, &halts, policy, &events);
             }
             LedgerEvent::Overshoot { account, by } => {
                 let _ = events.send(SupervisorEvent::Overshoot { account, by });
             }
         }
+    }
+}
+
+/// Reports a refusal and, by `policy`, halts the run whose own ceiling was reached.
+fn ceiling_reached(
+    reached: CeilingReached,
+    halts: &Halts,
+    policy: OnCeiling,
+    events: &broadcast::Sender<SupervisorEvent>,
+) {
+    let run = match (&reached.account, policy) {
+        (AccountId::Run(run), OnCeiling::HaltRun) => Some(run.clone()),
+        _ => None,
+    };
+    let detail = reached.to_string();
+    let _ = events.send(SupervisorEvent::CeilingReached(reached));
+    let Some(run) = run else {
+        return;
+    };
+    let halt = Halt::new(
+        HaltScope::Run(run),
+        HaltMode::Immediate,
+        HaltReason::CostCeiling,
+    )
+    .with_detail(detail);
+    if halts.halt_with(halt.clone()) {
+        let _ = events.send(SupervisorEvent::Halted {
+            scope: halt.scope,
+            reason: halt.reason,
+            agents: 0,
+        });
     }
 }
 

@@ -31,7 +31,7 @@ pub use ceiling::OnCeiling;
 pub use events::SupervisorEvent;
 pub use impresario_runtime::supervision::Shutdown;
 pub use impresario_runtime::{Exit, LifecycleEvent};
-pub use policy::{Backoff, Intensity, Jitter, RestartType, Strategy};
+pub use policy::{Backoff, Intensity, RestartType, Strategy};
 pub use spec::{ChildSpec, SupervisorSpec};
 pub use supervisor::{
     ChildInfo, StartChild, StopChild, Supervisor, SupervisorError, SupervisorRef, WhichChildren,

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use impresario_runtime::backoff::exponential;
+
 /// Which children restart when one fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
@@ -76,14 +78,12 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The delay before restart number `attempt` (0-based), with jitter drawn from `unit`
+    /// (`impresario_runtime::backoff::unit_random()`, or a fixed number in tests)
     /// (a number in `[0, 1)`).
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(31));
-        let exponential = self
-            .min_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff.max(self.min_backoff));
-        exponential.mul_f64(1.0 + self.random_factor.max(0.0) * unit.clamp(0.0, 1.0))
+        let cap = self.max_backoff.max(self.min_backoff);
+        exponential(self.min_backoff, attempt, cap)
+            .mul_f64(1.0 + self.random_factor.max(0.0) * unit.clamp(0.0, 1.0))
     }
 }
 
@@ -105,28 +105,6 @@ impl RestartWindow {
         }
         self.times.push_back(now);
         self.times.len() <= intensity.max_restarts as usize
-    }
-}
-
-/// A small non-cryptographic generator for [`Backoff::delay`]'s jitter (splitmix64), seeded per
-/// supervisor (or per anything else restarted with a backoff).
-#[derive(Debug)]
-pub struct Jitter(u64);
-
-impl Jitter {
-    /// A generator; different seeds spread restarts apart.
-    pub fn new(seed: u64) -> Self {
-        Jitter(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    /// A number in `[0, 1)`.
-    pub fn next_unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -164,14 +142,5 @@ mod tests {
         assert!(w.admit(&intensity, t0));
         assert!(w.admit(&intensity, t0 + Duration::from_secs(1)));
         assert!(w.admit(&intensity, t0 + Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn jitter_is_in_the_unit_interval_and_varies() {
-        let mut j = Jitter::new(7);
-        let draws: Vec<f64> = (0..1000).map(|_| j.next_unit()).collect();
-        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
-        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
-        assert!((0.4..0.6).contains(&mean), "mean {mean}");
     }
 }

@@ -9,10 +9,9 @@ use tokio::sync::broadcast;
 
 use crate::events::SupervisorEvent;
 use crate::policy::{Backoff, Intensity, RestartType, Strategy};
-use crate::supervisor::Supervisor;
 
 /// Starts one child: spawns it under the given exit sink and returns the supervisor's handle.
-type Starter = dyn Fn(&Tree, &SpawnOptions, ExitSink) -> Result<Arc<dyn Child>, SpawnError>
+pub(crate) type Starter = dyn Fn(&Tree, &SpawnOptions, ExitSink) -> Result<Arc<dyn Child>, SpawnError>
     + Send
     + Sync
     + 'static;
@@ -81,42 +80,30 @@ impl ChildSpec {
     {
         let factory = Arc::new(factory);
         let spawn_id = id.clone();
+        let start = move |tree: &Tree, options: &SpawnOptions, sink: ExitSink| {
+            let factory = factory.clone();
+            tree.runtime
+                .spawn_supervised(spawn_id.clone(), options.clone(), move || factory(), sink)
+                .map(|(_, child)| child)
+        };
         ChildSpec {
-            id,
-            restart: RestartType::Permanent,
-            shutdown: Shutdown::Timeout(std::time::Duration::from_secs(5)),
             options,
-            is_supervisor: false,
-            start: Arc::new(move |tree: &Tree, options: &SpawnOptions, sink: ExitSink| {
-                let factory = factory.clone();
-                tree.runtime
-                    .spawn_supervised(spawn_id.clone(), options.clone(), move || factory(), sink)
-                    .map(|(_, child)| child)
-            }),
+            ..ChildSpec::started_by(id, false, Arc::new(start))
         }
     }
 
-    /// A nested supervisor with its own children and policy. Past its intensity it stops its
-    /// children and fails, which its parent handles like any child failure.
-    pub fn supervisor(id: AgentId, spec: SupervisorSpec) -> Self {
-        let spawn_id = id.clone();
+    /// A child started by `start` (under the exit sink it is given); `is_supervisor` says
+    /// whether halts pass over it to its agents. 5 s graceful shutdown for an agent, 30 s for a
+    /// supervisor; permanent.
+    pub(crate) fn started_by(id: AgentId, is_supervisor: bool, start: Arc<Starter>) -> Self {
+        let grace = if is_supervisor { 30 } else { 5 };
         ChildSpec {
             id,
             restart: RestartType::Permanent,
-            shutdown: Shutdown::Timeout(std::time::Duration::from_secs(30)),
+            shutdown: Shutdown::Timeout(std::time::Duration::from_secs(grace)),
             options: SpawnOptions::default(),
-            is_supervisor: true,
-            start: Arc::new(move |tree: &Tree, options: &SpawnOptions, sink: ExitSink| {
-                let (spec, tree2, me) = (spec.clone(), tree.clone(), spawn_id.clone());
-                tree.runtime
-                    .spawn_supervised(
-                        spawn_id.clone(),
-                        options.clone(),
-                        move || Supervisor::new(me.clone(), spec.clone(), tree2.clone(), true),
-                        sink,
-                    )
-                    .map(|(_, child)| child)
-            }),
+            is_supervisor,
+            start,
         }
     }
 

@@ -9,16 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use impresario_runtime::backoff::unit_random;
 use impresario_runtime::halt::{Halt, HaltMode, HaltScope, Halts};
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::supervision::{Child, ChildExit, ChildFuture, ExitSink};
 use impresario_runtime::telemetry::RestartReason;
-use impresario_runtime::{agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError};
+use impresario_runtime::{
+    agent, fail, AgentError, AgentId, AgentRef, RuntimeHandle, SpawnError, SpawnOptions,
+};
 use tokio::sync::broadcast;
 
 use crate::ceiling::{spawn_watch, OnCeiling};
 use crate::events::SupervisorEvent;
-use crate::policy::{Jitter, RestartType, RestartWindow, Strategy};
+use crate::policy::{RestartType, RestartWindow, Strategy};
 use crate::spec::{ChildSpec, SupervisorSpec, Tree};
 
 /// Why a request to a supervisor failed.
@@ -47,7 +50,6 @@ pub struct Supervisor {
     has_parent: bool,
     children: Vec<Entry>,
     window: RestartWindow,
-    jitter: Jitter,
     gave_up: bool,
     sink: Option<ExitSink>,
 }
@@ -59,9 +61,28 @@ struct Entry {
     attempt: u32,
 }
 
+impl ChildSpec {
+    /// A nested supervisor with its own children and policy. Past its intensity it stops its
+    /// children and fails, which its parent handles like any child failure.
+    pub fn supervisor(id: AgentId, spec: SupervisorSpec) -> Self {
+        let spawn_id = id.clone();
+        let start = move |tree: &Tree, options: &SpawnOptions, sink: ExitSink| {
+            let (spec, tree2, me) = (spec.clone(), tree.clone(), spawn_id.clone());
+            tree.runtime
+                .spawn_supervised(
+                    spawn_id.clone(),
+                    options.clone(),
+                    move || Supervisor::new(me.clone(), spec.clone(), tree2.clone(), true),
+                    sink,
+                )
+                .map(|(_, child)| child)
+        };
+        ChildSpec::started_by(id, true, Arc::new(start))
+    }
+}
+
 impl Supervisor {
     pub(crate) fn new(id: AgentId, spec: SupervisorSpec, tree: Tree, has_parent: bool) -> Self {
-        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (&spec as *const _ as u64);
         Supervisor {
             id,
             spec,
@@ -69,7 +90,6 @@ impl Supervisor {
             has_parent,
             children: Vec::new(),
             window: RestartWindow::default(),
-            jitter: Jitter::new(seed),
             gave_up: false,
             sink: None,
         }
@@ -230,7 +250,7 @@ impl Supervisor {
         if exit.ran_for >= backoff.reset_after {
             entry.attempt = 0;
         }
-        let delay = backoff.delay(entry.attempt, self.jitter.next_unit());
+        let delay = backoff.delay(entry.attempt, unit_random());
         entry.attempt += 1;
         let attempt = entry.attempt;
 

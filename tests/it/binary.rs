@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 /// The token every test service uses.
@@ -243,9 +245,9 @@ impl Server {
 
     /// Sends SIGTERM and waits (30 s at most) for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        // Our own child, not waited for yet: the pid is still its.
+        kill(pid, Signal::SIGTERM).unwrap();
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

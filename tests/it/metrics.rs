@@ -235,7 +235,7 @@ async fn supervisors_count_restarts_escalations_halts_and_ceilings() {
     ));
     assert_eq!(reached, 0);
     let halts = Halts::with_metrics(metrics.clone());
-    let _token = halts.run("acme", "run-1");
+    let _token = halts.run(&"acme".into(), &"run-1".into());
     assert!(halts.halt(
         HaltScope::Run("run-1".into()),
         HaltMode::Immediate,
@@ -255,7 +255,7 @@ async fn supervisors_count_restarts_escalations_halts_and_ceilings() {
         ..Limits::default()
     };
     ledger.open(run.clone(), None, limits).unwrap();
-    let _run_token = halts.run("acme", "run-2");
+    let _run_token = halts.run(&"acme".into(), &"run-2".into());
     root.enforce_ceilings(&ledger, &halts, impresario::supervisor::OnCeiling::HaltRun)
         .await
         .unwrap();

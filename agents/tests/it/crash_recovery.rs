@@ -260,7 +260,7 @@ fn crash_recovery_under_repeated_sigkill() {
         let mut child = spawn();
         std::thread::sleep(Duration::from_millis(20 + (i * 37) % 120));
         if child.try_wait().unwrap().is_none() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.kill(); // SIGKILL on Unix
             kills += 1;
         }
         let _ = child.wait();

@@ -86,7 +86,7 @@ fn journaled_spend(journal: &dyn Journal, run: &RunId) -> Charge {
 }
 
 fn run_spend(team: &Orchestrator, run: &RunId) -> Charge {
-    let account = team.ledger().account(&AccountId::Run(run.to_string()));
+    let account = team.ledger().account(&AccountId::Run(run.clone()));
     account.expect("the run's account is open").snapshot().spent
 }
 
@@ -129,7 +129,7 @@ async fn more_input_than_estimated_halts_the_run_with_overshoot_and_is_charged()
     assert!(events.iter().any(
         |e| matches!(&e.event, RunEvent::Halted { halt } if halt.reason == HaltReason::Overshoot)
     ));
-    assert_eq!(team.ledger().tenant_budget("acme").spent, 1_000_040);
+    assert_eq!(team.ledger().tenant_budget(&"acme".into()).spent, 1_000_040);
     rt.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -183,7 +183,7 @@ async fn the_cost_of_an_aborted_call_survives_a_restart() {
     let rt = Runtime::builder().arbiters(2).start().unwrap();
     let second = team(&rt, &url, dir.journal(), Ceilings::default()).await;
     assert_eq!(run_spend(&second, &halted.run).micro_usd, aborted);
-    assert_eq!(second.ledger().tenant_budget("acme").spent, aborted);
+    assert_eq!(second.ledger().tenant_budget(&"acme".into()).spent, aborted);
     let resumed = second.resume(&halted.run).await.unwrap().wait().await;
     assert_eq!(
         resumed.state,
@@ -224,14 +224,14 @@ async fn a_tenants_spend_and_ceiling_survive_a_restart() {
     // Restarted with a ceiling that leaves acme less than one call's worst case.
     let rt = Runtime::builder().arbiters(2).start().unwrap();
     let ceilings = Ceilings {
-        tenants: [("acme".to_owned(), spent + 1)].into(),
+        tenants: [("acme".into(), spent + 1)].into(),
         ..Ceilings::default()
     };
     let second = team(&rt, &url, dir.journal(), ceilings).await;
-    let budget = second.ledger().tenant_budget("acme");
+    let budget = second.ledger().tenant_budget(&"acme".into());
     assert_eq!((budget.spent, budget.ceiling), (spent, Some(spent + 1)));
     assert_eq!(
-        second.ledger().tenant_budget("other").spent,
+        second.ledger().tenant_budget(&"other".into()).spent,
         0,
         "tenants apart"
     );

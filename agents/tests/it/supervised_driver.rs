@@ -129,7 +129,7 @@ fn assert_released(fixture: &Fixture, run: &RunHandle, outcome: &str) {
     let (id, orchestrator) = (run.id(), &fixture.orchestrator);
     let ledger = orchestrator.ledger();
     for account in [
-        AccountId::Run(id.to_string()),
+        AccountId::Run(id.clone()),
         AccountId::Tenant("acme".into()),
         AccountId::Global,
     ] {
@@ -138,7 +138,7 @@ fn assert_released(fixture: &Fixture, run: &RunHandle, outcome: &str) {
             assert_eq!(snapshot.reserved, Default::default(), "{:?}", snapshot.id);
         }
     }
-    assert!(ledger.account(&AccountId::Run(id.to_string())).is_none());
+    assert!(ledger.account(&AccountId::Run(id.clone())).is_none());
     let directory = fixture.rt.directory();
     for kind in ["run", "driver", "planner", "executor", "memory"] {
         let left: Vec<_> = directory
@@ -149,7 +149,7 @@ fn assert_released(fixture: &Fixture, run: &RunHandle, outcome: &str) {
         assert!(left.is_empty(), "agents of the run left: {left:?}");
     }
     let halt = orchestrator.halts().halt(
-        HaltScope::Run(id.to_string()),
+        HaltScope::Run(id.clone()),
         HaltMode::Immediate,
         HaltReason::Operator,
     );

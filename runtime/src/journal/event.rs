@@ -9,6 +9,7 @@ use super::{JournalEntry, JournalError, RunStatus, Seq};
 use crate::halt::Halt;
 use crate::ledger::{Charge, MicroUsd};
 use crate::llm::{ChatRequest, ChatResponse, Usage};
+use crate::outcome::RunOutcome;
 use crate::RunId;
 
 /// The event encoding this build writes, and the newest it reads.
@@ -210,18 +211,6 @@ impl From<Result<Value, String>> for ToolOutcome {
     }
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunOutcome {
-    /// It reached its goal.
-    Succeeded,
-    /// It could not.
-    Failed,
-    /// It was stopped for good (for example a halted run that will not be resumed).
-    Cancelled,
-}
-
 impl RunEvent {
     /// The event's `type` tag, as stored.
     pub fn kind(&self) -> &'static str {
@@ -394,19 +383,7 @@ pub(crate) fn decode(
         seq,
         reason,
     };
-    let seq = Seq::try_from(stored.seq).map_err(|_| {
-        corrupt(
-            expected,
-            format!("stored sequence number {} is negative", stored.seq),
-        )
-    })?;
-    if seq != expected {
-        return Err(corrupt(
-            expected,
-            format!("event {expected} is missing (the next stored event is {seq})"),
-        ));
-    }
-    let version = version_of(run, seq, stored.version)?;
+    let (seq, version) = numbering(run, expected, &stored)?;
     let event: RunEvent = serde_json::from_str(stored.body)
         .map_err(|e| corrupt(seq, format!("the event does not decode: {e}")))?;
     if event.kind() != stored.kind {
@@ -433,6 +410,34 @@ pub(crate) fn decode(
         version,
         event,
     })
+}
+
+/// The stored event's sequence number (it must be `expected`) and event version (one this build
+/// reads).
+fn numbering(
+    run: &RunId,
+    expected: Seq,
+    stored: &StoredEvent<'_>,
+) -> Result<(Seq, u32), JournalError> {
+    let corrupt = |seq: Seq, reason: String| JournalError::Corrupt {
+        run: run.clone(),
+        seq,
+        reason,
+    };
+    let seq = Seq::try_from(stored.seq).map_err(|_| {
+        corrupt(
+            expected,
+            format!("stored sequence number {} is negative", stored.seq),
+        )
+    })?;
+    if seq != expected {
+        return Err(corrupt(
+            expected,
+            format!("event {expected} is missing (the next stored event is {seq})"),
+        ));
+    }
+    let version = version_of(run, seq, stored.version)?;
+    Ok((seq, version))
 }
 
 /// The version of stored event `seq` of `run`, if this build reads it.

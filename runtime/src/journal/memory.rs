@@ -141,26 +141,6 @@ impl Journal for MemoryJournal {
         Ok(out)
     }
 
-    fn find_tool_result(
-        &self,
-        run: &RunId,
-        idempotency_key: &str,
-    ) -> Result<Option<JournalEntry>, JournalError> {
-        let runs = self.lock();
-        let Some(r) = runs.get(run) else {
-            return Ok(None);
-        };
-        r.events
-            .iter()
-            .position(|e| e.kind == "tool_result" && e.key.as_deref() == Some(idempotency_key))
-            .map(|i| r.entry(run, i))
-            .transpose()
-    }
-
-    fn delete_run(&self, run: &RunId) -> JournalFuture<bool> {
-        JournalFuture::ready(Ok(self.lock().remove(run).is_some()))
-    }
-
     /// Memory can always be written (until the process runs out of it, which ends it).
     fn probe_write(&self) -> JournalFuture<()> {
         JournalFuture::ready(Ok(()))

@@ -14,8 +14,8 @@
 //!   event is queued when `append` is called, so dropping the future does not withdraw it.
 //! - Appends are checked: a run starts with [`RunEvent::RunSubmitted`], nothing follows
 //!   [`RunEvent::RunFinished`], and a [`RunEvent::ToolResult`] needs its intent and is unique per
-//!   idempotency key ([`Journal::find_tool_result`] is what a resumed run asks before calling a
-//!   tool again). A refused append is [`JournalError::Rejected`] and leaves the run as it was.
+//!   idempotency key (a resumed run finds it among the run's events before calling the tool
+//!   again). A refused append is [`JournalError::Rejected`] and leaves the run as it was.
 //! - **Retention:** [`Journal::apply_retention`] deletes finished (optionally halted) runs by age
 //!   and count, never an active one, and gives the space back to the file system.
 //!
@@ -55,7 +55,8 @@ mod event;
 mod memory;
 mod sqlite;
 
-pub use event::{RunEvent, RunOutcome, ToolOutcome, EVENT_VERSION};
+pub use crate::outcome::RunOutcome;
+pub use event::{RunEvent, ToolOutcome, EVENT_VERSION};
 pub use memory::MemoryJournal;
 pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
 
@@ -378,17 +379,6 @@ pub trait Journal: Send + Sync {
 
     /// The runs `filter` selects, oldest first.
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError>;
-
-    /// The [`RunEvent::ToolResult`] journaled for `idempotency_key` in `run`, if any: a resumed
-    /// run asks this before calling a tool again.
-    fn find_tool_result(
-        &self,
-        run: &RunId,
-        idempotency_key: &str,
-    ) -> Result<Option<JournalEntry>, JournalError>;
-
-    /// Deletes `run` and its events, whatever its status; resolves to whether it existed.
-    fn delete_run(&self, run: &RunId) -> JournalFuture<bool>;
 
     /// Deletes the runs `policy` selects and compacts the storage.
     fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport>;

@@ -118,10 +118,6 @@ type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 enum Command {
     // Boxed: an event is a few hundred bytes, the other commands a few dozen.
     Append(Box<Append>),
-    Delete {
-        run: RunId,
-        reply: Reply<bool>,
-    },
     Retention {
         policy: RetentionPolicy,
         reply: Reply<RetentionReport>,
@@ -348,9 +344,6 @@ impl Writer {
                     }
                     self.append_batch(batch);
                 }
-                Command::Delete { run, reply } => {
-                    let _ = reply.send(self.delete(&run));
-                }
                 Command::Retention { policy, reply } => {
                     let _ = reply.send(self.retention(&policy));
                 }
@@ -415,22 +408,6 @@ impl Writer {
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(&err)?;
         tx.commit().map_err(&err)
-    }
-
-    fn delete(&mut self, run: &RunId) -> Result<bool, JournalError> {
-        let err = io("deleting a run");
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let events = tx
-            .execute("DELETE FROM events WHERE run_id = ?1", [run.as_str()])
-            .map_err(&err)?;
-        let runs = tx
-            .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
-            .map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        Ok(events + runs > 0)
     }
 
     fn retention(&mut self, policy: &RetentionPolicy) -> Result<RetentionReport, JournalError> {
@@ -503,30 +480,45 @@ fn insert(
     let Append {
         run, event, body, ..
     } = append;
+    let head = match run_head(tx, run)? {
+        Ok(head) => head,
+        Err(corrupt) => return Ok(Err(corrupt)),
+    };
+    let key_use = key_use(tx, run, event)?;
+    if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
+        return Ok(Err(refused));
+    }
+    let seq = head.map_or(1, |h| h.last_seq + 1);
+    write_event(tx, run, event, body, seq, at_ms)?;
+    Ok(Ok(seq))
+}
+
+/// The run's stored status and last sequence number (`None`: a new run). Inner error: the
+/// stored status is not one this build knows.
+fn run_head(
+    tx: &Transaction<'_>,
+    run: &RunId,
+) -> rusqlite::Result<Result<Option<RunHead>, JournalError>> {
     let head = tx
         .prepare_cached("SELECT status, last_seq FROM runs WHERE run_id = ?1")?
         .query_row([run.as_str()], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })
         .optional()?;
-    let head = match head {
-        None => None,
-        Some((status, last_seq)) => match RunStatus::parse(&status) {
-            Some(status) => Some(RunHead {
-                status,
-                last_seq: last_seq as Seq,
-            }),
-            None => {
-                return Ok(Err(JournalError::Corrupt {
-                    run: run.clone(),
-                    seq: last_seq as Seq,
-                    reason: format!(
-                        "the run's stored status `{status}` is not one this build knows"
-                    ),
-                }))
-            }
-        },
+    let Some((status, last_seq)) = head else {
+        return Ok(Ok(None));
     };
+    Ok(match RunStatus::parse(&status) {
+        Some(status) => Ok(Some(RunHead {
+            status,
+            last_seq: last_seq as Seq,
+        })),
+        None => Err(unknown_status(run.clone(), last_seq as Seq, &status)),
+    })
+}
+
+/// For a tool result: whether its idempotency key already has an intent and a result in `run`.
+fn key_use(tx: &Transaction<'_>, run: &RunId, event: &RunEvent) -> rusqlite::Result<KeyUse> {
     let mut key_use = KeyUse::default();
     if let (RunEvent::ToolResult { .. }, Some(key)) = (event, event.idempotency_key()) {
         let mut st =
@@ -539,10 +531,18 @@ fn insert(
             }
         }
     }
-    if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
-        return Ok(Err(refused));
-    }
-    let seq = head.map_or(1, |h| h.last_seq + 1);
+    Ok(key_use)
+}
+
+/// Writes an accepted event as number `seq` of `run`, and the run's row after it.
+fn write_event(
+    tx: &Transaction<'_>,
+    run: &RunId,
+    event: &RunEvent,
+    body: &str,
+    seq: Seq,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
     let kind = event.kind();
     tx.prepare_cached(
         "INSERT INTO events (run_id, seq, at_ms, version, kind, idem_key, body)
@@ -576,7 +576,79 @@ fn insert(
         kind,
         at_ms
     ])?;
-    Ok(Ok(seq))
+    Ok(())
+}
+
+/// The query of [`Journal::runs`] for `filter`, and its arguments.
+fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from(
+        "SELECT run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms \
+         FROM runs WHERE 1 = 1",
+    );
+    let mut args: Vec<SqlValue> = Vec::new();
+    if !filter.statuses.is_empty() {
+        let marks = vec!["?"; filter.statuses.len()].join(", ");
+        sql.push_str(&format!(" AND status IN ({marks})"));
+        args.extend(
+            filter
+                .statuses
+                .iter()
+                .map(|s| SqlValue::Text(s.as_str().into())),
+        );
+    }
+    if let Some(tenant) = &filter.tenant {
+        sql.push_str(" AND tenant = ?");
+        args.push(SqlValue::Text(tenant.clone()));
+    }
+    if let Some((at, run)) = &filter.after {
+        sql.push_str(" AND (started_ms, run_id) > (?, ?)");
+        args.push(SqlValue::Integer(to_ms(*at)));
+        args.push(SqlValue::Text(run.as_str().into()));
+    }
+    sql.push_str(" ORDER BY started_ms, run_id LIMIT ?");
+    args.push(SqlValue::Integer(
+        filter.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(-1)),
+    ));
+    (sql, args)
+}
+
+/// A run whose stored status is not one this build knows.
+fn unknown_status(run: RunId, seq: Seq, status: &str) -> JournalError {
+    JournalError::Corrupt {
+        run,
+        seq,
+        reason: format!("the run's stored status `{status}` is not one this build knows"),
+    }
+}
+
+/// A row of the `runs` table as stored.
+struct RunRow {
+    id: String,
+    tenant: String,
+    status: String,
+    last_seq: i64,
+    last_event: String,
+    started_ms: i64,
+    updated_ms: i64,
+}
+
+impl RunRow {
+    /// The row as a summary; a status this build does not know is corrupt.
+    fn summary(self) -> Result<RunSummary, JournalError> {
+        let run = RunId::new(self.id);
+        let last_seq = self.last_seq as Seq;
+        let status = RunStatus::parse(&self.status)
+            .ok_or_else(|| unknown_status(run.clone(), last_seq, &self.status))?;
+        Ok(RunSummary {
+            run,
+            tenant: self.tenant,
+            status,
+            last_seq,
+            last_event: self.last_event,
+            started_at: from_ms(self.started_ms),
+            updated_at: from_ms(self.updated_ms),
+        })
+    }
 }
 
 /// An event row as stored, before validation (any column may hold anything).
@@ -625,13 +697,6 @@ impl RawEvent {
             },
         )
     }
-
-    fn seq(&self) -> Seq {
-        match self.0[0] {
-            SqlValue::Integer(i) => i as Seq,
-            _ => 0,
-        }
-    }
 }
 
 impl Journal for SqliteJournal {
@@ -672,95 +737,23 @@ impl Journal for SqliteJournal {
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
-        let mut sql = String::from(
-            "SELECT run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms \
-             FROM runs WHERE 1 = 1",
-        );
-        let mut args: Vec<SqlValue> = Vec::new();
-        if !filter.statuses.is_empty() {
-            let marks = vec!["?"; filter.statuses.len()].join(", ");
-            sql.push_str(&format!(" AND status IN ({marks})"));
-            args.extend(
-                filter
-                    .statuses
-                    .iter()
-                    .map(|s| SqlValue::Text(s.as_str().into())),
-            );
-        }
-        if let Some(tenant) = &filter.tenant {
-            sql.push_str(" AND tenant = ?");
-            args.push(SqlValue::Text(tenant.clone()));
-        }
-        if let Some((at, run)) = &filter.after {
-            sql.push_str(" AND (started_ms, run_id) > (?, ?)");
-            args.push(SqlValue::Integer(to_ms(*at)));
-            args.push(SqlValue::Text(run.as_str().into()));
-        }
-        sql.push_str(" ORDER BY started_ms, run_id LIMIT ?");
-        args.push(SqlValue::Integer(
-            filter.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(-1)),
-        ));
+        let (sql, args) = runs_query(filter);
         let rows = self.with_reader("listing runs", |conn| {
             conn.prepare_cached(&sql)?
                 .query_map(params_from_iter(args), |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, i64>(6)?,
-                    ))
+                    Ok(RunRow {
+                        id: r.get(0)?,
+                        tenant: r.get(1)?,
+                        status: r.get(2)?,
+                        last_seq: r.get(3)?,
+                        last_event: r.get(4)?,
+                        started_ms: r.get(5)?,
+                        updated_ms: r.get(6)?,
+                    })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        rows.into_iter()
-            .map(
-                |(id, tenant, status, last_seq, last_event, started, updated)| {
-                    let run = RunId::new(id);
-                    let last_seq = last_seq as Seq;
-                    let status =
-                        RunStatus::parse(&status).ok_or_else(|| JournalError::Corrupt {
-                            run: run.clone(),
-                            seq: last_seq,
-                            reason: format!(
-                                "the run's stored status `{status}` is not one this build knows"
-                            ),
-                        })?;
-                    Ok(RunSummary {
-                        run,
-                        tenant,
-                        status,
-                        last_seq,
-                        last_event,
-                        started_at: from_ms(started),
-                        updated_at: from_ms(updated),
-                    })
-                },
-            )
-            .collect()
-    }
-
-    fn find_tool_result(
-        &self,
-        run: &RunId,
-        idempotency_key: &str,
-    ) -> Result<Option<JournalEntry>, JournalError> {
-        let row = self.with_reader("looking up a tool result", |conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events \
-                 WHERE run_id = ?1 AND idem_key = ?2 AND kind = 'tool_result'"
-            ))?
-            .query_row(params![run.as_str(), idempotency_key], RawEvent::from_row)
-            .optional()
-        })?;
-        row.map(|row| row.decode(run, row.seq())).transpose()
-    }
-
-    fn delete_run(&self, run: &RunId) -> JournalFuture<bool> {
-        let run = run.clone();
-        self.send(|reply| Command::Delete { run, reply })
+        rows.into_iter().map(RunRow::summary).collect()
     }
 
     fn probe_write(&self) -> JournalFuture<()> {

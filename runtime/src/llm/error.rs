@@ -126,8 +126,8 @@ pub enum LlmError {
         /// Time until the breaker half-opens.
         retry_in: Duration,
     },
-    /// `Replay` has no recorded response for this request.
-    #[error("request not found in the recording: first difference at `{field}` ({detail}); re-record, or make the request match")]
+    /// A replayed run's journal has no recorded answer for this request.
+    #[error("request not found in the journal: first difference at `{field}` ({detail}); replay a run whose journal is complete, or resume it instead")]
     NotRecorded {
         /// Path of the first differing field, e.g. `messages[2].content`.
         field: String,

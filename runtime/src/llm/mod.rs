@@ -1,8 +1,8 @@
 //! The LLM layer: chat models over plain reqwest, with cost control and reliability.
 //!
 //! - [`ChatModel`] is what a provider implements: [`OpenAi`] (OpenAI and compatible servers:
-//!   vLLM, Ollama, llama.cpp), [`Anthropic`], and the offline [`Scripted`], [`Replay`] and
-//!   [`Recorder`].
+//!   vLLM, Ollama, llama.cpp), [`Anthropic`], and the offline [`Scripted`]. (A run is replayed
+//!   from its journal, which keeps every model request and answer; see `impresario-agents`.)
 //! - [`Client`] is what agents call: it reserves the worst-case cost on the run's ledger path
 //!   before sending anything, settles the real usage, races every call against the run's halt
 //!   token, retries transient failures, trips a circuit breaker per model, falls back along a
@@ -49,7 +49,6 @@ pub mod estimate;
 mod http;
 mod openai;
 pub mod price;
-mod replay;
 mod retry;
 mod router;
 mod scripted;
@@ -64,7 +63,6 @@ pub use error::{InvalidToolCall, LlmError};
 pub use http::HttpConfig;
 pub use openai::{MaxTokensField, OpenAi, OpenAiConfig};
 pub use price::{ModelPrice, PriceError, PriceTable, Rates};
-pub use replay::{Exchange, Recorder, Recording, Replay, RECORDING_VERSION};
 pub use retry::RetryPolicy;
 pub use router::Tier;
 pub use scripted::{Scripted, ScriptedCall, ScriptedReply};

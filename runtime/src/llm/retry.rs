@@ -1,12 +1,11 @@
 //! When to try a failed call again, and how long to wait first.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 
 use super::error::LlmError;
+use crate::backoff::{exponential, unit_random};
 
 /// Retry policy of one model call (per model of a fallback chain).
 ///
@@ -61,19 +60,9 @@ impl RetryPolicy {
         if let Some(wait) = err.retry_after() {
             return (wait <= self.max_retry_after).then_some(wait);
         }
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX));
-        let capped = exp.min(self.max_delay);
+        let capped = exponential(self.base_delay, attempt, self.max_delay);
         Some(capped.mul_f64(1.0 - self.jitter.clamp(0.0, 1.0) * unit_random()))
     }
-}
-
-/// A uniform number in `[0, 1)`, good enough for jitter (std's randomly keyed SipHash).
-fn unit_random() -> f64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The wait a provider asked for: `retry-after-ms` (OpenAI, milliseconds) or `retry-after`

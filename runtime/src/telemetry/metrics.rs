@@ -16,7 +16,9 @@ use super::names::{self, label, MetricDef, MetricKind, Values};
 use crate::events::Exit;
 use crate::halt::{HaltReason, HaltScope};
 use crate::ledger::{AccountId, Dimension};
+#[cfg(feature = "llm")]
 use crate::llm::{BreakerState, Usage};
+use crate::outcome::RunOutcome;
 
 const METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -47,30 +49,6 @@ impl fmt::Debug for Metrics {
             None => "Metrics::global",
             Some(_) => "Metrics::to(<recorder>)",
         })
-    }
-}
-
-/// How a run ended, as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// It reached its goal.
-    Succeeded,
-    /// It gave up or failed.
-    Failed,
-    /// It was halted (operator, cost ceiling, deadline, ...).
-    Halted,
-    /// Its budget (a ledger ceiling) refused the next call: the budget worked as intended.
-    CeilingReached,
-}
-
-impl RunOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Halted => "halted",
-            RunOutcome::CeilingReached => "ceiling_reached",
-        }
     }
 }
 
@@ -310,6 +288,7 @@ impl Metrics {
     }
 
     /// The handles of one model.
+    #[cfg(feature = "llm")]
     pub(crate) fn model(&self, provider: &str, model: &str) -> ModelMetrics {
         let gen_ai = |token_type: Option<&'static str>| {
             let mut labels = vec![
@@ -351,13 +330,12 @@ fn scope_kind(scope: &HaltScope) -> &'static str {
     }
 }
 
-/// `global`, `tenant`, `run` or `agent`: the kind of an account, never its id.
+/// `global`, `tenant` or `run`: the kind of an account, never its id.
 fn account_kind(account: &AccountId) -> &'static str {
     match account {
         AccountId::Global => "global",
         AccountId::Tenant(_) => "tenant",
         AccountId::Run(_) => "run",
-        AccountId::Agent { .. } => "agent",
     }
 }
 
@@ -398,6 +376,7 @@ impl AgentMetrics {
 }
 
 /// The metrics of one model, resolved on its first call.
+#[cfg(feature = "llm")]
 pub(crate) struct ModelMetrics {
     metrics: Metrics,
     provider: String,
@@ -410,6 +389,7 @@ pub(crate) struct ModelMetrics {
     breaker: Gauge,
 }
 
+#[cfg(feature = "llm")]
 impl ModelMetrics {
     /// A model call that sent at least one request took `took`; `error` is the class of its
     /// failure (see [`LlmError::kind`](crate::llm::LlmError::kind)).

@@ -24,8 +24,12 @@ pub mod names;
 mod prometheus;
 mod spans;
 
-pub(crate) use self::metrics::{AgentMetrics, ModelMetrics};
-pub use self::metrics::{Metrics, RestartReason, RunOutcome};
+pub(crate) use self::metrics::AgentMetrics;
+#[cfg(feature = "llm")]
+pub(crate) use self::metrics::ModelMetrics;
+pub use self::metrics::{Metrics, RestartReason};
+pub use crate::outcome::RunOutcome;
 pub use prometheus::{ExporterError, MetricsHandle, Prometheus, CONTENT_TYPE};
+#[cfg(feature = "llm")]
 pub(crate) use spans::{chat as chat_span, record_chat};
 pub use spans::{execute_tool, invoke_agent, invoke_workflow, record_error_type};

@@ -28,7 +28,7 @@ pub mod label {
     pub const MODEL: &str = "model";
     /// The class of a retried failure: `429`, `4xx`, `5xx`, `network` or `timeout`.
     pub const STATUS_CLASS: &str = "status_class";
-    /// The kind of ledger account: `global`, `tenant`, `run` or `agent` (never the id).
+    /// The kind of ledger account: `global`, `tenant` or `run` (never the id).
     pub const ACCOUNT_KIND: &str = "account_kind";
     /// The limited dimension of an account: `micro_usd`, `tokens`, `model_calls`, `steps`, `deadline`.
     pub const DIMENSION: &str = "dimension";
@@ -158,7 +158,7 @@ pub const HALT_REASONS: Values = Values::Known(&[
 /// Whether the supervisor that gave up is a root.
 pub const ROOTS: Values = Values::Known(&["true", "false"]);
 /// Kinds of ledger accounts.
-pub const ACCOUNT_KINDS: Values = Values::Known(&["global", "tenant", "run", "agent"]);
+pub const ACCOUNT_KINDS: Values = Values::Known(&["global", "tenant", "run"]);
 /// Limited dimensions of an account.
 pub const DIMENSIONS: Values =
     Values::Known(&["micro_usd", "tokens", "model_calls", "steps", "deadline"]);

@@ -21,8 +21,9 @@
 use tracing::field::Empty;
 use tracing::Span;
 
-use crate::directory::AgentId;
+use crate::agent_id::AgentId;
 use crate::envelope::RunId;
+#[cfg(feature = "llm")]
 use crate::llm::{ChatRequest, ChatResponse, FinishReason, LlmError};
 
 /// The span of a run: `invoke_workflow {name}`, with the run id as `impresario.run.id` (a span
@@ -72,6 +73,7 @@ pub fn record_error_type(span: &Span, error_type: &str) {
 }
 
 /// The span of one model of a chat call (its attempts and retries): `chat {model}`.
+#[cfg(feature = "llm")]
 pub(crate) fn chat(provider: &str, request: &ChatRequest, content: bool) -> Span {
     let span = tracing::info_span!(
         "chat",
@@ -105,6 +107,7 @@ pub(crate) fn chat(provider: &str, request: &ChatRequest, content: bool) -> Span
 }
 
 /// Records how a chat call ended on its span.
+#[cfg(feature = "llm")]
 pub(crate) fn record_chat(
     span: &Span,
     result: &Result<ChatResponse, LlmError>,
@@ -147,6 +150,7 @@ pub(crate) fn record_chat(
 }
 
 /// The GenAI name of a finish reason (`stop`, `length`, `tool_calls`, or the provider's own).
+#[cfg(feature = "llm")]
 fn finish_reason(reason: &FinishReason) -> &str {
     match reason {
         FinishReason::Stop => "stop",

@@ -5,6 +5,7 @@
 
 use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope, HaltToken, Halts};
 use impresario_runtime::ledger::{AccountId, Charge, Ledger, Limits, Reservation};
+use impresario_runtime::{RunId, TenantId};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -69,11 +70,11 @@ struct World {
     in_flight: Vec<InFlight>,
 }
 
-fn tenant_name(t: usize) -> String {
-    format!("t{t}")
+fn tenant_name(t: usize) -> TenantId {
+    TenantId::new(format!("t{t}"))
 }
-fn run_name(r: usize) -> String {
-    format!("r{r}")
+fn run_name(r: usize) -> RunId {
+    RunId::new(format!("r{r}"))
 }
 
 impl World {

@@ -39,7 +39,9 @@ fn threads_racing_on_a_tenant_ceiling() {
     ledger
         .open(tenant.clone(), None, usd_limit(CEILING))
         .unwrap();
-    let runs: Vec<AccountId> = (0..4).map(|i| AccountId::Run(format!("r{i}"))).collect();
+    let runs: Vec<AccountId> = (0..4)
+        .map(|i| AccountId::Run(format!("r{i}").into()))
+        .collect();
     for run in &runs {
         ledger
             .open(run.clone(), Some(&tenant), Limits::default())

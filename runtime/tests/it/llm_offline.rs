@@ -1,13 +1,12 @@
-//! The LLM layer without a network: scripted and replayed providers, the response cache, fallback
+//! The LLM layer without a network: the scripted provider, the response cache, fallback
 //! chains and configuration checks, all through `Client` and a real ledger.
 
 use crate::llm_support::budget;
 use futures_util::future::BoxFuture;
 use impresario_runtime::ledger::Charge;
 use impresario_runtime::llm::{
-    CallOptions, ChatModel, ChatRequest, ChatResponse, Client, FinishReason, LlmError, Message,
-    ModelPrice, PriceTable, Rates, Recorder, Recording, Replay, RetryPolicy, Scripted,
-    ScriptedReply, Usage,
+    CallOptions, ChatModel, ChatRequest, ChatResponse, Client, FinishReason, LlmError, ModelPrice,
+    PriceTable, Rates, RetryPolicy, Scripted, ScriptedReply, Usage,
 };
 use serde_json::json;
 
@@ -89,64 +88,6 @@ async fn scripted_answers_in_order_and_by_match() {
     assert!(err.to_string().contains("no unused reply"), "{err}");
     assert_eq!(account.snapshot().spent.model_calls, 3);
     assert_eq!(account.snapshot().reserved, Charge::ZERO);
-}
-
-#[tokio::test]
-async fn recorded_exchanges_replay_from_a_file_and_misses_name_the_field() {
-    let recorder = Recorder::new(Scripted::new([
-        ScriptedReply::text("hello").usage(usage(20, 5)),
-        ScriptedReply::text("goodbye").usage(usage(30, 5)),
-    ]));
-    let first = ChatRequest::new("toy").system("Be nice.").user("hi");
-    let second = first
-        .clone()
-        .message(Message::assistant("hello"))
-        .user("bye");
-    let a = recorder.chat(&first).await.unwrap();
-    let b = recorder.chat(&second).await.unwrap();
-    let path = std::env::temp_dir().join(format!("impresario-replay-{}.json", std::process::id()));
-    recorder.recording().save(&path).unwrap();
-
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\"version\": 1"), "{text}");
-    let replay = Replay::load(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    let client = Client::builder()
-        .provider("script", replay)
-        .prices(offline_prices(&[("toy", "script")]))
-        .build()
-        .unwrap();
-    let (account, options) = budget(None);
-
-    let replayed_a = client.chat(first.clone(), &options).await.unwrap();
-    let replayed_b = client.chat(second.clone(), &options).await.unwrap();
-    assert_eq!(
-        (replayed_a.content.as_str(), replayed_a.usage),
-        (a.content.as_str(), a.usage)
-    );
-    assert_eq!(
-        (replayed_b.content.as_str(), replayed_b.usage),
-        (b.content.as_str(), b.usage)
-    );
-    // replay charges what the recorded run cost: 20+30 in x $1/M + 10 out x $2/M = 70
-    assert_eq!(account.snapshot().spent.micro_usd, 70);
-
-    let mut changed = second.clone();
-    changed.messages[2] = Message::assistant("HELLO");
-    let err = client.chat(changed, &options).await.unwrap_err();
-    let LlmError::NotRecorded { field, detail } = &err else {
-        panic!("expected NotRecorded, got {err:?}");
-    };
-    assert_eq!(field, "messages[2].content");
-    assert_eq!(detail, r#"recorded "hello", got "HELLO""#);
-}
-
-#[test]
-fn recordings_with_unknown_fields_or_versions_are_rejected() {
-    let err = Recording::from_json(r#"{"version": 2, "entries": []}"#).unwrap_err();
-    assert!(err.to_string().contains("version 2"), "{err}");
-    let err = Recording::from_json(r#"{"version": 1, "entries": [], "extra": 1}"#).unwrap_err();
-    assert!(err.to_string().contains("extra"), "{err}");
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! hanging, event streams that pause, drop or hang mid-way) and records what it received,
 //! plus budget helpers.
 #![allow(dead_code)] // the `it` binary and telemetry_traces each use a subset
+#![allow(clippy::too_many_lines)] // the loopback server is one long script of replies
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

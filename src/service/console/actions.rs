@@ -121,9 +121,15 @@ pub async fn halt(
             deadline: GRACEFUL_DEADLINE,
         },
     };
-    let halt = Halt::new(HaltScope::Run(id.to_string()), mode, HaltReason::Operator).with_detail(
-        format!("halted from the console ({})", session.identity.label()),
-    );
+    let halt = Halt::new(
+        HaltScope::Run(id.as_str().into()),
+        mode,
+        HaltReason::Operator,
+    )
+    .with_detail(format!(
+        "halted from the console ({})",
+        session.identity.label()
+    ));
     routes::halt_tracked(&run, halt)?;
     Ok(redirect(&format!("/ui/runs/{id}")).finish())
 }
@@ -184,7 +190,7 @@ pub async fn halt_tenant(
 ) -> Result<HttpResponse, ConsoleError> {
     let (session, tenant) = admin_on_tenant(&state, &request, &form)?;
     let halt = Halt::new(
-        HaltScope::Tenant(tenant),
+        HaltScope::Tenant(tenant.into()),
         HaltMode::Immediate,
         HaltReason::Operator,
     )
@@ -204,7 +210,7 @@ pub async fn lift_tenant(
     form: web::Form<Action>,
 ) -> Result<HttpResponse, ConsoleError> {
     let (_, tenant) = admin_on_tenant(&state, &request, &form)?;
-    routes::lift_standing(&state, &HaltScope::Tenant(tenant))?;
+    routes::lift_standing(&state, &HaltScope::Tenant(tenant.into()))?;
     Ok(redirect("/ui/tenants").finish())
 }
 

@@ -299,11 +299,11 @@ pub async fn tenants(state: Data, request: HttpRequest) -> Result<HttpResponse, 
         .map(|(name, runs)| {
             let account = orchestrator
                 .ledger()
-                .account(&AccountId::Tenant(name.clone()))
+                .account(&AccountId::Tenant(name.as_str().into()))
                 .map(|a| a.snapshot());
             let halted = standing
                 .iter()
-                .find(|h| h.scope == HaltScope::Tenant(name.clone()))
+                .find(|h| h.scope == HaltScope::Tenant(name.as_str().into()))
                 .cloned();
             TenantRow {
                 spent: account.as_ref().map_or(0, |a| a.spent.micro_usd),

@@ -37,7 +37,7 @@ async fn a_run_that_reaches_its_ceiling_is_halted_with_reason_cost_ceiling() {
     .unwrap();
     let (ledger, halts) = (Ledger::new(), Halts::new());
     run_with_ceiling(&ledger, "r1", 1_000);
-    let token = halts.run("acme", "r1");
+    let token = halts.run(&"acme".into(), &"r1".into());
     let mut events = root.events();
     root.enforce_ceilings(&ledger, &halts, OnCeiling::HaltRun)
         .await
@@ -121,7 +121,7 @@ async fn with_fail_step_only_the_refused_call_fails() {
     .unwrap();
     let (ledger, halts) = (Ledger::new(), Halts::new());
     run_with_ceiling(&ledger, "r2", 1_000);
-    let token = halts.run("acme", "r2");
+    let token = halts.run(&"acme".into(), &"r2".into());
     let mut events = root.events();
     root.enforce_ceilings(&ledger, &halts, OnCeiling::FailStep)
         .await

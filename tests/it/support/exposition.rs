@@ -3,6 +3,7 @@
 //! between lines (one TYPE per family before its samples, contiguous families, well-formed and
 //! cumulative histograms, no duplicate series).
 #![allow(dead_code)] // the `it` binary and embed_in_service each use a part
+#![allow(clippy::too_many_lines)] // the parser is one pass over the lines, kept whole
 
 use std::collections::{BTreeMap, BTreeSet};
 
