@@ -41,8 +41,30 @@ pub struct Config {
     pub prices: BTreeMap<String, Value>,
     /// `[health]`: the semantic health check.
     pub health: HealthCheck,
+    /// `[telemetry]`: where traces go.
+    pub telemetry: Telemetry,
     /// `[tools]`: tools besides the built-in ones.
     pub tools: Tools,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// The OTLP/HTTP traces URL spans are exported to (a collector's
+    /// `http://HOST:4318/v1/traces`); empty: no export.
+    pub otlp_endpoint: String,
+    /// The `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: String::new(),
+            service_name: "impresario".into(),
+        }
+    }
 }
 
 /// `[tools]`.
@@ -551,6 +573,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("health", "semantic_question", Kind::Text),
     ("health", "semantic_expected", Kind::Text),
     ("health", "semantic_model", Kind::Text),
+    ("telemetry", "otlp_endpoint", Kind::Text),
+    ("telemetry", "service_name", Kind::Text),
     ("journal", "path", Kind::Text),
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),

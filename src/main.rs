@@ -10,27 +10,38 @@ mod identity;
 mod journaled;
 mod models;
 mod service;
+mod telemetry;
 mod writer_lock;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use impresario::runtime::redact::RedactingWriter;
 use tracing_subscriber::filter::LevelFilter;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("impresario: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Logs go to stderr: what `serve` does at info, only warnings for the other commands.
     let level = if cli.serves() {
         LevelFilter::INFO
     } else {
         LevelFilter::WARN
     };
-    tracing_subscriber::fmt()
-        // One redaction layer: no credential the process holds reaches a log line.
-        .with_writer(|| RedactingWriter(std::io::stderr()))
-        .with_max_level(level)
-        .init();
+    let export = match telemetry::init(level, &config.telemetry) {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("impresario: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // One actix system runs the HTTP server (or client) and the embedded runtime's agents.
-    actix_web::rt::System::new().block_on(cli.execute())
+    let code = actix_web::rt::System::new().block_on(cli.execute(config));
+    export.shutdown();
+    code
 }

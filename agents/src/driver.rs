@@ -5,7 +5,7 @@
 use std::future::IntoFuture;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use impresario_runtime::halt::HaltReason;
 use impresario_runtime::journal::{RunEvent as JournalEvent, ToolOutcome};
@@ -315,6 +315,27 @@ impl Driver {
         Err(self.halted())
     }
 
+    /// Awaits the answer of `agent` (its kind) and records `gen_ai.invoke_agent.duration`:
+    /// `halted` when the run stopped first, `agent_error` when the agent could not answer,
+    /// `failed` when it answered with a failure.
+    async fn timed<T, E, F>(
+        &self,
+        agent: &str,
+        answer: impl std::future::Future<Output = Result<Result<Result<T, E>, F>, Stopped>>,
+    ) -> Result<Result<Result<T, E>, F>, Stopped> {
+        let started = Instant::now();
+        let answer = answer.await;
+        let error = match &answer {
+            Err(_) => Some("halted"),
+            Ok(Err(_)) => Some("agent_error"),
+            Ok(Ok(Err(_))) => Some("failed"),
+            Ok(Ok(Ok(_))) => None,
+        };
+        let metrics = self.setup.services.runtime.metrics();
+        metrics.agent_invoked(agent, started.elapsed(), error);
+        answer
+    }
+
     /// The run's state if its token says to stop (a graceful halt stops between steps).
     fn check_halt(&self) -> Result<(), Stopped> {
         if self.setup.token.stop_requested() {
@@ -480,10 +501,10 @@ impl Driver {
                 gateway: self.gateway.clone(),
                 step,
             };
-            let answer = self
+            let asked = self
                 .call(planner.ask(request))
-                .instrument(telemetry::invoke_agent(planner.id()))
-                .await?;
+                .instrument(telemetry::invoke_agent(planner.id()));
+            let answer = self.timed("planner", asked).await?;
             match answer {
                 Ok(Ok(Planned { plan, .. })) => return Ok(plan),
                 Ok(Err(PlannerError::Invalid { attempts, last })) => {
@@ -750,10 +771,10 @@ impl Driver {
             let executor = executors[self.next_executor % executors.len()].clone();
             self.next_executor += 1;
             let request = self.execute_step(number, step);
-            let answer = self
+            let asked = self
                 .call(executor.ask(request))
-                .instrument(telemetry::invoke_agent(executor.id()))
-                .await?;
+                .instrument(telemetry::invoke_agent(executor.id()));
+            let answer = self.timed("executor", asked).await?;
             match answer {
                 Ok(Ok(output)) => return Ok(Ok(output)),
                 Ok(Err(StepFailure::Tool(ToolError::Halted { .. }))) => return Err(self.halted()),

@@ -110,7 +110,9 @@ impl Handler<ExecuteStep> for Executor {
                         message: e.to_string(),
                     })?;
                 Ok(truncate(&response.content, msg.output_limit))
-            }),
+            }
+            // Runs on a task of its own: the model call's span hangs under the sender's span.
+            .in_current_span()),
             Step::FinalAnswer { .. } => Box::pin(async {
                 Err(StepFailure::Agent {
                     message: "a final answer is not executed".into(),
@@ -145,11 +147,15 @@ impl Executor {
         };
         let span = telemetry::execute_tool(name, &ctx.idempotency_key);
         let call = tool.run(arguments, ctx)?;
+        let (metrics, tool) = (msg.gateway.metrics().clone(), name.to_owned());
         Ok(async move {
+            let started = std::time::Instant::now();
             let outcome = call.instrument(span.clone()).await;
-            if outcome.is_err() {
-                telemetry::record_error_type(&span, "tool_error");
+            let error = outcome.is_err().then_some("tool_error");
+            if let Some(error) = error {
+                telemetry::record_error_type(&span, error);
             }
+            metrics.tool_executed(&tool, started.elapsed(), error);
             Ok(outcome?)
         })
     }

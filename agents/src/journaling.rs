@@ -318,6 +318,11 @@ pub struct ModelGateway {
 }
 
 impl ModelGateway {
+    /// Where the run's metrics go (its client's).
+    pub(crate) fn metrics(&self) -> &impresario_runtime::telemetry::Metrics {
+        self.client.metrics()
+    }
+
     /// A gateway journaling into `log`, not streaming, halting the run through `halt`.
     pub(crate) fn new(client: Client, log: Arc<Mutex<RunLog>>, halt: HaltToken) -> Self {
         ModelGateway {

@@ -12,6 +12,7 @@ use impresario_runtime::agent;
 use impresario_runtime::llm::{
     CallOptions, ChatRequest, LlmError, Message as ChatMessage, ToolDef,
 };
+use tracing::Instrument;
 
 use crate::journaling::ModelGateway;
 use crate::models::ModelChoice;
@@ -116,7 +117,9 @@ impl Handler<MakePlan> for Planner {
                     }
                 }
             }
-        })
+        }
+        // Runs on a task of its own: the model call's span hangs under the sender's span.
+        .in_current_span())
     }
 }
 

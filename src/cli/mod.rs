@@ -90,15 +90,13 @@ impl Cli {
         matches!(self.command, Command::Serve)
     }
 
-    /// Runs the command on the current actix system.
-    pub async fn execute(self) -> ExitCode {
-        let config = match Config::load(self.config.as_deref(), std::env::vars()) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("impresario: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    /// The configuration: `--config` and the `IMPRESARIO_*__*` variables.
+    pub fn config(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(self.config.as_deref(), std::env::vars())
+    }
+
+    /// Runs the command with `config` on the current actix system.
+    pub async fn execute(self, config: Config) -> ExitCode {
         let outcome = match self.command {
             Command::Serve => crate::service::serve(config).await.map(|()| true),
             Command::Run(args) => run::run(&config, args).await,

@@ -15,6 +15,8 @@ mod journal_owner;
 mod metrics;
 mod models;
 mod ops;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod provider;
 mod redaction;
 mod service;

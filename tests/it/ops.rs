@@ -292,3 +292,30 @@ async fn a_stalled_upload_is_answered_408_and_its_connection_closed() {
     let (_, listed) = server.get("/v1/runs").await;
     assert_eq!(listed["runs"], json!([]), "nothing was submitted");
 }
+
+#[tokio::test]
+async fn agent_invocations_and_tool_calls_are_timed_by_agent_and_tool() {
+    let server = Server::start("");
+    let id = server
+        .submit(json!({ "goal": GOAL, "tools": ["calculator"] }))
+        .await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    let scraped = server.scrape().await;
+    let count =
+        |family: &str, labels: &[(&str, &str)]| scraped.histogram(family, labels).map(|h| h.count);
+    let agents = "gen_ai_invoke_agent_duration_seconds";
+    // It plans, runs the calculator, then plans its answer.
+    assert_eq!(
+        count(agents, &[("gen_ai_agent_name", "planner")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        count(agents, &[("gen_ai_agent_name", "executor")]),
+        Some(1.0)
+    );
+    let tools = "gen_ai_execute_tool_duration_seconds";
+    assert_eq!(
+        count(tools, &[("gen_ai_tool_name", "calculator")]),
+        Some(1.0)
+    );
+}

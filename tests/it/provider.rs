@@ -134,8 +134,8 @@ async fn offline_answer(wire: &Value) -> String {
     model.chat(&request).await.unwrap().content
 }
 
-/// Reads one request's head and `content-length` body; `None` when the client closed.
-async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+/// Reads one HTTP request's head and `content-length` body; `None` when the client closed.
+pub async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut chunk = [0u8; 8192];
     // Bounded: a request of the client under test is a few kilobytes.
     for _ in 0..10_000 {

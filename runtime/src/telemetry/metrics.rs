@@ -266,6 +266,23 @@ impl Metrics {
         self.counter(&names::CEILINGS_REACHED, labels).increment(1);
     }
 
+    /// An agent of a run (`agent`: its kind) answered after `took`; `error` is the class of its
+    /// failure, if it did not answer.
+    pub fn agent_invoked(&self, agent: &str, took: Duration, error: Option<&'static str>) {
+        let mut labels = vec![Label::new(label::GEN_AI_AGENT_NAME, agent.to_owned())];
+        labels.extend(error.map(|e| Label::new(label::ERROR_TYPE, e)));
+        self.histogram(&names::GEN_AI_INVOKE_AGENT_DURATION, labels)
+            .record(took);
+    }
+
+    /// Tool `tool` ran for `took`; `error` is the class of its failure, if it failed.
+    pub fn tool_executed(&self, tool: &str, took: Duration, error: Option<&'static str>) {
+        let mut labels = vec![Label::new(label::GEN_AI_TOOL_NAME, tool.to_owned())];
+        labels.extend(error.map(|e| Label::new(label::ERROR_TYPE, e)));
+        self.histogram(&names::GEN_AI_EXECUTE_TOOL_DURATION, labels)
+            .record(took);
+    }
+
     /// The semantic health check of `model` answered correctly (`ok`) or not.
     pub fn semantic_health(&self, model: &str, ok: bool) {
         let labels = vec![Label::new(label::MODEL, model.to_owned())];

@@ -46,6 +46,10 @@ pub mod label {
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
     /// The class of error of a failed operation (absent on success).
     pub const ERROR_TYPE: &str = "error.type";
+    /// GenAI: the agent invoked (its kind: `planner`, `executor`, ...).
+    pub const GEN_AI_AGENT_NAME: &str = "gen_ai.agent.name";
+    /// GenAI: the tool executed.
+    pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
 }
 
 use label::*;
@@ -151,6 +155,7 @@ pub const STANDING_SCOPES: Values = Values::Known(&["all", "tenant"]);
 pub const HALT_REASONS: Values = Values::Known(&[
     "operator",
     "cost_ceiling",
+    "overshoot",
     "deadline",
     "error_budget",
     "shutdown",
@@ -180,6 +185,11 @@ pub const GEN_AI_DURATION_BUCKETS: &[f64] = &[
 pub const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
     16777216.0, 67108864.0,
+];
+
+/// `gen_ai.invoke_agent.duration` buckets, as the GenAI conventions advise (seconds).
+pub const GEN_AI_AGENT_BUCKETS: &[f64] = &[
+    0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6,
 ];
 
 /// Handler durations: from a 10 us in-memory handler to a minute-long model call.
@@ -267,6 +277,27 @@ pub const GEN_AI_TOKEN_USAGE: MetricDef = histogram(
     GEN_AI_TOKEN_BUCKETS,
 )
 .values(&[OPERATIONS, Values::Open, Values::Open, TOKEN_TYPES]);
+
+/// GenAI: one invocation of an agent of a run (the planner planning, the executor executing a
+/// step), from the request to its answer.
+pub const GEN_AI_INVOKE_AGENT_DURATION: MetricDef = histogram(
+    "gen_ai.invoke_agent.duration",
+    Unit::Seconds,
+    "Duration of GenAI agent invocations (a plan, a step), by agent; error.type when it did not answer.",
+    &[GEN_AI_AGENT_NAME, ERROR_TYPE],
+    GEN_AI_AGENT_BUCKETS,
+)
+.values(&[Values::Open, Values::Optional]);
+
+/// GenAI: one tool execution.
+pub const GEN_AI_EXECUTE_TOOL_DURATION: MetricDef = histogram(
+    "gen_ai.execute_tool.duration",
+    Unit::Seconds,
+    "Duration of tool executions, by tool; error.type when the tool failed.",
+    &[GEN_AI_TOOL_NAME, ERROR_TYPE],
+    GEN_AI_DURATION_BUCKETS,
+)
+.values(&[Values::Open, Values::Optional]);
 
 /// Messages whose handler ran (to an answer, an error or a panic).
 pub const AGENT_MESSAGES_HANDLED: MetricDef = counter(
@@ -444,6 +475,8 @@ pub const SEMANTIC_HEALTH: MetricDef = gauge(
 pub const ALL: &[&MetricDef] = &[
     &GEN_AI_OPERATION_DURATION,
     &GEN_AI_TOKEN_USAGE,
+    &GEN_AI_INVOKE_AGENT_DURATION,
+    &GEN_AI_EXECUTE_TOOL_DURATION,
     &AGENT_MESSAGES_HANDLED,
     &AGENT_HANDLER_DURATION,
     &AGENT_IN_FLIGHT,
