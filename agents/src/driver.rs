@@ -606,10 +606,6 @@ impl Driver {
 
     /// Runs one step: approval if its impact needs it; a tool call's intent journaled before it
     /// runs and its result after; on a resumed run a journaled result is served instead.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "to be split (issue 10, part A: agents/)"
-    )]
     async fn execute(
         &mut self,
         number: u32,

@@ -130,10 +130,6 @@ pub async fn compact(
 }
 
 /// [`compact`] with the summarizer call made by `chat` (a run's journaled model gateway, say).
-#[expect(
-    clippy::too_many_lines,
-    reason = "to be split (issue 10, part A: agents/)"
-)]
 pub async fn compact_via<F, Fut>(
     entries: &mut Vec<ContextEntry>,
     budget: &ContextBudget,
