@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use impresario::agents::{Budget, Orchestrator, RunEvent, RunRequest, RunState, ToolRegistry};
+use impresario::agents::{Budget, Orchestrator, RunRequest, RunState, RunUpdate, ToolRegistry};
 use impresario::prelude::*;
 use impresario::runtime::llm::{Scripted, ScriptedReply, Usage};
 use impresario::setup;
@@ -64,11 +64,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trace = tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
             match event {
-                RunEvent::Planned { revision, plan } => {
+                RunUpdate::Planned { revision, plan } => {
                     let steps: Vec<String> = plan.steps.iter().map(|s| s.label()).collect();
                     println!("  plan {revision}: {}", steps.join(", "));
                 }
-                RunEvent::StepFinished(record) => match &record.outcome {
+                RunUpdate::StepFinished(record) => match &record.outcome {
                     Ok(output) => println!(
                         "  step {} {}: {}",
                         record.number,
@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         record.step.label()
                     ),
                 },
-                RunEvent::State(state) if state.is_terminal() => break,
+                RunUpdate::State(state) if state.is_terminal() => break,
                 _ => {}
             }
         }

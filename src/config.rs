@@ -28,7 +28,7 @@ pub struct Config {
     /// `[server]`: the HTTP control plane.
     pub server: Server,
     /// `[runs]`: defaults of the runs a request leaves open.
-    pub runs: Runs,
+    pub runs: RunDefaults,
     /// `[models]`: which models runs use.
     pub models: Models,
     /// `[journal]`: where runs are journaled.
@@ -230,7 +230,7 @@ pub struct TokenEntry {
 /// `[runs]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Runs {
+pub struct RunDefaults {
     /// The budget of a run that names none, in US dollars.
     pub budget_usd: f64,
     /// The most steps of a run that names no limit.
@@ -242,9 +242,9 @@ pub struct Runs {
     pub budget_tokens: u64,
 }
 
-impl Default for Runs {
+impl Default for RunDefaults {
     fn default() -> Self {
-        Runs {
+        RunDefaults {
             budget_tokens: 0,
             budget_usd: 0.50,
             max_steps: 20,
@@ -1093,7 +1093,7 @@ mod tests {
         assert_eq!(config.server.body_limit_bytes, 100);
         assert_eq!(config.runs.tools, ["calculator", "save_note"]);
         assert_eq!(config.runs.budget_usd, 2.0);
-        assert_eq!(config.runs.max_steps, Runs::default().max_steps);
+        assert_eq!(config.runs.max_steps, RunDefaults::default().max_steps);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct Engine {
     pub offline: bool,
     /// The models runs use.
     pub models: ModelMap,
-    defaults: crate::config::Runs,
+    defaults: crate::config::RunDefaults,
     /// Held for as long as the engine lives: no other process writes its journal file.
     _writer: Option<WriterLock>,
 }

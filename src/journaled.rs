@@ -49,59 +49,90 @@ pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
     let RunEvent::RunSubmitted { tenant, goal, .. } = &first.event else {
         return None;
     };
-    let mut spent = Charge::ZERO;
-    let mut planned: HashMap<u32, Value> = HashMap::new();
-    let mut steps = Vec::new();
-    let (mut status, mut state) = (RunStatus::Active, Value::Null);
+    let mut shown = Shown::default();
     for entry in entries {
-        match &entry.event {
+        shown.add(&entry.event);
+    }
+    Some(json!({
+        "id": first.run,
+        "tenant": tenant,
+        "goal": goal,
+        "status": shown.status.as_str(),
+        "state": shown.state,
+        "usage": RunUsage::from(shown.spent),
+        "submitted_at_ms": unix_ms(first.at),
+        "steps": shown.steps,
+    }))
+}
+
+/// A run as its events so far show it.
+struct Shown {
+    /// What its model calls were charged.
+    spent: Charge,
+    /// Each started step's detail, by number.
+    planned: HashMap<u32, Value>,
+    steps: Vec<Value>,
+    status: RunStatus,
+    /// How it ended (`null` while it has not).
+    state: Value,
+}
+
+impl Default for Shown {
+    fn default() -> Self {
+        Shown {
+            spent: Charge::ZERO,
+            planned: HashMap::new(),
+            steps: Vec::new(),
+            status: RunStatus::Active,
+            state: Value::Null,
+        }
+    }
+}
+
+impl Shown {
+    fn add(&mut self, event: &RunEvent) {
+        match event {
             RunEvent::LlmResponse { .. }
             | RunEvent::LlmInterrupted { .. }
             | RunEvent::LlmAborted { .. } => {
-                spent = spent + entry.event.charge();
+                self.spent = self.spent + event.charge();
             }
             RunEvent::StepStarted { step, detail, .. } => {
-                planned.insert(*step, detail.clone());
+                self.planned.insert(*step, detail.clone());
             }
-            RunEvent::StepFinished { step, outcome } => steps.push(json!({
+            RunEvent::StepFinished { step, outcome } => self.steps.push(json!({
                 "number": step,
-                "step": planned.get(step).cloned().unwrap_or(Value::Null),
+                "step": self.planned.get(step).cloned().unwrap_or(Value::Null),
                 "outcome": outcome,
             })),
             RunEvent::Halted { halt } => {
-                status = RunStatus::Halted;
-                state = json!({ "state": "halted", "reason": halt.reason, "detail": halt.detail });
+                self.status = RunStatus::Halted;
+                self.state =
+                    json!({ "state": "halted", "reason": halt.reason, "detail": halt.detail });
             }
             RunEvent::RunFinished {
                 outcome,
                 result,
                 reason,
             } => {
-                status = RunStatus::Finished;
-                state = match outcome {
-                    RunOutcome::Succeeded => {
-                        json!({ "state": "succeeded", "answer": result["answer"] })
-                    }
-                    // A failed run journals its whole final state.
-                    _ if result.get("state").is_some() => result.clone(),
-                    _ => json!({ "state": "failed", "reason": reason, "detail": result }),
-                };
+                self.status = RunStatus::Finished;
+                self.state = ended(*outcome, result, reason.as_deref());
             }
             // A resumed run goes on after its halt.
-            _ if status == RunStatus::Halted => {
-                (status, state) = (RunStatus::Active, Value::Null);
+            _ if self.status == RunStatus::Halted => {
+                (self.status, self.state) = (RunStatus::Active, Value::Null);
             }
             _ => {}
         }
     }
-    Some(json!({
-        "id": first.run,
-        "tenant": tenant,
-        "goal": goal,
-        "status": status.as_str(),
-        "state": state,
-        "usage": RunUsage::from(spent),
-        "submitted_at_ms": unix_ms(first.at),
-        "steps": steps,
-    }))
+}
+
+/// A finished run's end as a `RunState`.
+fn ended(outcome: RunOutcome, result: &Value, reason: Option<&str>) -> Value {
+    match outcome {
+        RunOutcome::Succeeded => json!({ "state": "succeeded", "answer": result["answer"] }),
+        // A failed run journals its whole final state.
+        _ if result.get("state").is_some() => result.clone(),
+        _ => json!({ "state": "failed", "reason": reason, "detail": result }),
+    }
 }

@@ -27,11 +27,11 @@ use crate::memory::{
 use crate::models::Role;
 use crate::plan::{LoopDetector, Plan, Step};
 use crate::planner::{MakePlan, Planned, Planner, PlannerError};
-use crate::run::{Decision, FailReason, RunEvent, RunState, StepFailure, StepRecord};
+use crate::run::{Decision, FailReason, RunState, RunUpdate, StepFailure, StepRecord};
 use crate::run_setup::RunSetup;
 use crate::services::{executor_id, memory_id, planner_id};
-use crate::team::{ReviewPlan, Verdict};
-use crate::tool::ToolError;
+use crate::team::{Review, ReviewPlan, Verdict};
+use crate::tool::{RegisteredTool, ToolError};
 
 /// Drives one run; owns its history (the agents are stateless and may restart at any time).
 pub(crate) struct Driver {
@@ -68,6 +68,16 @@ enum Decided {
     Now,
     /// Served from the journal of a resumed run.
     Journaled,
+}
+
+/// Whether a step may run again when its outcome is unknown (its executor crashed, or a crash
+/// cut the run off during it): model calls and idempotent tools may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Running it twice does no harm.
+    Safe,
+    /// It may have had an effect that must not happen twice.
+    Unsafe,
 }
 
 /// Where a run's planning stands: what the next plan should know, how many plans and reviews
@@ -126,7 +136,7 @@ impl Driver {
     }
 
     fn set(&self, state: RunState) {
-        let _ = self.setup.events.send(RunEvent::State(state.clone()));
+        let _ = self.setup.events.send(RunUpdate::State(state.clone()));
         let _ = self.setup.state.send(state);
     }
 
@@ -166,7 +176,7 @@ impl Driver {
                 plan: journaled,
             })
             .await?;
-            let planned = RunEvent::Planned {
+            let planned = RunUpdate::Planned {
                 revision,
                 plan: plan.clone(),
             };
@@ -182,7 +192,7 @@ impl Driver {
             let _ = self
                 .setup
                 .events
-                .send(RunEvent::Revised { revision, feedback });
+                .send(RunUpdate::Revised { revision, feedback });
         }
     }
 
@@ -265,7 +275,7 @@ impl Driver {
         let _ = self
             .setup
             .events
-            .send(RunEvent::StepFinished(record.clone()));
+            .send(RunUpdate::StepFinished(record.clone()));
         self.steps.push(record);
         Ok(outcome)
     }
@@ -361,67 +371,66 @@ impl Driver {
     }
 
     /// Puts what earlier runs learned about this goal into the context, through the run's memory
-    /// agent. A memory that cannot be recalled does not stop the run.
+    /// agent. A resumed run is served what it recalled the first time (memory may have changed
+    /// since).
     async fn recall(&mut self) -> Result<(), Stopped> {
-        let k = self.setup.services.config.recall;
-        if k == 0 {
+        if self.setup.services.config.recall == 0 {
             return Ok(());
         }
-        // What a resumed run recalled the first time is served: memory may have changed since.
         let served = self
-            .serve(|e| matches!(e, JournalEvent::StepStarted { kind, .. } if kind == "recall"))
+            .serve(|e| matches!(e, JournalEvent::Recalled { .. }))
             .await;
-        let memories: Vec<String> = match served {
-            Some(JournalEvent::StepStarted { detail, .. }) => {
-                serde_json::from_value(detail).unwrap_or_default()
-            }
+        let memories = match served {
+            Some(JournalEvent::Recalled { memories }) => memories,
             _ => {
-                let memory = self.agents()?.memory.clone();
-                let query = Recall {
-                    query: self.setup.request.goal.clone(),
-                    k,
+                let memories = self.recall_now().await?;
+                let recalled = JournalEvent::Recalled {
+                    memories: memories.clone(),
                 };
-                let recalled = match self.call(memory.ask(query)).await? {
-                    Ok(Ok(recalled)) => recalled,
-                    Ok(Err(e)) => {
-                        tracing::warn!(run = %self.setup.run, error = %e, "could not recall memories");
-                        Vec::new()
-                    }
-                    Err(e) => {
-                        tracing::warn!(run = %self.setup.run, error = %e, "memory agent failed");
-                        Vec::new()
-                    }
-                };
-                let memories: Vec<String> = recalled
-                    .iter()
-                    .map(|found| {
-                        let r = &found.record;
-                        format!(
-                            "Memory of an earlier run (goal: {}; outcome: {}; why: {}): {}",
-                            r.goal,
-                            r.outcome.as_str(),
-                            r.why,
-                            r.text
-                        )
-                    })
-                    .collect();
-                self.record(JournalEvent::StepStarted {
-                    step: 0,
-                    kind: "recall".into(),
-                    detail: serde_json::to_value(&memories).unwrap_or_default(),
-                })
-                .await?;
+                self.record(recalled).await?;
                 memories
             }
         };
-        let _ = self.setup.events.send(RunEvent::Recalled {
-            memories: memories.len(),
-        });
+        let count = memories.len();
+        let _ = self
+            .setup
+            .events
+            .send(RunUpdate::Recalled { memories: count });
         for memory in memories {
             self.history
                 .push(ContextEntry::new(EntryKind::Observation, None, memory));
         }
         Ok(())
+    }
+
+    /// Asks the run's memory agent about the goal. A memory that cannot be recalled does not
+    /// stop the run: it recalls nothing.
+    async fn recall_now(&self) -> Result<Vec<String>, Stopped> {
+        let memory = self.agents()?.memory.clone();
+        let query = Recall {
+            query: self.setup.request.goal.clone(),
+            k: self.setup.services.config.recall,
+        };
+        let recalled = match self.call(memory.ask(query)).await? {
+            Ok(Ok(recalled)) => recalled,
+            Ok(Err(e)) => {
+                tracing::warn!(run = %self.setup.run, error = %e, "could not recall memories");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(run = %self.setup.run, error = %e, "memory agent failed");
+                Vec::new()
+            }
+        };
+        let described = recalled.iter().map(|found| {
+            let r = &found.record;
+            let (goal, outcome, why) = (&r.goal, r.outcome.as_str(), &r.why);
+            format!(
+                "Memory of an earlier run (goal: {goal}; outcome: {outcome}; why: {why}): {}",
+                r.text
+            )
+        });
+        Ok(described.collect())
     }
 
     /// Summarizes the oldest steps when the context would exceed the run's budget.
@@ -453,7 +462,7 @@ impl Driver {
         self.history = history;
         match done {
             Ok(Some(compaction)) => {
-                let _ = self.setup.events.send(RunEvent::Compacted(compaction));
+                let _ = self.setup.events.send(RunUpdate::Compacted(compaction));
             }
             Ok(None) => {}
             Err(MemoryError::Llm(e))
@@ -542,35 +551,20 @@ impl Driver {
             let reviewer = id.to_string();
             // A resumed run is served the verdicts it was given: a reviewer may judge differently now.
             let served = self
-                .serve(|e| matches!(e, JournalEvent::StepStarted { kind, detail, .. } if kind == "review" && detail["reviewer"] == reviewer.as_str()))
+                .serve(
+                    |e| matches!(e, JournalEvent::Reviewed { reviewer: r, .. } if *r == reviewer),
+                )
                 .await;
             let verdict = match served {
-                Some(JournalEvent::StepStarted { detail, .. }) => {
-                    serde_json::from_value::<Verdict>(detail["verdict"].clone()).ok()
+                Some(JournalEvent::Reviewed { verdict, .. }) => {
+                    serde_json::from_value::<Verdict>(verdict).ok()
                 }
                 _ => {
-                    let request = ReviewPlan {
-                        goal: self.setup.request.goal.clone(),
-                        plan: plan.clone(),
-                    };
-                    let asked = self
-                        .setup
-                        .token
-                        .run(review(&self.setup.services.runtime, &id, request))
-                        .await
-                        .map_err(|_| self.halted())?;
-                    let verdict = match asked {
-                        Ok(verdict) => Some(verdict),
-                        // A reviewer that fails does not block the run; its supervisor restarts it.
-                        Err(e) => {
-                            tracing::warn!(run = %self.setup.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed");
-                            None
-                        }
-                    };
-                    self.record(JournalEvent::StepStarted {
+                    let verdict = self.review_now(&id, &*review, plan).await?;
+                    self.record(JournalEvent::Reviewed {
                         step,
-                        kind: "review".into(),
-                        detail: serde_json::json!({ "reviewer": reviewer, "verdict": verdict }),
+                        reviewer,
+                        verdict: serde_json::to_value(&verdict).unwrap_or_default(),
                     })
                     .await?;
                     verdict
@@ -583,41 +577,51 @@ impl Driver {
         Ok(None)
     }
 
+    /// Asks reviewer `id` about the plan. A reviewer that fails does not block the run (its
+    /// supervisor restarts it): the plan goes unreviewed by it.
+    async fn review_now(
+        &self,
+        id: &AgentId,
+        review: &Review,
+        plan: &Plan,
+    ) -> Result<Option<Verdict>, Stopped> {
+        let request = ReviewPlan {
+            goal: self.setup.request.goal.clone(),
+            plan: plan.clone(),
+        };
+        let asked = self
+            .setup
+            .token
+            .run(review(&self.setup.services.runtime, id, request))
+            .await
+            .map_err(|_| self.halted())?;
+        match asked {
+            Ok(verdict) => Ok(Some(verdict)),
+            Err(e) => {
+                tracing::warn!(run = %self.setup.run, reviewer = %id, error = %e, "reviewer failed; plan not reviewed");
+                Ok(None)
+            }
+        }
+    }
+
     /// Runs one step: approval if its impact needs it; a tool call's intent journaled before it
     /// runs and its result after; on a resumed run a journaled result is served instead.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "to be split (issue 10, part A: agents/)"
-    )]
     async fn execute(
         &mut self,
         number: u32,
         step: &Step,
     ) -> Result<Result<String, StepFailure>, Stopped> {
-        let inner = self.setup.services.clone();
         let tool = match step {
-            Step::ToolCall { tool, .. } => inner.tools.get(tool),
+            Step::ToolCall { tool, .. } => self.setup.services.tools.get(tool),
             _ => None,
         };
-        let repeatable = match (step, &tool) {
-            (Step::ToolCall { .. }, Some(tool)) => tool.idempotent(),
-            (Step::ToolCall { .. }, None) => false,
-            _ => true,
+        let repeat = match (step, &tool) {
+            (Step::ToolCall { .. }, Some(tool)) if tool.idempotent() => Repeat::Safe,
+            (Step::ToolCall { .. }, _) => Repeat::Unsafe,
+            _ => Repeat::Safe,
         };
-        // A tool outside the allowlist is refused by the executor; it needs no approval.
-        let allowed =
-            tool_name(step).is_some_and(|name| self.setup.allowed.iter().any(|a| a == name));
-        if let Some(tool) = tool.as_ref().filter(|_| allowed) {
-            if self.setup.request.autonomy.needs_approval(tool.impact()) {
-                if let (Err(reason), _) = self.decide(number, tool.name(), "approval").await? {
-                    return Ok(Err(ToolError::Rejected {
-                        tool: tool.name().to_owned(),
-                        reason,
-                    }
-                    .into()));
-                }
-                self.set(RunState::Running { step: number });
-            }
+        if let Some(refused) = self.approve(number, step, tool.as_deref()).await? {
+            return Ok(Err(refused));
         }
         let Step::ToolCall {
             tool: name,
@@ -625,7 +629,7 @@ impl Driver {
             ..
         } = step
         else {
-            return self.run_step(number, step, repeatable).await;
+            return self.run_step(number, step, repeat).await;
         };
         let key = idempotency_key(&self.setup.run, number);
         let intent = self
@@ -636,60 +640,95 @@ impl Driver {
                 arguments: serde_json::Value::Object(arguments.clone()),
             })
             .await?;
-        // On a resumed run the journal may know how the call ended; if it does not, the call may
-        // or may not have happened.
         if intent == Recorded::Replayed {
-            loop {
-                let served = self
-                    .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if *idempotency_key == key))
-                    .await;
-                if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
-                    return Ok(decode_outcome(outcome));
-                }
-                if self.log.lock().await.replay_only() {
-                    return Err(Stopped(RunState::Failed {
-                        reason: FailReason::Diverged,
-                        detail: format!("the journal ends inside tool call {key}"),
-                    }));
-                }
-                if repeatable {
-                    break;
-                }
-                match self.decide(number, name, "unknown_outcome").await? {
-                    (Err(reason), _) => {
-                        let failure: StepFailure = ToolError::Rejected {
-                            tool: name.clone(),
-                            reason,
-                        }
-                        .into();
-                        let outcome = Err(failure);
-                        self.record(JournalEvent::ToolResult {
-                            step: number,
-                            idempotency_key: key,
-                            outcome: encode_outcome(&outcome),
-                        })
-                        .await?;
-                        return Ok(outcome);
-                    }
-                    // A decision taken now: call it again.
-                    (Ok(()), Decided::Now) => {
-                        self.set(RunState::Running { step: number });
-                        break;
-                    }
-                    // A decision from the journal was for an attempt that may itself have run
-                    // before the next crash: look for its result, or ask again.
-                    (Ok(()), Decided::Journaled) => continue,
-                }
+            if let Some(outcome) = self.journaled_outcome(number, name, &key, repeat).await? {
+                return Ok(outcome);
             }
         }
-        let outcome = self.run_step(number, step, repeatable).await?;
+        let outcome = self.run_step(number, step, repeat).await?;
+        self.record_result(number, key, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Asks an operator about a tool call whose impact needs approval under the run's autonomy:
+    /// the refusal, if refused. A tool outside the allowlist is refused by the executor; it
+    /// needs no approval.
+    async fn approve(
+        &mut self,
+        number: u32,
+        step: &Step,
+        tool: Option<&RegisteredTool>,
+    ) -> Result<Option<StepFailure>, Stopped> {
+        let allowed =
+            tool_name(step).is_some_and(|name| self.setup.allowed.iter().any(|a| a == name));
+        let autonomy = self.setup.request.autonomy;
+        let Some(tool) = tool.filter(|t| allowed && autonomy.needs_approval(t.impact())) else {
+            return Ok(None);
+        };
+        if let (Err(reason), _) = self.decide(number, tool.name(), "approval").await? {
+            let tool = tool.name().to_owned();
+            return Ok(Some(ToolError::Rejected { tool, reason }.into()));
+        }
+        self.set(RunState::Running { step: number });
+        Ok(None)
+    }
+
+    /// On a resumed run, how tool call `key` ended, if the journal knows. If it does not, the
+    /// call may or may not have happened: an idempotent tool is called again (`None`); for
+    /// another an operator decides (approve: call it again; reject: the step fails, journaled).
+    async fn journaled_outcome(
+        &mut self,
+        number: u32,
+        tool: &str,
+        key: &str,
+        repeat: Repeat,
+    ) -> Result<Option<Result<String, StepFailure>>, Stopped> {
+        loop {
+            let served = self
+                .serve(|e| matches!(e, JournalEvent::ToolResult { idempotency_key, .. } if idempotency_key == key))
+                .await;
+            if let Some(JournalEvent::ToolResult { outcome, .. }) = served {
+                return Ok(Some(decode_outcome(outcome)));
+            }
+            if self.log.lock().await.replay_only() {
+                let detail = format!("the journal ends inside tool call {key}");
+                return Err(failed(FailReason::Diverged, detail));
+            }
+            if repeat == Repeat::Safe {
+                return Ok(None);
+            }
+            match self.decide(number, tool, "unknown_outcome").await? {
+                (Err(reason), _) => {
+                    let tool = tool.to_owned();
+                    let outcome = Err(ToolError::Rejected { tool, reason }.into());
+                    self.record_result(number, key.to_owned(), &outcome).await?;
+                    return Ok(Some(outcome));
+                }
+                // A decision taken now: call it again.
+                (Ok(()), Decided::Now) => {
+                    self.set(RunState::Running { step: number });
+                    return Ok(None);
+                }
+                // A decision from the journal was for an attempt that may itself have run
+                // before the next crash: look for its result, or ask again.
+                (Ok(()), Decided::Journaled) => continue,
+            }
+        }
+    }
+
+    /// Journals how tool call `key` of step `number` ended.
+    async fn record_result(
+        &self,
+        number: u32,
+        key: String,
+        outcome: &Result<String, StepFailure>,
+    ) -> Result<Recorded, Stopped> {
         self.record(JournalEvent::ToolResult {
             step: number,
             idempotency_key: key,
-            outcome: encode_outcome(&outcome),
+            outcome: encode_outcome(outcome),
         })
-        .await?;
-        Ok(outcome)
+        .await
     }
 
     /// What an executor is asked to run step `number`.
@@ -719,7 +758,7 @@ impl Driver {
         &mut self,
         number: u32,
         step: &Step,
-        repeatable: bool,
+        repeat: Repeat,
     ) -> Result<Result<String, StepFailure>, Stopped> {
         let inner = self.setup.services.clone();
         let mut attempt = 0;
@@ -745,12 +784,16 @@ impl Driver {
                     return Ok(Err(StepFailure::Model { message }));
                 }
                 Ok(Err(failure)) => return Ok(Err(failure)),
-                Err(e) if retryable(&e) && repeatable && attempt < inner.config.step_retries => {
+                Err(e)
+                    if retryable(&e)
+                        && repeat == Repeat::Safe
+                        && attempt < inner.config.step_retries =>
+                {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
                 }
                 Err(e) => {
-                    let message = if repeatable {
+                    let message = if repeat == Repeat::Safe {
                         e.to_string()
                     } else {
                         format!("{e}; the tool is not idempotent, so it was not retried (its outcome is unknown)")

@@ -13,7 +13,7 @@ use impresario_runtime::{Placement, RunId};
 use tokio::sync::{broadcast, watch};
 
 use crate::journaling::AtJournalEnd;
-use crate::run::{FailReason, RunEvent, RunResult, RunState, RunUsage, StepRecord};
+use crate::run::{FailReason, RunResult, RunState, RunUpdate, RunUsage, StepRecord};
 use crate::services::Services;
 
 /// What a run holds until it ends: its agents, ledger account, halt token, live entry and
@@ -25,7 +25,7 @@ pub(crate) struct RunLease {
     pub(crate) placement: Placement,
     pub(crate) started: Instant,
     pub(crate) state: watch::Sender<RunState>,
-    pub(crate) events: broadcast::Sender<RunEvent>,
+    pub(crate) events: broadcast::Sender<RunUpdate>,
     pub(crate) result: watch::Sender<Option<Arc<RunResult>>>,
 }
 
@@ -66,7 +66,7 @@ impl RunLease {
         let metrics = services.runtime.metrics();
         metrics.run_finished(outcome, self.started.elapsed());
         // Published last: whoever sees the run's end sees it journaled, released and counted.
-        let _ = self.events.send(RunEvent::State(state.clone()));
+        let _ = self.events.send(RunUpdate::State(state.clone()));
         let _ = self.state.send(state.clone());
         let result = RunResult {
             run: self.run,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{broadcast, Mutex};
 
-use crate::run::RunEvent;
+use crate::run::RunUpdate;
 
 /// Where a run's behaviour first differs from its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -219,6 +219,9 @@ fn difference(expected: &Event, found: &Event) -> Option<(String, String)> {
             } => {
                 serde_json::json!({ "tool": tool, "key": idempotency_key, "arguments": arguments })
             }
+            Event::Reviewed { step, reviewer, .. } => {
+                serde_json::json!({ "step": step, "reviewer": reviewer })
+            }
             Event::ApprovalRequested { step, tool, .. } => {
                 serde_json::json!({ "step": step, "tool": tool })
             }
@@ -304,12 +307,12 @@ fn cut(text: &str) -> String {
 
 /// How a run's agents call models: through the LLM client, each request and answer journaled
 /// before the run goes on, and served from the journal when the run is resumed or replayed.
-/// A streaming run's answers reach its events as [`RunEvent::Delta`]s while they arrive.
+/// A streaming run's answers reach its events as [`RunUpdate::Delta`]s while they arrive.
 #[derive(Clone)]
 pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
-    deltas: Option<broadcast::Sender<RunEvent>>,
+    deltas: Option<broadcast::Sender<RunUpdate>>,
     /// The run's halt token: an overshoot halts the run at once, whichever agent made the call.
     halt: HaltToken,
 }
@@ -330,8 +333,8 @@ impl ModelGateway {
         }
     }
 
-    /// The same gateway, streaming its calls' text into `events` as [`RunEvent::Delta`]s.
-    pub(crate) fn streaming_to(mut self, events: broadcast::Sender<RunEvent>) -> Self {
+    /// The same gateway, streaming its calls' text into `events` as [`RunUpdate::Delta`]s.
+    pub(crate) fn streaming_to(mut self, events: broadcast::Sender<RunUpdate>) -> Self {
         self.deltas = Some(events);
         self
     }
@@ -391,7 +394,7 @@ impl ModelGateway {
             return options.clone();
         };
         options.clone().stream_to(DeltaSink::new(move |text: &str| {
-            let _ = events.send(RunEvent::Delta {
+            let _ = events.send(RunUpdate::Delta {
                 step,
                 text: redact(text).into_owned(),
             });

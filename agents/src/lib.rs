@@ -36,10 +36,10 @@ pub use fault::{DriverPhase, PanicInjection};
 pub use impresario_supervisor as supervisor;
 pub use journaling::{first_difference, Divergence, ModelGateway};
 pub use models::{ModelChoice, ModelMap, Role, RoleTiers};
-pub use orchestrator::{Orchestrator, ReplayReport, ResumeError, SubmitError, RUN_EVENT_CAPACITY};
+pub use orchestrator::{Orchestrator, ReplayReport, ResumeError, SubmitError, RUN_UPDATE_CAPACITY};
 pub use plan::{LoopDetector, LoopKind, Plan, PlanError, Step};
 pub use run::{
-    Autonomy, Budget, FailReason, RunEvent, RunHandle, RunRequest, RunResult, RunState, RunUsage,
+    Autonomy, Budget, FailReason, RunHandle, RunRequest, RunResult, RunState, RunUpdate, RunUsage,
     StepFailure, StepRecord,
 };
 pub use team::{ReviewPlan, Team, Verdict};

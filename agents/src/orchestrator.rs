@@ -38,9 +38,9 @@ use crate::services::{executor_id, memory_id, planner_id, run_supervisor_id, Ser
 use crate::team::Team;
 use crate::tool::ToolRegistry;
 
-/// Events a run's subscriber may fall behind by before it loses the oldest (room for the
+/// Updates a run's subscriber may fall behind by before it loses the oldest (room for the
 /// deltas of a streamed answer between two reads).
-pub const RUN_EVENT_CAPACITY: usize = 512;
+pub const RUN_UPDATE_CAPACITY: usize = 512;
 
 /// Why a run was not accepted. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -545,7 +545,7 @@ impl Orchestrator {
     ) -> (Arc<RunSetup>, RunHandle) {
         let (state_tx, state) = watch::channel(RunState::Queued);
         // A run emits a few events per step; a subscriber that lags further loses the oldest.
-        let (events, first_events) = broadcast::channel(RUN_EVENT_CAPACITY);
+        let (events, first_events) = broadcast::channel(RUN_UPDATE_CAPACITY);
         let (decisions_tx, decisions) = mpsc::unbounded_channel();
         let (result_tx, result) = watch::channel(None);
         let handle = RunHandle {

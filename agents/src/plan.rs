@@ -1,7 +1,7 @@
 //! Plans: the typed steps a planner proposes, the JSON schema derived from them that model
 //! output is validated against, and the loop detector that watches what a run executes.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -81,9 +81,9 @@ pub enum PlanError {
 }
 
 /// The JSON schema of [`Plan`], derived from the Rust types.
-pub fn plan_schema() -> &'static Value {
-    static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(|| schemars::schema_for!(Plan).to_value())
+pub fn plan_schema() -> &'static Arc<Value> {
+    static SCHEMA: OnceLock<Arc<Value>> = OnceLock::new();
+    SCHEMA.get_or_init(|| Arc::new(schemars::schema_for!(Plan).to_value()))
 }
 
 fn plan_validator() -> &'static jsonschema::Validator {

@@ -89,7 +89,7 @@ pub struct RunRequest {
     /// the summarizer model (a budgeted call); `None`: never summarize.
     pub context_budget: Option<usize>,
     /// Whether its model calls stream: their text reaches [`RunHandle::events`] as
-    /// [`RunEvent::Delta`]s while it arrives (the journal keeps only whole answers).
+    /// [`RunUpdate::Delta`]s while it arrives (the journal keeps only whole answers).
     #[serde(default)]
     pub stream: bool,
 }
@@ -149,7 +149,7 @@ impl RunRequest {
         self
     }
 
-    /// Streams its model calls' text as [`RunEvent::Delta`]s (`true`) or not (the default).
+    /// Streams its model calls' text as [`RunUpdate::Delta`]s (`true`) or not (the default).
     pub fn stream(mut self, stream: bool) -> Self {
         self.stream = stream;
         self
@@ -280,10 +280,11 @@ pub struct StepRecord {
     pub outcome: Result<String, StepFailure>,
 }
 
-/// Something that happened in a run.
+/// Something that happened in a run, as its live stream tells its watchers
+/// ([`RunHandle::events`]); what the journal keeps is `impresario_runtime::journal::RunEvent`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum RunEvent {
+pub enum RunUpdate {
     /// The state changed.
     State(RunState),
     /// A plan was made (revision counts from 1).
@@ -365,9 +366,9 @@ pub(crate) enum Decision {
 pub struct RunHandle {
     pub(crate) id: RunId,
     pub(crate) state: watch::Receiver<RunState>,
-    pub(crate) events: broadcast::Sender<RunEvent>,
+    pub(crate) events: broadcast::Sender<RunUpdate>,
     /// Subscribed before the run started: the first `events()` call gets every event.
-    pub(crate) first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<RunEvent>>>>,
+    pub(crate) first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<RunUpdate>>>>,
     pub(crate) decisions: mpsc::UnboundedSender<Decision>,
     pub(crate) result: watch::Receiver<Option<Arc<RunResult>>>,
     pub(crate) halts: Halts,
@@ -384,10 +385,10 @@ impl RunHandle {
         self.state.borrow().clone()
     }
 
-    /// Its events. The first call (on any clone of this handle) gets every event since the run
-    /// was submitted; later calls get events from then on. A receiver more than
-    /// [`RUN_EVENT_CAPACITY`](crate::RUN_EVENT_CAPACITY) events behind loses the oldest.
-    pub fn events(&self) -> broadcast::Receiver<RunEvent> {
+    /// Its updates. The first call (on any clone of this handle) gets every update since the
+    /// run was submitted; later calls get updates from then on. A receiver more than
+    /// [`RUN_UPDATE_CAPACITY`](crate::RUN_UPDATE_CAPACITY) updates behind loses the oldest.
+    pub fn events(&self) -> broadcast::Receiver<RunUpdate> {
         let first = self
             .first_events
             .lock()

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch, Mutex};
 use crate::ending::{journal_end, RunLease};
 use crate::fault::DriverPhase;
 use crate::journaling::{AtJournalEnd, RunLog};
-use crate::run::{Decision, FailReason, RunEvent, RunRequest, RunState};
+use crate::run::{Decision, FailReason, RunRequest, RunState, RunUpdate};
 use crate::services::Services;
 use crate::team::Review;
 
@@ -32,7 +32,7 @@ pub(crate) struct RunSetup {
     pub(crate) path: AccountPath,
     pub(crate) token: HaltToken,
     pub(crate) state: watch::Sender<RunState>,
-    pub(crate) events: broadcast::Sender<RunEvent>,
+    pub(crate) events: broadcast::Sender<RunUpdate>,
     pub(crate) decisions: Mutex<mpsc::UnboundedReceiver<Decision>>,
     /// The run's span: every driver's work, and its agents' spans, are children of it.
     pub(crate) span: tracing::Span,

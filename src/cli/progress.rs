@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use impresario::agents::{RunEvent, RunState, RunUsage};
+use impresario::agents::{RunState, RunUpdate, RunUsage};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The progress display of one run.
@@ -66,13 +66,13 @@ impl Progress {
     }
 
     /// Shows an event of the run.
-    pub fn event(&mut self, event: &RunEvent) {
-        if let RunEvent::Delta { step, text } = event {
+    pub fn event(&mut self, event: &RunUpdate) {
+        if let RunUpdate::Delta { step, text } = event {
             return self.delta(*step, text);
         }
         self.end_text();
         match event {
-            RunEvent::State(state) => {
+            RunUpdate::State(state) => {
                 self.state = match state {
                     RunState::Running { step } => format!("step {step}"),
                     RunState::AwaitingApproval { step, tool } => {
@@ -81,11 +81,11 @@ impl Progress {
                     other => name(other),
                 };
             }
-            RunEvent::Planned { revision, plan } => {
+            RunUpdate::Planned { revision, plan } => {
                 let steps: Vec<String> = plan.steps.iter().map(|s| s.label()).collect();
                 self.line(format!("  plan {revision}: {}", steps.join(", ")));
             }
-            RunEvent::StepFinished(record) => {
+            RunUpdate::StepFinished(record) => {
                 let outcome = match &record.outcome {
                     Ok(output) => one_line(output),
                     Err(failure) => format!("failed: {failure}"),
@@ -96,10 +96,10 @@ impl Progress {
                     record.step.label()
                 ));
             }
-            RunEvent::Revised { revision, feedback } => {
+            RunUpdate::Revised { revision, feedback } => {
                 self.line(format!("  plan {revision} sent back: {feedback}"));
             }
-            RunEvent::Recalled { .. } | RunEvent::Compacted(_) | RunEvent::Delta { .. } => {}
+            RunUpdate::Recalled { .. } | RunUpdate::Compacted(_) | RunUpdate::Delta { .. } => {}
         }
         self.redraw();
     }

@@ -1,6 +1,6 @@
 //! The CLI as a client of a running service (`--server URL`, `--token`).
 
-use impresario::agents::RunEvent;
+use impresario::agents::RunUpdate;
 use reqwest::{Method, Response};
 use serde_json::Value;
 
@@ -96,7 +96,7 @@ pub struct Events {
 
 impl Events {
     /// The next event; `None` once the stream ended.
-    pub async fn next(&mut self) -> Result<Option<RunEvent>, Error> {
+    pub async fn next(&mut self) -> Result<Option<RunUpdate>, Error> {
         loop {
             if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                 let frame: Vec<u8> = self.buffer.drain(..end + 2).collect();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use impresario::agents::{Budget, RunEvent, RunUsage};
+use impresario::agents::{Budget, RunUpdate, RunUsage};
 use impresario::runtime::halt::HaltMode;
 use serde_json::{json, Value};
 
@@ -85,7 +85,7 @@ async fn embedded(config: &Config, args: RunArgs) -> Result<bool, Error> {
                 Ok(event) => {
                     progress.event(&event);
                     progress.usage(engine.usage(run.id()));
-                    if matches!(&event, RunEvent::State(s) if s.is_terminal()) {
+                    if matches!(&event, RunUpdate::State(s) if s.is_terminal()) {
                         break;
                     }
                 }
@@ -132,7 +132,7 @@ async fn on_service(service: &Service, args: RunArgs) -> Result<bool, Error> {
     while let Some(event) = events.next().await? {
         progress.event(&event);
         // Spending changes with calls and steps, not with every piece of text.
-        if !matches!(event, RunEvent::Delta { .. }) {
+        if !matches!(event, RunUpdate::Delta { .. }) {
             progress.usage(usage(&service.get(&format!("/runs/{id}")).await?)?);
         }
     }

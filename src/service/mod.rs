@@ -44,12 +44,12 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::identity::Identity;
 use errors::ApiError;
-use runs::{state_name, Runs};
+use runs::{state_name, TrackedRuns};
 
 /// What the handlers share.
 pub struct State {
     engine: Engine,
-    runs: Runs,
+    runs: TrackedRuns,
     tokens: auth::Tokens,
     body_limit: body::Limits,
     sse_keepalive: Duration,
@@ -179,7 +179,7 @@ fn shared_state(
     let draining = Arc::new(AtomicBool::new(false));
     web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
-        runs: Runs::default(),
+        runs: TrackedRuns::default(),
         tokens: auth::Tokens::new(tokens),
         body_limit: body::Limits {
             bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),

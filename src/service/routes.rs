@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
-use impresario::agents::{Autonomy, Budget, ResumeError, RunEvent, RunState};
+use impresario::agents::{Autonomy, Budget, ResumeError, RunState, RunUpdate};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunSummary};
 use impresario::runtime::RunId;
@@ -234,7 +234,7 @@ async fn show(state: Data, token: Token, id: web::Path<String>) -> Result<HttpRe
             .borrow()
             .iter()
             .filter_map(|event| match event {
-                RunEvent::StepFinished(record) => serde_json::to_value(record).ok(),
+                RunUpdate::StepFinished(record) => serde_json::to_value(record).ok(),
                 _ => None,
             })
             .collect();

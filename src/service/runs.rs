@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
-use impresario::agents::{RunEvent, RunHandle, RunResult, RunState};
+use impresario::agents::{RunHandle, RunResult, RunState, RunUpdate};
 use impresario::runtime::RunId;
 use tokio::sync::{broadcast, watch};
 
@@ -25,7 +25,7 @@ pub struct Tracked {
     pub goal: String,
     /// When it was submitted.
     pub submitted_at: SystemTime,
-    events: watch::Sender<Vec<RunEvent>>,
+    events: watch::Sender<Vec<RunUpdate>>,
     result: OnceLock<Arc<RunResult>>,
 }
 
@@ -36,7 +36,7 @@ impl Tracked {
     }
 
     /// Its events so far; the receiver sees every later one.
-    pub fn events(&self) -> watch::Receiver<Vec<RunEvent>> {
+    pub fn events(&self) -> watch::Receiver<Vec<RunUpdate>> {
         self.events.subscribe()
     }
 
@@ -54,14 +54,14 @@ impl Tracked {
         let _ = events.wait_for(|e| e.last().is_some_and(is_terminal)).await;
     }
 
-    fn push(&self, event: RunEvent) {
+    fn push(&self, event: RunUpdate) {
         self.events.send_modify(|events| events.push(event));
     }
 }
 
 /// Whether `event` is the last one of a run.
-pub fn is_terminal(event: &RunEvent) -> bool {
-    matches!(event, RunEvent::State(state) if state.is_terminal())
+pub fn is_terminal(event: &RunUpdate) -> bool {
+    matches!(event, RunUpdate::State(state) if state.is_terminal())
 }
 
 /// The state's name (`running`, `halted`, ...), for messages.
@@ -72,11 +72,11 @@ pub fn state_name(state: &RunState) -> String {
 
 /// The runs, by id (ids sort by submission time).
 #[derive(Default)]
-pub struct Runs {
+pub struct TrackedRuns {
     runs: Mutex<BTreeMap<RunId, Arc<Tracked>>>,
 }
 
-impl Runs {
+impl TrackedRuns {
     /// Starts tracking a run that was just submitted. Returns it and the future that records
     /// its events until it ends; spawn that future at once.
     pub fn track(
@@ -134,7 +134,7 @@ fn evict(runs: &mut BTreeMap<RunId, Arc<Tracked>>) {
 
 /// Records the run's events until it ends; the terminal event is recorded last, after the
 /// result, so whoever sees it can read the result.
-async fn record(tracked: Arc<Tracked>, mut receiver: broadcast::Receiver<RunEvent>) {
+async fn record(tracked: Arc<Tracked>, mut receiver: broadcast::Receiver<RunUpdate>) {
     loop {
         match receiver.recv().await {
             Ok(event) if is_terminal(&event) => break,
@@ -148,5 +148,5 @@ async fn record(tracked: Arc<Tracked>, mut receiver: broadcast::Receiver<RunEven
     let result = tracked.handle.wait().await;
     let state = result.state.clone();
     let _ = tracked.result.set(result);
-    tracked.push(RunEvent::State(state));
+    tracked.push(RunUpdate::State(state));
 }

@@ -2,7 +2,7 @@
 //! (or after `Last-Event-ID`), in order, live, ending after the terminal state.
 //!
 //! Each event is `id: <n>` (1, 2, ...), `event: <type>` (`state`, `planned`, `step_finished`,
-//! ...) and `data: <the RunEvent as JSON>`. A reconnecting client whose `Last-Event-ID` is at or
+//! ...) and `data: <the RunUpdate as JSON>`. A reconnecting client whose `Last-Event-ID` is at or
 //! past the last event of a finished run gets an empty stream that ends at once. While nothing
 //! happens, a `: keep-alive` comment goes out every `server.sse_keepalive_secs`, so proxies
 //! and clients do not take a quiet run for a dead connection.
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::web::Bytes;
 use futures_util::Stream;
-use impresario::agents::RunEvent;
+use impresario::agents::RunUpdate;
 use tokio::sync::watch;
 
 use super::runs::{is_terminal, Tracked};
@@ -24,7 +24,7 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 /// What the stream does next.
 enum Next {
     /// Send this event.
-    Event(RunEvent),
+    Event(RunUpdate),
     /// Nothing happened for a keep-alive interval.
     KeepAlive,
     /// The run ended and every event after the client's last one was sent.
@@ -59,14 +59,14 @@ pub fn stream(
 
 /// Waits for event `next`, the end of the run, or `keep_alive`, whichever comes first.
 async fn wait(
-    events: &mut watch::Receiver<Vec<RunEvent>>,
+    events: &mut watch::Receiver<Vec<RunUpdate>>,
     next: usize,
     keep_alive: Duration,
 ) -> Next {
     if next == usize::MAX {
         return Next::End;
     }
-    let ready = |all: &Vec<RunEvent>| all.len() > next || all.last().is_some_and(is_terminal);
+    let ready = |all: &Vec<RunUpdate>| all.len() > next || all.last().is_some_and(is_terminal);
     tokio::select! {
         seen = events.wait_for(ready) => match seen {
             Ok(all) => all.get(next).cloned().map_or(Next::End, Next::Event),
@@ -78,7 +78,7 @@ async fn wait(
 }
 
 /// One event in the `text/event-stream` format.
-fn frame(id: usize, event: &RunEvent) -> Bytes {
+fn frame(id: usize, event: &RunUpdate) -> Bytes {
     let data = serde_json::to_value(event).unwrap_or_default();
     let kind = data["event"].as_str().unwrap_or("message").to_owned();
     // serde_json writes one line: newlines inside strings are escaped.

@@ -126,7 +126,7 @@ async fn offline_answer(wire: &Value) -> String {
     if let Some(name) = schema["name"].as_str() {
         request.output_schema = Some(OutputSchema {
             name: name.to_owned(),
-            schema: schema["schema"].clone(),
+            schema: schema["schema"].clone().into(),
             strict: false,
         });
     }

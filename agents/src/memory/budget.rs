@@ -130,10 +130,6 @@ pub async fn compact(
 }
 
 /// [`compact`] with the summarizer call made by `chat` (a run's journaled model gateway, say).
-#[expect(
-    clippy::too_many_lines,
-    reason = "to be split (issue 10, part A: agents/)"
-)]
 pub async fn compact_via<F, Fut>(
     entries: &mut Vec<ContextEntry>,
     budget: &ContextBudget,
@@ -149,18 +145,7 @@ where
     if tokens_before <= max_tokens {
         return Ok(None);
     }
-    let protected_from = entries.len().saturating_sub(budget.keep_recent);
-    let chosen: Vec<usize> = entries[..protected_from]
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| {
-            matches!(
-                e.kind,
-                EntryKind::Step | EntryKind::Observation | EntryKind::Summary
-            )
-        })
-        .map(|(i, _)| i)
-        .collect();
+    let chosen = summarizable(entries, budget.keep_recent);
     if chosen.is_empty() {
         return Ok(Some(Compaction {
             replaced: 0,
@@ -171,23 +156,7 @@ where
             over_budget: true,
         }));
     }
-
-    let goal: Vec<&str> = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Goal)
-        .map(|e| e.text.as_str())
-        .collect();
-    let history: Vec<&ContextEntry> = chosen.iter().map(|&i| &entries[i]).collect();
-    let user = format!(
-        "Goal (JSON): {}\nEntries to summarize (JSON):\n{}",
-        serde_json::to_string(&goal.join("\n")).expect("a string serializes"),
-        serde_json::to_string(&history).expect("entries serialize"),
-    );
-    let request = ChatRequest::new(summarizer_model)
-        .system(SUMMARIZER_PROMPT)
-        .user(user)
-        .max_tokens(summary_max_tokens(budget))
-        .temperature(0.0);
+    let request = summary_request(entries, &chosen, budget, summarizer_model);
     let answer = chat(request).await?;
     let summary = answer.content.trim();
     if summary.is_empty() {
@@ -199,25 +168,8 @@ where
             ),
         });
     }
-
-    let mut summary = Some(ContextEntry {
-        kind: EntryKind::Summary,
-        step: history.iter().filter_map(|e| e.step).max(),
-        text: summary.to_owned(),
-    });
     let replaced = chosen.len();
-    let mut chosen = chosen.into_iter().peekable();
-    let mut kept = Vec::with_capacity(entries.len() - replaced + 1);
-    for (i, entry) in std::mem::take(entries).into_iter().enumerate() {
-        if chosen.peek() == Some(&i) {
-            chosen.next();
-            // The summary takes the place of the first entry it replaces.
-            kept.extend(summary.take());
-        } else {
-            kept.push(entry);
-        }
-    }
-    *entries = kept;
+    replace_with_summary(entries, chosen, summary);
     let tokens_after = estimate_tokens(entries, &budget.model);
     Ok(Some(Compaction {
         replaced,
@@ -227,4 +179,69 @@ where
         usage: answer.usage,
         over_budget: tokens_after > max_tokens,
     }))
+}
+
+/// The positions of the entries a summary may replace: steps, observations and summaries that
+/// are not among the last `keep_recent`.
+fn summarizable(entries: &[ContextEntry], keep_recent: usize) -> Vec<usize> {
+    let protected_from = entries.len().saturating_sub(keep_recent);
+    entries[..protected_from]
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            matches!(
+                e.kind,
+                EntryKind::Step | EntryKind::Observation | EntryKind::Summary
+            )
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The summarizer's request: the goal and the `chosen` entries, as JSON (data, not
+/// instructions).
+fn summary_request(
+    entries: &[ContextEntry],
+    chosen: &[usize],
+    budget: &ContextBudget,
+    summarizer_model: &str,
+) -> ChatRequest {
+    let goal: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Goal)
+        .map(|e| e.text.as_str())
+        .collect();
+    let history: Vec<&ContextEntry> = chosen.iter().map(|&i| &entries[i]).collect();
+    let user = format!(
+        "Goal (JSON): {}\nEntries to summarize (JSON):\n{}",
+        serde_json::to_string(&goal.join("\n")).expect("a string serializes"),
+        serde_json::to_string(&history).expect("entries serialize"),
+    );
+    ChatRequest::new(summarizer_model)
+        .system(SUMMARIZER_PROMPT)
+        .user(user)
+        .max_tokens(summary_max_tokens(budget))
+        .temperature(0.0)
+}
+
+/// Replaces the `chosen` entries by one summary entry, at the place of the first of them; the
+/// other entries keep their order.
+fn replace_with_summary(entries: &mut Vec<ContextEntry>, chosen: Vec<usize>, summary: &str) {
+    let mut summary = Some(ContextEntry {
+        kind: EntryKind::Summary,
+        step: chosen.iter().filter_map(|&i| entries[i].step).max(),
+        text: summary.to_owned(),
+    });
+    let replaced = chosen.len();
+    let mut chosen = chosen.into_iter().peekable();
+    let mut kept = Vec::with_capacity(entries.len() - replaced + 1);
+    for (i, entry) in std::mem::take(entries).into_iter().enumerate() {
+        if chosen.peek() == Some(&i) {
+            chosen.next();
+            kept.extend(summary.take());
+        } else {
+            kept.push(entry);
+        }
+    }
+    *entries = kept;
 }

@@ -133,7 +133,7 @@ async fn every_event_of_a_run_is_journaled_in_order() {
         kinds,
         [
             "run_submitted",
-            "step_started", // the recall of earlier runs' memories
+            "recalled", // the memories of earlier runs
             "llm_request",
             "llm_response",
             "plan_made",

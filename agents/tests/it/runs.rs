@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use impresario_agents::{
-    Autonomy, Budget, FailReason, Impact, ModelMap, Orchestrator, ReviewPlan, RunEvent, RunRequest,
-    RunState, StepFailure, Team, Tool, ToolContext, ToolError, ToolRegistry, Verdict,
+    Autonomy, Budget, FailReason, Impact, ModelMap, Orchestrator, ReviewPlan, RunRequest, RunState,
+    RunUpdate, StepFailure, Team, Tool, ToolContext, ToolError, ToolRegistry, Verdict,
 };
 use impresario_runtime::halt::{HaltMode, HaltReason};
 use impresario_runtime::llm::{
@@ -215,7 +215,7 @@ async fn the_first_events_receiver_has_every_event_even_when_taken_after_the_run
     while let Ok(event) = events.try_recv() {
         let value = serde_json::to_value(&event).unwrap();
         let kind = match &event {
-            RunEvent::State(_) => format!("state:{}", value["state"].as_str().unwrap()),
+            RunUpdate::State(_) => format!("state:{}", value["state"].as_str().unwrap()),
             _ => value["event"].as_str().unwrap().to_owned(),
         };
         kinds.push(kind);
@@ -674,7 +674,7 @@ async fn a_custom_critic_joins_the_run_and_sends_a_plan_back() {
     );
     let mut revised = None;
     while let Ok(event) = events.try_recv() {
-        if let RunEvent::Revised { feedback, .. } = event {
+        if let RunUpdate::Revised { feedback, .. } = event {
             revised = Some(feedback);
         }
     }
@@ -713,7 +713,7 @@ async fn summarization_triggers_at_the_context_budget_and_is_paid_for() {
     );
     let mut compacted = None;
     while let Ok(event) = events.try_recv() {
-        if let RunEvent::Compacted(c) = event {
+        if let RunUpdate::Compacted(c) = event {
             compacted = Some(c);
         }
     }

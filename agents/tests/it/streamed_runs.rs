@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impresario_agents::{
-    ModelMap, Orchestrator, OrchestratorConfig, RunEvent, RunRequest, RunState, ToolRegistry,
+    ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, RunUpdate, ToolRegistry,
 };
 use impresario_runtime::halt::HaltMode;
 use impresario_runtime::journal::{Journal, MemoryJournal, RunEvent as Journaled};
@@ -161,11 +161,11 @@ fn request() -> RunRequest {
 }
 
 /// Every event until the run's terminal state (bounded: 10 s).
-async fn drain(events: &mut broadcast::Receiver<RunEvent>) -> Vec<RunEvent> {
+async fn drain(events: &mut broadcast::Receiver<RunUpdate>) -> Vec<RunUpdate> {
     let mut all = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
-        let last = matches!(&event, RunEvent::State(s) if s.is_terminal());
+        let last = matches!(&event, RunUpdate::State(s) if s.is_terminal());
         all.push(event);
         if last {
             break;
@@ -195,7 +195,7 @@ async fn a_streamed_run_emits_deltas_journals_whole_answers_and_replays_offline(
     let deltas: Vec<(u32, &str)> = events
         .iter()
         .filter_map(|e| match e {
-            RunEvent::Delta { step, text } => Some((*step, text.as_str())),
+            RunUpdate::Delta { step, text } => Some((*step, text.as_str())),
             _ => None,
         })
         .collect();
@@ -267,7 +267,7 @@ async fn a_run_halted_mid_stream_journals_and_charges_the_text_received_then_res
     let mut received = String::new();
     while received.len() < "{\"steps\": [{\"type\": ".len() {
         match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            Ok(Ok(RunEvent::Delta { text, .. })) => received.push_str(&text),
+            Ok(Ok(RunUpdate::Delta { text, .. })) => received.push_str(&text),
             Ok(Ok(_)) => {}
             other => panic!("no delta before the halt: {other:?}"),
         }
@@ -350,7 +350,7 @@ async fn a_subscriber_that_goes_away_neither_stops_nor_changes_the_run() {
     let mut events = run.events();
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            Ok(Ok(RunEvent::Delta { .. })) => break,
+            Ok(Ok(RunUpdate::Delta { .. })) => break,
             Ok(Ok(_)) => {}
             other => panic!("no delta: {other:?}"),
         }

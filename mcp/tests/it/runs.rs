@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use impresario_agents::{
-    Autonomy, ModelMap, Orchestrator, OrchestratorConfig, RunEvent, RunRequest, RunState,
+    Autonomy, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, RunUpdate,
     ToolRegistry,
 };
 use impresario_runtime::journal::{Journal, RunFilter, RunStatus, SqliteJournal};
@@ -135,7 +135,7 @@ fn run_child() {
             let run = team.submit(request).await.expect("the run starts");
             let mut events = run.events();
             while let Ok(event) = events.recv().await {
-                if let RunEvent::StepFinished(record) = event {
+                if let RunUpdate::StepFinished(record) = event {
                     println!("counted {} {:?}", run.id(), record.outcome);
                     std::io::stdout().flush().expect("stdout");
                 }

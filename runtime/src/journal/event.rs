@@ -20,8 +20,10 @@ use crate::RunId;
 /// [`JournalError::NewerEvent`], never guessed at.
 ///
 /// Version 2 added [`RunEvent::LlmInterrupted`] and [`RunEvent::LlmAborted`]; version 1 events
-/// read unchanged.
-pub const EVENT_VERSION: u32 = 2;
+/// read unchanged. Version 3 added [`RunEvent::Recalled`] and [`RunEvent::Reviewed`]; versions 1
+/// and 2 journaled them as `step_started` events of kind `recall` (step 0) and `review`, which
+/// are read as the new variants.
+pub const EVENT_VERSION: u32 = 3;
 
 /// One thing that happened in a run, as journaled.
 ///
@@ -57,6 +59,22 @@ pub enum RunEvent {
         kind: String,
         /// The step as planned (as JSON).
         detail: Value,
+    },
+    /// Memories of earlier runs were put into the run's context (a resumed run is served them:
+    /// memory may have changed since).
+    Recalled {
+        /// The memories, as the run's context has them.
+        memories: Vec<String>,
+    },
+    /// A reviewer judged a plan (a resumed run is served the verdict: a reviewer may judge
+    /// differently now).
+    Reviewed {
+        /// The run's step count when the plan was made.
+        step: u32,
+        /// The reviewer's agent id (`kind/key`).
+        reviewer: String,
+        /// Its verdict (the agents crate's type, as JSON), or `null` if it failed to give one.
+        verdict: Value,
     },
     /// A model call is about to be sent. Replay answers it from the matching [`RunEvent::LlmResponse`].
     LlmRequest {
@@ -200,6 +218,8 @@ impl RunEvent {
             RunEvent::RunSubmitted { .. } => "run_submitted",
             RunEvent::PlanMade { .. } => "plan_made",
             RunEvent::StepStarted { .. } => "step_started",
+            RunEvent::Recalled { .. } => "recalled",
+            RunEvent::Reviewed { .. } => "reviewed",
             RunEvent::LlmRequest { .. } => "llm_request",
             RunEvent::LlmResponse { .. } => "llm_response",
             RunEvent::LlmInterrupted { .. } => "llm_interrupted",
@@ -376,6 +396,11 @@ pub(crate) fn decode(
             ),
         ));
     }
+    let event = if version < 3 {
+        upgrade_v2(event).map_err(|reason| corrupt(seq, reason))?
+    } else {
+        event
+    };
     let at_ms = u64::try_from(stored.at_ms)
         .map_err(|_| corrupt(seq, format!("timestamp {} is negative", stored.at_ms)))?;
     Ok(JournalEntry {
@@ -411,15 +436,19 @@ fn numbering(
             format!("event {expected} is missing (the next stored event is {seq})"),
         ));
     }
-    let version = u32::try_from(stored.version)
-        .ok()
-        .filter(|v| *v >= 1)
-        .ok_or_else(|| {
-            corrupt(
-                seq,
-                format!("event version {} is not valid", stored.version),
-            )
-        })?;
+    let version = version_of(run, seq, stored.version)?;
+    Ok((seq, version))
+}
+
+/// The version of stored event `seq` of `run`, if this build reads it.
+fn version_of(run: &RunId, seq: Seq, stored: i64) -> Result<u32, JournalError> {
+    let Some(version) = u32::try_from(stored).ok().filter(|v| *v >= 1) else {
+        return Err(JournalError::Corrupt {
+            run: run.clone(),
+            seq,
+            reason: format!("event version {stored} is not valid"),
+        });
+    };
     if version > EVENT_VERSION {
         return Err(JournalError::NewerEvent {
             run: run.clone(),
@@ -428,7 +457,30 @@ fn numbering(
             supported: EVENT_VERSION,
         });
     }
-    Ok((seq, version))
+    Ok(version)
+}
+
+/// A version 1 or 2 event as version 3 has it: recalls and reviews were `step_started`
+/// pseudo-steps.
+fn upgrade_v2(event: RunEvent) -> Result<RunEvent, String> {
+    match event {
+        RunEvent::StepStarted { kind, detail, .. } if kind == "recall" => {
+            let memories = serde_json::from_value(detail)
+                .map_err(|e| format!("a version 1 or 2 recall's memories do not decode: {e}"))?;
+            Ok(RunEvent::Recalled { memories })
+        }
+        RunEvent::StepStarted { step, kind, detail } if kind == "review" => {
+            let reviewer = detail["reviewer"].as_str().ok_or_else(|| {
+                "a version 1 or 2 review has no `reviewer` string in its detail".to_owned()
+            })?;
+            Ok(RunEvent::Reviewed {
+                step,
+                reviewer: reviewer.to_owned(),
+                verdict: detail["verdict"].clone(),
+            })
+        }
+        other => Ok(other),
+    }
 }
 
 /// Milliseconds since the Unix epoch, the precision journals store.
@@ -507,5 +559,34 @@ mod tests {
         assert!(err.to_string().contains("event 3 is missing"), "{err}");
         let err = decode(&run, 3, stored(3, 1, "halted", &ok)).unwrap_err();
         assert!(err.to_string().contains("stored as `halted`"), "{err}");
+    }
+
+    #[test]
+    fn older_recall_and_review_pseudo_steps_read_as_their_own_events() {
+        let run = RunId::new("r");
+        let recall = json!({"type": "step_started", "step": 0, "kind": "recall", "detail": ["m1"]});
+        let read = decode(&run, 2, stored(2, 1, "step_started", &recall.to_string())).unwrap();
+        assert_eq!(
+            read.event,
+            RunEvent::Recalled {
+                memories: vec!["m1".into()]
+            }
+        );
+        let verdict = json!({"verdict": "approve"});
+        let review = json!({"type": "step_started", "step": 3, "kind": "review",
+            "detail": {"reviewer": "critic/r", "verdict": verdict}});
+        let read = decode(&run, 2, stored(2, 1, "step_started", &review.to_string())).unwrap();
+        let wanted = RunEvent::Reviewed {
+            step: 3,
+            reviewer: "critic/r".into(),
+            verdict,
+        };
+        assert_eq!(read.event, wanted);
+        // A version 3 `step_started` is a step, whatever its kind; a bad version 1 review is named.
+        let read = decode(&run, 2, stored(2, 3, "step_started", &recall.to_string())).unwrap();
+        assert_eq!(read.event.kind(), "step_started");
+        let bad = json!({"type": "step_started", "step": 3, "kind": "review", "detail": {}});
+        let err = decode(&run, 2, stored(2, 1, "step_started", &bad.to_string())).unwrap_err();
+        assert!(err.to_string().contains("no `reviewer`"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! `Scripted`: an offline provider that answers from a script, for examples and tests.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -80,7 +81,7 @@ impl ScriptedReply {
 /// used once; a request no reply matches is a [`LlmError::Config`] error.
 #[derive(Debug)]
 pub struct Scripted {
-    replies: Mutex<Vec<ScriptedReply>>,
+    replies: Mutex<VecDeque<ScriptedReply>>,
     next_call_id: AtomicU64,
 }
 
@@ -105,7 +106,7 @@ impl Scripted {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ScriptedReply>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ScriptedReply>> {
         self.replies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -124,8 +125,8 @@ impl Scripted {
             let found = replies
                 .iter()
                 .position(|r| r.when.as_deref().is_none_or(|w| last_user.contains(w)));
-            match found {
-                Some(i) => replies.remove(i),
+            match found.and_then(|i| replies.remove(i)) {
+                Some(reply) => reply,
                 None => {
                     return Err(LlmError::Config(format!(
                         "Scripted: no unused reply matches the request (last user message {last_user:?}, {} replies left); add one to the script",

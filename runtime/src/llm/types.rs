@@ -3,6 +3,8 @@
 //! They serialize to plain JSON (recordings, journals), and a request is validated before
 //! anything is reserved or sent (contract 5: bad input is rejected with the field named).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -121,7 +123,7 @@ pub struct OutputSchema {
     /// Name of the schema (`^[a-zA-Z0-9_-]{1,64}$`).
     pub name: String,
     /// The JSON Schema.
-    pub schema: Value,
+    pub schema: Arc<Value>,
     /// OpenAI strict mode (the schema must then list every property as required and set
     /// `additionalProperties: false`).
     #[serde(default)]
@@ -189,11 +191,16 @@ impl ChatRequest {
         self
     }
 
-    /// Asks for JSON output matching `schema`.
-    pub fn output_schema(mut self, name: impl Into<String>, schema: Value, strict: bool) -> Self {
+    /// Asks for JSON output matching `schema` (shared: a request's clones do not copy it).
+    pub fn output_schema(
+        mut self,
+        name: impl Into<String>,
+        schema: impl Into<Arc<Value>>,
+        strict: bool,
+    ) -> Self {
         self.output_schema = Some(OutputSchema {
             name: name.into(),
-            schema,
+            schema: schema.into(),
             strict,
         });
         self

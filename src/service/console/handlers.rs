@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use impresario::agents::{RunEvent as AgentEvent, RunState};
+use impresario::agents::{RunState, RunUpdate as AgentEvent};
 use impresario::runtime::halt::HaltScope;
 use impresario::runtime::journal::{JournalEntry, RunEvent, RunFilter};
 use impresario::runtime::ledger::AccountId;
