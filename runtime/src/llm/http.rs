@@ -19,8 +19,9 @@ use super::types::{ChatResponse, RateLimitInfo};
 pub struct HttpConfig {
     /// Time allowed to establish a connection (TCP + TLS).
     pub connect_timeout: Duration,
-    /// Time allowed for one attempt, from connecting to the last byte of the body. Long
-    /// non-streaming generations need minutes; retries each get the full time again.
+    /// Time allowed for one attempt, from connecting to the last byte of the body, streamed or
+    /// not (a stream past it is cut like a stalled one). Long generations need minutes;
+    /// retries each get the full time again.
     pub request_timeout: Duration,
     /// Larger response bodies are rejected as malformed (a streamed answer: its events' data).
     pub max_response_bytes: usize,

@@ -599,3 +599,35 @@ async fn anthropic_streamed_tool_input_is_assembled_and_structured_output_is_the
         "the answer's JSON as it came"
     );
 }
+
+#[tokio::test]
+async fn a_cached_answer_reaches_a_streaming_caller_as_one_delta() {
+    let server = Server::start([Reply::Stream(vec![
+        openai_delta("Hel"),
+        openai_delta("lo"),
+        openai_finish("stop"),
+        openai_usage(12, 2),
+        done(),
+    ])])
+    .await;
+    let client = Client::builder()
+        .provider("openai", openai(&server))
+        .cache(8)
+        .build()
+        .unwrap();
+    let (account, options) = budget(None);
+    let (options, deltas) = streaming(options);
+    let req = mini().temperature(0.0);
+
+    let first = client.chat(req.clone(), &options).await.unwrap();
+    let again = client.chat(req, &options).await.unwrap();
+
+    assert!(!first.cache_hit && again.cache_hit);
+    assert_eq!(server.count(), 1, "the second answer came from the cache");
+    assert_eq!(*deltas.lock().unwrap(), ["Hel", "lo", "Hello"]);
+    assert_eq!(
+        charged(&account),
+        cost("gpt-4o-mini", &first.usage),
+        "a hit costs nothing"
+    );
+}
