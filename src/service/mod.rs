@@ -120,19 +120,23 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     handle.stop(true).await;
     serving.await??;
     state.engine.runtime.shutdown(DRAIN_GRACE).await;
-    // The last holder of the journal closes it: what is queued is written, the WAL is folded
-    // into the file.
-    let journal = Arc::downgrade(state.engine.orchestrator.journal());
-    drop(state);
-    let journal = if journal.upgrade().is_none() {
-        "closed"
-    } else {
-        "still in use (it closes at exit; every acknowledged event is already durable)"
-    };
+    let journal = release_journal(state);
     eprintln!(
         "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
     );
     Ok(())
+}
+
+/// Drops the service's hold on the journal and says whether that closed it: the last holder
+/// closes it (what is queued is written, the WAL is folded into the file).
+fn release_journal(state: web::Data<State>) -> &'static str {
+    let journal = Arc::downgrade(state.engine.orchestrator.journal());
+    drop(state);
+    if journal.upgrade().is_none() {
+        "closed"
+    } else {
+        "still in use (it closes at exit; every acknowledged event is already durable)"
+    }
 }
 
 /// Applies journal retention now and then every `journal.retention_interval_secs`, if the

@@ -196,10 +196,6 @@ impl PriceTable {
     }
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "to be split (issue 10; llm/price.rs is the ops area's)"
-)]
 fn parse_entry(model: &str, e: &Map<String, Value>) -> Result<Option<ModelPrice>, PriceError> {
     let rate = |field: &str| -> Result<Option<u64>, PriceError> {
         e.get(field)
@@ -241,31 +237,39 @@ fn parse_entry(model: &str, e: &Map<String, Value>) -> Result<Option<ModelPrice>
     } else {
         None
     };
-    let provider = match e.get("litellm_provider") {
-        Some(Value::String(p)) if !p.is_empty() => p.clone(),
-        _ => {
-            return Err(PriceError(format!(
-                "`{model}`.`litellm_provider`: missing or not a string; it names the provider registered on the client (e.g. \"openai\")"
-            )))
-        }
-    };
-    let limit = |field: &str| -> Result<Option<u64>, PriceError> {
-        match e.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                PriceError(format!(
-                    "`{model}`.`{field}`: expected a whole number of tokens, found {v}"
-                ))
-            }),
-        }
-    };
     Ok(Some(ModelPrice {
-        provider,
+        provider: provider_of(model, e)?,
         rates,
         above_200k,
-        max_input_tokens: limit("max_input_tokens")?,
-        max_output_tokens: limit("max_output_tokens")?,
+        max_input_tokens: token_limit(model, e, "max_input_tokens")?,
+        max_output_tokens: token_limit(model, e, "max_output_tokens")?,
     }))
+}
+
+/// The entry's `litellm_provider`: the provider registered on the client that serves `model`.
+fn provider_of(model: &str, e: &Map<String, Value>) -> Result<String, PriceError> {
+    match e.get("litellm_provider") {
+        Some(Value::String(p)) if !p.is_empty() => Ok(p.clone()),
+        _ => Err(PriceError(format!(
+            "`{model}`.`litellm_provider`: missing or not a string; it names the provider registered on the client (e.g. \"openai\")"
+        ))),
+    }
+}
+
+/// A token limit of the entry (`max_input_tokens`, `max_output_tokens`), if it gives one.
+fn token_limit(
+    model: &str,
+    e: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<u64>, PriceError> {
+    match e.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            PriceError(format!(
+                "`{model}`.`{field}`: expected a whole number of tokens, found {v}"
+            ))
+        }),
+    }
 }
 
 /// USD per token (a JSON number) to micro-USD per million tokens, through its decimal text.
