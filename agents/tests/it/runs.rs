@@ -70,13 +70,14 @@ impl Tool for Search {
     }
 }
 
+/// What [`Pay`] pays.
 #[derive(Deserialize, JsonSchema)]
-struct Payment {
+pub(crate) struct Payment {
     amount_cents: u64,
 }
 
-/// A high-impact tool that counts how often it really ran.
-struct Pay(Arc<AtomicUsize>);
+/// A high-impact tool (it waits for approval) that counts how often it really ran.
+pub(crate) struct Pay(pub(crate) Arc<AtomicUsize>);
 impl Tool for Pay {
     type Args = Payment;
     fn name(&self) -> &str {

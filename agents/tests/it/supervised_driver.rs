@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impresario_agents::{
-    Autonomy, DriverPhase, FailReason, Impact, ModelMap, Orchestrator, OrchestratorConfig,
-    PanicInjection, RunHandle, RunRequest, RunState, Tool, ToolContext, ToolRegistry,
+    Autonomy, DriverPhase, FailReason, ModelMap, Orchestrator, OrchestratorConfig, PanicInjection,
+    RunHandle, RunRequest, RunState, ToolRegistry,
 };
 use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope};
 use impresario_runtime::journal::{RunFilter, RunStatus};
@@ -19,33 +19,9 @@ use impresario_runtime::ledger::{AccountId, Ledger};
 use impresario_runtime::llm::{Client, ModelPrice, PriceTable, Rates, Scripted, ScriptedReply};
 use impresario_runtime::telemetry::{MetricsHandle, Prometheus};
 use impresario_runtime::{Runtime, RuntimeHandle};
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
-#[derive(Deserialize, JsonSchema)]
-struct Payment {
-    amount_cents: u64,
-}
-
-/// A high-impact tool (it waits for approval) that counts how often it really ran.
-struct Pay(Arc<AtomicUsize>);
-impl Tool for Pay {
-    type Args = Payment;
-    fn name(&self) -> &str {
-        "pay"
-    }
-    fn description(&self) -> &str {
-        "Pays an amount."
-    }
-    fn impact(&self) -> Impact {
-        Impact::HighImpact
-    }
-    async fn call(&self, args: Payment, _: ToolContext) -> Result<Value, String> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(json!({ "paid": args.amount_cents }))
-    }
-}
+use crate::runs::Pay;
+use serde_json::json;
 
 /// A run under test, with what is needed to check that it let go of everything.
 struct Fixture {
