@@ -1,8 +1,13 @@
 //! Impresario's PostgreSQL backend (docs/ARCHITECTURE.md, "PostgreSQL"): the store a service
 //! uses when `journal.url` is a `postgres://` URL.
 //!
+//! - [`ledger`]: reservations as holds with an expiry, exact across processes
+//!   ([`ledger::PgLedger`], a `LedgerStore`).
+//!
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod ledger;
+mod ledger_retry;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
