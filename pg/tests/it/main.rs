@@ -1,0 +1,4 @@
+//! The PostgreSQL backend's integration tests, one binary: each runs against a real server
+//! this process starts (`impresario_pg::test_cluster`).
+
+mod test_cluster;
