@@ -338,12 +338,7 @@ async fn long_term_memory_is_kept_per_tenant_in_a_file_beside_the_journal_across
 
     let server = serve_in(server.dir.clone(), "", &env);
     let from = provider.requests.lock().unwrap().len();
-    run_to_the_end(
-        &server,
-        BETA,
-        "Who is on the lighthouse keeper rota?".into(),
-    )
-    .await;
+    run_to_the_end(&server, BETA, "Who is on the lighthouse keeper rota?").await;
     let beta = prompts_since(from);
     assert!(!beta.is_empty(), "beta's run called the model");
     for prompt in &beta {
@@ -353,12 +348,7 @@ async fn long_term_memory_is_kept_per_tenant_in_a_file_beside_the_journal_across
         );
     }
     let from = provider.requests.lock().unwrap().len();
-    run_to_the_end(
-        &server,
-        ACME,
-        "Who is on the lighthouse keeper rota?".into(),
-    )
-    .await;
+    run_to_the_end(&server, ACME, "Who is on the lighthouse keeper rota?").await;
     assert!(
         prompts_since(from)
             .iter()
