@@ -20,8 +20,8 @@
 //!   the provider billed it). Settling again is a no-op, so a settlement whose commit answer was
 //!   lost is retried safely; a reservation retried after a lost answer reuses its hold id.
 //!
-//! Deadlines and step counts are process-local limits (the in-memory ledger's); this store
-//! counts money, tokens and model calls.
+//! Deadlines are process-local limits (the in-memory ledger's); this store counts money, tokens
+//! and model calls.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -50,12 +50,13 @@ use super::estimate::estimate_input;
 use super::price::{ModelPrice, PriceTable};
 use super::retry::RetryPolicy;
 use super::stream::{DeltaSink, Interruption, Received};
+use super::trace;
 use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Settlement};
 use crate::ledger_store::{self, HeldReservation, LedgerStore};
 use crate::redact::redact_serialized;
-use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
+use crate::telemetry::{Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
 /// unstoppable call. With a [`DeltaSink`] the call streams.
@@ -303,7 +304,6 @@ fn charge(micro_usd: u64, tokens: u64) -> Charge {
         micro_usd,
         tokens,
         model_calls: 1,
-        steps: 0,
     }
 }
 
@@ -355,7 +355,7 @@ impl<'a> Bill<'a> {
             Billing::InputEstimate => Some(self.input_only),
             Billing::WorstCase => Some(self.worst_case),
             Billing::Usage(u) => {
-                self.metrics.usage(&u);
+                self.metrics.usage(u.input_tokens, u.output_tokens);
                 Some(charge(self.price.cost(&u), u.total_tokens()))
             }
         }
@@ -546,7 +546,7 @@ impl Inner {
     ) -> Result<ChatResponse, LlmError> {
         let (price, provider) = self.route(&request.model)?;
         let metrics = self.model_metrics(&price.provider, &request.model);
-        let span = chat_span(&price.provider, request, self.record_content);
+        let span = trace::open(&price.provider, request, self.record_content);
         let started = Instant::now();
         let mut sent = 0;
         let result = self
@@ -556,7 +556,7 @@ impl Inner {
             // A provider may echo a credential in an answer or an error: none leaves the layer.
             .map(redact_serialized)
             .map_err(LlmError::redacted);
-        record_chat(&span, &result, sent, self.record_content);
+        trace::close(&span, &result, sent, self.record_content);
         if sent > 0 {
             let error = result.as_ref().err().map(LlmError::kind);
             metrics.operation(started.elapsed(), error);
@@ -623,7 +623,7 @@ impl Inner {
         metrics: &ModelMetrics,
     ) -> Result<Permit<'a>, LlmError> {
         self.breakers.acquire(model).map_err(|retry_in| {
-            metrics.breaker(self.breakers.state(model));
+            metrics.breaker(self.breakers.state(model).gauge());
             LlmError::CircuitOpen {
                 model: model.to_owned(),
                 retry_in,
@@ -685,7 +685,7 @@ impl Inner {
                 .err()
                 .map_or(Outcome::Success, breaker_outcome),
         );
-        bill.metrics.breaker(self.breakers.state(model));
+        bill.metrics.breaker(self.breakers.state(model).gauge());
         match outcome {
             Ok(response) => bill.answered(response, settlement, request),
             // A failure's billed usage (a filtered or malformed answer) may pass it too.
