@@ -90,6 +90,8 @@ pub(crate) struct RunLog {
     served: ServedAnswers,
     /// The first failure of the walk, kept for the driver (a model call only reports an error).
     failure: Option<LogError>,
+    /// Whether the last event recorded or served was one the journal had already.
+    replayed_last: bool,
 }
 
 impl RunLog {
@@ -121,6 +123,7 @@ impl RunLog {
             next_call: 0,
             served,
             failure: None,
+            replayed_last: false,
         }
     }
 
@@ -136,6 +139,7 @@ impl RunLog {
         if let Err(e) = &recorded {
             self.failure.get_or_insert_with(|| e.clone());
         }
+        self.replayed_last = matches!(recorded, Ok(Recorded::Replayed));
         recorded
     }
 
@@ -175,9 +179,16 @@ impl RunLog {
             self.pending.pop_front();
         }
         if self.pending.front().is_some_and(|(_, e)| wanted(e)) {
+            self.replayed_last = true;
             return self.pending.pop_front().map(|(_, e)| e);
         }
         None
+    }
+
+    /// Whether the last event recorded or served was one the journal had already (the run is
+    /// walking what it did before), not a new one.
+    pub(crate) fn replayed_last(&self) -> bool {
+        self.replayed_last
     }
 
     /// Whether this is a replay, which must not do anything the journal did not record.

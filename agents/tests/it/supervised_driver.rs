@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use impresario_agents::{
     Autonomy, DriverPhase, FailReason, ModelMap, Orchestrator, OrchestratorConfig, PanicInjection,
-    RunHandle, RunRequest, RunState, ToolRegistry,
+    RunHandle, RunRequest, RunState, RunUpdate, ToolRegistry,
 };
 use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope};
 use impresario_runtime::journal::{RunFilter, RunStatus};
@@ -160,6 +160,14 @@ async fn always_panicking_at(phase: DriverPhase) {
         }
         other => panic!("{phase:?}: {other:?}"),
     }
+    // Only a driver that panics while finishing got through the step: the result has it.
+    let executed = usize::from(phase == DriverPhase::Finishing);
+    assert_eq!(
+        result.steps.len(),
+        executed,
+        "{phase:?}: {:?}",
+        result.steps
+    );
     assert_released(&fixture, &run, "failed");
     let journaled = fixture.orchestrator.runs(&RunFilter::all()).unwrap();
     assert_eq!(journaled[0].status, RunStatus::Finished, "{phase:?}");
@@ -192,6 +200,7 @@ async fn a_driver_panicking_while_finishing_fails_the_run_and_releases_it() {
 async fn resumed_after_one_panic_at(phase: DriverPhase) {
     let fixture = fixture(phase, 1).await;
     let run = submit(&fixture).await;
+    let mut updates = run.events();
     approve_until_done(&run).await;
     let result = tokio::time::timeout(Duration::from_secs(10), run.wait())
         .await
@@ -205,6 +214,27 @@ async fn resumed_after_one_panic_at(phase: DriverPhase) {
     );
     assert_eq!(fixture.paid.load(Ordering::SeqCst), 1, "{phase:?}");
     assert_eq!(result.steps.len(), 1, "{phase:?}");
+    // The restarted driver walks what the crashed one did: its subscribers were told already.
+    let mut told = Vec::new();
+    while let Ok(update) = updates.try_recv() {
+        told.push(update);
+    }
+    let count = |kind: fn(&RunUpdate) -> bool| told.iter().filter(|u| kind(u)).count();
+    assert_eq!(
+        count(|u| matches!(u, RunUpdate::Planned { .. })),
+        1,
+        "{phase:?}: {told:?}"
+    );
+    assert_eq!(
+        count(|u| matches!(u, RunUpdate::StepFinished(_))),
+        1,
+        "{phase:?}: {told:?}"
+    );
+    assert_eq!(
+        count(|u| matches!(u, RunUpdate::Recalled { .. })),
+        1,
+        "{phase:?}: {told:?}"
+    );
     assert_released(&fixture, &run, "succeeded");
     fixture.rt.shutdown(Duration::from_secs(5)).await;
 }
