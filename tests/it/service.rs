@@ -467,3 +467,30 @@ async fn a_streaming_run_sends_its_model_text_as_delta_events() {
         "not asked to stream"
     );
 }
+
+#[tokio::test]
+async fn finished_runs_past_the_kept_count_leave_memory_and_are_shown_from_the_journal() {
+    let server = Server::start("keep_finished_runs = 2");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = server.submit(json!({ "goal": GOAL })).await;
+        server.until(&id, |s| s["state"] == "succeeded").await;
+        ids.push(id);
+    }
+    // When the fourth was submitted, three had finished: the oldest left memory.
+    let events = |id: &str| {
+        server
+            .request(Method::GET, &format!("/v1/runs/{id}/events"))
+            .send()
+    };
+    let gone = events(&ids[0]).await.unwrap();
+    assert_eq!(gone.status(), 409, "its events are no longer kept");
+    let (status, shown) = server.get(&format!("/v1/runs/{}", ids[0])).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(
+        shown["status"], "finished",
+        "shown from the journal: {shown}"
+    );
+    let kept = server.events(&ids[1]).await.all().await;
+    assert_eq!(kept.last().map(label).as_deref(), Some("state:succeeded"));
+}
