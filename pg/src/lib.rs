@@ -4,5 +4,7 @@
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod queue;
+
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
