@@ -58,10 +58,11 @@ impl QueueError {
 }
 
 /// The server's own message for a database error (tokio-postgres's `Display` says only "db
-/// error"); the error's kind otherwise. Neither ever holds the connection's password.
+/// error"); else the error's kind (a lost connection...) and what to check. Neither ever holds
+/// the connection's password.
 fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => format!("{error}; check that PostgreSQL is up and reachable"),
     }
 }

@@ -11,10 +11,14 @@ use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError, SCHEMA}
 use impresario_pg::test_cluster;
 use tokio_postgres::NoTls;
 
-/// A fresh database with the queue's schema and a table standing for the journal's and the
-/// ledger's writes (`effects`), and its URL.
+/// A fresh database of the shared server, with [`install`]ed tables, and its URL.
 async fn database(name: &str) -> String {
-    let url = test_cluster::shared().create_database(name);
+    install(test_cluster::shared().create_database(name)).await
+}
+
+/// Creates the queue's schema and a table standing for the journal's and the ledger's writes
+/// (`effects`) in the database at `url`; returns `url`.
+async fn install(url: String) -> String {
     pool(&url)
         .get()
         .await
@@ -330,4 +334,34 @@ async fn stats_count_waiting_runs_and_age_the_oldest() {
     a.claim().await.unwrap();
     let stats = a.stats().await.unwrap();
     assert_eq!((stats.depth, stats.leased), (3, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire() {
+    let pg = test_cluster::TestCluster::start(); // a server of its own: this test stops it
+    let url = install(pg.create_database("queue_outage")).await;
+    let lease = Duration::from_millis(500);
+    let (a, b) = (replica(&url, "a", 2, lease), replica(&url, "b", 2, lease));
+    enqueue(&a, 0..2).await;
+    let held = a.claim().await.unwrap();
+
+    pg.stop();
+    let down = a.heartbeat().await.unwrap_err().to_string();
+    assert!(down.contains("check that PostgreSQL is up"), "{down}");
+    assert!(!down.contains(pg.password()), "the password leaked: {down}");
+    assert!(b.claim().await.is_err());
+    tokio::time::sleep(lease * 2).await;
+    pg.resume();
+
+    // The leases expired in database time: a learns it lost them, b takes them, a is fenced.
+    assert_eq!(runs_of(&a.heartbeat().await.unwrap()), runs_of(&held));
+    let taken = b.claim().await.unwrap();
+    assert_eq!(runs_of(&taken), runs_of(&held));
+    assert!(taken.iter().all(|l| l.epoch == 2), "{taken:?}");
+    assert!(matches!(
+        write(&url, &held[0], "a after the outage").await,
+        Err(QueueError::Fenced { .. })
+    ));
+    write(&url, &taken[0], "b").await.unwrap();
+    assert_eq!(effects(&url).await.len(), 1);
 }
