@@ -259,7 +259,6 @@ impl RunEvent {
                 micro_usd: *cost_micro_usd,
                 tokens: response.usage.total_tokens(),
                 model_calls: 1,
-                steps: 0,
             },
             RunEvent::LlmInterrupted {
                 cost_micro_usd,
@@ -269,7 +268,6 @@ impl RunEvent {
                 micro_usd: *cost_micro_usd,
                 tokens: usage.total_tokens(),
                 model_calls: 1,
-                steps: 0,
             },
             RunEvent::LlmAborted {
                 cost_micro_usd,
@@ -279,7 +277,6 @@ impl RunEvent {
                 micro_usd: *cost_micro_usd,
                 tokens: *tokens,
                 model_calls: 1,
-                steps: 0,
             },
             _ => Charge::ZERO,
         }
