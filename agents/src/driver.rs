@@ -651,13 +651,18 @@ impl Driver {
                 return Ok(outcome);
             }
         }
-        // A commit point: a resumed run must know this call may have happened. An idempotent
-        // tool is called again whether or not it did, so its intent can wait.
+        // Commit points around a call that must not run twice: before it, so a resumed run
+        // knows it may have happened; after it, so a known outcome is not lost to a crash (it
+        // would become one an operator must decide on). An idempotent tool is called again
+        // whether or not it did, so its intent and result wait for the next commit point.
         if repeat == Repeat::Unsafe {
             self.commit().await?;
         }
         let outcome = self.run_step(number, step, repeat).await?;
         self.record_result(number, key, &outcome).await?;
+        if repeat == Repeat::Unsafe {
+            self.commit().await?;
+        }
         Ok(outcome)
     }
 

@@ -9,7 +9,8 @@
 //! between two external effects go to the journal in one transaction
 //! ([`Journal::append_batch`]) at the next commit point, [`RunLog::commit`], which the driver
 //! calls before each external effect: a model request is sent ([`ModelGateway::chat`]); a tool
-//! that is not idempotent runs; an approval is awaited; and the run's end is journaled with the
+//! that is not idempotent runs (and once it returned: a known outcome must not become unknown);
+//! an approval is awaited; and the run's end is journaled with the
 //! events before it (`ending::journal_end`) before it is reported. A crash between two commit
 //! points loses only events no external effect depended on, and the resumed run does them
 //! again. An idempotent tool is not a commit point: a resumed run calls it again whether or

@@ -206,8 +206,9 @@ async fn commits_of_one_run(journal: Arc<dyn Journal>, tool: &str) -> (u64, Vec<
 
 /// Commit points (issue 18): a run of 2 model calls and 1 idempotent tool call makes 4 durable
 /// commits (its submission; before each model request; its end with the events before it),
-/// on SQLite as in memory; with a tool that is not idempotent, 5 (its intent is durable before
-/// it runs). Nothing recorded is lost by the batching: every event is there, in order.
+/// on SQLite as in memory; with a tool that is not idempotent, 6 (its intent is durable before
+/// it runs, its result as soon as it is known). Nothing recorded is lost by the batching:
+/// every event is there, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_two_model_calls_and_a_tool_call_commits_four_times() {
     let dir = std::env::temp_dir().join(format!("impresario-commits-{}", std::process::id()));
@@ -220,7 +221,7 @@ async fn a_run_of_two_model_calls_and_a_tool_call_commits_four_times() {
         assert_eq!(commits, 4, "idempotent tool: {kinds:?}");
         assert_eq!(kinds, SEARCH_THEN_ANSWER_EVENTS);
         let (commits, kinds) = commits_of_one_run(journal, "search_once").await;
-        assert_eq!(commits, 5, "tool that is not idempotent: {kinds:?}");
+        assert_eq!(commits, 6, "tool that is not idempotent: {kinds:?}");
         assert_eq!(kinds, SEARCH_THEN_ANSWER_EVENTS);
     }
     let _ = std::fs::remove_dir_all(&dir);
