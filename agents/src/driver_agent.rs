@@ -1,7 +1,8 @@
 //! A run's driver as a supervised agent: the last child of the run's supervisor. It drives the
 //! run; if it panics, its supervisor starts it again (restart type transient) and the new driver
 //! resumes the run from its journal: journaled model answers, tool results and decisions are
-//! served, not repeated. Past `OrchestratorConfig::driver_restarts` panics the run ends
+//! served, not repeated (what the panicked driver recorded since its last commit point is
+//! committed first). Past `OrchestratorConfig::driver_restarts` panics the run ends
 //! `failed(internal)` instead. Every ending releases what the run held ([`RunLease`]).
 
 use std::panic::AssertUnwindSafe;
@@ -14,7 +15,7 @@ use impresario_runtime::{agent, Placement};
 use impresario_supervisor::{ChildSpec, RestartType};
 use tracing::Instrument;
 
-use crate::driver::Driver;
+use crate::driver::{Driver, Incarnation};
 use crate::ending::{journal_end, RunLease};
 use crate::journaling::{AtJournalEnd, RunLog, ServedAnswers};
 use crate::run::{FailReason, RunState};
@@ -71,17 +72,34 @@ async fn incarnation(setup: Arc<RunSetup>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
-    let log = match first {
-        Some(log) => log,
+    let (log, incarnation) = match first {
+        Some(log) => (log, Incarnation::First),
         None => match resumed_log(&setup) {
-            Ok(log) => log,
+            Ok(log) => (log, Incarnation::Restarted),
             Err(e) => {
                 let detail = format!("the run's journal cannot be read to resume it: {e}");
                 return end_without_driver(&setup, FailReason::JournalError, detail).await;
             }
         },
     };
-    Driver::new(setup, log).drive().await;
+    let log = Arc::new(tokio::sync::Mutex::new(log));
+    let driving = AssertUnwindSafe(Driver::new(setup, log.clone(), incarnation).drive());
+    if let Err(panic) = driving.catch_unwind().await {
+        salvage(&log).await;
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// After a panic of the driver: what the run recorded since its last commit point did happen
+/// (a panic is not a crash), so it is committed for the next driver to be served, not to redo.
+/// A journal that fails here loses only what a crash would have.
+async fn salvage(log: &tokio::sync::Mutex<RunLog>) {
+    // The guard of a panicking holder was dropped while unwinding: the lock is free.
+    if let Ok(mut log) = log.try_lock() {
+        if let Err(e) = log.commit().await {
+            tracing::warn!(error = %e, "could not journal what the run did before its driver panicked");
+        }
+    }
 }
 
 /// The journal walk of a driver started again: every event after the submission, served;
@@ -103,16 +121,24 @@ fn resumed_log(setup: &RunSetup) -> Result<RunLog, JournalError> {
     ))
 }
 
-/// Ends the run as failed for `reason`, with no driver: journaled, then released.
+/// Ends the run as failed for `reason`, with no driver: journaled, then released with the
+/// steps its last driver got to.
 async fn end_without_driver(setup: &RunSetup, reason: FailReason, detail: String) {
     let state = RunState::Failed { reason, detail };
     let Some(lease): Option<RunLease> = setup.take_lease() else {
         return;
     };
     if setup.at_end == AtJournalEnd::GoOnLive {
-        journal_end(&*setup.services.journal, &setup.run, &state, None).await;
+        journal_end(
+            &*setup.services.journal,
+            &setup.run,
+            &state,
+            None,
+            Vec::new(),
+        )
+        .await;
     }
-    lease.release_in_background(state, Vec::new(), setup.at_end);
+    lease.release_in_background(state, setup.take_steps(), setup.at_end);
 }
 
 /// The message of a panic's payload.

@@ -1,8 +1,20 @@
-//! A run's journal as its driver writes it (docs/ARCHITECTURE.md, contract 4): every event is
-//! durable before the run goes on. A resumed or replayed run is driven by the same code from the
-//! start: its [`RunLog`] walks the events already journaled, checks that the run does the same
-//! again, and serves what they recorded (model answers, tool results, decisions) instead of
-//! repeating them; past the journal's end a resumed run goes on live, a replay stops.
+//! A run's journal as its driver writes it (docs/ARCHITECTURE.md, contract 4): what the run did
+//! is durable before anything outside the run depends on it. A resumed or replayed run is
+//! driven by the same code from the start: its [`RunLog`] walks the events already journaled,
+//! checks that the run does the same again, and serves what they recorded (model answers, tool
+//! results, decisions) instead of repeating them; past the journal's end a resumed run goes on
+//! live, a replay stops.
+//!
+//! **Commit points.** Past the journal's end, [`RunLog::record`] only buffers: the events
+//! between two external effects go to the journal in one transaction
+//! ([`Journal::append_batch`]) at the next commit point, [`RunLog::commit`], which the driver
+//! calls before each external effect: a model request is sent ([`ModelGateway::chat`]); a tool
+//! that is not idempotent runs (and once it returned: a known outcome must not become unknown);
+//! an approval is awaited; and the run's end is journaled with the
+//! events before it (`ending::journal_end`) before it is reported. A crash between two commit
+//! points loses only events no external effect depended on, and the resumed run does them
+//! again. An idempotent tool is not a commit point: a resumed run calls it again whether or
+//! not its intent was journaled.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,7 +25,7 @@ use impresario_runtime::ledger::{AccountPath, Charge};
 use impresario_runtime::llm::{
     CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interruption, LlmError,
 };
-use impresario_runtime::redact::{redact, redact_serialized};
+use impresario_runtime::redact::{redact_serialized, StreamRedactor};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -55,6 +67,7 @@ impl From<JournalError> for LogError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Recorded {
     Replayed,
+    /// New: buffered, durable at the run's next commit point ([`RunLog::commit`]).
     Appended,
 }
 
@@ -90,6 +103,10 @@ pub(crate) struct RunLog {
     served: ServedAnswers,
     /// The first failure of the walk, kept for the driver (a model call only reports an error).
     failure: Option<LogError>,
+    /// Events recorded past the journal's end, not yet committed.
+    unflushed: Vec<Event>,
+    /// Whether the last event recorded or served was one the journal had already.
+    replayed_last: bool,
 }
 
 impl RunLog {
@@ -121,6 +138,8 @@ impl RunLog {
             next_call: 0,
             served,
             failure: None,
+            unflushed: Vec::new(),
+            replayed_last: false,
         }
     }
 
@@ -130,12 +149,13 @@ impl RunLog {
     }
 
     /// Records that the run did `event`: on a resumed run, checks it against the next journaled
-    /// event; past the journal, appends it and waits until it is durable.
+    /// event; past the journal, buffers it until the next commit point ([`RunLog::commit`]).
     pub(crate) async fn record(&mut self, event: Event) -> Result<Recorded, LogError> {
         let recorded = self.walk(event).await;
         if let Err(e) = &recorded {
             self.failure.get_or_insert_with(|| e.clone());
         }
+        self.replayed_last = matches!(recorded, Ok(Recorded::Replayed));
         recorded
     }
 
@@ -161,11 +181,32 @@ impl RunLog {
                 found: event.kind().to_owned(),
             }),
             None => {
-                let event = redact_serialized(event);
-                self.journal.append(&self.run, event).await?;
+                self.unflushed.push(redact_serialized(event));
                 Ok(Recorded::Appended)
             }
         }
+    }
+
+    /// A commit point: makes every event recorded since the last one durable, in one
+    /// transaction. Call it before each external effect. Nothing to commit: nothing is written.
+    /// On failure the batch is dropped (none of it was written) and the failure kept.
+    pub(crate) async fn commit(&mut self) -> Result<(), LogError> {
+        if self.unflushed.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.unflushed);
+        let committed = self.journal.append_batch(&self.run, events).await;
+        committed.map(|_| ()).map_err(|e| {
+            let e = LogError::from(e);
+            self.failure.get_or_insert_with(|| e.clone());
+            e
+        })
+    }
+
+    /// The events recorded since the last commit point, taken to be committed with the run's
+    /// end (`ending::journal_end`).
+    pub(crate) fn take_unflushed(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.unflushed)
     }
 
     /// Takes the next journaled event if `wanted` says it is the one the run needs (a model
@@ -175,9 +216,16 @@ impl RunLog {
             self.pending.pop_front();
         }
         if self.pending.front().is_some_and(|(_, e)| wanted(e)) {
+            self.replayed_last = true;
             return self.pending.pop_front().map(|(_, e)| e);
         }
         None
+    }
+
+    /// Whether the last event recorded or served was one the journal had already (the run is
+    /// walking what it did before), not a new one.
+    pub(crate) fn replayed_last(&self) -> bool {
+        self.replayed_last
     }
 
     /// Whether this is a replay, which must not do anything the journal did not record.
@@ -305,8 +353,9 @@ fn cut(text: &str) -> String {
     }
 }
 
-/// How a run's agents call models: through the LLM client, each request and answer journaled
-/// before the run goes on, and served from the journal when the run is resumed or replayed.
+/// How a run's agents call models: through the LLM client, each request durable (a commit
+/// point) before it is sent and its answer journaled with the run's next commit, both served
+/// from the journal when the run is resumed or replayed.
 /// A streaming run's answers reach its events as [`RunUpdate::Delta`]s while they arrive.
 #[derive(Clone)]
 pub struct ModelGateway {
@@ -369,12 +418,17 @@ impl ModelGateway {
                 return served;
             }
         }
-        let options = self.streaming(step, options);
+        // A commit point: the request leaves the process.
+        log.commit().await.map_err(not_recorded)?;
+        let (options, streamed) = self.streaming(step, options);
         let before = options.account.leaf().snapshot().spent;
         let answer = self
             .client
             .chat_with_fallbacks(request, fallbacks, &options)
             .await;
+        if let Some(streamed) = streamed {
+            streamed.finish();
+        }
         let spent = options.account.leaf().snapshot().spent;
         let charged = spent.saturating_sub(before);
         if let Err(e @ LlmError::Overshoot { .. }) = &answer {
@@ -388,17 +442,61 @@ impl ModelGateway {
         answer
     }
 
-    /// `options`, streaming into the run's events when the run streams.
-    fn streaming(&self, step: u32, options: &CallOptions) -> CallOptions {
+    /// `options`, streaming into the run's events when the run streams, with the stream whose
+    /// held-back text is released when the call ends.
+    fn streaming(
+        &self,
+        step: u32,
+        options: &CallOptions,
+    ) -> (CallOptions, Option<Arc<DeltaStream>>) {
         let Some(events) = self.deltas.clone() else {
-            return options.clone();
+            return (options.clone(), None);
         };
-        options.clone().stream_to(DeltaSink::new(move |text: &str| {
-            let _ = events.send(RunUpdate::Delta {
-                step,
-                text: redact(text).into_owned(),
-            });
-        }))
+        let stream = Arc::new(DeltaStream {
+            step,
+            events,
+            redactor: std::sync::Mutex::new(StreamRedactor::new()),
+        });
+        let sink = stream.clone();
+        let options = options
+            .clone()
+            .stream_to(DeltaSink::new(move |text: &str| sink.push(text)));
+        (options, Some(stream))
+    }
+}
+
+/// One call's streamed text on its way to the run's subscribers as [`RunUpdate::Delta`]s,
+/// redacted as a whole: a credential cut across two deltas is redacted too (see
+/// [`StreamRedactor`]: what could still become one is held back until the next delta or the
+/// call's end).
+struct DeltaStream {
+    step: u32,
+    events: broadcast::Sender<RunUpdate>,
+    redactor: std::sync::Mutex<StreamRedactor>,
+}
+
+impl DeltaStream {
+    fn redactor(&self) -> std::sync::MutexGuard<'_, StreamRedactor> {
+        self.redactor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A delta arrived: sends what can be released of it.
+    fn push(&self, text: &str) {
+        let released = self.redactor().push(text);
+        self.send(released);
+    }
+
+    /// The call ended: sends the rest.
+    fn finish(&self) {
+        let rest = self.redactor().finish();
+        self.send(rest);
+    }
+
+    fn send(&self, text: Option<String>) {
+        if let Some(text) = text {
+            let step = self.step;
+            let _ = self.events.send(RunUpdate::Delta { step, text });
+        }
     }
 }
 
