@@ -5,7 +5,8 @@
 //! [`Queue::drain`] hands a replica's runs back at once. Every write made for a run runs
 //! [`fence`] in its transaction, so a replica whose lease is gone cannot write.
 //!
-//! All times are the database server's clock: no two replicas' clocks are ever compared.
+//! Leases expire on the database server's clock: no two replicas' clocks are ever compared.
+//! [`Queue::overdue`] is a replica's own, earlier, reckoning on its monotonic clock.
 
 mod config;
 mod error;
