@@ -1,8 +1,22 @@
 //! Impresario's PostgreSQL backend (docs/ARCHITECTURE.md, "PostgreSQL"): the store a service
 //! uses when `journal.url` is a `postgres://` URL.
 //!
+//! - [`database`]: the connection ([`Database`]: URL, pool, the I/O thread it runs on,
+//!   retries while the server is unreachable), shared by every store of this crate.
+//! - [`error`]: [`PgError`], what fails and what to do.
+//! - [`schema`]: versioned migrations; a foreign or newer database is refused untouched.
+//! - [`journal`]: [`PgJournal`], the run journal.
+//!
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod database;
+pub mod error;
+pub mod journal;
+pub mod schema;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
+
+pub use database::Database;
+pub use error::PgError;
+pub use journal::PgJournal;

@@ -60,6 +60,16 @@ pub use event::{RunEvent, ToolOutcome, EVENT_VERSION};
 pub use memory::MemoryJournal;
 pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
 
+/// Building blocks for a [`Journal`] stored outside this crate (the PostgreSQL journal of
+/// `impresario-pg`): the checks, the decoding and the time format every journal shares, so
+/// that all of them refuse, validate and number events the same way.
+pub mod backend {
+    pub use super::event::{
+        check_append, decode, from_ms, now_ms, serialize, to_ms, KeyUse, RunHead, StoredEvent,
+        StoredRun,
+    };
+}
+
 /// Position of an event in its run: 1 for the first, then gap-free.
 pub type Seq = u64;
 
@@ -99,7 +109,8 @@ impl RunStatus {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// The status named `s` ([`RunStatus::as_str`]), if this build knows it.
+    pub fn parse(s: &str) -> Option<Self> {
         [RunStatus::Active, RunStatus::Halted, RunStatus::Finished]
             .into_iter()
             .find(|st| st.as_str() == s)
@@ -208,7 +219,7 @@ pub struct RetentionPolicy {
 impl RetentionPolicy {
     /// The runs this policy deletes among `(run, status, last event ms)` at time `now_ms`;
     /// shared by every journal so they all keep the same runs.
-    pub(crate) fn select(
+    pub fn select(
         &self,
         now_ms: i64,
         runs: impl Iterator<Item = (RunId, RunStatus, i64)>,

@@ -27,7 +27,7 @@ use rusqlite::{
 };
 use tokio::sync::oneshot;
 
-use super::event::{check_append, decode, from_ms, now_ms, to_ms, KeyUse, RunHead, StoredEvent};
+use super::event::{check_append, decode, now_ms, to_ms, KeyUse, RunHead, StoredEvent, StoredRun};
 use super::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
     RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
@@ -508,13 +508,7 @@ fn run_head(
     let Some((status, last_seq)) = head else {
         return Ok(Ok(None));
     };
-    Ok(match RunStatus::parse(&status) {
-        Some(status) => Ok(Some(RunHead {
-            status,
-            last_seq: last_seq as Seq,
-        })),
-        None => Err(unknown_status(run.clone(), last_seq as Seq, &status)),
-    })
+    Ok(RunHead::parse(run, &status, last_seq).map(Some))
 }
 
 /// For a tool result: whether its idempotency key already has an intent and a result in `run`.
@@ -612,45 +606,6 @@ fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
     (sql, args)
 }
 
-/// A run whose stored status is not one this build knows.
-fn unknown_status(run: RunId, seq: Seq, status: &str) -> JournalError {
-    JournalError::Corrupt {
-        run,
-        seq,
-        reason: format!("the run's stored status `{status}` is not one this build knows"),
-    }
-}
-
-/// A row of the `runs` table as stored.
-struct RunRow {
-    id: String,
-    tenant: String,
-    status: String,
-    last_seq: i64,
-    last_event: String,
-    started_ms: i64,
-    updated_ms: i64,
-}
-
-impl RunRow {
-    /// The row as a summary; a status this build does not know is corrupt.
-    fn summary(self) -> Result<RunSummary, JournalError> {
-        let run = RunId::new(self.id);
-        let last_seq = self.last_seq as Seq;
-        let status = RunStatus::parse(&self.status)
-            .ok_or_else(|| unknown_status(run.clone(), last_seq, &self.status))?;
-        Ok(RunSummary {
-            run,
-            tenant: self.tenant,
-            status,
-            last_seq,
-            last_event: self.last_event,
-            started_at: from_ms(self.started_ms),
-            updated_at: from_ms(self.updated_ms),
-        })
-    }
-}
-
 /// An event row as stored, before validation (any column may hold anything).
 struct RawEvent([SqlValue; 5]);
 
@@ -741,7 +696,7 @@ impl Journal for SqliteJournal {
         let rows = self.with_reader("listing runs", |conn| {
             conn.prepare_cached(&sql)?
                 .query_map(params_from_iter(args), |r| {
-                    Ok(RunRow {
+                    Ok(StoredRun {
                         id: r.get(0)?,
                         tenant: r.get(1)?,
                         status: r.get(2)?,
@@ -753,7 +708,7 @@ impl Journal for SqliteJournal {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        rows.into_iter().map(RunRow::summary).collect()
+        rows.into_iter().map(StoredRun::summary).collect()
     }
 
     fn probe_write(&self) -> JournalFuture<()> {
