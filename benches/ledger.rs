@@ -23,13 +23,11 @@ const WORST: Charge = Charge {
     micro_usd: 1_500,
     tokens: 1_200,
     model_calls: 1,
-    steps: 0,
 };
 const ACTUAL: Charge = Charge {
     micro_usd: 900,
     tokens: 700,
     model_calls: 1,
-    steps: 0,
 };
 
 /// Limits far above what the benchmark spends, so every dimension is checked but never refuses.

@@ -332,13 +332,11 @@ fn main() {
         micro_usd: 40,
         tokens: 100,
         model_calls: 1,
-        steps: 0,
     };
     let actual = Charge {
         micro_usd: 9,
         tokens: 32,
         model_calls: 1,
-        steps: 0,
     };
     micro(
         "reserve + settle, run -> tenant -> global",

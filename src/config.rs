@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use impresario::agents::memory::Retention;
 use impresario::agents::ModelChoice;
 use impresario::mcp::{ServerConfig, ServerEntry};
 use impresario::runtime::journal::RetentionPolicy;
@@ -33,6 +34,8 @@ pub struct Config {
     pub models: Models,
     /// `[journal]`: where runs are journaled.
     pub journal: Journal,
+    /// `[memory]`: where each tenant's long-term memory is kept, and for how long.
+    pub memory: Memory,
     /// `[budget]`: money ceilings above the run.
     pub budget: BudgetCeilings,
     /// `[prices."<model>"]`: prices in LiteLLM's fields (`litellm_provider`,
@@ -406,6 +409,55 @@ impl Journal {
     }
 }
 
+/// `[memory]`: long-term memory, what runs recall of their tenant's earlier runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Memory {
+    /// The SQLite file of every tenant's long-term memory (each tenant's records apart);
+    /// empty: `<journal.path>.memory` beside the journal file (in this process only if the
+    /// journal is in memory); `:memory:`: in this process only, lost at exit.
+    pub path: String,
+    /// Keep at most this many records per tenant (the newest); 0: no count limit.
+    pub retain_records: u64,
+    /// Delete records older than this many days; 0: no age limit.
+    pub retain_days: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            path: String::new(),
+            retain_records: 10_000,
+            retain_days: 90,
+        }
+    }
+}
+
+impl Memory {
+    /// The memory file: `path`, or beside `journal`'s file when `path` is empty; `None` when
+    /// memory is kept in this process only.
+    pub fn file(&self, journal: &Journal) -> Option<PathBuf> {
+        match self.path.as_str() {
+            Journal::IN_MEMORY => None,
+            "" => journal.file().map(|file| {
+                let mut name = file.as_os_str().to_owned();
+                name.push(".memory");
+                PathBuf::from(name)
+            }),
+            path => Some(PathBuf::from(path)),
+        }
+    }
+
+    /// The retention policy the keys describe.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_records: (self.retain_records > 0)
+                .then(|| usize::try_from(self.retain_records).unwrap_or(usize::MAX)),
+            max_age: (self.retain_days > 0).then(|| Duration::from_secs(self.retain_days * 86_400)),
+        }
+    }
+}
+
 impl Server {
     /// The drain timeout.
     pub fn drain_timeout(&self) -> Duration {
@@ -579,6 +631,9 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("memory", "path", Kind::Text),
+    ("memory", "retain_records", Kind::Integer),
+    ("memory", "retain_days", Kind::Integer),
     ("tools", "mcp", Kind::Tables),
     ("budget", "global_usd", Kind::Number),
     ("budget", "tenant_default_usd", Kind::Number),
@@ -1094,6 +1149,54 @@ mod tests {
         assert_eq!(config.runs.tools, ["calculator", "save_note"]);
         assert_eq!(config.runs.budget_usd, 2.0);
         assert_eq!(config.runs.max_steps, RunDefaults::default().max_steps);
+    }
+
+    #[test]
+    fn long_term_memory_is_a_file_beside_the_journal_unless_configured_otherwise() {
+        let load = |vars: &[(&str, &str)]| Config::load(None, env(vars)).unwrap();
+        let config = load(&[("IMPRESARIO_JOURNAL__PATH", "/data/runs.db")]);
+        assert_eq!(
+            config.memory.file(&config.journal),
+            Some(PathBuf::from("/data/runs.db.memory"))
+        );
+        let retention = config.memory.retention();
+        assert_eq!(retention.max_records, Some(10_000));
+        assert_eq!(retention.max_age, Some(Duration::from_secs(90 * 86_400)));
+        let config = load(&[
+            ("IMPRESARIO_MEMORY__PATH", "/m/memory.db"),
+            ("IMPRESARIO_MEMORY__RETAIN_RECORDS", "0"),
+            ("IMPRESARIO_MEMORY__RETAIN_DAYS", "7"),
+        ]);
+        assert_eq!(
+            config.memory.file(&config.journal),
+            Some(PathBuf::from("/m/memory.db"))
+        );
+        assert_eq!(
+            config.memory.retention().max_records,
+            None,
+            "0: no count limit"
+        );
+        assert_eq!(
+            config.memory.retention().max_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        let config = load(&[("IMPRESARIO_MEMORY__PATH", ":memory:")]);
+        assert_eq!(config.memory.file(&config.journal), None);
+        let config = load(&[("IMPRESARIO_JOURNAL__PATH", ":memory:")]);
+        assert_eq!(
+            config.memory.file(&config.journal),
+            None,
+            "a journal in memory keeps memory in this process too"
+        );
+        let e = error(
+            Some(
+                "[memory]
+retain_days = -1
+",
+            ),
+            &[],
+        );
+        assert!(e.contains("memory.retain_days"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use impresario::agents::memory::MemoryDb;
 use impresario::agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage,
 };
@@ -79,6 +80,7 @@ impl Engine {
             ledger,
             OrchestratorConfig {
                 journal,
+                memory_db: memory_db(config)?,
                 ..OrchestratorConfig::default()
             },
         )
@@ -119,4 +121,15 @@ impl Engine {
             .map(|a| RunUsage::from(a.snapshot().spent))
             .unwrap_or_default()
     }
+}
+
+/// The long-term memory file `[memory]` names, opened with its retention; `None` when memory
+/// is kept in this process only.
+fn memory_db(config: &Config) -> Result<Option<MemoryDb>, String> {
+    let Some(file) = config.memory.file(&config.journal) else {
+        return Ok(None);
+    };
+    MemoryDb::open(&file, config.memory.retention())
+        .map(Some)
+        .map_err(|e| format!("cannot open the long-term memory (memory.path {file:?}): {e}"))
 }

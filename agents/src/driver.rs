@@ -503,7 +503,7 @@ impl Driver {
             };
             let asked = self
                 .call(planner.ask(request))
-                .instrument(telemetry::invoke_agent(planner.id()));
+                .instrument(telemetry::invoke_agent(&planner.id().kind, planner.id()));
             let answer = self.timed("planner", asked).await?;
             match answer {
                 Ok(Ok(Planned { plan, .. })) => return Ok(plan),
@@ -769,7 +769,7 @@ impl Driver {
             let request = self.execute_step(number, step);
             let asked = self
                 .call(executor.ask(request))
-                .instrument(telemetry::invoke_agent(executor.id()));
+                .instrument(telemetry::invoke_agent(&executor.id().kind, executor.id()));
             let answer = self.timed("executor", asked).await?;
             match answer {
                 Ok(Ok(output)) => return Ok(Ok(output)),

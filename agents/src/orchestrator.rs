@@ -516,7 +516,6 @@ impl Orchestrator {
             micro_usd: budget.micro_usd,
             tokens: budget.tokens,
             model_calls: budget.model_calls,
-            steps: None,
             deadline: budget.deadline.map(|d| Instant::now() + d),
         };
         let run_account = AccountId::Run(run.clone());
@@ -578,7 +577,7 @@ impl Orchestrator {
             planner_prompt: system_prompt(&self.inner.tools.definitions(&allowed)).into(),
             allowed,
             cache_scope: request.tenant.as_str().into(),
-            span: telemetry::invoke_workflow("run", &run),
+            span: telemetry::invoke_workflow("run", run.as_str()),
             at_end: log.at_end(),
             first_log: std::sync::Mutex::new(Some(log)),
             run,

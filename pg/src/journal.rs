@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{Pool, Transaction};
 use impresario_runtime::journal::backend::{
-    check_append, decode, now_ms, serialize, to_ms, KeyUse, RunHead, StoredEvent, StoredRun,
+    check_append, decode, empty_batch, in_batch, now_ms, serialize_batch, to_ms, KeyUse, RunHead,
+    StoredEvent, StoredRun,
 };
 use impresario_runtime::journal::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
@@ -121,11 +122,6 @@ impl PgJournal {
         &self.shared.db
     }
 
-    /// The durable commits that wrote at least one event since the journal was opened.
-    pub fn commits(&self) -> u64 {
-        self.shared.commits.load(Ordering::Relaxed)
-    }
-
     fn send<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> JournalFuture<T>
     where
         T: Send + 'static,
@@ -164,20 +160,6 @@ fn io(target: &str, context: &str, cause: String) -> JournalError {
     JournalError::Io {
         context: format!("{context} (PostgreSQL {target})"),
         cause,
-    }
-}
-
-/// The refusal of event `index` of a batch of `len`, naming it; a batch of one keeps it as is.
-fn in_batch(error: JournalError, index: usize, len: usize) -> JournalError {
-    match error {
-        JournalError::Rejected { run, reason } if len > 1 => JournalError::Rejected {
-            run,
-            reason: format!(
-                "event {} of a batch of {len} (none was written): {reason}",
-                index + 1
-            ),
-        },
-        other => other,
     }
 }
 
@@ -636,20 +618,21 @@ async fn event_rows(pool: &Pool, run: &str) -> Result<Vec<EventRow>, Attempt> {
 }
 
 impl Journal for PgJournal {
-    fn append(&self, run: &RunId, event: RunEvent) -> JournalFuture<Seq> {
+    fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<Seq> {
+        if events.is_empty() {
+            return JournalFuture::ready(Err(empty_batch(run)));
+        }
         // Serialized here, on the caller's thread, so the writer only writes.
-        let body = match serialize(run, &event) {
-            Ok(body) => body,
+        let events = match serialize_batch(run, events) {
+            Ok(events) => events,
             Err(refused) => return JournalFuture::ready(Err(refused)),
         };
         let run = run.clone();
-        self.send(|reply| {
-            Command::Append(Append {
-                run,
-                events: vec![(event, body)],
-                reply,
-            })
-        })
+        self.send(|reply| Command::Append(Append { run, events, reply }))
+    }
+
+    fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {

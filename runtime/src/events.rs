@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent_id::AgentId;
+use crate::telemetry::RestartReason;
 
 /// How one incarnation of an agent ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,18 @@ pub enum Exit {
         /// Why.
         reason: String,
     },
+}
+
+impl RestartReason {
+    /// The reason for restarting the agent whose incarnation ended with `exit`.
+    pub fn of(exit: &Exit) -> Self {
+        match exit {
+            Exit::Normal => RestartReason::Exited,
+            Exit::Panicked { .. } => RestartReason::Panicked,
+            Exit::Killed => RestartReason::Killed,
+            Exit::Failed { .. } => RestartReason::Failed,
+        }
+    }
 }
 
 impl Exit {

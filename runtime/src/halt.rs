@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{RunId, TenantId};
-use crate::telemetry::Metrics;
+use crate::telemetry::{LabelValue, Metrics};
 
 /// Why work was halted; the run reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,14 +51,21 @@ pub enum HaltReason {
 
 impl fmt::Display for HaltReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.write_str(self.label_value())
+    }
+}
+
+/// Its snake_case name, as shown and as the `reason` label.
+impl LabelValue for HaltReason {
+    fn label_value(&self) -> &'static str {
+        match self {
             HaltReason::Operator => "operator",
             HaltReason::CostCeiling => "cost_ceiling",
             HaltReason::Overshoot => "overshoot",
             HaltReason::Deadline => "deadline",
             HaltReason::ErrorBudget => "error_budget",
             HaltReason::Shutdown => "shutdown",
-        })
+        }
     }
 }
 
@@ -87,6 +94,18 @@ pub enum HaltScope {
     Run(RunId),
     /// One agent (agent ids are unique across runs).
     Agent(String),
+}
+
+/// The scope's kind as the `scope` label: `all`, `tenant`, `run` or `agent`, never its id.
+impl LabelValue for HaltScope {
+    fn label_value(&self) -> &'static str {
+        match self {
+            HaltScope::All => "all",
+            HaltScope::Tenant(_) => "tenant",
+            HaltScope::Run(_) => "run",
+            HaltScope::Agent(_) => "agent",
+        }
+    }
 }
 
 impl fmt::Display for HaltScope {

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::envelope::{RunId, TenantId};
+use crate::telemetry::LabelValue;
 
 /// An amount of money in millionths of a US dollar.
 pub type MicroUsd = u64;
@@ -63,6 +64,17 @@ impl fmt::Display for AccountId {
     }
 }
 
+/// The account's kind as the `account_kind` label: `global`, `tenant` or `run`, never its id.
+impl LabelValue for AccountId {
+    fn label_value(&self) -> &'static str {
+        match self {
+            AccountId::Global => "global",
+            AccountId::Tenant(_) => "tenant",
+            AccountId::Run(_) => "run",
+        }
+    }
+}
+
 /// What a call costs (or may cost) in every counted dimension.
 ///
 /// Build one with the constructors and `+`, e.g. `Charge::usd(1_200) + Charge::tokens(900)`.
@@ -75,8 +87,6 @@ pub struct Charge {
     pub tokens: u64,
     /// Number of calls to a model provider.
     pub model_calls: u64,
-    /// Number of run steps.
-    pub steps: u64,
 }
 
 impl Charge {
@@ -85,7 +95,6 @@ impl Charge {
         micro_usd: 0,
         tokens: 0,
         model_calls: 0,
-        steps: 0,
     };
 
     /// A charge of `micro_usd` micro-USD and nothing else.
@@ -112,21 +121,12 @@ impl Charge {
         }
     }
 
-    /// A charge of `n` steps and nothing else.
-    pub const fn steps(n: u64) -> Self {
-        Charge {
-            steps: n,
-            ..Charge::ZERO
-        }
-    }
-
     /// Component-wise sum, saturating at `u64::MAX`.
     pub const fn saturating_add(self, other: Charge) -> Charge {
         Charge {
             micro_usd: self.micro_usd.saturating_add(other.micro_usd),
             tokens: self.tokens.saturating_add(other.tokens),
             model_calls: self.model_calls.saturating_add(other.model_calls),
-            steps: self.steps.saturating_add(other.steps),
         }
     }
 
@@ -136,13 +136,12 @@ impl Charge {
             micro_usd: self.micro_usd.saturating_sub(other.micro_usd),
             tokens: self.tokens.saturating_sub(other.tokens),
             model_calls: self.model_calls.saturating_sub(other.model_calls),
-            steps: self.steps.saturating_sub(other.steps),
         }
     }
 
     /// True when every component is zero.
     pub const fn is_zero(self) -> bool {
-        self.micro_usd == 0 && self.tokens == 0 && self.model_calls == 0 && self.steps == 0
+        self.micro_usd == 0 && self.tokens == 0 && self.model_calls == 0
     }
 
     /// The component for `dimension` (zero for [`Dimension::Deadline`], which is not counted).
@@ -151,7 +150,6 @@ impl Charge {
             Dimension::MicroUsd => self.micro_usd,
             Dimension::Tokens => self.tokens,
             Dimension::ModelCalls => self.model_calls,
-            Dimension::Steps => self.steps,
             Dimension::Deadline => 0,
         }
     }
@@ -176,31 +174,34 @@ pub enum Dimension {
     Tokens,
     /// Model calls.
     ModelCalls,
-    /// Steps.
-    Steps,
     /// Wall-clock deadline.
     Deadline,
 }
 
 impl Dimension {
     /// The dimensions measured by a [`Charge`], in the order of [`State::warned`].
-    const COUNTED: [Dimension; 4] = [
+    const COUNTED: [Dimension; 3] = [
         Dimension::MicroUsd,
         Dimension::Tokens,
         Dimension::ModelCalls,
-        Dimension::Steps,
     ];
 }
 
 impl fmt::Display for Dimension {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.write_str(self.label_value())
+    }
+}
+
+/// Its snake_case name, as shown and as the `dimension` label.
+impl LabelValue for Dimension {
+    fn label_value(&self) -> &'static str {
+        match self {
             Dimension::MicroUsd => "micro_usd",
             Dimension::Tokens => "tokens",
             Dimension::ModelCalls => "model_calls",
-            Dimension::Steps => "steps",
             Dimension::Deadline => "deadline",
-        })
+        }
     }
 }
 
@@ -213,8 +214,6 @@ pub struct Limits {
     pub tokens: Option<u64>,
     /// Most model calls.
     pub model_calls: Option<u64>,
-    /// Most steps.
-    pub steps: Option<u64>,
     /// No reservation is accepted at or after this instant.
     pub deadline: Option<Instant>,
 }
@@ -226,7 +225,6 @@ impl Limits {
             Dimension::MicroUsd => self.micro_usd,
             Dimension::Tokens => self.tokens,
             Dimension::ModelCalls => self.model_calls,
-            Dimension::Steps => self.steps,
             Dimension::Deadline => None,
         }
     }
@@ -396,7 +394,7 @@ struct State {
     reserved: Charge,
     /// Per counted dimension: how many warning fractions have fired. Spending only grows, so
     /// fractions are crossed in ascending order and a count is enough.
-    warned: [usize; 4],
+    warned: [usize; 3],
 }
 
 struct Node {
@@ -977,7 +975,6 @@ mod tests {
         let run = Limits {
             tokens: Some(10),
             model_calls: Some(1),
-            steps: Some(2),
             ..Limits::default()
         };
         let (_ledger, path) = tree(Limits::default(), run);
@@ -989,12 +986,8 @@ mod tests {
             path.reserve(Charge::model_calls(2)).unwrap_err().dimension,
             Dimension::ModelCalls
         );
-        assert_eq!(
-            path.reserve(Charge::steps(3)).unwrap_err().dimension,
-            Dimension::Steps
-        );
         assert!(path
-            .reserve(Charge::tokens(10) + Charge::model_calls(1) + Charge::steps(2))
+            .reserve(Charge::tokens(10) + Charge::model_calls(1))
             .is_ok());
     }
 

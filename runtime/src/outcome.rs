@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::LabelValue;
+
 /// How a run ended. Stored in journals and used as a metric label by its snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,6 +29,12 @@ impl RunOutcome {
             RunOutcome::Halted => "halted",
             RunOutcome::CeilingReached => "ceiling_reached",
         }
+    }
+}
+
+impl LabelValue for RunOutcome {
+    fn label_value(&self) -> &'static str {
+        self.as_str()
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use impresario_runtime::telemetry::{Metrics, Prometheus, RunOutcome};
+use impresario_runtime::telemetry::{Metrics, Prometheus};
+use impresario_runtime::RunOutcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_serves_what_the_global_recorder_holds() {

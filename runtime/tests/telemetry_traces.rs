@@ -18,7 +18,7 @@ use impresario_runtime::llm::{
     PriceTable, Rates, Scripted, ScriptedReply, Usage,
 };
 use impresario_runtime::telemetry::{execute_tool, invoke_agent, invoke_workflow};
-use impresario_runtime::{agent, AgentId, AgentRef, RunId, Runtime};
+use impresario_runtime::{agent, AgentId, AgentRef, Runtime};
 use llm_support::{openai_ok, Reply, Server};
 use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
@@ -197,7 +197,7 @@ impl Handler<Step> for Worker {
                     .await;
                 Ok(answer)
             }
-            .instrument(invoke_agent(&self.id)),
+            .instrument(invoke_agent(&self.id.kind, &self.id)),
         )
     }
 }
@@ -222,7 +222,7 @@ impl Handler<Goal> for Orchestrator {
         let worker = self.worker.clone();
         Box::pin(
             async move { worker.ask(Step(goal)).await.expect("the worker answers") }
-                .instrument(invoke_agent(&self.id)),
+                .instrument(invoke_agent(&self.id.kind, &self.id)),
         )
     }
 }
@@ -258,7 +258,7 @@ async fn run_through_two_agents(model: &str, record_content: bool, goal: &str) -
         "the two agents run on different threads"
     );
     let answer = async { orchestrator.ask(Goal(goal.to_owned())).await }
-        .instrument(invoke_workflow("trip", &RunId::new(format!("run-{model}"))))
+        .instrument(invoke_workflow("trip", &format!("run-{model}")))
         .await
         .unwrap()
         .unwrap();
@@ -360,7 +360,7 @@ async fn no_api_key_appears_in_any_log_or_span() {
         .unwrap();
     let answer = client
         .chat(ChatRequest::new("gpt-4o").user("Say hello"), &options())
-        .instrument(invoke_workflow("greeting", &RunId::new("run-key")))
+        .instrument(invoke_workflow("greeting", "run-key"))
         .await
         .unwrap();
     assert_eq!(answer.content, "hello");

@@ -18,7 +18,8 @@ use impresario::runtime::llm::{
     FinishReason, LlmError, ModelPrice, PriceTable, Rates, RetryPolicy, Usage,
 };
 use impresario::runtime::telemetry::names;
-use impresario::runtime::telemetry::{Metrics, MetricsHandle, Prometheus, RunOutcome};
+use impresario::runtime::telemetry::{Metrics, MetricsHandle, Prometheus};
+use impresario::runtime::RunOutcome;
 use impresario::supervisor::{
     ChildSpec, Intensity, Strategy, Supervisor, SupervisorEvent, SupervisorSpec,
 };
@@ -593,7 +594,7 @@ fn every_catalog_metric_renders_under_its_exposition_name() {
     );
     metrics.ceiling_reached(
         &AccountId::Tenant("t".into()),
-        impresario::runtime::ledger::Dimension::Steps,
+        impresario::runtime::ledger::Dimension::ModelCalls,
     );
     let s = scrape(&handle);
     assert_matches_catalog(&s);

@@ -299,3 +299,61 @@ async fn the_tenant_api_shows_and_sets_ceilings_the_ledger_enforces_and_a_restar
         "the ceiling set by PUT survives the restart"
     );
 }
+
+/// Runs `goal` as `token`'s tenant and waits for its success.
+async fn run_to_the_end(server: &Server, token: &str, goal: &str) -> Value {
+    let body = json!({ "goal": goal });
+    let (status, created) = server.send_as(token, Method::POST, "/v1/runs", &body).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    server.until(&id, |s| s["state"] == "succeeded").await
+}
+
+/// What acme's first run is about: words no built-in note holds.
+const ROTA: &str = "lighthouse keeper rota LHK-5521";
+
+#[tokio::test]
+async fn long_term_memory_is_kept_per_tenant_in_a_file_beside_the_journal_across_a_restart() {
+    let provider = Provider::start(Behaviour::Offline).await;
+    let env = [
+        ("IMPRESARIO_MODELS__PROVIDER", "auto"),
+        ("OPENAI_BASE_URL", provider.base_url.as_str()),
+    ];
+    let prompts_since = |from: usize| -> Vec<String> {
+        let requests = provider.requests.lock().unwrap();
+        requests[from..].iter().map(Value::to_string).collect()
+    };
+    let mut server = serve("", &env);
+    run_to_the_end(
+        &server,
+        ACME,
+        &format!("Draw up the {ROTA} for the harbour"),
+    )
+    .await;
+    assert!(server.terminate().success());
+    assert!(
+        server.dir.0.join("impresario.db.memory").is_file(),
+        "the memory file is beside the journal"
+    );
+
+    let server = serve_in(server.dir.clone(), "", &env);
+    let from = provider.requests.lock().unwrap().len();
+    run_to_the_end(&server, BETA, "Who is on the lighthouse keeper rota?").await;
+    let beta = prompts_since(from);
+    assert!(!beta.is_empty(), "beta's run called the model");
+    for prompt in &beta {
+        assert!(
+            !prompt.contains("LHK-5521"),
+            "beta recalled acme's run: {prompt}"
+        );
+    }
+    let from = provider.requests.lock().unwrap().len();
+    run_to_the_end(&server, ACME, "Who is on the lighthouse keeper rota?").await;
+    assert!(
+        prompts_since(from)
+            .iter()
+            .any(|prompt| prompt.contains("LHK-5521")),
+        "acme's run recalls acme's run of before the restart: {:?}",
+        prompts_since(from)
+    );
+}

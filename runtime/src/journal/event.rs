@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{JournalEntry, JournalError, RunStatus, RunSummary, Seq};
+use super::{in_batch, JournalEntry, JournalError, RunStatus, RunSummary, Seq};
 use crate::halt::Halt;
 use crate::ledger::{Charge, MicroUsd};
 use crate::llm::{ChatRequest, ChatResponse, Usage};
@@ -259,7 +259,6 @@ impl RunEvent {
                 micro_usd: *cost_micro_usd,
                 tokens: response.usage.total_tokens(),
                 model_calls: 1,
-                steps: 0,
             },
             RunEvent::LlmInterrupted {
                 cost_micro_usd,
@@ -269,7 +268,6 @@ impl RunEvent {
                 micro_usd: *cost_micro_usd,
                 tokens: usage.total_tokens(),
                 model_calls: 1,
-                steps: 0,
             },
             RunEvent::LlmAborted {
                 cost_micro_usd,
@@ -279,7 +277,6 @@ impl RunEvent {
                 micro_usd: *cost_micro_usd,
                 tokens: *tokens,
                 model_calls: 1,
-                steps: 0,
             },
             _ => Charge::ZERO,
         }
@@ -548,13 +545,25 @@ fn upgrade_v2(event: RunEvent) -> Result<RunEvent, String> {
     }
 }
 
-/// `event` as the JSON every stored journal keeps; an event that does not serialize is refused
-/// (contract 5), for `run`.
-pub fn serialize(run: &RunId, event: &RunEvent) -> Result<String, JournalError> {
-    serde_json::to_string(event).map_err(|e| JournalError::Rejected {
-        run: run.clone(),
-        reason: format!("the event does not serialize: {e}"),
-    })
+/// The events of a batch for `run`, each with the JSON every stored journal keeps; an event
+/// that does not serialize refuses the batch, naming it (contract 5).
+pub fn serialize_batch(
+    run: &RunId,
+    events: Vec<RunEvent>,
+) -> Result<Vec<(RunEvent, String)>, JournalError> {
+    let len = events.len();
+    let mut bodies = Vec::with_capacity(len);
+    for (i, event) in events.into_iter().enumerate() {
+        match serde_json::to_string(&event) {
+            Ok(body) => bodies.push((event, body)),
+            Err(e) => {
+                let reason = format!("`{}` does not serialize: {e}", event.kind());
+                let run = run.clone();
+                return Err(in_batch(JournalError::Rejected { run, reason }, i, len));
+            }
+        }
+    }
+    Ok(bodies)
 }
 
 /// Milliseconds since the Unix epoch, the precision journals store.

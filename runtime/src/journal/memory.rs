@@ -1,20 +1,43 @@
-//! The journal in memory: the same semantics as the SQLite one, nothing durable.
+//! The journal in memory: the same semantics as the SQLite one, nothing durable, bounded by
+//! default.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::event::{check_append, from_ms, now_ms, KeyUse, RunHead};
 use super::{
-    Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
-    RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
+    empty_batch, in_batch, Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy,
+    RetentionReport, RunEvent, RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
 };
 use crate::RunId;
 
-/// A [`Journal`] in memory, for tests and examples. Events are kept serialized, so they go
-/// through the same encoding and validation as on disk. Clones share the same journal.
-#[derive(Clone, Default)]
+/// Finished runs a [`MemoryJournal::new`] keeps: past this, each run that finishes deletes the
+/// run that finished longest ago (as [`Journal::apply_retention`] with `max_finished_runs` would),
+/// so an embedded orchestrator that runs for months stays bounded. Active and halted runs are
+/// never deleted this way.
+pub const DEFAULT_MAX_FINISHED_RUNS: usize = 1_000;
+
+/// A [`Journal`] in memory, for tests, examples and embedded use. Events are kept typed (nothing
+/// is serialized), with the same checks as on disk. Bounded by default
+/// ([`DEFAULT_MAX_FINISHED_RUNS`]). Clones share the same journal.
+#[derive(Clone)]
 pub struct MemoryJournal {
-    runs: Arc<Mutex<HashMap<RunId, MemoryRun>>>,
+    runs: Arc<Mutex<Runs>>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Default for MemoryJournal {
+    fn default() -> Self {
+        MemoryJournal::with_max_finished_runs(DEFAULT_MAX_FINISHED_RUNS)
+    }
+}
+
+/// The runs, and the finished ones in the order they finished (for the automatic cap).
+struct Runs {
+    map: HashMap<RunId, MemoryRun>,
+    finished: VecDeque<RunId>,
+    max_finished: usize,
 }
 
 struct MemoryRun {
@@ -57,44 +80,44 @@ impl MemoryRun {
             updated_at: from_ms(self.updated_ms),
         }
     }
+
+    /// What the idempotency key `key` already has in this run.
+    fn key_use(&self, key: &str) -> KeyUse {
+        let mut used = KeyUse::default();
+        for (i, e) in self.events.iter().enumerate() {
+            if e.key.as_deref() == Some(key) {
+                match e.kind {
+                    "tool_call_intent" => used.intent = true,
+                    _ => used.result = Some(i as Seq + 1),
+                }
+            }
+        }
+        used
+    }
 }
 
-impl MemoryJournal {
-    /// An empty journal.
-    pub fn new() -> Self {
-        MemoryJournal::default()
-    }
+/// Where a run stood before a batch, to put it back if an event of the batch is refused.
+enum Before {
+    NoRun,
+    Had {
+        events: usize,
+        status: RunStatus,
+        updated_ms: i64,
+    },
+}
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<RunId, MemoryRun>> {
-        // Every mutation below is complete before anything can panic, so a poisoned map is
-        // still consistent.
-        self.runs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn append_now(&self, run: &RunId, event: RunEvent) -> Result<Seq, JournalError> {
-        let mut runs = self.lock();
-        let existing = runs.get(run);
+impl Runs {
+    /// Checks `event` against the run as it stands and appends it.
+    fn push(&mut self, run: &RunId, event: RunEvent, at_ms: i64) -> Result<(), JournalError> {
+        let existing = self.map.get(run);
         let head = existing.map(|r| RunHead {
             status: r.status,
             last_seq: r.events.len() as Seq,
         });
         check_append(run, head.as_ref(), &event, |key| {
-            let mut used = KeyUse::default();
-            for (i, e) in existing
-                .into_iter()
-                .flat_map(|r| r.events.iter().enumerate())
-            {
-                if e.key.as_deref() == Some(key) {
-                    match e.kind {
-                        "tool_call_intent" => used.intent = true,
-                        _ => used.result = Some(i as Seq + 1),
-                    }
-                }
-            }
-            used
+            existing.map(|r| r.key_use(key)).unwrap_or_default()
         })?;
-        let at_ms = now_ms();
-        let entry = runs.entry(run.clone()).or_insert_with(|| MemoryRun {
+        let entry = self.map.entry(run.clone()).or_insert_with(|| MemoryRun {
             tenant: match &event {
                 RunEvent::RunSubmitted { tenant, .. } => tenant.clone(),
                 _ => String::new(),
@@ -112,18 +135,117 @@ impl MemoryJournal {
             key: event.idempotency_key().map(str::to_owned),
             event,
         });
-        Ok(entry.events.len() as Seq)
+        Ok(())
+    }
+
+    fn before(&self, run: &RunId) -> Before {
+        match self.map.get(run) {
+            None => Before::NoRun,
+            Some(r) => Before::Had {
+                events: r.events.len(),
+                status: r.status,
+                updated_ms: r.updated_ms,
+            },
+        }
+    }
+
+    fn roll_back(&mut self, run: &RunId, before: Before) {
+        match (before, self.map.get_mut(run)) {
+            (Before::NoRun, _) => {
+                self.map.remove(run);
+            }
+            (Before::Had { .. }, None) => {}
+            (
+                Before::Had {
+                    events,
+                    status,
+                    updated_ms,
+                },
+                Some(r),
+            ) => {
+                r.events.truncate(events);
+                r.status = status;
+                r.updated_ms = updated_ms;
+            }
+        }
+    }
+
+    /// Counts `run` among the finished runs and deletes the oldest past the cap.
+    fn finished(&mut self, run: &RunId) {
+        self.finished.push_back(run.clone());
+        while self.finished.len() > self.max_finished {
+            let Some(oldest) = self.finished.pop_front() else {
+                break;
+            };
+            // Deleted already by retention applied by hand: nothing to do.
+            if self.map.get(&oldest).map(|r| r.status) == Some(RunStatus::Finished) {
+                self.map.remove(&oldest);
+            }
+        }
+    }
+}
+
+impl MemoryJournal {
+    /// An empty journal keeping at most [`DEFAULT_MAX_FINISHED_RUNS`] finished runs.
+    pub fn new() -> Self {
+        MemoryJournal::default()
+    }
+
+    /// An empty journal keeping at most `max` finished runs (`usize::MAX`: all of them).
+    pub fn with_max_finished_runs(max: usize) -> Self {
+        MemoryJournal {
+            runs: Arc::new(Mutex::new(Runs {
+                map: HashMap::new(),
+                finished: VecDeque::new(),
+                max_finished: max,
+            })),
+            commits: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Runs> {
+        // Every mutation below is complete before anything can panic, so a poisoned map is
+        // still consistent.
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `events` all or nothing (see [`Journal::append_batch`]).
+    fn append_now(&self, run: &RunId, events: Vec<RunEvent>) -> Result<Seq, JournalError> {
+        if events.is_empty() {
+            return Err(empty_batch(run));
+        }
+        let mut runs = self.lock();
+        let (before, len, at_ms) = (runs.before(run), events.len(), now_ms());
+        for (i, event) in events.into_iter().enumerate() {
+            if let Err(refused) = runs.push(run, event, at_ms) {
+                runs.roll_back(run, before);
+                return Err(in_batch(refused, i, len));
+            }
+        }
+        let (last, status) = runs.map.get(run).map_or((0, RunStatus::Active), |r| {
+            (r.events.len() as Seq, r.status)
+        });
+        if status == RunStatus::Finished {
+            runs.finished(run);
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(last)
     }
 }
 
 impl Journal for MemoryJournal {
-    fn append(&self, run: &RunId, event: RunEvent) -> JournalFuture<Seq> {
-        JournalFuture::ready(self.append_now(run, event))
+    fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<Seq> {
+        JournalFuture::ready(self.append_now(run, events))
+    }
+
+    /// Accepted batches: each would be one transaction on disk.
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
         let runs = self.lock();
-        let Some(r) = runs.get(run) else {
+        let Some(r) = runs.map.get(run) else {
             return Ok(Vec::new());
         };
         (0..r.events.len()).map(|i| r.entry(run, i)).collect()
@@ -132,6 +254,7 @@ impl Journal for MemoryJournal {
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
         let mut out: Vec<RunSummary> = self
             .lock()
+            .map
             .iter()
             .map(|(id, r)| r.summary(id))
             .filter(|s| filter.matches(s))
@@ -150,12 +273,13 @@ impl Journal for MemoryJournal {
         let mut runs = self.lock();
         let doomed = policy.select(
             now_ms(),
-            runs.iter()
+            runs.map
+                .iter()
                 .map(|(id, r)| (id.clone(), r.status, r.updated_ms)),
         );
         let mut report = RetentionReport::default();
         for id in doomed {
-            if let Some(r) = runs.remove(&id) {
+            if let Some(r) = runs.map.remove(&id) {
                 report.runs_deleted += 1;
                 report.events_deleted += r.events.len() as u64;
             }

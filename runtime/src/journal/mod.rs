@@ -12,6 +12,10 @@
 //! - **Write-ahead:** [`Journal::append`] returns a future that resolves once the event is
 //!   durable (for SQLite: committed and fsynced). Acknowledge a step only after it resolves. The
 //!   event is queued when `append` is called, so dropping the future does not withdraw it.
+//! - **Batches:** [`Journal::append_batch`] writes several events of one run in one transaction
+//!   (one commit, all or nothing): what a run did between two external effects goes in one
+//!   commit. [`Journal::commits`] counts the commits.
+//! - [`MemoryJournal`] is bounded by default ([`DEFAULT_MAX_FINISHED_RUNS`] finished runs).
 //! - Appends are checked: a run starts with [`RunEvent::RunSubmitted`], nothing follows
 //!   [`RunEvent::RunFinished`], and a [`RunEvent::ToolResult`] needs its intent and is unique per
 //!   idempotency key (a resumed run finds it among the run's events before calling the tool
@@ -57,7 +61,7 @@ mod sqlite;
 
 pub use crate::outcome::RunOutcome;
 pub use event::{RunEvent, ToolOutcome, EVENT_VERSION};
-pub use memory::MemoryJournal;
+pub use memory::{MemoryJournal, DEFAULT_MAX_FINISHED_RUNS};
 pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
 
 /// Building blocks for a [`Journal`] stored outside this crate (the PostgreSQL journal of
@@ -65,9 +69,10 @@ pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
 /// that all of them refuse, validate and number events the same way.
 pub mod backend {
     pub use super::event::{
-        check_append, decode, from_ms, now_ms, serialize, to_ms, KeyUse, RunHead, StoredEvent,
-        StoredRun,
+        check_append, decode, from_ms, now_ms, serialize_batch, to_ms, KeyUse, RunHead,
+        StoredEvent, StoredRun,
     };
+    pub use super::{empty_batch, in_batch};
 }
 
 /// Position of an event in its run: 1 for the first, then gap-free.
@@ -380,10 +385,33 @@ impl<T> Future for JournalFuture<T> {
 
 /// A run journal. See the [module documentation](self) for the guarantees every implementation
 /// keeps; `Arc<dyn Journal>` is how the runtime holds one.
+///
+/// An implementation provides [`Journal::append_batch`] (one transaction per call) and
+/// [`Journal::commits`]; [`Journal::append`] is a batch of one.
 pub trait Journal: Send + Sync {
     /// Appends `event` to `run` and resolves to its sequence number once it is durable.
-    /// Refused appends resolve to [`JournalError::Rejected`].
-    fn append(&self, run: &RunId, event: RunEvent) -> JournalFuture<Seq>;
+    /// Refused appends resolve to [`JournalError::Rejected`]. A batch of one.
+    fn append(&self, run: &RunId, event: RunEvent) -> JournalFuture<Seq> {
+        self.append_batch(run, vec![event])
+    }
+
+    /// Appends `events` to `run`, in order, in **one transaction**, and resolves to the
+    /// sequence number of the last one once all of them are durable (one commit, however many
+    /// events).
+    ///
+    /// All or nothing: each event is checked as if appended alone after the ones before it
+    /// in the batch (a tool result may follow its intent in the same batch); if any is
+    /// refused, none is written, the run is left as it was, and the future resolves to
+    /// [`JournalError::Rejected`] naming the refused event. An empty batch is refused too
+    /// (it would have no sequence number to resolve to). Like [`Journal::append`], the batch
+    /// is queued when this is called: dropping the future does not withdraw it.
+    fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<Seq>;
+
+    /// The durable commits this journal has made since it was opened: one per transaction
+    /// that wrote at least one event (a batch, or several batches group-committed together),
+    /// counted once the transaction is durable. Refused batches, reads, probes and retention
+    /// are not counted. What tests and benchmarks count fsyncs with.
+    fn commits(&self) -> u64;
 
     /// Every event of `run` in order, validated; empty if the journal has no such run.
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError>;
@@ -397,4 +425,27 @@ pub trait Journal: Send + Sync {
     /// Writes durably without changing any run, behind the appends already queued: fails when
     /// the storage cannot be written (disk full, read-only file). Readiness asks this.
     fn probe_write(&self) -> JournalFuture<()>;
+}
+
+/// A refusal of event `index` (from 0) of a batch of `len`, saying which event it was; a batch
+/// of one keeps the refusal as it is.
+pub fn in_batch(error: JournalError, index: usize, len: usize) -> JournalError {
+    match error {
+        JournalError::Rejected { run, reason } if len > 1 => JournalError::Rejected {
+            run,
+            reason: format!(
+                "event {} of a batch of {len} (none was written): {reason}",
+                index + 1
+            ),
+        },
+        other => other,
+    }
+}
+
+/// The refusal of an empty batch ([`Journal::append_batch`]), shared by every journal.
+pub fn empty_batch(run: &RunId) -> JournalError {
+    JournalError::Rejected {
+        run: run.clone(),
+        reason: "an empty batch of events (append_batch needs at least one event)".into(),
+    }
 }

@@ -3,9 +3,11 @@
 //! - WAL with `synchronous = FULL`: a commit returns once the WAL is fsynced, so an append that
 //!   resolved survives a crash of the process *and* of the machine. (`NORMAL` would only sync at
 //!   checkpoints: a power loss could drop acknowledged events, which contract 4 forbids.)
-//! - One writer thread owns the only writing connection. Appends queue on a channel; the writer
-//!   takes every append waiting (up to [`MAX_BATCH`]) into one transaction and completes their
-//!   futures after its COMMIT: group commit, one fsync for many appends.
+//! - One writer thread owns the only writing connection. Appends (each a batch of one or more
+//!   events of one run) queue on a channel; the writer takes every append waiting (up to
+//!   [`MAX_GROUP`]) into one transaction, each append in a savepoint of its own (a refused
+//!   event undoes its append only), and completes their futures after its COMMIT: group
+//!   commit, one fsync for many appends.
 //! - Reads use read-only connections of their own, kept in a small pool; under WAL they never
 //!   wait for the writer.
 //! - The schema is versioned in `PRAGMA user_version` and migrated on open; a file with a newer
@@ -16,6 +18,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,10 +30,12 @@ use rusqlite::{
 };
 use tokio::sync::oneshot;
 
-use super::event::{check_append, decode, now_ms, to_ms, KeyUse, RunHead, StoredEvent, StoredRun};
+use super::event::{
+    check_append, decode, now_ms, serialize_batch, to_ms, KeyUse, RunHead, StoredEvent, StoredRun,
+};
 use super::{
-    Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
-    RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
+    empty_batch, in_batch, Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy,
+    RetentionReport, RunEvent, RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
 };
 use crate::RunId;
 
@@ -69,8 +74,8 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `PRAGMA application_id` of a journal file ("IMPR").
 const APPLICATION_ID: i32 = 0x494D_5052;
 
-/// Most appends committed in one transaction.
-const MAX_BATCH: usize = 1024;
+/// Most appends committed in one transaction (a group commit).
+const MAX_GROUP: usize = 1024;
 
 /// Idle read connections kept open.
 const IDLE_READERS: usize = 4;
@@ -95,6 +100,8 @@ struct Shared {
     commands: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
+    /// Durable commits that wrote events ([`Journal::commits`]), counted by the writer.
+    commits: Arc<AtomicU64>,
 }
 
 impl Drop for Shared {
@@ -116,7 +123,7 @@ impl Drop for Shared {
 type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
 
 enum Command {
-    // Boxed: an event is a few hundred bytes, the other commands a few dozen.
+    // Boxed: an append is a few hundred bytes, the other commands a few dozen.
     Append(Box<Append>),
     Retention {
         policy: RetentionPolicy,
@@ -127,10 +134,10 @@ enum Command {
     },
 }
 
+/// One [`Journal::append_batch`]: its events in order, each with its serialized body.
 struct Append {
     run: RunId,
-    event: RunEvent,
-    body: String,
+    events: Vec<(RunEvent, String)>,
     reply: Reply<Seq>,
 }
 
@@ -155,16 +162,15 @@ impl SqliteJournal {
             migrate(&mut conn, &path)?;
         }
         let (commands, rx) = mpsc::channel();
-        let writer_path = path.clone();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            conn,
+            path: path.clone(),
+            commits: commits.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("impresario-journal".into())
-            .spawn(move || {
-                Writer {
-                    conn,
-                    path: writer_path,
-                }
-                .run(rx)
-            })
+            .spawn(move || writer.run(rx))
             .map_err(|e| JournalError::Io {
                 context: "starting the journal writer thread".into(),
                 cause: e.to_string(),
@@ -175,6 +181,7 @@ impl SqliteJournal {
                 commands: Some(commands),
                 writer: Some(writer),
                 readers: Mutex::new(Vec::new()),
+                commits,
             }),
         })
     }
@@ -322,6 +329,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
 struct Writer {
     conn: Connection,
     path: PathBuf,
+    commits: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -331,10 +339,10 @@ impl Writer {
             match command {
                 Command::Append(first) => {
                     // Group commit: everything queued while the last commit was syncing.
-                    let mut batch = vec![*first];
-                    while batch.len() < MAX_BATCH {
+                    let mut group = vec![*first];
+                    while group.len() < MAX_GROUP {
                         match commands.try_recv() {
-                            Ok(Command::Append(a)) => batch.push(*a),
+                            Ok(Command::Append(a)) => group.push(*a),
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -342,7 +350,7 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    self.append_batch(batch);
+                    self.commit_group(group);
                 }
                 Command::Retention { policy, reply } => {
                     let _ = reply.send(self.retention(&policy));
@@ -357,14 +365,15 @@ impl Writer {
         }
     }
 
-    fn append_batch(&mut self, batch: Vec<Append>) {
+    /// Commits a group of appends in one transaction and answers each.
+    fn commit_group(&mut self, group: Vec<Append>) {
         let at_ms = now_ms();
-        let results = match self.write(&batch, at_ms) {
+        let results = match self.write(&group, at_ms) {
             Ok(results) => results,
-            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(e) if group.len() == 1 => vec![Err(e)],
             // A storage error failed the whole transaction (nothing was written): write the
             // appends one by one, so that each gets its own result.
-            Err(_) => batch
+            Err(_) => group
                 .iter()
                 .map(|append| {
                     self.write(std::slice::from_ref(append), at_ms)
@@ -372,27 +381,30 @@ impl Writer {
                 })
                 .collect(),
         };
-        for (append, result) in batch.into_iter().zip(results) {
+        for (append, result) in group.into_iter().zip(results) {
             let _ = append.reply.send(result);
         }
     }
 
-    /// Writes `batch` in one transaction. The outer error means nothing was written; an inner
-    /// one is an append refused while the others went in.
+    /// Writes `group` in one transaction. The outer error means nothing was written; an inner
+    /// one is an append refused (none of its events written) while the others went in.
     fn write(
         &mut self,
-        batch: &[Append],
+        group: &[Append],
         at_ms: i64,
     ) -> Result<Vec<Result<Seq, JournalError>>, JournalError> {
-        let tx = self
+        let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(io("starting a write transaction"))?;
-        let results = batch
+        let results = group
             .iter()
-            .map(|append| insert(&tx, append, at_ms).map_err(io("appending an event")))
+            .map(|append| insert_all(&mut tx, append, at_ms).map_err(io("appending events")))
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().map_err(io("committing appended events"))?;
+        if results.iter().any(Result::is_ok) {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(results)
     }
 
@@ -471,15 +483,38 @@ impl Writer {
     }
 }
 
-/// Checks and inserts one append. Outer error: storage failed; inner: the append was refused.
-fn insert(
-    tx: &Transaction<'_>,
+/// Checks and inserts the events of one append, all or none (in a savepoint of `tx`). Outer
+/// error: storage failed; inner: an event was refused, and none was written.
+fn insert_all(
+    tx: &mut Transaction<'_>,
     append: &Append,
     at_ms: i64,
 ) -> rusqlite::Result<Result<Seq, JournalError>> {
-    let Append {
-        run, event, body, ..
-    } = append;
+    let Append { run, events, .. } = append;
+    if events.is_empty() {
+        return Ok(Err(empty_batch(run)));
+    }
+    let savepoint = tx.savepoint()?;
+    let mut last = 0;
+    for (i, (event, body)) in events.iter().enumerate() {
+        match insert(&savepoint, run, event, body, at_ms)? {
+            Ok(seq) => last = seq,
+            // Dropping the savepoint rolls the append's earlier events back.
+            Err(refused) => return Ok(Err(in_batch(refused, i, events.len()))),
+        }
+    }
+    savepoint.commit()?;
+    Ok(Ok(last))
+}
+
+/// Checks and inserts one event. Outer error: storage failed; inner: the event was refused.
+fn insert(
+    tx: &Connection,
+    run: &RunId,
+    event: &RunEvent,
+    body: &str,
+    at_ms: i64,
+) -> rusqlite::Result<Result<Seq, JournalError>> {
     let head = match run_head(tx, run)? {
         Ok(head) => head,
         Err(corrupt) => return Ok(Err(corrupt)),
@@ -496,7 +531,7 @@ fn insert(
 /// The run's stored status and last sequence number (`None`: a new run). Inner error: the
 /// stored status is not one this build knows.
 fn run_head(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run: &RunId,
 ) -> rusqlite::Result<Result<Option<RunHead>, JournalError>> {
     let head = tx
@@ -512,7 +547,7 @@ fn run_head(
 }
 
 /// For a tool result: whether its idempotency key already has an intent and a result in `run`.
-fn key_use(tx: &Transaction<'_>, run: &RunId, event: &RunEvent) -> rusqlite::Result<KeyUse> {
+fn key_use(tx: &Connection, run: &RunId, event: &RunEvent) -> rusqlite::Result<KeyUse> {
     let mut key_use = KeyUse::default();
     if let (RunEvent::ToolResult { .. }, Some(key)) = (event, event.idempotency_key()) {
         let mut st =
@@ -530,7 +565,7 @@ fn key_use(tx: &Transaction<'_>, run: &RunId, event: &RunEvent) -> rusqlite::Res
 
 /// Writes an accepted event as number `seq` of `run`, and the run's row after it.
 fn write_event(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run: &RunId,
     event: &RunEvent,
     body: &str,
@@ -655,26 +690,24 @@ impl RawEvent {
 }
 
 impl Journal for SqliteJournal {
-    fn append(&self, run: &RunId, event: RunEvent) -> JournalFuture<Seq> {
+    fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<Seq> {
         // Serialize here, on the caller's thread, so the writer only writes.
-        let body = match serde_json::to_string(&event) {
-            Ok(body) => body,
-            Err(e) => {
-                return JournalFuture::ready(Err(JournalError::Rejected {
-                    run: run.clone(),
-                    reason: format!("the event does not serialize: {e}"),
-                }))
-            }
+        let bodies = match serialize_batch(run, events) {
+            Ok(bodies) => bodies,
+            Err(refused) => return JournalFuture::ready(Err(refused)),
         };
         let run = run.clone();
         self.send(|reply| {
             Command::Append(Box::new(Append {
                 run,
-                event,
-                body,
+                events: bodies,
                 reply,
             }))
         })
+    }
+
+    fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {

@@ -42,6 +42,17 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The value of `impresario_llm_breaker_state`: 0 closed, 1 half-open, 2 open.
+    pub(crate) fn gauge(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum State {
     Closed { failures: u32 },

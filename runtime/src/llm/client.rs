@@ -48,11 +48,12 @@ use super::estimate::estimate_input;
 use super::price::{ModelPrice, PriceTable};
 use super::retry::RetryPolicy;
 use super::stream::{DeltaSink, Interruption, Received};
+use super::trace;
 use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Reservation, Settlement};
 use crate::redact::redact_serialized;
-use crate::telemetry::{chat_span, record_chat, Metrics, ModelMetrics};
+use crate::telemetry::{Metrics, ModelMetrics};
 
 /// Who pays for a call and what stops it. Both are required: there is no unbudgeted,
 /// unstoppable call. With a [`DeltaSink`] the call streams.
@@ -289,7 +290,6 @@ fn charge(micro_usd: u64, tokens: u64) -> Charge {
         micro_usd,
         tokens,
         model_calls: 1,
-        steps: 0,
     }
 }
 
@@ -324,7 +324,7 @@ impl<'a> Bill<'a> {
             Billing::InputEstimate => reservation.cancel(self.input_only),
             Billing::WorstCase => reservation.settle(self.worst_case),
             Billing::Usage(u) => {
-                self.metrics.usage(&u);
+                self.metrics.usage(u.input_tokens, u.output_tokens);
                 reservation.settle(charge(self.price.cost(&u), u.total_tokens()))
             }
         };
@@ -517,7 +517,7 @@ impl Inner {
     ) -> Result<ChatResponse, LlmError> {
         let (price, provider) = self.route(&request.model)?;
         let metrics = self.model_metrics(&price.provider, &request.model);
-        let span = chat_span(&price.provider, request, self.record_content);
+        let span = trace::open(&price.provider, request, self.record_content);
         let started = Instant::now();
         let mut sent = 0;
         let result = self
@@ -527,7 +527,7 @@ impl Inner {
             // A provider may echo a credential in an answer or an error: none leaves the layer.
             .map(redact_serialized)
             .map_err(LlmError::redacted);
-        record_chat(&span, &result, sent, self.record_content);
+        trace::close(&span, &result, sent, self.record_content);
         if sent > 0 {
             let error = result.as_ref().err().map(LlmError::kind);
             metrics.operation(started.elapsed(), error);
@@ -594,7 +594,7 @@ impl Inner {
         metrics: &ModelMetrics,
     ) -> Result<Permit<'a>, LlmError> {
         self.breakers.acquire(model).map_err(|retry_in| {
-            metrics.breaker(self.breakers.state(model));
+            metrics.breaker(self.breakers.state(model).gauge());
             LlmError::CircuitOpen {
                 model: model.to_owned(),
                 retry_in,
@@ -653,7 +653,7 @@ impl Inner {
                 .err()
                 .map_or(Outcome::Success, breaker_outcome),
         );
-        bill.metrics.breaker(self.breakers.state(model));
+        bill.metrics.breaker(self.breakers.state(model).gauge());
         match outcome {
             Ok(response) => bill.answered(response, settlement, request),
             // A failure's billed usage (a filtered or malformed answer) may pass it too.

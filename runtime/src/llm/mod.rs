@@ -53,6 +53,7 @@ mod retry;
 mod router;
 mod scripted;
 mod stream;
+mod trace;
 mod types;
 
 pub use anthropic::{Anthropic, AnthropicConfig, ANTHROPIC_VERSION};

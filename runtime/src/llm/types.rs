@@ -302,6 +302,19 @@ pub enum FinishReason {
     Other(String),
 }
 
+impl FinishReason {
+    /// The GenAI name of a finish reason (`stop`, `length`, `tool_calls`, or the provider's
+    /// own).
+    pub fn as_str(&self) -> &str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::Other(other) => other,
+        }
+    }
+}
+
 /// Token usage of one call.
 ///
 /// `input_tokens` is the whole prompt, cached parts included (for Anthropic: input + cache

@@ -13,12 +13,6 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 
 use super::names::{self, label, MetricDef, MetricKind, Values};
-use crate::events::Exit;
-use crate::halt::{HaltReason, HaltScope};
-use crate::ledger::{AccountId, Dimension};
-#[cfg(feature = "llm")]
-use crate::llm::{BreakerState, Usage};
-use crate::outcome::RunOutcome;
 
 const METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -35,9 +29,8 @@ const METADATA: Metadata<'static> =
 ///   can count exactly without a global recorder, and several runtimes in one process can
 ///   export separately.
 ///
-/// Pass it to [`RuntimeBuilder::metrics`](crate::RuntimeBuilder::metrics),
-/// [`ClientBuilder::metrics`](crate::llm::ClientBuilder::metrics) and
-/// [`Halts::with_metrics`](crate::halt::Halts::with_metrics).
+/// Pass it to `RuntimeBuilder::metrics`, `llm::ClientBuilder::metrics` and
+/// `halt::Halts::with_metrics`.
 #[derive(Clone, Default)]
 pub struct Metrics {
     recorder: Option<Arc<dyn Recorder + Send + Sync>>,
@@ -50,6 +43,15 @@ impl fmt::Debug for Metrics {
             Some(_) => "Metrics::to(<recorder>)",
         })
     }
+}
+
+/// A value that is a metric label: one of a small, fixed set of snake_case names (the catalog's
+/// [`Values::Known`] of its label). The types of the rest of the crate implement it where they
+/// are defined (a run's outcome, a halt's reason and scope kind, an account's kind, a
+/// dimension), so this module depends on none of them.
+pub trait LabelValue {
+    /// The label value, e.g. `ceiling_reached`.
+    fn label_value(&self) -> &'static str;
 }
 
 /// Why a supervisor restarted an agent, as a metric label.
@@ -68,16 +70,6 @@ pub enum RestartReason {
 }
 
 impl RestartReason {
-    /// The reason for restarting the agent whose incarnation ended with `exit`.
-    pub fn of(exit: &Exit) -> Self {
-        match exit {
-            Exit::Normal => RestartReason::Exited,
-            Exit::Panicked { .. } => RestartReason::Panicked,
-            Exit::Killed => RestartReason::Killed,
-            Exit::Failed { .. } => RestartReason::Failed,
-        }
-    }
-
     fn as_str(self) -> &'static str {
         match self {
             RestartReason::Panicked => "panicked",
@@ -184,8 +176,8 @@ impl Metrics {
 
     /// A run ended after `duration`: counts it by outcome, records its duration, and removes it
     /// from the active runs.
-    pub fn run_finished(&self, outcome: RunOutcome, duration: Duration) {
-        let outcome = || vec![Label::new(label::OUTCOME, outcome.as_str())];
+    pub fn run_finished(&self, outcome: impl LabelValue, duration: Duration) {
+        let outcome = || vec![Label::new(label::OUTCOME, outcome.label_value())];
         self.counter(&names::RUNS_FINISHED, outcome()).increment(1);
         self.histogram(&names::RUN_DURATION, outcome())
             .record(duration);
@@ -219,49 +211,56 @@ impl Metrics {
             .increment(1);
     }
 
-    /// A halt was applied to the halt-token tree.
-    pub fn halt(&self, scope: &HaltScope, reason: HaltReason) {
+    /// A halt was applied to the halt-token tree; `scope` labels as its kind (`all`, `tenant`,
+    /// `run` or `agent`), never its id.
+    pub fn halt(&self, scope: &impl LabelValue, reason: impl LabelValue) {
         let labels = vec![
-            Label::new(label::SCOPE, scope_kind(scope)),
-            Label::new(label::REASON, reason.to_string()),
+            Label::new(label::SCOPE, scope.label_value()),
+            Label::new(label::REASON, reason.label_value()),
         ];
         self.counter(&names::HALTS, labels).increment(1);
     }
 
     /// An operator lifted the standing halt of `scope`.
-    pub fn halt_lifted(&self, scope: &HaltScope) {
-        let labels = vec![Label::new(label::SCOPE, scope_kind(scope))];
+    pub fn halt_lifted(&self, scope: &impl LabelValue) {
+        let labels = vec![Label::new(label::SCOPE, scope.label_value())];
         self.counter(&names::HALTS_LIFTED, labels).increment(1);
     }
 
     /// `count` standing halts of `scope`'s kind (`all` or `tenant`) are in force now.
-    pub fn halts_in_force(&self, scope: &HaltScope, count: usize) {
-        let labels = vec![Label::new(label::SCOPE, scope_kind(scope))];
+    pub fn halts_in_force(&self, scope: &impl LabelValue, count: usize) {
+        let labels = vec![Label::new(label::SCOPE, scope.label_value())];
         self.gauge(&names::HALTS_IN_FORCE, labels).set(count as f64);
     }
 
     /// A supervisor halted `count` agents.
-    pub fn agents_halted(&self, reason: HaltReason, count: usize) {
-        let labels = vec![Label::new(label::REASON, reason.to_string())];
+    pub fn agents_halted(&self, reason: impl LabelValue, count: usize) {
+        let labels = vec![Label::new(label::REASON, reason.label_value())];
         self.counter(&names::AGENTS_HALTED, labels)
             .increment(count as u64);
     }
 
-    /// An account's spending crossed `percent` of its ceiling in `dimension`.
-    pub fn ceiling_warning(&self, account: &AccountId, dimension: Dimension, percent: u8) {
+    /// An account's spending crossed `percent` of its ceiling in `dimension`; `account` labels
+    /// as its kind (`global`, `tenant` or `run`), never its id.
+    pub fn ceiling_warning(
+        &self,
+        account: &impl LabelValue,
+        dimension: impl LabelValue,
+        percent: u8,
+    ) {
         let labels = vec![
-            Label::new(label::ACCOUNT_KIND, account_kind(account)),
-            Label::new(label::DIMENSION, dimension.to_string()),
+            Label::new(label::ACCOUNT_KIND, account.label_value()),
+            Label::new(label::DIMENSION, dimension.label_value()),
             Label::new(label::PERCENT, percent.to_string()),
         ];
         self.counter(&names::CEILING_WARNINGS, labels).increment(1);
     }
 
     /// A reservation was refused by an account's ceiling in `dimension`.
-    pub fn ceiling_reached(&self, account: &AccountId, dimension: Dimension) {
+    pub fn ceiling_reached(&self, account: &impl LabelValue, dimension: impl LabelValue) {
         let labels = vec![
-            Label::new(label::ACCOUNT_KIND, account_kind(account)),
-            Label::new(label::DIMENSION, dimension.to_string()),
+            Label::new(label::ACCOUNT_KIND, account.label_value()),
+            Label::new(label::DIMENSION, dimension.label_value()),
         ];
         self.counter(&names::CEILINGS_REACHED, labels).increment(1);
     }
@@ -337,25 +336,6 @@ impl Metrics {
     }
 }
 
-/// `all`, `tenant`, `run` or `agent`: the kind of a halt's scope, never its id.
-fn scope_kind(scope: &HaltScope) -> &'static str {
-    match scope {
-        HaltScope::All => "all",
-        HaltScope::Tenant(_) => "tenant",
-        HaltScope::Run(_) => "run",
-        HaltScope::Agent(_) => "agent",
-    }
-}
-
-/// `global`, `tenant` or `run`: the kind of an account, never its id.
-fn account_kind(account: &AccountId) -> &'static str {
-    match account {
-        AccountId::Global => "global",
-        AccountId::Tenant(_) => "tenant",
-        AccountId::Run(_) => "run",
-    }
-}
-
 /// The metrics of one agent kind, resolved when the first agent of the kind is spawned.
 pub(crate) struct AgentMetrics {
     /// Whether handler durations are recorded (false with no recorder: no clock is read).
@@ -409,7 +389,7 @@ pub(crate) struct ModelMetrics {
 #[cfg(feature = "llm")]
 impl ModelMetrics {
     /// A model call that sent at least one request took `took`; `error` is the class of its
-    /// failure (see [`LlmError::kind`](crate::llm::LlmError::kind)).
+    /// failure (`LlmError::kind`).
     pub(crate) fn operation(&self, took: Duration, error: Option<&'static str>) {
         match error {
             None => self.duration.record(took),
@@ -427,10 +407,10 @@ impl ModelMetrics {
         }
     }
 
-    /// The provider reported `usage` for an attempt.
-    pub(crate) fn usage(&self, usage: &Usage) {
-        self.input_tokens.record(usage.input_tokens as f64);
-        self.output_tokens.record(usage.output_tokens as f64);
+    /// The provider reported `input` and `output` tokens for an attempt.
+    pub(crate) fn usage(&self, input: u64, output: u64) {
+        self.input_tokens.record(input as f64);
+        self.output_tokens.record(output as f64);
     }
 
     /// The ledger charged `micro_usd` for an attempt.
@@ -455,13 +435,10 @@ impl ModelMetrics {
             .increment(1);
     }
 
-    /// The model's breaker is now in `state`.
-    pub(crate) fn breaker(&self, state: BreakerState) {
-        self.breaker.set(match state {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
-        });
+    /// The model's breaker is now in `state`: 0 closed, 1 half-open, 2 open (the gauge's
+    /// documented values).
+    pub(crate) fn breaker(&self, state: u8) {
+        self.breaker.set(f64::from(state));
     }
 }
 
@@ -497,7 +474,13 @@ mod tests {
         let has = |line: &str| text.lines().any(|l| l == line);
         assert!(has("impresario_supervisor_restarts_total{agent_kind=\"planner\",reason=\"panicked\"} 0"), "{text}");
         assert!(has("impresario_llm_retries_total{provider=\"openai\",model=\"gpt-4o-mini\",status_class=\"429\"} 0"), "{text}");
-        metrics.run_finished(RunOutcome::CeilingReached, Duration::from_secs(1));
+        struct Outcome;
+        impl LabelValue for Outcome {
+            fn label_value(&self) -> &'static str {
+                "ceiling_reached"
+            }
+        }
+        metrics.run_finished(Outcome, Duration::from_secs(1));
         let text = exposition.render();
         assert!(text.contains("impresario_runs_finished_total{outcome=\"ceiling_reached\"} 1"));
     }

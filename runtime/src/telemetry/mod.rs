@@ -1,6 +1,10 @@
 //! Telemetry: metrics (the `metrics` facade, exported for Prometheus) and `tracing` spans, with
 //! OpenTelemetry GenAI names where the conventions have them.
 //!
+//! This module imports nothing else from the crate: it records plain values (labels as
+//! [`LabelValue`]s or `&str`, numbers) and small types of its own, and the modules that own
+//! what is measured (runs, halts, the ledger, the LLM layer) convert.
+//!
 //! - [`names`]: the catalog of every metric (name, kind, unit, help, labels, buckets).
 //! - [`Metrics`]: where metrics go, and the recording functions for what happens outside the
 //!   runtime's own hot paths (runs, approvals, halts, ceilings, restarts).
@@ -27,9 +31,10 @@ mod spans;
 pub(crate) use self::metrics::AgentMetrics;
 #[cfg(feature = "llm")]
 pub(crate) use self::metrics::ModelMetrics;
-pub use self::metrics::{Metrics, RestartReason};
-pub use crate::outcome::RunOutcome;
+pub use self::metrics::{LabelValue, Metrics, RestartReason};
 pub use prometheus::{ExporterError, MetricsHandle, Prometheus, CONTENT_TYPE};
 #[cfg(feature = "llm")]
-pub(crate) use spans::{chat as chat_span, record_chat};
+pub(crate) use spans::{
+    chat as chat_span, record_chat, record_messages, ChatEnd, ChatStart, Messages,
+};
 pub use spans::{execute_tool, invoke_agent, invoke_workflow, record_error_type};

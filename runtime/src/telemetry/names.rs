@@ -30,7 +30,7 @@ pub mod label {
     pub const STATUS_CLASS: &str = "status_class";
     /// The kind of ledger account: `global`, `tenant` or `run` (never the id).
     pub const ACCOUNT_KIND: &str = "account_kind";
-    /// The limited dimension of an account: `micro_usd`, `tokens`, `model_calls`, `steps`, `deadline`.
+    /// The limited dimension of an account: `micro_usd`, `tokens`, `model_calls`, `deadline`.
     pub const DIMENSION: &str = "dimension";
     /// The warning fraction crossed, in percent of the limit (as configured on the ledger).
     pub const PERCENT: &str = "percent";
@@ -165,8 +165,7 @@ pub const ROOTS: Values = Values::Known(&["true", "false"]);
 /// Kinds of ledger accounts.
 pub const ACCOUNT_KINDS: Values = Values::Known(&["global", "tenant", "run"]);
 /// Limited dimensions of an account.
-pub const DIMENSIONS: Values =
-    Values::Known(&["micro_usd", "tokens", "model_calls", "steps", "deadline"]);
+pub const DIMENSIONS: Values = Values::Known(&["micro_usd", "tokens", "model_calls", "deadline"]);
 /// The ledger's default warning fractions, in percent.
 pub const PERCENTS: Values = Values::Known(&["50", "80", "100"]);
 /// Classes of retried failures.

@@ -3,6 +3,7 @@
 //! directory), then what only a file can show: reopening, a SIGKILLed writer, a newer
 //! schema, corrupt rows, compaction.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ use impresario_runtime::journal::{
 use impresario_runtime::RunId;
 use serde_json::json;
 
-use crate::journal_suite::{finished, step, submitted};
+use crate::journal_suite::{finished, halted, step, submitted};
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -65,6 +66,55 @@ mod memory {
 /// The shared journal suite (`journal_suite.rs`) against SQLite.
 mod sqlite {
     crate::journal_suite::conformance!(super::open_sqlite);
+}
+
+// ---- Memory only -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_memory_journal_keeps_only_its_cap_of_finished_runs() {
+    let journal = MemoryJournal::with_max_finished_runs(3);
+    let run = |name: String| RunId::new(name);
+    journal
+        .append(&run("active".into()), submitted("t"))
+        .await
+        .unwrap();
+    let halted_run = run("halted".into());
+    journal
+        .append_batch(&halted_run, vec![submitted("t"), halted()])
+        .await
+        .unwrap();
+    for i in 0..6 {
+        journal
+            .append_batch(&run(format!("done-{i}")), vec![submitted("t"), finished()])
+            .await
+            .unwrap();
+    }
+    let names: BTreeSet<String> = journal
+        .runs(&RunFilter::all())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.run.to_string())
+        .collect();
+    // The three that finished last; active and halted runs are never deleted by the cap.
+    let kept = ["active", "done-3", "done-4", "done-5", "halted"];
+    assert_eq!(names, kept.map(String::from).into());
+    assert!(journal.read(&run("done-0".into())).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_memory_journal_is_bounded_by_default() {
+    let journal = MemoryJournal::new();
+    let cap = impresario_runtime::journal::DEFAULT_MAX_FINISHED_RUNS;
+    for i in 0..cap + 10 {
+        let run = RunId::new(format!("r{i:05}"));
+        journal
+            .append_batch(&run, vec![submitted("t"), finished()])
+            .await
+            .unwrap();
+    }
+    let runs = journal.runs(&RunFilter::all()).unwrap();
+    assert_eq!(runs.len(), cap);
+    assert_eq!(runs[0].run, RunId::new("r00010"), "the oldest ten went");
 }
 
 // ---- SQLite only ------------------------------------------------------------------------------

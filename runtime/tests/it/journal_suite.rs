@@ -33,7 +33,9 @@ macro_rules! conformance {
             idempotency_key_lookup,
             runs_are_listed_with_their_status,
             sequence_numbers_are_gap_free_under_8_concurrent_appenders,
-            retention_by_count_and_age_keeps_unfinished_runs
+            retention_by_count_and_age_keeps_unfinished_runs,
+            a_batch_is_one_commit_and_all_or_nothing,
+            concurrent_batches_of_many_runs_keep_their_own_fate
         );
     };
     (@each $open:path; $($suite:ident),*) => {$(
@@ -449,4 +451,91 @@ pub async fn retention_by_count_and_age_keeps_unfinished_runs(journal: Arc<dyn J
     assert_eq!(report.runs_deleted, 1);
     assert_eq!(names(), ["active", "new"]);
     assert_eq!(journal.read(&run("active")).unwrap().len(), 2);
+}
+
+pub async fn a_batch_is_one_commit_and_all_or_nothing(journal: Arc<dyn Journal>) {
+    let run = RunId::new("batched");
+    let before = journal.commits();
+    let first = vec![
+        submitted("t"),
+        step(1),
+        intent("k1"),
+        result("k1", ToolOutcome::Ok(json!(1))),
+    ];
+    // A tool result may follow its intent in the same batch.
+    assert_eq!(journal.append_batch(&run, first.clone()).await.unwrap(), 4);
+    assert_eq!(journal.commits(), before + 1, "one batch, one commit");
+
+    // The second event is refused (a second result for k1): nothing of the batch is written.
+    let refused = journal
+        .append_batch(&run, vec![step(2), result("k1", ToolOutcome::Ok(json!(2)))])
+        .await
+        .unwrap_err();
+    let JournalError::Rejected { reason, .. } = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(reason.contains("event 2 of a batch of 2"), "{reason}");
+    assert!(reason.contains("already journaled"), "{reason}");
+    let stored: Vec<RunEvent> = journal
+        .read(&run)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(stored, first, "a refused batch left the run as it was");
+    assert_eq!(
+        journal.commits(),
+        before + 1,
+        "a refused batch is not a commit"
+    );
+
+    // An empty batch is refused, and a refused first batch leaves no run behind.
+    let empty = journal.append_batch(&run, Vec::new()).await.unwrap_err();
+    assert!(
+        matches!(&empty, JournalError::Rejected { reason, .. } if reason.contains("empty batch"))
+    );
+    let orphan = RunId::new("orphan");
+    let no_start = journal.append_batch(&orphan, vec![step(1), step(2)]).await;
+    assert!(no_start.is_err());
+    assert!(journal.read(&orphan).unwrap().is_empty());
+    assert_eq!(journal.runs(&RunFilter::all()).unwrap().len(), 1);
+
+    // The run's end in the same batch as the events before it.
+    let end = vec![step(2), intent("k2"), finished()];
+    assert_eq!(journal.append_batch(&run, end).await.unwrap(), 7);
+    let summary = &journal.runs(&RunFilter::all()).unwrap()[0];
+    assert_eq!((summary.status, summary.last_seq), (RunStatus::Finished, 7));
+    assert_eq!(summary.last_event, "run_finished");
+    assert_eq!(journal.commits(), before + 2);
+}
+
+pub async fn concurrent_batches_of_many_runs_keep_their_own_fate(journal: Arc<dyn Journal>) {
+    // Queued together, so the SQLite writer commits them in one group: the refused batches
+    // (odd runs: a result without its intent) must not take the others down with them.
+    let pending: Vec<_> = (0..16)
+        .map(|i| {
+            let run = RunId::new(format!("g{i}"));
+            let mut events = vec![submitted("t"), step(1)];
+            if i % 2 == 1 {
+                events.push(result("nokey", ToolOutcome::Ok(json!(0))));
+            }
+            (run.clone(), journal.append_batch(&run, events))
+        })
+        .collect();
+    for (i, (run, future)) in pending.into_iter().enumerate() {
+        let outcome = future.await;
+        let stored = journal.read(&run).unwrap().len();
+        if i % 2 == 1 {
+            assert!(outcome.is_err(), "{run} should have been refused");
+            assert_eq!(stored, 0, "{run}: a refused batch wrote events");
+        } else {
+            assert_eq!(outcome.unwrap(), 2, "{run}");
+            assert_eq!(stored, 2, "{run}");
+        }
+    }
+    let commits = journal.commits();
+    assert!(
+        (1..=8).contains(&commits),
+        "8 accepted batches made {commits} commits"
+    );
 }

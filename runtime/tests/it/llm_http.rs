@@ -24,7 +24,6 @@ fn input_charge(req: &ChatRequest) -> Charge {
         micro_usd: price(&req.model).input_cost(tokens),
         tokens,
         model_calls: 1,
-        steps: 0,
     }
 }
 
@@ -33,7 +32,6 @@ fn usage_charge(model: &str, usage: &Usage) -> Charge {
         micro_usd: price(model).cost(usage),
         tokens: usage.total_tokens(),
         model_calls: 1,
-        steps: 0,
     }
 }
 
@@ -107,7 +105,6 @@ async fn openai_success_reports_exact_usage_and_cost() {
             micro_usd: 435,
             tokens: 1500,
             model_calls: 1,
-            steps: 0
         }
     );
     assert_eq!(snap.reserved, Charge::ZERO);
@@ -618,7 +615,6 @@ async fn falls_back_to_the_second_model() {
             micro_usd: 45,
             tokens: 25,
             model_calls: 1,
-            steps: 0
         }
     );
 }
