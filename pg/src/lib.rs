@@ -6,13 +6,20 @@
 //! - [`error`]: [`PgError`], what fails and what to do.
 //! - [`schema`]: versioned migrations; a foreign or newer database is refused untouched.
 //! - [`journal`]: [`PgJournal`], the run journal.
+//! - [`ledger`]: reservations as holds with an expiry, exact across processes
+//!   ([`ledger::PgLedger`], a `LedgerStore`).
+//! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
+//!   ([`halts::PgHalts`]).
 //!
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
 pub mod database;
 pub mod error;
+pub mod halts;
 pub mod journal;
+pub mod ledger;
+mod ledger_retry;
 pub mod schema;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;

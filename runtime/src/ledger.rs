@@ -805,6 +805,11 @@ impl AccountPath {
     pub fn leaf(&self) -> &Account {
         &self.leaf
     }
+
+    /// The ids of the path's accounts, leaf first, up to `Global`.
+    pub fn ids(&self) -> Vec<AccountId> {
+        self.leaf.node.ancestry().map(|n| n.id.clone()).collect()
+    }
 }
 
 /// Capacity held on every account of a path for one call in flight.

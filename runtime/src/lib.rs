@@ -61,6 +61,8 @@ pub mod health;
 pub mod journal;
 /// Cost ledger: reserve, settle and cap spending on a tree of accounts.
 pub mod ledger;
+/// The seam to a durable ledger store shared by processes: holds with an expiry.
+pub mod ledger_store;
 /// The LLM layer: providers over reqwest, with cost reservation, retries, breaker, cache.
 #[cfg(feature = "llm")]
 pub mod llm;

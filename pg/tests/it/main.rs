@@ -5,9 +5,11 @@
 // may have (clippy::too_many_lines, workspace lint).
 #![allow(clippy::too_many_lines)]
 
+mod halts;
 mod journal;
 // The journal suite every backend passes, shared with impresario-runtime's tests.
 #[path = "../../../runtime/tests/it/journal_suite.rs"]
 mod journal_suite;
+mod ledger;
 mod logs;
 mod test_cluster;

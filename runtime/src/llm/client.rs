@@ -7,7 +7,9 @@
 //! 1. cache hit (temperature 0, cache enabled): return it, cost 0, nothing reserved or sent;
 //! 2. breaker open: [`LlmError::CircuitOpen`], nothing reserved or sent;
 //! 3. reserve the worst case (input estimate + `max_tokens` output, 1 model call) on the
-//!    caller's account path; refused: [`LlmError::CeilingReached`], nothing sent;
+//!    caller's account path, and in its ledger store when the options hold one
+//!    ([`crate::ledger_store`]); refused: [`LlmError::CeilingReached`] (a store that fails:
+//!    [`LlmError::LedgerUnavailable`]), nothing sent;
 //! 4. send, racing the halt token (a halt drops the request, which closes its connection);
 //!    streamed when the options carry a [`DeltaSink`];
 //! 5. close the reservation: settle the real usage on success; on failure charge what the
@@ -51,7 +53,8 @@ use super::stream::{DeltaSink, Interruption, Received};
 use super::trace;
 use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
-use crate::ledger::{AccountPath, Charge, Reservation, Settlement};
+use crate::ledger::{AccountPath, Charge, Settlement};
+use crate::ledger_store::{self, HeldReservation, LedgerStore};
 use crate::redact::redact_serialized;
 use crate::telemetry::{Metrics, ModelMetrics};
 
@@ -61,6 +64,9 @@ use crate::telemetry::{Metrics, ModelMetrics};
 pub struct CallOptions {
     /// The accounts the call is reserved on (run -> tenant -> global).
     pub account: AccountPath,
+    /// Where the reservation is also held, shared with other processes (PostgreSQL); `None`:
+    /// this process's ledger alone.
+    pub store: Option<Arc<dyn LedgerStore>>,
     /// The run's halt token; cancelling it aborts the call.
     pub halt: CancellationToken,
     /// Whose cached answers the call may be served and may add to (a run's tenant): an answer
@@ -75,6 +81,7 @@ impl CallOptions {
     pub fn new(account: AccountPath, halt: CancellationToken) -> Self {
         CallOptions {
             account,
+            store: None,
             halt,
             cache_scope: None,
             deltas: None,
@@ -84,6 +91,13 @@ impl CallOptions {
     /// With cached answers scoped to `scope` (a tenant): never served to another scope.
     pub fn cache_scope(mut self, scope: Arc<str>) -> Self {
         self.cache_scope = Some(scope);
+        self
+    }
+
+    /// The same options, also holding every reservation in `store` (see
+    /// [`ledger_store`](crate::ledger_store)).
+    pub fn held_in(mut self, store: Arc<dyn LedgerStore>) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -313,23 +327,38 @@ impl<'a> Bill<'a> {
         }
     }
 
-    /// Closes the reservation as `billing` says, and records the usage the provider reported
-    /// and the money charged. `None` when nothing was charged.
-    fn close(&self, reservation: Reservation, billing: Billing) -> Option<Settlement> {
-        let settlement = match billing {
-            Billing::Nothing => {
-                reservation.release();
-                return None;
-            }
-            Billing::InputEstimate => reservation.cancel(self.input_only),
-            Billing::WorstCase => reservation.settle(self.worst_case),
-            Billing::Usage(u) => {
-                self.metrics.usage(u.input_tokens, u.output_tokens);
-                reservation.settle(charge(self.price.cost(&u), u.total_tokens()))
-            }
+    /// Closes the reservation as `billing` says (awaiting the store's hold), and records the
+    /// usage the provider reported and the money charged. `None` when nothing was charged.
+    async fn close(&self, reservation: HeldReservation, billing: Billing) -> Option<Settlement> {
+        let Some(charged) = self.charged(billing) else {
+            reservation.release().await;
+            return None;
         };
+        let settlement = reservation.settle(charged).await;
         self.metrics.cost(settlement.charged.micro_usd);
         Some(settlement)
+    }
+
+    /// Like [`Bill::close`], for a call future being dropped: the store's hold is settled by
+    /// a detached task.
+    fn close_detached(&self, reservation: HeldReservation, billing: Billing) {
+        let charged = self.charged(billing).unwrap_or(Charge::ZERO);
+        let settlement = reservation.finish_detached(charged);
+        self.metrics.cost(settlement.charged.micro_usd);
+    }
+
+    /// What `billing` charges (`None`: nothing, the reservation is released), recording the
+    /// usage the provider reported.
+    fn charged(&self, billing: Billing) -> Option<Charge> {
+        match billing {
+            Billing::Nothing => None,
+            Billing::InputEstimate => Some(self.input_only),
+            Billing::WorstCase => Some(self.worst_case),
+            Billing::Usage(u) => {
+                self.metrics.usage(u.input_tokens, u.output_tokens);
+                Some(charge(self.price.cost(&u), u.total_tokens()))
+            }
+        }
     }
 
     /// The error that stops the caller when `settlement` went past the reservation: counted,
@@ -407,16 +436,16 @@ fn impossible_usage(usage: &Usage, request: &ChatRequest, price: &ModelPrice) ->
 /// was aborted just as by a halt, so dropping charges like a cancellation: the input estimate,
 /// or what a stream had delivered.
 struct InFlight<'a> {
-    reservation: Option<Reservation>,
+    reservation: Option<HeldReservation>,
     bill: &'a Bill<'a>,
     request: &'a ChatRequest,
     received: Received,
 }
 
 impl InFlight<'_> {
-    fn close(mut self, billing: Billing) -> Option<Settlement> {
+    async fn close(mut self, billing: Billing) -> Option<Settlement> {
         let r = self.reservation.take()?;
-        self.bill.close(r, billing)
+        self.bill.close(r, billing).await
     }
 }
 
@@ -428,7 +457,7 @@ impl Drop for InFlight<'_> {
             } else {
                 Billing::InputEstimate
             };
-            self.bill.close(r, billing);
+            self.bill.close_detached(r, billing);
         }
     }
 }
@@ -621,7 +650,10 @@ impl Inner {
         let permit = self.permit(model, bill.metrics)?;
         let received = Received::new(options.deltas.clone());
         let in_flight = InFlight {
-            reservation: Some(options.account.reserve(bill.worst_case)?),
+            reservation: Some(
+                ledger_store::reserve(&options.account, options.store.as_ref(), bill.worst_case)
+                    .await?,
+            ),
             bill,
             request,
             received: received.clone(),
@@ -646,7 +678,7 @@ impl Inner {
             Ok(response) => Billing::Usage(response.usage),
             Err(err) => err.billing(),
         };
-        let settlement = in_flight.close(billing);
+        let settlement = in_flight.close(billing).await;
         permit.record(
             outcome
                 .as_ref()

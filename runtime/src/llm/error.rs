@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::stream::{Interrupted, Interruption};
 use super::types::Usage;
 use crate::ledger::{CeilingReached, MicroUsd};
+use crate::ledger_store::{ReserveError, StoreError};
 
 /// Everything that can go wrong with a model call. Each message says what to do about it;
 /// [`LlmError::is_retryable`] says whether trying again could help.
@@ -118,6 +119,9 @@ pub enum LlmError {
     /// The worst-case cost did not fit under a ceiling; nothing was sent.
     #[error("cost ceiling reached, nothing was sent: {0}; raise the budget, lower max_tokens or use a cheaper model")]
     CeilingReached(#[from] CeilingReached),
+    /// The ledger store (PostgreSQL) holding the run's reservations failed; nothing was sent.
+    #[error("{0}")]
+    LedgerUnavailable(#[from] StoreError),
     /// The circuit breaker for this model is open after repeated failures; nothing was sent.
     #[error("circuit breaker for model `{model}` is open after repeated failures, nothing was sent; it lets a probe through in {retry_in:?}")]
     CircuitOpen {
@@ -187,6 +191,15 @@ pub(crate) enum Billing {
     Usage(Usage),
 }
 
+impl From<ReserveError> for LlmError {
+    fn from(err: ReserveError) -> Self {
+        match err {
+            ReserveError::Ceiling(ceiling) => LlmError::CeilingReached(ceiling),
+            ReserveError::Store(store) => LlmError::LedgerUnavailable(store),
+        }
+    }
+}
+
 impl LlmError {
     /// A stable snake_case name of the error's class, for the `error.type` span attribute and
     /// metric label (a bounded set: never the message).
@@ -210,6 +223,7 @@ impl LlmError {
                 Interruption::Broken(_) => "stream_broken",
             },
             LlmError::CeilingReached(_) => "ceiling_reached",
+            LlmError::LedgerUnavailable(_) => "ledger_unavailable",
             LlmError::CircuitOpen { .. } => "circuit_open",
             LlmError::NotRecorded { .. } => "not_recorded",
             LlmError::Config(_) => "config",

@@ -1,0 +1,379 @@
+//! Halts on PostgreSQL: a halt is a durable row, and every process following the table sees it
+//! within milliseconds through `LISTEN/NOTIFY` ([`PgHalts`], [`HaltFollower`]).
+//!
+//! - [`PgHalts::halt`] inserts the halt's row and notifies channel [`CHANNEL`] in the same
+//!   transaction: the notification is delivered when (and only if) the row commits.
+//! - [`PgHalts::follow`] keeps one connection listening on the channel and applies every halt
+//!   and lift to this process's [`Halts`], so the `HaltToken` of a run driven here fires
+//!   however far away the halt was requested. After (re)connecting it first reads the standing
+//!   halts, so nothing requested while it was disconnected is missed (lifts included).
+//! - A run also checks the table before each step ([`PgHalts::standing`]): it covers a run
+//!   that was not running here when its halt was notified.
+//! - [`PgHalts::lift`] marks the scope's rows lifted and notifies. Resuming a halted run lifts
+//!   its run-scope rows (`lift(&HaltScope::Run(..))`), or the check before its next step would
+//!   halt it again.
+//!
+//! Halts of an agent are not stored (agents are halted through their supervisor).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use deadpool_postgres::{Object, Pool};
+use futures_util::StreamExt;
+use impresario_runtime::halt::{Halt, HaltScope, Halts};
+use impresario_runtime::ledger_store::StoreError;
+use impresario_runtime::{RunId, TenantId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::ledger_retry::{retrying, Step};
+
+/// The halts' schema, a step for the migration list ([`PgHalts::install`] until it exists).
+pub const MIGRATION: &str = "
+CREATE TABLE IF NOT EXISTS halts (
+    id bigserial PRIMARY KEY,
+    scope text NOT NULL,
+    halt text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    lifted_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS halts_standing ON halts (scope) WHERE lifted_at IS NULL;
+";
+
+/// The `LISTEN/NOTIFY` channel of halts and lifts.
+pub const CHANNEL: &str = "impresario_halts";
+
+/// A notification's detail is cut to this many characters (a payload must stay under 8000
+/// bytes); the row keeps the whole detail.
+const NOTIFIED_DETAIL_CHARS: usize = 1_000;
+
+/// The longest pause before the follower reconnects.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+
+/// What travels on [`CHANNEL`].
+#[derive(Serialize, Deserialize)]
+enum Notice {
+    /// Halt row `id` was recorded.
+    Halt { id: i64, halt: Halt },
+    /// The standing halts of a scope were lifted.
+    Lift { scope: HaltScope },
+}
+
+/// The key of a scope's rows: `all`, `tenant:<id>` or `run:<id>` (agents: none).
+fn scope_key(scope: &HaltScope) -> Option<String> {
+    match scope {
+        HaltScope::All => Some("all".to_owned()),
+        HaltScope::Tenant(t) => Some(format!("tenant:{t}")),
+        HaltScope::Run(r) => Some(format!("run:{r}")),
+        HaltScope::Agent(_) => None,
+    }
+}
+
+/// Halts recorded in PostgreSQL (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct PgHalts {
+    pool: Pool,
+    retry_for: Duration,
+}
+
+impl PgHalts {
+    /// Halts on the database of `pool` (schema: [`MIGRATION`]); an operation retries for up to
+    /// `retry_for` while the server is unreachable.
+    pub fn new(pool: Pool, retry_for: Duration) -> Self {
+        PgHalts { pool, retry_for }
+    }
+
+    /// Creates the halts table if it is missing (until the migration list runs [`MIGRATION`]).
+    pub async fn install(&self) -> Result<(), StoreError> {
+        retrying(&self.pool, self.retry_for, &Install).await
+    }
+
+    /// Records `halt` and notifies every follower. Returns false for an agent's halt, which is
+    /// not stored. A retry after a lost commit answer may record it twice (harmless: the first
+    /// halt of a token wins).
+    pub async fn halt(&self, halt: &Halt) -> Result<bool, StoreError> {
+        let Some(scope) = scope_key(&halt.scope) else {
+            return Ok(false);
+        };
+        retrying(&self.pool, self.retry_for, &Record { scope, halt }).await?;
+        Ok(true)
+    }
+
+    /// Lifts the standing halts of `scope` and notifies every follower; returns how many were
+    /// standing (0: nothing to lift).
+    pub async fn lift(&self, scope: &HaltScope) -> Result<u64, StoreError> {
+        let Some(key) = scope_key(scope) else {
+            return Ok(0);
+        };
+        retrying(&self.pool, self.retry_for, &Lift { key, scope }).await
+    }
+
+    /// The oldest halt standing on the run, its tenant or everything: a run checks it before
+    /// each step.
+    pub async fn standing(
+        &self,
+        tenant: &TenantId,
+        run: &RunId,
+    ) -> Result<Option<Halt>, StoreError> {
+        let keys = [
+            HaltScope::All,
+            HaltScope::Tenant(tenant.clone()),
+            HaltScope::Run(run.clone()),
+        ]
+        .iter()
+        .filter_map(scope_key)
+        .collect();
+        retrying(&self.pool, self.retry_for, &Standing { keys }).await
+    }
+
+    /// Applies every halt and lift recorded by any process to `halts`, on a connection of its
+    /// own to `config` (reconnecting, with a catch-up, whenever it is lost).
+    pub fn follow(config: tokio_postgres::Config, halts: Halts) -> HaltFollower {
+        let (ready, listening) = watch::channel(false);
+        let task = tokio::spawn(follow(config, halts, ready));
+        HaltFollower { task, listening }
+    }
+}
+
+/// The task applying notified halts to a process's [`Halts`]; stopped when dropped.
+pub struct HaltFollower {
+    task: JoinHandle<()>,
+    listening: watch::Receiver<bool>,
+}
+
+impl HaltFollower {
+    /// Resolves once the follower listens and has applied the standing halts (again after a
+    /// reconnection).
+    pub async fn listening(&mut self) {
+        // Err only if the task ended, which it never does on its own.
+        let _ = self.listening.wait_for(|up| *up).await;
+    }
+}
+
+impl Drop for HaltFollower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reconnects for as long as the follower lives, pausing longer after each failure.
+async fn follow(config: tokio_postgres::Config, halts: Halts, ready: watch::Sender<bool>) {
+    let mut applied = Applied::default();
+    let mut failures = 0u32;
+    loop {
+        match session(&config, &halts, &mut applied, &ready).await {
+            Ok(()) => failures = 0,
+            Err(err) => {
+                failures += 1;
+                tracing::warn!(error = %err, "following halts: PostgreSQL connection lost; reconnecting");
+            }
+        }
+        ready.send_replace(false);
+        let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(5));
+        tokio::time::sleep(pause.min(MAX_RECONNECT_PAUSE)).await;
+    }
+}
+
+/// One connection: listen, catch up, then apply notifications until it closes.
+async fn session(
+    config: &tokio_postgres::Config,
+    halts: &Halts,
+    applied: &mut Applied,
+    ready: &watch::Sender<bool>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (notices, mut received) = mpsc::unbounded_channel();
+    // Drives the connection and hands its notifications over; ends when it closes.
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                if notices.send(n.payload().to_owned()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    catch_up(&client, halts, applied).await?;
+    ready.send_replace(true);
+    while let Some(payload) = received.recv().await {
+        match serde_json::from_str::<Notice>(&payload) {
+            Ok(notice) => applied.apply(notice, halts),
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a halt notification that is not ours")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies the standing halts not applied yet, and lifts those applied that no longer stand.
+async fn catch_up(
+    client: &Client,
+    halts: &Halts,
+    applied: &mut Applied,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, halt FROM halts WHERE lifted_at IS NULL ORDER BY id",
+            &[],
+        )
+        .await?;
+    let standing: Vec<(i64, Halt)> = rows
+        .iter()
+        .filter_map(|r| Some((r.get(0), serde_json::from_str(r.get(1)).ok()?)))
+        .collect();
+    let ids: HashSet<i64> = standing.iter().map(|(id, _)| *id).collect();
+    let gone: Vec<HaltScope> = applied
+        .standing
+        .iter()
+        .filter(|(id, _)| !ids.contains(id))
+        .map(|(_, scope)| scope.clone())
+        .collect();
+    for scope in gone {
+        applied.apply(Notice::Lift { scope }, halts);
+    }
+    for (id, halt) in standing {
+        applied.apply(Notice::Halt { id, halt }, halts);
+    }
+    Ok(())
+}
+
+/// The halt rows this follower applied and that still stand, by id.
+#[derive(Default)]
+struct Applied {
+    standing: HashMap<i64, HaltScope>,
+}
+
+impl Applied {
+    fn apply(&mut self, notice: Notice, halts: &Halts) {
+        match notice {
+            Notice::Halt { id, halt } => {
+                if self.standing.insert(id, halt.scope.clone()).is_none() {
+                    halts.halt_with(halt);
+                }
+            }
+            Notice::Lift { scope } => {
+                self.standing.retain(|_, s| *s != scope);
+                if matches!(scope, HaltScope::All | HaltScope::Tenant(_)) {
+                    // Not halted here (or not standing): nothing to lift locally.
+                    let _ = halts.lift(&scope);
+                }
+            }
+        }
+    }
+}
+
+/// `halt` as notified: its detail cut to [`NOTIFIED_DETAIL_CHARS`].
+fn notified(id: i64, halt: &Halt) -> String {
+    let mut halt = halt.clone();
+    if let Some(detail) = halt.detail.as_mut() {
+        if let Some((cut, _)) = detail.char_indices().nth(NOTIFIED_DETAIL_CHARS) {
+            detail.truncate(cut);
+        }
+    }
+    serde_json::to_string(&Notice::Halt { id, halt }).expect("a halt serializes")
+}
+
+struct Install;
+
+impl Step for Install {
+    type Out = ();
+
+    fn what(&self) -> String {
+        "install the halts schema".to_owned()
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
+        client.batch_execute(MIGRATION).await
+    }
+}
+
+struct Record<'a> {
+    scope: String,
+    halt: &'a Halt,
+}
+
+impl Step for Record<'_> {
+    type Out = ();
+
+    fn what(&self) -> String {
+        format!("record the halt of {}", self.scope)
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let json = serde_json::to_string(self.halt).expect("a halt serializes");
+        let row = tx
+            .query_one(
+                "INSERT INTO halts (scope, halt) VALUES ($1, $2) RETURNING id",
+                &[&self.scope, &json],
+            )
+            .await?;
+        let payload = notified(row.get(0), self.halt);
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await?;
+        tx.commit().await
+    }
+}
+
+struct Lift<'a> {
+    key: String,
+    scope: &'a HaltScope,
+}
+
+impl Step for Lift<'_> {
+    type Out = u64;
+
+    fn what(&self) -> String {
+        format!("lift the halts of {}", self.key)
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<u64, tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let lifted = tx
+            .execute(
+                "UPDATE halts SET lifted_at = now() WHERE scope = $1 AND lifted_at IS NULL",
+                &[&self.key],
+            )
+            .await?;
+        let payload = serde_json::to_string(&Notice::Lift {
+            scope: self.scope.clone(),
+        })
+        .expect("a scope serializes");
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await?;
+        tx.commit().await?;
+        Ok(lifted)
+    }
+}
+
+struct Standing {
+    keys: Vec<String>,
+}
+
+impl Step for Standing {
+    type Out = Option<Halt>;
+
+    fn what(&self) -> String {
+        format!("read the standing halts of {}", self.keys.join(", "))
+    }
+
+    async fn once(
+        &self,
+        client: &mut Object,
+        _: u32,
+    ) -> Result<Option<Halt>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                "SELECT halt FROM halts WHERE lifted_at IS NULL AND scope = ANY($1) \
+                 ORDER BY id LIMIT 1",
+                &[&self.keys],
+            )
+            .await?;
+        Ok(row.and_then(|r| serde_json::from_str(r.get(0)).ok()))
+    }
+}

@@ -1,0 +1,528 @@
+//! The ledger on PostgreSQL: reservations held as rows with an expiry, checked against every
+//! account of the path in one transaction, exact however many processes spend against the same
+//! ceilings ([`PgLedger`], a [`LedgerStore`]).
+//!
+//! - **Accounts** (`ledger_accounts`): one row per account (`global`, `tenant:<id>`,
+//!   `run:<id>`), with its money, token and model-call limits (`NULL`: unlimited) and what was
+//!   spent. An account is created, unlimited, the first time a path names it.
+//! - **Holds** (`ledger_holds`): one row per reservation: its path, its amount, when it expires
+//!   and when it was settled. An account's *held* amount is the sum of its holds that are
+//!   neither settled nor expired, so an expired hold stops counting the instant it expires,
+//!   whoever held it (a crashed process never pins budget), and no sweep is needed for that.
+//!   [`PgLedger::sweep`] (also run every [`SWEEP_EVERY`] reservations) only deletes old rows.
+//! - **Reserve** is one transaction: lock the path's account rows `FOR UPDATE` in one fixed
+//!   order (by name: no deadlock between paths), read the live holds, check
+//!   `spent + held + amount <= limit` on each account, insert the hold. Every reservation and
+//!   settlement touching an account holds its row lock until it commits, so the check sees
+//!   every hold and charge of that account: spent + held never passes a limit by a reservation.
+//! - **Settle** is one transaction: lock the hold's path in the same order, mark the hold
+//!   settled, add what the call cost to `spent` on each account (in full, even above the hold:
+//!   the provider billed it). Settling again is a no-op, so a settlement whose commit answer was
+//!   lost is retried safely; a reservation retried after a lost answer reuses its hold id.
+//!
+//! Deadlines are process-local limits (the in-memory ledger's); this store counts money, tokens
+//! and model calls.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Object, Pool};
+use impresario_runtime::ledger::{
+    AccountId, AccountSnapshot, CeilingReached, Charge, Dimension, Limits,
+};
+use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreError, StoreFuture};
+use tokio_postgres::Row;
+
+use crate::ledger_retry::{retrying, Step};
+
+/// The ledger's schema, a step for the migration list (idempotent until that list exists:
+/// [`PgLedger::install`]).
+pub const MIGRATION: &str = "
+CREATE TABLE IF NOT EXISTS ledger_accounts (
+    account text PRIMARY KEY,
+    limit_micro_usd bigint,
+    limit_tokens bigint,
+    limit_model_calls bigint,
+    spent_micro_usd bigint NOT NULL DEFAULT 0,
+    spent_tokens bigint NOT NULL DEFAULT 0,
+    spent_model_calls bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ledger_holds (
+    id text PRIMARY KEY,
+    path text[] NOT NULL,
+    micro_usd bigint NOT NULL,
+    tokens bigint NOT NULL,
+    model_calls bigint NOT NULL,
+    expires_at timestamptz NOT NULL,
+    settled_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS ledger_holds_live ON ledger_holds USING gin (path)
+    WHERE settled_at IS NULL;
+CREATE INDEX IF NOT EXISTS ledger_holds_done ON ledger_holds ((coalesce(settled_at, expires_at)));
+";
+
+/// A sweep of old hold rows runs after this many reservations of one [`PgLedger`].
+pub const SWEEP_EVERY: u64 = 1024;
+
+const LOCK_ACCOUNTS: &str = "SELECT account, limit_micro_usd, limit_tokens, limit_model_calls, \
+     spent_micro_usd, spent_tokens, spent_model_calls \
+     FROM ledger_accounts WHERE account = ANY($1) ORDER BY account FOR UPDATE";
+const OPEN_ACCOUNTS: &str = "INSERT INTO ledger_accounts (account) \
+     SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT DO NOTHING";
+const HELD: &str = "SELECT a.account, coalesce(sum(h.micro_usd), 0)::bigint, \
+     coalesce(sum(h.tokens), 0)::bigint, coalesce(sum(h.model_calls), 0)::bigint \
+     FROM unnest($1::text[]) AS a(account) LEFT JOIN ledger_holds h \
+     ON h.path @> ARRAY[a.account] AND h.settled_at IS NULL AND h.expires_at > now() \
+     GROUP BY a.account";
+const INSERT_HOLD: &str =
+    "INSERT INTO ledger_holds (id, path, micro_usd, tokens, model_calls, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING expires_at";
+const FIND_HOLD: &str = "SELECT expires_at FROM ledger_holds WHERE id = $1";
+const LIVE_HOLD_PATH: &str = "SELECT path FROM ledger_holds WHERE id = $1 AND settled_at IS NULL";
+const MARK_SETTLED: &str =
+    "UPDATE ledger_holds SET settled_at = now() WHERE id = $1 AND settled_at IS NULL";
+const CHARGE: &str = "UPDATE ledger_accounts SET spent_micro_usd = spent_micro_usd + $2, \
+     spent_tokens = spent_tokens + $3, spent_model_calls = spent_model_calls + $4 \
+     WHERE account = ANY($1)";
+const SET_LIMITS: &str = "INSERT INTO ledger_accounts \
+     (account, limit_micro_usd, limit_tokens, limit_model_calls) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (account) DO UPDATE SET limit_micro_usd = EXCLUDED.limit_micro_usd, \
+     limit_tokens = EXCLUDED.limit_tokens, limit_model_calls = EXCLUDED.limit_model_calls";
+const SWEEP: &str = "DELETE FROM ledger_holds \
+     WHERE coalesce(settled_at, expires_at) < now() - make_interval(secs => $1)";
+
+/// How holds behave.
+#[derive(Clone, Debug)]
+pub struct PgLedgerConfig {
+    /// How long a hold counts if it is never settled. Longer than the longest call (its
+    /// timeout and retries): a call still running when its hold expires is charged in full
+    /// when it settles, but others could reserve its capacity meanwhile.
+    pub hold_ttl: Duration,
+    /// How long settled and expired holds are kept (a late settlement of an expired hold
+    /// within this time is still charged; a repeated one is still recognised).
+    pub retention: Duration,
+    /// How long one operation retries while PostgreSQL is unreachable before it fails.
+    pub retry_for: Duration,
+}
+
+impl Default for PgLedgerConfig {
+    /// Holds of 10 minutes, kept an hour, operations retried for 30 seconds.
+    fn default() -> Self {
+        PgLedgerConfig {
+            hold_ttl: Duration::from_secs(600),
+            retention: Duration::from_secs(3600),
+            retry_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The ledger on PostgreSQL (see the module docs). Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PgLedger {
+    pool: Pool,
+    config: PgLedgerConfig,
+    /// Accounts known to have a row, so a path's rows are created once per process.
+    opened: Arc<Mutex<HashSet<String>>>,
+    reservations: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PgLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLedger")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl PgLedger {
+    /// A ledger on the database of `pool`, whose schema is installed ([`MIGRATION`]).
+    pub fn new(pool: Pool, config: PgLedgerConfig) -> Self {
+        PgLedger {
+            pool,
+            config,
+            opened: Arc::default(),
+            reservations: Arc::default(),
+        }
+    }
+
+    /// Creates the ledger's tables if they are missing (until the migration list runs
+    /// [`MIGRATION`]).
+    pub async fn install(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(|e| StoreError {
+            message: format!("install the ledger schema: no connection to PostgreSQL ({e})"),
+        })?;
+        client
+            .batch_execute(MIGRATION)
+            .await
+            .map_err(|e| StoreError {
+                message: format!("install the ledger schema: {e}"),
+            })
+    }
+
+    /// Sets the money, token and model-call limits of `account` (creating it); the other
+    /// limits of [`Limits`] are process-local and ignored here.
+    pub async fn set_limits(&self, account: &AccountId, limits: &Limits) -> Result<(), StoreError> {
+        let step = SetLimits {
+            account: account.to_string(),
+            limits: [limits.micro_usd, limits.tokens, limits.model_calls].map(|l| l.map(to_sql)),
+        };
+        retrying(&self.pool, self.config.retry_for, &step).await
+    }
+
+    /// The account's limits, what it spent and what live holds hold on it.
+    pub async fn snapshot(&self, account: &AccountId) -> Result<AccountSnapshot, StoreError> {
+        let step = Snapshot {
+            account: account.clone(),
+        };
+        retrying(&self.pool, self.config.retry_for, &step).await
+    }
+
+    /// Deletes holds settled or expired longer than `retention` ago; returns how many.
+    pub async fn sweep(&self) -> Result<u64, StoreError> {
+        let step = Sweep {
+            retention: self.config.retention,
+        };
+        retrying(&self.pool, self.config.retry_for, &step).await
+    }
+
+    async fn reserve_hold(&self, path: &[AccountId], amount: Charge) -> Result<Hold, ReserveError> {
+        let names: Vec<String> = path.iter().map(ToString::to_string).collect();
+        if !self.all_opened(&names) {
+            retrying(
+                &self.pool,
+                self.config.retry_for,
+                &OpenAccounts(names.clone()),
+            )
+            .await?;
+            self.lock_opened().extend(names.iter().cloned());
+        }
+        let step = Reserve {
+            id: new_hold_id(),
+            path,
+            names,
+            amount,
+            ttl: self.config.hold_ttl,
+        };
+        let hold = retrying(&self.pool, self.config.retry_for, &step).await??;
+        if self.reservations.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            if let Err(err) = self.sweep().await {
+                tracing::warn!(error = %err, "sweeping old ledger holds failed; retried later");
+            }
+        }
+        Ok(hold)
+    }
+
+    fn all_opened(&self, names: &[String]) -> bool {
+        let opened = self.lock_opened();
+        names.iter().all(|n| opened.contains(n))
+    }
+
+    fn lock_opened(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.opened.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl LedgerStore for PgLedger {
+    fn reserve<'a>(
+        &'a self,
+        path: &'a [AccountId],
+        amount: Charge,
+    ) -> StoreFuture<'a, Result<Hold, ReserveError>> {
+        Box::pin(self.reserve_hold(path, amount))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        hold: &'a Hold,
+        charge: Charge,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        let step = Settle {
+            id: &hold.id,
+            charge,
+        };
+        Box::pin(async move { retrying(&self.pool, self.config.retry_for, &step).await })
+    }
+}
+
+/// A hold id unique across processes: a per-process random prefix and a counter.
+fn new_hold_id() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one((std::process::id(), SystemTime::now()))
+    });
+    format!("{prefix:016x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A counter as PostgreSQL's `bigint` (amounts above `i64::MAX` are clamped to it).
+fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The three counted dimensions of `row` from column `at`: money, tokens, model calls.
+fn charge_at(row: &Row, at: usize) -> Charge {
+    Charge::usd(from_sql(row.get(at)))
+        + Charge::tokens(from_sql(row.get(at + 1)))
+        + Charge::model_calls(from_sql(row.get(at + 2)))
+}
+
+/// An account row as locked by [`LOCK_ACCOUNTS`].
+struct AccountRow {
+    limits: [Option<u64>; 3],
+    spent: Charge,
+}
+
+impl AccountRow {
+    fn from_row(row: &Row) -> Self {
+        let limit = |i: usize| row.get::<_, Option<i64>>(i).map(from_sql);
+        AccountRow {
+            limits: [limit(1), limit(2), limit(3)],
+            spent: charge_at(row, 4),
+        }
+    }
+
+    /// The first dimension in which `amount` does not fit on top of `held`.
+    fn refusal(&self, id: &AccountId, held: Charge, amount: Charge) -> Option<CeilingReached> {
+        let dims = [
+            Dimension::MicroUsd,
+            Dimension::Tokens,
+            Dimension::ModelCalls,
+        ];
+        dims.into_iter().zip(self.limits).find_map(|(dim, limit)| {
+            let limit = limit?;
+            let (spent, reserved, requested) =
+                (self.spent.get(dim), held.get(dim), amount.get(dim));
+            (spent.saturating_add(reserved).saturating_add(requested) > limit).then(|| {
+                CeilingReached {
+                    account: id.clone(),
+                    dimension: dim,
+                    limit,
+                    spent,
+                    reserved,
+                    requested,
+                }
+            })
+        })
+    }
+}
+
+struct OpenAccounts(Vec<String>);
+
+impl Step for OpenAccounts {
+    type Out = ();
+
+    fn what(&self) -> String {
+        format!("open the ledger accounts {}", self.0.join(", "))
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
+        let stmt = client.prepare_cached(OPEN_ACCOUNTS).await?;
+        client.execute(&stmt, &[&self.0]).await.map(drop)
+    }
+}
+
+struct Reserve<'a> {
+    id: String,
+    path: &'a [AccountId],
+    names: Vec<String>,
+    amount: Charge,
+    ttl: Duration,
+}
+
+impl Step for Reserve<'_> {
+    type Out = Result<Hold, CeilingReached>;
+
+    fn what(&self) -> String {
+        format!("reserve on {}", self.names[0])
+    }
+
+    async fn once(
+        &self,
+        client: &mut Object,
+        attempt: u32,
+    ) -> Result<Self::Out, tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let locked = tx.prepare_cached(LOCK_ACCOUNTS).await?;
+        let rows: HashMap<String, AccountRow> = tx
+            .query(&locked, &[&self.names])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), AccountRow::from_row(r)))
+            .collect();
+        if attempt > 0 {
+            // An earlier attempt may have committed without our hearing it.
+            let find = tx.prepare_cached(FIND_HOLD).await?;
+            if let Some(row) = tx.query_opt(&find, &[&self.id]).await? {
+                return Ok(Ok(self.hold(row.get(0))));
+            }
+        }
+        if let Some(refusal) = self.refusal(&tx, &rows).await? {
+            return Ok(Err(refusal));
+        }
+        let insert = tx.prepare_cached(INSERT_HOLD).await?;
+        let a = self.amount;
+        let amounts = [a.micro_usd, a.tokens, a.model_calls].map(to_sql);
+        let ttl = self.ttl.as_secs_f64();
+        let row = tx
+            .query_one(
+                &insert,
+                &[
+                    &self.id,
+                    &self.names,
+                    &amounts[0],
+                    &amounts[1],
+                    &amounts[2],
+                    &ttl,
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(self.hold(row.get(0))))
+    }
+}
+
+impl Reserve<'_> {
+    fn hold(&self, expires_at: SystemTime) -> Hold {
+        Hold {
+            id: self.id.clone(),
+            expires_at,
+        }
+    }
+
+    /// Reads the live holds of the locked accounts and checks the amount against each, leaf
+    /// first: the first account that refuses.
+    async fn refusal(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        rows: &HashMap<String, AccountRow>,
+    ) -> Result<Option<CeilingReached>, tokio_postgres::Error> {
+        let held = tx.prepare_cached(HELD).await?;
+        let held: HashMap<String, Charge> = tx
+            .query(&held, &[&self.names])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), charge_at(r, 1)))
+            .collect();
+        Ok(self.path.iter().zip(&self.names).find_map(|(id, name)| {
+            let row = rows.get(name)?;
+            row.refusal(id, held.get(name).copied().unwrap_or_default(), self.amount)
+        }))
+    }
+}
+
+struct Settle<'a> {
+    id: &'a str,
+    charge: Charge,
+}
+
+impl Step for Settle<'_> {
+    type Out = ();
+
+    fn what(&self) -> String {
+        format!("settle hold {}", self.id)
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let find = tx.prepare_cached(LIVE_HOLD_PATH).await?;
+        // Gone or settled: an earlier attempt committed, or the hold is past its retention.
+        let Some(row) = tx.query_opt(&find, &[&self.id]).await? else {
+            return Ok(());
+        };
+        let path: Vec<String> = row.get(0);
+        let lock = tx.prepare_cached(LOCK_ACCOUNTS).await?;
+        tx.query(&lock, &[&path]).await?;
+        let mark = tx.prepare_cached(MARK_SETTLED).await?;
+        if tx.execute(&mark, &[&self.id]).await? == 0 {
+            return Ok(());
+        }
+        let c = self.charge;
+        let charge = tx.prepare_cached(CHARGE).await?;
+        let amounts = [c.micro_usd, c.tokens, c.model_calls].map(to_sql);
+        tx.execute(&charge, &[&path, &amounts[0], &amounts[1], &amounts[2]])
+            .await?;
+        tx.commit().await
+    }
+}
+
+struct SetLimits {
+    account: String,
+    limits: [Option<i64>; 3],
+}
+
+impl Step for SetLimits {
+    type Out = ();
+
+    fn what(&self) -> String {
+        format!("set the limits of {}", self.account)
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
+        let [usd, tokens, calls] = &self.limits;
+        client
+            .execute(SET_LIMITS, &[&self.account, usd, tokens, calls])
+            .await
+            .map(drop)
+    }
+}
+
+struct Snapshot {
+    account: AccountId,
+}
+
+impl Step for Snapshot {
+    type Out = AccountSnapshot;
+
+    fn what(&self) -> String {
+        format!("read the ledger account {}", self.account)
+    }
+
+    async fn once(
+        &self,
+        client: &mut Object,
+        _: u32,
+    ) -> Result<AccountSnapshot, tokio_postgres::Error> {
+        let names = vec![self.account.to_string()];
+        let held = client.query_one(HELD, &[&names]).await?;
+        let sql = LOCK_ACCOUNTS.trim_end_matches(" FOR UPDATE");
+        let row = client.query_opt(sql, &[&names]).await?;
+        let row = row.as_ref().map(AccountRow::from_row);
+        let [micro_usd, tokens, model_calls] = row.as_ref().map_or([None; 3], |r| r.limits);
+        Ok(AccountSnapshot {
+            id: self.account.clone(),
+            limits: Limits {
+                micro_usd,
+                tokens,
+                model_calls,
+                ..Limits::default()
+            },
+            spent: row.map_or(Charge::ZERO, |r| r.spent),
+            reserved: charge_at(&held, 1),
+        })
+    }
+}
+
+struct Sweep {
+    retention: Duration,
+}
+
+impl Step for Sweep {
+    type Out = u64;
+
+    fn what(&self) -> String {
+        "sweep old ledger holds".to_owned()
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<u64, tokio_postgres::Error> {
+        client
+            .execute(SWEEP, &[&self.retention.as_secs_f64()])
+            .await
+    }
+}
