@@ -1,6 +1,7 @@
 //! The driver of one run: plan, review, approve, execute, replan, until the run ends; every
-//! event journaled before the run goes on, and served from the journal when it is resumed or
-//! replayed. The run's agents are stateless: the driver owns the history.
+//! event journaled, durable before the next external effect (the commit points of
+//! `journaling`), and served from the journal when it is resumed or replayed. The run's agents
+//! are stateless: the driver owns the history.
 
 use std::future::IntoFuture;
 use std::pin::pin;
@@ -100,8 +101,7 @@ enum Progress {
 
 impl Driver {
     /// A driver of `setup`'s run, walking `log` first.
-    pub(crate) fn new(setup: Arc<RunSetup>, log: RunLog) -> Self {
-        let log = Arc::new(Mutex::new(log));
+    pub(crate) fn new(setup: Arc<RunSetup>, log: Arc<Mutex<RunLog>>) -> Self {
         let mut gateway = ModelGateway::new(
             setup.services.client.clone(),
             log.clone(),
@@ -280,11 +280,17 @@ impl Driver {
         Ok(outcome)
     }
 
-    /// Records what the run did in its journal (write-ahead), or checks it against the journal
-    /// of a resumed run.
+    /// Records what the run did in its journal (durable at the next commit point), or checks it
+    /// against the journal of a resumed run.
     async fn record(&self, event: JournalEvent) -> Result<Recorded, Stopped> {
         let recorded = self.log.lock().await.record(event).await;
         recorded.map_err(log_failure)
+    }
+
+    /// A commit point: what the run recorded so far is durable before an external effect.
+    async fn commit(&self) -> Result<(), Stopped> {
+        let committed = self.log.lock().await.commit().await;
+        committed.map_err(log_failure)
     }
 
     /// The next journaled event, if it is the one `wanted` describes (served, not repeated).
@@ -645,8 +651,18 @@ impl Driver {
                 return Ok(outcome);
             }
         }
+        // Commit points around a call that must not run twice: before it, so a resumed run
+        // knows it may have happened; after it, so a known outcome is not lost to a crash (it
+        // would become one an operator must decide on). An idempotent tool is called again
+        // whether or not it did, so its intent and result wait for the next commit point.
+        if repeat == Repeat::Unsafe {
+            self.commit().await?;
+        }
         let outcome = self.run_step(number, step, repeat).await?;
         self.record_result(number, key, &outcome).await?;
+        if repeat == Repeat::Unsafe {
+            self.commit().await?;
+        }
         Ok(outcome)
     }
 
@@ -838,6 +854,8 @@ impl Driver {
                 detail: format!("the journal ends waiting for a decision on step {number}"),
             }));
         }
+        // A commit point: the operator is asked.
+        self.commit().await?;
         let pending = PendingApproval::new(self.setup.services.runtime.metrics().clone());
         let decision = self.await_approval(number, tool).await;
         drop(pending);
@@ -973,10 +991,14 @@ impl Driver {
     /// over to be released (which stops this driver with the run's agents).
     async fn finish(self, state: RunState) {
         self.setup.checkpoint(DriverPhase::Finishing);
-        let at_end = self.log.lock().await.at_end();
+        let (at_end, unflushed) = {
+            let mut log = self.log.lock().await;
+            (log.at_end(), log.take_unflushed())
+        };
         if at_end == AtJournalEnd::GoOnLive {
             let (journal, run) = (&*self.setup.services.journal, &self.setup.run);
-            journal_end(journal, run, &state, self.setup.token.halt_info()).await;
+            let halt = self.setup.token.halt_info();
+            journal_end(journal, run, &state, halt, unflushed).await;
             self.remember(&state).await;
         }
         if let Some(lease) = self.setup.take_lease() {

@@ -1,7 +1,8 @@
 //! A run's driver as a supervised agent: the last child of the run's supervisor. It drives the
 //! run; if it panics, its supervisor starts it again (restart type transient) and the new driver
 //! resumes the run from its journal: journaled model answers, tool results and decisions are
-//! served, not repeated. Past `OrchestratorConfig::driver_restarts` panics the run ends
+//! served, not repeated (what the panicked driver recorded since its last commit point is
+//! committed first). Past `OrchestratorConfig::driver_restarts` panics the run ends
 //! `failed(internal)` instead. Every ending releases what the run held ([`RunLease`]).
 
 use std::panic::AssertUnwindSafe;
@@ -81,7 +82,24 @@ async fn incarnation(setup: Arc<RunSetup>) {
             }
         },
     };
-    Driver::new(setup, log).drive().await;
+    let log = Arc::new(tokio::sync::Mutex::new(log));
+    let driving = AssertUnwindSafe(Driver::new(setup, log.clone()).drive());
+    if let Err(panic) = driving.catch_unwind().await {
+        salvage(&log).await;
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// After a panic of the driver: what the run recorded since its last commit point did happen
+/// (a panic is not a crash), so it is committed for the next driver to be served, not to redo.
+/// A journal that fails here loses only what a crash would have.
+async fn salvage(log: &tokio::sync::Mutex<RunLog>) {
+    // The guard of a panicking holder was dropped while unwinding: the lock is free.
+    if let Ok(mut log) = log.try_lock() {
+        if let Err(e) = log.commit().await {
+            tracing::warn!(error = %e, "could not journal what the run did before its driver panicked");
+        }
+    }
 }
 
 /// The journal walk of a driver started again: every event after the submission, served;
@@ -110,7 +128,14 @@ async fn end_without_driver(setup: &RunSetup, reason: FailReason, detail: String
         return;
     };
     if setup.at_end == AtJournalEnd::GoOnLive {
-        journal_end(&*setup.services.journal, &setup.run, &state, None).await;
+        journal_end(
+            &*setup.services.journal,
+            &setup.run,
+            &state,
+            None,
+            Vec::new(),
+        )
+        .await;
     }
     lease.release_in_background(state, Vec::new(), setup.at_end);
 }

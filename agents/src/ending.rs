@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
-use impresario_runtime::journal::{Journal, RunEvent as JournalEvent, RunOutcome};
+use impresario_runtime::journal::{Journal, JournalError, RunEvent as JournalEvent, RunOutcome};
 use impresario_runtime::ledger::{AccountId, Ledger};
 use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::{Placement, RunId};
@@ -125,24 +125,35 @@ const END_WRITE_ATTEMPTS: u32 = 3;
 /// The pause between those attempts.
 const END_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Journals how the run ended (`halt`: the halt that stopped it, if one did), trying
-/// [`END_WRITE_ATTEMPTS`] times, [`END_WRITE_PAUSE`] apart: a run that failed on its journal
-/// is ended by the write after the one that failed. If every attempt fails the journal still
-/// shows the run as interrupted, and a restart would resume it: the log says so.
+/// Journals how the run ended (`halt`: the halt that stopped it, if one did) after `unflushed`
+/// (what the run recorded since its last commit point), in one transaction: the run's last
+/// commit point, before its end is reported. Tries [`END_WRITE_ATTEMPTS`] times,
+/// [`END_WRITE_PAUSE`] apart: a run that failed on its journal is ended by the write after the
+/// one that failed. If every attempt fails the journal still shows the run as interrupted, and
+/// a restart would resume it: the log says so. A run that could not follow its journal writes
+/// nothing more to it.
 pub(crate) async fn journal_end(
     journal: &dyn Journal,
     run: &RunId,
     state: &RunState,
     halt: Option<Halt>,
+    mut unflushed: Vec<JournalEvent>,
 ) {
     let Some(event) = end_event(run, state, halt).map(redact_serialized) else {
         return;
     };
+    unflushed.push(event);
+    let mut batch = unflushed;
     for attempt in 1..=END_WRITE_ATTEMPTS {
-        match journal.append(run, event.clone()).await {
+        match journal.append_batch(run, batch.clone()).await {
             Ok(_) => return,
             Err(e) if attempt == END_WRITE_ATTEMPTS => {
                 tracing::error!(run = %run, error = %e, "could not journal how the run ended; a restart would resume it")
+            }
+            // An event before the end was refused (the whole batch with it): the end goes alone.
+            Err(e @ JournalError::Rejected { .. }) if batch.len() > 1 => {
+                tracing::error!(run = %run, error = %e, "the run's last events were refused; journaling its end alone");
+                batch.drain(..batch.len() - 1);
             }
             Err(_) => tokio::time::sleep(END_WRITE_PAUSE).await,
         }

@@ -1,8 +1,20 @@
-//! A run's journal as its driver writes it (docs/ARCHITECTURE.md, contract 4): every event is
-//! durable before the run goes on. A resumed or replayed run is driven by the same code from the
-//! start: its [`RunLog`] walks the events already journaled, checks that the run does the same
-//! again, and serves what they recorded (model answers, tool results, decisions) instead of
-//! repeating them; past the journal's end a resumed run goes on live, a replay stops.
+//! A run's journal as its driver writes it (docs/ARCHITECTURE.md, contract 4): what the run did
+//! is durable before anything outside the run depends on it. A resumed or replayed run is
+//! driven by the same code from the start: its [`RunLog`] walks the events already journaled,
+//! checks that the run does the same again, and serves what they recorded (model answers, tool
+//! results, decisions) instead of repeating them; past the journal's end a resumed run goes on
+//! live, a replay stops.
+//!
+//! **Commit points.** Past the journal's end, [`RunLog::record`] only buffers: the events
+//! between two external effects go to the journal in one transaction
+//! ([`Journal::append_batch`]) at the next commit point, [`RunLog::commit`], which the driver
+//! calls before each external effect: a model request is sent ([`ModelGateway::chat`]); a tool
+//! that is not idempotent runs (and once it returned: a known outcome must not become unknown);
+//! an approval is awaited; and the run's end is journaled with the
+//! events before it (`ending::journal_end`) before it is reported. A crash between two commit
+//! points loses only events no external effect depended on, and the resumed run does them
+//! again. An idempotent tool is not a commit point: a resumed run calls it again whether or
+//! not its intent was journaled.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -55,6 +67,7 @@ impl From<JournalError> for LogError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Recorded {
     Replayed,
+    /// New: buffered, durable at the run's next commit point ([`RunLog::commit`]).
     Appended,
 }
 
@@ -90,6 +103,8 @@ pub(crate) struct RunLog {
     served: ServedAnswers,
     /// The first failure of the walk, kept for the driver (a model call only reports an error).
     failure: Option<LogError>,
+    /// Events recorded past the journal's end, not yet committed.
+    unflushed: Vec<Event>,
 }
 
 impl RunLog {
@@ -121,6 +136,7 @@ impl RunLog {
             next_call: 0,
             served,
             failure: None,
+            unflushed: Vec::new(),
         }
     }
 
@@ -130,7 +146,7 @@ impl RunLog {
     }
 
     /// Records that the run did `event`: on a resumed run, checks it against the next journaled
-    /// event; past the journal, appends it and waits until it is durable.
+    /// event; past the journal, buffers it until the next commit point ([`RunLog::commit`]).
     pub(crate) async fn record(&mut self, event: Event) -> Result<Recorded, LogError> {
         let recorded = self.walk(event).await;
         if let Err(e) = &recorded {
@@ -161,11 +177,32 @@ impl RunLog {
                 found: event.kind().to_owned(),
             }),
             None => {
-                let event = redact_serialized(event);
-                self.journal.append(&self.run, event).await?;
+                self.unflushed.push(redact_serialized(event));
                 Ok(Recorded::Appended)
             }
         }
+    }
+
+    /// A commit point: makes every event recorded since the last one durable, in one
+    /// transaction. Call it before each external effect. Nothing to commit: nothing is written.
+    /// On failure the batch is dropped (none of it was written) and the failure kept.
+    pub(crate) async fn commit(&mut self) -> Result<(), LogError> {
+        if self.unflushed.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.unflushed);
+        let committed = self.journal.append_batch(&self.run, events).await;
+        committed.map(|_| ()).map_err(|e| {
+            let e = LogError::from(e);
+            self.failure.get_or_insert_with(|| e.clone());
+            e
+        })
+    }
+
+    /// The events recorded since the last commit point, taken to be committed with the run's
+    /// end (`ending::journal_end`).
+    pub(crate) fn take_unflushed(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.unflushed)
     }
 
     /// Takes the next journaled event if `wanted` says it is the one the run needs (a model
@@ -305,8 +342,9 @@ fn cut(text: &str) -> String {
     }
 }
 
-/// How a run's agents call models: through the LLM client, each request and answer journaled
-/// before the run goes on, and served from the journal when the run is resumed or replayed.
+/// How a run's agents call models: through the LLM client, each request durable (a commit
+/// point) before it is sent and its answer journaled with the run's next commit, both served
+/// from the journal when the run is resumed or replayed.
 /// A streaming run's answers reach its events as [`RunUpdate::Delta`]s while they arrive.
 #[derive(Clone)]
 pub struct ModelGateway {
@@ -369,6 +407,8 @@ impl ModelGateway {
                 return served;
             }
         }
+        // A commit point: the request leaves the process.
+        log.commit().await.map_err(not_recorded)?;
         let options = self.streaming(step, options);
         let before = options.account.leaf().snapshot().spent;
         let answer = self

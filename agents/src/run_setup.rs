@@ -93,7 +93,7 @@ impl Drop for RunSetup {
             (self.services.runtime.clone(), lease.placement, self.at_end);
         runtime.spawn_task(placement, async move {
             if at_end == AtJournalEnd::GoOnLive {
-                journal_end(&*journal, &run, &state, None).await;
+                journal_end(&*journal, &run, &state, None, Vec::new()).await;
             }
             lease.release_in_background(state, Vec::new(), at_end);
         });

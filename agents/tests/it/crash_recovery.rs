@@ -2,6 +2,11 @@
 //! SIGKILL at 20+ different points, then started again each time. Every run must reach a
 //! terminal state, no side-effecting tool may have executed twice (a counting tool writes each
 //! execution to a file), and each run's spend must equal the sum of its journaled costs.
+//!
+//! The second test places the kills at commit points: the child SIGKILLs itself at its n-th
+//! batch of several events, either just before the batch is written (its events are lost: the
+//! resumed run must redo them) or just after it is durable (before the external effect it
+//! guards), with the same checks.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -15,12 +20,16 @@ use impresario_agents::{
     Autonomy, Impact, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, Tool,
     ToolContext, ToolRegistry,
 };
-use impresario_runtime::journal::{Journal, RunEvent, RunFilter, RunStatus, SqliteJournal};
+use impresario_runtime::journal::{
+    Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
+    RunFilter, RunStatus, RunSummary, SqliteJournal,
+};
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::llm::{
     ChatModel, ChatRequest, ChatResponse, Client, FinishReason, LlmError, Message, ModelPrice,
     PriceTable, Rates, Usage,
 };
+use impresario_runtime::RunId;
 use impresario_runtime::Runtime;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -28,6 +37,67 @@ use serde_json::{json, Value};
 
 const RUNS: usize = 20;
 const CHILD: &str = "IMPRESARIO_CRASH_DIR";
+/// `before:N` or `after:N`: the child kills itself at its N-th batch of several events.
+const KILL_AT: &str = "IMPRESARIO_KILL_AT_BATCH";
+
+/// The real SQLite journal, with a kill point at the n-th batch of more than one event.
+struct KillAtBatch {
+    inner: SqliteJournal,
+    /// Batches of several events still to pass before the kill.
+    remaining: std::sync::atomic::AtomicU64,
+    /// Whether the batch is written before the kill.
+    written: bool,
+}
+
+impl KillAtBatch {
+    fn new(inner: SqliteJournal, spec: &str) -> Self {
+        let (when, n) = spec.split_once(':').expect("before:N or after:N");
+        KillAtBatch {
+            inner,
+            remaining: std::sync::atomic::AtomicU64::new(n.parse().expect("N is a number")),
+            written: when == "after",
+        }
+    }
+}
+
+fn kill_myself() -> ! {
+    let me = nix::unistd::Pid::this();
+    let _ = nix::sys::signal::kill(me, nix::sys::signal::Signal::SIGKILL);
+    unreachable!("SIGKILL ends the process")
+}
+
+impl Journal for KillAtBatch {
+    fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<u64> {
+        use std::sync::atomic::Ordering;
+        let now = events.len() > 1 && self.remaining.fetch_sub(1, Ordering::SeqCst) == 1;
+        if now && !self.written {
+            kill_myself();
+        }
+        let written = self.inner.append_batch(run, events);
+        if !now {
+            return written;
+        }
+        JournalFuture::new(async move {
+            let _ = written.await;
+            kill_myself()
+        })
+    }
+    fn commits(&self) -> u64 {
+        self.inner.commits()
+    }
+    fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
+        self.inner.read(run)
+    }
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
+        self.inner.runs(filter)
+    }
+    fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport> {
+        self.inner.apply_retention(policy)
+    }
+    fn probe_write(&self) -> JournalFuture<()> {
+        self.inner.probe_write()
+    }
+}
 
 /// Plans from what happened so far, the same way in every process: record the task, look it
 /// up, answer. 50 input and 10 output tokens a call: 70 micro-USD at 1 and 2 USD per million.
@@ -145,8 +215,11 @@ fn crash_child() {
         .build()
         .unwrap();
     tokio.block_on(async move {
-        let journal: Arc<dyn Journal> =
-            Arc::new(SqliteJournal::open(dir.join("journal.db")).unwrap());
+        let sqlite = SqliteJournal::open(dir.join("journal.db")).unwrap();
+        let journal: Arc<dyn Journal> = match std::env::var(KILL_AT) {
+            Ok(spec) => Arc::new(KillAtBatch::new(sqlite, &spec)),
+            Err(_) => Arc::new(sqlite),
+        };
         let rt = Runtime::builder().arbiters(2).start().unwrap();
         let mut prices = PriceTable::default();
         prices.insert(
@@ -222,52 +295,46 @@ fn crash_child() {
     });
 }
 
-#[test]
-fn crash_recovery_under_repeated_sigkill() {
-    let dir = std::env::temp_dir().join(format!("impresario-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let spawn = || {
-        Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_recovery::crash_child", // its path in the `it` binary
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, &dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut reported: HashMap<String, u64> = HashMap::new();
-    let mut collect = |child: std::process::Child| {
+/// A child life on `dir` (killing itself at `kill_at`, if given), its stdout piped.
+fn spawn_child(dir: &Path, kill_at: Option<String>) -> std::process::Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "crash_recovery::crash_child", // its path in the `it` binary
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(spec) = kill_at {
+        command.env(KILL_AT, spec);
+    }
+    command.spawn().unwrap()
+}
+
+/// Each run's spend as the lives that finished it reported it.
+#[derive(Default)]
+struct Reported(HashMap<String, u64>);
+
+impl Reported {
+    fn collect(&mut self, child: std::process::Child) {
         let out = BufReader::new(child.stdout.unwrap());
         for line in out.lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("finished ") {
                 let (run, spent) = rest.split_once(' ').unwrap();
-                reported.insert(run.to_owned(), spent.parse().unwrap());
+                self.0.insert(run.to_owned(), spent.parse().unwrap());
             }
         }
-    };
-
-    // Kill it at 22 different moments: in start-up and recovery, mid-run, between runs.
-    let mut kills = 0;
-    for i in 0..22u64 {
-        let mut child = spawn();
-        std::thread::sleep(Duration::from_millis(20 + (i * 37) % 120));
-        if child.try_wait().unwrap().is_none() {
-            let _ = child.kill(); // SIGKILL on Unix
-            kills += 1;
-        }
-        let _ = child.wait();
-        collect(child);
     }
-    // Then let it finish.
-    let mut child = spawn();
+}
+
+/// A last life without kills finishes everything; then every run is finished, no side effect
+/// ran twice, and every reported spend is the sum of the run's journaled costs.
+fn finish_and_check(dir: &Path, mut reported: Reported) {
+    let mut child = spawn_child(dir, None);
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         assert!(
@@ -277,8 +344,7 @@ fn crash_recovery_under_repeated_sigkill() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(child.wait().unwrap().success());
-    collect(child);
-    assert!(kills >= 20, "killed {kills} times");
+    reported.collect(child);
 
     let journal = SqliteJournal::open(dir.join("journal.db")).unwrap();
     let runs = journal.runs(&RunFilter::all()).unwrap();
@@ -291,7 +357,7 @@ fn crash_recovery_under_repeated_sigkill() {
             summary.run
         );
     }
-    let effects = effects(&dir);
+    let effects = effects(dir);
     let unique: HashSet<&String> = effects.iter().collect();
     assert_eq!(
         unique.len(),
@@ -304,10 +370,10 @@ fn crash_recovery_under_repeated_sigkill() {
         effects.len()
     );
 
-    assert!(!reported.is_empty(), "no life reported a finished run");
-    for (run, spent) in &reported {
+    assert!(!reported.0.is_empty(), "no life reported a finished run");
+    for (run, spent) in &reported.0 {
         let journaled: u64 = journal
-            .read(&impresario_runtime::RunId::new(run.as_str()))
+            .read(&RunId::new(run.as_str()))
             .unwrap()
             .iter()
             .map(|e| match &e.event {
@@ -317,5 +383,60 @@ fn crash_recovery_under_repeated_sigkill() {
             .sum();
         assert_eq!(*spent, journaled, "run {run}: spent vs journaled costs");
     }
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("impresario-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn crash_recovery_under_repeated_sigkill() {
+    let dir = fresh_dir("crash");
+    let mut reported = Reported::default();
+    // Kill it at 22 different moments: in start-up and recovery, mid-run, between runs.
+    let mut kills = 0;
+    for i in 0..22u64 {
+        let mut child = spawn_child(&dir, None);
+        std::thread::sleep(Duration::from_millis(20 + (i * 37) % 120));
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill(); // SIGKILL on Unix
+            kills += 1;
+        }
+        let _ = child.wait();
+        reported.collect(child);
+    }
+    assert!(kills >= 20, "killed {kills} times");
+    finish_and_check(&dir, reported);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills at commit points: 16 lives, each killing itself at its 1st to 4th batch of several
+/// events, before the batch is written or just after it is durable.
+#[test]
+fn crash_recovery_with_kills_at_commit_points() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = fresh_dir("commit-kill");
+    let mut reported = Reported::default();
+    let mut kills = 0;
+    for i in 0..16u64 {
+        let when = if i % 2 == 0 { "before" } else { "after" };
+        let mut child = spawn_child(&dir, Some(format!("{when}:{}", 1 + (i / 2) % 4)));
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(60), "life {i} hung");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = child.wait().unwrap();
+        kills += u32::from(status.signal() == Some(9));
+        reported.collect(child);
+    }
+    assert!(
+        kills >= 12,
+        "only {kills} of 16 lives reached their kill point"
+    );
+    finish_and_check(&dir, reported);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,7 @@ use impresario_agents::{
     ToolRegistry,
 };
 use impresario_runtime::halt::HaltMode;
-use impresario_runtime::journal::{Journal, MemoryJournal, RunFilter, RunStatus};
+use impresario_runtime::journal::{Journal, MemoryJournal, RunFilter, RunStatus, SqliteJournal};
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::llm::{Client, Scripted, ScriptedReply, Usage};
 use impresario_runtime::{Runtime, RuntimeHandle};
@@ -62,6 +62,23 @@ impl Tool for FirstSlow {
 pub(crate) fn plan(steps: Value) -> String {
     json!({ "steps": steps }).to_string()
 }
+
+/// The events of a run planned by [`search_then_answer`], in order.
+const SEARCH_THEN_ANSWER_EVENTS: [&str; 13] = [
+    "run_submitted",
+    "recalled", // the memories of earlier runs
+    "llm_request",
+    "llm_response",
+    "plan_made",
+    "step_started",
+    "tool_call_intent",
+    "tool_result",
+    "step_finished",
+    "llm_request",
+    "llm_response",
+    "plan_made",
+    "run_finished",
+];
 
 pub(crate) fn search_then_answer() -> [String; 2] {
     [
@@ -129,27 +146,85 @@ async fn every_event_of_a_run_is_journaled_in_order() {
         .collect::<Vec<_>>()
         .leak()
         .to_vec();
-    assert_eq!(
-        kinds,
-        [
-            "run_submitted",
-            "recalled", // the memories of earlier runs
-            "llm_request",
-            "llm_response",
-            "plan_made",
-            "step_started",
-            "tool_call_intent",
-            "tool_result",
-            "step_finished",
-            "llm_request",
-            "llm_response",
-            "plan_made",
-            "run_finished"
-        ]
-    );
+    assert_eq!(kinds, SEARCH_THEN_ANSWER_EVENTS);
     let summary = &journal.runs(&RunFilter::all()).unwrap()[0];
     assert_eq!(summary.status, RunStatus::Finished);
     rt.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Searches too, but declares itself not idempotent: a resumed run must know whether it ran.
+struct SearchOnce;
+impl Tool for SearchOnce {
+    type Args = Query;
+    fn name(&self) -> &str {
+        "search_once"
+    }
+    fn description(&self) -> &str {
+        "Searches the notes (not safe to repeat)."
+    }
+    fn idempotent(&self) -> bool {
+        false
+    }
+    async fn call(&self, args: Query, _: ToolContext) -> Result<Value, String> {
+        Ok(json!(format!("notes about {}: released in 2015", args.q)))
+    }
+}
+
+/// One run of 2 model calls (over HTTP on loopback) and one call of `tool`: the durable commits
+/// the journal made for it, and its events' kinds.
+async fn commits_of_one_run(journal: Arc<dyn Journal>, tool: &str) -> (u64, Vec<&'static str>) {
+    let answers = vec![
+        plan(json!([{ "type": "tool_call", "tool": tool, "arguments": { "q": "rust" } }])),
+        plan(json!([{ "type": "final_answer", "answer": "2015" }])),
+    ];
+    let (url, requests) = fake_openai(answers).await;
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let mut tools = search_tools();
+    tools.register(SearchOnce).unwrap();
+    let team = orchestrator(&rt, http_client(&url), tools, journal.clone()).await;
+    let before = journal.commits();
+    let request = RunRequest::new("When was Rust released?", ModelMap::all("local"));
+    let run = team.submit(request.tools([tool])).await.unwrap();
+    let ended = run.wait().await.state.clone();
+    assert_eq!(
+        ended,
+        RunState::Succeeded {
+            answer: "2015".into()
+        }
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "two model calls");
+    let commits = journal.commits() - before;
+    let kinds = journal
+        .read(run.id())
+        .unwrap()
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    rt.shutdown(Duration::from_secs(5)).await;
+    (commits, kinds)
+}
+
+/// Commit points (issue 18): a run of 2 model calls and 1 idempotent tool call makes 4 durable
+/// commits (its submission; before each model request; its end with the events before it),
+/// on SQLite as in memory; with a tool that is not idempotent, 6 (its intent is durable before
+/// it runs, its result as soon as it is known). Nothing recorded is lost by the batching:
+/// every event is there, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_two_model_calls_and_a_tool_call_commits_four_times() {
+    let dir = std::env::temp_dir().join(format!("impresario-commits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sqlite = SqliteJournal::open(dir.join("journal.db")).unwrap();
+    let journals: [Arc<dyn Journal>; 2] = [Arc::new(MemoryJournal::new()), Arc::new(sqlite)];
+    for journal in journals {
+        let (commits, kinds) = commits_of_one_run(journal.clone(), "search").await;
+        assert_eq!(commits, 4, "idempotent tool: {kinds:?}");
+        assert_eq!(kinds, SEARCH_THEN_ANSWER_EVENTS);
+        let (commits, kinds) = commits_of_one_run(journal, "search_once").await;
+        assert_eq!(commits, 6, "tool that is not idempotent: {kinds:?}");
+        assert_eq!(kinds, SEARCH_THEN_ANSWER_EVENTS);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
