@@ -20,6 +20,7 @@ pub mod halts;
 pub mod journal;
 pub mod ledger;
 mod ledger_retry;
+pub mod queue;
 pub mod schema;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;

@@ -12,4 +12,5 @@ mod journal;
 mod journal_suite;
 mod ledger;
 mod logs;
+mod queue;
 mod test_cluster;
