@@ -277,7 +277,8 @@ pub(crate) fn pool_transient(error: &PoolError) -> bool {
     }
 }
 
-/// An error of one attempt: `retry` when another attempt may succeed.
+/// An error of one attempt: `retry` when another attempt may succeed (from [`retrying`]: the
+/// server stayed unreachable for all of [`RETRY_FOR`]).
 pub(crate) struct Attempt {
     /// Another attempt, on a new connection, may succeed.
     pub retry: bool,
@@ -310,7 +311,7 @@ impl From<PoolError> for Attempt {
 /// Runs `attempt` on `target` (named in the logs) until it succeeds, fails for good, or [`RETRY_FOR`] has passed, waiting a
 /// little longer between attempts (50 ms, doubling up to 1 s). Only for operations that may run
 /// twice: reads, and writes that check what a failed attempt did.
-pub(crate) async fn retrying<T, F, Fut>(target: &str, mut attempt: F) -> Result<T, String>
+pub(crate) async fn retrying<T, F, Fut>(target: &str, mut attempt: F) -> Result<T, Attempt>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Attempt>>,
@@ -326,13 +327,16 @@ where
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) if e.retry => {
-                return Err(format!(
-                    "{} (still failing after {} s of retries)",
-                    e.cause,
-                    RETRY_FOR.as_secs()
-                ))
+                return Err(Attempt {
+                    retry: true,
+                    cause: format!(
+                        "{} (still failing after {} s of retries)",
+                        e.cause,
+                        RETRY_FOR.as_secs()
+                    ),
+                })
             }
-            Err(e) => return Err(e.cause),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -151,7 +151,7 @@ impl PgJournal {
             .db
             .block_on(async move { retrying(&target_for_log, attempt).await })
             .map_err(|e| io(&target, context, e.to_string()))?
-            .map_err(|cause| io(&target, context, cause))
+            .map_err(|e| io(&target, context, e.cause))
     }
 }
 
@@ -212,16 +212,19 @@ impl Writer {
         let at_ms = now_ms();
         let results = match self.commit(&group, at_ms).await {
             Ok(results) => results,
-            Err(cause) if group.len() == 1 => {
-                vec![Err(io(&self.target, "appending events", cause))]
-            }
+            // Unreachable all along, or one append: each of them fails with the cause.
+            Err(e) if e.retry || group.len() == 1 => group
+                .iter()
+                .map(|_| Err(io(&self.target, "appending events", e.cause.clone())))
+                .collect(),
+            // A statement failed: one append's doing, so each is written on its own.
             Err(_) => {
                 let mut results = Vec::with_capacity(group.len());
                 for append in &group {
                     let one = self.commit(std::slice::from_ref(append), at_ms).await;
                     results.push(match one {
                         Ok(mut one) => one.pop().unwrap_or(Err(JournalError::Closed)),
-                        Err(cause) => Err(io(&self.target, "appending events", cause)),
+                        Err(e) => Err(io(&self.target, "appending events", e.cause)),
                     });
                 }
                 results
@@ -238,7 +241,7 @@ impl Writer {
         &self,
         group: &[Append],
         at_ms: i64,
-    ) -> Result<Vec<Result<Seq, JournalError>>, String> {
+    ) -> Result<Vec<Result<Seq, JournalError>>, Attempt> {
         // Set when a COMMIT's outcome is unknown (the connection broke during it): the next
         // attempt reads back whether it happened before writing anything again.
         let uncertain: Mutex<Option<Uncertain>> = Mutex::new(None);
@@ -492,7 +495,7 @@ impl Writer {
             })
         })
         .await
-        .map_err(|cause| io(&self.target, "applying retention", cause))
+        .map_err(|e| io(&self.target, "applying retention", e.cause))
     }
 
     /// A durable write that changes nothing: the schema row rewritten with its own value in a
@@ -508,11 +511,11 @@ impl Writer {
             Ok(())
         })
         .await
-        .map_err(|cause| {
+        .map_err(|e| {
             io(
                 &self.target,
                 "probing that the journal can be written",
-                cause,
+                e.cause,
             )
         })
     }

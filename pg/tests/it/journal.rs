@@ -303,3 +303,46 @@ async fn the_write_probe_fails_on_a_read_only_database() {
     assert!(refused.to_string().contains("read-only"), "{refused}");
     assert!(journal.read(&run).unwrap().is_empty(), "reads still work");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cut_off_by_the_server_is_written_once_on_a_new_connection() {
+    let url = fresh_database("cutoff");
+    let journal = connect(url.clone()).await.unwrap();
+    let run = RunId::new("r");
+    journal.append(&run, submitted("t")).await.unwrap();
+    // From now on, at the first COMMIT that wrote an event, the server ends the connection the
+    // COMMIT runs on (a deferred trigger; a sequence, which no rollback undoes, counts them).
+    shared()
+        .psql(
+            &url,
+            "CREATE SEQUENCE commits_seen;
+             CREATE FUNCTION cut_first() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('commits_seen') = 1 THEN
+                     PERFORM pg_terminate_backend(pg_backend_pid());
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER cut_first AFTER INSERT ON journal_events
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION cut_first();",
+        )
+        .unwrap();
+    assert_eq!(journal.append(&run, step(1)).await.unwrap(), 2);
+    assert_eq!(journal.append(&run, step(2)).await.unwrap(), 3);
+    let events: Vec<RunEvent> = journal
+        .read(&run)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        events,
+        [submitted("t"), step(1), step(2)],
+        "written once each"
+    );
+    // The trigger ran three times: the cut COMMIT, its retry, the next append.
+    let seen = shared()
+        .psql(&url, "SELECT last_value FROM commits_seen")
+        .unwrap();
+    assert_eq!(seen, "3");
+}
