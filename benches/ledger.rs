@@ -321,9 +321,9 @@ fn halts() {
 mod pg {
     use std::time::{Duration, Instant};
 
-    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
     use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
     use impresario_pg::test_cluster::TestCluster;
+    use impresario_pg::Database;
     use impresario_runtime::ledger::AccountId;
     use impresario_runtime::ledger_store::LedgerStore;
 
@@ -344,51 +344,48 @@ mod pg {
         ReserveSettle,
     }
 
-    fn pool(url: &str) -> Pool {
-        let manager = Manager::from_config(
-            url.parse().expect("the test server's URL"),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        Pool::builder(manager)
-            .max_size(TASKS as usize)
-            .build()
-            .unwrap()
-    }
-
     fn path(run: u32) -> Vec<AccountId> {
         let run = AccountId::Run(format!("r{run}").into());
         vec![run, AccountId::Tenant("t".into()), AccountId::Global]
     }
 
-    async fn once(op: Op, ledger: &PgLedger, pool: &Pool, path: &[AccountId]) {
+    async fn once(op: Op, ledger: &PgLedger, db: &Database, path: &[AccountId]) {
         match op {
             Op::ReserveSettle => {
                 let hold = ledger.reserve(path, WORST).await.expect("roomy limits");
                 ledger.settle(&hold, ACTUAL).await.expect("settled");
             }
+            // On the database's I/O thread, as every `PgLedger` operation runs.
             Op::UpdateOneRow => {
-                let mut client = pool.get().await.unwrap();
-                let tx = client.transaction().await.unwrap();
-                let sql = "UPDATE ledger_accounts SET spent_tokens = spent_tokens + 1 \
-                           WHERE account = 'tenant:t'";
-                tx.execute(sql, &[]).await.unwrap();
-                tx.commit().await.unwrap();
+                let pool = db.pool().clone();
+                let update = async move {
+                    let mut client = pool.get().await.unwrap();
+                    let tx = client.transaction().await.unwrap();
+                    let sql = "UPDATE ledger_accounts SET spent_tokens = spent_tokens + 1 \
+                               WHERE account = 'tenant:t'";
+                    tx.execute(sql, &[]).await.unwrap();
+                    tx.commit().await.unwrap();
+                };
+                db.spawn(update).await.unwrap();
             }
         }
     }
 
     /// Wall time per operation of `tasks` tasks doing `ops` operations each, started together.
-    async fn concurrent(op: Op, tasks: u32, ops: u32, ledger: &PgLedger, pool: &Pool) -> Duration {
+    async fn concurrent(
+        op: Op,
+        tasks: u32,
+        ops: u32,
+        ledger: &PgLedger,
+        db: &Database,
+    ) -> Duration {
         let start = Instant::now();
         let handles: Vec<_> = (0..tasks)
             .map(|t| {
-                let (ledger, pool, path) = (ledger.clone(), pool.clone(), path(t));
+                let (ledger, db, path) = (ledger.clone(), db.clone(), path(t));
                 tokio::spawn(async move {
                     for _ in 0..ops {
-                        once(op, &ledger, &pool, &path).await;
+                        once(op, &ledger, &db, &path).await;
                     }
                 })
             })
@@ -415,15 +412,14 @@ mod pg {
             .enable_all()
             .build()
             .unwrap();
-        let pool = pool(&url);
-        let ledger = PgLedger::new(pool.clone(), PgLedgerConfig::default());
+        let db = Database::connect(&url).expect("the test server");
+        let ledger = PgLedger::new(db.clone(), PgLedgerConfig::default());
         rt.block_on(async {
-            ledger.install().await.unwrap();
             for account in [AccountId::Global, AccountId::Tenant("t".into())] {
                 ledger.set_limits(&account, &roomy()).await.unwrap();
             }
             // Opens every run's account row before measuring.
-            concurrent(Op::ReserveSettle, TASKS, 1, &ledger, &pool).await;
+            concurrent(Op::ReserveSettle, TASKS, 1, &ledger, &db).await;
         });
         let cases = [
             (1, ONE_TASK_OPS, "1 task"),
@@ -432,7 +428,7 @@ mod pg {
         for (tasks, ops, label) in cases {
             let measure = |op| {
                 median(&sample(PG_SAMPLES, || {
-                    rt.block_on(concurrent(op, tasks, ops, &ledger, &pool))
+                    rt.block_on(concurrent(op, tasks, ops, &ledger, &db))
                 }))
             };
             let base = measure(Op::UpdateOneRow);

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Object;
 use futures_util::StreamExt;
 use impresario_runtime::halt::{Halt, HaltScope, Halts};
 use impresario_runtime::halt_store::HaltStore;
@@ -29,19 +29,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::ledger_retry::{retrying, Step};
-
-/// The halts' schema, a step for the migration list ([`PgHalts::install`] until it exists).
-pub const MIGRATION: &str = "
-CREATE TABLE IF NOT EXISTS halts (
-    id bigserial PRIMARY KEY,
-    scope text NOT NULL,
-    halt text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    lifted_at timestamptz
-);
-CREATE INDEX IF NOT EXISTS halts_standing ON halts (scope) WHERE lifted_at IS NULL;
-";
+use crate::database::Database;
+use crate::ledger_retry::{self, Step};
 
 /// The `LISTEN/NOTIFY` channel of halts and lifts.
 pub const CHANNEL: &str = "impresario_halts";
@@ -75,14 +64,13 @@ fn scope_key(scope: &HaltScope) -> Option<String> {
 /// Halts recorded in PostgreSQL (see the module docs). Cheap to clone.
 #[derive(Clone)]
 pub struct PgHalts {
-    pool: Pool,
-    retry_for: Duration,
+    db: Database,
 }
 
 impl std::fmt::Debug for PgHalts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgHalts")
-            .field("retry_for", &self.retry_for)
+            .field("db", &self.db.target())
             .finish()
     }
 }
@@ -98,15 +86,10 @@ impl HaltStore for PgHalts {
 }
 
 impl PgHalts {
-    /// Halts on the database of `pool` (schema: [`MIGRATION`]); an operation retries for up to
-    /// `retry_for` while the server is unreachable.
-    pub fn new(pool: Pool, retry_for: Duration) -> Self {
-        PgHalts { pool, retry_for }
-    }
-
-    /// Creates the halts table if it is missing (until the migration list runs [`MIGRATION`]).
-    pub async fn install(&self) -> Result<(), StoreError> {
-        retrying(&self.pool, self.retry_for, &Install).await
+    /// The halts in `db` (connected and migrated). Every operation runs on the database's I/O
+    /// thread and retries while the server is unreachable.
+    pub fn new(db: Database) -> Self {
+        PgHalts { db }
     }
 
     /// Records `halt` and notifies every follower. Returns false for an agent's halt, which is
@@ -116,7 +99,8 @@ impl PgHalts {
         let Some(scope) = scope_key(&halt.scope) else {
             return Ok(false);
         };
-        retrying(&self.pool, self.retry_for, &Record { scope, halt }).await?;
+        let halt = halt.clone();
+        ledger_retry::run(&self.db, Record { scope, halt }).await?;
         Ok(true)
     }
 
@@ -126,7 +110,8 @@ impl PgHalts {
         let Some(key) = scope_key(scope) else {
             return Ok(0);
         };
-        retrying(&self.pool, self.retry_for, &Lift { key, scope }).await
+        let scope = scope.clone();
+        ledger_retry::run(&self.db, Lift { key, scope }).await
     }
 
     /// The oldest halt standing on the run, its tenant or everything: a run checks it before
@@ -144,7 +129,7 @@ impl PgHalts {
         .iter()
         .filter_map(scope_key)
         .collect();
-        retrying(&self.pool, self.retry_for, &Standing { keys }).await
+        ledger_retry::run(&self.db, Standing { keys }).await
     }
 
     /// Applies every halt and lift recorded by any process to `halts`, on a connection of its
@@ -297,26 +282,12 @@ fn notified(id: i64, halt: &Halt) -> String {
     serde_json::to_string(&Notice::Halt { id, halt }).expect("a halt serializes")
 }
 
-struct Install;
-
-impl Step for Install {
-    type Out = ();
-
-    fn what(&self) -> String {
-        "install the halts schema".to_owned()
-    }
-
-    async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
-        client.batch_execute(MIGRATION).await
-    }
-}
-
-struct Record<'a> {
+struct Record {
     scope: String,
-    halt: &'a Halt,
+    halt: Halt,
 }
 
-impl Step for Record<'_> {
+impl Step for Record {
     type Out = ();
 
     fn what(&self) -> String {
@@ -325,26 +296,26 @@ impl Step for Record<'_> {
 
     async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
         let tx = client.transaction().await?;
-        let json = serde_json::to_string(self.halt).expect("a halt serializes");
+        let json = serde_json::to_string(&self.halt).expect("a halt serializes");
         let row = tx
             .query_one(
                 "INSERT INTO halts (scope, halt) VALUES ($1, $2) RETURNING id",
                 &[&self.scope, &json],
             )
             .await?;
-        let payload = notified(row.get(0), self.halt);
+        let payload = notified(row.get(0), &self.halt);
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
             .await?;
         tx.commit().await
     }
 }
 
-struct Lift<'a> {
+struct Lift {
     key: String,
-    scope: &'a HaltScope,
+    scope: HaltScope,
 }
 
-impl Step for Lift<'_> {
+impl Step for Lift {
     type Out = u64;
 
     fn what(&self) -> String {

@@ -30,37 +30,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::Object;
 use impresario_runtime::ledger::{
     AccountId, AccountSnapshot, CeilingReached, Charge, Dimension, Limits,
 };
 use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreError, StoreFuture};
 use tokio_postgres::Row;
 
-use crate::ledger_retry::{retrying, Step};
-
-/// The ledger's schema, a step for the migration list (idempotent until that list exists:
-/// [`PgLedger::install`]).
-pub const MIGRATION: &str = "
-CREATE TABLE IF NOT EXISTS ledger_accounts (
-    account text PRIMARY KEY,
-    limit_micro_usd bigint,
-    limit_tokens bigint,
-    limit_model_calls bigint,
-    spent_micro_usd bigint NOT NULL DEFAULT 0,
-    spent_tokens bigint NOT NULL DEFAULT 0,
-    spent_model_calls bigint NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS ledger_holds (
-    id text PRIMARY KEY,
-    path text[] NOT NULL,
-    micro_usd bigint NOT NULL,
-    tokens bigint NOT NULL,
-    model_calls bigint NOT NULL,
-    expires_at timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_holds_expiry ON ledger_holds (expires_at);
-";
+use crate::database::Database;
+use crate::ledger_retry::{run, Step};
 
 /// A sweep of old hold rows runs after this many reservations of one [`PgLedger`].
 pub const SWEEP_EVERY: u64 = 1024;
@@ -100,25 +78,24 @@ pub struct PgLedgerConfig {
     /// How long an expired hold is kept: a late settlement within this time is still charged;
     /// after it, the hold is deleted and its settlement charges nothing.
     pub retention: Duration,
-    /// How long one operation retries while PostgreSQL is unreachable before it fails.
-    pub retry_for: Duration,
 }
 
 impl Default for PgLedgerConfig {
-    /// Holds of 10 minutes, kept an hour, operations retried for 30 seconds.
+    /// Holds of 10 minutes, kept an hour after they expire.
     fn default() -> Self {
         PgLedgerConfig {
             hold_ttl: Duration::from_secs(600),
             retention: Duration::from_secs(3600),
-            retry_for: Duration::from_secs(30),
         }
     }
 }
 
-/// The ledger on PostgreSQL (see the module docs). Cheap to clone; clones share the pool.
+/// The ledger on PostgreSQL (see the module docs). Cheap to clone; clones share the database.
+/// Every operation runs on the database's I/O thread and retries while the server is
+/// unreachable (for [`crate::database::RETRY_FOR`]).
 #[derive(Clone)]
 pub struct PgLedger {
-    pool: Pool,
+    db: Database,
     config: PgLedgerConfig,
     /// Accounts known to have a row, so a path's rows are created once per process.
     opened: Arc<Mutex<HashSet<String>>>,
@@ -134,28 +111,14 @@ impl std::fmt::Debug for PgLedger {
 }
 
 impl PgLedger {
-    /// A ledger on the database of `pool`, whose schema is installed ([`MIGRATION`]).
-    pub fn new(pool: Pool, config: PgLedgerConfig) -> Self {
+    /// The ledger in `db` (connected and migrated).
+    pub fn new(db: Database, config: PgLedgerConfig) -> Self {
         PgLedger {
-            pool,
+            db,
             config,
             opened: Arc::default(),
             reservations: Arc::default(),
         }
-    }
-
-    /// Creates the ledger's tables if they are missing (until the migration list runs
-    /// [`MIGRATION`]).
-    pub async fn install(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(|e| StoreError {
-            message: format!("install the ledger schema: no connection to PostgreSQL ({e})"),
-        })?;
-        client
-            .batch_execute(MIGRATION)
-            .await
-            .map_err(|e| StoreError {
-                message: format!("install the ledger schema: {e}"),
-            })
     }
 
     /// Sets the money, token and model-call limits of `account` (creating it); the other
@@ -165,7 +128,7 @@ impl PgLedger {
             account: account.to_string(),
             limits: [limits.micro_usd, limits.tokens, limits.model_calls].map(|l| l.map(to_sql)),
         };
-        retrying(&self.pool, self.config.retry_for, &step).await
+        run(&self.db, step).await
     }
 
     /// The account's limits, what it spent and what live holds hold on it.
@@ -173,7 +136,7 @@ impl PgLedger {
         let step = Snapshot {
             account: account.clone(),
         };
-        retrying(&self.pool, self.config.retry_for, &step).await
+        run(&self.db, step).await
     }
 
     /// Deletes holds expired longer than `retention` ago, unsettled; returns how many.
@@ -181,28 +144,23 @@ impl PgLedger {
         let step = Sweep {
             retention: self.config.retention,
         };
-        retrying(&self.pool, self.config.retry_for, &step).await
+        run(&self.db, step).await
     }
 
     async fn reserve_hold(&self, path: &[AccountId], amount: Charge) -> Result<Hold, ReserveError> {
         let names: Vec<String> = path.iter().map(ToString::to_string).collect();
         if !self.all_opened(&names) {
-            retrying(
-                &self.pool,
-                self.config.retry_for,
-                &OpenAccounts(names.clone()),
-            )
-            .await?;
+            run(&self.db, OpenAccounts(names.clone())).await?;
             self.lock_opened().extend(names.iter().cloned());
         }
         let step = Reserve {
             id: new_hold_id(),
-            path,
+            path: path.to_vec(),
             names,
             amount,
             ttl: self.config.hold_ttl,
         };
-        let hold = retrying(&self.pool, self.config.retry_for, &step).await??;
+        let hold = run(&self.db, step).await??;
         if self.reservations.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             if let Err(err) = self.sweep().await {
                 tracing::warn!(error = %err, "sweeping old ledger holds failed; retried later");
@@ -236,10 +194,10 @@ impl LedgerStore for PgLedger {
         charge: Charge,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         let step = Settle {
-            id: &hold.id,
+            id: hold.id.clone(),
             charge,
         };
-        Box::pin(async move { retrying(&self.pool, self.config.retry_for, &step).await })
+        Box::pin(run(&self.db, step))
     }
 }
 
@@ -325,15 +283,15 @@ impl Step for OpenAccounts {
     }
 }
 
-struct Reserve<'a> {
+struct Reserve {
     id: String,
-    path: &'a [AccountId],
+    path: Vec<AccountId>,
     names: Vec<String>,
     amount: Charge,
     ttl: Duration,
 }
 
-impl Step for Reserve<'_> {
+impl Step for Reserve {
     type Out = Result<Hold, CeilingReached>;
 
     fn what(&self) -> String {
@@ -385,7 +343,7 @@ impl Step for Reserve<'_> {
     }
 }
 
-impl Reserve<'_> {
+impl Reserve {
     fn hold(&self, expires_at: SystemTime) -> Hold {
         Hold {
             id: self.id.clone(),
@@ -414,12 +372,12 @@ impl Reserve<'_> {
     }
 }
 
-struct Settle<'a> {
-    id: &'a str,
+struct Settle {
+    id: String,
     charge: Charge,
 }
 
-impl Step for Settle<'_> {
+impl Step for Settle {
     type Out = ();
 
     fn what(&self) -> String {

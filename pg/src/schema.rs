@@ -42,6 +42,35 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE idem_key IS NOT NULL;
     CREATE UNIQUE INDEX journal_one_result_per_key ON journal_events (run_id, idem_key)
         WHERE kind = 'tool_result';",
+    // 2: the ledger (ledger.rs): an account's limits and spend; a hold per reservation
+    // in flight.
+    "CREATE TABLE ledger_accounts (
+        account text PRIMARY KEY,
+        limit_micro_usd bigint,
+        limit_tokens bigint,
+        limit_model_calls bigint,
+        spent_micro_usd bigint NOT NULL DEFAULT 0,
+        spent_tokens bigint NOT NULL DEFAULT 0,
+        spent_model_calls bigint NOT NULL DEFAULT 0
+    );
+    CREATE TABLE ledger_holds (
+        id text PRIMARY KEY,
+        path text[] NOT NULL,
+        micro_usd bigint NOT NULL,
+        tokens bigint NOT NULL,
+        model_calls bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX ledger_holds_expiry ON ledger_holds (expires_at);",
+    // 3: the halts (halts.rs): a row per halt, until lifted.
+    "CREATE TABLE halts (
+        id bigserial PRIMARY KEY,
+        scope text NOT NULL,
+        halt text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        lifted_at timestamptz
+    );
+    CREATE INDEX halts_standing ON halts (scope) WHERE lifted_at IS NULL;",
 ];
 
 /// The schema version this build writes, and the newest it accepts.

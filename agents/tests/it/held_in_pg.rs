@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use impresario_agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState, ToolRegistry,
 };
 use impresario_pg::halts::PgHalts;
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
+use impresario_pg::Database;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario_runtime::ledger::{AccountId, Charge, Dimension, Ledger, Limits};
 use impresario_runtime::{Runtime, RuntimeHandle};
@@ -23,25 +23,22 @@ use serde_json::json;
 
 use crate::loopback::{fake_openai_with, http_client, Answer};
 
-fn pool(url: &str) -> Pool {
-    let manager = Manager::from_config(
-        url.parse().unwrap(),
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager).max_size(4).build().unwrap()
+/// The database at `url`, connected and migrated, with a pool and I/O thread of its own.
+async fn database(url: &str) -> Database {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || Database::connect(&url))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// An orchestrator of its own (its own in-memory ledger, no ceiling there) holding every call
 /// in the database at `db`, and checking the halts standing there before each step.
 async fn process(rt: &RuntimeHandle, provider: &str, db: &str) -> (Orchestrator, PgLedger) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let store = PgLedger::new(pool(db), PgLedgerConfig::default());
-    let halts = PgHalts::new(pool(db), Duration::from_secs(30));
-    store.install().await.unwrap();
-    halts.install().await.unwrap();
+    let db = database(db).await;
+    let store = PgLedger::new(db.clone(), PgLedgerConfig::default());
+    let halts = PgHalts::new(db);
     let config = OrchestratorConfig {
         ledger_store: Some(Arc::new(store.clone())),
         halt_store: Some(Arc::new(halts)),
@@ -130,7 +127,7 @@ async fn a_halt_recorded_by_another_process_stops_the_run_in_flight() {
     let db = impresario_pg::test_cluster::shared().create_database("halted_from_pg");
     let rt = Runtime::builder().arbiters(2).start().unwrap();
     let (driving, store) = process(&rt, &provider, &db).await;
-    let requester = PgHalts::new(pool(&db), Duration::from_secs(30));
+    let requester = PgHalts::new(database(&db).await);
     let mut follower = PgHalts::follow(db.parse().unwrap(), driving.halts().clone());
     tokio::time::timeout(Duration::from_secs(20), follower.listening())
         .await
@@ -187,7 +184,7 @@ async fn a_standing_tenant_halt_stops_a_run_at_its_first_check_without_a_notific
     let rt = Runtime::builder().arbiters(2).start().unwrap();
     // No follower: only the check before each step can see the halt.
     let (driving, _) = process(&rt, &provider, &db).await;
-    let elsewhere = PgHalts::new(pool(&db), Duration::from_secs(30));
+    let elsewhere = PgHalts::new(database(&db).await);
     let halt = Halt::new(
         HaltScope::Tenant("acme".into()),
         HaltMode::Immediate,

@@ -9,15 +9,13 @@ use impresario_pg::test_cluster::{shared, TestCluster};
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken, Halts};
 use impresario_runtime::{RunId, TenantId};
 
-use crate::ledger::pool;
+use crate::ledger::database;
 
 /// A safety net for waits on notifications, never a latency assertion.
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn halts_on(url: &str) -> PgHalts {
-    let halts = PgHalts::new(pool(url, 2), Duration::from_secs(30));
-    halts.install().await.unwrap();
-    halts
+    PgHalts::new(database(url).await)
 }
 
 fn ids() -> (TenantId, RunId) {

@@ -5,29 +5,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
 use impresario_pg::test_cluster::{shared, TestCluster};
+use impresario_pg::Database;
 use impresario_runtime::ledger::{AccountId, Charge, Dimension, Ledger, Limits};
 use impresario_runtime::ledger_store::{self, LedgerStore, ReserveError};
 
-/// A pool of up to `size` connections to `url`, as a process would have.
-pub fn pool(url: &str, size: usize) -> Pool {
-    let config: tokio_postgres::Config = url.parse().expect("a postgres:// URL");
-    let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager).max_size(size).build().unwrap()
+/// The database at `url`, connected and migrated: its own pool and I/O thread, as a process
+/// would have.
+pub async fn database(url: &str) -> Database {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || Database::connect(&url))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 async fn ledger_on(url: &str, config: PgLedgerConfig) -> PgLedger {
-    let ledger = PgLedger::new(pool(url, 8), config);
-    ledger.install().await.unwrap();
-    ledger
+    PgLedger::new(database(url).await, config)
 }
 
 fn tenant() -> AccountId {
@@ -74,7 +69,7 @@ async fn sixteen_tasks_on_two_pools_never_pass_the_tenant_ceiling_and_release_ev
     let url = shared().create_database("ledger_sixteen");
     let a = ledger_on(&url, PgLedgerConfig::default()).await;
     // A second pool: another process's connections to the same database.
-    let b = PgLedger::new(pool(&url, 8), PgLedgerConfig::default());
+    let b = PgLedger::new(database(&url).await, PgLedgerConfig::default());
     a.set_limits(&tenant(), &money(1_000)).await.unwrap();
 
     let tasks: Vec<_> = (0..16)
@@ -119,7 +114,6 @@ async fn an_expired_hold_stops_counting_and_a_settlement_counts_once() {
     let config = PgLedgerConfig {
         hold_ttl: Duration::from_millis(800),
         retention: Duration::ZERO,
-        ..PgLedgerConfig::default()
     };
     let ledger = ledger_on(&url, config).await;
     ledger.set_limits(&tenant(), &money(100)).await.unwrap();
