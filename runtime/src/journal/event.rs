@@ -293,6 +293,7 @@ impl RunEvent {
 }
 
 /// The run as the journal has it when an event is appended: `None` if it has no event yet.
+#[derive(Clone, Copy)]
 pub(crate) struct RunHead {
     pub status: RunStatus,
     pub last_seq: Seq,
