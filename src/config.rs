@@ -198,6 +198,9 @@ pub struct Server {
     pub body_timeout_secs: u64,
     /// An event stream with nothing to say for this many seconds sends a keep-alive comment.
     pub sse_keepalive_secs: u64,
+    /// How many finished runs this process keeps in memory with their events (the most
+    /// recent), for `GET /v1/runs/{id}/events`; older ones are shown from the journal.
+    pub keep_finished_runs: u64,
 }
 
 impl Default for Server {
@@ -211,6 +214,7 @@ impl Default for Server {
             drain_timeout_secs: 30,
             body_timeout_secs: 10,
             sse_keepalive_secs: 15,
+            keep_finished_runs: 100,
         }
     }
 }
@@ -605,6 +609,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "drain_timeout_secs", Kind::Integer),
     ("server", "body_timeout_secs", Kind::Integer),
     ("server", "sse_keepalive_secs", Kind::Integer),
+    ("server", "keep_finished_runs", Kind::Integer),
     ("runs", "budget_usd", Kind::Number),
     ("runs", "max_steps", Kind::Integer),
     ("runs", "tools", Kind::Names),

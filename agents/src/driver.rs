@@ -41,13 +41,24 @@ pub(crate) struct Driver {
     /// The run's journal, walked first when resumed.
     log: Arc<Mutex<RunLog>>,
     gateway: ModelGateway,
-    steps: Vec<StepRecord>,
+    /// Whether an earlier driver of the run crashed (this one walks what it did first).
+    incarnation: Incarnation,
     /// What happened so far, as the planner and model calls see it (compacted by budget).
     history: Vec<ContextEntry>,
     last_ceiling: Option<CeilingReached>,
     next_executor: usize,
     /// The run's agents, looked up once its team has started (their handles survive restarts).
     agents: Option<RunAgents>,
+}
+
+/// Which driver of its run a driver is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Incarnation {
+    /// The run's first driver (of this launch: a resume starts a first driver too).
+    First,
+    /// Started again after the run's driver crashed: what it walks of the journal, the run's
+    /// subscribers were told already.
+    Restarted,
 }
 
 /// The agents of one run's team that the driver calls.
@@ -101,7 +112,12 @@ enum Progress {
 
 impl Driver {
     /// A driver of `setup`'s run, walking `log` first.
-    pub(crate) fn new(setup: Arc<RunSetup>, log: Arc<Mutex<RunLog>>) -> Self {
+    pub(crate) fn new(
+        setup: Arc<RunSetup>,
+        log: Arc<Mutex<RunLog>>,
+        incarnation: Incarnation,
+    ) -> Self {
+        setup.restart_steps();
         let mut gateway = ModelGateway::new(
             setup.services.client.clone(),
             log.clone(),
@@ -114,7 +130,7 @@ impl Driver {
             gateway,
             setup,
             log,
-            steps: Vec::new(),
+            incarnation,
             history: Vec::new(),
             last_ceiling: None,
             next_executor: 0,
@@ -180,7 +196,7 @@ impl Driver {
                 revision,
                 plan: plan.clone(),
             };
-            let _ = self.setup.events.send(planned);
+            self.announce(planned).await;
             if pass.reviews >= self.setup.services.config.max_reviews {
                 return Ok(plan);
             }
@@ -189,10 +205,8 @@ impl Driver {
             };
             pass.reviews += 1;
             pass.feedback = Some(format!("a reviewer sent the plan back: {feedback}"));
-            let _ = self
-                .setup
-                .events
-                .send(RunUpdate::Revised { revision, feedback });
+            self.announce(RunUpdate::Revised { revision, feedback })
+                .await;
         }
     }
 
@@ -272,12 +286,19 @@ impl Driver {
             step: step.clone(),
             outcome: outcome.clone(),
         };
-        let _ = self
-            .setup
-            .events
-            .send(RunUpdate::StepFinished(record.clone()));
-        self.steps.push(record);
+        self.announce(RunUpdate::StepFinished(record.clone())).await;
+        self.setup.step_done(record);
         Ok(outcome)
+    }
+
+    /// Tells the run's subscribers `update`, unless this driver was started again after a
+    /// crash and `update` comes of what it walked in the journal: its crashed predecessor
+    /// told them already (it sends an update right after recording what it is about).
+    async fn announce(&self, update: RunUpdate) {
+        let walking = self.log.lock().await.replayed_last();
+        if !(walking && self.incarnation == Incarnation::Restarted) {
+            let _ = self.setup.events.send(update);
+        }
     }
 
     /// Records what the run did in its journal (durable at the next commit point), or checks it
@@ -398,10 +419,7 @@ impl Driver {
             }
         };
         let count = memories.len();
-        let _ = self
-            .setup
-            .events
-            .send(RunUpdate::Recalled { memories: count });
+        self.announce(RunUpdate::Recalled { memories: count }).await;
         for memory in memories {
             self.history
                 .push(ContextEntry::new(EntryKind::Observation, None, memory));
@@ -457,7 +475,7 @@ impl Driver {
         };
         let summarizer = self.setup.request.models.choice(Role::Summarizer).clone();
         let options = self.options();
-        let (gateway, step) = (self.gateway.clone(), self.steps.len() as u32);
+        let (gateway, step) = (self.gateway.clone(), self.setup.steps_done() as u32);
         let mut history = std::mem::take(&mut self.history);
         let model = summarizer.model.as_str();
         let done = compact_via(&mut history, &budget, model, |request| async move {
@@ -468,7 +486,7 @@ impl Driver {
         self.history = history;
         match done {
             Ok(Some(compaction)) => {
-                let _ = self.setup.events.send(RunUpdate::Compacted(compaction));
+                self.announce(RunUpdate::Compacted(compaction)).await;
             }
             Ok(None) => {}
             Err(MemoryError::Llm(e))
@@ -956,7 +974,7 @@ impl Driver {
             RunState::CeilingReached { ceiling } => (Outcome::Halted, ceiling.to_string()),
             _ => return,
         };
-        let steps: Vec<String> = self.steps.iter().map(|s| s.step.label()).collect();
+        let steps = self.setup.step_labels();
         let record = MemoryRecord {
             run: self.setup.run.clone(),
             goal: self.setup.request.goal.clone(),
@@ -1002,7 +1020,7 @@ impl Driver {
             self.remember(&state).await;
         }
         if let Some(lease) = self.setup.take_lease() {
-            lease.release_in_background(state, self.steps, at_end);
+            lease.release_in_background(state, self.setup.take_steps(), at_end);
         }
     }
 }

@@ -15,7 +15,7 @@ use impresario_runtime::{agent, Placement};
 use impresario_supervisor::{ChildSpec, RestartType};
 use tracing::Instrument;
 
-use crate::driver::Driver;
+use crate::driver::{Driver, Incarnation};
 use crate::ending::{journal_end, RunLease};
 use crate::journaling::{AtJournalEnd, RunLog, ServedAnswers};
 use crate::run::{FailReason, RunState};
@@ -72,10 +72,10 @@ async fn incarnation(setup: Arc<RunSetup>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
-    let log = match first {
-        Some(log) => log,
+    let (log, incarnation) = match first {
+        Some(log) => (log, Incarnation::First),
         None => match resumed_log(&setup) {
-            Ok(log) => log,
+            Ok(log) => (log, Incarnation::Restarted),
             Err(e) => {
                 let detail = format!("the run's journal cannot be read to resume it: {e}");
                 return end_without_driver(&setup, FailReason::JournalError, detail).await;
@@ -83,7 +83,7 @@ async fn incarnation(setup: Arc<RunSetup>) {
         },
     };
     let log = Arc::new(tokio::sync::Mutex::new(log));
-    let driving = AssertUnwindSafe(Driver::new(setup, log.clone()).drive());
+    let driving = AssertUnwindSafe(Driver::new(setup, log.clone(), incarnation).drive());
     if let Err(panic) = driving.catch_unwind().await {
         salvage(&log).await;
         std::panic::resume_unwind(panic);
@@ -121,7 +121,8 @@ fn resumed_log(setup: &RunSetup) -> Result<RunLog, JournalError> {
     ))
 }
 
-/// Ends the run as failed for `reason`, with no driver: journaled, then released.
+/// Ends the run as failed for `reason`, with no driver: journaled, then released with the
+/// steps its last driver got to.
 async fn end_without_driver(setup: &RunSetup, reason: FailReason, detail: String) {
     let state = RunState::Failed { reason, detail };
     let Some(lease): Option<RunLease> = setup.take_lease() else {
@@ -137,7 +138,7 @@ async fn end_without_driver(setup: &RunSetup, reason: FailReason, detail: String
         )
         .await;
     }
-    lease.release_in_background(state, Vec::new(), setup.at_end);
+    lease.release_in_background(state, setup.take_steps(), setup.at_end);
 }
 
 /// The message of a panic's payload.

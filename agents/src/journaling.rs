@@ -25,7 +25,7 @@ use impresario_runtime::ledger::{AccountPath, Charge};
 use impresario_runtime::llm::{
     CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interruption, LlmError,
 };
-use impresario_runtime::redact::{redact, redact_serialized};
+use impresario_runtime::redact::{redact_serialized, StreamRedactor};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -105,6 +105,8 @@ pub(crate) struct RunLog {
     failure: Option<LogError>,
     /// Events recorded past the journal's end, not yet committed.
     unflushed: Vec<Event>,
+    /// Whether the last event recorded or served was one the journal had already.
+    replayed_last: bool,
 }
 
 impl RunLog {
@@ -137,6 +139,7 @@ impl RunLog {
             served,
             failure: None,
             unflushed: Vec::new(),
+            replayed_last: false,
         }
     }
 
@@ -152,6 +155,7 @@ impl RunLog {
         if let Err(e) = &recorded {
             self.failure.get_or_insert_with(|| e.clone());
         }
+        self.replayed_last = matches!(recorded, Ok(Recorded::Replayed));
         recorded
     }
 
@@ -212,9 +216,16 @@ impl RunLog {
             self.pending.pop_front();
         }
         if self.pending.front().is_some_and(|(_, e)| wanted(e)) {
+            self.replayed_last = true;
             return self.pending.pop_front().map(|(_, e)| e);
         }
         None
+    }
+
+    /// Whether the last event recorded or served was one the journal had already (the run is
+    /// walking what it did before), not a new one.
+    pub(crate) fn replayed_last(&self) -> bool {
+        self.replayed_last
     }
 
     /// Whether this is a replay, which must not do anything the journal did not record.
@@ -409,12 +420,15 @@ impl ModelGateway {
         }
         // A commit point: the request leaves the process.
         log.commit().await.map_err(not_recorded)?;
-        let options = self.streaming(step, options);
+        let (options, streamed) = self.streaming(step, options);
         let before = options.account.leaf().snapshot().spent;
         let answer = self
             .client
             .chat_with_fallbacks(request, fallbacks, &options)
             .await;
+        if let Some(streamed) = streamed {
+            streamed.finish();
+        }
         let spent = options.account.leaf().snapshot().spent;
         let charged = spent.saturating_sub(before);
         if let Err(e @ LlmError::Overshoot { .. }) = &answer {
@@ -428,17 +442,61 @@ impl ModelGateway {
         answer
     }
 
-    /// `options`, streaming into the run's events when the run streams.
-    fn streaming(&self, step: u32, options: &CallOptions) -> CallOptions {
+    /// `options`, streaming into the run's events when the run streams, with the stream whose
+    /// held-back text is released when the call ends.
+    fn streaming(
+        &self,
+        step: u32,
+        options: &CallOptions,
+    ) -> (CallOptions, Option<Arc<DeltaStream>>) {
         let Some(events) = self.deltas.clone() else {
-            return options.clone();
+            return (options.clone(), None);
         };
-        options.clone().stream_to(DeltaSink::new(move |text: &str| {
-            let _ = events.send(RunUpdate::Delta {
-                step,
-                text: redact(text).into_owned(),
-            });
-        }))
+        let stream = Arc::new(DeltaStream {
+            step,
+            events,
+            redactor: std::sync::Mutex::new(StreamRedactor::new()),
+        });
+        let sink = stream.clone();
+        let options = options
+            .clone()
+            .stream_to(DeltaSink::new(move |text: &str| sink.push(text)));
+        (options, Some(stream))
+    }
+}
+
+/// One call's streamed text on its way to the run's subscribers as [`RunUpdate::Delta`]s,
+/// redacted as a whole: a credential cut across two deltas is redacted too (see
+/// [`StreamRedactor`]: what could still become one is held back until the next delta or the
+/// call's end).
+struct DeltaStream {
+    step: u32,
+    events: broadcast::Sender<RunUpdate>,
+    redactor: std::sync::Mutex<StreamRedactor>,
+}
+
+impl DeltaStream {
+    fn redactor(&self) -> std::sync::MutexGuard<'_, StreamRedactor> {
+        self.redactor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A delta arrived: sends what can be released of it.
+    fn push(&self, text: &str) {
+        let released = self.redactor().push(text);
+        self.send(released);
+    }
+
+    /// The call ended: sends the rest.
+    fn finish(&self) {
+        let rest = self.redactor().finish();
+        self.send(rest);
+    }
+
+    fn send(&self, text: Option<String>) {
+        if let Some(text) = text {
+            let step = self.step;
+            let _ = self.events.send(RunUpdate::Delta { step, text });
+        }
     }
 }
 

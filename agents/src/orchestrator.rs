@@ -588,6 +588,7 @@ impl Orchestrator {
             events,
             decisions: Mutex::new(decisions),
             crashes: std::sync::Mutex::default(),
+            steps: std::sync::Mutex::default(),
             lease: std::sync::Mutex::new(Some(lease)),
         };
         (Arc::new(setup), handle)

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch, Mutex};
 use crate::ending::{journal_end, RunLease};
 use crate::fault::DriverPhase;
 use crate::journaling::{AtJournalEnd, RunLog};
-use crate::run::{Decision, FailReason, RunRequest, RunState, RunUpdate};
+use crate::run::{Decision, FailReason, RunRequest, RunState, RunUpdate, StepRecord};
 use crate::services::Services;
 use crate::team::Review;
 
@@ -42,15 +42,23 @@ pub(crate) struct RunSetup {
     pub(crate) first_log: StdMutex<Option<RunLog>>,
     /// The message of each panic of the run's drivers so far.
     pub(crate) crashes: StdMutex<Vec<String>>,
+    /// The steps the run's current driver has executed (or been served from the journal): the
+    /// run's result has them however it ends, a crash of its last driver included.
+    pub(crate) steps: StdMutex<Vec<StepRecord>>,
     /// Taken by the run's first ending.
     pub(crate) lease: StdMutex<Option<RunLease>>,
 }
 
 impl RunSetup {
-    /// The options of a model call of this run: its account path, halt and cache scope.
+    /// The options of a model call of this run: its account path (and the ledger store, if
+    /// any), halt and cache scope.
     pub(crate) fn options(&self) -> CallOptions {
-        CallOptions::new(self.path.clone(), self.token.cancellation())
-            .cache_scope(self.cache_scope.clone())
+        let options = CallOptions::new(self.path.clone(), self.token.cancellation())
+            .cache_scope(self.cache_scope.clone());
+        match &self.services.config.ledger_store {
+            Some(store) => options.held_in(store.clone()),
+            None => options,
+        }
     }
 
     /// Panics here if a test asked for it (see [`PanicInjection`](crate::fault::PanicInjection)).
@@ -71,6 +79,31 @@ impl RunSetup {
         lock(&self.crashes).clone()
     }
 
+    /// A driver starts (again): it executes, or is served, the run's steps from the first.
+    pub(crate) fn restart_steps(&self) {
+        lock(&self.steps).clear();
+    }
+
+    /// The current driver executed step `record` (or was served it).
+    pub(crate) fn step_done(&self, record: StepRecord) {
+        lock(&self.steps).push(record);
+    }
+
+    /// How many steps the current driver has executed.
+    pub(crate) fn steps_done(&self) -> usize {
+        lock(&self.steps).len()
+    }
+
+    /// What each step executed so far was (`tool_call search`, ...).
+    pub(crate) fn step_labels(&self) -> Vec<String> {
+        lock(&self.steps).iter().map(|s| s.step.label()).collect()
+    }
+
+    /// The steps executed so far, for the run's result.
+    pub(crate) fn take_steps(&self) -> Vec<StepRecord> {
+        std::mem::take(&mut *lock(&self.steps))
+    }
+
     /// The run's lease, if no ending has taken it yet.
     pub(crate) fn take_lease(&self) -> Option<RunLease> {
         lock(&self.lease).take()
@@ -84,6 +117,7 @@ impl Drop for RunSetup {
         let Some(lease) = self.lease.get_mut().ok().and_then(Option::take) else {
             return;
         };
+        let steps = self.take_steps();
         let state = RunState::Failed {
             reason: FailReason::Internal,
             detail: "the run's supervisor stopped its driver before the run ended".into(),
@@ -95,7 +129,7 @@ impl Drop for RunSetup {
             if at_end == AtJournalEnd::GoOnLive {
                 journal_end(&*journal, &run, &state, None, Vec::new()).await;
             }
-            lease.release_in_background(state, Vec::new(), at_end);
+            lease.release_in_background(state, steps, at_end);
         });
     }
 }

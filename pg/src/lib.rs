@@ -12,5 +12,7 @@
 pub mod halts;
 pub mod ledger;
 mod ledger_retry;
+pub mod queue;
+
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;

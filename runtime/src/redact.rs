@@ -126,6 +126,107 @@ where
     }
 }
 
+/// What a credential shape starts with (or, for `://`, holds): a streamed text holds back from
+/// a word that has one until the words after it are complete.
+static SHAPE_START: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)bearer|basic|://|api[_-]?key|authorization").expect("a valid pattern")
+});
+
+/// How many words a credential shape spans at most (`authorization = Bearer <token>`).
+const SHAPE_WORDS: usize = 4;
+
+/// Redacts a text that arrives in pieces (a streamed answer), so that a credential cut across
+/// two pieces is redacted as a whole: each piece is added to what is held back, and only the
+/// part no later piece can turn into a credential is released, redacted. Held back: the token
+/// the text ends in (it may go on: letters, digits and `._~+/=:@-`), the end of the text that
+/// begins a registered secret, the last few words if one of them starts a credential shape
+/// (`Bearer`, `Basic`, `://`, `api_key`, `authorization`), and the whole of anything that
+/// redacts and reaches into those. The pieces released read as the whole text redacted at
+/// once; [`StreamRedactor::finish`] releases the rest when the stream ends.
+#[derive(Debug, Default)]
+pub struct StreamRedactor {
+    held: String,
+}
+
+impl StreamRedactor {
+    /// A redactor holding nothing.
+    pub fn new() -> Self {
+        StreamRedactor::default()
+    }
+
+    /// Adds `piece`; the redacted text that can be released now, if any.
+    pub fn push(&mut self, piece: &str) -> Option<String> {
+        self.held.push_str(piece);
+        let cut = release_end(&self.held);
+        if cut == 0 {
+            return None;
+        }
+        let rest = self.held.split_off(cut);
+        let released = std::mem::replace(&mut self.held, rest);
+        Some(redact(&released).into_owned())
+    }
+
+    /// The stream ended: the rest, redacted, if anything is held.
+    pub fn finish(&mut self) -> Option<String> {
+        let held = std::mem::take(&mut self.held);
+        (!held.is_empty()).then(|| redact(&held).into_owned())
+    }
+}
+
+/// Where the part of `text` that no further text can make part of a credential ends.
+fn release_end(text: &str) -> usize {
+    let token = |c: char| c.is_alphanumeric() || "._~+/=:@-".contains(c);
+    let mut cut = text
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| token(*c))
+        .last()
+        .map_or(text.len(), |(i, _)| i);
+    cut = cut.min(secret_begun(text));
+    let words = text.split_whitespace().rev().take(SHAPE_WORDS);
+    if let Some(word) = words.filter(|w| SHAPE_START.is_match(w)).last() {
+        // `word` is a slice of `text`: its offset is where it starts.
+        cut = cut.min(word.as_ptr() as usize - text.as_ptr() as usize);
+    }
+    // Nothing that redacts now may be cut in two.
+    let spans = matches(text);
+    while let Some(span) = spans.iter().find(|s| s.start < cut && cut < s.end) {
+        cut = span.start;
+    }
+    cut
+}
+
+/// Where the longest end of `text` that begins a registered secret starts (`text.len()` if
+/// none does).
+fn secret_begun(text: &str) -> usize {
+    let secrets = SECRETS.read().unwrap_or_else(PoisonError::into_inner);
+    let begins = |start: &usize| secrets.iter().any(|s| s.starts_with(&text[*start..]));
+    (text
+        .len()
+        .saturating_sub(secrets.first().map_or(0, String::len))..text.len())
+        .filter(|i| text.is_char_boundary(*i))
+        .find(begins)
+        .unwrap_or(text.len())
+}
+
+/// Where in `text` [`redact`] would replace something.
+fn matches(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut spans: Vec<_> = SECRETS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .flat_map(|secret| {
+            text.match_indices(secret.as_str())
+                .map(|(i, s)| i..i + s.len())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (shape, _) in SHAPES.iter() {
+        spans.extend(shape.find_iter(text).map(|m| m.range()));
+    }
+    spans
+}
+
 /// A writer (for a log subscriber) that redacts each write before passing it to `inner`.
 pub struct RedactingWriter<W>(pub W);
 
@@ -144,6 +245,46 @@ impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `text` in pieces of `size` characters through a [`StreamRedactor`]: what it released,
+    /// piece by piece.
+    fn streamed(text: &str, size: usize) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut redactor = StreamRedactor::new();
+        let mut released: Vec<String> = chars
+            .chunks(size)
+            .filter_map(|piece| redactor.push(&piece.iter().collect::<String>()))
+            .collect();
+        released.extend(redactor.finish());
+        released
+    }
+
+    #[test]
+    fn a_credential_cut_across_streamed_pieces_is_redacted_whole() {
+        register("sk-stream-cut-0123456789");
+        let text = "the key sk-stream-cut-0123456789 then Authorization: Bearer abcdefghijklmnop, \
+                    basic Basic dXNlcjpwYXNzd29yZA== and https://me:pw-1234567@host/x are gone";
+        for size in 1..=17 {
+            let released = streamed(text, size);
+            let whole = released.concat();
+            assert_eq!(whole, redact(text), "pieces of {size}: {released:?}");
+            for piece in &released {
+                for leak in ["0123456789", "ijklmnop", "cjpwYXNz", "pw-1234567"] {
+                    assert!(!piece.contains(leak), "pieces of {size}: {piece:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_text_is_released_as_it_comes_but_for_its_last_word() {
+        let mut redactor = StreamRedactor::new();
+        assert_eq!(redactor.push("Hello wor").as_deref(), Some("Hello "));
+        assert_eq!(redactor.push("ld, and "), Some("world, and ".into()));
+        assert_eq!(redactor.push("bye"), None);
+        assert_eq!(redactor.finish().as_deref(), Some("bye"));
+        assert_eq!(redactor.finish(), None);
+    }
 
     #[test]
     fn registered_secrets_and_credential_shapes_are_redacted() {

@@ -183,7 +183,9 @@ fn shared_state(
     let draining = Arc::new(AtomicBool::new(false));
     web::Data::new(State {
         health: probes::health(&engine, draining.clone()),
-        runs: TrackedRuns::default(),
+        runs: TrackedRuns::new(
+            usize::try_from(config.server.keep_finished_runs).unwrap_or(usize::MAX),
+        ),
         tokens: auth::Tokens::new(tokens),
         body_limit: body::Limits {
             bytes: usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX),

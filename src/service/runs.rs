@@ -2,7 +2,8 @@
 //! connects late still gets a run's whole story, in order.
 //!
 //! The list lives in memory: it starts empty at each start of the service, and keeps the
-//! [`KEEP_FINISHED`] most recent finished runs.
+//! most recent finished runs up to a count (`server.keep_finished_runs`): each one holds its
+//! goal, its events and its result, so the count bounds the service's memory.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,9 +12,6 @@ use std::time::SystemTime;
 use impresario::agents::{RunHandle, RunResult, RunState, RunUpdate};
 use impresario::runtime::RunId;
 use tokio::sync::{broadcast, watch};
-
-/// How many finished runs are kept (the oldest go first); running runs are always kept.
-pub const KEEP_FINISHED: usize = 1000;
 
 /// A submitted run and what it emitted so far.
 pub struct Tracked {
@@ -71,12 +69,21 @@ pub fn state_name(state: &RunState) -> String {
 }
 
 /// The runs, by id (ids sort by submission time).
-#[derive(Default)]
 pub struct TrackedRuns {
     runs: Mutex<BTreeMap<RunId, Arc<Tracked>>>,
+    /// How many finished runs are kept (the oldest go first); running runs are always kept.
+    keep_finished: usize,
 }
 
 impl TrackedRuns {
+    /// No runs yet; keeps `keep_finished` finished ones.
+    pub fn new(keep_finished: usize) -> Self {
+        TrackedRuns {
+            runs: Mutex::default(),
+            keep_finished,
+        }
+    }
+
     /// Starts tracking a run that was just submitted. Returns it and the future that records
     /// its events until it ends; spawn that future at once.
     pub fn track(
@@ -100,7 +107,7 @@ impl TrackedRuns {
         });
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.insert(tracked.handle.id().clone(), tracked.clone());
-        evict(&mut runs);
+        evict(&mut runs, self.keep_finished);
         (tracked.clone(), record(tracked, receiver))
     }
 
@@ -117,17 +124,14 @@ impl TrackedRuns {
     }
 }
 
-/// Drops the oldest finished runs past [`KEEP_FINISHED`].
-fn evict(runs: &mut BTreeMap<RunId, Arc<Tracked>>) {
+/// Drops the oldest finished runs past the `keep` most recent.
+fn evict(runs: &mut BTreeMap<RunId, Arc<Tracked>>, keep: usize) {
     let finished: Vec<RunId> = runs
         .iter()
         .filter(|(_, t)| t.result().is_some())
         .map(|(id, _)| id.clone())
         .collect();
-    for id in finished
-        .iter()
-        .take(finished.len().saturating_sub(KEEP_FINISHED))
-    {
+    for id in finished.iter().take(finished.len().saturating_sub(keep)) {
         runs.remove(id);
     }
 }

@@ -298,48 +298,25 @@ fn compatible_server(answer: &'static str) -> (String, Arc<Mutex<Vec<bool>>>) {
 }
 
 fn answer_one(conn: std::net::TcpStream, answer: &str, noted: &Mutex<Vec<bool>>) {
-    use std::io::{BufRead, Read, Write};
-    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-    let (mut line, mut length) = (String::new(), 0usize);
-    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        line.clear();
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
+    use std::io::Write;
+    let body = crate::provider::read_body_blocking(&conn);
     let stream = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["stream"] == true;
     noted.lock().unwrap().push(stream);
-    let usage = json!({"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120});
-    let mut out = conn;
     if !stream {
+        let usage = json!({"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120});
         let reply = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}], "usage": usage}).to_string();
         let head = format!("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", reply.len());
+        let mut out = conn;
         let _ = out.write_all(format!("{head}{reply}").as_bytes());
         return;
     }
     let third = answer.len() / 3;
-    let mut frames: Vec<String> = [
+    let pieces = [
         &answer[..third],
         &answer[third..2 * third],
         &answer[2 * third..],
-    ]
-    .iter()
-    .map(|p| json!({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]}))
-    .chain([
-        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-        json!({"choices": [], "usage": usage}),
-    ])
-    .map(|event| format!("data: {event}\n\n"))
-    .collect();
-    frames.push("data: [DONE]\n\n".into());
-    let _ = out.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
-    for frame in frames {
-        let _ = out.write_all(format!("{:x}\r\n{frame}\r\n", frame.len()).as_bytes());
-        let _ = out.flush();
-    }
-    let _ = out.write_all(b"0\r\n\r\n");
+    ];
+    crate::provider::stream_blocking(conn, pieces);
 }
 
 #[test]

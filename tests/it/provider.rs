@@ -159,3 +159,45 @@ pub async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Optio
     }
     None
 }
+
+/// Reads one HTTP request from `conn` (a blocking loopback server's connection): its body.
+pub fn read_body_blocking(conn: &std::net::TcpStream) -> Vec<u8> {
+    use std::io::{BufRead, Read};
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let (mut line, mut length) = (String::new(), 0usize);
+    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        line.clear();
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    body
+}
+
+/// Answers on `out` as a streaming OpenAI-compatible provider: one chunk per piece of
+/// `pieces`, then the finish reason, the usage (100 in, 20 out) and `[DONE]`.
+pub fn stream_blocking<'a>(
+    mut out: std::net::TcpStream,
+    pieces: impl IntoIterator<Item = &'a str>,
+) {
+    use std::io::Write;
+    let usage = json!({"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120});
+    let mut frames: Vec<String> = pieces
+        .into_iter()
+        .map(|p| json!({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]}))
+        .chain([
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            json!({"choices": [], "usage": usage}),
+        ])
+        .map(|event| format!("data: {event}\n\n"))
+        .collect();
+    frames.push("data: [DONE]\n\n".into());
+    let _ = out.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+    for frame in frames {
+        let _ = out.write_all(format!("{:x}\r\n{frame}\r\n", frame.len()).as_bytes());
+        let _ = out.flush();
+    }
+    let _ = out.write_all(b"0\r\n\r\n");
+}

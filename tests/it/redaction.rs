@@ -146,3 +146,61 @@ async fn no_credential_reaches_logs_journal_run_detail_or_errors() {
     assert_clean("the logs", &server.stderr());
     assert!(journal_text(&dir).contains("<redacted>"));
 }
+
+/// An OpenAI-compatible server streaming, to every request, a plan whose answer holds the API
+/// key twice (plain and as a bearer token), in pieces of five characters: every credential
+/// is cut in two.
+fn splitting_provider() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || stream_in_pieces(conn));
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+fn stream_in_pieces(conn: std::net::TcpStream) {
+    crate::provider::read_body_blocking(&conn);
+    let answer = format!("the key is {KEY} and the header Authorization: Bearer {KEY} ok");
+    let plan = json!({"steps": [{"type": "final_answer", "answer": answer}]}).to_string();
+    let chars: Vec<char> = plan.chars().collect();
+    let pieces: Vec<String> = chars.chunks(5).map(|p| p.iter().collect()).collect();
+    crate::provider::stream_blocking(conn, pieces.iter().map(String::as_str));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_split_across_streamed_deltas_is_redacted_whole() {
+    let url = splitting_provider();
+    let env = [
+        ("IMPRESARIO_MODELS__PROVIDER", "auto"),
+        ("OPENAI_API_KEY", KEY),
+        ("OPENAI_BASE_URL", url.as_str()),
+    ];
+    let server =
+        Server::try_start(Arc::new(TempDir::new()), "", &env).unwrap_or_else(|e| panic!("{e}"));
+    let id = server
+        .submit(json!({"goal": "Say the key", "tools": [], "stream": true}))
+        .await;
+    let ended = server.until(&id, |s| s["state"] == "succeeded").await;
+    let events = server.events(&id).await.all().await;
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "delta")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        deltas.len() > 1,
+        "the answer streamed in pieces: {deltas:?}"
+    );
+    let streamed = deltas.concat();
+    assert_clean("the streamed text, assembled", &streamed);
+    assert_eq!(
+        streamed.matches("<redacted>").count(),
+        2,
+        "both credentials were redacted whole: {streamed}"
+    );
+    assert!(streamed.contains("the key is <redacted> and"), "{streamed}");
+    assert_clean("the run's end", &ended.to_string());
+}

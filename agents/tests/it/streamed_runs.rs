@@ -199,9 +199,13 @@ async fn a_streamed_run_emits_deltas_journals_whole_answers_and_replays_offline(
             _ => None,
         })
         .collect();
-    assert_eq!(
-        deltas.len(),
-        pieces(&answers[0]).len() + pieces(&answers[1]).len()
+    // Each piece is delivered as it arrives, but for a word it may end inside (held back until
+    // the next piece or the answer's end: it could be the start of a credential).
+    let sent = pieces(&answers[0]).len() + pieces(&answers[1]).len();
+    assert!(
+        deltas.len() > 2 && deltas.len() <= sent + 2,
+        "{} deltas for {sent} pieces",
+        deltas.len()
     );
     let text = |step: u32| -> String {
         deltas

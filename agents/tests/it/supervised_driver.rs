@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use impresario_agents::{
     Autonomy, DriverPhase, FailReason, ModelMap, Orchestrator, OrchestratorConfig, PanicInjection,
-    RunHandle, RunRequest, RunState, ToolRegistry,
+    RunHandle, RunRequest, RunState, RunUpdate, ToolRegistry,
 };
 use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope};
-use impresario_runtime::journal::{RunFilter, RunStatus};
+use impresario_runtime::journal::{Journal, RunFilter, RunStatus, SqliteJournal};
 use impresario_runtime::ledger::{AccountId, Ledger};
 use impresario_runtime::llm::{Client, ModelPrice, PriceTable, Rates, Scripted, ScriptedReply};
 use impresario_runtime::telemetry::{MetricsHandle, Prometheus};
@@ -73,11 +73,16 @@ async fn fixture(phase: DriverPhase, times: u32) -> Fixture {
 }
 
 async fn submit(fixture: &Fixture) -> RunHandle {
+    submit_to(&fixture.orchestrator).await
+}
+
+/// Submits the run that pays 5 cents (after an approval) for tenant `acme`.
+async fn submit_to(orchestrator: &Orchestrator) -> RunHandle {
     let request = RunRequest::new("Pay 5 cents", ModelMap::all("toy"))
         .tenant("acme")
         .tools(["pay"])
         .autonomy(Autonomy::Conditional);
-    fixture.orchestrator.submit(request).await.unwrap()
+    orchestrator.submit(request).await.unwrap()
 }
 
 /// Approves step 1 whenever the run waits for it, until the run ends (bounded: 10 s).
@@ -160,6 +165,14 @@ async fn always_panicking_at(phase: DriverPhase) {
         }
         other => panic!("{phase:?}: {other:?}"),
     }
+    // Only a driver that panics while finishing got through the step: the result has it.
+    let executed = usize::from(phase == DriverPhase::Finishing);
+    assert_eq!(
+        result.steps.len(),
+        executed,
+        "{phase:?}: {:?}",
+        result.steps
+    );
     assert_released(&fixture, &run, "failed");
     let journaled = fixture.orchestrator.runs(&RunFilter::all()).unwrap();
     assert_eq!(journaled[0].status, RunStatus::Finished, "{phase:?}");
@@ -192,6 +205,7 @@ async fn a_driver_panicking_while_finishing_fails_the_run_and_releases_it() {
 async fn resumed_after_one_panic_at(phase: DriverPhase) {
     let fixture = fixture(phase, 1).await;
     let run = submit(&fixture).await;
+    let mut updates = run.events();
     approve_until_done(&run).await;
     let result = tokio::time::timeout(Duration::from_secs(10), run.wait())
         .await
@@ -205,6 +219,27 @@ async fn resumed_after_one_panic_at(phase: DriverPhase) {
     );
     assert_eq!(fixture.paid.load(Ordering::SeqCst), 1, "{phase:?}");
     assert_eq!(result.steps.len(), 1, "{phase:?}");
+    // The restarted driver walks what the crashed one did: its subscribers were told already.
+    let mut told = Vec::new();
+    while let Ok(update) = updates.try_recv() {
+        told.push(update);
+    }
+    let count = |kind: fn(&RunUpdate) -> bool| told.iter().filter(|u| kind(u)).count();
+    assert_eq!(
+        count(|u| matches!(u, RunUpdate::Planned { .. })),
+        1,
+        "{phase:?}: {told:?}"
+    );
+    assert_eq!(
+        count(|u| matches!(u, RunUpdate::StepFinished(_))),
+        1,
+        "{phase:?}: {told:?}"
+    );
+    assert_eq!(
+        count(|u| matches!(u, RunUpdate::Recalled { .. })),
+        1,
+        "{phase:?}: {told:?}"
+    );
     assert_released(&fixture, &run, "succeeded");
     fixture.rt.shutdown(Duration::from_secs(5)).await;
 }
@@ -219,4 +254,103 @@ async fn a_driver_restarted_after_a_panic_resumes_the_run_from_its_journal() {
     ] {
         resumed_after_one_panic_at(phase).await;
     }
+}
+
+/// An orchestrator on `journal` whose model prices its tokens, its drivers panicking at
+/// `panic` (once), if any.
+async fn priced(
+    rt: &RuntimeHandle,
+    journal: Arc<dyn Journal>,
+    panic: Option<DriverPhase>,
+    paid: Arc<AtomicUsize>,
+) -> Orchestrator {
+    let plan = json!({ "steps": [
+        { "type": "tool_call", "tool": "pay", "arguments": { "amount_cents": 5 }, "why": "test" },
+        { "type": "final_answer", "answer": "paid" }
+    ]});
+    let mut prices = PriceTable::default();
+    let rates = Rates {
+        input: 1_000_000,
+        output: 2_000_000,
+        ..Rates::default()
+    };
+    prices.insert("toy", ModelPrice::new("script", rates));
+    let script = Scripted::new([ScriptedReply::text(plan.to_string())]);
+    let client = Client::builder()
+        .provider("script", script)
+        .prices(prices)
+        .build()
+        .unwrap();
+    let mut tools = ToolRegistry::new();
+    tools.register(Pay(paid)).unwrap();
+    let config = OrchestratorConfig {
+        journal,
+        inject_panic: panic.map(|phase| PanicInjection::new(phase, 1)),
+        ..OrchestratorConfig::default()
+    };
+    Orchestrator::with(rt, client, tools, Ledger::new(), config)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_restarted_in_a_new_process_charges_the_journaled_answers_exactly_once() {
+    let dir = std::env::temp_dir().join(format!("impresario-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(dir.join("j.db")).unwrap());
+    let paid = Arc::new(AtomicUsize::new(0));
+    // The first process: the plan is paid for, the run waits for its approval, and halts.
+    let first = Runtime::builder().arbiters(2).start().unwrap();
+    let before = priced(&first, journal.clone(), None, paid.clone()).await;
+    let run = submit_to(&before).await;
+    for _ in 0..500 {
+        if matches!(run.status(), RunState::AwaitingApproval { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(run.halt(HaltMode::Immediate));
+    run.wait().await;
+    first.shutdown(Duration::from_secs(5)).await;
+    let spent = journal
+        .read(run.id())
+        .unwrap()
+        .iter()
+        .fold(0, |sum, e| sum + e.event.charge().micro_usd);
+    assert!(spent > 0, "the plan cost something");
+
+    // A new process (a fresh ledger, rebuilt from the journal) resumes it; its driver panics
+    // before it is served the journaled plan, and the driver started again walks the journal
+    // from the start: the plan's cost must be on the ledger once, whoever reaches it.
+    let second = Runtime::builder().arbiters(2).start().unwrap();
+    let after = priced(
+        &second,
+        journal.clone(),
+        Some(DriverPhase::Planning),
+        paid.clone(),
+    )
+    .await;
+    let resumed = after.resume(run.id()).await.unwrap();
+    approve_until_done(&resumed).await;
+    let result = tokio::time::timeout(Duration::from_secs(10), resumed.wait())
+        .await
+        .expect("the run ends");
+    assert_eq!(
+        result.state,
+        RunState::Succeeded {
+            answer: "paid".into()
+        }
+    );
+    assert_eq!(paid.load(Ordering::SeqCst), 1, "paid once");
+    assert_eq!(
+        result.usage.micro_usd, spent,
+        "the journaled plan, charged once"
+    );
+    let tenant = after.ledger().tenant_budget(&"acme".into());
+    assert_eq!(
+        tenant.spent, spent,
+        "the tenant's spend, neither lost nor doubled"
+    );
+    second.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,4 +3,5 @@
 
 mod halts;
 mod ledger;
+mod queue;
 mod test_cluster;

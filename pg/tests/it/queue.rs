@@ -1,0 +1,373 @@
+//! The run queue against a real server: claims never overlap, `max_runs` holds, a lease that is
+//! not renewed passes to another replica and the old holder's writes are refused, a drain hands
+//! runs back at once. Each "replica" is a `Queue` on a connection pool of its own, as two
+//! processes would be.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use deadpool_postgres::{Pool, Runtime};
+use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError, MIGRATION};
+use impresario_pg::test_cluster;
+use tokio_postgres::NoTls;
+
+/// A fresh database of the shared server, with [`install`]ed tables, and its URL.
+async fn database(name: &str) -> String {
+    install(test_cluster::shared().create_database(name)).await
+}
+
+/// Creates the queue's schema and a table standing for the journal's and the ledger's writes
+/// (`effects`) in the database at `url`; returns `url`.
+async fn install(url: String) -> String {
+    pool(&url)
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "{MIGRATION}; CREATE TABLE effects (run_id text, epoch bigint, note text)"
+        ))
+        .await
+        .unwrap();
+    url
+}
+
+fn pool(url: &str) -> Pool {
+    let mut config = deadpool_postgres::Config::new();
+    config.url = Some(url.to_owned());
+    config.create_pool(Some(Runtime::Tokio1), NoTls).unwrap()
+}
+
+/// A replica: a queue on a pool of its own.
+fn replica(url: &str, name: &str, max_runs: u32, lease: Duration) -> Queue {
+    let config = QueueConfig {
+        max_runs,
+        lease,
+        ..QueueConfig::new(name)
+    };
+    Queue::new(pool(url), config).unwrap()
+}
+
+/// A write on behalf of `lease`, fenced in its transaction, as the journal's appends will be.
+async fn write(url: &str, lease: &Lease, note: &str) -> Result<(), QueueError> {
+    let pool = pool(url);
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    fence(&tx, lease).await?;
+    tx.execute(
+        "INSERT INTO effects VALUES ($1, $2, $3)",
+        &[&lease.run, &lease.epoch, &note],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn effects(url: &str) -> Vec<(String, i64, String)> {
+    let rows = pool(url)
+        .get()
+        .await
+        .unwrap()
+        .query(
+            "SELECT run_id, epoch, note FROM effects ORDER BY run_id, epoch",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn enqueue(queue: &Queue, runs: std::ops::Range<usize>) {
+    for i in runs {
+        queue
+            .enqueue(&format!("run-{i:03}"), &format!("tenant-{}", i % 5))
+            .await
+            .unwrap();
+    }
+}
+
+fn runs_of(leases: &[Lease]) -> HashSet<String> {
+    leases.iter().map(|l| l.run.clone()).collect()
+}
+
+/// Claims and completes runs until the queue is empty (at most 200 rounds); every lease claimed.
+async fn drive_all(queue: Queue) -> Vec<Lease> {
+    let mut claimed = Vec::new();
+    for _ in 0..200 {
+        let leases = queue.claim().await.unwrap();
+        assert!(leases.len() <= 20, "claimed {} at once", leases.len());
+        for lease in &leases {
+            queue.complete(lease).await.unwrap();
+        }
+        claimed.extend(leases);
+        if queue.stats().await.unwrap().depth == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    claimed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_claiming_200_runs_never_claim_one_twice() {
+    let url = database("queue_two_replicas").await;
+    let lease = Duration::from_secs(60);
+    let (a, b) = (replica(&url, "a", 20, lease), replica(&url, "b", 20, lease));
+    enqueue(&a, 0..200).await;
+
+    let (by_a, by_b) = tokio::join!(tokio::spawn(drive_all(a)), tokio::spawn(drive_all(b)));
+    let (by_a, by_b) = (by_a.unwrap(), by_b.unwrap());
+
+    let all: Vec<&Lease> = by_a.iter().chain(&by_b).collect();
+    let distinct: HashSet<&str> = all.iter().map(|l| l.run.as_str()).collect();
+    assert_eq!(all.len(), 200, "a: {}, b: {}", by_a.len(), by_b.len());
+    assert_eq!(distinct.len(), 200, "a run was claimed twice");
+    assert!(all.iter().all(|l| l.epoch == 1), "a run was claimed twice");
+    assert!(!by_a.is_empty() && !by_b.is_empty(), "both replicas drive");
+    let stats = replica(&url, "c", 1, lease).stats().await.unwrap();
+    assert_eq!((stats.depth, stats.leased, stats.oldest_age), (0, 0, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_drives_at_most_max_runs_even_when_it_claims_concurrently() {
+    let url = database("queue_max_runs").await;
+    let a = replica(&url, "a", 3, Duration::from_secs(60));
+    enqueue(&a, 0..10).await;
+
+    let claims = futures_join4(&a).await;
+    let leases: Vec<Lease> = claims.into_iter().flatten().collect();
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    assert!(a.claim().await.unwrap().is_empty());
+
+    a.complete(&leases[0]).await.unwrap();
+    assert_eq!(
+        a.claim().await.unwrap().len(),
+        1,
+        "a finished run frees a place"
+    );
+    let stats = a.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.leased), (6, 3));
+
+    let zero = QueueConfig {
+        max_runs: 0,
+        ..QueueConfig::new("z")
+    };
+    let refused = Queue::new(pool(&url), zero).err().unwrap().to_string();
+    assert!(
+        refused.contains("cluster.max_runs_per_replica"),
+        "{refused}"
+    );
+}
+
+/// Four claims of one replica at the same time, each on a connection of its own that is
+/// already open (so that their statements interleave).
+async fn futures_join4(queue: &Queue) -> Vec<Vec<Lease>> {
+    let (w, x, y, z) = tokio::join!(queue.stats(), queue.stats(), queue.stats(), queue.stats());
+    assert!(w.is_ok() && x.is_ok() && y.is_ok() && z.is_ok());
+    let (w, x, y, z) = tokio::join!(queue.claim(), queue.claim(), queue.claim(), queue.claim());
+    vec![w.unwrap(), x.unwrap(), y.unwrap(), z.unwrap()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_lease_and_a_lease_left_to_expire_passes_to_another_replica() {
+    let url = database("queue_expiry").await;
+    let lease = Duration::from_secs(2);
+    let (a, b) = (replica(&url, "a", 3, lease), replica(&url, "b", 10, lease));
+    enqueue(&a, 0..3).await;
+    let held = a.claim().await.unwrap();
+    assert_eq!(held.len(), 3);
+
+    // Renewed every 200 ms for twice the lease: nobody else can claim the runs.
+    for _ in 0..20 {
+        assert!(a.heartbeat().await.unwrap().is_empty(), "no lease lost");
+        assert!(a.overdue().is_empty(), "renewed leases are not overdue");
+        assert!(b.claim().await.unwrap().is_empty(), "b claimed a's run");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    write(&url, &held[0], "a, in time").await.unwrap();
+
+    // a stops heartbeating: once the leases expire, b claims them, one epoch up.
+    let mut taken = Vec::new();
+    for _ in 0..100 {
+        taken.extend(b.claim().await.unwrap());
+        if taken.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(runs_of(&taken), runs_of(&held));
+    assert!(taken.iter().all(|l| l.epoch == 2), "{taken:?}");
+
+    // a's writes under its stale epoch are refused and leave nothing; b's go through.
+    let refused = write(&url, &held[0], "a, stale").await.unwrap_err();
+    assert!(
+        matches!(&refused, QueueError::Fenced { run, epoch: 1 } if *run == held[0].run),
+        "{refused}"
+    );
+    assert!(matches!(
+        a.complete(&held[1]).await,
+        Err(QueueError::Fenced { .. })
+    ));
+    let b_lease = taken.iter().find(|l| l.run == held[0].run).unwrap();
+    write(&url, b_lease, "b").await.unwrap();
+    let notes: Vec<String> = effects(&url).await.into_iter().map(|e| e.2).collect();
+    assert_eq!(notes, ["a, in time", "b"]);
+    assert_eq!(
+        runs_of(&a.heartbeat().await.unwrap()),
+        runs_of(&held),
+        "a learns it lost them"
+    );
+    assert!(a.held().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_cannot_write_even_before_another_replica_claims_it() {
+    let url = database("queue_expired_unclaimed").await;
+    let a = replica(&url, "a", 1, Duration::from_millis(300));
+    enqueue(&a, 0..1).await;
+    let lease = a.claim().await.unwrap().remove(0);
+    for _ in 0..100 {
+        if a.stats().await.unwrap().depth == 1 {
+            break; // expired: waiting again
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.stats().await.unwrap().depth, 1, "the lease never expired");
+    let refused = write(&url, &lease, "late").await.unwrap_err();
+    assert!(refused.to_string().contains("stale"), "{refused}");
+    assert!(effects(&url).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_write_in_flight_holds_off_a_claim_until_it_commits() {
+    let url = database("queue_fence_lock").await;
+    let (a, b) = (
+        replica(&url, "a", 1, Duration::from_millis(200)),
+        replica(&url, "b", 1, Duration::from_secs(60)),
+    );
+    enqueue(&a, 0..1).await;
+    let lease = a.claim().await.unwrap().remove(0);
+
+    let pool = pool(&url);
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    fence(&tx, &lease).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await; // the lease expires meanwhile
+    assert!(
+        b.claim().await.unwrap().is_empty(),
+        "claimed during a's write"
+    );
+    tx.execute("INSERT INTO effects VALUES ($1, 1, 'a')", &[&lease.run])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let taken = b.claim().await.unwrap();
+    assert_eq!(taken.len(), 1, "claimable once a's write committed");
+    assert_eq!(taken[0].epoch, 2);
+    assert_eq!(effects(&url).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hands_runs_back_at_once_ahead_of_newer_runs() {
+    let url = database("queue_drain").await;
+    let lease = Duration::from_secs(60); // nothing expires during this test
+    let (a, b) = (replica(&url, "a", 5, lease), replica(&url, "b", 5, lease));
+    enqueue(&a, 0..5).await;
+    let held = a.claim().await.unwrap();
+    enqueue(&a, 5..10).await;
+
+    let handed_back = a.drain().await.unwrap();
+    assert_eq!(runs_of(&handed_back), runs_of(&held));
+    assert!(a.held().is_empty());
+    let taken = b.claim().await.unwrap();
+    assert_eq!(runs_of(&taken), runs_of(&held), "the drained runs first");
+    assert!(taken.iter().all(|l| l.epoch == 2));
+    assert!(matches!(
+        write(&url, &held[0], "a after drain").await,
+        Err(QueueError::Fenced { .. })
+    ));
+    assert!(effects(&url).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_queued_once_and_its_epoch_grows_across_requeues() {
+    let url = database("queue_requeue").await;
+    let a = replica(&url, "a", 1, Duration::from_secs(60));
+    a.enqueue("r", "acme").await.unwrap();
+    let again = a.enqueue("r", "acme").await.unwrap_err();
+    assert!(
+        matches!(&again, QueueError::AlreadyQueued { run } if run == "r"),
+        "{again}"
+    );
+    let first = a.claim().await.unwrap().remove(0);
+    assert!(a.enqueue("r", "acme").await.is_err(), "queued while driven");
+    a.complete(&first).await.unwrap();
+    assert!(
+        a.enqueue("r", "other-tenant").await.is_err(),
+        "a run keeps its tenant"
+    );
+
+    a.enqueue("r", "acme").await.unwrap(); // resumed later
+    let second = a.claim().await.unwrap().remove(0);
+    assert_eq!((first.epoch, second.epoch), (1, 2));
+    assert_eq!(second.tenant, "acme");
+    assert!(matches!(
+        write(&url, &first, "old").await,
+        Err(QueueError::Fenced { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_waiting_runs_and_age_the_oldest() {
+    let url = database("queue_stats").await;
+    let a = replica(&url, "a", 2, Duration::from_secs(60));
+    let empty = a.stats().await.unwrap();
+    assert_eq!((empty.depth, empty.oldest_age, empty.leased), (0, None, 0));
+    enqueue(&a, 0..5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = a.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.leased), (5, 0));
+    let age = stats.oldest_age.unwrap();
+    assert!(age >= Duration::from_millis(300), "{age:?}");
+
+    a.claim().await.unwrap();
+    let stats = a.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.leased), (3, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire_on_both_sides() {
+    let pg = test_cluster::TestCluster::start(); // a server of its own: this test stops it
+    let url = install(pg.create_database("queue_outage")).await;
+    let lease = Duration::from_millis(500);
+    let (a, b) = (replica(&url, "a", 2, lease), replica(&url, "b", 2, lease));
+    enqueue(&a, 0..2).await;
+    let held = a.claim().await.unwrap();
+
+    pg.stop();
+    let down = a.heartbeat().await.unwrap_err().to_string();
+    assert!(down.contains("check that PostgreSQL is up"), "{down}");
+    assert!(!down.contains(pg.password()), "the password leaked: {down}");
+    assert!(b.claim().await.is_err());
+    tokio::time::sleep(lease * 2).await;
+    assert_eq!(
+        runs_of(&a.overdue()),
+        runs_of(&held),
+        "a stops driving them"
+    );
+    assert!(a.held().is_empty());
+    pg.resume();
+
+    // The leases expired in database time: b takes them, and a is fenced.
+    let taken = b.claim().await.unwrap();
+    assert_eq!(runs_of(&taken), runs_of(&held));
+    assert!(taken.iter().all(|l| l.epoch == 2), "{taken:?}");
+    assert!(matches!(
+        write(&url, &held[0], "a after the outage").await,
+        Err(QueueError::Fenced { .. })
+    ));
+    write(&url, &taken[0], "b").await.unwrap();
+    assert_eq!(effects(&url).await.len(), 1);
+}
