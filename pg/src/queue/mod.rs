@@ -5,15 +5,15 @@
 //! [`Queue::drain`] hands a replica's runs back at once. Every write made for a run runs
 //! [`fence`] in its transaction, so a replica whose lease is gone cannot write.
 //!
-//! All times are the database server's clock: no two replicas' clocks are ever compared.
+//! Leases expire on the database server's clock: no two replicas' clocks are ever compared.
+//! [`Queue::overdue`] is a replica's own, earlier, reckoning on its monotonic clock.
 
 mod config;
 mod error;
+mod held;
 mod lease;
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 
@@ -21,9 +21,11 @@ pub use config::QueueConfig;
 pub use error::{QueueError, FENCED};
 pub use lease::{fence, Lease};
 
-/// The queue's schema: the `run_queue` table and the `impresario_fence(run, epoch)` function.
-/// A migration step of the PostgreSQL schema.
-pub const SCHEMA: &str = include_str!("schema.sql");
+use held::Held;
+
+/// The queue's schema, a step for the migration list: the `run_queue` table and the
+/// `impresario_fence(run, epoch)` function.
+pub const MIGRATION: &str = include_str!("schema.sql");
 
 /// How many runs wait, and for how long the oldest has: values for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,18 +43,18 @@ pub struct QueueStats {
 pub struct Queue {
     pool: Pool,
     config: QueueConfig,
-    held: Mutex<HashMap<String, Lease>>,
+    held: Held,
 }
 
 impl Queue {
     /// A handle for the replica `config` names, on `pool`'s database (whose schema includes
-    /// [`SCHEMA`]). Refuses an out-of-range configuration, naming the key.
+    /// [`MIGRATION`]). Refuses an out-of-range configuration, naming the key.
     pub fn new(pool: Pool, config: QueueConfig) -> Result<Queue, QueueError> {
         config.validate()?;
         Ok(Queue {
             pool,
             config,
-            held: Mutex::new(HashMap::new()),
+            held: Held::default(),
         })
     }
 
@@ -63,7 +65,16 @@ impl Queue {
 
     /// The leases this replica holds, as far as it knows (a heartbeat tells it which it lost).
     pub fn held(&self) -> Vec<Lease> {
-        self.held_map().values().cloned().collect()
+        self.held.leases()
+    }
+
+    /// The leases this replica has not been able to renew for a whole lease (the database was
+    /// unreachable, or this process was paused): they may have expired, so it forgets them and
+    /// must stop driving their runs now (their writes would be refused anyway). Check it after
+    /// every heartbeat, failed ones included. Measured on this process's monotonic clock from
+    /// when the claim or renewal was sent, so it errs on the side of stopping early.
+    pub fn overdue(&self) -> Vec<Lease> {
+        self.held.overdue(Instant::now())
     }
 
     /// Puts run `run` of `tenant` in the queue; a done run is queued again (its next claim gets
@@ -93,6 +104,7 @@ impl Queue {
     /// already does): each a new lease, its epoch one more than the run's last. Runs another
     /// transaction has locked are skipped, not waited for.
     pub async fn claim(&self) -> Result<Vec<Lease>, QueueError> {
+        let sent = Instant::now();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // One claim at a time per replica, so two concurrent claims cannot both see room.
@@ -133,8 +145,7 @@ impl Queue {
                 epoch: row.get(2),
             })
             .collect();
-        let mut held = self.held_map();
-        held.extend(claimed.iter().map(|l| (l.run.clone(), l.clone())));
+        self.held.claimed(&claimed, sent + self.config.lease);
         Ok(claimed)
     }
 
@@ -144,6 +155,7 @@ impl Queue {
     /// leases that expire meanwhile are reported lost by the next one that succeeds.
     pub async fn heartbeat(&self) -> Result<Vec<Lease>, QueueError> {
         let held = self.held();
+        let sent = Instant::now();
         let renewed = self
             .by_lease(
                 "UPDATE run_queue q \
@@ -156,11 +168,10 @@ impl Queue {
                 Some(self.config.lease_millis()),
             )
             .await?;
-        let lost: Vec<Lease> = held
-            .into_iter()
-            .filter(|l| !renewed.contains(&l.run))
-            .collect();
-        self.forget(&lost);
+        let (kept, lost): (Vec<Lease>, Vec<Lease>) =
+            held.into_iter().partition(|l| renewed.contains(&l.run));
+        self.held.renewed(&kept, sent + self.config.lease);
+        self.held.forget(&lost);
         Ok(lost)
     }
 
@@ -176,7 +187,7 @@ impl Queue {
         )
         .await?;
         tx.commit().await?;
-        self.forget(std::slice::from_ref(lease));
+        self.held.forget(std::slice::from_ref(lease));
         Ok(())
     }
 
@@ -196,7 +207,7 @@ impl Queue {
                 None,
             )
             .await?;
-        self.forget(&held);
+        self.held.forget(&held);
         Ok(held
             .into_iter()
             .filter(|l| released.contains(&l.run))
@@ -250,19 +261,5 @@ impl Queue {
         }
         let rows = self.pool.get().await?.query(sql, &params).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
-    }
-
-    /// Drops `leases` from what this replica holds (unless a newer claim replaced one).
-    fn forget(&self, leases: &[Lease]) {
-        let mut held = self.held_map();
-        for lease in leases {
-            if held.get(&lease.run) == Some(lease) {
-                held.remove(&lease.run);
-            }
-        }
-    }
-
-    fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

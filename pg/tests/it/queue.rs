@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Runtime};
-use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError, SCHEMA};
+use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError, MIGRATION};
 use impresario_pg::test_cluster;
 use tokio_postgres::NoTls;
 
@@ -24,7 +24,7 @@ async fn install(url: String) -> String {
         .await
         .unwrap()
         .batch_execute(&format!(
-            "{SCHEMA}; CREATE TABLE effects (run_id text, epoch bigint, note text)"
+            "{MIGRATION}; CREATE TABLE effects (run_id text, epoch bigint, note text)"
         ))
         .await
         .unwrap();
@@ -181,6 +181,7 @@ async fn heartbeats_keep_a_lease_and_a_lease_left_to_expire_passes_to_another_re
     // Renewed every 200 ms for twice the lease: nobody else can claim the runs.
     for _ in 0..20 {
         assert!(a.heartbeat().await.unwrap().is_empty(), "no lease lost");
+        assert!(a.overdue().is_empty(), "renewed leases are not overdue");
         assert!(b.claim().await.unwrap().is_empty(), "b claimed a's run");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -337,7 +338,7 @@ async fn stats_count_waiting_runs_and_age_the_oldest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire() {
+async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire_on_both_sides() {
     let pg = test_cluster::TestCluster::start(); // a server of its own: this test stops it
     let url = install(pg.create_database("queue_outage")).await;
     let lease = Duration::from_millis(500);
@@ -351,10 +352,15 @@ async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire()
     assert!(!down.contains(pg.password()), "the password leaked: {down}");
     assert!(b.claim().await.is_err());
     tokio::time::sleep(lease * 2).await;
+    assert_eq!(
+        runs_of(&a.overdue()),
+        runs_of(&held),
+        "a stops driving them"
+    );
+    assert!(a.held().is_empty());
     pg.resume();
 
-    // The leases expired in database time: a learns it lost them, b takes them, a is fenced.
-    assert_eq!(runs_of(&a.heartbeat().await.unwrap()), runs_of(&held));
+    // The leases expired in database time: b takes them, and a is fenced.
     let taken = b.claim().await.unwrap();
     assert_eq!(runs_of(&taken), runs_of(&held));
     assert!(taken.iter().all(|l| l.epoch == 2), "{taken:?}");
