@@ -371,3 +371,42 @@ async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire_o
     write(&url, &taken[0], "b").await.unwrap();
     assert_eq!(effects(&url).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_left_open_by_a_paused_replica_ends_with_idle_in_transaction_session_timeout() {
+    let url = database("queue_idle_in_transaction").await;
+    let (a, b) = (
+        replica(&url, "a", 1, Duration::from_millis(200)),
+        replica(&url, "b", 1, Duration::from_secs(60)),
+    );
+    enqueue(&a, 0..1).await;
+    let lease = a.claim().await.unwrap().remove(0);
+
+    // a fences a write, then stalls inside the transaction (as a paused process would).
+    let pool = pool(&url);
+    let mut client = pool.get().await.unwrap();
+    client
+        .batch_execute("SET idle_in_transaction_session_timeout = '1s'")
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    fence(&tx, &lease).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await; // expired, but still locked
+    assert!(
+        b.claim().await.unwrap().is_empty(),
+        "claimed under a's lock"
+    );
+
+    // PostgreSQL ends a's session after the timeout; then b takes the run over.
+    let mut taken = Vec::new();
+    for _ in 0..100 {
+        taken = b.claim().await.unwrap();
+        if !taken.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(taken.first().map(|l| l.epoch), Some(2), "{taken:?}");
+    assert!(tx.commit().await.is_err(), "a's stalled write committed");
+    assert!(effects(&url).await.is_empty());
+}
