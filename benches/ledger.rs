@@ -1,5 +1,7 @@
-//! Ledger and halt benchmarks: reservation throughput (against a plain-atomics baseline) and
-//! halt latency across 10k waiting tasks. Run with `cargo bench --bench ledger`.
+//! Ledger and halt benchmarks: reservation throughput (against a plain-atomics baseline), the
+//! same on PostgreSQL (against a one-row update transaction; needs PostgreSQL's server
+//! binaries, as the tests do), and halt latency across 10k waiting tasks. Run with
+//! `cargo bench --bench ledger`.
 
 mod common;
 
@@ -9,8 +11,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{median, per_iter, quantile, row, sample};
+use futures_util::FutureExt;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, Limits};
+use impresario_runtime::ledger_store;
 use tokio_util::sync::CancellationToken;
 
 const SAMPLES: usize = 9;
@@ -63,6 +67,31 @@ fn reserve_settle(path: &AccountPath) {
         .reserve(black_box(WORST))
         .expect("roomy limits never refuse");
     black_box(r.settle(black_box(ACTUAL)));
+}
+
+/// The same through the seam the LLM client awaits, without a store: it never suspends, so
+/// one poll completes it.
+fn reserve_settle_via_seam(path: &AccountPath) {
+    let held = ledger_store::reserve(path, None, black_box(WORST))
+        .now_or_never()
+        .expect("no store: ready at once")
+        .expect("roomy limits never refuse");
+    black_box(held.settle(black_box(ACTUAL)).now_or_never());
+}
+
+/// The seam's row: one thread, against the atomics baseline `base`.
+fn seam(path: &AccountPath, base: Duration) {
+    let seam = median(&sample(SAMPLES, || {
+        per_iter(ITERS, || reserve_settle_via_seam(path))
+    }));
+    row(
+        &format!(
+            "ledger via ledger_store::reserve, no store, 1 thread ({})",
+            throughput(seam)
+        ),
+        seam,
+        Some(base),
+    );
 }
 
 /// The baseline: the least any reserve+settle could do, one atomic add for each.
@@ -121,6 +150,8 @@ fn reservations() {
         one,
         Some(base1),
     );
+
+    seam(&path, base1);
 
     let base2 = median(&sample(SAMPLES, || {
         two_threads(ITERS / 2, |_| fetch_add_pair(&reserved, &spent))
@@ -284,7 +315,144 @@ fn halts() {
     }
 }
 
+/// PostgreSQL: reserve + settle on a real, throwaway local server (`impresario_pg::
+/// test_cluster`), against the least a durable write of a shared counter costs there: a
+/// transaction updating one row.
+mod pg {
+    use std::time::{Duration, Instant};
+
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
+    use impresario_pg::test_cluster::TestCluster;
+    use impresario_runtime::ledger::AccountId;
+    use impresario_runtime::ledger_store::LedgerStore;
+
+    use super::{median, roomy, row, sample, ACTUAL, WORST};
+
+    const PG_SAMPLES: usize = 5;
+    const TASKS: u32 = 16;
+    /// Operations per task and sample: uncontended (1 task), and each of the 16 tasks.
+    const ONE_TASK_OPS: u32 = 400;
+    const PER_TASK_OPS: u32 = 50;
+
+    /// What a sample measures.
+    #[derive(Clone, Copy)]
+    enum Op {
+        /// The baseline: a transaction updating the tenant's row.
+        UpdateOneRow,
+        /// `PgLedger` reserve, then settle, on the task's run under tenant `t`.
+        ReserveSettle,
+    }
+
+    fn pool(url: &str) -> Pool {
+        let manager = Manager::from_config(
+            url.parse().expect("the test server's URL"),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(TASKS as usize)
+            .build()
+            .unwrap()
+    }
+
+    fn path(run: u32) -> Vec<AccountId> {
+        let run = AccountId::Run(format!("r{run}").into());
+        vec![run, AccountId::Tenant("t".into()), AccountId::Global]
+    }
+
+    async fn once(op: Op, ledger: &PgLedger, pool: &Pool, path: &[AccountId]) {
+        match op {
+            Op::ReserveSettle => {
+                let hold = ledger.reserve(path, WORST).await.expect("roomy limits");
+                ledger.settle(&hold, ACTUAL).await.expect("settled");
+            }
+            Op::UpdateOneRow => {
+                let mut client = pool.get().await.unwrap();
+                let tx = client.transaction().await.unwrap();
+                let sql = "UPDATE ledger_accounts SET spent_tokens = spent_tokens + 1 \
+                           WHERE account = 'tenant:t'";
+                tx.execute(sql, &[]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+    }
+
+    /// Wall time per operation of `tasks` tasks doing `ops` operations each, started together.
+    async fn concurrent(op: Op, tasks: u32, ops: u32, ledger: &PgLedger, pool: &Pool) -> Duration {
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (ledger, pool, path) = (ledger.clone(), pool.clone(), path(t));
+                tokio::spawn(async move {
+                    for _ in 0..ops {
+                        once(op, &ledger, &pool, &path).await;
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        start.elapsed() / (tasks * ops)
+    }
+
+    fn per_second(per_op: Duration) -> String {
+        format!("{:.0}/s", 1.0 / per_op.as_secs_f64())
+    }
+
+    pub fn reservations() {
+        println!(
+            "# PostgreSQL reservations (reserve + settle, 3-account path), a local server, \
+             tokio 2 workers, median of {PG_SAMPLES} samples"
+        );
+        let server = TestCluster::start();
+        let url = server.create_database("bench_ledger");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool = pool(&url);
+        let ledger = PgLedger::new(pool.clone(), PgLedgerConfig::default());
+        rt.block_on(async {
+            ledger.install().await.unwrap();
+            for account in [AccountId::Global, AccountId::Tenant("t".into())] {
+                ledger.set_limits(&account, &roomy()).await.unwrap();
+            }
+            // Opens every run's account row before measuring.
+            concurrent(Op::ReserveSettle, TASKS, 1, &ledger, &pool).await;
+        });
+        let cases = [
+            (1, ONE_TASK_OPS, "1 task"),
+            (TASKS, PER_TASK_OPS, "16 tasks, one tenant"),
+        ];
+        for (tasks, ops, label) in cases {
+            let measure = |op| {
+                median(&sample(PG_SAMPLES, || {
+                    rt.block_on(concurrent(op, tasks, ops, &ledger, &pool))
+                }))
+            };
+            let base = measure(Op::UpdateOneRow);
+            let name = format!(
+                "baseline: one-row UPDATE transaction, {label} ({})",
+                per_second(base)
+            );
+            row(&name, base, None);
+            let ours = measure(Op::ReserveSettle);
+            row(
+                &format!("PgLedger, {label} ({})", per_second(ours)),
+                ours,
+                Some(base),
+            );
+        }
+    }
+}
+
 fn main() {
     reservations();
+    pg::reservations();
     halts();
 }

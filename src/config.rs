@@ -366,7 +366,14 @@ impl Default for HealthCheck {
 pub struct Journal {
     /// The SQLite file every run is journaled to (created if missing), or `:memory:` to keep
     /// the journal in memory only (runs are then lost at exit and cannot be replayed later).
+    /// With `url` set, runs are journaled in PostgreSQL instead; the tenant ceilings and the
+    /// long-term memory files still go beside this path.
     pub path: String,
+    /// A PostgreSQL URL (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`): runs are journaled in
+    /// that database (its schema is created or migrated at start; a database of another
+    /// application or of a newer Impresario is refused untouched). Empty: the SQLite file
+    /// `path`. One process per database until leases are built (issue 14).
+    pub url: String,
     /// Keep at most this many ended runs (the most recent); 0 keeps them all. Halted runs,
     /// which can still be resumed, and running ones are always kept.
     pub retain_finished_runs: u64,
@@ -380,6 +387,7 @@ impl Default for Journal {
     fn default() -> Self {
         Journal {
             path: "impresario.db".into(),
+            url: String::new(),
             retain_finished_runs: 10_000,
             retain_days: 30,
             retention_interval_secs: 3_600,
@@ -391,9 +399,51 @@ impl Journal {
     /// The value of `path` that keeps the journal in memory.
     pub const IN_MEMORY: &'static str = ":memory:";
 
-    /// The journal file, unless the journal is in memory.
+    /// The journal file, unless the journal is in memory. The tenant ceilings and the
+    /// long-term memory files go beside it, even when `url` puts the journal in PostgreSQL.
     pub fn file(&self) -> Option<&Path> {
         (self.path != Self::IN_MEMORY).then(|| Path::new(&self.path))
+    }
+
+    /// Checks the keys of `[journal]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.path.trim().is_empty() {
+            return Err(invalid(
+                "journal.path",
+                "is empty; name a file, or \":memory:\" to keep the journal in memory",
+            ));
+        }
+        if self.retention_interval_secs == 0 {
+            return Err(invalid(
+                "journal.retention_interval_secs",
+                "is 0; retention needs an interval (e.g. 3600)",
+            ));
+        }
+        match self.postgres_url() {
+            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+                Err(invalid(
+                    "journal.url",
+                    format!(
+                        "{} is not a PostgreSQL URL; write postgres://USER:PASSWORD@HOST:PORT/DATABASE, or leave it empty to journal in the SQLite file journal.path",
+                        impresario_pg::database::redact_url(url)
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The PostgreSQL URL the journal is in, if `url` is set.
+    pub fn postgres_url(&self) -> Option<&str> {
+        Some(self.url.trim()).filter(|url| !url.is_empty())
+    }
+
+    /// Where runs are journaled, for messages: the URL without its password, or the file.
+    pub fn describe(&self) -> String {
+        match self.postgres_url() {
+            Some(url) => format!("journal.url {}", impresario_pg::database::redact_url(url)),
+            None => format!("journal.path {:?}", self.path),
+        }
     }
 
     /// The retention policy the keys describe, if they limit anything.
@@ -633,6 +683,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("telemetry", "otlp_endpoint", Kind::Text),
     ("telemetry", "service_name", Kind::Text),
     ("journal", "path", Kind::Text),
+    ("journal", "url", Kind::Text),
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
@@ -813,18 +864,7 @@ impl Config {
 
     /// Ranges and relations the types do not say.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.journal.path.trim().is_empty() {
-            return Err(invalid(
-                "journal.path",
-                "is empty; name a file, or \":memory:\" to keep the journal in memory",
-            ));
-        }
-        if self.journal.retention_interval_secs == 0 {
-            return Err(invalid(
-                "journal.retention_interval_secs",
-                "is 0; retention needs an interval (e.g. 3600)",
-            ));
-        }
+        self.journal.validate()?;
         for (key, secs) in [
             ("server.body_timeout_secs", self.server.body_timeout_secs),
             ("server.sse_keepalive_secs", self.server.sse_keepalive_secs),

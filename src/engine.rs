@@ -15,9 +15,10 @@ use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
+use impresario_pg::PgJournal;
 
 use crate::ceilings::CeilingOverrides;
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::models;
 use crate::writer_lock::WriterLock;
 
@@ -47,17 +48,12 @@ impl Engine {
     /// `config` selects. Fails with [`LockError::Held`](crate::writer_lock::LockError) before
     /// opening the journal file if another process writes it.
     pub async fn start(config: &Config) -> Result<Engine, Box<dyn std::error::Error>> {
-        let writer = match config.journal.file() {
-            Some(file) => Some(WriterLock::acquire(file)?),
-            None => None,
+        // One process writes a journal file; PostgreSQL has no lock yet (issue 14's leases).
+        let writer = match (config.journal.postgres_url(), config.journal.file()) {
+            (None, Some(file)) => Some(WriterLock::acquire(file)?),
+            _ => None,
         };
-        let journal: Arc<dyn Journal> = match config.journal.file() {
-            Some(file) => Arc::new(
-                SqliteJournal::open(file)
-                    .map_err(|e| format!("cannot open the journal (journal.path {file:?}): {e}"))?,
-            ),
-            None => Arc::new(MemoryJournal::new()),
-        };
+        let journal = open_journal(&config.journal).await?;
         let offline =
             OfflineModel::new().latency(Duration::from_millis(config.models.offline_latency_ms));
         let models::Chosen {
@@ -121,6 +117,28 @@ impl Engine {
             .map(|a| RunUsage::from(a.snapshot().spent))
             .unwrap_or_default()
     }
+}
+
+/// The journal `[journal]` selects: PostgreSQL at `url`, else the SQLite file `path`, else
+/// memory. Opening a file or a database that is not a journal, or of a newer version, fails
+/// without changing it; a database that cannot be reached fails naming its host and database.
+pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, String> {
+    let failed = |e: String| format!("cannot open the journal ({}): {e}", config.describe());
+    let opened: Arc<dyn Journal> = match (config.postgres_url(), config.file()) {
+        (Some(url), _) => {
+            let url = url.to_owned();
+            // Connecting blocks (it waits for the server and migrates the schema).
+            let connected = tokio::task::spawn_blocking(move || PgJournal::connect(&url))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            Arc::new(connected.map_err(|e| failed(e.to_string()))?)
+        }
+        (None, Some(file)) => {
+            Arc::new(SqliteJournal::open(file).map_err(|e| failed(e.to_string()))?)
+        }
+        (None, None) => Arc::new(MemoryJournal::new()),
+    };
+    Ok(opened)
 }
 
 /// The long-term memory file `[memory]` names, opened with its retention; `None` when memory

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use impresario_runtime::journal::{Journal, MemoryJournal};
+use impresario_runtime::ledger_store::LedgerStore;
 use impresario_supervisor::OnCeiling;
 
 use crate::fault::PanicInjection;
@@ -28,6 +29,10 @@ pub struct OrchestratorConfig {
     pub recall: usize,
     /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
     pub journal: Arc<dyn Journal>,
+    /// Where every model call's reservation is also held, shared with the other processes
+    /// spending against the same ceilings (`impresario_pg::ledger::PgLedger`); `None` (the
+    /// default): this process's ledger alone.
+    pub ledger_store: Option<Arc<dyn LedgerStore>>,
     /// How often a run's driver is started again after it panicked, each time resuming the run
     /// from its journal, before the run ends `failed` (reason `internal`). Default 1.
     pub driver_restarts: u32,
@@ -48,6 +53,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("step_retries", &self.step_retries)
             .field("loop_repeats", &self.loop_repeats)
             .field("recall", &self.recall)
+            .field("ledger_store", &self.ledger_store)
             .field("driver_restarts", &self.driver_restarts)
             .field("name", &self.name)
             .finish_non_exhaustive()
@@ -65,6 +71,7 @@ impl Default for OrchestratorConfig {
             memory_db: None,
             recall: 3,
             journal: Arc::new(MemoryJournal::new()),
+            ledger_store: None,
             driver_restarts: 1,
             inject_panic: None,
             name: "runs".into(),

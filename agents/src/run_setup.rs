@@ -50,10 +50,15 @@ pub(crate) struct RunSetup {
 }
 
 impl RunSetup {
-    /// The options of a model call of this run: its account path, halt and cache scope.
+    /// The options of a model call of this run: its account path (and the ledger store, if
+    /// any), halt and cache scope.
     pub(crate) fn options(&self) -> CallOptions {
-        CallOptions::new(self.path.clone(), self.token.cancellation())
-            .cache_scope(self.cache_scope.clone())
+        let options = CallOptions::new(self.path.clone(), self.token.cancellation())
+            .cache_scope(self.cache_scope.clone());
+        match &self.services.config.ledger_store {
+            Some(store) => options.held_in(store.clone()),
+            None => options,
+        }
     }
 
     /// Panics here if a test asked for it (see [`PanicInjection`](crate::fault::PanicInjection)).

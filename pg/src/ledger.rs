@@ -5,20 +5,22 @@
 //! - **Accounts** (`ledger_accounts`): one row per account (`global`, `tenant:<id>`,
 //!   `run:<id>`), with its money, token and model-call limits (`NULL`: unlimited) and what was
 //!   spent. An account is created, unlimited, the first time a path names it.
-//! - **Holds** (`ledger_holds`): one row per reservation: its path, its amount, when it expires
-//!   and when it was settled. An account's *held* amount is the sum of its holds that are
-//!   neither settled nor expired, so an expired hold stops counting the instant it expires,
-//!   whoever held it (a crashed process never pins budget), and no sweep is needed for that.
-//!   [`PgLedger::sweep`] (also run every [`SWEEP_EVERY`] reservations) only deletes old rows.
+//! - **Holds** (`ledger_holds`): one row per reservation in flight: its path, its amount and
+//!   when it expires; settling deletes it. An account's *held* amount is the sum of its holds
+//!   that have not expired, so an expired hold stops counting the instant it expires, whoever
+//!   held it (a crashed process never pins budget), and no sweep is needed for that.
+//!   [`PgLedger::sweep`] (also run every [`SWEEP_EVERY`] reservations) deletes the rows of holds
+//!   expired longer than the retention.
 //! - **Reserve** is one transaction: lock the path's account rows `FOR UPDATE` in one fixed
 //!   order (by name: no deadlock between paths), read the live holds, check
 //!   `spent + held + amount <= limit` on each account, insert the hold. Every reservation and
 //!   settlement touching an account holds its row lock until it commits, so the check sees
 //!   every hold and charge of that account: spent + held never passes a limit by a reservation.
-//! - **Settle** is one transaction: lock the hold's path in the same order, mark the hold
-//!   settled, add what the call cost to `spent` on each account (in full, even above the hold:
-//!   the provider billed it). Settling again is a no-op, so a settlement whose commit answer was
-//!   lost is retried safely; a reservation retried after a lost answer reuses its hold id.
+//! - **Settle** is one transaction: lock the hold's path in the same order, delete the hold,
+//!   add what the call cost to `spent` on each account (in full, even above the hold: the
+//!   provider billed it). Settling a hold that is gone is a no-op, so a settlement whose commit
+//!   answer was lost is retried safely; a reservation retried after a lost answer reuses its
+//!   hold id.
 //!
 //! Deadlines are process-local limits (the in-memory ledger's); this store counts money, tokens
 //! and model calls.
@@ -55,12 +57,9 @@ CREATE TABLE IF NOT EXISTS ledger_holds (
     micro_usd bigint NOT NULL,
     tokens bigint NOT NULL,
     model_calls bigint NOT NULL,
-    expires_at timestamptz NOT NULL,
-    settled_at timestamptz
+    expires_at timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ledger_holds_live ON ledger_holds USING gin (path)
-    WHERE settled_at IS NULL;
-CREATE INDEX IF NOT EXISTS ledger_holds_done ON ledger_holds ((coalesce(settled_at, expires_at)));
+CREATE INDEX IF NOT EXISTS ledger_holds_expiry ON ledger_holds (expires_at);
 ";
 
 /// A sweep of old hold rows runs after this many reservations of one [`PgLedger`].
@@ -74,15 +73,14 @@ const OPEN_ACCOUNTS: &str = "INSERT INTO ledger_accounts (account) \
 const HELD: &str = "SELECT a.account, coalesce(sum(h.micro_usd), 0)::bigint, \
      coalesce(sum(h.tokens), 0)::bigint, coalesce(sum(h.model_calls), 0)::bigint \
      FROM unnest($1::text[]) AS a(account) LEFT JOIN ledger_holds h \
-     ON h.path @> ARRAY[a.account] AND h.settled_at IS NULL AND h.expires_at > now() \
+     ON h.path @> ARRAY[a.account] AND h.expires_at > now() \
      GROUP BY a.account";
 const INSERT_HOLD: &str =
     "INSERT INTO ledger_holds (id, path, micro_usd, tokens, model_calls, expires_at) \
      VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING expires_at";
 const FIND_HOLD: &str = "SELECT expires_at FROM ledger_holds WHERE id = $1";
-const LIVE_HOLD_PATH: &str = "SELECT path FROM ledger_holds WHERE id = $1 AND settled_at IS NULL";
-const MARK_SETTLED: &str =
-    "UPDATE ledger_holds SET settled_at = now() WHERE id = $1 AND settled_at IS NULL";
+const HOLD_PATH: &str = "SELECT path FROM ledger_holds WHERE id = $1";
+const DELETE_HOLD: &str = "DELETE FROM ledger_holds WHERE id = $1";
 const CHARGE: &str = "UPDATE ledger_accounts SET spent_micro_usd = spent_micro_usd + $2, \
      spent_tokens = spent_tokens + $3, spent_model_calls = spent_model_calls + $4 \
      WHERE account = ANY($1)";
@@ -90,8 +88,7 @@ const SET_LIMITS: &str = "INSERT INTO ledger_accounts \
      (account, limit_micro_usd, limit_tokens, limit_model_calls) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (account) DO UPDATE SET limit_micro_usd = EXCLUDED.limit_micro_usd, \
      limit_tokens = EXCLUDED.limit_tokens, limit_model_calls = EXCLUDED.limit_model_calls";
-const SWEEP: &str = "DELETE FROM ledger_holds \
-     WHERE coalesce(settled_at, expires_at) < now() - make_interval(secs => $1)";
+const SWEEP: &str = "DELETE FROM ledger_holds WHERE expires_at < now() - make_interval(secs => $1)";
 
 /// How holds behave.
 #[derive(Clone, Debug)]
@@ -100,8 +97,8 @@ pub struct PgLedgerConfig {
     /// timeout and retries): a call still running when its hold expires is charged in full
     /// when it settles, but others could reserve its capacity meanwhile.
     pub hold_ttl: Duration,
-    /// How long settled and expired holds are kept (a late settlement of an expired hold
-    /// within this time is still charged; a repeated one is still recognised).
+    /// How long an expired hold is kept: a late settlement within this time is still charged;
+    /// after it, the hold is deleted and its settlement charges nothing.
     pub retention: Duration,
     /// How long one operation retries while PostgreSQL is unreachable before it fails.
     pub retry_for: Duration,
@@ -179,7 +176,7 @@ impl PgLedger {
         retrying(&self.pool, self.config.retry_for, &step).await
     }
 
-    /// Deletes holds settled or expired longer than `retention` ago; returns how many.
+    /// Deletes holds expired longer than `retention` ago, unsettled; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         let step = Sweep {
             retention: self.config.retention,
@@ -431,16 +428,16 @@ impl Step for Settle<'_> {
 
     async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
         let tx = client.transaction().await?;
-        let find = tx.prepare_cached(LIVE_HOLD_PATH).await?;
-        // Gone or settled: an earlier attempt committed, or the hold is past its retention.
+        let find = tx.prepare_cached(HOLD_PATH).await?;
+        // Gone: settled (an earlier attempt committed), or expired past its retention.
         let Some(row) = tx.query_opt(&find, &[&self.id]).await? else {
             return Ok(());
         };
         let path: Vec<String> = row.get(0);
         let lock = tx.prepare_cached(LOCK_ACCOUNTS).await?;
         tx.query(&lock, &[&path]).await?;
-        let mark = tx.prepare_cached(MARK_SETTLED).await?;
-        if tx.execute(&mark, &[&self.id]).await? == 0 {
+        let delete = tx.prepare_cached(DELETE_HOLD).await?;
+        if tx.execute(&delete, &[&self.id]).await? == 0 {
             return Ok(());
         }
         let c = self.charge;

@@ -1,6 +1,11 @@
 //! Impresario's PostgreSQL backend (docs/ARCHITECTURE.md, "PostgreSQL"): the store a service
 //! uses when `journal.url` is a `postgres://` URL.
 //!
+//! - [`database`]: the connection ([`Database`]: URL, pool, the I/O thread it runs on,
+//!   retries while the server is unreachable), shared by every store of this crate.
+//! - [`error`]: [`PgError`], what fails and what to do.
+//! - [`schema`]: versioned migrations; a foreign or newer database is refused untouched.
+//! - [`journal`]: [`PgJournal`], the run journal.
 //! - [`ledger`]: reservations as holds with an expiry, exact across processes
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
@@ -9,10 +14,17 @@
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod database;
+pub mod error;
 pub mod halts;
+pub mod journal;
 pub mod ledger;
 mod ledger_retry;
 pub mod queue;
-
+pub mod schema;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
+
+pub use database::Database;
+pub use error::PgError;
+pub use journal::PgJournal;

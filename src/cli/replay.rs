@@ -10,13 +10,17 @@ use super::remote::Error;
 use crate::config::Config;
 use crate::engine::Engine;
 
-/// Replays `run` from the configured journal file; true if it did not diverge.
+/// Replays `run` from the configured journal (file or PostgreSQL); true if it did not diverge.
 pub async fn replay(config: &Config, run: String) -> Result<bool, Error> {
-    let Some(file) = config.journal.file() else {
-        return Err("the journal is in memory (journal.path = \":memory:\"): there is no recorded run to replay; set journal.path".into());
-    };
-    if !file.exists() {
-        return Err(format!("no journal at {file:?} (journal.path); run something first").into());
+    if config.journal.postgres_url().is_none() {
+        let Some(file) = config.journal.file() else {
+            return Err("the journal is in memory (journal.path = \":memory:\"): there is no recorded run to replay; set journal.path".into());
+        };
+        if !file.exists() {
+            return Err(
+                format!("no journal at {file:?} (journal.path); run something first").into(),
+            );
+        }
     }
     let engine = Engine::start(config).await?;
     let report = engine.orchestrator.replay(&RunId::new(run)).await;

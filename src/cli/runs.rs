@@ -2,12 +2,15 @@
 //! service's runs).
 
 use clap::{Args, Subcommand};
-use impresario::runtime::journal::{Journal, RunFilter, SqliteJournal};
+use std::sync::Arc;
+
+use impresario::runtime::journal::{Journal, RunFilter};
 use impresario::runtime::RunId;
 use serde_json::{json, Value};
 
 use super::remote::{Error, Service};
 use crate::config;
+use crate::engine::open_journal;
 use crate::journaled;
 
 /// Where runs are read from.
@@ -40,7 +43,7 @@ impl Source {
                 }
             }
             Source::Journal(journal) => {
-                let Some(journal) = open(journal)? else {
+                let Some(journal) = open(journal).await? else {
                     return Ok(json!({ "runs": [] }));
                 };
                 let mut filter = RunFilter::all();
@@ -67,29 +70,29 @@ impl Source {
         match self {
             Source::Service(service) => service.get(&format!("/runs/{}", encode(id))).await,
             Source::Journal(config) => {
-                let entries = match open(config)? {
+                let entries = match open(config).await? {
                     Some(journal) => journal.read(&RunId::new(id))?,
                     None => Vec::new(),
                 };
                 journaled::shown(&entries).ok_or_else(|| {
-                    format!("the journal {:?} has no run {id:?}", config.path).into()
+                    format!("the journal ({}) has no run {id:?}", config.describe()).into()
                 })
             }
         }
     }
 }
 
-/// The journal file, if there is one (reading must not create it).
-fn open(config: &config::Journal) -> Result<Option<SqliteJournal>, Error> {
-    let Some(file) = config.file() else {
-        return Err("the journal is in memory (journal.path = \":memory:\"), so no run outlives its process; pass --server to ask a service".into());
-    };
-    if !file.exists() {
-        return Ok(None);
+/// The journal of the configuration, if there is one (reading must not create a file).
+async fn open(config: &config::Journal) -> Result<Option<Arc<dyn Journal>>, Error> {
+    if config.postgres_url().is_none() {
+        let Some(file) = config.file() else {
+            return Err("the journal is in memory (journal.path = \":memory:\"), so no run outlives its process; pass --server to ask a service".into());
+        };
+        if !file.exists() {
+            return Ok(None);
+        }
     }
-    Ok(Some(SqliteJournal::open(file).map_err(|e| {
-        format!("cannot open the journal (journal.path {file:?}): {e}")
-    })?))
+    Ok(Some(open_journal(config).await?))
 }
 
 /// `runs` subcommands.

@@ -17,6 +17,7 @@ mod models;
 mod ops;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod postgres;
 mod provider;
 mod redaction;
 mod service;

@@ -7,6 +7,7 @@
 #![allow(clippy::too_many_lines)]
 
 mod crash_recovery;
+mod held_in_pg;
 mod journaled_runs;
 mod loopback;
 mod memory;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{JournalEntry, JournalError, RunStatus, Seq};
+use super::{in_batch, JournalEntry, JournalError, RunStatus, RunSummary, Seq};
 use crate::halt::Halt;
 use crate::ledger::{Charge, MicroUsd};
 use crate::llm::{ChatRequest, ChatResponse, Usage};
@@ -283,7 +283,7 @@ impl RunEvent {
     }
 
     /// The run's status once this event is appended.
-    pub(crate) fn status_after(&self) -> RunStatus {
+    pub fn status_after(&self) -> RunStatus {
         match self {
             RunEvent::Halted { .. } => RunStatus::Halted,
             RunEvent::RunFinished { .. } => RunStatus::Finished,
@@ -293,21 +293,81 @@ impl RunEvent {
 }
 
 /// The run as the journal has it when an event is appended: `None` if it has no event yet.
-pub(crate) struct RunHead {
+pub struct RunHead {
+    /// Its status.
     pub status: RunStatus,
+    /// Its last sequence number.
     pub last_seq: Seq,
+}
+
+impl RunHead {
+    /// The head of `run` from its stored status and last sequence number; a status this build
+    /// does not know is corrupt.
+    pub fn parse(run: &RunId, status: &str, last_seq: i64) -> Result<RunHead, JournalError> {
+        let last_seq = last_seq as Seq;
+        match RunStatus::parse(status) {
+            Some(status) => Ok(RunHead { status, last_seq }),
+            None => Err(unknown_status(run.clone(), last_seq, status)),
+        }
+    }
+}
+
+/// A run as a stored journal keeps it (its row), before validation.
+pub struct StoredRun {
+    /// The run's id.
+    pub id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its status, as stored ([`RunStatus::as_str`]).
+    pub status: String,
+    /// Its last sequence number.
+    pub last_seq: i64,
+    /// The `type` of its last event.
+    pub last_event: String,
+    /// When its first event was journaled, in milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    /// When its last event was journaled, in milliseconds since the Unix epoch.
+    pub updated_ms: i64,
+}
+
+impl StoredRun {
+    /// The row as a summary; a status this build does not know is corrupt.
+    pub fn summary(self) -> Result<RunSummary, JournalError> {
+        let run = RunId::new(self.id);
+        let head = RunHead::parse(&run, &self.status, self.last_seq)?;
+        Ok(RunSummary {
+            run,
+            tenant: self.tenant,
+            status: head.status,
+            last_seq: head.last_seq,
+            last_event: self.last_event,
+            started_at: from_ms(self.started_ms),
+            updated_at: from_ms(self.updated_ms),
+        })
+    }
+}
+
+/// A run whose stored status is not one this build knows.
+fn unknown_status(run: RunId, seq: Seq, status: &str) -> JournalError {
+    JournalError::Corrupt {
+        run,
+        seq,
+        reason: format!("the run's stored status `{status}` is not one this build knows"),
+    }
 }
 
 /// What the run already holds for an idempotency key.
 #[derive(Default)]
-pub(crate) struct KeyUse {
+pub struct KeyUse {
+    /// A `tool_call_intent` with the key is journaled.
     pub intent: bool,
+    /// The sequence number of the `tool_result` with the key, if one is journaled.
     pub result: Option<Seq>,
 }
 
 /// The rules every journal enforces on an append (contract 5: refused with the reason, and the
 /// run is left as it was). `key_use` is asked only for a tool result.
-pub(crate) fn check_append(
+pub fn check_append(
     run: &RunId,
     head: Option<&RunHead>,
     event: &RunEvent,
@@ -359,18 +419,23 @@ pub(crate) fn check_append(
     Ok(())
 }
 
-/// A stored event, in the columns both journals keep.
-pub(crate) struct StoredEvent<'a> {
+/// A stored event, in the columns every stored journal keeps.
+pub struct StoredEvent<'a> {
+    /// Its sequence number.
     pub seq: i64,
+    /// When it was journaled, in milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The event version it was written with.
     pub version: i64,
+    /// Its `type` tag.
     pub kind: &'a str,
+    /// The event as JSON.
     pub body: &'a str,
 }
 
 /// Validates and decodes one stored event of `run`, expected at `expected` (sequence numbers are
 /// gap-free from 1). Every failure names the run, the sequence number and what was wrong.
-pub(crate) fn decode(
+pub fn decode(
     run: &RunId,
     expected: Seq,
     stored: StoredEvent<'_>,
@@ -480,20 +545,41 @@ fn upgrade_v2(event: RunEvent) -> Result<RunEvent, String> {
     }
 }
 
+/// The events of a batch for `run`, each with the JSON every stored journal keeps; an event
+/// that does not serialize refuses the batch, naming it (contract 5).
+pub fn serialize_batch(
+    run: &RunId,
+    events: Vec<RunEvent>,
+) -> Result<Vec<(RunEvent, String)>, JournalError> {
+    let len = events.len();
+    let mut bodies = Vec::with_capacity(len);
+    for (i, event) in events.into_iter().enumerate() {
+        match serde_json::to_string(&event) {
+            Ok(body) => bodies.push((event, body)),
+            Err(e) => {
+                let reason = format!("`{}` does not serialize: {e}", event.kind());
+                let run = run.clone();
+                return Err(in_batch(JournalError::Rejected { run, reason }, i, len));
+            }
+        }
+    }
+    Ok(bodies)
+}
+
 /// Milliseconds since the Unix epoch, the precision journals store.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     to_ms(SystemTime::now())
 }
 
 /// `at` as milliseconds since the Unix epoch (0 before it).
-pub(crate) fn to_ms(at: SystemTime) -> i64 {
+pub fn to_ms(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch as a time.
-pub(crate) fn from_ms(ms: i64) -> SystemTime {
+pub fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 

@@ -64,6 +64,17 @@ pub use event::{RunEvent, ToolOutcome, EVENT_VERSION};
 pub use memory::{MemoryJournal, DEFAULT_MAX_FINISHED_RUNS};
 pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
 
+/// Building blocks for a [`Journal`] stored outside this crate (the PostgreSQL journal of
+/// `impresario-pg`): the checks, the decoding and the time format every journal shares, so
+/// that all of them refuse, validate and number events the same way.
+pub mod backend {
+    pub use super::event::{
+        check_append, decode, from_ms, now_ms, serialize_batch, to_ms, KeyUse, RunHead,
+        StoredEvent, StoredRun,
+    };
+    pub use super::{empty_batch, in_batch};
+}
+
 /// Position of an event in its run: 1 for the first, then gap-free.
 pub type Seq = u64;
 
@@ -103,7 +114,8 @@ impl RunStatus {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// The status named `s` ([`RunStatus::as_str`]), if this build knows it.
+    pub fn parse(s: &str) -> Option<Self> {
         [RunStatus::Active, RunStatus::Halted, RunStatus::Finished]
             .into_iter()
             .find(|st| st.as_str() == s)
@@ -212,7 +224,7 @@ pub struct RetentionPolicy {
 impl RetentionPolicy {
     /// The runs this policy deletes among `(run, status, last event ms)` at time `now_ms`;
     /// shared by every journal so they all keep the same runs.
-    pub(crate) fn select(
+    pub fn select(
         &self,
         now_ms: i64,
         runs: impl Iterator<Item = (RunId, RunStatus, i64)>,
@@ -417,7 +429,7 @@ pub trait Journal: Send + Sync {
 
 /// A refusal of event `index` (from 0) of a batch of `len`, saying which event it was; a batch
 /// of one keeps the refusal as it is.
-pub(crate) fn in_batch(error: JournalError, index: usize, len: usize) -> JournalError {
+pub fn in_batch(error: JournalError, index: usize, len: usize) -> JournalError {
     match error {
         JournalError::Rejected { run, reason } if len > 1 => JournalError::Rejected {
             run,
@@ -431,7 +443,7 @@ pub(crate) fn in_batch(error: JournalError, index: usize, len: usize) -> Journal
 }
 
 /// The refusal of an empty batch ([`Journal::append_batch`]), shared by every journal.
-pub(crate) fn empty_batch(run: &RunId) -> JournalError {
+pub fn empty_batch(run: &RunId) -> JournalError {
     JournalError::Rejected {
         run: run.clone(),
         reason: "an empty batch of events (append_batch needs at least one event)".into(),

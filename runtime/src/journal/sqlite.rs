@@ -30,7 +30,9 @@ use rusqlite::{
 };
 use tokio::sync::oneshot;
 
-use super::event::{check_append, decode, from_ms, now_ms, to_ms, KeyUse, RunHead, StoredEvent};
+use super::event::{
+    check_append, decode, now_ms, serialize_batch, to_ms, KeyUse, RunHead, StoredEvent, StoredRun,
+};
 use super::{
     empty_batch, in_batch, Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy,
     RetentionReport, RunEvent, RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
@@ -541,13 +543,7 @@ fn run_head(
     let Some((status, last_seq)) = head else {
         return Ok(Ok(None));
     };
-    Ok(match RunStatus::parse(&status) {
-        Some(status) => Ok(Some(RunHead {
-            status,
-            last_seq: last_seq as Seq,
-        })),
-        None => Err(unknown_status(run.clone(), last_seq as Seq, &status)),
-    })
+    Ok(RunHead::parse(run, &status, last_seq).map(Some))
 }
 
 /// For a tool result: whether its idempotency key already has an intent and a result in `run`.
@@ -645,45 +641,6 @@ fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
     (sql, args)
 }
 
-/// A run whose stored status is not one this build knows.
-fn unknown_status(run: RunId, seq: Seq, status: &str) -> JournalError {
-    JournalError::Corrupt {
-        run,
-        seq,
-        reason: format!("the run's stored status `{status}` is not one this build knows"),
-    }
-}
-
-/// A row of the `runs` table as stored.
-struct RunRow {
-    id: String,
-    tenant: String,
-    status: String,
-    last_seq: i64,
-    last_event: String,
-    started_ms: i64,
-    updated_ms: i64,
-}
-
-impl RunRow {
-    /// The row as a summary; a status this build does not know is corrupt.
-    fn summary(self) -> Result<RunSummary, JournalError> {
-        let run = RunId::new(self.id);
-        let last_seq = self.last_seq as Seq;
-        let status = RunStatus::parse(&self.status)
-            .ok_or_else(|| unknown_status(run.clone(), last_seq, &self.status))?;
-        Ok(RunSummary {
-            run,
-            tenant: self.tenant,
-            status,
-            last_seq,
-            last_event: self.last_event,
-            started_at: from_ms(self.started_ms),
-            updated_at: from_ms(self.updated_ms),
-        })
-    }
-}
-
 /// An event row as stored, before validation (any column may hold anything).
 struct RawEvent([SqlValue; 5]);
 
@@ -735,19 +692,10 @@ impl RawEvent {
 impl Journal for SqliteJournal {
     fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<Seq> {
         // Serialize here, on the caller's thread, so the writer only writes.
-        let len = events.len();
-        let mut bodies = Vec::with_capacity(len);
-        for (i, event) in events.into_iter().enumerate() {
-            match serde_json::to_string(&event) {
-                Ok(body) => bodies.push((event, body)),
-                Err(e) => {
-                    let reason = format!("`{}` does not serialize: {e}", event.kind());
-                    let run = run.clone();
-                    let refused = in_batch(JournalError::Rejected { run, reason }, i, len);
-                    return JournalFuture::ready(Err(refused));
-                }
-            }
-        }
+        let bodies = match serialize_batch(run, events) {
+            Ok(bodies) => bodies,
+            Err(refused) => return JournalFuture::ready(Err(refused)),
+        };
         let run = run.clone();
         self.send(|reply| {
             Command::Append(Box::new(Append {
@@ -781,7 +729,7 @@ impl Journal for SqliteJournal {
         let rows = self.with_reader("listing runs", |conn| {
             conn.prepare_cached(&sql)?
                 .query_map(params_from_iter(args), |r| {
-                    Ok(RunRow {
+                    Ok(StoredRun {
                         id: r.get(0)?,
                         tenant: r.get(1)?,
                         status: r.get(2)?,
@@ -793,7 +741,7 @@ impl Journal for SqliteJournal {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        rows.into_iter().map(RunRow::summary).collect()
+        rows.into_iter().map(StoredRun::summary).collect()
     }
 
     fn probe_write(&self) -> JournalFuture<()> {

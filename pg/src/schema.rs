@@ -1,0 +1,184 @@
+//! The database's schema and its versioned migrations.
+//!
+//! - `impresario_schema` holds one row: the application (`impresario`) and the schema version.
+//!   [`MIGRATIONS`]`[i]` takes a database from version `i` to `i + 1`; append new ones (the
+//!   ledger's, the halts', issue 14's run owner and epoch columns), never edit one that shipped.
+//! - [`migrate`] runs in one transaction under an advisory lock, so that several processes
+//!   starting on one database migrate it once. PostgreSQL's DDL is transactional: a migration
+//!   that fails leaves the database as it was.
+//! - Refused untouched (the transaction is rolled back, nothing was written): a database with
+//!   a newer version, a database that holds other tables but not `impresario_schema`, and one
+//!   whose `impresario_schema` is not of our shape.
+
+use deadpool_postgres::{Pool, Transaction};
+
+use crate::error::{describe_error, PgError};
+
+/// Schema migrations, in order. Append; never edit one that has shipped.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the journal: runs and their events (as the SQLite journal keeps them).
+    "CREATE TABLE journal_runs (
+        run_id     TEXT PRIMARY KEY,
+        tenant     TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        last_seq   BIGINT NOT NULL,
+        last_kind  TEXT NOT NULL,
+        started_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    );
+    CREATE INDEX journal_runs_by_start ON journal_runs (started_ms, run_id);
+    CREATE INDEX journal_runs_by_tenant ON journal_runs (tenant, started_ms, run_id);
+    CREATE TABLE journal_events (
+        run_id   TEXT NOT NULL,
+        seq      BIGINT NOT NULL,
+        at_ms    BIGINT NOT NULL,
+        version  INTEGER NOT NULL,
+        kind     TEXT NOT NULL,
+        idem_key TEXT,
+        body     TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE INDEX journal_events_by_key ON journal_events (run_id, idem_key)
+        WHERE idem_key IS NOT NULL;
+    CREATE UNIQUE INDEX journal_one_result_per_key ON journal_events (run_id, idem_key)
+        WHERE kind = 'tool_result';",
+];
+
+/// The schema version this build writes, and the newest it accepts.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// What `impresario_schema.application` holds in an Impresario database.
+const APPLICATION: &str = "impresario";
+
+/// The advisory lock migrations hold ("IMPR").
+const MIGRATION_LOCK: i64 = 0x494D_5052;
+
+/// Checks the database behind `pool` and migrates it to [`SCHEMA_VERSION`]; `target` names it
+/// in errors. A connection that cannot be opened is [`PgError::Connect`].
+pub(crate) async fn migrate(pool: Pool, target: String) -> Result<(), PgError> {
+    let mut client = pool.get().await.map_err(|e| PgError::Connect {
+        target: target.clone(),
+        cause: match &e {
+            deadpool_postgres::PoolError::Backend(e) => describe_error(e),
+            other => other.to_string(),
+        },
+    })?;
+    let query = |context: &'static str| {
+        let target = target.clone();
+        move |e: tokio_postgres::Error| PgError::Query {
+            target,
+            context: context.to_owned(),
+            cause: describe_error(&e),
+        }
+    };
+    let tx = client
+        .transaction()
+        .await
+        .map_err(query("starting the schema check"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(query("locking the schema"))?;
+    let found = match stored_version(&tx)
+        .await
+        .map_err(query("reading the schema"))?
+    {
+        Found::Ours(version) => version,
+        Found::Empty => {
+            tx.batch_execute(
+                "CREATE TABLE impresario_schema (application TEXT NOT NULL, version INTEGER NOT NULL);
+                 INSERT INTO impresario_schema VALUES ('impresario', 0);",
+            )
+            .await
+            .map_err(query("creating the schema table"))?;
+            0
+        }
+        Found::Foreign(reason) => return Err(PgError::Foreign { target, reason }),
+    };
+    if found > SCHEMA_VERSION {
+        return Err(PgError::NewerSchema {
+            target,
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(migration)
+            .await
+            .map_err(query("migrating the schema"))?;
+        tracing::info!(version = i + 1, "PostgreSQL schema migrated");
+    }
+    tx.execute(
+        "UPDATE impresario_schema SET version = $1",
+        &[&SCHEMA_VERSION],
+    )
+    .await
+    .map_err(query("recording the schema version"))?;
+    tx.commit().await.map_err(query("committing the schema"))
+}
+
+/// What the database holds.
+enum Found {
+    /// No table at all: a new database.
+    Empty,
+    /// An Impresario database at this version.
+    Ours(i32),
+    /// Something else, and why we think so.
+    Foreign(String),
+}
+
+/// Reads what the database holds, without writing.
+async fn stored_version(tx: &Transaction<'_>) -> Result<Found, tokio_postgres::Error> {
+    let tables: Vec<String> = tx
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = current_schema() ORDER BY table_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if tables.is_empty() {
+        return Ok(Found::Empty);
+    }
+    if !tables.iter().any(|t| t == "impresario_schema") {
+        let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+        return Ok(Found::Foreign(format!(
+            "it holds {} other table(s) ({}{}) and no impresario_schema table",
+            tables.len(),
+            shown.join(", "),
+            if tables.len() > 5 { ", ..." } else { "" }
+        )));
+    }
+    let columns: Vec<(String, String)> = tx
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'impresario_schema'
+             ORDER BY ordinal_position",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let ours = [("application", "text"), ("version", "integer")];
+    if columns
+        .iter()
+        .map(|(c, t)| (c.as_str(), t.as_str()))
+        .ne(ours)
+    {
+        return Ok(Found::Foreign(format!(
+            "its impresario_schema table has columns {columns:?}, not (application text, version integer)"
+        )));
+    }
+    let rows = tx
+        .query("SELECT application, version FROM impresario_schema", &[])
+        .await?;
+    Ok(match rows.as_slice() {
+        [row] if row.get::<_, String>(0) == APPLICATION => Found::Ours(row.get(1)),
+        _ => Found::Foreign(format!(
+            "its impresario_schema table holds {} row(s), not one row of application `{APPLICATION}`",
+            rows.len()
+        )),
+    })
+}
