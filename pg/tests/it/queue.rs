@@ -4,10 +4,13 @@
 //! processes would be.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Runtime};
-use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError, MIGRATION};
+use impresario_pg::database::Database;
+use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError};
+use impresario_pg::schema::SCHEMA_VERSION;
 use impresario_pg::test_cluster;
 use tokio_postgres::NoTls;
 
@@ -16,16 +19,20 @@ async fn database(name: &str) -> String {
     install(test_cluster::shared().create_database(name)).await
 }
 
-/// Creates the queue's schema and a table standing for the journal's and the ledger's writes
-/// (`effects`) in the database at `url`; returns `url`.
+/// Brings the database at `url` to the current schema (the journal's migrations, the queue's
+/// among them) and adds a table standing for the journal's and the ledger's writes (`effects`);
+/// returns `url`.
 async fn install(url: String) -> String {
+    let migrate = url.clone();
+    tokio::task::spawn_blocking(move || Database::connect(&migrate).map(drop))
+        .await
+        .unwrap()
+        .unwrap();
     pool(&url)
         .get()
         .await
         .unwrap()
-        .batch_execute(&format!(
-            "{MIGRATION}; CREATE TABLE effects (run_id text, epoch bigint, note text)"
-        ))
+        .batch_execute("CREATE TABLE effects (run_id text, epoch bigint, note text)")
         .await
         .unwrap();
     url
@@ -409,4 +416,38 @@ async fn a_write_left_open_by_a_paused_replica_ends_with_idle_in_transaction_ses
     assert_eq!(taken.first().map(|l| l.epoch), Some(2), "{taken:?}");
     assert!(tx.commit().await.is_err(), "a's stalled write committed");
     assert!(effects(&url).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_migrated_with_the_journal_and_runs_on_its_database_thread() {
+    let pg = test_cluster::shared();
+    let url = pg.create_database("queue_on_database");
+    let connect = url.clone();
+    let db = tokio::task::spawn_blocking(move || Database::connect(&connect))
+        .await
+        .unwrap()
+        .unwrap();
+    let version = pg
+        .psql(&url, "SELECT version FROM impresario_schema")
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    assert_eq!(
+        pg.psql(&url, "SELECT count(*) FROM run_queue").unwrap(),
+        "0"
+    );
+
+    // As serve will: the queue on the journal's pool, its futures on the database's thread.
+    let queue = Arc::new(Queue::new(db.pool().clone(), QueueConfig::new("a")).unwrap());
+    let q = queue.clone();
+    let claimed = db
+        .spawn(async move {
+            q.enqueue("r", "acme").await?;
+            q.claim().await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].run.as_str(), claimed[0].epoch), ("r", 1));
+    tokio::task::spawn_blocking(move || drop(db)).await.unwrap();
 }
