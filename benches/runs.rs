@@ -2,7 +2,11 @@
 //! zero-latency scripted model and a no-op tool, 1 run at a time and 1,000 at once; CPU time per
 //! step (process user+system time, all threads) against a bare loop doing the same unavoidable
 //! work (one budgeted model call, plan parsing and validation, four tool calls) without agents;
-//! and the memory of a run idling (waiting for an approval).
+//! the memory of a run idling (waiting for an approval); and issue 18's shape (2 model calls and
+//! 1 tool call) on the in-memory journal against the SQLite one: CPU per run, runs/s one at a
+//! time and 100 at once, commits per run, memory per finished run after 10,000 runs. Memory is
+//! measured in a child process of its own each time, so memory freed by earlier measurements
+//! cannot hide growth.
 //!
 //! Run: `cargo bench --bench runs`
 
@@ -15,16 +19,21 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::future::BoxFuture;
 use impresario_agents::{
-    plan::parse_plan, Autonomy, Impact, ModelMap, Orchestrator, RunRequest, RunState, Tool,
-    ToolContext, ToolRegistry,
+    plan::parse_plan, Autonomy, Impact, ModelMap, Orchestrator, OrchestratorConfig, RunRequest,
+    RunState, Tool, ToolContext, ToolRegistry,
 };
 use impresario_runtime::halt::HaltMode;
+use impresario_runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario_runtime::ledger::{AccountId, Ledger, Limits};
 use impresario_runtime::llm::{
-    CallOptions, ChatRequest, Client, ModelPrice, PriceTable, Rates, Scripted, ScriptedReply,
+    CallOptions, ChatModel, ChatRequest, ChatResponse, Client, FinishReason, LlmError, Message,
+    ModelPrice, PriceTable, Rates, Scripted, ScriptedReply, Usage,
 };
-use impresario_runtime::Runtime;
+use impresario_runtime::{Runtime, RuntimeHandle};
 use nix::time::{clock_gettime, ClockId};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -184,12 +193,313 @@ async fn bare(runs: usize) -> (Duration, Duration) {
     (wall.elapsed(), cpu_time().saturating_sub(cpu))
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The bench's tokio runtime: 2 workers, as on the 2-core machine it runs on.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .unwrap()
+}
+
+/// In a process of its own: RSS grown per run while `idle` runs each wait for the approval of
+/// their first (high-impact) step.
+fn idle_bytes_per_run(idle: usize) -> u64 {
+    let rt = tokio_runtime();
+    rt.block_on(async {
+        let runtime = Runtime::builder().start().unwrap();
+        let orchestrator = Arc::new(
+            Orchestrator::start(&runtime, client(idle, "guarded"), tools())
+                .await
+                .unwrap(),
+        );
+        let before = rss_bytes();
+        let mut handles = Vec::new();
+        for _ in 0..idle {
+            let request = RunRequest::new("bench", ModelMap::all("zero"))
+                .tools(["guarded"])
+                .autonomy(Autonomy::Conditional);
+            handles.push(orchestrator.submit(request).await.unwrap());
+        }
+        for handle in &handles {
+            while !matches!(handle.status(), RunState::AwaitingApproval { .. }) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        for handle in &handles {
+            handle.halt(HaltMode::Immediate);
+        }
+        for handle in &handles {
+            handle.wait().await;
+        }
+        runtime.shutdown(Duration::from_secs(30)).await;
+        grown / idle as u64
+    })
+}
+
+// ---- Issue 18: 2 model calls + 1 tool call, in-memory against SQLite journal ----------------
+
+/// The issue-18 shape's model: plans one no-op tool call, then, once the run's history shows
+/// the call, the final answer. Instant and deterministic whatever order concurrent runs call
+/// it in; fixed usage, so no token estimate is computed.
+struct TwoCalls;
+
+impl ChatModel for TwoCalls {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        let called = request
+            .messages
+            .iter()
+            .any(|m| matches!(m, Message::User { content } if content.contains("called noop")));
+        let steps = if called {
+            json!([{ "type": "final_answer", "answer": "done" }])
+        } else {
+            json!([{ "type": "tool_call", "tool": "noop", "arguments": { "n": 1 } }])
+        };
+        let response = ChatResponse {
+            model: request.model.clone(),
+            content: json!({ "steps": steps }).to_string(),
+            finish_reason: FinishReason::Stop,
+            tool_calls: Vec::new(),
+            usage: Usage {
+                input_tokens: 100,
+                output_tokens: 20,
+                ..Usage::default()
+            },
+            request_id: None,
+            rate_limit: None,
+            cost_micro_usd: None,
+            cache_hit: false,
+        };
+        Box::pin(std::future::ready(Ok(response)))
+    }
+}
+
+/// Which journal a shape run uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Memory,
+    Sqlite,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::Sqlite => "sqlite",
+        }
+    }
+
+    /// A fresh journal (a new file in the system temp dir for SQLite, removed by `Scratch`).
+    fn open(self, scratch: &Scratch) -> Arc<dyn Journal> {
+        match self {
+            Kind::Memory => Arc::new(MemoryJournal::new()),
+            Kind::Sqlite => Arc::new(SqliteJournal::open(scratch.0.join("journal.db")).unwrap()),
+        }
+    }
+}
+
+/// A directory removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "impresario-bench-runs-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `runs` runs of the shape cost, `concurrent` at a time.
+struct ShapeCost {
+    wall: Duration,
+    cpu: Duration,
+    commits: u64,
+}
+
+/// Runs `runs` runs of the shape, keeping `concurrent` of them in flight (submitted
+/// concurrently, as concurrent clients would: their submissions share commits too).
+async fn shape_runs(orchestrator: &Orchestrator, runs: usize, concurrent: usize) -> ShapeCost {
+    use futures_util::StreamExt;
+    let journal = orchestrator.journal().clone();
+    let (wall, cpu, commits) = (Instant::now(), cpu_time(), journal.commits());
+    let one = |_| async {
+        let request = RunRequest::new("bench", ModelMap::all("instant")).tools(["noop"]);
+        let result = orchestrator.submit(request).await.unwrap().wait().await;
+        assert!(
+            matches!(result.state, RunState::Succeeded { .. }),
+            "{:?}",
+            result.state
+        );
+        assert_eq!(result.steps.len(), 1, "one tool call");
+    };
+    futures_util::stream::iter(0..runs)
+        .map(one)
+        .buffer_unordered(concurrent)
+        .collect::<Vec<()>>()
+        .await;
+    ShapeCost {
+        wall: wall.elapsed(),
+        cpu: cpu_time().saturating_sub(cpu),
+        commits: journal.commits() - commits,
+    }
+}
+
+async fn shape_orchestrator(runtime: &RuntimeHandle, journal: Arc<dyn Journal>) -> Orchestrator {
+    let mut prices = PriceTable::default();
+    prices.insert("instant", ModelPrice::new("two-calls", Rates::default()));
+    let client = Client::builder()
+        .provider("two-calls", TwoCalls)
+        .prices(prices)
+        .build()
         .unwrap();
+    let config = OrchestratorConfig {
+        journal,
+        ..OrchestratorConfig::default()
+    };
+    Orchestrator::with(runtime, client, tools(), Ledger::new(), config)
+        .await
+        .unwrap()
+}
+
+/// One measurement of the shape on a fresh journal of `kind` and a fresh runtime.
+async fn shape(kind: Kind, runs: usize, concurrent: usize) -> ShapeCost {
+    let scratch = Scratch::new();
+    let runtime = Runtime::builder().start().unwrap();
+    let orchestrator = shape_orchestrator(&runtime, kind.open(&scratch)).await;
+    shape_runs(&orchestrator, 20, 1).await; // warm-up
+    let cost = shape_runs(&orchestrator, runs, concurrent).await;
+    drop(orchestrator);
+    runtime.shutdown(Duration::from_secs(30)).await;
+    cost
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The shape's table: `rounds` interleaved rounds of each journal, medians, SQLite's ratio.
+fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
+    const ONE: usize = 300;
+    const MANY: usize = 2_000;
+    println!("\n# issue 18 shape: 2 model calls + 1 tool call (instant model, no-op tool), {rounds} rounds, medians");
+    println!(
+        "{:<8} {:>12} {:>12} {:>16} {:>14} {:>13} {:>17}",
+        "journal",
+        "CPU us/run",
+        "runs/s (1)",
+        "CPU us/run (100)",
+        "runs/s (100)",
+        "commits/run",
+        "commits/run (100)"
+    );
+    let mut table = Vec::new();
+    for kind in [Kind::Memory, Kind::Sqlite] {
+        table.push((kind, [(); 6].map(|()| Vec::new())));
+    }
+    for _ in 0..rounds {
+        for (kind, columns) in &mut table {
+            let one = rt.block_on(shape(*kind, ONE, 1));
+            let many = rt.block_on(shape(*kind, MANY, 100));
+            columns[0].push(one.cpu.as_secs_f64() * 1e6 / ONE as f64);
+            columns[1].push(ONE as f64 / one.wall.as_secs_f64());
+            columns[2].push(many.cpu.as_secs_f64() * 1e6 / MANY as f64);
+            columns[3].push(MANY as f64 / many.wall.as_secs_f64());
+            columns[4].push(one.commits as f64 / ONE as f64);
+            columns[5].push(many.commits as f64 / MANY as f64);
+        }
+    }
+    let medians: Vec<(Kind, Vec<f64>)> = table
+        .into_iter()
+        .map(|(kind, columns)| (kind, columns.into_iter().map(median).collect()))
+        .collect();
+    for (kind, m) in &medians {
+        println!(
+            "{:<8} {:>12.1} {:>12.0} {:>16.1} {:>14.0} {:>13.2} {:>17.2}",
+            kind.name(),
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        );
+    }
+    let (memory, sqlite) = (&medians[0].1, &medians[1].1);
+    println!(
+        "sqlite / memory: CPU per run (1 at a time) {:.2}x (target <= 1.5x); runs/s with 100 concurrent {:.0}% (target >= 80%)",
+        sqlite[0] / memory[0],
+        sqlite[3] / memory[3] * 100.0
+    );
+}
+
+/// In a process of its own (so memory freed by earlier measurements cannot hide growth): RSS
+/// grown per finished run over `runs` runs of the shape, 100 at a time, after 200 warm-up runs.
+fn rss_per_finished_run(kind: Kind, runs: usize) -> u64 {
+    let rt = tokio_runtime();
+    rt.block_on(async {
+        let scratch = Scratch::new();
+        let runtime = Runtime::builder().start().unwrap();
+        let orchestrator = shape_orchestrator(&runtime, kind.open(&scratch)).await;
+        shape_runs(&orchestrator, 200, 100).await;
+        let before = rss_bytes();
+        shape_runs(&orchestrator, runs, 100).await;
+        let grown = rss_bytes().saturating_sub(before);
+        runtime.shutdown(Duration::from_secs(30)).await;
+        grown / runs as u64
+    })
+}
+
+/// Set in a child process of this bench: the memory measurement it makes and prints.
+const PART: &str = "IMPRESARIO_BENCH_RUNS_PART";
+const IDLE_RUNS: usize = 1_000;
+const FINISHED_RUNS: usize = 10_000;
+
+/// Runs memory measurement `part` in a child process of this bench: bytes per run.
+fn in_child(part: &str) -> u64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(PART, part)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{part}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("{part}: {text}"))
+}
+
+fn main() {
+    if let Ok(part) = std::env::var(PART) {
+        let bytes = match part.as_str() {
+            "idle" => idle_bytes_per_run(IDLE_RUNS),
+            "finished-memory" => rss_per_finished_run(Kind::Memory, FINISHED_RUNS),
+            "finished-sqlite" => rss_per_finished_run(Kind::Sqlite, FINISHED_RUNS),
+            other => panic!("unknown {PART} {other}"),
+        };
+        println!("{bytes}");
+        return;
+    }
+    let rt = tokio_runtime();
     println!(
         "# 5-step runs (plan of 4 no-op tool calls + final answer), zero-latency scripted model"
     );
@@ -224,41 +534,19 @@ fn main() {
         );
     }
 
-    // Memory of idle runs: each waits for the approval of its first (high-impact) step.
-    let idle = 1_000;
-    let (rss, per_run) = rt.block_on(async {
-        let runtime = Runtime::builder().start().unwrap();
-        let orchestrator = Arc::new(
-            Orchestrator::start(&runtime, client(idle, "guarded"), tools())
-                .await
-                .unwrap(),
-        );
-        let before = rss_bytes();
-        let mut handles = Vec::new();
-        for _ in 0..idle {
-            let request = RunRequest::new("bench", ModelMap::all("zero"))
-                .tools(["guarded"])
-                .autonomy(Autonomy::Conditional);
-            handles.push(orchestrator.submit(request).await.unwrap());
-        }
-        for handle in &handles {
-            while !matches!(handle.status(), RunState::AwaitingApproval { .. }) {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        let grown = rss_bytes().saturating_sub(before);
-        for handle in &handles {
-            handle.halt(HaltMode::Immediate);
-        }
-        for handle in &handles {
-            handle.wait().await;
-        }
-        runtime.shutdown(Duration::from_secs(30)).await;
-        (grown, grown / idle as u64)
-    });
+    let per_run = in_child("idle");
     println!(
-        "\n# {idle} idle runs (each waiting for an approval): RSS grew {} KiB, {} KiB per run",
-        rss / 1024,
-        per_run / 1024
+        "\n# {IDLE_RUNS} idle runs (each waiting for an approval), in a process of their own: {:.1} KiB per run",
+        per_run as f64 / 1024.0
     );
+
+    shape_report(&rt, 3);
+    for kind in [Kind::Memory, Kind::Sqlite] {
+        let per_run = in_child(&format!("finished-{}", kind.name()));
+        println!(
+            "{} journal: RSS grown over {FINISHED_RUNS} finished runs (100 at a time, own process): {:.2} KiB per run",
+            kind.name(),
+            per_run as f64 / 1024.0
+        );
+    }
 }

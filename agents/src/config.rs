@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use impresario_runtime::halt_store::HaltStore;
 use impresario_runtime::journal::{Journal, MemoryJournal};
 use impresario_runtime::ledger_store::LedgerStore;
 use impresario_supervisor::OnCeiling;
@@ -33,6 +34,10 @@ pub struct OrchestratorConfig {
     /// spending against the same ceilings (`impresario_pg::ledger::PgLedger`); `None` (the
     /// default): this process's ledger alone.
     pub ledger_store: Option<Arc<dyn LedgerStore>>,
+    /// Where halts recorded by other processes are kept (`impresario_pg::halts::PgHalts`): a
+    /// run asks before each step whether one stands on it. `None` (the default): this
+    /// process's halts alone.
+    pub halt_store: Option<Arc<dyn HaltStore>>,
     /// How often a run's driver is started again after it panicked, each time resuming the run
     /// from its journal, before the run ends `failed` (reason `internal`). Default 1.
     pub driver_restarts: u32,
@@ -54,6 +59,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("loop_repeats", &self.loop_repeats)
             .field("recall", &self.recall)
             .field("ledger_store", &self.ledger_store)
+            .field("halt_store", &self.halt_store)
             .field("driver_restarts", &self.driver_restarts)
             .field("name", &self.name)
             .finish_non_exhaustive()
@@ -72,6 +78,7 @@ impl Default for OrchestratorConfig {
             recall: 3,
             journal: Arc::new(MemoryJournal::new()),
             ledger_store: None,
+            halt_store: None,
             driver_restarts: 1,
             inject_panic: None,
             name: "runs".into(),

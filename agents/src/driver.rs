@@ -13,7 +13,7 @@ use impresario_runtime::journal::{RunEvent as JournalEvent, ToolOutcome};
 use impresario_runtime::ledger::CeilingReached;
 use impresario_runtime::llm::{CallOptions, LlmError};
 use impresario_runtime::telemetry;
-use impresario_runtime::{AgentError, AgentId, AgentRef};
+use impresario_runtime::{AgentError, AgentId, AgentRef, TenantId};
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
@@ -179,7 +179,7 @@ impl Driver {
     /// journaled and announced.
     async fn reviewed_plan(&mut self, pass: &mut Pass) -> Result<Plan, Stopped> {
         loop {
-            self.check_halt()?;
+            self.check_halt().await?;
             self.set(RunState::Planning);
             self.setup.checkpoint(DriverPhase::Planning);
             self.compact().await?;
@@ -218,7 +218,7 @@ impl Driver {
         number: &mut u32,
     ) -> Result<Progress, Stopped> {
         for step in plan.steps {
-            self.check_halt()?;
+            self.check_halt().await?;
             if let Step::FinalAnswer { answer } = step {
                 return Ok(Progress::Answered(answer));
             }
@@ -363,8 +363,19 @@ impl Driver {
         answer
     }
 
-    /// The run's state if its token says to stop (a graceful halt stops between steps).
-    fn check_halt(&self) -> Result<(), Stopped> {
+    /// The run's state if its token says to stop (a graceful halt stops between steps), after
+    /// applying to it a halt standing in the shared halt store, if one is configured.
+    async fn check_halt(&self) -> Result<(), Stopped> {
+        if let Some(store) = &self.setup.services.config.halt_store {
+            let tenant = TenantId::from(self.setup.request.tenant.as_str());
+            let run = &self.setup.run;
+            match store.standing(&tenant, run).await {
+                Ok(Some(halt)) => self.setup.token.halt(halt),
+                Ok(None) => {}
+                // Notified halts still arrive; the next step asks again.
+                Err(err) => tracing::warn!(%run, error = %err, "could not check the shared halts"),
+            }
+        }
         if self.setup.token.stop_requested() {
             return Err(self.halted());
         }

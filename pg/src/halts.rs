@@ -21,7 +21,8 @@ use std::time::Duration;
 use deadpool_postgres::{Object, Pool};
 use futures_util::StreamExt;
 use impresario_runtime::halt::{Halt, HaltScope, Halts};
-use impresario_runtime::ledger_store::StoreError;
+use impresario_runtime::halt_store::HaltStore;
+use impresario_runtime::ledger_store::{StoreError, StoreFuture};
 use impresario_runtime::{RunId, TenantId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -76,6 +77,24 @@ fn scope_key(scope: &HaltScope) -> Option<String> {
 pub struct PgHalts {
     pool: Pool,
     retry_for: Duration,
+}
+
+impl std::fmt::Debug for PgHalts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgHalts")
+            .field("retry_for", &self.retry_for)
+            .finish()
+    }
+}
+
+impl HaltStore for PgHalts {
+    fn standing<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        run: &'a RunId,
+    ) -> StoreFuture<'a, Result<Option<Halt>, StoreError>> {
+        Box::pin(PgHalts::standing(self, tenant, run))
+    }
 }
 
 impl PgHalts {

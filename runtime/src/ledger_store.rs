@@ -33,9 +33,10 @@ pub struct Hold {
     pub expires_at: SystemTime,
 }
 
-/// A store could not be reached or refused to work (not a ceiling: see [`ReserveError`]).
+/// A store shared with other processes (ledger, halts) could not be reached or refused to
+/// work (not a ceiling: see [`ReserveError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the ledger store failed: {message}; nothing was sent. Check that the store (PostgreSQL) is up and reachable, then try again")]
+#[error("the store shared with other processes failed: {message}. Check that it (PostgreSQL) is up and reachable, then try again")]
 pub struct StoreError {
     /// What failed, without credentials.
     pub message: String,

@@ -53,6 +53,8 @@ pub mod supervision;
 pub mod backoff;
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
+/// The seam to halts recorded outside this process: what a run checks before each step.
+pub mod halt_store;
 /// Liveness, readiness (named checks) and the semantic health check.
 #[cfg(feature = "llm")]
 pub mod health;

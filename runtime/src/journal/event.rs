@@ -293,6 +293,7 @@ impl RunEvent {
 }
 
 /// The run as the journal has it when an event is appended: `None` if it has no event yet.
+#[derive(Debug, Clone, Copy)]
 pub struct RunHead {
     /// Its status.
     pub status: RunStatus,

@@ -492,48 +492,44 @@ impl Writer {
     }
 }
 
-/// Checks and inserts the events of one append, all or none (in a savepoint of `tx`). Outer
-/// error: storage failed; inner: an event was refused, and none was written.
+/// Checks and inserts the events of one append, all or none (in a savepoint of `tx`): the run's
+/// head is read once and its row written once, whatever the number of events. Outer error:
+/// storage failed; inner: an event was refused, and none was written.
 fn insert_all(
     tx: &mut Transaction<'_>,
     append: &Append,
     at_ms: i64,
 ) -> rusqlite::Result<Result<Seq, JournalError>> {
     let Append { run, events, .. } = append;
-    if events.is_empty() {
+    let Some((last, _)) = events.last() else {
         return Ok(Err(empty_batch(run)));
-    }
+    };
     let savepoint = tx.savepoint()?;
-    let mut last = 0;
-    for (i, (event, body)) in events.iter().enumerate() {
-        match insert(&savepoint, run, event, body, at_ms)? {
-            Ok(seq) => last = seq,
-            // Dropping the savepoint rolls the append's earlier events back.
-            Err(refused) => return Ok(Err(in_batch(refused, i, events.len()))),
-        }
-    }
-    savepoint.commit()?;
-    Ok(Ok(last))
-}
-
-/// Checks and inserts one event. Outer error: storage failed; inner: the event was refused.
-fn insert(
-    tx: &Connection,
-    run: &RunId,
-    event: &RunEvent,
-    body: &str,
-    at_ms: i64,
-) -> rusqlite::Result<Result<Seq, JournalError>> {
-    let head = match run_head(tx, run)? {
+    let mut head = match run_head(&savepoint, run)? {
         Ok(head) => head,
         Err(corrupt) => return Ok(Err(corrupt)),
     };
-    let key_use = key_use(tx, run, event)?;
-    if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
-        return Ok(Err(refused));
+    let tenant = match events.first() {
+        Some((RunEvent::RunSubmitted { tenant, .. }, _)) => tenant.as_str(),
+        _ => "",
+    };
+    for (i, (event, body)) in events.iter().enumerate() {
+        // Sees the events of this batch inserted before it (same savepoint).
+        let key_use = key_use(&savepoint, run, event)?;
+        if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
+            // Dropping the savepoint rolls the append's earlier events back.
+            return Ok(Err(in_batch(refused, i, events.len())));
+        }
+        let seq = head.map_or(1, |h| h.last_seq + 1);
+        insert_event(&savepoint, run, event, body, seq, at_ms)?;
+        head = Some(RunHead {
+            status: event.status_after(),
+            last_seq: seq,
+        });
     }
-    let seq = head.map_or(1, |h| h.last_seq + 1);
-    write_event(tx, run, event, body, seq, at_ms)?;
+    let seq = head.map_or(0, |h| h.last_seq);
+    write_run_row(&savepoint, run, tenant, last, seq, at_ms)?;
+    savepoint.commit()?;
     Ok(Ok(seq))
 }
 
@@ -572,8 +568,8 @@ fn key_use(tx: &Connection, run: &RunId, event: &RunEvent) -> rusqlite::Result<K
     Ok(key_use)
 }
 
-/// Writes an accepted event as number `seq` of `run`, and the run's row after it.
-fn write_event(
+/// Writes an accepted event as number `seq` of `run`.
+fn insert_event(
     tx: &Connection,
     run: &RunId,
     event: &RunEvent,
@@ -581,7 +577,6 @@ fn write_event(
     seq: Seq,
     at_ms: i64,
 ) -> rusqlite::Result<()> {
-    let kind = event.kind();
     tx.prepare_cached(
         "INSERT INTO events (run_id, seq, at_ms, version, kind, idem_key, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -591,14 +586,23 @@ fn write_event(
         seq as i64,
         at_ms,
         EVENT_VERSION,
-        kind,
+        event.kind(),
         event.idempotency_key(),
         body
     ])?;
-    let tenant = match event {
-        RunEvent::RunSubmitted { tenant, .. } => tenant.as_str(),
-        _ => "",
-    };
+    Ok(())
+}
+
+/// Writes `run`'s row after its event number `seq`, `last` (`tenant`: from its submission, kept
+/// only when the row is new).
+fn write_run_row(
+    tx: &Connection,
+    run: &RunId,
+    tenant: &str,
+    last: &RunEvent,
+    seq: Seq,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO runs (run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
@@ -609,9 +613,9 @@ fn write_event(
     .execute(params![
         run.as_str(),
         tenant,
-        event.status_after().as_str(),
+        last.status_after().as_str(),
         seq as i64,
-        kind,
+        last.kind(),
         at_ms
     ])?;
     Ok(())

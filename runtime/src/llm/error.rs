@@ -120,7 +120,7 @@ pub enum LlmError {
     #[error("cost ceiling reached, nothing was sent: {0}; raise the budget, lower max_tokens or use a cheaper model")]
     CeilingReached(#[from] CeilingReached),
     /// The ledger store (PostgreSQL) holding the run's reservations failed; nothing was sent.
-    #[error("{0}")]
+    #[error("nothing was sent: {0}")]
     LedgerUnavailable(#[from] StoreError),
     /// The circuit breaker for this model is open after repeated failures; nothing was sent.
     #[error("circuit breaker for model `{model}` is open after repeated failures, nothing was sent; it lets a probe through in {retry_in:?}")]
