@@ -2,7 +2,7 @@
 //!
 //! - `impresario_schema` holds one row: the application (`impresario`) and the schema version.
 //!   [`MIGRATIONS`]`[i]` takes a database from version `i` to `i + 1`; append new ones (the
-//!   ledger's, the halts', issue 14's run owner and epoch columns), never edit one that shipped.
+//!   ledger's, the halts'), never edit one that shipped.
 //! - [`migrate`] runs in one transaction under an advisory lock, so that several processes
 //!   starting on one database migrate it once. PostgreSQL's DDL is transactional: a migration
 //!   that fails leaves the database as it was.
@@ -42,6 +42,8 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE idem_key IS NOT NULL;
     CREATE UNIQUE INDEX journal_one_result_per_key ON journal_events (run_id, idem_key)
         WHERE kind = 'tool_result';",
+    // 2: the cluster's run queue and its fencing function (issue 14).
+    crate::queue::MIGRATION,
 ];
 
 /// The schema version this build writes, and the newest it accepts.
