@@ -2,7 +2,7 @@
 //!
 //! - `impresario_schema` holds one row: the application (`impresario`) and the schema version.
 //!   [`MIGRATIONS`]`[i]` takes a database from version `i` to `i + 1`; append new ones (the
-//!   ledger's, the halts', issue 14's run owner and epoch columns), never edit one that shipped.
+//!   ledger's, the halts'), never edit one that shipped.
 //! - [`migrate`] runs in one transaction under an advisory lock, so that several processes
 //!   starting on one database migrate it once. PostgreSQL's DDL is transactional: a migration
 //!   that fails leaves the database as it was.
@@ -42,7 +42,9 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE idem_key IS NOT NULL;
     CREATE UNIQUE INDEX journal_one_result_per_key ON journal_events (run_id, idem_key)
         WHERE kind = 'tool_result';",
-    // 2: the ledger (ledger.rs): an account's limits and spend; a hold per reservation
+    // 2: the cluster's run queue and its fencing function (issue 14).
+    crate::queue::MIGRATION,
+    // 3: the ledger (ledger.rs): an account's limits and spend; a hold per reservation
     // in flight.
     "CREATE TABLE ledger_accounts (
         account text PRIMARY KEY,
@@ -62,7 +64,7 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at timestamptz NOT NULL
     );
     CREATE INDEX ledger_holds_expiry ON ledger_holds (expires_at);",
-    // 3: the halts (halts.rs): a row per halt, until lifted.
+    // 4: the halts (halts.rs): a row per halt, until lifted.
     "CREATE TABLE halts (
         id bigserial PRIMARY KEY,
         scope text NOT NULL,

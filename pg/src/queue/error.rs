@@ -2,6 +2,8 @@
 
 use tokio_postgres::error::SqlState;
 
+use crate::error::describe_error;
+
 /// The SQLSTATE `impresario_fence` raises when a write's lease epoch is stale.
 pub const FENCED: &str = "IMP01";
 
@@ -57,12 +59,13 @@ impl QueueError {
     }
 }
 
-/// The server's own message for a database error (tokio-postgres's `Display` says only "db
-/// error"); else the error's kind (a lost connection...) and what to check. Neither ever holds
-/// the connection's password.
+/// The server's message or the driver's ([`describe_error`]), and for a connection-level error
+/// what to check. Neither ever holds the connection's password.
 fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => format!("{error}; check that PostgreSQL is up and reachable"),
+    let text = describe_error(error);
+    if error.as_db_error().is_some() {
+        text
+    } else {
+        format!("{text}; check that PostgreSQL is up and reachable")
     }
 }

@@ -16,11 +16,14 @@ CREATE TABLE run_queue (
     lease_until timestamptz,
     CHECK ((state = 'leased') = (owner IS NOT NULL AND lease_until IS NOT NULL))
 ) WITH (fillfactor = 80);
--- fillfactor: a heartbeat rewrites only lease_until, which no index covers, so with room left on
--- the page the new row version stays on it (a HOT update: no index writes, less vacuum).
+-- fillfactor: a heartbeat rewrites only lease_until, which no index (key or predicate) covers,
+-- so with room left on the page the new row version stays on it (a HOT update: no index
+-- writes, less vacuum).
 
 -- Claims scan the runs that wait, oldest first.
 CREATE INDEX run_queue_waiting ON run_queue (enqueued_at, run_id) WHERE state <> 'done';
+-- A claim counts its replica's live leases: without this, a scan of every run ever queued.
+CREATE INDEX run_queue_by_owner ON run_queue (owner) WHERE state = 'leased';
 
 -- The fencing check: every write made on behalf of a lease (journal appends, ledger operations)
 -- runs `SELECT impresario_fence(run, epoch)` first, in the same transaction. It raises SQLSTATE

@@ -4,10 +4,13 @@
 //! processes would be.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Runtime};
-use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError, MIGRATION};
+use impresario_pg::database::Database;
+use impresario_pg::queue::{fence, Lease, Queue, QueueConfig, QueueError};
+use impresario_pg::schema::SCHEMA_VERSION;
 use impresario_pg::test_cluster;
 use tokio_postgres::NoTls;
 
@@ -16,16 +19,20 @@ async fn database(name: &str) -> String {
     install(test_cluster::shared().create_database(name)).await
 }
 
-/// Creates the queue's schema and a table standing for the journal's and the ledger's writes
-/// (`effects`) in the database at `url`; returns `url`.
+/// Brings the database at `url` to the current schema (the journal's migrations, the queue's
+/// among them) and adds a table standing for the journal's and the ledger's writes (`effects`);
+/// returns `url`.
 async fn install(url: String) -> String {
+    let migrate = url.clone();
+    tokio::task::spawn_blocking(move || Database::connect(&migrate).map(drop))
+        .await
+        .unwrap()
+        .unwrap();
     pool(&url)
         .get()
         .await
         .unwrap()
-        .batch_execute(&format!(
-            "{MIGRATION}; CREATE TABLE effects (run_id text, epoch bigint, note text)"
-        ))
+        .batch_execute("CREATE TABLE effects (run_id text, epoch bigint, note text)")
         .await
         .unwrap();
     url
@@ -370,4 +377,77 @@ async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire_o
     ));
     write(&url, &taken[0], "b").await.unwrap();
     assert_eq!(effects(&url).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_left_open_by_a_paused_replica_ends_with_idle_in_transaction_session_timeout() {
+    let url = database("queue_idle_in_transaction").await;
+    let (a, b) = (
+        replica(&url, "a", 1, Duration::from_millis(200)),
+        replica(&url, "b", 1, Duration::from_secs(60)),
+    );
+    enqueue(&a, 0..1).await;
+    let lease = a.claim().await.unwrap().remove(0);
+
+    // a fences a write, then stalls inside the transaction (as a paused process would).
+    let pool = pool(&url);
+    let mut client = pool.get().await.unwrap();
+    client
+        .batch_execute("SET idle_in_transaction_session_timeout = '1s'")
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    fence(&tx, &lease).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await; // expired, but still locked
+    assert!(
+        b.claim().await.unwrap().is_empty(),
+        "claimed under a's lock"
+    );
+
+    // PostgreSQL ends a's session after the timeout; then b takes the run over.
+    let mut taken = Vec::new();
+    for _ in 0..100 {
+        taken = b.claim().await.unwrap();
+        if !taken.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(taken.first().map(|l| l.epoch), Some(2), "{taken:?}");
+    assert!(tx.commit().await.is_err(), "a's stalled write committed");
+    assert!(effects(&url).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_migrated_with_the_journal_and_runs_on_its_database_thread() {
+    let pg = test_cluster::shared();
+    let url = pg.create_database("queue_on_database");
+    let connect = url.clone();
+    let db = tokio::task::spawn_blocking(move || Database::connect(&connect))
+        .await
+        .unwrap()
+        .unwrap();
+    let version = pg
+        .psql(&url, "SELECT version FROM impresario_schema")
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    assert_eq!(
+        pg.psql(&url, "SELECT count(*) FROM run_queue").unwrap(),
+        "0"
+    );
+
+    // As serve will: the queue on the journal's pool, its futures on the database's thread.
+    let queue = Arc::new(Queue::new(db.pool().clone(), QueueConfig::new("a")).unwrap());
+    let q = queue.clone();
+    let claimed = db
+        .spawn(async move {
+            q.enqueue("r", "acme").await?;
+            q.claim().await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].run.as_str(), claimed[0].epoch), ("r", 1));
+    tokio::task::spawn_blocking(move || drop(db)).await.unwrap();
 }
