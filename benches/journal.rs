@@ -1,8 +1,10 @@
 //! Journal append benchmark: appends/s and p50/p99 append latency of `SqliteJournal` with 1 and
 //! 16 concurrent appenders (group commit), against raw rusqlite doing one INSERT per transaction
-//! with the same pragmas (WAL, synchronous=FULL), in files of the same directory.
-//! Run with `cargo bench --bench journal`; `IMPRESARIO_BENCH_DIR` picks the directory (default:
-//! the system temp dir).
+//! with the same pragmas (WAL, synchronous=FULL), in files of the same directory; then
+//! `PgJournal` (impresario-pg) on a throwaway local PostgreSQL server (fsync and
+//! synchronous_commit on, its defaults; data in the temp dir) against `SqliteJournal` in the
+//! same run. Run with `cargo bench --bench journal`; `IMPRESARIO_BENCH_DIR` picks the SQLite
+//! directory (default: the system temp dir).
 
 // A benchmark's setup and measurement loop is a script, longer than the 60 lines product code
 // may have (clippy::too_many_lines, workspace lint).
@@ -15,6 +17,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{fmt, median, quantile};
+use impresario_pg::test_cluster::TestCluster;
+use impresario_pg::PgJournal;
 use impresario_runtime::journal::{Journal, RunEvent, SqliteJournal};
 use impresario_runtime::RunId;
 use serde_json::json;
@@ -90,8 +94,8 @@ fn remove_db(path: &Path) {
     }
 }
 
-/// `appenders` tasks, each appending `per` events to a run of its own, all at once.
-fn journal_sample(
+/// A sample of a fresh SQLite journal at `path` ([`journal_sample`]).
+fn sqlite_sample(
     rt: &tokio::runtime::Runtime,
     path: &Path,
     appenders: usize,
@@ -99,6 +103,33 @@ fn journal_sample(
 ) -> Sample {
     remove_db(path);
     let journal = Arc::new(SqliteJournal::open(path).unwrap());
+    let sample = journal_sample(rt, journal, appenders, per);
+    remove_db(path);
+    sample
+}
+
+/// A sample of a PostgreSQL journal in a fresh database of `pg` ([`journal_sample`]).
+fn postgres_sample(
+    rt: &tokio::runtime::Runtime,
+    pg: &TestCluster,
+    appenders: usize,
+    per: usize,
+) -> Sample {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let url = pg.create_database(&format!("bench_{}", N.fetch_add(1, Ordering::Relaxed)));
+    let journal = Arc::new(PgJournal::connect(&url).unwrap());
+    journal_sample(rt, journal, appenders, per)
+}
+
+/// `appenders` tasks, each appending `per` events to a run of its own, all at once; the
+/// journal is closed (its queue drained) before this returns.
+fn journal_sample(
+    rt: &tokio::runtime::Runtime,
+    journal: Arc<dyn Journal>,
+    appenders: usize,
+    per: usize,
+) -> Sample {
     let sample = rt.block_on(async {
         let runs: Vec<RunId> = (0..appenders)
             .map(|a| RunId::new(format!("run-{a}")))
@@ -137,7 +168,6 @@ fn journal_sample(
         }
     });
     drop(journal);
-    remove_db(path);
     sample
 }
 
@@ -258,9 +288,13 @@ fn main() {
     let mut journal_16 = Vec::new();
     let mut shared_16 = Vec::new();
     let mut own_16 = Vec::new();
+    let mut pg_1 = Vec::new();
+    let mut pg_16 = Vec::new();
+    let pg = TestCluster::start();
     for _ in 0..SAMPLES {
         raw_1.push(raw_sample(&path, Raw::Shared, 1, SEQUENTIAL_APPENDS));
-        journal_1.push(journal_sample(&rt, &path, 1, SEQUENTIAL_APPENDS));
+        journal_1.push(sqlite_sample(&rt, &path, 1, SEQUENTIAL_APPENDS));
+        pg_1.push(postgres_sample(&rt, &pg, 1, SEQUENTIAL_APPENDS));
         shared_16.push(raw_sample(
             &path,
             Raw::Shared,
@@ -268,7 +302,8 @@ fn main() {
             CONCURRENT_APPENDS,
         ));
         own_16.push(raw_sample(&path, Raw::Own, CONCURRENT, CONCURRENT_APPENDS));
-        journal_16.push(journal_sample(&rt, &path, CONCURRENT, CONCURRENT_APPENDS));
+        journal_16.push(sqlite_sample(&rt, &path, CONCURRENT, CONCURRENT_APPENDS));
+        pg_16.push(postgres_sample(&rt, &pg, CONCURRENT, CONCURRENT_APPENDS));
     }
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -283,9 +318,10 @@ fn main() {
         &raw_1,
         None,
     );
+    let journal_1 = summarize(&mut journal_1);
     report(
         &format!("SqliteJournal, 1 appender x {SEQUENTIAL_APPENDS}"),
-        &summarize(&mut journal_1),
+        &journal_1,
         Some(&raw_1),
     );
     report(
@@ -298,9 +334,21 @@ fn main() {
         &summarize(&mut own_16),
         Some(&shared_16),
     );
+    let journal_16 = summarize(&mut journal_16);
     report(
         &format!("SqliteJournal, {CONCURRENT} appenders x {CONCURRENT_APPENDS}"),
-        &summarize(&mut journal_16),
+        &journal_16,
         Some(&shared_16),
+    );
+    println!("# PostgreSQL (local server, fsync on), ratios against SqliteJournal above");
+    report(
+        &format!("PgJournal, 1 appender x {SEQUENTIAL_APPENDS}"),
+        &summarize(&mut pg_1),
+        Some(&journal_1),
+    );
+    report(
+        &format!("PgJournal, {CONCURRENT} appenders x {CONCURRENT_APPENDS}"),
+        &summarize(&mut pg_16),
+        Some(&journal_16),
     );
 }

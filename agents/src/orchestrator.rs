@@ -197,9 +197,14 @@ impl Orchestrator {
     /// Charges what the journal says was spent, so that tenant and global ceilings hold across
     /// restarts: a finished run's spend on its tenant's account; an unfinished run's on its own
     /// account (opened here, so resuming it does not charge its journaled answers twice).
-    /// Runs the journal no longer holds (deleted by retention) are not counted.
+    /// What runs deleted by retention had spent is kept by the journal per tenant
+    /// ([`Journal::carried_spend`]) and charged on the tenant too.
     fn rebuild_spend(&self) -> Result<(), SubmitError> {
         let (ledger, journal) = (&self.inner.ledger, &self.inner.journal);
+        for (tenant, spent) in journal.carried_spend()? {
+            let tenant = ledger.tenant(&TenantId::new(tenant.as_str()));
+            ledger.path(tenant.id())?.record(spent);
+        }
         for summary in journal.runs(&RunFilter::all())? {
             let spent = journal
                 .read(&summary.run)?

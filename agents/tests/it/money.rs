@@ -13,7 +13,7 @@ use impresario_agents::{
     SubmitError, ToolRegistry,
 };
 use impresario_runtime::halt::{HaltMode, HaltReason};
-use impresario_runtime::journal::{Journal, RunEvent, SqliteJournal};
+use impresario_runtime::journal::{Journal, RetentionPolicy, RunEvent, SqliteJournal};
 use impresario_runtime::ledger::{AccountId, Ceilings, Charge, Ledger};
 use impresario_runtime::{RunId, Runtime, RuntimeHandle};
 use serde_json::json;
@@ -279,5 +279,50 @@ async fn a_run_budget_above_the_largest_is_refused_naming_the_field() {
         "nothing journaled"
     );
     assert_eq!(requests.load(Ordering::SeqCst), 0);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spend_of_runs_deleted_by_retention_survives_a_restart() {
+    let answers = vec![answer("1"), answer("2"), answer("3")];
+    let (url, _) = fake_openai_with(answers).await;
+    let dir = TempDir::new("carried");
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let first = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+    let mut spent = 0;
+    for tenant in ["acme", "acme", "beta"] {
+        let done = first.submit(request(tenant)).await.unwrap().wait().await;
+        assert!(matches!(done.state, RunState::Succeeded { .. }), "{done:?}");
+        spent += done.usage.micro_usd;
+    }
+    assert_eq!(spent, 3 * 140);
+    // Retention keeps the last ended run only: acme's two are deleted, with their events.
+    let keep_one = RetentionPolicy {
+        max_age: None,
+        max_finished_runs: Some(1),
+        include_halted: false,
+    };
+    let report = first.journal().apply_retention(&keep_one).await.unwrap();
+    assert_eq!(report.runs_deleted, 2);
+    drop(first);
+    rt.shutdown(Duration::from_secs(5)).await;
+
+    // A new process rebuilds each tenant's spend: acme's from what retention carried over.
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let second = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+    let ledger = second.ledger();
+    assert_eq!(
+        ledger.tenant_budget(&"acme".into()).spent,
+        2 * 140,
+        "carried over"
+    );
+    assert_eq!(
+        ledger.tenant_budget(&"beta".into()).spent,
+        140,
+        "still journaled"
+    );
+    let global = ledger.account(&AccountId::Global).unwrap().snapshot().spent;
+    assert_eq!(global.micro_usd, 3 * 140);
+    assert_eq!(global.model_calls, 3);
     rt.shutdown(Duration::from_secs(5)).await;
 }

@@ -53,6 +53,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
+use crate::ledger::Charge;
 use crate::RunId;
 
 mod event;
@@ -419,8 +420,16 @@ pub trait Journal: Send + Sync {
     /// The runs `filter` selects, oldest first.
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError>;
 
-    /// Deletes the runs `policy` selects and compacts the storage.
+    /// Deletes the runs `policy` selects and compacts the storage. A journal that keeps what
+    /// the deleted runs spent ([`Journal::carried_spend`]) adds it in the same transaction.
     fn apply_retention(&self, policy: &RetentionPolicy) -> JournalFuture<RetentionReport>;
+
+    /// What the runs deleted by retention had spent, per tenant (their events' charges), so a
+    /// tenant's spend is rebuilt whole after a restart. The default keeps nothing: a journal
+    /// that does not outlive its process (`MemoryJournal`) has nothing to rebuild.
+    fn carried_spend(&self) -> Result<Vec<(String, Charge)>, JournalError> {
+        Ok(Vec::new())
+    }
 
     /// Writes durably without changing any run, behind the appends already queued: fails when
     /// the storage cannot be written (disk full, read-only file). Readiness asks this.

@@ -37,6 +37,7 @@ use super::{
     empty_batch, in_batch, Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy,
     RetentionReport, RunEvent, RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
 };
+use crate::ledger::Charge;
 use crate::RunId;
 
 /// Schema migrations: `MIGRATIONS[i]` takes a file from schema version `i` to `i + 1`. Append
@@ -66,6 +67,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_key ON events (run_id, idem_key) WHERE idem_key IS NOT NULL;
     CREATE UNIQUE INDEX one_result_per_key ON events (run_id, idem_key)
         WHERE kind = 'tool_result';",
+    // 2: what the runs retention deleted had spent, per tenant.
+    "CREATE TABLE spend_carried (
+        tenant      TEXT PRIMARY KEY NOT NULL,
+        micro_usd   INTEGER NOT NULL,
+        tokens      INTEGER NOT NULL,
+        model_calls INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes, and the newest it opens.
@@ -447,6 +455,7 @@ impl Writer {
         );
         let mut report = RetentionReport::default();
         for run in &doomed {
+            carry_spend(&tx, run)?;
             report.events_deleted += tx
                 .execute("DELETE FROM events WHERE run_id = ?1", [run.as_str()])
                 .map_err(&err)? as u64;
@@ -645,6 +654,57 @@ fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
     (sql, args)
 }
 
+/// The stored events of `run`, in order, not decoded yet.
+fn raw_events(conn: &Connection, run: &RunId) -> rusqlite::Result<Vec<RawEvent>> {
+    conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE run_id = ?1 ORDER BY seq"
+    ))?
+    .query_map([run.as_str()], RawEvent::from_row)?
+    .collect()
+}
+
+/// `rows`, the stored events of `run`, validated and decoded (numbered from 1, no gap).
+fn decode_all(run: &RunId, rows: &[RawEvent]) -> Result<Vec<JournalEntry>, JournalError> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| row.decode(run, i as Seq + 1))
+        .collect()
+}
+
+/// Adds what `run` spent (the charges of its events) to its tenant's carried spend, in the
+/// retention's transaction, before the run is deleted: a tenant's spend survives retention.
+fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<(), JournalError> {
+    let err = io("carrying a deleted run's spend over");
+    let tenant: String = tx
+        .query_row(
+            "SELECT tenant FROM runs WHERE run_id = ?1",
+            [run.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(&err)?;
+    let rows = raw_events(tx, run).map_err(&err)?;
+    let spent = decode_all(run, &rows)?
+        .iter()
+        .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
+    if spent.is_zero() {
+        return Ok(());
+    }
+    let amount = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    tx.execute(
+        "INSERT INTO spend_carried (tenant, micro_usd, tokens, model_calls) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (tenant) DO UPDATE SET micro_usd = micro_usd + excluded.micro_usd,
+             tokens = tokens + excluded.tokens, model_calls = model_calls + excluded.model_calls",
+        params![
+            tenant,
+            amount(spent.micro_usd),
+            amount(spent.tokens),
+            amount(spent.model_calls)
+        ],
+    )
+    .map_err(&err)?;
+    Ok(())
+}
+
 /// An event row as stored, before validation (any column may hold anything).
 struct RawEvent([SqlValue; 5]);
 
@@ -694,6 +754,26 @@ impl RawEvent {
 }
 
 impl Journal for SqliteJournal {
+    /// What the runs retention deleted had spent, per tenant.
+    fn carried_spend(&self) -> Result<Vec<(String, Charge)>, JournalError> {
+        self.with_reader("reading the spend retention carried over", |conn| {
+            conn.prepare_cached("SELECT tenant, micro_usd, tokens, model_calls FROM spend_carried")?
+                .query_map([], |r| {
+                    let amount =
+                        |i: usize| r.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        Charge {
+                            micro_usd: amount(1)?,
+                            tokens: amount(2)?,
+                            model_calls: amount(3)?,
+                        },
+                    ))
+                })?
+                .collect()
+        })
+    }
+
     fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<Seq> {
         // Serialize here, on the caller's thread, so the writer only writes.
         let bodies = match serialize_batch(run, events) {
@@ -715,17 +795,8 @@ impl Journal for SqliteJournal {
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
-        let rows = self.with_reader("reading a run", |conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE run_id = ?1 ORDER BY seq"
-            ))?
-            .query_map([run.as_str()], RawEvent::from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        rows.iter()
-            .enumerate()
-            .map(|(i, row)| row.decode(run, i as Seq + 1))
-            .collect()
+        let rows = self.with_reader("reading a run", |conn| raw_events(conn, run))?;
+        decode_all(run, &rows)
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
