@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{Pool, Transaction};
 use impresario_runtime::journal::backend::{
-    check_append, decode, empty_batch, in_batch, now_ms, serialize_batch, to_ms, KeyUse, RunHead,
-    StoredEvent, StoredRun,
+    check_append, decode, empty_batch, gather, in_batch, now_ms, serialize_batch, to_ms, Append,
+    Command, KeyUse, Reply, RunHead, StoredEvent, StoredRun,
 };
 use impresario_runtime::journal::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
@@ -64,26 +64,6 @@ impl Drop for Shared {
             let _ = done.recv();
         }
     }
-}
-
-type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
-
-enum Command {
-    Append(Append),
-    Retention {
-        policy: RetentionPolicy,
-        reply: Reply<RetentionReport>,
-    },
-    Probe {
-        reply: Reply<()>,
-    },
-}
-
-/// Events of one run to append in one transaction, serialized, and who waits for the result.
-struct Append {
-    run: RunId,
-    events: Vec<(RunEvent, String)>,
-    reply: Reply<Seq>,
 }
 
 impl PgJournal {
@@ -183,17 +163,8 @@ impl Writer {
             };
             match command {
                 Command::Append(first) => {
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP {
-                        match commands.try_recv() {
-                            Ok(Command::Append(append)) => group.push(append),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let group;
+                    (group, next) = gather(*first, MAX_GROUP, || commands.try_recv().ok());
                     self.append_group(group).await;
                 }
                 Command::Retention { policy, reply } => {
@@ -260,7 +231,7 @@ impl Writer {
             for append in group {
                 let result = write_append(&tx, append, at_ms).await?;
                 if let (Ok(seq), None) = (&result, &check) {
-                    check = Some(append.probe(*seq));
+                    check = Some(commit_probe(append, *seq));
                 }
                 results.push(result);
             }
@@ -307,16 +278,14 @@ impl Uncertain {
     }
 }
 
-impl Append {
-    /// What to look for to know whether this append, written as ending at `last`, committed.
-    fn probe(&self, last: Seq) -> (String, i64, String) {
-        let body = self
-            .events
-            .last()
-            .map(|(_, b)| b.clone())
-            .unwrap_or_default();
-        (self.run.as_str().to_owned(), last as i64, body)
-    }
+/// What to look for to know whether `append`, written as ending at `last`, committed.
+fn commit_probe(append: &Append, last: Seq) -> (String, i64, String) {
+    let body = append
+        .events
+        .last()
+        .map(|(_, b)| b.clone())
+        .unwrap_or_default();
+    (append.run.as_str().to_owned(), last as i64, body)
 }
 
 /// Checks and writes one append (its events all or none). Outer error: storage failed; inner:
@@ -631,7 +600,7 @@ impl Journal for PgJournal {
             Err(refused) => return JournalFuture::ready(Err(refused)),
         };
         let run = run.clone();
-        self.send(|reply| Command::Append(Append { run, events, reply }))
+        self.send(|reply| Command::Append(Box::new(Append { run, events, reply })))
     }
 
     fn commits(&self) -> u64 {

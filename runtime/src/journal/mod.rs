@@ -59,6 +59,7 @@ use crate::RunId;
 mod event;
 mod memory;
 mod sqlite;
+mod writer;
 
 pub use crate::outcome::RunOutcome;
 pub use event::{RunEvent, ToolOutcome, EVENT_VERSION};
@@ -73,6 +74,7 @@ pub mod backend {
         check_append, decode, from_ms, now_ms, serialize_batch, to_ms, KeyUse, RunHead,
         StoredEvent, StoredRun,
     };
+    pub use super::writer::{gather, Append, Command, Reply};
     pub use super::{empty_batch, in_batch};
 }
 

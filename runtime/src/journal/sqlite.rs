@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 use super::event::{
     check_append, decode, now_ms, serialize_batch, to_ms, KeyUse, RunHead, StoredEvent, StoredRun,
 };
+use super::writer::{gather, Append, Command, Reply};
 use super::{
     empty_batch, in_batch, Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy,
     RetentionReport, RunEvent, RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
@@ -126,27 +127,6 @@ impl Drop for Shared {
             let _ = writer.join();
         }
     }
-}
-
-type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
-
-enum Command {
-    // Boxed: an append is a few hundred bytes, the other commands a few dozen.
-    Append(Box<Append>),
-    Retention {
-        policy: RetentionPolicy,
-        reply: Reply<RetentionReport>,
-    },
-    Probe {
-        reply: Reply<()>,
-    },
-}
-
-/// One [`Journal::append_batch`]: its events in order, each with its serialized body.
-struct Append {
-    run: RunId,
-    events: Vec<(RunEvent, String)>,
-    reply: Reply<Seq>,
 }
 
 fn io(context: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
@@ -347,17 +327,8 @@ impl Writer {
             match command {
                 Command::Append(first) => {
                     // Group commit: everything queued while the last commit was syncing.
-                    let mut group = vec![*first];
-                    while group.len() < MAX_GROUP {
-                        match commands.try_recv() {
-                            Ok(Command::Append(a)) => group.push(*a),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let group;
+                    (group, next) = gather(*first, MAX_GROUP, || commands.try_recv().ok());
                     self.commit_group(group);
                 }
                 Command::Retention { policy, reply } => {
