@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::embed::{cosine, Embedder};
 use super::persistent::MemoryDb;
-use super::rank::{tokenize, Bm25Index};
+use super::rank::{best_first, tokenize, Bm25Index, Ties};
 use super::MemoryError;
 
 /// How the run a record comes from ended.
@@ -112,6 +112,20 @@ struct Store {
     records: Vec<MemoryRecord>,
     bm25: Bm25Index,
     vectors: Vec<Vec<f32>>,
+    /// Whether some record is older (`at`) than one remembered before it: then a later record
+    /// does not always win a tie, and BM25 recall cannot stop early on ties.
+    out_of_order: bool,
+}
+
+impl Store {
+    /// How ties rank among the records ([`Ties::LaterFirst`] while remembered in time order).
+    fn ties(&self) -> Ties {
+        if self.out_of_order {
+            Ties::Other
+        } else {
+            Ties::LaterFirst
+        }
+    }
 }
 
 /// Memory across runs, shared by every run of a process (`Arc<LongTermMemory>`; all methods
@@ -224,6 +238,9 @@ impl LongTermMemory {
             }
             Some(v) => store.vectors.push(v),
         }
+        if store.records.last().is_some_and(|last| last.at > record.at) {
+            store.out_of_order = true;
+        }
         store.records.push(record);
         Ok(id)
     }
@@ -263,16 +280,15 @@ impl LongTermMemory {
             return db.search(tenant, query, k);
         }
         let store = self.read();
-        let scored: Vec<(u32, f64)> = match &query_vector {
-            None => store.bm25.score(query),
-            Some(q) => store
-                .vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as u32, cosine(q, v)))
-                .collect(),
+        let order = rank_order(&store.records);
+        let best = match &query_vector {
+            None => store.bm25.top(query, k, store.ties(), order),
+            Some(q) => {
+                let scored = store.vectors.iter().enumerate();
+                let scored = scored.map(|(i, v)| (i as u32, cosine(q, v))).collect();
+                best_first(scored, k, order)
+            }
         };
-        let best = top_k(scored, k, &store.records);
         Ok(best
             .into_iter()
             .map(|(i, score)| Recalled {
@@ -330,19 +346,13 @@ async fn embed_one(embedder: &dyn Embedder, text: String) -> Result<Vec<f32>, Me
     Ok(vector)
 }
 
-/// The `k` best of `scored`, best first: higher score, then newer `at`, then higher id.
-fn top_k(mut scored: Vec<(u32, f64)>, k: usize, records: &[MemoryRecord]) -> Vec<(u32, f64)> {
-    let order = |a: &(u32, f64), b: &(u32, f64)| -> Ordering {
+/// How recalled records rank, best first: higher score, then newer `at`, then higher id.
+fn rank_order(records: &[MemoryRecord]) -> impl Fn(&(u32, f64), &(u32, f64)) -> Ordering + '_ {
+    |a, b| {
         b.1.total_cmp(&a.1)
             .then_with(|| records[b.0 as usize].at.cmp(&records[a.0 as usize].at))
             .then_with(|| b.0.cmp(&a.0))
-    };
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k - 1, order);
-        scored.truncate(k);
     }
-    scored.sort_unstable_by(order);
-    scored
 }
 
 #[cfg(test)]
@@ -364,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn top_k_breaks_ties_by_newer_then_id() {
+    fn recall_breaks_ties_by_newer_then_id() {
         let records = vec![
             record("a", "", Outcome::Succeeded, "", 10),
             record("b", "", Outcome::Succeeded, "", 30),
@@ -372,18 +382,46 @@ mod tests {
             record("d", "", Outcome::Succeeded, "", 20),
         ];
         let scored = vec![(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0)];
-        let ids: Vec<u32> = top_k(scored.clone(), 4, &records)
+        let ids: Vec<u32> = best_first(scored.clone(), 4, rank_order(&records))
             .into_iter()
             .map(|(i, _)| i)
             .collect();
         assert_eq!(ids, [2, 1, 3, 0]);
-        let ids: Vec<u32> = top_k(scored, 2, &records)
+        let ids: Vec<u32> = best_first(scored, 2, rank_order(&records))
             .into_iter()
             .map(|(i, _)| i)
             .collect();
         assert_eq!(ids, [2, 1], "selection keeps the same order");
         let mixed = vec![(0, 3.0), (1, 0.5), (2, 2.0)];
-        assert_eq!(top_k(mixed, 2, &records), [(0, 3.0), (2, 2.0)]);
+        assert_eq!(
+            best_first(mixed, 2, rank_order(&records)),
+            [(0, 3.0), (2, 2.0)]
+        );
+    }
+
+    #[test]
+    fn recall_ranks_the_newest_first_when_records_come_out_of_time_order() {
+        let memory = LongTermMemory::new();
+        let remember = |secs| {
+            let record = record("deploy", "same text", Outcome::Succeeded, "", secs);
+            futures_util::FutureExt::now_or_never(memory.remember(record))
+                .expect("in-process memory does not wait")
+                .unwrap()
+        };
+        // Remembered newest first (imported, say): the earliest remembered is the newest.
+        for secs in (0..50).rev() {
+            remember(secs);
+        }
+        let recall = |k| {
+            futures_util::FutureExt::now_or_never(memory.recall("deploy", k))
+                .expect("in-process memory does not wait")
+                .unwrap()
+        };
+        let ids: Vec<u64> = recall(2).iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, [0, 1], "newest `at` first, not the last remembered");
+        // Back in time order from here on: the newest is the last remembered.
+        remember(100);
+        assert_eq!(recall(1)[0].id, RecordId(50));
     }
 
     #[test]
