@@ -44,7 +44,9 @@ pub use budget::{
 };
 pub use embed::{cosine, Embedder, HashingEmbedder};
 pub use long_term::{LongTermMemory, MemoryRecord, Outcome, Recalled, RecordId};
-pub use persistent::{MemoryDb, Retention};
+pub use persistent::{
+    index_terms, MemoryDb, Retention, MAX_CANDIDATES, MAX_INDEXED_TERMS, MAX_QUERY_TERMS,
+};
 pub use working::{Clock, ManualClock, SystemClock, WorkingMemory};
 
 use impresario_runtime::llm::LlmError;

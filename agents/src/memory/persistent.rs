@@ -3,11 +3,28 @@
 //!
 //! One [`MemoryDb`] holds every tenant's records; [`MemoryDb::tenant`] gives the
 //! [`LongTermMemory`] of one tenant, which stores and recalls that tenant's records only (every
-//! query filters on the tenant column: no other tenant's record can come back, whatever the
-//! query). Records survive a restart: open the same file again.
+//! query is scoped to the tenant: no other tenant's record can come back, whatever the query).
+//! Records survive a restart: open the same file again.
+//!
+//! What recall costs is bounded, whatever the size of the records and of other tenants' data:
+//! - the full-text index holds each record's distinct words ([`index_terms`]), at most
+//!   [`MAX_INDEXED_TERMS`], not its text: ranking a record walks one instance per query word,
+//!   however often a 20 KB record repeats it (term frequency is not used; BM25 keeps IDF and
+//!   length normalization);
+//! - the tenant is a column of the index, matched inside the FTS5 query, so other tenants'
+//!   rows are skipped in the index and never ranked;
+//! - at most [`MAX_CANDIDATES`] of the tenant's matching records (the newest) are ranked;
+//! - once the memory holds more records than that, query words found in more than half of all
+//!   records are dropped (BM25 gives them no weight: FTS5 clamps their IDF to 1e-6), keeping
+//!   the rarest word if all are common, so the candidates are the records sharing a telling
+//!   word.
 //!
 //! Retention runs at every `remember`: records of the tenant older than `max_age` are deleted,
 //! then the oldest beyond `max_records`.
+//!
+//! The file's schema version is SQLite's `user_version`: version 0 (the earlier full-text
+//! index of whole texts) is migrated when opened, its index rebuilt from the stored records
+//! (none is lost); a newer version is refused, untouched.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +36,9 @@ use super::long_term::{LongTermMemory, MemoryRecord, Recalled, RecordId};
 use super::rank::tokenize;
 use super::MemoryError;
 
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS memory (
         id INTEGER PRIMARY KEY,
@@ -27,11 +47,22 @@ const SCHEMA: &str = "
         record TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS memory_by_tenant ON memory (tenant, at_ms);
-    CREATE VIRTUAL TABLE IF NOT EXISTS memory_text USING fts5 (text, tokenize = 'unicode61');
+    DROP TABLE IF EXISTS memory_text;
+    CREATE VIRTUAL TABLE IF NOT EXISTS memory_terms USING fts5 (
+        scope, terms, tokenize = 'unicode61'
+    );
+    CREATE VIRTUAL TABLE IF NOT EXISTS memory_vocab USING fts5vocab (memory_terms, 'row');
 ";
 
 /// Recall matches at most this many distinct words of its query (the first ones).
 pub const MAX_QUERY_TERMS: usize = 32;
+
+/// A record is indexed by at most this many distinct words (the first ones of its
+/// [`search_text`](MemoryRecord::search_text)).
+pub const MAX_INDEXED_TERMS: usize = 2_000;
+
+/// Recall ranks at most this many of the tenant's matching records: the newest.
+pub const MAX_CANDIDATES: usize = 1_000;
 
 /// How much long-term memory each tenant keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,14 +103,17 @@ fn storage(e: impl std::fmt::Display) -> MemoryError {
 }
 
 impl MemoryDb {
-    /// Opens (creating if missing) the memory file at `path`.
+    /// Opens (creating if missing) the memory file at `path`, migrating a file of an earlier
+    /// version (its records kept, its index rebuilt). A file of a newer version is refused
+    /// ([`MemoryError::Storage`]) and left untouched.
     pub fn open(path: impl AsRef<Path>, retention: Retention) -> Result<Self, MemoryError> {
         let path = path.as_ref();
-        let conn = Connection::open(path)
+        let mut conn = Connection::open(path)
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL;")
-            .and_then(|()| conn.execute_batch(SCHEMA))
-            .map_err(|e| storage(format!("cannot set up {}: {e}", path.display())))?;
+        migrate(&mut conn).map_err(|e| match e {
+            MemoryError::Storage(why) => storage(format!("{}: {why}", path.display())),
+            other => other,
+        })?;
         Ok(MemoryDb {
             conn: Arc::new(Mutex::new(conn)),
             retention,
@@ -111,49 +145,52 @@ impl MemoryDb {
         )
         .map_err(storage)?;
         let id = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO memory_text (rowid, text) VALUES (?1, ?2)",
-            params![id, record.search_text()],
-        )
-        .map_err(storage)?;
+        index(&tx, id, tenant, record)?;
         apply_retention(&tx, tenant, self.retention, SystemTime::now())?;
         tx.commit().map_err(storage)?;
         Ok(RecordId(u64::try_from(id).unwrap_or_default()))
     }
 
-    /// The `k` records of `tenant` most relevant to `query` (FTS5 BM25), best first; ties go
-    /// to the newer record, then the later stored.
+    /// The `k` records of `tenant` most relevant to `query` (FTS5 BM25 over the newest
+    /// [`MAX_CANDIDATES`] matching records), best first; ties go to the newer record, then the
+    /// later stored.
     pub(crate) fn search(
         &self,
         tenant: &str,
         query: &str,
         k: usize,
     ) -> Result<Vec<Recalled>, MemoryError> {
-        // Every word quoted, any of them matching: no FTS5 syntax reaches the query. A long
-        // query (a 20 KB goal) is cut to its first distinct words: an OR of thousands of terms
-        // costs seconds per recall.
-        let mut terms: Vec<String> = Vec::new();
-        for term in tokenize(query) {
-            let quoted = format!("\"{term}\"");
-            if !terms.contains(&quoted) {
-                terms.push(quoted);
-            }
-            if terms.len() == MAX_QUERY_TERMS {
-                break;
-            }
-        }
         let conn = self.lock();
+        let terms = telling_terms(&conn, query)?;
+        // Every word quoted, any of them matching, within the tenant's rows: no FTS5 syntax
+        // from the query reaches the expression.
+        let quoted: Vec<String> = terms.iter().map(|t| format!("\"{t}\"")).collect();
+        let expression = format!(
+            "scope : \"{}\" AND terms : ({})",
+            scope_token(tenant),
+            quoted.join(" OR ")
+        );
+        let cap = i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX);
+        // The oldest rowid among the newest `cap` matches: found without ranking anything.
+        let floor = conn
+            .prepare_cached(
+                "SELECT min(rowid) FROM (SELECT rowid FROM memory_terms
+                 WHERE memory_terms MATCH ?1 ORDER BY rowid DESC LIMIT ?2)",
+            )
+            .and_then(|mut s| s.query_row(params![expression, cap], |r| r.get::<_, Option<i64>>(0)))
+            .map_err(storage)?
+            .unwrap_or(i64::MAX);
         let mut statement = conn
             .prepare_cached(
-                "SELECT m.id, m.record, bm25(memory_text) AS rank
-                 FROM memory_text JOIN memory m ON m.id = memory_text.rowid
-                 WHERE memory_text MATCH ?1 AND m.tenant = ?2
+                "SELECT m.id, m.record, bm25(memory_terms, 0.0, 1.0) AS rank
+                 FROM memory_terms JOIN memory m ON m.id = memory_terms.rowid
+                 WHERE memory_terms MATCH ?1 AND memory_terms.rowid >= ?2
                  ORDER BY rank, m.at_ms DESC, m.id DESC LIMIT ?3",
             )
             .map_err(storage)?;
         let limit = i64::try_from(k).unwrap_or(i64::MAX);
         let rows = statement
-            .query_map(params![terms.join(" OR "), tenant, limit], |row| {
+            .query_map(params![expression, floor, limit], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,
@@ -217,7 +254,7 @@ fn apply_retention(
         .map_err(storage)?;
     }
     conn.execute_batch(
-        "DELETE FROM memory_text WHERE rowid IN (SELECT id FROM doomed);
+        "DELETE FROM memory_terms WHERE rowid IN (SELECT id FROM doomed);
          DELETE FROM memory WHERE id IN (SELECT id FROM doomed);",
     )
     .map_err(storage)
@@ -226,4 +263,115 @@ fn apply_retention(
 fn unix_ms(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Brings the file to [`SCHEMA_VERSION`] in one transaction: creates it, or rebuilds the index
+/// of a version-0 file from its stored records. Refuses a newer version untouched.
+fn migrate(conn: &mut Connection) -> Result<(), MemoryError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(storage)?;
+    if version > SCHEMA_VERSION {
+        return Err(storage(format!(
+            "the memory file is of schema version {version}, newer than this build's \
+             ({SCHEMA_VERSION}); left untouched: run the newer impresario, or point \
+             memory.path at another file"
+        )));
+    }
+    conn.execute_batch("PRAGMA journal_mode = WAL;")
+        .map_err(storage)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(storage)?;
+    tx.execute_batch(SCHEMA).map_err(storage)?;
+    let stored: Vec<(i64, String, String)> = {
+        let mut all = tx
+            .prepare("SELECT id, tenant, record FROM memory ORDER BY id")
+            .map_err(storage)?;
+        let rows = all
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)?
+    };
+    for (id, tenant, json) in stored {
+        let record: MemoryRecord = serde_json::from_str(&json).map_err(|e| {
+            storage(format!(
+                "memory record {id} does not read back ({e}); nothing was migrated"
+            ))
+        })?;
+        index(&tx, id, &tenant, &record)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(storage)?;
+    tx.commit().map_err(storage)
+}
+
+/// Indexes record `id` of `tenant`: its scope token and its distinct words.
+fn index(
+    conn: &Connection,
+    id: i64,
+    tenant: &str,
+    record: &MemoryRecord,
+) -> Result<(), MemoryError> {
+    conn.execute(
+        "INSERT INTO memory_terms (rowid, scope, terms) VALUES (?1, ?2, ?3)",
+        params![id, scope_token(tenant), index_terms(record).join(" ")],
+    )
+    .map(drop)
+    .map_err(storage)
+}
+
+/// The one word standing for `tenant` in the index: `t` and the hex of its bytes (distinct
+/// tenants never share it, whatever their punctuation).
+fn scope_token(tenant: &str) -> String {
+    let mut token = String::with_capacity(1 + 2 * tenant.len());
+    token.push('t');
+    for byte in tenant.bytes() {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
+}
+
+/// The words a record is indexed by: the distinct words of its
+/// [`search_text`](MemoryRecord::search_text), in order, at most [`MAX_INDEXED_TERMS`].
+pub fn index_terms(record: &MemoryRecord) -> Vec<String> {
+    distinct(tokenize(&record.search_text()), MAX_INDEXED_TERMS)
+}
+
+/// The first `max` distinct items of `words`, in order.
+fn distinct(words: impl Iterator<Item = String>, max: usize) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    words.filter(|w| seen.insert(w.clone())).take(max).collect()
+}
+
+/// The query's distinct words (at most [`MAX_QUERY_TERMS`]); once the memory holds more than
+/// [`MAX_CANDIDATES`] records, without those found in more than half of them (keeping the
+/// rarest if all are).
+fn telling_terms(conn: &Connection, query: &str) -> Result<Vec<String>, MemoryError> {
+    let terms = distinct(tokenize(query), MAX_QUERY_TERMS);
+    let total: i64 = conn
+        .query_row("SELECT count(*) FROM memory", [], |r| r.get(0))
+        .map_err(storage)?;
+    if usize::try_from(total).unwrap_or(usize::MAX) <= MAX_CANDIDATES {
+        return Ok(terms);
+    }
+    let mut docs = conn
+        .prepare_cached("SELECT doc FROM memory_vocab WHERE term = ?1")
+        .map_err(storage)?;
+    let mut counted = Vec::with_capacity(terms.len());
+    for term in terms {
+        let doc: i64 = docs
+            .query_row([&term], |r| r.get(0))
+            .optional()
+            .map_err(storage)?
+            .unwrap_or(0);
+        counted.push((doc, term));
+    }
+    let rarest = counted.iter().map(|(doc, _)| *doc).min().unwrap_or(0);
+    Ok(counted
+        .into_iter()
+        .filter(|(doc, _)| *doc * 2 <= total || *doc == rarest)
+        .map(|(_, term)| term)
+        .collect())
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use impresario_agents::memory::{MemoryDb, MemoryError, MemoryRecord, Outcome, Retention};
+use impresario_agents::memory::{
+    index_terms, MemoryDb, MemoryError, MemoryRecord, Outcome, Retention, MAX_CANDIDATES,
+    MAX_INDEXED_TERMS,
+};
 use impresario_runtime::RunId;
 
 struct TempFile(PathBuf);
@@ -189,4 +192,146 @@ async fn retention_keeps_the_newest_records_younger_than_the_age_limit() {
         .unwrap();
     assert_eq!(other.len(), 1);
     assert_eq!(memory.len(), 3);
+}
+
+/// A goal of about 20 KB that repeats the same common words, like the service's big goals.
+fn big_goal(n: usize) -> String {
+    let mut goal = format!("Task {n}: summarize what changed. ");
+    while goal.len() < 20_000 {
+        goal.push_str("Detail of the task about the release notes and what changed. ");
+    }
+    goal
+}
+
+#[tokio::test]
+async fn a_tenant_with_many_big_records_still_recalls_the_right_one() {
+    let file = TempFile::new();
+    let db = MemoryDb::open(&file.0, KEEP_ALL).unwrap();
+    let (acme, beta) = (db.tenant("acme"), db.tenant("beta"));
+    // The one that matters is the oldest, among more big records than recall ranks.
+    let mut right = record("needle", &big_goal(0), "", Duration::from_secs(3_600));
+    right.why = "the flamingo certificate had expired".into();
+    acme.remember(right).await.unwrap();
+    beta.remember(record(
+        "beta-flamingo",
+        "rotate the flamingo certificate",
+        "beta's own",
+        Duration::ZERO,
+    ))
+    .await
+    .unwrap();
+    let total = MAX_CANDIDATES + 100;
+    for n in 1..total {
+        let ago = Duration::from_secs(3_600 - n as u64);
+        acme.remember(record(&format!("big-{n}"), &big_goal(n), "", ago))
+            .await
+            .unwrap();
+    }
+    assert_eq!(acme.len(), total);
+    // Common words of every record, and one only the right record has.
+    let found = acme
+        .recall("what changed in the release notes: flamingo certificate", 3)
+        .await
+        .unwrap();
+    assert_eq!(found[0].record.run.as_str(), "needle", "{:?}", found[0].id);
+    assert!(found
+        .iter()
+        .all(|r| r.record.run.as_str() != "beta-flamingo"));
+    // Common words alone still recall the tenant's records (the newest rank among equals).
+    let common = acme.recall("release notes", 2).await.unwrap();
+    assert_eq!(common.len(), 2);
+    assert!(common
+        .iter()
+        .all(|r| r.record.run.as_str().starts_with("big-")));
+}
+
+#[test]
+fn a_record_is_indexed_by_its_distinct_words_only() {
+    let mut big = record("r", &big_goal(7), "text", Duration::ZERO);
+    big.why = "expired".into();
+    let terms = index_terms(&big);
+    assert!(terms.len() < 30, "{} terms: {terms:?}", terms.len());
+    assert_eq!(terms[..2], ["task", "7"]);
+    assert!(terms.contains(&"expired".to_owned()) && terms.contains(&"succeeded".to_owned()));
+    let mut many = record("r", "", "", Duration::ZERO);
+    many.text = (0..3 * MAX_INDEXED_TERMS)
+        .map(|i| format!("w{i} "))
+        .collect();
+    assert_eq!(index_terms(&many).len(), MAX_INDEXED_TERMS);
+}
+
+/// Writes a memory file as the first schema did (version 0: the whole text in `memory_text`).
+fn write_version_0(path: &std::path::Path, records: &[(&str, MemoryRecord)]) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE memory (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL,
+             at_ms INTEGER NOT NULL, record TEXT NOT NULL);
+         CREATE INDEX memory_by_tenant ON memory (tenant, at_ms);
+         CREATE VIRTUAL TABLE memory_text USING fts5 (text, tokenize = 'unicode61');",
+    )
+    .unwrap();
+    for (tenant, r) in records {
+        let json = serde_json::to_string(r).unwrap();
+        conn.execute(
+            "INSERT INTO memory (tenant, at_ms, record) VALUES (?1, 0, ?2)",
+            rusqlite::params![tenant, json],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO memory_text (rowid, text) VALUES (last_insert_rowid(), ?1)",
+            [r.search_text()],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_file_of_the_first_schema_is_migrated_with_every_record() {
+    let file = TempFile::new();
+    write_version_0(
+        &file.0,
+        &[
+            (
+                "acme",
+                record("a1", "rotate the keys", "done", Duration::ZERO),
+            ),
+            (
+                "acme",
+                record("a2", "export payroll", "csv", Duration::ZERO),
+            ),
+            (
+                "beta",
+                record("b1", "rotate the keys", "beta", Duration::ZERO),
+            ),
+        ],
+    );
+    let db = MemoryDb::open(&file.0, KEEP_ALL).unwrap();
+    let (acme, beta) = (db.tenant("acme"), db.tenant("beta"));
+    assert_eq!((acme.len(), beta.len()), (2, 1));
+    let found = acme.recall("rotate keys", 5).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record.run.as_str(), "a1");
+    assert_eq!(beta.recall("payroll rotate", 5).await.unwrap().len(), 1);
+    drop((acme, beta, db));
+    // Opened again: already migrated, nothing indexed twice.
+    let again = MemoryDb::open(&file.0, KEEP_ALL).unwrap().tenant("acme");
+    assert_eq!(again.recall("rotate keys", 5).await.unwrap().len(), 1);
+}
+
+#[test]
+fn a_file_of_a_newer_schema_is_refused_untouched() {
+    let file = TempFile::new();
+    {
+        let conn = rusqlite::Connection::open(&file.0).unwrap();
+        conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let before = std::fs::read(&file.0).unwrap();
+    let err = MemoryDb::open(&file.0, KEEP_ALL).unwrap_err().to_string();
+    assert!(
+        err.contains("version 99") && err.contains("untouched"),
+        "{err}"
+    );
+    assert!(err.contains(&file.0.display().to_string()), "{err}");
+    assert_eq!(std::fs::read(&file.0).unwrap(), before);
 }
