@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use impresario::agents::memory::MemoryDb;
+use impresario::agents::memory::{LongTermStore, MemoryDb};
 use impresario::agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage,
 };
@@ -15,6 +15,7 @@ use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
+use impresario_pg::memory::PgMemory;
 use impresario_pg::PgJournal;
 
 use crate::ceilings::CeilingOverrides;
@@ -76,7 +77,7 @@ impl Engine {
             ledger,
             OrchestratorConfig {
                 journal,
-                memory_db: memory_db(config)?,
+                long_term_store: long_term_store(config).await?,
                 ..OrchestratorConfig::default()
             },
         )
@@ -141,13 +142,26 @@ pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, 
     Ok(opened)
 }
 
-/// The long-term memory file `[memory]` names, opened with its retention; `None` when memory
-/// is kept in this process only.
-fn memory_db(config: &Config) -> Result<Option<MemoryDb>, String> {
+/// Where long-term memory is kept: in PostgreSQL when `journal.url` is set (`memory.path` is
+/// then ignored), else in the SQLite file `[memory]` names; `None` when it is kept in this
+/// process only. Both with `[memory]`'s retention.
+async fn long_term_store(config: &Config) -> Result<Option<Arc<dyn LongTermStore>>, String> {
+    let retention = config.memory.retention();
+    if let Some(url) = config.journal.postgres_url() {
+        let url = url.to_owned();
+        let failed = |e: String| format!("cannot open the long-term memory in PostgreSQL: {e}");
+        // Connecting blocks (it waits for the server and migrates the schema).
+        let connected = tokio::task::spawn_blocking(move || PgMemory::connect(&url, retention))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        return Ok(Some(Arc::new(
+            connected.map_err(|e| failed(e.to_string()))?,
+        )));
+    }
     let Some(file) = config.memory.file(&config.journal) else {
         return Ok(None);
     };
-    MemoryDb::open(&file, config.memory.retention())
-        .map(Some)
-        .map_err(|e| format!("cannot open the long-term memory (memory.path {file:?}): {e}"))
+    let db = MemoryDb::open(&file, retention)
+        .map_err(|e| format!("cannot open the long-term memory (memory.path {file:?}): {e}"))?;
+    Ok(Some(Arc::new(db)))
 }

@@ -1,14 +1,15 @@
 //! Long-term memory kept in a SQLite file, every record under its tenant, found again with
 //! FTS5's BM25 ranking, and bounded by a retention policy.
 //!
-//! One [`MemoryDb`] holds every tenant's records; [`MemoryDb::tenant`] gives the
-//! [`LongTermMemory`] of one tenant, which stores and recalls that tenant's records only (every
-//! query is scoped to the tenant: no other tenant's record can come back, whatever the query).
-//! Records survive a restart: open the same file again.
+//! One [`MemoryDb`] (a [`LongTermStore`]) holds every tenant's records;
+//! [`LongTermMemory::stored`](super::LongTermMemory::stored) gives the memory of one tenant,
+//! which stores and recalls that tenant's records only (every query is scoped to the tenant: no
+//! other tenant's record can come back, whatever the query). Records survive a restart: open
+//! the same file again.
 //!
 //! What recall costs is bounded, whatever the size of the records and of other tenants' data:
-//! - the full-text index holds each record's distinct words ([`index_terms`]), at most
-//!   [`MAX_INDEXED_TERMS`], not its text: ranking a record walks one instance per query word,
+//! - the full-text index holds each record's distinct words ([`index_terms`], at most
+//!   [`MAX_INDEXED_TERMS`](super::MAX_INDEXED_TERMS)), not its text: ranking a record walks one instance per query word,
 //!   however often a 20 KB record repeats it (term frequency is not used; BM25 keeps IDF and
 //!   length normalization);
 //! - the tenant is a column of the index, matched inside the FTS5 query, so other tenants'
@@ -28,12 +29,16 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::long_term::{LongTermMemory, MemoryRecord, Recalled, RecordId};
-use super::rank::tokenize;
+use impresario_runtime::ledger_store::StoreFuture;
+
+use super::long_term::{MemoryRecord, Recalled, RecordId};
+use super::store::{
+    index_terms, query_terms, recalled, unix_ms, LongTermStore, Retention, MAX_CANDIDATES,
+};
 use super::MemoryError;
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -53,35 +58,6 @@ const SCHEMA: &str = "
     );
     CREATE VIRTUAL TABLE IF NOT EXISTS memory_vocab USING fts5vocab (memory_terms, 'row');
 ";
-
-/// Recall matches at most this many distinct words of its query (the first ones).
-pub const MAX_QUERY_TERMS: usize = 32;
-
-/// A record is indexed by at most this many distinct words (the first ones of its
-/// [`search_text`](MemoryRecord::search_text)).
-pub const MAX_INDEXED_TERMS: usize = 2_000;
-
-/// Recall ranks at most this many of the tenant's matching records: the newest.
-pub const MAX_CANDIDATES: usize = 1_000;
-
-/// How much long-term memory each tenant keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// At most this many records per tenant (the newest); `None`: no count limit.
-    pub max_records: Option<usize>,
-    /// Records older than this are deleted; `None`: no age limit.
-    pub max_age: Option<Duration>,
-}
-
-impl Default for Retention {
-    /// 10,000 records per tenant, 90 days.
-    fn default() -> Self {
-        Retention {
-            max_records: Some(10_000),
-            max_age: Some(Duration::from_secs(90 * 86_400)),
-        }
-    }
-}
 
 /// A SQLite file of long-term memory for every tenant. Cheap to clone (one connection, shared).
 #[derive(Clone)]
@@ -120,22 +96,13 @@ impl MemoryDb {
         })
     }
 
-    /// The long-term memory of `tenant`: its records only.
-    pub fn tenant(&self, tenant: &str) -> LongTermMemory {
-        LongTermMemory::persistent(self.clone(), tenant.to_owned())
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic under the lock leaves SQLite consistent (each statement is atomic).
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stores `record` for `tenant`, then applies the retention policy to that tenant.
-    pub(crate) fn insert(
-        &self,
-        tenant: &str,
-        record: &MemoryRecord,
-    ) -> Result<RecordId, MemoryError> {
+    fn insert(&self, tenant: &str, record: &MemoryRecord) -> Result<RecordId, MemoryError> {
         let json = serde_json::to_string(record).map_err(storage)?;
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(storage)?;
@@ -154,12 +121,7 @@ impl MemoryDb {
     /// The `k` records of `tenant` most relevant to `query` (FTS5 BM25 over the newest
     /// [`MAX_CANDIDATES`] matching records), best first; ties go to the newer record, then the
     /// later stored.
-    pub(crate) fn search(
-        &self,
-        tenant: &str,
-        query: &str,
-        k: usize,
-    ) -> Result<Vec<Recalled>, MemoryError> {
+    fn search(&self, tenant: &str, query: &str, k: usize) -> Result<Vec<Recalled>, MemoryError> {
         let conn = self.lock();
         let terms = telling_terms(&conn, query)?;
         // Every word quoted, any of them matching, within the tenant's rows: no FTS5 syntax
@@ -200,30 +162,46 @@ impl MemoryDb {
             .map_err(storage)?;
         rows.map(|row| {
             let (id, json, rank) = row.map_err(storage)?;
-            let record = serde_json::from_str(&json)
-                .map_err(|e| storage(format!("memory record {id} does not read back: {e}")))?;
-            Ok(Recalled {
-                id: RecordId(u64::try_from(id).unwrap_or_default()),
-                record,
-                // FTS5's bm25() is lower for better matches; ours is higher.
-                score: -rank,
-            })
+            // FTS5's bm25() is lower for better matches; ours is higher.
+            recalled(id, &json, -rank)
         })
         .collect()
     }
 
     /// How many records `tenant` has.
-    pub(crate) fn count(&self, tenant: &str) -> usize {
+    fn count(&self, tenant: &str) -> Result<usize, MemoryError> {
         self.lock()
             .query_row(
                 "SELECT count(*) FROM memory WHERE tenant = ?1",
                 [tenant],
                 |r| r.get::<_, i64>(0),
             )
-            .optional()
-            .ok()
-            .flatten()
-            .map_or(0, |n| usize::try_from(n).unwrap_or_default())
+            .map(|n| usize::try_from(n).unwrap_or_default())
+            .map_err(storage)
+    }
+}
+
+/// Each call runs SQLite on the calling thread, as the journal's readers do.
+impl LongTermStore for MemoryDb {
+    fn insert<'a>(
+        &'a self,
+        tenant: &'a str,
+        record: &'a MemoryRecord,
+    ) -> StoreFuture<'a, Result<RecordId, MemoryError>> {
+        Box::pin(async move { MemoryDb::insert(self, tenant, record) })
+    }
+
+    fn search<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a str,
+        k: usize,
+    ) -> StoreFuture<'a, Result<Vec<Recalled>, MemoryError>> {
+        Box::pin(async move { MemoryDb::search(self, tenant, query, k) })
+    }
+
+    fn count<'a>(&'a self, tenant: &'a str) -> StoreFuture<'a, Result<usize, MemoryError>> {
+        Box::pin(async move { MemoryDb::count(self, tenant) })
     }
 }
 
@@ -258,11 +236,6 @@ fn apply_retention(
          DELETE FROM memory WHERE id IN (SELECT id FROM doomed);",
     )
     .map_err(storage)
-}
-
-fn unix_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Brings the file to [`SCHEMA_VERSION`] in one transaction: creates it, or rebuilds the index
@@ -333,23 +306,11 @@ fn scope_token(tenant: &str) -> String {
     token
 }
 
-/// The words a record is indexed by: the distinct words of its
-/// [`search_text`](MemoryRecord::search_text), in order, at most [`MAX_INDEXED_TERMS`].
-pub fn index_terms(record: &MemoryRecord) -> Vec<String> {
-    distinct(tokenize(&record.search_text()), MAX_INDEXED_TERMS)
-}
-
-/// The first `max` distinct items of `words`, in order.
-fn distinct(words: impl Iterator<Item = String>, max: usize) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    words.filter(|w| seen.insert(w.clone())).take(max).collect()
-}
-
-/// The query's distinct words (at most [`MAX_QUERY_TERMS`]); once the memory holds more than
+/// The query's words ([`query_terms`]); once the memory holds more than
 /// [`MAX_CANDIDATES`] records, without those found in more than half of them (keeping the
 /// rarest if all are).
 fn telling_terms(conn: &Connection, query: &str) -> Result<Vec<String>, MemoryError> {
-    let terms = distinct(tokenize(query), MAX_QUERY_TERMS);
+    let terms = query_terms(query);
     let total: i64 = conn
         .query_row("SELECT count(*) FROM memory", [], |r| r.get(0))
         .map_err(storage)?;
