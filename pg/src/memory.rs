@@ -1,9 +1,10 @@
 //! Long-term memory in PostgreSQL ([`PgMemory`], a `LongTermStore`): every record under its
 //! tenant, found again by full-text search, bounded by the same retention as the SQLite file.
 //!
-//! - A row of `memory_records` (migration 5 of [`crate::schema::MIGRATIONS`]) holds a record (JSON), its tenant and its time, and the words
-//!   it is indexed by (`index_terms`: its distinct words, at most `MAX_INDEXED_TERMS`, so
-//!   ranking a 20 KB record costs no more than a short one); `search` is a `tsvector`
+//! - A row of `memory_records` (migration 6 of [`crate::schema::MIGRATIONS`]) holds a record
+//!   (JSON), its tenant and its time, and the words it is indexed by (`index_terms`: its
+//!   distinct words, at most `MAX_INDEXED_TERMS`, so ranking a 20 KB record costs no more than
+//!   a short one); `search` is a `tsvector`
 //!   generated from them (the `simple` configuration: lowercase words, no stemming, as the
 //!   SQLite index), under a GIN index.
 //! - Every query has `WHERE tenant = $1`: no other tenant's row is counted, ranked or returned.
