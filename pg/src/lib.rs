@@ -8,6 +8,8 @@
 //! - [`journal`]: [`PgJournal`], the run journal.
 //! - [`ledger`]: reservations as holds with an expiry, exact across processes
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
+//! - [`fences`]: the lease epochs of the runs this process drives in a cluster ([`Fences`]),
+//!   checked first by every journal and ledger write for those runs.
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
 //!   ([`halts::PgHalts`]).
 //!
@@ -16,6 +18,7 @@
 
 pub mod database;
 pub mod error;
+pub mod fences;
 pub mod halts;
 pub mod journal;
 pub mod ledger;
@@ -27,4 +30,5 @@ pub mod test_cluster;
 
 pub use database::Database;
 pub use error::PgError;
-pub use journal::PgJournal;
+pub use fences::Fences;
+pub use journal::{PgJournal, PgJournalOptions};
