@@ -10,12 +10,15 @@
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
 //! - [`fences`]: the lease epochs of the runs this process drives in a cluster ([`Fences`]),
 //!   checked first by every journal and ledger write for those runs.
+//! - [`ceilings`]: tenant and global ceilings in the ledger's accounts, the same for every
+//!   process; the API's overrides kept in the database ([`ceilings::PgCeilings`]).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
 //!   ([`halts::PgHalts`]).
 //!
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod ceilings;
 pub mod database;
 pub mod error;
 pub mod fences;
