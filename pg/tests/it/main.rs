@@ -5,6 +5,7 @@
 // may have (clippy::too_many_lines, workspace lint).
 #![allow(clippy::too_many_lines)]
 
+mod fences;
 mod halts;
 mod journal;
 // The journal suite every backend passes, shared with impresario-runtime's tests.
@@ -12,5 +13,9 @@ mod journal;
 mod journal_suite;
 mod ledger;
 mod logs;
+mod memory;
+// The long-term store suite every backend passes, shared with impresario-agents' tests.
+#[path = "../../../agents/tests/it/memory_suite.rs"]
+mod memory_suite;
 mod queue;
 mod test_cluster;
