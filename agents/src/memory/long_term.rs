@@ -9,7 +9,7 @@ use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 
 use super::embed::{cosine, Embedder};
-use super::rank::{best_first, tokenize, Bm25Index, Ties};
+use super::rank::{best_first, tokenize, Bm25Index};
 use super::store::LongTermStore;
 use super::MemoryError;
 
@@ -112,20 +112,9 @@ struct Store {
     records: Vec<MemoryRecord>,
     bm25: Bm25Index,
     vectors: Vec<Vec<f32>>,
-    /// Whether some record is older (`at`) than one remembered before it: then a later record
-    /// does not always win a tie, and BM25 recall cannot stop early on ties.
-    out_of_order: bool,
-}
-
-impl Store {
-    /// How ties rank among the records ([`Ties::LaterFirst`] while remembered in time order).
-    fn ties(&self) -> Ties {
-        if self.out_of_order {
-            Ties::Other
-        } else {
-            Ties::LaterFirst
-        }
-    }
+    /// The newest `at` of the records up to each position (`latest[i]`: of records `0..=i`),
+    /// so BM25 recall knows when no older record can win a tie.
+    latest: Vec<SystemTime>,
 }
 
 /// Memory across runs, shared by every run of a process (`Arc<LongTermMemory>`; all methods
@@ -243,9 +232,8 @@ impl LongTermMemory {
             }
             Some(v) => store.vectors.push(v),
         }
-        if store.records.last().is_some_and(|last| last.at > record.at) {
-            store.out_of_order = true;
-        }
+        let latest = store.latest.last().map_or(record.at, |l| record.at.max(*l));
+        store.latest.push(latest);
         store.records.push(record);
         Ok(id)
     }
@@ -287,7 +275,13 @@ impl LongTermMemory {
         let store = self.read();
         let order = rank_order(&store.records);
         let best = match &query_vector {
-            None => store.bm25.top(query, k, store.ties(), order),
+            None => {
+                // Records up to `newest` may win a tie with `kth` if one of them is newer.
+                let tie = |newest: u32, kth: &(u32, f64)| {
+                    store.latest[newest as usize] > store.records[kth.0 as usize].at
+                };
+                store.bm25.top(query, k, order, tie)
+            }
             Some(q) => {
                 let scored = store.vectors.iter().enumerate();
                 let scored = scored.map(|(i, v)| (i as u32, cosine(q, v))).collect();
@@ -427,6 +421,28 @@ mod tests {
         // Back in time order from here on: the newest is the last remembered.
         remember(100);
         assert_eq!(recall(1)[0].id, RecordId(50));
+    }
+
+    #[test]
+    fn recall_of_equal_records_a_little_out_of_time_order_is_the_newest() {
+        let memory = LongTermMemory::new();
+        // As concurrent runs remember: now and then a record a little older than the last.
+        let secs = |i: u64| i * 2 + if i.is_multiple_of(7) { 9 } else { 0 };
+        for i in 0..300 {
+            let record = record("deploy", "same text", Outcome::Succeeded, "", secs(i));
+            futures_util::FutureExt::now_or_never(memory.remember(record))
+                .expect("in-process memory does not wait")
+                .unwrap();
+        }
+        let mut expected: Vec<u64> = (0..300).collect();
+        expected.sort_by_key(|&i| std::cmp::Reverse((secs(i), i)));
+        for k in [1, 3, 10] {
+            let recalled = futures_util::FutureExt::now_or_never(memory.recall("deploy", k))
+                .expect("in-process memory does not wait")
+                .unwrap();
+            let ids: Vec<u64> = recalled.iter().map(|r| r.id.0).collect();
+            assert_eq!(ids, expected[..k], "k {k}");
+        }
     }
 
     #[test]

@@ -45,17 +45,6 @@ struct Postings {
     min_length: u32,
 }
 
-/// How [`Bm25Index::top`] breaks ties between documents of equal score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ties {
-    /// Of two documents of equal score the later added ranks first (also when `order` looks
-    /// at something else first, as long as it never ranks an earlier one first): the walk
-    /// may stop at the first document that cannot score above the `k`-th found.
-    LaterFirst,
-    /// Another order: the walk stops only at documents that cannot score as high.
-    Other,
-}
-
 /// One term of a query, as [`Bm25Index::top`] walks it.
 #[derive(Debug, Clone, Copy)]
 struct Term<'a> {
@@ -136,15 +125,17 @@ impl Bm25Index {
     /// The `k` documents best for `query` under `order` (best first: higher score first, then
     /// as `order` says on equal scores), with their scores (all `> 0`); only documents
     /// matching at least one term. Walks the matches newest first, scoring each (its terms
-    /// summed in term order, as the bound is), and stops when no older document can enter.
+    /// summed in term order, as the bound is), and stops when no older document can enter:
+    /// none can score above the `k`-th found, and `tie(newest, kth)` says none numbered
+    /// `newest` or less would rank before `kth` at an equal score.
     pub(crate) fn top(
         &self,
         query: &str,
         k: usize,
-        ties: Ties,
         order: impl Fn(&(u32, f64), &(u32, f64)) -> Ordering,
+        tie: impl Fn(u32, &(u32, f64)) -> bool,
     ) -> Vec<(u32, f64)> {
-        self.walk(query, k, ties, order).0
+        self.walk(query, k, order, tie).0
     }
 
     /// [`Bm25Index::top`], and how many documents it scored.
@@ -152,8 +143,8 @@ impl Bm25Index {
         &self,
         query: &str,
         k: usize,
-        ties: Ties,
         order: impl Fn(&(u32, f64), &(u32, f64)) -> Ordering,
+        tie: impl Fn(u32, &(u32, f64)) -> bool,
     ) -> (Vec<(u32, f64)>, usize) {
         let n = self.lengths.len();
         let k = k.min(n);
@@ -169,12 +160,15 @@ impl Bm25Index {
             .collect();
         let mut parts = vec![0.0f64; terms.len()];
         let mut best: Vec<(u32, f64)> = Vec::with_capacity(2 * k);
-        // The k-th best score so far (stale between selections: only ever lower, so safe).
-        let mut kth: Option<f64> = None;
+        // The k-th best so far (stale between selections: never better, so safe to stop on).
+        let mut kth: Option<(u32, f64)> = None;
         let mut scored = 0;
         while let Some(&(doc, _)) = next.peek() {
-            if kth.is_some_and(|kth| !may_enter(&terms, &left, kth, ties)) {
-                break;
+            if let Some(kth) = &kth {
+                let bound = bound(&terms, &left);
+                if bound < kth.1 || (bound == kth.1 && !tie(doc, kth)) {
+                    break;
+                }
             }
             parts.iter_mut().for_each(|p| *p = 0.0);
             while let Some(&(d, Reverse(t))) = next.peek() {
@@ -214,29 +208,24 @@ pub(crate) fn best_first(
 }
 
 /// Keeps the `k` best of `found` (`0 < k <= found.len()`, left in no particular order) under
-/// `order`; the score of the `k`-th.
+/// `order`; the `k`-th.
 fn keep_best(
     found: &mut Vec<(u32, f64)>,
     k: usize,
     order: impl Fn(&(u32, f64), &(u32, f64)) -> Ordering,
-) -> f64 {
+) -> (u32, f64) {
     found.select_nth_unstable_by(k - 1, order);
     found.truncate(k);
-    found[k - 1].1
+    found[k - 1]
 }
 
-/// Whether a document not walked yet (older than every one walked) may still rank among the
-/// `k` found, the `k`-th of which scored `kth`: its score is at most the sum of the bounds of
-/// the terms with postings left, and with [`Ties::LaterFirst`] an equal score ranks after.
-fn may_enter(terms: &[Term<'_>], left: &[usize], kth: f64, ties: Ties) -> bool {
-    let bound = terms
+/// The most a document not walked yet can score: the sum of the bounds of the terms with
+/// postings left (in term order, as scores are summed).
+fn bound(terms: &[Term<'_>], left: &[usize]) -> f64 {
+    terms
         .iter()
         .zip(left)
-        .fold(0.0, |sum, (t, &l)| sum + if l > 0 { t.bound } else { 0.0 });
-    match ties {
-        Ties::LaterFirst => bound > kth,
-        Ties::Other => bound >= kth,
-    }
+        .fold(0.0, |sum, (t, &l)| sum + if l > 0 { t.bound } else { 0.0 })
 }
 
 #[cfg(test)]
@@ -277,14 +266,14 @@ mod tests {
         b.1.total_cmp(&a.1).then(b.0.cmp(&a.0))
     }
 
-    /// Higher score first, then the earlier document (not [`Ties::LaterFirst`]).
+    /// Higher score first, then the earlier document.
     fn earlier_first(a: &(u32, f64), b: &(u32, f64)) -> Ordering {
         b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
     }
 
     /// Every match, through `top`.
     fn all(index: &Bm25Index, query: &str) -> Vec<(u32, f64)> {
-        index.top(query, usize::MAX, Ties::Other, earlier_first)
+        index.top(query, usize::MAX, earlier_first, |_, _| true)
     }
 
     fn sorted(mut scores: Vec<(u32, f64)>) -> Vec<(u32, f64)> {
@@ -338,15 +327,16 @@ mod tests {
             let index = random_corpus(200, seed);
             for query in queries {
                 for k in [1, 3, 10, 500] {
-                    for (ties, order) in [
-                        (Ties::LaterFirst, later_first as fn(&_, &_) -> Ordering),
-                        (Ties::Other, earlier_first),
+                    // An older document never wins a tie, or always may.
+                    for (order, tie) in [
+                        (later_first as fn(&_, &_) -> Ordering, false),
+                        (earlier_first, true),
                     ] {
                         let mut every = score(&index, query);
                         every.sort_by(order);
                         every.truncate(k);
-                        let top = index.top(query, k, ties, order);
-                        assert_eq!(top, every, "seed {seed}, {query:?}, k {k}, {ties:?}");
+                        let top = index.top(query, k, order, |_, _| tie);
+                        assert_eq!(top, every, "seed {seed}, {query:?}, k {k}, tie {tie}");
                     }
                 }
             }
@@ -360,14 +350,14 @@ mod tests {
             index.add("bench goal: answered done");
         }
         index.add("something else entirely");
-        let (top, scored) = index.walk("bench goal", 3, Ties::LaterFirst, later_first);
+        let (top, scored) = index.walk("bench goal", 3, later_first, |_, _| false);
         assert_eq!(
             top.iter().map(|t| t.0).collect::<Vec<_>>(),
             [9_999, 9_998, 9_997]
         );
         assert_eq!(scored, 3, "stops once no older document can rank higher");
-        // Ties broken another way: documents of equal score cannot be skipped.
-        let (top, scored) = index.walk("bench goal", 3, Ties::Other, earlier_first);
+        // An older document may win a tie: documents of equal score cannot be skipped.
+        let (top, scored) = index.walk("bench goal", 3, earlier_first, |_, _| true);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(scored, 10_000);
     }
@@ -379,7 +369,7 @@ mod tests {
         for _ in 0..1_000 {
             index.add("a long text that mentions a migration once among many other words");
         }
-        let (top, scored) = index.walk("failed migration", 2, Ties::LaterFirst, later_first);
+        let (top, scored) = index.walk("failed migration", 2, later_first, |_, _| false);
         assert_eq!(top[0].0, 0, "{top:?}");
         assert_eq!(top[1].0, 1_000);
         assert_eq!(
