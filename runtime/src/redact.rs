@@ -241,11 +241,20 @@ fn matches(text: &str) -> Vec<std::ops::Range<usize>> {
     spans
 }
 
-/// Whether `text` holds a registered secret or a word a credential shape starts with: if not,
-/// [`redact`] leaves it as it is.
+/// The names of the fields whose values [`SHAPES`]' last shape redacts.
+static CREDENTIAL_FIELD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)api[_-]?key|authorization").expect("a valid pattern"));
+
+/// Whether the strings of a value, gathered in `text` (see `text.rs`), may hold what
+/// [`redact`] replaces in the value's JSON: a registered secret, a `Bearer`/`Basic` credential
+/// or a URL with a user, matched in the strings as they are (a match in the JSON is one in
+/// them), or a credential field's name (its value is in another string). A URL without a user
+/// (`"$schema": "https://..."` in every JSON schema) is not one.
 fn may_hold_credentials(text: &str) -> bool {
     let secrets = SECRETS.read().unwrap_or_else(PoisonError::into_inner);
-    secrets.iter().any(|s| text.contains(s.as_str())) || SHAPE_START.is_match(text)
+    secrets.iter().any(|s| text.contains(s.as_str()))
+        || CREDENTIAL_FIELD.is_match(text)
+        || SHAPES[..2].iter().any(|(shape, _)| shape.is_match(text))
 }
 
 /// A writer (for a log subscriber) that redacts each write before passing it to `inner`.

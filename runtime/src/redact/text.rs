@@ -315,6 +315,11 @@ mod tests {
             call(None, json!({"api_key": "zzzzzzzzzz"})),
             call(None, json!(["Bearer q1w2e3r4t5y6", 3])),
             call(None, json!({"deep": {"x-api-key": "k-12345678"}})),
+            call(None, json!({"u": "https://x", "k": "p@h"})),
+            call(
+                None,
+                json!({"$schema": "https://json-schema.org/draft/2020-12/schema"}),
+            ),
             Event::Plain,
         ];
         for case in cases {
@@ -328,5 +333,9 @@ mod tests {
             text: "nothing to see".into(),
         }));
         assert!(may_need_redaction(&call(Some("abcdefghij"), json!(1))));
+        // Every JSON schema names its dialect by URL: no user in it, nothing to redact.
+        let schema = json!({"$schema": "https://json-schema.org/draft/2020-12/schema"});
+        assert!(!may_need_redaction(&schema));
+        assert!(may_need_redaction(&json!(["https://me:pw@host"])));
     }
 }
