@@ -15,7 +15,7 @@ use impresario::prelude::*;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ledger};
 use impresario::runtime::llm::Client;
-use impresario_pg::PgJournal;
+use impresario_pg::{Database, PgJournal};
 
 use crate::ceilings::CeilingOverrides;
 use crate::config::{self, Config};
@@ -38,6 +38,9 @@ pub struct Engine {
     pub offline: bool,
     /// The models runs use.
     pub models: ModelMap,
+    /// The PostgreSQL database the journal is in (`journal.url`), which a cluster's run
+    /// queue shares.
+    pub database: Option<Database>,
     defaults: crate::config::RunDefaults,
     /// Held for as long as the engine lives: no other process writes its journal file.
     _writer: Option<WriterLock>,
@@ -48,12 +51,12 @@ impl Engine {
     /// `config` selects. Fails with [`LockError::Held`](crate::writer_lock::LockError) before
     /// opening the journal file if another process writes it.
     pub async fn start(config: &Config) -> Result<Engine, Box<dyn std::error::Error>> {
-        // One process writes a journal file; PostgreSQL has no lock yet (issue 14's leases).
+        // One process writes a journal file; on PostgreSQL, runs are leased one by one (`serve`).
         let writer = match (config.journal.postgres_url(), config.journal.file()) {
             (None, Some(file)) => Some(WriterLock::acquire(file)?),
             _ => None,
         };
-        let journal = open_journal(&config.journal).await?;
+        let (journal, database) = open_store(&config.journal).await?;
         let offline =
             OfflineModel::new().latency(Duration::from_millis(config.models.offline_latency_ms));
         let models::Chosen {
@@ -91,6 +94,7 @@ impl Engine {
             models_description: chosen.description,
             offline,
             models: chosen.models,
+            database,
             defaults: config.runs.clone(),
             _writer: writer,
         })
@@ -123,6 +127,13 @@ impl Engine {
 /// memory. Opening a file or a database that is not a journal, or of a newer version, fails
 /// without changing it; a database that cannot be reached fails naming its host and database.
 pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, String> {
+    Ok(open_store(config).await?.0)
+}
+
+/// [`open_journal`], and the PostgreSQL database it is in (if `url` puts it there).
+async fn open_store(
+    config: &config::Journal,
+) -> Result<(Arc<dyn Journal>, Option<Database>), String> {
     let failed = |e: String| format!("cannot open the journal ({}): {e}", config.describe());
     let opened: Arc<dyn Journal> = match (config.postgres_url(), config.file()) {
         (Some(url), _) => {
@@ -130,15 +141,17 @@ pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, 
             // Connecting blocks (it waits for the server and migrates the schema).
             let connected = tokio::task::spawn_blocking(move || PgJournal::connect(&url))
                 .await
+                .map_err(|e| failed(e.to_string()))?
                 .map_err(|e| failed(e.to_string()))?;
-            Arc::new(connected.map_err(|e| failed(e.to_string()))?)
+            let database = connected.database().clone();
+            return Ok((Arc::new(connected), Some(database)));
         }
         (None, Some(file)) => {
             Arc::new(SqliteJournal::open(file).map_err(|e| failed(e.to_string()))?)
         }
         (None, None) => Arc::new(MemoryJournal::new()),
     };
-    Ok(opened)
+    Ok((opened, None))
 }
 
 /// The long-term memory file `[memory]` names, opened with its retention; `None` when memory

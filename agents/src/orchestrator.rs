@@ -255,21 +255,30 @@ impl Orchestrator {
         request: RunRequest,
         team: Team,
     ) -> Result<RunHandle, SubmitError> {
-        self.validate(&request)?;
+        let run = self.accept(&request).await?;
+        let log = RunLog::new(self.inner.journal.clone(), run.clone());
+        self.launch(run, request, team, log).await
+    }
+
+    /// Validates `request` and journals it as submitted, without starting it: the run waits,
+    /// journaled as active, until [`resume`](Self::resume) starts it (in this process or in
+    /// another one on the same journal). A cluster's replica accepts runs this way and puts
+    /// them in its run queue, for whichever replica claims them.
+    pub async fn accept(&self, request: &RunRequest) -> Result<RunId, SubmitError> {
+        self.validate(request)?;
         let run = RunId::generate();
         // Write-ahead: the run is durable before it is acknowledged.
         let submitted = JournalEvent::RunSubmitted {
             tenant: request.tenant.clone(),
             goal: request.goal.clone(),
-            request: serde_json::to_value(&request)
+            request: serde_json::to_value(request)
                 .map_err(|e| invalid("request", e.to_string()))?,
         };
         self.inner
             .journal
             .append(&run, redact_serialized(submitted))
             .await?;
-        let log = RunLog::new(self.inner.journal.clone(), run.clone());
-        self.launch(run, request, team, log).await
+        Ok(run)
     }
 
     /// A run of this process that has not ended yet.

@@ -10,6 +10,7 @@
 mod binary;
 mod browser;
 mod cli;
+mod cluster;
 mod console;
 mod journal_owner;
 mod metrics;
