@@ -1,25 +1,96 @@
-//! Tenant ceilings set over the API (`PUT /v1/tenants/{tenant}`), kept in
-//! `<journal>.ceilings.json` so they survive a restart. The ledger holds and enforces every
-//! ceiling (`[budget]` from the configuration, these overrides over it); this module only
-//! persists the overrides and applies them at start.
+//! Where the tenant ceilings set over the API (`PUT /v1/tenants/{tenant}`) are kept, and what
+//! the tenants API reads a tenant's money from:
+//!
+//! - **in a file**, with a SQLite (or memory) journal: `<journal>.ceilings.json`, applied to
+//!   this process's ledger at start; spend and reservations are this process's ledger's
+//!   (spend rebuilt from the journal at start);
+//! - **in the database**, with `journal.url`: `impresario_pg::ceilings::PgCeilings`, the
+//!   ledger's account rows that every process on the database reserves against (the
+//!   configured ceilings are written there at start); spend and reservations are every
+//!   process's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use impresario::runtime::ledger::Ledger;
+use impresario::runtime::ledger::{Ledger, MicroUsd, TenantBudget};
+use impresario::runtime::TenantId;
+use impresario_pg::ceilings::PgCeilings;
 
-/// The overrides, and the ledger they apply to.
-pub struct CeilingOverrides {
+/// The tenant ceilings, where they are kept (see the module docs).
+pub struct TenantCeilings {
+    kept: Kept,
+}
+
+enum Kept {
+    File(FileOverrides),
+    Database(PgCeilings),
+}
+
+impl TenantCeilings {
+    /// Reads the overrides file beside `journal` (if any) and applies it to `ledger`.
+    pub fn in_file(journal: Option<&Path>, ledger: Ledger) -> Result<TenantCeilings, String> {
+        Ok(TenantCeilings {
+            kept: Kept::File(FileOverrides::load(journal, ledger)?),
+        })
+    }
+
+    /// The ceilings of the database: writes the configured ones into its accounts.
+    pub async fn in_database(ceilings: PgCeilings) -> Result<TenantCeilings, String> {
+        ceilings
+            .mirror()
+            .await
+            .map_err(|e| format!("cannot write the configured ceilings ([budget]): {e}"))?;
+        Ok(TenantCeilings {
+            kept: Kept::Database(ceilings),
+        })
+    }
+
+    /// Sets the ceiling of `tenant` in micro-USD (`None`: back to the configured one); it
+    /// applies to the tenant's next reservation.
+    pub async fn set(&self, tenant: &str, ceiling: Option<MicroUsd>) -> Result<(), String> {
+        match &self.kept {
+            Kept::File(file) => file.set(tenant, ceiling),
+            Kept::Database(db) => db
+                .set_override(&tenant.into(), ceiling)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// What `tenant` may spend, has spent and holds.
+    pub async fn budget(&self, tenant: &str) -> Result<TenantBudget, String> {
+        match &self.kept {
+            Kept::File(file) => Ok(file.ledger.tenant_budget(&tenant.into())),
+            Kept::Database(db) => db.budget(&tenant.into()).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Every tenant with an account or a ceiling of its own, by name.
+    pub async fn tenants(&self) -> Result<BTreeSet<TenantId>, String> {
+        match &self.kept {
+            Kept::File(file) => {
+                let mut all: BTreeSet<TenantId> = file.ledger.tenants().into_iter().collect();
+                all.extend(file.ledger.ceilings().tenants.into_keys());
+                Ok(all)
+            }
+            Kept::Database(db) => db.tenants().await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The overrides in `<journal>.ceilings.json`, and the ledger they apply to.
+struct FileOverrides {
     /// By tenant: micro-USD, or `None` (back to the configured ceiling).
     set: Mutex<BTreeMap<String, Option<u64>>>,
     file: Option<PathBuf>,
     ledger: Ledger,
+    /// The per-tenant ceilings of the configuration, which an override of `None` goes back to.
+    configured: BTreeMap<TenantId, MicroUsd>,
 }
 
-impl CeilingOverrides {
-    /// Reads the overrides file beside `journal` (if any) and applies it to `ledger`.
-    pub fn load(journal: Option<&Path>, ledger: Ledger) -> Result<CeilingOverrides, String> {
+impl FileOverrides {
+    fn load(journal: Option<&Path>, ledger: Ledger) -> Result<FileOverrides, String> {
         let file = journal.map(overrides_path);
         let set: BTreeMap<String, Option<u64>> = match &file {
             Some(file) if file.exists() => {
@@ -31,19 +102,21 @@ impl CeilingOverrides {
             }
             _ => BTreeMap::new(),
         };
-        for (tenant, ceiling) in &set {
-            ledger.set_tenant_ceiling(&tenant.as_str().into(), *ceiling);
-        }
-        Ok(CeilingOverrides {
-            set: Mutex::new(set),
+        let overrides = FileOverrides {
+            set: Mutex::new(BTreeMap::new()),
             file,
+            configured: ledger.ceilings().tenants,
             ledger,
-        })
+        };
+        for (tenant, ceiling) in &set {
+            overrides.apply(tenant, *ceiling);
+        }
+        *overrides.set.lock().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(overrides)
     }
 
-    /// Sets the ceiling of `tenant` in micro-USD (`None`: back to the configured one): in the
-    /// file first, then on the ledger, where it applies to the tenant's next reservation.
-    pub fn set(&self, tenant: &str, ceiling: Option<u64>) -> Result<(), String> {
+    /// Sets the ceiling of `tenant`: in the file first, then on the ledger.
+    fn set(&self, tenant: &str, ceiling: Option<u64>) -> Result<(), String> {
         let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = set.clone();
         next.insert(tenant.to_owned(), ceiling);
@@ -51,8 +124,15 @@ impl CeilingOverrides {
             write_atomically(file, &next)?;
         }
         *set = next;
-        self.ledger.set_tenant_ceiling(&tenant.into(), ceiling);
+        self.apply(tenant, ceiling);
         Ok(())
+    }
+
+    /// `ceiling` on the ledger; `None` goes back to the tenant's configured ceiling.
+    fn apply(&self, tenant: &str, ceiling: Option<u64>) {
+        let tenant = TenantId::from(tenant);
+        let ceiling = ceiling.or_else(|| self.configured.get(&tenant).copied());
+        self.ledger.set_tenant_ceiling(&tenant, ceiling);
     }
 }
 

@@ -7,17 +7,23 @@ use std::time::Duration;
 
 use impresario::agents::memory::MemoryDb;
 use impresario::agents::{
-    Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage,
+    Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage, ToolRegistry,
 };
 use impresario::mcp::McpServer;
 use impresario::offline::OfflineModel;
 use impresario::prelude::*;
+use impresario::runtime::halt::{Halt, HaltScope};
+use impresario::runtime::halt_store::HaltStore;
 use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
-use impresario::runtime::ledger::{AccountId, Ledger};
+use impresario::runtime::ledger::{AccountId, Ceilings, Ledger};
+use impresario::runtime::ledger_store::LedgerStore;
 use impresario::runtime::llm::Client;
+use impresario_pg::ceilings::PgCeilings;
+use impresario_pg::halts::{HaltFollower, PgHalts};
+use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
 use impresario_pg::{Database, PgJournal};
 
-use crate::ceilings::CeilingOverrides;
+use crate::ceilings::TenantCeilings;
 use crate::config::{self, Config};
 use crate::models;
 use crate::writer_lock::WriterLock;
@@ -28,8 +34,8 @@ pub struct Engine {
     pub runtime: RuntimeHandle,
     /// Submits and drives runs.
     pub orchestrator: Orchestrator,
-    /// Tenant ceilings set over the API, kept beside the journal.
-    pub ceilings: CeilingOverrides,
+    /// Tenant ceilings set over the API, in a file beside the journal or in PostgreSQL.
+    pub ceilings: TenantCeilings,
     /// The client runs call models through.
     pub client: Client,
     /// What the models are, for a person (`offline`, `openai: light gpt-4o-mini, ...`).
@@ -38,25 +44,43 @@ pub struct Engine {
     pub offline: bool,
     /// The models runs use.
     pub models: ModelMap,
-    /// The PostgreSQL database the journal is in (`journal.url`), which a cluster's run
-    /// queue shares.
+    /// The PostgreSQL database of `journal.url`, which a cluster's run queue shares.
     pub database: Option<Database>,
     defaults: crate::config::RunDefaults,
+    /// Halts recorded in PostgreSQL for every process (`journal.url`), and the follower that
+    /// applies theirs here.
+    shared_halts: Option<(PgHalts, HaltFollower)>,
     /// Held for as long as the engine lives: no other process writes its journal file.
     _writer: Option<WriterLock>,
+}
+
+/// The PostgreSQL stores of `journal.url`, before the orchestrator starts.
+struct Postgres {
+    db: Database,
+    halts: PgHalts,
+    ceilings: PgCeilings,
 }
 
 impl Engine {
     /// Starts the runtime on the current actix system, with the models, tools and journal
     /// `config` selects. Fails with [`LockError::Held`](crate::writer_lock::LockError) before
-    /// opening the journal file if another process writes it.
+    /// opening the journal file if another process writes it. With `journal.url`, runs also
+    /// reserve in PostgreSQL's ledger against ceilings every process shares, and follow the
+    /// halts every process records there.
     pub async fn start(config: &Config) -> Result<Engine, Box<dyn std::error::Error>> {
-        // One process writes a journal file; on PostgreSQL, runs are leased one by one (`serve`).
+        // One process writes a journal file; on PostgreSQL, `serve` leases runs one by one.
         let writer = match (config.journal.postgres_url(), config.journal.file()) {
             (None, Some(file)) => Some(WriterLock::acquire(file)?),
             _ => None,
         };
-        let (journal, database) = open_store(&config.journal).await?;
+        let postgres = match config.journal.postgres_url() {
+            Some(url) => Some(Postgres::connect(&config.journal, url, config).await?),
+            None => None,
+        };
+        let journal: Arc<dyn Journal> = match &postgres {
+            Some(pg) => Arc::new(PgJournal::open(pg.db.clone())),
+            None => open_journal(&config.journal).await?,
+        };
         let offline =
             OfflineModel::new().latency(Duration::from_millis(config.models.offline_latency_ms));
         let models::Chosen {
@@ -70,22 +94,25 @@ impl Engine {
             // Connected and listed now: a server that does not start stops the start, named.
             tools.provide(McpServer::start(server).await?)?;
         }
-        let ledger = Ledger::new();
-        ledger.set_ceilings(config.budget.ceilings());
-        let orchestrator = Orchestrator::with(
-            &runtime,
-            client.clone(),
-            tools,
-            ledger,
-            OrchestratorConfig {
-                journal,
-                memory_db: memory_db(config)?,
-                ..OrchestratorConfig::default()
-            },
-        )
-        .await?;
-        let ceilings =
-            CeilingOverrides::load(config.journal.file(), orchestrator.ledger().clone())?;
+        let orchestrator =
+            start_orchestrator(&runtime, &client, tools, config, journal, &postgres).await?;
+        let database = postgres.as_ref().map(|pg| pg.db.clone());
+        let (ceilings, shared_halts) = match postgres {
+            Some(pg) => (
+                TenantCeilings::in_database(pg.ceilings).await?,
+                Some((
+                    pg.halts.clone(),
+                    pg.halts.follow_here(orchestrator.halts().clone()),
+                )),
+            ),
+            None => {
+                let ledger = orchestrator.ledger().clone();
+                (
+                    TenantCeilings::in_file(config.journal.file(), ledger)?,
+                    None,
+                )
+            }
+        };
         Ok(Engine {
             runtime,
             orchestrator,
@@ -96,8 +123,33 @@ impl Engine {
             models: chosen.models,
             database,
             defaults: config.runs.clone(),
+            shared_halts,
             _writer: writer,
         })
+    }
+
+    /// Records an operator's `halt` (a run's, a tenant's, everyone's) in PostgreSQL, so that
+    /// every process on the database applies it, and a run resumed later sees it. Without
+    /// `journal.url`: nothing to do (the caller halts this process's token).
+    pub async fn record_halt(&self, halt: &Halt) -> Result<(), String> {
+        match &self.shared_halts {
+            Some((store, _)) => store.halt(halt).await.map(drop).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Lifts the halts of `scope` recorded in PostgreSQL for every process; how many stood
+    /// (0 without `journal.url`).
+    pub async fn lift_recorded(&self, scope: &HaltScope) -> Result<u64, String> {
+        match &self.shared_halts {
+            Some((store, _)) => store.lift(scope).await.map_err(|e| e.to_string()),
+            None => Ok(0),
+        }
+    }
+
+    /// Whether halts are shared with other processes (`journal.url`).
+    pub fn shares_halts(&self) -> bool {
+        self.shared_halts.is_some()
     }
 
     /// A request for `goal` with the configured defaults (budget, steps, tools).
@@ -123,35 +175,91 @@ impl Engine {
     }
 }
 
+/// The orchestrator, with the journal and, on PostgreSQL, the ledger and halt stores every
+/// process shares.
+async fn start_orchestrator(
+    runtime: &RuntimeHandle,
+    client: &Client,
+    tools: ToolRegistry,
+    config: &Config,
+    journal: Arc<dyn Journal>,
+    postgres: &Option<Postgres>,
+) -> Result<Orchestrator, Box<dyn std::error::Error>> {
+    let ledger = Ledger::new();
+    let mut ceilings = config.budget.ceilings();
+    if postgres.is_some() {
+        // The database holds the tenant and global ceilings and counts every process's spend
+        // against them; this process's ledger keeps the run budgets (and the largest one).
+        ceilings = Ceilings {
+            max_run: ceilings.max_run,
+            ..Ceilings::default()
+        };
+    }
+    ledger.set_ceilings(ceilings);
+    let orchestrator = Orchestrator::with(
+        runtime,
+        client.clone(),
+        tools,
+        ledger,
+        OrchestratorConfig {
+            journal,
+            memory_db: memory_db(config)?,
+            ledger_store: postgres
+                .as_ref()
+                .map(|pg| Arc::new(pg.ceilings.clone()) as Arc<dyn LedgerStore>),
+            halt_store: postgres
+                .as_ref()
+                .map(|pg| Arc::new(pg.halts.clone()) as Arc<dyn HaltStore>),
+            ..OrchestratorConfig::default()
+        },
+    )
+    .await?;
+    Ok(orchestrator)
+}
+
+impl Postgres {
+    /// Connects to `url` (migrating its schema) and opens the ledger, the ceilings and the
+    /// halts in it.
+    async fn connect(
+        journal: &config::Journal,
+        url: &str,
+        config: &Config,
+    ) -> Result<Postgres, String> {
+        let db = connect_database(journal, url).await?;
+        let ledger = PgLedger::new(db.clone(), PgLedgerConfig::default());
+        Ok(Postgres {
+            halts: PgHalts::new(db.clone()),
+            ceilings: PgCeilings::new(db.clone(), ledger, config.budget.ceilings()),
+            db,
+        })
+    }
+}
+
+/// Connects to the PostgreSQL database at `url` and migrates its schema; a database that
+/// cannot be reached fails naming its host and database.
+async fn connect_database(journal: &config::Journal, url: &str) -> Result<Database, String> {
+    let failed = |e: String| format!("cannot open the journal ({}): {e}", journal.describe());
+    let url = url.to_owned();
+    // Connecting blocks (it waits for the server and migrates the schema).
+    let connected = tokio::task::spawn_blocking(move || Database::connect(&url))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    connected.map_err(|e| failed(e.to_string()))
+}
+
 /// The journal `[journal]` selects: PostgreSQL at `url`, else the SQLite file `path`, else
 /// memory. Opening a file or a database that is not a journal, or of a newer version, fails
 /// without changing it; a database that cannot be reached fails naming its host and database.
 pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, String> {
-    Ok(open_store(config).await?.0)
-}
-
-/// [`open_journal`], and the PostgreSQL database it is in (if `url` puts it there).
-async fn open_store(
-    config: &config::Journal,
-) -> Result<(Arc<dyn Journal>, Option<Database>), String> {
     let failed = |e: String| format!("cannot open the journal ({}): {e}", config.describe());
     let opened: Arc<dyn Journal> = match (config.postgres_url(), config.file()) {
-        (Some(url), _) => {
-            let url = url.to_owned();
-            // Connecting blocks (it waits for the server and migrates the schema).
-            let connected = tokio::task::spawn_blocking(move || PgJournal::connect(&url))
-                .await
-                .map_err(|e| failed(e.to_string()))?
-                .map_err(|e| failed(e.to_string()))?;
-            let database = connected.database().clone();
-            return Ok((Arc::new(connected), Some(database)));
-        }
+        (Some(url), _) => Arc::new(PgJournal::open(connect_database(config, url).await?)),
         (None, Some(file)) => {
             Arc::new(SqliteJournal::open(file).map_err(|e| failed(e.to_string()))?)
         }
         (None, None) => Arc::new(MemoryJournal::new()),
     };
-    Ok((opened, None))
+    Ok(opened)
 }
 
 /// The long-term memory file `[memory]` names, opened with its retention; `None` when memory

@@ -43,6 +43,7 @@ pub struct Database {
 
 struct Shared {
     target: String,
+    config: Config,
     pool: Pool,
     handle: tokio::runtime::Handle,
     thread: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
@@ -89,7 +90,7 @@ impl Database {
             })
             .map_err(|e| query_error(&target, "starting its I/O thread", e))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -104,6 +105,7 @@ impl Database {
         Ok(Database {
             shared: Arc::new(Shared {
                 target,
+                config,
                 pool,
                 handle,
                 thread: Mutex::new(Some((stop, thread))),
@@ -114,6 +116,12 @@ impl Database {
     /// `host H:P, database "D", user "U"`: how messages name this database (no password).
     pub fn target(&self) -> &str {
         &self.shared.target
+    }
+
+    /// The connection settings parsed from the URL (for a connection of one's own, such as a
+    /// `LISTEN`ing one). Holds the password: never print it.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
     }
 
     /// The connection pool. Use it only from futures run by [`Database::spawn`] or

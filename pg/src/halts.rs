@@ -133,10 +133,21 @@ impl PgHalts {
     }
 
     /// Applies every halt and lift recorded by any process to `halts`, on a connection of its
-    /// own to `config` (reconnecting, with a catch-up, whenever it is lost).
+    /// own to `config` (reconnecting, with a catch-up, whenever it is lost). Runs on the
+    /// current tokio runtime.
     pub fn follow(config: tokio_postgres::Config, halts: Halts) -> HaltFollower {
         let (ready, listening) = watch::channel(false);
         let task = tokio::spawn(follow(config, halts, ready));
+        HaltFollower { task, listening }
+    }
+
+    /// [`PgHalts::follow`] on this database's I/O thread (no tokio runtime needed by the
+    /// caller).
+    pub fn follow_here(&self, halts: Halts) -> HaltFollower {
+        let (ready, listening) = watch::channel(false);
+        let task = self
+            .db
+            .spawn(follow(self.db.config().clone(), halts, ready));
         HaltFollower { task, listening }
     }
 }

@@ -8,12 +8,15 @@
 //! - [`journal`]: [`PgJournal`], the run journal.
 //! - [`ledger`]: reservations as holds with an expiry, exact across processes
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
+//! - [`ceilings`]: tenant and global ceilings in the ledger's accounts, the same for every
+//!   process; the API's overrides kept in the database ([`ceilings::PgCeilings`]).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
 //!   ([`halts::PgHalts`]).
 //!
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod ceilings;
 pub mod database;
 pub mod error;
 pub mod halts;

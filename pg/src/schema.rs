@@ -73,6 +73,12 @@ pub const MIGRATIONS: &[&str] = &[
         lifted_at timestamptz
     );
     CREATE INDEX halts_standing ON halts (scope) WHERE lifted_at IS NULL;",
+    // 5: tenant ceilings set over the API (ceilings.rs), for every process on the database.
+    "CREATE TABLE tenant_ceilings (
+        tenant text PRIMARY KEY,
+        micro_usd bigint NOT NULL,
+        set_at timestamptz NOT NULL DEFAULT now()
+    );",
 ];
 
 /// The schema version this build writes, and the newest it accepts.

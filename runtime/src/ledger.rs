@@ -643,6 +643,18 @@ impl Ledger {
         set_money_limit(&self.tenant(tenant), ceiling);
     }
 
+    /// The tenants with an open account (every tenant that reserved, was charged or was
+    /// asked about), in no particular order.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        self.accounts
+            .iter()
+            .filter_map(|entry| match entry.key() {
+                AccountId::Tenant(tenant) => Some(tenant.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// What `tenant` may spend, has spent and holds (opening its account if need be).
     pub fn tenant_budget(&self, tenant: &TenantId) -> TenantBudget {
         let snapshot = self.tenant(tenant).snapshot();

@@ -139,6 +139,7 @@ pub async fn submit(
 /// `POST /v1/runs/{id}/resume` on a replica: queues the halted (or cut off) run again; the
 /// replica that claims it resumes it from its journal. 409 if it is queued or driven already.
 pub async fn resume(
+    state: &State,
     cluster: &Cluster,
     run: &RunId,
     entries: &[JournalEntry],
@@ -155,6 +156,15 @@ pub async fn resume(
         Some(Journaled::RunSubmitted { tenant, .. }) => tenant.clone(),
         _ => return Err(ApiError::unknown_run(run.as_str())),
     };
+    // The run's recorded halts are over, or the check before its next step would halt it again.
+    if matches!(
+        entries.last().map(|e| &e.event),
+        Some(Journaled::Halted { .. })
+    ) {
+        let scope = HaltScope::Run(run.clone());
+        let lifted = state.engine.lift_recorded(&scope).await;
+        lifted.map_err(ApiError::internal)?;
+    }
     match cluster.enqueue(run, &tenant).await {
         Ok(()) => Ok(RunState::Queued),
         Err(ClusterError::Queue(e @ QueueError::AlreadyQueued { .. })) => {
@@ -257,9 +267,12 @@ fn stop_lost(state: &State, cluster: &Cluster, lost: &[Lease]) {
 
 /// What a claimed run's journal says to do with it.
 enum Claimed {
-    /// Resume it: it waits to start, was cut off, or was handed back by a draining replica.
+    /// Go on with it: it waits to start, was cut off, or was halted and queued again (a
+    /// resume, or a draining replica handing it back). A run whose halt was journaled but whose
+    /// replica died before marking it done is driven too: a halt recorded in the database (an
+    /// operator's) stops it again before its next step.
     Drive { tenant: String, goal: String },
-    /// Mark it done: it finished, or an operator (a ceiling, a deadline) halted it.
+    /// Mark it done: it finished.
     Done(&'static str),
 }
 
@@ -277,9 +290,6 @@ fn claimed(state: &State, run: &RunId) -> Result<Claimed, String> {
     };
     Ok(match entries.last().map(|e| &e.event) {
         Some(Journaled::RunFinished { .. }) => Claimed::Done("it finished"),
-        Some(Journaled::Halted { halt }) if halt.reason != HaltReason::Shutdown => {
-            Claimed::Done("it was halted; POST /v1/runs/{id}/resume queues it again")
-        }
         _ => Claimed::Drive {
             tenant: tenant.clone(),
             goal: goal.clone(),
@@ -303,7 +313,7 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
         }
     };
     cluster.driving().insert(lease.run.clone(), lease.clone());
-    match state.engine.orchestrator.resume(&run).await {
+    match state.engine.orchestrator.take_over(&run).await {
         Ok(handle) => {
             let tracked = state.track(handle, tenant, goal);
             let (cluster, draining) = (cluster.clone(), state.draining.clone());

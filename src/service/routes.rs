@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::middleware::from_fn;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use impresario::agents::{Autonomy, Budget, ResumeError, RunRequest, RunState, RunUpdate};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
-use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunSummary};
+use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunStatus, RunSummary};
 use impresario::runtime::RunId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -290,31 +290,76 @@ async fn events(
 }
 
 /// `POST /v1/runs/{id}/halt`: `{"mode"?: "immediate" | "graceful", "deadline_secs"?, "detail"?}`
-/// -> 202. Immediate by default; 409 if the run already ended.
+/// -> 202. Immediate by default; 409 if the run already ended. With `journal.url`, a run
+/// driven by another process on the database is halted there (the halt is recorded, and that
+/// process applies it).
 async fn halt_run(
     state: Data,
     token: Token,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let run = find(&state, &token, &id)?;
+    let here = match find(&state, &token, &id) {
+        Err(unknown) if unknown.status_code() == StatusCode::NOT_FOUND => return Err(unknown),
+        here => here,
+    };
     let mut body = body::read(payload, state.body_limit).await?;
     let halt = operator_halt(&mut body, HaltScope::Run(id.as_str().into()))?;
     body.done()?;
-    halt_tracked(&run, halt)?;
+    match here {
+        Ok(run) => halt_tracked(&state, &run, halt).await?,
+        Err(not_here) => halt_elsewhere(&state, &id, &halt, not_here).await?,
+    }
     Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "halted": true })))
 }
 
-/// Halts a run of this process; 409 if it already ended.
-pub(super) fn halt_tracked(run: &Tracked, halt: Halt) -> Result<(), ApiError> {
-    if run.state().is_terminal() || !run.handle.halt_with(halt) {
+/// Halts a run of this process, and records the halt for the other processes on the database
+/// (so a resume elsewhere, or this process's recovery after a crash, sees it); 409 if it
+/// already ended.
+pub(super) async fn halt_tracked(state: &State, run: &Tracked, halt: Halt) -> Result<(), ApiError> {
+    if run.state().is_terminal() || !run.handle.halt_with(halt.clone()) {
         return Err(ApiError::conflict(format!(
             "run {} already ended ({}); there is nothing to halt",
             run.handle.id(),
             state_name(&run.state())
         )));
     }
-    Ok(())
+    state
+        .engine
+        .record_halt(&halt)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// Halts run `id`, which this process is not running and `identity` may see (`not_here` is
+/// [`find`]'s 409): on PostgreSQL, a run the journal shows active is halted by recording the
+/// halt, which the process driving it applies; otherwise `not_here`.
+async fn halt_elsewhere(
+    state: &State,
+    id: &str,
+    halt: &Halt,
+    not_here: ApiError,
+) -> Result<(), ApiError> {
+    if !state.engine.shares_halts() || journal_status(state, id)? != RunStatus::Active.as_str() {
+        return Err(not_here);
+    }
+    state
+        .engine
+        .record_halt(halt)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// The journal's status of run `id` (`active`, `halted`, `finished`).
+fn journal_status(state: &State, id: &str) -> Result<String, ApiError> {
+    let entries = state
+        .engine
+        .orchestrator
+        .journal()
+        .read(&RunId::new(id))
+        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    let shown = journaled::shown(&entries).ok_or_else(|| ApiError::unknown_run(id))?;
+    Ok(shown["status"].as_str().unwrap_or_default().to_owned())
 }
 
 /// `POST /v1/runs/{id}/resume` -> 202 `{"id", "state"}`: a halted run, or one a crash cut
@@ -354,12 +399,20 @@ pub(super) async fn resume_run(
         _ => return Err(ApiError::unknown_run(id)),
     };
     if let Some(cluster) = &state.cluster {
-        return cluster::resume(cluster, &run, &entries).await;
+        return cluster::resume(state, cluster, &run, &entries).await;
     }
     // A run that just ended is wound down (agents stopped) before its result is recorded;
     // until then the orchestrator still counts it as running.
     if let Some(ours) = state.runs.get(id).filter(|r| r.state().is_terminal()) {
         ours.ended().await;
+    }
+    // The run's recorded halts are over, or the check before its next step would halt it again.
+    if state.runs.get(id).is_none_or(|r| r.state().is_terminal()) {
+        state
+            .engine
+            .lift_recorded(&HaltScope::Run(run.clone()))
+            .await
+            .map_err(ApiError::internal)?;
     }
     let handle = match state.engine.orchestrator.resume(&run).await {
         Ok(handle) => handle,
@@ -452,7 +505,12 @@ async fn halt(state: Data, token: Token, payload: web::Payload) -> Result<HttpRe
             _ => true,
         })
         .count();
-    state.engine.orchestrator.halts().halt_with(halt);
+    state.engine.orchestrator.halts().halt_with(halt.clone());
+    state
+        .engine
+        .record_halt(&halt)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(HttpResponse::Accepted().json(json!({ "scope": scope.to_string(), "runs": running })))
 }
 
@@ -465,20 +523,40 @@ async fn lift(state: Data, token: Token, payload: web::Payload) -> Result<HttpRe
     let mut body = body::read(payload, state.body_limit).await?;
     let scope = standing_scope(&mut body, "lift")?;
     body.done()?;
-    let lifted = lift_standing(&state, &scope)?;
+    let lifted = lift_standing(&state, &scope).await?;
     Ok(HttpResponse::Ok().json(json!({ "scope": scope.to_string(), "lifted": lifted })))
 }
 
-/// Lifts the standing halt of `scope` and logs it; 409 if there is none to lift.
-pub(super) fn lift_standing(state: &State, scope: &HaltScope) -> Result<Halt, ApiError> {
-    let lifted = state
-        .engine
-        .orchestrator
-        .halts()
-        .lift(scope)
-        .map_err(|e| ApiError::conflict(e.to_string()))?;
-    tracing::info!(scope = %scope, reason = %lifted.reason, "halt lifted by an operator");
+/// Lifts the standing halt of `scope` (here and, with `journal.url`, for every process on the
+/// database) and logs it; 409 if none stands. The halt lifted here, or `None` when only the
+/// database had it (this process had not applied it yet).
+pub(super) async fn lift_standing(
+    state: &State,
+    scope: &HaltScope,
+) -> Result<Option<Halt>, ApiError> {
+    let here = state.engine.orchestrator.halts().lift(scope);
+    let recorded = match &here {
+        // Everything is still halted: the tenant's recorded halt stays too.
+        Err(_) if matches!(scope, HaltScope::Tenant(_)) && global_halted(state) => 0,
+        _ => state
+            .engine
+            .lift_recorded(scope)
+            .await
+            .map_err(ApiError::internal)?,
+    };
+    let lifted = match here {
+        Ok(halt) => Some(halt),
+        Err(_) if recorded > 0 => None,
+        Err(e) => return Err(ApiError::conflict(e.to_string())),
+    };
+    tracing::info!(scope = %scope, recorded, "halt lifted by an operator");
     Ok(lifted)
+}
+
+/// Whether everything is halted here.
+fn global_halted(state: &State) -> bool {
+    let halts = state.engine.orchestrator.halts();
+    halts.standing().iter().any(|h| h.scope == HaltScope::All)
 }
 
 /// The scope of a standing halt: `{"tenant": "..."}` or `{"all": true}`; `verb` says what the

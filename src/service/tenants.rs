@@ -1,6 +1,8 @@
+//! `GET /v1/tenants` (every tenant an admin's token sees; a tenant's token: its own),
 //! `GET /v1/tenants/{tenant}` (the tenant's own token, or an admin's) and
-//! `PUT /v1/tenants/{tenant}` (an admin's): a tenant's ceiling, what it spent (rebuilt from the
-//! journal at start) and has reserved on the ledger, and its journaled runs by status.
+//! `PUT /v1/tenants/{tenant}` (an admin's): a tenant's ceiling, what it spent and has reserved
+//! (this process's ledger, spend rebuilt from the journal at start; with `journal.url`, the
+//! database's, counting every process), and its journaled runs by status.
 
 use actix_web::{web, HttpResponse};
 use impresario::runtime::journal::{RunFilter, RunStatus};
@@ -15,6 +17,7 @@ use crate::identity::Identity;
 
 /// Adds the routes (inside the authenticated `/v1` scope).
 pub fn configure(config: &mut web::ServiceConfig) {
+    config.service(web::resource("/tenants").route(web::get().to(list)));
     config.service(
         web::resource("/tenants/{tenant}")
             .route(web::get().to(show))
@@ -33,7 +36,32 @@ async fn show(
     if !token.sees(&tenant) {
         return Err(ApiError::unknown_tenant(&tenant));
     }
-    Ok(HttpResponse::Ok().json(describe(&state, &tenant)?))
+    Ok(HttpResponse::Ok().json(describe(&state, &tenant).await?))
+}
+
+/// `GET /v1/tenants` -> `{"tenants": [...]}`, each as `GET /v1/tenants/{tenant}` shows it, by
+/// name: every tenant with an account or a ceiling of its own (a tenant's token: its own).
+async fn list(
+    state: web::Data<State>,
+    token: web::ReqData<Identity>,
+) -> Result<HttpResponse, ApiError> {
+    let names: Vec<String> = match token.tenant() {
+        Some(own) => vec![own.to_owned()],
+        None => state
+            .engine
+            .ceilings
+            .tenants()
+            .await
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .map(|t| t.as_str().to_owned())
+            .collect(),
+    };
+    let mut tenants = Vec::with_capacity(names.len());
+    for name in &names {
+        tenants.push(describe(&state, name).await?);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "tenants": tenants })))
 }
 
 /// `PUT /v1/tenants/{tenant}`: `{"ceiling_usd": 25.0}` (or `null`: back to the configured
@@ -64,17 +92,19 @@ async fn set(
         .engine
         .ceilings
         .set(&tenant, ceiling)
+        .await
         .map_err(ApiError::internal)?;
-    Ok(HttpResponse::Ok().json(describe(&state, &tenant)?))
+    Ok(HttpResponse::Ok().json(describe(&state, &tenant).await?))
 }
 
 /// The tenant as the routes show it.
-fn describe(state: &State, tenant: &str) -> Result<Value, ApiError> {
+async fn describe(state: &State, tenant: &str) -> Result<Value, ApiError> {
     let budget = state
         .engine
-        .orchestrator
-        .ledger()
-        .tenant_budget(&tenant.into());
+        .ceilings
+        .budget(tenant)
+        .await
+        .map_err(ApiError::internal)?;
     let runs = state
         .engine
         .orchestrator

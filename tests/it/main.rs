@@ -7,6 +7,7 @@
 // may have (clippy::too_many_lines, workspace lint).
 #![allow(clippy::too_many_lines)]
 
+mod backends;
 mod binary;
 mod browser;
 mod cli;

@@ -241,66 +241,6 @@ async fn a_halted_run_resumes_from_its_journal_and_only_halted_runs_can() {
 }
 
 #[tokio::test]
-async fn a_side_effect_waits_for_approval_and_runs_only_once_approved() {
-    let server = Server::start("");
-    let manual = |goal: &str| json!({ "goal": goal, "tools": ["save_note"], "autonomy": "manual" });
-
-    let id = server.submit(manual("Lisbon has trams")).await;
-    let state = server
-        .until(&id, |s| s["state"] == "awaiting_approval")
-        .await;
-    assert_eq!(
-        state,
-        json!({ "state": "awaiting_approval", "step": 1, "tool": "save_note" })
-    );
-    let approvals = format!("/v1/runs/{id}/approvals");
-    let (status, answer) = server
-        .post(&format!("{approvals}/2"), json!({ "decision": "approve" }))
-        .await;
-    assert_eq!(status, 409, "{answer}");
-    let (status, answer) = server
-        .post(&format!("{approvals}/1"), json!({ "decision": "maybe" }))
-        .await;
-    assert_eq!(
-        (status, answer["field"].as_str()),
-        (422, Some("decision")),
-        "{answer}"
-    );
-    // Still waiting: neither request decided anything.
-    let (_, run) = server.get(&format!("/v1/runs/{id}")).await;
-    assert_eq!(run["state"]["state"], "awaiting_approval");
-    let (status, answer) = server
-        .post(&format!("{approvals}/1"), json!({ "decision": "approve" }))
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    let state = server.until(&id, |s| s["state"] == "succeeded").await;
-    assert!(
-        state["answer"]
-            .as_str()
-            .unwrap()
-            .starts_with("save_note: saved (note 4)"),
-        "{state}"
-    );
-
-    let id = server.submit(manual("Porto has trams too")).await;
-    server
-        .until(&id, |s| s["state"] == "awaiting_approval")
-        .await;
-    let (status, _) = server
-        .post(
-            &format!("/v1/runs/{id}/approvals/1"),
-            json!({ "decision": "reject", "reason": "not today" }),
-        )
-        .await;
-    assert_eq!(status, 202);
-    server.until(&id, |s| s["state"] == "succeeded").await;
-    let (_, run) = server.get(&format!("/v1/runs/{id}")).await;
-    let outcome = &run["steps"][0]["outcome"]["Err"];
-    assert_eq!(outcome["kind"], "rejected", "{run}");
-    assert_eq!(outcome["reason"], "not today");
-}
-
-#[tokio::test]
 async fn halting_a_tenant_halts_its_runs_and_no_one_elses() {
     let server = Server::start("[models]\noffline_latency_ms = 60000");
     let (status, answer) = server.post("/v1/halt", json!({})).await;

@@ -130,7 +130,7 @@ pub async fn halt(
         "halted from the console ({})",
         session.identity.label()
     ));
-    routes::halt_tracked(&run, halt)?;
+    routes::halt_tracked(&state, &run, halt).await?;
     Ok(redirect(&format!("/ui/runs/{id}")).finish())
 }
 
@@ -198,7 +198,12 @@ pub async fn halt_tenant(
         "halted from the console ({})",
         session.identity.label()
     ));
-    state.engine.orchestrator.halts().halt_with(halt);
+    state.engine.orchestrator.halts().halt_with(halt.clone());
+    state
+        .engine
+        .record_halt(&halt)
+        .await
+        .map_err(|e| ConsoleError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(redirect("/ui/tenants").finish())
 }
 
@@ -210,7 +215,7 @@ pub async fn lift_tenant(
     form: web::Form<Action>,
 ) -> Result<HttpResponse, ConsoleError> {
     let (_, tenant) = admin_on_tenant(&state, &request, &form)?;
-    routes::lift_standing(&state, &HaltScope::Tenant(tenant.into()))?;
+    routes::lift_standing(&state, &HaltScope::Tenant(tenant.into())).await?;
     Ok(redirect("/ui/tenants").finish())
 }
 

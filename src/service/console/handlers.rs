@@ -9,7 +9,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use impresario::agents::{RunState, RunUpdate as AgentEvent};
 use impresario::runtime::halt::HaltScope;
 use impresario::runtime::journal::{JournalEntry, RunEvent, RunFilter};
-use impresario::runtime::ledger::AccountId;
 use impresario::runtime::RunId;
 use serde_json::Value;
 
@@ -292,29 +291,29 @@ pub async fn tenants(state: Data, request: HttpRequest) -> Result<HttpResponse, 
             _ => counts.0 += 1,
         }
     }
-    let orchestrator = &state.engine.orchestrator;
-    let standing = orchestrator.halts().standing();
-    let rows: Vec<TenantRow> = runs
-        .into_iter()
-        .map(|(name, runs)| {
-            let account = orchestrator
-                .ledger()
-                .account(&AccountId::Tenant(name.as_str().into()))
-                .map(|a| a.snapshot());
-            let halted = standing
-                .iter()
-                .find(|h| h.scope == HaltScope::Tenant(name.as_str().into()))
-                .cloned();
-            TenantRow {
-                spent: account.as_ref().map_or(0, |a| a.spent.micro_usd),
-                reserved: account.as_ref().map_or(0, |a| a.reserved.micro_usd),
-                ceiling: account.as_ref().and_then(|a| a.limits.micro_usd),
-                runs,
-                halted: halted.map(|h| h.detail.unwrap_or_else(|| h.reason.to_string())),
-                name,
-            }
-        })
-        .collect();
+    let standing = state.engine.orchestrator.halts().standing();
+    let mut rows = Vec::with_capacity(runs.len());
+    for (name, runs) in runs {
+        // The ledger's view: this process's, or with `journal.url` every process's.
+        let budget = state
+            .engine
+            .ceilings
+            .budget(&name)
+            .await
+            .map_err(|e| ConsoleError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        let halted = standing
+            .iter()
+            .find(|h| h.scope == HaltScope::Tenant(name.as_str().into()))
+            .cloned();
+        rows.push(TenantRow {
+            spent: budget.spent,
+            reserved: budget.reserved,
+            ceiling: budget.ceiling,
+            runs,
+            halted: halted.map(|h| h.detail.unwrap_or_else(|| h.reason.to_string())),
+            name,
+        });
+    }
     let body = views::tenants(&session, &rows);
     Ok(html(layout(
         "Tenants",

@@ -1,0 +1,448 @@
+//! One behavioural suite, run on both backends: the real binary journaling in a SQLite file,
+//! and the real binary with `journal.url` on a real PostgreSQL (a throwaway server, a database
+//! per test). What depends on the backend is checked the same way on each: tenant ceilings
+//! enforced and kept across a restart, a run budget over the limit refused, standing halts and
+//! their lifts, approvals, a run cut off by a crash resumed at start, tenants kept apart.
+//! Then what PostgreSQL makes possible: two `serve` processes on one database, where a halt
+//! sent to one stops a run the other drives, and a tenant's ceiling holds across both.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use impresario_pg::test_cluster::shared;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::binary::{Server, TempDir, TOKEN};
+
+/// A token bound to tenant `acme`.
+const ACME: &str = "acme-token-0123456789abcdef";
+/// A token bound to tenant `beta`.
+const BETA: &str = "beta-token-0123456789abcdef";
+
+/// Where a service journals.
+#[derive(Clone, Debug)]
+enum Backend {
+    /// `impresario.db` in the service's directory.
+    Sqlite,
+    /// A database of the test cluster (its URL).
+    Postgres(String),
+}
+
+impl Backend {
+    /// A PostgreSQL database of its own for `test`.
+    fn postgres(test: &str) -> Backend {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{test}_{}_{n}", std::process::id());
+        Backend::Postgres(shared().create_database(&name))
+    }
+
+    /// `serve` in `dir` on this backend, with tokens of tenants `acme` and `beta` and `extra`
+    /// config lines.
+    fn serve(&self, dir: Arc<TempDir>, extra: &str) -> Server {
+        let config = format!(
+            "{extra}\n[[server.tokens]]\ntenant = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n\
+             [[server.tokens]]\ntenant = \"beta\"\ntoken_env = \"BETA_TOKEN\"\n"
+        );
+        let mut env = vec![("ACME_TOKEN", ACME), ("BETA_TOKEN", BETA)];
+        if let Backend::Postgres(url) = self {
+            env.push(("IMPRESARIO_JOURNAL__URL", url.as_str()));
+        }
+        Server::start_with(dir, &config, &env)
+    }
+}
+
+/// Runs the async test `$name(backend)` once per backend.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$name(Backend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres() {
+                super::$name(Backend::postgres(stringify!($name))).await;
+            }
+        }
+    };
+}
+
+on_both_backends!(tenant_ceilings_are_enforced_listed_and_kept_across_a_restart);
+on_both_backends!(a_run_budget_over_the_limit_is_a_422_naming_the_field);
+on_both_backends!(a_standing_halt_stops_a_tenants_runs_until_lifted);
+on_both_backends!(an_approved_step_runs_and_a_rejected_one_does_not);
+on_both_backends!(a_run_cut_off_by_a_crash_is_resumed_at_start);
+on_both_backends!(a_tenant_sees_its_own_runs_only);
+
+/// Submits `body` as `token`; the run's id.
+async fn submit_as(server: &Server, token: &str, body: Value) -> String {
+    let (status, created) = server.send_as(token, Method::POST, "/v1/runs", &body).await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_str().unwrap().to_owned()
+}
+
+/// Whether a run's state is one it ended in.
+fn ended(state: &Value) -> bool {
+    !["queued", "planning", "running", "awaiting_approval"]
+        .contains(&state["state"].as_str().unwrap_or("queued"))
+}
+
+const GOAL: &str = "What is the default restart intensity?";
+
+async fn tenant_ceilings_are_enforced_listed_and_kept_across_a_restart(backend: Backend) {
+    let config = "[budget]\ntenant_default_usd = 3.0\n[budget.tenants]\nacme = 5.0";
+    let mut server = backend.serve(Arc::new(TempDir::new()), config);
+    let (status, acme) = server.get("/v1/tenants/acme").await;
+    assert_eq!(
+        (status, &acme["ceiling_micro_usd"]),
+        (200, &json!(5_000_000)),
+        "{acme}"
+    );
+    let (_, beta) = server.get("/v1/tenants/beta").await;
+    assert_eq!(beta["ceiling_micro_usd"], 3_000_000, "the default: {beta}");
+
+    // A run of beta's is charged on beta.
+    let id = submit_as(&server, BETA, json!({ "goal": GOAL })).await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    let (_, beta) = server.get("/v1/tenants/beta").await;
+    let spent = beta["spent_micro_usd"].as_u64().unwrap();
+    assert!(spent > 0, "{beta}");
+    assert_eq!(beta["reserved_micro_usd"], 0, "{beta}");
+
+    let (status, _) = server
+        .send_as(BETA, Method::GET, "/v1/tenants/acme", &Value::Null)
+        .await;
+    assert_eq!(status, 404, "beta does not see acme");
+
+    // acme's ceiling set to one micro-dollar (by an admin, in an amount): its next model call
+    // is refused.
+    let tiny = json!({ "ceiling_usd": 0.000001 });
+    let (status, _) = server
+        .send_as(ACME, Method::PUT, "/v1/tenants/acme", &tiny)
+        .await;
+    assert_eq!(status, 403, "a tenant does not set its own ceiling");
+    for bad in [
+        json!({ "ceiling_usd": 1e300 }),
+        json!({ "ceiling_usd": -1 }),
+        json!({}),
+    ] {
+        let (status, answer) = server
+            .send_as(TOKEN, Method::PUT, "/v1/tenants/acme", &bad)
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (422, Some("ceiling_usd")),
+            "{answer}"
+        );
+    }
+    let (status, acme) = server
+        .send_as(TOKEN, Method::PUT, "/v1/tenants/acme", &tiny)
+        .await;
+    assert_eq!(
+        (status, &acme["ceiling_micro_usd"]),
+        (200, &json!(1)),
+        "{acme}"
+    );
+    let id = submit_as(&server, ACME, json!({ "goal": GOAL })).await;
+    let state = server.until(&id, ended).await;
+    assert_ne!(state["state"], "succeeded", "{state}");
+    let (_, acme) = server.get("/v1/tenants/acme").await;
+    assert!(acme["spent_micro_usd"].as_u64().unwrap() <= 1, "{acme}");
+    assert_eq!(acme["runs"]["active"], 0, "{acme}");
+
+    assert!(server.terminate().success());
+    let server = backend.serve(server.dir.clone(), config);
+    let (_, acme) = server.get("/v1/tenants/acme").await;
+    assert_eq!(
+        acme["ceiling_micro_usd"], 1,
+        "PUT survives a restart: {acme}"
+    );
+    let (_, beta) = server.get("/v1/tenants/beta").await;
+    assert_eq!(
+        beta["spent_micro_usd"], spent,
+        "spend survives a restart: {beta}"
+    );
+    let (_, listed) = server.get("/v1/tenants").await;
+    let names: Vec<&str> = listed["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["tenant"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"acme") && names.contains(&"beta"),
+        "{listed}"
+    );
+    let (_, own) = server
+        .send_as(BETA, Method::GET, "/v1/tenants", &Value::Null)
+        .await;
+    assert_eq!(own["tenants"].as_array().unwrap().len(), 1, "{own}");
+    assert_eq!(own["tenants"][0]["tenant"], "beta", "{own}");
+
+    // Back to the configured ceiling, which the ledger enforces again.
+    let back = json!({ "ceiling_usd": null });
+    let (_, acme) = server
+        .send_as(TOKEN, Method::PUT, "/v1/tenants/acme", &back)
+        .await;
+    assert_eq!(acme["ceiling_micro_usd"], 5_000_000, "{acme}");
+    let id = submit_as(&server, ACME, json!({ "goal": GOAL })).await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+}
+
+async fn a_run_budget_over_the_limit_is_a_422_naming_the_field(backend: Backend) {
+    let server = backend.serve(Arc::new(TempDir::new()), "[budget]\nmax_run_usd = 1.0");
+    for usd in [json!(1e300), json!(-1), json!(1.5), json!("NaN")] {
+        let body = json!({ "goal": GOAL, "budget_usd": usd });
+        let (status, answer) = server.send_as(ACME, Method::POST, "/v1/runs", &body).await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (422, Some("budget_usd")),
+            "{usd}: {answer}"
+        );
+    }
+    let (_, listed) = server.get("/v1/runs").await;
+    assert_eq!(listed["runs"], json!([]), "nothing was journaled");
+    let id = server
+        .submit(json!({ "goal": GOAL, "budget_usd": 1.0 }))
+        .await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+}
+
+async fn a_standing_halt_stops_a_tenants_runs_until_lifted(backend: Backend) {
+    let server = backend.serve(
+        Arc::new(TempDir::new()),
+        "[models]\noffline_latency_ms = 60000",
+    );
+    let running = submit_as(&server, ACME, json!({ "goal": GOAL })).await;
+    server.until(&running, |s| s["state"] == "planning").await;
+    let (status, answer) = server.post("/v1/halt", json!({ "tenant": "acme" })).await;
+    assert_eq!(status, 202, "{answer}");
+    let state = server.until(&running, |s| s["state"] == "halted").await;
+    assert_eq!(state["reason"], "operator", "{state}");
+    let new = submit_as(&server, ACME, json!({ "goal": GOAL })).await;
+    server.until(&new, |s| s["state"] == "halted").await;
+    let other = submit_as(&server, BETA, json!({ "goal": GOAL })).await;
+    server.until(&other, |s| s["state"] == "planning").await;
+
+    let (status, answer) = server
+        .post("/v1/halt/lift", json!({ "tenant": "acme" }))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = server
+        .post("/v1/halt/lift", json!({ "tenant": "acme" }))
+        .await;
+    assert_eq!(status, 409, "nothing stands any more: {answer}");
+    let after = submit_as(&server, ACME, json!({ "goal": GOAL })).await;
+    server.until(&after, |s| s["state"] == "planning").await;
+    let (_, run) = server.get(&format!("/v1/runs/{running}")).await;
+    assert_eq!(
+        run["state"]["state"], "halted",
+        "a lift resumes nothing: {run}"
+    );
+
+    // A halted run resumed goes on (its own recorded halt is lifted).
+    let (status, answer) = server
+        .post(&format!("/v1/runs/{running}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    server.until(&running, |s| s["state"] == "planning").await;
+}
+
+async fn an_approved_step_runs_and_a_rejected_one_does_not(backend: Backend) {
+    let server = backend.serve(Arc::new(TempDir::new()), "");
+    let manual = |goal: &str| json!({ "goal": goal, "tools": ["save_note"], "autonomy": "manual" });
+    let id = server.submit(manual("Lisbon has trams")).await;
+    server
+        .until(&id, |s| s["state"] == "awaiting_approval")
+        .await;
+    let approvals = format!("/v1/runs/{id}/approvals");
+    let (status, answer) = server
+        .post(&format!("{approvals}/2"), json!({ "decision": "approve" }))
+        .await;
+    assert_eq!(status, 409, "step 2 is not waiting: {answer}");
+    let (status, answer) = server
+        .post(&format!("{approvals}/1"), json!({ "decision": "maybe" }))
+        .await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (422, Some("decision")),
+        "{answer}"
+    );
+    let (_, run) = server.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        run["state"]["state"], "awaiting_approval",
+        "nothing was decided: {run}"
+    );
+    let (status, answer) = server
+        .post(&format!("{approvals}/1"), json!({ "decision": "approve" }))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let state = server.until(&id, |s| s["state"] == "succeeded").await;
+    assert!(
+        state["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("save_note: saved"),
+        "{state}"
+    );
+
+    let id = server.submit(manual("Porto has trams too")).await;
+    server
+        .until(&id, |s| s["state"] == "awaiting_approval")
+        .await;
+    let reject = json!({ "decision": "reject", "reason": "not today" });
+    let (status, _) = server
+        .post(&format!("/v1/runs/{id}/approvals/1"), reject)
+        .await;
+    assert_eq!(status, 202);
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    let (_, run) = server.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        run["steps"][0]["outcome"]["Err"]["reason"], "not today",
+        "{run}"
+    );
+}
+
+async fn a_run_cut_off_by_a_crash_is_resumed_at_start(backend: Backend) {
+    let slow = "[models]\noffline_latency_ms = 1500";
+    let mut server = backend.serve(Arc::new(TempDir::new()), slow);
+    let id = server.submit(json!({ "goal": GOAL })).await;
+    server.until(&id, |s| s["state"] == "planning").await;
+    server.crash();
+    let server = backend.serve(server.dir.clone(), "[models]\noffline_latency_ms = 10");
+    let state = server
+        .until_within(&id, std::time::Duration::from_secs(30), |s| {
+            s["state"] == "succeeded"
+        })
+        .await;
+    assert!(state["answer"].is_string(), "{state}");
+}
+
+async fn a_tenant_sees_its_own_runs_only(backend: Backend) {
+    let server = backend.serve(Arc::new(TempDir::new()), "");
+    let acme = submit_as(&server, ACME, json!({ "goal": GOAL })).await;
+    let beta = submit_as(&server, BETA, json!({ "goal": GOAL })).await;
+    for id in [&acme, &beta] {
+        server.until(id, |s| s["state"] == "succeeded").await;
+    }
+    let (_, listed) = server
+        .send_as(BETA, Method::GET, "/v1/runs", &Value::Null)
+        .await;
+    let ids: Vec<&str> = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, [beta.as_str()], "{listed}");
+    for path in [
+        format!("/v1/runs/{acme}"),
+        format!("/v1/runs/{acme}/events"),
+    ] {
+        let (status, answer) = server.send_as(BETA, Method::GET, &path, &Value::Null).await;
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+    let (status, _) = server
+        .send_as(BETA, Method::GET, "/v1/tenants/acme", &Value::Null)
+        .await;
+    assert_eq!(status, 404);
+    let (_, all) = server.get("/v1/runs").await;
+    assert_eq!(
+        all["runs"].as_array().unwrap().len(),
+        2,
+        "the admin sees both: {all}"
+    );
+}
+
+/// Two `serve` processes on one database: two replicas of a cluster, sharing the run queue.
+fn two_processes(test: &str, extra: &str) -> (Server, Server) {
+    let backend = Backend::postgres(test);
+    let a = backend.serve(Arc::new(TempDir::new()), extra);
+    let b = backend.serve(Arc::new(TempDir::new()), extra);
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_halt_sent_to_one_process_stops_a_run_the_other_drives() {
+    let (a, b) = two_processes("cross_halt", "[models]\noffline_latency_ms = 60000");
+    let id = b.submit(json!({ "goal": GOAL })).await;
+    b.until(&id, |s| s["state"] == "planning").await;
+    let (status, answer) = a.post(&format!("/v1/runs/{id}/halt"), json!({})).await;
+    assert_eq!(status, 202, "{answer}");
+    let state = b.until(&id, |s| s["state"] == "halted").await;
+    assert_eq!(state["reason"], "operator", "{state}");
+    // A run that ended is not halted again.
+    let (status, answer) = a.post(&format!("/v1/runs/{id}/halt"), json!({})).await;
+    assert_eq!(status, 409, "{answer}");
+
+    // A tenant's standing halt sent to B reaches A's new runs; lifted on A, it is over on B.
+    let (status, _) = b.post("/v1/halt", json!({ "tenant": "acme" })).await;
+    assert_eq!(status, 202);
+    let id = submit_as(&a, ACME, json!({ "goal": GOAL })).await;
+    a.until(&id, |s| s["state"] == "halted").await;
+    let (status, answer) = a.post("/v1/halt/lift", json!({ "tenant": "acme" })).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut lifted = false;
+    for _ in 0..100 {
+        let id = submit_as(&b, ACME, json!({ "goal": GOAL })).await;
+        let state = b.until(&id, |s| s["state"] != "queued").await;
+        b.post(&format!("/v1/runs/{id}/halt"), json!({})).await;
+        if state["state"] == "planning" {
+            lifted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(lifted, "B kept halting acme's new runs after the lift");
+}
+
+#[tokio::test]
+async fn a_tenant_ceiling_holds_across_two_processes() {
+    let (a, b) = two_processes("cross_ceiling", "");
+    // What one run costs, measured.
+    let id = submit_as(&a, ACME, json!({ "goal": GOAL })).await;
+    a.until(&id, |s| s["state"] == "succeeded").await;
+    let (_, acme) = a.get("/v1/tenants/acme").await;
+    let one_run = acme["spent_micro_usd"].as_u64().unwrap();
+    assert!(one_run > 0, "{acme}");
+    // Room for about three more runs across both processes.
+    let ceiling = one_run * 4;
+    let set = json!({ "ceiling_usd": ceiling as f64 / 1e6 });
+    let (status, answer) = b
+        .send_as(TOKEN, Method::PUT, "/v1/tenants/acme", &set)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        runs.push((
+            server,
+            submit_as(server, ACME, json!({ "goal": GOAL })).await,
+        ));
+    }
+    let mut succeeded = 0;
+    for (server, id) in &runs {
+        let state = server
+            .until_within(id, std::time::Duration::from_secs(30), ended)
+            .await;
+        succeeded += usize::from(state["state"] == "succeeded");
+    }
+    assert!(succeeded < runs.len(), "no run was refused");
+    for server in [&a, &b] {
+        let (_, acme) = server.get("/v1/tenants/acme").await;
+        let spent = acme["spent_micro_usd"].as_u64().unwrap();
+        assert!(
+            spent <= ceiling,
+            "spent {spent} > ceiling {ceiling}: {acme}"
+        );
+        assert!(spent >= one_run, "{acme}");
+        assert_eq!(acme["reserved_micro_usd"], 0, "{acme}");
+        assert_eq!(acme["ceiling_micro_usd"], ceiling, "{acme}");
+    }
+}
