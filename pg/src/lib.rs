@@ -8,6 +8,8 @@
 //! - [`journal`]: [`PgJournal`], the run journal.
 //! - [`ledger`]: reservations as holds with an expiry, exact across processes
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
+//! - [`fences`]: the lease epochs of the runs this process drives in a cluster ([`Fences`]),
+//!   checked first by every journal and ledger write for those runs.
 //! - [`ceilings`]: tenant and global ceilings in the ledger's accounts, the same for every
 //!   process; the API's overrides kept in the database ([`ceilings::PgCeilings`]).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
@@ -19,6 +21,7 @@
 pub mod ceilings;
 pub mod database;
 pub mod error;
+pub mod fences;
 pub mod halts;
 pub mod journal;
 pub mod ledger;
@@ -30,4 +33,5 @@ pub mod test_cluster;
 
 pub use database::Database;
 pub use error::PgError;
-pub use journal::PgJournal;
+pub use fences::Fences;
+pub use journal::{PgJournal, PgJournalOptions};

@@ -19,7 +19,7 @@ use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario::runtime::journal::{JournalEntry, RunEvent as Journaled};
 use impresario::runtime::RunId;
 use impresario_pg::queue::{Lease, Queue, QueueConfig, QueueError};
-use impresario_pg::Database;
+use impresario_pg::{Database, Fences};
 use tokio::sync::Notify;
 
 use super::errors::ApiError;
@@ -48,6 +48,8 @@ pub enum ClusterError {
 pub struct Cluster {
     db: Database,
     queue: Arc<Queue>,
+    /// The epochs the journal and the ledger fence the writes of the runs driven here with.
+    fences: Fences,
     /// Wakes the loop to claim now (a run was queued here, or one ended here).
     wake: Notify,
     /// The runs this replica drives, by id, with their lease.
@@ -55,12 +57,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The replica `config` names, on the run queue of `db`.
-    pub fn new(db: Database, config: QueueConfig) -> Result<Arc<Cluster>, ClusterError> {
+    /// The replica `config` names, on the run queue of `db`, setting each claimed run's epoch
+    /// in `fences` (those of the journal and the ledger) while it drives the run.
+    pub fn new(
+        db: Database,
+        fences: Fences,
+        config: QueueConfig,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let queue = Queue::new(db.pool().clone(), config)?;
         Ok(Arc::new(Cluster {
             db,
             queue: Arc::new(queue),
+            fences,
             wake: Notify::new(),
             driving: Mutex::default(),
         }))
@@ -106,6 +114,14 @@ impl Cluster {
 
     fn driving(&self) -> MutexGuard<'_, HashMap<String, Lease>> {
         self.driving.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The run of `lease` is not written for here any more: its writes go unfenced again
+    /// (unless a newer claim of it set another epoch).
+    fn unfence(&self, lease: &Lease) {
+        if self.fences.epoch(&lease.run) == Some(lease.epoch) {
+            self.fences.remove(&lease.run);
+        }
     }
 
     /// Stops counting `lease`'s run as driven here; `false` if it was not (any more).
@@ -247,8 +263,9 @@ async fn export_stats(state: &State, cluster: &Cluster) {
     }
 }
 
-/// Stops, here, the runs of `lost` leases: each is halted at once; its writes are refused by
-/// their fence, and the replica that claimed it goes on from its journal.
+/// Stops, here, the runs of `lost` leases: each is halted at once; its writes (the halt's
+/// included) are refused by the fence, whose stale epoch stays set until the run ended here,
+/// and the replica that claimed it goes on from its journal.
 fn stop_lost(state: &State, cluster: &Cluster, lost: &[Lease]) {
     for lease in lost {
         if !cluster.stop_driving(lease) {
@@ -313,6 +330,8 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
         }
     };
     cluster.driving().insert(lease.run.clone(), lease.clone());
+    // Every write for the run from now on carries the lease's epoch.
+    cluster.fences.set(&lease);
     match state.engine.orchestrator.take_over(&run).await {
         Ok(handle) => {
             let tracked = state.track(handle, tenant, goal);
@@ -321,11 +340,13 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
         }
         Err(e @ (ResumeError::Running(_) | ResumeError::Journal(_))) => {
             cluster.stop_driving(&lease);
+            cluster.unfence(&lease);
             tracing::info!(run = %run, error = %e, "cannot drive a claimed run here now; handed back");
             release(cluster, lease).await;
         }
         Err(e) => {
             cluster.stop_driving(&lease);
+            cluster.unfence(&lease);
             tracing::error!(run = %run, error = %e, "cannot drive a claimed run; marked done in the queue");
             complete(cluster, lease).await;
         }
@@ -336,6 +357,8 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
 /// replica lost it meanwhile, or halted it to drain (the drain hands it back).
 async fn finish(cluster: Arc<Cluster>, run: Arc<Tracked>, lease: Lease, draining: Arc<AtomicBool>) {
     run.ended().await;
+    // Its end is journaled (or was refused by the fence): nothing more is written for it here.
+    cluster.unfence(&lease);
     if !cluster.stop_driving(&lease) {
         return;
     }

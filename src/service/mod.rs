@@ -131,8 +131,9 @@ async fn start(config: &Config) -> Result<(web::Data<State>, String), Box<dyn st
     let engine = Engine::start(config).await?;
     let models = engine.models_description.clone();
     let cluster = match &engine.database {
-        Some(db) => Some(cluster::Cluster::new(
+        Some((db, fences)) => Some(cluster::Cluster::new(
             db.clone(),
+            fences.clone(),
             config.cluster.queue_config()?,
         )?),
         None => None,

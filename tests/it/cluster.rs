@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impresario_pg::test_cluster::shared;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::binary::{Server, TempDir};
@@ -15,9 +17,20 @@ use crate::binary::{Server, TempDir};
 const GOAL: &str = "What is 7 plus 5?";
 
 /// A replica named `name` on the database at `url`, driving at most `max_runs` runs, each
-/// model call taking `latency_ms`.
+/// model call taking `latency_ms`, with leases of 10 s.
 fn replica(url: &str, name: &str, max_runs: u32, latency_ms: u32) -> Server {
+    replica_leasing(url, name, (max_runs, 10.0), latency_ms)
+}
+
+/// [`replica`] with leases of `lease_secs`.
+fn replica_leasing(
+    url: &str,
+    name: &str,
+    (max_runs, lease_secs): (u32, f64),
+    latency_ms: u32,
+) -> Server {
     let (max_runs, latency) = (max_runs.to_string(), latency_ms.to_string());
+    let lease = lease_secs.to_string();
     Server::start_with(
         Arc::new(TempDir::new()),
         "",
@@ -28,9 +41,23 @@ fn replica(url: &str, name: &str, max_runs: u32, latency_ms: u32) -> Server {
                 "IMPRESARIO_CLUSTER__MAX_RUNS_PER_REPLICA",
                 max_runs.as_str(),
             ),
+            ("IMPRESARIO_CLUSTER__LEASE_SECS", lease.as_str()),
             ("IMPRESARIO_MODELS__OFFLINE_LATENCY_MS", latency.as_str()),
         ],
     )
+}
+
+/// The single answer of `sql`, polled until `done` holds for it (`limit` at most).
+async fn until_sql(url: &str, sql: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = shared().psql(url, sql).unwrap();
+        if done(&out) {
+            return out;
+        }
+        assert!(start.elapsed() < limit, "{sql} stayed {out:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The live leases per replica, as `owner|count` lines.
@@ -171,4 +198,63 @@ async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
         )
         .unwrap();
     assert_eq!(halts, "3");
+}
+
+#[tokio::test]
+async fn a_replica_paused_past_its_lease_cannot_write_for_the_run_another_took_over() {
+    let url = shared().create_database(&format!("cluster_pause_{}", std::process::id()));
+    let a = replica_leasing(&url, "a", (4, 1.0), 1500);
+    let id = a
+        .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A drives it and waits on a model call (journaled before it was sent).
+    let requested = format!(
+        "SELECT count(*) FROM journal_events WHERE run_id = '{id}' AND kind = 'llm_request'"
+    );
+    until_sql(&url, &requested, Duration::from_secs(10), |n| n != "0").await;
+    let b = replica_leasing(&url, "b", (4, 1.0), 100);
+    let pid = Pid::from_raw(i32::try_from(a.pid()).unwrap());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // Past the lease, B takes the run over (epoch 2) and drives it from the journal.
+    let owner = format!("SELECT owner || ':' || epoch FROM run_queue WHERE run_id = '{id}'");
+    until_sql(&url, &owner, Duration::from_secs(15), |o| o == "b:2").await;
+    let events_at_takeover = shared()
+        .psql(
+            &url,
+            &format!("SELECT count(*) FROM journal_events WHERE run_id = '{id}'"),
+        )
+        .unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    b.until_within(&id, Duration::from_secs(30), |s| s["state"] == "succeeded")
+        .await;
+    // A woke up with its model's answer and a lost lease: nothing it tried to write (the
+    // answer, the halt that stopped its run there) reached the journal.
+    let lost = until_metric(&a, "impresario_cluster_leases_lost_total").await;
+    assert!(lost >= 1.0, "a never noticed it lost the lease");
+    let halted = shared()
+        .psql(&url, &format!("SELECT count(*) FROM journal_events WHERE run_id = '{id}' AND kind IN ('halted', 'run_finished')"))
+        .unwrap();
+    assert_eq!(
+        halted, "1",
+        "only b's end is journaled (events at takeover: {events_at_takeover})"
+    );
+    let (_, shown) = b.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(shown["state"]["state"], "succeeded", "{shown}");
+    assert!(a.stderr().contains("lease lost"), "{}", a.stderr());
+}
+
+/// Scrapes `name` (no labels) from `server` until it is above 0 (10 s at most); its value.
+async fn until_metric(server: &Server, name: &str) -> f64 {
+    let start = Instant::now();
+    loop {
+        let value = server.scrape().await.value_or_zero(name, &[]);
+        if value > 0.0 || start.elapsed() > Duration::from_secs(10) {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
