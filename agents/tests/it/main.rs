@@ -14,5 +14,6 @@ mod memory;
 mod memory_db;
 mod money;
 mod runs;
+mod settled_with_answers;
 mod streamed_runs;
 mod supervised_driver;
