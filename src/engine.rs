@@ -18,6 +18,7 @@ use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ceilings, Ledger};
 use impresario::runtime::ledger_store::LedgerStore;
 use impresario::runtime::llm::Client;
+use impresario_pg::approvals::PgApprovals;
 use impresario_pg::ceilings::PgCeilings;
 use impresario_pg::halts::{HaltFollower, PgHalts};
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
@@ -48,6 +49,8 @@ pub struct Engine {
     /// Halts recorded in PostgreSQL for every process (`journal.url`), and the follower that
     /// applies theirs here.
     shared_halts: Option<(PgHalts, HaltFollower)>,
+    /// Decisions about steps waiting for approval, recorded in PostgreSQL (`journal.url`).
+    approvals: Option<PgApprovals>,
     /// Held for as long as the engine lives: no other process writes its journal file.
     _writer: Option<WriterLock>,
 }
@@ -57,6 +60,7 @@ struct Postgres {
     db: Database,
     halts: PgHalts,
     ceilings: PgCeilings,
+    approvals: PgApprovals,
 }
 
 impl Engine {
@@ -94,6 +98,7 @@ impl Engine {
         }
         let orchestrator =
             start_orchestrator(&runtime, &client, tools, config, journal, &postgres).await?;
+        let approvals = postgres.as_ref().map(|pg| pg.approvals.clone());
         let (ceilings, shared_halts) = match postgres {
             Some(pg) => (
                 TenantCeilings::in_database(pg.ceilings).await?,
@@ -120,6 +125,7 @@ impl Engine {
             models: chosen.models,
             defaults: config.runs.clone(),
             shared_halts,
+            approvals,
             _writer: writer,
         })
     }
@@ -141,6 +147,12 @@ impl Engine {
             Some((store, _)) => store.lift(scope).await.map_err(|e| e.to_string()),
             None => Ok(0),
         }
+    }
+
+    /// Where decisions about steps waiting for approval are recorded for every process
+    /// (`journal.url`); `None`: they go to the run's driver in memory.
+    pub fn approval_store(&self) -> Option<PgApprovals> {
+        self.approvals.clone()
     }
 
     /// Whether halts are shared with other processes (`journal.url`).
@@ -225,6 +237,7 @@ impl Postgres {
         let ledger = PgLedger::new(db.clone(), PgLedgerConfig::default());
         Ok(Postgres {
             halts: PgHalts::new(db.clone()),
+            approvals: PgApprovals::new(db.clone()),
             ceilings: PgCeilings::new(db.clone(), ledger, config.budget.ceilings()),
             db,
         })

@@ -8,6 +8,8 @@
 //! - [`journal`]: [`PgJournal`], the run journal.
 //! - [`ledger`]: reservations as holds with an expiry, exact across processes
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
+//! - [`approvals`]: operators' decisions as rows, followed through `LISTEN/NOTIFY`
+//!   ([`approvals::PgApprovals`]).
 //! - [`ceilings`]: tenant and global ceilings in the ledger's accounts, the same for every
 //!   process; the API's overrides kept in the database ([`ceilings::PgCeilings`]).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
@@ -16,6 +18,7 @@
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod approvals;
 pub mod ceilings;
 pub mod database;
 pub mod error;
@@ -23,6 +26,7 @@ pub mod halts;
 pub mod journal;
 pub mod ledger;
 mod ledger_retry;
+mod listener;
 pub mod queue;
 pub mod schema;
 #[cfg(feature = "test-cluster")]
@@ -31,3 +35,4 @@ pub mod test_cluster;
 pub use database::Database;
 pub use error::PgError;
 pub use journal::PgJournal;
+pub use listener::Follower;

@@ -447,3 +447,57 @@ async fn a_tenant_ceiling_holds_across_two_processes() {
         assert_eq!(acme["ceiling_micro_usd"], ceiling, "{acme}");
     }
 }
+
+#[tokio::test]
+async fn a_decision_posted_to_any_process_reaches_the_run_even_after_its_driver_crashed() {
+    let backend = Backend::postgres("cross_approval");
+    let mut a = backend.serve(Arc::new(TempDir::new()), "");
+    let b = backend.serve(Arc::new(TempDir::new()), "");
+    let manual = |goal: &str| json!({ "goal": goal, "tools": ["save_note"], "autonomy": "manual" });
+
+    // A drives the run; B takes the decision.
+    let id = a.submit(manual("Lisbon has trams")).await;
+    a.until(&id, |s| s["state"] == "awaiting_approval").await;
+    let approve = json!({ "decision": "approve" });
+    let (status, answer) = b
+        .post(&format!("/v1/runs/{id}/approvals/2"), approve.clone())
+        .await;
+    assert_eq!(status, 409, "step 2 is not waiting: {answer}");
+    let (status, answer) = b
+        .post(&format!("/v1/runs/{id}/approvals/1"), approve.clone())
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let state = a.until(&id, |s| s["state"] == "succeeded").await;
+    assert!(
+        state["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("save_note: saved"),
+        "{state}"
+    );
+    let (status, answer) = b.post(&format!("/v1/runs/{id}/approvals/1"), approve).await;
+    assert_eq!(status, 409, "decided and finished: {answer}");
+
+    // A crashes while its run waits; the decision, posted to B meanwhile, is served when A
+    // resumes the run at its restart.
+    let id = a.submit(manual("Porto has trams too")).await;
+    a.until(&id, |s| s["state"] == "awaiting_approval").await;
+    a.crash();
+    let reject = json!({ "decision": "reject", "reason": "not today" });
+    let (status, answer) = b.post(&format!("/v1/runs/{id}/approvals/1"), reject).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = b
+        .post(
+            &format!("/v1/runs/{id}/approvals/1"),
+            json!({ "decision": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 409, "the first decision counts: {answer}");
+    let a = backend.serve(a.dir.clone(), "");
+    a.until(&id, |s| s["state"] == "succeeded").await;
+    let (_, run) = a.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        run["steps"][0]["outcome"]["Err"]["reason"], "not today",
+        "{run}"
+    );
+}
