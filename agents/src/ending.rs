@@ -130,7 +130,8 @@ const END_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// commit point, before its end is reported. Tries [`END_WRITE_ATTEMPTS`] times,
 /// [`END_WRITE_PAUSE`] apart: a run that failed on its journal is ended by the write after the
 /// one that failed. If every attempt fails the journal still shows the run as interrupted, and
-/// a restart would resume it: the log says so. A run that could not follow its journal writes
+/// a restart would resume it: the log says so. A fenced append (this process lost the run's
+/// lease) is not tried again: the run is another process's now. A run that could not follow its journal writes
 /// nothing more to it.
 pub(crate) async fn journal_end(
     journal: &dyn Journal,
@@ -147,6 +148,11 @@ pub(crate) async fn journal_end(
     for attempt in 1..=END_WRITE_ATTEMPTS {
         match journal.append_batch(run, batch.clone()).await {
             Ok(_) => return,
+            // Another process holds the run's lease now: it writes the run, this one stops.
+            Err(e @ JournalError::Fenced(_)) => {
+                tracing::warn!(run = %run, error = %e, "the run's lease is gone; its end is left to the process that drives it now");
+                return;
+            }
             Err(e) if attempt == END_WRITE_ATTEMPTS => {
                 tracing::error!(run = %run, error = %e, "could not journal how the run ended; a restart would resume it")
             }

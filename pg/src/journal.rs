@@ -13,8 +13,10 @@
 //!   back whether the COMMIT happened, so an append is never written twice nor lost.
 //! - Reads are synchronous: they run on the I/O thread and the caller blocks on the reply; async
 //!   callers put them in `spawn_blocking`, as the `Journal` trait says.
-//! - One process per database until issue 14 adds leases: nothing stops two processes from
-//!   driving the same run (each append is still checked and numbered under the row lock).
+//! - Fencing: an append for a run that has an epoch in the journal's [`Fences`] (a run this
+//!   process drives under a cluster lease) runs the fencing check first in its transaction, and
+//!   is refused with [`JournalError::Fenced`], writing nothing, once the lease is gone. Other
+//!   runs' appends (a single process) are written without a check.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::database::{retrying, Attempt, Database};
 use crate::error::PgError;
+use crate::fences::Fences;
 
 /// Most appends committed in one transaction.
 pub const MAX_GROUP: usize = 256;
@@ -73,8 +76,13 @@ impl PgJournal {
         Ok(PgJournal::open(Database::connect(url)?))
     }
 
-    /// The journal in `db` (connected and migrated), with its writer.
+    /// The journal in `db` (connected and migrated), with its writer; no run is fenced.
     pub fn open(db: Database) -> PgJournal {
+        PgJournal::open_with(db, PgJournalOptions::default())
+    }
+
+    /// The journal in `db` (connected and migrated), with its writer, writing as `options` say.
+    pub fn open_with(db: Database, options: PgJournalOptions) -> PgJournal {
         let (commands, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let commits = Arc::new(AtomicU64::new(0));
@@ -82,6 +90,7 @@ impl PgJournal {
             pool: db.pool().clone(),
             target: db.target().to_owned(),
             commits: commits.clone(),
+            fences: options.fences,
         };
         db.spawn(async move {
             writer.run(rx).await;
@@ -135,6 +144,14 @@ impl PgJournal {
     }
 }
 
+/// How a [`PgJournal`] writes.
+#[derive(Clone, Debug, Default)]
+pub struct PgJournalOptions {
+    /// The lease epochs of the runs this process drives in a cluster: their appends are
+    /// fenced (shared with the [`PgLedger`](crate::ledger::PgLedger) of the same runs).
+    pub fences: Fences,
+}
+
 /// A storage failure of `context` on `target`.
 fn io(target: &str, context: &str, cause: String) -> JournalError {
     JournalError::Io {
@@ -148,6 +165,7 @@ struct Writer {
     pool: Pool,
     target: String,
     commits: Arc<AtomicU64>,
+    fences: Fences,
 }
 
 impl Writer {
@@ -225,11 +243,14 @@ impl Writer {
                     return Ok(pending.results);
                 }
             }
-            let tx = client.transaction().await?;
+            let mut tx = client.transaction().await?;
             let mut results = Vec::with_capacity(group.len());
             let mut check = None;
             for append in group {
-                let result = write_append(&tx, append, at_ms).await?;
+                let result = match self.fences.check(&mut tx, append.run.as_str()).await? {
+                    Ok(()) => write_append(&tx, append, at_ms).await?,
+                    Err(fenced) => Err(JournalError::Fenced(fenced)),
+                };
                 if let (Ok(seq), None) = (&result, &check) {
                     check = Some(commit_probe(append, *seq));
                 }

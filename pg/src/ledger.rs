@@ -22,6 +22,12 @@
 //!   answer was lost is retried safely; a reservation retried after a lost answer reuses its
 //!   hold id.
 //!
+//! - **Fencing**: a reservation on a path with a run that has an epoch in the ledger's
+//!   [`Fences`] (a run this process drives under a cluster lease), and the settlement of its
+//!   hold, run the fencing check first in their transaction: refused once the lease is gone
+//!   ([`ReserveError::Fenced`]; a fenced settlement is a [`StoreError`] naming the stale epoch),
+//!   nothing written.
+//!
 //! Deadlines are process-local limits (the in-memory ledger's); this store counts money, tokens
 //! and model calls.
 
@@ -31,6 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Object;
+use impresario_runtime::fencing::Fenced;
 use impresario_runtime::ledger::{
     AccountId, AccountSnapshot, CeilingReached, Charge, Dimension, Limits,
 };
@@ -38,6 +45,7 @@ use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreErr
 use tokio_postgres::Row;
 
 use crate::database::Database;
+use crate::fences::Fences;
 use crate::ledger_retry::{run, Step};
 
 /// A sweep of old hold rows runs after this many reservations of one [`PgLedger`].
@@ -100,6 +108,7 @@ pub struct PgLedger {
     /// Accounts known to have a row, so a path's rows are created once per process.
     opened: Arc<Mutex<HashSet<String>>>,
     reservations: Arc<AtomicU64>,
+    fences: Fences,
 }
 
 impl std::fmt::Debug for PgLedger {
@@ -118,7 +127,15 @@ impl PgLedger {
             config,
             opened: Arc::default(),
             reservations: Arc::default(),
+            fences: Fences::default(),
         }
+    }
+
+    /// The same ledger, fencing the reservations and settlements of the runs that have an
+    /// epoch in `fences` (shared with the [`PgJournal`](crate::PgJournal) of the same runs).
+    pub fn fenced_by(mut self, fences: Fences) -> Self {
+        self.fences = fences;
+        self
     }
 
     /// Sets the money, token and model-call limits of `account` (creating it); the other
@@ -159,6 +176,7 @@ impl PgLedger {
             names,
             amount,
             ttl: self.config.hold_ttl,
+            fences: self.fences.clone(),
         };
         let hold = run(&self.db, step).await??;
         if self.reservations.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
@@ -196,8 +214,13 @@ impl LedgerStore for PgLedger {
         let step = Settle {
             id: hold.id.clone(),
             charge,
+            fences: self.fences.clone(),
         };
-        Box::pin(run(&self.db, step))
+        Box::pin(async move {
+            run(&self.db, step).await?.map_err(|fenced| StoreError {
+                message: format!("settle hold {}: {fenced}", hold.id),
+            })
+        })
     }
 }
 
@@ -210,6 +233,11 @@ fn new_hold_id() -> String {
         RandomState::new().hash_one((std::process::id(), SystemTime::now()))
     });
     format!("{prefix:016x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The run of an account path as stored (`run:<id>`), if it has one.
+fn run_of(path: &[String]) -> Option<&str> {
+    path.iter().find_map(|account| account.strip_prefix("run:"))
 }
 
 /// A counter as PostgreSQL's `bigint` (amounts above `i64::MAX` are clamped to it).
@@ -289,10 +317,11 @@ struct Reserve {
     names: Vec<String>,
     amount: Charge,
     ttl: Duration,
+    fences: Fences,
 }
 
 impl Step for Reserve {
-    type Out = Result<Hold, CeilingReached>;
+    type Out = Result<Hold, ReserveError>;
 
     fn what(&self) -> String {
         format!("reserve on {}", self.names[0])
@@ -303,7 +332,12 @@ impl Step for Reserve {
         client: &mut Object,
         attempt: u32,
     ) -> Result<Self::Out, tokio_postgres::Error> {
-        let tx = client.transaction().await?;
+        let mut tx = client.transaction().await?;
+        if let Some(run) = run_of(&self.names) {
+            if let Err(fenced) = self.fences.check(&mut tx, run).await? {
+                return Ok(Err(fenced.into()));
+            }
+        }
         let locked = tx.prepare_cached(LOCK_ACCOUNTS).await?;
         let rows: HashMap<String, AccountRow> = tx
             .query(&locked, &[&self.names])
@@ -319,7 +353,7 @@ impl Step for Reserve {
             }
         }
         if let Some(refusal) = self.refusal(&tx, &rows).await? {
-            return Ok(Err(refusal));
+            return Ok(Err(refusal.into()));
         }
         let insert = tx.prepare_cached(INSERT_HOLD).await?;
         let a = self.amount;
@@ -375,35 +409,41 @@ impl Reserve {
 struct Settle {
     id: String,
     charge: Charge,
+    fences: Fences,
 }
 
 impl Step for Settle {
-    type Out = ();
+    type Out = Result<(), Fenced>;
 
     fn what(&self) -> String {
         format!("settle hold {}", self.id)
     }
 
-    async fn once(&self, client: &mut Object, _: u32) -> Result<(), tokio_postgres::Error> {
-        let tx = client.transaction().await?;
+    async fn once(&self, client: &mut Object, _: u32) -> Result<Self::Out, tokio_postgres::Error> {
+        let mut tx = client.transaction().await?;
         let find = tx.prepare_cached(HOLD_PATH).await?;
         // Gone: settled (an earlier attempt committed), or expired past its retention.
         let Some(row) = tx.query_opt(&find, &[&self.id]).await? else {
-            return Ok(());
+            return Ok(Ok(()));
         };
         let path: Vec<String> = row.get(0);
+        if let Some(run) = run_of(&path) {
+            if let Err(fenced) = self.fences.check(&mut tx, run).await? {
+                return Ok(Err(fenced));
+            }
+        }
         let lock = tx.prepare_cached(LOCK_ACCOUNTS).await?;
         tx.query(&lock, &[&path]).await?;
         let delete = tx.prepare_cached(DELETE_HOLD).await?;
         if tx.execute(&delete, &[&self.id]).await? == 0 {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let c = self.charge;
         let charge = tx.prepare_cached(CHARGE).await?;
         let amounts = [c.micro_usd, c.tokens, c.model_calls].map(to_sql);
         tx.execute(&charge, &[&path, &amounts[0], &amounts[1], &amounts[2]])
             .await?;
-        tx.commit().await
+        tx.commit().await.map(Ok)
     }
 }
 

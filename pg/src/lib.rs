@@ -10,6 +10,8 @@
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
 //! - [`approvals`]: operators' decisions as rows, followed through `LISTEN/NOTIFY`
 //!   ([`approvals::PgApprovals`]).
+//! - [`fences`]: the lease epochs of the runs this process drives in a cluster ([`Fences`]),
+//!   checked first by every journal and ledger write for those runs.
 //! - [`ceilings`]: tenant and global ceilings in the ledger's accounts, the same for every
 //!   process; the API's overrides kept in the database ([`ceilings::PgCeilings`]).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
@@ -22,6 +24,7 @@ pub mod approvals;
 pub mod ceilings;
 pub mod database;
 pub mod error;
+pub mod fences;
 pub mod halts;
 pub mod journal;
 pub mod ledger;
@@ -34,5 +37,6 @@ pub mod test_cluster;
 
 pub use database::Database;
 pub use error::PgError;
-pub use journal::PgJournal;
+pub use fences::Fences;
+pub use journal::{PgJournal, PgJournalOptions};
 pub use listener::Follower;

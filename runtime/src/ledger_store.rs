@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::fencing::Fenced;
 use crate::ledger::{AccountId, AccountPath, CeilingReached, Charge, Reservation, Settlement};
 
 /// The future a [`LedgerStore`] method returns.
@@ -51,6 +52,9 @@ pub enum ReserveError {
     /// The store failed; nothing is held.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The run is driven under a lease this process no longer holds; nothing is held.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
 }
 
 /// A durable place for reservations, shared by the processes that spend against the same

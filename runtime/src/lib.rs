@@ -51,6 +51,8 @@ pub mod supervision;
 
 /// Exponential backoff and jitter, shared by restarts and retries.
 pub mod backoff;
+/// A write refused because this process no longer holds the run's lease.
+pub mod fencing;
 /// Halt tokens: immediate and graceful stops on a tree of cancellation tokens.
 pub mod halt;
 /// The seam to halts recorded outside this process: what a run checks before each step.

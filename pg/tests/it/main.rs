@@ -5,6 +5,7 @@
 // may have (clippy::too_many_lines, workspace lint).
 #![allow(clippy::too_many_lines)]
 
+mod fences;
 mod halts;
 mod journal;
 // The journal suite every backend passes, shared with impresario-runtime's tests.

@@ -38,14 +38,14 @@ async fn install(url: String) -> String {
     url
 }
 
-fn pool(url: &str) -> Pool {
+pub(crate) fn pool(url: &str) -> Pool {
     let mut config = deadpool_postgres::Config::new();
     config.url = Some(url.to_owned());
     config.create_pool(Some(Runtime::Tokio1), NoTls).unwrap()
 }
 
 /// A replica: a queue on a pool of its own.
-fn replica(url: &str, name: &str, max_runs: u32, lease: Duration) -> Queue {
+pub(crate) fn replica(url: &str, name: &str, max_runs: u32, lease: Duration) -> Queue {
     let config = QueueConfig {
         max_runs,
         lease,

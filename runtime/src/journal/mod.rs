@@ -330,6 +330,10 @@ pub enum JournalError {
         /// The underlying error.
         cause: String,
     },
+    /// The run is driven under a lease this process no longer holds (a cluster's fencing
+    /// token): the append was refused and nothing written. Stop driving the run here.
+    #[error(transparent)]
+    Fenced(#[from] crate::fencing::Fenced),
     /// The journal is closed (dropped, or its writer thread died). An append that gets this may
     /// or may not be durable: read the run back to find out.
     #[error("the journal is closed; an append that got this error may or may not be durable: read the run back")]

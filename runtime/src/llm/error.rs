@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::stream::{Interrupted, Interruption};
 use super::types::Usage;
+use crate::fencing::Fenced;
 use crate::ledger::{CeilingReached, MicroUsd};
 use crate::ledger_store::{ReserveError, StoreError};
 
@@ -122,6 +123,10 @@ pub enum LlmError {
     /// The ledger store (PostgreSQL) holding the run's reservations failed; nothing was sent.
     #[error("nothing was sent: {0}")]
     LedgerUnavailable(#[from] StoreError),
+    /// The run is driven under a lease this process no longer holds (another process may drive
+    /// it now); nothing was reserved or sent. Stop driving the run here.
+    #[error("nothing was sent: {0}")]
+    Fenced(#[from] Fenced),
     /// The circuit breaker for this model is open after repeated failures; nothing was sent.
     #[error("circuit breaker for model `{model}` is open after repeated failures, nothing was sent; it lets a probe through in {retry_in:?}")]
     CircuitOpen {
@@ -196,6 +201,7 @@ impl From<ReserveError> for LlmError {
         match err {
             ReserveError::Ceiling(ceiling) => LlmError::CeilingReached(ceiling),
             ReserveError::Store(store) => LlmError::LedgerUnavailable(store),
+            ReserveError::Fenced(fenced) => LlmError::Fenced(fenced),
         }
     }
 }
@@ -224,6 +230,7 @@ impl LlmError {
             },
             LlmError::CeilingReached(_) => "ceiling_reached",
             LlmError::LedgerUnavailable(_) => "ledger_unavailable",
+            LlmError::Fenced(_) => "fenced",
             LlmError::CircuitOpen { .. } => "circuit_open",
             LlmError::NotRecorded { .. } => "not_recorded",
             LlmError::Config(_) => "config",
