@@ -10,6 +10,15 @@
 //! Samples of the two alternate, so drift hits both; 21 samples of 100 queries each, median
 //! (and p90) of the per-query mean.
 //!
+//! **Stored recall** (second table): recall from long-term memory in a SQLite file
+//! (`MemoryDb`, as the service keeps it) among records of about 20 KB (goals like the RSS
+//! benchmark's: a few words repeated with a counter), the query being another such goal (as a
+//! run recalls with its goal), k = 3. Measured with 100 records of the tenant (the baseline),
+//! 5,000 of the tenant, and 100 of the tenant beside 5,000 of another tenant. **Before:** the
+//! previous design measured in the same run (the record's whole text in FTS5, the tenant
+//! filtered after the match, BM25 over every match), rebuilt here with rusqlite: 100 and 5,000
+//! records. Samples of 4 recalls, 11 samples, median per recall.
+//!
 //! Run: `cargo bench --bench memory`
 
 mod common;
@@ -19,7 +28,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{median, quantile, row};
 use impresario_agents::memory::rank::tokenize;
-use impresario_agents::memory::{LongTermMemory, MemoryRecord, Outcome};
+use std::sync::Arc;
+
+use impresario_agents::memory::{
+    query_terms, LongTermMemory, LongTermStore, MemoryDb, MemoryRecord, Outcome, Retention,
+};
 use impresario_runtime::RunId;
 
 const VOCABULARY: usize = 5_000;
@@ -123,6 +136,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    in_process_recall(&rt);
+    stored_recall(&rt);
+}
+
+/// Recall from the in-process memory against a linear scan, 1,000 and 10,000 records.
+fn in_process_recall(rt: &tokio::runtime::Runtime) {
     let words: Vec<String> = (0..VOCABULARY).map(word).collect();
     let zipf = Zipf::new(VOCABULARY);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -181,5 +200,165 @@ fn main() {
             per_record,
             None,
         );
+    }
+}
+
+/// Recalls a stored recall's sample makes.
+const STORED_QUERIES: usize = 4;
+/// Samples of the stored recall.
+const STORED_SAMPLES: usize = 11;
+
+/// A goal of about 20 KB, different for each `n` (as `benches/rss.rs` submits).
+fn big_goal(n: usize) -> String {
+    let mut goal = format!("Task {n}: summarize what changed. ");
+    while goal.len() < 20_000 {
+        goal.push_str(&format!(
+            "Detail {} of task {n} about the release notes. ",
+            goal.len()
+        ));
+    }
+    goal
+}
+
+fn big_record(n: usize) -> MemoryRecord {
+    MemoryRecord {
+        run: RunId::new(format!("run-{n}")),
+        goal: big_goal(n),
+        text: "answered from the notes".into(),
+        outcome: Outcome::Succeeded,
+        why: "the goal was reached".into(),
+        tags: Vec::new(),
+        at: SystemTime::now(),
+    }
+}
+
+/// A fresh memory file under the temporary folder; `tenants` lists (tenant, records).
+fn stored(rt: &tokio::runtime::Runtime, name: &str, tenants: &[(&str, usize)]) -> LongTermMemory {
+    let path = stored_path(name);
+    let db: Arc<dyn LongTermStore> = Arc::new(MemoryDb::open(&path, Retention::default()).unwrap());
+    let mut n = 0;
+    rt.block_on(async {
+        for (tenant, records) in tenants {
+            let memory = LongTermMemory::stored(db.clone(), *tenant);
+            for _ in 0..*records {
+                memory.remember(big_record(n)).await.unwrap();
+                n += 1;
+            }
+        }
+    });
+    LongTermMemory::stored(db, "acme")
+}
+
+fn stored_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("impresario-bench-{name}-{}", std::process::id()))
+}
+
+/// The previous design: whole texts in FTS5, the tenant filtered after the match.
+fn whole_text(records: usize) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.execute_batch(
+        "CREATE TABLE memory (id INTEGER PRIMARY KEY, tenant TEXT, at_ms INTEGER, record TEXT);
+         CREATE VIRTUAL TABLE memory_text USING fts5 (text, tokenize = 'unicode61');",
+    )
+    .unwrap();
+    for n in 0..records {
+        let record = big_record(n);
+        let json = serde_json::to_string(&record).unwrap();
+        conn.execute(
+            "INSERT INTO memory (tenant, at_ms, record) VALUES ('acme', ?1, ?2)",
+            rusqlite::params![n as i64, json],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO memory_text (rowid, text) VALUES (last_insert_rowid(), ?1)",
+            [record.search_text()],
+        )
+        .unwrap();
+    }
+    conn
+}
+
+fn whole_text_recall(conn: &rusqlite::Connection, query: &str) -> Vec<String> {
+    let terms: Vec<String> = query_terms(query)
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect();
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT m.record FROM memory_text JOIN memory m ON m.id = memory_text.rowid
+             WHERE memory_text MATCH ?1 AND m.tenant = 'acme'
+             ORDER BY bm25(memory_text), m.at_ms DESC, m.id DESC LIMIT 3",
+        )
+        .unwrap();
+    statement
+        .query_map([terms.join(" OR ")], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The median time of one recall by `recall`, over the queries.
+fn median_recall(queries: &[String], mut recall: impl FnMut(&str)) -> Duration {
+    let mut samples: Vec<Duration> = (0..STORED_SAMPLES)
+        .map(|_| {
+            let start = Instant::now();
+            for q in queries {
+                recall(q);
+            }
+            start.elapsed() / queries.len() as u32
+        })
+        .collect();
+    samples.sort();
+    median(&samples)
+}
+
+/// Recall from the SQLite file among 20 KB records: 100 vs 5,000, and the previous design.
+fn stored_recall(rt: &tokio::runtime::Runtime) {
+    let queries: Vec<String> = (0..STORED_QUERIES)
+        .map(|i| big_goal(1_000_000 + i))
+        .collect();
+    println!("# Stored recall (SQLite file, records of 20 KB, k = 3), median of {STORED_SAMPLES} samples of {STORED_QUERIES} recalls");
+    let recall_in = |memory: LongTermMemory| {
+        median_recall(&queries, |q| {
+            black_box(rt.block_on(memory.recall(q, 3)).unwrap());
+        })
+    };
+    let base = recall_in(stored(rt, "100", &[("acme", 100)]));
+    row("baseline: recall, tenant of 100 records", base, None);
+    let many = recall_in(stored(rt, "5000", &[("acme", 5_000)]));
+    row("recall, tenant of 5,000 records", many, Some(base));
+    let crowded = recall_in(stored(rt, "crowded", &[("other", 5_000), ("acme", 100)]));
+    row(
+        "recall, 100 records beside 5,000 of another tenant",
+        crowded,
+        Some(base),
+    );
+    let before = |records: usize| {
+        let conn = whole_text(records);
+        median_recall(&queries, |q| {
+            black_box(whole_text_recall(&conn, q));
+        })
+    };
+    let before_base = before(100);
+    row(
+        "before: whole texts in FTS5, 100 records",
+        before_base,
+        Some(base),
+    );
+    let before_many = before(5_000);
+    row(
+        "before: whole texts in FTS5, 5,000 records",
+        before_many,
+        Some(base),
+    );
+    println!(
+        "{:<58} {:>12.2}x",
+        "  before: 5,000 / 100 records",
+        before_many.as_secs_f64() / before_base.as_secs_f64()
+    );
+    for name in ["100", "5000", "crowded"] {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", stored_path(name).display()));
+        }
     }
 }

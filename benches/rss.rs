@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use impresario_agents::memory::{MemoryDb, Retention};
+use impresario_agents::memory::{LongTermStore, MemoryDb, Retention};
 use impresario_agents::{ModelMap, Orchestrator, OrchestratorConfig, RunRequest, ToolRegistry};
 use impresario_runtime::journal::{Journal, RetentionPolicy, SqliteJournal};
 use impresario_runtime::ledger::Ledger;
@@ -86,15 +86,17 @@ fn main() {
         return;
     }
     let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(dir.join("journal.db")).unwrap());
-    let memory_db =
-        (!in_process).then(|| MemoryDb::open(dir.join("memory.db"), Retention::default()).unwrap());
+    let long_term_store = (!in_process).then(|| {
+        let db = MemoryDb::open(dir.join("memory.db"), Retention::default()).unwrap();
+        Arc::new(db) as Arc<dyn LongTermStore>
+    });
     let runtime = Runtime::builder().start().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let samples = rt.block_on(drive(&runtime, journal, memory_db, runs));
+    let samples = rt.block_on(drive(&runtime, journal, long_term_store, runs));
     let store = if in_process {
         "the library, in-process long-term memory"
     } else {
@@ -107,12 +109,12 @@ fn main() {
 async fn drive(
     runtime: &impresario_runtime::RuntimeHandle,
     journal: Arc<dyn Journal>,
-    memory_db: Option<MemoryDb>,
+    long_term_store: Option<Arc<dyn LongTermStore>>,
     runs: usize,
 ) -> Vec<(usize, u64)> {
     let config = OrchestratorConfig {
         journal: journal.clone(),
-        memory_db,
+        long_term_store,
         ..OrchestratorConfig::default()
     };
     let team = Orchestrator::with(

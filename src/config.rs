@@ -469,7 +469,8 @@ impl Journal {
 pub struct Memory {
     /// The SQLite file of every tenant's long-term memory (each tenant's records apart);
     /// empty: `<journal.path>.memory` beside the journal file (in this process only if the
-    /// journal is in memory); `:memory:`: in this process only, lost at exit.
+    /// journal is in memory); `:memory:`: in this process only, lost at exit. Ignored when
+    /// `journal.url` is set: long-term memory is then kept in that PostgreSQL database.
     pub path: String,
     /// Keep at most this many records per tenant (the newest); 0: no count limit.
     pub retain_records: u64,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use impresario::agents::memory::MemoryDb;
+use impresario::agents::memory::{LongTermStore, MemoryDb};
 use impresario::agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunUsage, ToolRegistry,
 };
@@ -22,6 +22,7 @@ use impresario_pg::approvals::PgApprovals;
 use impresario_pg::ceilings::PgCeilings;
 use impresario_pg::halts::{HaltFollower, PgHalts};
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
+use impresario_pg::memory::PgMemory;
 use impresario_pg::{Database, PgJournal};
 
 use crate::ceilings::TenantCeilings;
@@ -211,7 +212,7 @@ async fn start_orchestrator(
         ledger,
         OrchestratorConfig {
             journal,
-            memory_db: memory_db(config)?,
+            long_term_store: long_term_store(config, postgres)?,
             ledger_store: postgres
                 .as_ref()
                 .map(|pg| Arc::new(pg.ceilings.clone()) as Arc<dyn LedgerStore>),
@@ -271,13 +272,21 @@ pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, 
     Ok(opened)
 }
 
-/// The long-term memory file `[memory]` names, opened with its retention; `None` when memory
-/// is kept in this process only.
-fn memory_db(config: &Config) -> Result<Option<MemoryDb>, String> {
+/// Where long-term memory is kept: in PostgreSQL with `journal.url` (`memory.path` is then
+/// ignored), else in the SQLite file `[memory]` names; `None` when it is kept in this process
+/// only. Both with `[memory]`'s retention.
+fn long_term_store(
+    config: &Config,
+    postgres: &Option<Postgres>,
+) -> Result<Option<Arc<dyn LongTermStore>>, String> {
+    let retention = config.memory.retention();
+    if let Some(pg) = postgres {
+        return Ok(Some(Arc::new(PgMemory::new(pg.db.clone(), retention))));
+    }
     let Some(file) = config.memory.file(&config.journal) else {
         return Ok(None);
     };
-    MemoryDb::open(&file, config.memory.retention())
-        .map(Some)
-        .map_err(|e| format!("cannot open the long-term memory (memory.path {file:?}): {e}"))
+    let db = MemoryDb::open(&file, retention)
+        .map_err(|e| format!("cannot open the long-term memory (memory.path {file:?}): {e}"))?;
+    Ok(Some(Arc::new(db)))
 }

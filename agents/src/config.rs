@@ -8,7 +8,7 @@ use impresario_runtime::ledger_store::LedgerStore;
 use impresario_supervisor::OnCeiling;
 
 use crate::fault::PanicInjection;
-use crate::memory::MemoryDb;
+use crate::memory::LongTermStore;
 
 /// How the orchestrator runs every run.
 #[derive(Clone)]
@@ -23,9 +23,10 @@ pub struct OrchestratorConfig {
     pub step_retries: u32,
     /// How many identical steps in a row are a loop.
     pub loop_repeats: usize,
-    /// Where each tenant's long-term memory is kept: a SQLite file with every tenant's records
-    /// apart ([`MemoryDb::tenant`]), or, with `None`, in this process (one store per tenant).
-    pub memory_db: Option<MemoryDb>,
+    /// Where each tenant's long-term memory is kept across restarts: a store with every
+    /// tenant's records apart (`MemoryDb`, a SQLite file; `PgMemory`, PostgreSQL), or, with
+    /// `None`, in this process (one memory per tenant).
+    pub long_term_store: Option<Arc<dyn LongTermStore>>,
     /// How many memories of earlier runs a run recalls into its context.
     pub recall: usize,
     /// Where every run is journaled (in memory by default; `SqliteJournal` to survive restarts).
@@ -57,6 +58,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("max_reviews", &self.max_reviews)
             .field("step_retries", &self.step_retries)
             .field("loop_repeats", &self.loop_repeats)
+            .field("long_term_store", &self.long_term_store)
             .field("recall", &self.recall)
             .field("ledger_store", &self.ledger_store)
             .field("halt_store", &self.halt_store)
@@ -74,7 +76,7 @@ impl Default for OrchestratorConfig {
             max_reviews: 2,
             step_retries: 2,
             loop_repeats: 3,
-            memory_db: None,
+            long_term_store: None,
             recall: 3,
             journal: Arc::new(MemoryJournal::new()),
             ledger_store: None,

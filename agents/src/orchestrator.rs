@@ -282,16 +282,16 @@ impl Orchestrator {
         self.inner.journal.runs(filter)
     }
 
-    /// The long-term memory of `tenant`'s runs (in `OrchestratorConfig::memory_db`, else in
-    /// this process); no other tenant's run reads it.
+    /// The long-term memory of `tenant`'s runs (in `OrchestratorConfig::long_term_store`, else
+    /// in this process); no other tenant's run reads it.
     pub fn long_term(&self, tenant: &str) -> Arc<LongTermMemory> {
-        let db = &self.inner.config.memory_db;
+        let store = &self.inner.config.long_term_store;
         self.inner
             .long_term
             .entry(tenant.to_owned())
             .or_insert_with(|| {
-                Arc::new(match db {
-                    Some(db) => db.tenant(tenant),
+                Arc::new(match store {
+                    Some(store) => LongTermMemory::stored(store.clone(), tenant),
                     None => LongTermMemory::new(),
                 })
             })

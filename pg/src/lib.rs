@@ -16,6 +16,8 @@
 //!   process; the API's overrides kept in the database ([`ceilings::PgCeilings`]).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
 //!   ([`halts::PgHalts`]).
+//! - [`memory`]: long-term memory, each tenant's records apart, full-text searched
+//!   ([`memory::PgMemory`], a `LongTermStore` of impresario-agents).
 //!
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
@@ -30,6 +32,7 @@ pub mod journal;
 pub mod ledger;
 mod ledger_retry;
 mod listener;
+pub mod memory;
 pub mod queue;
 pub mod schema;
 #[cfg(feature = "test-cluster")]

@@ -79,7 +79,19 @@ pub const MIGRATIONS: &[&str] = &[
         micro_usd bigint NOT NULL,
         set_at timestamptz NOT NULL DEFAULT now()
     );",
-    // 6: operators' decisions about steps waiting for approval (approvals.rs), by the
+    // 6: long-term memory (memory.rs): a row per record with its index words, full-text
+    // searched through a generated tsvector, always by tenant.
+    "CREATE TABLE memory_records (
+        id bigserial PRIMARY KEY,
+        tenant text NOT NULL,
+        at_ms bigint NOT NULL,
+        record text NOT NULL,
+        terms text NOT NULL,
+        search tsvector GENERATED ALWAYS AS (to_tsvector('simple', terms)) STORED
+    );
+    CREATE INDEX memory_records_by_tenant ON memory_records (tenant, at_ms, id);
+    CREATE INDEX memory_records_search ON memory_records USING gin (search);",
+    // 7: operators' decisions about steps waiting for approval (approvals.rs), by the
     // journal event that asked.
     "CREATE TABLE approvals (
         run_id text NOT NULL,

@@ -1,10 +1,13 @@
-//! `journal.url`: the binary journals in PostgreSQL (a real, throwaway server), and a URL that
-//! cannot connect stops the start naming the host and the database, never the password.
+//! `journal.url`: the binary journals in PostgreSQL (a real, throwaway server) and keeps
+//! long-term memory there, and a URL that cannot connect stops the start naming the host and
+//! the database, never the password.
 
 use std::sync::Arc;
 
+use impresario::agents::memory::{LongTermMemory, LongTermStore, Retention};
 use impresario::runtime::journal::{Journal, RunEvent, RunFilter, RunStatus};
 use impresario::runtime::RunId;
+use impresario_pg::memory::PgMemory;
 use impresario_pg::test_cluster::shared;
 use impresario_pg::PgJournal;
 use serde_json::json;
@@ -101,4 +104,49 @@ fn a_journal_url_that_cannot_connect_stops_the_start_without_the_password() {
     assert!(!stderr.contains("hunter2secret"), "{stderr}");
     // Nothing was journaled anywhere by the failed starts.
     assert!(!dir.0.join("impresario.db").exists());
+}
+
+#[tokio::test]
+async fn serve_keeps_long_term_memory_in_the_database_of_journal_url() {
+    let url = shared().create_database(&format!("serve_memory_{}", std::process::id()));
+    let dir = Arc::new(TempDir::new());
+    let ignored = dir.0.join("memory.db");
+    let server = Server::start_with(
+        dir.clone(),
+        "",
+        &[
+            ("IMPRESARIO_JOURNAL__URL", url.as_str()),
+            ("IMPRESARIO_MEMORY__PATH", ignored.to_str().unwrap()),
+        ],
+    );
+    let goal = "Rotate the flamingo signing keys";
+    let id = server
+        .submit(json!({ "goal": goal, "tenant": "acme" }))
+        .await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    drop(server);
+    assert!(
+        !ignored.exists(),
+        "memory.path was used although journal.url is set"
+    );
+
+    // The run's memory is in PostgreSQL, under its tenant only.
+    let store = tokio::task::spawn_blocking(move || PgMemory::connect(&url, Retention::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let store: Arc<dyn LongTermStore> = Arc::new(store);
+    let acme = LongTermMemory::stored(store.clone(), "acme");
+    let found = acme.recall("flamingo signing keys", 5).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].record.run.as_str(), found[0].record.goal.as_str()),
+        (id.as_str(), goal)
+    );
+    let beta = LongTermMemory::stored(store, "beta");
+    assert!(beta
+        .recall("flamingo signing keys", 5)
+        .await
+        .unwrap()
+        .is_empty());
 }

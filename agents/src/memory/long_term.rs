@@ -9,8 +9,8 @@ use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 
 use super::embed::{cosine, Embedder};
-use super::persistent::MemoryDb;
 use super::rank::{tokenize, Bm25Index};
+use super::store::LongTermStore;
 use super::MemoryError;
 
 /// How the run a record comes from ended.
@@ -128,14 +128,14 @@ struct Store {
 /// Ties rank the newer record (`at`) first, then the later remembered (higher id).
 ///
 /// Built with [`new`](Self::new) or [`with_embedder`](Self::with_embedder), records live in
-/// this process only (embedded use without a file; tests). [`MemoryDb::tenant`] gives one
-/// tenant's memory kept in a SQLite file (BM25 by FTS5, with retention), which survives a
-/// restart.
+/// this process only (embedded use without a file; tests). [`stored`](Self::stored) gives one
+/// tenant's memory kept in a [`LongTermStore`] (a SQLite file, PostgreSQL; ranked by the
+/// store, with its retention), which survives a restart.
 pub struct LongTermMemory {
     ranking: Ranking,
     store: RwLock<Store>,
-    /// Records kept in a SQLite file under this tenant instead of `store` (BM25 by FTS5).
-    persistent: Option<(MemoryDb, String)>,
+    /// Records kept in a store under this tenant instead of `store` (ranked by the store).
+    stored: Option<(Arc<dyn LongTermStore>, String)>,
 }
 
 impl fmt::Debug for LongTermMemory {
@@ -144,10 +144,14 @@ impl fmt::Debug for LongTermMemory {
             Ranking::Bm25 => "bm25".to_string(),
             Ranking::Cosine(embedder) => format!("cosine, {} dimensions", embedder.dimensions()),
         };
-        f.debug_struct("LongTermMemory")
-            .field("records", &self.len())
-            .field("ranking", &ranking)
-            .finish()
+        let mut debug = f.debug_struct("LongTermMemory");
+        match &self.stored {
+            Some((store, tenant)) => debug.field("store", store).field("tenant", tenant),
+            None => debug
+                .field("records", &self.read().records.len())
+                .field("ranking", &ranking),
+        };
+        debug.finish()
     }
 }
 
@@ -172,14 +176,15 @@ impl LongTermMemory {
         LongTermMemory {
             ranking,
             store: RwLock::default(),
-            persistent: None,
+            stored: None,
         }
     }
 
-    /// `tenant`'s records in `db` (see [`MemoryDb::tenant`]).
-    pub(crate) fn persistent(db: MemoryDb, tenant: String) -> Self {
+    /// The memory of `tenant`, kept in `store`: it stores, counts and recalls `tenant`'s
+    /// records only, ranked by the store (BM25 in SQLite, `ts_rank` in PostgreSQL).
+    pub fn stored(store: Arc<dyn LongTermStore>, tenant: impl Into<String>) -> Self {
         LongTermMemory {
-            persistent: Some((db, tenant)),
+            stored: Some((store, tenant.into())),
             ..Self::new()
         }
     }
@@ -208,8 +213,8 @@ impl LongTermMemory {
                 problem: "goal, text and why are all blank; there is nothing to remember".into(),
             });
         }
-        if let Some((db, tenant)) = &self.persistent {
-            return db.insert(tenant, &record);
+        if let Some((store, tenant)) = &self.stored {
+            return store.insert(tenant, &record).await;
         }
         let text = record.search_text();
         let vector = match &self.ranking {
@@ -259,8 +264,8 @@ impl LongTermMemory {
         if k == 0 {
             return Ok(Vec::new());
         }
-        if let Some((db, tenant)) = &self.persistent {
-            return db.search(tenant, query, k);
+        if let Some((store, tenant)) = &self.stored {
+            return store.search(tenant, query, k).await;
         }
         let store = self.read();
         let scored: Vec<(u32, f64)> = match &query_vector {
@@ -283,17 +288,17 @@ impl LongTermMemory {
             .collect())
     }
 
-    /// How many records are stored.
-    pub fn len(&self) -> usize {
-        match &self.persistent {
-            Some((db, tenant)) => db.count(tenant),
-            None => self.read().records.len(),
+    /// How many records are stored (the tenant's, in a store).
+    pub async fn len(&self) -> Result<usize, MemoryError> {
+        match &self.stored {
+            Some((store, tenant)) => store.count(tenant).await,
+            None => Ok(self.read().records.len()),
         }
     }
 
     /// Whether no record is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub async fn is_empty(&self) -> Result<bool, MemoryError> {
+        Ok(self.len().await? == 0)
     }
 }
 

@@ -10,10 +10,13 @@
 //! - [`MemoryAgent`]: the agent that owns a run's working memory and serves both memories as
 //!   typed messages.
 //!
-//! - [`MemoryDb`]: long-term memory in a SQLite file, each tenant's records apart
-//!   ([`MemoryDb::tenant`]), searched with FTS5, bounded by a [`Retention`] policy.
+//! - [`LongTermStore`]: where long-term memory is kept across restarts, each tenant's records
+//!   apart ([`LongTermMemory::stored`]). [`MemoryDb`]: in a SQLite file, searched with FTS5,
+//!   bounded by a [`Retention`] policy (the default); `impresario_pg::memory::PgMemory`: in
+//!   PostgreSQL.
 //!
-//! Not implemented: embedder ranking over the SQLite file (it ranks by BM25 only), hybrid
+//! Not implemented: embedder ranking over a store (SQLite ranks by BM25, PostgreSQL by
+//! `ts_rank`), hybrid
 //! BM25 + vector ranking.
 //!
 //! [`WorkingMemory`]: crate::memory::WorkingMemory
@@ -27,7 +30,8 @@
 //! [`Client`]: impresario_runtime::llm::Client
 //! [`MemoryAgent`]: crate::memory::MemoryAgent
 //! [`MemoryDb`]: crate::memory::MemoryDb
-//! [`MemoryDb::tenant`]: crate::memory::MemoryDb::tenant
+//! [`LongTermStore`]: crate::memory::LongTermStore
+//! [`LongTermMemory::stored`]: crate::memory::LongTermMemory::stored
 //! [`Retention`]: crate::memory::Retention
 
 mod agent;
@@ -36,6 +40,7 @@ mod embed;
 mod long_term;
 mod persistent;
 pub mod rank;
+mod store;
 mod working;
 
 pub use agent::{Get, MemoryAgent, Put, Recall, Remember, Remove, Snapshot};
@@ -44,7 +49,11 @@ pub use budget::{
 };
 pub use embed::{cosine, Embedder, HashingEmbedder};
 pub use long_term::{LongTermMemory, MemoryRecord, Outcome, Recalled, RecordId};
-pub use persistent::{MemoryDb, Retention};
+pub use persistent::MemoryDb;
+pub use store::{
+    index_terms, query_terms, recalled, unix_ms, LongTermStore, Retention, MAX_CANDIDATES,
+    MAX_INDEXED_TERMS, MAX_QUERY_TERMS,
+};
 pub use working::{Clock, ManualClock, SystemClock, WorkingMemory};
 
 use impresario_runtime::llm::LlmError;
@@ -66,8 +75,9 @@ pub enum MemoryError {
     /// The summarizer's model call failed (halted, over a ceiling, provider error).
     #[error("the summarizer's model call failed, context left unchanged: {0}")]
     Llm(#[from] LlmError),
-    /// The memory file could not be read or written.
-    #[error("the long-term memory file failed: {0}; check its path, permissions and free space")]
+    /// The long-term memory store (a SQLite file, a PostgreSQL database) could not be read or
+    /// written.
+    #[error("the long-term memory store failed: {0}; check the memory file (path, permissions, free space) or the database server")]
     Storage(String),
     /// Input that cannot be used, named.
     #[error("bad {what}: {problem}")]

@@ -1,23 +1,48 @@
 //! Long-term memory kept in a SQLite file, every record under its tenant, found again with
 //! FTS5's BM25 ranking, and bounded by a retention policy.
 //!
-//! One [`MemoryDb`] holds every tenant's records; [`MemoryDb::tenant`] gives the
-//! [`LongTermMemory`] of one tenant, which stores and recalls that tenant's records only (every
-//! query filters on the tenant column: no other tenant's record can come back, whatever the
-//! query). Records survive a restart: open the same file again.
+//! One [`MemoryDb`] (a [`LongTermStore`]) holds every tenant's records;
+//! [`LongTermMemory::stored`](super::LongTermMemory::stored) gives the memory of one tenant,
+//! which stores and recalls that tenant's records only (every query is scoped to the tenant: no
+//! other tenant's record can come back, whatever the query). Records survive a restart: open
+//! the same file again.
+//!
+//! What recall costs is bounded, whatever the size of the records and of other tenants' data:
+//! - the full-text index holds each record's distinct words ([`index_terms`], at most
+//!   [`MAX_INDEXED_TERMS`](super::MAX_INDEXED_TERMS)), not its text: ranking a record walks one instance per query word,
+//!   however often a 20 KB record repeats it (term frequency is not used; BM25 keeps IDF and
+//!   length normalization);
+//! - the tenant is a column of the index, matched inside the FTS5 query, so other tenants'
+//!   rows are skipped in the index and never ranked;
+//! - at most [`MAX_CANDIDATES`] of the tenant's matching records (the newest) are ranked;
+//! - once the memory holds more records than that, query words found in more than half of all
+//!   records are dropped (BM25 gives them no weight: FTS5 clamps their IDF to 1e-6), keeping
+//!   the rarest word if all are common, so the candidates are the records sharing a telling
+//!   word.
 //!
 //! Retention runs at every `remember`: records of the tenant older than `max_age` are deleted,
 //! then the oldest beyond `max_records`.
+//!
+//! The file's schema version is SQLite's `user_version`: version 0 (the earlier full-text
+//! index of whole texts) is migrated when opened, its index rebuilt from the stored records
+//! (none is lost); a newer version is refused, untouched.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::long_term::{LongTermMemory, MemoryRecord, Recalled, RecordId};
-use super::rank::tokenize;
+use impresario_runtime::ledger_store::StoreFuture;
+
+use super::long_term::{MemoryRecord, Recalled, RecordId};
+use super::store::{
+    index_terms, query_terms, recalled, unix_ms, LongTermStore, Retention, MAX_CANDIDATES,
+};
 use super::MemoryError;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS memory (
@@ -27,30 +52,12 @@ const SCHEMA: &str = "
         record TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS memory_by_tenant ON memory (tenant, at_ms);
-    CREATE VIRTUAL TABLE IF NOT EXISTS memory_text USING fts5 (text, tokenize = 'unicode61');
+    DROP TABLE IF EXISTS memory_text;
+    CREATE VIRTUAL TABLE IF NOT EXISTS memory_terms USING fts5 (
+        scope, terms, tokenize = 'unicode61'
+    );
+    CREATE VIRTUAL TABLE IF NOT EXISTS memory_vocab USING fts5vocab (memory_terms, 'row');
 ";
-
-/// Recall matches at most this many distinct words of its query (the first ones).
-pub const MAX_QUERY_TERMS: usize = 32;
-
-/// How much long-term memory each tenant keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// At most this many records per tenant (the newest); `None`: no count limit.
-    pub max_records: Option<usize>,
-    /// Records older than this are deleted; `None`: no age limit.
-    pub max_age: Option<Duration>,
-}
-
-impl Default for Retention {
-    /// 10,000 records per tenant, 90 days.
-    fn default() -> Self {
-        Retention {
-            max_records: Some(10_000),
-            max_age: Some(Duration::from_secs(90 * 86_400)),
-        }
-    }
-}
 
 /// A SQLite file of long-term memory for every tenant. Cheap to clone (one connection, shared).
 #[derive(Clone)]
@@ -72,23 +79,21 @@ fn storage(e: impl std::fmt::Display) -> MemoryError {
 }
 
 impl MemoryDb {
-    /// Opens (creating if missing) the memory file at `path`.
+    /// Opens (creating if missing) the memory file at `path`, migrating a file of an earlier
+    /// version (its records kept, its index rebuilt). A file of a newer version is refused
+    /// ([`MemoryError::Storage`]) and left untouched.
     pub fn open(path: impl AsRef<Path>, retention: Retention) -> Result<Self, MemoryError> {
         let path = path.as_ref();
-        let conn = Connection::open(path)
+        let mut conn = Connection::open(path)
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL;")
-            .and_then(|()| conn.execute_batch(SCHEMA))
-            .map_err(|e| storage(format!("cannot set up {}: {e}", path.display())))?;
+        migrate(&mut conn).map_err(|e| match e {
+            MemoryError::Storage(why) => storage(format!("{}: {why}", path.display())),
+            other => other,
+        })?;
         Ok(MemoryDb {
             conn: Arc::new(Mutex::new(conn)),
             retention,
         })
-    }
-
-    /// The long-term memory of `tenant`: its records only.
-    pub fn tenant(&self, tenant: &str) -> LongTermMemory {
-        LongTermMemory::persistent(self.clone(), tenant.to_owned())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -97,11 +102,7 @@ impl MemoryDb {
     }
 
     /// Stores `record` for `tenant`, then applies the retention policy to that tenant.
-    pub(crate) fn insert(
-        &self,
-        tenant: &str,
-        record: &MemoryRecord,
-    ) -> Result<RecordId, MemoryError> {
+    fn insert(&self, tenant: &str, record: &MemoryRecord) -> Result<RecordId, MemoryError> {
         let json = serde_json::to_string(record).map_err(storage)?;
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(storage)?;
@@ -111,49 +112,47 @@ impl MemoryDb {
         )
         .map_err(storage)?;
         let id = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO memory_text (rowid, text) VALUES (?1, ?2)",
-            params![id, record.search_text()],
-        )
-        .map_err(storage)?;
+        index(&tx, id, tenant, record)?;
         apply_retention(&tx, tenant, self.retention, SystemTime::now())?;
         tx.commit().map_err(storage)?;
         Ok(RecordId(u64::try_from(id).unwrap_or_default()))
     }
 
-    /// The `k` records of `tenant` most relevant to `query` (FTS5 BM25), best first; ties go
-    /// to the newer record, then the later stored.
-    pub(crate) fn search(
-        &self,
-        tenant: &str,
-        query: &str,
-        k: usize,
-    ) -> Result<Vec<Recalled>, MemoryError> {
-        // Every word quoted, any of them matching: no FTS5 syntax reaches the query. A long
-        // query (a 20 KB goal) is cut to its first distinct words: an OR of thousands of terms
-        // costs seconds per recall.
-        let mut terms: Vec<String> = Vec::new();
-        for term in tokenize(query) {
-            let quoted = format!("\"{term}\"");
-            if !terms.contains(&quoted) {
-                terms.push(quoted);
-            }
-            if terms.len() == MAX_QUERY_TERMS {
-                break;
-            }
-        }
+    /// The `k` records of `tenant` most relevant to `query` (FTS5 BM25 over the newest
+    /// [`MAX_CANDIDATES`] matching records), best first; ties go to the newer record, then the
+    /// later stored.
+    fn search(&self, tenant: &str, query: &str, k: usize) -> Result<Vec<Recalled>, MemoryError> {
         let conn = self.lock();
+        let terms = telling_terms(&conn, query)?;
+        // Every word quoted, any of them matching, within the tenant's rows: no FTS5 syntax
+        // from the query reaches the expression.
+        let quoted: Vec<String> = terms.iter().map(|t| format!("\"{t}\"")).collect();
+        let expression = format!(
+            "scope : \"{}\" AND terms : ({})",
+            scope_token(tenant),
+            quoted.join(" OR ")
+        );
+        let cap = i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX);
+        // The oldest rowid among the newest `cap` matches: found without ranking anything.
+        let floor = conn
+            .prepare_cached(
+                "SELECT min(rowid) FROM (SELECT rowid FROM memory_terms
+                 WHERE memory_terms MATCH ?1 ORDER BY rowid DESC LIMIT ?2)",
+            )
+            .and_then(|mut s| s.query_row(params![expression, cap], |r| r.get::<_, Option<i64>>(0)))
+            .map_err(storage)?
+            .unwrap_or(i64::MAX);
         let mut statement = conn
             .prepare_cached(
-                "SELECT m.id, m.record, bm25(memory_text) AS rank
-                 FROM memory_text JOIN memory m ON m.id = memory_text.rowid
-                 WHERE memory_text MATCH ?1 AND m.tenant = ?2
+                "SELECT m.id, m.record, bm25(memory_terms, 0.0, 1.0) AS rank
+                 FROM memory_terms JOIN memory m ON m.id = memory_terms.rowid
+                 WHERE memory_terms MATCH ?1 AND memory_terms.rowid >= ?2
                  ORDER BY rank, m.at_ms DESC, m.id DESC LIMIT ?3",
             )
             .map_err(storage)?;
         let limit = i64::try_from(k).unwrap_or(i64::MAX);
         let rows = statement
-            .query_map(params![terms.join(" OR "), tenant, limit], |row| {
+            .query_map(params![expression, floor, limit], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,
@@ -163,30 +162,46 @@ impl MemoryDb {
             .map_err(storage)?;
         rows.map(|row| {
             let (id, json, rank) = row.map_err(storage)?;
-            let record = serde_json::from_str(&json)
-                .map_err(|e| storage(format!("memory record {id} does not read back: {e}")))?;
-            Ok(Recalled {
-                id: RecordId(u64::try_from(id).unwrap_or_default()),
-                record,
-                // FTS5's bm25() is lower for better matches; ours is higher.
-                score: -rank,
-            })
+            // FTS5's bm25() is lower for better matches; ours is higher.
+            recalled(id, &json, -rank)
         })
         .collect()
     }
 
     /// How many records `tenant` has.
-    pub(crate) fn count(&self, tenant: &str) -> usize {
+    fn count(&self, tenant: &str) -> Result<usize, MemoryError> {
         self.lock()
             .query_row(
                 "SELECT count(*) FROM memory WHERE tenant = ?1",
                 [tenant],
                 |r| r.get::<_, i64>(0),
             )
-            .optional()
-            .ok()
-            .flatten()
-            .map_or(0, |n| usize::try_from(n).unwrap_or_default())
+            .map(|n| usize::try_from(n).unwrap_or_default())
+            .map_err(storage)
+    }
+}
+
+/// Each call runs SQLite on the calling thread, as the journal's readers do.
+impl LongTermStore for MemoryDb {
+    fn insert<'a>(
+        &'a self,
+        tenant: &'a str,
+        record: &'a MemoryRecord,
+    ) -> StoreFuture<'a, Result<RecordId, MemoryError>> {
+        Box::pin(async move { MemoryDb::insert(self, tenant, record) })
+    }
+
+    fn search<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a str,
+        k: usize,
+    ) -> StoreFuture<'a, Result<Vec<Recalled>, MemoryError>> {
+        Box::pin(async move { MemoryDb::search(self, tenant, query, k) })
+    }
+
+    fn count<'a>(&'a self, tenant: &'a str) -> StoreFuture<'a, Result<usize, MemoryError>> {
+        Box::pin(async move { MemoryDb::count(self, tenant) })
     }
 }
 
@@ -217,13 +232,107 @@ fn apply_retention(
         .map_err(storage)?;
     }
     conn.execute_batch(
-        "DELETE FROM memory_text WHERE rowid IN (SELECT id FROM doomed);
+        "DELETE FROM memory_terms WHERE rowid IN (SELECT id FROM doomed);
          DELETE FROM memory WHERE id IN (SELECT id FROM doomed);",
     )
     .map_err(storage)
 }
 
-fn unix_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Brings the file to [`SCHEMA_VERSION`] in one transaction: creates it, or rebuilds the index
+/// of a version-0 file from its stored records. Refuses a newer version untouched.
+fn migrate(conn: &mut Connection) -> Result<(), MemoryError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(storage)?;
+    if version > SCHEMA_VERSION {
+        return Err(storage(format!(
+            "the memory file is of schema version {version}, newer than this build's \
+             ({SCHEMA_VERSION}); left untouched: run the newer impresario, or point \
+             memory.path at another file"
+        )));
+    }
+    conn.execute_batch("PRAGMA journal_mode = WAL;")
+        .map_err(storage)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(storage)?;
+    tx.execute_batch(SCHEMA).map_err(storage)?;
+    let stored: Vec<(i64, String, String)> = {
+        let mut all = tx
+            .prepare("SELECT id, tenant, record FROM memory ORDER BY id")
+            .map_err(storage)?;
+        let rows = all
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)?
+    };
+    for (id, tenant, json) in stored {
+        let record: MemoryRecord = serde_json::from_str(&json).map_err(|e| {
+            storage(format!(
+                "memory record {id} does not read back ({e}); nothing was migrated"
+            ))
+        })?;
+        index(&tx, id, &tenant, &record)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(storage)?;
+    tx.commit().map_err(storage)
+}
+
+/// Indexes record `id` of `tenant`: its scope token and its distinct words.
+fn index(
+    conn: &Connection,
+    id: i64,
+    tenant: &str,
+    record: &MemoryRecord,
+) -> Result<(), MemoryError> {
+    conn.execute(
+        "INSERT INTO memory_terms (rowid, scope, terms) VALUES (?1, ?2, ?3)",
+        params![id, scope_token(tenant), index_terms(record).join(" ")],
+    )
+    .map(drop)
+    .map_err(storage)
+}
+
+/// The one word standing for `tenant` in the index: `t` and the hex of its bytes (distinct
+/// tenants never share it, whatever their punctuation).
+fn scope_token(tenant: &str) -> String {
+    let mut token = String::with_capacity(1 + 2 * tenant.len());
+    token.push('t');
+    for byte in tenant.bytes() {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
+}
+
+/// The query's words ([`query_terms`]); once the memory holds more than
+/// [`MAX_CANDIDATES`] records, without those found in more than half of them (keeping the
+/// rarest if all are).
+fn telling_terms(conn: &Connection, query: &str) -> Result<Vec<String>, MemoryError> {
+    let terms = query_terms(query);
+    let total: i64 = conn
+        .query_row("SELECT count(*) FROM memory", [], |r| r.get(0))
+        .map_err(storage)?;
+    if usize::try_from(total).unwrap_or(usize::MAX) <= MAX_CANDIDATES {
+        return Ok(terms);
+    }
+    let mut docs = conn
+        .prepare_cached("SELECT doc FROM memory_vocab WHERE term = ?1")
+        .map_err(storage)?;
+    let mut counted = Vec::with_capacity(terms.len());
+    for term in terms {
+        let doc: i64 = docs
+            .query_row([&term], |r| r.get(0))
+            .optional()
+            .map_err(storage)?
+            .unwrap_or(0);
+        counted.push((doc, term));
+    }
+    let rarest = counted.iter().map(|(doc, _)| *doc).min().unwrap_or(0);
+    Ok(counted
+        .into_iter()
+        .filter(|(doc, _)| *doc * 2 <= total || *doc == rarest)
+        .map(|(_, term)| term)
+        .collect())
 }

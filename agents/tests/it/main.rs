@@ -12,6 +12,8 @@ mod journaled_runs;
 mod loopback;
 mod memory;
 mod memory_db;
+// The long-term store suite every backend passes, shared with impresario-pg's tests.
+mod memory_suite;
 mod money;
 mod runs;
 mod streamed_runs;

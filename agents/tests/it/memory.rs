@@ -62,7 +62,7 @@ async fn filled(memory: LongTermMemory) -> LongTermMemory {
 #[tokio::test]
 async fn bm25_recalls_the_relevant_record_first_with_the_outcome_and_why() {
     let memory = filled(LongTermMemory::new()).await;
-    assert_eq!(memory.len(), 5);
+    assert_eq!(memory.len().await.unwrap(), 5);
 
     let found = memory
         .recall("postgres migration lock timeout", 3)
@@ -119,7 +119,7 @@ async fn blank_queries_and_records_are_rejected_by_name() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("bad record"), "{err}");
-    assert_eq!(memory.len(), 5, "nothing stored");
+    assert_eq!(memory.len().await.unwrap(), 5, "nothing stored");
 }
 
 /// Embeds by counting words of three topics: databases, travel, deploys. Records with no
@@ -250,7 +250,7 @@ async fn a_wrong_dimension_embedding_is_a_clear_error_and_stores_nothing() {
         text.contains("3 dimensions") && text.contains("declares 4"),
         "{text}"
     );
-    assert_eq!(memory.len(), 0);
+    assert_eq!(memory.len().await.unwrap(), 0);
     let err = memory.recall("anything", 1).await.unwrap_err();
     assert!(matches!(err, MemoryError::Dimension { .. }), "{err:?}");
 
@@ -261,7 +261,7 @@ async fn a_wrong_dimension_embedding_is_a_clear_error_and_stores_nothing() {
     }));
     let err = failing.remember(corpus().remove(0)).await.unwrap_err();
     assert!(err.to_string().contains("HTTP 503"), "{err}");
-    assert!(failing.is_empty());
+    assert!(failing.is_empty().await.unwrap());
 }
 
 // ---------------------------------------------------------------- context budget
@@ -743,7 +743,11 @@ async fn the_memory_agent_round_trips_through_agent_ref() {
         err.to_string().contains("run-8") && err.to_string().contains("run-7"),
         "{err}"
     );
-    assert_eq!(long_term.len(), 1, "the other run's record was not stored");
+    assert_eq!(
+        long_term.len().await.unwrap(),
+        1,
+        "the other run's record was not stored"
+    );
 
     let found = agent
         .ask(Recall {

@@ -13,5 +13,9 @@ mod journal;
 mod journal_suite;
 mod ledger;
 mod logs;
+mod memory;
+// The long-term store suite every backend passes, shared with impresario-agents' tests.
+#[path = "../../../agents/tests/it/memory_suite.rs"]
+mod memory_suite;
 mod queue;
 mod test_cluster;

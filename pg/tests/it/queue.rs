@@ -383,22 +383,24 @@ async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire_o
 async fn a_write_left_open_by_a_paused_replica_ends_with_idle_in_transaction_session_timeout() {
     let url = database("queue_idle_in_transaction").await;
     let (a, b) = (
-        replica(&url, "a", 1, Duration::from_millis(200)),
+        replica(&url, "a", 1, Duration::from_secs(2)),
         replica(&url, "b", 1, Duration::from_secs(60)),
     );
+    // a's connection is ready before the claim, so its fence comes well inside the lease even
+    // on a loaded machine (with a 200 ms lease, a slow pool checkout once made it stale).
+    let pool = pool(&url);
+    let mut client = pool.get().await.unwrap();
+    client
+        .batch_execute("SET idle_in_transaction_session_timeout = '4s'")
+        .await
+        .unwrap();
     enqueue(&a, 0..1).await;
     let lease = a.claim().await.unwrap().remove(0);
 
     // a fences a write, then stalls inside the transaction (as a paused process would).
-    let pool = pool(&url);
-    let mut client = pool.get().await.unwrap();
-    client
-        .batch_execute("SET idle_in_transaction_session_timeout = '1s'")
-        .await
-        .unwrap();
     let tx = client.transaction().await.unwrap();
     fence(&tx, &lease).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await; // expired, but still locked
+    tokio::time::sleep(Duration::from_millis(2500)).await; // expired, but still locked
     assert!(
         b.claim().await.unwrap().is_empty(),
         "claimed under a's lock"
