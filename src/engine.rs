@@ -102,7 +102,7 @@ impl Engine {
         let approvals = postgres.as_ref().map(|pg| pg.approvals.clone());
         let (ceilings, shared_halts) = match postgres {
             Some(pg) => (
-                TenantCeilings::in_database(pg.ceilings).await?,
+                TenantCeilings::in_database(pg.ceilings),
                 Some((
                     pg.halts.clone(),
                     pg.halts.follow_here(orchestrator.halts().clone()),

@@ -91,6 +91,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(&config).await?;
+    engine.ceilings.write_configured().await?;
     let models = engine.models_description.clone();
     let recovered = recover(&engine).await?;
     spawn_retention(&config, &engine);
