@@ -299,6 +299,32 @@ async fn a_drain_hands_runs_back_at_once_ahead_of_newer_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_one_run_back_and_a_stale_one_changes_nothing() {
+    let url = database("queue_release").await;
+    let lease = Duration::from_secs(60);
+    let (a, b) = (replica(&url, "a", 2, lease), replica(&url, "b", 2, lease));
+    enqueue(&a, 0..2).await;
+    let held = a.claim().await.unwrap();
+    assert!(a.release(&held[0]).await.unwrap());
+    assert_eq!(
+        runs_of(&a.held()),
+        runs_of(&held[1..]),
+        "the other run stays held"
+    );
+    let taken = b.claim().await.unwrap();
+    assert_eq!(runs_of(&taken), runs_of(&held[..1]));
+    assert_eq!(taken[0].epoch, 2);
+    // Released again by its old holder: refused, b keeps it.
+    assert!(!a.release(&held[0]).await.unwrap());
+    assert!(b.heartbeat().await.unwrap().is_empty());
+    assert!(matches!(
+        write(&url, &held[0], "a after release").await,
+        Err(QueueError::Fenced { .. })
+    ));
+    write(&url, &taken[0], "b").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_queued_once_and_its_epoch_grows_across_requeues() {
     let url = database("queue_requeue").await;
     let a = replica(&url, "a", 1, Duration::from_secs(60));
