@@ -21,7 +21,7 @@ use impresario::runtime::llm::Client;
 use impresario_pg::approvals::PgApprovals;
 use impresario_pg::ceilings::PgCeilings;
 use impresario_pg::halts::{HaltFollower, PgHalts};
-use impresario_pg::journal::PgJournalOptions;
+use impresario_pg::journal::{HoldSettlement, PgJournalOptions};
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
 use impresario_pg::memory::PgMemory;
 use impresario_pg::{Database, Fences, PgJournal};
@@ -234,10 +234,15 @@ async fn start_orchestrator(
 }
 
 impl Postgres {
-    /// The journal in the database, fencing the writes of the runs driven under a lease.
+    /// The journal in the database, fencing the writes of the runs driven under a lease, and
+    /// settling the model calls' holds (in `PgLedger`, on the same database) in the appends
+    /// that journal their answers.
     fn journal(&self) -> PgJournal {
-        let fences = self.fences.clone();
-        PgJournal::open_with(self.db.clone(), PgJournalOptions { fences })
+        let options = PgJournalOptions {
+            fences: self.fences.clone(),
+            holds: HoldSettlement::InTheAppend,
+        };
+        PgJournal::open_with(self.db.clone(), options)
     }
 
     /// Connects to `url` (migrating its schema) and opens the ledger, the ceilings and the
