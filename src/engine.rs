@@ -285,7 +285,9 @@ pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, 
     let opened: Arc<dyn Journal> = match (config.postgres_url(), config.file()) {
         (Some(url), _) => Arc::new(PgJournal::open(connect_database(config, url).await?)),
         (None, Some(file)) => {
-            Arc::new(SqliteJournal::open(file).map_err(|e| failed(e.to_string()))?)
+            let durability = config.durability().map_err(|e| failed(e.to_string()))?;
+            let opened = SqliteJournal::open_with(file, durability);
+            Arc::new(opened.map_err(|e| failed(e.to_string()))?)
         }
         (None, None) => Arc::new(MemoryJournal::new()),
     };
