@@ -332,3 +332,57 @@ async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_jo
         .unwrap();
     assert_eq!(results, "6", "one calculator result per run");
 }
+
+#[tokio::test]
+async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal() {
+    let url = shared().create_database(&format!("cluster_events_{}", std::process::id()));
+    let a = replica(&url, "a", 4, 300);
+    let (status, body) = a
+        .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let owner = format!("SELECT owner FROM run_queue WHERE run_id = '{id}'");
+    until_sql(&url, &owner, Duration::from_secs(10), |o| o == "a").await;
+    let b = replica(&url, "b", 4, 300);
+    let (_, shown) = b.get(&format!("/v1/runs/{id}")).await;
+    assert!(
+        ["queued", "planning", "running"].contains(&shown["state"]["state"].as_str().unwrap()),
+        "b shows the run as its journal does: {shown}"
+    );
+    let mut stream = b.events(&id).await;
+    let first = stream.next().await.unwrap();
+    let ended = format!(
+        "SELECT count(*) FROM journal_events WHERE run_id = '{id}' AND kind = 'run_finished'"
+    );
+    assert_eq!(shared().psql(&url, &ended).unwrap(), "0", "followed live");
+    let mut events = vec![first];
+    events.extend(stream.all().await);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"run_submitted"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"llm_request") && kinds.contains(&"tool_result"),
+        "{kinds:?}"
+    );
+    let ids: Vec<usize> = events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len()).collect::<Vec<_>>(),
+        "every journaled event, in order"
+    );
+    // Reconnecting after event 2 continues with event 3.
+    let response = b
+        .request(reqwest::Method::GET, &format!("/v1/runs/{id}/events"))
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let resumed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(resumed.first(), Some(&"3"), "{text}");
+    assert_eq!(resumed.len(), ids.len() - 2, "{text}");
+}
