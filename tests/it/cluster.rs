@@ -299,31 +299,7 @@ async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_jo
             "run {run}, driven by a, was not taken over (epoch {epoch})"
         );
     }
-    // Nothing journaled was done again: one answer per model call, one result per tool call,
-    // one end per run.
-    for (what, sql) in [
-        (
-            "answers",
-            "SELECT run_id, body::json->>'step', body::json->>'call' FROM journal_events \
-                     WHERE kind = 'llm_response' GROUP BY 1, 2, 3 HAVING count(*) > 1",
-        ),
-        (
-            "tool results",
-            "SELECT run_id, idem_key FROM journal_events WHERE kind = 'tool_result' \
-                          GROUP BY 1, 2 HAVING count(*) > 1",
-        ),
-        (
-            "ends",
-            "SELECT run_id FROM journal_events WHERE kind = 'run_finished' \
-                  GROUP BY 1 HAVING count(*) > 1",
-        ),
-    ] {
-        assert_eq!(
-            shared().psql(&url, sql).unwrap(),
-            "",
-            "{what} journaled twice"
-        );
-    }
+    assert_nothing_journaled_twice(&url);
     let results = shared()
         .psql(
             &url,
@@ -435,29 +411,7 @@ async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceili
     until_sql(&url, ended, Duration::from_secs(120), |n| n == all).await;
     let done = "SELECT count(*) FROM run_queue WHERE state = 'done'";
     until_sql(&url, done, Duration::from_secs(10), |n| n == all).await;
-    for (what, sql) in [
-        (
-            "ends",
-            "SELECT run_id FROM journal_events WHERE kind = 'run_finished' \
-                  GROUP BY 1 HAVING count(*) > 1",
-        ),
-        (
-            "answers",
-            "SELECT run_id, body::json->>'step', body::json->>'call' FROM journal_events \
-                     WHERE kind = 'llm_response' GROUP BY 1, 2, 3 HAVING count(*) > 1",
-        ),
-        (
-            "tool results",
-            "SELECT run_id, idem_key FROM journal_events WHERE kind = 'tool_result' \
-                          GROUP BY 1, 2 HAVING count(*) > 1",
-        ),
-    ] {
-        assert_eq!(
-            shared().psql(&url, sql).unwrap(),
-            "",
-            "{what} journaled twice"
-        );
-    }
+    assert_nothing_journaled_twice(&url);
     // Every tenant's spend is at most its ceiling, and the ceilings did refuse runs.
     let mut refused = 0;
     for t in 0..5 {
@@ -488,4 +442,32 @@ async fn submit_to(server: &Server, tenant: &str) -> String {
     let (status, created) = server.post("/v1/runs", body).await;
     assert_eq!(status, 201, "{created}");
     created["id"].as_str().unwrap().to_owned()
+}
+
+/// Nothing journaled was done again: one answer per model call, one result per tool call, one
+/// end per run.
+fn assert_nothing_journaled_twice(url: &str) {
+    for (what, sql) in [
+        (
+            "answers",
+            "SELECT run_id, body::json->>'step', body::json->>'call' FROM journal_events \
+             WHERE kind = 'llm_response' GROUP BY 1, 2, 3 HAVING count(*) > 1",
+        ),
+        (
+            "tool results",
+            "SELECT run_id, idem_key FROM journal_events WHERE kind = 'tool_result' \
+             GROUP BY 1, 2 HAVING count(*) > 1",
+        ),
+        (
+            "ends",
+            "SELECT run_id FROM journal_events WHERE kind = 'run_finished' \
+             GROUP BY 1 HAVING count(*) > 1",
+        ),
+    ] {
+        assert_eq!(
+            shared().psql(url, sql).unwrap(),
+            "",
+            "{what} journaled twice"
+        );
+    }
 }
