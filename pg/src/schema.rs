@@ -91,6 +91,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX memory_records_by_tenant ON memory_records (tenant, at_ms, id);
     CREATE INDEX memory_records_search ON memory_records USING gin (search);",
+    // 7: a tenant's newest records by id (memory.rs: recall's candidates and word counts).
+    "CREATE INDEX memory_records_newest ON memory_records (tenant, id);",
 ];
 
 /// The schema version this build writes, and the newest it accepts.
