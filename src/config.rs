@@ -17,6 +17,7 @@ use impresario::agents::ModelChoice;
 use impresario::mcp::{ServerConfig, ServerEntry};
 use impresario::runtime::journal::RetentionPolicy;
 use impresario::runtime::ledger::Ceilings;
+use impresario_pg::queue::{QueueConfig, QueueError};
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -48,6 +49,66 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// `[tools]`: tools besides the built-in ones.
     pub tools: Tools,
+    /// `[cluster]`: this replica's share of the run queue (with `journal.url`).
+    pub cluster: Cluster,
+}
+
+/// `[cluster]`: `serve` with `journal.url` (PostgreSQL) is one replica of a cluster (one
+/// replica is a cluster of one): runs wait in the database's run queue, and each replica drives
+/// the ones it claims (docs/ARCHITECTURE.md, "Cluster"). Ignored without `journal.url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// This replica's name, unique among the live replicas; empty: `<hostname>-<pid>`.
+    pub replica: String,
+    /// The most runs this replica drives at once; the rest wait in PostgreSQL.
+    pub max_runs_per_replica: u64,
+    /// How long a claim on a run lasts without a heartbeat, in seconds (heartbeats go every
+    /// third of it): after it, another replica takes the run over.
+    pub lease_secs: f64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            replica: String::new(),
+            max_runs_per_replica: 16,
+            lease_secs: 10.0,
+        }
+    }
+}
+
+impl Cluster {
+    /// The run queue's settings these keys describe (the replica named `<hostname>-<pid>`
+    /// unless `replica` names it), checked: an out-of-range value names its key.
+    pub fn queue_config(&self) -> Result<QueueConfig, ConfigError> {
+        let replica = match self.replica.trim() {
+            "" => format!("{}-{}", hostname(), std::process::id()),
+            named => named.to_owned(),
+        };
+        let lease = Duration::try_from_secs_f64(self.lease_secs)
+            .map_err(|_| invalid("cluster.lease_secs", "is not a number of seconds"))?;
+        let config = QueueConfig {
+            replica,
+            max_runs: u32::try_from(self.max_runs_per_replica).unwrap_or(u32::MAX),
+            lease,
+        };
+        config.validate().map_err(|e| match e {
+            QueueError::Config { field, problem } => invalid(field, problem),
+            other => invalid("cluster", other.to_string()),
+        })?;
+        Ok(config)
+    }
+}
+
+/// This machine's name (a pod's name in Kubernetes), or `localhost` if it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// `[telemetry]`.
@@ -372,7 +433,7 @@ pub struct Journal {
     /// A PostgreSQL URL (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`): runs are journaled in
     /// that database (its schema is created or migrated at start; a database of another
     /// application or of a newer Impresario is refused untouched). Empty: the SQLite file
-    /// `path`. One process per database until leases are built (issue 14).
+    /// `path`. `serve` on a database is a replica of a cluster (`[cluster]`).
     pub url: String,
     /// Keep at most this many ended runs (the most recent); 0 keeps them all. Halted runs,
     /// which can still be resumed, and running ones are always kept.
@@ -696,6 +757,9 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("budget", "tenant_default_usd", Kind::Number),
     ("budget", "max_run_usd", Kind::Number),
     ("budget", "tenants", Kind::Amounts),
+    ("cluster", "replica", Kind::Text),
+    ("cluster", "max_runs_per_replica", Kind::Integer),
+    ("cluster", "lease_secs", Kind::Number),
 ];
 
 /// The prefix of every configuration variable.
@@ -866,6 +930,7 @@ impl Config {
     /// Ranges and relations the types do not say.
     fn validate(&self) -> Result<(), ConfigError> {
         self.journal.validate()?;
+        self.cluster.queue_config()?;
         for (key, secs) in [
             ("server.body_timeout_secs", self.server.body_timeout_secs),
             ("server.sse_keepalive_secs", self.server.sse_keepalive_secs),

@@ -20,9 +20,10 @@ use impresario::runtime::ledger_store::LedgerStore;
 use impresario::runtime::llm::Client;
 use impresario_pg::ceilings::PgCeilings;
 use impresario_pg::halts::{HaltFollower, PgHalts};
+use impresario_pg::journal::{HoldSettlement, PgJournalOptions};
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
 use impresario_pg::memory::PgMemory;
-use impresario_pg::{Database, PgJournal};
+use impresario_pg::{Database, Fences, PgJournal};
 
 use crate::ceilings::TenantCeilings;
 use crate::config::{self, Config};
@@ -45,6 +46,9 @@ pub struct Engine {
     pub offline: bool,
     /// The models runs use.
     pub models: ModelMap,
+    /// The PostgreSQL database of `journal.url`, which a cluster's run queue shares, and the
+    /// lease epochs its journal and ledger fence each run's writes with.
+    pub database: Option<(Database, Fences)>,
     defaults: crate::config::RunDefaults,
     /// Halts recorded in PostgreSQL for every process (`journal.url`), and the follower that
     /// applies theirs here.
@@ -56,6 +60,9 @@ pub struct Engine {
 /// The PostgreSQL stores of `journal.url`, before the orchestrator starts.
 struct Postgres {
     db: Database,
+    /// The runs this process drives under a cluster lease: the journal and the ledger fence
+    /// their writes with the lease's epoch.
+    fences: Fences,
     halts: PgHalts,
     ceilings: PgCeilings,
 }
@@ -67,7 +74,7 @@ impl Engine {
     /// reserve in PostgreSQL's ledger against ceilings every process shares, and follow the
     /// halts every process records there.
     pub async fn start(config: &Config) -> Result<Engine, Box<dyn std::error::Error>> {
-        // One process writes a journal file; PostgreSQL has no lock yet (issue 14's leases).
+        // One process writes a journal file; on PostgreSQL, `serve` leases runs one by one.
         let writer = match (config.journal.postgres_url(), config.journal.file()) {
             (None, Some(file)) => Some(WriterLock::acquire(file)?),
             _ => None,
@@ -77,7 +84,7 @@ impl Engine {
             None => None,
         };
         let journal: Arc<dyn Journal> = match &postgres {
-            Some(pg) => Arc::new(PgJournal::open(pg.db.clone())),
+            Some(pg) => Arc::new(pg.journal()),
             None => open_journal(&config.journal).await?,
         };
         let offline =
@@ -88,13 +95,12 @@ impl Engine {
         } = models::choose(config, offline, config.models.cache_entries)?;
         let runtime = Runtime::builder().attach()?;
         let client = chosen.client;
-        let mut tools = impresario::tools::registry()?;
-        for server in config.mcp_servers()? {
-            // Connected and listed now: a server that does not start stops the start, named.
-            tools.provide(McpServer::start(server).await?)?;
-        }
+        let tools = tools(config).await?;
         let orchestrator =
             start_orchestrator(&runtime, &client, tools, config, journal, &postgres).await?;
+        let database = postgres
+            .as_ref()
+            .map(|pg| (pg.db.clone(), pg.fences.clone()));
         let (ceilings, shared_halts) = match postgres {
             Some(pg) => (
                 TenantCeilings::in_database(pg.ceilings).await?,
@@ -119,6 +125,7 @@ impl Engine {
             models_description: chosen.description,
             offline,
             models: chosen.models,
+            database,
             defaults: config.runs.clone(),
             shared_halts,
             _writer: writer,
@@ -215,6 +222,17 @@ async fn start_orchestrator(
 }
 
 impl Postgres {
+    /// The journal in the database, fencing the writes of the runs driven under a lease, and
+    /// settling the model calls' holds (in `PgLedger`, on the same database) in the appends
+    /// that journal their answers.
+    fn journal(&self) -> PgJournal {
+        let options = PgJournalOptions {
+            fences: self.fences.clone(),
+            holds: HoldSettlement::InTheAppend,
+        };
+        PgJournal::open_with(self.db.clone(), options)
+    }
+
     /// Connects to `url` (migrating its schema) and opens the ledger, the ceilings and the
     /// halts in it.
     async fn connect(
@@ -223,8 +241,10 @@ impl Postgres {
         config: &Config,
     ) -> Result<Postgres, String> {
         let db = connect_database(journal, url).await?;
-        let ledger = PgLedger::new(db.clone(), PgLedgerConfig::default());
+        let fences = Fences::new();
+        let ledger = PgLedger::new(db.clone(), PgLedgerConfig::default()).fenced_by(fences.clone());
         Ok(Postgres {
+            fences,
             halts: PgHalts::new(db.clone()),
             ceilings: PgCeilings::new(db.clone(), ledger, config.budget.ceilings()),
             db,
@@ -257,6 +277,16 @@ pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, 
         (None, None) => Arc::new(MemoryJournal::new()),
     };
     Ok(opened)
+}
+
+/// The built-in tools and those of the `[[tools.mcp]]` servers, each server connected and
+/// listed now: a server that does not start stops the start, named.
+async fn tools(config: &Config) -> Result<ToolRegistry, Box<dyn std::error::Error>> {
+    let mut tools = impresario::tools::registry()?;
+    for server in config.mcp_servers()? {
+        tools.provide(McpServer::start(server).await?)?;
+    }
+    Ok(tools)
 }
 
 /// Where long-term memory is kept: in PostgreSQL with `journal.url` (`memory.path` is then

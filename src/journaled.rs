@@ -5,7 +5,9 @@
 //! A listed run: `{"id", "tenant", "status", "last_event", "submitted_at_ms", "updated_at_ms"}`.
 //! A shown run: `{"id", "tenant", "goal", "status", "state", "usage", "submitted_at_ms",
 //! "steps"}`, where `status` is the journal's (`active`, `halted`, `finished`), `state` the
-//! run's end as a `RunState` (`null` while it has none: running, or cut off by a crash), and
+//! run's end as a `RunState`, or while it has none what its journal shows it doing as of its
+//! last commit point (`queued`: nothing yet; `planning`; `running` a step; `awaiting_approval`),
+//! whoever drives it (another replica of a cluster, or no one: a run cut off by a crash), and
 //! `steps` the finished steps as `{"number", "step", "outcome"}`.
 
 use std::collections::HashMap;
@@ -58,7 +60,7 @@ pub fn shown(entries: &[JournalEntry]) -> Option<Value> {
         "tenant": tenant,
         "goal": goal,
         "status": shown.status.as_str(),
-        "state": shown.state,
+        "state": if shown.state.is_null() { shown.progress } else { shown.state },
         "usage": RunUsage::from(shown.spent),
         "submitted_at_ms": unix_ms(first.at),
         "steps": shown.steps,
@@ -75,6 +77,8 @@ struct Shown {
     status: RunStatus,
     /// How it ended (`null` while it has not).
     state: Value,
+    /// What it was doing at its last journaled event, as a `RunState`.
+    progress: Value,
 }
 
 impl Default for Shown {
@@ -85,12 +89,14 @@ impl Default for Shown {
             steps: Vec::new(),
             status: RunStatus::Active,
             state: Value::Null,
+            progress: json!({ "state": "queued" }),
         }
     }
 }
 
 impl Shown {
     fn add(&mut self, event: &RunEvent) {
+        self.follow(event);
         match event {
             RunEvent::LlmResponse { .. }
             | RunEvent::LlmInterrupted { .. }
@@ -124,6 +130,27 @@ impl Shown {
             }
             _ => {}
         }
+    }
+}
+
+impl Shown {
+    /// Moves `progress` on with `event`.
+    fn follow(&mut self, event: &RunEvent) {
+        self.progress = match event {
+            RunEvent::RunSubmitted { .. } => return,
+            RunEvent::StepStarted { step, .. } | RunEvent::ApprovalDecided { step, .. } => {
+                json!({ "state": "running", "step": step })
+            }
+            RunEvent::ApprovalRequested { step, tool, .. } => {
+                json!({ "state": "awaiting_approval", "step": step, "tool": tool })
+            }
+            RunEvent::StepFinished { .. } | RunEvent::PlanMade { .. } => {
+                json!({ "state": "planning" })
+            }
+            // Calls and tools inside a step leave it running; before any step, it plans.
+            _ if self.progress["state"] == "queued" => json!({ "state": "planning" }),
+            _ => return,
+        };
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
 use impresario_runtime::journal::{Journal, JournalError, RunEvent as Event, Seq};
 use impresario_runtime::ledger::{AccountPath, Charge};
+use impresario_runtime::ledger_store::PendingHolds;
 use impresario_runtime::llm::{
     CallOptions, ChatRequest, ChatResponse, Client, DeltaSink, Interruption, LlmError,
 };
@@ -421,6 +422,12 @@ impl ModelGateway {
         // A commit point: the request leaves the process.
         log.commit().await.map_err(not_recorded)?;
         let (options, streamed) = self.streaming(step, options);
+        // When the journal settles the store's holds, the outcome event carries them.
+        let pending = log.journal.settles_holds().then(PendingHolds::new);
+        let options = match &pending {
+            Some(pending) => options.holds_left_to(pending.clone()),
+            None => options,
+        };
         let before = options.account.leaf().snapshot().spent;
         let answer = self
             .client
@@ -436,7 +443,8 @@ impl ModelGateway {
             let halt = Halt::new(run, HaltMode::Immediate, HaltReason::Overshoot);
             self.halt.halt(halt.with_detail(e.to_string()));
         }
-        if let Some(event) = outcome_event(step, call, &answer, charged) {
+        let holds = pending.map(|p| p.take()).unwrap_or_default();
+        if let Some(event) = outcome_event(step, call, &answer, charged, holds) {
             log.record(event).await.map_err(not_recorded)?;
         }
         answer
@@ -501,13 +509,15 @@ impl DeltaStream {
 }
 
 /// What the journal keeps of a call made live, with what the ledger charged for it (failed
-/// attempts before it included): its answer; a streamed answer cut short; or, for any other
-/// call without an answer that cost something, its cost (none if nothing was charged).
+/// attempts before it included) and the store holds its append settles: its answer; a
+/// streamed answer cut short; or, for any other call without an answer that cost something,
+/// its cost (none if nothing was charged: then no hold was left to the journal either).
 fn outcome_event(
     step: u32,
     call: u32,
     answer: &Result<ChatResponse, LlmError>,
     charged: Charge,
+    holds: Vec<String>,
 ) -> Option<Event> {
     match answer {
         Ok(response) => Some(Event::LlmResponse {
@@ -515,6 +525,7 @@ fn outcome_event(
             call,
             response: response.clone(),
             cost_micro_usd: charged.micro_usd,
+            holds,
         }),
         Err(LlmError::StreamInterrupted(cut)) => Some(Event::LlmInterrupted {
             step,
@@ -526,6 +537,7 @@ fn outcome_event(
                 Interruption::Halted => "halted".into(),
                 Interruption::Broken(why) => why.clone(),
             },
+            holds,
         }),
         Err(_) if charged.is_zero() => None,
         Err(e) => Some(Event::LlmAborted {
@@ -534,6 +546,7 @@ fn outcome_event(
             cost_micro_usd: charged.micro_usd,
             tokens: charged.tokens,
             error: e.kind().to_owned(),
+            holds,
         }),
     }
 }

@@ -126,6 +126,15 @@ pub struct Orchestrator {
     pub(crate) inner: Arc<Services>,
 }
 
+/// What a standing halt of a run's tenant (or of everything) does to a resume.
+#[derive(Clone, Copy)]
+enum StandingHalt {
+    /// The resume is refused ([`ResumeError::TenantHalted`]).
+    Refuses,
+    /// The run starts halted and ends at once, journaled as halted (as a new run does).
+    HaltsTheRun,
+}
+
 /// A run claimed by one resume or replay; dropping it lets the next one try.
 struct Claim<'a> {
     claimed: &'a DashMap<RunId, ()>,
@@ -255,21 +264,30 @@ impl Orchestrator {
         request: RunRequest,
         team: Team,
     ) -> Result<RunHandle, SubmitError> {
-        self.validate(&request)?;
+        let run = self.accept(&request).await?;
+        let log = RunLog::new(self.inner.journal.clone(), run.clone());
+        self.launch(run, request, team, log).await
+    }
+
+    /// Validates `request` and journals it as submitted, without starting it: the run waits,
+    /// journaled as active, until [`resume`](Self::resume) starts it (in this process or in
+    /// another one on the same journal). A cluster's replica accepts runs this way and puts
+    /// them in its run queue, for whichever replica claims them.
+    pub async fn accept(&self, request: &RunRequest) -> Result<RunId, SubmitError> {
+        self.validate(request)?;
         let run = RunId::generate();
         // Write-ahead: the run is durable before it is acknowledged.
         let submitted = JournalEvent::RunSubmitted {
             tenant: request.tenant.clone(),
             goal: request.goal.clone(),
-            request: serde_json::to_value(&request)
+            request: serde_json::to_value(request)
                 .map_err(|e| invalid("request", e.to_string()))?,
         };
         self.inner
             .journal
             .append(&run, redact_serialized(submitted))
             .await?;
-        let log = RunLog::new(self.inner.journal.clone(), run.clone());
-        self.launch(run, request, team, log).await
+        Ok(run)
     }
 
     /// A run of this process that has not ended yet.
@@ -339,6 +357,23 @@ impl Orchestrator {
     /// [`resume`](Self::resume) with the run's custom agents. Of concurrent resumes of one
     /// run, exactly one starts it; the others get [`ResumeError::Running`] and change nothing.
     pub async fn resume_with(&self, id: &RunId, team: Team) -> Result<RunHandle, ResumeError> {
+        self.go_on(id, team, StandingHalt::Refuses).await
+    }
+
+    /// Drives a run [`accept`](Self::accept)ed or cut off, for the cluster replica that claimed
+    /// it: [`resume`](Self::resume), except that a standing halt of its tenant (or of
+    /// everything) ends it halted at once, as it does a new run, instead of refusing.
+    pub async fn take_over(&self, id: &RunId) -> Result<RunHandle, ResumeError> {
+        self.go_on(id, Team::new(), StandingHalt::HaltsTheRun).await
+    }
+
+    /// Resumes run `id` from its journal; `standing` says what a standing halt above it does.
+    async fn go_on(
+        &self,
+        id: &RunId,
+        team: Team,
+        standing: StandingHalt,
+    ) -> Result<RunHandle, ResumeError> {
         let _claim = self.claim(id)?;
         let (request, recorded) = self.journaled(id)?;
         if recorded
@@ -347,12 +382,13 @@ impl Orchestrator {
         {
             return Err(ResumeError::Finished(id.clone()));
         }
-        let token = self
-            .inner
-            .halts
-            .resume_run(&TenantId::new(request.tenant.as_str()), id)
-            .map_err(|e| ResumeError::TenantHalted(e.to_string()))?;
-        drop(token);
+        let tenant = TenantId::new(request.tenant.as_str());
+        match (self.inner.halts.resume_run(&tenant, id), standing) {
+            (Ok(_), _) | (Err(_), StandingHalt::HaltsTheRun) => {}
+            (Err(e), StandingHalt::Refuses) => {
+                return Err(ResumeError::TenantHalted(e.to_string()))
+            }
+        }
         // A ledger that still has the run's account (halted in this process) keeps what it
         // spent; a new one (after a restart) is rebuilt from the journaled costs.
         let rebuild = self

@@ -13,6 +13,10 @@
 //!   back whether the COMMIT happened, so an append is never written twice nor lost.
 //! - Reads are synchronous: they run on the I/O thread and the caller blocks on the reply; async
 //!   callers put them in `spawn_blocking`, as the `Journal` trait says.
+//! - Model calls' charges: an append settles the ledger holds its events carry
+//!   ([`RunEvent::holds`], each event's with its charge) in its own transaction, so a call's
+//!   charge in `ledger_accounts` and its journaled outcome commit together or not at all
+//!   ([`HoldSettlement`]).
 //! - Fencing: an append for a run that has an epoch in the journal's [`Fences`] (a run this
 //!   process drives under a cluster lease) runs the fencing check first in its transaction, and
 //!   is refused with [`JournalError::Fenced`], writing nothing, once the lease is gone. Other
@@ -36,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::database::{retrying, Attempt, Database};
 use crate::error::PgError;
 use crate::fences::Fences;
+use crate::ledger;
 
 /// Most appends committed in one transaction.
 pub const MAX_GROUP: usize = 256;
@@ -53,6 +58,7 @@ struct Shared {
     commands: Option<mpsc::UnboundedSender<Command>>,
     writer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     commits: Arc<AtomicU64>,
+    holds: HoldSettlement,
 }
 
 impl Drop for Shared {
@@ -92,6 +98,7 @@ impl PgJournal {
             commits: commits.clone(),
             fences: options.fences,
         };
+        let holds = options.holds;
         db.spawn(async move {
             writer.run(rx).await;
             drop(done_tx);
@@ -102,6 +109,7 @@ impl PgJournal {
                 commands: Some(commands),
                 writer_done: Mutex::new(Some(done_rx)),
                 commits,
+                holds,
             }),
         }
     }
@@ -150,6 +158,20 @@ pub struct PgJournalOptions {
     /// The lease epochs of the runs this process drives in a cluster: their appends are
     /// fenced (shared with the [`PgLedger`](crate::ledger::PgLedger) of the same runs).
     pub fences: Fences,
+    /// Who settles a model call's hold in the ledger store.
+    pub holds: HoldSettlement,
+}
+
+/// Who settles a model call's hold in the ledger store (`PgLedger`'s `ledger_holds`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HoldSettlement {
+    /// The append that journals the call's outcome, in its transaction
+    /// ([`Journal::settles_holds`]): the charge and the journaled outcome commit together.
+    /// Needs the runs' ledger store (if any) to be a `PgLedger` on the journal's database.
+    #[default]
+    InTheAppend,
+    /// The call itself, when it ends (as with SQLite): for a ledger store elsewhere.
+    ByTheCall,
 }
 
 /// A storage failure of `context` on `target`.
@@ -353,9 +375,27 @@ async fn write_append(
         ];
         tx.execute(&insert, &params).await?;
     }
+    settle_holds(tx, append).await?;
     let last = first + len as Seq - 1;
     write_run_row(tx, append, last, at_ms).await?;
     Ok(Ok(last))
+}
+
+/// Settles the ledger holds the append's events carry (model calls whose charge commits with
+/// their journaled outcome), each event's holds with the event's charge, in the append's
+/// transaction.
+async fn settle_holds(tx: &Transaction<'_>, append: &Append) -> Result<(), tokio_postgres::Error> {
+    for (event, _) in &append.events {
+        let holds = event.holds();
+        if holds.is_empty() {
+            continue;
+        }
+        // Gone (settled, or swept long after it expired): nothing is left to charge.
+        if let Some(path) = ledger::holds_path(tx, holds).await? {
+            ledger::settle_on(tx, &path, holds, event.charge()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Inserts or updates the run's row after its events up to `last`.
@@ -626,6 +666,10 @@ impl Journal for PgJournal {
 
     fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    fn settles_holds(&self) -> bool {
+        self.shared.holds == HoldSettlement::InTheAppend
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::Object;
+use deadpool_postgres::{Object, Transaction};
 use impresario_runtime::fencing::Fenced;
 use impresario_runtime::ledger::{
     AccountId, AccountSnapshot, CeilingReached, Charge, Dimension, Limits,
@@ -65,8 +65,8 @@ const INSERT_HOLD: &str =
     "INSERT INTO ledger_holds (id, path, micro_usd, tokens, model_calls, expires_at) \
      VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING expires_at";
 const FIND_HOLD: &str = "SELECT expires_at FROM ledger_holds WHERE id = $1";
-const HOLD_PATH: &str = "SELECT path FROM ledger_holds WHERE id = $1";
-const DELETE_HOLD: &str = "DELETE FROM ledger_holds WHERE id = $1";
+const HOLDS_PATH: &str = "SELECT path FROM ledger_holds WHERE id = ANY($1) LIMIT 1";
+const DELETE_HOLDS: &str = "DELETE FROM ledger_holds WHERE id = ANY($1)";
 const CHARGE: &str = "UPDATE ledger_accounts SET spent_micro_usd = spent_micro_usd + $2, \
      spent_tokens = spent_tokens + $3, spent_model_calls = spent_model_calls + $4 \
      WHERE account = ANY($1)";
@@ -389,7 +389,7 @@ impl Reserve {
     /// first: the first account that refuses.
     async fn refusal(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &Transaction<'_>,
         rows: &HashMap<String, AccountRow>,
     ) -> Result<Option<CeilingReached>, tokio_postgres::Error> {
         let held = tx.prepare_cached(HELD).await?;
@@ -421,30 +421,53 @@ impl Step for Settle {
 
     async fn once(&self, client: &mut Object, _: u32) -> Result<Self::Out, tokio_postgres::Error> {
         let mut tx = client.transaction().await?;
-        let find = tx.prepare_cached(HOLD_PATH).await?;
+        let ids = std::slice::from_ref(&self.id);
         // Gone: settled (an earlier attempt committed), or expired past its retention.
-        let Some(row) = tx.query_opt(&find, &[&self.id]).await? else {
+        let Some(path) = holds_path(&tx, ids).await? else {
             return Ok(Ok(()));
         };
-        let path: Vec<String> = row.get(0);
         if let Some(run) = run_of(&path) {
             if let Err(fenced) = self.fences.check(&mut tx, run).await? {
                 return Ok(Err(fenced));
             }
         }
-        let lock = tx.prepare_cached(LOCK_ACCOUNTS).await?;
-        tx.query(&lock, &[&path]).await?;
-        let delete = tx.prepare_cached(DELETE_HOLD).await?;
-        if tx.execute(&delete, &[&self.id]).await? == 0 {
-            return Ok(Ok(()));
-        }
-        let c = self.charge;
-        let charge = tx.prepare_cached(CHARGE).await?;
-        let amounts = [c.micro_usd, c.tokens, c.model_calls].map(to_sql);
-        tx.execute(&charge, &[&path, &amounts[0], &amounts[1], &amounts[2]])
-            .await?;
+        settle_on(&tx, &path, ids, self.charge).await?;
         tx.commit().await.map(Ok)
     }
+}
+
+/// The account path of the holds `ids` (one call's: they share it), if any of them is still
+/// stored (not settled, nor swept after its retention).
+pub(crate) async fn holds_path(
+    tx: &Transaction<'_>,
+    ids: &[String],
+) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+    let find = tx.prepare_cached(HOLDS_PATH).await?;
+    let row = tx.query_opt(&find, &[&ids]).await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Settles the holds `ids` on `path` inside `tx`: locks the path's accounts in the global
+/// order, deletes the holds, and charges `charge` on every account of the path once if any of
+/// them was still there (a hold already settled is not charged again). The journal's appends
+/// call it for the holds of the answers they write; [`LedgerStore::settle`] for one hold.
+pub(crate) async fn settle_on(
+    tx: &Transaction<'_>,
+    path: &[String],
+    ids: &[String],
+    charge: Charge,
+) -> Result<(), tokio_postgres::Error> {
+    let lock = tx.prepare_cached(LOCK_ACCOUNTS).await?;
+    tx.query(&lock, &[&path]).await?;
+    let delete = tx.prepare_cached(DELETE_HOLDS).await?;
+    if tx.execute(&delete, &[&ids]).await? == 0 {
+        return Ok(());
+    }
+    let update = tx.prepare_cached(CHARGE).await?;
+    let amounts = [charge.micro_usd, charge.tokens, charge.model_calls].map(to_sql);
+    tx.execute(&update, &[&path, &amounts[0], &amounts[1], &amounts[2]])
+        .await
+        .map(drop)
 }
 
 struct SetLimits {

@@ -37,4 +37,4 @@ pub mod test_cluster;
 pub use database::Database;
 pub use error::PgError;
 pub use fences::Fences;
-pub use journal::{PgJournal, PgJournalOptions};
+pub use journal::{HoldSettlement, PgJournal, PgJournalOptions};

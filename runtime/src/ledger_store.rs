@@ -12,11 +12,17 @@
 //! Finishing a [`HeldReservation`] settles the local reservation at once and the store's hold
 //! before the awaited method returns. Dropped unfinished, it releases both: the store's hold
 //! by a task spawned on the current tokio runtime (or, without one, by its expiry).
+//!
+//! A reservation left to a journal ([`HeldReservation::leave_to`], when the run's journal
+//! settles holds: PostgreSQL) settles the local reservation as usual, but a charged store hold
+//! goes to its [`PendingHolds`] instead: the run journals the call's outcome with the holds'
+//! ids, and the journal's append settles them in the same transaction. A hold nobody journals
+//! (the process died first) expires uncharged, like its unjournaled answer.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use crate::fencing::Fenced;
@@ -82,6 +88,30 @@ pub trait LedgerStore: fmt::Debug + Send + Sync + 'static {
     ) -> StoreFuture<'a, Result<(), StoreError>>;
 }
 
+/// The store holds of one model call that a journal settles: the calls' charged holds are
+/// left here, and whoever journals the call's outcome takes them ([`PendingHolds::take`]) into
+/// the event. Cheap to clone; clones share the holds.
+#[derive(Clone, Debug, Default)]
+pub struct PendingHolds(Arc<Mutex<Vec<Hold>>>);
+
+impl PendingHolds {
+    /// No hold yet.
+    pub fn new() -> Self {
+        PendingHolds::default()
+    }
+
+    /// The ids of the holds left so far, in order; they are no longer here.
+    pub fn take(&self) -> Vec<String> {
+        let mut holds = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        holds.drain(..).map(|hold| hold.id).collect()
+    }
+
+    fn push(&self, hold: Hold) {
+        let mut holds = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        holds.push(hold);
+    }
+}
+
 /// A reservation on the in-memory ledger and, when a store is attached, a hold in it.
 ///
 /// Finish it with [`settle`](Self::settle), [`release`](Self::release) or
@@ -118,6 +148,7 @@ pub async fn reserve(
     let held = StoreHold {
         held,
         charge: Charge::ZERO,
+        pending: None,
     };
     Ok(HeldReservation { local, held })
 }
@@ -136,6 +167,14 @@ impl HeldReservation {
     /// The call was halted mid-flight: charges what the provider may still bill.
     pub async fn cancel(self, billable: Charge) -> Settlement {
         self.finish(billable).await
+    }
+
+    /// Leaves the store's hold, once charged, to `pending` (a journal settles it with the call's
+    /// journaled outcome) instead of settling it when the reservation finishes; a hold released
+    /// (nothing charged) is still released at once. `None`: settled here, as usual.
+    pub fn leave_to(mut self, pending: Option<PendingHolds>) -> Self {
+        self.held.pending = pending;
+        self
     }
 
     /// What this reservation holds on every account of its path.
@@ -159,28 +198,49 @@ impl HeldReservation {
 
     async fn finish(mut self, charge: Charge) -> Settlement {
         let settlement = self.local.settle(charge);
-        // Set first: if this future is dropped while the store is settling, Drop settles the
-        // hold again with the same charge (settling is idempotent).
         self.held.charge = charge;
-        if let Some((store, hold)) = &self.held.held {
-            settle_or_log(store.as_ref(), hold, charge).await;
+        // Cloned, not taken: if this future is dropped while the store is settling, Drop
+        // settles the hold again with the same charge (settling is idempotent).
+        if let Some((store, hold)) = self.held.held.clone() {
+            if let Some(hold) = self.held.leave(hold) {
+                settle_or_log(store.as_ref(), &hold, charge).await;
+            }
         }
         self.held.held = None;
         settlement
     }
 }
 
-/// A hold in a store, settled with `charge` by a detached task when dropped unsettled.
+/// A hold in a store, settled with `charge` by a detached task when dropped unsettled (or left
+/// to `pending`).
 struct StoreHold {
     held: Option<(Arc<dyn LedgerStore>, Hold)>,
     /// What the call cost, once known (zero: released).
     charge: Charge,
+    /// Where a charged hold goes instead of being settled here.
+    pending: Option<PendingHolds>,
+}
+
+impl StoreHold {
+    /// Leaves `hold` to the journal when it has one and the call was charged; otherwise hands
+    /// it back, to be settled here.
+    fn leave(&self, hold: Hold) -> Option<Hold> {
+        match &self.pending {
+            Some(pending) if !self.charge.is_zero() => {
+                pending.push(hold);
+                None
+            }
+            _ => Some(hold),
+        }
+    }
 }
 
 impl Drop for StoreHold {
     fn drop(&mut self) {
         if let Some((store, hold)) = self.held.take() {
-            detach(store, hold, self.charge);
+            if let Some(hold) = self.leave(hold) {
+                detach(store, hold, self.charge);
+            }
         }
     }
 }

@@ -104,6 +104,12 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
+    /// 503: something the service depends on (the database) failed; the message says what and
+    /// what to do.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
     /// 503: the service is draining for shutdown.
     pub fn shutting_down() -> Self {
         Self::new(

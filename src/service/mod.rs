@@ -17,6 +17,7 @@
 
 mod auth;
 mod body;
+mod cluster;
 mod console;
 mod cursor;
 mod errors;
@@ -57,6 +58,8 @@ pub struct State {
     exposition: MetricsHandle,
     health: Health,
     console: console::Console,
+    /// This replica's hold on the run queue (`journal.url`); `None`: runs start here at once.
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl State {
@@ -74,19 +77,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM or Ctrl-C, then drains. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let tokens = config.server.bearer_tokens()?;
-    for (_, token) in &tokens {
-        impresario::runtime::redact::register(token);
-    }
-    // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
-    let exposition = Prometheus::new().install()?;
-    let engine = Engine::start(&config).await?;
-    let models = engine.models_description.clone();
-    let recovered = recover(&engine).await?;
-    spawn_retention(&config, &engine);
-    semantic::spawn(&config, &engine)?;
-    let state = shared_state(&config, engine, exposition, tokens);
-    track_recovered(&state, recovered)?;
+    let (state, models) = start(&config).await?;
     let app_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -125,6 +116,46 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
     );
     Ok(())
+}
+
+/// Starts the engine, on PostgreSQL this replica's share of the run queue, and what runs
+/// beside them (retention, the semantic health check); resumes the runs a crash cut off (a
+/// replica leaves them to the queue). Returns the handlers' state and the models' description.
+async fn start(config: &Config) -> Result<(web::Data<State>, String), Box<dyn std::error::Error>> {
+    let tokens = config.server.bearer_tokens()?;
+    for (_, token) in &tokens {
+        impresario::runtime::redact::register(token);
+    }
+    // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
+    let exposition = Prometheus::new().install()?;
+    let engine = Engine::start(config).await?;
+    let models = engine.models_description.clone();
+    let cluster = match &engine.database {
+        Some((db, fences)) => Some(cluster::Cluster::new(
+            db.clone(),
+            fences.clone(),
+            config.cluster.queue_config()?,
+        )?),
+        None => None,
+    };
+    // A replica resumes no run by itself: runs cut off by a crash are claimed from the queue
+    // once their lease expires.
+    let recovered = match cluster {
+        None => recover(&engine).await?,
+        Some(_) => Vec::new(),
+    };
+    spawn_retention(config, &engine);
+    semantic::spawn(config, &engine)?;
+    let state = shared_state(config, engine, exposition, tokens, cluster);
+    track_recovered(&state, recovered)?;
+    if let Some(cluster) = &state.cluster {
+        tracing::info!(
+            replica = cluster.replica(),
+            "a replica of the cluster on journal.url"
+        );
+        cluster::spawn(&state.clone().into_inner(), cluster.clone());
+    }
+    Ok((state, models))
 }
 
 /// Drops the service's hold on the journal and says whether that closed it: the last holder
@@ -179,6 +210,7 @@ fn shared_state(
     engine: Engine,
     exposition: MetricsHandle,
     tokens: Vec<(Identity, String)>,
+    cluster: Option<Arc<cluster::Cluster>>,
 ) -> web::Data<State> {
     let draining = Arc::new(AtomicBool::new(false));
     web::Data::new(State {
@@ -196,6 +228,7 @@ fn shared_state(
         exposition,
         console: console::Console::start(&engine.runtime),
         engine,
+        cluster,
     })
 }
 
@@ -239,7 +272,7 @@ async fn recover(engine: &Engine) -> Result<Vec<RunHandle>, JournalError> {
 }
 
 /// Refuses new runs, halts the running ones gracefully (reason `shutdown`), and waits until
-/// each recorded its end. Returns how many ended in each state.
+/// each recorded its end; a replica then hands them back to the run queue. Returns how many ended in each state.
 async fn drain(state: &State, timeout: Duration) -> BTreeMap<String, usize> {
     state.draining.store(true, Ordering::Release);
     let running: Vec<_> = state
@@ -265,6 +298,10 @@ async fn drain(state: &State, timeout: Duration) -> BTreeMap<String, usize> {
     let mut ended = BTreeMap::new();
     for run in &running {
         *ended.entry(state_name(&run.state())).or_insert(0) += 1;
+    }
+    if let Some(cluster) = &state.cluster {
+        let handed = cluster.hand_back().await;
+        tracing::info!(runs = handed, "handed the runs back to the queue");
     }
     ended
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use impresario::agents::{Autonomy, Budget, ResumeError, RunState, RunUpdate};
+use impresario::agents::{Autonomy, Budget, ResumeError, RunRequest, RunState, RunUpdate};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunStatus, RunSummary};
 use impresario::runtime::RunId;
@@ -19,7 +19,7 @@ use super::auth;
 use super::body::{self, Fields};
 use super::errors::ApiError;
 use super::runs::{state_name, Tracked};
-use super::{cursor, sse, tenants, State};
+use super::{cluster, cursor, sse, tenants, State};
 use crate::config::checked_micro_usd;
 use crate::identity::Identity;
 use crate::journaled;
@@ -102,13 +102,27 @@ async fn submit(
         request = request.stream(stream);
     }
     body.done()?;
+    let (id, now) = start(&state, request, goal).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/runs/{id}")))
+        .json(json!({ "id": id, "state": now })))
+}
+
+/// Starts and tracks the run `request` asks for (a cluster's replica queues it instead).
+/// Returns its id and its state now.
+async fn start(
+    state: &State,
+    request: RunRequest,
+    goal: String,
+) -> Result<(RunId, RunState), ApiError> {
+    if let Some(cluster) = &state.cluster {
+        let id = cluster::submit(state, cluster, &request).await?;
+        return Ok((id, RunState::Queued));
+    }
     let tenant = request.tenant.clone();
     let handle = state.engine.orchestrator.submit(request).await?;
     let run = state.track(handle, tenant, goal);
-    let id = run.handle.id().to_string();
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/v1/runs/{id}")))
-        .json(json!({ "id": id, "state": run.state() })))
+    Ok((run.handle.id().clone(), run.state()))
 }
 
 /// The query of `GET /v1/runs`.
@@ -357,16 +371,17 @@ async fn resume(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let resumed = resume_run(&state, &token, &id).await?;
-    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed.state() })))
+    Ok(HttpResponse::Accepted().json(json!({ "id": id.as_str(), "state": resumed })))
 }
 
 /// Resumes a halted (or crash-interrupted) run of a tenant `identity` sees from its journal,
-/// and tracks it; another tenant's run is a 404.
+/// and tracks it (a cluster's replica queues it instead); another tenant's run is a 404.
+/// Returns the run's state now.
 pub(super) async fn resume_run(
     state: &State,
     identity: &Identity,
     id: &str,
-) -> Result<Arc<Tracked>, ApiError> {
+) -> Result<RunState, ApiError> {
     if state.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
@@ -383,6 +398,9 @@ pub(super) async fn resume_run(
         }
         _ => return Err(ApiError::unknown_run(id)),
     };
+    if let Some(cluster) = &state.cluster {
+        return cluster::resume(state, cluster, &run, &entries).await;
+    }
     // A run that just ended is wound down (agents stopped) before its result is recorded;
     // until then the orchestrator still counts it as running.
     if let Some(ours) = state.runs.get(id).filter(|r| r.state().is_terminal()) {
@@ -405,7 +423,7 @@ pub(super) async fn resume_run(
         Err(ResumeError::Submit(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::internal(e.to_string())),
     };
-    Ok(state.track(handle, tenant, goal))
+    Ok(state.track(handle, tenant, goal).state())
 }
 
 /// A decision about a step.

@@ -359,8 +359,7 @@ async fn a_tenant_sees_its_own_runs_only(backend: Backend) {
     );
 }
 
-/// Two `serve` processes on one database, both started before any run (each resumes the
-/// active runs it finds at start).
+/// Two `serve` processes on one database: two replicas of a cluster, sharing the run queue.
 fn two_processes(test: &str, extra: &str) -> (Server, Server) {
     let backend = Backend::postgres(test);
     let a = backend.serve(Arc::new(TempDir::new()), extra);

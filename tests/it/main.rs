@@ -11,6 +11,7 @@ mod backends;
 mod binary;
 mod browser;
 mod cli;
+mod cluster;
 mod console;
 mod journal_owner;
 mod metrics;

@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::loopback::{fake_openai_with, http_client, Answer};
 
 /// The database at `url`, connected and migrated, with a pool and I/O thread of its own.
-async fn database(url: &str) -> Database {
+pub(crate) async fn database(url: &str) -> Database {
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || Database::connect(&url))
         .await
@@ -45,7 +45,17 @@ async fn process(rt: &RuntimeHandle, provider: &str, db: &str) -> (Orchestrator,
         name: format!("held-in-pg-{}", NEXT.fetch_add(1, Ordering::SeqCst)),
         ..OrchestratorConfig::default()
     };
-    let team = Orchestrator::with(
+    (orchestrator(rt, provider, config).await, store)
+}
+
+/// An orchestrator configured by `config`, its models at `provider`, with no tools and an
+/// in-memory ledger of its own without ceilings.
+pub(crate) async fn orchestrator(
+    rt: &RuntimeHandle,
+    provider: &str,
+    config: OrchestratorConfig,
+) -> Orchestrator {
+    Orchestrator::with(
         rt,
         http_client(provider),
         ToolRegistry::new(),
@@ -53,8 +63,7 @@ async fn process(rt: &RuntimeHandle, provider: &str, db: &str) -> (Orchestrator,
         config,
     )
     .await
-    .unwrap();
-    (team, store)
+    .unwrap()
 }
 
 fn request() -> RunRequest {

@@ -16,5 +16,6 @@ mod memory_db;
 mod memory_suite;
 mod money;
 mod runs;
+mod settled_with_answers;
 mod streamed_runs;
 mod supervised_driver;

@@ -27,6 +27,14 @@ use held::Held;
 /// `impresario_fence(run, epoch)` function.
 pub const MIGRATION: &str = include_str!("schema.sql");
 
+/// Puts this replica's leases ($1 the replica, $2/$3 runs and epochs) back in the queue, keeping
+/// their place in line; returns the runs it put back.
+const HAND_BACK: &str =
+    "UPDATE run_queue q SET state = 'queued', owner = NULL, lease_until = NULL \
+       FROM unnest($2::text[], $3::bigint[]) AS h(run_id, epoch) \
+      WHERE q.run_id = h.run_id AND q.epoch = h.epoch AND q.owner = $1 AND q.state = 'leased' \
+     RETURNING q.run_id";
+
 /// How many runs wait, and for how long the oldest has: values for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QueueStats {
@@ -196,22 +204,22 @@ impl Queue {
     /// them are refused from now on. Returns the leases handed back.
     pub async fn drain(&self) -> Result<Vec<Lease>, QueueError> {
         let held = self.held();
-        let released = self
-            .by_lease(
-                "UPDATE run_queue q SET state = 'queued', owner = NULL, lease_until = NULL \
-                   FROM unnest($2::text[], $3::bigint[]) AS h(run_id, epoch) \
-                  WHERE q.run_id = h.run_id AND q.epoch = h.epoch AND q.owner = $1 \
-                    AND q.state = 'leased' \
-                 RETURNING q.run_id",
-                &held,
-                None,
-            )
-            .await?;
+        let released = self.by_lease(HAND_BACK, &held, None).await?;
         self.held.forget(&held);
         Ok(held
             .into_iter()
             .filter(|l| released.contains(&l.run))
             .collect())
+    }
+
+    /// Hands the run of `lease` back to the queue at once, like [`drain`](Self::drain) for one
+    /// run (this replica could not start it now): `false` if the lease was gone already.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, QueueError> {
+        let released = self
+            .by_lease(HAND_BACK, std::slice::from_ref(lease), None)
+            .await?;
+        self.held.forget(std::slice::from_ref(lease));
+        Ok(!released.is_empty())
     }
 
     /// Queue depth, the oldest waiting run's age, and the live leases: one query.

@@ -33,6 +33,7 @@ async fn a_stale_epoch_writes_nothing_and_the_current_epoch_writes() {
     let fences = Fences::new();
     let options = PgJournalOptions {
         fences: fences.clone(),
+        ..PgJournalOptions::default()
     };
     let journal = PgJournal::open_with(db.clone(), options);
     let ledger = PgLedger::new(db, PgLedgerConfig::default()).fenced_by(fences.clone());

@@ -299,6 +299,32 @@ async fn a_drain_hands_runs_back_at_once_ahead_of_newer_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_one_run_back_and_a_stale_one_changes_nothing() {
+    let url = database("queue_release").await;
+    let lease = Duration::from_secs(60);
+    let (a, b) = (replica(&url, "a", 2, lease), replica(&url, "b", 2, lease));
+    enqueue(&a, 0..2).await;
+    let held = a.claim().await.unwrap();
+    assert!(a.release(&held[0]).await.unwrap());
+    assert_eq!(
+        runs_of(&a.held()),
+        runs_of(&held[1..]),
+        "the other run stays held"
+    );
+    let taken = b.claim().await.unwrap();
+    assert_eq!(runs_of(&taken), runs_of(&held[..1]));
+    assert_eq!(taken[0].epoch, 2);
+    // Released again by its old holder: refused, b keeps it.
+    assert!(!a.release(&held[0]).await.unwrap());
+    assert!(b.heartbeat().await.unwrap().is_empty());
+    assert!(matches!(
+        write(&url, &held[0], "a after release").await,
+        Err(QueueError::Fenced { .. })
+    ));
+    write(&url, &taken[0], "b").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_queued_once_and_its_epoch_grows_across_requeues() {
     let url = database("queue_requeue").await;
     let a = replica(&url, "a", 1, Duration::from_secs(60));
@@ -383,22 +409,24 @@ async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire_o
 async fn a_write_left_open_by_a_paused_replica_ends_with_idle_in_transaction_session_timeout() {
     let url = database("queue_idle_in_transaction").await;
     let (a, b) = (
-        replica(&url, "a", 1, Duration::from_millis(200)),
+        replica(&url, "a", 1, Duration::from_secs(2)),
         replica(&url, "b", 1, Duration::from_secs(60)),
     );
+    // a's connection is ready before the claim, so its fence comes well inside the lease even
+    // on a loaded machine (with a 200 ms lease, a slow pool checkout once made it stale).
+    let pool = pool(&url);
+    let mut client = pool.get().await.unwrap();
+    client
+        .batch_execute("SET idle_in_transaction_session_timeout = '4s'")
+        .await
+        .unwrap();
     enqueue(&a, 0..1).await;
     let lease = a.claim().await.unwrap().remove(0);
 
     // a fences a write, then stalls inside the transaction (as a paused process would).
-    let pool = pool(&url);
-    let mut client = pool.get().await.unwrap();
-    client
-        .batch_execute("SET idle_in_transaction_session_timeout = '1s'")
-        .await
-        .unwrap();
     let tx = client.transaction().await.unwrap();
     fence(&tx, &lease).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await; // expired, but still locked
+    tokio::time::sleep(Duration::from_millis(2500)).await; // expired, but still locked
     assert!(
         b.claim().await.unwrap().is_empty(),
         "claimed under a's lock"

@@ -22,8 +22,10 @@ use crate::RunId;
 /// Version 2 added [`RunEvent::LlmInterrupted`] and [`RunEvent::LlmAborted`]; version 1 events
 /// read unchanged. Version 3 added [`RunEvent::Recalled`] and [`RunEvent::Reviewed`]; versions 1
 /// and 2 journaled them as `step_started` events of kind `recall` (step 0) and `review`, which
-/// are read as the new variants.
-pub const EVENT_VERSION: u32 = 3;
+/// are read as the new variants. Version 4 added `holds` to [`RunEvent::LlmResponse`],
+/// [`RunEvent::LlmInterrupted`] and [`RunEvent::LlmAborted`] (absent: none); older events read
+/// unchanged.
+pub const EVENT_VERSION: u32 = 4;
 
 /// One thing that happened in a run, as journaled.
 ///
@@ -95,6 +97,11 @@ pub enum RunEvent {
         response: ChatResponse,
         /// What the call cost, settled on the ledger.
         cost_micro_usd: MicroUsd,
+        /// The ledger store's holds of the call, left for the journal to settle in the
+        /// transaction that appends this event ([`Journal::settles_holds`](super::Journal::settles_holds));
+        /// empty when the call settled them itself (SQLite, memory, no store).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        holds: Vec<String>,
     },
     /// A streamed answer was cut short after its first delta (halted, or broken by the
     /// provider). Its partial text was delivered and charged; a resumed run asks again.
@@ -111,6 +118,11 @@ pub enum RunEvent {
         cost_micro_usd: MicroUsd,
         /// `halted`, or what broke the stream.
         cause: String,
+        /// The ledger store's holds of the call, left for the journal to settle in the
+        /// transaction that appends this event ([`Journal::settles_holds`](super::Journal::settles_holds));
+        /// empty when the call settled them itself (SQLite, memory, no store).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        holds: Vec<String>,
     },
     /// A model call ended without an answer (halted, timed out, refused as malformed, or
     /// over its reservation) but cost money: what the ledger charged for it, so that the run's
@@ -127,6 +139,11 @@ pub enum RunEvent {
         tokens: u64,
         /// Why it ended (the error's kind, e.g. `cancelled`, `overshoot`).
         error: String,
+        /// The ledger store's holds of the call, left for the journal to settle in the
+        /// transaction that appends this event ([`Journal::settles_holds`](super::Journal::settles_holds));
+        /// empty when the call settled them itself (SQLite, memory, no store).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        holds: Vec<String>,
     },
     /// A tool is about to be called. Journaled before the call, so that a resumed run knows a
     /// call may have happened and passes the same key to the tool.
@@ -279,6 +296,17 @@ impl RunEvent {
                 model_calls: 1,
             },
             _ => Charge::ZERO,
+        }
+    }
+
+    /// The ledger store's holds this event's append settles with [`RunEvent::charge`] (model
+    /// answers and aborted calls, when the journal settles holds); empty for every other event.
+    pub fn holds(&self) -> &[String] {
+        match self {
+            RunEvent::LlmResponse { holds, .. }
+            | RunEvent::LlmInterrupted { holds, .. }
+            | RunEvent::LlmAborted { holds, .. } => holds,
+            _ => &[],
         }
     }
 

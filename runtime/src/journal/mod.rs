@@ -437,6 +437,16 @@ pub trait Journal: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether an append settles the ledger store's holds its events carry
+    /// ([`RunEvent::holds`]) in the transaction that writes them, so that a model call's
+    /// charge and its journaled outcome commit together (PostgreSQL, with the runs' ledger
+    /// store in the same database). When it does, a run's model calls leave their store holds
+    /// to the journal ([`crate::ledger_store::PendingHolds`]). The default: no (the call settles
+    /// its hold itself).
+    fn settles_holds(&self) -> bool {
+        false
+    }
+
     /// Writes durably without changing any run, behind the appends already queued: fails when
     /// the storage cannot be written (disk full, read-only file). Readiness asks this.
     fn probe_write(&self) -> JournalFuture<()>;

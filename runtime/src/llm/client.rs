@@ -12,7 +12,8 @@
 //!    [`LlmError::LedgerUnavailable`]), nothing sent;
 //! 4. send, racing the halt token (a halt drops the request, which closes its connection);
 //!    streamed when the options carry a [`DeltaSink`];
-//! 5. close the reservation: settle the real usage on success; on failure charge what the
+//! 5. close the reservation (a charged store hold left to the run's journal when the options
+//!    say so, [`CallOptions::holds_left_to`]): settle the real usage on success; on failure charge what the
 //!    provider may bill (see `LlmError::billing`): nothing, the input estimate (timeout,
 //!    broken connection, cancellation), the usage it reported, or the whole reservation (a
 //!    2xx body we could not read). A stream that fails after its first delta (halted,
@@ -54,7 +55,7 @@ use super::trace;
 use super::types::{ChatRequest, ChatResponse, Usage};
 use super::ChatModel;
 use crate::ledger::{AccountPath, Charge, Settlement};
-use crate::ledger_store::{self, HeldReservation, LedgerStore};
+use crate::ledger_store::{self, HeldReservation, LedgerStore, PendingHolds};
 use crate::redact::redact_serialized;
 use crate::telemetry::{Metrics, ModelMetrics};
 
@@ -74,6 +75,10 @@ pub struct CallOptions {
     pub cache_scope: Option<Arc<str>>,
     /// Where the answer's text goes as it arrives; `None`: the call does not stream.
     pub deltas: Option<DeltaSink>,
+    /// Where the store's charged holds go instead of being settled by the call: the run's
+    /// journal settles them with the call's journaled outcome
+    /// ([`HeldReservation::leave_to`]). `None`: the call settles them.
+    pub pending_holds: Option<PendingHolds>,
 }
 
 impl CallOptions {
@@ -85,6 +90,7 @@ impl CallOptions {
             halt,
             cache_scope: None,
             deltas: None,
+            pending_holds: None,
         }
     }
 
@@ -98,6 +104,13 @@ impl CallOptions {
     /// [`ledger_store`](crate::ledger_store)).
     pub fn held_in(mut self, store: Arc<dyn LedgerStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// The same options, leaving the store's charged holds to `pending` for the run's journal
+    /// to settle (see [`ledger_store`](crate::ledger_store)).
+    pub fn holds_left_to(mut self, pending: PendingHolds) -> Self {
+        self.pending_holds = Some(pending);
         self
     }
 
@@ -652,7 +665,8 @@ impl Inner {
         let in_flight = InFlight {
             reservation: Some(
                 ledger_store::reserve(&options.account, options.store.as_ref(), bill.worst_case)
-                    .await?,
+                    .await?
+                    .leave_to(options.pending_holds.clone()),
             ),
             bill,
             request,

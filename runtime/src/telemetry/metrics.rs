@@ -289,6 +289,22 @@ impl Metrics {
             .set(if ok { 1.0 } else { 0.0 });
     }
 
+    /// What a cluster replica last read of its run queue: runs waiting, the oldest one's wait,
+    /// runs leased by every replica.
+    pub fn cluster_queue(&self, depth: u64, oldest_age: Duration, leased: u64) {
+        let (depth, leased) = (depth as f64, leased as f64);
+        self.gauge(&names::CLUSTER_QUEUE_DEPTH, vec![]).set(depth);
+        self.gauge(&names::CLUSTER_QUEUE_OLDEST_AGE, vec![])
+            .set(oldest_age.as_secs_f64());
+        self.gauge(&names::CLUSTER_RUNS_LEASED, vec![]).set(leased);
+    }
+
+    /// A cluster replica stopped driving a run whose lease it lost.
+    pub fn cluster_lease_lost(&self) {
+        self.counter(&names::CLUSTER_LEASES_LOST, vec![])
+            .increment(1);
+    }
+
     /// The handles of one agent kind.
     pub(crate) fn agent(&self, kind: &Arc<str>) -> AgentMetrics {
         let labels = || vec![Label::new(label::AGENT_KIND, kind.clone())];

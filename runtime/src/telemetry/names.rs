@@ -470,6 +470,34 @@ pub const SEMANTIC_HEALTH: MetricDef = gauge(
     &[MODEL],
 );
 
+/// Runs waiting in a cluster's run queue.
+pub const CLUSTER_QUEUE_DEPTH: MetricDef = gauge(
+    "impresario_cluster_queue_depth",
+    "Runs waiting in the cluster's run queue for a replica (queued, or leased with the lease expired), as this replica last read it.",
+    &[],
+);
+
+/// How long the oldest run waiting in a cluster's run queue has waited.
+pub const CLUSTER_QUEUE_OLDEST_AGE: MetricDef = gauge(
+    "impresario_cluster_queue_oldest_age_seconds",
+    "How long the oldest run waiting in the cluster's run queue has waited since it was queued, in seconds (0: none waits).",
+    &[],
+);
+
+/// Runs driven under a live lease by every replica of a cluster.
+pub const CLUSTER_RUNS_LEASED: MetricDef = gauge(
+    "impresario_cluster_runs_leased",
+    "Runs driven under a live lease, by every replica of the cluster, as this replica last read it.",
+    &[],
+);
+
+/// Runs this replica stopped driving because it lost their lease.
+pub const CLUSTER_LEASES_LOST: MetricDef = counter(
+    "impresario_cluster_leases_lost_total",
+    "Runs this replica stopped driving because their lease expired or another replica claimed them.",
+    &[],
+);
+
 /// The whole catalog.
 pub const ALL: &[&MetricDef] = &[
     &GEN_AI_OPERATION_DURATION,
@@ -499,6 +527,10 @@ pub const ALL: &[&MetricDef] = &[
     &RUNS_ACTIVE,
     &APPROVALS_PENDING,
     &SEMANTIC_HEALTH,
+    &CLUSTER_QUEUE_DEPTH,
+    &CLUSTER_QUEUE_OLDEST_AGE,
+    &CLUSTER_RUNS_LEASED,
+    &CLUSTER_LEASES_LOST,
 ];
 
 /// Registers the unit and help text of every metric with `recorder` (the Prometheus exporter

@@ -167,6 +167,8 @@ pub fn every_variant() -> Vec<RunEvent> {
             call: 0,
             response,
             cost_micro_usd: 1_234,
+            // Read back as written (a journal that settles holds finds none by this id).
+            holds: vec!["hold-1".into()],
         },
         intent("k1"),
         result("k1", ToolOutcome::Ok(json!({"hits": [1, 2, 3]}))),

@@ -138,6 +138,7 @@ fn describe(event: &RunEvent, latency: Option<Duration>) -> Item {
             call,
             response,
             cost_micro_usd,
+            ..
         } => {
             let mut model = item(Kind::Model, format!("model call {step}.{call}"))
                 .fact("model", &response.model)

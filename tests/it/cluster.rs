@@ -1,0 +1,260 @@
+//! Several `impresario serve` replicas on one PostgreSQL (a real, throwaway server): runs
+//! submitted to one replica are driven by whichever claims them, never more than
+//! `cluster.max_runs_per_replica` at once by one replica, each exactly once; SIGTERM hands a
+//! replica's runs back, and another finishes them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use impresario_pg::test_cluster::shared;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::binary::{Server, TempDir};
+
+const GOAL: &str = "What is 7 plus 5?";
+
+/// A replica named `name` on the database at `url`, driving at most `max_runs` runs, each
+/// model call taking `latency_ms`, with leases of 10 s.
+fn replica(url: &str, name: &str, max_runs: u32, latency_ms: u32) -> Server {
+    replica_leasing(url, name, (max_runs, 10.0), latency_ms)
+}
+
+/// [`replica`] with leases of `lease_secs`.
+fn replica_leasing(
+    url: &str,
+    name: &str,
+    (max_runs, lease_secs): (u32, f64),
+    latency_ms: u32,
+) -> Server {
+    let (max_runs, latency) = (max_runs.to_string(), latency_ms.to_string());
+    let lease = lease_secs.to_string();
+    Server::start_with(
+        Arc::new(TempDir::new()),
+        "",
+        &[
+            ("IMPRESARIO_JOURNAL__URL", url),
+            ("IMPRESARIO_CLUSTER__REPLICA", name),
+            (
+                "IMPRESARIO_CLUSTER__MAX_RUNS_PER_REPLICA",
+                max_runs.as_str(),
+            ),
+            ("IMPRESARIO_CLUSTER__LEASE_SECS", lease.as_str()),
+            ("IMPRESARIO_MODELS__OFFLINE_LATENCY_MS", latency.as_str()),
+        ],
+    )
+}
+
+/// The single answer of `sql`, polled until `done` holds for it (`limit` at most).
+async fn until_sql(url: &str, sql: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = shared().psql(url, sql).unwrap();
+        if done(&out) {
+            return out;
+        }
+        assert!(start.elapsed() < limit, "{sql} stayed {out:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The live leases per replica, as `owner|count` lines.
+fn leases_by_owner(url: &str) -> Vec<(String, u32)> {
+    let out = shared()
+        .psql(
+            url,
+            "SELECT owner, count(*) FROM run_queue WHERE state = 'leased' \
+             AND lease_until > clock_timestamp() GROUP BY owner",
+        )
+        .unwrap();
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (owner, count) = l.split_once('|').unwrap();
+            (owner.to_owned(), count.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Polls the run queue's `epoch|state|count` groups until they are `expected` (10 s at most): a
+/// run's end is shown before its replica marks it done in the queue.
+async fn until_queue(url: &str, expected: &str) {
+    let start = Instant::now();
+    loop {
+        let groups = shared()
+            .psql(
+                url,
+                "SELECT epoch, state, count(*) FROM run_queue GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .unwrap();
+        if groups == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the queue stayed {groups:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_the_queue_each_run_driven_once_and_at_most_max_runs_each() {
+    let url = shared().create_database(&format!("cluster_share_{}", std::process::id()));
+    let a = replica(&url, "a", 2, 150);
+    let b = replica(&url, "b", 2, 150);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let (status, body) = a
+            .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["state"]["state"], "queued", "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // While they run: never more than 2 live leases per replica, and both replicas drive.
+    let (mut owners, mut most, mut waited) = (BTreeSet::new(), 0, 0.0_f64);
+    let start = Instant::now();
+    loop {
+        for (owner, count) in leases_by_owner(&url) {
+            most = most.max(count);
+            owners.insert(owner);
+        }
+        waited = waited.max(
+            b.scrape()
+                .await
+                .value_or_zero("impresario_cluster_queue_depth", &[]),
+        );
+        let done = shared()
+            .psql(&url, "SELECT count(*) FROM run_queue WHERE state = 'done'")
+            .unwrap();
+        if done == "10" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "runs not done: {done} of 10"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most <= 2, "a replica drove {most} runs at once (max 2)");
+    assert_eq!(owners, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    assert!(
+        waited >= 1.0,
+        "the queue depth metric never showed a waiting run"
+    );
+    // Any replica answers for any run: B shows every run as succeeded, whoever drove it.
+    for id in &ids {
+        b.until(id, |s| s["state"] == "succeeded").await;
+    }
+    // Each run was claimed once (epoch 1) and is done; each replica started some, 10 in all.
+    until_queue(&url, "1|done|10").await;
+    let runs_started = "impresario_runs_started_total";
+    let by_a = a.scrape().await.value_or_zero(runs_started, &[]);
+    let by_b = b.scrape().await.value_or_zero(runs_started, &[]);
+    assert!(by_a >= 1.0 && by_b >= 1.0, "a: {by_a}, b: {by_b}");
+    assert_eq!(by_a + by_b, 10.0);
+}
+
+#[tokio::test]
+async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
+    let url = shared().create_database(&format!("cluster_drain_{}", std::process::id()));
+    let mut a = replica(&url, "a", 4, 400);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = a
+            .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let start = Instant::now();
+    while leases_by_owner(&url) != [("a".to_owned(), 3)] {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a did not claim the 3 runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = replica(&url, "b", 4, 400);
+    assert!(a.terminate().success(), "{}", a.stderr());
+    assert!(
+        a.stderr().contains("handed the runs back"),
+        "{}",
+        a.stderr()
+    );
+    for id in &ids {
+        b.until_within(id, Duration::from_secs(30), |s| s["state"] == "succeeded")
+            .await;
+    }
+    // Each was claimed twice (a, then b), and halted once for the drain, resumed by b.
+    until_queue(&url, "2|done|3").await;
+    let halts = shared()
+        .psql(
+            &url,
+            "SELECT count(*) FROM journal_events WHERE kind = 'halted'",
+        )
+        .unwrap();
+    assert_eq!(halts, "3");
+}
+
+#[tokio::test]
+async fn a_replica_paused_past_its_lease_cannot_write_for_the_run_another_took_over() {
+    let url = shared().create_database(&format!("cluster_pause_{}", std::process::id()));
+    let a = replica_leasing(&url, "a", (4, 1.0), 1500);
+    let id = a
+        .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A drives it and waits on a model call (journaled before it was sent).
+    let requested = format!(
+        "SELECT count(*) FROM journal_events WHERE run_id = '{id}' AND kind = 'llm_request'"
+    );
+    until_sql(&url, &requested, Duration::from_secs(10), |n| n != "0").await;
+    let b = replica_leasing(&url, "b", (4, 1.0), 100);
+    let pid = Pid::from_raw(i32::try_from(a.pid()).unwrap());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // Past the lease, B takes the run over (epoch 2) and drives it from the journal.
+    let owner = format!("SELECT owner || ':' || epoch FROM run_queue WHERE run_id = '{id}'");
+    until_sql(&url, &owner, Duration::from_secs(15), |o| o == "b:2").await;
+    let events_at_takeover = shared()
+        .psql(
+            &url,
+            &format!("SELECT count(*) FROM journal_events WHERE run_id = '{id}'"),
+        )
+        .unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    b.until_within(&id, Duration::from_secs(30), |s| s["state"] == "succeeded")
+        .await;
+    // A woke up with its model's answer and a lost lease: nothing it tried to write (the
+    // answer, the halt that stopped its run there) reached the journal.
+    let lost = until_metric(&a, "impresario_cluster_leases_lost_total").await;
+    assert!(lost >= 1.0, "a never noticed it lost the lease");
+    let halted = shared()
+        .psql(&url, &format!("SELECT count(*) FROM journal_events WHERE run_id = '{id}' AND kind IN ('halted', 'run_finished')"))
+        .unwrap();
+    assert_eq!(
+        halted, "1",
+        "only b's end is journaled (events at takeover: {events_at_takeover})"
+    );
+    let (_, shown) = b.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(shown["state"]["state"], "succeeded", "{shown}");
+    assert!(a.stderr().contains("lease lost"), "{}", a.stderr());
+}
+
+/// Scrapes `name` (no labels) from `server` until it is above 0 (10 s at most); its value.
+async fn until_metric(server: &Server, name: &str) -> f64 {
+    let start = Instant::now();
+    loop {
+        let value = server.scrape().await.value_or_zero(name, &[]);
+        if value > 0.0 || start.elapsed() > Duration::from_secs(10) {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
