@@ -11,9 +11,10 @@ use impresario::runtime::{AgentId, Exit, LifecycleEvent, RuntimeHandle};
 use tokio::sync::broadcast;
 
 /// The most agents remembered; past it, the least recently heard of are forgotten (agents gone
-/// for good first) down to nine tenths of it. A run has 4 to 5 agents: this covers the agents
-/// of roughly the last 800 runs, far more than the finished runs the service tracks (100 by
-/// default), and the service's memory stops growing with them before 1,000 runs.
+/// for good first) down to nine tenths of it. A run of the service has about 5 agents: this
+/// covers the agents of roughly the last 800 runs, far more than the finished runs the service
+/// tracks (100 by default), and the service's memory stops growing with them before 1,000 runs
+/// (BENCHMARKS.md, "10,000 runs").
 const MAX_AGENTS: usize = 4_000;
 
 /// What the lifecycle events said about one agent.
