@@ -12,7 +12,7 @@
 //!   newest). Once the tenant holds more records than that, query words found in more than half
 //!   of its newest `MAX_CANDIDATES` records are left out of the match (keeping the rarest if
 //!   all are), so the candidates are the records sharing a telling word; each word is counted
-//!   in that sample only (migration 7's index finds it).
+//!   in that sample only (migration 8's index finds it).
 //! - Retention (`Retention`: count and age per tenant) runs in the transaction of each insert.
 //! - Every operation runs on the database's I/O thread and is retried while the server is
 //!   unreachable; an insert retried after a lost commit answer first looks for its record, so

@@ -91,7 +91,18 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX memory_records_by_tenant ON memory_records (tenant, at_ms, id);
     CREATE INDEX memory_records_search ON memory_records USING gin (search);",
-    // 7: a tenant's newest records by id (memory.rs: recall's candidates and word counts).
+    // 7: operators' decisions about steps waiting for approval (approvals.rs), by the
+    // journal event that asked.
+    "CREATE TABLE approvals (
+        run_id text NOT NULL,
+        requested_seq bigint NOT NULL,
+        step integer NOT NULL,
+        approved boolean NOT NULL,
+        reason text,
+        decided_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, requested_seq)
+    );",
+    // 8: a tenant's newest records by id (memory.rs: recall's candidates and word counts).
     "CREATE INDEX memory_records_newest ON memory_records (tenant, id);",
 ];
 
