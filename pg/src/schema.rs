@@ -102,6 +102,8 @@ pub const MIGRATIONS: &[&str] = &[
         decided_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (run_id, requested_seq)
     );",
+    // 8: a tenant's newest records by id (memory.rs: recall's candidates and word counts).
+    "CREATE INDEX memory_records_newest ON memory_records (tenant, id);",
 ];
 
 /// The schema version this build writes, and the newest it accepts.
