@@ -6,9 +6,9 @@
 //!   ([`register`]: provider API keys, the service's bearer token; [`register_url`]: the user
 //!   and password of a URL, and their Basic-auth encoding). Registered secrets shorter than
 //!   [`MIN_SECRET_CHARS`] are refused (they would redact ordinary words);
-//! - **credential shapes**, whoever holds them: `Bearer <token>` and `Basic <credentials>`,
-//!   `user:password@` in URLs, and the values of `api_key`, `x-api-key` and `authorization`
-//!   fields.
+//! - **credential shapes**, whoever holds them: `Bearer <token>` and `Basic <credentials>`
+//!   (only base64 of `user:password`: "Basic arithmetic" is text), `user:password@` in URLs,
+//!   and the values of `api_key`, `x-api-key` and `authorization` fields.
 //!
 //! The registry is process-wide (a credential is held by the process, not by one component).
 
@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::sync::{LazyLock, PoisonError, RwLock};
 
 use base64::Engine;
-use regex::Regex;
+use regex::{Captures, Regex};
 
 mod text;
 
@@ -28,26 +28,76 @@ pub const MIN_SECRET_CHARS: usize = 8;
 
 static SECRETS: LazyLock<RwLock<Vec<String>>> = LazyLock::new(RwLock::default);
 
+/// One credential shape: what matches it, what replaces a match, and whether a match is a
+/// credential at all (a `Basic` one must decode to `user:password`).
+struct Shape {
+    pattern: Regex,
+    replacement: &'static str,
+    is_credential: fn(&Captures) -> bool,
+}
+
 /// `Bearer x`, `Basic x`; `scheme://user:pass@`; `"api_key": "x"`, `x-api-key: x`, `authorization=x`.
-static SHAPES: LazyLock<[(Regex, &str); 3]> = LazyLock::new(|| {
+static SHAPES: LazyLock<[Shape; 3]> = LazyLock::new(|| {
     let re = |pattern: &str| Regex::new(pattern).expect("a valid pattern");
     [
-        (
-            re(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}"),
-            "${1}${2}<redacted>",
-        ),
-        (
-            re(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]+(:[^\s/@]*)?@"),
-            "${1}<redacted>@",
-        ),
-        (
-            re(
+        Shape {
+            pattern: re(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/=-]{6,})"),
+            replacement: "${1}${2}<redacted>",
+            is_credential: scheme_credential,
+        },
+        Shape {
+            pattern: re(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]+(:[^\s/@]*)?@"),
+            replacement: "${1}<redacted>@",
+            is_credential: |_| true,
+        },
+        Shape {
+            pattern: re(
                 r#"(?i)\b(x-api-key|api[_-]?key|authorization)(["']?\s*[:=]\s*["']?)(?:bearer\s+|basic\s+)?[^\s"',;}]{6,}"#,
             ),
-            "${1}${2}<redacted>",
-        ),
+            replacement: "${1}${2}<redacted>",
+            is_credential: |_| true,
+        },
     ]
 });
+
+/// Whether a `Bearer`/`Basic` match is a credential: a bearer token always is; a Basic one
+/// only when it is base64 of `user:password`, as RFC 7617's credentials are, so the words
+/// "Basic arithmetic" stay text.
+fn scheme_credential(captures: &Captures) -> bool {
+    if !captures[1].eq_ignore_ascii_case("basic") {
+        return true;
+    }
+    let token = captures[3].trim_end_matches('=');
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(token)
+        .is_ok_and(|decoded| decoded.contains(&b':'))
+}
+
+impl Shape {
+    /// `text` with this shape's credentials replaced; borrowed when it holds none.
+    fn replace<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        if self.spans(text).next().is_none() {
+            return Cow::Borrowed(text);
+        }
+        self.pattern.replace_all(text, |captures: &Captures| {
+            let mut out = String::new();
+            if (self.is_credential)(captures) {
+                captures.expand(self.replacement, &mut out);
+            } else {
+                out.push_str(&captures[0]);
+            }
+            out
+        })
+    }
+
+    /// Where in `text` this shape's credentials are.
+    fn spans<'t>(&'t self, text: &'t str) -> impl Iterator<Item = std::ops::Range<usize>> + 't {
+        self.pattern
+            .captures_iter(text)
+            .filter(|captures| (self.is_credential)(captures))
+            .filter_map(|captures| captures.get(0).map(|m| m.range()))
+    }
+}
 
 /// Registers a credential the process holds, so it is redacted wherever it appears. Blank or
 /// too short values are ignored (an unset key is not a secret); registering twice is harmless.
@@ -98,8 +148,8 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     if !SHAPE_START.is_match(&out) {
         return out;
     }
-    for (shape, replacement) in SHAPES.iter() {
-        if let Cow::Owned(replaced) = shape.replace_all(&out, *replacement) {
+    for shape in SHAPES.iter() {
+        if let Cow::Owned(replaced) = shape.replace(&out) {
             out = Cow::Owned(replaced);
         }
     }
@@ -235,8 +285,8 @@ fn matches(text: &str) -> Vec<std::ops::Range<usize>> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    for (shape, _) in SHAPES.iter() {
-        spans.extend(shape.find_iter(text).map(|m| m.range()));
+    for shape in SHAPES.iter() {
+        spans.extend(shape.spans(text));
     }
     spans
 }
@@ -257,7 +307,7 @@ fn may_hold_credentials(text: &str) -> bool {
     let secrets = SECRETS.read().unwrap_or_else(PoisonError::into_inner);
     secrets.iter().any(|s| text.contains(s.as_str()))
         || CREDENTIAL_WORDS.is_match(text)
-        || (text.contains("://") && SHAPES[1].0.is_match(text))
+        || (text.contains("://") && SHAPES[1].pattern.is_match(text))
 }
 
 /// A writer (for a log subscriber) that redacts each write before passing it to `inner`.
@@ -317,6 +367,28 @@ mod tests {
         assert_eq!(redactor.push("bye"), None);
         assert_eq!(redactor.finish().as_deref(), Some("bye"));
         assert_eq!(redactor.finish(), None);
+    }
+
+    #[test]
+    fn the_word_basic_before_a_word_is_text_and_basic_credentials_are_not() {
+        let text = "Basic arithmetic, basic income and BASIC programming; \
+                    Authorization: Basic dXNlcjpwYXNzd29yZA== and basic YWxpY2U6c2VjcmV0";
+        let clean = redact(text);
+        assert!(
+            clean.starts_with("Basic arithmetic, basic income and BASIC programming; "),
+            "{clean}"
+        );
+        for credential in ["dXNlcjpwYXNzd29yZA==", "YWxpY2U6c2VjcmV0"] {
+            assert!(!clean.contains(credential), "{clean}");
+        }
+        assert_eq!(
+            redact("Basic arithmetic"),
+            Cow::Borrowed("Basic arithmetic")
+        );
+        let mut words = String::from("the basic idea");
+        assert!(!redact_in_place(&mut words));
+        // Streamed, the same holds: the words come out, the credential does not.
+        assert_eq!(streamed(text, 3).concat(), clean);
     }
 
     #[test]
