@@ -91,6 +91,14 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX memory_records_by_tenant ON memory_records (tenant, at_ms, id);
     CREATE INDEX memory_records_search ON memory_records USING gin (search);",
+    // 7: what the runs retention deleted had spent, per tenant (journal.rs), so that a
+    // tenant's spend is rebuilt whole after a restart.
+    "CREATE TABLE journal_spend_carried (
+        tenant text PRIMARY KEY,
+        micro_usd bigint NOT NULL,
+        tokens bigint NOT NULL,
+        model_calls bigint NOT NULL
+    );",
 ];
 
 /// The schema version this build writes, and the newest it accepts.
