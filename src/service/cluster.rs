@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use impresario::agents::{ResumeError, RunRequest, RunState};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
@@ -192,25 +192,31 @@ pub async fn resume(
     }
 }
 
-/// Starts the replica's loop: heartbeats, stops the runs whose lease is lost, claims while
-/// below its limit and drives what it claimed, exports the queue's figures. It ends when the
-/// service drains.
+/// Starts the replica's two loops: one heartbeats every `heartbeat_every` and stops the runs
+/// whose lease is lost or overdue; the other exports the queue's figures, claims while below
+/// the limit and drives what it claimed (apart, so that slow claims never delay a heartbeat). Both
+/// end when the service drains.
 pub fn spawn(state: &Arc<State>, cluster: Arc<Cluster>) {
-    // Weak: the service's state must go when the service stops, whatever this loop does.
-    let state = Arc::downgrade(state);
+    // Weak: the service's state must go when the service stops, whatever these loops do.
+    let weak = Arc::downgrade(state);
+    let beat_every = cluster.queue.config().heartbeat_every();
+    let (heart, claims) = (cluster.clone(), weak.clone());
     actix_web::rt::spawn(async move {
-        let beat_every = cluster.queue.config().heartbeat_every();
-        let mut last_beat = Instant::now();
-        loop {
-            let Some(live) = state.upgrade() else { return };
-            if live.draining.load(Ordering::Acquire) {
-                return;
-            }
-            let beat = last_beat.elapsed() >= beat_every;
-            if beat {
-                last_beat = Instant::now();
-            }
-            tick(&live, &cluster, beat).await;
+        while let Some(live) = weak
+            .upgrade()
+            .filter(|s| !s.draining.load(Ordering::Acquire))
+        {
+            beat(&live, &heart).await;
+            drop(live);
+            tokio::time::sleep(beat_every).await;
+        }
+    });
+    actix_web::rt::spawn(async move {
+        while let Some(live) = claims
+            .upgrade()
+            .filter(|s| !s.draining.load(Ordering::Acquire))
+        {
+            claim(&live, &cluster).await;
             drop(live);
             tokio::select! {
                 () = cluster.wake.notified() => {}
@@ -220,27 +226,25 @@ pub fn spawn(state: &Arc<State>, cluster: Arc<Cluster>) {
     });
 }
 
-/// One turn of the loop: heartbeat (if `beat`), the queue's figures, stop the runs whose lease
-/// is lost or overdue, then claim and drive.
-async fn tick(state: &Arc<State>, cluster: &Arc<Cluster>, beat: bool) {
-    let mut lost = Vec::new();
-    if beat {
-        match cluster
-            .on_queue(|q| async move { q.heartbeat().await })
-            .await
-        {
-            Ok(gone) => lost = gone,
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed; runs whose leases go overdue stop here")
-            }
+/// Heartbeats, and stops the runs whose lease is lost or overdue.
+async fn beat(state: &State, cluster: &Cluster) {
+    let mut lost = match cluster
+        .on_queue(|q| async move { q.heartbeat().await })
+        .await
+    {
+        Ok(gone) => gone,
+        Err(e) => {
+            tracing::warn!(error = %e, "heartbeat failed; runs whose leases go overdue stop here");
+            Vec::new()
         }
-    }
-    export_stats(state, cluster).await;
+    };
     lost.extend(cluster.queue.overdue());
     stop_lost(state, cluster, &lost);
-    if state.draining.load(Ordering::Acquire) {
-        return;
-    }
+}
+
+/// Exports the queue's figures, claims runs while below the limit, and drives each.
+async fn claim(state: &Arc<State>, cluster: &Arc<Cluster>) {
+    export_stats(state, cluster).await;
     match cluster.on_queue(|q| async move { q.claim().await }).await {
         Ok(claimed) => {
             for lease in claimed {
@@ -293,13 +297,12 @@ enum Claimed {
     Done(&'static str),
 }
 
-/// Reads what to do with a run just claimed.
-fn claimed(state: &State, run: &RunId) -> Result<Claimed, String> {
-    let entries = state
-        .engine
-        .orchestrator
-        .journal()
-        .read(run)
+/// Reads what to do with a run just claimed (off the runtime's threads: reading blocks).
+async fn claimed(state: &State, run: &RunId) -> Result<Claimed, String> {
+    let (journal, id) = (state.engine.orchestrator.journal().clone(), run.clone());
+    let entries = tokio::task::spawn_blocking(move || journal.read(&id))
+        .await
+        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let Some(Journaled::RunSubmitted { tenant, goal, .. }) = entries.first().map(|e| &e.event)
     else {
@@ -318,7 +321,7 @@ fn claimed(state: &State, run: &RunId) -> Result<Claimed, String> {
 /// to drive; hands it back if it cannot start here now.
 async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
     let run = RunId::new(lease.run.as_str());
-    let (tenant, goal) = match claimed(state, &run) {
+    let (tenant, goal) = match claimed(state, &run).await {
         Ok(Claimed::Drive { tenant, goal }) => (tenant, goal),
         Ok(Claimed::Done(why)) => {
             tracing::info!(run = %run, why, "claimed a run with nothing to drive; marked done");

@@ -103,8 +103,8 @@ async fn until_queue(url: &str, expected: &str) {
 #[tokio::test]
 async fn replicas_share_the_queue_each_run_driven_once_and_at_most_max_runs_each() {
     let url = shared().create_database(&format!("cluster_share_{}", std::process::id()));
-    let a = replica(&url, "a", 2, 150);
-    let b = replica(&url, "b", 2, 150);
+    let a = replica(&url, "a", 2, 200);
+    let b = replica(&url, "b", 2, 200);
     let mut ids = Vec::new();
     for _ in 0..10 {
         let (status, body) = a
@@ -257,4 +257,78 @@ async fn until_metric(server: &Server, name: &str) -> f64 {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_journaled() {
+    let url = shared().create_database(&format!("cluster_kill_{}", std::process::id()));
+    let mut a = replica_leasing(&url, "a", (8, 2.0), 300);
+    let b = replica_leasing(&url, "b", (8, 2.0), 300);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let (status, body) = a
+            .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // Kill A (SIGKILL) once it drives some of them and has journaled a model call of each.
+    let a_requested = "SELECT count(DISTINCT q.run_id) FROM run_queue q JOIN journal_events e \
+                       ON e.run_id = q.run_id AND e.kind = 'llm_request' WHERE q.owner = 'a'";
+    until_sql(&url, a_requested, Duration::from_secs(10), |n| n != "0").await;
+    let taken = shared()
+        .psql(&url, "SELECT run_id FROM run_queue WHERE owner = 'a'")
+        .unwrap();
+    a.crash();
+    for id in &ids {
+        b.until_within(id, Duration::from_secs(30), |s| s["state"] == "succeeded")
+            .await;
+    }
+    let done = "SELECT count(*) FROM run_queue WHERE state = 'done'";
+    until_sql(&url, done, Duration::from_secs(10), |n| n == "6").await;
+    for run in taken.lines() {
+        let epoch = shared()
+            .psql(
+                &url,
+                &format!("SELECT epoch FROM run_queue WHERE run_id = '{run}'"),
+            )
+            .unwrap();
+        let epoch: i64 = epoch.parse().unwrap();
+        assert!(
+            epoch >= 2,
+            "run {run}, driven by a, was not taken over (epoch {epoch})"
+        );
+    }
+    // Nothing journaled was done again: one answer per model call, one result per tool call,
+    // one end per run.
+    for (what, sql) in [
+        (
+            "answers",
+            "SELECT run_id, body::json->>'step', body::json->>'call' FROM journal_events \
+                     WHERE kind = 'llm_response' GROUP BY 1, 2, 3 HAVING count(*) > 1",
+        ),
+        (
+            "tool results",
+            "SELECT run_id, idem_key FROM journal_events WHERE kind = 'tool_result' \
+                          GROUP BY 1, 2 HAVING count(*) > 1",
+        ),
+        (
+            "ends",
+            "SELECT run_id FROM journal_events WHERE kind = 'run_finished' \
+                  GROUP BY 1 HAVING count(*) > 1",
+        ),
+    ] {
+        assert_eq!(
+            shared().psql(&url, sql).unwrap(),
+            "",
+            "{what} journaled twice"
+        );
+    }
+    let results = shared()
+        .psql(
+            &url,
+            "SELECT count(*) FROM journal_events WHERE kind = 'tool_result'",
+        )
+        .unwrap();
+    assert_eq!(results, "6", "one calculator result per run");
 }
