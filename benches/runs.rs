@@ -3,12 +3,13 @@
 //! step (process user+system time, all threads) against a bare loop doing the same unavoidable
 //! work (one budgeted model call, plan parsing and validation, four tool calls) without agents;
 //! the memory of a run idling (waiting for an approval); and issue 18's shape (2 model calls and
-//! 1 tool call) on the in-memory journal against the SQLite one: CPU per run, runs/s one at a
-//! time and 100 at once, commits per run, memory per finished run after 10,000 runs. Memory is
-//! measured in a child process of its own each time, so memory freed by earlier measurements
-//! cannot hide growth.
+//! 1 tool call) on the in-memory journal against the SQLite one (`synchronous = FULL`, the
+//! default, and `NORMAL`, `journal.sync = "normal"`): CPU per run, runs/s one at a time and 100
+//! at once, commits per run, memory per finished run after 10,000 runs. Memory is measured in a
+//! child process of its own each time, so memory freed by earlier measurements cannot hide
+//! growth.
 //!
-//! Run: `cargo bench --bench runs`
+//! Run: `cargo bench --bench runs` (`IMPRESARIO_BENCH_RUNS_ONLY=steps` or `=shape`: one part).
 
 // A benchmark's setup and measurement loop is a script, longer than the 60 lines product code
 // may have (clippy::too_many_lines, workspace lint).
@@ -27,7 +28,7 @@ use impresario_agents::{
     RunState, Tool, ToolContext, ToolRegistry,
 };
 use impresario_runtime::halt::HaltMode;
-use impresario_runtime::journal::{Journal, MemoryJournal, SqliteJournal};
+use impresario_runtime::journal::{Durability, Journal, MemoryJournal, SqliteJournal};
 use impresario_runtime::ledger::{AccountId, Ledger, Limits};
 use impresario_runtime::llm::{
     CallOptions, ChatModel, ChatRequest, ChatResponse, Client, FinishReason, LlmError, Message,
@@ -282,22 +283,32 @@ impl ChatModel for TwoCalls {
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Memory,
+    /// SQLite, `synchronous = FULL` (the default).
     Sqlite,
+    /// SQLite, `synchronous = NORMAL` (`journal.sync = "normal"`).
+    SqliteNormal,
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [Kind::Memory, Kind::Sqlite, Kind::SqliteNormal];
+
     fn name(self) -> &'static str {
         match self {
             Kind::Memory => "memory",
             Kind::Sqlite => "sqlite",
+            Kind::SqliteNormal => "sqlite-normal",
         }
     }
 
     /// A fresh journal (a new file in the system temp dir for SQLite, removed by `Scratch`).
     fn open(self, scratch: &Scratch) -> Arc<dyn Journal> {
+        let file = scratch.0.join("journal.db");
         match self {
             Kind::Memory => Arc::new(MemoryJournal::new()),
-            Kind::Sqlite => Arc::new(SqliteJournal::open(scratch.0.join("journal.db")).unwrap()),
+            Kind::Sqlite => Arc::new(SqliteJournal::open(file).unwrap()),
+            Kind::SqliteNormal => {
+                Arc::new(SqliteJournal::open_with(file, Durability::Normal).unwrap())
+            }
         }
     }
 }
@@ -399,7 +410,7 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
     const MANY: usize = 2_000;
     println!("\n# issue 18 shape: 2 model calls + 1 tool call (instant model, no-op tool), {rounds} rounds, medians");
     println!(
-        "{:<8} {:>12} {:>12} {:>16} {:>14} {:>13} {:>17}",
+        "{:<14} {:>12} {:>12} {:>16} {:>14} {:>13} {:>17}",
         "journal",
         "CPU us/run",
         "runs/s (1)",
@@ -409,7 +420,7 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
         "commits/run (100)"
     );
     let mut table = Vec::new();
-    for kind in [Kind::Memory, Kind::Sqlite] {
+    for kind in Kind::ALL {
         table.push((kind, [(); 6].map(|()| Vec::new())));
     }
     for _ in 0..rounds {
@@ -430,7 +441,7 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
         .collect();
     for (kind, m) in &medians {
         println!(
-            "{:<8} {:>12.1} {:>12.0} {:>16.1} {:>14.0} {:>13.2} {:>17.2}",
+            "{:<14} {:>12.1} {:>12.0} {:>16.1} {:>14.0} {:>13.2} {:>17.2}",
             kind.name(),
             m[0],
             m[1],
@@ -440,12 +451,15 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
             m[5]
         );
     }
-    let (memory, sqlite) = (&medians[0].1, &medians[1].1);
-    println!(
-        "sqlite / memory: CPU per run (1 at a time) {:.2}x (target <= 1.5x); runs/s with 100 concurrent {:.0}% (target >= 80%)",
-        sqlite[0] / memory[0],
-        sqlite[3] / memory[3] * 100.0
-    );
+    let memory = &medians[0].1;
+    for (kind, sqlite) in &medians[1..] {
+        println!(
+            "{} / memory: CPU per run (1 at a time) {:.2}x (target <= 1.5x); runs/s with 100 concurrent {:.0}% (target >= 80%)",
+            kind.name(),
+            sqlite[0] / memory[0],
+            sqlite[3] / memory[3] * 100.0
+        );
+    }
 }
 
 /// In a process of its own (so memory freed by earlier measurements cannot hide growth): RSS
@@ -494,12 +508,26 @@ fn main() {
             "idle" => idle_bytes_per_run(IDLE_RUNS),
             "finished-memory" => rss_per_finished_run(Kind::Memory, FINISHED_RUNS),
             "finished-sqlite" => rss_per_finished_run(Kind::Sqlite, FINISHED_RUNS),
+            "finished-sqlite-normal" => rss_per_finished_run(Kind::SqliteNormal, FINISHED_RUNS),
             other => panic!("unknown {PART} {other}"),
         };
         println!("{bytes}");
         return;
     }
+    // `IMPRESARIO_BENCH_RUNS_ONLY=steps` (or `shape`) runs one part only (profiling).
+    let only = std::env::var("IMPRESARIO_BENCH_RUNS_ONLY").unwrap_or_default();
     let rt = tokio_runtime();
+    if only != "shape" {
+        step_report(&rt);
+    }
+    if only != "steps" {
+        shape_part(&rt);
+    }
+}
+
+/// The 5-step runs' table: 3 rounds of the bare loop and the orchestrated runs, then the
+/// memory of idle runs.
+fn step_report(rt: &tokio::runtime::Runtime) {
     println!(
         "# 5-step runs (plan of 4 no-op tool calls + final answer), zero-latency scripted model"
     );
@@ -539,9 +567,12 @@ fn main() {
         "\n# {IDLE_RUNS} idle runs (each waiting for an approval), in a process of their own: {:.1} KiB per run",
         per_run as f64 / 1024.0
     );
+}
 
-    shape_report(&rt, 3);
-    for kind in [Kind::Memory, Kind::Sqlite] {
+/// Issue 18's shape: the table of both journals, then the memory per finished run.
+fn shape_part(rt: &tokio::runtime::Runtime) {
+    shape_report(rt, 3);
+    for kind in Kind::ALL {
         let per_run = in_child(&format!("finished-{}", kind.name()));
         println!(
             "{} journal: RSS grown over {FINISHED_RUNS} finished runs (100 at a time, own process): {:.2} KiB per run",

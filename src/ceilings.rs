@@ -35,15 +35,24 @@ impl TenantCeilings {
         })
     }
 
-    /// The ceilings of the database: writes the configured ones into its accounts.
-    pub async fn in_database(ceilings: PgCeilings) -> Result<TenantCeilings, String> {
-        ceilings
-            .mirror()
-            .await
-            .map_err(|e| format!("cannot write the configured ceilings ([budget]): {e}"))?;
-        Ok(TenantCeilings {
+    /// The ceilings of the database.
+    pub fn in_database(ceilings: PgCeilings) -> TenantCeilings {
+        TenantCeilings {
             kept: Kept::Database(ceilings),
-        })
+        }
+    }
+
+    /// Writes the configured ceilings (`[budget]`) into the database's accounts, for every
+    /// process on it: what `serve` does at start (`run` and `replay` leave them as they are).
+    /// Nothing to do with the ceilings in a file (this process's ledger has them).
+    pub async fn write_configured(&self) -> Result<(), String> {
+        match &self.kept {
+            Kept::File(_) => Ok(()),
+            Kept::Database(db) => db
+                .mirror()
+                .await
+                .map_err(|e| format!("cannot write the configured ceilings ([budget]): {e}")),
+        }
     }
 
     /// Sets the ceiling of `tenant` in micro-USD (`None`: back to the configured one); it

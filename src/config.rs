@@ -15,7 +15,7 @@ use std::time::Duration;
 use impresario::agents::memory::Retention;
 use impresario::agents::ModelChoice;
 use impresario::mcp::{ServerConfig, ServerEntry};
-use impresario::runtime::journal::RetentionPolicy;
+use impresario::runtime::journal::{Durability, RetentionPolicy};
 use impresario::runtime::ledger::Ceilings;
 use impresario_pg::queue::{QueueConfig, QueueError};
 use serde::Deserialize;
@@ -442,6 +442,11 @@ pub struct Journal {
     pub retain_days: u64,
     /// How often retention runs (and compacts the file), in seconds; also once at start.
     pub retention_interval_secs: u64,
+    /// How durable a commit to the SQLite file is when the run goes on: `full` (the default)
+    /// syncs every commit, so nothing acknowledged is lost even to a power loss or an OS
+    /// crash; `normal` syncs at checkpoints only, so a crash or kill of the process loses
+    /// nothing acknowledged but a power loss or an OS crash may lose the last commits.
+    pub sync: String,
 }
 
 impl Default for Journal {
@@ -452,6 +457,7 @@ impl Default for Journal {
             retain_finished_runs: 10_000,
             retain_days: 30,
             retention_interval_secs: 3_600,
+            sync: "full".into(),
         }
     }
 }
@@ -480,6 +486,7 @@ impl Journal {
                 "is 0; retention needs an interval (e.g. 3600)",
             ));
         }
+        self.durability()?;
         match self.postgres_url() {
             Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
                 Err(invalid(
@@ -491,6 +498,18 @@ impl Journal {
                 ))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// How durable the SQLite file's commits are (`sync`).
+    pub fn durability(&self) -> Result<Durability, ConfigError> {
+        match self.sync.trim() {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(invalid(
+                "journal.sync",
+                format!("is {other:?}; write \"full\" (sync every commit) or \"normal\" (sync at checkpoints)"),
+            )),
         }
     }
 
@@ -749,6 +768,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("journal", "retain_finished_runs", Kind::Integer),
     ("journal", "retain_days", Kind::Integer),
     ("journal", "retention_interval_secs", Kind::Integer),
+    ("journal", "sync", Kind::Text),
     ("memory", "path", Kind::Text),
     ("memory", "retain_records", Kind::Integer),
     ("memory", "retain_days", Kind::Integer),
@@ -1250,6 +1270,7 @@ mod tests {
                 ("IMPRESARIO_SERVER__LISTEN", "0.0.0.0:7000"),
                 ("IMPRESARIO_RUNS__TOOLS", "calculator, save_note"),
                 ("IMPRESARIO_RUNS__BUDGET_USD", "2"),
+                ("IMPRESARIO_JOURNAL__SYNC", "normal"),
                 ("IMPRESARIO_MODEL", "gpt-4o"), // not a config variable: no `__`
                 ("PATH", "/bin"),
             ]),
@@ -1260,6 +1281,12 @@ mod tests {
         assert_eq!(config.runs.tools, ["calculator", "save_note"]);
         assert_eq!(config.runs.budget_usd, 2.0);
         assert_eq!(config.runs.max_steps, RunDefaults::default().max_steps);
+        assert_eq!(config.journal.durability().unwrap(), Durability::Normal);
+        assert_eq!(
+            Journal::default().durability().unwrap(),
+            Durability::Full,
+            "every commit synced unless asked otherwise"
+        );
     }
 
     #[test]
@@ -1364,6 +1391,11 @@ retain_days = -1
                 None,
                 &[("IMPRESARIO_MODELS__PROVIDER", "openai")],
                 "models.provider",
+            ),
+            (
+                Some("[journal]\nsync = \"sometimes\"\n"),
+                &[],
+                "journal.sync",
             ),
         ];
         for (text, vars, key) in cases {

@@ -18,6 +18,7 @@ use impresario::runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario::runtime::ledger::{AccountId, Ceilings, Ledger};
 use impresario::runtime::ledger_store::LedgerStore;
 use impresario::runtime::llm::Client;
+use impresario_pg::approvals::PgApprovals;
 use impresario_pg::ceilings::PgCeilings;
 use impresario_pg::halts::{HaltFollower, PgHalts};
 use impresario_pg::journal::{HoldSettlement, PgJournalOptions};
@@ -53,6 +54,8 @@ pub struct Engine {
     /// Halts recorded in PostgreSQL for every process (`journal.url`), and the follower that
     /// applies theirs here.
     shared_halts: Option<(PgHalts, HaltFollower)>,
+    /// Decisions about steps waiting for approval, recorded in PostgreSQL (`journal.url`).
+    approvals: Option<PgApprovals>,
     /// Held for as long as the engine lives: no other process writes its journal file.
     _writer: Option<WriterLock>,
 }
@@ -65,6 +68,7 @@ struct Postgres {
     fences: Fences,
     halts: PgHalts,
     ceilings: PgCeilings,
+    approvals: PgApprovals,
 }
 
 impl Engine {
@@ -98,12 +102,13 @@ impl Engine {
         let tools = tools(config).await?;
         let orchestrator =
             start_orchestrator(&runtime, &client, tools, config, journal, &postgres).await?;
+        let approvals = postgres.as_ref().map(|pg| pg.approvals.clone());
         let database = postgres
             .as_ref()
             .map(|pg| (pg.db.clone(), pg.fences.clone()));
         let (ceilings, shared_halts) = match postgres {
             Some(pg) => (
-                TenantCeilings::in_database(pg.ceilings).await?,
+                TenantCeilings::in_database(pg.ceilings),
                 Some((
                     pg.halts.clone(),
                     pg.halts.follow_here(orchestrator.halts().clone()),
@@ -128,6 +133,7 @@ impl Engine {
             database,
             defaults: config.runs.clone(),
             shared_halts,
+            approvals,
             _writer: writer,
         })
     }
@@ -149,6 +155,12 @@ impl Engine {
             Some((store, _)) => store.lift(scope).await.map_err(|e| e.to_string()),
             None => Ok(0),
         }
+    }
+
+    /// Where decisions about steps waiting for approval are recorded for every process
+    /// (`journal.url`); `None`: they go to the run's driver in memory.
+    pub fn approval_store(&self) -> Option<PgApprovals> {
+        self.approvals.clone()
     }
 
     /// Whether halts are shared with other processes (`journal.url`).
@@ -246,6 +258,7 @@ impl Postgres {
         Ok(Postgres {
             fences,
             halts: PgHalts::new(db.clone()),
+            approvals: PgApprovals::new(db.clone()),
             ceilings: PgCeilings::new(db.clone(), ledger, config.budget.ceilings()),
             db,
         })
@@ -272,7 +285,9 @@ pub async fn open_journal(config: &config::Journal) -> Result<Arc<dyn Journal>, 
     let opened: Arc<dyn Journal> = match (config.postgres_url(), config.file()) {
         (Some(url), _) => Arc::new(PgJournal::open(connect_database(config, url).await?)),
         (None, Some(file)) => {
-            Arc::new(SqliteJournal::open(file).map_err(|e| failed(e.to_string()))?)
+            let durability = config.durability().map_err(|e| failed(e.to_string()))?;
+            let opened = SqliteJournal::open_with(file, durability);
+            Arc::new(opened.map_err(|e| failed(e.to_string()))?)
         }
         (None, None) => Arc::new(MemoryJournal::new()),
     };

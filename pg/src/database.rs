@@ -130,6 +130,11 @@ impl Database {
         &self.shared.pool
     }
 
+    /// The runtime of the database's I/O thread.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.shared.handle
+    }
+
     /// Runs `future` on the database's I/O thread; the handle can be awaited from any runtime.
     pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
     where

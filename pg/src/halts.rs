@@ -16,21 +16,18 @@
 //! Halts of an agent are not stored (agents are halted through their supervisor).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use deadpool_postgres::Object;
-use futures_util::StreamExt;
 use impresario_runtime::halt::{Halt, HaltScope, Halts};
 use impresario_runtime::halt_store::HaltStore;
 use impresario_runtime::ledger_store::{StoreError, StoreFuture};
 use impresario_runtime::{RunId, TenantId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::database::Database;
 use crate::ledger_retry::{self, Step};
+use crate::listener::{Follower, Listener};
 
 /// The `LISTEN/NOTIFY` channel of halts and lifts.
 pub const CHANNEL: &str = "impresario_halts";
@@ -38,9 +35,6 @@ pub const CHANNEL: &str = "impresario_halts";
 /// A notification's detail is cut to this many characters (a payload must stay under 8000
 /// bytes); the row keeps the whole detail.
 const NOTIFIED_DETAIL_CHARS: usize = 1_000;
-
-/// The longest pause before the follower reconnects.
-const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// What travels on [`CHANNEL`].
 #[derive(Serialize, Deserialize)]
@@ -136,93 +130,49 @@ impl PgHalts {
     /// own to `config` (reconnecting, with a catch-up, whenever it is lost). Runs on the
     /// current tokio runtime.
     pub fn follow(config: tokio_postgres::Config, halts: Halts) -> HaltFollower {
-        let (ready, listening) = watch::channel(false);
-        let task = tokio::spawn(follow(config, halts, ready));
-        HaltFollower { task, listening }
+        let runtime = tokio::runtime::Handle::current();
+        Follower::start(config, CHANNEL, HaltListener::new(halts), &runtime)
     }
 
     /// [`PgHalts::follow`] on this database's I/O thread (no tokio runtime needed by the
     /// caller).
     pub fn follow_here(&self, halts: Halts) -> HaltFollower {
-        let (ready, listening) = watch::channel(false);
-        let task = self
-            .db
-            .spawn(follow(self.db.config().clone(), halts, ready));
-        HaltFollower { task, listening }
+        let config = self.db.config().clone();
+        Follower::start(config, CHANNEL, HaltListener::new(halts), self.db.runtime())
     }
 }
 
 /// The task applying notified halts to a process's [`Halts`]; stopped when dropped.
-pub struct HaltFollower {
-    task: JoinHandle<()>,
-    listening: watch::Receiver<bool>,
+pub type HaltFollower = Follower;
+
+/// Applies the notified halts and lifts to a process's [`Halts`].
+struct HaltListener {
+    halts: Halts,
+    applied: Applied,
 }
 
-impl HaltFollower {
-    /// Resolves once the follower listens and has applied the standing halts (again after a
-    /// reconnection).
-    pub async fn listening(&mut self) {
-        // Err only if the task ended, which it never does on its own.
-        let _ = self.listening.wait_for(|up| *up).await;
-    }
-}
-
-impl Drop for HaltFollower {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reconnects for as long as the follower lives, pausing longer after each failure.
-async fn follow(config: tokio_postgres::Config, halts: Halts, ready: watch::Sender<bool>) {
-    let mut applied = Applied::default();
-    let mut failures = 0u32;
-    loop {
-        match session(&config, &halts, &mut applied, &ready).await {
-            Ok(()) => failures = 0,
-            Err(err) => {
-                failures += 1;
-                tracing::warn!(error = %err, "following halts: PostgreSQL connection lost; reconnecting");
-            }
+impl HaltListener {
+    fn new(halts: Halts) -> Self {
+        HaltListener {
+            halts,
+            applied: Applied::default(),
         }
-        ready.send_replace(false);
-        let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(5));
-        tokio::time::sleep(pause.min(MAX_RECONNECT_PAUSE)).await;
     }
 }
 
-/// One connection: listen, catch up, then apply notifications until it closes.
-async fn session(
-    config: &tokio_postgres::Config,
-    halts: &Halts,
-    applied: &mut Applied,
-    ready: &watch::Sender<bool>,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let (notices, mut received) = mpsc::unbounded_channel();
-    // Drives the connection and hands its notifications over; ends when it closes.
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                if notices.send(n.payload().to_owned()).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    catch_up(&client, halts, applied).await?;
-    ready.send_replace(true);
-    while let Some(payload) = received.recv().await {
-        match serde_json::from_str::<Notice>(&payload) {
-            Ok(notice) => applied.apply(notice, halts),
+impl Listener for HaltListener {
+    async fn catch_up(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        catch_up(client, &self.halts, &mut self.applied).await
+    }
+
+    fn notified(&mut self, payload: &str) {
+        match serde_json::from_str::<Notice>(payload) {
+            Ok(notice) => self.applied.apply(notice, &self.halts),
             Err(err) => {
                 tracing::warn!(error = %err, "ignoring a halt notification that is not ours")
             }
         }
     }
-    Ok(())
 }
 
 /// Applies the standing halts not applied yet, and lifts those applied that no longer stand.

@@ -8,6 +8,8 @@
 //! - [`journal`]: [`PgJournal`], the run journal.
 //! - [`ledger`]: reservations as holds with an expiry, exact across processes
 //!   ([`ledger::PgLedger`], a `LedgerStore`).
+//! - [`approvals`]: operators' decisions as rows, followed through `LISTEN/NOTIFY`
+//!   ([`approvals::PgApprovals`]).
 //! - [`fences`]: the lease epochs of the runs this process drives in a cluster ([`Fences`]),
 //!   checked first by every journal and ledger write for those runs.
 //! - [`ceilings`]: tenant and global ceilings in the ledger's accounts, the same for every
@@ -20,6 +22,7 @@
 //! With the `test-cluster` feature, [`test_cluster`] starts a real, throwaway PostgreSQL server
 //! for tests: no mocks.
 
+pub mod approvals;
 pub mod ceilings;
 pub mod database;
 pub mod error;
@@ -28,6 +31,7 @@ pub mod halts;
 pub mod journal;
 pub mod ledger;
 mod ledger_retry;
+mod listener;
 pub mod memory;
 pub mod queue;
 pub mod schema;
@@ -38,3 +42,4 @@ pub use database::Database;
 pub use error::PgError;
 pub use fences::Fences;
 pub use journal::{HoldSettlement, PgJournal, PgJournalOptions};
+pub use listener::Follower;

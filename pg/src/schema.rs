@@ -91,7 +91,18 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX memory_records_by_tenant ON memory_records (tenant, at_ms, id);
     CREATE INDEX memory_records_search ON memory_records USING gin (search);",
-    // 7: what the runs retention deleted had spent, per tenant (journal.rs), so that a
+    // 7: operators' decisions about steps waiting for approval (approvals.rs), by the
+    // journal event that asked.
+    "CREATE TABLE approvals (
+        run_id text NOT NULL,
+        requested_seq bigint NOT NULL,
+        step integer NOT NULL,
+        approved boolean NOT NULL,
+        reason text,
+        decided_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, requested_seq)
+    );",
+    // 8: what the runs retention deleted had spent, per tenant (journal.rs), so that a
     // tenant's spend is rebuilt whole after a restart.
     "CREATE TABLE journal_spend_carried (
         tenant text PRIMARY KEY,

@@ -18,6 +18,8 @@ use std::sync::{LazyLock, PoisonError, RwLock};
 use base64::Engine;
 use regex::Regex;
 
+mod text;
+
 /// What replaces a credential.
 pub const REDACTED: &str = "<redacted>";
 
@@ -92,6 +94,10 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
         }
     }
+    // Every shape holds one of `SHAPE_START`'s words: one scan rules all of them out.
+    if !SHAPE_START.is_match(&out) {
+        return out;
+    }
     for (shape, replacement) in SHAPES.iter() {
         if let Cow::Owned(replaced) = shape.replace_all(&out, *replacement) {
             out = Cow::Owned(replaced);
@@ -113,10 +119,17 @@ pub fn redact_in_place(text: &mut String) -> bool {
 
 /// A JSON-serializable value with every string redacted (serialized, redacted, read back); the
 /// value itself when there was nothing to redact or it does not read back.
+///
+/// Most values hold nothing to redact: their strings (keys and names included) are first
+/// gathered as they are, unescaped, and looked over in one scan for a registered secret or
+/// the start of a credential shape; only a value where one shows goes through JSON.
 pub fn redact_serialized<T>(value: T) -> T
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
+    if !text::may_need_redaction(&value) {
+        return value;
+    }
     let Ok(json) = serde_json::to_string(&value) else {
         return value;
     };
@@ -127,7 +140,8 @@ where
 }
 
 /// What a credential shape starts with (or, for `://`, holds): a streamed text holds back from
-/// a word that has one until the words after it are complete.
+/// a word that has one until the words after it are complete. Every match of [`SHAPES`] holds
+/// one of these words.
 static SHAPE_START: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)bearer|basic|://|api[_-]?key|authorization").expect("a valid pattern")
 });
@@ -225,6 +239,22 @@ fn matches(text: &str) -> Vec<std::ops::Range<usize>> {
         spans.extend(shape.find_iter(text).map(|m| m.range()));
     }
     spans
+}
+
+/// The names of the fields whose values [`SHAPES`]' last shape redacts.
+static CREDENTIAL_FIELD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)api[_-]?key|authorization").expect("a valid pattern"));
+
+/// Whether the strings of a value, gathered in `text` (see `text.rs`), may hold what
+/// [`redact`] replaces in the value's JSON: a registered secret, a `Bearer`/`Basic` credential
+/// or a URL with a user, matched in the strings as they are (a match in the JSON is one in
+/// them), or a credential field's name (its value is in another string). A URL without a user
+/// (`"$schema": "https://..."` in every JSON schema) is not one.
+fn may_hold_credentials(text: &str) -> bool {
+    let secrets = SECRETS.read().unwrap_or_else(PoisonError::into_inner);
+    secrets.iter().any(|s| text.contains(s.as_str()))
+        || CREDENTIAL_FIELD.is_match(text)
+        || SHAPES[..2].iter().any(|(shape, _)| shape.is_match(text))
 }
 
 /// A writer (for a log subscriber) that redacts each write before passing it to `inner`.

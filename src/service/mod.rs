@@ -4,7 +4,7 @@
 //! `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (server-sent events),
 //! `POST /v1/runs/{id}/halt`, `POST /v1/runs/{id}/resume`,
 //! `POST /v1/runs/{id}/approvals/{step}`, `POST /v1/halt`, `POST /v1/halt/lift`,
-//! `GET /v1/tools`, `GET`/`PUT /v1/tenants/{tenant}` ([`tenants`]); and, without the token, `GET`/`HEAD`
+//! `GET /v1/tools`, `GET /v1/tenants`, `GET`/`PUT /v1/tenants/{tenant}` ([`tenants`]); and, without the token, `GET`/`HEAD`
 //! `/metrics`, `/healthz`, `/readyz` ([`probes`]). The operator console is served at `/ui`
 //! ([`console`]: HTML pages behind a session cookie got by signing in with a token).
 //!
@@ -15,6 +15,7 @@
 //! journal and can be resumed (`POST /v1/runs/{id}/resume`) after the restart; runs a crash
 //! cut off are resumed at start.
 
+mod approvals;
 mod auth;
 mod body;
 mod cluster;
@@ -58,6 +59,8 @@ pub struct State {
     exposition: MetricsHandle,
     health: Health,
     console: console::Console,
+    /// Decisions recorded in PostgreSQL for every process (`journal.url`).
+    approvals: Option<Arc<approvals::SharedApprovals>>,
     /// This replica's hold on the run queue (`journal.url`); `None`: runs start here at once.
     cluster: Option<Arc<cluster::Cluster>>,
 }
@@ -68,6 +71,13 @@ impl State {
         let (run, recording) = self.runs.track(handle, tenant, goal);
         let runtime = &self.engine.runtime;
         runtime.spawn_task(runtime.next_placement(), recording);
+        if let Some(approvals) = self.approvals.clone() {
+            let (watched, journal) = (run.clone(), self.engine.orchestrator.journal().clone());
+            let id = run.handle.id().clone();
+            let read = move || journal.read(&id).unwrap_or_default();
+            let watching = async move { approvals.watch(watched, read).await };
+            runtime.spawn_task(runtime.next_placement(), watching);
+        }
         run
     }
 }
@@ -129,6 +139,7 @@ async fn start(config: &Config) -> Result<(web::Data<State>, String), Box<dyn st
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
     let engine = Engine::start(config).await?;
+    engine.ceilings.write_configured().await?;
     let models = engine.models_description.clone();
     let cluster = match &engine.database {
         Some((db, fences)) => Some(cluster::Cluster::new(
@@ -227,6 +238,9 @@ fn shared_state(
         draining,
         exposition,
         console: console::Console::start(&engine.runtime),
+        approvals: engine
+            .approval_store()
+            .map(|store| Arc::new(approvals::SharedApprovals::start(store))),
         engine,
         cluster,
     })

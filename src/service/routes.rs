@@ -10,11 +10,15 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use impresario::agents::{Autonomy, Budget, ResumeError, RunRequest, RunState, RunUpdate};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
-use impresario::runtime::journal::{RunEvent as Journaled, RunFilter, RunStatus, RunSummary};
+use impresario::runtime::journal::{
+    JournalEntry, RunEvent as Journaled, RunFilter, RunStatus, RunSummary,
+};
 use impresario::runtime::RunId;
+use impresario_pg::approvals::Decision as StoredDecision;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::approvals::waiting_request;
 use super::auth;
 use super::body::{self, Fields};
 use super::errors::ApiError;
@@ -350,14 +354,19 @@ async fn halt_elsewhere(
         .map_err(ApiError::internal)
 }
 
-/// The journal's status of run `id` (`active`, `halted`, `finished`).
-fn journal_status(state: &State, id: &str) -> Result<String, ApiError> {
-    let entries = state
+/// The journaled events of run `id` (none for an unknown run).
+pub(super) fn journal_entries(state: &State, id: &str) -> Result<Vec<JournalEntry>, ApiError> {
+    state
         .engine
         .orchestrator
         .journal()
         .read(&RunId::new(id))
-        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))
+}
+
+/// The journal's status of run `id` (`active`, `halted`, `finished`).
+fn journal_status(state: &State, id: &str) -> Result<String, ApiError> {
+    let entries = journal_entries(state, id)?;
     let shown = journaled::shown(&entries).ok_or_else(|| ApiError::unknown_run(id))?;
     Ok(shown["status"].as_str().unwrap_or_default().to_owned())
 }
@@ -386,12 +395,7 @@ pub(super) async fn resume_run(
         return Err(ApiError::shutting_down());
     }
     let run = RunId::new(id);
-    let entries = state
-        .engine
-        .orchestrator
-        .journal()
-        .read(&run)
-        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    let entries = journal_entries(state, run.as_str())?;
     let (tenant, goal) = match entries.first().map(|e| &e.event) {
         Some(Journaled::RunSubmitted { tenant, goal, .. }) if identity.sees(tenant) => {
             (tenant.clone(), goal.clone())
@@ -437,7 +441,8 @@ pub(super) enum Decision {
 }
 
 /// `POST /v1/runs/{id}/approvals/{step}`: `{"decision": "approve" | "reject", "reason"?}` ->
-/// 202; 409 unless that step is the one waiting for approval.
+/// 202; 409 unless that step is the one waiting for approval. With `journal.url`, any process
+/// on the database takes the decision for any run ([`super::approvals`]).
 async fn decide(
     state: Data,
     token: Token,
@@ -445,7 +450,11 @@ async fn decide(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (id, step) = path.into_inner();
-    let run = find(&state, &token, &id)?;
+    match find(&state, &token, &id) {
+        Err(unknown) if unknown.status_code() == StatusCode::NOT_FOUND => return Err(unknown),
+        Err(not_here) if state.approvals.is_none() => return Err(not_here),
+        _ => {}
+    }
     let step: u32 = step
         .parse()
         .map_err(|_| ApiError::invalid("step", format!("{step:?} is not a step number")))?;
@@ -453,33 +462,81 @@ async fn decide(
     let decision: Decision = body.require("decision")?;
     let reason: Option<String> = body.take("reason")?;
     body.done()?;
-    decide_step(&run, step, decision, reason)?;
+    decide_step(&state, &token, &id, step, decision, reason).await?;
     Ok(HttpResponse::Accepted().json(json!({ "id": id, "step": step })))
 }
 
-/// Approves or rejects `step` of `run`; 409 unless that step is the one waiting.
-pub(super) fn decide_step(
-    run: &Tracked,
+/// Approves or rejects `step` of run `id`, which `identity` sees; 409 unless that step is the
+/// one waiting. In memory: to the run's driver, which must run here. With `journal.url`:
+/// recorded for the process driving the run (which may be down: the run gets it when resumed).
+pub(super) async fn decide_step(
+    state: &State,
+    identity: &Identity,
+    id: &str,
     step: u32,
     decision: Decision,
     reason: Option<String>,
 ) -> Result<(), ApiError> {
+    let reason = reason.unwrap_or_else(|| "rejected by an operator".into());
+    let Some(shared) = &state.approvals else {
+        let run = find(state, identity, id)?;
+        return decide_here(&run, step, decision, reason);
+    };
+    let entries = journal_entries(state, id)?;
+    let status = journaled::shown(&entries)
+        .filter(|run| run["tenant"].as_str().is_some_and(|t| identity.sees(t)))
+        .ok_or_else(|| ApiError::unknown_run(id))?["status"]
+        .clone();
+    let requested = waiting_request(&entries, step)
+        .filter(|_| status != RunStatus::Finished.as_str())
+        .ok_or_else(|| not_waiting(id, step, status.as_str().unwrap_or("unknown")))?;
+    let approved = matches!(decision, Decision::Approve);
+    let recorded = shared
+        .decide(&StoredDecision {
+            run: RunId::new(id),
+            requested_seq: requested,
+            step,
+            approved,
+            reason: (!approved).then_some(reason),
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    match recorded {
+        true => Ok(()),
+        false => Err(ApiError::conflict(format!(
+            "step {step} of run {id} was already decided otherwise; the first decision counts"
+        ))),
+    }
+}
+
+/// 409: `step` of run `id` is not waiting for approval.
+fn not_waiting(id: &str, step: u32, now: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "step {step} of run {id} is not waiting for approval; the run is {now}"
+    ))
+}
+
+/// Approves or rejects `step` of `run`, which runs here; 409 unless that step is the one
+/// waiting.
+fn decide_here(
+    run: &Tracked,
+    step: u32,
+    decision: Decision,
+    reason: String,
+) -> Result<(), ApiError> {
     match run.state() {
         RunState::AwaitingApproval { step: waiting, .. } if waiting == step => {}
         other => {
-            return Err(ApiError::conflict(format!(
-                "step {step} of run {} is not waiting for approval; the run is {}",
-                run.handle.id(),
-                state_name(&other)
-            )))
+            return Err(not_waiting(
+                run.handle.id().as_str(),
+                step,
+                &state_name(&other),
+            ))
         }
     }
     match decision {
         Decision::Approve => run.handle.approve(step),
-        Decision::Reject => run.handle.reject(
-            step,
-            reason.unwrap_or_else(|| "rejected by an operator".into()),
-        ),
+        Decision::Reject => run.handle.reject(step, reason),
     }
     Ok(())
 }
@@ -624,12 +681,7 @@ pub(super) fn find(state: &State, identity: &Identity, id: &str) -> Result<Arc<T
             false => Err(ApiError::unknown_run(id)),
         };
     }
-    let journaled = state
-        .engine
-        .orchestrator
-        .journal()
-        .read(&RunId::new(id))
-        .map_err(|e| ApiError::internal(format!("cannot read the journal: {e}")))?;
+    let journaled = journal_entries(state, id)?;
     match journaled::shown(&journaled)
         .filter(|run| run["tenant"].as_str().is_some_and(|t| identity.sees(t)))
     {

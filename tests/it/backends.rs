@@ -446,3 +446,79 @@ async fn a_tenant_ceiling_holds_across_two_processes() {
         assert_eq!(acme["ceiling_micro_usd"], ceiling, "{acme}");
     }
 }
+
+/// Which of `servers` drives run `id`: the one serving its events (10 s at most).
+async fn driver_of(servers: &[Server], id: &str) -> usize {
+    for _ in 0..500 {
+        for (i, server) in servers.iter().enumerate() {
+            let path = format!("/v1/runs/{id}/events");
+            let response = server.request(Method::GET, &path).send().await.unwrap();
+            if response.status() == 200 {
+                return i;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no replica drives run {id}");
+}
+
+#[tokio::test]
+async fn a_decision_posted_to_any_process_reaches_the_run_even_after_its_driver_crashed() {
+    let backend = Backend::postgres("cross_approval");
+    let config = "[cluster]\nlease_secs = 2";
+    let mut servers = vec![
+        backend.serve(Arc::new(TempDir::new()), config),
+        backend.serve(Arc::new(TempDir::new()), config),
+    ];
+    let manual = |goal: &str| json!({ "goal": goal, "tools": ["save_note"], "autonomy": "manual" });
+
+    // One replica drives the run; the other takes the decision.
+    let id = servers[0].submit(manual("Lisbon has trams")).await;
+    let driving = driver_of(&servers, &id).await;
+    let (driver, other) = (&servers[driving], &servers[1 - driving]);
+    driver
+        .until(&id, |s| s["state"] == "awaiting_approval")
+        .await;
+    let approve = json!({ "decision": "approve" });
+    let approvals = format!("/v1/runs/{id}/approvals");
+    let (status, answer) = other.post(&format!("{approvals}/2"), approve.clone()).await;
+    assert_eq!(status, 409, "step 2 is not waiting: {answer}");
+    let (status, answer) = other.post(&format!("{approvals}/1"), approve.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let state = driver.until(&id, |s| s["state"] == "succeeded").await;
+    assert!(
+        state["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("save_note: saved"),
+        "{state}"
+    );
+    let (status, answer) = other.post(&format!("{approvals}/1"), approve).await;
+    assert_eq!(status, 409, "decided and finished: {answer}");
+
+    // The driving replica crashes while its run waits; the decision, posted to the other one
+    // meanwhile, is served when the run is taken over and waits again.
+    let id = servers[0].submit(manual("Porto has trams too")).await;
+    let driving = driver_of(&servers, &id).await;
+    servers[driving]
+        .until(&id, |s| s["state"] == "awaiting_approval")
+        .await;
+    servers[driving].crash();
+    let other = &servers[1 - driving];
+    let approvals = format!("/v1/runs/{id}/approvals");
+    let reject = json!({ "decision": "reject", "reason": "not today" });
+    let (status, answer) = other.post(&format!("{approvals}/1"), reject).await;
+    assert_eq!(status, 202, "{answer}");
+    let approve = json!({ "decision": "approve" });
+    let (status, answer) = other.post(&format!("{approvals}/1"), approve).await;
+    assert_eq!(status, 409, "the first decision counts: {answer}");
+    let limit = std::time::Duration::from_secs(30);
+    other
+        .until_within(&id, limit, |s| s["state"] == "succeeded")
+        .await;
+    let (_, run) = other.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        run["steps"][0]["outcome"]["Err"]["reason"], "not today",
+        "{run}"
+    );
+}

@@ -9,7 +9,7 @@ use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 
 use super::embed::{cosine, Embedder};
-use super::rank::{tokenize, Bm25Index};
+use super::rank::{best_first, tokenize, Bm25Index};
 use super::store::LongTermStore;
 use super::MemoryError;
 
@@ -112,6 +112,9 @@ struct Store {
     records: Vec<MemoryRecord>,
     bm25: Bm25Index,
     vectors: Vec<Vec<f32>>,
+    /// The newest `at` of the records up to each position (`latest[i]`: of records `0..=i`),
+    /// so BM25 recall knows when no older record can win a tie.
+    latest: Vec<SystemTime>,
 }
 
 /// Memory across runs, shared by every run of a process (`Arc<LongTermMemory>`; all methods
@@ -229,6 +232,8 @@ impl LongTermMemory {
             }
             Some(v) => store.vectors.push(v),
         }
+        let latest = store.latest.last().map_or(record.at, |l| record.at.max(*l));
+        store.latest.push(latest);
         store.records.push(record);
         Ok(id)
     }
@@ -268,16 +273,21 @@ impl LongTermMemory {
             return store.search(tenant, query, k).await;
         }
         let store = self.read();
-        let scored: Vec<(u32, f64)> = match &query_vector {
-            None => store.bm25.score(query),
-            Some(q) => store
-                .vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as u32, cosine(q, v)))
-                .collect(),
+        let order = rank_order(&store.records);
+        let best = match &query_vector {
+            None => {
+                // Records up to `newest` may win a tie with `kth` if one of them is newer.
+                let tie = |newest: u32, kth: &(u32, f64)| {
+                    store.latest[newest as usize] > store.records[kth.0 as usize].at
+                };
+                store.bm25.top(query, k, order, tie)
+            }
+            Some(q) => {
+                let scored = store.vectors.iter().enumerate();
+                let scored = scored.map(|(i, v)| (i as u32, cosine(q, v))).collect();
+                best_first(scored, k, order)
+            }
         };
-        let best = top_k(scored, k, &store.records);
         Ok(best
             .into_iter()
             .map(|(i, score)| Recalled {
@@ -335,19 +345,13 @@ async fn embed_one(embedder: &dyn Embedder, text: String) -> Result<Vec<f32>, Me
     Ok(vector)
 }
 
-/// The `k` best of `scored`, best first: higher score, then newer `at`, then higher id.
-fn top_k(mut scored: Vec<(u32, f64)>, k: usize, records: &[MemoryRecord]) -> Vec<(u32, f64)> {
-    let order = |a: &(u32, f64), b: &(u32, f64)| -> Ordering {
+/// How recalled records rank, best first: higher score, then newer `at`, then higher id.
+fn rank_order(records: &[MemoryRecord]) -> impl Fn(&(u32, f64), &(u32, f64)) -> Ordering + '_ {
+    |a, b| {
         b.1.total_cmp(&a.1)
             .then_with(|| records[b.0 as usize].at.cmp(&records[a.0 as usize].at))
             .then_with(|| b.0.cmp(&a.0))
-    };
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k - 1, order);
-        scored.truncate(k);
     }
-    scored.sort_unstable_by(order);
-    scored
 }
 
 #[cfg(test)]
@@ -369,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn top_k_breaks_ties_by_newer_then_id() {
+    fn recall_breaks_ties_by_newer_then_id() {
         let records = vec![
             record("a", "", Outcome::Succeeded, "", 10),
             record("b", "", Outcome::Succeeded, "", 30),
@@ -377,18 +381,68 @@ mod tests {
             record("d", "", Outcome::Succeeded, "", 20),
         ];
         let scored = vec![(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0)];
-        let ids: Vec<u32> = top_k(scored.clone(), 4, &records)
+        let ids: Vec<u32> = best_first(scored.clone(), 4, rank_order(&records))
             .into_iter()
             .map(|(i, _)| i)
             .collect();
         assert_eq!(ids, [2, 1, 3, 0]);
-        let ids: Vec<u32> = top_k(scored, 2, &records)
+        let ids: Vec<u32> = best_first(scored, 2, rank_order(&records))
             .into_iter()
             .map(|(i, _)| i)
             .collect();
         assert_eq!(ids, [2, 1], "selection keeps the same order");
         let mixed = vec![(0, 3.0), (1, 0.5), (2, 2.0)];
-        assert_eq!(top_k(mixed, 2, &records), [(0, 3.0), (2, 2.0)]);
+        assert_eq!(
+            best_first(mixed, 2, rank_order(&records)),
+            [(0, 3.0), (2, 2.0)]
+        );
+    }
+
+    #[test]
+    fn recall_ranks_the_newest_first_when_records_come_out_of_time_order() {
+        let memory = LongTermMemory::new();
+        let remember = |secs| {
+            let record = record("deploy", "same text", Outcome::Succeeded, "", secs);
+            futures_util::FutureExt::now_or_never(memory.remember(record))
+                .expect("in-process memory does not wait")
+                .unwrap()
+        };
+        // Remembered newest first (imported, say): the earliest remembered is the newest.
+        for secs in (0..50).rev() {
+            remember(secs);
+        }
+        let recall = |k| {
+            futures_util::FutureExt::now_or_never(memory.recall("deploy", k))
+                .expect("in-process memory does not wait")
+                .unwrap()
+        };
+        let ids: Vec<u64> = recall(2).iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, [0, 1], "newest `at` first, not the last remembered");
+        // Back in time order from here on: the newest is the last remembered.
+        remember(100);
+        assert_eq!(recall(1)[0].id, RecordId(50));
+    }
+
+    #[test]
+    fn recall_of_equal_records_a_little_out_of_time_order_is_the_newest() {
+        let memory = LongTermMemory::new();
+        // As concurrent runs remember: now and then a record a little older than the last.
+        let secs = |i: u64| i * 2 + if i.is_multiple_of(7) { 9 } else { 0 };
+        for i in 0..300 {
+            let record = record("deploy", "same text", Outcome::Succeeded, "", secs(i));
+            futures_util::FutureExt::now_or_never(memory.remember(record))
+                .expect("in-process memory does not wait")
+                .unwrap();
+        }
+        let mut expected: Vec<u64> = (0..300).collect();
+        expected.sort_by_key(|&i| std::cmp::Reverse((secs(i), i)));
+        for k in [1, 3, 10] {
+            let recalled = futures_util::FutureExt::now_or_never(memory.recall("deploy", k))
+                .expect("in-process memory does not wait")
+                .unwrap();
+            let ids: Vec<u64> = recalled.iter().map(|r| r.id.0).collect();
+            assert_eq!(ids, expected[..k], "k {k}");
+        }
     }
 
     #[test]

@@ -349,9 +349,13 @@ async fn a_halted_run_resumes_without_repeating_or_repaying_its_model_calls() {
         .submit(RunRequest::new("Fetch it", ModelMap::all("local")).tools(["fetch"]))
         .await
         .unwrap();
-    while !matches!(run.status(), RunState::Running { step: 1 }) {
+    // Halted while the fetch runs (not merely once step 1 is announced: a halt landing before
+    // the tool starts would leave nothing to interrupt).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while calls.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert!(matches!(run.status(), RunState::Running { step: 1 }));
     run.halt(HaltMode::Immediate);
     let halted = run.wait().await;
     assert!(

@@ -10,7 +10,8 @@
 //!   event: a newer version, an unknown type, a missing sequence number or bytes that do not
 //!   decode are errors naming the run and the sequence number, never a skip (contract 5).
 //! - **Write-ahead:** [`Journal::append`] returns a future that resolves once the event is
-//!   durable (for SQLite: committed and fsynced). Acknowledge a step only after it resolves. The
+//!   durable (for SQLite: committed and, by default, fsynced; see [`Durability`]). Acknowledge a
+//!   step only after it resolves. The
 //!   event is queued when `append` is called, so dropping the future does not withdraw it.
 //! - **Batches:** [`Journal::append_batch`] writes several events of one run in one transaction
 //!   (one commit, all or nothing): what a run did between two external effects goes in one
@@ -64,7 +65,7 @@ mod writer;
 pub use crate::outcome::RunOutcome;
 pub use event::{RunEvent, ToolOutcome, EVENT_VERSION};
 pub use memory::{MemoryJournal, DEFAULT_MAX_FINISHED_RUNS};
-pub use sqlite::{SqliteJournal, SCHEMA_VERSION};
+pub use sqlite::{Durability, SqliteJournal, SCHEMA_VERSION};
 
 /// Building blocks for a [`Journal`] stored outside this crate (the PostgreSQL journal of
 /// `impresario-pg`): the checks, the decoding and the time format every journal shares, so

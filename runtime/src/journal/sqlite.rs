@@ -1,13 +1,16 @@
 //! The journal in one SQLite file.
 //!
-//! - WAL with `synchronous = FULL`: a commit returns once the WAL is fsynced, so an append that
-//!   resolved survives a crash of the process *and* of the machine. (`NORMAL` would only sync at
-//!   checkpoints: a power loss could drop acknowledged events, which contract 4 forbids.)
+//! - WAL with `synchronous = FULL` by default ([`Durability::Full`]): a commit returns once the
+//!   WAL is fsynced, so an append that resolved survives a crash of the process *and* of the
+//!   machine. [`Durability::Normal`] (`synchronous = NORMAL`) syncs only at checkpoints: an
+//!   append that resolved survives a crash or SIGKILL of the process, but an OS crash or a power
+//!   loss may drop the last commits before it (the file stays consistent). Chosen when the
+//!   journal is opened ([`SqliteJournal::open_with`]; the binary's `journal.sync`).
 //! - One writer thread owns the only writing connection. Appends (each a batch of one or more
 //!   events of one run) queue on a channel; the writer takes every append waiting (up to
-//!   [`MAX_GROUP`]) into one transaction, each append in a savepoint of its own (a refused
-//!   event undoes its append only), and completes their futures after its COMMIT: group
-//!   commit, one fsync for many appends.
+//!   [`MAX_GROUP`]) into one transaction, checks each append's events before writing any (a
+//!   refused event refuses its append only, nothing of it written), and completes their
+//!   futures after its COMMIT: group commit, one fsync for many appends.
 //! - Reads use read-only connections of their own, kept in a small pool; under WAL they never
 //!   wait for the writer.
 //! - The schema is versioned in `PRAGMA user_version` and migrated on open; a file with a newer
@@ -95,8 +98,34 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The WAL is truncated back to this size after a checkpoint.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
-/// A [`Journal`] in one SQLite file (WAL, `synchronous = FULL`, group commit). See the
-/// [module documentation](super) for the guarantees. Clones share the same writer.
+/// How durable a commit of a [`SqliteJournal`] is once its appends resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: each commit is synced to disk before its appends resolve; an
+    /// acknowledged event survives a crash of the process, a crash of the OS and a power loss.
+    /// The default.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL` in WAL mode: a commit is written to the WAL (in the OS's cache)
+    /// and synced at the next checkpoint; an acknowledged event survives a crash or SIGKILL of
+    /// the process, not an OS crash or a power loss, which may drop the commits made since the
+    /// last checkpoint (the file stays consistent: whole commits are lost, never part of one).
+    Normal,
+}
+
+impl Durability {
+    /// SQLite's `synchronous` setting for it.
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
+/// A [`Journal`] in one SQLite file (WAL, group commit, `synchronous = FULL` unless opened
+/// with [`Durability::Normal`]). See the [module documentation](super) for the guarantees.
+/// Clones share the same writer.
 ///
 /// Dropping the last clone completes every append already queued, then closes the file.
 #[derive(Clone)]
@@ -137,15 +166,21 @@ fn io(context: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
 }
 
 impl SqliteJournal {
-    /// Opens (or creates) the journal at `path`, migrating an older schema.
+    /// Opens (or creates) the journal at `path`, migrating an older schema, with
+    /// [`Durability::Full`].
     ///
     /// Fails without modifying the file if it was written by a newer Impresario
     /// ([`JournalError::NewerSchema`]) or is not a journal ([`JournalError::NotAJournal`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        Self::open_with(path, Durability::Full)
+    }
+
+    /// [`SqliteJournal::open`] with commits as durable as `durability` says.
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, JournalError> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Connection::open(&path).map_err(io("opening the journal"))?;
         let found = check_file(&conn, &path)?;
-        configure(&conn)?;
+        configure(&conn, durability)?;
         if found < SCHEMA_VERSION {
             migrate(&mut conn, &path)?;
         }
@@ -264,7 +299,7 @@ fn check_file(conn: &Connection, path: &Path) -> Result<i64, JournalError> {
 }
 
 /// Durability and space settings of the writing connection.
-fn configure(conn: &Connection) -> Result<(), JournalError> {
+fn configure(conn: &Connection, durability: Durability) -> Result<(), JournalError> {
     let err = io("configuring the journal");
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
     // Takes effect only on a file without tables, i.e. a new journal; a no-op afterwards.
@@ -279,7 +314,7 @@ fn configure(conn: &Connection) -> Result<(), JournalError> {
             cause: format!("the file system does not support WAL (journal_mode is {mode})"),
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL")
+    conn.pragma_update(None, "synchronous", durability.synchronous())
         .map_err(&err)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
         .map_err(&err)?;
@@ -372,13 +407,13 @@ impl Writer {
         group: &[Append],
         at_ms: i64,
     ) -> Result<Vec<Result<Seq, JournalError>>, JournalError> {
-        let mut tx = self
+        let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(io("starting a write transaction"))?;
         let results = group
             .iter()
-            .map(|append| insert_all(&mut tx, append, at_ms).map_err(io("appending events")))
+            .map(|append| insert_all(&tx, append, at_ms).map_err(io("appending events")))
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().map_err(io("committing appended events"))?;
         if results.iter().any(Result::is_ok) {
@@ -463,11 +498,13 @@ impl Writer {
     }
 }
 
-/// Checks and inserts the events of one append, all or none (in a savepoint of `tx`): the run's
-/// head is read once and its row written once, whatever the number of events. Outer error:
-/// storage failed; inner: an event was refused, and none was written.
+/// Checks the events of one append, then inserts them, all or none: every event is checked
+/// before the first is written, so a refusal writes nothing (no savepoint to roll back). The
+/// run's head is read once and its row written once, whatever the number of events. Outer
+/// error: storage failed (the caller's transaction is then dropped, nothing of it written);
+/// inner: an event was refused, and none was written.
 fn insert_all(
-    tx: &mut Transaction<'_>,
+    tx: &Transaction<'_>,
     append: &Append,
     at_ms: i64,
 ) -> rusqlite::Result<Result<Seq, JournalError>> {
@@ -475,32 +512,31 @@ fn insert_all(
     let Some((last, _)) = events.last() else {
         return Ok(Err(empty_batch(run)));
     };
-    let savepoint = tx.savepoint()?;
-    let mut head = match run_head(&savepoint, run)? {
+    let first = match run_head(tx, run)? {
         Ok(head) => head,
         Err(corrupt) => return Ok(Err(corrupt)),
     };
+    let mut head = first;
+    for (i, (event, _)) in events.iter().enumerate() {
+        let key_use = key_use(tx, run, event, &events[..i], first)?;
+        if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
+            return Ok(Err(in_batch(refused, i, events.len())));
+        }
+        head = Some(RunHead {
+            status: event.status_after(),
+            last_seq: head.map_or(1, |h| h.last_seq + 1),
+        });
+    }
+    let first_seq = first.map_or(1, |h| h.last_seq + 1);
+    for (seq, (event, body)) in (first_seq..).zip(events) {
+        insert_event(tx, run, event, body, seq, at_ms)?;
+    }
     let tenant = match events.first() {
         Some((RunEvent::RunSubmitted { tenant, .. }, _)) => tenant.as_str(),
         _ => "",
     };
-    for (i, (event, body)) in events.iter().enumerate() {
-        // Sees the events of this batch inserted before it (same savepoint).
-        let key_use = key_use(&savepoint, run, event)?;
-        if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
-            // Dropping the savepoint rolls the append's earlier events back.
-            return Ok(Err(in_batch(refused, i, events.len())));
-        }
-        let seq = head.map_or(1, |h| h.last_seq + 1);
-        insert_event(&savepoint, run, event, body, seq, at_ms)?;
-        head = Some(RunHead {
-            status: event.status_after(),
-            last_seq: seq,
-        });
-    }
     let seq = head.map_or(0, |h| h.last_seq);
-    write_run_row(&savepoint, run, tenant, last, seq, at_ms)?;
-    savepoint.commit()?;
+    write_run_row(tx, run, tenant, last, seq, at_ms)?;
     Ok(Ok(seq))
 }
 
@@ -522,18 +558,35 @@ fn run_head(
     Ok(RunHead::parse(run, &status, last_seq).map(Some))
 }
 
-/// For a tool result: whether its idempotency key already has an intent and a result in `run`.
-fn key_use(tx: &Connection, run: &RunId, event: &RunEvent) -> rusqlite::Result<KeyUse> {
+/// For a tool result: whether its idempotency key already has an intent and a result in `run`,
+/// stored or among `before` (the events of its append before it, to be numbered from after
+/// `head`, the run's stored head).
+fn key_use(
+    tx: &Connection,
+    run: &RunId,
+    event: &RunEvent,
+    before: &[(RunEvent, String)],
+    head: Option<RunHead>,
+) -> rusqlite::Result<KeyUse> {
     let mut key_use = KeyUse::default();
-    if let (RunEvent::ToolResult { .. }, Some(key)) = (event, event.idempotency_key()) {
-        let mut st =
-            tx.prepare_cached("SELECT kind, seq FROM events WHERE run_id = ?1 AND idem_key = ?2")?;
-        let mut rows = st.query(params![run.as_str(), key])?;
-        while let Some(row) = rows.next()? {
-            match row.get_ref(0)?.as_str()? {
-                "tool_result" => key_use.result = Some(row.get::<_, i64>(1)? as Seq),
-                _ => key_use.intent = true,
-            }
+    let (RunEvent::ToolResult { .. }, Some(key)) = (event, event.idempotency_key()) else {
+        return Ok(key_use);
+    };
+    let mut st =
+        tx.prepare_cached("SELECT kind, seq FROM events WHERE run_id = ?1 AND idem_key = ?2")?;
+    let mut rows = st.query(params![run.as_str(), key])?;
+    while let Some(row) = rows.next()? {
+        match row.get_ref(0)?.as_str()? {
+            "tool_result" => key_use.result = Some(row.get::<_, i64>(1)? as Seq),
+            _ => key_use.intent = true,
+        }
+    }
+    let first_seq = head.map_or(1, |h| h.last_seq + 1);
+    for (seq, (earlier, _)) in (first_seq..).zip(before) {
+        match earlier {
+            _ if earlier.idempotency_key() != Some(key) => {}
+            RunEvent::ToolResult { .. } => key_use.result = Some(seq),
+            _ => key_use.intent = true,
         }
     }
     Ok(key_use)

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impresario_runtime::journal::{
-    Journal, JournalError, MemoryJournal, RetentionPolicy, RunEvent, RunFilter, SqliteJournal,
-    EVENT_VERSION, SCHEMA_VERSION,
+    Durability, Journal, JournalError, MemoryJournal, RetentionPolicy, RunEvent, RunFilter,
+    SqliteJournal, ToolOutcome, EVENT_VERSION, SCHEMA_VERSION,
 };
 use impresario_runtime::RunId;
 use serde_json::json;
 
-use crate::journal_suite::{finished, halted, step, submitted};
+use crate::journal_suite::{finished, halted, intent, result, step, submitted};
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -63,9 +63,21 @@ mod memory {
     crate::journal_suite::conformance!(super::open_memory);
 }
 
+/// A fresh SQLite journal with `synchronous = NORMAL` ([`Durability::Normal`]).
+async fn open_sqlite_normal() -> (Arc<dyn Journal>, TempDir) {
+    let dir = TempDir::new();
+    let journal = SqliteJournal::open_with(dir.file("journal.db"), Durability::Normal).unwrap();
+    (Arc::new(journal), dir)
+}
+
 /// The shared journal suite (`journal_suite.rs`) against SQLite.
 mod sqlite {
     crate::journal_suite::conformance!(super::open_sqlite);
+}
+
+/// The same suite against SQLite with [`Durability::Normal`]: only durability differs.
+mod sqlite_normal {
+    crate::journal_suite::conformance!(super::open_sqlite_normal);
 }
 
 // ---- Memory only -------------------------------------------------------------------------------
@@ -144,13 +156,18 @@ async fn events_survive_close_and_reopen() {
     assert_eq!(journal.append(&run, step(61)).await.unwrap(), 62);
 }
 
-/// Child side of the crash test: appends on 4 runs as fast as it can and prints
-/// `ACK <run> <seq>` once each append has resolved, until it is killed.
+/// Child side of the crash tests: appends on 4 runs as fast as it can and prints
+/// `ACK <run> <seq>` once each append has resolved, until it is killed. `normal` in
+/// `IMPRESARIO_JOURNAL_CRASH_SYNC` opens the journal with [`Durability::Normal`].
 #[test]
 #[ignore = "the child process of appends_acknowledged_before_sigkill_survive"]
 fn crash_child() {
     let Ok(path) = std::env::var("IMPRESARIO_JOURNAL_CRASH_CHILD") else {
         return; // only meaningful when started by `appends_acknowledged_before_sigkill_survive`
+    };
+    let durability = match std::env::var("IMPRESARIO_JOURNAL_CRASH_SYNC").as_deref() {
+        Ok("normal") => Durability::Normal,
+        _ => Durability::Full,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -158,7 +175,7 @@ fn crash_child() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let journal = Arc::new(SqliteJournal::open(&path).unwrap());
+        let journal = Arc::new(SqliteJournal::open_with(&path, durability).unwrap());
         let tasks: Vec<_> = (0..4)
             .map(|t| {
                 let journal = journal.clone();
@@ -180,6 +197,19 @@ fn crash_child() {
 
 #[test]
 fn appends_acknowledged_before_sigkill_survive() {
+    acknowledged_appends_survive_sigkill("full");
+}
+
+/// `synchronous = NORMAL` does not sync each commit, yet a commit is in the WAL file (the OS's
+/// cache) when its append resolves: killing the process loses none of them.
+#[test]
+fn appends_acknowledged_before_sigkill_survive_with_normal_sync() {
+    acknowledged_appends_survive_sigkill("normal");
+}
+
+/// Kills a child appending with `sync` ([`crash_child`]) mid-stream; every append it
+/// acknowledged is read back.
+fn acknowledged_appends_survive_sigkill(sync: &str) {
     use std::process::{Command, Stdio};
     let dir = TempDir::new();
     let path = dir.file("journal.db");
@@ -192,6 +222,7 @@ fn appends_acknowledged_before_sigkill_survive() {
             "--test-threads=1",
         ])
         .env("IMPRESARIO_JOURNAL_CRASH_CHILD", &path)
+        .env("IMPRESARIO_JOURNAL_CRASH_SYNC", sync)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -236,6 +267,42 @@ fn appends_acknowledged_before_sigkill_survive() {
             events.len()
         );
     }
+}
+
+/// The SQLite writer checks a batch's events before writing any: each against the stored run
+/// and the batch's own events before it.
+#[tokio::test]
+async fn a_batch_is_checked_against_its_own_earlier_events() {
+    let (journal, _dir) = open_sqlite().await;
+    let run = RunId::new("checked");
+    let ok = |n| result("k", ToolOutcome::Ok(json!(n)));
+    let twice = vec![submitted("t"), intent("k"), ok(1), ok(2)];
+    let refused = journal.append_batch(&run, twice).await.unwrap_err();
+    let JournalError::Rejected { reason, .. } = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(reason.contains("event 4 of a batch of 4"), "{reason}");
+    assert!(reason.contains("already journaled (event 3)"), "{reason}");
+    assert!(journal.read(&run).unwrap().is_empty(), "nothing written");
+    assert!(journal.runs(&RunFilter::all()).unwrap().is_empty());
+
+    let once = vec![submitted("t"), intent("k"), ok(1)];
+    assert_eq!(journal.append_batch(&run, once).await.unwrap(), 3);
+    // Against the stored run: a second result, then a result with no intent.
+    let again = journal.append_batch(&run, vec![step(1), ok(2)]).await;
+    assert!(
+        matches!(again, Err(JournalError::Rejected { reason, .. }) if reason.contains("(event 3)"))
+    );
+    let orphan = result("other", ToolOutcome::Ok(json!(0)));
+    let none = journal.append_batch(&run, vec![step(1), orphan]).await;
+    assert!(
+        matches!(none, Err(JournalError::Rejected { reason, .. }) if reason.contains("no `tool_call_intent`"))
+    );
+    assert_eq!(
+        journal.read(&run).unwrap().len(),
+        3,
+        "the refused batches left it"
+    );
 }
 
 #[tokio::test]

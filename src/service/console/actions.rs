@@ -160,7 +160,7 @@ pub async fn decide(
     form: web::Form<Action>,
 ) -> Result<HttpResponse, ConsoleError> {
     let (id, step) = path.into_inner();
-    let (_, run) = steerable(&state, &request, &form, &id)?;
+    let (session, _) = steerable(&state, &request, &form, &id)?;
     let step: u32 = step.parse().map_err(|_| {
         ConsoleError::new(
             StatusCode::NOT_FOUND,
@@ -174,7 +174,7 @@ pub async fn decide(
         ));
     };
     let reason = form.reason.clone().filter(|r| !r.trim().is_empty());
-    routes::decide_step(&run, step, decision, reason)?;
+    routes::decide_step(&state, &session.identity, &id, step, decision, reason).await?;
     Ok(match form.back {
         Back::Run => redirect(&format!("/ui/runs/{id}")).finish(),
         Back::Approvals => redirect("/ui/approvals").finish(),

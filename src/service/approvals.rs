@@ -1,0 +1,136 @@
+//! Operators' decisions about steps waiting for approval, with `journal.url`: a decision posted
+//! to any process on the database is recorded there (`impresario_pg::approvals::PgApprovals`),
+//! and the process driving the run hands it to the run's driver ([`SharedApprovals`]). Without
+//! `journal.url` a decision goes straight to the driver, in memory (`routes::decide_step`).
+//!
+//! - Which request a decision answers comes from the run's journal: the last
+//!   `ApprovalRequested` of the step with no `ApprovalDecided` after it ([`waiting_request`]).
+//! - Every run this process drives has a watcher ([`SharedApprovals::watch`]): whenever the run
+//!   waits for approval, and whenever a decision about it is notified (or the notifications
+//!   reconnect), it reads the recorded decision about the request it waits on and hands it to
+//!   the driver, once. A decision posted while the driving process was down is found when the
+//!   resumed run asks again.
+
+use std::sync::Arc;
+
+use impresario::agents::{RunState, RunUpdate};
+use impresario::runtime::journal::{JournalEntry, RunEvent, Seq};
+use impresario::runtime::RunId;
+use impresario_pg::approvals::{Decision, PgApprovals};
+use impresario_pg::Follower;
+use tokio::sync::broadcast;
+
+use super::runs::Tracked;
+
+/// How many notified runs a watcher may fall behind before it checks again anyway.
+const WAKES: usize = 256;
+
+/// The decisions of every process on the database, and the follower of their notifications.
+pub struct SharedApprovals {
+    store: PgApprovals,
+    /// The runs decisions were notified about (`None`: any, after a reconnection).
+    wakes: broadcast::Sender<Option<RunId>>,
+    _follower: Follower,
+}
+
+impl SharedApprovals {
+    /// Follows the decisions recorded in `store`.
+    pub fn start(store: PgApprovals) -> SharedApprovals {
+        let (wakes, _) = broadcast::channel(WAKES);
+        let notified = wakes.clone();
+        let follower = store.follow_here(move |run| {
+            // No watcher listening: no run of this process waits.
+            let _ = notified.send(run);
+        });
+        SharedApprovals {
+            store,
+            wakes,
+            _follower: follower,
+        }
+    }
+
+    /// Records a decision about the request `requested` (see [`waiting_request`]); false if
+    /// another decision about it was recorded first.
+    pub async fn decide(&self, decision: &Decision) -> Result<bool, String> {
+        self.store.decide(decision).await.map_err(|e| e.to_string())
+    }
+
+    /// Hands `run` the recorded decisions about the requests it waits on, until it ends;
+    /// `journal` reads its events.
+    pub async fn watch(&self, run: Arc<Tracked>, journal: impl Fn() -> Vec<JournalEntry>) {
+        let mut wakes = self.wakes.subscribe();
+        let mut events = run.events();
+        let mut delivered: Option<Seq> = None;
+        loop {
+            if let Some(step) = awaited_step(&run) {
+                let requested = waiting_request(&journal(), step);
+                if requested.is_some() && requested != delivered {
+                    if let Some(decision) = self.recorded(run.handle.id(), requested).await {
+                        deliver(&run, decision);
+                        delivered = requested;
+                    }
+                }
+            }
+            let id = run.handle.id().clone();
+            tokio::select! {
+                changed = events.changed() => if changed.is_err() || run.state().is_terminal() { return },
+                woke = wakes.recv() => match woke {
+                    Ok(Some(notified)) if notified != id => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    async fn recorded(&self, run: &RunId, requested: Option<Seq>) -> Option<Decision> {
+        match self.store.decided(run, requested?).await {
+            Ok(decision) => decision,
+            Err(err) => {
+                tracing::warn!(%run, error = %err, "cannot read the decisions; the next notification reads them again");
+                None
+            }
+        }
+    }
+}
+
+/// The step the run waits for approval of, as its last recorded state says.
+fn awaited_step(run: &Tracked) -> Option<u32> {
+    let events = run.events();
+    let last = events.borrow().iter().rev().find_map(|event| match event {
+        RunUpdate::State(state) => Some(state.clone()),
+        _ => None,
+    });
+    match last {
+        Some(RunState::AwaitingApproval { step, .. }) => Some(step),
+        _ => None,
+    }
+}
+
+/// Hands `decision` to the run's driver.
+fn deliver(run: &Tracked, decision: Decision) {
+    tracing::info!(run = %decision.run, step = decision.step, approved = decision.approved, "a recorded decision reached the run");
+    match decision.approved {
+        true => run.handle.approve(decision.step),
+        false => run.handle.reject(
+            decision.step,
+            decision
+                .reason
+                .unwrap_or_else(|| "rejected by an operator".into()),
+        ),
+    }
+}
+
+/// The journal sequence number of the request for approval of `step` the run waits on: its
+/// last `ApprovalRequested` of the step, unless an `ApprovalDecided` of the step follows it.
+pub fn waiting_request(entries: &[JournalEntry], step: u32) -> Option<Seq> {
+    let mut waiting = None;
+    for entry in entries {
+        match &entry.event {
+            RunEvent::ApprovalRequested { step: s, .. } if *s == step => waiting = Some(entry.seq),
+            RunEvent::ApprovalDecided { step: s, .. } if *s == step => waiting = None,
+            _ => {}
+        }
+    }
+    waiting
+}
