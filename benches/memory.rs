@@ -14,7 +14,7 @@
 //! (`MemoryDb`, as the service keeps it) among records of about 20 KB (goals like the RSS
 //! benchmark's: a few words repeated with a counter), the query being another such goal (as a
 //! run recalls with its goal), k = 3. Measured with 100 records of the tenant (the baseline),
-//! 5,000 of the tenant, and 100 of the tenant beside 5,000 of another tenant. **Before:** the
+//! 1,000, 5,000 and 10,000 of the tenant, and 100 of the tenant beside 5,000 of another tenant. **Before:** the
 //! previous design measured in the same run (the record's whole text in FTS5, the tenant
 //! filtered after the match, BM25 over every match), rebuilt here with rusqlite: 100 and 5,000
 //! records. Samples of 4 recalls, 11 samples, median per recall.
@@ -325,8 +325,10 @@ fn stored_recall(rt: &tokio::runtime::Runtime) {
     };
     let base = recall_in(stored(rt, "100", &[("acme", 100)]));
     row("baseline: recall, tenant of 100 records", base, None);
-    let many = recall_in(stored(rt, "5000", &[("acme", 5_000)]));
-    row("recall, tenant of 5,000 records", many, Some(base));
+    for n in [1_000, 5_000, 10_000] {
+        let many = recall_in(stored(rt, &n.to_string(), &[("acme", n)]));
+        row(&format!("recall, tenant of {n} records"), many, Some(base));
+    }
     let crowded = recall_in(stored(rt, "crowded", &[("other", 5_000), ("acme", 100)]));
     row(
         "recall, 100 records beside 5,000 of another tenant",
@@ -356,7 +358,7 @@ fn stored_recall(rt: &tokio::runtime::Runtime) {
         "  before: 5,000 / 100 records",
         before_many.as_secs_f64() / before_base.as_secs_f64()
     );
-    for name in ["100", "5000", "crowded"] {
+    for name in ["100", "1000", "5000", "10000", "crowded"] {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", stored_path(name).display()));
         }

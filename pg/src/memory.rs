@@ -10,9 +10,9 @@
 //! - Every query has `WHERE tenant = $1`: no other tenant's row is counted, ranked or returned.
 //! - Recall ranks with `ts_rank` at most `MAX_CANDIDATES` of the tenant's matching records (the
 //!   newest). Once the tenant holds more records than that, query words found in more than half
-//!   of its records are left out of the match (keeping the rarest if all are), so the
-//!   candidates are the records sharing a telling word. Counting a word stops at half the
-//!   tenant's records: at most `MAX_QUERY_TERMS` bounded counts per recall.
+//!   of its newest `MAX_CANDIDATES` records are left out of the match (keeping the rarest if
+//!   all are), so the candidates are the records sharing a telling word; each word is counted
+//!   in that sample only (migration 8's index finds it).
 //! - Retention (`Retention`: count and age per tenant) runs in the transaction of each insert.
 //! - Every operation runs on the database's I/O thread and is retried while the server is
 //!   unreachable; an insert retried after a lost commit answer first looks for its record, so
@@ -20,7 +20,7 @@
 
 use deadpool_postgres::Object;
 use impresario_agents::memory::{
-    index_terms, query_terms, recalled, unix_ms, LongTermStore, MemoryError, MemoryRecord,
+    index_terms, query_terms, recalled, telling, unix_ms, LongTermStore, MemoryError, MemoryRecord,
     Recalled, RecordId, Retention, MAX_CANDIDATES,
 };
 use impresario_runtime::ledger_store::StoreFuture;
@@ -226,41 +226,34 @@ fn cap() -> i64 {
     i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX)
 }
 
-/// `terms`, without those found in more than half of the tenant's records once it holds more
-/// than `MAX_CANDIDATES` (keeping the rarest if all are).
+/// `terms`, without those found in more than half of the tenant's newest `MAX_CANDIDATES`
+/// records once it holds more than that (see `telling`). Each word is counted in that sample
+/// only: the cost does not grow with the tenant's other records.
 async fn telling_terms(
     client: &Object,
     tenant: &str,
     terms: &[String],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    let total: i64 = client
-        .query_one(
-            "SELECT count(*) FROM memory_records WHERE tenant = $1",
-            &[&tenant],
-        )
-        .await?
-        .get(0);
-    if total <= cap() {
-        return Ok(terms.to_vec());
-    }
-    let half = total / 2;
-    // Each word's count, stopped at half + 1: enough to tell a common word.
-    let rows = client
-        .query(
-            "SELECT t, (SELECT count(*) FROM (
-                 SELECT 1 FROM memory_records
-                 WHERE tenant = $1 AND search @@ plainto_tsquery('simple', t) LIMIT $3) x)
-             FROM unnest($2::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
-            &[&tenant, &terms, &(half + 1)],
+    // The oldest of the tenant's newest `cap` records; none if it has no more than `cap`.
+    let floor = client
+        .query_opt(
+            "SELECT id FROM memory_records WHERE tenant = $1 ORDER BY id DESC OFFSET $2 LIMIT 1",
+            &[&tenant, &cap()],
         )
         .await?;
-    let counted: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let rarest = counted.iter().map(|(_, n)| *n).min().unwrap_or(0);
-    Ok(counted
-        .into_iter()
-        .filter(|(_, n)| *n <= half || *n == rarest)
-        .map(|(t, _)| t)
-        .collect())
+    let Some(floor) = floor.map(|r| r.get::<_, i64>(0)) else {
+        return Ok(terms.to_vec());
+    };
+    let rows = client
+        .query(
+            "SELECT t, (SELECT count(*) FROM memory_records
+                        WHERE tenant = $1 AND id > $3 AND search @@ plainto_tsquery('simple', t))
+             FROM unnest($2::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+            &[&tenant, &terms, &floor],
+        )
+        .await?;
+    let counted = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(telling(counted, cap()))
 }
 
 /// How many records a tenant has.

@@ -102,7 +102,9 @@ pub const MIGRATIONS: &[&str] = &[
         decided_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (run_id, requested_seq)
     );",
-    // 8: what the runs retention deleted had spent, per tenant (journal.rs), so that a
+    // 8: a tenant's newest records by id (memory.rs: recall's candidates and word counts).
+    "CREATE INDEX memory_records_newest ON memory_records (tenant, id);",
+    // 9: what the runs retention deleted had spent, per tenant (journal.rs), so that a
     // tenant's spend is rebuilt whole after a restart.
     "CREATE TABLE journal_spend_carried (
         tenant text PRIMARY KEY,

@@ -272,14 +272,14 @@ async fn show(state: Data, token: Token, id: web::Path<String>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(shown))
 }
 
-/// `GET /v1/runs/{id}/events`: server-sent events ([`sse`]).
+/// `GET /v1/runs/{id}/events`: server-sent events ([`sse`]); on a replica of a cluster, the
+/// journal of a run another replica drives, followed live ([`sse::follow`]).
 async fn events(
     state: Data,
     token: Token,
     id: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let run = find(&state, &token, &id)?;
     // A client reconnecting with `Last-Event-ID: n` continues after event n.
     let from = request
         .headers()
@@ -287,10 +287,24 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .streaming(sse::stream(run, from, state.sse_keepalive)))
+    let response = || {
+        let mut response = HttpResponse::Ok();
+        response
+            .content_type("text/event-stream")
+            .insert_header((header::CACHE_CONTROL, "no-cache"));
+        response
+    };
+    match find(&state, &token, &id) {
+        Ok(run) => Ok(response().streaming(sse::stream(run, from, state.sse_keepalive))),
+        // Journaled and visible to this token, driven elsewhere.
+        Err(e) if e.status_code() == StatusCode::CONFLICT && state.cluster.is_some() => {
+            let journal = state.engine.orchestrator.journal().clone();
+            let run = RunId::new(id.as_str());
+            let followed = sse::follow(journal, run, from as u64, state.sse_keepalive);
+            Ok(response().streaming(followed))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `POST /v1/runs/{id}/halt`: `{"mode"?: "immediate" | "graceful", "deadline_secs"?, "detail"?}`

@@ -1,5 +1,7 @@
 //! `GET /v1/runs/{id}/events`: a run's events as server-sent events, every one from the first
-//! (or after `Last-Event-ID`), in order, live, ending after the terminal state.
+//! (or after `Last-Event-ID`), in order, live, ending after the terminal state. A run this
+//! process drives streams its `RunUpdate`s ([`stream`]); a run another replica of a cluster
+//! drives streams its journal, followed as it is committed ([`follow`]).
 //!
 //! Each event is `id: <n>` (1, 2, ...), `event: <type>` (`state`, `planned`, `step_finished`,
 //! ...) and `data: <the RunUpdate as JSON>`. A reconnecting client whose `Last-Event-ID` is at or
@@ -7,13 +9,17 @@
 //! happens, a `: keep-alive` comment goes out every `server.sse_keepalive_secs`, so proxies
 //! and clients do not take a quiet run for a dead connection.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use futures_util::Stream;
 use impresario::agents::RunUpdate;
+use impresario::runtime::journal::{Journal, JournalEntry, RunEvent};
+use impresario::runtime::RunId;
+use serde_json::Value;
 use tokio::sync::watch;
 
 use super::runs::{is_terminal, Tracked};
@@ -81,6 +87,94 @@ async fn wait(
 fn frame(id: usize, event: &RunUpdate) -> Bytes {
     let data = serde_json::to_value(event).unwrap_or_default();
     let kind = data["event"].as_str().unwrap_or("message").to_owned();
+    frame_of(id as u64, &kind, &data)
+}
+
+/// `id`, `event` and `data` lines of one event.
+fn frame_of(id: u64, kind: &str, data: &Value) -> Bytes {
     // serde_json writes one line: newlines inside strings are escaped.
     Bytes::from(format!("id: {id}\nevent: {kind}\ndata: {data}\n\n"))
+}
+
+/// How often a followed journal is read for newly committed events.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Where a followed journal stands.
+struct Following {
+    journal: Arc<dyn Journal>,
+    run: RunId,
+    /// The last sequence number sent.
+    after: u64,
+    /// Read, not sent yet.
+    pending: VecDeque<JournalEntry>,
+    /// When something was last sent.
+    sent_at: Instant,
+    ended: bool,
+}
+
+/// The stream of a run driven elsewhere (by another replica of a cluster): its journal's
+/// events after sequence number `after`, as they are committed (read every 200 ms), each as
+/// `id: <seq>`, `event: <the journaled event's type>` (`llm_request`, `tool_result`, ...),
+/// `data: <the journaled event>`; it ends after the run's end (`run_finished`, or a `halted`
+/// with nothing after it), or when the journal cannot be read (reconnect with
+/// `Last-Event-ID`), with keep-alive comments as [`stream`] sends them.
+pub fn follow(
+    journal: Arc<dyn Journal>,
+    run: RunId,
+    after: u64,
+    keep_alive: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
+    let start = Following {
+        journal,
+        run,
+        after,
+        pending: VecDeque::new(),
+        sent_at: Instant::now(),
+        ended: false,
+    };
+    futures_util::stream::unfold(start, move |mut at| async move {
+        loop {
+            if let Some(entry) = at.pending.pop_front() {
+                at.ended = match &entry.event {
+                    RunEvent::RunFinished { .. } => true,
+                    RunEvent::Halted { .. } => at.pending.is_empty(),
+                    _ => false,
+                };
+                (at.after, at.sent_at) = (entry.seq, Instant::now());
+                let data = serde_json::to_value(&entry.event).unwrap_or_default();
+                let kind = data["type"].as_str().unwrap_or("message").to_owned();
+                return Some((Ok(frame_of(entry.seq, &kind, &data)), at));
+            }
+            if at.ended || !read_after(&mut at).await {
+                return None;
+            }
+            if !at.pending.is_empty() {
+                continue;
+            }
+            if at.sent_at.elapsed() >= keep_alive {
+                at.sent_at = Instant::now();
+                return Some((Ok(Bytes::from_static(KEEP_ALIVE)), at));
+            }
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    })
+}
+
+/// Reads the followed run's events after the last one sent into `pending` (off the runtime's
+/// threads: reading blocks); `false` if the journal could not be read.
+async fn read_after(at: &mut Following) -> bool {
+    let (journal, run) = (at.journal.clone(), at.run.clone());
+    match tokio::task::spawn_blocking(move || journal.read(&run)).await {
+        Ok(Ok(entries)) => {
+            let after = at.after;
+            at.pending
+                .extend(entries.into_iter().filter(|e| e.seq > after));
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(run = %at.run, error = %e, "cannot follow the run's journal; the stream ends");
+            false
+        }
+        Err(_) => false,
+    }
 }

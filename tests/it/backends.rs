@@ -522,3 +522,26 @@ async fn a_decision_posted_to_any_process_reaches_the_run_even_after_its_driver_
         "{run}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_first_seen_by_either_process_gets_the_default_ceiling_in_the_database() {
+    let (a, b) = two_processes("first_seen", "[budget]\ntenant_default_usd = 0.000001");
+    // No process has seen tenant gamma: its ceiling is the default, its account not created.
+    let (_, gamma) = a.get("/v1/tenants/gamma").await;
+    assert_eq!(gamma["ceiling_micro_usd"], 1, "{gamma}");
+    let id = b.submit(json!({ "goal": GOAL, "tenant": "gamma" })).await;
+    let limit = std::time::Duration::from_secs(30);
+    let state = b.until_within(&id, limit, ended).await;
+    assert_ne!(
+        state["state"], "succeeded",
+        "gamma's default ceiling was not applied: {state}"
+    );
+    for server in [&a, &b] {
+        let (_, gamma) = server.get("/v1/tenants/gamma").await;
+        assert_eq!(gamma["ceiling_micro_usd"], 1, "{gamma}");
+        assert!(gamma["spent_micro_usd"].as_u64().unwrap() <= 1, "{gamma}");
+        assert_eq!(gamma["reserved_micro_usd"], 0, "{gamma}");
+    }
+    let (_, listed) = a.get("/v1/tenants").await;
+    assert!(listed.to_string().contains("\"gamma\""), "{listed}");
+}

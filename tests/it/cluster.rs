@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::binary::{Server, TempDir};
+use crate::binary::{Server, TempDir, TOKEN};
 
 const GOAL: &str = "What is 7 plus 5?";
 
@@ -299,31 +299,7 @@ async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_jo
             "run {run}, driven by a, was not taken over (epoch {epoch})"
         );
     }
-    // Nothing journaled was done again: one answer per model call, one result per tool call,
-    // one end per run.
-    for (what, sql) in [
-        (
-            "answers",
-            "SELECT run_id, body::json->>'step', body::json->>'call' FROM journal_events \
-                     WHERE kind = 'llm_response' GROUP BY 1, 2, 3 HAVING count(*) > 1",
-        ),
-        (
-            "tool results",
-            "SELECT run_id, idem_key FROM journal_events WHERE kind = 'tool_result' \
-                          GROUP BY 1, 2 HAVING count(*) > 1",
-        ),
-        (
-            "ends",
-            "SELECT run_id FROM journal_events WHERE kind = 'run_finished' \
-                  GROUP BY 1 HAVING count(*) > 1",
-        ),
-    ] {
-        assert_eq!(
-            shared().psql(&url, sql).unwrap(),
-            "",
-            "{what} journaled twice"
-        );
-    }
+    assert_nothing_journaled_twice(&url);
     let results = shared()
         .psql(
             &url,
@@ -331,4 +307,167 @@ async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_jo
         )
         .unwrap();
     assert_eq!(results, "6", "one calculator result per run");
+}
+
+#[tokio::test]
+async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal() {
+    let url = shared().create_database(&format!("cluster_events_{}", std::process::id()));
+    let a = replica(&url, "a", 4, 300);
+    let (status, body) = a
+        .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let owner = format!("SELECT owner FROM run_queue WHERE run_id = '{id}'");
+    until_sql(&url, &owner, Duration::from_secs(10), |o| o == "a").await;
+    let b = replica(&url, "b", 4, 300);
+    let (_, shown) = b.get(&format!("/v1/runs/{id}")).await;
+    assert!(
+        ["queued", "planning", "running"].contains(&shown["state"]["state"].as_str().unwrap()),
+        "b shows the run as its journal does: {shown}"
+    );
+    let mut stream = b.events(&id).await;
+    let first = stream.next().await.unwrap();
+    let ended = format!(
+        "SELECT count(*) FROM journal_events WHERE run_id = '{id}' AND kind = 'run_finished'"
+    );
+    assert_eq!(shared().psql(&url, &ended).unwrap(), "0", "followed live");
+    let mut events = vec![first];
+    events.extend(stream.all().await);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"run_submitted"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"llm_request") && kinds.contains(&"tool_result"),
+        "{kinds:?}"
+    );
+    let ids: Vec<usize> = events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len()).collect::<Vec<_>>(),
+        "every journaled event, in order"
+    );
+    // Reconnecting after event 2 continues with event 3.
+    let response = b
+        .request(reqwest::Method::GET, &format!("/v1/runs/{id}/events"))
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let resumed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(resumed.first(), Some(&"3"), "{text}");
+    assert_eq!(resumed.len(), ids.len() - 2, "{text}");
+}
+
+/// The chaos test (issue 14 item 6), bounded in time: 3 replicas on one database, 60 runs over
+/// 5 tenants whose ceilings let about half their runs through, a random replica killed
+/// (SIGKILL) and started again 3 times while they run. Every run ends once, no journaled model
+/// answer or tool result is had twice, every tenant's spend stays within its ceiling.
+#[tokio::test]
+async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceilings() {
+    const RUNS: usize = 60;
+    let url = shared().create_database(&format!("cluster_chaos_{}", std::process::id()));
+    // 3 runs at once per replica, 400 ms per model call: the runs last a few seconds.
+    let start = |name: &str| replica_leasing(&url, name, (3, 2.0), 400);
+    let mut replicas: Vec<Server> = ["r0", "r1", "r2"].into_iter().map(start).collect();
+    // What one run costs, measured; then each tenant's ceiling fits about 6 of its 12 runs.
+    let probe = submit_to(&replicas[0], "probe").await;
+    replicas[0]
+        .until(&probe, |s| s["state"] == "succeeded")
+        .await;
+    let (_, spent) = replicas[0].get("/v1/tenants/probe").await;
+    let one_run = spent["spent_micro_usd"].as_u64().unwrap();
+    assert!(one_run > 0, "{spent}");
+    let ceiling = one_run * 6;
+    for t in 0..5 {
+        let set = json!({ "ceiling_usd": ceiling as f64 / 1e6 });
+        let path = format!("/v1/tenants/t{t}");
+        let (status, answer) = replicas[1]
+            .send_as(TOKEN, reqwest::Method::PUT, &path, &set)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let mut ids = vec![probe];
+    for i in 0..RUNS {
+        ids.push(submit_to(&replicas[i % 3], &format!("t{}", i % 5)).await);
+    }
+    // Kill a random replica three times, starting it again each time.
+    let mut seed = u64::from(std::process::id());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let victim = usize::try_from(seed >> 33).unwrap() % 3;
+        replicas[victim].crash();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        replicas[victim] = start(["r0", "r1", "r2"][victim]);
+    }
+    // Every run ends, once, and is done in the queue (bounded: 120 s).
+    let ended = "SELECT count(DISTINCT run_id) FROM journal_events WHERE kind = 'run_finished'";
+    let all = (RUNS + 1).to_string();
+    until_sql(&url, ended, Duration::from_secs(120), |n| n == all).await;
+    let done = "SELECT count(*) FROM run_queue WHERE state = 'done'";
+    until_sql(&url, done, Duration::from_secs(10), |n| n == all).await;
+    assert_nothing_journaled_twice(&url);
+    // Every tenant's spend is at most its ceiling, and the ceilings did refuse runs.
+    let mut refused = 0;
+    for t in 0..5 {
+        let (_, tenant) = replicas[t % 3].get(&format!("/v1/tenants/t{t}")).await;
+        let spent = tenant["spent_micro_usd"].as_u64().unwrap();
+        assert!(spent <= ceiling, "t{t} spent {spent} > {ceiling}: {tenant}");
+    }
+    for id in &ids {
+        let (_, run) = replicas[0].get(&format!("/v1/runs/{id}")).await;
+        let state = run["state"]["state"].as_str().unwrap_or("");
+        assert!(
+            ["succeeded", "failed", "ceiling_reached"].contains(&state),
+            "run {id} ended {run}"
+        );
+        refused += usize::from(state != "succeeded");
+    }
+    assert!(refused > 0, "no ceiling refused a run");
+    // The kills hit runs in flight: some were taken over by another claim.
+    let taken_over = shared()
+        .psql(&url, "SELECT count(*) FROM run_queue WHERE epoch > 1")
+        .unwrap();
+    assert_ne!(taken_over, "0", "no kill interrupted a run");
+}
+
+/// Submits a calculator run for `tenant` (the admin's token) to `server`; its id.
+async fn submit_to(server: &Server, tenant: &str) -> String {
+    let body = json!({ "goal": GOAL, "tenant": tenant, "tools": ["calculator"] });
+    let (status, created) = server.post("/v1/runs", body).await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_str().unwrap().to_owned()
+}
+
+/// Nothing journaled was done again: one answer per model call, one result per tool call, one
+/// end per run.
+fn assert_nothing_journaled_twice(url: &str) {
+    for (what, sql) in [
+        (
+            "answers",
+            "SELECT run_id, body::json->>'step', body::json->>'call' FROM journal_events \
+             WHERE kind = 'llm_response' GROUP BY 1, 2, 3 HAVING count(*) > 1",
+        ),
+        (
+            "tool results",
+            "SELECT run_id, idem_key FROM journal_events WHERE kind = 'tool_result' \
+             GROUP BY 1, 2 HAVING count(*) > 1",
+        ),
+        (
+            "ends",
+            "SELECT run_id FROM journal_events WHERE kind = 'run_finished' \
+             GROUP BY 1 HAVING count(*) > 1",
+        ),
+    ] {
+        assert_eq!(
+            shared().psql(url, sql).unwrap(),
+            "",
+            "{what} journaled twice"
+        );
+    }
 }

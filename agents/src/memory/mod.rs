@@ -51,7 +51,7 @@ pub use embed::{cosine, Embedder, HashingEmbedder};
 pub use long_term::{LongTermMemory, MemoryRecord, Outcome, Recalled, RecordId};
 pub use persistent::MemoryDb;
 pub use store::{
-    index_terms, query_terms, recalled, unix_ms, LongTermStore, Retention, MAX_CANDIDATES,
+    index_terms, query_terms, recalled, telling, unix_ms, LongTermStore, Retention, MAX_CANDIDATES,
     MAX_INDEXED_TERMS, MAX_QUERY_TERMS,
 };
 pub use working::{Clock, ManualClock, SystemClock, WorkingMemory};

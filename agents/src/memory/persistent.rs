@@ -15,17 +15,18 @@
 //! - the tenant is a column of the index, matched inside the FTS5 query, so other tenants'
 //!   rows are skipped in the index and never ranked;
 //! - at most [`MAX_CANDIDATES`] of the tenant's matching records (the newest) are ranked;
-//! - once the memory holds more records than that, query words found in more than half of all
-//!   records are dropped (BM25 gives them no weight: FTS5 clamps their IDF to 1e-6), keeping
-//!   the rarest word if all are common, so the candidates are the records sharing a telling
-//!   word.
+//! - once the tenant holds more records than that, query words found in more than half of its
+//!   newest [`MAX_CANDIDATES`] records are dropped (BM25 gives such words next to no weight),
+//!   keeping the rarest word if all are common, so the candidates are the records sharing a
+//!   telling word; each word is counted in that sample only.
 //!
 //! Retention runs at every `remember`: records of the tenant older than `max_age` are deleted,
 //! then the oldest beyond `max_records`.
 //!
-//! The file's schema version is SQLite's `user_version`: version 0 (the earlier full-text
+//! The file's schema version is SQLite's `user_version` (2): version 0 (the earlier full-text
 //! index of whole texts) is migrated when opened, its index rebuilt from the stored records
-//! (none is lost); a newer version is refused, untouched.
+//! (none is lost); version 1 loses its word-count table; a newer version is refused,
+//! untouched.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,12 +38,12 @@ use impresario_runtime::ledger_store::StoreFuture;
 
 use super::long_term::{MemoryRecord, Recalled, RecordId};
 use super::store::{
-    index_terms, query_terms, recalled, unix_ms, LongTermStore, Retention, MAX_CANDIDATES,
+    index_terms, query_terms, recalled, telling, unix_ms, LongTermStore, Retention, MAX_CANDIDATES,
 };
 use super::MemoryError;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS memory (
@@ -56,7 +57,6 @@ const SCHEMA: &str = "
     CREATE VIRTUAL TABLE IF NOT EXISTS memory_terms USING fts5 (
         scope, terms, tokenize = 'unicode61'
     );
-    CREATE VIRTUAL TABLE IF NOT EXISTS memory_vocab USING fts5vocab (memory_terms, 'row');
 ";
 
 /// A SQLite file of long-term memory for every tenant. Cheap to clone (one connection, shared).
@@ -123,15 +123,12 @@ impl MemoryDb {
     /// later stored.
     fn search(&self, tenant: &str, query: &str, k: usize) -> Result<Vec<Recalled>, MemoryError> {
         let conn = self.lock();
-        let terms = telling_terms(&conn, query)?;
+        let scope = scope_token(tenant);
+        let terms = telling_terms(&conn, &scope, query)?;
         // Every word quoted, any of them matching, within the tenant's rows: no FTS5 syntax
         // from the query reaches the expression.
         let quoted: Vec<String> = terms.iter().map(|t| format!("\"{t}\"")).collect();
-        let expression = format!(
-            "scope : \"{}\" AND terms : ({})",
-            scope_token(tenant),
-            quoted.join(" OR ")
-        );
+        let expression = format!("scope : \"{scope}\" AND terms : ({})", quoted.join(" OR "));
         let cap = i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX);
         // The oldest rowid among the newest `cap` matches: found without ranking anything.
         let floor = conn
@@ -257,6 +254,19 @@ fn migrate(conn: &mut Connection) -> Result<(), MemoryError> {
         return Ok(());
     }
     let tx = conn.transaction().map_err(storage)?;
+    // Version 1 counted words in an fts5vocab table; they are counted by tenant now.
+    tx.execute_batch("DROP TABLE IF EXISTS memory_vocab;")
+        .map_err(storage)?;
+    if version == 0 {
+        reindex(&tx)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(storage)?;
+    tx.commit().map_err(storage)
+}
+
+/// Creates the tables, and indexes every stored record (a version-0 file indexed whole texts).
+fn reindex(tx: &Connection) -> Result<(), MemoryError> {
     tx.execute_batch(SCHEMA).map_err(storage)?;
     let stored: Vec<(i64, String, String)> = {
         let mut all = tx
@@ -273,11 +283,9 @@ fn migrate(conn: &mut Connection) -> Result<(), MemoryError> {
                 "memory record {id} does not read back ({e}); nothing was migrated"
             ))
         })?;
-        index(&tx, id, &tenant, &record)?;
+        index(tx, id, &tenant, &record)?;
     }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(storage)?;
-    tx.commit().map_err(storage)
+    Ok(())
 }
 
 /// Indexes record `id` of `tenant`: its scope token and its distinct words.
@@ -306,33 +314,38 @@ fn scope_token(tenant: &str) -> String {
     token
 }
 
-/// The query's words ([`query_terms`]); once the memory holds more than
-/// [`MAX_CANDIDATES`] records, without those found in more than half of them (keeping the
-/// rarest if all are).
-fn telling_terms(conn: &Connection, query: &str) -> Result<Vec<String>, MemoryError> {
+/// The query's words ([`query_terms`]); once the tenant holds more than [`MAX_CANDIDATES`]
+/// records, without those found in more than half of its newest [`MAX_CANDIDATES`] (see
+/// [`telling`]). Each word is counted in that sample only: the cost does not grow with the
+/// tenant's other records nor with other tenants'.
+fn telling_terms(conn: &Connection, scope: &str, query: &str) -> Result<Vec<String>, MemoryError> {
     let terms = query_terms(query);
-    let total: i64 = conn
-        .query_row("SELECT count(*) FROM memory", [], |r| r.get(0))
+    let tenant = format!("scope : \"{scope}\"");
+    let cap = i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX);
+    // The oldest of the tenant's newest `cap` records; none if it has no more than `cap`.
+    let floor: Option<i64> = conn
+        .prepare_cached(
+            "SELECT rowid FROM memory_terms WHERE memory_terms MATCH ?1
+             ORDER BY rowid DESC LIMIT 1 OFFSET ?2",
+        )
+        .and_then(|mut s| s.query_row(params![tenant, cap], |r| r.get(0)).optional())
         .map_err(storage)?;
-    if usize::try_from(total).unwrap_or(usize::MAX) <= MAX_CANDIDATES {
+    let Some(floor) = floor else {
         return Ok(terms);
-    }
-    let mut docs = conn
-        .prepare_cached("SELECT doc FROM memory_vocab WHERE term = ?1")
+    };
+    let mut count = conn
+        .prepare_cached(
+            "SELECT count(*) FROM memory_terms WHERE memory_terms MATCH ?1 AND rowid > ?2",
+        )
         .map_err(storage)?;
-    let mut counted = Vec::with_capacity(terms.len());
-    for term in terms {
-        let doc: i64 = docs
-            .query_row([&term], |r| r.get(0))
-            .optional()
-            .map_err(storage)?
-            .unwrap_or(0);
-        counted.push((doc, term));
-    }
-    let rarest = counted.iter().map(|(doc, _)| *doc).min().unwrap_or(0);
-    Ok(counted
+    let counted = terms
         .into_iter()
-        .filter(|(doc, _)| *doc * 2 <= total || *doc == rarest)
-        .map(|(_, term)| term)
-        .collect())
+        .map(|term| {
+            let expression = format!("{tenant} AND terms : \"{term}\"");
+            let n: i64 = count.query_row(params![expression, floor], |r| r.get(0))?;
+            Ok((term, n))
+        })
+        .collect::<Result<Vec<_>, rusqlite::Error>>()
+        .map_err(storage)?;
+    Ok(telling(counted, cap))
 }

@@ -88,6 +88,19 @@ fn distinct(words: impl Iterator<Item = String>, max: usize) -> Vec<String> {
     words.filter(|w| seen.insert(w.clone())).take(max).collect()
 }
 
+/// The words of `counted` (each with the number of records of a sample of `sample` that hold
+/// it) found in at most half of the sample, in order; if every word is in more, the rarest.
+/// Such common words weigh next to nothing in a ranking, yet would make nearly every record a
+/// candidate.
+pub fn telling(counted: Vec<(String, i64)>, sample: i64) -> Vec<String> {
+    let rarest = counted.iter().map(|(_, n)| *n).min().unwrap_or(0);
+    counted
+        .into_iter()
+        .filter(|(_, n)| *n * 2 <= sample || *n == rarest)
+        .map(|(term, _)| term)
+        .collect()
+}
+
 /// A stored row read back: record `id`'s JSON with its `score` (higher is more relevant).
 /// JSON that does not read back is [`MemoryError::Storage`], naming the record.
 pub fn recalled(id: i64, json: &str, score: f64) -> Result<Recalled, MemoryError> {

@@ -164,3 +164,34 @@ fn a_file_of_a_newer_schema_is_refused_untouched() {
     assert!(err.contains(&file.0.display().to_string()), "{err}");
     assert_eq!(std::fs::read(&file.0).unwrap(), before);
 }
+
+#[tokio::test]
+async fn a_file_of_the_second_schema_loses_only_its_word_counts() {
+    let file = TempFile::new();
+    {
+        let memory = tenant(&file.0, "acme");
+        let r = record("r1", "rotate the keys", "done", Duration::ZERO);
+        memory.remember(r).await.unwrap();
+    }
+    {
+        // What version 1 wrote beside the index: a word-count table.
+        let conn = rusqlite::Connection::open(&file.0).unwrap();
+        conn.execute_batch(
+            "CREATE VIRTUAL TABLE memory_vocab USING fts5vocab (memory_terms, 'row');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let memory = tenant(&file.0, "acme");
+    assert_eq!(memory.recall("rotate keys", 5).await.unwrap().len(), 1);
+    let conn = rusqlite::Connection::open(&file.0).unwrap();
+    let (version, vocab): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version),
+                    (SELECT count(*) FROM sqlite_master WHERE name = 'memory_vocab')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((version, vocab), (2, 0));
+}

@@ -10,8 +10,12 @@ use std::sync::Mutex;
 use impresario::runtime::{AgentId, Exit, LifecycleEvent, RuntimeHandle};
 use tokio::sync::broadcast;
 
-/// The most agents remembered; past it, agents gone for good are forgotten, oldest first.
-const MAX_AGENTS: usize = 20_000;
+/// The most agents remembered; past it, the least recently heard of are forgotten (agents gone
+/// for good first) down to nine tenths of it. A run of the service has about 5 agents: this
+/// covers the agents of roughly the last 800 runs, far more than the finished runs the service
+/// tracks (100 by default), and the service's memory stops growing with them before 1,000 runs
+/// (BENCHMARKS.md, "10,000 runs").
+const MAX_AGENTS: usize = 4_000;
 
 /// What the lifecycle events said about one agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,13 +31,27 @@ pub struct Life {
     order: u64,
 }
 
-/// The lives of every agent seen since the service started.
-#[derive(Default)]
+/// The lives of the agents seen since the service started, at most [`MAX_AGENTS`] of them.
 pub struct Lives {
     agents: Mutex<BTreeMap<AgentId, Life>>,
+    max: usize,
+}
+
+impl Default for Lives {
+    fn default() -> Self {
+        Lives::at_most(MAX_AGENTS)
+    }
 }
 
 impl Lives {
+    /// Remembers at most `max` agents.
+    fn at_most(max: usize) -> Self {
+        Lives {
+            agents: Mutex::default(),
+            max,
+        }
+    }
+
     /// Follows `events` until the runtime closes them.
     pub async fn record(&self, mut events: broadcast::Receiver<LifecycleEvent>) {
         let mut order = 0u64;
@@ -77,16 +95,8 @@ impl Lives {
                 life.order = order;
             }
         }
-        if agents.len() > MAX_AGENTS {
-            let mut gone: Vec<(u64, AgentId)> = agents
-                .iter()
-                .filter(|(_, l)| l.gone)
-                .map(|(id, l)| (l.order, id.clone()))
-                .collect();
-            gone.sort_unstable();
-            for (_, id) in gone.into_iter().take(agents.len() - MAX_AGENTS) {
-                agents.remove(&id);
-            }
+        if agents.len() > self.max {
+            forget_oldest(&mut agents, self.max - self.max / 10);
         }
     }
 
@@ -109,6 +119,20 @@ impl Lives {
     fn life(&self, id: &AgentId) -> Option<Life> {
         let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         agents.get(id).cloned()
+    }
+}
+
+/// Forgets the agents least recently heard of, those gone for good first, down to `keep`. An
+/// agent whose exit was never final (its supervisor stopped with it) is forgotten too, or the
+/// map would grow with every run.
+fn forget_oldest(agents: &mut BTreeMap<AgentId, Life>, keep: usize) {
+    let mut oldest: Vec<(bool, u64, AgentId)> = agents
+        .iter()
+        .map(|(id, l)| (!l.gone, l.order, id.clone()))
+        .collect();
+    oldest.sort_unstable();
+    for (_, _, id) in oldest.into_iter().take(agents.len().saturating_sub(keep)) {
+        agents.remove(&id);
     }
 }
 
@@ -175,6 +199,38 @@ pub fn of_run(runtime: &RuntimeHandle, lives: &Lives, run: &str, tenant: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_its_bound_the_oldest_agents_are_forgotten_gone_ones_first() {
+        let lives = Lives::at_most(10);
+        let agent = |i: usize| AgentId::new("planner", format!("run-{i}"));
+        // One agent in three never exits for good (its supervisor went with it).
+        for i in 0..100 {
+            let order = 2 * i as u64;
+            let started = LifecycleEvent::Started {
+                agent: agent(i),
+                incarnation: 0,
+            };
+            lives.apply(started, order);
+            if i % 3 != 0 {
+                let exited = LifecycleEvent::Exited {
+                    agent: agent(i),
+                    exit: Exit::Normal,
+                    final_exit: true,
+                };
+                lives.apply(exited, order + 1);
+            }
+            let remembered = lives.agents.lock().unwrap().len();
+            assert!(remembered <= 10, "{remembered} agents after agent {i}");
+        }
+        assert!(lives.life(&agent(99)).is_some(), "the newest is kept");
+        assert!(
+            lives.life(&agent(0)).is_none(),
+            "the oldest live one went too"
+        );
+        let kept = lives.agents.lock().unwrap();
+        assert!(kept.values().filter(|l| !l.gone).count() >= kept.len() / 2);
+    }
 
     #[test]
     fn restarts_and_panics_are_counted_per_agent_of_the_run() {
