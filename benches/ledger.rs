@@ -259,7 +259,7 @@ async fn halt_sample() -> Vec<Duration> {
             HaltScope::Tenant("t".into()),
             HaltMode::Immediate,
             HaltReason::Operator,
-        ))
+        ));
     })
     .await
 }

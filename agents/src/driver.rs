@@ -370,7 +370,9 @@ impl Driver {
             let tenant = TenantId::from(self.setup.request.tenant.as_str());
             let run = &self.setup.run;
             match store.standing(&tenant, run).await {
-                Ok(Some(halt)) => self.setup.token.halt(halt),
+                Ok(Some(halt)) => {
+                    self.setup.token.halt(halt);
+                }
                 Ok(None) => {}
                 // Notified halts still arrive; the next step asks again.
                 Err(err) => tracing::warn!(%run, error = %err, "could not check the shared halts"),

@@ -235,7 +235,11 @@ impl HaltToken {
     /// A graceful halt escalates to immediate after its deadline: on a tokio timer when called
     /// inside a tokio runtime (which must have its time driver enabled and stay alive that
     /// long), else on a short-lived std thread that sleeps until the deadline.
-    pub fn halt(&self, halt: Halt) {
+    ///
+    /// Returns true when this is the node's first halt of its strength (immediate or
+    /// graceful), false when one was already recorded: the halt still cancels, but it reports
+    /// nothing new.
+    pub fn halt(&self, halt: Halt) -> bool {
         let node = &self.node;
         let mode = halt.mode;
         let record = if halt.is_immediate() {
@@ -245,7 +249,7 @@ impl HaltToken {
         };
         // Recorded before cancelling, so whoever wakes up finds the reason. A later halt of
         // the same strength still cancels, but the first one stays the reported reason.
-        let _ = record.set(Box::new(halt));
+        let first = record.set(Box::new(halt)).is_ok();
         match mode {
             HaltMode::Immediate => node.abort.cancel(),
             HaltMode::Graceful { deadline } => {
@@ -255,6 +259,7 @@ impl HaltToken {
                 }
             }
         }
+        first
     }
 
     /// True once an immediate halt (or an escalated graceful one) reached this token.
@@ -494,9 +499,12 @@ impl Halts {
         // The map guards are dropped above: cancelling wakes tasks that may look up tokens.
         match token {
             Some(token) => {
-                self.inner.metrics.halt(&halt.scope, halt.reason);
-                let scope = halt.scope.clone();
-                token.halt(halt);
+                let (scope, reason) = (halt.scope.clone(), halt.reason);
+                // Counted once per halt that reached the token: the same halt applied again
+                // (a process's own halt coming back from PostgreSQL's NOTIFY) is not a new one.
+                if token.halt(halt) {
+                    self.inner.metrics.halt(&scope, reason);
+                }
                 self.count_standing(&scope);
                 true
             }

@@ -241,9 +241,12 @@ fn matches(text: &str) -> Vec<std::ops::Range<usize>> {
     spans
 }
 
-/// The names of the fields whose values [`SHAPES`]' last shape redacts.
-static CREDENTIAL_FIELD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)api[_-]?key|authorization").expect("a valid pattern"));
+/// In one scan: [`SHAPES`]' first shape (`Bearer`/`Basic` credentials), and the names of the
+/// fields whose values its last shape redacts.
+static CREDENTIAL_WORDS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)api[_-]?key|authorization|\b(?:bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+        .expect("a valid pattern")
+});
 
 /// Whether the strings of a value, gathered in `text` (see `text.rs`), may hold what
 /// [`redact`] replaces in the value's JSON: a registered secret, a `Bearer`/`Basic` credential
@@ -253,8 +256,8 @@ static CREDENTIAL_FIELD: LazyLock<Regex> =
 fn may_hold_credentials(text: &str) -> bool {
     let secrets = SECRETS.read().unwrap_or_else(PoisonError::into_inner);
     secrets.iter().any(|s| text.contains(s.as_str()))
-        || CREDENTIAL_FIELD.is_match(text)
-        || SHAPES[..2].iter().any(|(shape, _)| shape.is_match(text))
+        || CREDENTIAL_WORDS.is_match(text)
+        || (text.contains("://") && SHAPES[1].0.is_match(text))
 }
 
 /// A writer (for a log subscriber) that redacts each write before passing it to `inner`.

@@ -124,21 +124,16 @@ impl MemoryDb {
     fn search(&self, tenant: &str, query: &str, k: usize) -> Result<Vec<Recalled>, MemoryError> {
         let conn = self.lock();
         let scope = scope_token(tenant);
-        let terms = telling_terms(&conn, &scope, query)?;
+        let (terms, over_cap) = telling_terms(&conn, &scope, query)?;
         // Every word quoted, any of them matching, within the tenant's rows: no FTS5 syntax
         // from the query reaches the expression.
         let quoted: Vec<String> = terms.iter().map(|t| format!("\"{t}\"")).collect();
         let expression = format!("scope : \"{scope}\" AND terms : ({})", quoted.join(" OR "));
-        let cap = i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX);
-        // The oldest rowid among the newest `cap` matches: found without ranking anything.
-        let floor = conn
-            .prepare_cached(
-                "SELECT min(rowid) FROM (SELECT rowid FROM memory_terms
-                 WHERE memory_terms MATCH ?1 ORDER BY rowid DESC LIMIT ?2)",
-            )
-            .and_then(|mut s| s.query_row(params![expression, cap], |r| r.get::<_, Option<i64>>(0)))
-            .map_err(storage)?
-            .unwrap_or(i64::MAX);
+        let floor = if over_cap {
+            candidates_floor(&conn, &expression)?
+        } else {
+            0 // At most `MAX_CANDIDATES` records: every match is a candidate.
+        };
         let mut statement = conn
             .prepare_cached(
                 "SELECT m.id, m.record, bm25(memory_terms, 0.0, 1.0) AS rank
@@ -235,6 +230,20 @@ fn apply_retention(
     .map_err(storage)
 }
 
+/// The oldest rowid among the newest [`MAX_CANDIDATES`] matches of `expression`, found without
+/// ranking anything; `i64::MAX` when nothing matches.
+fn candidates_floor(conn: &Connection, expression: &str) -> Result<i64, MemoryError> {
+    let cap = i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX);
+    let floor = conn
+        .prepare_cached(
+            "SELECT min(rowid) FROM (SELECT rowid FROM memory_terms
+             WHERE memory_terms MATCH ?1 ORDER BY rowid DESC LIMIT ?2)",
+        )
+        .and_then(|mut s| s.query_row(params![expression, cap], |r| r.get::<_, Option<i64>>(0)))
+        .map_err(storage)?;
+    Ok(floor.unwrap_or(i64::MAX))
+}
+
 /// Brings the file to [`SCHEMA_VERSION`] in one transaction: creates it, or rebuilds the index
 /// of a version-0 file from its stored records. Refuses a newer version untouched.
 fn migrate(conn: &mut Connection) -> Result<(), MemoryError> {
@@ -317,8 +326,13 @@ fn scope_token(tenant: &str) -> String {
 /// The query's words ([`query_terms`]); once the tenant holds more than [`MAX_CANDIDATES`]
 /// records, without those found in more than half of its newest [`MAX_CANDIDATES`] (see
 /// [`telling`]). Each word is counted in that sample only: the cost does not grow with the
-/// tenant's other records nor with other tenants'.
-fn telling_terms(conn: &Connection, scope: &str, query: &str) -> Result<Vec<String>, MemoryError> {
+/// tenant's other records nor with other tenants'. Also says whether the tenant holds more
+/// than [`MAX_CANDIDATES`] records.
+fn telling_terms(
+    conn: &Connection,
+    scope: &str,
+    query: &str,
+) -> Result<(Vec<String>, bool), MemoryError> {
     let terms = query_terms(query);
     let tenant = format!("scope : \"{scope}\"");
     let cap = i64::try_from(MAX_CANDIDATES).unwrap_or(i64::MAX);
@@ -331,7 +345,7 @@ fn telling_terms(conn: &Connection, scope: &str, query: &str) -> Result<Vec<Stri
         .and_then(|mut s| s.query_row(params![tenant, cap], |r| r.get(0)).optional())
         .map_err(storage)?;
     let Some(floor) = floor else {
-        return Ok(terms);
+        return Ok((terms, false));
     };
     let mut count = conn
         .prepare_cached(
@@ -347,5 +361,5 @@ fn telling_terms(conn: &Connection, scope: &str, query: &str) -> Result<Vec<Stri
         })
         .collect::<Result<Vec<_>, rusqlite::Error>>()
         .map_err(storage)?;
-    Ok(telling(counted, cap))
+    Ok((telling(counted, cap), true))
 }

@@ -418,7 +418,8 @@ pub trait Journal: Send + Sync {
     /// The durable commits this journal has made since it was opened: one per transaction
     /// that wrote at least one event (a batch, or several batches group-committed together),
     /// counted once the transaction is durable. Refused batches, reads, probes and retention
-    /// are not counted. What tests and benchmarks count fsyncs with.
+    /// are not counted. What tests and benchmarks count fsyncs with (one per commit with
+    /// SQLite's [`Durability::Full`]).
     fn commits(&self) -> u64;
 
     /// Every event of `run` in order, validated; empty if the journal has no such run.
