@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::runs::{client, cpu_time, tokio_runtime, tools, Noop, STEPS};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,84 +27,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures_util::future::BoxFuture;
 use impresario_agents::{
     plan::parse_plan, Autonomy, Impact, ModelMap, Orchestrator, OrchestratorConfig, RunRequest,
-    RunState, Tool, ToolContext, ToolRegistry,
+    RunState, Tool, ToolContext,
 };
 use impresario_runtime::halt::HaltMode;
 use impresario_runtime::journal::{Durability, Journal, MemoryJournal, SqliteJournal};
 use impresario_runtime::ledger::{AccountId, Ledger, Limits};
 use impresario_runtime::llm::{
     CallOptions, ChatModel, ChatRequest, ChatResponse, Client, FinishReason, LlmError, Message,
-    ModelPrice, PriceTable, Rates, Scripted, ScriptedReply, Usage,
+    ModelPrice, PriceTable, Rates, Usage,
 };
 use impresario_runtime::{Runtime, RuntimeHandle};
-use nix::time::{clock_gettime, ClockId};
-use schemars::JsonSchema;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Deserialize, JsonSchema)]
-struct NoArgs {
-    /// Which call of the plan (so four calls are four different steps, not a loop).
-    #[allow(dead_code)]
-    n: u32,
-}
-
-struct Noop(Impact);
-impl Tool for Noop {
-    type Args = NoArgs;
-    fn name(&self) -> &str {
-        if self.0 == Impact::ReadOnly {
-            "noop"
-        } else {
-            "guarded"
-        }
-    }
-    fn description(&self) -> &str {
-        "Does nothing."
-    }
-    fn impact(&self) -> Impact {
-        self.0
-    }
-    async fn call(&self, _: NoArgs, _: ToolContext) -> Result<Value, String> {
-        Ok(json!(1))
-    }
-}
-
-fn five_step_plan(tool: &str) -> String {
-    let call = |n: u32| json!({ "type": "tool_call", "tool": tool, "arguments": { "n": n } });
-    json!({ "steps": [call(1), call(2), call(3), call(4), { "type": "final_answer", "answer": "done" }] })
-        .to_string()
-}
-
-fn client(replies: usize, tool: &str) -> Client {
-    let mut prices = PriceTable::default();
-    prices.insert("zero", ModelPrice::new("script", Rates::default()));
-    let plan = five_step_plan(tool);
-    let script = Scripted::new((0..replies).map(|_| ScriptedReply::text(plan.clone())));
-    Client::builder()
-        .provider("script", script)
-        .prices(prices)
-        .build()
-        .unwrap()
-}
-
-fn tools() -> ToolRegistry {
-    let mut tools = ToolRegistry::new();
-    tools
-        .register(Noop(Impact::ReadOnly))
-        .unwrap()
-        .register(Noop(Impact::HighImpact))
-        .unwrap();
-    tools
-}
-
-/// CPU time (user + system, every thread) of this process so far, to the nanosecond.
-fn cpu_time() -> Duration {
-    let ts = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
-        .expect("CLOCK_PROCESS_CPUTIME_ID is available on Linux");
-    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
-}
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -113,8 +49,6 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
         * 4096
 }
-
-const STEPS: u32 = 5;
 
 /// Runs `runs` five-step runs, `concurrent` at a time; returns (wall time, CPU time).
 async fn orchestrated(runs: usize, concurrent: usize) -> (Duration, Duration) {
@@ -192,15 +126,6 @@ async fn bare(runs: usize) -> (Duration, Duration) {
         }
     }
     (wall.elapsed(), cpu_time().saturating_sub(cpu))
-}
-
-/// The bench's tokio runtime: 2 workers, as on the 2-core machine it runs on.
-fn tokio_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// In a process of its own: RSS grown per run while `idle` runs each wait for the approval of

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod runs;
+
 /// Runs `f` `samples` times and returns the per-sample durations, sorted ascending.
 pub fn sample(samples: usize, mut f: impl FnMut() -> Duration) -> Vec<Duration> {
     let mut out: Vec<Duration> = (0..samples).map(|_| f()).collect();

@@ -22,6 +22,7 @@
 //!   is refused with [`JournalError::Fenced`], writing nothing, once the lease is gone. Other
 //!   runs' appends (a single process) are written without a check.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +35,7 @@ use impresario_runtime::journal::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
     RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
 };
+use impresario_runtime::ledger::Charge;
 use impresario_runtime::RunId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -484,8 +486,9 @@ async fn key_use(
 }
 
 impl Writer {
-    /// Deletes the runs `policy` selects, then vacuums the journal's tables so that their
-    /// space is reused (PostgreSQL keeps the files' size; `VACUUM FULL` would lock the tables).
+    /// Deletes the runs `policy` selects, adding what they spent to their tenants' carried
+    /// spend in the same transaction, then vacuums the journal's tables so that their space is
+    /// reused (PostgreSQL keeps the files' size; `VACUUM FULL` would lock the tables).
     async fn retention(&self, policy: &RetentionPolicy) -> Result<RetentionReport, JournalError> {
         retrying(&self.target, || async {
             let mut client = self.pool.get().await?;
@@ -507,6 +510,9 @@ impl Writer {
                 }),
             );
             let ids: Vec<&str> = doomed.iter().map(RunId::as_str).collect();
+            if let Err(undecodable) = carry_spend(&tx, &ids).await? {
+                return Ok(Err(undecodable));
+            }
             let events_deleted = tx
                 .execute("DELETE FROM journal_events WHERE run_id = ANY($1)", &[&ids])
                 .await?;
@@ -517,15 +523,15 @@ impl Writer {
             client
                 .batch_execute("VACUUM journal_events, journal_runs")
                 .await?;
-            Ok(RetentionReport {
+            Ok(Ok(RetentionReport {
                 runs_deleted,
                 events_deleted,
                 bytes_before: Some(bytes_before),
                 bytes_after: Some(journal_bytes(&client).await?),
-            })
+            }))
         })
         .await
-        .map_err(|e| io(&self.target, "applying retention", e.cause))
+        .map_err(|e| io(&self.target, "applying retention", e.cause))?
     }
 
     /// A durable write that changes nothing: the schema row rewritten with its own value in a
@@ -549,6 +555,84 @@ impl Writer {
             )
         })
     }
+}
+
+/// Adds what the runs `ids` spent (their events' charges) to their tenants' rows of
+/// `journal_spend_carried`, in the retention's transaction, before the runs are deleted: a
+/// tenant's spend survives retention. Inner error: an event that does not decode (retention
+/// then deletes nothing).
+async fn carry_spend(
+    tx: &Transaction<'_>,
+    ids: &[&str],
+) -> Result<Result<(), JournalError>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT r.tenant, e.run_id, e.seq, e.at_ms, e.version, e.kind, e.body
+             FROM journal_events e JOIN journal_runs r ON r.run_id = e.run_id
+             WHERE e.run_id = ANY($1) ORDER BY e.run_id, e.seq",
+            &[&ids],
+        )
+        .await?;
+    let mut spent: BTreeMap<String, Charge> = BTreeMap::new();
+    for row in &rows {
+        let (run, seq) = (RunId::new(row.get::<_, &str>(1)), row.get::<_, i64>(2));
+        let stored = StoredEvent {
+            seq,
+            at_ms: row.get(3),
+            version: i64::from(row.get::<_, i32>(4)),
+            kind: row.get(5),
+            body: row.get(6),
+        };
+        // Numbered as stored: the runs' events were checked gap-free when appended.
+        let event = match decode(&run, seq as Seq, stored) {
+            Ok(entry) => entry.event,
+            Err(undecodable) => return Ok(Err(undecodable)),
+        };
+        let tenant = spent.entry(row.get(0)).or_insert(Charge::ZERO);
+        *tenant = *tenant + event.charge();
+    }
+    let add = tx
+        .prepare_cached(
+            "INSERT INTO journal_spend_carried (tenant, micro_usd, tokens, model_calls)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant) DO UPDATE SET
+                 micro_usd = journal_spend_carried.micro_usd + excluded.micro_usd,
+                 tokens = journal_spend_carried.tokens + excluded.tokens,
+                 model_calls = journal_spend_carried.model_calls + excluded.model_calls",
+        )
+        .await?;
+    for (tenant, charge) in spent.iter().filter(|(_, c)| !c.is_zero()) {
+        let amounts = [charge.micro_usd, charge.tokens, charge.model_calls]
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        tx.execute(&add, &[tenant, &amounts[0], &amounts[1], &amounts[2]])
+            .await?;
+    }
+    Ok(Ok(()))
+}
+
+/// What the runs deleted by retention had spent, per tenant.
+async fn carried_rows(pool: &Pool) -> Result<Vec<(String, Charge)>, Attempt> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT tenant, micro_usd, tokens, model_calls FROM journal_spend_carried
+             ORDER BY tenant",
+            &[],
+        )
+        .await?;
+    let amount =
+        |row: &tokio_postgres::Row, i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let charge = Charge {
+                micro_usd: amount(r, 1),
+                tokens: amount(r, 2),
+                model_calls: amount(r, 3),
+            };
+            (r.get(0), charge)
+        })
+        .collect())
 }
 
 /// The size of the journal's tables with their indexes, in bytes.
@@ -666,6 +750,15 @@ impl Journal for PgJournal {
 
     fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// What the runs deleted by retention had spent, per tenant.
+    fn carried_spend(&self) -> Result<Vec<(String, Charge)>, JournalError> {
+        let pool = self.shared.db.pool().clone();
+        self.read_with("reading the spend retention carried over", move || {
+            let pool = pool.clone();
+            async move { carried_rows(&pool).await }
+        })
     }
 
     fn settles_holds(&self) -> bool {

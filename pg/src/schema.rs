@@ -104,6 +104,14 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 8: a tenant's newest records by id (memory.rs: recall's candidates and word counts).
     "CREATE INDEX memory_records_newest ON memory_records (tenant, id);",
+    // 9: what the runs retention deleted had spent, per tenant (journal.rs), so that a
+    // tenant's spend is rebuilt whole after a restart.
+    "CREATE TABLE journal_spend_carried (
+        tenant text PRIMARY KEY,
+        micro_usd bigint NOT NULL,
+        tokens bigint NOT NULL,
+        model_calls bigint NOT NULL
+    );",
 ];
 
 /// The schema version this build writes, and the newest it accepts.

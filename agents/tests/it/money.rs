@@ -1,7 +1,8 @@
 //! Money that cannot leak or overspend, through whole runs against an OpenAI-compatible
 //! provider on loopback and a SQLite journal: an answer that costs more than its reservation
 //! halts the run (reason `overshoot`) and is charged; the cost of an aborted call and a
-//! tenant's spend survive a restart (rebuilt from the journal), and the ceilings still hold.
+//! tenant's spend survive a restart (rebuilt from the journal), and the ceilings still hold;
+//! retention keeps the spend of the runs it deletes, on SQLite and on PostgreSQL.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use impresario_agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunResult, RunState,
     SubmitError, ToolRegistry,
 };
+use impresario_pg::PgJournal;
 use impresario_runtime::halt::{HaltMode, HaltReason};
 use impresario_runtime::journal::{Journal, RetentionPolicy, RunEvent, SqliteJournal};
 use impresario_runtime::ledger::{AccountId, Ceilings, Charge, Ledger};
@@ -284,11 +286,34 @@ async fn a_run_budget_above_the_largest_is_refused_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spend_of_runs_deleted_by_retention_survives_a_restart() {
+    let dir = TempDir::new("carried");
+    spend_of_deleted_runs_survives_a_restart(|| async { dir.journal() }).await;
+}
+
+/// The same on PostgreSQL: retention carries the deleted runs' spend in its transaction
+/// (`journal_spend_carried`), and a new connection (a new process) rebuilds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spend_of_runs_deleted_by_retention_survives_a_reconnect_on_postgres() {
+    let url = impresario_pg::test_cluster::shared().create_database("money_carried");
+    spend_of_deleted_runs_survives_a_restart(|| async {
+        let journal = PgJournal::open(crate::held_in_pg::database(&url).await);
+        Arc::new(journal) as Arc<dyn Journal>
+    })
+    .await;
+}
+
+/// Three runs (two of `acme`, one of `beta`) on a journal from `open`; retention deletes
+/// acme's two; a second process on a journal from `open` again has each tenant's spend, and
+/// the global one, exact.
+async fn spend_of_deleted_runs_survives_a_restart<F, J>(open: F)
+where
+    F: Fn() -> J,
+    J: std::future::Future<Output = Arc<dyn Journal>>,
+{
     let answers = vec![answer("1"), answer("2"), answer("3")];
     let (url, _) = fake_openai_with(answers).await;
-    let dir = TempDir::new("carried");
     let rt = Runtime::builder().arbiters(2).start().unwrap();
-    let first = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+    let first = team(&rt, &url, open().await, Ceilings::default()).await;
     let mut spent = 0;
     for tenant in ["acme", "acme", "beta"] {
         let done = first.submit(request(tenant)).await.unwrap().wait().await;
@@ -309,7 +334,7 @@ async fn the_spend_of_runs_deleted_by_retention_survives_a_restart() {
 
     // A new process rebuilds each tenant's spend: acme's from what retention carried over.
     let rt = Runtime::builder().arbiters(2).start().unwrap();
-    let second = team(&rt, &url, dir.journal(), Ceilings::default()).await;
+    let second = team(&rt, &url, open().await, Ceilings::default()).await;
     let ledger = second.ledger();
     assert_eq!(
         ledger.tenant_budget(&"acme".into()).spent,

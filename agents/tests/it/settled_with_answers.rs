@@ -3,7 +3,9 @@
 //! settles them. A child process is SIGKILLed after the provider answered and before that
 //! append: neither the answer nor its charge is in the database, the hold expires uncharged,
 //! and the resumed run asks the model again and pays once. After every run, no hold is left and
-//! the tenant's spend in `ledger_accounts` equals the charges in its runs' journals.
+//! the tenant's spend in `ledger_accounts` equals the charges in its runs' journals. Runs in
+//! flight go on through a restart of the server (`pg_ctl restart`): they all finish, nothing
+//! journaled is lost, and the spend is still exact.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use impresario_agents::{Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunState};
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
+use impresario_pg::test_cluster::TestCluster;
 use impresario_pg::PgJournal;
 use impresario_runtime::journal::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
@@ -258,5 +261,74 @@ async fn a_kill_between_the_answer_and_its_commit_leaves_neither() {
             assert_eq!(pg.psql(&url, &sql).unwrap(), "0", "hold {hold} left");
         }
     }
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_go_on_through_a_server_restart_and_their_spend_stays_exact() {
+    const RUNS: usize = 8;
+    let answer = json!({ "steps": [{ "type": "final_answer", "answer": "42" }] }).to_string();
+    // Every call answers after 300 ms: the restart lands while they are in flight.
+    let slow = Answer::new(answer)
+        .usage(1_000, 20)
+        .after(Duration::from_millis(300));
+    let (provider, requests) = fake_openai_with(vec![slow]).await;
+    // A server of its own: restarting the shared one would cut the other tests off.
+    let pg = Arc::new(TestCluster::start());
+    let url = pg.create_database("restart_mid_runs");
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let (team, store, journal) = process(&rt, &provider, &url, false).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        runs.push(team.submit(request()).await.unwrap());
+    }
+    for _ in 0..400 {
+        if requests.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(requests.load(Ordering::SeqCst) > 0, "no call was sent");
+    let restarting = pg.clone();
+    tokio::task::spawn_blocking(move || restarting.restart())
+        .await
+        .unwrap();
+
+    let mut ids = Vec::new();
+    for run in runs {
+        let result = tokio::time::timeout(Duration::from_secs(120), run.wait())
+            .await
+            .expect("the run ended");
+        assert!(
+            matches!(result.state, RunState::Succeeded { .. }),
+            "{:?}",
+            result.state
+        );
+        ids.push(result.run.clone());
+    }
+    // Every run's journal reads whole and ends finished; each answer was paid once, charged
+    // once in the database, and no hold is left.
+    for id in &ids {
+        let entries = journal.read(id).unwrap();
+        let last = entries.last().map(|e| e.event.kind());
+        assert_eq!(last, Some("run_finished"), "{id}");
+    }
+    let charged = journaled_charges(&journal, &ids);
+    assert_eq!(charged.model_calls, RUNS as u64);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        RUNS,
+        "no answer asked twice"
+    );
+    let after = store
+        .snapshot(&AccountId::Tenant("acme".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.spent.micro_usd, after.spent.model_calls),
+        (charged.micro_usd, charged.model_calls),
+        "spend = the journals' charges"
+    );
+    assert_eq!(after.reserved, Charge::ZERO);
     rt.shutdown(Duration::from_secs(5)).await;
 }
