@@ -42,6 +42,7 @@ use impresario_runtime::ledger::{
     AccountId, AccountSnapshot, CeilingReached, Charge, Dimension, Limits,
 };
 use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreError, StoreFuture};
+use impresario_runtime::RunId;
 use tokio_postgres::Row;
 
 use crate::database::Database;
@@ -75,6 +76,7 @@ const SET_LIMITS: &str = "INSERT INTO ledger_accounts \
      ON CONFLICT (account) DO UPDATE SET limit_micro_usd = EXCLUDED.limit_micro_usd, \
      limit_tokens = EXCLUDED.limit_tokens, limit_model_calls = EXCLUDED.limit_model_calls";
 const SWEEP: &str = "DELETE FROM ledger_holds WHERE expires_at < now() - make_interval(secs => $1)";
+const DELETE_RUN_HOLDS: &str = "DELETE FROM ledger_holds WHERE path @> ARRAY[$1::text]";
 
 /// How holds behave.
 #[derive(Clone, Debug)]
@@ -162,6 +164,23 @@ impl PgLedger {
             retention: self.config.retention,
         };
         run(&self.db, step).await
+    }
+
+    /// Releases the holds left on `run` by its earlier leases (a replica that died or lost the
+    /// run while calls were in flight), fenced with this process's epoch for the run; returns
+    /// how many. Call it when a run is claimed, before it is driven: an answer that was
+    /// journaled settled its hold in the same transaction, so every hold left is a call whose
+    /// answer was never journaled, asked again (and held again) by the resumed run.
+    pub async fn release_run(&self, run: &RunId) -> Result<u64, StoreError> {
+        let step = ReleaseRun {
+            run: run.to_string(),
+            fences: self.fences.clone(),
+        };
+        crate::ledger_retry::run(&self.db, step)
+            .await?
+            .map_err(|fenced| StoreError {
+                message: format!("release the holds of {run}: {fenced}"),
+            })
     }
 
     async fn reserve_hold(&self, path: &[AccountId], amount: Charge) -> Result<Hold, ReserveError> {
@@ -524,6 +543,31 @@ impl Step for Snapshot {
             spent: row.map_or(Charge::ZERO, |r| r.spent),
             reserved: charge_at(&held, 1),
         })
+    }
+}
+
+/// Deletes the holds of one run, fenced.
+struct ReleaseRun {
+    run: String,
+    fences: Fences,
+}
+
+impl Step for ReleaseRun {
+    type Out = Result<u64, Fenced>;
+
+    fn what(&self) -> String {
+        format!("release the holds of run {}", self.run)
+    }
+
+    async fn once(&self, client: &mut Object, _: u32) -> Result<Self::Out, tokio_postgres::Error> {
+        let mut tx = client.transaction().await?;
+        if let Err(fenced) = self.fences.check(&mut tx, &self.run).await? {
+            return Ok(Err(fenced));
+        }
+        let account = format!("run:{}", self.run);
+        let released = tx.execute(DELETE_RUN_HOLDS, &[&account]).await?;
+        tx.commit().await?;
+        Ok(Ok(released))
     }
 }
 

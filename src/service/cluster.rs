@@ -18,6 +18,7 @@ use impresario::agents::{ResumeError, RunRequest, RunState};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario::runtime::journal::{JournalEntry, RunEvent as Journaled};
 use impresario::runtime::RunId;
+use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
 use impresario_pg::queue::{Lease, Queue, QueueConfig, QueueError};
 use impresario_pg::{Database, Fences};
 use tokio::sync::Notify;
@@ -54,6 +55,8 @@ pub struct Cluster {
     wake: Notify,
     /// The runs this replica drives, by id, with their lease.
     driving: Mutex<HashMap<String, Lease>>,
+    /// Releases the holds a run's earlier leases left when it is claimed here.
+    ledger: PgLedger,
 }
 
 impl Cluster {
@@ -65,9 +68,11 @@ impl Cluster {
         config: QueueConfig,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let queue = Queue::new(db.pool().clone(), config)?;
+        let ledger = PgLedger::new(db.clone(), PgLedgerConfig::default()).fenced_by(fences.clone());
         Ok(Arc::new(Cluster {
             db,
             queue: Arc::new(queue),
+            ledger,
             fences,
             wake: Notify::new(),
             driving: Mutex::default(),
@@ -335,6 +340,17 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
     cluster.driving().insert(lease.run.clone(), lease.clone());
     // Every write for the run from now on carries the lease's epoch.
     cluster.fences.set(&lease);
+    // A replica that died or lost the run with calls in flight left their holds: their answers
+    // were never journaled, so they are asked again here. Released now, not at their expiry.
+    match cluster.ledger.release_run(&run).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(run = %run, holds = n, "released the holds of the run's earlier lease")
+        }
+        Err(e) => {
+            tracing::warn!(run = %run, error = %e, "cannot release the run's earlier holds; they expire")
+        }
+    }
     match state.engine.orchestrator.take_over(&run).await {
         Ok(handle) => {
             let tracked = state.track(handle, tenant, goal);

@@ -366,7 +366,8 @@ async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal
 /// The chaos test (issue 14 item 6), bounded in time: 3 replicas on one database, 200 runs over
 /// 5 tenants whose ceilings let about half their runs through, a random replica killed
 /// (SIGKILL) and started again 3 times while they run. Every run ends once, no journaled model
-/// answer or tool result is had twice, every tenant's spend stays within its ceiling.
+/// answer or tool result is had twice, every tenant's spend stays within its ceiling, and
+/// nothing stays reserved.
 #[tokio::test]
 async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceilings() {
     const RUNS: usize = 200;
@@ -418,7 +419,12 @@ async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceili
         let (_, tenant) = replicas[t % 3].get(&format!("/v1/tenants/t{t}")).await;
         let spent = tenant["spent_micro_usd"].as_u64().unwrap();
         assert!(spent <= ceiling, "t{t} spent {spent} > {ceiling}: {tenant}");
+        assert_eq!(tenant["reserved_micro_usd"], 0, "t{t}: {tenant}");
     }
+    // Nothing stays held on any account: the holds of the calls a kill cut off were released
+    // when their runs were claimed again (not left to expire).
+    let held = "SELECT count(*) FROM ledger_holds WHERE expires_at > now()";
+    assert_eq!(shared().psql(&url, held).unwrap(), "0", "holds left");
     for id in &ids {
         let (_, run) = replicas[0].get(&format!("/v1/runs/{id}")).await;
         let state = run["state"]["state"].as_str().unwrap_or("");
