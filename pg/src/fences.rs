@@ -50,16 +50,16 @@ impl Fences {
 
     /// The fencing check for a write for `run` inside `tx`, when the run has an epoch. Outer
     /// error: storage failed. Inner: [`Fenced`], and `tx` is left as it was (the check runs in
-    /// a savepoint, rolled back: the other writes of `tx` may still commit). `Ok(Ok(()))`
-    /// without an epoch, or when the epoch is current: the run's queue row then stays locked
-    /// against claims until `tx` ends.
+    /// a savepoint, rolled back: the other writes of `tx` may still commit). `Ok(Ok(None))`
+    /// without an epoch; `Ok(Ok(Some(epoch)))` when the epoch is current: the run's queue row
+    /// then stays locked against claims until `tx` ends.
     pub(crate) async fn check(
         &self,
         tx: &mut Transaction<'_>,
         run: &str,
-    ) -> Result<Result<(), Fenced>, tokio_postgres::Error> {
+    ) -> Result<Result<Option<i64>, Fenced>, tokio_postgres::Error> {
         let Some(epoch) = self.epoch(run) else {
-            return Ok(Ok(()));
+            return Ok(Ok(None));
         };
         let lease = Lease {
             run: run.to_owned(),
@@ -68,7 +68,7 @@ impl Fences {
         };
         let savepoint = tx.savepoint("impresario_fence").await?;
         match fence(&savepoint, &lease).await {
-            Ok(()) => savepoint.commit().await.map(Ok),
+            Ok(()) => savepoint.commit().await.map(|()| Ok(Some(epoch))),
             Err(QueueError::Database(e)) => Err(e),
             // `fence` fails only as `Database` or `Fenced`.
             Err(_) => {

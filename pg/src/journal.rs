@@ -272,7 +272,7 @@ impl Writer {
             let mut check = None;
             for append in group {
                 let result = match self.fences.check(&mut tx, append.run.as_str()).await? {
-                    Ok(()) => write_append(&tx, append, at_ms).await?,
+                    Ok(epoch) => write_append(&tx, append, at_ms, epoch).await?,
                     Err(fenced) => Err(JournalError::Fenced(fenced)),
                 };
                 if let (Ok(seq), None) = (&result, &check) {
@@ -333,12 +333,14 @@ fn commit_probe(append: &Append, last: Seq) -> (String, i64, String) {
     (append.run.as_str().to_owned(), last as i64, body)
 }
 
-/// Checks and writes one append (its events all or none). Outer error: storage failed; inner:
-/// the append was refused and nothing of it written.
+/// Checks and writes one append (its events all or none), under the lease `epoch` it was
+/// fenced with (if any). Outer error: storage failed; inner: the append was refused and
+/// nothing of it written.
 async fn write_append(
     tx: &Transaction<'_>,
     append: &Append,
     at_ms: i64,
+    epoch: Option<i64>,
 ) -> Result<Result<Seq, JournalError>, tokio_postgres::Error> {
     let run = &append.run;
     let mut head = match run_head(tx, run).await? {
@@ -359,14 +361,15 @@ async fn write_append(
     }
     let insert = tx
         .prepare_cached(
-            "INSERT INTO journal_events (run_id, seq, at_ms, version, kind, idem_key, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO journal_events
+             (run_id, seq, at_ms, version, kind, idem_key, body, lease_epoch)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .await?;
     let version = EVENT_VERSION as i32;
     for (i, (event, body)) in append.events.iter().enumerate() {
         let seq = (first + i as Seq) as i64;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
             &run.as_str(),
             &seq,
             &at_ms,
@@ -374,6 +377,7 @@ async fn write_append(
             &event.kind(),
             &event.idempotency_key(),
             body,
+            &epoch,
         ];
         tx.execute(&insert, &params).await?;
     }

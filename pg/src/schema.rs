@@ -112,6 +112,9 @@ pub const MIGRATIONS: &[&str] = &[
         tokens bigint NOT NULL,
         model_calls bigint NOT NULL
     );",
+    // 10: the lease epoch each journal row was written under (journal.rs; NULL: not under a
+    // cluster lease), so a run's journal shows which claim wrote what.
+    "ALTER TABLE journal_events ADD COLUMN lease_epoch bigint;",
 ];
 
 /// The schema version this build writes, and the newest it accepts.

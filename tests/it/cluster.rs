@@ -413,6 +413,7 @@ async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceili
     let done = "SELECT count(*) FROM run_queue WHERE state = 'done'";
     until_sql(&url, done, Duration::from_secs(10), |n| n == all).await;
     assert_nothing_journaled_twice(&url);
+    assert_no_stale_epoch_appended(&url);
     // Every tenant's spend is at most its ceiling, and the ceilings did refuse runs.
     let mut refused = 0;
     for t in 0..5 {
@@ -440,6 +441,36 @@ async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceili
         .psql(&url, "SELECT count(*) FROM run_queue WHERE epoch > 1")
         .unwrap();
     assert_ne!(taken_over, "0", "no kill interrupted a run");
+}
+
+/// Every journal row after a run's submission was written under a lease, and no run's journal
+/// goes back to an older lease: a replica that lost a run wrote nothing for it after the claim
+/// that took it over. Some run holds rows of two leases (a kill cut it), so the check is not
+/// vacuous.
+fn assert_no_stale_epoch_appended(url: &str) {
+    let unleased = "SELECT count(*) FROM journal_events \
+                    WHERE lease_epoch IS NULL AND kind <> 'run_submitted'";
+    assert_eq!(
+        shared().psql(url, unleased).unwrap(),
+        "0",
+        "rows written without a lease"
+    );
+    let stale = "SELECT DISTINCT run_id FROM (SELECT run_id, lease_epoch, max(lease_epoch) \
+                 OVER (PARTITION BY run_id ORDER BY seq \
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before \
+                 FROM journal_events) e WHERE lease_epoch < before";
+    assert_eq!(
+        shared().psql(url, stale).unwrap(),
+        "",
+        "appends from a stale epoch"
+    );
+    let cut = "SELECT count(*) FROM (SELECT run_id FROM journal_events \
+               GROUP BY run_id HAVING count(DISTINCT lease_epoch) > 1) r";
+    assert_ne!(
+        shared().psql(url, cut).unwrap(),
+        "0",
+        "no run was written by two leases"
+    );
 }
 
 /// Submits a calculator run for `tenant` (the admin's token) to `server`; its id.
