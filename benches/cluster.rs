@@ -12,11 +12,14 @@
 //! Run: `cargo bench --bench cluster` (BENCHMARKS.md's figures: `--profile dev`, the debug
 //! binary, because a release build did not fit the session).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::runs::median_of;
 use impresario_pg::test_cluster::shared;
 use serde_json::{json, Value};
 
@@ -121,11 +124,6 @@ async fn post(http: &reqwest::Client, url: &str, path: &str, body: Value) -> Val
     response.json().await.unwrap()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// Runs per second of `replicas` replicas over 120 runs.
 async fn throughput(http: &reqwest::Client, round: usize, replicas: usize) -> f64 {
     const RUNS: usize = 120;
@@ -218,7 +216,7 @@ fn main() {
             for round in 0..3 {
                 rates.push(throughput(&http, round, replicas).await);
             }
-            let rate = median(rates.clone());
+            let rate = median_of(rates.clone());
             println!("{replicas} replica(s): {rate:.1} runs/s (median of {rates:.1?})");
             by_replicas.push(rate);
         }
@@ -229,7 +227,7 @@ fn main() {
         for round in 0..5 {
             times.push(failover(&http, round).await.as_secs_f64());
         }
-        println!("failover (2 s leases), kill to claim elsewhere: median {:.2} s ({times:.2?})", median(times.clone()));
+        println!("failover (2 s leases), kill to claim elsewhere: median {:.2} s ({times:.2?})", median_of(times.clone()));
         let db = shared().create_database(&format!("bench_halt_{}", std::process::id()));
         let a = replica(&db, "a", 10.0, 60_000);
         let b = replica(&db, "b", 10.0, 60_000);

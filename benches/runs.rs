@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::runs::{client, cpu_time, tokio_runtime, tools, Noop, STEPS};
+use common::runs::{client, cpu_time, median_of, tokio_runtime, tools, Noop, STEPS};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -324,11 +324,6 @@ async fn shape(kind: Kind, runs: usize, concurrent: usize) -> ShapeCost {
     cost
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// The shape's table: `rounds` interleaved rounds of each journal, medians, SQLite's ratio.
 fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
     const ONE: usize = 300;
@@ -362,7 +357,7 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
     }
     let medians: Vec<(Kind, Vec<f64>)> = table
         .into_iter()
-        .map(|(kind, columns)| (kind, columns.into_iter().map(median).collect()))
+        .map(|(kind, columns)| (kind, columns.into_iter().map(median_of).collect()))
         .collect();
     for (kind, m) in &medians {
         println!(

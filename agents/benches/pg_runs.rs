@@ -30,7 +30,7 @@ use impresario_runtime::journal::{Journal, MemoryJournal, SqliteJournal};
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::ledger_store::LedgerStore;
 use impresario_runtime::Runtime;
-use runs_common::{client, cpu_time, tokio_runtime, tools, STEPS};
+use runs_common::{client, cpu_time, median_of, tokio_runtime, tools, STEPS};
 
 /// Where a measurement journals (and holds its model calls).
 #[derive(Clone, Copy, PartialEq)]
@@ -202,11 +202,6 @@ async fn measure(
     cost
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     const ROUNDS: usize = 3;
     const MODES: [(usize, usize); 2] = [(200, 1), (1_000, 100)];
@@ -247,7 +242,7 @@ fn main() {
     let mut totals = vec![[0.0; MODES.len()]; Kind::ALL.len()];
     for (k, kind) in Kind::ALL.into_iter().enumerate() {
         for (m, (_, concurrent)) in MODES.into_iter().enumerate() {
-            let [cpu, server, rate, commits] = samples[k][m].clone().map(median);
+            let [cpu, server, rate, commits] = samples[k][m].clone().map(median_of);
             totals[k][m] = cpu + server;
             println!(
                 "{:<16} {:>9} {:>17.1} {:>17.1} {:>16.1} {:>9.0} {:>12.2}",
