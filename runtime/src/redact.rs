@@ -76,18 +76,23 @@ fn scheme_credential(captures: &Captures) -> bool {
 impl Shape {
     /// `text` with this shape's credentials replaced; borrowed when it holds none.
     fn replace<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        if self.spans(text).next().is_none() {
-            return Cow::Borrowed(text);
-        }
-        self.pattern.replace_all(text, |captures: &Captures| {
+        let mut replaced = false;
+        let out = self.pattern.replace_all(text, |captures: &Captures| {
             let mut out = String::new();
             if (self.is_credential)(captures) {
+                replaced = true;
                 captures.expand(self.replacement, &mut out);
             } else {
                 out.push_str(&captures[0]);
             }
             out
-        })
+        });
+        // Matches that were all text ("Basic arithmetic") leave `text` as it was.
+        if replaced {
+            out
+        } else {
+            Cow::Borrowed(text)
+        }
     }
 
     /// Where in `text` this shape's credentials are.
