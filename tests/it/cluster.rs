@@ -161,7 +161,8 @@ async fn replicas_share_the_queue_each_run_driven_once_and_at_most_max_runs_each
 #[tokio::test]
 async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
     let url = shared().create_database(&format!("cluster_drain_{}", std::process::id()));
-    let mut a = replica(&url, "a", 4, 400);
+    // Slow model calls (2 s): none of the runs can end on A while B starts (seconds under load).
+    let mut a = replica(&url, "a", 4, 2000);
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (status, body) = a
@@ -179,6 +180,8 @@ async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let b = replica(&url, "b", 4, 400);
+    let ended = "SELECT count(*) FROM journal_events WHERE kind = 'run_finished'";
+    assert_eq!(shared().psql(&url, ended).unwrap(), "0", "a run ended on A");
     assert!(a.terminate().success(), "{}", a.stderr());
     assert!(
         a.stderr().contains("handed the runs back"),
@@ -312,7 +315,8 @@ async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_jo
 #[tokio::test]
 async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal() {
     let url = shared().create_database(&format!("cluster_events_{}", std::process::id()));
-    let a = replica(&url, "a", 4, 300);
+    // Slow model calls (1.5 s): the run is still going when B has started (seconds under load).
+    let a = replica(&url, "a", 4, 1500);
     let (status, body) = a
         .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
         .await;
