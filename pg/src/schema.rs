@@ -115,6 +115,9 @@ pub const MIGRATIONS: &[&str] = &[
     // 10: the lease epoch each journal row was written under (journal.rs; NULL: not under a
     // cluster lease), so a run's journal shows which claim wrote what.
     "ALTER TABLE journal_events ADD COLUMN lease_epoch bigint;",
+    // 11: the run queue's claim order by tenant, and its rows pruned with journal retention
+    // (issue 14).
+    crate::queue::FAIRNESS,
 ];
 
 /// The schema version this build writes, and the newest it accepts.
