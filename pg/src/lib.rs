@@ -27,6 +27,7 @@
 
 pub mod approvals;
 pub mod ceilings;
+mod counters;
 pub mod database;
 pub mod deltas;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod halts;
 pub mod journal;
 pub mod ledger;
 mod ledger_retry;
+pub mod ledger_warnings;
 mod listener;
 pub mod memory;
 pub mod queue;

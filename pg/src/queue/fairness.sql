@@ -1,4 +1,4 @@
--- Migration 11 (docs/ARCHITECTURE.md, "Cluster"): the run queue's claim order by tenant, and
+-- Migration 12 (docs/ARCHITECTURE.md, "Cluster"): the run queue's claim order by tenant, and
 -- queue rows pruned with journal retention.
 --
 -- claimed_at: when the run was last claimed. A claim orders the waiting runs by how many runs

@@ -27,7 +27,7 @@ use held::Held;
 /// `impresario_fence(run, epoch)` function.
 pub const MIGRATION: &str = include_str!("schema.sql");
 
-/// The queue's second step (migration 11): when each run was last claimed (the claim order
+/// The queue's second step (migration 12): when each run was last claimed (the claim order
 /// by tenant), and the trigger that deletes a run's row when retention deletes its journal.
 pub const FAIRNESS: &str = include_str!("fairness.sql");
 
