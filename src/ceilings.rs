@@ -11,11 +11,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use impresario::runtime::ledger::{Ledger, MicroUsd, TenantBudget};
+use impresario::runtime::ledger_store::LedgerStore;
 use impresario::runtime::TenantId;
 use impresario_pg::ceilings::PgCeilings;
+use impresario_pg::ledger_warnings::WarningFollower;
 
 /// The tenant ceilings, where they are kept (see the module docs).
 pub struct TenantCeilings {
@@ -24,7 +26,11 @@ pub struct TenantCeilings {
 
 enum Kept {
     File(FileOverrides),
-    Database(PgCeilings),
+    /// The ceilings, and the follower reporting their warnings on this process's ledger.
+    Database {
+        db: PgCeilings,
+        _warnings: WarningFollower,
+    },
 }
 
 impl TenantCeilings {
@@ -35,10 +41,25 @@ impl TenantCeilings {
         })
     }
 
-    /// The ceilings of the database.
-    pub fn in_database(ceilings: PgCeilings) -> TenantCeilings {
+    /// The ceilings of the database; the warnings they record are reported on `ledger`
+    /// (each by one process) for as long as these live.
+    pub fn in_database(ceilings: PgCeilings, ledger: Ledger) -> TenantCeilings {
+        let warnings = ceilings.follow_warnings(ledger);
         TenantCeilings {
-            kept: Kept::Database(ceilings),
+            kept: Kept::Database {
+                db: ceilings,
+                _warnings: warnings,
+            },
+        }
+    }
+
+    /// Where calls made outside runs (the semantic health check) hold their reservations so
+    /// that the database counts them: the ceilings in the database; `None` with the ceilings
+    /// in a file (this process's ledger counts them).
+    pub fn store(&self) -> Option<Arc<dyn LedgerStore>> {
+        match &self.kept {
+            Kept::File(_) => None,
+            Kept::Database { db, .. } => Some(Arc::new(db.clone())),
         }
     }
 
@@ -48,7 +69,7 @@ impl TenantCeilings {
     pub async fn write_configured(&self) -> Result<(), String> {
         match &self.kept {
             Kept::File(_) => Ok(()),
-            Kept::Database(db) => db
+            Kept::Database { db, .. } => db
                 .mirror()
                 .await
                 .map_err(|e| format!("cannot write the configured ceilings ([budget]): {e}")),
@@ -60,7 +81,7 @@ impl TenantCeilings {
     pub async fn set(&self, tenant: &str, ceiling: Option<MicroUsd>) -> Result<(), String> {
         match &self.kept {
             Kept::File(file) => file.set(tenant, ceiling),
-            Kept::Database(db) => db
+            Kept::Database { db, .. } => db
                 .set_override(&tenant.into(), ceiling)
                 .await
                 .map_err(|e| e.to_string()),
@@ -71,7 +92,7 @@ impl TenantCeilings {
     pub async fn budget(&self, tenant: &str) -> Result<TenantBudget, String> {
         match &self.kept {
             Kept::File(file) => Ok(file.ledger.tenant_budget(&tenant.into())),
-            Kept::Database(db) => db.budget(&tenant.into()).await.map_err(|e| e.to_string()),
+            Kept::Database { db, .. } => db.budget(&tenant.into()).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -83,7 +104,7 @@ impl TenantCeilings {
                 all.extend(file.ledger.ceilings().tenants.into_keys());
                 Ok(all)
             }
-            Kept::Database(db) => db.tenants().await.map_err(|e| e.to_string()),
+            Kept::Database { db, .. } => db.tenants().await.map_err(|e| e.to_string()),
         }
     }
 }

@@ -4,10 +4,12 @@
 //!
 //! What it does, by request:
 //! - **Planning** (a request for the `plan` schema): if nothing has run yet, it plans one call
-//!   of each allowed tool of [`crate::tools`] it can fill in from the goal (`search_notes` with
-//!   the goal as query, `save_note` with the goal as text, `calculator` when the goal holds two
-//!   numbers and an operation such as `plus` or `*`); with none, it answers at once. Once steps
-//!   have run, it answers with what the tools returned (or why they failed).
+//!   of each allowed tool it can fill in from the goal, in the order the planner's instructions
+//!   list them: of [`crate::tools`], `search_notes` with the goal as query, `save_note` with the
+//!   goal as text, `calculator` when the goal holds two numbers and an operation such as `plus`
+//!   or `*`; any other tool (an MCP server's) whose arguments schema has exactly one required
+//!   parameter, a string, with the goal as that parameter. With none, it answers at once. Once
+//!   steps have run, it answers with what the tools returned (or why they failed).
 //! - **Anything else** (a `model_call` step, a summary): it echoes the start of the question.
 //!
 //! Token usage is estimated from the text, so costs show as with a real model; `latency` makes
@@ -93,9 +95,9 @@ fn answer(request: &ChatRequest) -> String {
             "answer": format!("{} {NOTE}", results.join("; "))
         }));
     }
-    let steps: Vec<Value> = allowed_tools(system)
+    let steps: Vec<Value> = listed_tools(system)
         .into_iter()
-        .filter_map(|tool| {
+        .filter_map(|(tool, schema)| {
             let arguments = match tool {
                 "search_notes" => json!({ "query": goal }),
                 "save_note" => json!({ "text": goal }),
@@ -103,7 +105,7 @@ fn answer(request: &ChatRequest) -> String {
                     let (op, a, b) = arithmetic(goal)?;
                     json!({ "op": op, "a": a, "b": b })
                 }
-                _ => return None,
+                _ => json!({ one_string_parameter(&schema?)?: goal }),
             };
             Some(json!({
                 "type": "tool_call", "tool": tool, "arguments": arguments,
@@ -147,14 +149,39 @@ fn goal(prompt: &str) -> &str {
     rest[..end].trim()
 }
 
-/// The tools of [`crate::tools`] the planner's instructions list, in their order.
-fn allowed_tools(system: &str) -> Vec<&'static str> {
-    let mut found: Vec<(usize, &'static str)> = crate::tools::NAMES
-        .iter()
-        .filter_map(|name| system.find(&format!("\n- {name}:")).map(|at| (at, *name)))
-        .collect();
-    found.sort_unstable();
-    found.into_iter().map(|(_, name)| name).collect()
+/// The tools the planner's instructions list (`- <name>: <description> Arguments schema:
+/// <JSON>`), in their order, each with its arguments schema if it parses.
+fn listed_tools(system: &str) -> Vec<(&str, Option<Value>)> {
+    const SCHEMA: &str = " Arguments schema: ";
+    let mut tools = Vec::new();
+    let mut before = system;
+    while let Some(at) = before.find(SCHEMA) {
+        let rest = &before[at + SCHEMA.len()..];
+        // The tool's line is the last `- <name>:` before its schema (a description may hold
+        // line breaks).
+        let name = before[..at]
+            .rmatch_indices("\n- ")
+            .filter_map(|(i, _)| before[i + 3..at].split_once(": ").map(|(n, _)| n))
+            .find(|n| !n.is_empty() && !n.contains(char::is_whitespace));
+        let schema = serde_json::Deserializer::from_str(rest)
+            .into_iter::<Value>()
+            .next()
+            .and_then(Result::ok);
+        if let Some(name) = name {
+            tools.push((name, schema));
+        }
+        before = rest;
+    }
+    tools
+}
+
+/// The name of the only required parameter of `schema`, if it is a string.
+fn one_string_parameter(schema: &Value) -> Option<String> {
+    let [name] = schema["required"].as_array()?.as_slice() else {
+        return None;
+    };
+    let name = name.as_str()?;
+    (schema["properties"][name]["type"] == "string").then(|| name.to_owned())
 }
 
 /// What the steps so far returned (`tool: output`) or why they failed, from the history.
@@ -219,17 +246,79 @@ fn arithmetic(goal: &str) -> Option<(&'static str, f64, f64)> {
 mod tests {
     use super::*;
     use impresario_agents::plan::{parse_plan, plan_schema};
+    use impresario_agents::planner::system_prompt;
     use impresario_agents::Step;
+    use impresario_runtime::llm::ToolDef;
 
+    /// A planner's request, its instructions listing `tools` (`calculator`'s schema for the
+    /// built-in ones) as the planner lists them.
     fn planner_request(tools: &[&str], user: &str) -> ChatRequest {
-        let listed: String = tools
+        planner_request_with(
+            &tools
+                .iter()
+                .map(|t| (*t, json!({"type": "object", "required": ["op", "a", "b"]})))
+                .collect::<Vec<_>>(),
+            user,
+        )
+    }
+
+    fn planner_request_with(tools: &[(&str, Value)], user: &str) -> ChatRequest {
+        let defs: Vec<ToolDef> = tools
             .iter()
-            .map(|t| format!("\n- {t}: does things"))
+            .map(|(name, parameters)| ToolDef {
+                name: (*name).to_owned(),
+                description: "Does things.\n- a list: in the description".to_owned(),
+                parameters: parameters.clone(),
+            })
             .collect();
         ChatRequest::new("offline")
-            .system(format!("You plan.\nTools:{listed}\n"))
+            .system(system_prompt(&defs))
             .user(user.to_owned())
             .output_schema("plan", plan_schema().clone(), false)
+    }
+
+    #[test]
+    fn fills_in_a_tool_whose_only_required_parameter_is_a_string_with_the_goal() {
+        let string = |p: &str| json!({"type": "object", "required": [p], "properties": {p: {"type": "string"}}});
+        let request = planner_request_with(
+            &[
+                ("effects.record", string("what")),
+                ("everything.echo", string("message")),
+                (
+                    "two.required",
+                    json!({"type": "object", "required": ["a", "b"],
+                    "properties": {"a": {"type": "string"}, "b": {"type": "string"}}}),
+                ),
+                (
+                    "a.number",
+                    json!({"type": "object", "required": ["n"],
+                    "properties": {"n": {"type": "integer"}}}),
+                ),
+                ("none.required", json!({"type": "object", "properties": {}})),
+            ],
+            "Goal: Record run 7\n\nWhat is the plan now?",
+        );
+        let plan = parse_plan(&answer(&request)).unwrap();
+        let called: Vec<(String, Value)> = plan
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::ToolCall {
+                    tool, arguments, ..
+                } => (tool.clone(), Value::Object(arguments.clone())),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            called,
+            [
+                ("effects.record".to_owned(), json!({"what": "Record run 7"})),
+                (
+                    "everything.echo".to_owned(),
+                    json!({"message": "Record run 7"})
+                ),
+            ]
+        );
     }
 
     #[test]

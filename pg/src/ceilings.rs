@@ -20,13 +20,15 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use deadpool_postgres::Object;
-use impresario_runtime::ledger::{AccountId, Ceilings, Charge, MicroUsd, TenantBudget};
+use impresario_runtime::ledger::{AccountId, Ceilings, Charge, Ledger, MicroUsd, TenantBudget};
 use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreError, StoreFuture};
 use impresario_runtime::TenantId;
 
+use crate::counters::to_sql;
 use crate::database::Database;
 use crate::ledger::PgLedger;
 use crate::ledger_retry::{run, Step};
+use crate::ledger_warnings::{self, WarningFollower};
 
 /// The money limit of one account, created if need be.
 const SET_LIMIT: &str = "INSERT INTO ledger_accounts (account, limit_micro_usd) VALUES ($1, $2) \
@@ -143,6 +145,12 @@ impl PgCeilings {
         Ok(all)
     }
 
+    /// Reports on `ledger` the ceiling warnings that charges record in the database (see
+    /// [`ledger_warnings`]), for as long as the returned follower lives.
+    pub fn follow_warnings(&self, ledger: Ledger) -> WarningFollower {
+        ledger_warnings::follow(&self.db, ledger)
+    }
+
     /// Creates the account of the tenant on `path`, if any, with its ceiling, unless this
     /// process already did.
     async fn open_tenant(&self, path: &[AccountId]) -> Result<(), StoreError> {
@@ -191,13 +199,8 @@ impl LedgerStore for PgCeilings {
     }
 }
 
-/// An amount as PostgreSQL's `bigint` (clamped).
-fn to_sql(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn from_sql(v: Option<i64>) -> Option<u64> {
-    v.map(|v| u64::try_from(v).unwrap_or(0))
+    v.map(crate::counters::from_sql)
 }
 
 struct Mirror {

@@ -45,9 +45,11 @@ use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreErr
 use impresario_runtime::RunId;
 use tokio_postgres::Row;
 
+use crate::counters::{from_sql, to_sql};
 use crate::database::Database;
 use crate::fences::Fences;
 use crate::ledger_retry::{run, Step};
+use crate::ledger_warnings::{self, Charged};
 
 /// A sweep of old hold rows runs after this many reservations of one [`PgLedger`].
 pub const SWEEP_EVERY: u64 = 1024;
@@ -70,7 +72,8 @@ const HOLDS_PATH: &str = "SELECT path FROM ledger_holds WHERE id = ANY($1) LIMIT
 const DELETE_HOLDS: &str = "DELETE FROM ledger_holds WHERE id = ANY($1)";
 const CHARGE: &str = "UPDATE ledger_accounts SET spent_micro_usd = spent_micro_usd + $2, \
      spent_tokens = spent_tokens + $3, spent_model_calls = spent_model_calls + $4 \
-     WHERE account = ANY($1)";
+     WHERE account = ANY($1) RETURNING account, limit_micro_usd, limit_tokens, \
+     limit_model_calls, spent_micro_usd, spent_tokens, spent_model_calls";
 const SET_LIMITS: &str = "INSERT INTO ledger_accounts \
      (account, limit_micro_usd, limit_tokens, limit_model_calls) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (account) DO UPDATE SET limit_micro_usd = EXCLUDED.limit_micro_usd, \
@@ -257,15 +260,6 @@ fn new_hold_id() -> String {
 /// The run of an account path as stored (`run:<id>`), if it has one.
 fn run_of(path: &[String]) -> Option<&str> {
     path.iter().find_map(|account| account.strip_prefix("run:"))
-}
-
-/// A counter as PostgreSQL's `bigint` (amounts above `i64::MAX` are clamped to it).
-fn to_sql(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn from_sql(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 /// The three counted dimensions of `row` from column `at`: money, tokens, model calls.
@@ -468,8 +462,9 @@ pub(crate) async fn holds_path(
 
 /// Settles the holds `ids` on `path` inside `tx`: locks the path's accounts in the global
 /// order, deletes the holds, and charges `charge` on every account of the path once if any of
-/// them was still there (a hold already settled is not charged again). The journal's appends
-/// call it for the holds of the answers they write; [`LedgerStore::settle`] for one hold.
+/// them was still there (a hold already settled is not charged again), recording the warning
+/// fractions the charge crossed ([`crate::ledger_warnings`]). The journal's appends call it for
+/// the holds of the answers they write; [`LedgerStore::settle`] for one hold.
 pub(crate) async fn settle_on(
     tx: &Transaction<'_>,
     path: &[String],
@@ -484,9 +479,20 @@ pub(crate) async fn settle_on(
     }
     let update = tx.prepare_cached(CHARGE).await?;
     let amounts = [charge.micro_usd, charge.tokens, charge.model_calls].map(to_sql);
-    tx.execute(&update, &[&path, &amounts[0], &amounts[1], &amounts[2]])
-        .await
-        .map(drop)
+    let charged: Vec<Charged> = tx
+        .query(&update, &[&path, &amounts[0], &amounts[1], &amounts[2]])
+        .await?
+        .iter()
+        .map(|row| {
+            let account = AccountRow::from_row(row);
+            Charged {
+                account: row.get(0),
+                limits: account.limits,
+                spent: account.spent,
+            }
+        })
+        .collect();
+    ledger_warnings::record(tx, &charged, charge).await
 }
 
 struct SetLimits {

@@ -24,6 +24,7 @@
 
 pub mod approvals;
 pub mod ceilings;
+mod counters;
 pub mod database;
 pub mod error;
 pub mod fences;
@@ -31,6 +32,7 @@ pub mod halts;
 pub mod journal;
 pub mod ledger;
 mod ledger_retry;
+pub mod ledger_warnings;
 mod listener;
 pub mod memory;
 pub mod queue;

@@ -115,6 +115,17 @@ pub const MIGRATIONS: &[&str] = &[
     // 10: the lease epoch each journal row was written under (journal.rs; NULL: not under a
     // cluster lease), so a run's journal shows which claim wrote what.
     "ALTER TABLE journal_events ADD COLUMN lease_epoch bigint;",
+    // 11: ceiling warnings recorded by the charge that crossed them, until one process takes
+    // and reports them (ledger_warnings.rs).
+    "CREATE TABLE ledger_warnings (
+        id bigserial PRIMARY KEY,
+        account text NOT NULL,
+        dimension text NOT NULL,
+        percent smallint NOT NULL,
+        spent bigint NOT NULL,
+        ceiling bigint NOT NULL,
+        at timestamptz NOT NULL DEFAULT now()
+    );",
 ];
 
 /// The schema version this build writes, and the newest it accepts.

@@ -36,8 +36,29 @@ use crate::telemetry::LabelValue;
 /// An amount of money in millionths of a US dollar.
 pub type MicroUsd = u64;
 
-/// Warning thresholds, in percent of a limit, used by [`Ledger::new`].
-const DEFAULT_WARNING_PERCENTS: [u8; 3] = [50, 80, 100];
+/// Warning thresholds, in percent of a limit, used by [`Ledger::new`] (and by the ledger on
+/// PostgreSQL).
+pub const DEFAULT_WARNING_PERCENTS: [u8; 3] = [50, 80, 100];
+
+/// Whether `spent` reached `percent` of `limit` (nothing spent reaches nothing).
+fn reached(spent: u64, limit: u64, percent: u8) -> bool {
+    spent > 0 && u128::from(spent) * 100 >= u128::from(limit) * u128::from(percent)
+}
+
+/// The fractions of `percents` (ascending) that a charge taking an account's spending from
+/// `before` to `after` crossed, in percent of `limit`: each is crossed by exactly one charge
+/// while the limit stays the same, so a store that charges under a lock reports each once.
+pub fn percents_crossed(
+    percents: &[u8],
+    before: u64,
+    after: u64,
+    limit: u64,
+) -> impl Iterator<Item = u8> + '_ {
+    percents
+        .iter()
+        .copied()
+        .filter(move |&p| !reached(before, limit, p) && reached(after, limit, p))
+}
 
 /// Events are rare (warnings, refusals, overshoots); a slow subscriber lags rather than
 /// blocking a reservation.
@@ -60,6 +81,22 @@ impl fmt::Display for AccountId {
             AccountId::Global => f.write_str("global"),
             AccountId::Tenant(id) => write!(f, "tenant:{id}"),
             AccountId::Run(id) => write!(f, "run:{id}"),
+        }
+    }
+}
+
+/// Parses what [`Display`](fmt::Display) writes: `global`, `tenant:<id>`, `run:<id>`.
+impl std::str::FromStr for AccountId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            None if s == "global" => Ok(AccountId::Global),
+            Some(("tenant", id)) if !id.is_empty() => Ok(AccountId::Tenant(id.into())),
+            Some(("run", id)) if !id.is_empty() => Ok(AccountId::Run(id.into())),
+            _ => Err(format!(
+                "`{s}` is not an account: expected `global`, `tenant:<id>` or `run:<id>`"
+            )),
         }
     }
 }
@@ -463,7 +500,7 @@ impl Node {
             };
             let spent = s.spent.get(dim);
             while let Some(&percent) = shared.warning_percents.get(s.warned[i]) {
-                if spent == 0 || u128::from(spent) * 100 < u128::from(limit) * u128::from(percent) {
+                if !reached(spent, limit, percent) {
                     break;
                 }
                 s.warned[i] += 1;
@@ -677,6 +714,13 @@ impl Ledger {
             .ceilings
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands `event`, decided by a store shared with other processes (the ceiling warnings
+    /// of the ledger on PostgreSQL), to this ledger's subscribers as if this ledger had raised
+    /// it: they report it the same way (supervisor events, metrics).
+    pub fn publish(&self, event: LedgerEvent) {
+        self.shared.emit(event);
     }
 
     /// Warnings, refusals and overshoots from now on. A receiver that falls more than 1024
@@ -1096,6 +1140,42 @@ mod tests {
             }
         }
         assert_eq!(fired, vec![(50, 500), (80, 850), (100, 1_000)]);
+    }
+
+    #[test]
+    fn each_fraction_is_crossed_by_exactly_one_charge() {
+        let percents = DEFAULT_WARNING_PERCENTS;
+        let crossed =
+            |before, after| percents_crossed(&percents, before, after, 1_000).collect::<Vec<u8>>();
+        let none: Vec<u8> = Vec::new();
+        assert_eq!(crossed(0, 499), none);
+        assert_eq!(crossed(499, 500), vec![50]);
+        assert_eq!(crossed(500, 799), none, "50 % was crossed before");
+        assert_eq!(crossed(0, 1_200), vec![50, 80, 100]);
+        assert_eq!(crossed(1_000, 1_200), none);
+        // Charges in any sizes cross each fraction once in all.
+        let mut fired = Vec::new();
+        let mut spent = 0;
+        for step in [7, 300, 1, 250, 0, 241, 200, 5] {
+            fired.extend(percents_crossed(&percents, spent, spent + step, 1_000));
+            spent += step;
+        }
+        assert_eq!(fired, vec![50, 80, 100]);
+    }
+
+    #[test]
+    fn account_ids_parse_back_from_their_names() {
+        for id in [
+            AccountId::Global,
+            AccountId::Tenant("acme".into()),
+            AccountId::Run("r:1".into()),
+        ] {
+            assert_eq!(id.to_string().parse::<AccountId>(), Ok(id));
+        }
+        for bad in ["", "tenant:", "tenant", "user:x", "globals"] {
+            let err = bad.parse::<AccountId>().unwrap_err();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use impresario::agents::Role;
 use impresario::offline::OfflineModel;
 use impresario::runtime::health::SemanticCheck;
-use impresario::runtime::ledger::{AccountId, Limits};
 use impresario::runtime::llm::{CallOptions, ChatRequest};
 use impresario::runtime::TenantId;
 
@@ -49,13 +48,11 @@ pub fn spawn(config: &Config, engine: &Engine) -> Result<bool, String> {
     }
     let ledger = engine.orchestrator.ledger();
     let health_tenant = TenantId::new(HEALTH_TENANT);
-    let tenant = AccountId::Tenant(health_tenant.clone());
-    if ledger.account(&tenant).is_none() {
-        ledger
-            .open(tenant.clone(), None, Limits::default())
-            .map_err(|e| format!("cannot open the health check's account: {e}"))?;
-    }
+    // A tenant like any other: its ceiling is `[budget.tenants] _health`, else the default
+    // (with `journal.url`, the database's, which counts the check's spend for every process).
+    let tenant = ledger.tenant(&health_tenant).id().clone();
     let account = ledger.path(&tenant).map_err(|e| e.to_string())?;
+    let store = engine.ceilings.store();
     let halts = engine.orchestrator.halts().clone();
     let request = ChatRequest::new(model.clone())
         .user(health.semantic_question.clone())
@@ -69,7 +66,10 @@ pub fn spawn(config: &Config, engine: &Engine) -> Result<bool, String> {
         loop {
             // The tenant's token of the moment: a lifted halt gives it a fresh one.
             let halt = halts.tenant(&health_tenant).cancellation();
-            let options = CallOptions::new(account.clone(), halt);
+            let mut options = CallOptions::new(account.clone(), halt);
+            if let Some(store) = &store {
+                options = options.held_in(store.clone());
+            }
             let check = SemanticCheck::new(client.clone(), request.clone(), &expected, options);
             if let Err(e) = check.run().await {
                 tracing::warn!(model = %request.model, error = %e, "semantic health check failed");

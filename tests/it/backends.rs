@@ -2,9 +2,11 @@
 //! and the real binary with `journal.url` on a real PostgreSQL (a throwaway server, a database
 //! per test). What depends on the backend is checked the same way on each: tenant ceilings
 //! enforced and kept across a restart, a run budget over the limit refused, standing halts and
-//! their lifts, approvals, a run cut off by a crash resumed at start, tenants kept apart.
+//! their lifts, approvals, a run cut off by a crash resumed at start, tenants kept apart, the
+//! ceiling warnings (once per fraction crossed), the health check's spend in the tenants API.
 //! Then what PostgreSQL makes possible: two `serve` processes on one database, where a halt
-//! sent to one stops a run the other drives, and a tenant's ceiling holds across both.
+//! sent to one stops a run the other drives, a tenant's ceiling holds across both, and each
+//! ceiling warning is reported once between them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::binary::{Server, TempDir, TOKEN};
+use crate::provider::{Behaviour, Provider};
 
 /// A token bound to tenant `acme`.
 const ACME: &str = "acme-token-0123456789abcdef";
@@ -41,11 +44,17 @@ impl Backend {
     /// `serve` in `dir` on this backend, with tokens of tenants `acme` and `beta` and `extra`
     /// config lines.
     fn serve(&self, dir: Arc<TempDir>, extra: &str) -> Server {
+        self.serve_with(dir, extra, &[])
+    }
+
+    /// [`Backend::serve`] with `env` set too.
+    fn serve_with(&self, dir: Arc<TempDir>, extra: &str, env_extra: &[(&str, &str)]) -> Server {
         let config = format!(
             "{extra}\n[[server.tokens]]\ntenant = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n\
              [[server.tokens]]\ntenant = \"beta\"\ntoken_env = \"BETA_TOKEN\"\n"
         );
         let mut env = vec![("ACME_TOKEN", ACME), ("BETA_TOKEN", BETA)];
+        env.extend_from_slice(env_extra);
         if let Backend::Postgres(url) = self {
             env.push(("IMPRESARIO_JOURNAL__URL", url.as_str()));
         }
@@ -78,6 +87,8 @@ on_both_backends!(a_standing_halt_stops_a_tenants_runs_until_lifted);
 on_both_backends!(an_approved_step_runs_and_a_rejected_one_does_not);
 on_both_backends!(a_run_cut_off_by_a_crash_is_resumed_at_start);
 on_both_backends!(a_tenant_sees_its_own_runs_only);
+on_both_backends!(a_tenant_ceiling_warns_once_at_each_fraction_its_spend_crosses);
+on_both_backends!(the_semantic_health_checks_spend_shows_in_the_tenants_api);
 
 /// Submits `body` as `token`; the run's id.
 async fn submit_as(server: &Server, token: &str, body: Value) -> String {
@@ -401,6 +412,24 @@ async fn a_halt_sent_to_one_process_stops_a_run_the_other_drives() {
     assert!(lifted, "B kept halting acme's new runs after the lift");
 }
 
+/// Submits `n` of acme's runs, to `a` and `b` in turn, without waiting; each with the
+/// process it was submitted to.
+async fn acme_runs_on_both<'a>(
+    a: &'a Server,
+    b: &'a Server,
+    n: usize,
+) -> Vec<(&'a Server, String)> {
+    let mut runs = Vec::new();
+    for i in 0..n {
+        let server = if i % 2 == 0 { a } else { b };
+        runs.push((
+            server,
+            submit_as(server, ACME, json!({ "goal": GOAL })).await,
+        ));
+    }
+    runs
+}
+
 #[tokio::test]
 async fn a_tenant_ceiling_holds_across_two_processes() {
     let (a, b) = two_processes("cross_ceiling", "");
@@ -418,14 +447,7 @@ async fn a_tenant_ceiling_holds_across_two_processes() {
         .await;
     assert_eq!(status, 200, "{answer}");
 
-    let mut runs = Vec::new();
-    for i in 0..8 {
-        let server = if i % 2 == 0 { &a } else { &b };
-        runs.push((
-            server,
-            submit_as(server, ACME, json!({ "goal": GOAL })).await,
-        ));
-    }
+    let runs = acme_runs_on_both(&a, &b, 8).await;
     let mut succeeded = 0;
     for (server, id) in &runs {
         let state = server
@@ -544,4 +566,144 @@ async fn a_tenant_first_seen_by_either_process_gets_the_default_ceiling_in_the_d
     }
     let (_, listed) = a.get("/v1/tenants").await;
     assert!(listed.to_string().contains("\"gamma\""), "{listed}");
+}
+
+/// The fractions of a tenant ceiling that warn.
+const FRACTIONS: [u64; 3] = [50, 80, 100];
+
+/// The tenant ceiling warnings `servers` reported in all, by fraction of [`FRACTIONS`].
+async fn tenant_warnings(servers: &[&Server]) -> Vec<f64> {
+    let mut counts = vec![0.0; FRACTIONS.len()];
+    for server in servers {
+        let scraped = server.scrape().await;
+        for (count, percent) in counts.iter_mut().zip(FRACTIONS) {
+            let percent = percent.to_string();
+            let labels = [
+                ("account_kind", "tenant"),
+                ("dimension", "micro_usd"),
+                ("percent", percent.as_str()),
+            ];
+            *count += scraped.value_or_zero("impresario_ceiling_warnings_total", &labels);
+        }
+    }
+    counts
+}
+
+/// Waits (10 s at most) until `servers` together reported each fraction of acme's `ceiling`
+/// that its spend (as the tenants API shows it) reached exactly once, and none it did not
+/// reach; then checks that no second report follows. Returns the spend.
+async fn warned_once_per_fraction_reached(servers: &[&Server], ceiling: u64) -> u64 {
+    let (_, acme) = servers[0].get("/v1/tenants/acme").await;
+    let spent = acme["spent_micro_usd"].as_u64().unwrap();
+    let expected: Vec<f64> = FRACTIONS
+        .iter()
+        .map(|p| f64::from(u8::from(spent * 100 >= ceiling * p)))
+        .collect();
+    let mut reported = Vec::new();
+    for _ in 0..200 {
+        reported = tenant_warnings(servers).await;
+        if reported == expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reported, expected,
+        "warnings at {FRACTIONS:?} % of {ceiling} with {spent} spent"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later = tenant_warnings(servers).await;
+    assert_eq!(later, expected, "a warning was reported twice");
+    spent
+}
+
+/// Measures what one run costs (on beta, unlimited), and gives acme a ceiling of `runs` of them.
+async fn acme_ceiling_of_runs(server: &Server, runs: u64) -> u64 {
+    let id = submit_as(server, BETA, json!({ "goal": GOAL })).await;
+    server.until(&id, |s| s["state"] == "succeeded").await;
+    let (_, beta) = server.get("/v1/tenants/beta").await;
+    let one_run = beta["spent_micro_usd"].as_u64().unwrap();
+    assert!(one_run > 0, "{beta}");
+    let ceiling = one_run * runs;
+    let set = json!({ "ceiling_usd": ceiling as f64 / 1e6 });
+    let (status, acme) = server
+        .send_as(TOKEN, Method::PUT, "/v1/tenants/acme", &set)
+        .await;
+    assert_eq!((status, &acme["ceiling_micro_usd"]), (200, &json!(ceiling)));
+    ceiling
+}
+
+async fn a_tenant_ceiling_warns_once_at_each_fraction_its_spend_crosses(backend: Backend) {
+    let server = backend.serve(Arc::new(TempDir::new()), "");
+    let ceiling = acme_ceiling_of_runs(&server, 5).await;
+    assert_eq!(
+        warned_once_per_fraction_reached(&[&server], ceiling).await,
+        0
+    );
+    // One run at a time until the ceiling refuses one: after each, the fractions reached so
+    // far have warned once each.
+    let mut spent = 0;
+    for _ in 0..8 {
+        let id = submit_as(&server, ACME, json!({ "goal": GOAL })).await;
+        let state = server.until(&id, ended).await;
+        spent = warned_once_per_fraction_reached(&[&server], ceiling).await;
+        if state["state"] != "succeeded" {
+            break;
+        }
+    }
+    assert!(spent * 100 >= ceiling * 80, "spent {spent} of {ceiling}");
+    assert!(spent <= ceiling, "spent {spent} of {ceiling}");
+}
+
+#[tokio::test]
+async fn two_processes_spending_at_once_report_each_ceiling_warning_once_between_them() {
+    let (a, b) = two_processes("cross_warnings", "");
+    let ceiling = acme_ceiling_of_runs(&a, 5).await;
+    // Eight runs submitted at once, half to each process: they race to cross each fraction.
+    let runs = acme_runs_on_both(&a, &b, 8).await;
+    for (server, id) in &runs {
+        let limit = std::time::Duration::from_secs(30);
+        server.until_within(id, limit, ended).await;
+    }
+    let spent = warned_once_per_fraction_reached(&[&a, &b], ceiling).await;
+    assert!(spent * 100 >= ceiling * 80, "spent {spent} of {ceiling}");
+    assert!(spent <= ceiling, "spent {spent} of {ceiling}");
+}
+
+/// A model served by the loopback provider, priced, asked by the semantic health check.
+const CHECKED_MODEL: &str = r#"
+[models]
+standard = ["house-model"]
+[prices."house-model"]
+litellm_provider = "local"
+input_cost_per_token = 0.000001
+output_cost_per_token = 0.000002
+[health]
+semantic_every_secs = 1
+"#;
+
+async fn the_semantic_health_checks_spend_shows_in_the_tenants_api(backend: Backend) {
+    let answer = r#"{"steps": [{"type": "final_answer", "answer": "4"}]}"#;
+    let provider = Provider::start(Behaviour::Answer(answer.into())).await;
+    let env = [
+        ("IMPRESARIO_MODELS__PROVIDER", "auto"),
+        ("OPENAI_BASE_URL", provider.base_url.as_str()),
+    ];
+    let server = backend.serve_with(Arc::new(TempDir::new()), CHECKED_MODEL, &env);
+    // The check's calls are charged to tenant `_health`; on PostgreSQL the API reads the
+    // database, so they must be held there too.
+    let mut health = Value::Null;
+    for _ in 0..200 {
+        health = server.get("/v1/tenants/_health").await.1;
+        if health["spent_micro_usd"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        health["spent_micro_usd"].as_u64().unwrap_or(0) > 0,
+        "the checks' spend does not show: {health}; asked {} times",
+        provider.models().len()
+    );
+    assert!(!provider.models().is_empty());
 }

@@ -3,7 +3,7 @@
 //! `cluster.max_runs_per_replica` at once by one replica, each exactly once; SIGTERM hands a
 //! replica's runs back, and another finishes them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,7 +161,8 @@ async fn replicas_share_the_queue_each_run_driven_once_and_at_most_max_runs_each
 #[tokio::test]
 async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
     let url = shared().create_database(&format!("cluster_drain_{}", std::process::id()));
-    let mut a = replica(&url, "a", 4, 400);
+    // Slow model calls (2 s): none of the runs can end on A while B starts (seconds under load).
+    let mut a = replica(&url, "a", 4, 2000);
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (status, body) = a
@@ -179,6 +180,8 @@ async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let b = replica(&url, "b", 4, 400);
+    let ended = "SELECT count(*) FROM journal_events WHERE kind = 'run_finished'";
+    assert_eq!(shared().psql(&url, ended).unwrap(), "0", "a run ended on A");
     assert!(a.terminate().success(), "{}", a.stderr());
     assert!(
         a.stderr().contains("handed the runs back"),
@@ -312,7 +315,8 @@ async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_jo
 #[tokio::test]
 async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal() {
     let url = shared().create_database(&format!("cluster_events_{}", std::process::id()));
-    let a = replica(&url, "a", 4, 300);
+    // Slow model calls (1.5 s): the run is still going when B has started (seconds under load).
+    let a = replica(&url, "a", 4, 1500);
     let (status, body) = a
         .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
         .await;
@@ -364,19 +368,25 @@ async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal
 }
 
 /// The chaos test (issue 14 item 6), bounded in time: 3 replicas on one database, 200 runs over
-/// 5 tenants whose ceilings let about half their runs through, a random replica killed
-/// (SIGKILL) and started again 3 times while they run. Every run ends once, no journaled model
-/// answer or tool result is had twice, every tenant's spend stays within its ceiling, and
-/// nothing stays reserved.
+/// 5 tenants whose ceilings let about half their runs through, each run calling a real MCP
+/// server's tool that is not idempotent and records every call outside the process (a line in
+/// a file, [`Effects`]); one replica killed (SIGKILL) while such a call is in flight, then a
+/// random one twice, each started again. Every run ends once, no journaled model answer or tool
+/// result is had twice, every call the journal shows completed happened exactly once and none
+/// happened twice (from the file), the call cut off is reported as of unknown outcome (an
+/// operator rejects it), every tenant's spend stays within its ceiling, and nothing stays
+/// reserved.
 #[tokio::test]
 async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceilings() {
     const RUNS: usize = 200;
+    const NAMES: [&str; 3] = ["r0", "r1", "r2"];
     let url = shared().create_database(&format!("cluster_chaos_{}", std::process::id()));
-    // 3 runs at once per replica, 400 ms per model call: the runs last a few seconds.
-    let start = |name: &str| replica_leasing(&url, name, (3, 2.0), 400);
-    let mut replicas: Vec<Server> = ["r0", "r1", "r2"].into_iter().map(start).collect();
+    let effects = Effects::new();
+    // 3 runs at once per replica, 400 ms per model call, 300 ms per recorded effect.
+    let start = |name: &str| effects.replica(&url, name);
+    let mut replicas: Vec<Server> = NAMES.into_iter().map(start).collect();
     // What one run costs, measured; then each tenant's ceiling fits about 20 of its 40 runs.
-    let probe = submit_to(&replicas[0], "probe").await;
+    let probe = submit_to(&replicas[0], "probe", 0).await;
     replicas[0]
         .until(&probe, |s| s["state"] == "succeeded")
         .await;
@@ -393,27 +403,34 @@ async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceili
         assert_eq!(status, 200, "{answer}");
     }
     let mut ids = vec![probe];
-    for i in 0..RUNS {
-        ids.push(submit_to(&replicas[i % 3], &format!("t{}", i % 5)).await);
+    for i in 1..=RUNS {
+        ids.push(submit_to(&replicas[i % 3], &format!("t{}", i % 5), i).await);
     }
-    // Kill a random replica three times, starting it again each time.
+    // Kill the replica driving a recorded call that has not answered yet, then a random one
+    // twice; each is started again.
     let mut seed = u64::from(std::process::id());
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let victim = usize::try_from(seed >> 33).unwrap() % 3;
+    for kill in 0..3 {
+        let victim = if kill == 0 {
+            let owner = effects.owner_of_a_call_in_flight(&url).await;
+            NAMES.iter().position(|n| *n == owner).unwrap()
+        } else {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            usize::try_from(seed >> 33).unwrap() % 3
+        };
         replicas[victim].crash();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        replicas[victim] = start(["r0", "r1", "r2"][victim]);
+        replicas[victim] = start(NAMES[victim]);
     }
-    // Every run ends, once, and is done in the queue (bounded: 120 s).
-    let ended = "SELECT count(DISTINCT run_id) FROM journal_events WHERE kind = 'run_finished'";
+    // Every run ends, once, and is done in the queue (bounded: 120 s); a call whose outcome a
+    // kill left unknown waits for an operator, who rejects it.
+    let rejected = end_all(&url, &replicas[0], RUNS + 1).await;
     let all = (RUNS + 1).to_string();
-    until_sql(&url, ended, Duration::from_secs(120), |n| n == all).await;
     let done = "SELECT count(*) FROM run_queue WHERE state = 'done'";
     until_sql(&url, done, Duration::from_secs(10), |n| n == all).await;
     assert_nothing_journaled_twice(&url);
     assert_no_stale_epoch_appended(&url);
+    effects.assert_each_happened_once(&url, &rejected);
     // Every tenant's spend is at most its ceiling, and the ceilings did refuse runs.
     let mut refused = 0;
     for t in 0..5 {
@@ -441,6 +458,168 @@ async fn chaos_killed_and_restarted_replicas_end_every_run_once_within_the_ceili
         .psql(&url, "SELECT count(*) FROM run_queue WHERE epoch > 1")
         .unwrap();
     assert_ne!(taken_over, "0", "no kill interrupted a run");
+}
+
+/// Waits (120 s at most) until `runs` runs ended, rejecting through `server` every tool call
+/// whose outcome a crash left unknown (`approval_requested` with reason `unknown_outcome`)
+/// meanwhile; returns the runs rejected so.
+async fn end_all(url: &str, server: &Server, runs: usize) -> BTreeSet<String> {
+    let ended = "SELECT count(DISTINCT run_id) FROM journal_events WHERE kind = 'run_finished'";
+    let waiting = "SELECT run_id, body::json->>'step', body::json->>'reason' \
+                   FROM journal_events a WHERE kind = 'approval_requested' AND NOT EXISTS ( \
+                   SELECT 1 FROM journal_events d WHERE d.run_id = a.run_id \
+                   AND d.kind = 'approval_decided' AND d.seq > a.seq)";
+    let (mut rejected, start) = (BTreeSet::new(), Instant::now());
+    while shared().psql(url, ended).unwrap() != runs.to_string() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "runs not ended: {} of {runs}",
+            shared().psql(url, ended).unwrap()
+        );
+        for line in shared().psql(url, waiting).unwrap().lines() {
+            let [run, step, reason] = line.split('|').collect::<Vec<_>>()[..] else {
+                panic!("{line}")
+            };
+            assert_eq!(
+                reason, "unknown_outcome",
+                "run {run} asks about step {step}"
+            );
+            if rejected.insert(run.to_owned()) {
+                let path = format!("/v1/runs/{run}/approvals/{step}");
+                let no = json!({ "decision": "reject", "reason": "it may have happened" });
+                let (status, answer) = server.post(&path, no).await;
+                assert_eq!(status, 202, "{path}: {answer}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rejected
+}
+
+/// An MCP server with an effect outside the process (`tests/mcp-effects/server.js`, on the
+/// TypeScript SDK `.ci/run` installs with the reference server): its tool `effects.record`,
+/// declared not idempotent, appends `{"what", "pid"}` to a file shared by every replica's
+/// server, then waits 300 ms before it answers.
+struct Effects {
+    dir: TempDir,
+    config: String,
+}
+
+impl Effects {
+    fn new() -> Effects {
+        let reference = impresario::mcp::reference_server().unwrap_or_else(|e| panic!("{e}"));
+        let modules = reference.ancestors().nth(4).unwrap();
+        let dir = TempDir::new();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp-effects/server.js");
+        let log = dir.0.join("effects.jsonl");
+        let config = format!(
+            "[[tools.mcp]]\nname = \"effects\"\ncommand = \"node\"\nargs = [{script:?}, {:?}, {:?}, \"300\"]\n",
+            modules.to_str().unwrap(),
+            log.to_str().unwrap(),
+        );
+        Effects { dir, config }
+    }
+
+    /// A replica calling this server's tool: at most 3 runs at once, 2 s leases, 400 ms per
+    /// model call.
+    fn replica(&self, url: &str, name: &str) -> Server {
+        Server::start_with(
+            Arc::new(TempDir::new()),
+            &self.config,
+            &[
+                ("IMPRESARIO_JOURNAL__URL", url),
+                ("IMPRESARIO_CLUSTER__REPLICA", name),
+                ("IMPRESARIO_CLUSTER__MAX_RUNS_PER_REPLICA", "3"),
+                ("IMPRESARIO_CLUSTER__LEASE_SECS", "2"),
+                ("IMPRESARIO_MODELS__OFFLINE_LATENCY_MS", "400"),
+            ],
+        )
+    }
+
+    /// How many times each `what` was recorded.
+    fn recorded(&self) -> BTreeMap<String, usize> {
+        let text = std::fs::read_to_string(self.dir.0.join("effects.jsonl")).unwrap_or_default();
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let call: serde_json::Value = serde_json::from_str(line).unwrap();
+            *counts
+                .entry(call["what"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        counts
+    }
+
+    /// The replica driving a run whose call of the tool was recorded but has not answered
+    /// (polled, 30 s at most).
+    async fn owner_of_a_call_in_flight(&self, url: &str) -> String {
+        let in_flight = "SELECT q.owner, r.body::json->>'goal' FROM journal_events i \
+             JOIN run_queue q USING (run_id) \
+             JOIN journal_events r ON r.run_id = i.run_id AND r.kind = 'run_submitted' \
+             WHERE i.kind = 'tool_call_intent' AND i.body::json->>'tool' = 'effects.record' \
+             AND q.state = 'leased' AND NOT EXISTS (SELECT 1 FROM journal_events o \
+             WHERE o.run_id = i.run_id AND o.kind = 'tool_result' AND o.idem_key = i.idem_key)";
+        let start = Instant::now();
+        loop {
+            let recorded = self.recorded();
+            let out = shared().psql(url, in_flight).unwrap();
+            let found = out.lines().find_map(|l| {
+                let (owner, goal) = l.split_once('|')?;
+                recorded.contains_key(goal).then(|| owner.to_owned())
+            });
+            if let Some(owner) = found {
+                return owner;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no call in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// From the file: no call happened twice; every call the journal shows answered by the
+    /// tool happened exactly once; every call recorded was journaled as intended first; the
+    /// calls a crash cut off were reported as of unknown outcome (`rejected`), not done again,
+    /// and there was at least one.
+    fn assert_each_happened_once(&self, url: &str, rejected: &BTreeSet<String>) {
+        let recorded = self.recorded();
+        let twice: Vec<_> = recorded.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "calls that happened twice: {twice:?}");
+        let calls = shared()
+            .psql(
+                url,
+                "SELECT i.run_id, r.body::json->>'goal', coalesce(o.body::jsonb->'outcome' ? 'ok', false) \
+                 FROM journal_events i \
+                 JOIN journal_events r ON r.run_id = i.run_id AND r.kind = 'run_submitted' \
+                 LEFT JOIN journal_events o ON o.run_id = i.run_id AND o.kind = 'tool_result' \
+                   AND o.idem_key = i.idem_key \
+                 WHERE i.kind = 'tool_call_intent' AND i.body::json->>'tool' = 'effects.record'",
+            )
+            .unwrap();
+        let (mut answered, mut intended) = (0, BTreeSet::new());
+        for line in calls.lines() {
+            let [run, goal, ok] = line.split('|').collect::<Vec<_>>()[..] else {
+                panic!("{line}")
+            };
+            intended.insert(goal.to_owned());
+            if ok == "t" {
+                answered += 1;
+                assert_eq!(recorded.get(goal), Some(&1), "run {run}'s answered call");
+            } else {
+                assert!(
+                    rejected.contains(run),
+                    "run {run}'s call did not answer: {line}"
+                );
+            }
+        }
+        let unjournaled: Vec<_> = recorded.keys().filter(|g| !intended.contains(*g)).collect();
+        assert!(
+            unjournaled.is_empty(),
+            "calls with no intent journaled: {unjournaled:?}"
+        );
+        assert!(answered > 50, "only {answered} calls answered");
+        assert!(!rejected.is_empty(), "no call was cut off by a kill");
+    }
 }
 
 /// Every journal row after a run's submission was written under a lease, and no run's journal
@@ -473,9 +652,12 @@ fn assert_no_stale_epoch_appended(url: &str) {
     );
 }
 
-/// Submits a calculator run for `tenant` (the admin's token) to `server`; its id.
-async fn submit_to(server: &Server, tenant: &str) -> String {
-    let body = json!({ "goal": GOAL, "tenant": tenant, "tools": ["calculator"] });
+/// Submits run `n` of `tenant` (the admin's token) to `server`, calling the calculator and
+/// `effects.record` (which records its goal); its id.
+async fn submit_to(server: &Server, tenant: &str, n: usize) -> String {
+    let goal = format!("{GOAL} (chaos run {n})");
+    let tools = ["calculator", "effects.record"];
+    let body = json!({ "goal": goal, "tenant": tenant, "tools": tools });
     let (status, created) = server.post("/v1/runs", body).await;
     assert_eq!(status, 201, "{created}");
     created["id"].as_str().unwrap().to_owned()
