@@ -9,7 +9,9 @@
 //! child process of its own each time, so memory freed by earlier measurements cannot hide
 //! growth.
 //!
-//! Run: `cargo bench --bench runs` (`IMPRESARIO_BENCH_RUNS_ONLY=steps` or `=shape`: one part).
+//! Run: `cargo bench --bench runs` (`IMPRESARIO_BENCH_RUNS_ONLY=steps` or `=shape`: one part,
+//! `=shape-table` the shape's table without its memory figures;
+//! `IMPRESARIO_BENCH_SHAPE_JOURNALS=memory,sqlite-normal`: only those journals in the shape part).
 
 // A benchmark's setup and measurement loop is a script, longer than the 60 lines product code
 // may have (clippy::too_many_lines, workspace lint).
@@ -340,7 +342,7 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
         "commits/run (100)"
     );
     let mut table = Vec::new();
-    for kind in Kind::ALL {
+    for kind in shape_kinds() {
         table.push((kind, [(); 6].map(|()| Vec::new())));
     }
     for _ in 0..rounds {
@@ -371,7 +373,9 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
             m[5]
         );
     }
-    let memory = &medians[0].1;
+    let Some((Kind::Memory, memory)) = medians.first() else {
+        return; // no in-memory baseline in this run: no ratios
+    };
     for (kind, sqlite) in &medians[1..] {
         println!(
             "{} / memory: CPU per run (1 at a time) {:.2}x (target <= 1.5x); runs/s with 100 concurrent {:.0}% (target >= 80%)",
@@ -379,6 +383,18 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
             sqlite[0] / memory[0],
             sqlite[3] / memory[3] * 100.0
         );
+    }
+}
+
+/// The journals `IMPRESARIO_BENCH_SHAPE_JOURNALS` names (comma-separated, e.g.
+/// `memory,sqlite-normal`, for profiling one of them), all of them by default.
+fn shape_kinds() -> Vec<Kind> {
+    match std::env::var("IMPRESARIO_BENCH_SHAPE_JOURNALS") {
+        Ok(names) => Kind::ALL
+            .into_iter()
+            .filter(|k| names.split(',').any(|n| n.trim() == k.name()))
+            .collect(),
+        Err(_) => Kind::ALL.to_vec(),
     }
 }
 
@@ -437,7 +453,7 @@ fn main() {
     // `IMPRESARIO_BENCH_RUNS_ONLY=steps` (or `shape`) runs one part only (profiling).
     let only = std::env::var("IMPRESARIO_BENCH_RUNS_ONLY").unwrap_or_default();
     let rt = tokio_runtime();
-    if only != "shape" {
+    if !only.starts_with("shape") {
         step_report(&rt);
     }
     if only != "steps" {
@@ -492,7 +508,10 @@ fn step_report(rt: &tokio::runtime::Runtime) {
 /// Issue 18's shape: the table of both journals, then the memory per finished run.
 fn shape_part(rt: &tokio::runtime::Runtime) {
     shape_report(rt, 3);
-    for kind in Kind::ALL {
+    if std::env::var("IMPRESARIO_BENCH_RUNS_ONLY").is_ok_and(|only| only == "shape-table") {
+        return;
+    }
+    for kind in shape_kinds() {
         let per_run = in_child(&format!("finished-{}", kind.name()));
         println!(
             "{} journal: RSS grown over {FINISHED_RUNS} finished runs (100 at a time, own process): {:.2} KiB per run",

@@ -143,10 +143,20 @@ pub(crate) async fn journal_end(
     let Some(event) = end_event(run, state, halt).map(redact_serialized) else {
         return;
     };
+    // A journal that may take a batch it failed is sent a copy, to send it again; one that
+    // only refuses events is sent the batch itself, and at most the end alone again.
+    let keep_copy = journal.fails_transiently();
+    let end = event.clone();
     unflushed.push(event);
     let mut batch = unflushed;
     for attempt in 1..=END_WRITE_ATTEMPTS {
-        match journal.append_batch(run, batch.clone()).await {
+        let sent = if keep_copy {
+            batch.clone()
+        } else {
+            std::mem::replace(&mut batch, vec![end.clone()])
+        };
+        let len = sent.len();
+        match journal.append_batch(run, sent).await {
             Ok(_) => return,
             // Another process holds the run's lease now: it writes the run, this one stops.
             Err(e @ JournalError::Fenced(_)) => {
@@ -157,9 +167,9 @@ pub(crate) async fn journal_end(
                 tracing::error!(run = %run, error = %e, "could not journal how the run ended; a restart would resume it")
             }
             // An event before the end was refused (the whole batch with it): the end goes alone.
-            Err(e @ JournalError::Rejected { .. }) if batch.len() > 1 => {
+            Err(e @ JournalError::Rejected { .. }) if len > 1 => {
                 tracing::error!(run = %run, error = %e, "the run's last events were refused; journaling its end alone");
-                batch.drain(..batch.len() - 1);
+                batch = vec![end.clone()];
             }
             Err(_) => tokio::time::sleep(END_WRITE_PAUSE).await,
         }

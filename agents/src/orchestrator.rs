@@ -31,7 +31,7 @@ use crate::ending::RunLease;
 use crate::executor::Executor;
 use crate::journaling::{AtJournalEnd, Divergence, RunLog, ServedAnswers};
 use crate::memory::{LongTermMemory, MemoryAgent};
-use crate::planner::{system_prompt, Planner};
+use crate::planner::{Planner, PlannerPrompts};
 use crate::run::{FailReason, RunHandle, RunRequest, RunState};
 use crate::run_setup::RunSetup;
 use crate::services::{executor_id, memory_id, planner_id, run_supervisor_id, Services};
@@ -197,6 +197,7 @@ impl Orchestrator {
                 long_term: DashMap::new(),
                 journal: config.journal.clone(),
                 config,
+                planner_prompts: PlannerPrompts::default(),
             }),
         };
         orchestrator.rebuild_spend()?;
@@ -615,7 +616,7 @@ impl Orchestrator {
                 .iter()
                 .filter_map(|m| m.review.clone().map(|r| (m.id(&run), r)))
                 .collect(),
-            planner_prompt: system_prompt(&self.inner.tools.definitions(&allowed)).into(),
+            planner_prompt: (self.inner.planner_prompts).for_tools(&self.inner.tools, &allowed),
             allowed,
             cache_scope: request.tenant.as_str().into(),
             span: telemetry::invoke_workflow("run", run.as_str()),

@@ -98,8 +98,21 @@ fn plan_validator() -> &'static jsonschema::Validator {
 pub fn parse_plan(output: &str) -> Result<Plan, PlanError> {
     let text = strip_fence(output.trim());
     let value: Value = serde_json::from_str(text).map_err(|e| PlanError::NotJson(e.to_string()))?;
-    let problems: Vec<String> = plan_validator()
-        .iter_errors(&value)
+    // Most output is valid: checked without collecting errors, then taken apart in place.
+    if !plan_validator().is_valid(&value) {
+        return Err(PlanError::Schema(schema_problems(&value)));
+    }
+    match valid_plan(value) {
+        Some(plan) => Ok(plan),
+        // The schema and the types disagree (they are derived from one another): serde says how.
+        None => serde_json::from_str(text).map_err(|e| PlanError::Schema(vec![e.to_string()])),
+    }
+}
+
+/// Where `value` does not match the plan schema, and why (what the model is told).
+fn schema_problems(value: &Value) -> Vec<String> {
+    plan_validator()
+        .iter_errors(value)
         .map(|e| {
             let at = e.instance_path().to_string();
             // A step matching none of the step schemas gets only "not valid under oneOf" from
@@ -113,11 +126,52 @@ pub fn parse_plan(output: &str) -> Result<Plan, PlanError> {
                 None => format!("at {}: {e}", if at.is_empty() { "/" } else { &at }),
             }
         })
-        .collect();
-    if !problems.is_empty() {
-        return Err(PlanError::Schema(problems));
-    }
-    serde_json::from_value(value).map_err(|e| PlanError::Schema(vec![e.to_string()]))
+        .collect()
+}
+
+/// The plan in JSON the plan schema accepted, its strings and arguments moved out of it: what
+/// `serde_json::from_value` gives, without buffering every step first as serde does for an
+/// internally tagged enum. `None` if it is not a plan after all.
+fn valid_plan(value: Value) -> Option<Plan> {
+    let Value::Object(mut plan) = value else {
+        return None;
+    };
+    let Some(Value::Array(steps)) = plan.remove("steps") else {
+        return None;
+    };
+    let steps = steps.into_iter().map(valid_step).collect::<Option<_>>()?;
+    Some(Plan { steps })
+}
+
+/// One step of [`valid_plan`].
+fn valid_step(step: Value) -> Option<Step> {
+    let Value::Object(mut fields) = step else {
+        return None;
+    };
+    let mut text = |name: &str| match fields.remove(name) {
+        Some(Value::String(text)) => Some(Some(text)),
+        None => Some(None),
+        Some(_) => None,
+    };
+    let step = match text("type")??.as_str() {
+        "tool_call" => Step::ToolCall {
+            tool: text("tool")??,
+            why: text("why")?.unwrap_or_default(),
+            arguments: match fields.remove("arguments") {
+                Some(Value::Object(arguments)) => arguments,
+                _ => return None,
+            },
+        },
+        "model_call" => Step::ModelCall {
+            prompt: text("prompt")??,
+        },
+        "final_answer" => Step::FinalAnswer {
+            answer: text("answer")??,
+        },
+        _ => return None,
+    };
+    // Nothing else may be there (`deny_unknown_fields`).
+    fields.is_empty().then_some(step)
 }
 
 fn strip_fence(text: &str) -> &str {
@@ -207,6 +261,38 @@ mod tests {
                 answer: "42".into()
             }
         );
+    }
+
+    #[test]
+    fn a_valid_plan_is_taken_apart_as_serde_reads_it() {
+        let plans = [
+            json!({"steps": [
+                {"type": "tool_call", "tool": "search", "arguments": {"q": "x", "n": [1, {"a": null}]}, "why": "look"},
+                {"type": "tool_call", "tool": "calc", "arguments": {}},
+                {"type": "model_call", "prompt": "think"},
+                {"type": "final_answer", "answer": "42"}
+            ]}),
+            json!({"steps": [{"type": "final_answer", "answer": ""}]}),
+        ];
+        for plan in plans {
+            let text = plan.to_string();
+            let parsed = parse_plan(&text).unwrap();
+            assert_eq!(
+                parsed,
+                serde_json::from_str::<Plan>(&text).unwrap(),
+                "{text}"
+            );
+            assert_eq!(valid_plan(plan.clone()), Some(parsed), "{text}");
+        }
+        // What is not a plan is not taken for one (serde decides then).
+        for not_a_plan in [
+            json!({"steps": [{"type": "final_answer", "answer": "a", "extra": 1}]}),
+            json!({"steps": [{"type": "tool_call", "tool": "t", "arguments": []}]}),
+            json!({"steps": [{"type": "model_call", "prompt": 7}]}),
+            json!({"steps": {}}),
+        ] {
+            assert_eq!(valid_plan(not_a_plan.clone()), None, "{not_a_plan}");
+        }
     }
 
     #[test]

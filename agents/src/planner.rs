@@ -5,7 +5,8 @@
 //! It keeps no state between requests: the run's driver owns the history and sends it each time,
 //! so a restarted planner loses nothing.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
 
 use actix::prelude::*;
 use impresario_runtime::agent;
@@ -17,6 +18,7 @@ use tracing::Instrument;
 use crate::journaling::ModelGateway;
 use crate::models::ModelChoice;
 use crate::plan::{parse_plan, plan_schema, Plan, PlanError};
+use crate::tool::{RegisteredTool, ToolRegistry};
 
 /// The planner agent. It calls models through the run's [`ModelGateway`], which comes with
 /// each request.
@@ -123,6 +125,48 @@ impl Handler<MakePlan> for Planner {
     }
 }
 
+/// Sets of tools whose planner instructions are kept ([`PlannerPrompts`]).
+const PROMPTS_KEPT: usize = 16;
+
+/// A set of tools (weakly held) and its instructions.
+type PromptOfSet = (Vec<Weak<RegisteredTool>>, Arc<str>);
+
+/// The planner's instructions ([`system_prompt`]) per set of tools, made once per set: runs
+/// with the same tools share one. A set is told by its tools themselves, not their names (a
+/// provider's refreshed tool is another tool: its runs get instructions of their own); the
+/// last [`PROMPTS_KEPT`] sets made are kept. Holds no tool alive.
+#[derive(Default)]
+pub(crate) struct PlannerPrompts {
+    kept: Mutex<VecDeque<PromptOfSet>>,
+}
+
+impl PlannerPrompts {
+    /// The instructions for a run that may use `allowed` (those `tools` has now).
+    pub(crate) fn for_tools(&self, tools: &ToolRegistry, allowed: &[String]) -> Arc<str> {
+        let found: Vec<Arc<RegisteredTool>> =
+            allowed.iter().filter_map(|name| tools.get(name)).collect();
+        // A weak reference keeps its tool's allocation, so no other tool can take its address.
+        let same = |set: &[Weak<RegisteredTool>]| {
+            set.len() == found.len()
+                && set
+                    .iter()
+                    .zip(&found)
+                    .all(|(w, t)| w.as_ptr() == Arc::as_ptr(t))
+        };
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, prompt)) = kept.iter().find(|(set, _)| same(set)) {
+            return prompt.clone();
+        }
+        let definitions: Vec<ToolDef> = found.iter().map(|t| t.definition()).collect();
+        let prompt: Arc<str> = system_prompt(&definitions).into();
+        if kept.len() == PROMPTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((found.iter().map(Arc::downgrade).collect(), prompt.clone()));
+        prompt
+    }
+}
+
 /// The planner's instructions for a run with these tools: the plan schema, the step types, the
 /// rule that tool output is data, and each tool with its argument schema.
 pub fn system_prompt(tools: &[ToolDef]) -> String {
@@ -170,4 +214,63 @@ fn user_prompt(msg: &MakePlan) -> String {
     }
     prompt.push_str("\nWhat is the plan now?");
     prompt
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::tool::{Impact, Tool, ToolContext};
+
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct NoArgs {}
+
+    struct Named(&'static str);
+
+    impl Tool for Named {
+        type Args = NoArgs;
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn description(&self) -> &str {
+            "Does nothing."
+        }
+        fn impact(&self) -> Impact {
+            Impact::ReadOnly
+        }
+        async fn call(&self, _: NoArgs, _: ToolContext) -> Result<Value, String> {
+            Ok(json!(null))
+        }
+    }
+
+    fn registry(names: &[&'static str]) -> ToolRegistry {
+        let mut tools = ToolRegistry::new();
+        for name in names {
+            tools.register(Named(name)).unwrap();
+        }
+        tools
+    }
+
+    #[test]
+    fn runs_with_the_same_tools_share_instructions_and_other_tools_get_their_own() {
+        let prompts = PlannerPrompts::default();
+        let tools = registry(&["a", "b"]);
+        let both = ["a".to_owned(), "b".to_owned()];
+        let first = prompts.for_tools(&tools, &both);
+        assert_eq!(&*first, system_prompt(&tools.definitions(&both)));
+        assert!(Arc::ptr_eq(&first, &prompts.for_tools(&tools, &both)));
+        let only_a = prompts.for_tools(&tools, &["a".to_owned()]);
+        assert!(!only_a.contains("- b:"), "{only_a}");
+        // Tools of the same names registered anew are other tools.
+        let again = registry(&["a", "b"]);
+        let renewed = prompts.for_tools(&again, &both);
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert_eq!(first, renewed);
+        // Only the last sets made are kept.
+        for _ in 0..PROMPTS_KEPT {
+            prompts.for_tools(&registry(&["a"]), &["a".to_owned()]);
+        }
+        assert!(!Arc::ptr_eq(&first, &prompts.for_tools(&tools, &both)));
+    }
 }

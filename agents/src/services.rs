@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::config::OrchestratorConfig;
 use crate::memory::LongTermMemory;
+use crate::planner::PlannerPrompts;
 use crate::run::RunHandle;
 use crate::tool::ToolRegistry;
 
@@ -40,6 +41,8 @@ pub(crate) struct Services {
     pub(crate) long_term: DashMap<String, Arc<LongTermMemory>>,
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) config: OrchestratorConfig,
+    /// The planner's instructions, per set of tools runs may use.
+    pub(crate) planner_prompts: PlannerPrompts,
 }
 
 impl Services {

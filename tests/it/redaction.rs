@@ -87,7 +87,7 @@ fn echo(conn: std::net::TcpStream, base: &std::sync::Mutex<String>) {
 /// Every text of the journal file: its events' bodies and every other column.
 fn journal_text(dir: &TempDir) -> String {
     let db = rusqlite::Connection::open(dir.0.join("impresario.db")).unwrap();
-    let mut rows = db.prepare("SELECT * FROM events").unwrap();
+    let mut rows = db.prepare("SELECT * FROM batches").unwrap();
     let columns = rows.column_count();
     let mut text = String::new();
     let mut found = rows.query([]).unwrap();

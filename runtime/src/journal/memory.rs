@@ -264,6 +264,11 @@ impl Journal for MemoryJournal {
         Ok(out)
     }
 
+    /// It refuses events ([`JournalError::Rejected`]), never fails otherwise.
+    fn fails_transiently(&self) -> bool {
+        false
+    }
+
     /// Memory can always be written (until the process runs out of it, which ends it).
     fn probe_write(&self) -> JournalFuture<()> {
         JournalFuture::ready(Ok(()))

@@ -449,6 +449,14 @@ pub trait Journal: Send + Sync {
         false
     }
 
+    /// Whether an append that failed for a reason other than its events (I/O, a lock, a lost
+    /// connection) may succeed when tried again. A caller that retries keeps a copy of what it
+    /// appends only then. The default: yes. A journal whose only refusal is
+    /// [`JournalError::Rejected`] (`MemoryJournal`) says no, so nothing is copied for it.
+    fn fails_transiently(&self) -> bool {
+        true
+    }
+
     /// Writes durably without changing any run, behind the appends already queued: fails when
     /// the storage cannot be written (disk full, read-only file). Readiness asks this.
     fn probe_write(&self) -> JournalFuture<()>;

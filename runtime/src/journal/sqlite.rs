@@ -11,6 +11,8 @@
 //!   [`MAX_GROUP`]) into one transaction, checks each append's events before writing any (a
 //!   refused event refuses its append only, nothing of it written), and completes their
 //!   futures after its COMMIT: group commit, one fsync for many appends.
+//! - An append is stored as one row (its events one per line, `sqlite/rows.rs`), not a row per event:
+//!   fewer rows and index entries per commit.
 //! - Reads use read-only connections of their own, kept in a small pool; under WAL they never
 //!   wait for the writer.
 //! - The schema is versioned in `PRAGMA user_version` and migrated on open; a file with a newer
@@ -28,21 +30,22 @@ use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{
-    params, params_from_iter, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
-    Transaction, TransactionBehavior,
+    params, params_from_iter, Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior,
 };
 use tokio::sync::oneshot;
 
-use super::event::{
-    check_append, decode, now_ms, serialize_batch, to_ms, KeyUse, RunHead, StoredEvent, StoredRun,
-};
+use super::event::{now_ms, serialize_batch, to_ms, StoredRun};
 use super::writer::{gather, Append, Command, Reply};
 use super::{
-    empty_batch, in_batch, Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy,
-    RetentionReport, RunEvent, RunFilter, RunStatus, RunSummary, Seq, EVENT_VERSION,
+    Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
+    RunFilter, RunStatus, RunSummary, Seq,
 };
 use crate::ledger::Charge;
 use crate::RunId;
+
+mod rows;
+
+use rows::{decode_all, delete_events, insert_all, raw_batches};
 
 /// Schema migrations: `MIGRATIONS[i]` takes a file from schema version `i` to `i + 1`. Append
 /// new ones; never edit one that has shipped.
@@ -78,6 +81,30 @@ const MIGRATIONS: &[&str] = &[
         tokens      INTEGER NOT NULL,
         model_calls INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 3: one row per append (a commit point's events, one per line: `sqlite/rows.rs`) instead
+    // of one per event, and the tool calls' idempotency keys in a table of their own. The
+    // events already stored become rows of one event each, their keys rows of `tool_keys`.
+    "CREATE TABLE batches (
+        run_id    TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        version   INTEGER NOT NULL,
+        kinds     TEXT NOT NULL,
+        bodies    TEXT NOT NULL,
+        PRIMARY KEY (run_id, first_seq)
+    );
+    CREATE TABLE tool_keys (
+        run_id     TEXT NOT NULL,
+        idem_key   TEXT NOT NULL,
+        result_seq INTEGER,
+        PRIMARY KEY (run_id, idem_key)
+    ) WITHOUT ROWID;
+    INSERT INTO batches (run_id, first_seq, at_ms, version, kinds, bodies)
+        SELECT run_id, seq, at_ms, version, kind, body FROM events ORDER BY run_id, seq;
+    INSERT INTO tool_keys (run_id, idem_key, result_seq)
+        SELECT run_id, idem_key, max(CASE WHEN kind = 'tool_result' THEN seq END)
+        FROM events WHERE idem_key IS NOT NULL GROUP BY run_id, idem_key;
+    DROP TABLE events;",
 ];
 
 /// The schema version this build writes, and the newest it opens.
@@ -461,10 +488,8 @@ impl Writer {
         );
         let mut report = RetentionReport::default();
         for run in &doomed {
-            carry_spend(&tx, run)?;
-            report.events_deleted += tx
-                .execute("DELETE FROM events WHERE run_id = ?1", [run.as_str()])
-                .map_err(&err)? as u64;
+            report.events_deleted += carry_spend(&tx, run)?;
+            delete_events(&tx, run).map_err(&err)?;
             report.runs_deleted += tx
                 .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
                 .map_err(&err)? as u64;
@@ -496,153 +521,6 @@ impl Writer {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         Some(size(&self.path) + size(Path::new(&wal)))
     }
-}
-
-/// Checks the events of one append, then inserts them, all or none: every event is checked
-/// before the first is written, so a refusal writes nothing (no savepoint to roll back). The
-/// run's head is read once and its row written once, whatever the number of events. Outer
-/// error: storage failed (the caller's transaction is then dropped, nothing of it written);
-/// inner: an event was refused, and none was written.
-fn insert_all(
-    tx: &Transaction<'_>,
-    append: &Append,
-    at_ms: i64,
-) -> rusqlite::Result<Result<Seq, JournalError>> {
-    let Append { run, events, .. } = append;
-    let Some((last, _)) = events.last() else {
-        return Ok(Err(empty_batch(run)));
-    };
-    let first = match run_head(tx, run)? {
-        Ok(head) => head,
-        Err(corrupt) => return Ok(Err(corrupt)),
-    };
-    let mut head = first;
-    for (i, (event, _)) in events.iter().enumerate() {
-        let key_use = key_use(tx, run, event, &events[..i], first)?;
-        if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
-            return Ok(Err(in_batch(refused, i, events.len())));
-        }
-        head = Some(RunHead {
-            status: event.status_after(),
-            last_seq: head.map_or(1, |h| h.last_seq + 1),
-        });
-    }
-    let first_seq = first.map_or(1, |h| h.last_seq + 1);
-    for (seq, (event, body)) in (first_seq..).zip(events) {
-        insert_event(tx, run, event, body, seq, at_ms)?;
-    }
-    let tenant = match events.first() {
-        Some((RunEvent::RunSubmitted { tenant, .. }, _)) => tenant.as_str(),
-        _ => "",
-    };
-    let seq = head.map_or(0, |h| h.last_seq);
-    write_run_row(tx, run, tenant, last, seq, at_ms)?;
-    Ok(Ok(seq))
-}
-
-/// The run's stored status and last sequence number (`None`: a new run). Inner error: the
-/// stored status is not one this build knows.
-fn run_head(
-    tx: &Connection,
-    run: &RunId,
-) -> rusqlite::Result<Result<Option<RunHead>, JournalError>> {
-    let head = tx
-        .prepare_cached("SELECT status, last_seq FROM runs WHERE run_id = ?1")?
-        .query_row([run.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })
-        .optional()?;
-    let Some((status, last_seq)) = head else {
-        return Ok(Ok(None));
-    };
-    Ok(RunHead::parse(run, &status, last_seq).map(Some))
-}
-
-/// For a tool result: whether its idempotency key already has an intent and a result in `run`,
-/// stored or among `before` (the events of its append before it, to be numbered from after
-/// `head`, the run's stored head).
-fn key_use(
-    tx: &Connection,
-    run: &RunId,
-    event: &RunEvent,
-    before: &[(RunEvent, String)],
-    head: Option<RunHead>,
-) -> rusqlite::Result<KeyUse> {
-    let mut key_use = KeyUse::default();
-    let (RunEvent::ToolResult { .. }, Some(key)) = (event, event.idempotency_key()) else {
-        return Ok(key_use);
-    };
-    let mut st =
-        tx.prepare_cached("SELECT kind, seq FROM events WHERE run_id = ?1 AND idem_key = ?2")?;
-    let mut rows = st.query(params![run.as_str(), key])?;
-    while let Some(row) = rows.next()? {
-        match row.get_ref(0)?.as_str()? {
-            "tool_result" => key_use.result = Some(row.get::<_, i64>(1)? as Seq),
-            _ => key_use.intent = true,
-        }
-    }
-    let first_seq = head.map_or(1, |h| h.last_seq + 1);
-    for (seq, (earlier, _)) in (first_seq..).zip(before) {
-        match earlier {
-            _ if earlier.idempotency_key() != Some(key) => {}
-            RunEvent::ToolResult { .. } => key_use.result = Some(seq),
-            _ => key_use.intent = true,
-        }
-    }
-    Ok(key_use)
-}
-
-/// Writes an accepted event as number `seq` of `run`.
-fn insert_event(
-    tx: &Connection,
-    run: &RunId,
-    event: &RunEvent,
-    body: &str,
-    seq: Seq,
-    at_ms: i64,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO events (run_id, seq, at_ms, version, kind, idem_key, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        run.as_str(),
-        seq as i64,
-        at_ms,
-        EVENT_VERSION,
-        event.kind(),
-        event.idempotency_key(),
-        body
-    ])?;
-    Ok(())
-}
-
-/// Writes `run`'s row after its event number `seq`, `last` (`tenant`: from its submission, kept
-/// only when the row is new).
-fn write_run_row(
-    tx: &Connection,
-    run: &RunId,
-    tenant: &str,
-    last: &RunEvent,
-    seq: Seq,
-    at_ms: i64,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO runs (run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-         ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,
-             last_seq = excluded.last_seq, last_kind = excluded.last_kind,
-             updated_ms = excluded.updated_ms",
-    )?
-    .execute(params![
-        run.as_str(),
-        tenant,
-        last.status_after().as_str(),
-        seq as i64,
-        last.kind(),
-        at_ms
-    ])?;
-    Ok(())
 }
 
 /// The query of [`Journal::runs`] for `filter`, and its arguments.
@@ -678,26 +556,10 @@ fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
     (sql, args)
 }
 
-/// The stored events of `run`, in order, not decoded yet.
-fn raw_events(conn: &Connection, run: &RunId) -> rusqlite::Result<Vec<RawEvent>> {
-    conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE run_id = ?1 ORDER BY seq"
-    ))?
-    .query_map([run.as_str()], RawEvent::from_row)?
-    .collect()
-}
-
-/// `rows`, the stored events of `run`, validated and decoded (numbered from 1, no gap).
-fn decode_all(run: &RunId, rows: &[RawEvent]) -> Result<Vec<JournalEntry>, JournalError> {
-    rows.iter()
-        .enumerate()
-        .map(|(i, row)| row.decode(run, i as Seq + 1))
-        .collect()
-}
-
 /// Adds what `run` spent (the charges of its events) to its tenant's carried spend, in the
 /// retention's transaction, before the run is deleted: a tenant's spend survives retention.
-fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<(), JournalError> {
+/// The number of its events.
+fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<u64, JournalError> {
     let err = io("carrying a deleted run's spend over");
     let tenant: String = tx
         .query_row(
@@ -706,12 +568,13 @@ fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<(), JournalError> {
             |r| r.get(0),
         )
         .map_err(&err)?;
-    let rows = raw_events(tx, run).map_err(&err)?;
-    let spent = decode_all(run, &rows)?
+    let rows = raw_batches(tx, run).map_err(&err)?;
+    let events = decode_all(run, &rows)?;
+    let spent = events
         .iter()
         .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
     if spent.is_zero() {
-        return Ok(());
+        return Ok(events.len() as u64);
     }
     let amount = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     tx.execute(
@@ -726,55 +589,7 @@ fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<(), JournalError> {
         ],
     )
     .map_err(&err)?;
-    Ok(())
-}
-
-/// An event row as stored, before validation (any column may hold anything).
-struct RawEvent([SqlValue; 5]);
-
-const EVENT_COLUMNS: &str = "seq, at_ms, version, kind, body";
-
-impl RawEvent {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(RawEvent([
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-        ]))
-    }
-
-    /// Validates and decodes the row as event `expected` of `run`.
-    fn decode(&self, run: &RunId, expected: Seq) -> Result<JournalEntry, JournalError> {
-        let [seq, at_ms, version, kind, body] = &self.0;
-        let corrupt = |column: &str, value: &SqlValue| JournalError::Corrupt {
-            run: run.clone(),
-            seq: expected,
-            reason: format!("column `{column}` holds {value:?}"),
-        };
-        let int = |column: &str, value: &SqlValue| match value {
-            SqlValue::Integer(i) => Ok(*i),
-            other => Err(corrupt(column, other)),
-        };
-        fn text(value: &SqlValue) -> Option<&str> {
-            match value {
-                SqlValue::Text(s) => Some(s),
-                _ => None,
-            }
-        }
-        decode(
-            run,
-            expected,
-            StoredEvent {
-                seq: int("seq", seq)?,
-                at_ms: int("at_ms", at_ms)?,
-                version: int("version", version)?,
-                kind: text(kind).ok_or_else(|| corrupt("kind", kind))?,
-                body: text(body).ok_or_else(|| corrupt("body", body))?,
-            },
-        )
-    }
+    Ok(events.len() as u64)
 }
 
 impl Journal for SqliteJournal {
@@ -819,7 +634,7 @@ impl Journal for SqliteJournal {
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
-        let rows = self.with_reader("reading a run", |conn| raw_events(conn, run))?;
+        let rows = self.with_reader("reading a run", |conn| raw_batches(conn, run))?;
         decode_all(run, &rows)
     }
 

@@ -314,7 +314,7 @@ async fn a_storage_error_fails_only_its_own_append() {
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.body LIKE '%boom%'
+            "CREATE TRIGGER boom BEFORE INSERT ON batches WHEN NEW.bodies LIKE '%boom%'
              BEGIN SELECT RAISE(ABORT, 'boom'); END;",
         )
         .unwrap();
@@ -424,24 +424,123 @@ fn a_file_that_is_not_a_journal_is_refused_untouched() {
     assert_eq!(std::fs::read(&other).unwrap(), bytes);
 }
 
+/// A journal file as schema version 2 wrote it (one row per event), as shipped.
+const SCHEMA_2: &str = "CREATE TABLE runs (run_id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
+        status TEXT NOT NULL, last_seq INTEGER NOT NULL, last_kind TEXT NOT NULL,
+        started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX runs_by_start ON runs (started_ms, run_id);
+    CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+        version INTEGER NOT NULL, kind TEXT NOT NULL, idem_key TEXT, body TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq));
+    CREATE INDEX events_by_key ON events (run_id, idem_key) WHERE idem_key IS NOT NULL;
+    CREATE UNIQUE INDEX one_result_per_key ON events (run_id, idem_key)
+        WHERE kind = 'tool_result';
+    CREATE TABLE spend_carried (tenant TEXT PRIMARY KEY NOT NULL, micro_usd INTEGER NOT NULL,
+        tokens INTEGER NOT NULL, model_calls INTEGER NOT NULL) WITHOUT ROWID;
+    PRAGMA application_id = 1229803602;
+    PRAGMA user_version = 2;";
+
+/// A file of schema version 2 (a row per event) is migrated on open: every event reads back
+/// as it was written (its number, time and version), and its tool calls' keys still count: a
+/// second result for a key that has one is refused, a result for an open intent is taken.
+#[tokio::test]
+async fn a_file_of_schema_2_is_migrated_with_every_event_and_key() {
+    let dir = TempDir::new();
+    let path = dir.file("journal.db");
+    let events = [
+        submitted("t"),
+        intent("done"),
+        result("done", ToolOutcome::Ok(json!(1))),
+        intent("open"),
+        step(2),
+    ];
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(SCHEMA_2).unwrap();
+    for (seq, event) in (1..).zip(&events) {
+        let version = if seq == 5 { 1 } else { EVENT_VERSION };
+        conn.execute(
+            "INSERT INTO events VALUES ('old', ?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![
+                seq,
+                1_700_000_000_000_i64 + seq,
+                version,
+                event.kind(),
+                event.idempotency_key(),
+                serde_json::to_string(event).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    conn.execute(
+        "INSERT INTO runs VALUES ('old', 't', 'active', 5, 'step_started', 1700000000001, 1700000000005)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    let journal = SqliteJournal::open(&path).unwrap();
+    let run = RunId::new("old");
+    let read = journal.read(&run).unwrap();
+    assert_eq!(
+        read.iter().map(|e| &e.event).collect::<Vec<_>>(),
+        events.iter().collect::<Vec<_>>()
+    );
+    let numbers: Vec<_> = read.iter().map(|e| (e.seq, e.version)).collect();
+    assert_eq!(numbers, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 1)]);
+    let millis = |e: &impresario_runtime::journal::JournalEntry| {
+        e.at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    assert_eq!(millis(&read[2]), 1_700_000_000_003);
+
+    let again = journal
+        .append(&run, result("done", ToolOutcome::Ok(json!(2))))
+        .await;
+    assert!(
+        matches!(&again, Err(JournalError::Rejected { reason, .. }) if reason.contains("(event 3)")),
+        "{again:?}"
+    );
+    let open = journal
+        .append(&run, result("open", ToolOutcome::Ok(json!(3))))
+        .await;
+    assert_eq!(open.unwrap(), 6);
+    drop(journal);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let old_table: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old_table, 0, "the rows moved, the old table went");
+}
+
 #[tokio::test]
 async fn corrupt_rows_are_errors_naming_run_and_seq() {
     let dir = TempDir::new();
     let path = dir.file("journal.db");
     let journal = SqliteJournal::open(&path).unwrap();
-    for name in ["json", "type", "version", "gap"] {
+    for name in ["json", "type", "version", "gap", "split"] {
         let run = RunId::new(name);
         journal.append(&run, submitted("t")).await.unwrap();
         journal.append(&run, step(1)).await.unwrap();
         journal.append(&run, step(2)).await.unwrap();
     }
-    // Damage the file behind the journal's back, on a connection of our own.
+    // Damage the file behind the journal's back, on a connection of our own. Each append
+    // above is a row of its own (`first_seq` is its event's number).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "UPDATE events SET body = '{\"type\": \"step_started\", \"step\": ' WHERE run_id = 'json' AND seq = 2;
-         UPDATE events SET body = '{\"type\": \"teleport\"}', kind = 'teleport' WHERE run_id = 'type' AND seq = 3;
-         UPDATE events SET version = 99 WHERE run_id = 'version' AND seq = 2;
-         DELETE FROM events WHERE run_id = 'gap' AND seq = 2;",
+        "UPDATE batches SET bodies = '{\"type\": \"step_started\", \"step\": ' WHERE run_id = 'json' AND first_seq = 2;
+         UPDATE batches SET bodies = '{\"type\": \"teleport\"}', kinds = 'teleport' WHERE run_id = 'type' AND first_seq = 3;
+         UPDATE batches SET version = 99 WHERE run_id = 'version' AND first_seq = 2;
+         DELETE FROM batches WHERE run_id = 'gap' AND first_seq = 2;
+         UPDATE batches SET kinds = kinds || char(10) || 'step_started' WHERE run_id = 'split' AND first_seq = 3;",
     )
     .unwrap();
 
@@ -465,6 +564,9 @@ async fn corrupt_rows_are_errors_naming_run_and_seq() {
     let (seq, reason) = corrupt("gap");
     assert_eq!(seq, 2);
     assert!(reason.contains("event 2 is missing"), "{reason}");
+    let (seq, reason) = corrupt("split");
+    assert_eq!(seq, 3);
+    assert!(reason.contains("holds 2 kinds but 1 bodies"), "{reason}");
     let err = journal.read(&RunId::new("version")).unwrap_err();
     assert_eq!(
         err,
@@ -477,7 +579,7 @@ async fn corrupt_rows_are_errors_naming_run_and_seq() {
     );
     assert!(err.to_string().contains("run version, event 2"), "{err}");
     // The rest of the journal is unaffected.
-    assert_eq!(journal.runs(&RunFilter::all()).unwrap().len(), 4);
+    assert_eq!(journal.runs(&RunFilter::all()).unwrap().len(), 5);
 }
 
 #[tokio::test]

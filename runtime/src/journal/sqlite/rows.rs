@@ -1,0 +1,307 @@
+//! How the SQLite journal stores a run's events (schema version 3): one row of `batches` per
+//! append (a commit point's events: their kinds and their JSON, one per line, numbered from
+//! the row's `first_seq`), the run's row in `runs`, and its tool calls' idempotency keys in
+//! `tool_keys`. One row per append instead of one per event is what keeps a commit cheap: a
+//! run of 2 model calls and a tool call writes 4 rows and 4 index entries, not 13 of each.
+//!
+//! Writing checks every event of an append before writing any; reading validates every event
+//! and names the run and the sequence number of anything wrong, never a skip.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::super::event::{check_append, decode, KeyUse, RunHead, StoredEvent};
+use super::super::writer::Append;
+use super::super::{
+    empty_batch, in_batch, JournalEntry, JournalError, RunEvent, Seq, EVENT_VERSION,
+};
+use crate::RunId;
+
+/// What separates the events of a row. Compact JSON (`serde_json::to_string`, what every
+/// journal stores) never holds a raw line break: one inside a string is written `\n`.
+const SEPARATOR: char = '\n';
+
+/// Checks the events of one append, then writes them as one row, all or none: every event is
+/// checked before anything is written, so a refusal writes nothing (no savepoint to roll back).
+/// The run's head is read once and its row written once, whatever the number of events. Outer
+/// error: storage failed (the caller's transaction is then dropped, nothing of it written);
+/// inner: an event was refused, and none was written.
+pub(super) fn insert_all(
+    tx: &Connection,
+    append: &Append,
+    at_ms: i64,
+) -> rusqlite::Result<Result<Seq, JournalError>> {
+    let Append { run, events, .. } = append;
+    let Some((last, _)) = events.last() else {
+        return Ok(Err(empty_batch(run)));
+    };
+    let first = match run_head(tx, run)? {
+        Ok(head) => head,
+        Err(corrupt) => return Ok(Err(corrupt)),
+    };
+    let mut head = first;
+    for (i, (event, body)) in events.iter().enumerate() {
+        let key_use = key_use(tx, run, event, &events[..i], first)?;
+        let checked = check_append(run, head.as_ref(), event, |_| key_use)
+            .and_then(|()| one_line(run, event, body));
+        if let Err(refused) = checked {
+            return Ok(Err(in_batch(refused, i, events.len())));
+        }
+        head = Some(RunHead {
+            status: event.status_after(),
+            last_seq: head.map_or(1, |h| h.last_seq + 1),
+        });
+    }
+    let first_seq = first.map_or(1, |h| h.last_seq + 1);
+    insert_batch(tx, run, events, first_seq, at_ms)?;
+    let tenant = match events.first() {
+        Some((RunEvent::RunSubmitted { tenant, .. }, _)) => tenant.as_str(),
+        _ => "",
+    };
+    let seq = head.map_or(0, |h| h.last_seq);
+    write_run_row(tx, run, tenant, last, seq, at_ms)?;
+    Ok(Ok(seq))
+}
+
+/// Refuses a body that would not fit on one line of its row (compact JSON never does this).
+fn one_line(run: &RunId, event: &RunEvent, body: &str) -> Result<(), JournalError> {
+    if body.contains(SEPARATOR) {
+        return Err(JournalError::Rejected {
+            run: run.clone(),
+            reason: format!(
+                "`{}` serialized with a raw line break; journals store compact JSON",
+                event.kind()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The run's stored status and last sequence number (`None`: a new run). Inner error: the
+/// stored status is not one this build knows.
+fn run_head(
+    tx: &Connection,
+    run: &RunId,
+) -> rusqlite::Result<Result<Option<RunHead>, JournalError>> {
+    let head = tx
+        .prepare_cached("SELECT status, last_seq FROM runs WHERE run_id = ?1")?
+        .query_row([run.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    let Some((status, last_seq)) = head else {
+        return Ok(Ok(None));
+    };
+    Ok(RunHead::parse(run, &status, last_seq).map(Some))
+}
+
+/// For a tool result: whether its idempotency key already has an intent and a result in `run`,
+/// stored or among `before` (the events of its append before it, to be numbered from after
+/// `head`, the run's stored head).
+fn key_use(
+    tx: &Connection,
+    run: &RunId,
+    event: &RunEvent,
+    before: &[(RunEvent, String)],
+    head: Option<RunHead>,
+) -> rusqlite::Result<KeyUse> {
+    let mut key_use = KeyUse::default();
+    let (RunEvent::ToolResult { .. }, Some(key)) = (event, event.idempotency_key()) else {
+        return Ok(key_use);
+    };
+    let stored = tx
+        .prepare_cached("SELECT result_seq FROM tool_keys WHERE run_id = ?1 AND idem_key = ?2")?
+        .query_row(params![run.as_str(), key], |r| r.get::<_, Option<i64>>(0))
+        .optional()?;
+    if let Some(result) = stored {
+        // A key's row is written with its first intent.
+        key_use.intent = true;
+        key_use.result = result.map(|seq| seq as Seq);
+    }
+    let first_seq = head.map_or(1, |h| h.last_seq + 1);
+    for (seq, (earlier, _)) in (first_seq..).zip(before) {
+        match earlier {
+            _ if earlier.idempotency_key() != Some(key) => {}
+            RunEvent::ToolResult { .. } => key_use.result = Some(seq),
+            _ => key_use.intent = true,
+        }
+    }
+    Ok(key_use)
+}
+
+/// Writes accepted `events` as one row, numbered from `first_seq`, and their idempotency keys.
+fn insert_batch(
+    tx: &Connection,
+    run: &RunId,
+    events: &[(RunEvent, String)],
+    first_seq: Seq,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    let mut kinds = String::new();
+    let mut bodies = String::with_capacity(events.iter().map(|(_, b)| b.len() + 1).sum());
+    for (i, (event, body)) in events.iter().enumerate() {
+        if i > 0 {
+            kinds.push(SEPARATOR);
+            bodies.push(SEPARATOR);
+        }
+        kinds.push_str(event.kind());
+        bodies.push_str(body);
+    }
+    tx.prepare_cached(
+        "INSERT INTO batches (run_id, first_seq, at_ms, version, kinds, bodies)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        run.as_str(),
+        first_seq as i64,
+        at_ms,
+        EVENT_VERSION,
+        kinds,
+        bodies
+    ])?;
+    for (seq, (event, _)) in (first_seq..).zip(events) {
+        record_key(tx, run, event, seq)?;
+    }
+    Ok(())
+}
+
+/// Records the idempotency key of a tool call's intent (its first) or result (number `seq`).
+fn record_key(tx: &Connection, run: &RunId, event: &RunEvent, seq: Seq) -> rusqlite::Result<()> {
+    let Some(key) = event.idempotency_key() else {
+        return Ok(());
+    };
+    let result = matches!(event, RunEvent::ToolResult { .. }).then_some(seq as i64);
+    tx.prepare_cached(
+        "INSERT INTO tool_keys (run_id, idem_key, result_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (run_id, idem_key) DO UPDATE
+             SET result_seq = coalesce(excluded.result_seq, result_seq)",
+    )?
+    .execute(params![run.as_str(), key, result])?;
+    Ok(())
+}
+
+/// Writes `run`'s row after its event number `seq`, `last` (`tenant`: from its submission, kept
+/// only when the row is new).
+fn write_run_row(
+    tx: &Connection,
+    run: &RunId,
+    tenant: &str,
+    last: &RunEvent,
+    seq: Seq,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO runs (run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,
+             last_seq = excluded.last_seq, last_kind = excluded.last_kind,
+             updated_ms = excluded.updated_ms",
+    )?
+    .execute(params![
+        run.as_str(),
+        tenant,
+        last.status_after().as_str(),
+        seq as i64,
+        last.kind(),
+        at_ms
+    ])?;
+    Ok(())
+}
+
+/// Deletes every stored event of `run` (not its row); the number of rows deleted.
+pub(super) fn delete_events(tx: &Connection, run: &RunId) -> rusqlite::Result<usize> {
+    tx.execute("DELETE FROM tool_keys WHERE run_id = ?1", [run.as_str()])?;
+    tx.execute("DELETE FROM batches WHERE run_id = ?1", [run.as_str()])
+}
+
+/// The stored rows of `run`, in order, not decoded yet.
+pub(super) fn raw_batches(conn: &Connection, run: &RunId) -> rusqlite::Result<Vec<RawBatch>> {
+    conn.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE run_id = ?1 ORDER BY first_seq"
+    ))?
+    .query_map([run.as_str()], RawBatch::from_row)?
+    .collect()
+}
+
+/// `rows`, the stored rows of `run`, validated and decoded (events numbered from 1, no gap).
+pub(super) fn decode_all(
+    run: &RunId,
+    rows: &[RawBatch],
+) -> Result<Vec<JournalEntry>, JournalError> {
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        row.decode(run, entries.len() as Seq + 1, &mut entries)?;
+    }
+    Ok(entries)
+}
+
+/// A row of `batches` as stored, before validation (any column may hold anything).
+pub(super) struct RawBatch([SqlValue; 5]);
+
+const BATCH_COLUMNS: &str = "first_seq, at_ms, version, kinds, bodies";
+
+impl RawBatch {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawBatch([
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        ]))
+    }
+
+    /// Validates the row, whose first event is expected to be number `expected` of `run`, and
+    /// pushes its events, decoded, onto `out`.
+    fn decode(
+        &self,
+        run: &RunId,
+        expected: Seq,
+        out: &mut Vec<JournalEntry>,
+    ) -> Result<(), JournalError> {
+        let [first_seq, at_ms, version, kinds, bodies] = &self.0;
+        let corrupt = |reason: String| JournalError::Corrupt {
+            run: run.clone(),
+            seq: expected,
+            reason,
+        };
+        let holds =
+            |column: &str, value: &SqlValue| corrupt(format!("column `{column}` holds {value:?}"));
+        let int = |column: &str, value: &SqlValue| match value {
+            SqlValue::Integer(i) => Ok(*i),
+            other => Err(holds(column, other)),
+        };
+        fn text(value: &SqlValue) -> Option<&str> {
+            match value {
+                SqlValue::Text(s) => Some(s),
+                _ => None,
+            }
+        }
+        let (first_seq, at_ms, version) = (
+            int("first_seq", first_seq)?,
+            int("at_ms", at_ms)?,
+            int("version", version)?,
+        );
+        let kinds = text(kinds).ok_or_else(|| holds("kinds", kinds))?;
+        let bodies = text(bodies).ok_or_else(|| holds("bodies", bodies))?;
+        let count = kinds.split(SEPARATOR).count();
+        if count != bodies.split(SEPARATOR).count() {
+            return Err(corrupt(format!(
+                "the row of events {first_seq}.. holds {count} kinds but {} bodies",
+                bodies.split(SEPARATOR).count()
+            )));
+        }
+        let lines = kinds.split(SEPARATOR).zip(bodies.split(SEPARATOR));
+        for (i, (kind, body)) in (0..).zip(lines) {
+            let stored = StoredEvent {
+                seq: first_seq.saturating_add(i),
+                at_ms,
+                version,
+                kind,
+                body,
+            };
+            out.push(decode(run, expected + i as Seq, stored)?);
+        }
+        Ok(())
+    }
+}
