@@ -1,11 +1,13 @@
 //! Plans: the typed steps a planner proposes, the JSON schema derived from them that model
 //! output is validated against, and the loop detector that watches what a run executes.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use impresario_runtime::llm::SharedJson;
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -81,9 +83,10 @@ pub enum PlanError {
 }
 
 /// The JSON schema of [`Plan`], derived from the Rust types.
-pub fn plan_schema() -> &'static Arc<Value> {
-    static SCHEMA: OnceLock<Arc<Value>> = OnceLock::new();
-    SCHEMA.get_or_init(|| Arc::new(schemars::schema_for!(Plan).to_value()))
+/// Shared by every planner request, which serialize it once between them.
+pub fn plan_schema() -> &'static SharedJson {
+    static SCHEMA: OnceLock<SharedJson> = OnceLock::new();
+    SCHEMA.get_or_init(|| SharedJson::new(schemars::schema_for!(Plan).to_value()))
 }
 
 fn plan_validator() -> &'static jsonschema::Validator {

@@ -174,7 +174,7 @@ pub fn system_prompt(tools: &[ToolDef]) -> String {
         "You plan the steps of an agent run toward a goal, in as few steps as possible.\n\
          Answer with only a JSON object {\"steps\": [...]} matching this JSON schema:\n",
     );
-    prompt.push_str(plan_schema_json());
+    prompt.push_str(plan_schema().json());
     prompt.push_str(
         "\nStep types: tool_call (call one of the tools below; arguments must match its schema), \
          model_call (reason with a model), final_answer (the answer to the goal; it ends the run). \
@@ -192,12 +192,6 @@ pub fn system_prompt(tools: &[ToolDef]) -> String {
         ));
     }
     prompt
-}
-
-/// [`plan_schema`] as JSON text, made once: every run's system prompt holds it.
-fn plan_schema_json() -> &'static str {
-    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    JSON.get_or_init(|| plan_schema().to_string())
 }
 
 fn user_prompt(msg: &MakePlan) -> String {

@@ -701,4 +701,32 @@ mod tests {
         let err = decode(&run, 2, stored(2, 1, "step_started", &bad.to_string())).unwrap_err();
         assert!(err.to_string().contains("no `reviewer`"), "{err}");
     }
+
+    #[test]
+    fn a_shared_schema_is_stored_as_the_plain_json_of_its_value() {
+        let value = json!({"type": "object", "required": ["steps"], "title": "é\"\n", "n": 1.5});
+        let schema = crate::llm::SharedJson::new(value.clone());
+        let event = |call: u32| RunEvent::LlmRequest {
+            step: 1,
+            call,
+            request: ChatRequest::new("m")
+                .user("hi")
+                .output_schema("plan", schema.clone(), false),
+        };
+        let run = RunId::new("r");
+        let events = vec![event(0), event(1), event(0)];
+        let bodies = serialize_batch(&run, events.clone()).unwrap();
+        let plain = serde_json::to_string(&value).unwrap();
+        for (i, (event, body)) in bodies.iter().enumerate() {
+            let call = i % 2;
+            let expected = format!(
+                r#"{{"type":"llm_request","step":1,"call":{call},"request":{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"output_schema":{{"name":"plan","schema":{plain},"strict":false}},"max_tokens":1024}}}}"#
+            );
+            assert_eq!(body, &expected, "event {i}");
+            assert_eq!(event, &events[i]);
+            let seq = i as u64 + 1;
+            let stored = stored(seq as i64, EVENT_VERSION.into(), "llm_request", body);
+            assert_eq!(decode(&run, seq, stored).unwrap().event, events[i]);
+        }
+    }
 }

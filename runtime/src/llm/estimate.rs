@@ -24,7 +24,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{LazyLock, Mutex};
 
 use serde_json::Value;
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
@@ -92,30 +92,6 @@ impl Counter {
         self.count(&serde_json::to_string(value).unwrap_or_default())
     }
 
-    /// The count of `schema`'s JSON, remembered per schema: a run's every planner request
-    /// carries the same output schema (one `Arc`), which need not be serialized each time.
-    fn count_schema(&self, schema: &Arc<Value>) -> u64 {
-        let tokenizer = match self {
-            Counter::Bpe(bpe) => std::ptr::from_ref(*bpe) as usize,
-            Counter::Heuristic => 0,
-        };
-        let lock = || SCHEMA_MEMO.lock().unwrap_or_else(|p| p.into_inner());
-        let same = |(seen, t, _): &&SchemaCount| {
-            *t == tokenizer && std::ptr::eq(seen.as_ptr(), Arc::as_ptr(schema))
-        };
-        if let Some((_, _, n)) = lock().iter().find(same) {
-            return *n;
-        }
-        let n = self.count_json(schema.as_ref());
-        let mut memo = lock();
-        memo.retain(|(seen, _, _)| seen.strong_count() > 0);
-        if memo.len() >= SCHEMA_MEMO_CAPACITY {
-            memo.clear();
-        }
-        memo.push((Arc::downgrade(schema), tokenizer, n));
-        n
-    }
-
     fn count_calls(&self, calls: &[ToolCall]) -> u64 {
         calls
             .iter()
@@ -135,17 +111,6 @@ const MEMO_CAPACITY: usize = 4096;
 /// at every step, so without this the estimate grows with the square of the conversation. A
 /// hash collision would only skew one reservation (settlement uses the provider's usage).
 static MEMO: LazyLock<Mutex<HashMap<(usize, u64), u64>>> = LazyLock::new(Mutex::default);
-
-/// Schemas whose count [`Counter::count_schema`] remembers, at most this many at a time.
-const SCHEMA_MEMO_CAPACITY: usize = 64;
-
-/// Counts of output schemas by schema and tokenizer. A schema is known by its allocation: the
-/// `Weak` keeps the allocation from being reused by another value while it is remembered, and
-/// a value shared in an `Arc` is never changed in place (`Arc::make_mut` copies it first).
-static SCHEMA_MEMO: LazyLock<Mutex<Vec<SchemaCount>>> = LazyLock::new(Mutex::default);
-
-/// A remembered count: the schema, the tokenizer (its address; 0 for the heuristic), the count.
-type SchemaCount = (Weak<Value>, usize, u64);
 
 fn memo_count(bpe: &'static CoreBPE, text: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -188,7 +153,7 @@ pub fn estimate_input(request: &ChatRequest) -> InputEstimate {
             + 10;
     }
     if let Some(s) = &request.output_schema {
-        tokens += counter.count(&s.name) + counter.count_schema(&s.schema) + 10;
+        tokens += counter.count(&s.name) + counter.count(s.schema.json()) + 10;
     }
     for s in &request.stop {
         tokens += counter.count(s);
@@ -233,6 +198,7 @@ pub fn estimate_usage(request: &ChatRequest, content: &str, calls: &[(&str, &Val
 mod tests {
     use super::*;
     use crate::llm::types::ChatRequest;
+    use crate::llm::SharedJson;
 
     #[test]
     fn openai_models_use_tiktoken() {
@@ -258,14 +224,14 @@ mod tests {
     #[test]
     fn a_schema_counts_as_its_json_each_time_it_is_sent() {
         let schema =
-            |n: usize| Arc::new(serde_json::json!({ "type": "object", "n": "x".repeat(n) }));
-        let request = |schema: &Arc<Value>| {
+            |n: usize| SharedJson::new(serde_json::json!({ "type": "object", "n": "x".repeat(n) }));
+        let request = |schema: &SharedJson| {
             ChatRequest::new("claude-haiku-4-5").output_schema("plan", schema.clone(), false)
         };
         let (short, long) = (schema(10), schema(1_000));
         let bare = estimate_input(&ChatRequest::new("claude-haiku-4-5")).tokens;
         for (schema, len) in [(&short, 10), (&long, 1_000), (&short, 10), (&long, 1_000)] {
-            let json = serde_json::to_string(schema.as_ref()).unwrap().len() as u64;
+            let json = serde_json::to_string(&**schema).unwrap().len() as u64;
             let with = estimate_input(&request(schema)).tokens;
             assert_eq!(
                 with,
@@ -273,7 +239,7 @@ mod tests {
                 "len {len}"
             );
         }
-        // An equal schema in another allocation is counted the same (its own entry).
+        // An equal schema in another allocation is counted the same.
         assert_eq!(
             estimate_input(&request(&schema(1_000))).tokens,
             estimate_input(&request(&long)).tokens

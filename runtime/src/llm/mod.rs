@@ -52,6 +52,7 @@ pub mod price;
 mod retry;
 mod router;
 mod scripted;
+mod shared_json;
 mod stream;
 mod trace;
 mod types;
@@ -67,6 +68,7 @@ pub use price::{ModelPrice, PriceError, PriceTable, Rates};
 pub use retry::RetryPolicy;
 pub use router::Tier;
 pub use scripted::{Scripted, ScriptedCall, ScriptedReply};
+pub use shared_json::SharedJson;
 pub use stream::{DeltaSink, Interrupted, Interruption, Received};
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, Message, OutputSchema, RateLimitInfo, ToolCall,

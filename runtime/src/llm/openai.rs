@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::error::{InvalidToolCall, LlmError};
 use super::estimate;
 use super::http::{self, HttpConfig};
+use super::shared_json::SharedJson;
 use super::stream::Received;
 use super::types::{ChatRequest, ChatResponse, FinishReason, Message, ToolCall, Usage};
 use super::ChatModel;
@@ -363,7 +364,7 @@ struct ResponseFormat<'a> {
 #[derive(Serialize)]
 struct JsonSchema<'a> {
     name: &'a str,
-    schema: &'a Value,
+    schema: &'a SharedJson,
     strict: bool,
 }
 

@@ -3,12 +3,11 @@
 //! They serialize to plain JSON (recordings, journals), and a request is validated before
 //! anything is reserved or sent (contract 5: bad input is rejected with the field named).
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::LlmError;
+use super::shared_json::SharedJson;
 use crate::ledger::MicroUsd;
 
 /// `max_tokens` of a request built with [`ChatRequest::new`] until changed.
@@ -122,8 +121,8 @@ pub struct ToolCall {
 pub struct OutputSchema {
     /// Name of the schema (`^[a-zA-Z0-9_-]{1,64}$`).
     pub name: String,
-    /// The JSON Schema.
-    pub schema: Arc<Value>,
+    /// The JSON Schema, shared by the requests that carry it and serialized once.
+    pub schema: SharedJson,
     /// OpenAI strict mode (the schema must then list every property as required and set
     /// `additionalProperties: false`).
     #[serde(default)]
@@ -191,11 +190,12 @@ impl ChatRequest {
         self
     }
 
-    /// Asks for JSON output matching `schema` (shared: a request's clones do not copy it).
+    /// Asks for JSON output matching `schema` (shared: a request's clones do not copy it, and
+    /// pass a [`SharedJson`] to share it and its serialization between requests).
     pub fn output_schema(
         mut self,
         name: impl Into<String>,
-        schema: impl Into<Arc<Value>>,
+        schema: impl Into<SharedJson>,
         strict: bool,
     ) -> Self {
         self.output_schema = Some(OutputSchema {
