@@ -5,7 +5,9 @@
 //! the memory of a run idling (waiting for an approval); and issue 18's shape (2 model calls and
 //! 1 tool call) on the in-memory journal against the SQLite one (`synchronous = FULL`, the
 //! default, and `NORMAL`, `journal.sync = "normal"`): CPU per run, runs/s one at a time and 100
-//! at once, commits per run, memory per finished run after 10,000 runs. Memory is measured in a
+//! at once, commits per run, memory per finished run after 10,000 runs, and SQLite's ratios to
+//! the in-memory journal again as medians of ratios of short back-to-back pairs (both journals
+//! under the same load). Memory is measured in a
 //! child process of its own each time, so memory freed by earlier measurements cannot hide
 //! growth.
 //!
@@ -326,10 +328,12 @@ async fn shape(kind: Kind, runs: usize, concurrent: usize) -> ShapeCost {
     cost
 }
 
+/// Runs of the shape in one measurement: one at a time, and with 100 in flight.
+const ONE: usize = 300;
+const MANY: usize = 2_000;
+
 /// The shape's table: `rounds` interleaved rounds of each journal, medians, SQLite's ratio.
 fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
-    const ONE: usize = 300;
-    const MANY: usize = 2_000;
     println!("\n# issue 18 shape: 2 model calls + 1 tool call (instant model, no-op tool), {rounds} rounds, medians");
     println!(
         "{:<14} {:>12} {:>12} {:>16} {:>14} {:>13} {:>17}",
@@ -384,6 +388,71 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
             sqlite[3] / memory[3] * 100.0
         );
     }
+}
+
+/// Pairs of back-to-back measurements in [`paired_report`] (each as large as a table's).
+const PAIRS: usize = 15;
+
+/// SQLite's ratios to the in-memory journal under the same load: [`PAIRS`] pairs of
+/// measurements, the in-memory journal and `kind` back to back (first one, then the other, in
+/// turn), and the median of the per-pair ratios with their range. The table's ratios divide
+/// medians of measurements made a minute apart, under a load that may have changed meanwhile.
+fn paired_report(rt: &tokio::runtime::Runtime) {
+    let kinds = shape_kinds();
+    if !matches!(kinds.first(), Some(Kind::Memory)) {
+        return; // no in-memory baseline in this run: no ratios
+    }
+    println!(
+        "\n# issue 18 shape, paired: {PAIRS} pairs, each the in-memory journal and one SQLite journal back to back ({ONE} runs one at a time, {MANY} with 100 in flight); median of the per-pair ratios [min-max]"
+    );
+    for &kind in &kinds[1..] {
+        let (mut cpu, mut share) = (Vec::new(), Vec::new());
+        for pair in 0..PAIRS {
+            let (memory, sqlite) = back_to_back(rt, kind, pair, ONE, 1);
+            cpu.push(sqlite.cpu.as_secs_f64() / memory.cpu.as_secs_f64());
+            let (memory, sqlite) = back_to_back(rt, kind, pair, MANY, 100);
+            // Same number of runs: the runs/s share is the inverse ratio of the wall times.
+            share.push(memory.wall.as_secs_f64() / sqlite.wall.as_secs_f64() * 100.0);
+        }
+        let (cpu, share) = (spread(cpu), spread(share));
+        println!(
+            "{} / memory, paired: CPU per run (1 at a time) {:.2}x [{:.2}-{:.2}] (target <= 1.5x); runs/s with 100 concurrent {:.0}% [{:.0}-{:.0}] (target >= 80%)",
+            kind.name(),
+            cpu[0],
+            cpu[1],
+            cpu[2],
+            share[0],
+            share[1],
+            share[2]
+        );
+    }
+}
+
+/// One measurement of the in-memory journal and one of `kind`, back to back, the in-memory
+/// journal first in even pairs and second in odd ones (so a load that rises or falls through
+/// the pair favours neither); returned as (memory, `kind`).
+fn back_to_back(
+    rt: &tokio::runtime::Runtime,
+    kind: Kind,
+    pair: usize,
+    runs: usize,
+    concurrent: usize,
+) -> (ShapeCost, ShapeCost) {
+    let measure = |k: Kind| rt.block_on(shape(k, runs, concurrent));
+    if pair.is_multiple_of(2) {
+        let memory = measure(Kind::Memory);
+        (memory, measure(kind))
+    } else {
+        let sqlite = measure(kind);
+        (measure(Kind::Memory), sqlite)
+    }
+}
+
+/// The median, minimum and maximum of `values`.
+fn spread(values: Vec<f64>) -> [f64; 3] {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    [median_of(values), min, max]
 }
 
 /// The journals `IMPRESARIO_BENCH_SHAPE_JOURNALS` names (comma-separated, e.g.
@@ -505,9 +574,11 @@ fn step_report(rt: &tokio::runtime::Runtime) {
     );
 }
 
-/// Issue 18's shape: the table of both journals, then the memory per finished run.
+/// Issue 18's shape: the table of the journals, the paired ratios, then the memory per
+/// finished run.
 fn shape_part(rt: &tokio::runtime::Runtime) {
     shape_report(rt, 3);
+    paired_report(rt);
     if std::env::var("IMPRESARIO_BENCH_RUNS_ONLY").is_ok_and(|only| only == "shape-table") {
         return;
     }
