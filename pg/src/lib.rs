@@ -16,6 +16,9 @@
 //!   process; the API's overrides kept in the database ([`ceilings::PgCeilings`]).
 //! - [`halts`]: halts as durable rows, followed by every process through `LISTEN/NOTIFY`
 //!   ([`halts::PgHalts`]).
+//! - [`deltas`]: the streamed text of runs, from the replica driving a run to every other
+//!   through `LISTEN/NOTIFY` ([`deltas::PgDeltas`]; not stored).
+//! - [`queue`]: the run queue of a cluster: claims, leases with epochs, heartbeats.
 //! - [`memory`]: long-term memory, each tenant's records apart, full-text searched
 //!   ([`memory::PgMemory`], a `LongTermStore` of impresario-agents).
 //!
@@ -26,6 +29,7 @@ pub mod approvals;
 pub mod ceilings;
 mod counters;
 pub mod database;
+pub mod deltas;
 pub mod error;
 pub mod fences;
 pub mod halts;

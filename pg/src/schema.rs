@@ -126,6 +126,9 @@ pub const MIGRATIONS: &[&str] = &[
         ceiling bigint NOT NULL,
         at timestamptz NOT NULL DEFAULT now()
     );",
+    // 12: the run queue's claim order by tenant, and its rows pruned with journal retention
+    // (issue 14).
+    crate::queue::FAIRNESS,
 ];
 
 /// The schema version this build writes, and the newest it accepts.

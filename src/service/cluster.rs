@@ -6,7 +6,9 @@
 //! leases every third of `cluster.lease_secs`, stops (here only) the runs whose lease is lost
 //! or overdue, claims, and exports the queue's depth and oldest age. A run's end marks it done
 //! in the queue; on SIGTERM, after the runs were halted gracefully, [`Cluster::hand_back`]
-//! puts them back in the queue at once for another replica to resume.
+//! puts them back in the queue at once for another replica to resume. The streamed text of the
+//! runs driven here is published to the other replicas ([`PgDeltas`]), and theirs arrives for
+//! the streams following their runs here ([`Cluster::deltas`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,17 +16,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use impresario::agents::{ResumeError, RunRequest, RunState};
+use impresario::agents::{ResumeError, RunRequest, RunState, RunUpdate};
 use impresario::runtime::halt::{Halt, HaltMode, HaltReason, HaltScope};
 use impresario::runtime::journal::{JournalEntry, RunEvent as Journaled};
 use impresario::runtime::RunId;
+use impresario_pg::deltas::{Delta, PgDeltas};
 use impresario_pg::ledger::{PgLedger, PgLedgerConfig};
 use impresario_pg::queue::{Lease, Queue, QueueConfig, QueueError};
-use impresario_pg::{Database, Fences};
-use tokio::sync::Notify;
+use impresario_pg::{Database, Fences, Follower};
+use tokio::sync::{broadcast, Notify};
 
 use super::errors::ApiError;
-use super::runs::Tracked;
+use super::runs::{is_terminal, Tracked};
 use super::State;
 
 /// The longest a replica waits between two claims when nothing wakes it: how soon it sees runs
@@ -57,6 +60,11 @@ pub struct Cluster {
     driving: Mutex<HashMap<String, Lease>>,
     /// Releases the holds a run's earlier leases left when it is claimed here.
     ledger: PgLedger,
+    /// The streamed text of the runs driven here goes out through it, and that of the runs
+    /// other replicas drive comes in.
+    deltas: PgDeltas,
+    /// Follows the deltas' channel while the replica lives.
+    _following: Follower,
 }
 
 impl Cluster {
@@ -69,10 +77,14 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let queue = Queue::new(db.pool().clone(), config)?;
         let ledger = PgLedger::new(db.clone(), PgLedgerConfig::default()).fenced_by(fences.clone());
+        let deltas = PgDeltas::new(db.clone());
+        let following = deltas.follow_here();
         Ok(Arc::new(Cluster {
             db,
             queue: Arc::new(queue),
             ledger,
+            deltas,
+            _following: following,
             fences,
             wake: Notify::new(),
             driving: Mutex::default(),
@@ -115,6 +127,12 @@ impl Cluster {
                 0
             }
         }
+    }
+
+    /// The streamed text of every run driven elsewhere that arrives from now on (a followed
+    /// stream keeps its run's).
+    pub fn deltas(&self) -> broadcast::Receiver<Arc<Delta>> {
+        self.deltas.subscribe()
     }
 
     fn driving(&self) -> MutexGuard<'_, HashMap<String, Lease>> {
@@ -354,6 +372,8 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
     match state.engine.orchestrator.take_over(&run).await {
         Ok(handle) => {
             let tracked = state.track(handle, tenant, goal);
+            let updates = tracked.handle.events();
+            actix_web::rt::spawn(publish(cluster.deltas.clone(), lease.run.clone(), updates));
             let (cluster, draining) = (cluster.clone(), state.draining.clone());
             actix_web::rt::spawn(finish(cluster, tracked, lease, draining));
         }
@@ -413,5 +433,39 @@ async fn release(cluster: &Cluster, lease: Lease) {
         .await
     {
         tracing::warn!(run, error = %e, "could not hand the run back; it is taken over when its lease expires");
+    }
+}
+
+/// Publishes the streamed text of run `run`, driven here, to the other replicas until it ends.
+/// What arrives while a notification is sent goes out with the next one, merged by step, so a
+/// run sends at most one at a time.
+async fn publish(deltas: PgDeltas, run: String, mut updates: broadcast::Receiver<RunUpdate>) {
+    let mut ended = false;
+    while !ended {
+        let mut batch: Vec<Delta> = Vec::new();
+        let mut take = |update: RunUpdate, ended: &mut bool| match update {
+            RunUpdate::Delta { step, text } => match batch.last_mut() {
+                Some(last) if last.step == step => last.text.push_str(&text),
+                _ => batch.push(Delta {
+                    run: run.clone(),
+                    step,
+                    text,
+                }),
+            },
+            update => *ended = is_terminal(&update),
+        };
+        match updates.recv().await {
+            Ok(update) => take(update, &mut ended),
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        while let Ok(update) = updates.try_recv() {
+            take(update, &mut ended);
+        }
+        for delta in &batch {
+            if let Err(e) = deltas.publish(delta).await {
+                tracing::warn!(run, error = %e, "could not send streamed text to the other replicas");
+            }
+        }
     }
 }

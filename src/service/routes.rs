@@ -297,10 +297,15 @@ async fn events(
     match find(&state, &token, &id) {
         Ok(run) => Ok(response().streaming(sse::stream(run, from, state.sse_keepalive))),
         // Journaled and visible to this token, driven elsewhere.
-        Err(e) if e.status_code() == StatusCode::CONFLICT && state.cluster.is_some() => {
+        Err(e) if e.status_code() == StatusCode::CONFLICT => {
+            let Some(cluster) = &state.cluster else {
+                return Err(e);
+            };
+            // Subscribed before the journal is first read: no text between the two is missed.
+            let deltas = cluster.deltas();
             let journal = state.engine.orchestrator.journal().clone();
-            let run = RunId::new(id.as_str());
-            let followed = sse::follow(journal, run, from as u64, state.sse_keepalive);
+            let run = (RunId::new(id.as_str()), from as u64);
+            let followed = sse::follow(journal, run, deltas, state.sse_keepalive);
             Ok(response().streaming(followed))
         }
         Err(e) => Err(e),

@@ -19,8 +19,9 @@ use futures_util::Stream;
 use impresario::agents::RunUpdate;
 use impresario::runtime::journal::{Journal, JournalEntry, RunEvent};
 use impresario::runtime::RunId;
-use serde_json::Value;
-use tokio::sync::watch;
+use impresario_pg::deltas::Delta;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, watch};
 
 use super::runs::{is_terminal, Tracked};
 
@@ -110,18 +111,23 @@ struct Following {
     /// When something was last sent.
     sent_at: Instant,
     ended: bool,
+    /// The streamed text of every run driven elsewhere, as it arrives.
+    deltas: broadcast::Receiver<Arc<Delta>>,
 }
 
 /// The stream of a run driven elsewhere (by another replica of a cluster): its journal's
 /// events after sequence number `after`, as they are committed (read every 200 ms), each as
 /// `id: <seq>`, `event: <the journaled event's type>` (`llm_request`, `tool_result`, ...),
-/// `data: <the journaled event>`; it ends after the run's end (`run_finished`, or a `halted`
-/// with nothing after it), or when the journal cannot be read (reconnect with
-/// `Last-Event-ID`), with keep-alive comments as [`stream`] sends them.
+/// `data: <the journaled event>`; and, between them as it arrives from `deltas`, the run's
+/// streamed text (a streaming run's; not journaled) as `id: <the last journaled event's
+/// seq>`, `event: delta`, `data: {"type": "delta", "step", "text"}` (a reconnection continues
+/// after that journaled event; text is never sent again). It ends after the run's end
+/// (`run_finished`, or a `halted` with nothing after it), or when the journal cannot be read
+/// (reconnect with `Last-Event-ID`), with keep-alive comments as [`stream`] sends them.
 pub fn follow(
     journal: Arc<dyn Journal>,
-    run: RunId,
-    after: u64,
+    (run, after): (RunId, u64),
+    deltas: broadcast::Receiver<Arc<Delta>>,
     keep_alive: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
     let start = Following {
@@ -131,6 +137,7 @@ pub fn follow(
         pending: VecDeque::new(),
         sent_at: Instant::now(),
         ended: false,
+        deltas,
     };
     futures_util::stream::unfold(start, move |mut at| async move {
         loop {
@@ -155,9 +162,37 @@ pub fn follow(
                 at.sent_at = Instant::now();
                 return Some((Ok(Bytes::from_static(KEEP_ALIVE)), at));
             }
-            tokio::time::sleep(FOLLOW_EVERY).await;
+            if let Some(delta) = next_delta(&mut at).await {
+                at.sent_at = Instant::now();
+                let data = json!({ "type": "delta", "step": delta.step, "text": delta.text });
+                return Some((Ok(frame_of(at.after, "delta", &data)), at));
+            }
         }
     })
+}
+
+/// The followed run's next streamed text, if some arrives within [`FOLLOW_EVERY`] (then it is
+/// time to read the journal again).
+async fn next_delta(at: &mut Following) -> Option<Arc<Delta>> {
+    let (run, deltas) = (at.run.as_str(), &mut at.deltas);
+    let wait = async {
+        loop {
+            match deltas.recv().await {
+                Ok(delta) if delta.run == run => return delta,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        run,
+                        missed,
+                        "a followed stream fell behind the streamed text; some is not sent"
+                    );
+                }
+                // The replica is stopping: only the journal is followed from now on.
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    };
+    tokio::time::timeout(FOLLOW_EVERY, wait).await.ok()
 }
 
 /// Reads the followed run's events after the last one sent into `pending` (off the runtime's

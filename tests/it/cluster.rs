@@ -690,3 +690,50 @@ fn assert_nothing_journaled_twice(url: &str) {
         );
     }
 }
+
+#[tokio::test]
+async fn a_followed_streaming_run_carries_its_models_text_from_the_replica_driving_it() {
+    let url = shared().create_database(&format!("cluster_deltas_{}", std::process::id()));
+    // Slow model calls (3 s): B is up and following before the last answer arrives, however
+    // slowly it starts under load.
+    let a = replica(&url, "a", 4, 3000);
+    let body = json!({ "goal": GOAL, "tools": ["calculator"], "stream": true });
+    let (status, created) = a.post("/v1/runs", body).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let owner = format!("SELECT owner FROM run_queue WHERE run_id = '{id}'");
+    until_sql(&url, &owner, Duration::from_secs(10), |o| o == "a").await;
+    let b = replica(&url, "b", 4, 300);
+    let events = b.events(&id).await.all().await;
+    // The text B streamed is the models' answers A journaled after B began to follow (each
+    // call's text comes whole from the offline model), call after call.
+    let streamed: String = events
+        .iter()
+        .filter(|e| e.kind == "delta")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    let answers: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "llm_response")
+        .map(|e| e.data["response"]["content"].as_str().unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(answers.len(), 2, "{kinds:?}");
+    assert!(
+        (0..answers.len()).any(|k| streamed == answers[k..].concat()),
+        "streamed {streamed:?}, answered {answers:?}: {kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"run_finished"), "{kinds:?}");
+    // A delta carries the sequence number of the journaled event before it.
+    let journaled: Vec<usize> = events
+        .iter()
+        .filter(|e| e.kind != "delta")
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(journaled, (1..=journaled.len()).collect::<Vec<_>>());
+    assert!(
+        !a.stderr().contains("could not send streamed text"),
+        "{}",
+        a.stderr()
+    );
+}

@@ -27,6 +27,40 @@ use held::Held;
 /// `impresario_fence(run, epoch)` function.
 pub const MIGRATION: &str = include_str!("schema.sql");
 
+/// The queue's second step (migration 12): when each run was last claimed (the claim order
+/// by tenant), and the trigger that deletes a run's row when retention deletes its journal.
+pub const FAIRNESS: &str = include_str!("fairness.sql");
+
+/// Claims up to `$2` minus this replica's (`$1`) live leases of the waiting runs, each for `$3`
+/// ms. Tenants take turns: a run's rank is its tenant's runs in flight plus its place in its
+/// tenant's line; ties go to the tenant claimed for longest ago (never first), then to the
+/// oldest run. The ranks are read before the rows are locked (`FOR UPDATE` takes no window
+/// function); a row another transaction holds is skipped, not waited for.
+const CLAIM: &str = "WITH waiting AS ( \
+       SELECT run_id, tenant, enqueued_at, \
+              row_number() OVER (PARTITION BY tenant ORDER BY enqueued_at, run_id) AS place \
+         FROM run_queue \
+        WHERE state = 'queued' OR (state = 'leased' AND lease_until <= clock_timestamp())), \
+     tenants AS ( \
+       SELECT t.tenant, \
+              (SELECT count(*) FROM run_queue l WHERE l.tenant = t.tenant \
+                  AND l.state = 'leased' AND l.lease_until > clock_timestamp()) AS in_flight, \
+              (SELECT max(c.claimed_at) FROM run_queue c WHERE c.tenant = t.tenant) AS last_claim \
+         FROM (SELECT DISTINCT tenant FROM waiting) t), \
+     picked AS ( \
+       SELECT q.run_id FROM run_queue q \
+         JOIN waiting w ON w.run_id = q.run_id JOIN tenants t ON t.tenant = w.tenant \
+        WHERE q.state = 'queued' OR (q.state = 'leased' AND q.lease_until <= clock_timestamp()) \
+        ORDER BY t.in_flight + w.place, t.last_claim NULLS FIRST, w.enqueued_at, w.run_id \
+        LIMIT greatest(0, $2 - (SELECT count(*) FROM run_queue \
+               WHERE owner = $1 AND state = 'leased' AND lease_until > clock_timestamp())) \
+          FOR UPDATE OF q SKIP LOCKED) \
+     UPDATE run_queue q \
+        SET state = 'leased', owner = $1, epoch = q.epoch + 1, claimed_at = clock_timestamp(), \
+            lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond' \
+       FROM picked WHERE q.run_id = picked.run_id \
+     RETURNING q.run_id, q.tenant, q.epoch";
+
 /// Puts this replica's leases ($1 the replica, $2/$3 runs and epochs) back in the queue, keeping
 /// their place in line; returns the runs it put back.
 const HAND_BACK: &str =
@@ -108,9 +142,12 @@ impl Queue {
         Ok(())
     }
 
-    /// Claims waiting runs, oldest first, until this replica drives `max_runs` (none if it
-    /// already does): each a new lease, its epoch one more than the run's last. Runs another
-    /// transaction has locked are skipped, not waited for.
+    /// Claims waiting runs until this replica drives `max_runs` (none if it already does):
+    /// each a new lease, its epoch one more than the run's last. Tenants take turns (the
+    /// tenant with the fewest runs in flight first, then the one claimed for longest ago;
+    /// within a tenant, oldest first), so a tenant that floods the queue delays another's run
+    /// by at most its own runs in flight. Runs another transaction has locked are skipped, not
+    /// waited for.
     pub async fn claim(&self) -> Result<Vec<Lease>, QueueError> {
         let sent = Instant::now();
         let mut client = self.pool.get().await?;
@@ -123,20 +160,7 @@ impl Queue {
         .await?;
         let rows = tx
             .query(
-                "WITH picked AS ( \
-                   SELECT run_id FROM run_queue \
-                    WHERE state = 'queued' \
-                       OR (state = 'leased' AND lease_until <= clock_timestamp()) \
-                    ORDER BY enqueued_at, run_id \
-                    LIMIT greatest(0, $2 - (SELECT count(*) FROM run_queue \
-                           WHERE owner = $1 AND state = 'leased' \
-                             AND lease_until > clock_timestamp())) \
-                      FOR UPDATE SKIP LOCKED) \
-                 UPDATE run_queue q \
-                    SET state = 'leased', owner = $1, epoch = q.epoch + 1, \
-                        lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond' \
-                   FROM picked WHERE q.run_id = picked.run_id \
-                 RETURNING q.run_id, q.tenant, q.epoch",
+                CLAIM,
                 &[
                     &self.config.replica,
                     &i64::from(self.config.max_runs),

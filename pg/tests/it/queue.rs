@@ -479,3 +479,135 @@ async fn the_queue_is_migrated_with_the_journal_and_runs_on_its_database_thread(
     assert_eq!((claimed[0].run.as_str(), claimed[0].epoch), ("r", 1));
     tokio::task::spawn_blocking(move || drop(db)).await.unwrap();
 }
+
+/// Claims one run at a time with `queue` (whose `max_runs` is 1), completing each, until it
+/// claims `run`: how many claims that took (at most `limit`, then the test fails).
+async fn claims_until(queue: &Queue, run: &str, limit: usize) -> usize {
+    for claims in 1..=limit {
+        let leases = queue.claim().await.unwrap();
+        assert_eq!(leases.len(), 1, "claim {claims}");
+        if leases[0].run == run {
+            return claims;
+        }
+        queue.complete(&leases[0]).await.unwrap();
+    }
+    panic!("{run} was not claimed in {limit} claims");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_the_queue_delays_another_tenants_run_by_a_bounded_number_of_claims() {
+    let url = database("queue_fairness").await;
+    let lease = Duration::from_secs(60);
+    let a = replica(&url, "a", 1, lease);
+    // Tenant "flood" queues 1,000 runs, and has had some claimed already.
+    pool(&url)
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO run_queue (run_id, tenant, enqueued_at) \
+             SELECT format('flood-%s', to_char(i, 'FM0000')), 'flood', \
+                    clock_timestamp() - interval '1 hour' + i * interval '1 millisecond' \
+               FROM generate_series(1, 1000) AS i",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claims_until(&a, "flood-0003", 5).await, 3, "oldest first");
+    a.complete(&a.held()[0]).await.unwrap();
+    // Tenant "quiet" queues one run, the newest of all: it is the next claimed.
+    a.enqueue("quiet-1", "quiet").await.unwrap();
+    assert_eq!(claims_until(&a, "quiet-1", 5).await, 1);
+    a.complete(&a.held()[0]).await.unwrap();
+
+    // With 5 of "flood"'s runs in flight on another replica, "quiet"'s next run still goes
+    // first, though "flood" was claimed for longer ago than "quiet" now.
+    let b = replica(&url, "b", 5, lease);
+    assert_eq!(b.claim().await.unwrap().len(), 5);
+    a.enqueue("quiet-2", "quiet").await.unwrap();
+    assert_eq!(claims_until(&a, "quiet-2", 5).await, 1);
+    a.complete(&a.held()[0]).await.unwrap();
+
+    // Claiming several at once interleaves the tenants: with "flood" 5 in flight and "quiet"
+    // 3 queued, 4 claims take "quiet"'s 3 first (ranks 1-3) and one "flood" run (rank 6).
+    for n in 3..=5 {
+        a.enqueue(&format!("quiet-{n}"), "quiet").await.unwrap();
+    }
+    let c = replica(&url, "c", 4, lease);
+    let mut tenants: Vec<String> = c
+        .claim()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.tenant)
+        .collect();
+    tenants.sort();
+    assert_eq!(tenants, ["flood", "quiet", "quiet", "quiet"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_rows_go_with_their_journal_when_retention_deletes_the_run() {
+    use impresario_runtime::journal::{Journal, RetentionPolicy};
+    use impresario_runtime::RunId;
+
+    use crate::journal_suite::{finished, submitted};
+
+    let url = database("queue_prune").await;
+    let connect = url.clone();
+    let journal = tokio::task::spawn_blocking(move || impresario_pg::PgJournal::connect(&connect))
+        .await
+        .unwrap()
+        .unwrap();
+    let a = replica(&url, "a", 10, Duration::from_secs(60));
+    for name in ["old-1", "old-2", "old-3", "old-4", "live"] {
+        journal
+            .append(&RunId::new(name), submitted("t"))
+            .await
+            .unwrap();
+        a.enqueue(name, "t").await.unwrap();
+    }
+    for lease in a.claim().await.unwrap() {
+        if lease.run != "live" {
+            let run = RunId::new(lease.run.as_str());
+            journal.append(&run, finished()).await.unwrap();
+            a.complete(&lease).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+    let rows = || {
+        test_cluster::shared()
+            .psql(
+                &url,
+                "SELECT run_id || ':' || state FROM run_queue ORDER BY run_id",
+            )
+            .unwrap()
+    };
+    let before = rows();
+    // Retention keeps the last run that finished (whichever the claim's order made it): the
+    // queue rows of the runs it deleted go in its transaction; the others stay.
+    let report = journal
+        .apply_retention(&RetentionPolicy {
+            max_finished_runs: Some(1),
+            ..RetentionPolicy::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.runs_deleted, 3, "{before}");
+    let kept = journal
+        .runs(&impresario_runtime::journal::RunFilter::all())
+        .unwrap();
+    let mut expected: Vec<String> = kept
+        .iter()
+        .map(|s| {
+            let state = if s.run.as_str() == "live" {
+                "leased"
+            } else {
+                "done"
+            };
+            format!("{}:{state}", s.run)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 2, "{kept:?}");
+    assert_eq!(rows(), expected.join("\n"), "before retention: {before}");
+}
