@@ -10,7 +10,9 @@
 //! `impresario serve` (offline model, its defaults: long-term memory beside the journal, the
 //! registry of the last 1,000 finished runs; journal retention keeping 1,000 ended runs),
 //! driven over HTTP, its process's RSS sampled.
-//! `RSS_RUNS` sets the number of runs (default 10,000).
+//! `RSS_RUNS` sets the number of runs (default 10,000); `RSS_BINARY`, with `--service`, the
+//! `impresario` binary to measure instead of this build's (another build, such as one without
+//! the `jemalloc` feature, measured the same way).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,8 +207,10 @@ fn drive_service(runs: usize, dir: &std::path::Path) -> Vec<(usize, u64)> {
         ),
     )
     .unwrap();
+    let binary =
+        std::env::var("RSS_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_impresario").into());
     let mut child = Service(
-        Command::new(env!("CARGO_BIN_EXE_impresario"))
+        Command::new(binary)
             .current_dir(dir)
             .args(["--config", config.to_str().unwrap(), "serve"])
             .stdout(Stdio::piped())
@@ -262,13 +266,20 @@ async fn submit_all(url: &str, runs: usize, rss: impl Fn() -> u64) -> Vec<(usize
         if done % SAMPLE_EVERY < BATCH || done == runs {
             samples.push((done, rss()));
             eprintln!(
-                "{done} runs, RSS {} MiB, {:?}",
+                "{done} runs, RSS {} MiB, {:?}, load average {}",
                 rss() / 1024,
-                started.elapsed()
+                started.elapsed(),
+                load_average()
             );
         }
     }
     samples
+}
+
+/// The machine's load average over the last minute (`/proc/loadavg`), as written there.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().unwrap_or("?").to_owned()
 }
 
 /// Sends `request` with the token; its JSON answer.

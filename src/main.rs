@@ -18,6 +18,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::filter::LevelFilter;
 
+/// The process's allocator: jemalloc, which returns freed pages to the system, so the service's
+/// resident memory stays level over many runs (BENCHMARKS.md, "Bounded memory").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let config = match cli.config() {
