@@ -9,8 +9,7 @@
 //! - Cross-replica halt: a halt sent to the replica that does not drive a run, until the one
 //!   that drives it shows the run halted; 30 rounds, p50 and p99 (of 30 samples: the 29th).
 //!
-//! Run: `cargo bench --bench cluster` (BENCHMARKS.md's figures: `--profile dev`, the debug
-//! binary, because a release build did not fit the session).
+//! Run: `cargo bench --bench cluster` (release; BENCHMARKS.md, "Cluster").
 
 mod common;
 

@@ -26,10 +26,10 @@ pub struct TenantCeilings {
 
 enum Kept {
     File(FileOverrides),
-    /// The ceilings, and the follower reporting their warnings on this process's ledger.
+    /// The ceilings, and (in `serve`) the follower reporting their warnings here.
     Database {
         db: PgCeilings,
-        _warnings: WarningFollower,
+        warnings: Option<WarningFollower>,
     },
 }
 
@@ -41,15 +41,23 @@ impl TenantCeilings {
         })
     }
 
-    /// The ceilings of the database; the warnings they record are reported on `ledger`
-    /// (each by one process) for as long as these live.
-    pub fn in_database(ceilings: PgCeilings, ledger: Ledger) -> TenantCeilings {
-        let warnings = ceilings.follow_warnings(ledger);
+    /// The ceilings of the database.
+    pub fn in_database(ceilings: PgCeilings) -> TenantCeilings {
         TenantCeilings {
             kept: Kept::Database {
                 db: ceilings,
-                _warnings: warnings,
+                warnings: None,
             },
+        }
+    }
+
+    /// What `serve` does at start: from now on, takes the ceiling warnings that charges record
+    /// in the database and reports them on `ledger` (each is taken by one of the serving
+    /// processes; `run` and `replay` take none, so none is lost to a process nobody scrapes).
+    /// Nothing to do with the ceilings in a file (`ledger` raises them itself).
+    pub fn report_warnings(&mut self, ledger: Ledger) {
+        if let Kept::Database { db, warnings } = &mut self.kept {
+            *warnings = Some(db.follow_warnings(ledger));
         }
     }
 

@@ -108,7 +108,7 @@ impl Engine {
             .map(|pg| (pg.db.clone(), pg.fences.clone()));
         let (ceilings, shared_halts) = match postgres {
             Some(pg) => (
-                TenantCeilings::in_database(pg.ceilings, orchestrator.ledger().clone()),
+                TenantCeilings::in_database(pg.ceilings),
                 Some((
                     pg.halts.clone(),
                     pg.halts.follow_here(orchestrator.halts().clone()),

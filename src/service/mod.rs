@@ -138,8 +138,10 @@ async fn start(config: &Config) -> Result<(web::Data<State>, String), Box<dyn st
     }
     // The metrics recorder goes first: the runtime's agents resolve their metrics when spawned.
     let exposition = Prometheus::new().install()?;
-    let engine = Engine::start(config).await?;
+    let mut engine = Engine::start(config).await?;
     engine.ceilings.write_configured().await?;
+    let ledger = engine.orchestrator.ledger().clone();
+    engine.ceilings.report_warnings(ledger);
     let models = engine.models_description.clone();
     let cluster = match &engine.database {
         Some((db, fences)) => Some(cluster::Cluster::new(
