@@ -1127,7 +1127,7 @@ fn describe(step: &Step) -> String {
             tool, arguments, ..
         } => format!(
             "called {tool} with {}",
-            serde_json::Value::Object(arguments.clone())
+            serde_json::to_string(arguments).unwrap_or_default()
         ),
         Step::ModelCall { prompt } => format!("asked the model: {prompt}"),
         Step::FinalAnswer { answer } => format!("answered: {answer}"),

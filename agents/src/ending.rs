@@ -175,3 +175,40 @@ pub(crate) async fn journal_end(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use impresario_runtime::journal::{MemoryJournal, ToolOutcome};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn refused_last_events_leave_the_end_journaled_alone_on_the_memory_journal() {
+        let journal = MemoryJournal::new();
+        assert!(!journal.fails_transiently());
+        let run = RunId::new("run-end-alone");
+        let submitted = JournalEvent::RunSubmitted {
+            tenant: "t".into(),
+            goal: "g".into(),
+            request: serde_json::json!({}),
+        };
+        journal.append(&run, submitted).await.unwrap();
+        // A tool result with no intent before it: refused, and its batch with it.
+        let orphan = JournalEvent::ToolResult {
+            step: 1,
+            idempotency_key: "run-end-alone/step-1".into(),
+            outcome: ToolOutcome::Ok(serde_json::json!(1)),
+        };
+        let state = RunState::Succeeded {
+            answer: "42".into(),
+        };
+        journal_end(&journal, &run, &state, None, vec![orphan]).await;
+        let kinds: Vec<&str> = journal
+            .read(&run)
+            .unwrap()
+            .iter()
+            .map(|entry| entry.event.kind())
+            .collect();
+        assert_eq!(kinds, ["run_submitted", "run_finished"]);
+    }
+}

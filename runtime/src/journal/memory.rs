@@ -53,7 +53,6 @@ struct MemoryRun {
 struct MemoryEvent {
     at_ms: i64,
     kind: &'static str,
-    key: Option<String>,
     event: RunEvent,
 }
 
@@ -85,7 +84,7 @@ impl MemoryRun {
     fn key_use(&self, key: &str) -> KeyUse {
         let mut used = KeyUse::default();
         for (i, e) in self.events.iter().enumerate() {
-            if e.key.as_deref() == Some(key) {
+            if e.event.idempotency_key() == Some(key) {
                 match e.kind {
                     "tool_call_intent" => used.intent = true,
                     _ => used.result = Some(i as Seq + 1),
@@ -94,31 +93,11 @@ impl MemoryRun {
         }
         used
     }
-}
 
-/// Where a run stood before a batch, to put it back if an event of the batch is refused.
-enum Before {
-    NoRun,
-    Had {
-        events: usize,
-        status: RunStatus,
-        updated_ms: i64,
-    },
-}
-
-impl Runs {
-    /// Checks `event` against the run as it stands and appends it.
-    fn push(&mut self, run: &RunId, event: RunEvent, at_ms: i64) -> Result<(), JournalError> {
-        let existing = self.map.get(run);
-        let head = existing.map(|r| RunHead {
-            status: r.status,
-            last_seq: r.events.len() as Seq,
-        });
-        check_append(run, head.as_ref(), &event, |key| {
-            existing.map(|r| r.key_use(key)).unwrap_or_default()
-        })?;
-        let entry = self.map.entry(run.clone()).or_insert_with(|| MemoryRun {
-            tenant: match &event {
+    /// A run with no event yet, started now, of the tenant `first` (its first event) names.
+    fn new(first: &RunEvent, at_ms: i64) -> Self {
+        MemoryRun {
+            tenant: match first {
                 RunEvent::RunSubmitted { tenant, .. } => tenant.clone(),
                 _ => String::new(),
             },
@@ -126,50 +105,48 @@ impl Runs {
             started_ms: at_ms,
             updated_ms: at_ms,
             events: Vec::new(),
+        }
+    }
+
+    /// Checks `event` against the run as it stands (a run with no event has no head) and
+    /// appends it.
+    fn push(&mut self, run: &RunId, event: RunEvent, at_ms: i64) -> Result<(), JournalError> {
+        let head = (!self.events.is_empty()).then_some(RunHead {
+            status: self.status,
+            last_seq: self.events.len() as Seq,
         });
-        entry.status = event.status_after();
-        entry.updated_ms = at_ms;
-        entry.events.push(MemoryEvent {
+        check_append(run, head.as_ref(), &event, |key| self.key_use(key))?;
+        self.status = event.status_after();
+        self.updated_ms = at_ms;
+        self.events.push(MemoryEvent {
             at_ms,
             kind: event.kind(),
-            key: event.idempotency_key().map(str::to_owned),
             event,
         });
         Ok(())
     }
 
-    fn before(&self, run: &RunId) -> Before {
-        match self.map.get(run) {
-            None => Before::NoRun,
-            Some(r) => Before::Had {
-                events: r.events.len(),
-                status: r.status,
-                updated_ms: r.updated_ms,
-            },
-        }
-    }
-
-    fn roll_back(&mut self, run: &RunId, before: Before) {
-        match (before, self.map.get_mut(run)) {
-            (Before::NoRun, _) => {
-                self.map.remove(run);
-            }
-            (Before::Had { .. }, None) => {}
-            (
-                Before::Had {
-                    events,
-                    status,
-                    updated_ms,
-                },
-                Some(r),
-            ) => {
-                r.events.truncate(events);
-                r.status = status;
-                r.updated_ms = updated_ms;
+    /// Appends `events` in order, all or nothing: on a refusal the run is put back as it was.
+    fn push_all(
+        &mut self,
+        run: &RunId,
+        events: Vec<RunEvent>,
+        at_ms: i64,
+    ) -> Result<(), JournalError> {
+        let (had, status, updated_ms) = (self.events.len(), self.status, self.updated_ms);
+        let len = events.len();
+        for (i, event) in events.into_iter().enumerate() {
+            if let Err(refused) = self.push(run, event, at_ms) {
+                self.events.truncate(had);
+                (self.status, self.updated_ms) = (status, updated_ms);
+                return Err(in_batch(refused, i, len));
             }
         }
+        Ok(())
     }
+}
 
+impl Runs {
     /// Counts `run` among the finished runs and deletes the oldest past the cap.
     fn finished(&mut self, run: &RunId) {
         self.finished.push_back(run.clone());
@@ -209,22 +186,30 @@ impl MemoryJournal {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `events` all or nothing (see [`Journal::append_batch`]).
+    /// Appends `events` all or nothing (see [`Journal::append_batch`]), the run looked up once
+    /// per batch.
     fn append_now(&self, run: &RunId, events: Vec<RunEvent>) -> Result<Seq, JournalError> {
-        if events.is_empty() {
+        let Some(first) = events.first() else {
             return Err(empty_batch(run));
-        }
+        };
         let mut runs = self.lock();
-        let (before, len, at_ms) = (runs.before(run), events.len(), now_ms());
-        for (i, event) in events.into_iter().enumerate() {
-            if let Err(refused) = runs.push(run, event, at_ms) {
-                runs.roll_back(run, before);
-                return Err(in_batch(refused, i, len));
-            }
+        let at_ms = now_ms();
+        let new = !runs.map.contains_key(run);
+        if new {
+            let started = MemoryRun::new(first, at_ms);
+            runs.map.insert(run.clone(), started);
         }
-        let (last, status) = runs.map.get(run).map_or((0, RunStatus::Active), |r| {
-            (r.events.len() as Seq, r.status)
-        });
+        let record = runs
+            .map
+            .get_mut(run)
+            .expect("the run is there or was just added");
+        if let Err(refused) = record.push_all(run, events, at_ms) {
+            if new {
+                runs.map.remove(run);
+            }
+            return Err(refused);
+        }
+        let (last, status) = (record.events.len() as Seq, record.status);
         if status == RunStatus::Finished {
             runs.finished(run);
         }
