@@ -44,17 +44,9 @@ pub struct Decision {
 }
 
 /// The decisions recorded in PostgreSQL (see the module docs). Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PgApprovals {
     db: Database,
-}
-
-impl std::fmt::Debug for PgApprovals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgApprovals")
-            .field("db", &self.db.target())
-            .finish()
-    }
 }
 
 impl PgApprovals {

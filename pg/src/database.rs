@@ -49,6 +49,13 @@ struct Shared {
     thread: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 }
 
+/// Names the database as [`Database::target`] does: never the password.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Database").field(&self.target()).finish()
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         let thread = self.thread.get_mut().unwrap_or_else(|p| p.into_inner());

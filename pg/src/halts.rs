@@ -56,17 +56,9 @@ fn scope_key(scope: &HaltScope) -> Option<String> {
 }
 
 /// Halts recorded in PostgreSQL (see the module docs). Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PgHalts {
     db: Database,
-}
-
-impl std::fmt::Debug for PgHalts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgHalts")
-            .field("db", &self.db.target())
-            .finish()
-    }
 }
 
 impl HaltStore for PgHalts {

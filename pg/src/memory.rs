@@ -31,19 +31,10 @@ use crate::ledger_retry::{self, Step};
 use crate::PgError;
 
 /// Long-term memory in PostgreSQL (see the module docs). Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PgMemory {
     db: Database,
     retention: Retention,
-}
-
-impl std::fmt::Debug for PgMemory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgMemory")
-            .field("db", &self.db.target())
-            .field("retention", &self.retention)
-            .finish()
-    }
 }
 
 impl PgMemory {
