@@ -18,7 +18,7 @@ use impresario::runtime::journal::{JournalEntry, RunEvent, Seq};
 use impresario::runtime::RunId;
 use impresario_pg::approvals::{Decision, PgApprovals};
 use impresario_pg::Follower;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::runs::Tracked;
 
@@ -71,14 +71,8 @@ impl SharedApprovals {
                     }
                 }
             }
-            let id = run.handle.id().clone();
-            tokio::select! {
-                changed = events.changed() => if changed.is_err() || run.state().is_terminal() { return },
-                woke = wakes.recv() => match woke {
-                    Ok(Some(notified)) if notified != id => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                    _ => {}
-                },
+            if !woken(&run, &mut events, &mut wakes).await {
+                return;
             }
         }
     }
@@ -90,6 +84,26 @@ impl SharedApprovals {
                 tracing::warn!(%run, error = %err, "cannot read the decisions; the next notification reads them again");
                 None
             }
+        }
+    }
+}
+
+/// Waits until the run changes or a decision about it (or about any run, after a
+/// reconnection) is notified; notifications about other runs are skipped. False once the run
+/// ended or the notifications stopped.
+async fn woken(
+    run: &Tracked,
+    events: &mut watch::Receiver<Vec<RunUpdate>>,
+    wakes: &mut broadcast::Receiver<Option<RunId>>,
+) -> bool {
+    loop {
+        tokio::select! {
+            changed = events.changed() => return changed.is_ok() && !run.state().is_terminal(),
+            woke = wakes.recv() => match woke {
+                Ok(Some(notified)) if &notified != run.handle.id() => continue,
+                Err(broadcast::error::RecvError::Closed) => return false,
+                _ => return true,
+            },
         }
     }
 }
