@@ -1,5 +1,5 @@
 //! Approvals on PostgreSQL: an operator's decision about a step waiting for approval is a row
-//! of `approvals` (migration 6), whichever process it was posted to, and a notification on
+//! of `approvals` (migration 7), whichever process it was posted to, and a notification on
 //! [`CHANNEL`] wakes the process driving the run ([`PgApprovals`]).
 //!
 //! - A decision is about one *request*: the `ApprovalRequested` event the run journaled, named
@@ -16,6 +16,7 @@ use impresario_runtime::ledger_store::StoreError;
 use impresario_runtime::RunId;
 use tokio_postgres::Client;
 
+use crate::counters::to_sql;
 use crate::database::Database;
 use crate::ledger_retry::{run, Step};
 use crate::listener::{Follower, Listener};
@@ -97,10 +98,6 @@ impl<F: FnMut(Option<RunId>) + Send + 'static> Listener for Wake<F> {
     fn notified(&mut self, payload: &str) {
         (self.0)(Some(RunId::new(payload)));
     }
-}
-
-fn to_sql(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 struct Record(Decision);

@@ -39,6 +39,7 @@ use impresario_runtime::ledger::Charge;
 use impresario_runtime::RunId;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::counters::{charge_at, to_sql};
 use crate::database::{retrying, Attempt, Database};
 use crate::error::PgError;
 use crate::fences::Fences;
@@ -606,8 +607,7 @@ async fn carry_spend(
         )
         .await?;
     for (tenant, charge) in spent.iter().filter(|(_, c)| !c.is_zero()) {
-        let amounts = [charge.micro_usd, charge.tokens, charge.model_calls]
-            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let amounts = [charge.micro_usd, charge.tokens, charge.model_calls].map(to_sql);
         tx.execute(&add, &[tenant, &amounts[0], &amounts[1], &amounts[2]])
             .await?;
     }
@@ -624,19 +624,7 @@ async fn carried_rows(pool: &Pool) -> Result<Vec<(String, Charge)>, Attempt> {
             &[],
         )
         .await?;
-    let amount =
-        |row: &tokio_postgres::Row, i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let charge = Charge {
-                micro_usd: amount(r, 1),
-                tokens: amount(r, 2),
-                model_calls: amount(r, 3),
-            };
-            (r.get(0), charge)
-        })
-        .collect())
+    Ok(rows.iter().map(|r| (r.get(0), charge_at(r, 1))).collect())
 }
 
 /// The size of the journal's tables with their indexes, in bytes.

@@ -38,14 +38,12 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Object, Transaction};
 use impresario_runtime::fencing::Fenced;
-use impresario_runtime::ledger::{
-    AccountId, AccountSnapshot, CeilingReached, Charge, Dimension, Limits,
-};
+use impresario_runtime::ledger::{AccountId, AccountSnapshot, CeilingReached, Charge, Limits};
 use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreError, StoreFuture};
 use impresario_runtime::RunId;
 use tokio_postgres::Row;
 
-use crate::counters::{from_sql, to_sql};
+use crate::counters::{charge_at, from_sql, to_sql, DIMENSIONS};
 use crate::database::Database;
 use crate::fences::Fences;
 use crate::ledger_retry::{run, Step};
@@ -262,13 +260,6 @@ fn run_of(path: &[String]) -> Option<&str> {
     path.iter().find_map(|account| account.strip_prefix("run:"))
 }
 
-/// The three counted dimensions of `row` from column `at`: money, tokens, model calls.
-fn charge_at(row: &Row, at: usize) -> Charge {
-    Charge::usd(from_sql(row.get(at)))
-        + Charge::tokens(from_sql(row.get(at + 1)))
-        + Charge::model_calls(from_sql(row.get(at + 2)))
-}
-
 /// An account row as locked by [`LOCK_ACCOUNTS`].
 struct AccountRow {
     limits: [Option<u64>; 3],
@@ -286,26 +277,24 @@ impl AccountRow {
 
     /// The first dimension in which `amount` does not fit on top of `held`.
     fn refusal(&self, id: &AccountId, held: Charge, amount: Charge) -> Option<CeilingReached> {
-        let dims = [
-            Dimension::MicroUsd,
-            Dimension::Tokens,
-            Dimension::ModelCalls,
-        ];
-        dims.into_iter().zip(self.limits).find_map(|(dim, limit)| {
-            let limit = limit?;
-            let (spent, reserved, requested) =
-                (self.spent.get(dim), held.get(dim), amount.get(dim));
-            (spent.saturating_add(reserved).saturating_add(requested) > limit).then(|| {
-                CeilingReached {
-                    account: id.clone(),
-                    dimension: dim,
-                    limit,
-                    spent,
-                    reserved,
-                    requested,
-                }
+        DIMENSIONS
+            .into_iter()
+            .zip(self.limits)
+            .find_map(|(dim, limit)| {
+                let limit = limit?;
+                let (spent, reserved, requested) =
+                    (self.spent.get(dim), held.get(dim), amount.get(dim));
+                (spent.saturating_add(reserved).saturating_add(requested) > limit).then(|| {
+                    CeilingReached {
+                        account: id.clone(),
+                        dimension: dim,
+                        limit,
+                        spent,
+                        reserved,
+                        requested,
+                    }
+                })
             })
-        })
     }
 }
 

@@ -24,13 +24,13 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Object, Transaction};
 use impresario_runtime::ledger::{
-    percents_crossed, AccountId, Charge, Dimension, Ledger, LedgerEvent, DEFAULT_WARNING_PERCENTS,
+    percents_crossed, AccountId, Charge, Ledger, LedgerEvent, DEFAULT_WARNING_PERCENTS,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use crate::counters::{from_sql, to_sql};
+use crate::counters::{from_sql, to_sql, DIMENSIONS};
 use crate::database::Database;
 use crate::ledger_retry::{run, Step};
 use crate::listener::{Follower, Listener};
@@ -47,13 +47,6 @@ const NOTIFY: &str = "SELECT pg_notify($1, '')";
 const TAKE: &str = "DELETE FROM ledger_warnings WHERE id IN (SELECT id FROM ledger_warnings \
      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
      RETURNING id, account, dimension, percent, spent, ceiling";
-
-/// The counted dimensions in the column order of `ledger_accounts` (money, tokens, calls).
-const DIMENSIONS: [Dimension; 3] = [
-    Dimension::MicroUsd,
-    Dimension::Tokens,
-    Dimension::ModelCalls,
-];
 
 /// One account as a charge left it: its name, its limits and what it spent after the charge.
 pub(crate) struct Charged {
