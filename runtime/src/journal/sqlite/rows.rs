@@ -40,11 +40,9 @@ pub(super) fn insert_all(
         Err(corrupt) => return Ok(Err(corrupt)),
     };
     let mut head = first;
-    for (i, (event, body)) in events.iter().enumerate() {
+    for (i, (event, _)) in events.iter().enumerate() {
         let key_use = key_use(tx, run, event, &events[..i], first)?;
-        let checked = check_append(run, head.as_ref(), event, |_| key_use)
-            .and_then(|()| one_line(run, event, body));
-        if let Err(refused) = checked {
+        if let Err(refused) = check_append(run, head.as_ref(), event, |_| key_use) {
             return Ok(Err(in_batch(refused, i, events.len())));
         }
         head = Some(RunHead {
@@ -61,20 +59,6 @@ pub(super) fn insert_all(
     let seq = head.map_or(0, |h| h.last_seq);
     write_run_row(tx, run, tenant, last, seq, at_ms)?;
     Ok(Ok(seq))
-}
-
-/// Refuses a body that would not fit on one line of its row (compact JSON never does this).
-fn one_line(run: &RunId, event: &RunEvent, body: &str) -> Result<(), JournalError> {
-    if body.contains(SEPARATOR) {
-        return Err(JournalError::Rejected {
-            run: run.clone(),
-            reason: format!(
-                "`{}` serialized with a raw line break; journals store compact JSON",
-                event.kind()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// The run's stored status and last sequence number (`None`: a new run). Inner error: the
@@ -144,6 +128,8 @@ fn insert_batch(
             kinds.push(SEPARATOR);
             bodies.push(SEPARATOR);
         }
+        // Bodies come from `serialize_batch`: compact JSON, never a raw line break.
+        debug_assert!(!body.contains(SEPARATOR), "a body of one line");
         kinds.push_str(event.kind());
         bodies.push_str(body);
     }
@@ -208,10 +194,11 @@ fn write_run_row(
     Ok(())
 }
 
-/// Deletes every stored event of `run` (not its row); the number of rows deleted.
-pub(super) fn delete_events(tx: &Connection, run: &RunId) -> rusqlite::Result<usize> {
+/// Deletes every stored event of `run` (not its row).
+pub(super) fn delete_events(tx: &Connection, run: &RunId) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM tool_keys WHERE run_id = ?1", [run.as_str()])?;
-    tx.execute("DELETE FROM batches WHERE run_id = ?1", [run.as_str()])
+    tx.execute("DELETE FROM batches WHERE run_id = ?1", [run.as_str()])?;
+    Ok(())
 }
 
 /// The stored rows of `run`, in order, not decoded yet.
@@ -284,11 +271,13 @@ impl RawBatch {
         );
         let kinds = text(kinds).ok_or_else(|| holds("kinds", kinds))?;
         let bodies = text(bodies).ok_or_else(|| holds("bodies", bodies))?;
-        let count = kinds.split(SEPARATOR).count();
-        if count != bodies.split(SEPARATOR).count() {
+        let (count, n_bodies) = (
+            kinds.split(SEPARATOR).count(),
+            bodies.split(SEPARATOR).count(),
+        );
+        if count != n_bodies {
             return Err(corrupt(format!(
-                "the row of events {first_seq}.. holds {count} kinds but {} bodies",
-                bodies.split(SEPARATOR).count()
+                "the row of events {first_seq}.. holds {count} kinds but {n_bodies} bodies"
             )));
         }
         let lines = kinds.split(SEPARATOR).zip(bodies.split(SEPARATOR));
