@@ -92,7 +92,7 @@ pub trait LedgerStore: fmt::Debug + Send + Sync + 'static {
 /// left here, and whoever journals the call's outcome takes them ([`PendingHolds::take`]) into
 /// the event. Cheap to clone; clones share the holds.
 #[derive(Clone, Debug, Default)]
-pub struct PendingHolds(Arc<Mutex<Vec<Hold>>>);
+pub struct PendingHolds(Arc<Mutex<Vec<String>>>);
 
 impl PendingHolds {
     /// No hold yet.
@@ -102,13 +102,12 @@ impl PendingHolds {
 
     /// The ids of the holds left so far, in order; they are no longer here.
     pub fn take(&self) -> Vec<String> {
-        let mut holds = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        holds.drain(..).map(|hold| hold.id).collect()
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn push(&self, hold: Hold) {
         let mut holds = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        holds.push(hold);
+        holds.push(hold.id);
     }
 }
 
