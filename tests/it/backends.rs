@@ -469,15 +469,15 @@ async fn a_tenant_ceiling_holds_across_two_processes() {
     }
 }
 
-/// Which of `servers` drives run `id`: the one serving its events (10 s at most).
-async fn driver_of(servers: &[Server], id: &str) -> usize {
+/// Which replica (`p<i>`, as `replicas` names them) holds the lease of run `id` in the queue
+/// of database `url` (10 s at most). Every replica serves every run's events, so the queue is
+/// what tells the driver.
+async fn driver_of(url: &str, id: &str) -> usize {
+    let sql = format!("SELECT owner FROM run_queue WHERE run_id = '{id}' AND state = 'leased'");
     for _ in 0..500 {
-        for (i, server) in servers.iter().enumerate() {
-            let path = format!("/v1/runs/{id}/events");
-            let response = server.request(Method::GET, &path).send().await.unwrap();
-            if response.status() == 200 {
-                return i;
-            }
+        let owner = shared().psql(url, &sql).unwrap();
+        if let Some(i) = owner.strip_prefix('p').and_then(|n| n.parse().ok()) {
+            return i;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -487,16 +487,18 @@ async fn driver_of(servers: &[Server], id: &str) -> usize {
 #[tokio::test]
 async fn a_decision_posted_to_any_process_reaches_the_run_even_after_its_driver_crashed() {
     let backend = Backend::postgres("cross_approval");
-    let config = "[cluster]\nlease_secs = 2";
-    let mut servers = vec![
-        backend.serve(Arc::new(TempDir::new()), config),
-        backend.serve(Arc::new(TempDir::new()), config),
-    ];
+    let Backend::Postgres(url) = &backend else {
+        unreachable!("a PostgreSQL backend")
+    };
+    let config = |i: usize| format!("[cluster]\nlease_secs = 2\nreplica = \"p{i}\"");
+    let mut servers: Vec<Server> = (0..2)
+        .map(|i| backend.serve(Arc::new(TempDir::new()), &config(i)))
+        .collect();
     let manual = |goal: &str| json!({ "goal": goal, "tools": ["save_note"], "autonomy": "manual" });
 
     // One replica drives the run; the other takes the decision.
     let id = servers[0].submit(manual("Lisbon has trams")).await;
-    let driving = driver_of(&servers, &id).await;
+    let driving = driver_of(url, &id).await;
     let (driver, other) = (&servers[driving], &servers[1 - driving]);
     driver
         .until(&id, |s| s["state"] == "awaiting_approval")
@@ -521,7 +523,7 @@ async fn a_decision_posted_to_any_process_reaches_the_run_even_after_its_driver_
     // The driving replica crashes while its run waits; the decision, posted to the other one
     // meanwhile, is served when the run is taken over and waits again.
     let id = servers[0].submit(manual("Porto has trams too")).await;
-    let driving = driver_of(&servers, &id).await;
+    let driving = driver_of(url, &id).await;
     servers[driving]
         .until(&id, |s| s["state"] == "awaiting_approval")
         .await;
