@@ -165,11 +165,7 @@ async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
     let mut a = replica(&url, "a", 4, 2000);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (status, body) = a
-            .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        ids.push(body["id"].as_str().unwrap().to_owned());
+        ids.push(calculator_run(&a).await);
     }
     let start = Instant::now();
     while leases_by_owner(&url) != [("a".to_owned(), 3)] {
@@ -207,13 +203,7 @@ async fn sigterm_hands_the_runs_back_and_another_replica_finishes_them() {
 async fn a_replica_paused_past_its_lease_cannot_write_for_the_run_another_took_over() {
     let url = shared().create_database(&format!("cluster_pause_{}", std::process::id()));
     let a = replica_leasing(&url, "a", (4, 1.0), 1500);
-    let id = a
-        .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
-        .await
-        .1["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = calculator_run(&a).await;
     // A drives it and waits on a model call (journaled before it was sent).
     let requested = format!(
         "SELECT count(*) FROM journal_events WHERE run_id = '{id}' AND kind = 'llm_request'"
@@ -269,11 +259,7 @@ async fn a_killed_replicas_runs_are_taken_over_and_finished_repeating_nothing_jo
     let b = replica_leasing(&url, "b", (8, 2.0), 300);
     let mut ids = Vec::new();
     for _ in 0..6 {
-        let (status, body) = a
-            .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        ids.push(body["id"].as_str().unwrap().to_owned());
+        ids.push(calculator_run(&a).await);
     }
     // Kill A (SIGKILL) once it drives some of them and has journaled a model call of each.
     let a_requested = "SELECT count(DISTINCT q.run_id) FROM run_queue q JOIN journal_events e \
@@ -317,11 +303,7 @@ async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal
     let url = shared().create_database(&format!("cluster_events_{}", std::process::id()));
     // Slow model calls (1.5 s): the run is still going when B has started (seconds under load).
     let a = replica(&url, "a", 4, 1500);
-    let (status, body) = a
-        .post("/v1/runs", json!({ "goal": GOAL, "tools": ["calculator"] }))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
+    let id = calculator_run(&a).await;
     let owner = format!("SELECT owner FROM run_queue WHERE run_id = '{id}'");
     until_sql(&url, &owner, Duration::from_secs(10), |o| o == "a").await;
     let b = replica(&url, "b", 4, 300);
@@ -652,15 +634,20 @@ fn assert_no_stale_epoch_appended(url: &str) {
     );
 }
 
+/// Submits a run of [`GOAL`] with the calculator to `server`; its id.
+async fn calculator_run(server: &Server) -> String {
+    server
+        .submit(json!({ "goal": GOAL, "tools": ["calculator"] }))
+        .await
+}
+
 /// Submits run `n` of `tenant` (the admin's token) to `server`, calling the calculator and
 /// `effects.record` (which records its goal); its id.
 async fn submit_to(server: &Server, tenant: &str, n: usize) -> String {
     let goal = format!("{GOAL} (chaos run {n})");
     let tools = ["calculator", "effects.record"];
     let body = json!({ "goal": goal, "tenant": tenant, "tools": tools });
-    let (status, created) = server.post("/v1/runs", body).await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_str().unwrap().to_owned()
+    server.submit(body).await
 }
 
 /// Nothing journaled was done again: one answer per model call, one result per tool call, one
@@ -698,9 +685,7 @@ async fn a_followed_streaming_run_carries_its_models_text_from_the_replica_drivi
     // slowly it starts under load.
     let a = replica(&url, "a", 4, 3000);
     let body = json!({ "goal": GOAL, "tools": ["calculator"], "stream": true });
-    let (status, created) = a.post("/v1/runs", body).await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
+    let id = a.submit(body).await;
     let owner = format!("SELECT owner FROM run_queue WHERE run_id = '{id}'");
     until_sql(&url, &owner, Duration::from_secs(10), |o| o == "a").await;
     let b = replica(&url, "b", 4, 300);
