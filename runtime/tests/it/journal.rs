@@ -486,7 +486,8 @@ async fn a_file_of_schema_2_is_migrated_with_every_event_and_key() {
         events.iter().collect::<Vec<_>>()
     );
     let numbers: Vec<_> = read.iter().map(|e| (e.seq, e.version)).collect();
-    assert_eq!(numbers, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 1)]);
+    let v = EVENT_VERSION;
+    assert_eq!(numbers, [(1, v), (2, v), (3, v), (4, v), (5, 1)]);
     let millis = |e: &impresario_runtime::journal::JournalEntry| {
         e.at.duration_since(std::time::UNIX_EPOCH)
             .unwrap()
