@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
 use impresario::agents::RunHandle;
@@ -121,7 +121,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     handle.stop(true).await;
     serving.await??;
     state.engine.runtime.shutdown(DRAIN_GRACE).await;
-    let journal = release_journal(state);
+    let journal = release_journal(state).await;
     eprintln!(
         "impresario: stopped on {signal}; runs at shutdown ended: {ended:?}; journal {journal}"
     );
@@ -171,11 +171,20 @@ async fn start(config: &Config) -> Result<(web::Data<State>, String), Box<dyn st
     Ok((state, models))
 }
 
+/// How long the service waits, at exit, for the HTTP workers' threads to let go of its state.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Drops the service's hold on the journal and says whether that closed it: the last holder
-/// closes it (what is queued is written, the WAL is folded into the file).
-fn release_journal(state: web::Data<State>) -> &'static str {
+/// closes it (what is queued is written, the WAL is folded into the file). An HTTP worker
+/// reports itself stopped before its thread drops its copy of the state, so this waits up to
+/// [`RELEASE_WAIT`] for those copies to go.
+async fn release_journal(state: web::Data<State>) -> &'static str {
     let journal = Arc::downgrade(state.engine.orchestrator.journal());
     drop(state);
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while journal.strong_count() > 0 && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
     if journal.upgrade().is_none() {
         "closed"
     } else {
