@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::{LazyLock, PoisonError, RwLock};
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{packed, AhoCorasick};
 use base64::Engine;
 use regex::{Captures, Regex};
 
@@ -343,10 +343,19 @@ const SHAPE_KEYWORDS: [&str; 6] = [
     "://",
 ];
 
-/// One scan for all of [`SHAPE_KEYWORDS`] (a SIMD search where the CPU has one; the shapes'
-/// case-insensitive regexes scan byte by byte).
-static SHAPE_KEYWORD_SEARCH: LazyLock<AhoCorasick> =
-    LazyLock::new(|| AhoCorasick::new(SHAPE_KEYWORDS).expect("valid words"));
+/// How [`SHAPE_KEYWORDS`] are looked for: Teddy (SIMD, a few bytes per instruction) where the
+/// CPU has it; elsewhere an Aho-Corasick automaton (its own choice of prefilter, a scan for
+/// the words' first bytes, stops at every `a`: slower than Teddy on text).
+enum KeywordSearch {
+    Teddy(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+static SHAPE_KEYWORD_SEARCH: LazyLock<KeywordSearch> =
+    LazyLock::new(|| match packed::Searcher::new(SHAPE_KEYWORDS) {
+        Some(teddy) => KeywordSearch::Teddy(teddy),
+        None => KeywordSearch::Automaton(AhoCorasick::new(SHAPE_KEYWORDS).expect("valid words")),
+    });
 
 /// Which of [`SHAPE_KEYWORDS`] `text` holds, in any case.
 fn shape_keywords(text: &str) -> ShapeKeywords {
@@ -354,26 +363,31 @@ fn shape_keywords(text: &str) -> ShapeKeywords {
         // Reused: a model request's text is kilobytes, looked at on every journaled request.
         static FOLDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    let scan = |folded: &[u8]| {
-        let mut words = ShapeKeywords::default();
-        for found in SHAPE_KEYWORD_SEARCH.find_iter(folded) {
-            if found.pattern().as_usize() == SHAPE_KEYWORDS.len() - 1 {
-                words.url = true;
-            } else {
-                words.credential = true;
-            }
-            if words.url && words.credential {
-                break;
-            }
-        }
-        words
-    };
     FOLDED.with_borrow_mut(|folded| {
         folded.clear();
         folded.extend_from_slice(text.as_bytes());
         folded.make_ascii_lowercase();
-        scan(folded)
+        match &*SHAPE_KEYWORD_SEARCH {
+            KeywordSearch::Teddy(teddy) => keywords_found(teddy.find_iter(folded)),
+            KeywordSearch::Automaton(automaton) => keywords_found(automaton.find_iter(&**folded)),
+        }
     })
+}
+
+/// Which kinds of [`SHAPE_KEYWORDS`] the matches `found` are of.
+fn keywords_found(found: impl Iterator<Item = aho_corasick::Match>) -> ShapeKeywords {
+    let mut words = ShapeKeywords::default();
+    for found in found {
+        if found.pattern().as_usize() == SHAPE_KEYWORDS.len() - 1 {
+            words.url = true;
+        } else {
+            words.credential = true;
+        }
+        if words.url && words.credential {
+            break;
+        }
+    }
+    words
 }
 
 /// A writer (for a log subscriber) that redacts each write before passing it to `inner`.
@@ -541,6 +555,13 @@ mod tests {
                 assert!(words.credential, "{text}");
             }
             assert_eq!(words.url, text.contains("://"), "{text}");
+        }
+        // Where the CPU has no Teddy, the automaton finds the same words.
+        let automaton = AhoCorasick::new(SHAPE_KEYWORDS).unwrap();
+        for text in shape_cases() {
+            let folded = text.to_ascii_lowercase();
+            let found = keywords_found(automaton.find_iter(&folded));
+            assert_eq!(found, shape_keywords(&text), "{text}");
         }
         let plain = "You plan the steps of an agent run toward a goal.".repeat(50);
         assert_eq!(shape_keywords(&plain), ShapeKeywords::default());
