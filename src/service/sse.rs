@@ -116,7 +116,8 @@ struct Following {
 }
 
 /// The stream of a run driven elsewhere (by another replica of a cluster): its journal's
-/// events after sequence number `after`, as they are committed (read every 200 ms), each as
+/// events after sequence number `after`, as they are committed (those after the last one sent
+/// are read every 200 ms, never the whole journal again), each as
 /// `id: <seq>`, `event: <the journaled event's type>` (`llm_request`, `tool_result`, ...),
 /// `data: <the journaled event>`; and, between them as it arrives from `deltas`, the run's
 /// streamed text (a streaming run's; not journaled) as `id: <the last journaled event's
@@ -152,7 +153,7 @@ pub fn follow(
                 let kind = data["type"].as_str().unwrap_or("message").to_owned();
                 return Some((Ok(frame_of(entry.seq, &kind, &data)), at));
             }
-            if at.ended || !read_after(&mut at).await {
+            if at.ended || !read_newer(&mut at).await {
                 return None;
             }
             if !at.pending.is_empty() {
@@ -195,15 +196,14 @@ async fn next_delta(at: &mut Following) -> Option<Arc<Delta>> {
     tokio::time::timeout(FOLLOW_EVERY, wait).await.ok()
 }
 
-/// Reads the followed run's events after the last one sent into `pending` (off the runtime's
-/// threads: reading blocks); `false` if the journal could not be read.
-async fn read_after(at: &mut Following) -> bool {
-    let (journal, run) = (at.journal.clone(), at.run.clone());
-    match tokio::task::spawn_blocking(move || journal.read(&run)).await {
+/// Reads the followed run's events after the last one sent into `pending` (only those: the
+/// journal's [`Journal::read_after`]; off the runtime's threads: reading blocks); `false` if
+/// the journal could not be read.
+async fn read_newer(at: &mut Following) -> bool {
+    let (journal, run, after) = (at.journal.clone(), at.run.clone(), at.after);
+    match tokio::task::spawn_blocking(move || journal.read_after(&run, after)).await {
         Ok(Ok(entries)) => {
-            let after = at.after;
-            at.pending
-                .extend(entries.into_iter().filter(|e| e.seq > after));
+            at.pending.extend(entries);
             true
         }
         Ok(Err(e)) => {
