@@ -104,8 +104,11 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 struct Following {
     journal: Arc<dyn Journal>,
     run: RunId,
-    /// The last sequence number sent.
+    /// The last sequence number read (and sent, unless the client had it).
     after: u64,
+    /// The last sequence number the client had when it connected (`Last-Event-ID`): read
+    /// again, not sent, to see whether the run ended with it.
+    known: u64,
     /// Read, not sent yet.
     pending: VecDeque<JournalEntry>,
     /// When something was last sent.
@@ -123,7 +126,8 @@ struct Following {
 /// streamed text (a streaming run's; not journaled) as `id: <the last journaled event's
 /// seq>`, `event: delta`, `data: {"type": "delta", "step", "text"}` (a reconnection continues
 /// after that journaled event; text is never sent again). It ends after the run's end
-/// (`run_finished`, or a `halted` with nothing after it), or when the journal cannot be read
+/// (`run_finished`, or a `halted` with nothing after it; also when event `after`, the
+/// client's last, was that end: the stream is then empty), or when the journal cannot be read
 /// (reconnect with `Last-Event-ID`), with keep-alive comments as [`stream`] sends them.
 pub fn follow(
     journal: Arc<dyn Journal>,
@@ -134,7 +138,8 @@ pub fn follow(
     let start = Following {
         journal,
         run,
-        after,
+        after: after.saturating_sub(1),
+        known: after,
         pending: VecDeque::new(),
         sent_at: Instant::now(),
         ended: false,
@@ -148,7 +153,11 @@ pub fn follow(
                     RunEvent::Halted { .. } => at.pending.is_empty(),
                     _ => false,
                 };
-                (at.after, at.sent_at) = (entry.seq, Instant::now());
+                at.after = entry.seq;
+                if entry.seq <= at.known {
+                    continue;
+                }
+                at.sent_at = Instant::now();
                 let data = serde_json::to_value(&entry.event).unwrap_or_default();
                 let kind = data["type"].as_str().unwrap_or("message").to_owned();
                 return Some((Ok(frame_of(entry.seq, &kind, &data)), at));

@@ -367,6 +367,18 @@ async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal
         .collect();
     assert_eq!(resumed.first(), Some(&"3"), "{text}");
     assert_eq!(resumed.len(), ids.len() - 2, "{text}");
+    // Reconnecting after the run's last event (its end): nothing more, and the stream ends
+    // (the timeout is a safety net; a stream that never ends fails here).
+    let request = b
+        .request(reqwest::Method::GET, &format!("/v1/runs/{id}/events"))
+        .header("last-event-id", ids.len().to_string())
+        .send();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        request.await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the stream after the run's end ended");
+    assert!(!ended.contains("id: "), "{ended}");
     // Another tenant's token gets no event of the run, from the start or after one.
     for last in ["0", "2"] {
         let path = format!("/v1/runs/{id}/events");
