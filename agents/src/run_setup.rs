@@ -8,7 +8,7 @@ use impresario_runtime::halt::HaltToken;
 use impresario_runtime::ledger::AccountPath;
 use impresario_runtime::llm::{CallOptions, SharedText};
 use impresario_runtime::{AgentId, RunId};
-use tokio::sync::{broadcast, mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::ending::{journal_end, RunLease};
 use crate::fault::DriverPhase;
@@ -16,6 +16,7 @@ use crate::journaling::{AtJournalEnd, RunLog};
 use crate::run::{Decision, FailReason, RunRequest, RunState, RunUpdate, StepRecord};
 use crate::services::Services;
 use crate::team::Review;
+use crate::updates::RunUpdates;
 
 /// What every driver of one run shares (a driver started again after a crash gets the same).
 pub(crate) struct RunSetup {
@@ -32,7 +33,7 @@ pub(crate) struct RunSetup {
     pub(crate) path: AccountPath,
     pub(crate) token: HaltToken,
     pub(crate) state: watch::Sender<RunState>,
-    pub(crate) events: broadcast::Sender<RunUpdate>,
+    pub(crate) events: RunUpdates<RunUpdate>,
     pub(crate) decisions: Mutex<mpsc::UnboundedReceiver<Decision>>,
     /// The run's span: every driver's work, and its agents' spans, are children of it.
     pub(crate) span: tracing::Span,
