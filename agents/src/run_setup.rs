@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use impresario_runtime::halt::HaltToken;
 use impresario_runtime::ledger::AccountPath;
-use impresario_runtime::llm::CallOptions;
+use impresario_runtime::llm::{CallOptions, SharedText};
 use impresario_runtime::{AgentId, RunId};
 use tokio::sync::{mpsc, watch, Mutex};
 
@@ -27,7 +27,7 @@ pub(crate) struct RunSetup {
     /// The tools the run may use.
     pub(crate) allowed: Arc<[String]>,
     /// The planner's instructions for this run (schema and tools), built once.
-    pub(crate) planner_prompt: Arc<str>,
+    pub(crate) planner_prompt: SharedText,
     /// The run's tenant, whose cached model answers it may be served.
     pub(crate) cache_scope: Arc<str>,
     pub(crate) path: AccountPath,
