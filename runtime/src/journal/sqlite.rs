@@ -24,6 +24,7 @@
 //! - Compaction: the file is created with `auto_vacuum = INCREMENTAL`; retention deletes runs,
 //!   then runs `incremental_vacuum` and a truncating WAL checkpoint, so the file shrinks.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,7 @@ use super::{
     RunFilter, RunStatus, RunSummary, Seq,
 };
 use crate::ledger::Charge;
+use crate::llm::JsonDigest;
 use crate::RunId;
 
 mod blobs;
@@ -515,16 +517,17 @@ impl Writer {
             }),
         );
         let mut report = RetentionReport::default();
+        let (cache, mut referenced) = (ValueCache::default(), HashSet::new());
         for run in &doomed {
-            report.events_deleted += carry_spend(&tx, run)?;
+            report.events_deleted += carry_spend(&tx, run, &cache, &mut referenced)?;
             delete_events(&tx, run).map_err(&err)?;
             report.runs_deleted += tx
                 .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
                 .map_err(&err)? as u64;
         }
-        if !doomed.is_empty() {
+        if !referenced.is_empty() {
             self.known.forget();
-            blobs::delete_unreferenced(&tx).map_err(&err)?;
+            blobs::delete_unreferenced(&tx, &referenced).map_err(&err)?;
         }
         tx.commit().map_err(&err)?;
         self.compact().map_err(io("compacting the journal"))?;
@@ -590,8 +593,14 @@ fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
 
 /// Adds what `run` spent (the charges of its events) to its tenant's carried spend, in the
 /// retention's transaction, before the run is deleted: a tenant's spend survives retention.
-/// The number of its events.
-fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<u64, JournalError> {
+/// The number of its events; the digests of the stored values it refers to are added to
+/// `referenced` (its events read through `cache`).
+fn carry_spend(
+    tx: &Transaction<'_>,
+    run: &RunId,
+    cache: &ValueCache,
+    referenced: &mut HashSet<JsonDigest>,
+) -> Result<u64, JournalError> {
     let err = io("carrying a deleted run's spend over");
     let tenant: String = tx
         .query_row(
@@ -600,8 +609,9 @@ fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<u64, JournalError> {
             |r| r.get(0),
         )
         .map_err(&err)?;
-    let (rows, values) = read_rows(tx, run, &ValueCache::default()).map_err(&err)?;
+    let (rows, values) = read_rows(tx, run, cache).map_err(&err)?;
     let events = decode_all(run, &rows, &values)?;
+    referenced.extend(values.keys());
     let spent = events
         .iter()
         .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
