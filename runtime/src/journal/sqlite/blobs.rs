@@ -101,8 +101,9 @@ fn cut_out(
 
 /// The values the writer knows the file holds, by digest, so that an append does not write
 /// again a value an earlier one wrote. Forgotten when another connection committed to the file
-/// since (it may have deleted values: retention) and when a transaction of the writer failed
-/// ([`KnownValues::forget`]: what it wrote is not there).
+/// since (it may have deleted values: retention), when a transaction of the writer failed
+/// ([`KnownValues::forget`]: what it wrote is not there), and past [`KNOWN`] values (requests
+/// whose large system prompts are all different would otherwise grow it without end).
 #[derive(Default)]
 pub(super) struct KnownValues {
     digests: HashSet<JsonDigest>,
@@ -122,6 +123,9 @@ impl KnownValues {
             return Ok(None);
         }
         self.check(tx)?;
+        if self.digests.len() + cuts.len() > KNOWN {
+            self.digests.clear();
+        }
         let mut refs = String::with_capacity(cuts.len() * 80);
         for (i, cut) in cuts.iter().enumerate() {
             let digest = *cut.blob.digest();
@@ -221,6 +225,9 @@ pub(super) fn splice(
     out.push_str(&body[last..]);
     Ok(out)
 }
+
+/// Most values a [`KnownValues`] keeps.
+const KNOWN: usize = 4096;
 
 /// Stored values already read, by digest (each checked against its digest once): a value never
 /// changes under its digest, so the cache is never stale. Bounded: emptied past [`CACHED`].
