@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{fmt, median, quantile};
+use common::{fmt, median, quantile, step_event as event};
 use impresario_pg::test_cluster::TestCluster;
 use impresario_pg::PgJournal;
 use impresario_runtime::journal::{Journal, RunEvent, SqliteJournal};
@@ -29,19 +29,6 @@ const SAMPLES: usize = 5;
 const SEQUENTIAL_APPENDS: usize = 400;
 const CONCURRENT_APPENDS: usize = 150;
 const CONCURRENT: usize = 16;
-
-/// A typical small event (~300 bytes of JSON).
-fn event(i: usize) -> RunEvent {
-    RunEvent::StepStarted {
-        step: i as u32,
-        kind: "tool".into(),
-        detail: json!({
-            "tool": "search",
-            "arguments": {"query": "quarterly revenue of the three largest customers", "limit": 10},
-            "why": "the plan's second step needs the figures before it can compare them",
-        }),
-    }
-}
 
 /// One sample: every append's latency, and the wall time of the whole sample.
 struct Sample {

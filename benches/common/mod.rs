@@ -27,6 +27,19 @@ pub fn median<T: Copy>(sorted: &[T]) -> T {
     quantile(sorted, 0.5)
 }
 
+/// A typical step event of a run, about 300 bytes of JSON: what the journal benchmarks append.
+pub fn step_event<N: TryInto<u32>>(i: N) -> impresario_runtime::journal::RunEvent {
+    impresario_runtime::journal::RunEvent::StepStarted {
+        step: i.try_into().unwrap_or(u32::MAX),
+        kind: "tool".into(),
+        detail: serde_json::json!({
+            "tool": "search",
+            "arguments": {"query": "quarterly revenue of the three largest customers", "limit": 10},
+            "why": "the plan's second step needs the figures before it can compare them",
+        }),
+    }
+}
+
 /// Times `iters` calls of `f` and returns the mean time per call for that sample.
 pub fn per_iter(iters: u32, mut f: impl FnMut()) -> Duration {
     let start = Instant::now();

@@ -710,16 +710,17 @@ impl RunsParams {
 /// An event row as stored: seq, at_ms, version, kind, body.
 type EventRow = (i64, i64, i32, String, String);
 
-/// Every stored event of `run`, in order.
-async fn event_rows(pool: &Pool, run: &str) -> Result<Vec<EventRow>, Attempt> {
+/// The stored events of `run` numbered after `after`, in order (`after = 0`: every one),
+/// found in the primary key `(run_id, seq)`.
+async fn event_rows(pool: &Pool, run: &str, after: i64) -> Result<Vec<EventRow>, Attempt> {
     let client = pool.get().await?;
     let st = client
         .prepare_cached(
             "SELECT seq, at_ms, version, kind, body FROM journal_events
-             WHERE run_id = $1 ORDER BY seq",
+             WHERE run_id = $1 AND seq > $2 ORDER BY seq",
         )
         .await?;
-    let rows = client.query(&st, &[&run]).await?;
+    let rows = client.query(&st, &[&run, &after]).await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
@@ -758,15 +759,24 @@ impl Journal for PgJournal {
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
+        self.read_after(run, 0)
+    }
+
+    /// `WHERE seq > after` in the events' primary key: nothing up to `after` is sent.
+    fn read_after(&self, run: &RunId, after: Seq) -> Result<Vec<JournalEntry>, JournalError> {
         let pool = self.shared.db.pool().clone();
         let id = run.as_str().to_owned();
+        // Past every sequence number a run can have: nothing.
+        let Ok(after_i64) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
         let rows = self.read_with("reading a run", move || {
             let (pool, id) = (pool.clone(), id.clone());
-            async move { event_rows(&pool, &id).await }
+            async move { event_rows(&pool, &id, after_i64).await }
         })?;
-        rows.iter()
-            .enumerate()
-            .map(|(i, (seq, at_ms, version, kind, body))| {
+        (after + 1..)
+            .zip(&rows)
+            .map(|(expected, (seq, at_ms, version, kind, body))| {
                 let stored = StoredEvent {
                     seq: *seq,
                     at_ms: *at_ms,
@@ -774,7 +784,7 @@ impl Journal for PgJournal {
                     kind,
                     body,
                 };
-                decode(run, i as Seq + 1, stored)
+                decode(run, expected, stored)
             })
             .collect()
     }

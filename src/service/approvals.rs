@@ -4,13 +4,16 @@
 //! `journal.url` a decision goes straight to the driver, in memory (`routes::decide_step`).
 //!
 //! - Which request a decision answers comes from the run's journal: the last
-//!   `ApprovalRequested` of the step with no `ApprovalDecided` after it ([`waiting_request`]).
+//!   `ApprovalRequested` of the step with no `ApprovalDecided` after it ([`Requests`],
+//!   [`waiting_request`]).
 //! - Every run this process drives has a watcher ([`SharedApprovals::watch`]): whenever the run
 //!   waits for approval, and whenever a decision about it is notified (or the notifications
-//!   reconnect), it reads the recorded decision about the request it waits on and hands it to
-//!   the driver, once. A decision posted while the driving process was down is found when the
+//!   reconnect), it reads the run's events it has not read yet (never the whole journal
+//!   again), then the recorded decision about the request it waits on, and hands that to the
+//!   driver, once. A decision posted while the driving process was down is found when the
 //!   resumed run asks again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use impresario::agents::{RunState, RunUpdate};
@@ -56,14 +59,17 @@ impl SharedApprovals {
     }
 
     /// Hands `run` the recorded decisions about the requests it waits on, until it ends;
-    /// `journal` reads its events.
-    pub async fn watch(&self, run: Arc<Tracked>, journal: impl Fn() -> Vec<JournalEntry>) {
+    /// `journal(after)` reads its events after sequence number `after` (none if it cannot:
+    /// they are asked for again at the next wake).
+    pub async fn watch(&self, run: Arc<Tracked>, journal: impl Fn(Seq) -> Vec<JournalEntry>) {
         let mut wakes = self.wakes.subscribe();
         let mut events = run.events();
         let mut delivered: Option<Seq> = None;
+        let mut requests = Requests::default();
         loop {
             if let Some(step) = awaited_step(&run) {
-                let requested = waiting_request(&journal(), step);
+                requests.fold(&journal(requests.read));
+                let requested = requests.waiting(step);
                 if requested.is_some() && requested != delivered {
                     if let Some(decision) = self.recorded(run.handle.id(), requested).await {
                         deliver(&run, decision);
@@ -135,16 +141,110 @@ fn deliver(run: &Tracked, decision: Decision) {
     }
 }
 
-/// The journal sequence number of the request for approval of `step` the run waits on: its
-/// last `ApprovalRequested` of the step, unless an `ApprovalDecided` of the step follows it.
-pub fn waiting_request(entries: &[JournalEntry], step: u32) -> Option<Seq> {
-    let mut waiting = None;
-    for entry in entries {
-        match &entry.event {
-            RunEvent::ApprovalRequested { step: s, .. } if *s == step => waiting = Some(entry.seq),
-            RunEvent::ApprovalDecided { step: s, .. } if *s == step => waiting = None,
-            _ => {}
+/// The requests for approval a run waits on, per step, from its journal's events read so far
+/// (folded in order, so a follower reads each event once).
+#[derive(Debug, Default)]
+pub struct Requests {
+    /// Per step, the sequence number of its last `ApprovalRequested` with no `ApprovalDecided`
+    /// of the step after it.
+    waiting: HashMap<u32, Seq>,
+    /// The sequence number of the last event folded (0: none).
+    read: Seq,
+}
+
+impl Requests {
+    /// Takes in `entries`, the run's events after the last one folded, in order.
+    pub fn fold(&mut self, entries: &[JournalEntry]) {
+        for entry in entries {
+            match &entry.event {
+                RunEvent::ApprovalRequested { step, .. } => {
+                    self.waiting.insert(*step, entry.seq);
+                }
+                RunEvent::ApprovalDecided { step, .. } => {
+                    self.waiting.remove(step);
+                }
+                _ => {}
+            }
+            self.read = entry.seq;
         }
     }
-    waiting
+
+    /// The sequence number of the request for approval of `step` the run waits on.
+    pub fn waiting(&self, step: u32) -> Option<Seq> {
+        self.waiting.get(&step).copied()
+    }
+}
+
+/// The journal sequence number of the request for approval of `step` the run waits on: its
+/// last `ApprovalRequested` of the step, unless an `ApprovalDecided` of the step follows it
+/// (`entries`: every event of the run, in order).
+pub fn waiting_request(entries: &[JournalEntry], step: u32) -> Option<Seq> {
+    let mut requests = Requests::default();
+    requests.fold(entries);
+    requests.waiting(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn entry(seq: Seq, event: RunEvent) -> JournalEntry {
+        JournalEntry {
+            run: RunId::new("r"),
+            seq,
+            at: SystemTime::UNIX_EPOCH,
+            version: 4,
+            event,
+        }
+    }
+
+    fn asked(step: u32) -> RunEvent {
+        RunEvent::ApprovalRequested {
+            step,
+            tool: "send_email".into(),
+            reason: "high-impact tool".into(),
+        }
+    }
+
+    fn decided(step: u32) -> RunEvent {
+        RunEvent::ApprovalDecided {
+            step,
+            approved: true,
+            by: "ops".into(),
+            reason: None,
+        }
+    }
+
+    /// A watcher folds the journal a few events at a time: wherever it is cut, it waits on
+    /// what a reading of the whole journal says.
+    #[test]
+    fn requests_folded_in_pieces_are_those_of_the_whole_journal() {
+        let events = [
+            asked(1),
+            decided(1),
+            asked(2),
+            asked(1),
+            decided(2),
+            asked(2),
+        ];
+        let entries: Vec<JournalEntry> = (1..).zip(events).map(|(s, e)| entry(s, e)).collect();
+        for end in 0..=entries.len() {
+            let whole = &entries[..end];
+            for cut in 0..=end {
+                let mut folded = Requests::default();
+                folded.fold(&whole[..cut]);
+                folded.fold(&whole[cut..]);
+                assert_eq!(folded.read, end as Seq);
+                for step in [1, 2, 3] {
+                    let expected = waiting_request(whole, step);
+                    assert_eq!(folded.waiting(step), expected, "{end} cut at {cut}");
+                }
+            }
+        }
+        // At the end: step 1 asked again at 4, step 2's second request (6) waits.
+        assert_eq!(waiting_request(&entries, 1), Some(4));
+        assert_eq!(waiting_request(&entries, 2), Some(6));
+        assert_eq!(waiting_request(&entries[..5], 2), None, "decided at 5");
+    }
 }

@@ -74,7 +74,7 @@ impl State {
         if let Some(approvals) = self.approvals.clone() {
             let (watched, journal) = (run.clone(), self.engine.orchestrator.journal().clone());
             let id = run.handle.id().clone();
-            let read = move || journal.read(&id).unwrap_or_default();
+            let read = move |after| journal.read_after(&id, after).unwrap_or_default();
             let watching = async move { approvals.watch(watched, read).await };
             runtime.spawn_task(runtime.next_placement(), watching);
         }

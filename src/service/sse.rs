@@ -104,8 +104,11 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 struct Following {
     journal: Arc<dyn Journal>,
     run: RunId,
-    /// The last sequence number sent.
+    /// The last sequence number read (and sent, unless the client had it).
     after: u64,
+    /// The last sequence number the client had when it connected (`Last-Event-ID`): read
+    /// again, not sent, to see whether the run ended with it.
+    known: u64,
     /// Read, not sent yet.
     pending: VecDeque<JournalEntry>,
     /// When something was last sent.
@@ -116,13 +119,15 @@ struct Following {
 }
 
 /// The stream of a run driven elsewhere (by another replica of a cluster): its journal's
-/// events after sequence number `after`, as they are committed (read every 200 ms), each as
+/// events after sequence number `after`, as they are committed (those after the last one sent
+/// are read every 200 ms, never the whole journal again), each as
 /// `id: <seq>`, `event: <the journaled event's type>` (`llm_request`, `tool_result`, ...),
 /// `data: <the journaled event>`; and, between them as it arrives from `deltas`, the run's
 /// streamed text (a streaming run's; not journaled) as `id: <the last journaled event's
 /// seq>`, `event: delta`, `data: {"type": "delta", "step", "text"}` (a reconnection continues
 /// after that journaled event; text is never sent again). It ends after the run's end
-/// (`run_finished`, or a `halted` with nothing after it), or when the journal cannot be read
+/// (`run_finished`, or a `halted` with nothing after it; also when event `after`, the
+/// client's last, was that end: the stream is then empty), or when the journal cannot be read
 /// (reconnect with `Last-Event-ID`), with keep-alive comments as [`stream`] sends them.
 pub fn follow(
     journal: Arc<dyn Journal>,
@@ -133,7 +138,8 @@ pub fn follow(
     let start = Following {
         journal,
         run,
-        after,
+        after: after.saturating_sub(1),
+        known: after,
         pending: VecDeque::new(),
         sent_at: Instant::now(),
         ended: false,
@@ -147,12 +153,16 @@ pub fn follow(
                     RunEvent::Halted { .. } => at.pending.is_empty(),
                     _ => false,
                 };
-                (at.after, at.sent_at) = (entry.seq, Instant::now());
+                at.after = entry.seq;
+                if entry.seq <= at.known {
+                    continue;
+                }
+                at.sent_at = Instant::now();
                 let data = serde_json::to_value(&entry.event).unwrap_or_default();
                 let kind = data["type"].as_str().unwrap_or("message").to_owned();
                 return Some((Ok(frame_of(entry.seq, &kind, &data)), at));
             }
-            if at.ended || !read_after(&mut at).await {
+            if at.ended || !read_newer(&mut at).await {
                 return None;
             }
             if !at.pending.is_empty() {
@@ -195,15 +205,14 @@ async fn next_delta(at: &mut Following) -> Option<Arc<Delta>> {
     tokio::time::timeout(FOLLOW_EVERY, wait).await.ok()
 }
 
-/// Reads the followed run's events after the last one sent into `pending` (off the runtime's
-/// threads: reading blocks); `false` if the journal could not be read.
-async fn read_after(at: &mut Following) -> bool {
-    let (journal, run) = (at.journal.clone(), at.run.clone());
-    match tokio::task::spawn_blocking(move || journal.read(&run)).await {
+/// Reads the followed run's events after the last one sent into `pending` (only those: the
+/// journal's [`Journal::read_after`]; off the runtime's threads: reading blocks); `false` if
+/// the journal could not be read.
+async fn read_newer(at: &mut Following) -> bool {
+    let (journal, run, after) = (at.journal.clone(), at.run.clone(), at.after);
+    match tokio::task::spawn_blocking(move || journal.read_after(&run, after)).await {
         Ok(Ok(entries)) => {
-            let after = at.after;
-            at.pending
-                .extend(entries.into_iter().filter(|e| e.seq > after));
+            at.pending.extend(entries);
             true
         }
         Ok(Err(e)) => {

@@ -29,22 +29,42 @@ fn replica_leasing(
     (max_runs, lease_secs): (u32, f64),
     latency_ms: u32,
 ) -> Server {
+    replica_configured(url, name, (max_runs, lease_secs), latency_ms, ("", &[]))
+}
+
+/// The token of tenant `beta` on a replica started by [`replica_knowing_beta`].
+const BETA: &str = "beta-token-0123456789abcdef";
+
+/// [`replica`] that also takes [`BETA`], the token of tenant `beta` (who sees none of the
+/// runs the admin's token submits with no tenant).
+fn replica_knowing_beta(url: &str, name: &str, max_runs: u32, latency_ms: u32) -> Server {
+    let beta = "[[server.tokens]]\ntenant = \"beta\"\ntoken_env = \"BETA_TOKEN\"\n";
+    let extra = (beta, &[("BETA_TOKEN", BETA)][..]);
+    replica_configured(url, name, (max_runs, 10.0), latency_ms, extra)
+}
+
+/// [`replica_leasing`] with `extra` config lines and environment variables.
+fn replica_configured(
+    url: &str,
+    name: &str,
+    (max_runs, lease_secs): (u32, f64),
+    latency_ms: u32,
+    (config, env): (&str, &[(&str, &str)]),
+) -> Server {
     let (max_runs, latency) = (max_runs.to_string(), latency_ms.to_string());
     let lease = lease_secs.to_string();
-    Server::start_with(
-        Arc::new(TempDir::new()),
-        "",
-        &[
-            ("IMPRESARIO_JOURNAL__URL", url),
-            ("IMPRESARIO_CLUSTER__REPLICA", name),
-            (
-                "IMPRESARIO_CLUSTER__MAX_RUNS_PER_REPLICA",
-                max_runs.as_str(),
-            ),
-            ("IMPRESARIO_CLUSTER__LEASE_SECS", lease.as_str()),
-            ("IMPRESARIO_MODELS__OFFLINE_LATENCY_MS", latency.as_str()),
-        ],
-    )
+    let mut all = vec![
+        ("IMPRESARIO_JOURNAL__URL", url),
+        ("IMPRESARIO_CLUSTER__REPLICA", name),
+        (
+            "IMPRESARIO_CLUSTER__MAX_RUNS_PER_REPLICA",
+            max_runs.as_str(),
+        ),
+        ("IMPRESARIO_CLUSTER__LEASE_SECS", lease.as_str()),
+        ("IMPRESARIO_MODELS__OFFLINE_LATENCY_MS", latency.as_str()),
+    ];
+    all.extend_from_slice(env);
+    Server::start_with(Arc::new(TempDir::new()), config, &all)
 }
 
 /// The single answer of `sql`, polled until `done` holds for it (`limit` at most).
@@ -306,7 +326,7 @@ async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal
     let id = calculator_run(&a).await;
     let owner = format!("SELECT owner FROM run_queue WHERE run_id = '{id}'");
     until_sql(&url, &owner, Duration::from_secs(10), |o| o == "a").await;
-    let b = replica(&url, "b", 4, 300);
+    let b = replica_knowing_beta(&url, "b", 4, 300);
     let (_, shown) = b.get(&format!("/v1/runs/{id}")).await;
     assert!(
         ["queued", "planning", "running"].contains(&shown["state"]["state"].as_str().unwrap()),
@@ -347,6 +367,31 @@ async fn any_replica_follows_the_events_of_a_run_another_drives_from_its_journal
         .collect();
     assert_eq!(resumed.first(), Some(&"3"), "{text}");
     assert_eq!(resumed.len(), ids.len() - 2, "{text}");
+    // Reconnecting after the run's last event (its end): nothing more, and the stream ends
+    // (the timeout is a safety net; a stream that never ends fails here).
+    let request = b
+        .request(reqwest::Method::GET, &format!("/v1/runs/{id}/events"))
+        .header("last-event-id", ids.len().to_string())
+        .send();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        request.await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the stream after the run's end ended");
+    assert!(!ended.contains("id: "), "{ended}");
+    // Another tenant's token gets no event of the run, from the start or after one.
+    for last in ["0", "2"] {
+        let path = format!("/v1/runs/{id}/events");
+        let response = b
+            .request_as(BETA, reqwest::Method::GET, &path)
+            .header("last-event-id", last)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "beta after {last}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("id: ") && !text.contains(GOAL), "{text}");
+    }
 }
 
 /// The chaos test (issue 14 item 6), bounded in time: 3 replicas on one database, 200 runs over

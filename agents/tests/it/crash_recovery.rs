@@ -22,7 +22,7 @@ use impresario_agents::{
 };
 use impresario_runtime::journal::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
-    RunFilter, RunStatus, RunSummary, SqliteJournal,
+    RunFilter, RunStatus, RunSummary, Seq, SqliteJournal,
 };
 use impresario_runtime::ledger::Ledger;
 use impresario_runtime::llm::{
@@ -87,6 +87,9 @@ impl Journal for KillAtBatch {
     }
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
         self.inner.read(run)
+    }
+    fn read_after(&self, run: &RunId, after: Seq) -> Result<Vec<JournalEntry>, JournalError> {
+        self.inner.read_after(run, after)
     }
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
         self.inner.runs(filter)

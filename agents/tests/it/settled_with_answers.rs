@@ -18,7 +18,7 @@ use impresario_pg::test_cluster::TestCluster;
 use impresario_pg::PgJournal;
 use impresario_runtime::journal::{
     Journal, JournalEntry, JournalError, JournalFuture, RetentionPolicy, RetentionReport, RunEvent,
-    RunFilter, RunSummary,
+    RunFilter, RunSummary, Seq,
 };
 use impresario_runtime::ledger::{AccountId, Charge};
 use impresario_runtime::{RunId, Runtime, RuntimeHandle};
@@ -52,6 +52,9 @@ impl Journal for KillBeforeAnswer {
     }
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
         self.0.read(run)
+    }
+    fn read_after(&self, run: &RunId, after: Seq) -> Result<Vec<JournalEntry>, JournalError> {
+        self.0.read_after(run, after)
     }
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
         self.0.runs(filter)

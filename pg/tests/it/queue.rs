@@ -375,7 +375,10 @@ async fn while_postgres_is_down_nothing_is_claimed_and_unrenewed_leases_expire_o
     let pg = test_cluster::TestCluster::start(); // a server of its own: this test stops it
     let url = install(pg.create_database("queue_outage")).await;
     let lease = Duration::from_millis(500);
-    let (a, b) = (replica(&url, "a", 2, lease), replica(&url, "b", 2, lease));
+    // b's own lease is long: its write after the outage (a new connection to a server just
+    // back up) must come inside it even on a loaded machine; only a's leases expire here.
+    let b_lease = Duration::from_secs(60);
+    let (a, b) = (replica(&url, "a", 2, lease), replica(&url, "b", 2, b_lease));
     enqueue(&a, 0..2).await;
     let held = a.claim().await.unwrap();
 

@@ -236,6 +236,16 @@ impl Journal for MemoryJournal {
         (0..r.events.len()).map(|i| r.entry(run, i)).collect()
     }
 
+    /// Clones only the events after `after` (event `n` is at index `n - 1`).
+    fn read_after(&self, run: &RunId, after: Seq) -> Result<Vec<JournalEntry>, JournalError> {
+        let runs = self.lock();
+        let Some(r) = runs.map.get(run) else {
+            return Ok(Vec::new());
+        };
+        let from = usize::try_from(after).map_or(r.events.len(), |a| a.min(r.events.len()));
+        (from..r.events.len()).map(|i| r.entry(run, i)).collect()
+    }
+
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {
         let mut out: Vec<RunSummary> = self
             .lock()

@@ -425,6 +425,14 @@ pub trait Journal: Send + Sync {
     /// Every event of `run` in order, validated; empty if the journal has no such run.
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError>;
 
+    /// The events of `run` numbered after `after`, in order, validated as [`Journal::read`]
+    /// validates them: the tail of what `read` returns, read without the events up to `after`
+    /// (what a follower of a run asks for with the last sequence number it has). `after = 0`
+    /// is every event; at or past the run's last event, and for a run the journal does not
+    /// have, it is empty. Only the events returned, and their numbering from `after + 1`, are
+    /// checked: a corrupt event at or before `after` is not seen here.
+    fn read_after(&self, run: &RunId, after: Seq) -> Result<Vec<JournalEntry>, JournalError>;
+
     /// The runs `filter` selects, oldest first.
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError>;
 

@@ -46,7 +46,8 @@ use crate::RunId;
 mod rows;
 
 use rows::{
-    decode_all, delete_events, insert_all, raw_batches, stored_run, RUNS_COLUMNS, RUNS_JOIN,
+    decode_after, decode_all, delete_events, insert_all, raw_batches, raw_batches_after,
+    stored_run, RUNS_COLUMNS, RUNS_JOIN,
 };
 
 /// Schema migrations: `MIGRATIONS[i]` takes a file from schema version `i` to `i + 1`. Append
@@ -641,6 +642,15 @@ impl Journal for SqliteJournal {
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
         let rows = self.with_reader("reading a run", |conn| raw_batches(conn, run))?;
         decode_all(run, &rows)
+    }
+
+    /// Reads only the rows from the one holding event `after + 1` (one lookup in the batches'
+    /// key), and decodes only the events after `after`.
+    fn read_after(&self, run: &RunId, after: Seq) -> Result<Vec<JournalEntry>, JournalError> {
+        let rows = self.with_reader("reading a run's latest events", |conn| {
+            raw_batches_after(conn, run, after)
+        })?;
+        decode_after(run, after, &rows)
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impresario_runtime::journal::{
-    Durability, Journal, JournalError, MemoryJournal, RetentionPolicy, RunEvent, RunFilter,
-    SqliteJournal, ToolOutcome, EVENT_VERSION, SCHEMA_VERSION,
+    Durability, Journal, JournalEntry, JournalError, MemoryJournal, RetentionPolicy, RunEvent,
+    RunFilter, SqliteJournal, ToolOutcome, EVENT_VERSION, SCHEMA_VERSION,
 };
 use impresario_runtime::RunId;
 use serde_json::json;
@@ -729,6 +729,54 @@ async fn corrupt_rows_are_errors_naming_run_and_seq() {
     assert!(err.to_string().contains("run version, event 2"), "{err}");
     // The rest of the journal is unaffected.
     assert_eq!(journal.runs(&RunFilter::all()).unwrap().len(), 5);
+}
+
+/// SQLite's `read_after` reads the rows from the one holding event `after + 1` only, and
+/// decodes only the events after `after`: a damaged event before them does not stop it (a
+/// read of the whole run, filtered, would fail on it), one among them is an error naming it,
+/// and so is a missing one.
+#[tokio::test]
+async fn sqlite_read_after_reads_and_checks_only_the_events_it_returns() {
+    let dir = TempDir::new();
+    let path = dir.file("journal.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let run = RunId::new("tail");
+    journal.append(&run, submitted("t")).await.unwrap();
+    let batch = vec![step(1), step(2), step(3)];
+    journal.append_batch(&run, batch).await.unwrap(); // events 2..=4, one row
+    journal
+        .append_batch(&run, vec![step(4), step(5)])
+        .await
+        .unwrap(); // 5..=6
+    journal.append(&run, step(6)).await.unwrap(); // 7
+                                                  // Damage event 1 and event 2, the first line of the row of events 2..=4.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "UPDATE batches SET bodies = 'damaged' WHERE run_id = 'tail' AND first_seq = 1;
+         UPDATE batches SET bodies = 'damaged' || substr(bodies, instr(bodies, char(10)))
+             WHERE run_id = 'tail' AND first_seq = 2;",
+    )
+    .unwrap();
+    let corrupt_at = |result: Result<Vec<JournalEntry>, JournalError>| match result {
+        Err(JournalError::Corrupt { seq, reason, .. }) => (seq, reason),
+        other => panic!("expected Corrupt, got {other:?}"),
+    };
+    assert_eq!(corrupt_at(journal.read(&run)).0, 1);
+    let tail = journal.read_after(&run, 2).unwrap();
+    let events: Vec<RunEvent> = tail.into_iter().map(|e| e.event).collect();
+    assert_eq!(events, [step(2), step(3), step(4), step(5), step(6)]);
+    let (seq, reason) = corrupt_at(journal.read_after(&run, 1));
+    assert_eq!(seq, 2);
+    assert!(reason.contains("does not decode"), "{reason}");
+    // A missing row after the cut one is named, as `read` names it.
+    conn.execute(
+        "DELETE FROM batches WHERE run_id = 'tail' AND first_seq = 5",
+        [],
+    )
+    .unwrap();
+    let (seq, reason) = corrupt_at(journal.read_after(&run, 3));
+    assert_eq!(seq, 5);
+    assert!(reason.contains("event 5 is missing"), "{reason}");
 }
 
 #[tokio::test]

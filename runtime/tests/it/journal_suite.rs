@@ -35,7 +35,8 @@ macro_rules! conformance {
             sequence_numbers_are_gap_free_under_8_concurrent_appenders,
             retention_by_count_and_age_keeps_unfinished_runs,
             a_batch_is_one_commit_and_all_or_nothing,
-            concurrent_batches_of_many_runs_keep_their_own_fate
+            concurrent_batches_of_many_runs_keep_their_own_fate,
+            read_after_returns_exactly_the_events_after_a_sequence_number
         );
     };
     (@each $open:path; $($suite:ident),*) => {$(
@@ -539,5 +540,67 @@ pub async fn concurrent_batches_of_many_runs_keep_their_own_fate(journal: Arc<dy
     assert!(
         (1..=8).contains(&commits),
         "8 accepted batches made {commits} commits"
+    );
+}
+
+/// `read_after` at 0, inside a batch, at a batch's edge, at the end, past the end (up to
+/// `Seq::MAX`) and for an unknown run: exactly the tail of `read`, never an event of another
+/// tenant's run written in between, and never the whole run (which `after = 0` alone returns).
+pub async fn read_after_returns_exactly_the_events_after_a_sequence_number(
+    journal: Arc<dyn Journal>,
+) {
+    let (mine, theirs) = (RunId::new("followed"), RunId::new("other-tenant"));
+    // Batches of 1, 3, 2 and 1 events, another tenant's run appended between each of them.
+    let batches = [
+        vec![submitted("acme")],
+        vec![step(1), step(2), step(3)],
+        vec![step(4), step(5)],
+        vec![finished()],
+    ];
+    for (i, batch) in batches.into_iter().enumerate() {
+        let other = if i == 0 {
+            submitted("globex")
+        } else {
+            step(100 + i as u32)
+        };
+        journal.append(&theirs, other).await.unwrap();
+        journal.append_batch(&mine, batch).await.unwrap();
+    }
+    let all = journal.read(&mine).unwrap();
+    assert_eq!(all.len(), 7);
+    let seqs = |after: u64| -> Vec<u64> {
+        let tail = journal.read_after(&mine, after).unwrap();
+        assert!(tail.iter().all(|e| e.run == mine), "{tail:?}");
+        tail.iter().map(|e| e.seq).collect()
+    };
+    assert_eq!(seqs(0), [1, 2, 3, 4, 5, 6, 7], "after 0: every event");
+    assert_eq!(seqs(2), [3, 4, 5, 6, 7], "inside the batch of 2..=4");
+    assert_eq!(seqs(4), [5, 6, 7], "at the end of a batch");
+    assert_eq!(seqs(6), [7]);
+    assert!(seqs(7).is_empty(), "at the last event");
+    assert!(seqs(8).is_empty() && seqs(1_000).is_empty(), "past the end");
+    assert!(seqs(u64::MAX).is_empty(), "at the largest sequence number");
+    for after in 0..=9 {
+        let from = (after as usize).min(all.len());
+        let tail = journal.read_after(&mine, after).unwrap();
+        assert_eq!(
+            tail,
+            all[from..],
+            "after {after}: the tail of read, as read has it"
+        );
+    }
+    let unknown = RunId::new("never-journaled");
+    assert!(journal.read_after(&unknown, 0).unwrap().is_empty());
+    assert!(journal.read_after(&unknown, 3).unwrap().is_empty());
+    let others: Vec<RunEvent> = journal
+        .read_after(&theirs, 2)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        others,
+        [step(102), step(103)],
+        "the other run's own tail only"
     );
 }

@@ -264,8 +264,50 @@ pub(super) fn decode_all(
     rows: &[RawBatch],
 ) -> Result<Vec<JournalEntry>, JournalError> {
     let mut entries = Vec::with_capacity(rows.len());
+    let mut expected = 1;
     for row in rows {
-        row.decode(run, entries.len() as Seq + 1, &mut entries)?;
+        expected = row.decode(run, expected, 1, &mut entries)?;
+    }
+    Ok(entries)
+}
+
+/// The stored rows of `run` that hold its events after `after`, in order, not decoded yet: the
+/// row holding event `after + 1` (the last one starting at or before it, found in the key
+/// `(run_id, first_seq)`) and every row after it. No row before it is read.
+pub(super) fn raw_batches_after(
+    conn: &Connection,
+    run: &RunId,
+    after: Seq,
+) -> rusqlite::Result<Vec<RawBatch>> {
+    let from = i64::try_from(after).map_or(i64::MAX, |a| a.saturating_add(1));
+    conn.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE run_id = ?1 AND first_seq >= coalesce(
+             (SELECT first_seq FROM batches WHERE run_id = ?1 AND first_seq <= ?2
+              ORDER BY first_seq DESC LIMIT 1), ?2)
+         ORDER BY first_seq"
+    ))?
+    .query_map(params![run.as_str(), from], RawBatch::from_row)?
+    .collect()
+}
+
+/// `rows`, from [`raw_batches_after`], validated and decoded from event `after + 1` on (no
+/// gap): the events of the first row up to `after` are cut, not decoded.
+pub(super) fn decode_after(
+    run: &RunId,
+    after: Seq,
+    rows: &[RawBatch],
+) -> Result<Vec<JournalEntry>, JournalError> {
+    let from = after.saturating_add(1);
+    let mut entries = Vec::new();
+    // The first row may start before `from` (it is cut there); a row starting after it means
+    // event `from` is missing, which decoding it from `from` reports.
+    let mut expected = rows
+        .first()
+        .and_then(RawBatch::first_seq)
+        .filter(|first| *first < from)
+        .unwrap_or(from);
+    for row in rows {
+        expected = row.decode(run, expected, from, &mut entries)?;
     }
     Ok(entries)
 }
@@ -286,14 +328,24 @@ impl RawBatch {
         ]))
     }
 
+    /// The row's stored `first_seq`, if it holds a sequence number.
+    fn first_seq(&self) -> Option<Seq> {
+        match self.0[0] {
+            SqlValue::Integer(first) => Seq::try_from(first).ok(),
+            _ => None,
+        }
+    }
+
     /// Validates the row, whose first event is expected to be number `expected` of `run`, and
-    /// pushes its events, decoded, onto `out`.
+    /// pushes its events numbered `from` or more, decoded, onto `out` (the ones before are
+    /// counted, not decoded). Returns the number the next row's first event is expected to have.
     fn decode(
         &self,
         run: &RunId,
         expected: Seq,
+        from: Seq,
         out: &mut Vec<JournalEntry>,
-    ) -> Result<(), JournalError> {
+    ) -> Result<Seq, JournalError> {
         let [first_seq, at_ms, version, kinds, bodies] = &self.0;
         let corrupt = |reason: String| JournalError::Corrupt {
             run: run.clone(),
@@ -329,7 +381,8 @@ impl RawBatch {
             )));
         }
         let lines = kinds.split(SEPARATOR).zip(bodies.split(SEPARATOR));
-        for (i, (kind, body)) in (0..).zip(lines) {
+        let cut = usize::try_from(from.saturating_sub(expected)).unwrap_or(usize::MAX);
+        for (i, (kind, body)) in (0..).zip(lines).skip(cut) {
             let stored = StoredEvent {
                 seq: first_seq.saturating_add(i),
                 at_ms,
@@ -339,6 +392,6 @@ impl RawBatch {
             };
             out.push(decode(run, expected + i as Seq, stored)?);
         }
-        Ok(())
+        Ok(expected + count as Seq)
     }
 }
