@@ -269,6 +269,57 @@ struct ShapeCost {
     wall: Duration,
     cpu: Duration,
     commits: u64,
+    /// What the SQLite file holds once the runs (warm-up included) are done; `None` in memory.
+    stored: Option<StoredBytes>,
+}
+
+/// What a SQLite journal file holds for its runs, in bytes: the rows of events (their kinds,
+/// JSON and references to shared values), the shared values stored once, and what the rows
+/// would hold with every shared value in each event that has it (as before schema 4).
+#[derive(Clone, Copy)]
+struct StoredBytes {
+    runs: u64,
+    rows: u64,
+    shared: u64,
+    inline: u64,
+}
+
+impl StoredBytes {
+    fn of(file: &std::path::Path) -> Self {
+        let conn = rusqlite::Connection::open(file).unwrap();
+        let number = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, f64>(0)).unwrap() as u64;
+        let runs = number("SELECT count(*) FROM runs");
+        let rows = number(
+            "SELECT total(length(CAST(kinds AS BLOB)) + length(CAST(bodies AS BLOB)) + coalesce(length(refs), 0)) FROM batches",
+        );
+        let shared = number("SELECT total(length(CAST(json AS BLOB))) FROM blobs");
+        let sizes: std::collections::HashMap<String, u64> = conn
+            .prepare("SELECT digest, length(CAST(json AS BLOB)) FROM blobs")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut inline = rows;
+        let refs = conn
+            .prepare("SELECT refs FROM batches WHERE refs IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>();
+        for line in refs.iter().flat_map(|r| r.lines()) {
+            let digest = line.rsplit(' ').next().unwrap();
+            // The value instead of its `null` and its line of `refs`.
+            inline = inline + sizes[digest] + 1 - 4 - line.len() as u64;
+        }
+        StoredBytes {
+            runs,
+            rows,
+            shared,
+            inline,
+        }
+    }
 }
 
 /// Runs `runs` runs of the shape, keeping `concurrent` of them in flight (submitted
@@ -296,6 +347,7 @@ async fn shape_runs(orchestrator: &Orchestrator, runs: usize, concurrent: usize)
         wall: wall.elapsed(),
         cpu: cpu_time().saturating_sub(cpu),
         commits: journal.commits() - commits,
+        stored: None,
     }
 }
 
@@ -322,9 +374,12 @@ async fn shape(kind: Kind, runs: usize, concurrent: usize) -> ShapeCost {
     let runtime = Runtime::builder().start().unwrap();
     let orchestrator = shape_orchestrator(&runtime, kind.open(&scratch)).await;
     shape_runs(&orchestrator, 20, 1).await; // warm-up
-    let cost = shape_runs(&orchestrator, runs, concurrent).await;
+    let mut cost = shape_runs(&orchestrator, runs, concurrent).await;
     drop(orchestrator);
     runtime.shutdown(Duration::from_secs(30)).await;
+    if kind != Kind::Memory {
+        cost.stored = Some(StoredBytes::of(&scratch.0.join("journal.db")));
+    }
     cost
 }
 
@@ -349,9 +404,11 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
     for kind in shape_kinds() {
         table.push((kind, [(); 6].map(|()| Vec::new())));
     }
+    let mut stored = Vec::new();
     for _ in 0..rounds {
         for (kind, columns) in &mut table {
             let one = rt.block_on(shape(*kind, ONE, 1));
+            stored.extend(one.stored.map(|bytes| (kind.name(), bytes)));
             let many = rt.block_on(shape(*kind, MANY, 100));
             columns[0].push(one.cpu.as_secs_f64() * 1e6 / ONE as f64);
             columns[1].push(ONE as f64 / one.wall.as_secs_f64());
@@ -375,6 +432,17 @@ fn shape_report(rt: &tokio::runtime::Runtime, rounds: usize) {
             m[3],
             m[4],
             m[5]
+        );
+    }
+    // The same runs store the same bytes every round: the last round's.
+    let files = medians.iter().filter(|(k, _)| *k != Kind::Memory).count();
+    for (name, b) in &stored[stored.len().saturating_sub(files)..] {
+        let per_run = |bytes: u64| bytes as f64 / b.runs as f64;
+        println!(
+            "{name}: stored per run {:.0} bytes of event rows + {} bytes of shared values for the whole file ({:.0} bytes per run with the shared values in every event)",
+            per_run(b.rows),
+            b.shared,
+            per_run(b.inline)
         );
     }
     let Some((Kind::Memory, memory)) = medians.first() else {

@@ -71,7 +71,7 @@ const NOTE: &str = "(offline stand-in model: it calls the allowed tools with the
 
 fn answer(request: &ChatRequest) -> String {
     let system = text_of(request, |m| match m {
-        Message::System { content } => Some(content),
+        Message::System { content } => Some(&**content),
         _ => None,
     });
     let user = text_of(request, |m| match m {

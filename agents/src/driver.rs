@@ -152,7 +152,7 @@ impl Driver {
     }
 
     fn set(&self, state: RunState) {
-        let _ = self.setup.events.send(RunUpdate::State(state.clone()));
+        self.setup.events.send(RunUpdate::State(state.clone()));
         let _ = self.setup.state.send(state);
     }
 
@@ -297,7 +297,7 @@ impl Driver {
     async fn announce(&self, update: RunUpdate) {
         let walking = self.log.lock().await.replayed_last();
         if !(walking && self.incarnation == Incarnation::Restarted) {
-            let _ = self.setup.events.send(update);
+            self.setup.events.send(update);
         }
     }
 

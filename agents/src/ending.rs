@@ -10,11 +10,12 @@ use impresario_runtime::journal::{Journal, JournalError, RunEvent as JournalEven
 use impresario_runtime::ledger::{AccountId, Ledger};
 use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::{Placement, RunId};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::journaling::AtJournalEnd;
 use crate::run::{FailReason, RunResult, RunState, RunUpdate, RunUsage, StepRecord};
 use crate::services::Services;
+use crate::updates::RunUpdates;
 
 /// What a run holds until it ends: its agents, ledger account, halt token, live entry and
 /// active-run metric, and the channels its end is reported on. Released once, by value.
@@ -25,7 +26,7 @@ pub(crate) struct RunLease {
     pub(crate) placement: Placement,
     pub(crate) started: Instant,
     pub(crate) state: watch::Sender<RunState>,
-    pub(crate) events: broadcast::Sender<RunUpdate>,
+    pub(crate) events: RunUpdates<RunUpdate>,
     pub(crate) result: watch::Sender<Option<Arc<RunResult>>>,
 }
 
@@ -66,7 +67,7 @@ impl RunLease {
         let metrics = services.runtime.metrics();
         metrics.run_finished(outcome, self.started.elapsed());
         // Published last: whoever sees the run's end sees it journaled, released and counted.
-        let _ = self.events.send(RunUpdate::State(state.clone()));
+        self.events.send(RunUpdate::State(state.clone()));
         let _ = self.state.send(state.clone());
         let result = RunResult {
             run: self.run,

@@ -30,9 +30,10 @@ use impresario_runtime::redact::{redact_serialized, StreamRedactor};
 use impresario_runtime::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::Mutex;
 
 use crate::run::RunUpdate;
+use crate::updates::RunUpdates;
 
 /// Where a run's behaviour first differs from its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -362,7 +363,7 @@ fn cut(text: &str) -> String {
 pub struct ModelGateway {
     client: Client,
     log: Arc<Mutex<RunLog>>,
-    deltas: Option<broadcast::Sender<RunUpdate>>,
+    deltas: Option<RunUpdates<RunUpdate>>,
     /// The run's halt token: an overshoot halts the run at once, whichever agent made the call.
     halt: HaltToken,
 }
@@ -384,7 +385,7 @@ impl ModelGateway {
     }
 
     /// The same gateway, streaming its calls' text into `events` as [`RunUpdate::Delta`]s.
-    pub(crate) fn streaming_to(mut self, events: broadcast::Sender<RunUpdate>) -> Self {
+    pub(crate) fn streaming_to(mut self, events: RunUpdates<RunUpdate>) -> Self {
         self.deltas = Some(events);
         self
     }
@@ -479,7 +480,7 @@ impl ModelGateway {
 /// call's end).
 struct DeltaStream {
     step: u32,
-    events: broadcast::Sender<RunUpdate>,
+    events: RunUpdates<RunUpdate>,
     redactor: std::sync::Mutex<StreamRedactor>,
 }
 
@@ -503,7 +504,7 @@ impl DeltaStream {
     fn send(&self, text: Option<String>) {
         if let Some(text) = text {
             let step = self.step;
-            let _ = self.events.send(RunUpdate::Delta { step, text });
+            self.events.send(RunUpdate::Delta { step, text });
         }
     }
 }

@@ -26,6 +26,7 @@ mod run_setup;
 mod services;
 mod team;
 mod tool;
+mod updates;
 
 /// Working memory, long-term memory with retrieval, the context budget, and the memory agent.
 pub mod memory;
@@ -36,7 +37,7 @@ pub use fault::{DriverPhase, PanicInjection};
 pub use impresario_supervisor as supervisor;
 pub use journaling::{first_difference, Divergence, ModelGateway};
 pub use models::{ModelChoice, ModelMap, Role, RoleTiers};
-pub use orchestrator::{Orchestrator, ReplayReport, ResumeError, SubmitError, RUN_UPDATE_CAPACITY};
+pub use orchestrator::{Orchestrator, ReplayReport, ResumeError, SubmitError};
 pub use plan::{LoopDetector, LoopKind, Plan, PlanError, Step};
 pub use run::{
     Autonomy, Budget, FailReason, RunHandle, RunRequest, RunResult, RunState, RunUpdate, RunUsage,
@@ -47,3 +48,4 @@ pub use tool::{
     ErasedCall, Impact, RegisteredTool, RegistryError, Tool, ToolContext, ToolError, ToolProvider,
     ToolRegistry, ToolSpec, BUILTIN,
 };
+pub use updates::RUN_UPDATE_CAPACITY;

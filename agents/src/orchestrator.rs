@@ -23,7 +23,7 @@ use impresario_supervisor::{
     SupervisorSpec,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::config::OrchestratorConfig;
 use crate::driver_agent::driver_spec;
@@ -37,10 +37,7 @@ use crate::run_setup::RunSetup;
 use crate::services::{executor_id, memory_id, planner_id, run_supervisor_id, Services};
 use crate::team::Team;
 use crate::tool::ToolRegistry;
-
-/// Updates a run's subscriber may fall behind by before it loses the oldest (room for the
-/// deltas of a streamed answer between two reads).
-pub const RUN_UPDATE_CAPACITY: usize = 512;
+use crate::updates::RunUpdates;
 
 /// Why a run was not accepted. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -585,15 +582,14 @@ impl Orchestrator {
         placement: Placement,
     ) -> (Arc<RunSetup>, RunHandle) {
         let (state_tx, state) = watch::channel(RunState::Queued);
-        // A run emits a few events per step; a subscriber that lags further loses the oldest.
-        let (events, first_events) = broadcast::channel(RUN_UPDATE_CAPACITY);
+        // Held for the first subscriber; a channel only once someone subscribes.
+        let events = RunUpdates::new();
         let (decisions_tx, decisions) = mpsc::unbounded_channel();
         let (result_tx, result) = watch::channel(None);
         let handle = RunHandle {
             id: run.clone(),
             state,
             events: events.clone(),
-            first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
             decisions: decisions_tx,
             result,
             halts: self.inner.halts.clone(),

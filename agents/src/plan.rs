@@ -100,6 +100,11 @@ fn plan_validator() -> &'static jsonschema::Validator {
 /// JSON (models add them); everything else must match the schema.
 pub fn parse_plan(output: &str) -> Result<Plan, PlanError> {
     let text = strip_fence(output.trim());
+    // Most output is a plan as the types read it: then the schema, derived from them, accepts
+    // it too (`typed_plan`). Anything else is looked at as JSON against the schema.
+    if let Some(plan) = typed_plan(text) {
+        return Ok(plan);
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| PlanError::NotJson(e.to_string()))?;
     // Most output is valid: checked without collecting errors, then taken apart in place.
     if !plan_validator().is_valid(&value) {
@@ -109,6 +114,92 @@ pub fn parse_plan(output: &str) -> Result<Plan, PlanError> {
         Some(plan) => Ok(plan),
         // The schema and the types disagree (they are derived from one another): serde says how.
         None => serde_json::from_str(text).map_err(|e| PlanError::Schema(vec![e.to_string()])),
+    }
+}
+
+/// The plan in `text` read straight into its types, if it is one the plan schema accepts
+/// (`None` for anything else, which the schema then judges): every step of a known type with
+/// the fields of that type and no other, each of its JSON type (a `null` is not a string), at
+/// least one step, no field twice. Nothing is built that the plan does not keep.
+fn typed_plan(text: &str) -> Option<Plan> {
+    let plan: TypedPlan = serde_json::from_str(text).ok()?;
+    if plan.steps.is_empty() {
+        return None;
+    }
+    let steps = plan.steps.into_iter().map(TypedStep::into_step);
+    Some(Plan {
+        steps: steps.collect::<Option<_>>()?,
+    })
+}
+
+/// [`Plan`] as [`typed_plan`] reads it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypedPlan {
+    steps: Vec<TypedStep>,
+}
+
+/// Every field a step may have, each absent or of its type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypedStep {
+    #[serde(rename = "type")]
+    kind: StepKind,
+    #[serde(default, deserialize_with = "present")]
+    tool: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    arguments: Option<serde_json::Map<String, Value>>,
+    #[serde(default, deserialize_with = "present")]
+    why: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    prompt: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    answer: Option<String>,
+}
+
+/// The `type` of a [`Step`].
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StepKind {
+    ToolCall,
+    ModelCall,
+    FinalAnswer,
+}
+
+/// A field that is there: of its type (`null` is refused, where `Option` would take it).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+impl TypedStep {
+    /// The step, if it has the fields of its type and no other.
+    fn into_step(self) -> Option<Step> {
+        let TypedStep {
+            kind,
+            tool,
+            arguments,
+            why,
+            prompt,
+            answer,
+        } = self;
+        match (kind, tool, arguments, prompt, answer) {
+            (StepKind::ToolCall, Some(tool), Some(arguments), None, None) => Some(Step::ToolCall {
+                tool,
+                arguments,
+                why: why.unwrap_or_default(),
+            }),
+            (StepKind::ModelCall, None, None, Some(prompt), None) if why.is_none() => {
+                Some(Step::ModelCall { prompt })
+            }
+            (StepKind::FinalAnswer, None, None, None, Some(answer)) if why.is_none() => {
+                Some(Step::FinalAnswer { answer })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -296,6 +387,57 @@ mod tests {
         ] {
             assert_eq!(valid_plan(not_a_plan.clone()), None, "{not_a_plan}");
         }
+    }
+
+    /// The typed reading takes only what the schema accepts, as the schema's reading gives it.
+    #[test]
+    fn a_plan_read_by_its_types_is_one_the_schema_accepts() {
+        let step = |fields: &str| format!(r#"{{"steps":[{fields}]}}"#);
+        let accepted = [
+            step(r#"{"type":"tool_call","tool":"t","arguments":{"q":[1,{"a":null}]},"why":"w"}"#),
+            step(
+                r#"{"type":"tool_call","tool":"t","arguments":{}},{"type":"final_answer","answer":"a"}"#,
+            ),
+            step(r#"{"type":"model_call","prompt":"p"},{"type":"final_answer","answer":""}"#),
+        ];
+        for text in &accepted {
+            let typed = typed_plan(text).unwrap_or_else(|| panic!("not read: {text}"));
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert!(plan_validator().is_valid(&value), "{text}");
+            assert_eq!(valid_plan(value), Some(typed.clone()), "{text}");
+            assert_eq!(parse_plan(text), Ok(typed), "{text}");
+        }
+        let refused = [
+            r#"{"steps":[]}"#.to_string(),
+            r#"{"steps":[],"extra":1}"#.to_string(),
+            r#"{"steps":{}}"#.to_string(),
+            step(r#"{"type":"tool_call","tool":"t","arguments":{},"why":null}"#),
+            step(r#"{"type":"tool_call","tool":"t","arguments":[]}"#),
+            step(r#"{"type":"tool_call","tool":"t"}"#),
+            step(r#"{"type":"tool_call","tool":"t","arguments":{},"answer":"a"}"#),
+            step(r#"{"type":"tool_call","tool":"t","tool":"u","arguments":{}}"#),
+            step(r#"{"type":"model_call","prompt":"p","why":"w"}"#),
+            step(r#"{"type":"model_call","prompt":7}"#),
+            step(r#"{"type":"final_answer","answer":"a","tool":"t"}"#),
+            step(r#"{"type":"final_answer"}"#),
+            step(r#"{"type":"dance"}"#),
+            step(r#"{"answer":"a"}"#),
+        ];
+        for text in &refused {
+            assert_eq!(typed_plan(text), None, "{text}");
+        }
+        // What the typed reading leaves to the schema reads as it did before it.
+        let twice = step(r#"{"type":"tool_call","tool":"t","tool":"u","arguments":{}}"#);
+        let Step::ToolCall { tool, .. } = &parse_plan(&twice).unwrap().steps[0] else {
+            panic!("not a tool call")
+        };
+        assert_eq!(tool, "u", "the schema's reading keeps a field's last value");
+        assert!(matches!(
+            parse_plan(&step(
+                r#"{"type":"tool_call","tool":"t","arguments":{},"why":null}"#
+            )),
+            Err(PlanError::Schema(_))
+        ));
     }
 
     #[test]

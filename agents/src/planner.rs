@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use actix::prelude::*;
 use impresario_runtime::agent;
 use impresario_runtime::llm::{
-    CallOptions, ChatRequest, LlmError, Message as ChatMessage, ToolDef,
+    CallOptions, ChatRequest, LlmError, Message as ChatMessage, SharedText, ToolDef,
 };
 use tracing::Instrument;
 
@@ -38,8 +38,9 @@ pub struct MakePlan {
     pub model: ModelChoice,
     /// The goal.
     pub goal: String,
-    /// The instructions: the plan schema and the tools the run may use ([`system_prompt`]).
-    pub system: Arc<str>,
+    /// The instructions: the plan schema and the tools the run may use ([`system_prompt`]),
+    /// shared by the runs with the same tools (and serialized once for all their requests).
+    pub system: SharedText,
     /// What happened so far, oldest first (steps, observations, summaries).
     pub history: Vec<String>,
     /// Why the last plan could not go on (a failed step, a reviewer's feedback), if so.
@@ -85,7 +86,7 @@ impl Handler<MakePlan> for Planner {
     fn handle(&mut self, msg: MakePlan, _: &mut Context<Self>) -> Self::Result {
         Box::pin(async move {
             let mut request = ChatRequest::new(msg.model.model.clone())
-                .system(msg.system.to_string())
+                .system(msg.system.clone())
                 .user(user_prompt(&msg))
                 .output_schema("plan", plan_schema().clone(), false)
                 .temperature(0.0)
@@ -129,7 +130,7 @@ impl Handler<MakePlan> for Planner {
 const PROMPTS_KEPT: usize = 16;
 
 /// A set of tools (weakly held) and its instructions.
-type PromptOfSet = (Vec<Weak<RegisteredTool>>, Arc<str>);
+type PromptOfSet = (Vec<Weak<RegisteredTool>>, SharedText);
 
 /// The planner's instructions ([`system_prompt`]) per set of tools, made once per set: runs
 /// with the same tools share one. A set is told by its tools themselves, not their names (a
@@ -142,7 +143,7 @@ pub(crate) struct PlannerPrompts {
 
 impl PlannerPrompts {
     /// The instructions for a run that may use `allowed` (those `tools` has now).
-    pub(crate) fn for_tools(&self, tools: &ToolRegistry, allowed: &[String]) -> Arc<str> {
+    pub(crate) fn for_tools(&self, tools: &ToolRegistry, allowed: &[String]) -> SharedText {
         let found: Vec<Arc<RegisteredTool>> =
             allowed.iter().filter_map(|name| tools.get(name)).collect();
         // A weak reference keeps its tool's allocation, so no other tool can take its address.
@@ -158,7 +159,7 @@ impl PlannerPrompts {
             return prompt.clone();
         }
         let definitions: Vec<ToolDef> = found.iter().map(|t| t.definition()).collect();
-        let prompt: Arc<str> = system_prompt(&definitions).into();
+        let prompt = SharedText::new(system_prompt(&definitions));
         if kept.len() == PROMPTS_KEPT {
             kept.pop_front();
         }
@@ -252,19 +253,25 @@ mod tests {
         let tools = registry(&["a", "b"]);
         let both = ["a".to_owned(), "b".to_owned()];
         let first = prompts.for_tools(&tools, &both);
-        assert_eq!(&*first, system_prompt(&tools.definitions(&both)));
-        assert!(Arc::ptr_eq(&first, &prompts.for_tools(&tools, &both)));
+        assert_eq!(*first, system_prompt(&tools.definitions(&both)));
+        assert!(SharedText::ptr_eq(
+            &first,
+            &prompts.for_tools(&tools, &both)
+        ));
         let only_a = prompts.for_tools(&tools, &["a".to_owned()]);
-        assert!(!only_a.contains("- b:"), "{only_a}");
+        assert!(!only_a.contains("- b:"), "{}", only_a.as_str());
         // Tools of the same names registered anew are other tools.
         let again = registry(&["a", "b"]);
         let renewed = prompts.for_tools(&again, &both);
-        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert!(!SharedText::ptr_eq(&first, &renewed));
         assert_eq!(first, renewed);
         // Only the last sets made are kept.
         for _ in 0..PROMPTS_KEPT {
             prompts.for_tools(&registry(&["a"]), &["a".to_owned()]);
         }
-        assert!(!Arc::ptr_eq(&first, &prompts.for_tools(&tools, &both)));
+        assert!(!SharedText::ptr_eq(
+            &first,
+            &prompts.for_tools(&tools, &both)
+        ));
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::models::ModelMap;
 use crate::plan::{Plan, Step};
 use crate::tool::ToolError;
+use crate::updates::RunUpdates;
 
 /// How much a run may do without a person approving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -366,9 +367,8 @@ pub(crate) enum Decision {
 pub struct RunHandle {
     pub(crate) id: RunId,
     pub(crate) state: watch::Receiver<RunState>,
-    pub(crate) events: broadcast::Sender<RunUpdate>,
-    /// Subscribed before the run started: the first `events()` call gets every event.
-    pub(crate) first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<RunUpdate>>>>,
+    /// Held for the first `events()` call until it comes: it gets every update.
+    pub(crate) events: RunUpdates<RunUpdate>,
     pub(crate) decisions: mpsc::UnboundedSender<Decision>,
     pub(crate) result: watch::Receiver<Option<Arc<RunResult>>>,
     pub(crate) halts: Halts,
@@ -389,12 +389,7 @@ impl RunHandle {
     /// run was submitted; later calls get updates from then on. A receiver more than
     /// [`RUN_UPDATE_CAPACITY`](crate::RUN_UPDATE_CAPACITY) updates behind loses the oldest.
     pub fn events(&self) -> broadcast::Receiver<RunUpdate> {
-        let first = self
-            .first_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        first.unwrap_or_else(|| self.events.subscribe())
+        self.events.subscribe()
     }
 
     /// Halts it (reason `operator`): `Immediate` aborts its in-flight model and tool calls;

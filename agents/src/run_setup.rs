@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use impresario_runtime::halt::HaltToken;
 use impresario_runtime::ledger::AccountPath;
-use impresario_runtime::llm::CallOptions;
+use impresario_runtime::llm::{CallOptions, SharedText};
 use impresario_runtime::{AgentId, RunId};
-use tokio::sync::{broadcast, mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::ending::{journal_end, RunLease};
 use crate::fault::DriverPhase;
@@ -16,6 +16,7 @@ use crate::journaling::{AtJournalEnd, RunLog};
 use crate::run::{Decision, FailReason, RunRequest, RunState, RunUpdate, StepRecord};
 use crate::services::Services;
 use crate::team::Review;
+use crate::updates::RunUpdates;
 
 /// What every driver of one run shares (a driver started again after a crash gets the same).
 pub(crate) struct RunSetup {
@@ -26,13 +27,13 @@ pub(crate) struct RunSetup {
     /// The tools the run may use.
     pub(crate) allowed: Arc<[String]>,
     /// The planner's instructions for this run (schema and tools), built once.
-    pub(crate) planner_prompt: Arc<str>,
+    pub(crate) planner_prompt: SharedText,
     /// The run's tenant, whose cached model answers it may be served.
     pub(crate) cache_scope: Arc<str>,
     pub(crate) path: AccountPath,
     pub(crate) token: HaltToken,
     pub(crate) state: watch::Sender<RunState>,
-    pub(crate) events: broadcast::Sender<RunUpdate>,
+    pub(crate) events: RunUpdates<RunUpdate>,
     pub(crate) decisions: Mutex<mpsc::UnboundedReceiver<Decision>>,
     /// The run's span: every driver's work, and its agents' spans, are children of it.
     pub(crate) span: tracing::Span,

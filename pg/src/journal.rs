@@ -738,7 +738,16 @@ impl Journal for PgJournal {
             Err(refused) => return JournalFuture::ready(Err(refused)),
         };
         let run = run.clone();
-        self.send(|reply| Command::Append(Box::new(Append { run, events, reply })))
+        self.send(|reply| {
+            // Events are stored whole here: no shared value is cut out of them.
+            let blobs = Vec::new();
+            Command::Append(Box::new(Append {
+                run,
+                events,
+                blobs,
+                reply,
+            }))
+        })
     }
 
     fn commits(&self) -> u64 {

@@ -13,8 +13,10 @@
 //! The registry is process-wide (a credential is held by the process, not by one component).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::{LazyLock, PoisonError, RwLock};
 
+use aho_corasick::{packed, AhoCorasick};
 use base64::Engine;
 use regex::{Captures, Regex};
 
@@ -149,8 +151,8 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
         }
     }
-    // Every shape holds one of `SHAPE_START`'s words: one scan rules all of them out.
-    if !SHAPE_START.is_match(&out) {
+    // Every shape holds one of its words: one scan rules all of them out.
+    if shape_keywords(&out) == ShapeKeywords::default() {
         return out;
     }
     for shape in SHAPES.iter() {
@@ -307,12 +309,85 @@ static CREDENTIAL_WORDS: LazyLock<Regex> = LazyLock::new(|| {
 /// [`redact`] replaces in the value's JSON: a registered secret, a `Bearer`/`Basic` credential
 /// or a URL with a user, matched in the strings as they are (a match in the JSON is one in
 /// them), or a credential field's name (its value is in another string). A URL without a user
-/// (`"$schema": "https://..."` in every JSON schema) is not one.
+/// (`"$schema": "https://..."` in every JSON schema) is not one. The regexes only look at a
+/// text that holds one of their words.
 fn may_hold_credentials(text: &str) -> bool {
     let secrets = SECRETS.read().unwrap_or_else(PoisonError::into_inner);
-    secrets.iter().any(|s| text.contains(s.as_str()))
-        || CREDENTIAL_WORDS.is_match(text)
-        || (text.contains("://") && SHAPES[1].pattern.is_match(text))
+    if secrets.iter().any(|s| text.contains(s.as_str())) {
+        return true;
+    }
+    let words = shape_keywords(text);
+    (words.credential && CREDENTIAL_WORDS.is_match(text))
+        || (words.url && SHAPES[1].pattern.is_match(text))
+}
+
+/// Which of the words the credential shapes hold a text holds: `api`, `authorization`,
+/// `bearer`, `basic` in any case (`credential`), and `://` (`url`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ShapeKeywords {
+    credential: bool,
+    url: bool,
+}
+
+/// The words of [`SHAPES`], as [`shape_keywords`] looks for them in a text turned to ASCII lower
+/// case: every text a shape (or [`CREDENTIAL_WORDS`]) matches holds one of them there. The
+/// shapes' `(?i)` also folds two characters outside ASCII into ASCII letters (`ſ` into `s`,
+/// the Kelvin sign into `k`): of the words, only `basic` holds one of those letters, so its
+/// `ſ` spelling is a word too. `://` is the last one.
+const SHAPE_KEYWORDS: [&str; 6] = [
+    "api",
+    "authorization",
+    "bearer",
+    "basic",
+    "ba\u{17f}ic",
+    "://",
+];
+
+/// How [`SHAPE_KEYWORDS`] are looked for: Teddy (SIMD, a few bytes per instruction) where the
+/// CPU has it; elsewhere an Aho-Corasick automaton (its own choice of prefilter, a scan for
+/// the words' first bytes, stops at every `a`: slower than Teddy on text).
+enum KeywordSearch {
+    Teddy(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+static SHAPE_KEYWORD_SEARCH: LazyLock<KeywordSearch> =
+    LazyLock::new(|| match packed::Searcher::new(SHAPE_KEYWORDS) {
+        Some(teddy) => KeywordSearch::Teddy(teddy),
+        None => KeywordSearch::Automaton(AhoCorasick::new(SHAPE_KEYWORDS).expect("valid words")),
+    });
+
+/// Which of [`SHAPE_KEYWORDS`] `text` holds, in any case.
+fn shape_keywords(text: &str) -> ShapeKeywords {
+    thread_local! {
+        // Reused: a model request's text is kilobytes, looked at on every journaled request.
+        static FOLDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    FOLDED.with_borrow_mut(|folded| {
+        folded.clear();
+        folded.extend_from_slice(text.as_bytes());
+        folded.make_ascii_lowercase();
+        match &*SHAPE_KEYWORD_SEARCH {
+            KeywordSearch::Teddy(teddy) => keywords_found(teddy.find_iter(folded)),
+            KeywordSearch::Automaton(automaton) => keywords_found(automaton.find_iter(&**folded)),
+        }
+    })
+}
+
+/// Which kinds of [`SHAPE_KEYWORDS`] the matches `found` are of.
+fn keywords_found(found: impl Iterator<Item = aho_corasick::Match>) -> ShapeKeywords {
+    let mut words = ShapeKeywords::default();
+    for found in found {
+        if found.pattern().as_usize() == SHAPE_KEYWORDS.len() - 1 {
+            words.url = true;
+        } else {
+            words.credential = true;
+        }
+        if words.url && words.credential {
+            break;
+        }
+    }
+    words
 }
 
 /// A writer (for a log subscriber) that redacts each write before passing it to `inner`.
@@ -423,6 +498,92 @@ mod tests {
         );
         assert!(clean.contains("https://<redacted>@h.example/x"), "{clean}");
         assert!(clean.contains("token Bearer <redacted>"), "{clean}");
+    }
+
+    /// Texts each shape matches, and texts that only look like one, in several spellings.
+    fn shape_cases() -> Vec<String> {
+        let cases = [
+            "Authorization: Bearer abcdefghij",
+            "authorization=xyzxyzxyz and more",
+            "x-api-key: k-12345678",
+            "{\"ApiKey\": \"zzzzzzzzz\"}",
+            "api-key = 'qwertyuiop'",
+            "api_\u{212A}ey=abcdefghij",
+            "Basic YWxpY2U6c2VjcmV0",
+            "ba\u{17f}ic YWxpY2U6c2VjcmV0",
+            "bearer tok-123456",
+            "see https://user:pw-secret@host/x",
+            "a schema: https://json-schema.org/draft/2020-12/schema",
+            "Basic arithmetic, the base of a beautiful api",
+            "nothing of the sort here",
+        ];
+        let alternate = |text: &str| -> String {
+            text.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect()
+        };
+        cases
+            .iter()
+            .flat_map(|t| {
+                [
+                    t.to_string(),
+                    t.to_uppercase(),
+                    t.to_lowercase(),
+                    alternate(t),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_text_a_shape_matches_holds_one_of_its_words() {
+        for text in shape_cases() {
+            let words = shape_keywords(&text);
+            for shape in SHAPES.iter() {
+                if shape.pattern.is_match(&text) {
+                    assert_ne!(words, ShapeKeywords::default(), "{text}");
+                }
+            }
+            if CREDENTIAL_WORDS.is_match(&text) {
+                assert!(words.credential, "{text}");
+            }
+            assert_eq!(words.url, text.contains("://"), "{text}");
+        }
+        // Where the CPU has no Teddy, the automaton finds the same words.
+        let automaton = AhoCorasick::new(SHAPE_KEYWORDS).unwrap();
+        for text in shape_cases() {
+            let folded = text.to_ascii_lowercase();
+            let found = keywords_found(automaton.find_iter(&folded));
+            assert_eq!(found, shape_keywords(&text), "{text}");
+        }
+        let plain = "You plan the steps of an agent run toward a goal.".repeat(50);
+        assert_eq!(shape_keywords(&plain), ShapeKeywords::default());
+        assert!(matches!(redact(&plain), Cow::Borrowed(_)));
+    }
+
+    /// The words looked for first change nothing that is redacted: the same text as every
+    /// shape applied, and the same answer as the regexes alone.
+    #[test]
+    fn the_word_scan_redacts_exactly_what_the_shapes_alone_do() {
+        for text in shape_cases() {
+            let mut alone = Cow::Borrowed(text.as_str());
+            for shape in SHAPES.iter() {
+                if let Cow::Owned(replaced) = shape.replace(&alone) {
+                    alone = Cow::Owned(replaced);
+                }
+            }
+            assert_eq!(redact(&text), alone, "{text}");
+            let by_regexes = CREDENTIAL_WORDS.is_match(&text)
+                || (text.contains("://") && SHAPES[1].pattern.is_match(&text));
+            assert_eq!(may_hold_credentials(&text), by_regexes, "{text}");
+        }
     }
 
     #[test]

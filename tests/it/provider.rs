@@ -114,7 +114,7 @@ async fn offline_answer(wire: &Value) -> String {
     for message in wire["messages"].as_array().into_iter().flatten() {
         let content = message["content"].as_str().unwrap_or_default().to_owned();
         request = request.message(match message["role"].as_str() {
-            Some("system") => Message::System { content },
+            Some("system") => Message::system(content),
             Some("user") => Message::User { content },
             _ => Message::Assistant {
                 content,

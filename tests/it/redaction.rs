@@ -84,18 +84,29 @@ fn echo(conn: std::net::TcpStream, base: &std::sync::Mutex<String>) {
     );
 }
 
-/// Every text of the journal file: its events' bodies and every other column.
+/// Every text of the journal file: every column of every table (the events' rows, the shared
+/// values stored once, the runs).
 fn journal_text(dir: &TempDir) -> String {
     let db = rusqlite::Connection::open(dir.0.join("impresario.db")).unwrap();
-    let mut rows = db.prepare("SELECT * FROM batches").unwrap();
-    let columns = rows.column_count();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(tables.iter().any(|t| t == "batches"), "{tables:?}");
     let mut text = String::new();
-    let mut found = rows.query([]).unwrap();
-    while let Some(row) = found.next().unwrap() {
-        for i in 0..columns {
-            if let Ok(v) = row.get::<_, String>(i) {
-                text.push_str(&v);
-                text.push('\n');
+    for table in tables {
+        let mut rows = db.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = rows.column_count();
+        let mut found = rows.query([]).unwrap();
+        while let Some(row) = found.next().unwrap() {
+            for i in 0..columns {
+                if let Ok(v) = row.get::<_, String>(i) {
+                    text.push_str(&v);
+                    text.push('\n');
+                }
             }
         }
     }

@@ -393,3 +393,103 @@ async fn a_halted_run_resumes_without_repeating_or_repaying_its_model_calls() {
     assert_eq!(resumed.usage.micro_usd, 2 * 140);
     rt.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A tool whose description holds a bearer token: the planner's prompt, which lists the tools,
+/// holds it too.
+struct Vault;
+impl Tool for Vault {
+    type Args = Query;
+    fn name(&self) -> &str {
+        "vault"
+    }
+    fn description(&self) -> &str {
+        "Opens the vault with Authorization: Bearer vault-token-5b2f8e1d9c"
+    }
+    async fn call(&self, _: Query, _: ToolContext) -> Result<Value, String> {
+        Ok(json!("opened"))
+    }
+}
+
+/// The events' rows and the stored values of the SQLite file at `path`, one per line.
+fn file_text(path: &std::path::Path) -> String {
+    let db = rusqlite::Connection::open(path).unwrap();
+    let sql = "SELECT json FROM blobs UNION ALL SELECT bodies FROM batches";
+    let texts: Vec<String> = db
+        .prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    texts.join("\n")
+}
+
+/// The SQLite journal stores the planner's prompt of a set of tools once per file, however
+/// many runs and requests carry it, redacted as the events are; a run reads back from the file
+/// (another journal opened on it) as it was journaled: its replay sends nothing and finds no
+/// divergence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_prompt_is_stored_once_per_file_redacted_and_runs_replay_from_it() {
+    let dir = std::env::temp_dir().join(format!("impresario-blobs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("journal.db");
+    let mut answers = search_then_answer().to_vec();
+    answers.extend(answers.clone());
+    answers.extend(answers[..2].to_vec());
+    let (url, requests) = fake_openai(answers).await;
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let tools = || {
+        let mut tools = search_tools();
+        tools.register(Vault).unwrap();
+        tools
+    };
+    let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(&path).unwrap());
+    let team = orchestrator(&rt, http_client(&url), tools(), journal).await;
+    let mut runs = Vec::new();
+    for allowed in [&["search"][..], &["search"], &["search", "vault"]] {
+        let request = RunRequest::new("When was Rust released?", ModelMap::all("local"));
+        let run = team
+            .submit(request.tools(allowed.iter().copied()))
+            .await
+            .unwrap();
+        let ended = run.wait().await;
+        assert!(
+            matches!(ended.state, RunState::Succeeded { .. }),
+            "{:?}",
+            ended.state
+        );
+        runs.push(ended.run.clone());
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 6);
+    drop(team);
+
+    // Six requests, two sets of tools: two prompts and the plan's schema, once each.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let blobs: i64 = db
+        .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(blobs, 3);
+    let text = file_text(&path);
+    assert!(!text.contains("vault-token-5b2f8e1d9c"), "{text}");
+    let vault = text.find("Opens the vault").map(|at| &text[at..at + 60]);
+    assert!(vault.is_some_and(|v| v.contains("<redacted>")), "{vault:?}");
+    assert_eq!(
+        text.matches("Searches the notes.").count(),
+        2,
+        "once per prompt"
+    );
+
+    let reopened: Arc<dyn Journal> = Arc::new(SqliteJournal::open(&path).unwrap());
+    let team = orchestrator(&rt, http_client(&url), tools(), reopened).await;
+    let report = team.replay(&runs[0]).await.unwrap();
+    assert_eq!(report.divergence, None);
+    assert!(report.complete);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        6,
+        "the replay sent nothing"
+    );
+    rt.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{in_batch, JournalEntry, JournalError, RunStatus, RunSummary, Seq};
 use crate::halt::Halt;
 use crate::ledger::{Charge, MicroUsd};
-use crate::llm::{ChatRequest, ChatResponse, Usage};
+use crate::llm::{ChatRequest, ChatResponse, JsonBlob, Usage};
 use crate::outcome::RunOutcome;
 use crate::RunId;
 
@@ -310,6 +310,17 @@ impl RunEvent {
         }
     }
 
+    /// The shared values this event holds (a model request's system prompts and output
+    /// schema), in the order they are serialized: what a stored journal may keep once per file
+    /// and refer to by digest. None for every other event.
+    pub fn shared_values(&self) -> impl Iterator<Item = JsonBlob> + '_ {
+        let request = match self {
+            RunEvent::LlmRequest { request, .. } => Some(request),
+            _ => None,
+        };
+        request.into_iter().flat_map(ChatRequest::shared_values)
+    }
+
     /// The run's status once this event is appended.
     pub fn status_after(&self) -> RunStatus {
         match self {
@@ -460,6 +471,18 @@ pub struct StoredEvent<'a> {
     pub kind: &'a str,
     /// The event as JSON.
     pub body: &'a str,
+}
+
+/// A shared value cut out of the JSON of an event of an append, to be stored once per journal
+/// file (the SQLite journal's, `sqlite/blobs.rs`): `null` stands for it in the event's JSON.
+#[derive(Debug, Clone)]
+pub struct CutValue {
+    /// The event, by its index in the append.
+    pub event: usize,
+    /// The byte offset, in the event's JSON as stored, of the `null` standing for the value.
+    pub offset: usize,
+    /// The value, its JSON and its digest.
+    pub blob: JsonBlob,
 }
 
 /// Validates and decodes one stored event of `run`, expected at `expected` (sequence numbers are

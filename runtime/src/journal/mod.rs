@@ -72,7 +72,7 @@ pub use sqlite::{Durability, SqliteJournal, SCHEMA_VERSION};
 /// that all of them refuse, validate and number events the same way.
 pub mod backend {
     pub use super::event::{
-        check_append, decode, from_ms, now_ms, serialize_batch, to_ms, KeyUse, RunHead,
+        check_append, decode, from_ms, now_ms, serialize_batch, to_ms, CutValue, KeyUse, RunHead,
         StoredEvent, StoredRun,
     };
     pub use super::writer::{gather, Append, Command, Reply};

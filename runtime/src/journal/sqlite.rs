@@ -13,6 +13,9 @@
 //!   futures after its COMMIT: group commit, one fsync for many appends.
 //! - An append is stored as one row (its events one per line, `sqlite/rows.rs`), not a row per event:
 //!   fewer rows and index entries per commit.
+//! - Shared values (a planner's system prompt, a plan's output schema) are cut out of the
+//!   events on the caller's thread and stored once per file, by SHA-256 (`sqlite/blobs.rs`);
+//!   reading splices them back, so events read back as they were appended.
 //! - Reads use read-only connections of their own, kept in a small pool; under WAL they never
 //!   wait for the writer.
 //! - The schema is versioned in `PRAGMA user_version` and migrated on open; a file with a newer
@@ -43,11 +46,13 @@ use super::{
 use crate::ledger::Charge;
 use crate::RunId;
 
+mod blobs;
 mod rows;
 
+use blobs::{KnownValues, ValueCache};
 use rows::{
-    decode_after, decode_all, delete_events, insert_all, raw_batches, raw_batches_after,
-    stored_run, RUNS_COLUMNS, RUNS_JOIN,
+    decode_after, decode_all, delete_events, insert_all, raw_batches_after, read_rows, stored_run,
+    values_of, RUNS_COLUMNS, RUNS_JOIN,
 };
 
 /// Schema migrations: `MIGRATIONS[i]` takes a file from schema version `i` to `i + 1`. Append
@@ -108,7 +113,15 @@ const MIGRATIONS: &[&str] = &[
         SELECT run_id, idem_key, max(CASE WHEN kind = 'tool_result' THEN seq END)
         FROM events WHERE idem_key IS NOT NULL GROUP BY run_id, idem_key;
     DROP TABLE events;",
-    // 4: a run's row is written when the run starts and when its status changes, not at every
+    // 4: shared values (a planner's prompt, a plan's schema) stored once per file, by the
+    // SHA-256 of their JSON, and where a row's events hold them (`sqlite/blobs.rs`). Rows
+    // written before have no `refs` and read as they are.
+    "CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY NOT NULL,
+        json   TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE batches ADD COLUMN refs TEXT;",
+    // 5: a run's row is written when the run starts and when its status changes, not at every
     // append: its last event (number, kind, time) is read from its last row of `batches`, so
     // the columns that held it go, and `updated_ms` says when the status was set.
     "ALTER TABLE runs DROP COLUMN last_seq;
@@ -174,6 +187,8 @@ struct Shared {
     commands: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
+    /// Shared values the readers have read, by digest.
+    values: ValueCache,
     /// Durable commits that wrote events ([`Journal::commits`]), counted by the writer.
     commits: Arc<AtomicU64>,
 }
@@ -226,6 +241,7 @@ impl SqliteJournal {
             conn,
             path: path.clone(),
             commits: commits.clone(),
+            known: KnownValues::default(),
         };
         let writer = std::thread::Builder::new()
             .name("impresario-journal".into())
@@ -240,6 +256,7 @@ impl SqliteJournal {
                 commands: Some(commands),
                 writer: Some(writer),
                 readers: Mutex::new(Vec::new()),
+                values: ValueCache::default(),
                 commits,
             }),
         })
@@ -389,6 +406,8 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     commits: Arc<AtomicU64>,
+    /// The shared values the file holds, as far as this writer knows.
+    known: KnownValues,
 }
 
 impl Writer {
@@ -447,11 +466,18 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(io("starting a write transaction"))?;
-        let results = group
+        let written = group
             .iter()
-            .map(|append| insert_all(&tx, append, at_ms).map_err(io("appending events")))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().map_err(io("committing appended events"))?;
+            .map(|append| {
+                insert_all(&tx, append, &mut self.known, at_ms).map_err(io("appending events"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|results| {
+                tx.commit().map_err(io("committing appended events"))?;
+                Ok(results)
+            });
+        // Nothing was written: neither the values this transaction stored.
+        let results = written.inspect_err(|_| self.known.forget())?;
         if results.iter().any(Result::is_ok) {
             self.commits.fetch_add(1, Ordering::Relaxed);
         }
@@ -502,6 +528,10 @@ impl Writer {
             report.runs_deleted += tx
                 .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
                 .map_err(&err)? as u64;
+        }
+        if !doomed.is_empty() {
+            self.known.forget();
+            blobs::delete_unreferenced(&tx).map_err(&err)?;
         }
         tx.commit().map_err(&err)?;
         self.compact().map_err(io("compacting the journal"))?;
@@ -574,8 +604,8 @@ fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<u64, JournalError> {
             |r| r.get(0),
         )
         .map_err(&err)?;
-    let rows = raw_batches(tx, run).map_err(&err)?;
-    let events = decode_all(run, &rows)?;
+    let (rows, values) = read_rows(tx, run, &ValueCache::default()).map_err(&err)?;
+    let events = decode_all(run, &rows, &values)?;
     let spent = events
         .iter()
         .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
@@ -621,15 +651,17 @@ impl Journal for SqliteJournal {
 
     fn append_batch(&self, run: &RunId, events: Vec<RunEvent>) -> JournalFuture<Seq> {
         // Serialize here, on the caller's thread, so the writer only writes.
-        let bodies = match serialize_batch(run, events) {
+        let mut bodies = match serialize_batch(run, events) {
             Ok(bodies) => bodies,
             Err(refused) => return JournalFuture::ready(Err(refused)),
         };
+        let blobs = blobs::cut(&mut bodies);
         let run = run.clone();
         self.send(|reply| {
             Command::Append(Box::new(Append {
                 run,
                 events: bodies,
+                blobs,
                 reply,
             }))
         })
@@ -640,17 +672,21 @@ impl Journal for SqliteJournal {
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
-        let rows = self.with_reader("reading a run", |conn| raw_batches(conn, run))?;
-        decode_all(run, &rows)
+        let (rows, values) = self.with_reader("reading a run", |conn| {
+            read_rows(conn, run, &self.shared.values)
+        })?;
+        decode_all(run, &rows, &values)
     }
 
     /// Reads only the rows from the one holding event `after + 1` (one lookup in the batches'
     /// key), and decodes only the events after `after`.
     fn read_after(&self, run: &RunId, after: Seq) -> Result<Vec<JournalEntry>, JournalError> {
-        let rows = self.with_reader("reading a run's latest events", |conn| {
-            raw_batches_after(conn, run, after)
+        let (rows, values) = self.with_reader("reading a run's latest events", |conn| {
+            let rows = raw_batches_after(conn, run, after)?;
+            let values = values_of(conn, &rows, &self.shared.values)?;
+            Ok((rows, values))
         })?;
-        decode_after(run, after, &rows)
+        decode_after(run, after, &rows, &values)
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, JournalError> {

@@ -4,6 +4,7 @@
 
 use crate::RunId;
 
+use super::event::CutValue;
 use super::{JournalError, RetentionPolicy, RetentionReport, RunEvent, Seq};
 
 /// Where the writer sends a command's result.
@@ -33,6 +34,9 @@ pub struct Append {
     pub run: RunId,
     /// The events and their JSON.
     pub events: Vec<(RunEvent, String)>,
+    /// The shared values cut out of that JSON, to be stored once (the SQLite journal's; empty
+    /// for a journal that stores events whole).
+    pub blobs: Vec<CutValue>,
     /// The last event's sequence number once durable, or why not.
     pub reply: Reply<Seq>,
 }

@@ -68,7 +68,7 @@ pub use price::{ModelPrice, PriceError, PriceTable, Rates};
 pub use retry::RetryPolicy;
 pub use router::Tier;
 pub use scripted::{Scripted, ScriptedCall, ScriptedReply};
-pub use shared_json::SharedJson;
+pub use shared_json::{JsonBlob, JsonDigest, JsonType, SharedJson, SharedText};
 pub use stream::{DeltaSink, Interrupted, Interruption, Received};
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, Message, OutputSchema, RateLimitInfo, ToolCall,

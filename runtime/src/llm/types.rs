@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::LlmError;
-use super::shared_json::SharedJson;
+use super::shared_json::{JsonBlob, SharedJson, SharedText};
 use crate::ledger::MicroUsd;
 
 /// `max_tokens` of a request built with [`ChatRequest::new`] until changed.
@@ -19,8 +19,9 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 pub enum Message {
     /// Instructions. Anthropic receives all system messages joined as its top-level `system`.
     System {
-        /// The text.
-        content: String,
+        /// The text, shared: a prompt that goes into many requests (a planner's) is one
+        /// allocation, serialized once ([`SharedText`]).
+        content: SharedText,
     },
     /// What the user says.
     User {
@@ -46,8 +47,9 @@ pub enum Message {
 }
 
 impl Message {
-    /// A system message.
-    pub fn system(content: impl Into<String>) -> Self {
+    /// A system message (pass a [`SharedText`] to share the text and its serialization
+    /// between requests).
+    pub fn system(content: impl Into<SharedText>) -> Self {
         Message::System {
             content: content.into(),
         }
@@ -79,8 +81,8 @@ impl Message {
     /// The message's text.
     pub fn content(&self) -> &str {
         match self {
-            Message::System { content }
-            | Message::User { content }
+            Message::System { content } => content,
+            Message::User { content }
             | Message::Assistant { content, .. }
             | Message::Tool { content, .. } => content,
         }
@@ -168,8 +170,8 @@ impl ChatRequest {
         }
     }
 
-    /// Appends a system message.
-    pub fn system(self, content: impl Into<String>) -> Self {
+    /// Appends a system message (a [`SharedText`] is shared, not copied).
+    pub fn system(self, content: impl Into<SharedText>) -> Self {
         self.message(Message::system(content))
     }
 
@@ -222,6 +224,16 @@ impl ChatRequest {
     pub fn stop(mut self, stop: impl Into<String>) -> Self {
         self.stop.push(stop.into());
         self
+    }
+
+    /// The shared values this request holds, in the order it serializes them: its system
+    /// messages' texts, then its output schema. What a stored journal may keep once per file.
+    pub fn shared_values(&self) -> impl Iterator<Item = JsonBlob> + '_ {
+        let system = self.messages.iter().filter_map(|m| match m {
+            Message::System { content } => Some(content.blob()),
+            _ => None,
+        });
+        system.chain(self.output_schema.iter().map(|s| s.schema.blob()))
     }
 
     /// Checks what a provider would reject anyway, naming the field.

@@ -20,10 +20,10 @@ use serde_json::json;
 use crate::journal_suite::{finished, halted, intent, result, step, submitted};
 
 /// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "impresario-journal-test-{}-{}",
@@ -35,7 +35,7 @@ impl TempDir {
         TempDir(dir)
     }
 
-    fn file(&self, name: &str) -> PathBuf {
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }

@@ -11,6 +11,7 @@
 mod budget_contract;
 mod halt_http;
 mod journal;
+mod journal_blobs;
 mod journal_suite;
 mod ledger_model;
 mod ledger_race;

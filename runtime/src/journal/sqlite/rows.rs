@@ -1,6 +1,7 @@
-//! How the SQLite journal stores a run's events (schema version 4): one row of `batches` per
+//! How the SQLite journal stores a run's events (schema version 5): one row of `batches` per
 //! append (a commit point's events: their kinds and their JSON, one per line, numbered from
-//! the row's `first_seq`), the run's row in `runs`, and its tool calls' idempotency keys in
+//! the row's `first_seq`; shared values cut out of them are in `blobs`, where `refs` says:
+//! `sqlite/blobs.rs`), the run's row in `runs`, and its tool calls' idempotency keys in
 //! `tool_keys`. One row per append instead of one per event is what keeps a commit cheap: a
 //! run of 2 model calls and a tool call writes 4 rows and 4 index entries, not 13 of each.
 //! The run's row holds what changes only with its status (tenant, status, start, when the
@@ -14,18 +15,24 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use super::super::event::{check_append, decode, KeyUse, RunHead, StoredEvent, StoredRun};
 use super::super::writer::Append;
 use super::super::{
     empty_batch, in_batch, JournalEntry, JournalError, RunEvent, Seq, EVENT_VERSION,
 };
+use super::blobs::{parse_refs, splice, KnownValues, Ref, ValueCache};
+use crate::llm::JsonDigest;
 use crate::RunId;
 
 /// What separates the events of a row. Compact JSON (`serde_json::to_string`, what every
 /// journal stores) never holds a raw line break: one inside a string is written `\n`.
 const SEPARATOR: char = '\n';
 
-/// Checks the events of one append, then writes them as one row, all or none: every event is
+/// Checks the events of one append, then writes them as one row (and the values cut out of
+/// them the file does not hold, `known` says), all or none: every event is
 /// checked before anything is written, so a refusal writes nothing (no savepoint to roll back).
 /// The run's head is read once and its row written once, whatever the number of events. Outer
 /// error: storage failed (the caller's transaction is then dropped, nothing of it written);
@@ -33,9 +40,12 @@ const SEPARATOR: char = '\n';
 pub(super) fn insert_all(
     tx: &Connection,
     append: &Append,
+    known: &mut KnownValues,
     at_ms: i64,
 ) -> rusqlite::Result<Result<Seq, JournalError>> {
-    let Append { run, events, .. } = append;
+    let Append {
+        run, events, blobs, ..
+    } = append;
     let Some((last, _)) = events.last() else {
         return Ok(Err(empty_batch(run)));
     };
@@ -55,7 +65,8 @@ pub(super) fn insert_all(
         });
     }
     let first_seq = first.map_or(1, |h| h.last_seq + 1);
-    insert_batch(tx, run, events, first_seq, at_ms)?;
+    let refs = known.store(tx, blobs)?;
+    insert_batch(tx, run, events, refs, first_seq, at_ms)?;
     let tenant = match events.first() {
         Some((RunEvent::RunSubmitted { tenant, .. }, _)) => tenant.as_str(),
         _ => "",
@@ -165,11 +176,13 @@ fn key_use(
     Ok(key_use)
 }
 
-/// Writes accepted `events` as one row, numbered from `first_seq`, and their idempotency keys.
+/// Writes accepted `events` as one row, numbered from `first_seq`, with `refs` (the values
+/// cut out of them, already stored), and their idempotency keys.
 fn insert_batch(
     tx: &Connection,
     run: &RunId,
     events: &[(RunEvent, String)],
+    refs: Option<String>,
     first_seq: Seq,
     at_ms: i64,
 ) -> rusqlite::Result<()> {
@@ -186,8 +199,8 @@ fn insert_batch(
         bodies.push_str(body);
     }
     tx.prepare_cached(
-        "INSERT INTO batches (run_id, first_seq, at_ms, version, kinds, bodies)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO batches (run_id, first_seq, at_ms, version, kinds, bodies, refs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         run.as_str(),
@@ -195,7 +208,8 @@ fn insert_batch(
         at_ms,
         EVENT_VERSION,
         kinds,
-        bodies
+        bodies,
+        refs
     ])?;
     for (seq, (event, _)) in (first_seq..).zip(events) {
         record_key(tx, run, event, seq)?;
@@ -250,7 +264,7 @@ pub(super) fn delete_events(tx: &Connection, run: &RunId) -> rusqlite::Result<()
 }
 
 /// The stored rows of `run`, in order, not decoded yet.
-pub(super) fn raw_batches(conn: &Connection, run: &RunId) -> rusqlite::Result<Vec<RawBatch>> {
+fn raw_batches(conn: &Connection, run: &RunId) -> rusqlite::Result<Vec<RawBatch>> {
     conn.prepare_cached(&format!(
         "SELECT {BATCH_COLUMNS} FROM batches WHERE run_id = ?1 ORDER BY first_seq"
     ))?
@@ -258,15 +272,47 @@ pub(super) fn raw_batches(conn: &Connection, run: &RunId) -> rusqlite::Result<Ve
     .collect()
 }
 
-/// `rows`, the stored rows of `run`, validated and decoded (events numbered from 1, no gap).
+/// The stored rows of `run`, in order, and the stored values they refer to (through `cache`):
+/// what [`decode_all`] decodes.
+pub(super) fn read_rows(
+    conn: &Connection,
+    run: &RunId,
+    cache: &ValueCache,
+) -> rusqlite::Result<(Vec<RawBatch>, StoredValues)> {
+    let rows = raw_batches(conn, run)?;
+    let values = values_of(conn, &rows, cache)?;
+    Ok((rows, values))
+}
+
+/// The stored values `rows` refer to, read through `conn` unless `cache` has them.
+pub(super) fn values_of(
+    conn: &Connection,
+    rows: &[RawBatch],
+    cache: &ValueCache,
+) -> rusqlite::Result<StoredValues> {
+    // A row whose `refs` does not parse is reported when it is decoded, naming its events.
+    let refs: Vec<Ref> = rows
+        .iter()
+        .filter_map(|row| parse_refs(row.refs()?).ok())
+        .flatten()
+        .collect();
+    cache.values(conn, refs.iter())
+}
+
+/// The stored values some rows refer to, by digest.
+pub(super) type StoredValues = HashMap<JsonDigest, Arc<str>>;
+
+/// `rows`, the stored rows of `run`, validated and decoded (events numbered from 1, no gap),
+/// the values they refer to taken from `values`.
 pub(super) fn decode_all(
     run: &RunId,
     rows: &[RawBatch],
+    values: &StoredValues,
 ) -> Result<Vec<JournalEntry>, JournalError> {
     let mut entries = Vec::with_capacity(rows.len());
     let mut expected = 1;
     for row in rows {
-        expected = row.decode(run, expected, 1, &mut entries)?;
+        expected = row.decode(run, (expected, 1), values, &mut entries)?;
     }
     Ok(entries)
 }
@@ -291,11 +337,13 @@ pub(super) fn raw_batches_after(
 }
 
 /// `rows`, from [`raw_batches_after`], validated and decoded from event `after + 1` on (no
-/// gap): the events of the first row up to `after` are cut, not decoded.
+/// gap): the events of the first row up to `after` are cut, not decoded. The values they refer
+/// to are taken from `values`.
 pub(super) fn decode_after(
     run: &RunId,
     after: Seq,
     rows: &[RawBatch],
+    values: &StoredValues,
 ) -> Result<Vec<JournalEntry>, JournalError> {
     let from = after.saturating_add(1);
     let mut entries = Vec::new();
@@ -307,15 +355,15 @@ pub(super) fn decode_after(
         .filter(|first| *first < from)
         .unwrap_or(from);
     for row in rows {
-        expected = row.decode(run, expected, from, &mut entries)?;
+        expected = row.decode(run, (expected, from), values, &mut entries)?;
     }
     Ok(entries)
 }
 
 /// A row of `batches` as stored, before validation (any column may hold anything).
-pub(super) struct RawBatch([SqlValue; 5]);
+pub(super) struct RawBatch([SqlValue; 6]);
 
-const BATCH_COLUMNS: &str = "first_seq, at_ms, version, kinds, bodies";
+const BATCH_COLUMNS: &str = "first_seq, at_ms, version, kinds, bodies, refs";
 
 impl RawBatch {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
@@ -325,6 +373,7 @@ impl RawBatch {
             row.get(2)?,
             row.get(3)?,
             row.get(4)?,
+            row.get(5)?,
         ]))
     }
 
@@ -336,17 +385,57 @@ impl RawBatch {
         }
     }
 
+    /// The row's `refs`, if it has any (a row of an older file has none).
+    fn refs(&self) -> Option<&str> {
+        match &self.0[5] {
+            SqlValue::Text(refs) => Some(refs),
+            _ => None,
+        }
+    }
+
     /// Validates the row, whose first event is expected to be number `expected` of `run`, and
-    /// pushes its events numbered `from` or more, decoded, onto `out` (the ones before are
-    /// counted, not decoded). Returns the number the next row's first event is expected to have.
+    /// pushes its events numbered `from` or more, decoded (the values they refer to spliced
+    /// back in from `values`), onto `out` (the ones before are counted, not decoded). Returns
+    /// the number the next row's first event is expected to have.
     fn decode(
         &self,
         run: &RunId,
-        expected: Seq,
-        from: Seq,
+        (expected, from): (Seq, Seq),
+        values: &StoredValues,
         out: &mut Vec<JournalEntry>,
     ) -> Result<Seq, JournalError> {
-        let [first_seq, at_ms, version, kinds, bodies] = &self.0;
+        let row = self.columns(run, expected)?;
+        let lines = row.kinds.split(SEPARATOR).zip(row.bodies.split(SEPARATOR));
+        let cut = usize::try_from(from.saturating_sub(expected)).unwrap_or(usize::MAX);
+        for (i, (kind, body)) in lines.enumerate().skip(cut) {
+            let seq = expected + i as Seq;
+            let own: Vec<Ref> = row.refs.iter().filter(|r| r.event == i).copied().collect();
+            let whole;
+            let body = if own.is_empty() {
+                body
+            } else {
+                whole = splice(body, &own, values).map_err(|reason| JournalError::Corrupt {
+                    run: run.clone(),
+                    seq,
+                    reason,
+                })?;
+                &whole
+            };
+            let stored = StoredEvent {
+                seq: row.first_seq.saturating_add(i as i64),
+                at_ms: row.at_ms,
+                version: row.version,
+                kind,
+                body,
+            };
+            out.push(decode(run, seq, stored)?);
+        }
+        Ok(expected + row.count as Seq)
+    }
+    /// The row's columns, checked: numbers and texts where they belong, as many kinds as
+    /// bodies, and `refs` that read and name events of the row.
+    fn columns(&self, run: &RunId, expected: Seq) -> Result<Columns<'_>, JournalError> {
+        let [first_seq, at_ms, version, kinds, bodies, _] = &self.0;
         let corrupt = |reason: String| JournalError::Corrupt {
             run: run.clone(),
             seq: expected,
@@ -380,18 +469,32 @@ impl RawBatch {
                 "the row of events {first_seq}.. holds {count} kinds but {n_bodies} bodies"
             )));
         }
-        let lines = kinds.split(SEPARATOR).zip(bodies.split(SEPARATOR));
-        let cut = usize::try_from(from.saturating_sub(expected)).unwrap_or(usize::MAX);
-        for (i, (kind, body)) in (0..).zip(lines).skip(cut) {
-            let stored = StoredEvent {
-                seq: first_seq.saturating_add(i),
-                at_ms,
-                version,
-                kind,
-                body,
-            };
-            out.push(decode(run, expected + i as Seq, stored)?);
+        let refs = self.refs().map_or(Ok(Vec::new()), parse_refs);
+        let refs = refs.map_err(&corrupt)?;
+        if let Some(r) = refs.iter().find(|r| r.event >= count) {
+            let reason = format!("column `refs` names event {} of a row of {count}", r.event);
+            return Err(corrupt(reason));
         }
-        Ok(expected + count as Seq)
+        Ok(Columns {
+            count,
+            first_seq,
+            at_ms,
+            version,
+            kinds,
+            bodies,
+            refs,
+        })
     }
+}
+
+/// A row's columns, checked ([`RawBatch::columns`]).
+struct Columns<'a> {
+    /// How many events the row holds.
+    count: usize,
+    first_seq: i64,
+    at_ms: i64,
+    version: i64,
+    kinds: &'a str,
+    bodies: &'a str,
+    refs: Vec<Ref>,
 }
