@@ -16,7 +16,7 @@ use impresario::agents::memory::Retention;
 use impresario::agents::ModelChoice;
 use impresario::mcp::{ServerConfig, ServerEntry};
 use impresario::runtime::journal::{Durability, RetentionPolicy};
-use impresario::runtime::ledger::Ceilings;
+use impresario::runtime::ledger::{BudgetPeriod, Ceilings};
 use impresario_pg::queue::{QueueConfig, QueueError};
 use serde::Deserialize;
 use toml::{Table, Value};
@@ -141,7 +141,8 @@ pub struct Tools {
 }
 
 /// `[budget]`, in US dollars: the global ceiling, the default tenant ceiling, per-tenant
-/// overrides (`[budget.tenants]`, `name = usd`) and the largest budget one run may ask for.
+/// overrides (`[budget.tenants]`, `name = usd`) and the largest budget one run may ask for;
+/// and the period the tenant and global ceilings apply to (`period`).
 /// Spend counted against them is rebuilt from the journal at start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +155,9 @@ pub struct BudgetCeilings {
     pub max_run_usd: f64,
     /// Per-tenant ceilings (`acme = 25.0`), overriding `tenant_default_usd`.
     pub tenants: BTreeMap<String, f64>,
+    /// `none` (the default: spend counts from the journal's first run), `day` or `month`:
+    /// the tenant and global ceilings apply to the spend of the current calendar period (UTC).
+    pub period: String,
 }
 
 impl Default for BudgetCeilings {
@@ -163,6 +167,7 @@ impl Default for BudgetCeilings {
             tenant_default_usd: None,
             max_run_usd: 10.0,
             tenants: BTreeMap::new(),
+            period: BudgetPeriod::None.name().into(),
         }
     }
 }
@@ -183,6 +188,45 @@ impl BudgetCeilings {
                 .collect(),
             max_run: Some(micro_usd(self.max_run_usd)),
         }
+    }
+
+    /// `period`, as the ledger takes it.
+    pub fn period(&self) -> Result<BudgetPeriod, ConfigError> {
+        self.period
+            .trim()
+            .parse()
+            .map_err(|problem: String| invalid("budget.period", problem))
+    }
+
+    /// A period needs spend the journal can date: the ledger in this process (the one on
+    /// PostgreSQL has no period yet), and a retention that deletes no run of the current
+    /// period (what retention carries over of a deleted run's spend has no date).
+    fn check_period(&self, journal: &Journal) -> Result<(), ConfigError> {
+        let period = self.period()?;
+        let Some(days) = period.longest_days() else {
+            return Ok(());
+        };
+        let problem = if journal.postgres_url().is_some() {
+            "a budget period is not built yet for the ledger on PostgreSQL (journal.url)".to_owned()
+        } else if journal.retain_finished_runs > 0 {
+            format!(
+                "it needs journal.retain_finished_runs = 0 (it is {}): retention by count could \
+                 delete runs of the current period, and their spend would stop counting",
+                journal.retain_finished_runs
+            )
+        } else if journal.retain_days > 0 && journal.retain_days < days {
+            format!(
+                "it needs journal.retain_days = 0 or at least {days} (it is {}): retention must \
+                 delete only runs of past periods, or their spend would stop counting",
+                journal.retain_days
+            )
+        } else {
+            return Ok(());
+        };
+        Err(invalid(
+            "budget.period",
+            format!("is \"{period}\": {problem}; or set it to \"none\""),
+        ))
     }
 
     /// Every amount is finite, at least 0 and at most `MAX_USD`.
@@ -777,6 +821,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("budget", "tenant_default_usd", Kind::Number),
     ("budget", "max_run_usd", Kind::Number),
     ("budget", "tenants", Kind::Amounts),
+    ("budget", "period", Kind::Choice(&["none", "day", "month"])),
     ("cluster", "replica", Kind::Text),
     ("cluster", "max_runs_per_replica", Kind::Integer),
     ("cluster", "lease_secs", Kind::Number),
@@ -981,6 +1026,7 @@ impl Config {
         }
         let servers = self.mcp_servers()?;
         self.budget.validate(budget)?;
+        self.budget.check_period(&self.journal)?;
         for tool in &self.runs.tools {
             let from_mcp = tool
                 .split_once('.')
@@ -1635,6 +1681,55 @@ retain_days = -1
         assert_eq!(
             Config::default().budget.ceilings().max_run,
             Some(10_000_000)
+        );
+    }
+
+    #[test]
+    fn budget_period_is_read_and_needs_a_journal_that_dates_every_charge() {
+        assert_eq!(
+            Config::default().budget.period().unwrap(),
+            BudgetPeriod::None
+        );
+        let monthly = [
+            ("IMPRESARIO_BUDGET__PERIOD", "month"),
+            ("IMPRESARIO_JOURNAL__RETAIN_FINISHED_RUNS", "0"),
+            ("IMPRESARIO_JOURNAL__RETAIN_DAYS", "31"),
+        ];
+        let config = Config::load(None, env(&monthly)).unwrap();
+        assert_eq!(config.budget.period().unwrap(), BudgetPeriod::Month);
+        let f = file("[budget]\nperiod = \"day\"\n[journal]\nretain_finished_runs = 0\n");
+        let config = Config::load(Some(&f.0), Vec::new()).unwrap();
+        assert_eq!(config.budget.period().unwrap(), BudgetPeriod::Day);
+
+        let refused = |vars: &[(&str, &str)], expected: &str| {
+            let e = Config::load(None, env(vars)).unwrap_err().to_string();
+            assert!(
+                e.contains("`budget.period`") && e.contains(expected),
+                "{vars:?}: {e}"
+            );
+        };
+        refused(&[("IMPRESARIO_BUDGET__PERIOD", "monthly")], "\"monthly\"");
+        refused(
+            &monthly[..2],
+            "journal.retain_days = 0 or at least 31 (it is 30)",
+        );
+        refused(
+            &[monthly[0], monthly[2]],
+            "journal.retain_finished_runs = 0 (it is 10000)",
+        );
+        let on_postgres = [
+            monthly[0],
+            monthly[1],
+            ("IMPRESARIO_JOURNAL__URL", "postgres://h/db"),
+        ];
+        refused(&on_postgres, "not built yet for the ledger on PostgreSQL");
+        let f = file("[budget]\nperiod = \"weekly\"\n");
+        let e = Config::load(Some(&f.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`budget.period`") && e.contains("\"weekly\""),
+            "{e}"
         );
     }
 

@@ -212,6 +212,8 @@ async fn start_orchestrator(
         };
     }
     ledger.set_ceilings(ceilings);
+    // Before the orchestrator rebuilds the spend from the journal: only the period's counts.
+    ledger.set_period(config.budget.period()?);
     let orchestrator = Orchestrator::with(
         runtime,
         client.clone(),

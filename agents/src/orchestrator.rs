@@ -6,14 +6,16 @@
 //! resume and replay start the same subtree with a journal to walk first.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use dashmap::DashMap;
 use impresario_runtime::halt::{HaltMode, HaltReason, HaltScope, HaltToken, Halts};
 use impresario_runtime::journal::{
     Journal, JournalError, RunEvent as JournalEvent, RunFilter, RunStatus, RunSummary,
 };
-use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, LedgerError, Limits};
+use impresario_runtime::ledger::{
+    AccountId, AccountPath, BudgetPeriod, Charge, Ledger, LedgerError, Limits,
+};
 use impresario_runtime::llm::Client;
 use impresario_runtime::redact::redact_serialized;
 use impresario_runtime::telemetry;
@@ -204,36 +206,54 @@ impl Orchestrator {
     /// Charges what the journal says was spent, so that tenant and global ceilings hold across
     /// restarts: a finished run's spend on its tenant's account; an unfinished run's on its own
     /// account (opened here, so resuming it does not charge its journaled answers twice).
+    /// Each event's charge is recorded at its journaled time, so with a budget period a charge
+    /// of an earlier period counts on its run only ([`AccountPath::record_made_at`]).
     /// What runs deleted by retention had spent is kept by the journal per tenant
-    /// ([`Journal::carried_spend`]) and charged on the tenant too.
+    /// ([`Journal::carried_spend`]) and charged on the tenant too, without a period only: it
+    /// has no time (the configuration allows a period only with a retention that deletes no
+    /// run of the current period).
     fn rebuild_spend(&self) -> Result<(), SubmitError> {
         let (ledger, journal) = (&self.inner.ledger, &self.inner.journal);
-        for (tenant, spent) in journal.carried_spend()? {
-            let tenant = ledger.tenant(&TenantId::new(tenant.as_str()));
-            ledger.path(tenant.id())?.record(spent);
+        if ledger.period() == BudgetPeriod::None {
+            for (tenant, spent) in journal.carried_spend()? {
+                let tenant = ledger.tenant(&TenantId::new(tenant.as_str()));
+                ledger.path(tenant.id())?.record(spent);
+            }
         }
         for summary in journal.runs(&RunFilter::all())? {
-            let spent = journal
+            let charges: Vec<(SystemTime, Charge)> = journal
                 .read(&summary.run)?
-                .iter()
-                .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
-            if spent.is_zero() {
+                .into_iter()
+                .map(|entry| (entry.at, entry.event.charge()))
+                .filter(|(_, charge)| !charge.is_zero())
+                .collect();
+            if charges.is_empty() {
                 continue;
             }
-            let tenant = ledger.tenant(&TenantId::new(summary.tenant.as_str()));
-            let leaf = if summary.status == RunStatus::Finished {
-                tenant.id().clone()
-            } else {
-                let run = AccountId::Run(summary.run.clone());
-                match ledger.open(run.clone(), Some(tenant.id()), Limits::default()) {
-                    Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                run
-            };
-            ledger.path(&leaf)?.record(spent);
+            let path = self.rebuilt_path(&summary)?;
+            for (at, charge) in charges {
+                path.record_made_at(charge, at);
+            }
         }
         Ok(())
+    }
+
+    /// Where a journaled run's spend is recorded at start: its tenant's account for a finished
+    /// run, else its own account (opened under its tenant's).
+    fn rebuilt_path(&self, summary: &RunSummary) -> Result<AccountPath, SubmitError> {
+        let ledger = &self.inner.ledger;
+        let tenant = ledger.tenant(&TenantId::new(summary.tenant.as_str()));
+        let leaf = if summary.status == RunStatus::Finished {
+            tenant.id().clone()
+        } else {
+            let run = AccountId::Run(summary.run.clone());
+            match ledger.open(run.clone(), Some(tenant.id()), Limits::default()) {
+                Ok(_) | Err(LedgerError::AlreadyOpen(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            run
+        };
+        Ok(ledger.path(&leaf)?)
     }
 
     /// The ledger every run reserves on.

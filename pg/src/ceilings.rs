@@ -20,7 +20,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use deadpool_postgres::Object;
-use impresario_runtime::ledger::{AccountId, Ceilings, Charge, Ledger, MicroUsd, TenantBudget};
+use impresario_runtime::ledger::{
+    AccountId, BudgetPeriod, Ceilings, Charge, Ledger, MicroUsd, TenantBudget,
+};
 use impresario_runtime::ledger_store::{Hold, LedgerStore, ReserveError, StoreError, StoreFuture};
 use impresario_runtime::TenantId;
 
@@ -135,6 +137,10 @@ impl PgCeilings {
             ceiling,
             spent: snapshot.spent.micro_usd,
             reserved: snapshot.reserved.micro_usd,
+            // The ledger on PostgreSQL has no budget period yet (`budget.period` is refused
+            // with `journal.url`).
+            period: BudgetPeriod::None,
+            period_start: None,
         })
     }
 

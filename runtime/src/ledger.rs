@@ -12,6 +12,12 @@
 //!
 //! Money is integer micro-USD ([`MicroUsd`]), never floating point.
 //!
+//! Periods: with a [`BudgetPeriod`] ([`Ledger::set_period`]), the tenant and global accounts
+//! count only the spend of the current calendar period (UTC): the first operation on such an
+//! account in a new period sets its spent back to 0 and re-arms its warnings. Reservations in
+//! flight stay reserved across the boundary and settle into the period they settle in. Run
+//! accounts are never reset (a run budget is per run).
+//!
 //! Concurrency: every account has its own small mutex, held for a few additions; there is no
 //! ledger-wide lock. Reserving walks the path leaf to root and rolls back what it took if an
 //! account refuses, so a concurrent reservation may briefly be refused because of capacity
@@ -22,8 +28,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Add;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -32,6 +39,14 @@ use tokio::sync::broadcast;
 
 use crate::envelope::{RunId, TenantId};
 use crate::telemetry::LabelValue;
+
+mod period;
+
+pub use period::{utc_text, BudgetPeriod};
+
+/// Where the ledger reads the time of day from (periods): [`SystemTime::now`] unless a test
+/// injects another with [`Ledger::with_clock`].
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// An amount of money in millionths of a US dollar.
 pub type MicroUsd = u64;
@@ -383,6 +398,10 @@ pub struct TenantBudget {
     pub spent: MicroUsd,
     /// What its calls in flight hold.
     pub reserved: MicroUsd,
+    /// The period `spent` counts in ([`BudgetPeriod::None`]: since the journal's first run).
+    pub period: BudgetPeriod,
+    /// When that period started (`None` without a period).
+    pub period_start: Option<SystemTime>,
 }
 
 /// Something an operator or a supervisor may want to react to.
@@ -432,6 +451,17 @@ struct State {
     /// Per counted dimension: how many warning fractions have fired. Spending only grows, so
     /// fractions are crossed in ascending order and a count is enough.
     warned: [usize; 3],
+    /// The key of the period `spent` counts in ([`BudgetPeriod::key`]; tenants and `Global`).
+    period: u64,
+}
+
+/// The periods an operation on a path runs in: the current one (a [`BudgetPeriod::key`]), and
+/// the one its charge was made in when that is known to be earlier (spend recorded from the
+/// journal); `None` charges whatever period the account is in.
+#[derive(Clone, Copy)]
+struct Periods {
+    now: u64,
+    charged_in: Option<u64>,
 }
 
 struct Node {
@@ -446,10 +476,28 @@ impl Node {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reserves `amount` here if it fits. `now` is read at most once per path, and only when
-    /// some account on it has a deadline.
-    fn try_reserve(&self, amount: Charge, now: &mut Option<Instant>) -> Result<(), CeilingReached> {
+    /// Locks the state, first moving a tenant's or the global account into the period `now`
+    /// (a key) if it is still in an earlier one: its spent goes back to 0 and its warnings
+    /// re-arm; its reservations stay. Run accounts have no period.
+    fn lock_in(&self, now: u64) -> MutexGuard<'_, State> {
         let mut s = self.lock();
+        if now > s.period && matches!(self.id, AccountId::Global | AccountId::Tenant(_)) {
+            s.period = now;
+            s.spent = Charge::ZERO;
+            s.warned = [0; 3];
+        }
+        s
+    }
+
+    /// Reserves `amount` here if it fits. `now` is read at most once per path, and only when
+    /// some account on it has a deadline; `period` is the current period's key.
+    fn try_reserve(
+        &self,
+        amount: Charge,
+        now: &mut Option<Instant>,
+        period: u64,
+    ) -> Result<(), CeilingReached> {
+        let mut s = self.lock_in(period);
         if let Some(deadline) = s.limits.deadline {
             if *now.get_or_insert_with(Instant::now) >= deadline {
                 return Err(self.refusal(Dimension::Deadline, 0, 0, 0, 0));
@@ -486,11 +534,13 @@ impl Node {
         }
     }
 
-    /// Turns `reserved` into `charge` spent, and fires the warnings that charge crossed.
-    fn settle(&self, reserved: Charge, charge: Charge, shared: &Shared) {
-        let mut s = self.lock();
+    /// Turns `reserved` into `charge` spent, and fires the warnings that charge crossed. A
+    /// charge made in a period before the account's counts on run accounts only.
+    fn settle(&self, reserved: Charge, charge: Charge, shared: &Shared, periods: Periods) {
+        let mut s = self.lock_in(periods.now);
         s.reserved = s.reserved.saturating_sub(reserved);
-        if charge.is_zero() {
+        let past = periods.charged_in.is_some_and(|made| made < s.period);
+        if charge.is_zero() || past {
             return;
         }
         s.spent = s.spent + charge;
@@ -529,12 +579,40 @@ struct Shared {
     warning_percents: Box<[u8]>,
     /// The money ceilings above the run; tenant accounts are opened with them.
     ceilings: Mutex<Ceilings>,
+    /// The [`BudgetPeriod`] of the tenant and global accounts: 0 none, 1 day, 2 month (read
+    /// on every reservation, so not behind a lock).
+    period: AtomicU8,
+    clock: Clock,
 }
 
 impl Shared {
     fn emit(&self, event: LedgerEvent) {
         // No subscriber is not an error: events are for whoever wants them.
         let _ = self.events.send(event);
+    }
+
+    fn period(&self) -> BudgetPeriod {
+        match self.period.load(Ordering::Relaxed) {
+            0 => BudgetPeriod::None,
+            1 => BudgetPeriod::Day,
+            _ => BudgetPeriod::Month,
+        }
+    }
+
+    /// The current period's key; the clock is read only when there is a period.
+    fn period_now(&self) -> u64 {
+        match self.period() {
+            BudgetPeriod::None => 0,
+            period => period.key((self.clock)()),
+        }
+    }
+
+    /// The periods of an operation charging now.
+    fn charging_now(&self) -> Periods {
+        Periods {
+            now: self.period_now(),
+            charged_in: None,
+        }
     }
 }
 
@@ -559,7 +637,17 @@ impl Ledger {
 
     /// Like [`Ledger::new`], warning when spending crosses each of `percents` (of a limit).
     /// Values above 100 are allowed: they report overshoot past the ceiling.
-    pub fn with_warning_fractions(mut percents: Vec<u8>) -> Self {
+    pub fn with_warning_fractions(percents: Vec<u8>) -> Self {
+        Ledger::build(percents, Arc::new(SystemTime::now))
+    }
+
+    /// Like [`Ledger::new`], reading the time of day (for periods) from `clock`: what tests
+    /// use to cross a period's boundary without waiting for it.
+    pub fn with_clock(clock: Clock) -> Self {
+        Ledger::build(DEFAULT_WARNING_PERCENTS.to_vec(), clock)
+    }
+
+    fn build(mut percents: Vec<u8>, clock: Clock) -> Self {
         percents.sort_unstable();
         percents.dedup();
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
@@ -567,6 +655,8 @@ impl Ledger {
             events,
             warning_percents: percents.into(),
             ceilings: Mutex::new(Ceilings::default()),
+            period: AtomicU8::new(0),
+            clock,
         });
         let accounts = DashMap::new();
         let global = Account::new(AccountId::Global, None, Limits::default());
@@ -644,6 +734,22 @@ impl Ledger {
         self.lock_ceilings().clone()
     }
 
+    /// Makes the tenant and global ceilings apply to the spend of each `period` (from the
+    /// next operation on each account). Set it before spend is recorded from the journal.
+    pub fn set_period(&self, period: BudgetPeriod) {
+        let index = match period {
+            BudgetPeriod::None => 0,
+            BudgetPeriod::Day => 1,
+            BudgetPeriod::Month => 2,
+        };
+        self.shared.period.store(index, Ordering::Relaxed);
+    }
+
+    /// The period the tenant and global ceilings apply to.
+    pub fn period(&self) -> BudgetPeriod {
+        self.shared.period()
+    }
+
     /// The account of `tenant`, opened under `Global` with its ceiling on first use. Tenant
     /// accounts are never closed, so what a tenant spent stays counted.
     pub fn tenant(&self, tenant: &TenantId) -> Account {
@@ -692,14 +798,19 @@ impl Ledger {
             .collect()
     }
 
-    /// What `tenant` may spend, has spent and holds (opening its account if need be).
+    /// What `tenant` may spend, has spent in the current period and holds (opening its
+    /// account if need be).
     pub fn tenant_budget(&self, tenant: &TenantId) -> TenantBudget {
-        let snapshot = self.tenant(tenant).snapshot();
+        let account = self.tenant(tenant);
+        let (period, now) = (self.period(), (self.shared.clock)());
+        let s = account.node.lock_in(period.key(now));
         TenantBudget {
             tenant: tenant.clone(),
-            ceiling: snapshot.limits.micro_usd,
-            spent: snapshot.spent.micro_usd,
-            reserved: snapshot.reserved.micro_usd,
+            ceiling: s.limits.micro_usd,
+            spent: s.spent.micro_usd,
+            reserved: s.reserved.micro_usd,
+            period,
+            period_start: period.start(now),
         }
     }
 
@@ -771,7 +882,9 @@ impl Account {
         &self.node.id
     }
 
-    /// A consistent copy of the account's limits and counters.
+    /// A consistent copy of the account's limits and counters (a tenant's or the global
+    /// spent is the period's as of the last operation on it: [`Ledger::tenant_budget`] is
+    /// the period's now).
     pub fn snapshot(&self) -> AccountSnapshot {
         let s = self.node.lock();
         AccountSnapshot {
@@ -825,8 +938,9 @@ impl AccountPath {
     /// anywhere, a [`LedgerEvent::CeilingReached`] is emitted, and the call must not be sent.
     pub fn reserve(&self, worst_case: Charge) -> Result<Reservation, CeilingReached> {
         let mut now = None;
+        let periods = self.shared.charging_now();
         for node in self.leaf.node.ancestry() {
-            if let Err(refusal) = node.try_reserve(worst_case, &mut now) {
+            if let Err(refusal) = node.try_reserve(worst_case, &mut now, periods.now) {
                 // Give back what the accounts below the refusing one already took.
                 for taken in self
                     .leaf
@@ -834,7 +948,7 @@ impl AccountPath {
                     .ancestry()
                     .take_while(|n| !std::ptr::eq(*n, node))
                 {
-                    taken.settle(worst_case, Charge::ZERO, &self.shared);
+                    taken.settle(worst_case, Charge::ZERO, &self.shared, periods);
                 }
                 self.shared
                     .emit(LedgerEvent::CeilingReached(refusal.clone()));
@@ -852,8 +966,23 @@ impl AccountPath {
     /// spent that a new process learns from its journal. No ceiling is checked (the money is
     /// gone); what exceeds a ceiling shows as spending above it.
     pub fn record(&self, spent: Charge) {
+        self.record_periods(spent, self.shared.charging_now());
+    }
+
+    /// Like [`record`](AccountPath::record), for money spent at `at`: with a period, a charge
+    /// made in an earlier period counts on the run account only, not on its tenant nor on
+    /// `Global` (their ceilings apply to the current period).
+    pub fn record_made_at(&self, spent: Charge, at: SystemTime) {
+        let periods = Periods {
+            now: self.shared.period_now(),
+            charged_in: Some(self.shared.period().key(at)),
+        };
+        self.record_periods(spent, periods);
+    }
+
+    fn record_periods(&self, spent: Charge, periods: Periods) {
         for node in self.leaf.node.ancestry() {
-            node.settle(Charge::ZERO, spent, &self.shared);
+            node.settle(Charge::ZERO, spent, &self.shared, periods);
         }
     }
 
@@ -924,8 +1053,9 @@ impl Reservation {
 
     fn finish(&mut self, charge: Charge) -> Settlement {
         self.finished = true;
+        let periods = self.path.shared.charging_now();
         for node in self.path.leaf.node.ancestry() {
-            node.settle(self.amount, charge, &self.path.shared);
+            node.settle(self.amount, charge, &self.path.shared, periods);
         }
         let overshoot = charge.saturating_sub(self.amount);
         if !overshoot.is_zero() {
@@ -1270,7 +1400,9 @@ mod tests {
                 tenant: "small".into(),
                 ceiling: Some(600),
                 spent: 600,
-                reserved: 0
+                reserved: 0,
+                period: BudgetPeriod::None,
+                period_start: None,
             }
         );
     }
@@ -1416,6 +1548,136 @@ mod tests {
             Charge::usd(u64::MAX) + Charge::usd(1),
             Charge::usd(u64::MAX)
         );
+    }
+
+    /// 2026-11-30T23:59:00Z, and the first second of December.
+    const NOV_END: u64 = 1_796_083_140;
+    const DEC_START: u64 = 1_796_083_200;
+
+    /// A ledger with monthly periods, a tenant ceiling of 1 000 and a global one of 5 000, its
+    /// clock at `NOV_END` until the test moves it (seconds since the epoch).
+    fn monthly() -> (Ledger, Arc<std::sync::atomic::AtomicU64>) {
+        let secs = Arc::new(std::sync::atomic::AtomicU64::new(NOV_END));
+        let read = secs.clone();
+        let clock: Clock = Arc::new(move || {
+            std::time::UNIX_EPOCH + Duration::from_secs(read.load(Ordering::Relaxed))
+        });
+        let ledger = Ledger::with_clock(clock);
+        ledger.set_period(BudgetPeriod::Month);
+        ledger.set_ceilings(Ceilings {
+            global: Some(5_000),
+            tenant_default: Some(1_000),
+            ..Ceilings::default()
+        });
+        (ledger, secs)
+    }
+
+    fn warned(rx: &mut broadcast::Receiver<LedgerEvent>, account: &AccountId) -> Vec<u8> {
+        drain(rx)
+            .into_iter()
+            .filter_map(|e| match e {
+                LedgerEvent::Warning {
+                    account: a,
+                    fraction_percent,
+                    ..
+                } if a == *account => Some(fraction_percent),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_period_resets_tenant_and_global_spend_and_rearms_warnings() {
+        let (ledger, clock) = monthly();
+        let tenant = AccountId::Tenant("t".into());
+        let path = run_under(&ledger, "t", "r");
+        let mut rx = ledger.subscribe();
+        let _ = path
+            .reserve(Charge::usd(900))
+            .unwrap()
+            .settle(Charge::usd(900));
+        assert_eq!(warned(&mut rx, &tenant), vec![50, 80]);
+        let err = path.reserve(Charge::usd(101)).unwrap_err();
+        assert_eq!((err.account, err.spent), (tenant.clone(), 900));
+
+        clock.store(DEC_START, Ordering::Relaxed);
+        let budget = ledger.tenant_budget(&"t".into());
+        assert_eq!((budget.spent, budget.period), (0, BudgetPeriod::Month));
+        assert_eq!(
+            budget.period_start.map(utc_text).as_deref(),
+            Some("2026-12-01T00:00:00Z")
+        );
+        let _ = path
+            .reserve(Charge::usd(900))
+            .unwrap()
+            .settle(Charge::usd(900));
+        assert_eq!(
+            warned(&mut rx, &tenant),
+            vec![50, 80],
+            "warnings fire again"
+        );
+        assert_eq!(snap(&ledger, AccountId::Global).spent.micro_usd, 900);
+        assert_eq!(
+            snap(&ledger, AccountId::Run("r".into())).spent.micro_usd,
+            1_800,
+            "a run's budget is per run, not per period"
+        );
+    }
+
+    #[test]
+    fn a_reservation_in_flight_at_the_boundary_settles_into_the_new_period() {
+        let (ledger, clock) = monthly();
+        let path = run_under(&ledger, "t", "r");
+        let _ = path
+            .reserve(Charge::usd(500))
+            .unwrap()
+            .settle(Charge::usd(500));
+        let held = path.reserve(Charge::usd(300)).unwrap();
+
+        clock.store(DEC_START, Ordering::Relaxed);
+        let budget = ledger.tenant_budget(&"t".into());
+        assert_eq!((budget.spent, budget.reserved), (0, 300), "still held");
+        assert!(
+            path.reserve(Charge::usd(701)).is_err(),
+            "what is held counts against the new period's ceiling"
+        );
+        let _ = held.settle(Charge::usd(300));
+        let budget = ledger.tenant_budget(&"t".into());
+        assert_eq!((budget.spent, budget.reserved), (300, 0));
+        assert_eq!(snap(&ledger, AccountId::Global).spent.micro_usd, 300);
+    }
+
+    #[test]
+    fn recorded_spend_of_a_past_period_counts_on_its_run_only() {
+        let (ledger, _clock) = monthly();
+        let path = run_under(&ledger, "t", "r");
+        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        // October's last second, then November's first and the clock's time.
+        path.record_made_at(Charge::usd(4_000), at(1_793_491_199));
+        path.record_made_at(Charge::usd(70), at(1_793_491_200));
+        path.record_made_at(Charge::usd(5), at(NOV_END));
+        assert_eq!(ledger.tenant_budget(&"t".into()).spent, 75);
+        assert_eq!(snap(&ledger, AccountId::Global).spent.micro_usd, 75);
+        assert_eq!(
+            snap(&ledger, AccountId::Run("r".into())).spent.micro_usd,
+            4_075
+        );
+    }
+
+    #[test]
+    fn without_a_period_spend_is_never_reset() {
+        let (ledger, clock) = monthly();
+        ledger.set_period(BudgetPeriod::None);
+        let path = run_under(&ledger, "t", "r");
+        path.record_made_at(Charge::usd(40), std::time::UNIX_EPOCH);
+        let _ = path
+            .reserve(Charge::usd(60))
+            .unwrap()
+            .settle(Charge::usd(60));
+        clock.store(DEC_START, Ordering::Relaxed);
+        let budget = ledger.tenant_budget(&"t".into());
+        assert_eq!((budget.spent, budget.period_start), (100, None));
+        assert!(path.reserve(Charge::usd(901)).is_err());
     }
 
     #[test]

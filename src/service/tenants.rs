@@ -6,6 +6,7 @@
 
 use actix_web::{web, HttpResponse};
 use impresario::runtime::journal::{RunFilter, RunStatus};
+use impresario::runtime::ledger::utc_text;
 use serde_json::{json, Value};
 
 use super::auth;
@@ -26,8 +27,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
 }
 
 /// `GET /v1/tenants/{tenant}` -> `{"tenant", "ceiling_micro_usd", "spent_micro_usd",
-/// "reserved_micro_usd", "runs": {"active", "halted", "finished"}}`; 404 for another tenant's
-/// token.
+/// "reserved_micro_usd", "period", "period_start", "runs": {"active", "halted", "finished"}}`
+/// (`spent_micro_usd`: in the current `period`, `none`, `day` or `month`, which started at
+/// `period_start`, RFC 3339 in UTC, `null` without a period); 404 for another tenant's token.
 async fn show(
     state: web::Data<State>,
     token: web::ReqData<Identity>,
@@ -116,6 +118,8 @@ async fn describe(state: &State, tenant: &str) -> Result<Value, ApiError> {
         "ceiling_micro_usd": budget.ceiling,
         "spent_micro_usd": budget.spent,
         "reserved_micro_usd": budget.reserved,
+        "period": budget.period.name(),
+        "period_start": budget.period_start.map(utc_text),
         "runs": {
             "active": count(RunStatus::Active),
             "halted": count(RunStatus::Halted),

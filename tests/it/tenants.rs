@@ -7,6 +7,9 @@
 //! process): the crossing test failed, at the first (the prompt carrying A's memory).
 
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use impresario::runtime::ledger::{utc_text, BudgetPeriod};
 
 use crate::binary::{Server, TempDir};
 use crate::provider::{Behaviour, Provider};
@@ -261,5 +264,37 @@ async fn long_term_memory_is_kept_per_tenant_in_a_file_beside_the_journal_across
             .any(|prompt| prompt.contains("LHK-5521")),
         "acme's run recalls acme's run of before the restart: {:?}",
         prompts_since(from)
+    );
+}
+
+/// With `[budget] period = "month"` the tenants API shows the period, its start (the first of
+/// this month at 00:00 UTC) and what was spent in it; without a period, `"none"` and no start.
+#[tokio::test]
+async fn the_tenants_api_shows_the_budget_period_and_the_spend_in_it() {
+    let monthly =
+        "[budget]\nperiod = \"month\"\n[journal]\nretain_finished_runs = 0\nretain_days = 0";
+    let server = serve(monthly, &[]);
+    run_to_the_end(&server, ACME, "What is the default restart intensity?").await;
+    let (status, acme) = server
+        .send_as(ACME, Method::GET, "/v1/tenants/acme", &Value::Null)
+        .await;
+    assert_eq!(status, 200, "{acme}");
+    let start = BudgetPeriod::Month.start(SystemTime::now()).map(utc_text);
+    assert_eq!(acme["period"], "month", "{acme}");
+    assert_eq!(acme["period_start"].as_str(), start.as_deref(), "{acme}");
+    assert!(
+        acme["spent_micro_usd"].as_u64().unwrap() > 0,
+        "this month's run: {acme}"
+    );
+    drop(server);
+
+    let server = serve("", &[]);
+    let (_, acme) = server
+        .send_as(ACME, Method::GET, "/v1/tenants/acme", &Value::Null)
+        .await;
+    assert_eq!(
+        (&acme["period"], &acme["period_start"]),
+        (&json!("none"), &Value::Null),
+        "{acme}"
     );
 }

@@ -2,12 +2,13 @@
 //! provider on loopback and a SQLite journal: an answer that costs more than its reservation
 //! halts the run (reason `overshoot`) and is charged; the cost of an aborted call and a
 //! tenant's spend survive a restart (rebuilt from the journal), and the ceilings still hold;
-//! retention keeps the spend of the runs it deletes, on SQLite and on PostgreSQL.
+//! retention keeps the spend of the runs it deletes, on SQLite and on PostgreSQL; with a
+//! budget period, a restart counts the current period's spend only.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use impresario_agents::{
     Budget, ModelMap, Orchestrator, OrchestratorConfig, RunRequest, RunResult, RunState,
@@ -16,7 +17,9 @@ use impresario_agents::{
 use impresario_pg::PgJournal;
 use impresario_runtime::halt::{HaltMode, HaltReason};
 use impresario_runtime::journal::{Journal, RetentionPolicy, RunEvent, SqliteJournal};
-use impresario_runtime::ledger::{AccountId, Ceilings, Charge, Ledger};
+use impresario_runtime::ledger::{
+    utc_text, AccountId, BudgetPeriod, Ceilings, Charge, Clock, Ledger,
+};
 use impresario_runtime::{RunId, Runtime, RuntimeHandle};
 use serde_json::json;
 
@@ -59,9 +62,19 @@ async fn team(
     journal: Arc<dyn Journal>,
     ceilings: Ceilings,
 ) -> Orchestrator {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let ledger = Ledger::new();
     ledger.set_ceilings(ceilings);
+    team_on(rt, url, journal, ledger).await
+}
+
+/// An orchestrator over `journal` calling the provider at `url`, reserving on `ledger`.
+async fn team_on(
+    rt: &RuntimeHandle,
+    url: &str,
+    journal: Arc<dyn Journal>,
+    ledger: Ledger,
+) -> Orchestrator {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let config = OrchestratorConfig {
         journal,
         name: format!("money-{}", NEXT.fetch_add(1, Ordering::SeqCst)),
@@ -349,5 +362,81 @@ where
     let global = ledger.account(&AccountId::Global).unwrap().snapshot().spent;
     assert_eq!(global.micro_usd, 3 * 140);
     assert_eq!(global.model_calls, 3);
+    rt.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A ledger with monthly periods, acme's ceiling `acme`, reading the time `ahead` of now.
+fn monthly_ledger(acme: u64, ahead: Duration) -> Ledger {
+    let clock: Clock = Arc::new(move || SystemTime::now() + ahead);
+    let ledger = Ledger::with_clock(clock);
+    ledger.set_period(BudgetPeriod::Month);
+    ledger.set_ceilings(Ceilings {
+        tenants: [("acme".into(), acme)].into(),
+        ..Ceilings::default()
+    });
+    ledger
+}
+
+/// With a monthly period, a process restarted in the same month rebuilds the month's spend
+/// from the journal (acme's ceiling then refuses a run), and one whose clock is in a later
+/// month counts none of it: a ceiling of one call's worst case lets acme's run through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_counts_the_spend_of_the_current_period_only() {
+    let answers = vec![answer("1"), answer("2"), answer("3"), answer("4")];
+    let (url, requests) = fake_openai_with(answers).await;
+    let dir = TempDir::new("period");
+    let (now, later) = (Duration::ZERO, Duration::from_secs(40 * 86_400));
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let first = team_on(&rt, &url, dir.journal(), monthly_ledger(u64::MAX, now)).await;
+    for tenant in ["acme", "acme", "beta"] {
+        let done = first.submit(request(tenant)).await.unwrap().wait().await;
+        assert_eq!(done.usage.micro_usd, 140, "{done:?}");
+    }
+    drop(first);
+    rt.shutdown(Duration::from_secs(5)).await;
+
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let same_month = team_on(&rt, &url, dir.journal(), monthly_ledger(281, now)).await;
+    let budget = same_month.ledger().tenant_budget(&"acme".into());
+    assert_eq!((budget.spent, budget.period), (280, BudgetPeriod::Month));
+    let global = same_month.ledger().account(&AccountId::Global).unwrap();
+    assert_eq!(global.snapshot().spent.micro_usd, 420);
+    let refused = same_month
+        .submit(request("acme"))
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    // A call's worst case: a ceiling of exactly that fits one call once nothing is spent.
+    let worst_case = match &refused.state {
+        RunState::CeilingReached { ceiling } => (ceiling.spent, ceiling.requested),
+        other => panic!("expected acme's ceiling, got {other:?}"),
+    };
+    let (spent, worst_case) = worst_case;
+    assert_eq!(spent, 280);
+    drop(same_month);
+    rt.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3,
+        "nothing sent past the ceiling"
+    );
+
+    let rt = Runtime::builder().arbiters(2).start().unwrap();
+    let next_month = team_on(&rt, &url, dir.journal(), monthly_ledger(worst_case, later)).await;
+    let budget = next_month.ledger().tenant_budget(&"acme".into());
+    assert_eq!(budget.spent, 0, "last month's spend does not count");
+    let start = BudgetPeriod::Month
+        .start(SystemTime::now() + later)
+        .map(utc_text);
+    assert_eq!(budget.period_start.map(utc_text), start);
+    let done = next_month
+        .submit(request("acme"))
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(done.usage.micro_usd, 140, "{done:?}");
+    assert_eq!(next_month.ledger().tenant_budget(&"acme".into()).spent, 140);
     rt.shutdown(Duration::from_secs(5)).await;
 }

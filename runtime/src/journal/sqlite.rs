@@ -24,6 +24,7 @@
 //! - Compaction: the file is created with `auto_vacuum = INCREMENTAL`; retention deletes runs,
 //!   then runs `incremental_vacuum` and a truncating WAL checkpoint, so the file shrinks.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,7 @@ use super::{
     RunFilter, RunStatus, RunSummary, Seq,
 };
 use crate::ledger::Charge;
+use crate::llm::JsonDigest;
 use crate::RunId;
 
 mod blobs;
@@ -51,7 +53,8 @@ mod rows;
 
 use blobs::{KnownValues, ValueCache};
 use rows::{
-    decode_after, decode_all, delete_events, insert_all, raw_batches_after, read_rows, values_of,
+    decode_after, decode_all, delete_events, insert_all, raw_batches_after, read_rows, stored_run,
+    values_of, RUNS_COLUMNS, RUNS_JOIN,
 };
 
 /// Schema migrations: `MIGRATIONS[i]` takes a file from schema version `i` to `i + 1`. Append
@@ -120,6 +123,12 @@ const MIGRATIONS: &[&str] = &[
         json   TEXT NOT NULL
     ) WITHOUT ROWID;
     ALTER TABLE batches ADD COLUMN refs TEXT;",
+    // 5: a run's row is written when the run starts and when its status changes, not at every
+    // append: its last event (number, kind, time) is read from its last row of `batches`, so
+    // the columns that held it go, and `updated_ms` says when the status was set.
+    "ALTER TABLE runs DROP COLUMN last_seq;
+    ALTER TABLE runs DROP COLUMN last_kind;
+    ALTER TABLE runs RENAME COLUMN updated_ms TO status_ms;",
 ];
 
 /// The schema version this build writes, and the newest it opens.
@@ -499,7 +508,7 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         let ended = tx
-            .prepare("SELECT run_id, status, updated_ms FROM runs WHERE status != 'active'")
+            .prepare("SELECT run_id, status, status_ms FROM runs WHERE status != 'active'")
             .and_then(|mut st| {
                 st.query_map([], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
@@ -515,16 +524,17 @@ impl Writer {
             }),
         );
         let mut report = RetentionReport::default();
+        let (cache, mut referenced) = (ValueCache::default(), HashSet::new());
         for run in &doomed {
-            report.events_deleted += carry_spend(&tx, run)?;
+            report.events_deleted += carry_spend(&tx, run, &cache, &mut referenced)?;
             delete_events(&tx, run).map_err(&err)?;
             report.runs_deleted += tx
                 .execute("DELETE FROM runs WHERE run_id = ?1", [run.as_str()])
                 .map_err(&err)? as u64;
         }
-        if !doomed.is_empty() {
+        if !referenced.is_empty() {
             self.known.forget();
-            blobs::delete_unreferenced(&tx).map_err(&err)?;
+            blobs::delete_unreferenced(&tx, &referenced).map_err(&err)?;
         }
         tx.commit().map_err(&err)?;
         self.compact().map_err(io("compacting the journal"))?;
@@ -557,14 +567,11 @@ impl Writer {
 
 /// The query of [`Journal::runs`] for `filter`, and its arguments.
 fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
-    let mut sql = String::from(
-        "SELECT run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms \
-         FROM runs WHERE 1 = 1",
-    );
+    let mut sql = format!("SELECT {RUNS_COLUMNS} FROM runs r {RUNS_JOIN} WHERE 1 = 1");
     let mut args: Vec<SqlValue> = Vec::new();
     if !filter.statuses.is_empty() {
         let marks = vec!["?"; filter.statuses.len()].join(", ");
-        sql.push_str(&format!(" AND status IN ({marks})"));
+        sql.push_str(&format!(" AND r.status IN ({marks})"));
         args.extend(
             filter
                 .statuses
@@ -573,15 +580,15 @@ fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
         );
     }
     if let Some(tenant) = &filter.tenant {
-        sql.push_str(" AND tenant = ?");
+        sql.push_str(" AND r.tenant = ?");
         args.push(SqlValue::Text(tenant.clone()));
     }
     if let Some((at, run)) = &filter.after {
-        sql.push_str(" AND (started_ms, run_id) > (?, ?)");
+        sql.push_str(" AND (r.started_ms, r.run_id) > (?, ?)");
         args.push(SqlValue::Integer(to_ms(*at)));
         args.push(SqlValue::Text(run.as_str().into()));
     }
-    sql.push_str(" ORDER BY started_ms, run_id LIMIT ?");
+    sql.push_str(" ORDER BY r.started_ms, r.run_id LIMIT ?");
     args.push(SqlValue::Integer(
         filter.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(-1)),
     ));
@@ -590,8 +597,14 @@ fn runs_query(filter: &RunFilter) -> (String, Vec<SqlValue>) {
 
 /// Adds what `run` spent (the charges of its events) to its tenant's carried spend, in the
 /// retention's transaction, before the run is deleted: a tenant's spend survives retention.
-/// The number of its events.
-fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<u64, JournalError> {
+/// The number of its events; the digests of the stored values it refers to are added to
+/// `referenced` (its events read through `cache`).
+fn carry_spend(
+    tx: &Transaction<'_>,
+    run: &RunId,
+    cache: &ValueCache,
+    referenced: &mut HashSet<JsonDigest>,
+) -> Result<u64, JournalError> {
     let err = io("carrying a deleted run's spend over");
     let tenant: String = tx
         .query_row(
@@ -600,8 +613,9 @@ fn carry_spend(tx: &Transaction<'_>, run: &RunId) -> Result<u64, JournalError> {
             |r| r.get(0),
         )
         .map_err(&err)?;
-    let (rows, values) = read_rows(tx, run, &ValueCache::default()).map_err(&err)?;
+    let (rows, values) = read_rows(tx, run, cache).map_err(&err)?;
     let events = decode_all(run, &rows, &values)?;
+    referenced.extend(values.keys());
     let spent = events
         .iter()
         .fold(Charge::ZERO, |sum, entry| sum + entry.event.charge());
@@ -689,17 +703,7 @@ impl Journal for SqliteJournal {
         let (sql, args) = runs_query(filter);
         let rows = self.with_reader("listing runs", |conn| {
             conn.prepare_cached(&sql)?
-                .query_map(params_from_iter(args), |r| {
-                    Ok(StoredRun {
-                        id: r.get(0)?,
-                        tenant: r.get(1)?,
-                        status: r.get(2)?,
-                        last_seq: r.get(3)?,
-                        last_event: r.get(4)?,
-                        started_ms: r.get(5)?,
-                        updated_ms: r.get(6)?,
-                    })
-                })?
+                .query_map(params_from_iter(args), stored_run)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         rows.into_iter().map(StoredRun::summary).collect()

@@ -305,19 +305,27 @@ async fn a_batch_is_checked_against_its_own_earlier_events() {
     );
 }
 
+/// A new journal file `journal.db` in `dir`, then `sql` run on it on a connection of the
+/// test's own (the journal closed meanwhile).
+fn journal_file_with(dir: &TempDir, sql: &str) -> PathBuf {
+    let path = dir.file("journal.db");
+    drop(SqliteJournal::open(&path).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+    path
+}
+
 #[tokio::test]
 async fn a_storage_error_fails_only_its_own_append() {
     let dir = TempDir::new();
-    let path = dir.file("journal.db");
-    drop(SqliteJournal::open(&path).unwrap());
     // Make the database itself refuse some inserts, as a full disk or I/O error would.
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER boom BEFORE INSERT ON batches WHEN NEW.bodies LIKE '%boom%'
-             BEGIN SELECT RAISE(ABORT, 'boom'); END;",
-        )
-        .unwrap();
+    let path = journal_file_with(
+        &dir,
+        "CREATE TRIGGER boom BEFORE INSERT ON batches WHEN NEW.bodies LIKE '%boom%'
+         BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+    );
     let journal = SqliteJournal::open(&path).unwrap();
     let run = RunId::new("r");
     journal.append(&run, submitted("t")).await.unwrap();
@@ -424,20 +432,24 @@ fn a_file_that_is_not_a_journal_is_refused_untouched() {
     assert_eq!(std::fs::read(&other).unwrap(), bytes);
 }
 
-/// A journal file as schema version 2 wrote it (one row per event), as shipped.
-const SCHEMA_2: &str = "CREATE TABLE runs (run_id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
+/// The runs and the spend carried over of a journal file of schema version 2 or 3, as
+/// shipped: the run's row holds its last event.
+const RUNS_2: &str = "CREATE TABLE runs (run_id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
         status TEXT NOT NULL, last_seq INTEGER NOT NULL, last_kind TEXT NOT NULL,
         started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL) WITHOUT ROWID;
     CREATE INDEX runs_by_start ON runs (started_ms, run_id);
-    CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    CREATE TABLE spend_carried (tenant TEXT PRIMARY KEY NOT NULL, micro_usd INTEGER NOT NULL,
+        tokens INTEGER NOT NULL, model_calls INTEGER NOT NULL) WITHOUT ROWID;
+    PRAGMA application_id = 1229803602;";
+
+/// The rest of a journal file as schema version 2 wrote it (one row per event), as shipped.
+const SCHEMA_2: &str =
+    "CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
         version INTEGER NOT NULL, kind TEXT NOT NULL, idem_key TEXT, body TEXT NOT NULL,
         PRIMARY KEY (run_id, seq));
     CREATE INDEX events_by_key ON events (run_id, idem_key) WHERE idem_key IS NOT NULL;
     CREATE UNIQUE INDEX one_result_per_key ON events (run_id, idem_key)
         WHERE kind = 'tool_result';
-    CREATE TABLE spend_carried (tenant TEXT PRIMARY KEY NOT NULL, micro_usd INTEGER NOT NULL,
-        tokens INTEGER NOT NULL, model_calls INTEGER NOT NULL) WITHOUT ROWID;
-    PRAGMA application_id = 1229803602;
     PRAGMA user_version = 2;";
 
 /// A file of schema version 2 (a row per event) is migrated on open: every event reads back
@@ -455,6 +467,7 @@ async fn a_file_of_schema_2_is_migrated_with_every_event_and_key() {
         step(2),
     ];
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(RUNS_2).unwrap();
     conn.execute_batch(SCHEMA_2).unwrap();
     for (seq, event) in (1..).zip(&events) {
         let version = if seq == 5 { 1 } else { EVENT_VERSION };
@@ -520,6 +533,141 @@ async fn a_file_of_schema_2_is_migrated_with_every_event_and_key() {
         )
         .unwrap();
     assert_eq!(old_table, 0, "the rows moved, the old table went");
+}
+
+/// The rest of a journal file as schema version 3 wrote it (a row per append), as shipped.
+const SCHEMA_3: &str = "CREATE TABLE batches (run_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL, version INTEGER NOT NULL, kinds TEXT NOT NULL,
+        bodies TEXT NOT NULL, PRIMARY KEY (run_id, first_seq));
+    CREATE TABLE tool_keys (run_id TEXT NOT NULL, idem_key TEXT NOT NULL, result_seq INTEGER,
+        PRIMARY KEY (run_id, idem_key)) WITHOUT ROWID;
+    PRAGMA user_version = 3;";
+
+/// A file of schema version 3 (the run's row holding its last event) is migrated on open: the
+/// runs list shows each run's last event from its events (number, kind, time), ended runs
+/// keep their end's time for retention, and appends go on from the right number.
+#[tokio::test]
+async fn a_file_of_schema_3_is_migrated_with_each_runs_last_event() {
+    let dir = TempDir::new();
+    let path = dir.file("journal.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(RUNS_2).unwrap();
+    conn.execute_batch(SCHEMA_3).unwrap();
+    let row = |run: &str, first_seq: i64, at_ms: i64, events: &[RunEvent]| {
+        let kinds: Vec<_> = events.iter().map(|e| e.kind()).collect();
+        let bodies: Vec<_> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        conn.execute(
+            "INSERT INTO batches VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![
+                run,
+                first_seq,
+                at_ms,
+                EVENT_VERSION,
+                kinds.join("\n"),
+                bodies.join("\n")
+            ],
+        )
+        .unwrap();
+    };
+    row("going", 1, 1_700_000_000_001, &[submitted("t")]);
+    row("going", 2, 1_700_000_000_002, &[step(1), step(2)]);
+    row("ended", 1, 1_700_000_000_003, &[submitted("u")]);
+    row("ended", 2, 1_700_000_000_009, &[step(1), finished()]);
+    conn.execute_batch(
+        "INSERT INTO runs VALUES ('going', 't', 'active', 3, 'step_started', 1700000000001, 1700000000002);
+         INSERT INTO runs VALUES ('ended', 'u', 'finished', 3, 'run_finished', 1700000000003, 1700000000009);",
+    )
+    .unwrap();
+    drop(conn);
+
+    let journal = SqliteJournal::open(&path).unwrap();
+    let runs = journal.runs(&RunFilter::all()).unwrap();
+    let seen: Vec<_> = runs
+        .iter()
+        .map(|s| {
+            let at = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            };
+            (
+                s.run.as_str(),
+                s.last_seq,
+                s.last_event.as_str(),
+                at(s.started_at),
+                at(s.updated_at),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "going",
+                3,
+                "step_started",
+                1_700_000_000_001,
+                1_700_000_000_002
+            ),
+            (
+                "ended",
+                3,
+                "run_finished",
+                1_700_000_000_003,
+                1_700_000_000_009
+            ),
+        ]
+    );
+    let going = RunId::new("going");
+    assert_eq!(journal.append(&going, step(3)).await.unwrap(), 4);
+    assert_eq!(journal.read(&going).unwrap().len(), 4);
+    let report = journal
+        .apply_retention(&RetentionPolicy {
+            max_finished_runs: Some(0),
+            ..RetentionPolicy::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.runs_deleted, 1, "the ended run, not the active one");
+}
+
+/// A run's row is written when the run starts and when its status changes, not at every
+/// append: 5 appends of a run that starts, goes on and finishes write it twice. Counted by
+/// triggers on `runs`, on a connection of the test's own, before the journal opens the file.
+#[tokio::test]
+async fn a_runs_row_is_written_only_when_its_status_changes() {
+    let dir = TempDir::new();
+    let path = journal_file_with(
+        &dir,
+        "CREATE TABLE run_writes (status TEXT);
+         CREATE TRIGGER run_inserted AFTER INSERT ON runs
+             BEGIN INSERT INTO run_writes VALUES (NEW.status); END;
+         CREATE TRIGGER run_updated AFTER UPDATE ON runs
+             BEGIN INSERT INTO run_writes VALUES (NEW.status); END;",
+    );
+    let journal = SqliteJournal::open(&path).unwrap();
+    let run = RunId::new("r");
+    journal.append(&run, submitted("t")).await.unwrap();
+    for s in 1..=3 {
+        journal.append(&run, step(s)).await.unwrap();
+    }
+    journal.append(&run, finished()).await.unwrap();
+    let summary = &journal.runs(&RunFilter::all()).unwrap()[0];
+    assert_eq!(
+        (summary.last_seq, summary.last_event.as_str()),
+        (5, "run_finished")
+    );
+    drop(journal);
+    let writes: Vec<String> = rusqlite::Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT status FROM run_writes ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(writes, ["active", "finished"]);
 }
 
 #[tokio::test]

@@ -2,6 +2,9 @@
 //! places, so a goal, a model's answer or a tool's output is shown as text, never run. Pages
 //! take plain view structs; the handlers ([`super::handlers`]) fill them.
 
+use std::time::{Duration, UNIX_EPOCH};
+
+use impresario::runtime::ledger::utc_text;
 use maud::{html, Markup, DOCTYPE};
 
 use super::session::Session;
@@ -113,24 +116,9 @@ pub fn badge(state: &str) -> Markup {
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn clock(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    let text = utc_text(UNIX_EPOCH + Duration::from_millis(unix_ms));
+    // `utc_text` writes `YYYY-MM-DDTHH:MM:SSZ`.
+    format!("{} {}", &text[..10], &text[11..19])
 }
 
 /// One timeline entry.

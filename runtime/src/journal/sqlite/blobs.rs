@@ -101,8 +101,9 @@ fn cut_out(
 
 /// The values the writer knows the file holds, by digest, so that an append does not write
 /// again a value an earlier one wrote. Forgotten when another connection committed to the file
-/// since (it may have deleted values: retention) and when a transaction of the writer failed
-/// ([`KnownValues::forget`]: what it wrote is not there).
+/// since (it may have deleted values: retention), when a transaction of the writer failed
+/// ([`KnownValues::forget`]: what it wrote is not there), and past [`KNOWN`] values (requests
+/// whose large system prompts are all different would otherwise grow it without end).
 #[derive(Default)]
 pub(super) struct KnownValues {
     digests: HashSet<JsonDigest>,
@@ -122,6 +123,9 @@ impl KnownValues {
             return Ok(None);
         }
         self.check(tx)?;
+        if self.digests.len() + cuts.len() > KNOWN {
+            self.digests.clear();
+        }
         let mut refs = String::with_capacity(cuts.len() * 80);
         for (i, cut) in cuts.iter().enumerate() {
             let digest = *cut.blob.digest();
@@ -222,6 +226,9 @@ pub(super) fn splice(
     Ok(out)
 }
 
+/// Most values a [`KnownValues`] keeps.
+const KNOWN: usize = 4096;
+
 /// Stored values already read, by digest (each checked against its digest once): a value never
 /// changes under its digest, so the cache is never stale. Bounded: emptied past [`CACHED`].
 #[derive(Default)]
@@ -278,26 +285,22 @@ impl ValueCache {
     }
 }
 
-/// Deletes the stored values no row refers to any more (retention, in its transaction, after
-/// it deleted runs); the number deleted. If a row's `refs` cannot be read, nothing is deleted:
-/// retention never guesses.
-pub(super) fn delete_unreferenced(tx: &Connection) -> rusqlite::Result<usize> {
-    let mut used = HashSet::new();
-    let mut rows = tx.prepare("SELECT refs FROM batches WHERE refs IS NOT NULL")?;
-    let mut refs = rows.query([])?;
-    while let Some(row) = refs.next()? {
-        let Ok(parsed) = parse_refs(row.get_ref(0)?.as_str()?) else {
-            return Ok(0);
-        };
-        used.extend(parsed.into_iter().map(|r| r.digest.to_hex()));
-    }
-    let stored = tx
-        .prepare("SELECT digest FROM blobs")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+/// Deletes those of the stored values `candidates` (the ones the runs retention deleted
+/// referred to) that no row left refers to, in retention's transaction; the number deleted.
+/// A value still in use is usually found in the first rows looked at (the runs left use the
+/// same prompts); one no longer in use costs a scan of the rows' `refs`.
+pub(super) fn delete_unreferenced(
+    tx: &Connection,
+    candidates: &HashSet<JsonDigest>,
+) -> rusqlite::Result<usize> {
     let mut deleted = 0;
-    for digest in stored.iter().filter(|d| !used.contains(*d)) {
-        deleted += tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
+    for digest in candidates.iter().map(JsonDigest::to_hex) {
+        let used: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM batches WHERE instr(refs, ?1) > 0)")?
+            .query_row([&digest], |r| r.get(0))?;
+        if !used {
+            deleted += tx.execute("DELETE FROM blobs WHERE digest = ?1", [&digest])?;
+        }
     }
     Ok(deleted)
 }

@@ -1,9 +1,13 @@
-//! How the SQLite journal stores a run's events (schema version 4): one row of `batches` per
+//! How the SQLite journal stores a run's events (schema version 5): one row of `batches` per
 //! append (a commit point's events: their kinds and their JSON, one per line, numbered from
 //! the row's `first_seq`; shared values cut out of them are in `blobs`, where `refs` says:
 //! `sqlite/blobs.rs`), the run's row in `runs`, and its tool calls' idempotency keys in
 //! `tool_keys`. One row per append instead of one per event is what keeps a commit cheap: a
 //! run of 2 model calls and a tool call writes 4 rows and 4 index entries, not 13 of each.
+//! The run's row holds what changes only with its status (tenant, status, start, when the
+//! status was set) and is written only when the run starts or its status changes (twice in
+//! that run, not at each of its 4 commits); its last event (number, kind, time) is read from
+//! its last row of `batches`.
 //!
 //! Writing checks every event of an append before writing any; reading validates every event
 //! and names the run and the sequence number of anything wrong, never a skip.
@@ -14,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::super::event::{check_append, decode, KeyUse, RunHead, StoredEvent};
+use super::super::event::{check_append, decode, KeyUse, RunHead, StoredEvent, StoredRun};
 use super::super::writer::Append;
 use super::super::{
     empty_batch, in_batch, JournalEntry, JournalError, RunEvent, Seq, EVENT_VERSION,
@@ -68,26 +72,74 @@ pub(super) fn insert_all(
         _ => "",
     };
     let seq = head.map_or(0, |h| h.last_seq);
-    write_run_row(tx, run, tenant, last, seq, at_ms)?;
+    if first.is_none_or(|stored| stored.status != last.status_after()) {
+        write_run_row(tx, run, tenant, last, at_ms)?;
+    }
     Ok(Ok(seq))
 }
 
-/// The run's stored status and last sequence number (`None`: a new run). Inner error: the
-/// stored status is not one this build knows.
+/// The run's stored status (its row) and last sequence number (its last row of `batches`)
+/// (`None`: a new run). Inner error: the stored status is not one this build knows, or the
+/// run has a row but no events.
 fn run_head(
     tx: &Connection,
     run: &RunId,
 ) -> rusqlite::Result<Result<Option<RunHead>, JournalError>> {
     let head = tx
-        .prepare_cached("SELECT status, last_seq FROM runs WHERE run_id = ?1")?
+        .prepare_cached(
+            "SELECT r.status, b.first_seq, b.kinds FROM runs r
+             LEFT JOIN batches b ON b.run_id = r.run_id
+             WHERE r.run_id = ?1 ORDER BY b.first_seq DESC LIMIT 1",
+        )?
         .query_row([run.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            let status: String = r.get(0)?;
+            let last = match (r.get::<_, Option<i64>>(1)?, r.get::<_, Option<String>>(2)?) {
+                (Some(first_seq), Some(kinds)) => Some(last_event(first_seq, &kinds).0),
+                _ => None,
+            };
+            Ok((status, last))
         })
         .optional()?;
-    let Some((status, last_seq)) = head else {
-        return Ok(Ok(None));
-    };
-    Ok(RunHead::parse(run, &status, last_seq).map(Some))
+    Ok(match head {
+        None => Ok(None),
+        Some((status, Some(last_seq))) => RunHead::parse(run, &status, last_seq).map(Some),
+        Some((_, None)) => Err(JournalError::Corrupt {
+            run: run.clone(),
+            seq: 1,
+            reason: "the run has a row in `runs` but no events".into(),
+        }),
+    })
+}
+
+/// The number and kind of the last event of a row of `batches` (`first_seq`, `kinds`).
+fn last_event(first_seq: i64, kinds: &str) -> (i64, &str) {
+    let count = kinds.split(SEPARATOR).count() as i64;
+    let kind = kinds.rsplit(SEPARATOR).next().unwrap_or_default();
+    (first_seq + count - 1, kind)
+}
+
+/// The columns of `runs` and of each run's last row of `batches` that [`stored_run`] reads,
+/// for a query `FROM runs r` ([`RUNS_JOIN`]).
+pub(super) const RUNS_COLUMNS: &str =
+    "r.run_id, r.tenant, r.status, b.first_seq, b.kinds, r.started_ms, b.at_ms";
+
+/// Joins each run (`r`) to its last row of `batches` (`b`).
+pub(super) const RUNS_JOIN: &str = "JOIN batches b ON b.run_id = r.run_id
+     AND b.first_seq = (SELECT max(first_seq) FROM batches WHERE run_id = r.run_id)";
+
+/// A run as [`RUNS_COLUMNS`] read it: its row, and its last event from its last row of events.
+pub(super) fn stored_run(r: &Row<'_>) -> rusqlite::Result<StoredRun> {
+    let kinds: String = r.get(4)?;
+    let (last_seq, last_event) = last_event(r.get(3)?, &kinds);
+    Ok(StoredRun {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        status: r.get(2)?,
+        last_seq,
+        last_event: last_event.to_owned(),
+        started_ms: r.get(5)?,
+        updated_ms: r.get(6)?,
+    })
 }
 
 /// For a tool result: whether its idempotency key already has an intent and a result in `run`,
@@ -180,29 +232,25 @@ fn record_key(tx: &Connection, run: &RunId, event: &RunEvent, seq: Seq) -> rusql
     Ok(())
 }
 
-/// Writes `run`'s row after its event number `seq`, `last` (`tenant`: from its submission, kept
-/// only when the row is new).
+/// Writes `run`'s row with the status after `last` (`tenant`: from its submission, kept only
+/// when the row is new).
 fn write_run_row(
     tx: &Connection,
     run: &RunId,
     tenant: &str,
     last: &RunEvent,
-    seq: Seq,
     at_ms: i64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO runs (run_id, tenant, status, last_seq, last_kind, started_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+        "INSERT INTO runs (run_id, tenant, status, started_ms, status_ms)
+         VALUES (?1, ?2, ?3, ?4, ?4)
          ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,
-             last_seq = excluded.last_seq, last_kind = excluded.last_kind,
-             updated_ms = excluded.updated_ms",
+             status_ms = excluded.status_ms",
     )?
     .execute(params![
         run.as_str(),
         tenant,
         last.status_after().as_str(),
-        seq as i64,
-        last.kind(),
         at_ms
     ])?;
     Ok(())
