@@ -175,7 +175,7 @@ pub fn delimit(tool: &str, step: u32, output: &Value, limit: usize) -> String {
     };
     // The block is written once; the closing delimiter is looked for only where it can be.
     let mut block = String::with_capacity(text.len().min(limit) + tool.len() + 96);
-    let _ = write!(block, "<tool_output tool=\"{tool}\" step=\"{step}\">\n");
+    let _ = writeln!(block, "<tool_output tool=\"{tool}\" step=\"{step}\">");
     let kept = push_truncated(&mut block, text, limit);
     if kept.contains("</tool_output") {
         block.replace_range(
