@@ -106,15 +106,13 @@ pub fn parse_plan(output: &str) -> Result<Plan, PlanError> {
         return Ok(plan);
     }
     let value: Value = serde_json::from_str(text).map_err(|e| PlanError::NotJson(e.to_string()))?;
-    // Most output is valid: checked without collecting errors, then taken apart in place.
+    // Checked without collecting errors first: most output that gets here is valid (a field
+    // given twice, which the typed reading refuses and JSON keeps the last of).
     if !plan_validator().is_valid(&value) {
         return Err(PlanError::Schema(schema_problems(&value)));
     }
-    match valid_plan(value) {
-        Some(plan) => Ok(plan),
-        // The schema and the types disagree (they are derived from one another): serde says how.
-        None => serde_json::from_str(text).map_err(|e| PlanError::Schema(vec![e.to_string()])),
-    }
+    // The schema and the types are derived from one another: if they disagree, serde says how.
+    serde_json::from_value(value).map_err(|e| PlanError::Schema(vec![e.to_string()]))
 }
 
 /// The plan in `text` read straight into its types, if it is one the plan schema accepts
@@ -223,51 +221,6 @@ fn schema_problems(value: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The plan in JSON the plan schema accepted, its strings and arguments moved out of it: what
-/// `serde_json::from_value` gives, without buffering every step first as serde does for an
-/// internally tagged enum. `None` if it is not a plan after all.
-fn valid_plan(value: Value) -> Option<Plan> {
-    let Value::Object(mut plan) = value else {
-        return None;
-    };
-    let Some(Value::Array(steps)) = plan.remove("steps") else {
-        return None;
-    };
-    let steps = steps.into_iter().map(valid_step).collect::<Option<_>>()?;
-    Some(Plan { steps })
-}
-
-/// One step of [`valid_plan`].
-fn valid_step(step: Value) -> Option<Step> {
-    let Value::Object(mut fields) = step else {
-        return None;
-    };
-    let mut text = |name: &str| match fields.remove(name) {
-        Some(Value::String(text)) => Some(Some(text)),
-        None => Some(None),
-        Some(_) => None,
-    };
-    let step = match text("type")??.as_str() {
-        "tool_call" => Step::ToolCall {
-            tool: text("tool")??,
-            why: text("why")?.unwrap_or_default(),
-            arguments: match fields.remove("arguments") {
-                Some(Value::Object(arguments)) => arguments,
-                _ => return None,
-            },
-        },
-        "model_call" => Step::ModelCall {
-            prompt: text("prompt")??,
-        },
-        "final_answer" => Step::FinalAnswer {
-            answer: text("answer")??,
-        },
-        _ => return None,
-    };
-    // Nothing else may be there (`deny_unknown_fields`).
-    fields.is_empty().then_some(step)
-}
-
 fn strip_fence(text: &str) -> &str {
     let Some(rest) = text.strip_prefix("```") else {
         return text;
@@ -358,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_plan_is_taken_apart_as_serde_reads_it() {
+    fn a_valid_plan_parses_as_serde_reads_it() {
         let plans = [
             json!({"steps": [
                 {"type": "tool_call", "tool": "search", "arguments": {"q": "x", "n": [1, {"a": null}]}, "why": "look"},
@@ -376,16 +329,19 @@ mod tests {
                 serde_json::from_str::<Plan>(&text).unwrap(),
                 "{text}"
             );
-            assert_eq!(valid_plan(plan.clone()), Some(parsed), "{text}");
         }
-        // What is not a plan is not taken for one (serde decides then).
+        // What is not a plan is not taken for one.
         for not_a_plan in [
             json!({"steps": [{"type": "final_answer", "answer": "a", "extra": 1}]}),
             json!({"steps": [{"type": "tool_call", "tool": "t", "arguments": []}]}),
             json!({"steps": [{"type": "model_call", "prompt": 7}]}),
             json!({"steps": {}}),
         ] {
-            assert_eq!(valid_plan(not_a_plan.clone()), None, "{not_a_plan}");
+            let text = not_a_plan.to_string();
+            assert!(
+                matches!(parse_plan(&text), Err(PlanError::Schema(_))),
+                "{text}"
+            );
         }
     }
 
@@ -404,7 +360,11 @@ mod tests {
             let typed = typed_plan(text).unwrap_or_else(|| panic!("not read: {text}"));
             let value: Value = serde_json::from_str(text).unwrap();
             assert!(plan_validator().is_valid(&value), "{text}");
-            assert_eq!(valid_plan(value), Some(typed.clone()), "{text}");
+            assert_eq!(
+                serde_json::from_value::<Plan>(value).ok(),
+                Some(typed.clone()),
+                "{text}"
+            );
             assert_eq!(parse_plan(text), Ok(typed), "{text}");
         }
         let refused = [

@@ -1,6 +1,7 @@
 //! Where a run's updates go: held for the run's first subscriber until one subscribes, then a
-//! broadcast channel. Most runs are never watched (a client waits for the result only): they
-//! hold a few updates, not a channel of [`RUN_UPDATE_CAPACITY`] slots made and dropped per run.
+//! broadcast channel. A run no one subscribes to (an embedder that waits for the result only)
+//! holds a few updates, not a channel of [`RUN_UPDATE_CAPACITY`] slots made and dropped per
+//! run; `serve` and the CLI subscribe at submission, so their runs make the channel at once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
