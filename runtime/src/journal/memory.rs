@@ -229,11 +229,7 @@ impl Journal for MemoryJournal {
     }
 
     fn read(&self, run: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
-        let runs = self.lock();
-        let Some(r) = runs.map.get(run) else {
-            return Ok(Vec::new());
-        };
-        (0..r.events.len()).map(|i| r.entry(run, i)).collect()
+        self.read_after(run, 0)
     }
 
     /// Clones only the events after `after` (event `n` is at index `n - 1`).

@@ -125,7 +125,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE batches ADD COLUMN refs TEXT;",
     // 5: a run's row is written when the run starts and when its status changes, not at every
     // append: its last event (number, kind, time) is read from its last row of `batches`, so
-    // the columns that held it go, and `updated_ms` says when the status was set.
+    // the columns that held it go, and `updated_ms`, renamed `status_ms`, says when the status was set.
     "ALTER TABLE runs DROP COLUMN last_seq;
     ALTER TABLE runs DROP COLUMN last_kind;
     ALTER TABLE runs RENAME COLUMN updated_ms TO status_ms;",

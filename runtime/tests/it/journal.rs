@@ -748,8 +748,8 @@ async fn sqlite_read_after_reads_and_checks_only_the_events_it_returns() {
         .append_batch(&run, vec![step(4), step(5)])
         .await
         .unwrap(); // 5..=6
-    journal.append(&run, step(6)).await.unwrap(); // 7
-                                                  // Damage event 1 and event 2, the first line of the row of events 2..=4.
+                   // Event 7. Then damage event 1 and event 2, the first line of the row of events 2..=4.
+    journal.append(&run, step(6)).await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "UPDATE batches SET bodies = 'damaged' WHERE run_id = 'tail' AND first_seq = 1;
