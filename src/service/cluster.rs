@@ -147,6 +147,28 @@ impl Cluster {
         }
     }
 
+    /// `lease`, just claimed, is not driven here after all. If the run still goes on here
+    /// under an earlier lease (driven, or halted as lost and not ended yet), what that lease
+    /// had is put back: above all its epoch, which the database refuses now, so the instance
+    /// that lost the run writes nothing more. Its writes must never go unfenced.
+    fn not_driven(&self, lease: &Lease, earlier: Earlier) {
+        match earlier.driving {
+            Some(driving) => {
+                self.driving().insert(driving.run.clone(), driving);
+            }
+            None => {
+                self.stop_driving(lease);
+            }
+        }
+        match earlier.epoch {
+            Some(epoch) => self.fences.set(&Lease {
+                epoch,
+                ..lease.clone()
+            }),
+            None => self.unfence(lease),
+        }
+    }
+
     /// Stops counting `lease`'s run as driven here; `false` if it was not (any more).
     fn stop_driving(&self, lease: &Lease) -> bool {
         let mut driving = self.driving();
@@ -309,6 +331,14 @@ fn stop_lost(state: &State, cluster: &Cluster, lost: &[Lease]) {
     }
 }
 
+/// What this replica had for a run when it claimed the run again: the lease it was driving
+/// the run under, and the epoch its writes carried (still set after a lost lease, until the
+/// run ends here).
+struct Earlier {
+    driving: Option<Lease>,
+    epoch: Option<i64>,
+}
+
 /// What a claimed run's journal says to do with it.
 enum Claimed {
     /// Go on with it: it waits to start, was cut off, or was halted and queued again (a
@@ -355,7 +385,12 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
             return release(cluster, lease).await;
         }
     };
-    cluster.driving().insert(lease.run.clone(), lease.clone());
+    // A run still going here under an earlier lease (its lease expired before a heartbeat
+    // renewed it, and this replica claimed it again) is not started twice: see `not_driven`.
+    let earlier = Earlier {
+        driving: cluster.driving().insert(lease.run.clone(), lease.clone()),
+        epoch: cluster.fences.epoch(&lease.run),
+    };
     // Every write for the run from now on carries the lease's epoch.
     cluster.fences.set(&lease);
     // A replica that died or lost the run with calls in flight left their holds: their answers
@@ -378,14 +413,12 @@ async fn drive(state: &Arc<State>, cluster: &Arc<Cluster>, lease: Lease) {
             actix_web::rt::spawn(finish(cluster, tracked, lease, draining));
         }
         Err(e @ (ResumeError::Running(_) | ResumeError::Journal(_))) => {
-            cluster.stop_driving(&lease);
-            cluster.unfence(&lease);
+            cluster.not_driven(&lease, earlier);
             tracing::info!(run = %run, error = %e, "cannot drive a claimed run here now; handed back");
             release(cluster, lease).await;
         }
         Err(e) => {
-            cluster.stop_driving(&lease);
-            cluster.unfence(&lease);
+            cluster.not_driven(&lease, earlier);
             tracing::error!(run = %run, error = %e, "cannot drive a claimed run; marked done in the queue");
             complete(cluster, lease).await;
         }
