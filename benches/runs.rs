@@ -308,10 +308,13 @@ impl StoredBytes {
             .unwrap()
             .map(Result::unwrap)
             .collect::<Vec<_>>();
-        for line in refs.iter().flat_map(|r| r.lines()) {
-            let digest = line.rsplit(' ').next().unwrap();
-            // The value instead of its `null` and its line of `refs`.
-            inline = inline + sizes[digest] + 1 - 4 - line.len() as u64;
+        for row in &refs {
+            // Each value instead of its `null`, and no `refs` column.
+            for line in row.lines() {
+                let digest = line.rsplit(' ').next().unwrap();
+                inline = inline + sizes[digest] - 4;
+            }
+            inline -= row.len() as u64;
         }
         StoredBytes {
             runs,
@@ -377,7 +380,8 @@ async fn shape(kind: Kind, runs: usize, concurrent: usize) -> ShapeCost {
     let mut cost = shape_runs(&orchestrator, runs, concurrent).await;
     drop(orchestrator);
     runtime.shutdown(Duration::from_secs(30)).await;
-    if kind != Kind::Memory {
+    // The file of the runs one at a time is the one reported.
+    if kind != Kind::Memory && concurrent == 1 {
         cost.stored = Some(StoredBytes::of(&scratch.0.join("journal.db")));
     }
     cost

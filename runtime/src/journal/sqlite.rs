@@ -468,6 +468,11 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(io("starting a write transaction"))?;
+        if group.iter().any(|append| !append.blobs.is_empty()) {
+            self.known
+                .check(&tx)
+                .map_err(io("checking the journal's stored values"))?;
+        }
         let written = group
             .iter()
             .map(|append| {

@@ -434,7 +434,8 @@ fn a_file_that_is_not_a_journal_is_refused_untouched() {
 
 /// The runs and the spend carried over of a journal file of schema version 2 or 3, as
 /// shipped: the run's row holds its last event.
-const RUNS_2: &str = "CREATE TABLE runs (run_id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
+pub(crate) const RUNS_2: &str =
+    "CREATE TABLE runs (run_id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
         status TEXT NOT NULL, last_seq INTEGER NOT NULL, last_kind TEXT NOT NULL,
         started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL) WITHOUT ROWID;
     CREATE INDEX runs_by_start ON runs (started_ms, run_id);
@@ -536,7 +537,8 @@ async fn a_file_of_schema_2_is_migrated_with_every_event_and_key() {
 }
 
 /// The rest of a journal file as schema version 3 wrote it (a row per append), as shipped.
-const SCHEMA_3: &str = "CREATE TABLE batches (run_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
+pub(crate) const SCHEMA_3: &str =
+    "CREATE TABLE batches (run_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
         at_ms INTEGER NOT NULL, version INTEGER NOT NULL, kinds TEXT NOT NULL,
         bodies TEXT NOT NULL, PRIMARY KEY (run_id, first_seq));
     CREATE TABLE tool_keys (run_id TEXT NOT NULL, idem_key TEXT NOT NULL, result_seq INTEGER,

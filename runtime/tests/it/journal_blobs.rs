@@ -13,7 +13,7 @@ use impresario_runtime::llm::{ChatRequest, SharedJson, SharedText};
 use impresario_runtime::RunId;
 use serde_json::json;
 
-use crate::journal::TempDir;
+use crate::journal::{TempDir, RUNS_2, SCHEMA_3};
 use crate::journal_suite::{finished, submitted};
 
 /// A planner-like request: a long shared prompt, the goal, a shared schema.
@@ -52,7 +52,7 @@ async fn run(journal: &SqliteJournal, id: &str, events: Vec<RunEvent>) -> Vec<Ru
     all
 }
 
-/// Every `(text column)` of `table`, concatenated.
+/// The one text column `sql` selects, one string per row.
 fn column(path: &Path, sql: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open(path).unwrap();
     let mut rows = conn.prepare(sql).unwrap();
@@ -191,22 +191,6 @@ async fn a_row_referring_to_a_value_the_file_lost_is_corrupt_and_named() {
     assert!(err.to_string().contains(&schema_digest), "{err}");
 }
 
-/// The tables of schema version 3 as shipped (before stored values), with one run whose model
-/// request holds its prompt whole.
-const SCHEMA_3: &str = "CREATE TABLE runs (run_id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
-        status TEXT NOT NULL, last_seq INTEGER NOT NULL, last_kind TEXT NOT NULL,
-        started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE INDEX runs_by_start ON runs (started_ms, run_id);
-    CREATE TABLE spend_carried (tenant TEXT PRIMARY KEY NOT NULL, micro_usd INTEGER NOT NULL,
-        tokens INTEGER NOT NULL, model_calls INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE TABLE batches (run_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
-        at_ms INTEGER NOT NULL, version INTEGER NOT NULL, kinds TEXT NOT NULL,
-        bodies TEXT NOT NULL, PRIMARY KEY (run_id, first_seq));
-    CREATE TABLE tool_keys (run_id TEXT NOT NULL, idem_key TEXT NOT NULL, result_seq INTEGER,
-        PRIMARY KEY (run_id, idem_key)) WITHOUT ROWID;
-    PRAGMA application_id = 1229803602;
-    PRAGMA user_version = 3;";
-
 #[tokio::test]
 async fn a_file_of_schema_3_reads_unchanged_and_goes_on_with_stored_values() {
     let dir = TempDir::new();
@@ -215,6 +199,9 @@ async fn a_file_of_schema_3_reads_unchanged_and_goes_on_with_stored_values() {
     let old = [submitted("t"), request(&p, &schema, "goal")];
     let body = |e: &RunEvent| serde_json::to_string(e).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
+    // Schema version 3 as shipped (before stored values); its run's model request holds
+    // its prompt whole.
+    conn.execute_batch(RUNS_2).unwrap();
     conn.execute_batch(SCHEMA_3).unwrap();
     conn.execute(
         "INSERT INTO batches VALUES ('old', 1, 1700000000000, ?1, ?2, ?3)",

@@ -122,7 +122,6 @@ impl KnownValues {
         if cuts.is_empty() {
             return Ok(None);
         }
-        self.check(tx)?;
         if self.digests.len() + cuts.len() > KNOWN {
             self.digests.clear();
         }
@@ -152,8 +151,10 @@ impl KnownValues {
     }
 
     /// Forgets every value known if another connection committed to the file since the last
-    /// check (its own commits do not change `data_version`).
-    fn check(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+    /// check (its own commits do not change `data_version`). Called once per write
+    /// transaction, before any [`KnownValues::store`]: no other connection commits while it
+    /// is open.
+    pub(super) fn check(&mut self, tx: &Connection) -> rusqlite::Result<()> {
         let version = tx
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get::<_, i64>(0))?;
