@@ -44,7 +44,8 @@ mod sealed {
 struct Shared<T> {
     value: T,
     json: OnceLock<Box<RawValue>>,
-    digest: OnceLock<JsonDigest>,
+    /// The digest, and the digest in hex.
+    digest: OnceLock<(JsonDigest, Box<str>)>,
 }
 
 /// The SHA-256 of a value's compact JSON text.
@@ -96,7 +97,7 @@ pub struct JsonBlob(Arc<dyn Piece>);
 /// What a [`JsonBlob`] asks of the shared value behind it.
 trait Piece: Send + Sync {
     fn json(&self) -> &str;
-    fn digest(&self) -> &JsonDigest;
+    fn digest(&self) -> &(JsonDigest, Box<str>);
 }
 
 impl<T: JsonType> Piece for Shared<T> {
@@ -104,8 +105,11 @@ impl<T: JsonType> Piece for Shared<T> {
         self.raw().get()
     }
 
-    fn digest(&self) -> &JsonDigest {
-        self.digest.get_or_init(|| JsonDigest::of(self.json()))
+    fn digest(&self) -> &(JsonDigest, Box<str>) {
+        self.digest.get_or_init(|| {
+            let digest = JsonDigest::of(self.json());
+            (digest, digest.to_hex().into())
+        })
     }
 }
 
@@ -126,7 +130,13 @@ impl JsonBlob {
 
     /// The SHA-256 of [`JsonBlob::json`].
     pub fn digest(&self) -> &JsonDigest {
-        self.0.digest()
+        &self.0.digest().0
+    }
+
+    /// [`JsonBlob::digest`] in hex ([`JsonDigest::to_hex`]), made once for all the value's
+    /// clones.
+    pub fn digest_hex(&self) -> &str {
+        &self.0.digest().1
     }
 }
 
@@ -243,6 +253,7 @@ mod tests {
         let blob = text.clone().blob();
         assert_eq!(blob.json(), plain);
         assert_eq!(*blob.digest(), JsonDigest::of(&plain));
+        assert_eq!(blob.digest_hex(), blob.digest().to_hex());
         assert_ne!(*blob.digest(), JsonDigest::of("\"line 1\""));
         // SHA-256 of the three bytes `"a"`, as `sha256sum` prints it.
         let a = SharedText::from("a").blob();

@@ -128,9 +128,8 @@ impl KnownValues {
         }
         let mut refs = String::with_capacity(cuts.len() * 80);
         for (i, cut) in cuts.iter().enumerate() {
-            let digest = *cut.blob.digest();
-            let hex = digest.to_hex();
-            if self.digests.insert(digest) {
+            let hex = cut.blob.digest_hex();
+            if self.digests.insert(*cut.blob.digest()) {
                 tx.prepare_cached(
                     "INSERT INTO blobs (digest, json) VALUES (?1, ?2) ON CONFLICT (digest) DO NOTHING",
                 )?
@@ -140,7 +139,8 @@ impl KnownValues {
                 refs.push('\n');
             }
             // Writing to a `String` cannot fail.
-            let _ = write!(refs, "{} {} {hex}", cut.event, cut.offset);
+            let _ = write!(refs, "{} {} ", cut.event, cut.offset);
+            refs.push_str(hex);
         }
         Ok(Some(refs))
     }
