@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{median, per_iter, quantile, row, sample};
 use futures_util::FutureExt;
 use impresario_runtime::halt::{Halt, HaltMode, HaltReason, HaltScope, HaltToken};
-use impresario_runtime::ledger::{AccountId, AccountPath, Charge, Ledger, Limits};
+use impresario_runtime::ledger::{AccountId, AccountPath, BudgetPeriod, Charge, Ledger, Limits};
 use impresario_runtime::ledger_store;
 use tokio_util::sync::CancellationToken;
 
@@ -44,9 +44,11 @@ fn roomy() -> Limits {
     }
 }
 
-/// Global > tenant:t > run:r0..runs, all limited; returns the run paths.
-fn tree(runs: usize) -> Vec<AccountPath> {
+/// Global > tenant:t > run:r0..runs, all limited, the tenant and global ones per `period`;
+/// returns the run paths.
+fn tree(runs: usize, period: BudgetPeriod) -> Vec<AccountPath> {
     let ledger = Ledger::new();
+    ledger.set_period(period);
     ledger
         .account(&AccountId::Global)
         .unwrap()
@@ -141,7 +143,7 @@ fn reservations() {
         None,
     );
 
-    let path = tree(1).remove(0);
+    let path = tree(1, BudgetPeriod::None).remove(0);
     let one = median(&sample(SAMPLES, || {
         per_iter(ITERS, || reserve_settle(&path))
     }));
@@ -150,6 +152,7 @@ fn reservations() {
         one,
         Some(base1),
     );
+    period_cost(one);
 
     seam(&path, base1);
 
@@ -174,7 +177,7 @@ fn reservations() {
         Some(base2),
     );
 
-    let paths = tree(2);
+    let paths = tree(2, BudgetPeriod::None);
     let apart = median(&sample(SAMPLES, || {
         two_threads(ITERS / 2, |t| reserve_settle(&paths[t]))
     }));
@@ -185,6 +188,23 @@ fn reservations() {
         ),
         apart,
         Some(base2),
+    );
+}
+
+/// The same path with a monthly budget period, against `no_period` (measured in this run): a
+/// period reads the clock and computes the period's key on each reservation and settlement.
+fn period_cost(no_period: Duration) {
+    let monthly = tree(1, BudgetPeriod::Month).remove(0);
+    let periodic = median(&sample(SAMPLES, || {
+        per_iter(ITERS, || reserve_settle(&monthly))
+    }));
+    row(
+        &format!(
+            "ledger, 1 thread, 3-account path, monthly period ({}); baseline: no period",
+            throughput(periodic)
+        ),
+        periodic,
+        Some(no_period),
     );
 }
 
@@ -447,8 +467,21 @@ mod pg {
     }
 }
 
+/// `cargo bench --bench ledger [-- PART...]`: every part, or only those named
+/// (`reservations`, `pg`, `halts`).
 fn main() {
-    reservations();
-    pg::reservations();
-    halts();
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| named.is_empty() || named.iter().any(|n| n == part);
+    if wanted("reservations") {
+        reservations();
+    }
+    if wanted("pg") {
+        pg::reservations();
+    }
+    if wanted("halts") {
+        halts();
+    }
 }
