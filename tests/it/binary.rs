@@ -129,7 +129,7 @@ impl Server {
             url: url.to_owned(),
             child,
             dir,
-            http: reqwest::Client::new(),
+            http: client(),
         })
     }
 
@@ -269,6 +269,16 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The tests' HTTP client. It lets an idle connection go after 2 s, before the service's
+/// keep-alive (actix-web's default, 5 s) closes it: a request sent on a connection the server
+/// is closing at that moment fails with `IncompleteMessage` (seen under load in the chaos test).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client with default TLS settings builds")
 }
 
 async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
