@@ -579,8 +579,8 @@ struct Shared {
     warning_percents: Box<[u8]>,
     /// The money ceilings above the run; tenant accounts are opened with them.
     ceilings: Mutex<Ceilings>,
-    /// The [`BudgetPeriod`] of the tenant and global accounts: 0 none, 1 day, 2 month (read
-    /// on every reservation, so not behind a lock).
+    /// The [`BudgetPeriod`] of the tenant and global accounts, as its index in
+    /// [`BudgetPeriod::ALL`] (read on every reservation, so not behind a lock).
     period: AtomicU8,
     clock: Clock,
 }
@@ -592,11 +592,7 @@ impl Shared {
     }
 
     fn period(&self) -> BudgetPeriod {
-        match self.period.load(Ordering::Relaxed) {
-            0 => BudgetPeriod::None,
-            1 => BudgetPeriod::Day,
-            _ => BudgetPeriod::Month,
-        }
+        BudgetPeriod::ALL[usize::from(self.period.load(Ordering::Relaxed))]
     }
 
     /// The current period's key; the clock is read only when there is a period.
@@ -737,12 +733,7 @@ impl Ledger {
     /// Makes the tenant and global ceilings apply to the spend of each `period` (from the
     /// next operation on each account). Set it before spend is recorded from the journal.
     pub fn set_period(&self, period: BudgetPeriod) {
-        let index = match period {
-            BudgetPeriod::None => 0,
-            BudgetPeriod::Day => 1,
-            BudgetPeriod::Month => 2,
-        };
-        self.shared.period.store(index, Ordering::Relaxed);
+        self.shared.period.store(period.index(), Ordering::Relaxed);
     }
 
     /// The period the tenant and global ceilings apply to.

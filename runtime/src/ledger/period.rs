@@ -31,6 +31,11 @@ impl BudgetPeriod {
     /// Every period, as configured.
     pub const ALL: [BudgetPeriod; 3] = [BudgetPeriod::None, BudgetPeriod::Day, BudgetPeriod::Month];
 
+    /// Its place in [`BudgetPeriod::ALL`].
+    pub const fn index(self) -> u8 {
+        self as u8
+    }
+
     /// Its name as configured and shown: `none`, `day` or `month`.
     pub const fn name(self) -> &'static str {
         match self {
@@ -167,8 +172,13 @@ mod tests {
 
     #[test]
     fn names_parse_back_and_bad_ones_say_what_is_allowed() {
-        for p in BudgetPeriod::ALL {
+        for (i, p) in BudgetPeriod::ALL.into_iter().enumerate() {
             assert_eq!(p.name().parse::<BudgetPeriod>(), Ok(p));
+            assert_eq!(
+                usize::from(p.index()),
+                i,
+                "{p}: its index is its place in ALL"
+            );
         }
         let err = "monthly".parse::<BudgetPeriod>().unwrap_err();
         assert!(
